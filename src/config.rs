@@ -1,0 +1,189 @@
+//! Configuration structs. Every number a user sees (sizes, limits, timings) has its one source of
+//! truth in a `Default` here; the command line only overrides them, and [`ConnectionConfig::validate`]
+//! checks them once at start.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::{Error, Result};
+
+/// Limits and timers of one WebSocket connection, the same for every handler.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Largest message accepted from a peer, after reassembling its frames (close 1009 beyond).
+    pub max_message_bytes: usize,
+    /// Largest single frame accepted from a peer (close 1009 beyond).
+    pub max_frame_bytes: usize,
+    /// Size of the per-connection read buffer. Small, because most connections are idle.
+    pub read_buffer_bytes: usize,
+    /// Bytes the writer gathers before it writes to the socket; a flush writes them regardless.
+    pub write_buffer_bytes: usize,
+    /// Messages that may wait in a connection's outbox; a full outbox is a slow consumer.
+    pub outbox_capacity: usize,
+    /// Most messages the writer feeds before one flush.
+    pub max_batch: usize,
+    /// Interval of our own pings; `Duration::ZERO` sends none.
+    pub ping_interval: Duration,
+    /// A peer from which nothing (not even a pong) arrives for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long the close handshake may take before the socket is dropped.
+    pub close_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 64 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 8 * 1024,
+            outbox_capacity: 64,
+            max_batch: 64,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// Checks the values against each other; a one-line error names the first one that is off.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_message_bytes == 0 || self.max_frame_bytes == 0 {
+            return Err(Error::Config(
+                "max message and frame bytes must be above 0".into(),
+            ));
+        }
+        if self.read_buffer_bytes < 256 {
+            return Err(Error::Config(
+                "read buffer must be at least 256 bytes".into(),
+            ));
+        }
+        if self.outbox_capacity == 0 || self.max_batch == 0 {
+            return Err(Error::Config(
+                "outbox capacity and batch size must be above 0".into(),
+            ));
+        }
+        if !self.ping_interval.is_zero() && self.idle_timeout <= self.ping_interval {
+            return Err(Error::Config(format!(
+                "idle timeout ({:?}) must be longer than the ping interval ({:?})",
+                self.idle_timeout, self.ping_interval
+            )));
+        }
+        if self.close_timeout.is_zero() {
+            return Err(Error::Config("close timeout must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The tungstenite settings these limits imply.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        // The write buffer may hold one whole outgoing message (plus its 14-byte frame header)
+        // on top of what is gathered for a batch; beyond that tungstenite refuses to buffer.
+        let max_write =
+            self.write_buffer_bytes + self.max_message_bytes.max(self.max_frame_bytes) + 14;
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_bytes)
+            .write_buffer_size(self.write_buffer_bytes)
+            .max_write_buffer_size(max_write)
+            .max_message_size(Some(self.max_message_bytes))
+            .max_frame_size(Some(self.max_frame_bytes))
+    }
+}
+
+/// Parses a duration as people write it: `3s`, `0.2s`, `250ms`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (try 3s, 0.2s or 250ms)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds > 1e9 {
+        return Err(format!("'{text}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a size: `65536`, `64KiB`, `64k`, `16MiB`, `16M`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (try 65536, 64KiB or 16MiB)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0.2s"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("16MiB"), Ok(16 << 20));
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn defaults_validate_and_bad_timers_do_not() {
+        assert!(ConnectionConfig::default().validate().is_ok());
+        let bad = ConnectionConfig {
+            idle_timeout: Duration::from_secs(1),
+            ping_interval: Duration::from_secs(2),
+            ..ConnectionConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("idle timeout")
+        );
+    }
+}

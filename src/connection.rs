@@ -1,0 +1,488 @@
+//! One WebSocket connection, the same for every mode: the demo pair, the echo server and the chat
+//! server all stand on it.
+//!
+//! The socket is split in two. The *writer task* owns the sending half and is fed by a bounded
+//! queue, the [`Outbox`]: it feeds every message that is waiting (up to `max_batch`) and then
+//! flushes once, so a burst costs one write, not one per message. The *reading half* stays with
+//! the connection's own task, which calls [`Connection::read_msg`]; that call also keeps the link
+//! honest: it sends our pings on a timer, closes a peer that has been silent for the idle timeout,
+//! nudges the writer so that the automatic pong leaves at once, and turns a shutdown into a close
+//! frame with code 1001. Protocol errors become close frames with the right code (1002, 1007,
+//! 1009) in one place, [`Error::close_code`].
+//!
+//! What a connection *does* is a [`Handler`]; the server and client entry points run one over a
+//! `Connection` and then [`Connection::finish`] it: close handshake under a timeout, writer done.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace};
+
+pub use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+pub use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
+
+use crate::config::ConnectionConfig;
+use crate::{Error, Result};
+
+/// Close code for a peer whose outbox overflowed: it read too slowly. It may reconnect and resume.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+
+/// The longest close reason the protocol allows (a control frame carries 125 bytes, 2 are the code).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// Any byte stream a WebSocket can run over: a TCP stream, an upgraded HTTP connection, TLS later.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
+
+/// The transport, boxed, so that one `Connection` type serves the server and the client side.
+pub type BoxedTransport = Box<dyn Transport>;
+
+type Socket = WebSocketStream<BoxedTransport>;
+
+/// What the peer sent: a whole data message. Control frames are handled by the connection itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A text message (valid UTF-8, checked).
+    Text(Utf8Bytes),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl From<Incoming> for Message {
+    fn from(msg: Incoming) -> Self {
+        match msg {
+            Incoming::Text(text) => Message::Text(text),
+            Incoming::Binary(data) => Message::Binary(data),
+        }
+    }
+}
+
+/// What the writer task is asked to do.
+#[derive(Debug)]
+enum Outgoing {
+    Message(Message),
+    /// Write out what tungstenite holds, e.g. the pong it queued for a ping.
+    Flush,
+}
+
+/// The sending side of a connection: a handle on its bounded queue. Cheap to clone; a room keeps
+/// one per member.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+}
+
+impl Outbox {
+    /// Queues a message, waiting while the queue is full (back-pressure onto the caller).
+    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        self.tx
+            .send(Outgoing::Message(msg.into()))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Queues a message without waiting. A full queue is a slow consumer: the caller should
+    /// close that peer ([`Error::SlowConsumer`]) rather than wait for it.
+    pub fn try_send(&self, msg: impl Into<Message>) -> Result<()> {
+        self.tx
+            .try_send(Outgoing::Message(msg.into()))
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => Error::SlowConsumer,
+                mpsc::error::TrySendError::Closed(_) => Error::Closed,
+            })
+    }
+
+    /// Whether the writer has stopped: nothing sent now would reach the peer.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn nudge_flush(&self) {
+        // A full queue means the writer is busy and flushes after its batch anyway.
+        let _ = self.tx.try_send(Outgoing::Flush);
+    }
+}
+
+/// One open WebSocket connection: the reading half, the writer task's queue, and the timers.
+pub struct Connection {
+    stream: SplitStream<Socket>,
+    outbox: Outbox,
+    close_tx: Option<oneshot::Sender<CloseFrame>>,
+    writer: JoinHandle<()>,
+    shutdown: CancellationToken,
+    peer: Option<SocketAddr>,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    close_timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    last_heard: Instant,
+    next_ping: Instant,
+    /// Set once our close frame is queued: the handshake must be over by then.
+    close_deadline: Option<Instant>,
+    /// The close frame the peer sent, if it started the close.
+    peer_close: Option<CloseFrame>,
+    /// The stream has ended: nothing more will be read.
+    ended: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("closing", &self.close_deadline.is_some())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Wraps an established WebSocket (handshake done) and starts its writer task.
+    /// `shutdown` is the server's (or the client's) stop signal: when it fires, the connection
+    /// closes with 1001.
+    pub fn new(
+        socket: Socket,
+        peer: Option<SocketAddr>,
+        config: &ConnectionConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (sink, stream) = socket.split();
+        let (tx, rx) = mpsc::channel(config.outbox_capacity);
+        let (close_tx, close_rx) = oneshot::channel();
+        let writer = tokio::spawn(write_loop(sink, rx, close_rx, config.max_batch));
+        let now = Instant::now();
+        let mut conn = Self {
+            stream,
+            outbox: Outbox { tx },
+            close_tx: Some(close_tx),
+            writer,
+            shutdown,
+            peer,
+            ping_interval: config.ping_interval,
+            idle_timeout: config.idle_timeout,
+            close_timeout: config.close_timeout,
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            last_heard: now,
+            next_ping: now + config.ping_interval,
+            close_deadline: None,
+            peer_close: None,
+            ended: false,
+        };
+        conn.rearm_timer();
+        conn
+    }
+
+    /// Runs the server side of the WebSocket protocol over an upgraded transport.
+    pub async fn accept(
+        transport: BoxedTransport,
+        peer: Option<SocketAddr>,
+        config: &ConnectionConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let socket = WebSocketStream::from_raw_socket(
+            transport,
+            Role::Server,
+            Some(config.websocket_config()),
+        )
+        .await;
+        Self::new(socket, peer, config, shutdown)
+    }
+
+    /// The peer's address, when known.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// A handle for sending to this peer from anywhere (a room, a timer task).
+    pub fn outbox(&self) -> Outbox {
+        self.outbox.clone()
+    }
+
+    /// The close frame the peer sent, once it has started the close handshake.
+    pub fn peer_close(&self) -> Option<&CloseFrame> {
+        self.peer_close.as_ref()
+    }
+
+    /// Sends a message, waiting while the outbox is full; gives up when the connection is told to
+    /// shut down, so a peer that never reads cannot hold a shutdown up.
+    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        tokio::select! {
+            sent = self.outbox.send(msg) => sent,
+            () = self.shutdown.cancelled() => Err(Error::Closed),
+        }
+    }
+
+    /// Reads the next data message. `Ok(None)` means the connection is over: the peer closed it,
+    /// or we closed it (shutdown, [`Connection::start_close`]) and the handshake has ended.
+    ///
+    /// Cancel-safe: it may lose a `select!` without losing a message.
+    pub async fn read_msg(&mut self) -> Result<Option<Incoming>> {
+        if self.ended {
+            return Ok(None);
+        }
+        loop {
+            let closing = self.close_deadline.is_some();
+            tokio::select! {
+                frame = self.stream.next() => {
+                    let Some(frame) = frame else {
+                        self.ended = true;
+                        return Ok(None);
+                    };
+                    match frame {
+                        Ok(msg) => {
+                            self.last_heard = Instant::now();
+                            if let Some(incoming) = self.on_message(msg) {
+                                return Ok(Some(incoming));
+                            }
+                        }
+                        Err(err) => return Err(self.on_error(err.into())),
+                    }
+                }
+                () = self.timer.as_mut() => {
+                    if let Some(err) = self.on_timer() {
+                        return Err(err);
+                    }
+                    if self.ended {
+                        return Ok(None);
+                    }
+                }
+                () = self.shutdown.cancelled(), if !closing => {
+                    self.start_close(CloseCode::Away, "shutting down");
+                }
+            }
+        }
+    }
+
+    /// Starts the close handshake with this code and reason (once; later calls do nothing).
+    /// Keep calling [`read_msg`](Self::read_msg) until it returns `None` to complete it, or call
+    /// [`finish`](Self::finish).
+    pub fn start_close(&mut self, code: CloseCode, reason: &str) {
+        if self.close_deadline.is_some() || self.peer_close.is_some() || self.ended {
+            return;
+        }
+        let frame = CloseFrame {
+            code,
+            reason: truncate_reason(reason).into(),
+        };
+        debug!(peer = ?self.peer, code = u16::from(code), reason, "closing");
+        if let Some(tx) = self.close_tx.take() {
+            let _ = tx.send(frame);
+        }
+        self.close_deadline = Some(Instant::now() + self.close_timeout);
+        self.rearm_timer();
+    }
+
+    /// Ends the connection after its handler returned `outcome`: closes with the code the outcome
+    /// calls for (1000 when it is `Ok`), completes the close handshake within the close timeout,
+    /// and waits for the writer. Never takes longer than the close timeout (twice, at worst).
+    pub async fn finish(mut self, outcome: &Result<()>) {
+        let failed_fast = match outcome {
+            Ok(()) => {
+                self.start_close(CloseCode::Normal, "");
+                false
+            }
+            Err(err) => {
+                if let Some(code) = err.close_code() {
+                    self.start_close(code, &err.to_string());
+                }
+                // After a broken frame nothing more can be trusted from the peer: fail fast.
+                matches!(
+                    err,
+                    Error::Protocol(_)
+                        | Error::InvalidUtf8
+                        | Error::TooBig(_)
+                        | Error::Closed
+                        | Error::Io(_)
+                )
+            }
+        };
+        if !failed_fast {
+            // Read (and drop) until the peer answers our close, or the deadline passes.
+            while let Ok(Some(_)) = self.read_msg().await {}
+        }
+        drop(self.outbox);
+        drop(self.close_tx);
+        let mut writer = self.writer;
+        if tokio::time::timeout(self.close_timeout, &mut writer)
+            .await
+            .is_err()
+        {
+            trace!(peer = ?self.peer, "writer did not finish in time");
+            writer.abort();
+        }
+    }
+
+    /// Handles one frame that arrived; returns it when it is data.
+    fn on_message(&mut self, msg: Message) -> Option<Incoming> {
+        match msg {
+            Message::Text(text) => Some(Incoming::Text(text)),
+            Message::Binary(data) => Some(Incoming::Binary(data)),
+            Message::Ping(_) => {
+                // tungstenite queued the pong; it leaves on the next write or flush, so ask now.
+                self.outbox.nudge_flush();
+                None
+            }
+            Message::Pong(_) | Message::Frame(_) => None,
+            Message::Close(frame) => {
+                // tungstenite queued the reply; the next read flushes it and then ends the stream.
+                self.peer_close = Some(frame.unwrap_or(CloseFrame {
+                    code: CloseCode::Status,
+                    reason: Utf8Bytes::default(),
+                }));
+                if self.close_deadline.is_none() {
+                    self.close_deadline = Some(Instant::now() + self.close_timeout);
+                    self.rearm_timer();
+                }
+                None
+            }
+        }
+    }
+
+    /// Turns a read error into a close frame with the right code.
+    fn on_error(&mut self, err: Error) -> Error {
+        if err.is_disconnect() {
+            self.ended = true;
+        } else if let Some(code) = err.close_code() {
+            self.start_close(code, &err.to_string());
+        }
+        err
+    }
+
+    /// The one timer fired: close deadline, idle timeout or ping, whichever is due.
+    fn on_timer(&mut self) -> Option<Error> {
+        let now = Instant::now();
+        if let Some(deadline) = self.close_deadline {
+            if now >= deadline {
+                debug!(peer = ?self.peer, "close handshake timed out");
+                self.ended = true;
+                return None;
+            }
+        } else if now >= self.last_heard + self.idle_timeout {
+            let err = Error::IdleTimeout(self.idle_timeout);
+            self.start_close(CloseCode::Away, "idle timeout");
+            return Some(err);
+        } else if !self.ping_interval.is_zero() && now >= self.next_ping {
+            let _ = self.outbox.try_send(Message::Ping(Bytes::new()));
+            self.next_ping = now + self.ping_interval;
+        }
+        self.rearm_timer();
+        None
+    }
+
+    fn rearm_timer(&mut self) {
+        let next = match self.close_deadline {
+            Some(deadline) => deadline,
+            None if self.ping_interval.is_zero() => self.last_heard + self.idle_timeout,
+            None => (self.last_heard + self.idle_timeout).min(self.next_ping),
+        };
+        self.timer.as_mut().reset(next);
+    }
+}
+
+/// What a connection does: the demo server, the echo server and the chat server are handlers.
+///
+/// `handle` reads with [`Connection::read_msg`] until it returns `None` or an error, and sends
+/// through the connection or its [`Outbox`]. It does not need to close: the caller runs
+/// [`Connection::finish`] with whatever `handle` returned.
+pub trait Handler: Send + Sync + 'static {
+    /// Serves one connection.
+    fn handle(&self, conn: &mut Connection) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Runs `handler` over `conn` and then ends the connection properly. Returns what the handler
+/// returned, for the caller to log.
+pub async fn serve_connection<H: Handler>(handler: &H, mut conn: Connection) -> Result<()> {
+    let outcome = handler.handle(&mut conn).await;
+    let outcome = match outcome {
+        // The peer closing its side is the normal end of a connection, not a failure.
+        Err(Error::Closed) => Ok(()),
+        other => other,
+    };
+    conn.finish(&outcome).await;
+    outcome
+}
+
+/// The writer task: feeds what waits in the queue, flushes once per batch; on a close request
+/// writes what is already queued, then the close frame.
+async fn write_loop(
+    mut sink: SplitSink<Socket, Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut close_rx: oneshot::Receiver<CloseFrame>,
+    max_batch: usize,
+) {
+    let result: Result<()> = async {
+        loop {
+            let first = tokio::select! {
+                biased;
+                frame = &mut close_rx => {
+                    if let Ok(frame) = frame {
+                        while let Ok(item) = rx.try_recv() {
+                            if let Outgoing::Message(msg) = item {
+                                sink.feed(msg).await?;
+                            }
+                        }
+                        sink.send(Message::Close(Some(frame))).await?;
+                    }
+                    return Ok(());
+                }
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => return Ok(()),
+                },
+            };
+            let mut item = Some(first);
+            let mut fed = 0;
+            while let Some(next) = item.take() {
+                if let Outgoing::Message(msg) = next {
+                    sink.feed(msg).await?;
+                }
+                fed += 1;
+                if fed < max_batch {
+                    item = rx.try_recv().ok();
+                }
+            }
+            sink.flush().await?;
+        }
+    }
+    .await;
+    if let Err(err) = result {
+        trace!(cause = %err, "writer stopped");
+    }
+}
+
+/// Cuts a close reason to what fits in a close frame, on a character boundary.
+fn truncate_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_in_a_control_frame() {
+        assert_eq!(truncate_reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= MAX_CLOSE_REASON);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}

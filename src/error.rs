@@ -1,0 +1,90 @@
+//! The library's one error type, and the one place where errors become WebSocket close codes.
+//!
+//! Everything below `main.rs` returns [`Result`]; the binary wraps it in `anyhow` only to print it.
+
+use tokio_tungstenite::tungstenite;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+/// What can go wrong on a nanachat connection or while starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The peer broke the WebSocket protocol (bad frame, bad opcode, unmasked client frame…).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A text message was not valid UTF-8.
+    #[error("invalid UTF-8 in a text message")]
+    InvalidUtf8,
+    /// A message or frame was larger than the configured limit.
+    #[error("message too big: {0}")]
+    TooBig(String),
+    /// The peer stopped answering: nothing arrived within the idle timeout.
+    #[error("idle timeout: nothing received for {0:?}")]
+    IdleTimeout(std::time::Duration),
+    /// The connection's outbox is full: the peer does not read fast enough.
+    #[error("slow consumer: outbox full")]
+    SlowConsumer,
+    /// The connection is already closed (or its writer has stopped); nothing more can be sent.
+    #[error("connection closed")]
+    Closed,
+    /// A URL, address or option given by the user is not valid.
+    #[error("{0}")]
+    Config(String),
+    /// The WebSocket handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// An I/O error from the socket or the listener.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with nanachat's [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The close code (and reason) that ends a connection because of this error, if the error
+    /// is one the peer should be told about. `None` means the link is gone or the error is ours
+    /// to report elsewhere.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            Error::Protocol(_) => Some(CloseCode::Protocol),
+            Error::InvalidUtf8 => Some(CloseCode::Invalid),
+            Error::TooBig(_) => Some(CloseCode::Size),
+            Error::IdleTimeout(_) => Some(CloseCode::Away),
+            Error::SlowConsumer => Some(CloseCode::Library(crate::connection::CLOSE_SLOW_CONSUMER)),
+            Error::Closed | Error::Io(_) => None,
+            Error::Config(_) | Error::Handshake(_) => Some(CloseCode::Error),
+        }
+    }
+
+    /// Whether the error means the transport is gone, so no close frame can be sent.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, Error::Closed | Error::Io(_))
+    }
+}
+
+impl From<tungstenite::Error> for Error {
+    fn from(err: tungstenite::Error) -> Self {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        match err {
+            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+                Error::Closed
+            }
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                Error::Closed
+            }
+            tungstenite::Error::Io(io) => Error::Io(io),
+            tungstenite::Error::Utf8(_) => Error::InvalidUtf8,
+            tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                Error::TooBig(format!("{size} bytes, limit {max_size}"))
+            }
+            tungstenite::Error::Capacity(other) => Error::TooBig(other.to_string()),
+            tungstenite::Error::WriteBufferFull(_) => Error::SlowConsumer,
+            tungstenite::Error::Protocol(p) => Error::Protocol(p.to_string()),
+            tungstenite::Error::Url(u) => Error::Config(format!("bad URL: {u}")),
+            tungstenite::Error::Http(resp) => {
+                Error::Handshake(format!("server answered HTTP {}", resp.status()))
+            }
+            other => Error::Handshake(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! nanachat: a real-time chat core over WebSocket, as one library and one binary.
+//!
+//! # Layout
+//!
+//! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
+//!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
+//!   trait that says what a connection does. Every mode stands on it.
+//! - [`server`]: the accept loop on one port (axum on hyper): WebSocket upgrade on any path,
+//!   `/healthz`, connection limit, two-phase graceful shutdown.
+//! - [`dial`]: opening a WebSocket from our side, into the same [`Connection`](connection::Connection).
+//! - [`demo`]: the seed's full-duplex pair (`Server.py` / `Client.py`) as a handler and a client.
+//! - [`echo`]: the echo handler, the conformance target.
+//! - [`config`]: limits and timers with their defaults, validated once.
+//! - [`error`]: the error type and its mapping to close codes.
+
+pub mod config;
+pub mod connection;
+pub mod demo;
+pub mod dial;
+pub mod echo;
+pub mod error;
+pub mod server;
+
+pub use connection::{Connection, Handler};
+pub use error::{Error, Result};

@@ -1,0 +1,275 @@
+//! The `nanachat` binary: parses the command line, sets up logging and signals, and calls the
+//! library. Exit codes: 0 done, 1 failed while running, 2 bad usage or configuration.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use nanachat::config::{ConnectionConfig, parse_bytes, parse_duration};
+use nanachat::connection::Handler;
+use nanachat::demo::{DemoClient, DemoServer};
+use nanachat::dial::Target;
+use nanachat::echo::Echo;
+use nanachat::server::{self, ServerConfig};
+use nanachat::{Error, Result};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nanachat",
+    version,
+    about = "A real-time chat core over WebSocket."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The seed's full-duplex pair: a server that pushes every 3 s, a client that sends every 1 s.
+    Demo {
+        #[command(subcommand)]
+        side: DemoSide,
+    },
+    /// An echo server on the same connection layer, for conformance testing.
+    Echo {
+        /// Address to listen on, HOST:PORT (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        addr: String,
+        #[command(flatten)]
+        limits: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoSide {
+    /// The seed's Server.py: prints `< msg` as messages arrive, pushes `!Server Send! …`.
+    Server {
+        /// Address to listen on, HOST:PORT (port 0 picks a free one).
+        #[arg(long, default_value = "localhost:8765")]
+        addr: String,
+        /// How often each client gets a message.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        every: Duration,
+        #[command(flatten)]
+        limits: ServerArgs,
+    },
+    /// The seed's Client.py: sends `!Client Send! …`, prints what arrives, ticks `INTER BREAK`.
+    Client {
+        /// The server's URL.
+        #[arg(default_value = "ws://localhost:8765")]
+        url: String,
+        /// How often to send a message.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        every: Duration,
+        /// How often to print `INTER BREAK`; 0 turns it off.
+        #[arg(long, default_value = "0.2s", value_parser = parse_duration)]
+        tick: Duration,
+        /// Close cleanly after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        limits: ConnectionArgs,
+    },
+}
+
+/// Per-connection limits; unset flags keep the library's defaults.
+#[derive(Debug, Args)]
+struct ConnectionArgs {
+    /// Largest message accepted, e.g. 64KiB (close 1009 beyond).
+    #[arg(long, value_parser = parse_bytes, env = "NANACHAT_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Largest frame accepted, e.g. 64KiB (close 1009 beyond).
+    #[arg(long, value_parser = parse_bytes, env = "NANACHAT_MAX_FRAME_BYTES")]
+    max_frame_bytes: Option<usize>,
+    /// How often to ping the peer; 0 turns pings off.
+    #[arg(long, value_parser = parse_duration, env = "NANACHAT_PING_INTERVAL")]
+    ping_interval: Option<Duration>,
+    /// Close a peer from which nothing arrived for this long.
+    #[arg(long, value_parser = parse_duration, env = "NANACHAT_IDLE_TIMEOUT")]
+    idle_timeout: Option<Duration>,
+}
+
+/// Server limits, on top of the per-connection ones.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// Most WebSocket connections at once (503 beyond).
+    #[arg(long, env = "NANACHAT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// How long a graceful shutdown may take.
+    #[arg(long, value_parser = parse_duration, env = "NANACHAT_SHUTDOWN_TIMEOUT")]
+    shutdown_timeout: Option<Duration>,
+}
+
+impl ConnectionArgs {
+    fn config(&self) -> Result<ConnectionConfig> {
+        let mut config = ConnectionConfig::default();
+        if let Some(v) = self.max_message_bytes {
+            config.max_message_bytes = v;
+        }
+        if let Some(v) = self.max_frame_bytes {
+            config.max_frame_bytes = v;
+        }
+        if let Some(v) = self.ping_interval {
+            config.ping_interval = v;
+        }
+        if let Some(v) = self.idle_timeout {
+            config.idle_timeout = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ServerArgs {
+    fn config(&self) -> Result<ServerConfig> {
+        let mut config = ServerConfig {
+            connection: self.connection.config()?,
+            ..ServerConfig::default()
+        };
+        if let Some(v) = self.max_connections {
+            config.max_connections = v;
+        }
+        if let Some(v) = self.shutdown_timeout {
+            config.shutdown_timeout = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("nanachat: {err}");
+            match err {
+                Error::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Echo { addr, limits } => serve(&addr, limits.config()?, Echo),
+        Command::Demo {
+            side:
+                DemoSide::Server {
+                    addr,
+                    every,
+                    limits,
+                },
+        } => serve(&addr, limits.config()?, DemoServer { every }),
+        Command::Demo {
+            side:
+                DemoSide::Client {
+                    url,
+                    every,
+                    tick,
+                    count,
+                    limits,
+                },
+        } => {
+            let target = Target::parse(&url)?;
+            let config = limits.config()?;
+            if every.is_zero() {
+                return Err(Error::Config("--every must be above 0".into()));
+            }
+            let client = DemoClient { every, tick, count };
+            // One event loop, one thread: the seed's point is that the three tasks interleave.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                client.run(&target, &config, shutdown).await
+            })
+        }
+    }
+}
+
+/// Binds `addr` and serves `handler` on it until SIGINT or SIGTERM.
+fn serve<H: Handler>(addr: &str, config: ServerConfig, handler: H) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = bind(addr).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        server::run(listener, config, handler, shutdown.cancelled_owned()).await
+    })
+}
+
+/// Resolves HOST:PORT and binds the first address that works.
+async fn bind(addr: &str) -> Result<TcpListener> {
+    let bad = || Error::Config(format!("bad address '{addr}': expected HOST:PORT"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|err| Error::Config(format!("bad address '{addr}': {err}")))?
+        .collect();
+    // Prefer IPv4 for names like `localhost`, as most clients try it.
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    let mut last = None;
+    for candidate in addrs {
+        match TcpListener::bind(candidate).await {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = Some(err),
+        }
+    }
+    let err = last.unwrap_or_else(|| std::io::Error::other("no address to bind"));
+    Err(Error::Io(std::io::Error::new(
+        err.kind(),
+        format!("cannot listen on {addr}: {err}"),
+    )))
+}
+
+/// Cancels `token` on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    token.cancel();
+}

@@ -1,0 +1,181 @@
+//! The server: one port for every mode. The accept loop (axum on hyper) answers plain HTTP
+//! (`/healthz`, a page on `/`) and upgrades WebSocket requests on any path; each upgraded
+//! connection runs the mode's [`Handler`] on its own task.
+//!
+//! Limits and shutdown live here, the same for every handler: a semaphore permit per WebSocket
+//! (503 when none is left), and a two-phase stop — cancel every connection (each closes with
+//! 1001), then wait for them, at most `shutdown_timeout`.
+
+mod upgrade;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Response, StatusCode};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::ConnectionConfig;
+use crate::connection::{Connection, Handler, serve_connection};
+use crate::{Error, Result};
+use upgrade::{NotUpgrade, UpgradeRequest, text_response};
+
+/// Settings of the server layer, shared by every mode.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most WebSocket connections open at once; more are refused with 503.
+    pub max_connections: usize,
+    /// How long a graceful shutdown may take before the remaining connections are dropped.
+    pub shutdown_timeout: Duration,
+    /// Limits and timers of each connection.
+    pub connection: ConnectionConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            shutdown_timeout: Duration::from_secs(10),
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the values once, at start.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
+            return Err(Error::Config("max connections must be above 0".into()));
+        }
+        self.connection.validate()
+    }
+}
+
+struct Shared<H> {
+    handler: H,
+    config: ServerConfig,
+    permits: Arc<Semaphore>,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Serves `handler` on `listener` until `shutdown` resolves, then closes every connection with
+/// 1001 and waits for them (at most `config.shutdown_timeout`).
+pub async fn run<H: Handler>(
+    listener: TcpListener,
+    config: ServerConfig,
+    handler: H,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    config.validate()?;
+    let addr = listener.local_addr()?;
+    let token = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        handler,
+        permits: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        connections: TaskTracker::new(),
+        shutdown: token.clone(),
+    });
+
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(upgrade_or_page::<H>)
+        .with_state(shared.clone());
+
+    info!(%addr, "listening on ws://{addr}");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let stop = token.clone();
+    let serving = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        info!("shutting down");
+        stop.cancel();
+    });
+    serving.await?;
+
+    shared.connections.close();
+    let open = shared.connections.len();
+    if tokio::time::timeout(shared.config.shutdown_timeout, shared.connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = shared.connections.len(),
+            "shutdown timeout: dropping the connections still open"
+        );
+    }
+    info!(closed = open, "stopped");
+    Ok(())
+}
+
+/// The fallback route: a WebSocket upgrade on any path, otherwise a short page on `/`.
+async fn upgrade_or_page<H: Handler>(
+    State(shared): State<Arc<Shared<H>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response<Body> {
+    let upgrade = match UpgradeRequest::from_request(&mut req) {
+        Ok(upgrade) => upgrade,
+        Err(NotUpgrade::Refused(response)) => return *response,
+        Err(NotUpgrade::Plain) if req.uri().path() == "/" => {
+            return text_response(
+                StatusCode::OK,
+                "nanachat: connect a WebSocket client to this address.\n",
+            );
+        }
+        Err(NotUpgrade::Plain) => return text_response(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if shared.shutdown.is_cancelled() {
+        return text_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
+    }
+    let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+        warn!(%peer, "refused: max connections reached");
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server full: max connections reached\n",
+        );
+    };
+    let (response, on_upgrade) = upgrade.accept();
+    let task_shared = shared.clone();
+    shared.connections.spawn(async move {
+        let _permit = permit;
+        let shared = task_shared;
+        let transport = match on_upgrade.await {
+            Ok(upgraded) => Box::new(TokioIo::new(upgraded)),
+            Err(err) => {
+                warn!(%peer, cause = %err, "upgrade failed");
+                return;
+            }
+        };
+        let conn = Connection::accept(
+            transport,
+            Some(peer),
+            &shared.config.connection,
+            shared.shutdown.clone(),
+        )
+        .await;
+        info!(%peer, "connected");
+        match serve_connection(&shared.handler, conn).await {
+            Ok(()) => info!(%peer, "disconnected"),
+            Err(err) => info!(%peer, reason = %err, "disconnected"),
+        }
+    });
+    response
+}
