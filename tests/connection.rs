@@ -1,0 +1,291 @@
+//! The connection layer, through the echo handler, against a real server on a real socket:
+//! echo, close codes for bad input, limits, pings, idle timeout and graceful shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, close_frame, next_data, peer, within};
+use futures_util::{SinkExt, StreamExt};
+use nanachat::config::ConnectionConfig;
+use nanachat::echo::Echo;
+use nanachat::server::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+fn config_with(connection: ConnectionConfig) -> ServerConfig {
+    ServerConfig {
+        connection,
+        ..ServerConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn echoes_text_and_binary_in_order() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    let mut ws = peer(&server.url()).await;
+    for i in 0..100 {
+        ws.feed(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    ws.feed(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    within("flush", ws.flush()).await.unwrap();
+    for i in 0..100 {
+        assert_eq!(
+            next_data(&mut ws).await,
+            Some(Message::text(format!("message {i}")))
+        );
+    }
+    assert_eq!(
+        next_data(&mut ws).await,
+        Some(Message::binary(vec![0u8, 1, 2, 255]))
+    );
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_and_others_keep_being_served() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    let mut good = peer(&server.url()).await;
+    let mut bad = peer(&server.url()).await;
+    let frame = Frame::message(vec![0x68, 0xff, 0xfe], OpCode::Data(Data::Text), true);
+    bad.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_frame(&mut bad).await.code, CloseCode::Invalid);
+
+    good.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        next_data(&mut good).await,
+        Some(Message::text("still here"))
+    );
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let config = ConnectionConfig {
+        max_message_bytes: 1024,
+        max_frame_bytes: 1024,
+        ..ConnectionConfig::default()
+    };
+    let server = TestServer::start(config_with(config), Echo).await;
+    let mut ws = peer(&server.url()).await;
+    ws.send(Message::text("x".repeat(1024))).await.unwrap();
+    assert_eq!(
+        next_data(&mut ws).await,
+        Some(Message::text("x".repeat(1024)))
+    );
+    ws.send(Message::text("x".repeat(1025))).await.unwrap();
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Size);
+    assert!(frame.reason.contains("1025"), "reason: {}", frame.reason);
+}
+
+#[tokio::test]
+async fn fragmented_message_over_the_limit_closes_with_1009() {
+    let config = ConnectionConfig {
+        max_message_bytes: 1024,
+        ..ConnectionConfig::default()
+    };
+    let server = TestServer::start(config_with(config), Echo).await;
+    let mut ws = peer(&server.url()).await;
+    let first = Frame::message(vec![b'a'; 700], OpCode::Data(Data::Text), false);
+    let rest = Frame::message(vec![b'a'; 700], OpCode::Data(Data::Continue), true);
+    ws.send(Message::Frame(first)).await.unwrap();
+    ws.send(Message::Frame(rest)).await.unwrap();
+    assert_eq!(close_frame(&mut ws).await.code, CloseCode::Size);
+}
+
+/// Opens a WebSocket by hand, so the test can write bytes no well-behaved client would.
+async fn raw_websocket(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = within("tcp connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        within("handshake answer", tcp.read_exact(&mut byte))
+            .await
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    tcp
+}
+
+/// Reads one unmasked server frame: (opcode, payload).
+async fn read_raw_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    within("frame header", tcp.read_exact(&mut head))
+        .await
+        .unwrap();
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = (head[1] & 0x7f) as usize;
+    assert!(len < 126, "short test frames only");
+    let mut payload = vec![0u8; len];
+    within("frame payload", tcp.read_exact(&mut payload))
+        .await
+        .unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+#[tokio::test]
+async fn reserved_opcode_closes_with_1002() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    let mut tcp = raw_websocket(server.addr).await;
+    // FIN + reserved opcode 0x3, masked, empty payload.
+    tcp.write_all(&[0x83, 0x80, 1, 2, 3, 4]).await.unwrap();
+    let (opcode, payload) = read_raw_frame(&mut tcp).await;
+    assert_eq!(opcode, 0x8, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+}
+
+#[tokio::test]
+async fn unmasked_client_frame_closes_with_1002() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    let mut tcp = raw_websocket(server.addr).await;
+    tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    let (opcode, payload) = read_raw_frame(&mut tcp).await;
+    assert_eq!(opcode, 0x8);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+}
+
+#[tokio::test]
+async fn pings_are_answered_at_once() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    let mut tcp = raw_websocket(server.addr).await;
+    // A masked ping "ab" and then nothing: the pong must come without any further traffic.
+    let mask = [9u8, 8, 7, 6];
+    tcp.write_all(&[
+        0x89,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        b'a' ^ mask[0],
+        b'b' ^ mask[1],
+    ])
+    .await
+    .unwrap();
+    assert_eq!(read_raw_frame(&mut tcp).await, (0xA, b"ab".to_vec()));
+}
+
+#[tokio::test]
+async fn max_connections_refuses_with_503_and_frees_the_slot_on_close() {
+    let config = ServerConfig {
+        max_connections: 2,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Echo).await;
+    let mut first = peer(&server.url()).await;
+    let _second = peer(&server.url()).await;
+    match within(
+        "third connect",
+        tokio_tungstenite::connect_async(server.url()),
+    )
+    .await
+    {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    first.close(None).await.unwrap();
+    while within("close reply", first.next()).await.is_some() {}
+    // The slot frees once the server side has finished; wait for that condition.
+    within("a free slot", async {
+        loop {
+            if tokio_tungstenite::connect_async(server.url()).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn silent_peer_is_closed_after_the_idle_timeout() {
+    let config = ConnectionConfig {
+        ping_interval: Duration::ZERO,
+        idle_timeout: Duration::from_millis(300),
+        ..ConnectionConfig::default()
+    };
+    let server = TestServer::start(config_with(config), Echo).await;
+    let mut ws = peer(&server.url()).await;
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Away);
+    assert_eq!(frame.reason.as_str(), "idle timeout");
+}
+
+#[tokio::test]
+async fn server_pings_keep_a_live_peer_open() {
+    let config = ConnectionConfig {
+        ping_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(200),
+        ..ConnectionConfig::default()
+    };
+    let server = TestServer::start(config_with(config), Echo).await;
+    let mut ws = peer(&server.url()).await;
+    // tokio-tungstenite answers each ping; ten pings span several idle timeouts.
+    let mut pings = 0;
+    while pings < 10 {
+        match within("ping", ws.next()).await {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("expected pings only, got {other:?}"),
+        }
+    }
+    ws.send(Message::text("alive")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Some(Message::text("alive")));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_every_connection_with_1001() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    let mut peers = Vec::new();
+    for _ in 0..5 {
+        peers.push(peer(&server.url()).await);
+    }
+    // Make sure every connection is fully up before stopping.
+    for ws in &mut peers {
+        ws.send(Message::text("up")).await.unwrap();
+        assert_eq!(next_data(ws).await, Some(Message::text("up")));
+    }
+    let stopping = tokio::spawn(server.stop());
+    for ws in &mut peers {
+        let frame = close_frame(ws).await;
+        assert_eq!(frame.code, CloseCode::Away);
+        // Finish the handshake as a polite client does.
+        while within("close reply", ws.next()).await.is_some() {}
+    }
+    within("run returns", stopping).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn plain_http_gets_a_page_and_a_health_check() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    for (path, status) in [("/", "200"), ("/healthz", "200"), ("/nope", "404")] {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        within("http answer", tcp.read_to_string(&mut answer))
+            .await
+            .unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {answer}"
+        );
+    }
+}
