@@ -105,3 +105,161 @@ pub async fn close_frame(ws: &mut Peer) -> CloseFrame {
         }
     }
 }
+
+/// A line a child process printed, with when we read it.
+pub type Line = (std::time::Instant, String);
+
+/// A child process whose stdout and stderr lines are collected as they come; killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: std::process::Child,
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<Line>>>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<Line>>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: std::process::Command) -> Self {
+        use std::process::Stdio;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("PYTHONUNBUFFERED", "1");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Self {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn stdout_lines(&self) -> Vec<Line> {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        let lines = self.stderr.lock().expect("lock");
+        lines.iter().map(|(_, l)| format!("{l}\n")).collect()
+    }
+
+    /// Waits (at most [`WAIT`]) until `done` holds for the stdout lines so far.
+    pub fn wait_stdout(&self, what: &str, done: impl Fn(&[Line]) -> bool) {
+        self.wait(what, &self.stdout, done);
+    }
+
+    /// Waits (at most [`WAIT`]) for a stderr line containing `needle`; returns that line.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        self.wait(needle, &self.stderr, |lines| {
+            lines.iter().any(|(_, l)| l.contains(needle))
+        });
+        let lines = self.stderr.lock().expect("lock");
+        let (_, line) = lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .expect("found");
+        line.clone()
+    }
+
+    /// The `ws://…` address a nanachat server logged when it started listening.
+    pub fn listening_url(&self) -> String {
+        let line = self.wait_stderr("listening on ws://");
+        let start = line.find("ws://").expect("url");
+        line[start..]
+            .split_whitespace()
+            .next()
+            .expect("url")
+            .to_owned()
+    }
+
+    fn wait(
+        &self,
+        what: &str,
+        lines: &std::sync::Mutex<Vec<Line>>,
+        done: impl Fn(&[Line]) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if done(&lines.lock().expect("lock")) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{}: timed out waiting for {what}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout_lines()
+                        .iter()
+                        .map(|(_, l)| format!("{l}\n"))
+                        .collect::<String>(),
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (at most [`WAIT`]) for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader threads drain what is left in the pipes.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{} did not exit\nstderr:\n{}",
+                    self.name,
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM (a graceful stop request).
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn collect(
+    pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<Line>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            sink.lock()
+                .expect("lock")
+                .push((std::time::Instant::now(), line));
+        }
+    });
+    lines
+}
+
+/// The `nanachat` binary built for these tests.
+pub fn nanachat() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nanachat"))
+}
