@@ -209,7 +209,7 @@ impl Connection {
         self.outbox.clone()
     }
 
-    /// The close frame the peer sent, once it has started the close handshake.
+    /// The close frame the peer sent, when the peer started the close handshake.
     pub fn peer_close(&self) -> Option<&CloseFrame> {
         self.peer_close.as_ref()
     }
@@ -336,10 +336,13 @@ impl Connection {
             Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(frame) => {
                 // tungstenite queued the reply; the next read flushes it and then ends the stream.
-                self.peer_close = Some(frame.unwrap_or(CloseFrame {
-                    code: CloseCode::Status,
-                    reason: Utf8Bytes::default(),
-                }));
+                // A close that answers ours is not the peer closing.
+                if self.close_tx.is_some() {
+                    self.peer_close = Some(frame.unwrap_or(CloseFrame {
+                        code: CloseCode::Status,
+                        reason: Utf8Bytes::default(),
+                    }));
+                }
                 if self.close_deadline.is_none() {
                     self.close_deadline = Some(Instant::now() + self.close_timeout);
                     self.rearm_timer();
