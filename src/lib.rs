@@ -7,7 +7,7 @@
 //!   trait that says what a connection does. Every mode stands on it.
 //! - [`server`]: the accept loop on one port (axum on hyper): WebSocket upgrade on any path,
 //!   `/healthz`, connection limit, two-phase graceful shutdown.
-//! - [`dial`]: opening a WebSocket from our side, into the same [`Connection`](connection::Connection).
+//! - [`dial`]: opening a WebSocket from our side, into the same [`Connection`].
 //! - [`demo`]: the seed's full-duplex pair (`Server.py` / `Client.py`) as a handler and a client.
 //! - [`echo`]: the echo handler, the conformance target.
 //! - [`config`]: limits and timers with their defaults, validated once.
