@@ -100,16 +100,20 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", help="measure only the servers whose name contains this")
+    parser.add_argument("--nanachat-args", default="", help="extra flags for nanachat echo")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     nanachat = os.path.join(ROOT, "target/release/nanachat")
     servers = {
-        "nanachat echo": ([nanachat, "echo", "--addr", "127.0.0.1:0", "--max-connections", "20000"], "listening on ws://"),
+        "nanachat echo": ([nanachat, "echo", "--addr", "127.0.0.1:0", "--max-connections", "20000", *args.nanachat_args.split()], "listening on ws://"),
         "node ws": (["node", "tests/peers/node/echo_server.js"], "LISTENING"),
         "python websockets": ([sys.executable, "bench/echo_server.py"], "LISTENING"),
     }
+    if args.only:
+        servers = {k: v for k, v in servers.items() if args.only in k}
     results = {}
     for run in range(args.runs):
         for name, (cmd, marker) in servers.items():
@@ -119,7 +123,7 @@ def main():
             print(f"run {run + 1}: {name:18} baseline {base / 1024:7.1f} MiB, "
                   f"with {args.connections} idle: {after / 1024:7.1f} MiB, {per / 1024:5.2f} KiB/conn",
                   flush=True)
-    ref = statistics.median(results["nanachat echo"])
+    ref = statistics.median(results.get("nanachat echo", [1]))
     print(f"\nmedian KiB per idle connection ({args.connections} connections, {args.runs} runs):")
     for name, values in results.items():
         med = statistics.median(values)

@@ -15,7 +15,9 @@ pub struct ConnectionConfig {
     pub max_message_bytes: usize,
     /// Largest single frame accepted from a peer (close 1009 beyond).
     pub max_frame_bytes: usize,
-    /// Size of the per-connection read buffer. Small, because most connections are idle.
+    /// Size of tungstenite's per-connection read buffer. Small, because most connections are
+    /// idle and tungstenite keeps all of it touched; reads from the socket go through the
+    /// per-thread read-ahead buffer ([`crate::transport::ReadAhead`]) and stay large.
     pub read_buffer_bytes: usize,
     /// Bytes the writer gathers before it writes to the socket; a flush writes them regardless.
     pub write_buffer_bytes: usize,
@@ -36,7 +38,7 @@ impl Default for ConnectionConfig {
         Self {
             max_message_bytes: 64 * 1024,
             max_frame_bytes: 64 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 8 * 1024,
             outbox_capacity: 64,
             max_batch: 64,

@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
@@ -34,6 +32,9 @@ pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::config::ConnectionConfig;
+use crate::outbox::Next;
+pub use crate::outbox::Outbox;
+pub use crate::transport::{BoxedTransport, ReadAhead, Transport};
 use crate::{Error, Result};
 
 /// Close code for a peer whose outbox overflowed: it read too slowly. It may reconnect and resume.
@@ -41,13 +42,6 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
 
 /// The longest close reason the protocol allows (a control frame carries 125 bytes, 2 are the code).
 const MAX_CLOSE_REASON: usize = 123;
-
-/// Any byte stream a WebSocket can run over: a TCP stream, an upgraded HTTP connection, TLS later.
-pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
-
-/// The transport, boxed, so that one `Connection` type serves the server and the client side.
-pub type BoxedTransport = Box<dyn Transport>;
 
 type Socket = WebSocketStream<BoxedTransport>;
 
@@ -69,57 +63,10 @@ impl From<Incoming> for Message {
     }
 }
 
-/// What the writer task is asked to do.
-#[derive(Debug)]
-enum Outgoing {
-    Message(Message),
-    /// Write out what tungstenite holds, e.g. the pong it queued for a ping.
-    Flush,
-}
-
-/// The sending side of a connection: a handle on its bounded queue. Cheap to clone; a room keeps
-/// one per member.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
-}
-
-impl Outbox {
-    /// Queues a message, waiting while the queue is full (back-pressure onto the caller).
-    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
-        self.tx
-            .send(Outgoing::Message(msg.into()))
-            .await
-            .map_err(|_| Error::Closed)
-    }
-
-    /// Queues a message without waiting. A full queue is a slow consumer: the caller should
-    /// close that peer ([`Error::SlowConsumer`]) rather than wait for it.
-    pub fn try_send(&self, msg: impl Into<Message>) -> Result<()> {
-        self.tx
-            .try_send(Outgoing::Message(msg.into()))
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => Error::SlowConsumer,
-                mpsc::error::TrySendError::Closed(_) => Error::Closed,
-            })
-    }
-
-    /// Whether the writer has stopped: nothing sent now would reach the peer.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    fn nudge_flush(&self) {
-        // A full queue means the writer is busy and flushes after its batch anyway.
-        let _ = self.tx.try_send(Outgoing::Flush);
-    }
-}
-
 /// One open WebSocket connection: the reading half, the writer task's queue, and the timers.
 pub struct Connection {
     stream: SplitStream<Socket>,
     outbox: Outbox,
-    close_tx: Option<oneshot::Sender<CloseFrame>>,
     writer: JoinHandle<()>,
     shutdown: CancellationToken,
     peer: Option<SocketAddr>,
@@ -131,6 +78,8 @@ pub struct Connection {
     next_ping: Instant,
     /// Set once our close frame is queued: the handshake must be over by then.
     close_deadline: Option<Instant>,
+    /// We queued our close frame (or the peer's close came first).
+    close_started: bool,
     /// The close frame the peer sent, if it started the close.
     peer_close: Option<CloseFrame>,
     /// The stream has ended: nothing more will be read.
@@ -158,14 +107,13 @@ impl Connection {
         shutdown: CancellationToken,
     ) -> Self {
         let (sink, stream) = socket.split();
-        let (tx, rx) = mpsc::channel(config.outbox_capacity);
-        let (close_tx, close_rx) = oneshot::channel();
-        let writer = tokio::spawn(write_loop(sink, rx, close_rx, config.max_batch));
+        let outbox = Outbox::new(config.outbox_capacity);
+        let writer = tokio::spawn(write_loop(sink, outbox.clone(), config.max_batch));
         let now = Instant::now();
         let mut conn = Self {
             stream,
-            outbox: Outbox { tx },
-            close_tx: Some(close_tx),
+            outbox,
+            close_started: false,
             writer,
             shutdown,
             peer,
@@ -190,12 +138,8 @@ impl Connection {
         config: &ConnectionConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        let socket = WebSocketStream::from_raw_socket(
-            transport,
-            Role::Server,
-            Some(config.websocket_config()),
-        )
-        .await;
+        let ws_config = Some(config.websocket_config());
+        let socket = WebSocketStream::from_raw_socket(transport, Role::Server, ws_config).await;
         Self::new(socket, peer, config, shutdown)
     }
 
@@ -268,17 +212,18 @@ impl Connection {
     /// Keep calling [`read_msg`](Self::read_msg) until it returns `None` to complete it, or call
     /// [`finish`](Self::finish).
     pub fn start_close(&mut self, code: CloseCode, reason: &str) {
-        if self.close_deadline.is_some() || self.peer_close.is_some() || self.ended {
+        if self.close_started || self.ended {
             return;
         }
+        self.close_started = true;
         let frame = CloseFrame {
             code,
             reason: truncate_reason(reason).into(),
         };
         debug!(peer = ?self.peer, code = u16::from(code), reason, "closing");
-        if let Some(tx) = self.close_tx.take() {
-            let _ = tx.send(frame);
-        }
+        // A slow consumer's queue is dropped: it would not read it, and the close should go first.
+        let discard = code == CloseCode::Library(CLOSE_SLOW_CONSUMER);
+        self.outbox.request_close(frame, discard);
         self.close_deadline = Some(Instant::now() + self.close_timeout);
         self.rearm_timer();
     }
@@ -311,8 +256,7 @@ impl Connection {
             // Read (and drop) until the peer answers our close, or the deadline passes.
             while let Ok(Some(_)) = self.read_msg().await {}
         }
-        drop(self.outbox);
-        drop(self.close_tx);
+        self.outbox.shut();
         let mut writer = self.writer;
         if tokio::time::timeout(self.close_timeout, &mut writer)
             .await
@@ -330,14 +274,15 @@ impl Connection {
             Message::Binary(data) => Some(Incoming::Binary(data)),
             Message::Ping(_) => {
                 // tungstenite queued the pong; it leaves on the next write or flush, so ask now.
-                self.outbox.nudge_flush();
+                self.outbox.request_flush();
                 None
             }
             Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(frame) => {
                 // tungstenite queued the reply; the next read flushes it and then ends the stream.
                 // A close that answers ours is not the peer closing.
-                if self.close_tx.is_some() {
+                if !self.close_started {
+                    self.close_started = true;
                     self.peer_close = Some(frame.unwrap_or(CloseFrame {
                         code: CloseCode::Status,
                         reason: Utf8Bytes::default(),
@@ -412,56 +357,49 @@ pub async fn serve_connection<H: Handler>(handler: &H, mut conn: Connection) -> 
         Err(Error::Closed) => Ok(()),
         other => other,
     };
-    conn.finish(&outcome).await;
+    // Boxed: the close handshake is rare next to the idle wait, and should not size every
+    // connection's task.
+    Box::pin(conn.finish(&outcome)).await;
     outcome
 }
 
-/// The writer task: feeds what waits in the queue, flushes once per batch; on a close request
-/// writes what is already queued, then the close frame.
-async fn write_loop(
-    mut sink: SplitSink<Socket, Message>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    mut close_rx: oneshot::Receiver<CloseFrame>,
-    max_batch: usize,
-) {
+/// The writer task: feeds what waits in the outbox, up to `max_batch` messages, then flushes
+/// once; on a close request, writes the close frame after what was queued, and stops.
+async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, max_batch: usize) {
     let result: Result<()> = async {
         loop {
-            let first = tokio::select! {
-                biased;
-                frame = &mut close_rx => {
-                    if let Ok(frame) = frame {
-                        while let Ok(item) = rx.try_recv() {
-                            if let Outgoing::Message(msg) = item {
-                                sink.feed(msg).await?;
-                            }
-                        }
-                        sink.send(Message::Close(Some(frame))).await?;
-                    }
-                    return Ok(());
-                }
-                item = rx.recv() => match item {
-                    Some(item) => item,
-                    None => return Ok(()),
-                },
-            };
-            let mut item = Some(first);
             let mut fed = 0;
-            while let Some(next) = item.take() {
-                if let Outgoing::Message(msg) = next {
-                    sink.feed(msg).await?;
+            let flush = loop {
+                match outbox.next() {
+                    Next::Message(msg) => {
+                        sink.feed(msg).await?;
+                        fed += 1;
+                        if fed == max_batch {
+                            break true;
+                        }
+                    }
+                    Next::Close(frame) => {
+                        sink.send(Message::Close(Some(frame))).await?;
+                        return Ok(());
+                    }
+                    Next::Stop => return Ok(()),
+                    Next::Idle { flush } => break flush || fed > 0,
                 }
-                fed += 1;
-                if fed < max_batch {
-                    item = rx.try_recv().ok();
-                }
+            };
+            if flush {
+                sink.flush().await?;
             }
-            sink.flush().await?;
+            if fed < max_batch {
+                outbox.work().await;
+            }
         }
     }
     .await;
     if let Err(err) = result {
         trace!(cause = %err, "writer stopped");
     }
+    // Whatever happened, nothing more can be written: refuse further messages.
+    outbox.shut();
 }
 
 /// Cuts a close reason to what fits in a close frame, on a character boundary.

@@ -10,7 +10,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConnectionConfig;
-use crate::connection::{BoxedTransport, Connection};
+use crate::connection::Connection;
+use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
 
 /// How long resolving, connecting and the handshake may take together.
@@ -78,7 +79,7 @@ pub async fn connect(
         let _ = tcp.set_nodelay(true);
         let peer = tcp.peer_addr().ok();
         let request = target.uri.clone().into_client_request()?;
-        let transport: BoxedTransport = Box::new(tcp);
+        let transport: BoxedTransport = Box::new(ReadAhead::new(tcp, Vec::new()));
         let (socket, _response) = tokio_tungstenite::client_async_with_config(
             request,
             transport,

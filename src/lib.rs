@@ -5,11 +5,14 @@
 //! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
 //!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
 //!   trait that says what a connection does. Every mode stands on it.
+//! - [`outbox`]: a connection's bounded send queue, shared by its senders, drained by its writer.
 //! - [`server`]: the accept loop on one port (axum on hyper): WebSocket upgrade on any path,
 //!   `/healthz`, connection limit, two-phase graceful shutdown.
 //! - [`dial`]: opening a WebSocket from our side, into the same [`Connection`].
 //! - [`demo`]: the seed's full-duplex pair (`Server.py` / `Client.py`) as a handler and a client.
 //! - [`echo`]: the echo handler, the conformance target.
+//! - [`transport`]: the byte stream under a WebSocket, with a read-ahead layer that keeps idle
+//!   connections cheap.
 //! - [`config`]: limits and timers with their defaults, validated once.
 //! - [`error`]: the error type and its mapping to close codes.
 
@@ -19,7 +22,9 @@ pub mod demo;
 pub mod dial;
 pub mod echo;
 pub mod error;
+pub mod outbox;
 pub mod server;
+pub mod transport;
 
 pub use connection::{Connection, Handler};
 pub use error::{Error, Result};

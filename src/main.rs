@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +88,9 @@ struct ConnectionArgs {
     /// Largest frame accepted, e.g. 64KiB (close 1009 beyond).
     #[arg(long, value_parser = parse_bytes, env = "NANACHAT_MAX_FRAME_BYTES")]
     max_frame_bytes: Option<usize>,
+    /// Per-connection read buffer, e.g. 4KiB: bigger reads fewer times, smaller costs less idle.
+    #[arg(long, value_parser = parse_bytes, env = "NANACHAT_READ_BUFFER_BYTES")]
+    read_buffer_bytes: Option<usize>,
     /// How often to ping the peer; 0 turns pings off.
     #[arg(long, value_parser = parse_duration, env = "NANACHAT_PING_INTERVAL")]
     ping_interval: Option<Duration>,
@@ -116,6 +120,9 @@ impl ConnectionArgs {
         }
         if let Some(v) = self.max_frame_bytes {
             config.max_frame_bytes = v;
+        }
+        if let Some(v) = self.read_buffer_bytes {
+            config.read_buffer_bytes = v;
         }
         if let Some(v) = self.ping_interval {
             config.ping_interval = v;

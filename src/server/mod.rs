@@ -20,7 +20,7 @@ use axum::http::{Response, StatusCode};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::config::ConnectionConfig;
 use crate::connection::{Connection, Handler, serve_connection};
+use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
 use upgrade::{NotUpgrade, UpgradeRequest, text_response};
 
@@ -157,19 +158,28 @@ async fn upgrade_or_page<H: Handler>(
     shared.connections.spawn(async move {
         let _permit = permit;
         let shared = task_shared;
-        let transport = match on_upgrade.await {
-            Ok(upgraded) => Box::new(TokioIo::new(upgraded)),
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
             Err(err) => {
                 warn!(%peer, cause = %err, "upgrade failed");
                 return;
             }
         };
-        let conn = Connection::accept(
+        // Take the TCP stream back out of hyper's wrapper: one box less per connection. Bytes
+        // the client sent right behind its handshake come along.
+        let transport: BoxedTransport = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => Box::new(ReadAhead::new(
+                parts.io.into_inner(),
+                parts.read_buf.to_vec(),
+            )),
+            Err(upgraded) => Box::new(ReadAhead::new(TokioIo::new(upgraded), Vec::new())),
+        };
+        let conn = Box::pin(Connection::accept(
             transport,
             Some(peer),
             &shared.config.connection,
             shared.shutdown.clone(),
-        )
+        ))
         .await;
         info!(%peer, "connected");
         match serve_connection(&shared.handler, conn).await {
