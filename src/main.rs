@@ -88,7 +88,7 @@ struct ConnectionArgs {
     /// Largest frame accepted, e.g. 64KiB (close 1009 beyond).
     #[arg(long, value_parser = parse_bytes, env = "NANACHAT_MAX_FRAME_BYTES")]
     max_frame_bytes: Option<usize>,
-    /// Per-connection read buffer, e.g. 4KiB: bigger reads fewer times, smaller costs less idle.
+    /// Per-connection read buffer (default 512): 4KiB is faster for busy peers, costs 3.5 KiB more per idle one.
     #[arg(long, value_parser = parse_bytes, env = "NANACHAT_READ_BUFFER_BYTES")]
     read_buffer_bytes: Option<usize>,
     /// How often to ping the peer; 0 turns pings off.
