@@ -32,6 +32,9 @@ pub enum Error {
     /// The WebSocket handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The history store failed (disk full, corrupt file…).
+    #[error("store error: {0}")]
+    Store(String),
     /// An I/O error from the socket or the listener.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -52,7 +55,7 @@ impl Error {
             Error::IdleTimeout(_) => Some(CloseCode::Away),
             Error::SlowConsumer => Some(CloseCode::Library(crate::connection::CLOSE_SLOW_CONSUMER)),
             Error::Closed | Error::Io(_) => None,
-            Error::Config(_) | Error::Handshake(_) => Some(CloseCode::Error),
+            Error::Config(_) | Error::Handshake(_) | Error::Store(_) => Some(CloseCode::Error),
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`dial`]: opening a WebSocket from our side, into the same [`Connection`].
 //! - [`demo`]: the seed's full-duplex pair (`Server.py` / `Client.py`) as a handler and a client.
 //! - [`echo`]: the echo handler, the conformance target.
+//! - [`store`]: durable history behind a small trait — SQLite (WAL, group commit) or memory.
 //! - [`transport`]: the byte stream under a WebSocket, with a read-ahead layer that keeps idle
 //!   connections cheap.
 //! - [`config`]: limits and timers with their defaults, validated once.
@@ -24,6 +25,7 @@ pub mod echo;
 pub mod error;
 pub mod outbox;
 pub mod server;
+pub mod store;
 pub mod transport;
 
 pub use connection::{Connection, Handler};

@@ -1,0 +1,145 @@
+//! The ephemeral store: everything in a map behind a mutex, gone when the process ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use crate::Result;
+
+/// History kept in memory only (`nanachat serve --memory`).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rooms: Mutex<HashMap<String, Room>>,
+}
+
+#[derive(Debug)]
+struct Room {
+    epoch: u64,
+    last_seq: u64,
+    records: BTreeMap<u64, Record>,
+    /// (sender, cid) → seq.
+    cids: HashMap<(String, String), u64>,
+}
+
+impl Room {
+    fn new() -> Self {
+        Self {
+            epoch: new_epoch(),
+            last_seq: 0,
+            records: BTreeMap::new(),
+            cids: HashMap::new(),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        let mut rooms = self.rooms();
+        let room = rooms.entry(append.room.clone()).or_insert_with(Room::new);
+        if let Some(cid) = &append.cid {
+            let key = (append.from.clone(), cid.clone());
+            if let Some(record) = room.cids.get(&key).and_then(|seq| room.records.get(seq)) {
+                return Ok(Appended {
+                    record: record.clone(),
+                    duplicate: true,
+                });
+            }
+        }
+        room.last_seq += 1;
+        let record = Record {
+            room: append.room,
+            seq: room.last_seq,
+            from: append.from,
+            text: append.text,
+            time_ms: now_ms(),
+        };
+        if let Some(cid) = append.cid {
+            room.cids.insert((record.from.clone(), cid), record.seq);
+        }
+        room.records.insert(record.seq, record.clone());
+        Ok(Appended {
+            record,
+            duplicate: false,
+        })
+    }
+
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+        let limit = limit.min(MAX_PAGE);
+        let rooms = self.rooms();
+        let Some(room) = rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        let records = match page {
+            Page::After(seq) => room
+                .records
+                .range(seq.saturating_add(1)..)
+                .take(limit)
+                .map(|(_, r)| r.clone())
+                .collect(),
+            Page::Before(seq) => {
+                let mut page: Vec<Record> = room
+                    .records
+                    .range(..seq)
+                    .rev()
+                    .take(limit)
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                page.reverse();
+                page
+            }
+        };
+        Ok(records)
+    }
+
+    async fn room_state(&self, room: &str) -> Result<RoomState> {
+        let mut rooms = self.rooms();
+        let room = rooms.entry(room.to_owned()).or_insert_with(Room::new);
+        Ok(RoomState {
+            epoch: room.epoch,
+            last_seq: room.last_seq,
+        })
+    }
+
+    async fn wipe(&self, room: &str) -> Result<RoomState> {
+        let mut rooms = self.rooms();
+        let room = rooms.entry(room.to_owned()).or_insert_with(Room::new);
+        room.records.clear();
+        room.cids.clear();
+        room.epoch = new_epoch().max(room.epoch + 1);
+        Ok(RoomState {
+            epoch: room.epoch,
+            last_seq: room.last_seq,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::contract;
+    use super::*;
+
+    #[tokio::test]
+    async fn keeps_the_store_contract() {
+        contract::seqs_start_at_one_per_room_and_never_skip(&MemoryStore::new()).await;
+        contract::a_retried_cid_is_stored_once(&MemoryStore::new()).await;
+        contract::pages_go_both_ways(&MemoryStore::new()).await;
+        contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&MemoryStore::new()).await;
+        contract::concurrent_appends_get_distinct_consecutive_seqs(std::sync::Arc::new(
+            MemoryStore::new(),
+        ))
+        .await;
+    }
+}

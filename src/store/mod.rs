@@ -1,0 +1,249 @@
+//! Durable history behind a small trait: every chat message is appended here, given its room's
+//! next `seq`, *before* it is acknowledged or broadcast; resume and history paging read it back.
+//!
+//! Two stores: [`SqliteStore`] (the default — one file, WAL, one writer thread with group
+//! commit) and [`MemoryStore`] (ephemeral, for `--memory` and tests). Both keep the same
+//! promises, checked by the same tests:
+//! - a room's seqs start at 1 and increase by one per stored message, never reused, even after
+//!   a wipe;
+//! - an append with a client id (`cid`) already stored for that sender in that room returns the
+//!   original record, marked `duplicate`, and stores nothing;
+//! - each room has an `epoch`, fixed at its creation and changed by a wipe, so a client resuming
+//!   from a seq can tell that the history it knew is gone.
+
+mod memory;
+mod sqlite;
+
+use std::future::Future;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, StoreStats};
+
+use crate::Result;
+
+/// Most records one history page returns.
+pub const MAX_PAGE: usize = 200;
+
+/// One stored chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The room (or direct-message pair) it was said in.
+    pub room: String,
+    /// Its place in the room, from 1.
+    pub seq: u64,
+    /// Who said it.
+    pub from: String,
+    /// What was said.
+    pub text: String,
+    /// When the server stored it, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
+}
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    /// The room to store it in (created on first use).
+    pub room: String,
+    /// Who said it.
+    pub from: String,
+    /// What was said.
+    pub text: String,
+    /// The sender's id for it: the same cid again is a retry, not a new message.
+    pub cid: Option<String>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stored record: the new one, or for a duplicate the original.
+    pub record: Record,
+    /// The cid had been stored before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The records with seq greater than this, oldest first (resume, forward paging).
+    After(u64),
+    /// The records with seq less than this, oldest first (backward paging: the newest ones
+    /// before it). `Before(u64::MAX)` is the latest page.
+    Before(u64),
+}
+
+/// A room's identity and position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomState {
+    /// Changes when the room's history is wiped; a resume from another epoch is not gapless.
+    pub epoch: u64,
+    /// The seq of the last message stored (0 for none).
+    pub last_seq: u64,
+}
+
+/// The history store. Appends are durable when their future resolves.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a message (or recognises a retry by its cid) and returns its record.
+    fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send;
+
+    /// Reads up to `limit` (at most [`MAX_PAGE`]) records of `room`, oldest first.
+    fn history(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Record>>> + Send;
+
+    /// The room's epoch and last seq; a room never used gets an epoch now.
+    fn room_state(&self, room: &str) -> impl Future<Output = Result<RoomState>> + Send;
+
+    /// Deletes a room's history and gives it a new epoch; its seqs go on from where they were.
+    fn wipe(&self, room: &str) -> impl Future<Output = Result<RoomState>> + Send;
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A new epoch: microseconds since the Unix epoch, unlike any earlier one on this machine even
+/// if the data directory was deleted and made anew.
+pub(crate) fn new_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The promises every store keeps, run against each implementation.
+    use super::*;
+
+    pub(crate) fn say(room: &str, from: &str, text: &str, cid: Option<&str>) -> Append {
+        Append {
+            room: room.into(),
+            from: from.into(),
+            text: text.into(),
+            cid: cid.map(Into::into),
+        }
+    }
+
+    pub(crate) async fn seqs_start_at_one_per_room_and_never_skip(store: &impl Store) {
+        for i in 1..=5u64 {
+            let a = store
+                .append(say("a", "nana", &format!("a{i}"), None))
+                .await
+                .unwrap();
+            assert_eq!(a.record.seq, i);
+            assert!(!a.duplicate);
+        }
+        let b = store.append(say("b", "nana", "b1", None)).await.unwrap();
+        assert_eq!(b.record.seq, 1);
+        assert_eq!(store.room_state("a").await.unwrap().last_seq, 5);
+        assert_eq!(store.room_state("never").await.unwrap().last_seq, 0);
+    }
+
+    pub(crate) async fn a_retried_cid_is_stored_once(store: &impl Store) {
+        let first = store
+            .append(say("r", "nana", "hi", Some("c1")))
+            .await
+            .unwrap();
+        let again = store
+            .append(say("r", "nana", "hi", Some("c1")))
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.record, first.record);
+        // The same cid from someone else, or in another room, is a different message.
+        let other = store
+            .append(say("r", "mochi", "hi", Some("c1")))
+            .await
+            .unwrap();
+        assert!(!other.duplicate);
+        assert_eq!(other.record.seq, 2);
+        let page = store.history("r", Page::After(0), 10).await.unwrap();
+        assert_eq!(page.len(), 2);
+    }
+
+    pub(crate) async fn pages_go_both_ways(store: &impl Store) {
+        for i in 1..=10 {
+            store
+                .append(say("p", "nana", &format!("m{i}"), None))
+                .await
+                .unwrap();
+        }
+        let seqs = |records: Vec<Record>| records.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(store.history("p", Page::After(7), 10).await.unwrap()),
+            [8, 9, 10]
+        );
+        assert_eq!(
+            seqs(store.history("p", Page::After(0), 3).await.unwrap()),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            seqs(store.history("p", Page::Before(8), 3).await.unwrap()),
+            [5, 6, 7]
+        );
+        assert_eq!(
+            seqs(store.history("p", Page::Before(u64::MAX), 2).await.unwrap()),
+            [9, 10]
+        );
+        assert_eq!(
+            seqs(store.history("p", Page::Before(1), 5).await.unwrap()),
+            Vec::<u64>::new()
+        );
+        let capped = store.history("p", Page::After(0), 10_000).await.unwrap();
+        assert_eq!(capped.len(), 10);
+        let first = &store.history("p", Page::After(0), 1).await.unwrap()[0];
+        assert_eq!((first.from.as_str(), first.text.as_str()), ("nana", "m1"));
+        assert!(first.time_ms > 0);
+    }
+
+    pub(crate) async fn a_wipe_changes_the_epoch_and_keeps_seqs_going(store: &impl Store) {
+        store.append(say("w", "nana", "one", None)).await.unwrap();
+        let before = store.room_state("w").await.unwrap();
+        let after = store.wipe("w").await.unwrap();
+        assert_ne!(after.epoch, before.epoch);
+        assert_eq!(after.last_seq, 1);
+        assert!(
+            store
+                .history("w", Page::After(0), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let next = store.append(say("w", "nana", "two", None)).await.unwrap();
+        assert_eq!(next.record.seq, 2);
+        assert_eq!(store.room_state("w").await.unwrap().epoch, after.epoch);
+    }
+
+    pub(crate) async fn concurrent_appends_get_distinct_consecutive_seqs(
+        store: std::sync::Arc<impl Store>,
+    ) {
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..50 {
+                    let cid = format!("{t}-{i}");
+                    let a = store
+                        .append(say("c", &format!("u{t}"), "x", Some(&cid)))
+                        .await
+                        .unwrap();
+                    seqs.push(a.record.seq);
+                }
+                seqs
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+    }
+}

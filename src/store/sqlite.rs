@@ -1,0 +1,479 @@
+//! The default store: one SQLite file (`<data-dir>/nanachat.sqlite3`) in WAL mode.
+//!
+//! All writes go through one writer thread fed by a bounded channel. It takes every job waiting
+//! (up to [`MAX_BATCH`]) and runs them in one `BEGIN IMMEDIATE` transaction — group commit: under
+//! load many messages share one commit, and a message's future resolves only after its commit,
+//! so what is acknowledged is on disk. `synchronous=NORMAL` in WAL mode survives a crash of the
+//! process (`kill -9`); a power cut may lose the last commits. Reads use their own connection,
+//! which WAL lets run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use crate::{Error, Result};
+
+/// Most jobs one transaction commits.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// Jobs that may wait for the writer before appends wait too (back-pressure).
+const QUEUE: usize = 4096;
+
+/// The schema, one migration per version; `PRAGMA user_version` says how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: rooms and their messages, cids unique per sender and room.
+    "CREATE TABLE rooms (
+        name     TEXT PRIMARY KEY,
+        epoch    INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE messages (
+        room    TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        sender  TEXT NOT NULL,
+        text    TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        cid     TEXT,
+        PRIMARY KEY (room, seq)
+     ) STRICT, WITHOUT ROWID;
+     CREATE UNIQUE INDEX messages_cid ON messages (room, sender, cid) WHERE cid IS NOT NULL;",
+];
+
+/// History in a SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    stats: Arc<StoreStats>,
+}
+
+/// Counters of the writer thread, for metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Jobs (appends, room creations, wipes) committed in them.
+    pub jobs: AtomicU64,
+    /// Total time spent committing, in microseconds.
+    pub commit_micros: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Job {
+    Append(Append, oneshot::Sender<Result<Appended>>),
+    Ensure(String, oneshot::Sender<Result<RoomState>>),
+    Wipe(String, oneshot::Sender<Result<RoomState>>),
+}
+
+/// A job's result, held until its transaction commits.
+enum Done {
+    Append(Result<Appended>),
+    State(Result<RoomState>),
+}
+
+fn store_err(err: rusqlite::Error) -> Error {
+    Error::Store(err.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`, running any pending migrations.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|err| {
+            Error::Config(format!("cannot create data dir {}: {err}", dir.display()))
+        })?;
+        let path = dir.join("nanachat.sqlite3");
+        let mut writer = Connection::open(&path)
+            .map_err(|err| Error::Config(format!("cannot open {}: {err}", path.display())))?;
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| writer.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|()| writer.busy_timeout(std::time::Duration::from_secs(5)))
+            .map_err(store_err)?;
+        migrate(&mut writer)?;
+        let reader = Connection::open(&path).map_err(store_err)?;
+        reader
+            .pragma_update(None, "query_only", true)
+            .map_err(store_err)?;
+
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(StoreStats::default());
+        let writer_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("nanachat-store".into())
+            .spawn(move || write_loop(writer, rx, &writer_stats))?;
+        Ok(Self {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+            stats,
+        })
+    }
+
+    /// The writer's counters: commits, jobs, commit time.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(job(tx))
+            .await
+            .map_err(|_| Error::Store("the store's writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Store("the store's writer has stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn).map_err(store_err)
+        })
+        .await
+        .map_err(|err| Error::Store(format!("read task failed: {err}")))?
+    }
+}
+
+impl Store for SqliteStore {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        self.submit(|tx| Job::Append(append, tx)).await
+    }
+
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+        let room = room.to_owned();
+        let limit = limit.min(MAX_PAGE) as i64;
+        self.read(move |conn| {
+            let (sql, seq) = match page {
+                Page::After(seq) => (
+                    "SELECT room, seq, sender, text, time_ms FROM messages
+                     WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    seq,
+                ),
+                Page::Before(seq) => (
+                    "SELECT room, seq, sender, text, time_ms FROM messages
+                     WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                    seq,
+                ),
+            };
+            let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut records = stmt
+                .query_map(params![room, seq, limit], |row| {
+                    Ok(Record {
+                        room: row.get(0)?,
+                        seq: row.get::<_, i64>(1)? as u64,
+                        from: row.get(2)?,
+                        text: row.get(3)?,
+                        time_ms: row.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if matches!(page, Page::Before(_)) {
+                records.reverse();
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn room_state(&self, room: &str) -> Result<RoomState> {
+        let name = room.to_owned();
+        let known = self.read(move |conn| read_state(conn, &name)).await?;
+        match known {
+            Some(state) => Ok(state),
+            None => self.submit(|tx| Job::Ensure(room.to_owned(), tx)).await,
+        }
+    }
+
+    async fn wipe(&self, room: &str) -> Result<RoomState> {
+        self.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+        .map_err(store_err)? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(Error::Config(format!(
+            "the data dir's schema (version {version}) is newer than this nanachat knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(store_err)?;
+        tx.execute_batch(sql).map_err(store_err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        debug!(version = i + 1, "store migrated");
+    }
+    Ok(())
+}
+
+fn read_state(conn: &Connection, room: &str) -> rusqlite::Result<Option<RoomState>> {
+    conn.prepare_cached("SELECT epoch, last_seq FROM rooms WHERE name = ?1")?
+        .query_row([room], |row| {
+            Ok(RoomState {
+                epoch: row.get::<_, i64>(0)? as u64,
+                last_seq: row.get::<_, i64>(1)? as u64,
+            })
+        })
+        .optional()
+}
+
+/// The writer thread: drains waiting jobs into one transaction, commits, then answers them.
+fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreStats) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let outcome = commit_batch(&mut conn, &jobs);
+        let took = started.elapsed();
+        debug!(batch = jobs.len(), ?took, "store commit");
+        match outcome {
+            Ok(done) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                stats
+                    .commit_micros
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                for (job, done) in jobs.into_iter().zip(done) {
+                    answer(job, done);
+                }
+            }
+            Err(err) => {
+                warn!(cause = %err, batch = jobs.len(), "store commit failed");
+                for job in jobs {
+                    let failed = Error::Store(err.to_string());
+                    let done = match job {
+                        Job::Append(..) => Done::Append(Err(failed)),
+                        Job::Ensure(..) | Job::Wipe(..) => Done::State(Err(failed)),
+                    };
+                    answer(job, done);
+                }
+            }
+        }
+    }
+}
+
+fn answer(job: Job, done: Done) {
+    // A caller that went away no longer needs its answer; what was committed stays committed.
+    match (job, done) {
+        (Job::Append(_, tx), Done::Append(result)) => {
+            let _ = tx.send(result);
+        }
+        (Job::Ensure(_, tx) | Job::Wipe(_, tx), Done::State(result)) => {
+            let _ = tx.send(result);
+        }
+        _ => unreachable!("a job is answered with its own kind of result"),
+    }
+}
+
+fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Done>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut done = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        done.push(match job {
+            Job::Append(append, _) => Done::Append(apply_append(&tx, append).map_err(store_err)),
+            Job::Ensure(room, _) => Done::State(ensure_room(&tx, room).map_err(store_err)),
+            Job::Wipe(room, _) => Done::State(apply_wipe(&tx, room).map_err(store_err)),
+        });
+    }
+    tx.commit()?;
+    Ok(done)
+}
+
+fn ensure_room(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
+    conn.prepare_cached(
+        "INSERT INTO rooms (name, epoch, last_seq) VALUES (?1, ?2, 0)
+         ON CONFLICT (name) DO NOTHING",
+    )?
+    .execute(params![room, new_epoch() as i64])?;
+    read_state(conn, room).map(|state| {
+        state.unwrap_or(RoomState {
+            epoch: 0,
+            last_seq: 0,
+        })
+    })
+}
+
+fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended> {
+    if let Some(cid) = &append.cid {
+        let original = conn
+            .prepare_cached(
+                "SELECT seq, text, time_ms FROM messages
+                 WHERE room = ?1 AND sender = ?2 AND cid = ?3",
+            )?
+            .query_row(params![append.room, append.from, cid], |row| {
+                Ok(Record {
+                    room: append.room.clone(),
+                    seq: row.get::<_, i64>(0)? as u64,
+                    from: append.from.clone(),
+                    text: row.get(1)?,
+                    time_ms: row.get(2)?,
+                })
+            })
+            .optional()?;
+        if let Some(record) = original {
+            return Ok(Appended {
+                record,
+                duplicate: true,
+            });
+        }
+    }
+    ensure_room(conn, &append.room)?;
+    let seq: i64 = conn
+        .prepare_cached(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE name = ?1 RETURNING last_seq",
+        )?
+        .query_row([&append.room], |row| row.get(0))?;
+    let time_ms = now_ms();
+    conn.prepare_cached(
+        "INSERT INTO messages (room, seq, sender, text, time_ms, cid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        append.room,
+        seq,
+        append.from,
+        append.text,
+        time_ms,
+        append.cid
+    ])?;
+    Ok(Appended {
+        record: Record {
+            room: append.room.clone(),
+            seq: seq as u64,
+            from: append.from.clone(),
+            text: append.text.clone(),
+            time_ms,
+        },
+        duplicate: false,
+    })
+}
+
+fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
+    ensure_room(conn, room)?;
+    conn.prepare_cached("DELETE FROM messages WHERE room = ?1")?
+        .execute([room])?;
+    conn.prepare_cached(
+        "UPDATE rooms SET epoch = max(?2, epoch + 1) WHERE name = ?1
+         RETURNING epoch, last_seq",
+    )?
+    .query_row(params![room, new_epoch() as i64], |row| {
+        Ok(RoomState {
+            epoch: row.get::<_, i64>(0)? as u64,
+            last_seq: row.get::<_, i64>(1)? as u64,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::contract;
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "nanachat-store-{name}-{}-{}",
+            std::process::id(),
+            new_epoch()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[tokio::test]
+    async fn keeps_the_store_contract() {
+        let dir = temp_dir("contract");
+        contract::seqs_start_at_one_per_room_and_never_skip(
+            &SqliteStore::open(&dir.join("1")).unwrap(),
+        )
+        .await;
+        contract::a_retried_cid_is_stored_once(&SqliteStore::open(&dir.join("2")).unwrap()).await;
+        contract::pages_go_both_ways(&SqliteStore::open(&dir.join("3")).unwrap()).await;
+        contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(
+            &SqliteStore::open(&dir.join("4")).unwrap(),
+        )
+        .await;
+        let store = Arc::new(SqliteStore::open(&dir.join("5")).unwrap());
+        contract::concurrent_appends_get_distinct_consecutive_seqs(store.clone()).await;
+        // Group commit: eight writers at once shared transactions.
+        let commits = store.stats().commits.load(Ordering::Relaxed);
+        let jobs = store.stats().jobs.load(Ordering::Relaxed);
+        assert!(jobs >= 400, "{jobs} jobs");
+        assert!(commits < jobs, "{commits} commits for {jobs} jobs");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn history_and_seqs_survive_a_reopen() {
+        let dir = temp_dir("reopen");
+        let epoch = {
+            let store = SqliteStore::open(&dir).unwrap();
+            for i in 1..=3 {
+                store
+                    .append(contract::say(
+                        "lobby",
+                        "nana",
+                        &format!("m{i}"),
+                        Some(&format!("c{i}")),
+                    ))
+                    .await
+                    .unwrap();
+            }
+            store.room_state("lobby").await.unwrap().epoch
+        };
+        let store = SqliteStore::open(&dir).unwrap();
+        let state = store.room_state("lobby").await.unwrap();
+        assert_eq!(state, RoomState { epoch, last_seq: 3 });
+        let again = store
+            .append(contract::say("lobby", "nana", "m3", Some("c3")))
+            .await
+            .unwrap();
+        assert!(
+            again.duplicate,
+            "a retry after a restart is still recognised"
+        );
+        let next = store
+            .append(contract::say("lobby", "nana", "m4", None))
+            .await
+            .unwrap();
+        assert_eq!(next.record.seq, 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_with_a_clear_error() {
+        let dir = temp_dir("newer");
+        drop(SqliteStore::open(&dir).unwrap());
+        let conn = Connection::open(dir.join("nanachat.sqlite3")).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("newer"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
