@@ -6,6 +6,7 @@
 //!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
 //!   trait that says what a connection does. Every mode stands on it.
 //! - [`outbox`]: a connection's bounded send queue, shared by its senders, drained by its writer.
+//! - [`protocol`]: the `nanachat.v1` wire types (JSON), shared by server, clients and tools.
 //! - [`server`]: the accept loop on one port (axum on hyper): WebSocket upgrade on any path,
 //!   `/healthz`, connection limit, two-phase graceful shutdown.
 //! - [`dial`]: opening a WebSocket from our side, into the same [`Connection`].
@@ -24,6 +25,7 @@ pub mod dial;
 pub mod echo;
 pub mod error;
 pub mod outbox;
+pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod transport;

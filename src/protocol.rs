@@ -1,0 +1,398 @@
+//! The wire protocol `nanachat.v1`: JSON text frames, one message per frame, chosen by the
+//! client with the WebSocket subprotocol `nanachat.v1`. Types only, no I/O: the server, the
+//! terminal client, the load generator and the fuzz targets share them. `docs/protocol.md`
+//! describes every message with examples; the tests below keep the two in step.
+
+use serde::{Deserialize, Serialize};
+
+/// The subprotocol name a client asks for to speak this protocol.
+pub const SUBPROTOCOL: &str = "nanachat.v1";
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// First message: who I am.
+    Hello {
+        /// The nick to use.
+        nick: String,
+    },
+    /// Join a room, optionally resuming after `since` (replayed from history, then live).
+    Join {
+        /// The room.
+        room: String,
+        /// The last seq this client has; messages after it are replayed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        /// The room epoch `since` belongs to; if the room's epoch differs, its history was
+        /// wiped and the server says so instead of replaying a wrong stream.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+    },
+    /// Leave a room.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// Say something in a joined room.
+    Say {
+        /// The room.
+        room: String,
+        /// The text.
+        text: String,
+        /// The client's id for this message: a retry with the same cid is acked, not repeated.
+        cid: String,
+    },
+    /// Send a direct message to every connection of a nick.
+    Dm {
+        /// The nick.
+        to: String,
+        /// The text.
+        text: String,
+        /// As for `say`.
+        cid: String,
+    },
+    /// Ask who is in a room.
+    Who {
+        /// The room.
+        room: String,
+    },
+    /// Ask for a page of a room's history.
+    History {
+        /// The room.
+        room: String,
+        /// Messages before this seq (the newest ones before it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        /// Messages after this seq (the oldest ones after it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// At most this many (≤ 200).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+}
+
+/// The server's limits, told in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest frame accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest `text`, in characters.
+    pub max_text_chars: usize,
+    /// Messages per second allowed, sustained.
+    pub rate_per_sec: u32,
+    /// Messages allowed in a burst.
+    pub rate_burst: u32,
+    /// Rooms one connection may be in.
+    pub max_rooms: usize,
+    /// Interval of the server's `tick`, in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+/// One chat message as delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The room (for a direct message, its pair room, see `docs/protocol.md`).
+    pub room: String,
+    /// Its place in the room.
+    pub seq: u64,
+    /// Who said it.
+    pub from: String,
+    /// What was said.
+    pub text: String,
+    /// When the server stored it, in milliseconds since the Unix epoch.
+    pub time: i64,
+}
+
+/// Presence events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    /// The nick's first connection joined the room.
+    Join,
+    /// The nick's last connection left the room.
+    Leave,
+}
+
+/// Why a request was refused. Sent in `error` frames; the connection stays open unless a close
+/// frame follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON.
+    BadJson,
+    /// The JSON had an unknown `type` or missing or unknown fields.
+    BadMessage,
+    /// A binary frame, where only JSON text frames are spoken.
+    BinaryNotAllowed,
+    /// Anything but `hello` before `hello`.
+    HelloFirst,
+    /// A second `hello`.
+    AlreadyHello,
+    /// The nick is malformed (length or characters).
+    BadNick,
+    /// The nick is in use by someone else.
+    NickTaken,
+    /// The room name is malformed.
+    BadRoom,
+    /// `join` for a room already joined.
+    AlreadyJoined,
+    /// `say`, `leave` or `who` for a room not joined.
+    NotJoined,
+    /// More rooms than the limit.
+    TooManyRooms,
+    /// The text is longer than the limit.
+    TextTooLong,
+    /// No connected user has that nick.
+    NoSuchNick,
+    /// Too many messages too fast; slow down.
+    RateLimited,
+    /// The server failed; the message was not stored.
+    Internal,
+}
+
+/// What the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Answer to `hello`.
+    Welcome {
+        /// The nick, as accepted.
+        nick: String,
+        /// The server's limits.
+        limits: Limits,
+    },
+    /// Answer to `join`: the room's epoch and last seq; replayed messages follow, then live ones.
+    Joined {
+        /// The room.
+        room: String,
+        /// The room's epoch.
+        epoch: u64,
+        /// The seq of the last message stored when the join took effect.
+        last_seq: u64,
+        /// True when the client's `epoch` did not match: its `since` means nothing any more.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reset: bool,
+    },
+    /// Answer to `leave`.
+    Left {
+        /// The room.
+        room: String,
+    },
+    /// The message with this cid is stored under this seq.
+    Ack {
+        /// The client's id.
+        cid: String,
+        /// The room it was stored in.
+        room: String,
+        /// Its seq.
+        seq: u64,
+        /// It had been stored before (a retry).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    },
+    /// A chat message (live, or replayed on resume).
+    Message(ChatMessage),
+    /// Someone joined or left a room.
+    Presence {
+        /// The room.
+        room: String,
+        /// The nick.
+        nick: String,
+        /// Joined or left.
+        event: PresenceEvent,
+    },
+    /// Answer to `who`.
+    Members {
+        /// The room.
+        room: String,
+        /// Nicks in it, sorted.
+        nicks: Vec<String>,
+    },
+    /// Answer to `history`.
+    History {
+        /// The room.
+        room: String,
+        /// The room's epoch.
+        epoch: u64,
+        /// The page, oldest first.
+        messages: Vec<ChatMessage>,
+    },
+    /// The heartbeat: the link is alive.
+    Tick {
+        /// Server time, milliseconds since the Unix epoch.
+        time: i64,
+    },
+    /// A request was refused.
+    Error {
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+        /// The cid of the refused `say` or `dm`, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+    },
+}
+
+impl ServerMsg {
+    /// The JSON text of this message, as sent.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"error\"}"))
+    }
+}
+
+/// A frame that is not a valid client message: the error to answer it with.
+pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
+    match serde_json::from_str::<ClientMsg>(text) {
+        Ok(msg) => Ok(msg),
+        Err(err) if err.is_syntax() || err.is_eof() => {
+            Err((ErrorCode::BadJson, format!("not JSON: {err}")))
+        }
+        Err(err) => Err((ErrorCode::BadMessage, err.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_read_as_documented() {
+        let cases = [
+            (
+                r#"{"type":"hello","nick":"nana"}"#,
+                ClientMsg::Hello {
+                    nick: "nana".into(),
+                },
+            ),
+            (
+                r#"{"type":"join","room":"lobby","since":41,"epoch":7}"#,
+                ClientMsg::Join {
+                    room: "lobby".into(),
+                    since: Some(41),
+                    epoch: Some(7),
+                },
+            ),
+            (
+                r#"{"type":"say","room":"lobby","text":"hi","cid":"c1"}"#,
+                ClientMsg::Say {
+                    room: "lobby".into(),
+                    text: "hi".into(),
+                    cid: "c1".into(),
+                },
+            ),
+            (
+                r#"{"type":"history","room":"lobby","before":100,"limit":50}"#,
+                ClientMsg::History {
+                    room: "lobby".into(),
+                    before: Some(100),
+                    after: None,
+                    limit: Some(50),
+                },
+            ),
+        ];
+        for (json, msg) in cases {
+            assert_eq!(parse_client(json), Ok(msg.clone()), "{json}");
+            assert_eq!(parse_client(&serde_json::to_string(&msg).unwrap()), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn bad_frames_get_the_right_error_code() {
+        assert_eq!(parse_client("{not json").unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(parse_client("").unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(
+            parse_client(r#"{"type":"shout","room":"x"}"#)
+                .unwrap_err()
+                .0,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"say","room":"x"}"#).unwrap_err().0,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"hello","nick":"a","extra":1}"#)
+                .unwrap_err()
+                .0,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            parse_client(r#"[1,2]"#).unwrap_err().0,
+            ErrorCode::BadMessage
+        );
+    }
+
+    #[test]
+    fn server_messages_write_as_documented() {
+        let msg = ServerMsg::Message(ChatMessage {
+            room: "lobby".into(),
+            seq: 42,
+            from: "nana".into(),
+            text: "hi".into(),
+            time: 1_764_000_000_000,
+        });
+        assert_eq!(
+            msg.to_json(),
+            r#"{"type":"message","room":"lobby","seq":42,"from":"nana","text":"hi","time":1764000000000}"#
+        );
+        let ack = ServerMsg::Ack {
+            cid: "c1".into(),
+            room: "lobby".into(),
+            seq: 42,
+            duplicate: false,
+        };
+        assert_eq!(
+            ack.to_json(),
+            r#"{"type":"ack","cid":"c1","room":"lobby","seq":42}"#
+        );
+        let err = ServerMsg::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            cid: Some("c9".into()),
+        };
+        assert_eq!(
+            err.to_json(),
+            r#"{"type":"error","code":"rate_limited","message":"slow down","cid":"c9"}"#
+        );
+    }
+
+    #[test]
+    fn the_protocol_document_shows_every_message_type() {
+        let doc = include_str!("../docs/protocol.md");
+        for kind in [
+            "hello", "join", "leave", "say", "dm", "who", "history", "welcome", "joined", "left",
+            "ack", "message", "presence", "members", "tick", "error",
+        ] {
+            assert!(
+                doc.contains(&format!("\"type\":\"{kind}\"")),
+                "docs/protocol.md lacks {kind}"
+            );
+        }
+        for code in [
+            "bad_json",
+            "bad_message",
+            "binary_not_allowed",
+            "hello_first",
+            "already_hello",
+            "bad_nick",
+            "nick_taken",
+            "bad_room",
+            "already_joined",
+            "not_joined",
+            "too_many_rooms",
+            "text_too_long",
+            "no_such_nick",
+            "rate_limited",
+            "internal",
+        ] {
+            assert!(
+                doc.contains(&format!("`{code}`")),
+                "docs/protocol.md lacks {code}"
+            );
+        }
+    }
+}
