@@ -76,10 +76,9 @@ pub struct Connection {
     timer: Pin<Box<Sleep>>,
     last_heard: Instant,
     next_ping: Instant,
-    /// Set once our close frame is queued: the handshake must be over by then.
+    /// Set once the close handshake has begun (our close queued, or the peer's received): it
+    /// must be over by then.
     close_deadline: Option<Instant>,
-    /// We queued our close frame (or the peer's close came first).
-    close_started: bool,
     /// The close frame the peer sent, if it started the close.
     peer_close: Option<CloseFrame>,
     /// The stream has ended: nothing more will be read.
@@ -113,7 +112,6 @@ impl Connection {
         let mut conn = Self {
             stream,
             outbox,
-            close_started: false,
             writer,
             shutdown,
             peer,
@@ -212,10 +210,9 @@ impl Connection {
     /// Keep calling [`read_msg`](Self::read_msg) until it returns `None` to complete it, or call
     /// [`finish`](Self::finish).
     pub fn start_close(&mut self, code: CloseCode, reason: &str) {
-        if self.close_started || self.ended {
+        if self.close_deadline.is_some() || self.ended {
             return;
         }
-        self.close_started = true;
         let frame = CloseFrame {
             code,
             reason: truncate_reason(reason).into(),
@@ -281,14 +278,11 @@ impl Connection {
             Message::Close(frame) => {
                 // tungstenite queued the reply; the next read flushes it and then ends the stream.
                 // A close that answers ours is not the peer closing.
-                if !self.close_started {
-                    self.close_started = true;
+                if self.close_deadline.is_none() {
                     self.peer_close = Some(frame.unwrap_or(CloseFrame {
                         code: CloseCode::Status,
                         reason: Utf8Bytes::default(),
                     }));
-                }
-                if self.close_deadline.is_none() {
                     self.close_deadline = Some(Instant::now() + self.close_timeout);
                     self.rearm_timer();
                 }

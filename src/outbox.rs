@@ -218,6 +218,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn close_frame(code: u16) -> CloseFrame {
+        CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        }
+    }
+
     fn text(next: Next) -> String {
         match next {
             Next::Message(Message::Text(t)) => t.as_str().to_owned(),
@@ -245,13 +252,7 @@ mod tests {
     fn close_comes_after_what_is_queued_and_refuses_more() {
         let outbox = Outbox::new(4);
         outbox.try_send(Message::text("last words")).unwrap();
-        outbox.request_close(
-            CloseFrame {
-                code: 1000.into(),
-                reason: "".into(),
-            },
-            false,
-        );
+        outbox.request_close(close_frame(1000), false);
         assert!(matches!(
             outbox.try_send(Message::text("late")),
             Err(Error::Closed)
@@ -264,13 +265,7 @@ mod tests {
     fn a_slow_consumer_close_discards_the_queue() {
         let outbox = Outbox::new(4);
         outbox.try_send(Message::text("unread")).unwrap();
-        outbox.request_close(
-            CloseFrame {
-                code: 4001.into(),
-                reason: "".into(),
-            },
-            true,
-        );
+        outbox.request_close(close_frame(4001), true);
         assert!(matches!(outbox.next(), Next::Close(_)));
     }
 

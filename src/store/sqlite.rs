@@ -343,12 +343,21 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
             });
         }
     }
-    ensure_room(conn, &append.room)?;
-    let seq: i64 = conn
+    // The room usually exists: one UPDATE; a room's first message also creates it.
+    let bumped: Option<i64> = conn
         .prepare_cached(
             "UPDATE rooms SET last_seq = last_seq + 1 WHERE name = ?1 RETURNING last_seq",
         )?
-        .query_row([&append.room], |row| row.get(0))?;
+        .query_row([&append.room], |row| row.get(0))
+        .optional()?;
+    let seq = match bumped {
+        Some(seq) => seq,
+        None => {
+            conn.prepare_cached("INSERT INTO rooms (name, epoch, last_seq) VALUES (?1, ?2, 1)")?
+                .execute(params![append.room, new_epoch() as i64])?;
+            1
+        }
+    };
     let time_ms = now_ms();
     conn.prepare_cached(
         "INSERT INTO messages (room, seq, sender, text, time_ms, cid)
