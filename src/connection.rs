@@ -83,6 +83,8 @@ pub struct Connection {
     peer_close: Option<CloseFrame>,
     /// The stream has ended: nothing more will be read.
     ended: bool,
+    /// The subprotocol agreed in the handshake.
+    subprotocol: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -124,6 +126,7 @@ impl Connection {
             close_deadline: None,
             peer_close: None,
             ended: false,
+            subprotocol: None,
         };
         conn.rearm_timer();
         conn
@@ -139,6 +142,17 @@ impl Connection {
         let ws_config = Some(config.websocket_config());
         let socket = WebSocketStream::from_raw_socket(transport, Role::Server, ws_config).await;
         Self::new(socket, peer, config, shutdown)
+    }
+
+    /// Records the subprotocol agreed in the handshake.
+    pub fn with_subprotocol(mut self, subprotocol: Option<&'static str>) -> Self {
+        self.subprotocol = subprotocol;
+        self
+    }
+
+    /// The subprotocol agreed in the handshake, if any.
+    pub fn subprotocol(&self) -> Option<&'static str> {
+        self.subprotocol
     }
 
     /// The peer's address, when known.
@@ -201,6 +215,13 @@ impl Connection {
                 }
                 () = self.shutdown.cancelled(), if !closing => {
                     self.start_close(CloseCode::Away, "shutting down");
+                }
+                () = self.outbox.closed(), if !closing => {
+                    // Someone else closed this peer (a room, for a slow consumer): the close
+                    // frame is on its way; finish the handshake.
+                    self.close_deadline = Some(Instant::now() + self.close_timeout);
+                    self.rearm_timer();
+                    return Err(Error::SlowConsumer);
                 }
             }
         }
@@ -338,6 +359,12 @@ impl Connection {
 /// through the connection or its [`Outbox`]. It does not need to close: the caller runs
 /// [`Connection::finish`] with whatever `handle` returned.
 pub trait Handler: Send + Sync + 'static {
+    /// The WebSocket subprotocols this handler speaks, in order of preference. The server
+    /// agrees to the first one the client offers; a client that offers none gets none.
+    fn subprotocols(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Serves one connection.
     fn handle(&self, conn: &mut Connection) -> impl Future<Output = Result<()>> + Send;
 }

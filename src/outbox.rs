@@ -35,6 +35,8 @@ struct Shared {
     work: Notify,
     /// Wakes senders waiting for room (and tells them when the queue closes).
     room: Notify,
+    /// Wakes whoever waits in [`Outbox::closed`].
+    closed: Notify,
 }
 
 #[derive(Debug)]
@@ -77,6 +79,7 @@ impl Outbox {
                 }),
                 work: Notify::new(),
                 room: Notify::new(),
+                closed: Notify::new(),
             }),
         }
     }
@@ -138,6 +141,20 @@ impl Outbox {
         self.state().closed
     }
 
+    /// Resolves once the outbox is closed: a close was requested (by anyone holding it, e.g. a
+    /// room closing a slow consumer) or the writer stopped.
+    pub async fn closed(&self) {
+        loop {
+            let closed = self.shared.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.state().closed {
+                return;
+            }
+            closed.await;
+        }
+    }
+
     /// How many messages wait to be written.
     pub fn len(&self) -> usize {
         self.state().queue.len()
@@ -154,10 +171,11 @@ impl Outbox {
         self.shared.work.notify_one();
     }
 
-    /// Asks the writer to write what is queued, then `frame`, then stop. With `discard`, what is
+    /// Asks the writer to write what is queued, then `frame`, then stop; the connection's reader
+    /// sees it and ends the connection. With `discard`, what is
     /// queued is dropped first (a slow consumer would not read it anyway). Later messages are
     /// refused. Only the first request counts.
-    pub(crate) fn request_close(&self, frame: CloseFrame, discard: bool) {
+    pub fn request_close(&self, frame: CloseFrame, discard: bool) {
         {
             let mut state = self.state();
             if state.closed {
@@ -171,6 +189,7 @@ impl Outbox {
         }
         self.shared.work.notify_one();
         self.shared.room.notify_waiters();
+        self.shared.closed.notify_waiters();
     }
 
     /// The connection is over: refuse messages, drop what waits, and let the writer stop.
@@ -183,6 +202,7 @@ impl Outbox {
         }
         self.shared.work.notify_one();
         self.shared.room.notify_waiters();
+        self.shared.closed.notify_waiters();
     }
 
     /// The writer's side: what to do next. Wakes one waiting sender for each slot it frees.

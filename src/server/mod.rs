@@ -153,7 +153,8 @@ async fn upgrade_or_page<H: Handler>(
             "server full: max connections reached\n",
         );
     };
-    let (response, on_upgrade) = upgrade.accept();
+    let subprotocol = upgrade.choose(shared.handler.subprotocols());
+    let (response, on_upgrade) = upgrade.accept(subprotocol);
     let task_shared = shared.clone();
     shared.connections.spawn(async move {
         let _permit = permit;
@@ -180,7 +181,8 @@ async fn upgrade_or_page<H: Handler>(
             &shared.config.connection,
             shared.shutdown.clone(),
         ))
-        .await;
+        .await
+        .with_subprotocol(subprotocol);
         info!(%peer, "connected");
         match serve_connection(&shared.handler, conn).await {
             Ok(()) => info!(%peer, "disconnected"),

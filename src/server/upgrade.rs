@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 pub(crate) struct UpgradeRequest {
     accept: String,
     on_upgrade: OnUpgrade,
+    offered: Vec<String>,
 }
 
 /// Why a request is not a WebSocket upgrade we can take.
@@ -66,17 +67,37 @@ impl UpgradeRequest {
             ));
         };
         let accept = derive_accept_key(key.as_bytes());
+        let offered: Vec<String> = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
         let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
             return Err(refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "this connection cannot be upgraded\n",
             ));
         };
-        Ok(Self { accept, on_upgrade })
+        Ok(Self {
+            accept,
+            on_upgrade,
+            offered,
+        })
+    }
+
+    /// The first of `supported` that the client offered.
+    pub(crate) fn choose(&self, supported: &'static [&'static str]) -> Option<&'static str> {
+        supported
+            .iter()
+            .copied()
+            .find(|s| self.offered.iter().any(|o| o == s))
     }
 
     /// The `101 Switching Protocols` answer, and the future that yields the upgraded transport.
-    pub(crate) fn accept(self) -> (Response<Body>, OnUpgrade) {
+    pub(crate) fn accept(self, subprotocol: Option<&'static str>) -> (Response<Body>, OnUpgrade) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -84,6 +105,9 @@ impl UpgradeRequest {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(accept) = HeaderValue::from_str(&self.accept) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if let Some(p) = subprotocol {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
         }
         (response, self.on_upgrade)
     }

@@ -291,14 +291,17 @@ fn answer(job: Job, done: Done) {
     }
 }
 
+/// Runs every job in one transaction. Any failure rolls the whole batch back, so a failed
+/// append can never leave a seq taken without its message (a gap): every job is answered with
+/// the error and nothing of the batch is stored (the caller retries with the same cid).
 fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Done>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut done = Vec::with_capacity(jobs.len());
     for job in jobs {
         done.push(match job {
-            Job::Append(append, _) => Done::Append(apply_append(&tx, append).map_err(store_err)),
-            Job::Ensure(room, _) => Done::State(ensure_room(&tx, room).map_err(store_err)),
-            Job::Wipe(room, _) => Done::State(apply_wipe(&tx, room).map_err(store_err)),
+            Job::Append(append, _) => Done::Append(Ok(apply_append(&tx, append)?)),
+            Job::Ensure(room, _) => Done::State(Ok(ensure_room(&tx, room)?)),
+            Job::Wipe(room, _) => Done::State(Ok(apply_wipe(&tx, room)?)),
         });
     }
     tx.commit()?;
