@@ -40,7 +40,7 @@ impl Default for ConnectionConfig {
             max_frame_bytes: 64 * 1024,
             read_buffer_bytes: 512,
             write_buffer_bytes: 8 * 1024,
-            outbox_capacity: 64,
+            outbox_capacity: 256,
             max_batch: 64,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),

@@ -20,6 +20,9 @@ pub enum Error {
     /// The peer stopped answering: nothing arrived within the idle timeout.
     #[error("idle timeout: nothing received for {0:?}")]
     IdleTimeout(std::time::Duration),
+    /// The peer broke a rule of the application (e.g. kept exceeding the rate limit).
+    #[error("policy violation: {0}")]
+    Policy(String),
     /// The connection's outbox is full: the peer does not read fast enough.
     #[error("slow consumer: outbox full")]
     SlowConsumer,
@@ -53,6 +56,7 @@ impl Error {
             Error::InvalidUtf8 => Some(CloseCode::Invalid),
             Error::TooBig(_) => Some(CloseCode::Size),
             Error::IdleTimeout(_) => Some(CloseCode::Away),
+            Error::Policy(_) => Some(CloseCode::Policy),
             Error::SlowConsumer => Some(CloseCode::Library(crate::connection::CLOSE_SLOW_CONSUMER)),
             Error::Closed | Error::Io(_) => None,
             Error::Config(_) | Error::Handshake(_) | Error::Store(_) => Some(CloseCode::Error),

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`chat`]: the chat server (`nanachat serve`): sessions, rooms, presence, DMs, resume.
 //! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
 //!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
 //!   trait that says what a connection does. Every mode stands on it.
@@ -18,6 +19,7 @@
 //! - [`config`]: limits and timers with their defaults, validated once.
 //! - [`error`]: the error type and its mapping to close codes.
 
+pub mod chat;
 pub mod config;
 pub mod connection;
 pub mod demo;

@@ -11,12 +11,14 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use nanachat::chat::{Chat, ChatConfig};
 use nanachat::config::{ConnectionConfig, parse_bytes, parse_duration};
 use nanachat::connection::Handler;
 use nanachat::demo::{DemoClient, DemoServer};
 use nanachat::dial::Target;
 use nanachat::echo::Echo;
 use nanachat::server::{self, ServerConfig};
+use nanachat::store::{MemoryStore, SqliteStore};
 use nanachat::{Error, Result};
 
 #[derive(Debug, Parser)]
@@ -32,6 +34,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The chat server: rooms, direct messages, presence, durable history, resume.
+    Serve {
+        /// Address to listen on, HOST:PORT (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8765", env = "NANACHAT_ADDR")]
+        addr: String,
+        /// Where the history database lives.
+        #[arg(long, default_value = "./nanachat-data", env = "NANACHAT_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+        /// Keep history in memory only: gone when the server stops.
+        #[arg(long, env = "NANACHAT_MEMORY")]
+        memory: bool,
+        /// Interval of the app-level heartbeat; 0 turns it off (3s is the seed's server push).
+        #[arg(long, value_parser = parse_duration, env = "NANACHAT_HEARTBEAT")]
+        heartbeat: Option<Duration>,
+        #[command(flatten)]
+        chat: ChatArgs,
+        #[command(flatten)]
+        limits: ServerArgs,
+    },
     /// The seed's full-duplex pair: a server that pushes every 3 s, a client that sends every 1 s.
     Demo {
         #[command(subcommand)]
@@ -99,6 +120,23 @@ struct ConnectionArgs {
     idle_timeout: Option<Duration>,
 }
 
+/// Chat limits; unset flags keep the library's defaults.
+#[derive(Debug, Args)]
+struct ChatArgs {
+    /// Longest message text, in characters.
+    #[arg(long, env = "NANACHAT_MAX_TEXT_CHARS")]
+    max_text_chars: Option<usize>,
+    /// Messages a connection may send per second, sustained.
+    #[arg(long, env = "NANACHAT_RATE")]
+    rate: Option<u32>,
+    /// Messages a connection may send in a burst.
+    #[arg(long, env = "NANACHAT_BURST")]
+    burst: Option<u32>,
+    /// Rooms one connection may be in.
+    #[arg(long, env = "NANACHAT_MAX_ROOMS")]
+    max_rooms: Option<usize>,
+}
+
 /// Server limits, on top of the per-connection ones.
 #[derive(Debug, Args)]
 struct ServerArgs {
@@ -152,6 +190,29 @@ impl ServerArgs {
     }
 }
 
+impl ChatArgs {
+    fn config(&self, heartbeat: Option<Duration>) -> Result<ChatConfig> {
+        let mut config = ChatConfig::default();
+        if let Some(v) = self.max_text_chars {
+            config.max_text_chars = v;
+        }
+        if let Some(v) = self.rate {
+            config.rate_per_sec = v;
+        }
+        if let Some(v) = self.burst {
+            config.rate_burst = v;
+        }
+        if let Some(v) = self.max_rooms {
+            config.max_rooms = v;
+        }
+        if let Some(v) = heartbeat {
+            config.heartbeat_interval = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -176,6 +237,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve {
+            addr,
+            data_dir,
+            memory,
+            heartbeat,
+            chat,
+            limits,
+        } => {
+            let server = limits.config()?;
+            let chat = chat.config(heartbeat)?;
+            raise_open_files_limit(server.max_connections);
+            let max_message_bytes = server.connection.max_message_bytes;
+            if memory {
+                let store = MemoryStore::new();
+                serve(&addr, server, Chat::new(store, chat, max_message_bytes))
+            } else {
+                let store = SqliteStore::open(&data_dir)?;
+                tracing::info!(path = %store.path().display(), "history store");
+                serve(&addr, server, Chat::new(store, chat, max_message_bytes))
+            }
+        }
         Command::Echo { addr, limits } => serve(&addr, limits.config()?, Echo),
         Command::Demo {
             side:
@@ -254,6 +336,20 @@ async fn bind(addr: &str) -> Result<TcpListener> {
         err.kind(),
         format!("cannot listen on {addr}: {err}"),
     )))
+}
+
+/// Raises the open-files soft limit to the hard limit; warns when `max_connections` sockets
+/// would not fit under it.
+fn raise_open_files_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if (limit as usize) < max_connections + 64 => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-files limit is below max connections: connections beyond it will fail"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(cause = %err, "cannot raise the open-files limit"),
+    }
 }
 
 /// Cancels `token` on the first SIGINT (Ctrl-C) or SIGTERM.

@@ -16,6 +16,11 @@ pub enum ClientMsg {
     Hello {
         /// The nick to use.
         nick: String,
+        /// A secret the client chose: further connections with the same nick and key are the
+        /// same user (one member, several connections); a different or no key gets
+        /// `nick_taken` while the nick is connected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Join a room, optionally resuming after `since` (replayed from history, then live).
     Join {
@@ -236,6 +241,29 @@ pub enum ServerMsg {
     },
 }
 
+impl ErrorCode {
+    /// The code as it appears on the wire, e.g. `rate_limited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::BinaryNotAllowed => "binary_not_allowed",
+            ErrorCode::HelloFirst => "hello_first",
+            ErrorCode::AlreadyHello => "already_hello",
+            ErrorCode::BadNick => "bad_nick",
+            ErrorCode::NickTaken => "nick_taken",
+            ErrorCode::BadRoom => "bad_room",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::NoSuchNick => "no_such_nick",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
 impl ServerMsg {
     /// The JSON text of this message, as sent.
     pub fn to_json(&self) -> String {
@@ -263,9 +291,10 @@ mod tests {
     fn client_messages_read_as_documented() {
         let cases = [
             (
-                r#"{"type":"hello","nick":"nana"}"#,
+                r#"{"type":"hello","nick":"nana","key":"s3cret"}"#,
                 ClientMsg::Hello {
                     nick: "nana".into(),
+                    key: Some("s3cret".into()),
                 },
             ),
             (
@@ -324,6 +353,21 @@ mod tests {
             parse_client(r#"[1,2]"#).unwrap_err().0,
             ErrorCode::BadMessage
         );
+    }
+
+    #[test]
+    fn error_codes_print_as_serialized() {
+        for code in [
+            ErrorCode::BadJson,
+            ErrorCode::NickTaken,
+            ErrorCode::RateLimited,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The ephemeral store: everything in a map behind a mutex, gone when the process ends.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
@@ -38,24 +39,16 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
-        self.rooms
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Store for MemoryStore {
-    async fn append(&self, append: Append) -> Result<Appended> {
+    fn append_now(&self, append: Append) -> Appended {
         let mut rooms = self.rooms();
         let room = rooms.entry(append.room.clone()).or_insert_with(Room::new);
         if let Some(cid) = &append.cid {
             let key = (append.from.clone(), cid.clone());
             if let Some(record) = room.cids.get(&key).and_then(|seq| room.records.get(seq)) {
-                return Ok(Appended {
+                return Appended {
                     record: record.clone(),
                     duplicate: true,
-                });
+                };
             }
         }
         room.last_seq += 1;
@@ -70,10 +63,22 @@ impl Store for MemoryStore {
             room.cids.insert((record.from.clone(), cid), record.seq);
         }
         room.records.insert(record.seq, record.clone());
-        Ok(Appended {
+        Appended {
             record,
             duplicate: false,
-        })
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send + 'static {
+        std::future::ready(Ok(self.append_now(append)))
     }
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {

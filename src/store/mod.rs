@@ -84,7 +84,11 @@ pub struct RoomState {
 /// The history store. Appends are durable when their future resolves.
 pub trait Store: Send + Sync + 'static {
     /// Stores a message (or recognises a retry by its cid) and returns its record.
-    fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send;
+    ///
+    /// The append takes its place when this is *called*, not when the future is first polled:
+    /// appends called one after another get seqs in that order, even if their futures are then
+    /// awaited on different tasks.
+    fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send + 'static;
 
     /// Reads up to `limit` (at most [`MAX_PAGE`]) records of `room`, oldest first.
     fn history(

@@ -7,6 +7,7 @@
 //! process (`kill -9`); a power cut may lose the last commits. Reads use their own connection,
 //! which WAL lets run beside the writer.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,8 @@ use crate::{Error, Result};
 /// Most jobs one transaction commits.
 pub(crate) const MAX_BATCH: usize = 512;
 
-/// Jobs that may wait for the writer before appends wait too (back-pressure).
-const QUEUE: usize = 4096;
+/// Jobs that may wait for the writer; beyond that an append is refused (back-pressure).
+const QUEUE: usize = 16 * 1024;
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -151,8 +152,26 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    async fn append(&self, append: Append) -> Result<Appended> {
-        self.submit(|tx| Job::Append(append, tx)).await
+    fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send + 'static {
+        // Queued now, so the order of calls is the order of seqs. A full queue is refused at
+        // once rather than waited for: the client gets `internal` and retries with its cid.
+        let (tx, rx) = oneshot::channel();
+        let queued = self
+            .jobs
+            .try_send(Job::Append(append, tx))
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => {
+                    Error::Store("the store is overloaded".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    Error::Store("the store's writer has stopped".into())
+                }
+            });
+        async move {
+            queued?;
+            rx.await
+                .map_err(|_| Error::Store("the store's writer has stopped".into()))?
+        }
     }
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {

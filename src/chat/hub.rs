@@ -1,0 +1,449 @@
+//! The hub: who is connected, under which nick, in which rooms — and the one place where a
+//! stored message becomes deliveries.
+//!
+//! Everything here is synchronous, behind one mutex that is never held across an `.await`:
+//! delivering is `try_send` into bounded outboxes, which never waits. A member whose outbox is
+//! full is a slow consumer and is closed with 4001; the others are not held up.
+//!
+//! Order: a room's messages are delivered strictly in seq order. Appends finish in any order
+//! (group commit answers a batch at once, tasks wake in any order), so each room keeps the
+//! deliveries that arrived early until the ones before them have come ([`Room::pending`]). The
+//! store never skips a seq (a failed batch takes none), so nothing waits forever.
+//!
+//! Resume: a member joining with `since` is registered with a *backlog*: live deliveries are
+//! held there while its session replays history up to the room's last delivered seq at the
+//! moment of joining; then the backlog is drained and the member goes live. No gap, no
+//! duplicate at the seam.
+//!
+//! A room, once opened, stays in the hub for the life of the process (a few hundred bytes).
+//! Dropping an idle one is safe only if reopening can never start from a stale `last_seq`,
+//! which needs more care than it is worth today.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use tracing::debug;
+
+use super::render::{Delivery, Mode, render};
+use crate::connection::{CLOSE_SLOW_CONSUMER, CloseCode, CloseFrame, Message, Outbox};
+use crate::protocol::{ErrorCode, PresenceEvent, ServerMsg};
+use crate::store::RoomState;
+
+/// A connection's id, unique for the life of the process.
+pub(crate) type ConnId = u64;
+
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    conns: HashMap<ConnId, Conn>,
+    nicks: HashMap<String, Nick>,
+    rooms: HashMap<String, Room>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    nick: String,
+    outbox: Outbox,
+    mode: Mode,
+    rooms: BTreeSet<String>,
+}
+
+impl Conn {
+    /// Queues without waiting; a full outbox closes the connection as a slow consumer.
+    fn send(&self, text: crate::connection::Utf8Bytes) {
+        if let Err(crate::Error::SlowConsumer) = self.outbox.try_send(Message::Text(text)) {
+            close_slow(&self.outbox);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Nick {
+    key: Option<String>,
+    conns: BTreeSet<ConnId>,
+}
+
+#[derive(Debug)]
+struct Room {
+    epoch: u64,
+    /// The seq to deliver next.
+    next_seq: u64,
+    /// Deliveries that arrived before the seqs ahead of them.
+    pending: BTreeMap<u64, Delivery>,
+    /// Members; `Some(backlog)` while the member replays history.
+    members: BTreeMap<ConnId, Option<Vec<Delivery>>>,
+    /// For a direct-message room, the two nicks whose connections all receive it.
+    pair: Option<(String, String)>,
+}
+
+/// What a join did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Joined {
+    /// The room's last delivered seq when the member was added: replay up to here.
+    pub(crate) last_seq: u64,
+    /// The member was added with a backlog and must replay, then call `finish_replay`.
+    pub(crate) replay: bool,
+}
+
+/// The direct-message room of two nicks.
+pub(crate) fn dm_room(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("@{x}+{y}")
+}
+
+impl Hub {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection under `nick`. The nick is free, or held with the same key.
+    pub(crate) fn connect(
+        &self,
+        id: ConnId,
+        nick: &str,
+        key: Option<&str>,
+        outbox: Outbox,
+        mode: Mode,
+    ) -> Result<(), ErrorCode> {
+        let mut state = self.state();
+        if let Some(held) = state.nicks.get(nick)
+            && (held.key.is_none() || held.key.as_deref() != key)
+        {
+            return Err(ErrorCode::NickTaken);
+        }
+        state
+            .nicks
+            .entry(nick.to_owned())
+            .or_insert_with(|| Nick {
+                key: key.map(str::to_owned),
+                conns: BTreeSet::new(),
+            })
+            .conns
+            .insert(id);
+        state.conns.insert(
+            id,
+            Conn {
+                nick: nick.to_owned(),
+                outbox,
+                mode,
+                rooms: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives a connection another (free) nick, keeping its rooms: the others see the old nick
+    /// leave and the new one join.
+    pub(crate) fn rename(&self, id: ConnId, nick: &str) -> Result<(), ErrorCode> {
+        let mut state = self.state();
+        if state.nicks.contains_key(nick) {
+            return Err(ErrorCode::NickTaken);
+        }
+        let Some(conn) = state.conns.get(&id) else {
+            return Err(ErrorCode::HelloFirst);
+        };
+        let (old, rooms) = (conn.nick.clone(), conn.rooms.clone());
+        for room in &rooms {
+            state.leave_room(id, room);
+        }
+        state.release_nick(id, &old);
+        state.nicks.insert(
+            nick.to_owned(),
+            Nick {
+                key: None,
+                conns: BTreeSet::from([id]),
+            },
+        );
+        if let Some(conn) = state.conns.get_mut(&id) {
+            conn.nick = nick.to_owned();
+        }
+        for room in &rooms {
+            state.join_room(id, room, false);
+        }
+        Ok(())
+    }
+
+    /// Forgets a connection: it leaves every room, and its nick is freed with its last one.
+    pub(crate) fn disconnect(&self, id: ConnId) {
+        let mut state = self.state();
+        let Some(conn) = state.conns.get(&id) else {
+            return;
+        };
+        let (nick, rooms) = (conn.nick.clone(), conn.rooms.clone());
+        for room in &rooms {
+            state.leave_room(id, room);
+        }
+        state.release_nick(id, &nick);
+        state.conns.remove(&id);
+    }
+
+    /// The nick of a connection.
+    pub(crate) fn nick(&self, id: ConnId) -> Option<String> {
+        self.state().conns.get(&id).map(|c| c.nick.clone())
+    }
+
+    /// Whether anybody is connected under `nick`.
+    pub(crate) fn nick_online(&self, nick: &str) -> bool {
+        self.state().nicks.contains_key(nick)
+    }
+
+    /// Whether the hub holds `room` (its epoch and next seq are known).
+    pub(crate) fn has_room(&self, room: &str) -> bool {
+        self.state().rooms.contains_key(room)
+    }
+
+    /// Takes a room in, from what the store says of it; a room already held is kept.
+    pub(crate) fn open_room(&self, room: &str, stored: RoomState, pair: Option<(String, String)>) {
+        self.state().rooms.entry(room.to_owned()).or_insert(Room {
+            epoch: stored.epoch,
+            next_seq: stored.last_seq + 1,
+            pending: BTreeMap::new(),
+            members: BTreeMap::new(),
+            pair,
+        });
+    }
+
+    /// Adds a member and queues `joined` for it, all under the lock, so that nothing live can
+    /// come before `joined` or slip between the replay and the live stream.
+    pub(crate) fn join(
+        &self,
+        id: ConnId,
+        room: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        max_rooms: usize,
+    ) -> Result<Joined, ErrorCode> {
+        let mut state = self.state();
+        let Some(conn) = state.conns.get(&id) else {
+            return Err(ErrorCode::HelloFirst);
+        };
+        if conn.rooms.contains(room) {
+            return Err(ErrorCode::AlreadyJoined);
+        }
+        if conn.rooms.len() >= max_rooms {
+            return Err(ErrorCode::TooManyRooms);
+        }
+        let nick = conn.nick.clone();
+        let Some(r) = state.rooms.get(room) else {
+            return Err(ErrorCode::Internal);
+        };
+        if let Some((a, b)) = &r.pair
+            && *a != nick
+            && *b != nick
+        {
+            return Err(ErrorCode::BadRoom);
+        }
+        let reset = epoch.is_some_and(|e| e != r.epoch);
+        let replay = since.is_some() && !reset;
+        let (room_epoch, last_seq) = (r.epoch, r.next_seq - 1);
+        let joined = ServerMsg::Joined {
+            room: room.to_owned(),
+            epoch: room_epoch,
+            last_seq,
+            reset,
+        };
+        state.send_one(id, &joined);
+        state.join_room(id, room, replay);
+        Ok(Joined { last_seq, replay })
+    }
+
+    /// Removes a member.
+    pub(crate) fn leave(&self, id: ConnId, room: &str) -> Result<(), ErrorCode> {
+        let mut state = self.state();
+        if !state.conns.get(&id).is_some_and(|c| c.rooms.contains(room)) {
+            return Err(ErrorCode::NotJoined);
+        }
+        state.leave_room(id, room);
+        Ok(())
+    }
+
+    /// The nicks in a room, sorted, once each.
+    pub(crate) fn members(&self, id: ConnId, room: &str) -> Result<Vec<String>, ErrorCode> {
+        let state = self.state();
+        if !state.conns.get(&id).is_some_and(|c| c.rooms.contains(room)) {
+            return Err(ErrorCode::NotJoined);
+        }
+        let nicks: BTreeSet<&str> = state.rooms[room]
+            .members
+            .keys()
+            .filter_map(|m| state.conns.get(m).map(|c| c.nick.as_str()))
+            .collect();
+        Ok(nicks.into_iter().map(str::to_owned).collect())
+    }
+
+    /// Whether `id` may read or write `room`: a member, or one of a DM room's pair.
+    pub(crate) fn may_use(&self, id: ConnId, room: &str) -> bool {
+        let state = self.state();
+        let Some(conn) = state.conns.get(&id) else {
+            return false;
+        };
+        conn.rooms.contains(room)
+            || state
+                .rooms
+                .get(room)
+                .and_then(|r| r.pair.as_ref())
+                .is_some_and(|(a, b)| *a == conn.nick || *b == conn.nick)
+    }
+
+    /// Ends an append: delivers the stored message (`None` if it failed or was a duplicate)
+    /// and whatever it unblocked, in seq order.
+    pub(crate) fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) {
+        let mut state = self.state();
+        let Some(r) = state.rooms.get_mut(room) else {
+            return;
+        };
+        if let Some((seq, msg)) = stored
+            && seq >= r.next_seq
+        {
+            r.pending.insert(seq, Delivery::new(msg));
+        }
+        let mut ready = Vec::new();
+        while let Some(d) = r.pending.remove(&r.next_seq) {
+            ready.push(d);
+            r.next_seq += 1;
+        }
+        for d in &ready {
+            state.broadcast(room, d);
+        }
+    }
+
+    /// After a replay: returns the live deliveries held meanwhile (the caller sends them and
+    /// calls again), or `None` once there were none and the member is live.
+    pub(crate) fn finish_replay(&self, id: ConnId, room: &str) -> Option<Vec<Delivery>> {
+        let mut state = self.state();
+        let backlog = state.rooms.get_mut(room)?.members.get_mut(&id)?;
+        match backlog {
+            Some(held) if !held.is_empty() => Some(std::mem::take(held)),
+            _ => {
+                *backlog = None;
+                None
+            }
+        }
+    }
+}
+
+impl State {
+    fn join_room(&mut self, id: ConnId, room: &str, replay: bool) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.rooms.insert(room.to_owned());
+        let nick = conn.nick.clone();
+        let first = !self.nick_in_room(&nick, room);
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.members.insert(id, replay.then(Vec::new));
+        }
+        if first {
+            self.presence(room, &nick, PresenceEvent::Join);
+        }
+    }
+
+    fn leave_room(&mut self, id: ConnId, room: &str) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.rooms.remove(room);
+        let nick = conn.nick.clone();
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.members.remove(&id);
+        }
+        let left = ServerMsg::Left {
+            room: room.to_owned(),
+        };
+        self.send_one(id, &left);
+        if !self.nick_in_room(&nick, room) {
+            self.presence(room, &nick, PresenceEvent::Leave);
+        }
+    }
+
+    fn release_nick(&mut self, id: ConnId, nick: &str) {
+        if let Some(n) = self.nicks.get_mut(nick) {
+            n.conns.remove(&id);
+            if n.conns.is_empty() {
+                self.nicks.remove(nick);
+            }
+        }
+    }
+
+    fn nick_in_room(&self, nick: &str, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| {
+            r.members
+                .keys()
+                .any(|m| self.conns.get(m).is_some_and(|c| c.nick == nick))
+        })
+    }
+
+    fn presence(&mut self, room: &str, nick: &str, event: PresenceEvent) {
+        if room.starts_with('@') {
+            return; // A DM room has no audience to tell.
+        }
+        let msg = ServerMsg::Presence {
+            room: room.to_owned(),
+            nick: nick.to_owned(),
+            event,
+        };
+        self.broadcast(room, &Delivery::new(&msg));
+    }
+
+    /// Hands one delivery to every recipient of a room: its members, and for a DM room every
+    /// connection of the pair.
+    fn broadcast(&mut self, room: &str, d: &Delivery) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let mut live: Vec<ConnId> = Vec::with_capacity(r.members.len());
+        let mut overflowed = Vec::new();
+        for (id, backlog) in r.members.iter_mut() {
+            match backlog {
+                Some(held) if held.len() >= MAX_BACKLOG => overflowed.push(*id),
+                Some(held) => held.push(d.clone()),
+                None => live.push(*id),
+            }
+        }
+        if let Some((a, b)) = &r.pair {
+            for nick in [a, b] {
+                if let Some(n) = self.nicks.get(nick) {
+                    live.extend(n.conns.iter().filter(|c| !r.members.contains_key(c)));
+                }
+            }
+        }
+        for id in overflowed {
+            if let Some(conn) = self.conns.get(&id) {
+                close_slow(&conn.outbox);
+            }
+        }
+        for id in live {
+            if let Some(conn) = self.conns.get(&id) {
+                conn.send(d.for_mode(conn.mode));
+            }
+        }
+    }
+
+    fn send_one(&self, id: ConnId, msg: &ServerMsg) {
+        if let Some(conn) = self.conns.get(&id) {
+            conn.send(render(conn.mode, msg));
+        }
+    }
+}
+
+/// Live messages a replaying member may fall behind by before it counts as a slow consumer.
+const MAX_BACKLOG: usize = 4096;
+
+fn close_slow(outbox: &Outbox) {
+    debug!("closing a slow consumer");
+    SLOW_CLOSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    outbox.request_close(
+        CloseFrame {
+            code: CloseCode::Library(CLOSE_SLOW_CONSUMER),
+            reason: "slow consumer: resume with join since".into(),
+        },
+        true,
+    );
+}
+
+/// Slow consumers closed since start (for metrics).
+pub(crate) static SLOW_CLOSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

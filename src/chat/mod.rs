@@ -1,0 +1,146 @@
+//! The chat server (`nanachat serve`): a [`Handler`] that turns connections into members of
+//! rooms. A `say` travels: session (parse, validate, rate limit) → [`Store::append`] (durable,
+//! seq assigned) → `ack` to the sender and the message, rendered once per mode, to every member's
+//! outbox via the [`hub`]. Clients that ask for the `nanachat.v1` subprotocol speak JSON; the
+//! rest get plain-text mode (see `docs/protocol.md`).
+
+mod hub;
+mod render;
+mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::connection::{Connection, Handler};
+use crate::protocol::SUBPROTOCOL;
+use crate::store::Store;
+use crate::{Error, Result};
+
+pub use render::Mode;
+
+/// Limits and timers of the chat layer; the connection's own are in
+/// [`ConnectionConfig`](crate::config::ConnectionConfig).
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Longest text of one message, in characters.
+    pub max_text_chars: usize,
+    /// Messages per second a connection may send, sustained.
+    pub rate_per_sec: u32,
+    /// Messages a connection may send in a burst.
+    pub rate_burst: u32,
+    /// Refusals in a row for rate after which the connection is closed with 1008.
+    pub rate_strikes: u32,
+    /// Rooms one connection may be in.
+    pub max_rooms: usize,
+    /// Interval of the app-level heartbeat (`tick`); zero sends none.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 4000,
+            rate_per_sec: 20,
+            rate_burst: 40,
+            rate_strikes: 20,
+            max_rooms: 32,
+            heartbeat_interval: Duration::from_secs(25),
+        }
+    }
+}
+
+impl ChatConfig {
+    /// Checks the values once, at start.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_text_chars == 0 || self.max_rooms == 0 {
+            return Err(Error::Config(
+                "max text chars and max rooms must be above 0".into(),
+            ));
+        }
+        if self.rate_per_sec == 0 || self.rate_burst == 0 {
+            return Err(Error::Config("the rate and burst must be above 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The chat server's handler, over a history store.
+#[derive(Debug)]
+pub struct Chat<S> {
+    inner: Arc<Inner<S>>,
+}
+
+#[derive(Debug)]
+struct Inner<S> {
+    store: S,
+    hub: hub::Hub,
+    config: ChatConfig,
+    max_message_bytes: usize,
+    next_id: AtomicU64,
+}
+
+impl<S: Store> Chat<S> {
+    /// A chat server storing history in `store`. `max_message_bytes` is the connection layer's
+    /// limit, told to clients in `welcome`.
+    pub fn new(store: S, config: ChatConfig, max_message_bytes: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                hub: hub::Hub::default(),
+                config,
+                max_message_bytes,
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+}
+
+impl<S: Store> Handler for Chat<S> {
+    fn subprotocols(&self) -> &'static [&'static str] {
+        &[SUBPROTOCOL]
+    }
+
+    async fn handle(&self, conn: &mut Connection) -> Result<()> {
+        session::run(self.inner.clone(), conn).await
+    }
+}
+
+/// Slow consumers closed since the process started.
+pub fn slow_consumer_closes() -> u64 {
+    hub::SLOW_CLOSES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `nick` is a valid nick: 1–32 letters, digits, `-` or `_`.
+pub fn valid_nick(nick: &str) -> bool {
+    (1..=32).contains(&nick.len())
+        && nick
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Whether `room` is a valid room name: 1–64 letters, digits, `-`, `_` or `.`. Names starting
+/// with `@` are direct-message rooms, made by the server.
+pub fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_nick("nana_7-x"));
+        for bad in ["", "has space", "émoji", &"x".repeat(33), "a@b"] {
+            assert!(!valid_nick(bad), "{bad}");
+        }
+        assert!(valid_room("lobby.en"));
+        for bad in ["", "@a+b", "sp ace", &"r".repeat(65)] {
+            assert!(!valid_room(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! How server messages look on the wire in each mode: JSON (`nanachat.v1`) or readable lines
+//! (plain-text mode). A chat message is rendered once per mode and the same bytes go to every
+//! recipient ([`Delivery`]).
+
+use crate::connection::Utf8Bytes;
+use crate::demo::python_now;
+use crate::protocol::{ChatMessage, PresenceEvent, ServerMsg};
+
+/// How a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// JSON frames, subprotocol `nanachat.v1`.
+    Json,
+    /// Readable lines, for clients that asked for no subprotocol.
+    Plain,
+}
+
+/// One server message, rendered once for each mode; cloning shares the bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    json: Utf8Bytes,
+    plain: Utf8Bytes,
+}
+
+impl Delivery {
+    pub(crate) fn new(msg: &ServerMsg) -> Self {
+        Self {
+            json: msg.to_json().into(),
+            plain: plain(msg).into(),
+        }
+    }
+
+    pub(crate) fn for_mode(&self, mode: Mode) -> Utf8Bytes {
+        match mode {
+            Mode::Json => self.json.clone(),
+            Mode::Plain => self.plain.clone(),
+        }
+    }
+}
+
+/// Renders one message for one mode (replies that go to a single connection).
+pub(crate) fn render(mode: Mode, msg: &ServerMsg) -> Utf8Bytes {
+    match mode {
+        Mode::Json => msg.to_json().into(),
+        Mode::Plain => plain(msg).into(),
+    }
+}
+
+fn chat_line(m: &ChatMessage) -> String {
+    format!("[{}] {}: {}", m.room, m.from, m.text)
+}
+
+/// The plain-text line(s) for a server message.
+fn plain(msg: &ServerMsg) -> String {
+    match msg {
+        ServerMsg::Welcome { nick, .. } => {
+            format!("* welcome, you are {nick} (/help for commands)")
+        }
+        ServerMsg::Joined { room, reset, .. } if *reset => {
+            format!("* you joined {room} (its history was reset)")
+        }
+        ServerMsg::Joined { room, .. } => format!("* you joined {room}"),
+        ServerMsg::Left { room } => format!("* you left {room}"),
+        ServerMsg::Ack { room, seq, .. } => format!("* stored in {room} as #{seq}"),
+        ServerMsg::Message(m) => chat_line(m),
+        ServerMsg::Presence { room, nick, event } => match event {
+            PresenceEvent::Join => format!("* {nick} joined {room}"),
+            PresenceEvent::Leave => format!("* {nick} left {room}"),
+        },
+        ServerMsg::Members { room, nicks } => format!("* in {room}: {}", nicks.join(", ")),
+        ServerMsg::History { room, messages, .. } if messages.is_empty() => {
+            format!("* no history in {room}")
+        }
+        ServerMsg::History { messages, .. } => messages
+            .iter()
+            .map(chat_line)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        // The seed's server push, so the seed's client sees what it always saw.
+        ServerMsg::Tick { .. } => format!("!Server Send! {}", python_now()),
+        ServerMsg::Error { code, message, .. } => format!("! {}: {message}", code.as_str()),
+    }
+}
+
+/// The help text of plain-text mode.
+pub(crate) const PLAIN_HELP: &str = "* commands: /nick NAME, /join ROOM, /leave [ROOM], \
+/msg NICK TEXT, /who [ROOM], /history [N], /help; anything else is said in your current room";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    #[test]
+    fn plain_lines_are_readable() {
+        let msg = ServerMsg::Message(ChatMessage {
+            room: "lobby".into(),
+            seq: 1,
+            from: "nana".into(),
+            text: "hi".into(),
+            time: 0,
+        });
+        assert_eq!(render(Mode::Plain, &msg).as_str(), "[lobby] nana: hi");
+        assert!(
+            render(Mode::Json, &msg)
+                .as_str()
+                .starts_with(r#"{"type":"message""#)
+        );
+        let err = ServerMsg::Error {
+            code: ErrorCode::NotJoined,
+            message: "join it first".into(),
+            cid: None,
+        };
+        assert_eq!(
+            render(Mode::Plain, &err).as_str(),
+            "! not_joined: join it first"
+        );
+        let tick = render(Mode::Plain, &ServerMsg::Tick { time: 0 });
+        assert!(tick.as_str().starts_with("!Server Send! "));
+    }
+}

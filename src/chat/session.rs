@@ -1,0 +1,596 @@
+//! One chat connection: reads requests, checks them, answers them, and publishes what is said.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::time::{MissedTickBehavior, interval_at};
+use tracing::warn;
+
+use super::hub::{ConnId, dm_room};
+use super::render::{Mode, PLAIN_HELP, render};
+use super::{Inner, valid_nick, valid_room};
+use crate::connection::{Connection, Incoming, Message, Outbox};
+use crate::protocol::{
+    ChatMessage, ClientMsg, ErrorCode, Limits, SUBPROTOCOL, ServerMsg, parse_client,
+};
+use crate::store::{Append, MAX_PAGE, Page, Record, Store, now_ms};
+use crate::{Error, Result};
+
+/// The room plain-text clients are put in.
+const LOBBY: &str = "lobby";
+
+/// How many messages `/history` shows unless told.
+const PLAIN_HISTORY: u32 = 20;
+
+/// Serves one connection until it ends, then takes it out of the hub.
+pub(super) async fn run<S: Store>(chat: Arc<Inner<S>>, conn: &mut Connection) -> Result<()> {
+    let id = chat.next_id.fetch_add(1, Ordering::Relaxed);
+    let mode = if conn.subprotocol() == Some(SUBPROTOCOL) {
+        Mode::Json
+    } else {
+        Mode::Plain
+    };
+    let bucket = Bucket::new(chat.config.rate_per_sec, chat.config.rate_burst);
+    let mut session = Session {
+        outbox: conn.outbox(),
+        chat,
+        id,
+        mode,
+        greeted: false,
+        current: None,
+        bucket,
+        strikes: 0,
+        said: 0,
+    };
+    let outcome = session.serve(conn).await;
+    session.chat.hub.disconnect(id);
+    outcome
+}
+
+struct Session<S> {
+    chat: Arc<Inner<S>>,
+    id: ConnId,
+    mode: Mode,
+    outbox: Outbox,
+    /// `hello` done (plain-text mode: at once).
+    greeted: bool,
+    /// Plain-text mode: the room a bare line is said in.
+    current: Option<String>,
+    bucket: Bucket,
+    /// Rate-limit refusals in a row.
+    strikes: u32,
+    /// Plain-text mode: messages said, for their cids.
+    said: u64,
+}
+
+/// A refusal to send back: an error frame, the connection stays.
+struct Refusal(ErrorCode, String);
+
+fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal(code, message.into()))
+}
+
+impl<S: Store> Session<S> {
+    async fn serve(&mut self, conn: &mut Connection) -> Result<()> {
+        if self.mode == Mode::Plain {
+            self.start_plain(conn).await?;
+        }
+        let every = self.chat.config.heartbeat_interval;
+        let mut heartbeat = (!every.is_zero()).then(|| {
+            let mut t = interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            tokio::select! {
+                msg = conn.read_msg() => match msg? {
+                    None => return Ok(()),
+                    Some(Incoming::Text(text)) => self.on_text(conn, text.as_str()).await?,
+                    Some(Incoming::Binary(_)) => {
+                        self.reply_error(conn, ErrorCode::BinaryNotAllowed,
+                            "send text frames: JSON in nanachat.v1, lines in plain-text mode", None).await?;
+                    }
+                },
+                _ = async { heartbeat.as_mut().expect("checked").tick().await }, if heartbeat.is_some() => {
+                    self.reply(conn, &ServerMsg::Tick { time: now_ms() }).await?;
+                }
+            }
+        }
+    }
+
+    async fn reply(&self, conn: &Connection, msg: &ServerMsg) -> Result<()> {
+        conn.send(Message::Text(render(self.mode, msg))).await
+    }
+
+    async fn reply_error(
+        &self,
+        conn: &Connection,
+        code: ErrorCode,
+        message: &str,
+        cid: Option<String>,
+    ) -> Result<()> {
+        let msg = ServerMsg::Error {
+            code,
+            message: message.to_owned(),
+            cid,
+        };
+        self.reply(conn, &msg).await
+    }
+
+    async fn on_text(&mut self, conn: &Connection, text: &str) -> Result<()> {
+        let request = match self.mode {
+            Mode::Json => parse_client(text)
+                .map(Some)
+                .map_err(|(code, why)| Refusal(code, why)),
+            Mode::Plain => self.parse_plain(text),
+        };
+        let request = match request {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()), // a plain-text command answered on the spot
+            Err(Refusal(code, why)) => return self.reply_error(conn, code, &why, None).await,
+        };
+        let cid = match &request {
+            ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => Some(cid.clone()),
+            _ => None,
+        };
+        if !self.bucket.take() {
+            self.strikes += 1;
+            if self.strikes >= self.chat.config.rate_strikes {
+                return Err(Error::Policy("rate limit exceeded".into()));
+            }
+            let why = format!(
+                "slow down: {} messages a second",
+                self.chat.config.rate_per_sec
+            );
+            return self
+                .reply_error(conn, ErrorCode::RateLimited, &why, cid)
+                .await;
+        }
+        self.strikes = 0;
+        match self.dispatch(conn, request).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Refused(Refusal(code, why))) => {
+                self.reply_error(conn, code, &why, cid).await
+            }
+            Err(Failure::Fatal(err)) => Err(err),
+        }
+    }
+
+    async fn dispatch(&mut self, conn: &Connection, request: ClientMsg) -> Result<(), Failure> {
+        if !self.greeted && !matches!(request, ClientMsg::Hello { .. }) {
+            refuse(
+                ErrorCode::HelloFirst,
+                "say hello first: {\"type\":\"hello\",\"nick\":…}",
+            )?;
+        }
+        match request {
+            ClientMsg::Hello { nick, key } => self.hello(conn, &nick, key.as_deref()).await,
+            ClientMsg::Join { room, since, epoch } => self.join(conn, &room, since, epoch).await,
+            ClientMsg::Leave { room } => {
+                self.chat
+                    .hub
+                    .leave(self.id, &room)
+                    .or_else(|code| refuse(code, format!("you are not in {room}")))?;
+                if self.current.as_deref() == Some(room.as_str()) {
+                    self.current = None;
+                }
+                Ok(())
+            }
+            ClientMsg::Say { room, text, cid } => {
+                self.check_text(&text)?;
+                if !self.chat.hub.may_use(self.id, &room) {
+                    refuse(
+                        ErrorCode::NotJoined,
+                        format!("join {room} before saying anything there"),
+                    )?;
+                }
+                self.publish(room, text, cid);
+                Ok(())
+            }
+            ClientMsg::Dm { to, text, cid } => {
+                self.check_text(&text)?;
+                if !valid_nick(&to) {
+                    refuse(ErrorCode::BadNick, format!("'{to}' is not a nick"))?;
+                }
+                if !self.chat.hub.nick_online(&to) {
+                    refuse(
+                        ErrorCode::NoSuchNick,
+                        format!("nobody is connected as {to}"),
+                    )?;
+                }
+                let me = self.chat.hub.nick(self.id).unwrap_or_default();
+                let room = dm_room(&me, &to);
+                self.open_room(&room, Some((me, to))).await?;
+                self.publish(room, text, cid);
+                Ok(())
+            }
+            ClientMsg::Who { room } => {
+                let nicks = self
+                    .chat
+                    .hub
+                    .members(self.id, &room)
+                    .or_else(|code| refuse(code, format!("you are not in {room}")))?;
+                Ok(self
+                    .reply(conn, &ServerMsg::Members { room, nicks })
+                    .await?)
+            }
+            ClientMsg::History {
+                room,
+                before,
+                after,
+                limit,
+            } => self.history(conn, room, before, after, limit).await,
+        }
+    }
+
+    async fn hello(
+        &mut self,
+        conn: &Connection,
+        nick: &str,
+        key: Option<&str>,
+    ) -> Result<(), Failure> {
+        if self.greeted {
+            refuse(ErrorCode::AlreadyHello, "you said hello already")?;
+        }
+        if !valid_nick(nick) {
+            refuse(
+                ErrorCode::BadNick,
+                "a nick is 1 to 32 letters, digits, - or _",
+            )?;
+        }
+        self.chat
+            .hub
+            .connect(self.id, nick, key, self.outbox.clone(), self.mode)
+            .or_else(|code| refuse(code, format!("{nick} is taken")))?;
+        self.greeted = true;
+        Ok(self.welcome(conn, nick).await?)
+    }
+
+    async fn welcome(&self, conn: &Connection, nick: &str) -> Result<()> {
+        let config = &self.chat.config;
+        let limits = Limits {
+            max_message_bytes: self.chat.max_message_bytes,
+            max_text_chars: config.max_text_chars,
+            rate_per_sec: config.rate_per_sec,
+            rate_burst: config.rate_burst,
+            max_rooms: config.max_rooms,
+            heartbeat_ms: config.heartbeat_interval.as_millis() as u64,
+        };
+        let msg = ServerMsg::Welcome {
+            nick: nick.to_owned(),
+            limits,
+        };
+        self.reply(conn, &msg).await
+    }
+
+    /// Makes sure the hub holds `room`, loading its state from the store the first time.
+    async fn open_room(&self, room: &str, pair: Option<(String, String)>) -> Result<(), Failure> {
+        if !self.chat.hub.has_room(room) {
+            let stored = self.chat.store.room_state(room).await?;
+            self.chat.hub.open_room(room, stored, pair);
+        }
+        Ok(())
+    }
+
+    async fn join(
+        &mut self,
+        conn: &Connection,
+        room: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    ) -> Result<(), Failure> {
+        let my_dm = room.starts_with('@') && self.chat.hub.may_use(self.id, room);
+        if !valid_room(room) && !my_dm {
+            refuse(
+                ErrorCode::BadRoom,
+                "a room is 1 to 64 letters, digits, -, _ or .",
+            )?;
+        }
+        self.open_room(room, None).await?;
+        let joined = self
+            .chat
+            .hub
+            .join(self.id, room, since, epoch, self.chat.config.max_rooms)
+            .or_else(|code| refuse(code, format!("cannot join {room}")))?;
+        self.current = Some(room.to_owned());
+        if joined.replay {
+            self.replay(conn, room, since.unwrap_or(0), joined.last_seq)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `since+1 ..= last` from history, then what arrived live meanwhile, then goes live.
+    async fn replay(&self, conn: &Connection, room: &str, since: u64, last: u64) -> Result<()> {
+        let mut after = since;
+        'pages: while after < last {
+            let page = self
+                .chat
+                .store
+                .history(room, Page::After(after), MAX_PAGE)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for record in page {
+                if record.seq > last {
+                    break 'pages;
+                }
+                after = record.seq;
+                self.reply(conn, &ServerMsg::Message(chat_message(record)))
+                    .await?;
+            }
+        }
+        while let Some(held) = self.chat.hub.finish_replay(self.id, room) {
+            for d in held {
+                conn.send(Message::Text(d.for_mode(self.mode))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        conn: &Connection,
+        room: String,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<(), Failure> {
+        if !self.chat.hub.may_use(self.id, &room) {
+            refuse(
+                ErrorCode::NotJoined,
+                format!("join {room} to read its history"),
+            )?;
+        }
+        let page = match (before, after) {
+            (Some(_), Some(_)) => refuse(ErrorCode::BadMessage, "give before or after, not both")?,
+            (Some(seq), None) => Page::Before(seq),
+            (None, Some(seq)) => Page::After(seq),
+            (None, None) => Page::Before(u64::MAX),
+        };
+        let limit = limit.map_or(50, |l| l as usize).min(MAX_PAGE);
+        let store = &self.chat.store;
+        let epoch = store.room_state(&room).await?.epoch;
+        let messages = store
+            .history(&room, page, limit)
+            .await?
+            .into_iter()
+            .map(chat_message)
+            .collect();
+        let msg = ServerMsg::History {
+            room,
+            epoch,
+            messages,
+        };
+        Ok(self.reply(conn, &msg).await?)
+    }
+
+    fn check_text(&self, text: &str) -> Result<(), Failure> {
+        let max = self.chat.config.max_text_chars;
+        if text.chars().count() > max {
+            refuse(
+                ErrorCode::TextTooLong,
+                format!("a message has at most {max} characters"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Stores and delivers a message. The append is queued now (so this connection's messages
+    /// keep their order); the rest runs on its own task, so the session goes on reading while
+    /// the store commits, and nothing is lost if this connection goes away meanwhile.
+    fn publish(&self, room: String, text: String, cid: String) {
+        let from = self.chat.hub.nick(self.id).unwrap_or_default();
+        let pending = self.chat.store.append(Append {
+            room: room.clone(),
+            from,
+            text,
+            cid: Some(cid.clone()),
+        });
+        let (chat, outbox, mode) = (self.chat.clone(), self.outbox.clone(), self.mode);
+        tokio::spawn(async move {
+            let answer = match pending.await {
+                Ok(appended) => {
+                    let seq = appended.record.seq;
+                    let msg = ServerMsg::Message(chat_message(appended.record));
+                    let fresh = (!appended.duplicate).then_some((seq, &msg));
+                    chat.hub.deliver(&room, fresh);
+                    ServerMsg::Ack {
+                        cid,
+                        room,
+                        seq,
+                        duplicate: appended.duplicate,
+                    }
+                }
+                Err(err) => {
+                    warn!(cause = %err, %room, "append failed");
+                    chat.hub.deliver(&room, None);
+                    ServerMsg::Error {
+                        code: ErrorCode::Internal,
+                        message: "not stored; retry with the same cid".into(),
+                        cid: Some(cid),
+                    }
+                }
+            };
+            // Plain-text clients see their own line come back; they need no ack.
+            if mode == Mode::Json || matches!(answer, ServerMsg::Error { .. }) {
+                let _ = outbox.try_send(Message::Text(render(mode, &answer)));
+            }
+        });
+    }
+
+    /// Plain-text mode: a generated nick, and the lobby.
+    async fn start_plain(&mut self, conn: &Connection) -> Result<()> {
+        let mut nick = format!("guest-{}", self.id);
+        let mut n = 1;
+        while self
+            .chat
+            .hub
+            .connect(self.id, &nick, None, self.outbox.clone(), self.mode)
+            .is_err()
+        {
+            nick = format!("guest-{}-{n}", self.id);
+            n += 1;
+        }
+        self.greeted = true;
+        self.welcome(conn, &nick).await?;
+        match self.join(conn, LOBBY, None, None).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Fatal(err)) => Err(err),
+            Err(Failure::Refused(Refusal(code, why))) => {
+                self.reply_error(conn, code, &why, None).await
+            }
+        }
+    }
+
+    /// Plain-text mode: a line is a command or something to say in the current room.
+    fn parse_plain(&mut self, line: &str) -> Result<Option<ClientMsg>, Refusal> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        let Some(command) = line.strip_prefix('/') else {
+            let Some(room) = self.current.clone() else {
+                return refuse(ErrorCode::NotJoined, "join a room first: /join ROOM");
+            };
+            self.said += 1;
+            return Ok(Some(ClientMsg::Say {
+                room,
+                text: line.to_owned(),
+                cid: format!("p{}-{}", self.id, self.said),
+            }));
+        };
+        let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
+        let rest = rest.trim();
+        let current = || {
+            self.current.clone().ok_or_else(|| {
+                Refusal(ErrorCode::NotJoined, "join a room first: /join ROOM".into())
+            })
+        };
+        let arg_or_current = |arg: &str| {
+            if arg.is_empty() {
+                current()
+            } else {
+                Ok(arg.to_owned())
+            }
+        };
+        Ok(Some(match verb {
+            "nick" => {
+                if !valid_nick(rest) {
+                    return refuse(
+                        ErrorCode::BadNick,
+                        "a nick is 1 to 32 letters, digits, - or _",
+                    );
+                }
+                self.chat
+                    .hub
+                    .rename(self.id, rest)
+                    .or_else(|code| refuse(code, format!("{rest} is taken")))?;
+                let _ = self
+                    .outbox
+                    .try_send(Message::Text(format!("* you are now {rest}").into()));
+                return Ok(None);
+            }
+            "join" => ClientMsg::Join {
+                room: rest.to_owned(),
+                since: None,
+                epoch: None,
+            },
+            "leave" => ClientMsg::Leave {
+                room: arg_or_current(rest)?,
+            },
+            "msg" => {
+                let Some((to, text)) = rest.split_once(' ') else {
+                    return refuse(ErrorCode::BadMessage, "usage: /msg NICK TEXT");
+                };
+                self.said += 1;
+                ClientMsg::Dm {
+                    to: to.to_owned(),
+                    text: text.to_owned(),
+                    cid: format!("p{}-{}", self.id, self.said),
+                }
+            }
+            "who" => ClientMsg::Who {
+                room: arg_or_current(rest)?,
+            },
+            "history" => ClientMsg::History {
+                room: current()?,
+                before: None,
+                after: None,
+                limit: Some(rest.parse().unwrap_or(PLAIN_HISTORY)),
+            },
+            "help" => {
+                let _ = self.outbox.try_send(Message::Text(PLAIN_HELP.into()));
+                return Ok(None);
+            }
+            other => {
+                return refuse(
+                    ErrorCode::BadMessage,
+                    format!("unknown command /{other} (try /help)"),
+                );
+            }
+        }))
+    }
+}
+
+/// Why a request did not go through.
+enum Failure {
+    /// Refused: answered with an error frame, the connection stays.
+    Refused(Refusal),
+    /// The connection (or the store) failed: the connection ends.
+    Fatal(Error),
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        Failure::Refused(r)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        Failure::Fatal(err)
+    }
+}
+
+fn chat_message(r: Record) -> ChatMessage {
+    ChatMessage {
+        room: r.room,
+        seq: r.seq,
+        from: r.from,
+        text: r.text,
+        time: r.time_ms,
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` a second.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,573 @@
+//! The chat server (`Chat` handler) against real sockets: JSON and plain-text clients, rooms,
+//! presence, direct messages, idempotent retries, gapless resume while others publish, slow
+//! consumers, limits and bad input.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Peer, TestServer, close_frame, within};
+use futures_util::{SinkExt, StreamExt};
+use nanachat::chat::{Chat, ChatConfig};
+use nanachat::config::ConnectionConfig;
+use nanachat::server::ServerConfig;
+use nanachat::store::{MemoryStore, SqliteStore};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn roomy() -> ChatConfig {
+    ChatConfig {
+        rate_per_sec: 100_000,
+        rate_burst: 100_000,
+        heartbeat_interval: Duration::ZERO,
+        ..ChatConfig::default()
+    }
+}
+
+async fn chat_server(config: ChatConfig) -> TestServer {
+    let server = ServerConfig::default();
+    let max = server.connection.max_message_bytes;
+    TestServer::start(server, Chat::new(MemoryStore::new(), config, max)).await
+}
+
+/// A `nanachat.v1` client.
+struct Client {
+    ws: Peer,
+}
+
+impl Client {
+    async fn raw(url: &str) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
+        let (ws, response) = within("connect", tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["sec-websocket-protocol"], "nanachat.v1");
+        Self { ws }
+    }
+
+    async fn hello(url: &str, nick: &str) -> Self {
+        Self::hello_with_key(url, nick, None).await
+    }
+
+    async fn hello_with_key(url: &str, nick: &str, key: Option<&str>) -> Self {
+        let mut c = Self::raw(url).await;
+        let mut hello = json!({"type": "hello", "nick": nick});
+        if let Some(key) = key {
+            hello["key"] = json!(key);
+        }
+        c.send(hello).await;
+        let welcome = c.expect("welcome").await;
+        assert_eq!(welcome["nick"], nick);
+        c
+    }
+
+    async fn send(&mut self, v: Value) {
+        within("send", self.ws.send(Message::text(v.to_string())))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message (ticks skipped).
+    async fn recv(&mut self) -> Value {
+        loop {
+            match within("a message", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] != "tick" {
+                        return v;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until a message of this type; returns it.
+    async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+            assert_ne!(v["type"], "error", "while waiting for {kind}: {v}");
+        }
+    }
+
+    async fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"type": "join", "room": room})).await;
+        self.expect("joined").await
+    }
+
+    async fn say(&mut self, room: &str, text: &str, cid: &str) {
+        self.send(json!({"type": "say", "room": room, "text": text, "cid": cid}))
+            .await;
+    }
+
+    async fn error(&mut self) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "error" {
+                return v;
+            }
+        }
+    }
+}
+
+/// Says `text` (or `m{i}`) for every i in `range`, in bursts, reading its own acks between
+/// bursts as a well-behaved client does (a member that never reads is a slow consumer).
+async fn publish(
+    c: &mut Client,
+    room: &str,
+    range: std::ops::RangeInclusive<u64>,
+    text: Option<&str>,
+) {
+    let ids: Vec<u64> = range.collect();
+    for burst in ids.chunks(20) {
+        for i in burst {
+            let body = text.map_or_else(|| format!("m{i}"), str::to_owned);
+            c.say(room, &body, &format!("c{i}")).await;
+        }
+        let mut acked = 0;
+        while acked < burst.len() {
+            if c.recv().await["type"] == "ack" {
+                acked += 1;
+            }
+        }
+    }
+}
+
+/// A plain-text client (no subprotocol).
+async fn plain(url: &str) -> Peer {
+    common::peer(url).await
+}
+
+async fn line(ws: &mut Peer) -> String {
+    loop {
+        match within("a line", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return t.as_str().to_owned(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a line, got {other:?}"),
+        }
+    }
+}
+
+async fn line_starting(ws: &mut Peer, prefix: &str) -> String {
+    loop {
+        let l = line(ws).await;
+        if l.starts_with(prefix) {
+            return l;
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_json_clients_chat_with_acks_and_seqs() {
+    let server = chat_server(roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    let joined = a.join("lobby").await;
+    assert_eq!(joined["last_seq"], 0);
+    b.join("lobby").await;
+    a.say("lobby", "hi mochi", "c1").await;
+    // The sender gets its ack and its own message, in either order.
+    let (mut ack, mut own) = (None, None);
+    while ack.is_none() || own.is_none() {
+        let v = a.recv().await;
+        match v["type"].as_str() {
+            Some("ack") => ack = Some(v),
+            Some("message") => own = Some(v),
+            _ => {}
+        }
+    }
+    let (ack, own) = (ack.unwrap(), own.unwrap());
+    assert_eq!(
+        (ack["cid"].as_str(), ack["seq"].as_u64()),
+        (Some("c1"), Some(1))
+    );
+    assert_eq!(own["seq"], 1);
+    let m = b.expect("message").await;
+    assert_eq!(
+        (m["from"].as_str(), m["text"].as_str(), m["seq"].as_u64()),
+        (Some("nana"), Some("hi mochi"), Some(1))
+    );
+    b.say("lobby", "hi nana", "x").await;
+    assert_eq!(a.expect("message").await["seq"], 2);
+}
+
+#[tokio::test]
+async fn plain_text_clients_chat_and_cross_modes() {
+    let server = chat_server(roomy()).await;
+    let mut p = plain(&server.url()).await;
+    let mut q = plain(&server.url()).await;
+    assert!(line(&mut p).await.starts_with("* welcome, you are guest-"));
+    line_starting(&mut p, "* you joined lobby").await;
+    line_starting(&mut q, "* you joined lobby").await;
+    p.send(Message::text("hello there")).await.unwrap();
+    let got = line_starting(&mut q, "[lobby]").await;
+    assert!(got.ends_with(": hello there"), "{got}");
+
+    let mut j = Client::hello(&server.url(), "jay").await;
+    j.join("lobby").await;
+    q.send(Message::text("to json")).await.unwrap();
+    let m = j.expect("message").await;
+    assert_eq!(m["text"], "to json");
+    assert!(m["from"].as_str().unwrap().starts_with("guest-"));
+    j.say("lobby", "to plain", "c").await;
+    assert_eq!(
+        line_starting(&mut p, "[lobby] jay").await,
+        "[lobby] jay: to plain"
+    );
+
+    // Commands.
+    p.send(Message::text("/nick petal")).await.unwrap();
+    line_starting(&mut p, "* you are now petal").await;
+    p.send(Message::text("/who")).await.unwrap();
+    let who = line_starting(&mut p, "* in lobby:").await;
+    assert!(who.contains("petal") && who.contains("jay"), "{who}");
+    p.send(Message::text("/history 2")).await.unwrap();
+    let history = line_starting(&mut p, "[lobby]").await;
+    assert_eq!(history.lines().count(), 2, "{history}");
+    p.send(Message::text("/frobnicate")).await.unwrap();
+    assert!(
+        line_starting(&mut p, "!")
+            .await
+            .starts_with("! bad_message: unknown command")
+    );
+}
+
+#[tokio::test]
+async fn a_retried_cid_is_acked_again_and_delivered_once() {
+    let server = chat_server(roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    a.say("lobby", "once", "same").await;
+    a.say("lobby", "once", "same").await;
+    a.say("lobby", "after", "other").await;
+    let first = a.expect("ack").await;
+    let second = a.expect("ack").await;
+    assert_eq!(first["seq"], second["seq"]);
+    assert_eq!(second["duplicate"], true);
+    assert_eq!(b.expect("message").await["text"], "once");
+    assert_eq!(b.expect("message").await["text"], "after");
+}
+
+#[tokio::test]
+async fn resume_has_no_gap_and_no_duplicate_while_others_publish() {
+    let server = chat_server(roomy()).await;
+    let url = server.url();
+    let mut publisher = Client::hello(&url, "pub").await;
+    publisher.join("lobby").await;
+    let mut reader = Client::hello(&url, "reader").await;
+    reader.join("lobby").await;
+
+    const TOTAL: u64 = 2000;
+    let publishing = tokio::spawn(async move {
+        publish(&mut publisher, "lobby", 1..=TOTAL, None).await;
+    });
+
+    // Read a little, then drop the connection in the middle of the stream.
+    let mut last = 0;
+    while last < 100 {
+        let m = reader.expect("message").await;
+        assert_eq!(m["seq"].as_u64().unwrap(), last + 1);
+        last += 1;
+    }
+    drop(reader);
+
+    let mut again = Client::hello(&url, "reader").await;
+    again
+        .send(json!({"type": "join", "room": "lobby", "since": last}))
+        .await;
+    again.expect("joined").await;
+    while last < TOTAL {
+        let m = again.expect("message").await;
+        let seq = m["seq"].as_u64().unwrap();
+        assert_eq!(seq, last + 1, "a gap or a duplicate at seq {seq}");
+        assert_eq!(m["text"], format!("m{seq}"));
+        last = seq;
+    }
+    within("publisher done", publishing).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resume_from_another_epoch_is_told_so() {
+    let server = chat_server(roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    let joined = a.join("lobby").await;
+    let epoch = joined["epoch"].as_u64().unwrap();
+    a.say("lobby", "x", "c").await;
+    a.expect("ack").await;
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    b.send(json!({"type": "join", "room": "lobby", "since": 0, "epoch": epoch + 1}))
+        .await;
+    let joined = b.expect("joined").await;
+    assert_eq!(joined["reset"], true);
+    // Nothing is replayed on a reset: the next message is a live one.
+    a.say("lobby", "live", "d").await;
+    assert_eq!(b.expect("message").await["text"], "live");
+}
+
+#[tokio::test]
+async fn a_stalled_reader_is_closed_as_a_slow_consumer_and_others_get_everything() {
+    let config = ServerConfig {
+        connection: ConnectionConfig {
+            close_timeout: Duration::from_secs(30),
+            ..ConnectionConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let max = config.connection.max_message_bytes;
+    let server = TestServer::start(config, Chat::new(MemoryStore::new(), roomy(), max)).await;
+    let mut stalled = Client::hello(&server.url(), "stalled").await;
+    stalled.join("lobby").await;
+    let mut good = Client::hello(&server.url(), "good").await;
+    good.join("lobby").await;
+    let mut publisher = Client::hello(&server.url(), "pub").await;
+    publisher.join("lobby").await;
+
+    // ~12 MB to a reader that reads nothing: more than socket buffers and its outbox hold.
+    let text = "z".repeat(3900);
+    const TOTAL: u64 = 3000;
+    let publishing = tokio::spawn(async move {
+        publish(&mut publisher, "lobby", 1..=TOTAL, Some(&text)).await;
+        publisher
+    });
+    let mut seen = 0;
+    while seen < TOTAL {
+        let m = good.expect("message").await;
+        seen = m["seq"].as_u64().unwrap();
+    }
+    within("publisher", publishing).await.unwrap();
+    // The stalled reader finds, after what was already in flight, a 4001 close.
+    let frame = close_frame(&mut stalled.ws).await;
+    assert_eq!(frame.code, CloseCode::Library(4001));
+}
+
+#[tokio::test]
+async fn presence_and_who_count_nicks_not_connections() {
+    let server = chat_server(roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    let mut b1 = Client::hello_with_key(&server.url(), "mochi", Some("k")).await;
+    let mut b2 = Client::hello_with_key(&server.url(), "mochi", Some("k")).await;
+    b1.join("lobby").await;
+    let p = a.expect("presence").await;
+    assert_eq!(
+        (p["nick"].as_str(), p["event"].as_str()),
+        (Some("nana"), Some("join")),
+        "its own join first"
+    );
+    let p = a.expect("presence").await;
+    assert_eq!(
+        (p["nick"].as_str(), p["event"].as_str()),
+        (Some("mochi"), Some("join"))
+    );
+    b2.join("lobby").await;
+    a.send(json!({"type": "who", "room": "lobby"})).await;
+    let who = a.expect("members").await;
+    assert_eq!(who["nicks"], json!(["mochi", "nana"]));
+    // The first of mochi's connections leaving is not mochi leaving.
+    b1.send(json!({"type": "leave", "room": "lobby"})).await;
+    b1.expect("left").await;
+    b2.send(json!({"type": "leave", "room": "lobby"})).await;
+    let p = a.expect("presence").await;
+    assert_eq!(
+        (p["nick"].as_str(), p["event"].as_str()),
+        (Some("mochi"), Some("leave"))
+    );
+    // Without the key, the nick is taken.
+    let mut c = Client::raw(&server.url()).await;
+    c.send(json!({"type": "hello", "nick": "mochi"})).await;
+    assert_eq!(c.error().await["code"], "nick_taken");
+}
+
+#[tokio::test]
+async fn direct_messages_reach_every_connection_and_are_resumable() {
+    let server = chat_server(roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    let mut b1 = Client::hello_with_key(&server.url(), "mochi", Some("k")).await;
+    let mut b2 = Client::hello_with_key(&server.url(), "mochi", Some("k")).await;
+    a.send(json!({"type": "dm", "to": "mochi", "text": "psst", "cid": "d1"}))
+        .await;
+    let ack = a.expect("ack").await;
+    assert_eq!(ack["room"], "@mochi+nana");
+    for b in [&mut b1, &mut b2] {
+        let m = b.expect("message").await;
+        assert_eq!(
+            (m["room"].as_str(), m["text"].as_str()),
+            (Some("@mochi+nana"), Some("psst"))
+        );
+    }
+    let mut b3 = Client::hello_with_key(&server.url(), "mochi", Some("k")).await;
+    b3.send(json!({"type": "join", "room": "@mochi+nana", "since": 0}))
+        .await;
+    b3.expect("joined").await;
+    assert_eq!(b3.expect("message").await["text"], "psst");
+    // A third party can neither join nor read it.
+    let mut eve = Client::hello(&server.url(), "eve").await;
+    eve.send(json!({"type": "join", "room": "@mochi+nana"}))
+        .await;
+    assert_eq!(eve.error().await["code"], "bad_room");
+    eve.send(json!({"type": "dm", "to": "nobody", "text": "x", "cid": "e"}))
+        .await;
+    assert_eq!(eve.error().await["code"], "no_such_nick");
+}
+
+#[tokio::test]
+async fn history_pages_backwards_and_forwards() {
+    let server = chat_server(roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    for i in 1..=30 {
+        a.say("lobby", &format!("m{i}"), &format!("c{i}")).await;
+    }
+    for _ in 0..30 {
+        a.expect("ack").await;
+    }
+    let seqs = |v: &Value| -> Vec<u64> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    };
+    a.send(json!({"type": "history", "room": "lobby", "limit": 5}))
+        .await;
+    assert_eq!(seqs(&a.expect("history").await), [26, 27, 28, 29, 30]);
+    a.send(json!({"type": "history", "room": "lobby", "before": 26, "limit": 3}))
+        .await;
+    assert_eq!(seqs(&a.expect("history").await), [23, 24, 25]);
+    a.send(json!({"type": "history", "room": "lobby", "after": 28}))
+        .await;
+    assert_eq!(seqs(&a.expect("history").await), [29, 30]);
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_frame_and_the_connection_stays() {
+    let config = ChatConfig {
+        max_rooms: 2,
+        max_text_chars: 10,
+        ..roomy()
+    };
+    let server = chat_server(config).await;
+    let mut c = Client::raw(&server.url()).await;
+    c.ws.send(Message::text("{not json")).await.unwrap();
+    assert_eq!(c.error().await["code"], "bad_json");
+    c.send(json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(c.error().await["code"], "hello_first");
+    c.send(json!({"type": "shout"})).await;
+    assert_eq!(c.error().await["code"], "bad_message");
+    c.send(json!({"type": "hello", "nick": "no spaces"})).await;
+    assert_eq!(c.error().await["code"], "bad_nick");
+    c.send(json!({"type": "hello", "nick": "nana"})).await;
+    c.expect("welcome").await;
+    c.send(json!({"type": "hello", "nick": "nana"})).await;
+    assert_eq!(c.error().await["code"], "already_hello");
+    c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(c.error().await["code"], "binary_not_allowed");
+    c.say("lobby", "x", "c1").await;
+    let err = c.error().await;
+    assert_eq!(
+        (err["code"].as_str(), err["cid"].as_str()),
+        (Some("not_joined"), Some("c1"))
+    );
+    c.send(json!({"type": "join", "room": "bad room"})).await;
+    assert_eq!(c.error().await["code"], "bad_room");
+    c.join("one").await;
+    c.send(json!({"type": "join", "room": "one"})).await;
+    assert_eq!(c.error().await["code"], "already_joined");
+    c.join("two").await;
+    c.send(json!({"type": "join", "room": "three"})).await;
+    assert_eq!(c.error().await["code"], "too_many_rooms");
+    c.say("one", "eleven chars", "c2").await;
+    assert_eq!(c.error().await["code"], "text_too_long");
+    c.send(json!({"type": "who", "room": "zzz"})).await;
+    assert_eq!(c.error().await["code"], "not_joined");
+    // After all that, the connection still works.
+    c.say("one", "still ok", "c3").await;
+    assert_eq!(c.expect("ack").await["cid"], "c3");
+}
+
+#[tokio::test]
+async fn the_rate_limit_refuses_then_closes_with_1008() {
+    let config = ChatConfig {
+        rate_per_sec: 1,
+        rate_burst: 3,
+        rate_strikes: 5,
+        ..roomy()
+    };
+    let server = chat_server(config).await;
+    let mut c = Client::hello(&server.url(), "fast").await; // hello takes one token
+    c.join("lobby").await; // and join another
+    c.say("lobby", "1", "c1").await;
+    c.expect("ack").await;
+    c.say("lobby", "2", "c2").await;
+    let err = c.error().await;
+    assert_eq!(
+        (err["code"].as_str(), err["cid"].as_str()),
+        (Some("rate_limited"), Some("c2"))
+    );
+    for i in 3..10 {
+        c.say("lobby", "x", &format!("c{i}")).await;
+    }
+    let frame = close_frame(&mut c.ws).await;
+    assert_eq!(frame.code, CloseCode::Policy);
+}
+
+#[tokio::test]
+async fn heartbeat_ticks_in_both_modes() {
+    let config = ChatConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        ..roomy()
+    };
+    let server = chat_server(config).await;
+    let mut c = Client::hello(&server.url(), "nana").await;
+    loop {
+        match within("tick", c.ws.next()).await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"tick\"") => break,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut p = plain(&server.url()).await;
+    line_starting(&mut p, "!Server Send! ").await;
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_on_the_same_sqlite_file() {
+    let dir = std::env::temp_dir().join(format!("nanachat-chat-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = || async {
+        let store = SqliteStore::open(&dir).unwrap();
+        let config = ServerConfig::default();
+        let max = config.connection.max_message_bytes;
+        TestServer::start(config, Chat::new(store, roomy(), max)).await
+    };
+    let server = start().await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    a.say("lobby", "before", "c1").await;
+    a.expect("ack").await;
+    drop(a);
+    server.stop().await.unwrap();
+
+    let server = start().await;
+    let mut b = Client::hello(&server.url(), "nana").await;
+    b.send(json!({"type": "join", "room": "lobby", "since": 0}))
+        .await;
+    assert_eq!(b.expect("joined").await["last_seq"], 1);
+    assert_eq!(b.expect("message").await["text"], "before");
+    b.say("lobby", "after", "c2").await;
+    assert_eq!(b.expect("ack").await["seq"], 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
