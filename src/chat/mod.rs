@@ -1,7 +1,7 @@
 //! The chat server (`nanachat serve`): a [`Handler`] that turns connections into members of
 //! rooms. A `say` travels: session (parse, validate, rate limit) → [`Store::append`] (durable,
 //! seq assigned) → `ack` to the sender and the message, rendered once per mode, to every member's
-//! outbox via the [`hub`]. Clients that ask for the `nanachat.v1` subprotocol speak JSON; the
+//! outbox via the hub (`chat/hub.rs`). Clients that ask for the `nanachat.v1` subprotocol speak JSON; the
 //! rest get plain-text mode (see `docs/protocol.md`).
 
 mod hub;
