@@ -32,6 +32,7 @@ pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::config::ConnectionConfig;
+use crate::metrics;
 use crate::outbox::Next;
 pub use crate::outbox::Outbox;
 pub use crate::transport::{BoxedTransport, ReadAhead, Transport};
@@ -288,8 +289,14 @@ impl Connection {
     /// Handles one frame that arrived; returns it when it is data.
     fn on_message(&mut self, msg: Message) -> Option<Incoming> {
         match msg {
-            Message::Text(text) => Some(Incoming::Text(text)),
-            Message::Binary(data) => Some(Incoming::Binary(data)),
+            Message::Text(text) => {
+                metrics::bump(&metrics::MESSAGES_IN);
+                Some(Incoming::Text(text))
+            }
+            Message::Binary(data) => {
+                metrics::bump(&metrics::MESSAGES_IN);
+                Some(Incoming::Binary(data))
+            }
             Message::Ping(_) => {
                 // tungstenite queued the pong; it leaves on the next write or flush, so ask now.
                 self.outbox.request_flush();
@@ -365,6 +372,16 @@ pub trait Handler: Send + Sync + 'static {
         &[]
     }
 
+    /// The text answered to a plain `GET /`.
+    fn page(&self) -> &'static str {
+        "nanachat: connect a WebSocket client to this address.\n"
+    }
+
+    /// Appends this handler's metrics (Prometheus text format) for `/metrics`.
+    fn write_metrics(&self, out: &mut String) {
+        let _ = out;
+    }
+
     /// Serves one connection.
     fn handle(&self, conn: &mut Connection) -> impl Future<Output = Result<()>> + Send;
 }
@@ -394,6 +411,7 @@ async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, max_ba
                 match outbox.next() {
                     Next::Message(msg) => {
                         sink.feed(msg).await?;
+                        metrics::bump(&metrics::MESSAGES_OUT);
                         fed += 1;
                         if fed == max_batch {
                             break true;
@@ -409,6 +427,7 @@ async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, max_ba
             };
             if flush {
                 sink.flush().await?;
+                metrics::bump(&metrics::FLUSHES);
             }
             if fed < max_batch {
                 outbox.work().await;

@@ -6,6 +6,7 @@
 //! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
 //!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
 //!   trait that says what a connection does. Every mode stands on it.
+//! - [`metrics`]: counters and the Prometheus text behind `/metrics`.
 //! - [`outbox`]: a connection's bounded send queue, shared by its senders, drained by its writer.
 //! - [`protocol`]: the `nanachat.v1` wire types (JSON), shared by server, clients and tools.
 //! - [`server`]: the accept loop on one port (axum on hyper): WebSocket upgrade on any path,
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod dial;
 pub mod echo;
 pub mod error;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod server;

@@ -242,6 +242,25 @@ pub enum ServerMsg {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::BinaryNotAllowed,
+        ErrorCode::HelloFirst,
+        ErrorCode::AlreadyHello,
+        ErrorCode::BadNick,
+        ErrorCode::NickTaken,
+        ErrorCode::BadRoom,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::NotJoined,
+        ErrorCode::TooManyRooms,
+        ErrorCode::TextTooLong,
+        ErrorCode::NoSuchNick,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
     /// The code as it appears on the wire, e.g. `rate_limited`.
     pub fn as_str(self) -> &'static str {
         match self {

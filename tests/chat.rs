@@ -571,3 +571,36 @@ async fn history_survives_a_restart_on_the_same_sqlite_file() {
     assert_eq!(b.expect("ack").await["seq"], 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn metrics_and_the_page_tell_what_happened() {
+    let dir = std::env::temp_dir().join(format!("nanachat-chat-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = ServerConfig::default();
+    let max = config.connection.max_message_bytes;
+    let store = SqliteStore::open(&dir).unwrap();
+    let server = TestServer::start(config, Chat::new(store, roomy(), max)).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    publish(&mut a, "lobby", 1..=5, None).await;
+    a.send(json!({"type": "join", "room": "no way"})).await;
+    a.error().await;
+
+    let page = common::http_get(server.addr, "/").await;
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("nanachat.v1"),
+        "{page}"
+    );
+    let m = common::http_get(server.addr, "/metrics").await;
+    assert_eq!(common::metric(&m, "nanachat_connections_open"), 1);
+    assert_eq!(common::metric(&m, "nanachat_chat_connections"), 1);
+    assert!(common::metric(&m, "nanachat_deliveries_total") >= 5);
+    assert!(common::metric(&m, "nanachat_messages_in_total") >= 8);
+    assert!(common::metric(&m, "nanachat_store_jobs_total") >= 5);
+    assert!(common::metric(&m, "nanachat_store_commits_total") >= 1);
+    assert!(
+        m.contains("nanachat_errors_total{code=\"bad_room\"} 1"),
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,7 @@
 //! which needs more care than it is worth today.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tracing::debug;
@@ -39,6 +40,7 @@ pub(crate) struct Hub {
 
 #[derive(Debug, Default)]
 struct State {
+    stats: Stats,
     conns: HashMap<ConnId, Conn>,
     nicks: HashMap<String, Nick>,
     rooms: HashMap<String, Room>,
@@ -52,11 +54,22 @@ struct Conn {
     rooms: BTreeSet<String>,
 }
 
+/// The hub's counters, for metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Messages handed to members' outboxes.
+    pub(crate) deliveries: AtomicU64,
+    /// Members closed with 4001.
+    pub(crate) slow_closes: AtomicU64,
+}
+
 impl Conn {
     /// Queues without waiting; a full outbox closes the connection as a slow consumer.
-    fn send(&self, text: crate::connection::Utf8Bytes) {
-        if let Err(crate::Error::SlowConsumer) = self.outbox.try_send(Message::Text(text)) {
-            close_slow(&self.outbox);
+    fn send(&self, text: crate::connection::Utf8Bytes, stats: &Stats) {
+        match self.outbox.try_send(Message::Text(text)) {
+            Ok(()) => crate::metrics::bump(&stats.deliveries),
+            Err(crate::Error::SlowConsumer) => close_slow(&self.outbox, stats),
+            Err(_) => {}
         }
     }
 }
@@ -189,6 +202,18 @@ impl Hub {
     /// Whether anybody is connected under `nick`.
     pub(crate) fn nick_online(&self, nick: &str) -> bool {
         self.state().nicks.contains_key(nick)
+    }
+
+    /// Connections registered, rooms held, deliveries and slow-consumer closes, for metrics.
+    pub(crate) fn counts(&self) -> (usize, usize, u64, u64) {
+        let state = self.state();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            state.conns.len(),
+            state.rooms.len(),
+            get(&state.stats.deliveries),
+            get(&state.stats.slow_closes),
+        )
     }
 
     /// Whether the hub holds `room` (its epoch and next seq are known).
@@ -413,19 +438,19 @@ impl State {
         }
         for id in overflowed {
             if let Some(conn) = self.conns.get(&id) {
-                close_slow(&conn.outbox);
+                close_slow(&conn.outbox, &self.stats);
             }
         }
         for id in live {
             if let Some(conn) = self.conns.get(&id) {
-                conn.send(d.for_mode(conn.mode));
+                conn.send(d.for_mode(conn.mode), &self.stats);
             }
         }
     }
 
     fn send_one(&self, id: ConnId, msg: &ServerMsg) {
         if let Some(conn) = self.conns.get(&id) {
-            conn.send(render(conn.mode, msg));
+            conn.send(render(conn.mode, msg), &self.stats);
         }
     }
 }
@@ -433,9 +458,9 @@ impl State {
 /// Live messages a replaying member may fall behind by before it counts as a slow consumer.
 const MAX_BACKLOG: usize = 4096;
 
-fn close_slow(outbox: &Outbox) {
+fn close_slow(outbox: &Outbox, stats: &Stats) {
     debug!("closing a slow consumer");
-    SLOW_CLOSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::bump(&stats.slow_closes);
     outbox.request_close(
         CloseFrame {
             code: CloseCode::Library(CLOSE_SLOW_CONSUMER),
@@ -444,6 +469,3 @@ fn close_slow(outbox: &Outbox) {
         true,
     );
 }
-
-/// Slow consumers closed since start (for metrics).
-pub(crate) static SLOW_CLOSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

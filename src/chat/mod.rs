@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crate::connection::{Connection, Handler};
-use crate::protocol::SUBPROTOCOL;
+use crate::protocol::{ErrorCode, SUBPROTOCOL};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -78,6 +78,8 @@ struct Inner<S> {
     config: ChatConfig,
     max_message_bytes: usize,
     next_id: AtomicU64,
+    /// Error frames sent, by [`ErrorCode`] (indexed by its discriminant).
+    errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
 impl<S: Store> Chat<S> {
@@ -91,6 +93,7 @@ impl<S: Store> Chat<S> {
                 config,
                 max_message_bytes,
                 next_id: AtomicU64::new(1),
+                errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
             }),
         }
     }
@@ -101,15 +104,65 @@ impl<S: Store> Handler for Chat<S> {
         &[SUBPROTOCOL]
     }
 
+    fn page(&self) -> &'static str {
+        PAGE
+    }
+
     async fn handle(&self, conn: &mut Connection) -> Result<()> {
         session::run(self.inner.clone(), conn).await
     }
+
+    fn write_metrics(&self, out: &mut String) {
+        use crate::metrics::{write, write_labelled};
+        let (members, rooms, deliveries, slow_closes) = self.inner.hub.counts();
+        let get = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        write(
+            out,
+            "nanachat_chat_connections",
+            "gauge",
+            "Chat connections past hello.",
+            members as u64,
+        );
+        write(
+            out,
+            "nanachat_chat_rooms",
+            "gauge",
+            "Rooms held in memory.",
+            rooms as u64,
+        );
+        write(
+            out,
+            "nanachat_deliveries_total",
+            "counter",
+            "Messages handed to members' outboxes.",
+            deliveries,
+        );
+        write(
+            out,
+            "nanachat_slow_consumer_closes_total",
+            "counter",
+            "Members closed with 4001: their outbox was full.",
+            slow_closes,
+        );
+        write_labelled(
+            out,
+            "nanachat_errors_total",
+            "counter",
+            "Error frames sent, by code.",
+            "code",
+            ErrorCode::ALL.map(|c| (c.as_str(), get(&self.inner.errors[c as usize]))),
+        );
+        self.inner.store.write_metrics(out);
+    }
 }
 
-/// Slow consumers closed since the process started.
-pub fn slow_consumer_closes() -> u64 {
-    hub::SLOW_CLOSES.load(std::sync::atomic::Ordering::Relaxed)
-}
+/// What `GET /` says until the browser client lands.
+const PAGE: &str = "nanachat chat server\n\n\
+Connect a WebSocket client to this address (ws://HOST:PORT/ or /ws).\n\
+- Ask for the subprotocol nanachat.v1 to speak JSON: see docs/protocol.md.\n\
+- Ask for none and you are in plain-text mode: you join `lobby`, each line you send is said\n  \
+there, /help lists the commands.\n\n\
+/healthz answers ok; /metrics has Prometheus metrics.\n";
 
 /// Whether `nick` is a valid nick: 1–32 letters, digits, `-` or `_`.
 pub fn valid_nick(nick: &str) -> bool {

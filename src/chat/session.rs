@@ -110,6 +110,7 @@ impl<S: Store> Session<S> {
         message: &str,
         cid: Option<String>,
     ) -> Result<()> {
+        crate::metrics::bump(&self.chat.errors[code as usize]);
         let msg = ServerMsg::Error {
             code,
             message: message.to_owned(),
@@ -406,6 +407,7 @@ impl<S: Store> Session<S> {
                 }
                 Err(err) => {
                     warn!(cause = %err, %room, "append failed");
+                    crate::metrics::bump(&chat.errors[ErrorCode::Internal as usize]);
                     chat.hub.deliver(&room, None);
                     ServerMsg::Error {
                         code: ErrorCode::Internal,

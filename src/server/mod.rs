@@ -11,6 +11,7 @@ mod upgrade;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::config::ConnectionConfig;
 use crate::connection::{Connection, Handler, serve_connection};
+use crate::metrics;
 use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
 use upgrade::{NotUpgrade, UpgradeRequest, text_response};
@@ -65,6 +67,10 @@ impl ServerConfig {
 
 struct Shared<H> {
     handler: H,
+    /// WebSocket connections accepted since start.
+    accepted: AtomicU64,
+    /// Upgrades refused because every permit was taken.
+    refused: AtomicU64,
     config: ServerConfig,
     permits: Arc<Semaphore>,
     connections: TaskTracker,
@@ -84,6 +90,8 @@ pub async fn run<H: Handler>(
     let token = CancellationToken::new();
     let shared = Arc::new(Shared {
         handler,
+        accepted: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
         permits: Arc::new(Semaphore::new(config.max_connections)),
         config,
         connections: TaskTracker::new(),
@@ -92,6 +100,7 @@ pub async fn run<H: Handler>(
 
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_page::<H>))
         .fallback(upgrade_or_page::<H>)
         .with_state(shared.clone());
 
@@ -126,6 +135,41 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
+/// `/metrics`: the server's, the connection layer's and the handler's counters.
+async fn metrics_page<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Response<Body> {
+    let mut out = String::new();
+    let open = shared.config.max_connections - shared.permits.available_permits();
+    metrics::write(
+        &mut out,
+        "nanachat_connections_open",
+        "gauge",
+        "WebSocket connections open.",
+        open as u64,
+    );
+    metrics::write(
+        &mut out,
+        "nanachat_connections_total",
+        "counter",
+        "WebSocket connections accepted.",
+        shared.accepted.load(Ordering::Relaxed),
+    );
+    metrics::write(
+        &mut out,
+        "nanachat_connections_refused_total",
+        "counter",
+        "WebSocket upgrades refused: max connections reached.",
+        shared.refused.load(Ordering::Relaxed),
+    );
+    metrics::write_connection_metrics(&mut out);
+    shared.handler.write_metrics(&mut out);
+    let mut response = Response::new(Body::from(out));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
 /// The fallback route: a WebSocket upgrade on any path, otherwise a short page on `/`.
 async fn upgrade_or_page<H: Handler>(
     State(shared): State<Arc<Shared<H>>>,
@@ -136,10 +180,7 @@ async fn upgrade_or_page<H: Handler>(
         Ok(upgrade) => upgrade,
         Err(NotUpgrade::Refused(response)) => return *response,
         Err(NotUpgrade::Plain) if req.uri().path() == "/" => {
-            return text_response(
-                StatusCode::OK,
-                "nanachat: connect a WebSocket client to this address.\n",
-            );
+            return text_response(StatusCode::OK, shared.handler.page());
         }
         Err(NotUpgrade::Plain) => return text_response(StatusCode::NOT_FOUND, "not found\n"),
     };
@@ -147,6 +188,7 @@ async fn upgrade_or_page<H: Handler>(
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
     }
     let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+        metrics::bump(&shared.refused);
         warn!(%peer, "refused: max connections reached");
         return text_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -155,6 +197,7 @@ async fn upgrade_or_page<H: Handler>(
     };
     let subprotocol = upgrade.choose(shared.handler.subprotocols());
     let (response, on_upgrade) = upgrade.accept(subprotocol);
+    metrics::bump(&shared.accepted);
     let task_shared = shared.clone();
     shared.connections.spawn(async move {
         let _permit = permit;

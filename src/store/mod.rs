@@ -103,6 +103,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a room's history and gives it a new epoch; its seqs go on from where they were.
     fn wipe(&self, room: &str) -> impl Future<Output = Result<RoomState>> + Send;
+
+    /// Appends the store's metrics (Prometheus text format).
+    fn write_metrics(&self, out: &mut String) {
+        let _ = out;
+    }
 }
 
 /// Milliseconds since the Unix epoch.

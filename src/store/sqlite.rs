@@ -223,6 +223,32 @@ impl Store for SqliteStore {
     async fn wipe(&self, room: &str) -> Result<RoomState> {
         self.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
     }
+
+    fn write_metrics(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let stats = &self.stats;
+        crate::metrics::write(
+            out,
+            "nanachat_store_commits_total",
+            "counter",
+            "Store transactions committed (group commits).",
+            get(&stats.commits),
+        );
+        crate::metrics::write(
+            out,
+            "nanachat_store_jobs_total",
+            "counter",
+            "Store jobs committed; jobs / commits is the mean batch size.",
+            get(&stats.jobs),
+        );
+        crate::metrics::write(
+            out,
+            "nanachat_store_commit_microseconds_total",
+            "counter",
+            "Time spent committing; divided by commits, the mean commit latency.",
+            get(&stats.commit_micros),
+        );
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {

@@ -263,3 +263,26 @@ fn collect(
 pub fn nanachat() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_nanachat"))
 }
+
+/// A plain HTTP/1.1 GET; returns the whole answer (status line, headers, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within("http connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    within("http answer", tcp.read_to_string(&mut answer))
+        .await
+        .expect("read");
+    answer
+}
+
+/// The value of an unlabelled Prometheus sample in a `/metrics` answer.
+pub fn metric(answer: &str, name: &str) -> u64 {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{answer}"))
+}

@@ -1,0 +1,206 @@
+//! `nanachat serve` as users run it: a child process on a real SQLite file, killed with
+//! SIGKILL while clients publish, restarted; stopped with SIGTERM; given bad configuration.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Proc, nanachat, within};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn serve(dir: &Path) -> Proc {
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+    ])
+    .arg("--data-dir")
+    .arg(dir);
+    Proc::spawn("nanachat serve", cmd)
+}
+
+type Ws = common::Peer;
+
+async fn json_client(url: &str, nick: &str) -> Ws {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
+    let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap();
+    for msg in [
+        json!({"type": "hello", "nick": nick}),
+        json!({"type": "join", "room": "lobby"}),
+    ] {
+        ws.send(Message::text(msg.to_string())).await.unwrap();
+    }
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match within("next", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_acked_message_survives_kill_9_of_the_server() {
+    let dir = std::env::temp_dir().join(format!("nanachat-serve-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = serve(&dir);
+    let url = server.listening_url();
+
+    // Three publishers, each pipelining says and recording what was acked, until the kill.
+    let mut publishers = Vec::new();
+    for p in 0..3 {
+        let url = url.clone();
+        publishers.push(tokio::spawn(async move {
+            let ws = json_client(&url, &format!("p{p}")).await;
+            let (mut sink, mut stream) = ws.split();
+            let sending = tokio::spawn(async move {
+                for i in 0.. {
+                    let say = json!({"type": "say", "room": "lobby", "text": format!("p{p}-{i}"), "cid": format!("p{p}-{i}")});
+                    if sink.send(Message::text(say.to_string())).await.is_err() {
+                        break;
+                    }
+                    if i % 20 == 19 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            });
+            let mut acked = Vec::new();
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Text(t) = msg {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "ack" {
+                        acked.push((v["seq"].as_u64().unwrap(), v["cid"].as_str().unwrap().to_owned()));
+                    }
+                }
+            }
+            sending.abort();
+            acked
+        }));
+    }
+    // Let them get going, then pull the plug.
+    let mut probe = json_client(&url, "probe").await;
+    loop {
+        let v = next_json(&mut probe).await.unwrap();
+        if v["type"] == "message" && v["seq"].as_u64().unwrap() >= 1500 {
+            break;
+        }
+    }
+    server.kill();
+    let mut acked = Vec::new();
+    for p in publishers {
+        acked.extend(within("publisher", p).await.unwrap());
+    }
+    assert!(acked.len() >= 1000, "only {} acked", acked.len());
+
+    // Restart on the same data dir and read everything back.
+    let server = serve(&dir);
+    let url = server.listening_url();
+    let mut reader = json_client(&url, "reader").await;
+    let joined = loop {
+        let v = next_json(&mut reader).await.unwrap();
+        if v["type"] == "joined" {
+            break v;
+        }
+    };
+    let last = joined["last_seq"].as_u64().unwrap();
+    let mut stored = std::collections::HashMap::new();
+    let mut after = 0;
+    while after < last {
+        let ask = json!({"type": "history", "room": "lobby", "after": after, "limit": 200});
+        reader.send(Message::text(ask.to_string())).await.unwrap();
+        let page = loop {
+            let v = next_json(&mut reader).await.unwrap();
+            if v["type"] == "history" {
+                break v;
+            }
+        };
+        for m in page["messages"].as_array().unwrap() {
+            let seq = m["seq"].as_u64().unwrap();
+            assert_eq!(seq, after + 1, "a gap in the history");
+            after = seq;
+            stored.insert(seq, m["text"].as_str().unwrap().to_owned());
+        }
+    }
+    for (seq, cid) in &acked {
+        assert_eq!(
+            stored.get(seq),
+            Some(cid),
+            "acked message {cid} at seq {seq} lost"
+        );
+    }
+    // Seqs go on from where they were.
+    let say = json!({"type": "say", "room": "lobby", "text": "after", "cid": "after"});
+    reader.send(Message::text(say.to_string())).await.unwrap();
+    loop {
+        let v = next_json(&mut reader).await.unwrap();
+        if v["type"] == "ack" {
+            assert_eq!(v["seq"].as_u64().unwrap(), last + 1);
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits_0() {
+    let dir = std::env::temp_dir().join(format!("nanachat-serve-term-{}", std::process::id()));
+    let mut server = serve(&dir);
+    let url = server.listening_url();
+    let mut ws = json_client(&url, "nana").await;
+    loop {
+        if next_json(&mut ws).await.unwrap()["type"] == "joined" {
+            break;
+        }
+    }
+    server.terminate();
+    let frame = common::close_frame(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 1001);
+    assert!(server.wait_exit().success(), "{}", server.stderr_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_2() {
+    for args in [
+        vec!["serve", "--rate", "0"],
+        vec!["serve", "--addr", "nowhere"],
+        vec!["serve", "--data-dir", "/proc/nanachat-cannot-be-here"],
+        vec!["serve", "--heartbeat", "often"],
+    ] {
+        let out = nanachat()
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr
+                .lines()
+                .filter(|l| l.starts_with("nanachat:") || l.starts_with("error:"))
+                .count(),
+            1,
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
