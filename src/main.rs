@@ -148,6 +148,9 @@ struct ServerArgs {
     /// How long a graceful shutdown may take.
     #[arg(long, value_parser = parse_duration, env = "NANACHAT_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: Option<Duration>,
+    /// How long a client may take to send its handshake request.
+    #[arg(long, value_parser = parse_duration, env = "NANACHAT_HANDSHAKE_TIMEOUT")]
+    handshake_timeout: Option<Duration>,
 }
 
 impl ConnectionArgs {
@@ -184,6 +187,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.shutdown_timeout {
             config.shutdown_timeout = v;
+        }
+        if let Some(v) = self.handshake_timeout {
+            config.handshake_timeout = v;
         }
         config.validate()?;
         Ok(config)

@@ -289,3 +289,25 @@ async fn plain_http_gets_a_page_and_a_health_check() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_too_slow_with_its_handshake_is_dropped() {
+    let config = ServerConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Echo).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap(); // and then nothing
+    let mut rest = Vec::new();
+    // The server gives up on us: the read ends (with a 408 or nothing at all).
+    within("the server to hang up", tcp.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    // Meanwhile a prompt client is served.
+    let mut ws = peer(&server.url()).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Some(Message::text("hi")));
+}

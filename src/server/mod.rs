@@ -19,13 +19,15 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Response, StatusCode};
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
 
 use crate::config::ConnectionConfig;
 use crate::connection::{Connection, Handler, serve_connection};
@@ -41,6 +43,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a graceful shutdown may take before the remaining connections are dropped.
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send its HTTP request head (the WebSocket handshake).
+    pub handshake_timeout: Duration,
     /// Limits and timers of each connection.
     pub connection: ConnectionConfig,
 }
@@ -50,6 +54,7 @@ impl Default for ServerConfig {
         Self {
             max_connections: 10_000,
             shutdown_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             connection: ConnectionConfig::default(),
         }
     }
@@ -60,6 +65,11 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<()> {
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
             return Err(Error::Config("max connections must be above 0".into()));
+        }
+        if self.handshake_timeout.is_zero() || self.shutdown_timeout.is_zero() {
+            return Err(Error::Config(
+                "handshake and shutdown timeouts must be above 0".into(),
+            ));
         }
         self.connection.validate()
     }
@@ -105,20 +115,13 @@ pub async fn run<H: Handler>(
         .with_state(shared.clone());
 
     info!(%addr, "listening on ws://{addr}");
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let stop = token.clone();
-    let serving = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         shutdown.await;
         info!("shutting down");
         stop.cancel();
     });
-    serving.await?;
+    accept_loop(&listener, &app, &shared).await;
 
     shared.connections.close();
     let open = shared.connections.len();
@@ -133,6 +136,59 @@ pub async fn run<H: Handler>(
     }
     info!(closed = open, "stopped");
     Ok(())
+}
+
+/// Accepts TCP connections until shutdown, each served by hyper (HTTP/1.1 with upgrades) on
+/// its own tracked task, with a deadline for the request head (slow-loris clients).
+async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &Arc<Shared<H>>) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(shared.config.handshake_timeout);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: wait a little, keep serving the rest.
+                warn!(cause = %err, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
+        let conn = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stop = shared.shutdown.clone();
+        shared.connections.spawn(async move {
+            tokio::pin!(conn);
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(err) = served {
+                debug!(%peer, cause = %err, "http connection ended");
+            }
+        });
+    }
 }
 
 /// `/metrics`: the server's, the connection layer's and the handler's counters.
