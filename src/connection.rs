@@ -382,23 +382,62 @@ pub trait Handler: Send + Sync + 'static {
         let _ = out;
     }
 
+    /// Called once on shutdown, after every connection has ended: finish what is in flight
+    /// (the chat server waits here for its store's last commits).
+    fn drain(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Serves one connection.
     fn handle(&self, conn: &mut Connection) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// Runs `handler` over `conn` and then ends the connection properly. Returns what the handler
-/// returned, for the caller to log.
-pub async fn serve_connection<H: Handler>(handler: &H, mut conn: Connection) -> Result<()> {
+/// How a connection ended, for the disconnect log line.
+#[derive(Debug)]
+pub struct Ended {
+    /// What the handler returned (a peer closing its side counts as `Ok`).
+    pub outcome: Result<()>,
+    /// The close frame the peer sent, if the peer closed.
+    pub peer_close: Option<CloseFrame>,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.outcome, &self.peer_close) {
+            (Err(err), _) => write!(f, "{err}"),
+            (Ok(()), Some(frame)) if frame.reason.is_empty() => {
+                write!(f, "peer closed with {}", u16::from(frame.code))
+            }
+            (Ok(()), Some(frame)) => {
+                write!(
+                    f,
+                    "peer closed with {} {}",
+                    u16::from(frame.code),
+                    frame.reason
+                )
+            }
+            (Ok(()), None) => write!(f, "closed"),
+        }
+    }
+}
+
+/// Runs `handler` over `conn` and then ends the connection properly. Returns how it ended,
+/// for the caller to log.
+pub async fn serve_connection<H: Handler>(handler: &H, mut conn: Connection) -> Ended {
     let outcome = handler.handle(&mut conn).await;
     let outcome = match outcome {
         // The peer closing its side is the normal end of a connection, not a failure.
         Err(Error::Closed) => Ok(()),
         other => other,
     };
+    let peer_close = conn.peer_close().cloned();
     // Boxed: the close handshake is rare next to the idle wait, and should not size every
     // connection's task.
     Box::pin(conn.finish(&outcome)).await;
-    outcome
+    Ended {
+        outcome,
+        peer_close,
+    }
 }
 
 /// The writer task: feeds what waits in the outbox, up to `max_batch` messages, then flushes

@@ -204,3 +204,42 @@ fn bad_configuration_is_one_line_and_exit_2() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_connect_and_disconnect_with_peer_and_reason() {
+    let mut cmd = nanachat();
+    cmd.args([
+        "--log-format",
+        "json",
+        "serve",
+        "--memory",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    let server = Proc::spawn("nanachat serve", cmd);
+    let url = server.listening_url();
+    let mut ws = json_client(&url, "nana").await;
+    loop {
+        if next_json(&mut ws).await.unwrap()["type"] == "joined" {
+            break;
+        }
+    }
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let line = server.wait_stderr("\"disconnected\"");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["reason"], "peer closed with 1000 bye");
+    assert!(
+        v["fields"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    let line = server.wait_stderr("\"connected\"");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["subprotocol"], "nanachat.v1");
+}

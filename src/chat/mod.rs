@@ -112,6 +112,13 @@ impl<S: Store> Handler for Chat<S> {
         session::run(self.inner.clone(), conn).await
     }
 
+    async fn drain(&self) {
+        // Appends already queued are committed (and their tasks deliver and ack) before exit.
+        if let Err(err) = self.inner.store.flush().await {
+            tracing::warn!(cause = %err, "store flush on shutdown failed");
+        }
+    }
+
     fn write_metrics(&self, out: &mut String) {
         use crate::metrics::{write, write_labelled};
         let (members, rooms, deliveries, slow_closes) = self.inner.hub.counts();

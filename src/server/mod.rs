@@ -134,6 +134,7 @@ pub async fn run<H: Handler>(
             "shutdown timeout: dropping the connections still open"
         );
     }
+    shared.handler.drain().await;
     info!(closed = open, "stopped");
     Ok(())
 }
@@ -282,11 +283,9 @@ async fn upgrade_or_page<H: Handler>(
         ))
         .await
         .with_subprotocol(subprotocol);
-        info!(%peer, "connected");
-        match serve_connection(&shared.handler, conn).await {
-            Ok(()) => info!(%peer, "disconnected"),
-            Err(err) => info!(%peer, reason = %err, "disconnected"),
-        }
+        info!(%peer, subprotocol = subprotocol.unwrap_or("none"), "connected");
+        let ended = serve_connection(&shared.handler, conn).await;
+        info!(%peer, reason = %ended, "disconnected");
     });
     response
 }

@@ -104,6 +104,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a room's history and gives it a new epoch; its seqs go on from where they were.
     fn wipe(&self, room: &str) -> impl Future<Output = Result<RoomState>> + Send;
 
+    /// Resolves once everything appended before the call is committed (or has failed).
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Appends the store's metrics (Prometheus text format).
     fn write_metrics(&self, out: &mut String) {
         let _ = out;

@@ -71,12 +71,15 @@ enum Job {
     Append(Append, oneshot::Sender<Result<Appended>>),
     Ensure(String, oneshot::Sender<Result<RoomState>>),
     Wipe(String, oneshot::Sender<Result<RoomState>>),
+    /// Answered once every job queued before it is committed.
+    Flush(oneshot::Sender<Result<()>>),
 }
 
 /// A job's result, held until its transaction commits.
 enum Done {
     Append(Result<Appended>),
     State(Result<RoomState>),
+    Flushed(Result<()>),
 }
 
 fn store_err(err: rusqlite::Error) -> Error {
@@ -224,6 +227,10 @@ impl Store for SqliteStore {
         self.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
     }
 
+    async fn flush(&self) -> Result<()> {
+        self.submit(Job::Flush).await
+    }
+
     fn write_metrics(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let stats = &self.stats;
@@ -315,6 +322,7 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
                     let done = match job {
                         Job::Append(..) => Done::Append(Err(failed)),
                         Job::Ensure(..) | Job::Wipe(..) => Done::State(Err(failed)),
+                        Job::Flush(..) => Done::Flushed(Err(failed)),
                     };
                     answer(job, done);
                 }
@@ -332,6 +340,9 @@ fn answer(job: Job, done: Done) {
         (Job::Ensure(_, tx) | Job::Wipe(_, tx), Done::State(result)) => {
             let _ = tx.send(result);
         }
+        (Job::Flush(tx), Done::Flushed(result)) => {
+            let _ = tx.send(result);
+        }
         _ => unreachable!("a job is answered with its own kind of result"),
     }
 }
@@ -347,6 +358,7 @@ fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Don
             Job::Append(append, _) => Done::Append(Ok(apply_append(&tx, append)?)),
             Job::Ensure(room, _) => Done::State(Ok(ensure_room(&tx, room)?)),
             Job::Wipe(room, _) => Done::State(Ok(apply_wipe(&tx, room)?)),
+            Job::Flush(_) => Done::Flushed(Ok(())),
         });
     }
     tx.commit()?;
@@ -519,6 +531,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next.record.seq, 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn flush_waits_for_what_was_queued_before_it() {
+        let dir = temp_dir("flush");
+        let store = SqliteStore::open(&dir).unwrap();
+        // Queued, never awaited: flush alone must see them committed.
+        let pending: Vec<_> = (0..50)
+            .map(|i| store.append(contract::say("f", "nana", &format!("m{i}"), None)))
+            .collect();
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.history("f", Page::After(0), 200).await.unwrap().len(),
+            50
+        );
+        drop(pending);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -169,7 +169,7 @@ impl Proc {
         let line = self.wait_stderr("listening on ws://");
         let start = line.find("ws://").expect("url");
         line[start..]
-            .split_whitespace()
+            .split(|c: char| c.is_whitespace() || c == '"')
             .next()
             .expect("url")
             .to_owned()
