@@ -189,3 +189,131 @@ mod tests {
         );
     }
 }
+
+/// A size in a config file: a number of bytes, or text such as `"64KiB"`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(usize),
+    Text(String),
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match <SizeValue as serde::Deserialize>::deserialize(d)? {
+        SizeValue::Bytes(n) => Ok(Some(n)),
+        SizeValue::Text(t) => parse_bytes(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// The optional config file of `nanachat serve` (`--config FILE`, TOML). Every key is optional
+/// and has the name of its command-line flag with `_` for `-`; durations and sizes are written
+/// as on the command line (`"25s"`, `"64KiB"`). Flags and `NANACHAT_*` variables win over the
+/// file, the file over the built-in defaults.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// `--addr`.
+    pub addr: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// `--memory`.
+    pub memory: Option<bool>,
+    /// `--heartbeat`.
+    #[serde(deserialize_with = "de_duration")]
+    pub heartbeat: Option<Duration>,
+    /// `--max-text-chars`.
+    pub max_text_chars: Option<usize>,
+    /// `--rate`.
+    pub rate: Option<u32>,
+    /// `--burst`.
+    pub burst: Option<u32>,
+    /// `--max-rooms`.
+    pub max_rooms: Option<usize>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--shutdown-timeout`.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Option<Duration>,
+    /// `--handshake-timeout`.
+    #[serde(deserialize_with = "de_duration")]
+    pub handshake_timeout: Option<Duration>,
+    /// `--max-message-bytes`.
+    #[serde(deserialize_with = "de_size")]
+    pub max_message_bytes: Option<usize>,
+    /// `--max-frame-bytes`.
+    #[serde(deserialize_with = "de_size")]
+    pub max_frame_bytes: Option<usize>,
+    /// `--read-buffer-bytes`.
+    #[serde(deserialize_with = "de_size")]
+    pub read_buffer_bytes: Option<usize>,
+    /// `--ping-interval`.
+    #[serde(deserialize_with = "de_duration")]
+    pub ping_interval: Option<Duration>,
+    /// `--idle-timeout`.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl FileConfig {
+    /// Reads and checks a config file; the error is one line naming the file and the problem.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            Error::Config(format!("cannot read config file {}: {err}", path.display()))
+        })?;
+        Self::parse(&text)
+            .map_err(|why| Error::Config(format!("config file {}: {why}", path.display())))
+    }
+
+    /// Parses the text of a config file; the error is one line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|err| {
+            // toml's message spans several lines: where, a snippet, what. Keep where and what.
+            let text = err.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let place = lines.next().unwrap_or("invalid TOML");
+            match lines.next_back() {
+                Some(what) => format!("{place}: {}", what.trim_start_matches(['|', '^', ' '])),
+                None => place.to_owned(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_reads_as_people_write_it() {
+        let c = FileConfig::parse(
+            "addr = \"0.0.0.0:9000\"\nheartbeat = \"3s\"\nmax_message_bytes = \"16KiB\"\nmax_frame_bytes = 4096\nrate = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.addr.as_deref(), Some("0.0.0.0:9000"));
+        assert_eq!(c.heartbeat, Some(Duration::from_secs(3)));
+        assert_eq!(
+            (c.max_message_bytes, c.max_frame_bytes, c.rate),
+            (Some(16384), Some(4096), Some(5))
+        );
+    }
+
+    #[test]
+    fn a_bad_config_file_gets_a_one_line_error() {
+        for (text, expect) in [
+            ("colour = \"blue\"", "unknown field"),
+            ("heartbeat = \"soon\"", "not a duration"),
+            ("rate = \"fast\"", "expected u32"),
+            ("not toml at all", ""),
+        ] {
+            let err = FileConfig::parse(text).unwrap_err();
+            assert!(!err.contains('\n') && err.contains(expect), "{text}: {err}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use nanachat::chat::{Chat, ChatConfig};
-use nanachat::config::{ConnectionConfig, parse_bytes, parse_duration};
+use nanachat::config::{ConnectionConfig, FileConfig, parse_bytes, parse_duration};
 use nanachat::connection::Handler;
 use nanachat::demo::{DemoClient, DemoServer};
 use nanachat::dial::Target;
@@ -51,12 +51,15 @@ enum LogFormat {
 enum Command {
     /// The chat server: rooms, direct messages, presence, durable history, resume.
     Serve {
-        /// Address to listen on, HOST:PORT (port 0 picks a free one).
-        #[arg(long, default_value = "127.0.0.1:8765", env = "NANACHAT_ADDR")]
-        addr: String,
-        /// Where the history database lives.
-        #[arg(long, default_value = "./nanachat-data", env = "NANACHAT_DATA_DIR")]
-        data_dir: std::path::PathBuf,
+        /// A TOML file with any of these options (keys spelt with `_`); flags win over it.
+        #[arg(long, env = "NANACHAT_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        /// Address to listen on, HOST:PORT (port 0 picks a free one) [default: 127.0.0.1:8765].
+        #[arg(long, env = "NANACHAT_ADDR")]
+        addr: Option<String>,
+        /// Where the history database lives [default: ./nanachat-data].
+        #[arg(long, env = "NANACHAT_DATA_DIR")]
+        data_dir: Option<std::path::PathBuf>,
         /// Keep history in memory only: gone when the server stops.
         #[arg(long, env = "NANACHAT_MEMORY")]
         memory: bool,
@@ -192,6 +195,18 @@ impl ConnectionArgs {
 }
 
 impl ServerArgs {
+    fn fill_from(&mut self, file: &FileConfig) {
+        let c = &mut self.connection;
+        c.max_message_bytes = c.max_message_bytes.or(file.max_message_bytes);
+        c.max_frame_bytes = c.max_frame_bytes.or(file.max_frame_bytes);
+        c.read_buffer_bytes = c.read_buffer_bytes.or(file.read_buffer_bytes);
+        c.ping_interval = c.ping_interval.or(file.ping_interval);
+        c.idle_timeout = c.idle_timeout.or(file.idle_timeout);
+        self.max_connections = self.max_connections.or(file.max_connections);
+        self.shutdown_timeout = self.shutdown_timeout.or(file.shutdown_timeout);
+        self.handshake_timeout = self.handshake_timeout.or(file.handshake_timeout);
+    }
+
     fn config(&self) -> Result<ServerConfig> {
         let mut config = ServerConfig {
             connection: self.connection.config()?,
@@ -212,6 +227,13 @@ impl ServerArgs {
 }
 
 impl ChatArgs {
+    fn fill_from(&mut self, file: &FileConfig) {
+        self.max_text_chars = self.max_text_chars.or(file.max_text_chars);
+        self.rate = self.rate.or(file.rate);
+        self.burst = self.burst.or(file.burst);
+        self.max_rooms = self.max_rooms.or(file.max_rooms);
+    }
+
     fn config(&self, heartbeat: Option<Duration>) -> Result<ChatConfig> {
         let mut config = ChatConfig::default();
         if let Some(v) = self.max_text_chars {
@@ -260,13 +282,28 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve {
+            config,
             addr,
             data_dir,
             memory,
             heartbeat,
-            chat,
-            limits,
+            mut chat,
+            mut limits,
         } => {
+            let file = match &config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let addr = addr
+                .or(file.addr.clone())
+                .unwrap_or_else(|| "127.0.0.1:8765".into());
+            let data_dir = data_dir
+                .or(file.data_dir.clone())
+                .unwrap_or_else(|| "./nanachat-data".into());
+            let memory = memory || file.memory.unwrap_or(false);
+            let heartbeat = heartbeat.or(file.heartbeat);
+            chat.fill_from(&file);
+            limits.fill_from(&file);
             let server = limits.config()?;
             let chat = chat.config(heartbeat)?;
             raise_open_files_limit(server.max_connections);

@@ -243,3 +243,55 @@ async fn json_logs_have_one_line_per_connect_and_disconnect_with_peer_and_reason
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["fields"]["subprotocol"], "nanachat.v1");
 }
+
+#[tokio::test]
+async fn a_config_file_sets_options_and_flags_win_over_it() {
+    let dir = std::env::temp_dir().join(format!("nanachat-serve-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("nanachat.toml");
+    std::fs::write(
+        &file,
+        "addr = \"127.0.0.1:1\"\nmemory = true\nheartbeat = \"100ms\"\nmax_rooms = 1\n",
+    )
+    .unwrap();
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&file);
+    let server = Proc::spawn("nanachat serve", cmd);
+    let url = server.listening_url(); // the flag's port 0, not the file's port 1
+    assert!(!url.ends_with(":1"), "{url}");
+    let mut ws = json_client(&url, "nana").await;
+    let mut saw = (false, false);
+    while saw != (true, true) {
+        let v = next_json(&mut ws).await.unwrap();
+        if v["type"] == "tick" {
+            saw.0 = true; // the file's heartbeat
+        }
+        if v["type"] == "joined" {
+            let two = json!({"type": "join", "room": "two"});
+            ws.send(Message::text(two.to_string())).await.unwrap();
+        }
+        if v["type"] == "error" {
+            assert_eq!(v["code"], "too_many_rooms"); // the file's max_rooms
+            saw.1 = true;
+        }
+    }
+    assert!(
+        !server.stderr_text().contains("history store"),
+        "memory = true keeps no file"
+    );
+
+    std::fs::write(&file, "heartbeat = \"often\"\n").unwrap();
+    let out = nanachat()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config file") && stderr.contains("not a duration"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
