@@ -276,3 +276,51 @@ fn node_ws_client_against_echo() {
     assert!(status.success(), "{out:?}\n{}", node.stderr_text());
     assert_eq!(out, ["node-ws: ok"]);
 }
+
+#[test]
+#[ignore = "needs the seed's Python peers: run scripts/check"]
+fn two_seed_clients_chat_through_serve_in_plain_text_mode() {
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--memory",
+        "--addr",
+        "127.0.0.1:0",
+        "--heartbeat",
+        "3s",
+    ]);
+    let server = Proc::spawn("nanachat serve", cmd);
+    let port = port_of(&server.listening_url());
+    let a = seed_script("NANACHAT_PYTHON10", "seed/Client.py", Some(port));
+    let b = seed_script("NANACHAT_PYTHON17", "ws17/Client.py", Some(port));
+    // Each sees the other's `!Client Send!` lines said in the lobby, and the server's push.
+    for (me, other) in [(&a, &b), (&b, &a)] {
+        me.wait_stdout("the other's messages and a push", |lines| {
+            let theirs = lines
+                .iter()
+                .filter(|(_, l)| {
+                    l.starts_with("< [lobby] guest-") && l.contains(": !Client Send! ")
+                })
+                .count();
+            let pushes = lines
+                .iter()
+                .filter(|(_, l)| l.starts_with("< !Server Send! "))
+                .count();
+            theirs >= 4 && pushes >= 1
+        });
+        // What `other` sent once both were in is what `me` got, text for text (its very first
+        // message may have gone out before `me` had joined).
+        let sent: Vec<String> = said(&other.stdout_lines(), "> ")
+            .into_iter()
+            .map(|(_, m)| m.to_owned())
+            .collect();
+        let got: Vec<String> = said(&me.stdout_lines(), "< ")
+            .into_iter()
+            .filter_map(|(_, m)| m.split_once(": ").map(|(_, text)| text.to_owned()))
+            .collect();
+        assert!(
+            sent.iter().skip(1).take(2).all(|m| got.contains(m)),
+            "{sent:?}\n{got:?}"
+        );
+    }
+}
