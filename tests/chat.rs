@@ -569,6 +569,10 @@ async fn history_survives_a_restart_on_the_same_sqlite_file() {
     assert_eq!(b.expect("message").await["text"], "before");
     b.say("lobby", "after", "c2").await;
     assert_eq!(b.expect("ack").await["seq"], 2);
+    // A direct-message room resumes across the restart too, for its pair only.
+    b.send(json!({"type": "join", "room": "@a+nana", "since": 0}))
+        .await;
+    assert_eq!(b.expect("joined").await["last_seq"], 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -108,6 +108,12 @@ pub(crate) fn dm_room(a: &str, b: &str) -> String {
     format!("@{x}+{y}")
 }
 
+/// The two nicks of a direct-message room's name, if it is one.
+pub(crate) fn dm_pair(room: &str) -> Option<(String, String)> {
+    let (a, b) = room.strip_prefix('@')?.split_once('+')?;
+    (super::valid_nick(a) && super::valid_nick(b) && a <= b).then(|| (a.to_owned(), b.to_owned()))
+}
+
 impl Hub {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::time::{MissedTickBehavior, interval_at};
 use tracing::warn;
 
-use super::hub::{ConnId, dm_room};
+use super::hub::{ConnId, dm_pair, dm_room};
 use super::render::{Mode, PLAIN_HELP, render};
 use super::{Inner, valid_nick, valid_room};
 use crate::connection::{Connection, Incoming, Message, Outbox};
@@ -281,14 +281,16 @@ impl<S: Store> Session<S> {
         since: Option<u64>,
         epoch: Option<u64>,
     ) -> Result<(), Failure> {
-        let my_dm = room.starts_with('@') && self.chat.hub.may_use(self.id, room);
-        if !valid_room(room) && !my_dm {
+        // A direct-message room is named by its pair; only the two of them may join it.
+        let me = self.chat.hub.nick(self.id).unwrap_or_default();
+        let pair = dm_pair(room).filter(|(a, b)| *a == me || *b == me);
+        if !valid_room(room) && pair.is_none() {
             refuse(
                 ErrorCode::BadRoom,
                 "a room is 1 to 64 letters, digits, -, _ or .",
             )?;
         }
-        self.open_room(room, None).await?;
+        self.open_room(room, pair).await?;
         let joined = self
             .chat
             .hub
