@@ -24,6 +24,13 @@ pub fn write(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     );
 }
 
+/// Writes several metrics: `(name, kind, help, value)` each.
+pub fn write_all(out: &mut String, metrics: &[(&str, &str, &str, u64)]) {
+    for (name, kind, help, value) in metrics {
+        write(out, name, kind, help, *value);
+    }
+}
+
 /// Writes one labelled sample series: `name{label="key"} value` for each pair.
 pub fn write_labelled(
     out: &mut String,
@@ -42,26 +49,28 @@ pub fn write_labelled(
 /// The connection layer's counters.
 pub fn write_connection_metrics(out: &mut String) {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    write(
+    write_all(
         out,
-        "nanachat_messages_in_total",
-        "counter",
-        "Data messages received from peers.",
-        get(&MESSAGES_IN),
-    );
-    write(
-        out,
-        "nanachat_messages_out_total",
-        "counter",
-        "Messages written to peers.",
-        get(&MESSAGES_OUT),
-    );
-    write(
-        out,
-        "nanachat_flushes_total",
-        "counter",
-        "Socket flushes by the writers (one per batch).",
-        get(&FLUSHES),
+        &[
+            (
+                "nanachat_messages_in_total",
+                "counter",
+                "Data messages received from peers.",
+                get(&MESSAGES_IN),
+            ),
+            (
+                "nanachat_messages_out_total",
+                "counter",
+                "Messages written to peers.",
+                get(&MESSAGES_OUT),
+            ),
+            (
+                "nanachat_flushes_total",
+                "counter",
+                "Socket flushes by the writers (one per batch).",
+                get(&FLUSHES),
+            ),
+        ],
     );
 }
 

@@ -120,36 +120,37 @@ impl<S: Store> Handler for Chat<S> {
     }
 
     fn write_metrics(&self, out: &mut String) {
-        use crate::metrics::{write, write_labelled};
+        use crate::metrics::write_labelled;
         let (members, rooms, deliveries, slow_closes) = self.inner.hub.counts();
         let get = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        write(
+        crate::metrics::write_all(
             out,
-            "nanachat_chat_connections",
-            "gauge",
-            "Chat connections past hello.",
-            members as u64,
-        );
-        write(
-            out,
-            "nanachat_chat_rooms",
-            "gauge",
-            "Rooms held in memory.",
-            rooms as u64,
-        );
-        write(
-            out,
-            "nanachat_deliveries_total",
-            "counter",
-            "Messages handed to members' outboxes.",
-            deliveries,
-        );
-        write(
-            out,
-            "nanachat_slow_consumer_closes_total",
-            "counter",
-            "Members closed with 4001: their outbox was full.",
-            slow_closes,
+            &[
+                (
+                    "nanachat_chat_connections",
+                    "gauge",
+                    "Chat connections past hello.",
+                    members as u64,
+                ),
+                (
+                    "nanachat_chat_rooms",
+                    "gauge",
+                    "Rooms held in memory.",
+                    rooms as u64,
+                ),
+                (
+                    "nanachat_deliveries_total",
+                    "counter",
+                    "Messages handed to members' outboxes.",
+                    deliveries,
+                ),
+                (
+                    "nanachat_slow_consumer_closes_total",
+                    "counter",
+                    "Members closed with 4001: their outbox was full.",
+                    slow_closes,
+                ),
+            ],
         );
         write_labelled(
             out,

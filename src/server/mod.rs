@@ -196,26 +196,28 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
 async fn metrics_page<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Response<Body> {
     let mut out = String::new();
     let open = shared.config.max_connections - shared.permits.available_permits();
-    metrics::write(
+    metrics::write_all(
         &mut out,
-        "nanachat_connections_open",
-        "gauge",
-        "WebSocket connections open.",
-        open as u64,
-    );
-    metrics::write(
-        &mut out,
-        "nanachat_connections_total",
-        "counter",
-        "WebSocket connections accepted.",
-        shared.accepted.load(Ordering::Relaxed),
-    );
-    metrics::write(
-        &mut out,
-        "nanachat_connections_refused_total",
-        "counter",
-        "WebSocket upgrades refused: max connections reached.",
-        shared.refused.load(Ordering::Relaxed),
+        &[
+            (
+                "nanachat_connections_open",
+                "gauge",
+                "WebSocket connections open.",
+                open as u64,
+            ),
+            (
+                "nanachat_connections_total",
+                "counter",
+                "WebSocket connections accepted.",
+                shared.accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "nanachat_connections_refused_total",
+                "counter",
+                "WebSocket upgrades refused: max connections reached.",
+                shared.refused.load(Ordering::Relaxed),
+            ),
+        ],
     );
     metrics::write_connection_metrics(&mut out);
     shared.handler.write_metrics(&mut out);

@@ -234,26 +234,28 @@ impl Store for SqliteStore {
     fn write_metrics(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let stats = &self.stats;
-        crate::metrics::write(
+        crate::metrics::write_all(
             out,
-            "nanachat_store_commits_total",
-            "counter",
-            "Store transactions committed (group commits).",
-            get(&stats.commits),
-        );
-        crate::metrics::write(
-            out,
-            "nanachat_store_jobs_total",
-            "counter",
-            "Store jobs committed; jobs / commits is the mean batch size.",
-            get(&stats.jobs),
-        );
-        crate::metrics::write(
-            out,
-            "nanachat_store_commit_microseconds_total",
-            "counter",
-            "Time spent committing; divided by commits, the mean commit latency.",
-            get(&stats.commit_micros),
+            &[
+                (
+                    "nanachat_store_commits_total",
+                    "counter",
+                    "Store transactions committed (group commits).",
+                    get(&stats.commits),
+                ),
+                (
+                    "nanachat_store_jobs_total",
+                    "counter",
+                    "Store jobs committed; jobs / commits is the mean batch size.",
+                    get(&stats.jobs),
+                ),
+                (
+                    "nanachat_store_commit_microseconds_total",
+                    "counter",
+                    "Time spent committing; divided by commits, the mean commit latency.",
+                    get(&stats.commit_micros),
+                ),
+            ],
         );
     }
 }
