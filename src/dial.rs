@@ -67,6 +67,16 @@ pub async fn connect(
     config: &ConnectionConfig,
     shutdown: CancellationToken,
 ) -> Result<Connection> {
+    connect_with(target, config, shutdown, None).await
+}
+
+/// Connects asking for `subprotocol`; the server must agree to it.
+pub async fn connect_with(
+    target: &Target,
+    config: &ConnectionConfig,
+    shutdown: CancellationToken,
+    subprotocol: Option<&'static str>,
+) -> Result<Connection> {
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let tcp = TcpStream::connect((target.host.as_str(), target.port))
             .await
@@ -78,15 +88,30 @@ pub async fn connect(
             })?;
         let _ = tcp.set_nodelay(true);
         let peer = tcp.peer_addr().ok();
-        let request = target.uri.clone().into_client_request()?;
+        let mut request = target.uri.clone().into_client_request()?;
+        if let Some(p) = subprotocol {
+            request.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static(p),
+            );
+        }
         let transport: BoxedTransport = Box::new(ReadAhead::new(tcp, Vec::new()));
-        let (socket, _response) = tokio_tungstenite::client_async_with_config(
+        let (socket, response) = tokio_tungstenite::client_async_with_config(
             request,
             transport,
             Some(config.websocket_config()),
         )
         .await?;
-        Ok(Connection::new(socket, peer, config, shutdown))
+        if let Some(p) = subprotocol {
+            let agreed = response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL);
+            if agreed.and_then(|v| v.to_str().ok()) != Some(p) {
+                return Err(Error::Handshake(format!(
+                    "{} does not speak {p}: is it a nanachat server?",
+                    target.uri
+                )));
+            }
+        }
+        Ok(Connection::new(socket, peer, config, shutdown).with_subprotocol(subprotocol))
     })
     .await
     .map_err(|_| Error::Handshake(format!("timed out connecting to {}", target.uri)))?

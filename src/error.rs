@@ -35,6 +35,9 @@ pub enum Error {
     /// The WebSocket handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The server refused us for good (nick taken, closed for a policy violation).
+    #[error("{0}")]
+    Refused(String),
     /// The history store failed (disk full, corrupt file…).
     #[error("store error: {0}")]
     Store(String),
@@ -59,7 +62,9 @@ impl Error {
             Error::Policy(_) => Some(CloseCode::Policy),
             Error::SlowConsumer => Some(CloseCode::Library(crate::connection::CLOSE_SLOW_CONSUMER)),
             Error::Closed | Error::Io(_) => None,
-            Error::Config(_) | Error::Handshake(_) | Error::Store(_) => Some(CloseCode::Error),
+            Error::Config(_) | Error::Handshake(_) | Error::Store(_) | Error::Refused(_) => {
+                Some(CloseCode::Error)
+            }
         }
     }
 

@@ -17,10 +17,13 @@
 //! - [`store`]: durable history behind a small trait — SQLite (WAL, group commit) or memory.
 //! - [`transport`]: the byte stream under a WebSocket, with a read-ahead layer that keeps idle
 //!   connections cheap.
+//! - [`client`]: the terminal client (`nanachat connect`): interactive or scripted, reconnects
+//!   and resumes without a gap or a repeat.
 //! - [`config`]: limits and timers with their defaults, validated once.
 //! - [`error`]: the error type and its mapping to close codes.
 
 pub mod chat;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod demo;

@@ -1,5 +1,6 @@
 //! The `nanachat` binary: parses the command line, sets up logging and signals, and calls the
-//! library. Exit codes: 0 done, 1 failed while running, 2 bad usage or configuration.
+//! library. Exit codes: 0 done, 1 failed while running (e.g. cannot connect), 2 bad usage or
+//! configuration, 3 refused by the server (nick taken, closed for a policy violation).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -11,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use nanachat::chat::{Chat, ChatConfig};
+use nanachat::chat::{Chat, ChatConfig, valid_nick, valid_room};
+use nanachat::client::{ClientOptions, Exit, Input, Output, Style, run as run_client, run_raw};
 use nanachat::config::{ConnectionConfig, FileConfig, parse_bytes, parse_duration};
 use nanachat::connection::Handler;
 use nanachat::demo::{DemoClient, DemoServer};
@@ -70,6 +72,30 @@ enum Command {
         chat: ChatArgs,
         #[command(flatten)]
         limits: ServerArgs,
+    },
+    /// The terminal client: chat from a terminal, or from a script when stdin is not one.
+    Connect {
+        /// The server's URL.
+        #[arg(default_value = "ws://127.0.0.1:8765")]
+        url: String,
+        /// Your nick (letters, digits, - and _) [default: $USER].
+        #[arg(long, env = "NANACHAT_NICK")]
+        nick: Option<String>,
+        /// A room to join at start (repeatable); the first is where your lines go.
+        #[arg(long = "join", default_value = "lobby")]
+        rooms: Vec<String>,
+        /// Scripting mode: print the protocol's JSON objects instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// No subprotocol: plain text frames in and out, for any WebSocket server.
+        #[arg(long)]
+        raw: bool,
+        /// Also send the seed's `!Client Send! <timestamp>` this often.
+        #[arg(long, value_parser = parse_duration)]
+        send_every: Option<Duration>,
+        /// Give up when the connection drops instead of reconnecting.
+        #[arg(long)]
+        no_reconnect: bool,
     },
     /// The seed's full-duplex pair: a server that pushes every 3 s, a client that sends every 1 s.
     Demo {
@@ -273,6 +299,7 @@ fn main() -> ExitCode {
             eprintln!("nanachat: {err}");
             match err {
                 Error::Config(_) => ExitCode::from(2),
+                Error::Refused(_) => ExitCode::from(3),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -281,6 +308,21 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Connect {
+            url,
+            nick,
+            rooms,
+            json,
+            raw,
+            send_every,
+            no_reconnect,
+        } => {
+            let exit = connect(url, nick, rooms, json, raw, send_every, !no_reconnect)?;
+            match exit {
+                Exit::Done => Ok(()),
+                Exit::Refused(why) => Err(Error::Refused(why)),
+            }
+        }
         Command::Serve {
             config,
             addr,
@@ -353,6 +395,125 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
     }
+}
+
+/// `nanachat connect`: interactive when stdin is a terminal, scripted otherwise.
+fn connect(
+    url: String,
+    nick: Option<String>,
+    rooms: Vec<String>,
+    json: bool,
+    raw: bool,
+    send_every: Option<Duration>,
+    reconnect: bool,
+) -> Result<Exit> {
+    let target = Target::parse(&url)?;
+    let nick = nick
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "guest".into());
+    if !raw && !valid_nick(&nick) {
+        return Err(Error::Config(format!(
+            "'{nick}' is not a nick: use 1 to 32 letters, digits, - or _ (--nick)"
+        )));
+    }
+    if let Some(bad) = rooms.iter().find(|r| !valid_room(r)) {
+        return Err(Error::Config(format!(
+            "'{bad}' is not a room name (--join)"
+        )));
+    }
+    if send_every.is_some_and(|d| d.is_zero()) {
+        return Err(Error::Config("--send-every must be above 0".into()));
+    }
+    let interactive = std::io::stdin().is_terminal() && !json;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut out, editor) = if interactive {
+        let (out, editor) = line_editor(tx)?;
+        (out, Some(editor))
+    } else {
+        runtime.spawn(read_stdin(tx));
+        (Output::Script { json }, None)
+    };
+    let opts = ClientOptions {
+        target: target.clone(),
+        nick,
+        rooms,
+        send_every,
+        reconnect,
+        commands: interactive,
+    };
+    let result = runtime.block_on(async {
+        if raw {
+            run_raw(&target, send_every, reconnect, rx, &mut out).await
+        } else {
+            run_client(opts, rx, &mut out).await
+        }
+    });
+    if let Some(editor) = editor {
+        if !editor.is_finished() {
+            // The line editor owns the terminal; it must give it back before we exit.
+            out.notice("* press Enter to exit");
+        }
+        let _ = editor.join();
+    }
+    result
+}
+
+/// A line editor on its own thread: lines go to `tx`; what the client prints appears above the
+/// line being typed, which stays intact.
+fn line_editor(
+    tx: tokio::sync::mpsc::Sender<Input>,
+) -> Result<(Output, std::thread::JoinHandle<()>)> {
+    use rustyline::ExternalPrinter;
+    let mut editor = rustyline::DefaultEditor::new()
+        .map_err(|err| Error::Config(format!("cannot open the terminal: {err}")))?;
+    let mut printer = editor
+        .create_external_printer()
+        .map_err(|err| Error::Config(format!("cannot open the terminal: {err}")))?;
+    let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::io::stdout().is_terminal();
+    let output = Output::Terminal {
+        printer: Box::new(move |line| {
+            let _ = printer.print(line);
+        }),
+        style: Style { color },
+    };
+    let thread = std::thread::spawn(move || {
+        loop {
+            match editor.readline("> ") {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    let quit = line.trim() == "/quit" || line.trim() == "/q";
+                    if tx.blocking_send(Input::Line(line)).is_err() || quit {
+                        break;
+                    }
+                }
+                Err(rustyline::error::ReadlineError::Interrupted) => {
+                    let _ = tx.blocking_send(Input::Line("/quit".into()));
+                    break;
+                }
+                Err(_) => {
+                    let _ = tx.blocking_send(Input::Eof);
+                    break;
+                }
+            }
+        }
+    });
+    Ok((output, thread))
+}
+
+/// Scripting mode: every stdin line is input; the end of stdin is [`Input::Eof`].
+async fn read_stdin(tx: tokio::sync::mpsc::Sender<Input>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tx.send(Input::Line(line)).await.is_err() {
+            return;
+        }
+    }
+    let _ = tx.send(Input::Eof).await;
 }
 
 /// Binds `addr` and serves `handler` on it until SIGINT or SIGTERM.

@@ -118,9 +118,14 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, mut cmd: std::process::Command) -> Self {
+    pub fn spawn(name: &str, cmd: std::process::Command) -> Self {
+        Self::spawn_with_stdin(name, cmd, false)
+    }
+
+    /// Like [`Proc::spawn`], with a pipe to the child's stdin when `stdin` is true.
+    pub fn spawn_with_stdin(name: &str, mut cmd: std::process::Command, stdin: bool) -> Self {
         use std::process::Stdio;
-        cmd.stdin(Stdio::null())
+        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("PYTHONUNBUFFERED", "1");
@@ -219,6 +224,19 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Writes one line to the child's stdin.
+    pub fn write_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("spawned with stdin");
+        writeln!(stdin, "{line}").expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    /// Closes the child's stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
     }
 
     /// Sends SIGTERM (a graceful stop request).

@@ -1,0 +1,544 @@
+//! The terminal client (`nanachat connect`): chat from a terminal, or from a script.
+//!
+//! One loop serves both: input lines come in on a channel (from a line editor in its own thread
+//! when stdin is a terminal, from stdin's lines otherwise), output goes to an [`Output`]. The
+//! client keeps, per room, the last seq it has shown, and every message it sent that has no ack
+//! yet. When the connection drops it reconnects with back-off and jitter, rejoins every room
+//! with `since` = that seq (nothing missed; anything at or below it is not shown again) and
+//! sends the unacknowledged messages again with their original `cid` (the server stores each
+//! once).
+
+mod output;
+mod raw;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConnectionConfig;
+use crate::connection::{CloseCode, Connection, Incoming, Message};
+use crate::demo::python_now;
+use crate::dial::{Target, connect_with};
+use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTOCOL, ServerMsg};
+use crate::{Error, Result};
+
+pub use output::{Output, Style};
+pub use raw::run_raw;
+
+/// What the user (or the script) typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// One line.
+    Line(String),
+    /// No more input.
+    Eof,
+}
+
+/// How `connect` ended; [`Exit::code`] is the process exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Input ended and every message was acknowledged, or the user quit.
+    Done,
+    /// The server refused us for good (nick taken, policy close…): what it said.
+    Refused(String),
+}
+
+impl Exit {
+    /// 0 when done, 3 when the server refused us.
+    pub fn code(&self) -> u8 {
+        match self {
+            Exit::Done => 0,
+            Exit::Refused(_) => 3,
+        }
+    }
+}
+
+/// Options of the chat client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The server.
+    pub target: Target,
+    /// The nick to ask for.
+    pub nick: String,
+    /// Rooms to join at start; the first is where lines are said.
+    pub rooms: Vec<String>,
+    /// Send the seed's `!Client Send! …` this often.
+    pub send_every: Option<Duration>,
+    /// Reconnect when the connection drops (after the first one succeeded).
+    pub reconnect: bool,
+    /// Lines are chat input with `/commands` (interactive), or each line is a message (script).
+    pub commands: bool,
+}
+
+struct Cursor {
+    last_seq: Option<u64>,
+    epoch: Option<u64>,
+}
+
+/// The client's memory across connections.
+struct State {
+    opts: ClientOptions,
+    /// A secret for this run: reconnecting with it, we are the same user even if the server
+    /// still holds our old connection.
+    key: String,
+    rooms: BTreeMap<String, Cursor>,
+    current: String,
+    /// Sent (or to send) and not yet acknowledged, in order.
+    pending: VecDeque<(String, ClientMsg)>,
+    next_cid: u64,
+    input_done: bool,
+    /// The server said `welcome` on this connection.
+    welcomed: bool,
+}
+
+/// Why a connection ended.
+enum SessionEnd {
+    /// Lost or closed by the server for a reason worth a reconnect.
+    Lost(String),
+    /// Done, or refused for good.
+    Exit(Exit),
+    /// Reconnect at once (e.g. a new nick).
+    Again,
+}
+
+/// Runs the chat client until input ends (and everything is acknowledged), the user quits, or
+/// the server refuses us. An error means the first connection could not be made.
+pub async fn run(
+    opts: ClientOptions,
+    mut inputs: mpsc::Receiver<Input>,
+    out: &mut Output,
+) -> Result<Exit> {
+    let key = format!("{:x}{:x}", std::process::id(), crate::store::new_epoch());
+    let current = opts
+        .rooms
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "lobby".into());
+    let rooms = opts
+        .rooms
+        .iter()
+        .map(|r| {
+            (
+                r.clone(),
+                Cursor {
+                    last_seq: None,
+                    epoch: None,
+                },
+            )
+        })
+        .collect();
+    let mut state = State {
+        opts,
+        key,
+        rooms,
+        current,
+        pending: VecDeque::new(),
+        next_cid: 1,
+        input_done: false,
+        welcomed: false,
+    };
+    let config = ConnectionConfig::default();
+    let mut attempt = 0u32;
+    let mut connected_once = false;
+    loop {
+        let shutdown = CancellationToken::new();
+        let conn = connect_with(&state.opts.target, &config, shutdown, Some(SUBPROTOCOL)).await;
+        let end = match conn {
+            Ok(mut conn) => {
+                if connected_once {
+                    out.notice("* reconnected");
+                }
+                connected_once = true;
+                attempt = 0;
+                let end = state.session(&mut conn, &mut inputs, out).await;
+                let outcome = match &end {
+                    SessionEnd::Lost(_) => Err(Error::Closed),
+                    _ => Ok(()),
+                };
+                conn.finish(&outcome).await;
+                end
+            }
+            Err(err) if !connected_once => {
+                return Err(match err {
+                    Error::Io(io) => Error::Io(std::io::Error::new(
+                        io.kind(),
+                        format!("{io} — is `nanachat serve` running there?"),
+                    )),
+                    other => other,
+                });
+            }
+            Err(err) => SessionEnd::Lost(err.to_string()),
+        };
+        match end {
+            SessionEnd::Exit(exit) => return Ok(exit),
+            SessionEnd::Again => continue,
+            SessionEnd::Lost(why) if state.opts.reconnect => {
+                let wait = backoff(attempt);
+                attempt += 1;
+                out.status(&format!(
+                    "* disconnected ({why}); reconnecting in {:.1}s",
+                    wait.as_secs_f64()
+                ));
+                tokio::time::sleep(wait).await;
+            }
+            SessionEnd::Lost(why) => {
+                return Err(Error::Handshake(format!("connection lost: {why}")));
+            }
+        }
+    }
+}
+
+/// Exponential back-off from 100 ms to 10 s, with ±50 % jitter so that clients dropped together
+/// do not come back together.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(7)).min(10_000);
+    let jitter = crate::store::new_epoch() % (base + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+impl State {
+    async fn send(&self, conn: &Connection, msg: &ClientMsg) -> Result<()> {
+        let json = serde_json::to_string(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+        conn.send(Message::text(json)).await
+    }
+
+    fn cid(&mut self) -> String {
+        let cid = format!("{}-{}", self.key, self.next_cid);
+        self.next_cid += 1;
+        cid
+    }
+
+    /// Queues a message to say (sent now if connected, again after a reconnect until acked).
+    fn queue(&mut self, msg: ClientMsg) -> ClientMsg {
+        let cid = match &msg {
+            ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => cid.clone(),
+            _ => String::new(),
+        };
+        self.pending.push_back((cid, msg.clone()));
+        msg
+    }
+
+    fn say(&mut self, text: String) -> ClientMsg {
+        let cid = self.cid();
+        self.queue(ClientMsg::Say {
+            room: self.current.clone(),
+            text,
+            cid,
+        })
+    }
+
+    async fn session(
+        &mut self,
+        conn: &mut Connection,
+        inputs: &mut mpsc::Receiver<Input>,
+        out: &mut Output,
+    ) -> SessionEnd {
+        match self.session_inner(conn, inputs, out).await {
+            Ok(end) => end,
+            Err(err) => SessionEnd::Lost(err.to_string()),
+        }
+    }
+
+    async fn session_inner(
+        &mut self,
+        conn: &mut Connection,
+        inputs: &mut mpsc::Receiver<Input>,
+        out: &mut Output,
+    ) -> Result<SessionEnd> {
+        self.send(
+            conn,
+            &ClientMsg::Hello {
+                nick: self.opts.nick.clone(),
+                key: Some(self.key.clone()),
+            },
+        )
+        .await?;
+        for (room, cursor) in &self.rooms {
+            let join = ClientMsg::Join {
+                room: room.clone(),
+                since: cursor.last_seq,
+                epoch: cursor.epoch,
+            };
+            self.send(conn, &join).await?;
+        }
+        for (_, msg) in &self.pending {
+            self.send(conn, msg).await?;
+        }
+        let mut ticker = self.opts.send_every.map(|every| {
+            let mut t = interval(every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        let mut retry: Option<Instant> = None;
+        self.welcomed = false;
+        loop {
+            if self.input_done && self.pending.is_empty() && self.welcomed {
+                return Ok(SessionEnd::Exit(Exit::Done));
+            }
+            tokio::select! {
+                msg = conn.read_msg() => match msg {
+                    Ok(Some(Incoming::Text(text))) => {
+                        if let Some(end) = self.on_server(text.as_str(), out, &mut retry) {
+                            return Ok(end);
+                        }
+                    }
+                    Ok(Some(Incoming::Binary(_))) => {}
+                    Ok(None) => return Ok(self.closed_by_server(conn)),
+                    Err(err) => return Ok(SessionEnd::Lost(err.to_string())),
+                },
+                input = inputs.recv(), if !self.input_done => match input {
+                    Some(Input::Line(line)) => {
+                        if let Some(end) = self.on_line(conn, line, out).await? {
+                            return Ok(end);
+                        }
+                    }
+                    Some(Input::Eof) | None => self.input_done = true,
+                },
+                _ = async { ticker.as_mut().expect("checked").tick().await }, if ticker.is_some() => {
+                    let msg = self.say(format!("!Client Send! {}", python_now()));
+                    self.send(conn, &msg).await?;
+                }
+                () = async { tokio::time::sleep_until(retry.expect("checked")).await }, if retry.is_some() => {
+                    retry = None;
+                    for (_, msg) in &self.pending {
+                        self.send(conn, msg).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn closed_by_server(&self, conn: &Connection) -> SessionEnd {
+        let Some(frame) = conn.peer_close() else {
+            return SessionEnd::Lost("connection closed".into());
+        };
+        let code = u16::from(frame.code);
+        match frame.code {
+            CloseCode::Policy | CloseCode::Size | CloseCode::Protocol | CloseCode::Invalid => {
+                SessionEnd::Exit(Exit::Refused(format!(
+                    "the server closed the connection: {code} {}",
+                    frame.reason
+                )))
+            }
+            _ => SessionEnd::Lost(format!("server closed with {code} {}", frame.reason)),
+        }
+    }
+
+    /// Handles one server message; `Some` ends the session.
+    fn on_server(
+        &mut self,
+        text: &str,
+        out: &mut Output,
+        retry: &mut Option<Instant>,
+    ) -> Option<SessionEnd> {
+        let Ok(msg) = serde_json::from_str::<ServerMsg>(text) else {
+            out.notice(&format!("* unreadable message from the server: {text}"));
+            return None;
+        };
+        match msg {
+            ServerMsg::Welcome { nick, .. } => {
+                self.welcomed = true;
+                out.status(&format!("* connected as {nick}"));
+            }
+            ServerMsg::Joined {
+                room,
+                epoch,
+                last_seq,
+                reset,
+            } => {
+                let cursor = self.rooms.entry(room.clone()).or_insert(Cursor {
+                    last_seq: None,
+                    epoch: None,
+                });
+                if reset {
+                    out.notice(&format!("* the history of {room} was reset on the server"));
+                }
+                if reset || cursor.last_seq.is_none() {
+                    cursor.last_seq = Some(last_seq);
+                }
+                cursor.epoch = Some(epoch);
+                out.status(&format!("* joined {room}"));
+            }
+            ServerMsg::Left { room } => {
+                self.rooms.remove(&room);
+                out.status(&format!("* left {room}"));
+            }
+            ServerMsg::Ack { cid, .. } => self.pending.retain(|(c, _)| *c != cid),
+            ServerMsg::Message(m) => self.show(m, out),
+            ServerMsg::Presence { room, nick, event } => {
+                let verb = if event == PresenceEvent::Join {
+                    "joined"
+                } else {
+                    "left"
+                };
+                out.notice(&format!("* {nick} {verb} {room}"));
+            }
+            ServerMsg::Members { room, nicks } => {
+                out.notice(&format!("* in {room}: {}", nicks.join(", ")))
+            }
+            ServerMsg::History { messages, .. } => {
+                for m in messages {
+                    out.message(&m);
+                }
+            }
+            ServerMsg::Tick { .. } => {}
+            ServerMsg::Error { code, message, cid } => {
+                return self.on_error(code, &message, cid, out, retry);
+            }
+        }
+        None
+    }
+
+    /// A message, shown once: anything at or below the room's last shown seq was shown already.
+    fn show(&mut self, m: ChatMessage, out: &mut Output) {
+        let cursor = self.rooms.entry(m.room.clone()).or_insert(Cursor {
+            last_seq: None,
+            epoch: None,
+        });
+        if cursor.last_seq.is_some_and(|last| m.seq <= last) {
+            return;
+        }
+        cursor.last_seq = Some(m.seq);
+        out.message(&m);
+    }
+
+    fn on_error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        cid: Option<String>,
+        out: &mut Output,
+        retry: &mut Option<Instant>,
+    ) -> Option<SessionEnd> {
+        match code {
+            ErrorCode::NickTaken | ErrorCode::BadNick => {
+                return Some(SessionEnd::Exit(Exit::Refused(format!(
+                    "{message}: choose another nick with --nick"
+                ))));
+            }
+            // Worth another try, with the same cid, a little later.
+            ErrorCode::RateLimited | ErrorCode::Internal if cid.is_some() => {
+                retry.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
+                return None;
+            }
+            _ => {}
+        }
+        if let Some(cid) = cid {
+            self.pending.retain(|(c, _)| *c != cid);
+        }
+        out.notice(&format!("! {}: {message}", code.as_str()));
+        None
+    }
+
+    /// One input line: a message, or (interactive) a command.
+    async fn on_line(
+        &mut self,
+        conn: &Connection,
+        line: String,
+        out: &mut Output,
+    ) -> Result<Option<SessionEnd>> {
+        let line = line.trim_end_matches(['\r', '\n']).to_owned();
+        if line.is_empty() {
+            return Ok(None);
+        }
+        let command = if self.opts.commands {
+            line.strip_prefix('/')
+        } else {
+            None
+        };
+        let Some(command) = command else {
+            let msg = self.say(line);
+            self.send(conn, &msg).await?;
+            return Ok(None);
+        };
+        let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
+        let rest = rest.trim().to_owned();
+        let msg = match verb {
+            "quit" | "q" => return Ok(Some(SessionEnd::Exit(Exit::Done))),
+            "nick" if !rest.is_empty() => {
+                self.opts.nick = rest;
+                return Ok(Some(SessionEnd::Again));
+            }
+            "join" if !rest.is_empty() => {
+                self.current = rest.clone();
+                self.rooms.entry(rest.clone()).or_insert(Cursor {
+                    last_seq: None,
+                    epoch: None,
+                });
+                ClientMsg::Join {
+                    room: rest,
+                    since: None,
+                    epoch: None,
+                }
+            }
+            "leave" => ClientMsg::Leave {
+                room: if rest.is_empty() {
+                    self.current.clone()
+                } else {
+                    rest
+                },
+            },
+            "msg" => {
+                let Some((to, text)) = rest.split_once(' ') else {
+                    out.notice("usage: /msg NICK TEXT");
+                    return Ok(None);
+                };
+                let cid = self.cid();
+                self.queue(ClientMsg::Dm {
+                    to: to.to_owned(),
+                    text: text.to_owned(),
+                    cid,
+                })
+            }
+            "who" => ClientMsg::Who {
+                room: if rest.is_empty() {
+                    self.current.clone()
+                } else {
+                    rest
+                },
+            },
+            "history" => ClientMsg::History {
+                room: self.current.clone(),
+                before: None,
+                after: None,
+                limit: Some(rest.parse().unwrap_or(20)),
+            },
+            _ => {
+                out.notice(HELP);
+                return Ok(None);
+            }
+        };
+        self.send(conn, &msg).await?;
+        Ok(None)
+    }
+}
+
+/// What `/help` shows.
+pub const HELP: &str = "commands: /join ROOM, /leave [ROOM], /msg NICK TEXT, /who [ROOM], \
+/history [N], /nick NAME, /quit; anything else is said in the current room";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_grows_with_jitter_and_a_cap() {
+        for attempt in 0..20 {
+            let wait = backoff(attempt).as_millis() as u64;
+            let base = (100u64 << attempt.min(7)).min(10_000);
+            assert!(
+                (base / 2..=base / 2 + base).contains(&wait),
+                "{attempt}: {wait}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_codes_are_documented_ones() {
+        assert_eq!(Exit::Done.code(), 0);
+        assert_eq!(Exit::Refused("x".into()).code(), 3);
+    }
+}

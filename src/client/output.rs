@@ -1,0 +1,102 @@
+//! Where the client's output goes: plain lines on stdout for scripts (notices on stderr), or
+//! above the line being typed in a terminal, with times and nick colours.
+
+use std::io::Write;
+
+use crate::protocol::{ChatMessage, ServerMsg};
+
+/// How messages look in a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    /// Colour nicks (off with `NO_COLOR`, or when not a terminal).
+    pub color: bool,
+}
+
+/// The client's output.
+pub enum Output {
+    /// Scripting: one line per message on stdout (`[room] nick: text`, or the protocol's JSON
+    /// object with `json`); notices on stderr.
+    Script {
+        /// Print messages as JSON objects.
+        json: bool,
+    },
+    /// A terminal with a line editor: everything is printed above the prompt.
+    Terminal {
+        /// Prints above the line being edited without breaking it.
+        printer: Box<dyn FnMut(String) + Send>,
+        /// Colours.
+        style: Style,
+    },
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Script { json } => f.debug_struct("Script").field("json", json).finish(),
+            Output::Terminal { style, .. } => {
+                f.debug_struct("Terminal").field("style", style).finish()
+            }
+        }
+    }
+}
+
+const NICK_COLOURS: [u8; 6] = [31, 32, 33, 34, 35, 36];
+
+fn colour_of(nick: &str) -> u8 {
+    let hash = nick
+        .bytes()
+        .fold(5381u32, |h, b| h.wrapping_mul(33) ^ u32::from(b));
+    NICK_COLOURS[hash as usize % NICK_COLOURS.len()]
+}
+
+impl Output {
+    /// A chat message.
+    pub fn message(&mut self, m: &ChatMessage) {
+        match self {
+            Output::Script { json: true } => stdout_line(&ServerMsg::Message(m.clone()).to_json()),
+            Output::Script { json: false } => {
+                stdout_line(&format!("[{}] {}: {}", m.room, m.from, m.text))
+            }
+            Output::Terminal { printer, style } => {
+                let time = chrono::DateTime::from_timestamp_millis(m.time)
+                    .map(|t| t.with_timezone(&chrono::Local).format("%H:%M").to_string())
+                    .unwrap_or_default();
+                let nick = if style.color {
+                    format!("\x1b[1;{}m{}\x1b[0m", colour_of(&m.from), m.from)
+                } else {
+                    m.from.clone()
+                };
+                printer(format!("{time} [{}] {nick}: {}", m.room, m.text));
+            }
+        }
+    }
+
+    /// Something the user should see: presence, errors, answers to commands.
+    pub fn notice(&mut self, text: &str) {
+        match self {
+            Output::Script { .. } => eprintln!("{text}"),
+            Output::Terminal { printer, style } if style.color => {
+                printer(format!("\x1b[2m{text}\x1b[0m"))
+            }
+            Output::Terminal { printer, .. } => printer(text.to_owned()),
+        }
+    }
+
+    /// The connection's state: connected, joined, disconnected, reconnecting.
+    pub fn status(&mut self, text: &str) {
+        self.notice(text);
+    }
+
+    /// A raw line (raw mode): as it came.
+    pub fn line(&mut self, text: &str) {
+        match self {
+            Output::Script { .. } => stdout_line(text),
+            Output::Terminal { printer, .. } => printer(text.to_owned()),
+        }
+    }
+}
+
+fn stdout_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}

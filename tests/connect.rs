@@ -1,0 +1,294 @@
+//! `nanachat connect`, the terminal client, as a user runs it: scripted through pipes, under a
+//! pseudo-terminal, and across a server killed with SIGKILL and restarted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{Line, Proc, nanachat, within};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn serve(dir: &Path, addr: &str) -> Proc {
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--addr", addr, "--rate", "1000", "--burst", "1000"])
+        .arg("--data-dir")
+        .arg(dir);
+    Proc::spawn("nanachat serve", cmd)
+}
+
+fn client(url: &str, nick: &str, extra: &[&str]) -> Proc {
+    let mut cmd = nanachat();
+    cmd.args(["connect", url, "--nick", nick]).args(extra);
+    Proc::spawn_with_stdin(&format!("connect {nick}"), cmd, true)
+}
+
+fn texts(lines: &[Line]) -> Vec<String> {
+    lines.iter().map(|(_, l)| l.clone()).collect()
+}
+
+/// A protocol client driven by the test itself.
+struct Talker {
+    ws: common::Peer,
+    /// Makes this instance's cids its own: a cid used again is a retry, not a new message.
+    run: u128,
+    n: u64,
+}
+
+impl Talker {
+    async fn new(url: &str, nick: &str) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
+        let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap();
+        for msg in [
+            json!({"type": "hello", "nick": nick, "key": nick}),
+            json!({"type": "join", "room": "lobby"}),
+        ] {
+            ws.send(Message::text(msg.to_string())).await.unwrap();
+        }
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Self { ws, run, n: 0 }
+    }
+
+    /// Says each text and waits for its ack.
+    async fn say_all(&mut self, texts: impl IntoIterator<Item = String>) {
+        for text in texts {
+            self.n += 1;
+            let cid = format!("t{}-{}", self.run, self.n);
+            let say = json!({"type": "say", "room": "lobby", "text": text, "cid": cid});
+            self.ws.send(Message::text(say.to_string())).await.unwrap();
+            loop {
+                match within("ack", self.ws.next()).await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                        if v["type"] == "ack" && v["cid"] == cid {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Reads until a message with this text arrives.
+    async fn wait_for(&mut self, text: &str) -> Value {
+        loop {
+            match within(text, self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "message" && v["text"] == text {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn scripting_mode_sends_each_line_waits_for_acks_and_prints_one_line_per_message() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-script-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let reader = client(&url, "reader", &[]);
+    reader.wait_stderr("* joined lobby");
+    let mut json_reader = client(&url, "jq", &["--json"]);
+    json_reader.wait_stderr("* joined lobby");
+
+    let mut writer = client(&url, "writer", &[]);
+    writer.write_line("first line");
+    writer.write_line("second: with a colon");
+    writer.close_stdin();
+    assert!(writer.wait_exit().success(), "{}", writer.stderr_text());
+
+    reader.wait_stdout("both lines", |l| l.len() >= 2);
+    assert_eq!(
+        texts(&reader.stdout_lines()),
+        [
+            "[lobby] writer: first line",
+            "[lobby] writer: second: with a colon"
+        ]
+    );
+    json_reader.wait_stdout("both objects", |l| l.len() >= 2);
+    let objects: Vec<Value> = json_reader
+        .stdout_lines()
+        .iter()
+        .map(|(_, l)| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objects[0]["type"], "message");
+    assert_eq!(objects[1]["text"], "second: with a colon");
+    assert_eq!(
+        objects[1]["seq"].as_u64(),
+        Some(objects[0]["seq"].as_u64().unwrap() + 1)
+    );
+    json_reader.close_stdin();
+    assert!(json_reader.wait_exit().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn errors_are_one_line_with_documented_exit_codes() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-errors-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let _holder = Talker::new(&url, "taken").await;
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &["connect", &url, "--nick", "taken"],
+            3,
+            "choose another nick",
+        ),
+        (&["connect", "not a url"], 2, "bad URL"),
+        (
+            &["connect", &url, "--nick", "bad nick!"],
+            2,
+            "is not a nick",
+        ),
+        (
+            &["connect", "ws://127.0.0.1:1", "--nick", "x"],
+            1,
+            "is `nanachat serve` running",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let out = nanachat()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("nanachat:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(says), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn after_a_server_kill_and_restart_the_client_resumes_without_gaps_or_repeats() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let addr = url.trim_start_matches("ws://").to_owned();
+
+    let mut follower = client(&url, "follower", &[]);
+    follower.wait_stderr("* joined lobby");
+    let mut talker = Talker::new(&url, "talker").await;
+    talker.say_all((1..=20).map(|i| format!("m{i}"))).await;
+    follower.wait_stdout("m20", |l| l.iter().any(|(_, t)| t.ends_with(": m20")));
+
+    server.kill();
+    follower.wait_stderr("reconnecting in");
+    // Typed while the server is down: must arrive once, after the restart.
+    follower.write_line("typed while down");
+    let server = serve(&dir, &addr);
+    server.listening_url();
+    let mut talker = Talker::new(&url, "talker").await;
+    talker.say_all((21..=40).map(|i| format!("m{i}"))).await;
+    let own = talker.wait_for("typed while down").await;
+    follower.wait_stdout("m40 and its own line", |l| {
+        l.iter().any(|(_, t)| t.ends_with(": m40"))
+            && l.iter()
+                .any(|(_, t)| t.ends_with("follower: typed while down"))
+    });
+
+    let shown = texts(&follower.stdout_lines());
+    let expected: Vec<String> = (1..=40).map(|i| format!("[lobby] talker: m{i}")).collect();
+    let talker_lines: Vec<String> = shown
+        .iter()
+        .filter(|l| l.contains("talker:"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        talker_lines, expected,
+        "every message exactly once, in order"
+    );
+    assert_eq!(
+        shown
+            .iter()
+            .filter(|l| l.ends_with("follower: typed while down"))
+            .count(),
+        1
+    );
+
+    // The history holds the line typed offline exactly once.
+    let ask = json!({"type": "history", "room": "lobby", "limit": 200});
+    talker
+        .ws
+        .send(Message::text(ask.to_string()))
+        .await
+        .unwrap();
+    let history = loop {
+        match within("history", talker.ws.next()).await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "history" {
+                    break v;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    let copies = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["text"] == "typed while down")
+        .count();
+    assert_eq!(copies, 1, "{history}");
+    assert_eq!(own["from"], "follower");
+    follower.close_stdin();
+    assert!(follower.wait_exit().success(), "{}", follower.stderr_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn under_a_terminal_a_half_typed_line_survives_incoming_messages() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-pty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut talker = Talker::new(&url, "talker").await;
+
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nanachat"));
+    cmd.args(["connect", &url, "--nick", "typist"])
+        .env("NO_COLOR", "1");
+    let mut pty = rexpect::session::spawn_command(cmd, Some(10_000)).unwrap();
+    pty.exp_string("joined lobby").unwrap();
+    pty.send("hello wor").unwrap();
+    pty.flush().unwrap();
+    talker
+        .say_all(["interrupting you".to_owned(), "and again".to_owned()])
+        .await;
+    pty.exp_string("talker: and again").unwrap();
+    // The line being typed is still there: finish it.
+    pty.send_line("ld").unwrap();
+    let got = talker.wait_for("hello world").await;
+    assert_eq!(got["from"], "typist");
+    pty.send_line("/quit").unwrap();
+    pty.exp_eof().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
