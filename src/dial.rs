@@ -2,10 +2,14 @@
 //! client and the load generator): resolve, connect, handshake — each under a timeout — and wrap
 //! the result in the same [`Connection`] the server uses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
@@ -17,33 +21,32 @@ use crate::{Error, Result};
 /// How long resolving, connecting and the handshake may take together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A checked `ws://` URL: what to connect to and what to ask for.
+/// A checked `ws://` or `wss://` URL: what to connect to and what to ask for.
 #[derive(Debug, Clone)]
 pub struct Target {
     uri: Uri,
     host: String,
     port: u16,
+    /// For `wss://`: the TLS settings (trust roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
-    /// Parses and checks a URL; the error is one line fit for a user.
+    /// Parses and checks a URL; the error is one line fit for a user. A `wss://` URL trusts the
+    /// platform's root certificates (see [`Target::with_ca_file`] for a private CA).
     pub fn parse(url: &str) -> Result<Self> {
         let uri: Uri = url
             .parse()
             .map_err(|err| Error::Config(format!("bad URL '{url}': {err}")))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => {
-                return Err(Error::Config(format!(
-                    "bad URL '{url}': wss:// (TLS) is not supported yet"
-                )));
-            }
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
             _ => {
                 return Err(Error::Config(format!(
-                    "bad URL '{url}': expected ws://HOST[:PORT][/PATH]"
+                    "bad URL '{url}': expected ws://HOST[:PORT][/PATH] or wss://…"
                 )));
             }
-        }
+        };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
@@ -51,14 +54,59 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = uri.port_u16().unwrap_or(80);
-        Ok(Self { uri, host, port })
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = secure.then(|| tls_config(platform_roots()));
+        Ok(Self {
+            uri,
+            host,
+            port,
+            tls,
+        })
+    }
+
+    /// Also trusts the CA certificates in the PEM file `path` (a private CA). Only for `wss://`.
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<Self> {
+        if self.tls.is_none() {
+            return Err(Error::Config("--ca-file is for wss:// URLs".into()));
+        }
+        let bad = |why: String| Error::Config(format!("CA file {}: {why}", path.display()));
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|err| bad(err.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| bad(err.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        let mut roots = platform_roots();
+        for cert in certs {
+            roots.add(cert).map_err(|err| bad(err.to_string()))?;
+        }
+        self.tls = Some(tls_config(roots));
+        Ok(self)
     }
 
     /// The URL as given.
     pub fn uri(&self) -> &Uri {
         &self.uri
     }
+}
+
+/// The platform's trusted roots (what the system's TLS trusts); a missing store is just empty.
+fn platform_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(found.certs);
+    roots
+}
+
+fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// Connects to `target` and completes the WebSocket handshake.
@@ -88,6 +136,21 @@ pub async fn connect_with(
             })?;
         let _ = tcp.set_nodelay(true);
         let peer = tcp.peer_addr().ok();
+        let transport: BoxedTransport = match &target.tls {
+            None => Box::new(ReadAhead::new(tcp, Vec::new())),
+            Some(tls) => {
+                let name = ServerName::try_from(target.host.clone()).map_err(|_| {
+                    Error::Config(format!("'{}' is not a valid TLS server name", target.host))
+                })?;
+                let stream = TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|err| {
+                        Error::Handshake(format!("TLS with {} failed: {err}", target.uri))
+                    })?;
+                Box::new(ReadAhead::new(stream, Vec::new()))
+            }
+        };
         let mut request = target.uri.clone().into_client_request()?;
         if let Some(p) = subprotocol {
             request.headers_mut().insert(
@@ -95,7 +158,6 @@ pub async fn connect_with(
                 http::HeaderValue::from_static(p),
             );
         }
-        let transport: BoxedTransport = Box::new(ReadAhead::new(tcp, Vec::new()));
         let (socket, response) = tokio_tungstenite::client_async_with_config(
             request,
             transport,
@@ -127,13 +189,9 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("localhost", 8765));
         let t = Target::parse("ws://[::1]/chat").expect("valid");
         assert_eq!((t.host.as_str(), t.port), ("::1", 80));
-        for bad in [
-            "localhost:8765",
-            "http://x",
-            "ws://",
-            "wss://x",
-            "not a url",
-        ] {
+        let t = Target::parse("wss://example.org/chat").expect("valid");
+        assert_eq!((t.port, t.tls.is_some()), (443, true));
+        for bad in ["localhost:8765", "http://x", "ws://", "wss://", "not a url"] {
             let err = Target::parse(bad).expect_err(bad).to_string();
             assert!(err.starts_with("bad URL"), "{bad}: {err}");
         }

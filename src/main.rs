@@ -96,6 +96,9 @@ enum Command {
         /// Give up when the connection drops instead of reconnecting.
         #[arg(long)]
         no_reconnect: bool,
+        /// Also trust the CA certificates in this PEM file (wss:// to a private CA).
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// The seed's full-duplex pair: a server that pushes every 3 s, a client that sends every 1 s.
     Demo {
@@ -316,8 +319,13 @@ fn run(cli: Cli) -> Result<()> {
             raw,
             send_every,
             no_reconnect,
+            ca_file,
         } => {
-            let exit = connect(url, nick, rooms, json, raw, send_every, !no_reconnect)?;
+            let mut target = Target::parse(&url)?;
+            if let Some(path) = &ca_file {
+                target = target.with_ca_file(path)?;
+            }
+            let exit = connect(target, nick, rooms, json, raw, send_every, !no_reconnect)?;
             match exit {
                 Exit::Done => Ok(()),
                 Exit::Refused(why) => Err(Error::Refused(why)),
@@ -399,7 +407,7 @@ fn run(cli: Cli) -> Result<()> {
 
 /// `nanachat connect`: interactive when stdin is a terminal, scripted otherwise.
 fn connect(
-    url: String,
+    target: Target,
     nick: Option<String>,
     rooms: Vec<String>,
     json: bool,
@@ -407,7 +415,6 @@ fn connect(
     send_every: Option<Duration>,
     reconnect: bool,
 ) -> Result<Exit> {
-    let target = Target::parse(&url)?;
     let nick = nick
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "guest".into());

@@ -37,7 +37,7 @@ fn bad_url_is_a_usage_error() {
     for url in [
         "localhost:8765",
         "http://localhost:8765",
-        "wss://localhost:8765",
+        "ftp://localhost:8765",
         "ws://",
     ] {
         let out = run(&["demo", "client", url]);

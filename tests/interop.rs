@@ -324,3 +324,34 @@ fn two_seed_clients_chat_through_serve_in_plain_text_mode() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs the seed's Python peers: run scripts/check"]
+fn connect_raw_talks_to_the_seed_server() {
+    let server = seed_script("NANACHAT_PYTHON10", "seed/Server.py", None);
+    let line = server.wait_stderr("LISTENING ");
+    let port = line.trim().rsplit(' ').next().unwrap();
+    let mut cmd = nanachat();
+    cmd.args([
+        "connect",
+        "--raw",
+        &format!("ws://127.0.0.1:{port}"),
+        "--send-every",
+        "0.5s",
+    ]);
+    let mut client = Proc::spawn_with_stdin("nanachat connect --raw", cmd, true);
+    client.write_line("typed by hand");
+    // The seed server's pushes arrive as lines; our periodic sends and the typed line reach it.
+    client.wait_stdout("a push", |l| {
+        l.iter().any(|(_, t)| t.starts_with("!Server Send! "))
+    });
+    server.wait_stdout("our lines", |l| {
+        l.iter().any(|(_, t)| t == "< typed by hand")
+            && l.iter()
+                .filter(|(_, t)| t.starts_with("< !Client Send! "))
+                .count()
+                >= 2
+    });
+    client.close_stdin();
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+}
