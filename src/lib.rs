@@ -9,6 +9,7 @@
 //! - [`metrics`]: counters and the Prometheus text behind `/metrics`.
 //! - [`outbox`]: a connection's bounded send queue, shared by its senders, drained by its writer.
 //! - [`protocol`]: the `nanachat.v1` wire types (JSON), shared by server, clients and tools.
+//! - [`rate`]: the token bucket behind rate limits (the server's, and the client's own pacing).
 //! - [`server`]: the accept loop on one port (axum on hyper): WebSocket upgrade on any path,
 //!   `/healthz`, connection limit, two-phase graceful shutdown.
 //! - [`dial`]: opening a WebSocket from our side, into the same [`Connection`].
@@ -33,6 +34,7 @@ pub mod error;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod rate;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -292,3 +292,39 @@ async fn under_a_terminal_a_half_typed_line_survives_incoming_messages() {
     pty.exp_eof().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_script_piping_many_lines_is_paced_to_the_servers_rate_and_none_is_refused() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-pace-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The server's default rate: 20 a second, bursts of 40, closed after 20 refusals in a row.
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--rate",
+        "20",
+        "--burst",
+        "40",
+        "--data-dir",
+    ])
+    .arg(&dir);
+    let server = Proc::spawn("nanachat serve", cmd);
+    let url = server.listening_url();
+    let mut writer = client(&url, "bulk", &[]);
+    for i in 1..=100 {
+        writer.write_line(&format!("line {i}"));
+    }
+    writer.close_stdin();
+    assert!(writer.wait_exit().success(), "{}", writer.stderr_text());
+    assert!(
+        !writer.stderr_text().contains("rate_limited"),
+        "{}",
+        writer.stderr_text()
+    );
+    let shown = texts(&writer.stdout_lines());
+    assert_eq!(shown.len(), 100, "every line stored and shown once");
+    assert_eq!(shown[99], "[lobby] bulk: line 100");
+    let _ = std::fs::remove_dir_all(&dir);
+}

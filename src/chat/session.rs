@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use tokio::time::{MissedTickBehavior, interval_at};
 use tracing::warn;
@@ -14,6 +13,7 @@ use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
     ChatMessage, ClientMsg, ErrorCode, Limits, SUBPROTOCOL, ServerMsg, parse_client,
 };
+use crate::rate::Bucket;
 use crate::store::{Append, MAX_PAGE, Page, Record, Store, now_ms};
 use crate::{Error, Result};
 
@@ -563,38 +563,5 @@ fn chat_message(r: Record) -> ChatMessage {
         from: r.from,
         text: r.text,
         time: r.time_ms,
-    }
-}
-
-/// A token bucket: `burst` tokens, refilled at `rate` a second.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }

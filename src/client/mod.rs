@@ -23,6 +23,7 @@ use crate::connection::{CloseCode, Connection, Incoming, Message};
 use crate::demo::python_now;
 use crate::dial::{Target, connect_with};
 use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTOCOL, ServerMsg};
+use crate::rate::Bucket;
 use crate::{Error, Result};
 
 pub use output::{Output, Style};
@@ -86,8 +87,12 @@ struct State {
     key: String,
     rooms: BTreeMap<String, Cursor>,
     current: String,
-    /// Sent (or to send) and not yet acknowledged, in order.
-    pending: VecDeque<(String, ClientMsg)>,
+    /// Said and not yet acknowledged, in order: `true` once sent on this connection.
+    pending: VecDeque<(String, ClientMsg, bool)>,
+    /// Paces what we say to the rate the server announced.
+    bucket: Bucket,
+    /// When the bucket will have a token for what waits unsent.
+    wake: Option<Instant>,
     next_cid: u64,
     input_done: bool,
     /// The server said `welcome` on this connection.
@@ -136,6 +141,8 @@ pub async fn run(
         rooms,
         current,
         pending: VecDeque::new(),
+        bucket: Bucket::new(1, 1),
+        wake: None,
         next_cid: 1,
         input_done: false,
         welcomed: false,
@@ -217,8 +224,29 @@ impl State {
             ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => cid.clone(),
             _ => String::new(),
         };
-        self.pending.push_back((cid, msg.clone()));
+        self.pending.push_back((cid, msg.clone(), false));
         msg
+    }
+
+    /// Sends what waits unsent, as fast as the bucket allows; sets `wake` for the rest.
+    async fn pump(&mut self, conn: &Connection) -> Result<()> {
+        self.wake = None;
+        if !self.welcomed {
+            return Ok(());
+        }
+        for i in 0..self.pending.len() {
+            if self.pending[i].2 {
+                continue;
+            }
+            if !self.bucket.take() {
+                self.wake = Some(Instant::now() + self.bucket.wait());
+                return Ok(());
+            }
+            self.pending[i].2 = true;
+            let msg = self.pending[i].1.clone();
+            self.send(conn, &msg).await?;
+        }
+        Ok(())
     }
 
     fn say(&mut self, text: String) -> ClientMsg {
@@ -264,16 +292,16 @@ impl State {
             };
             self.send(conn, &join).await?;
         }
-        for (_, msg) in &self.pending {
-            self.send(conn, msg).await?;
+        for entry in &mut self.pending {
+            entry.2 = false; // a new connection: everything unacked goes again
         }
         let mut ticker = self.opts.send_every.map(|every| {
             let mut t = interval(every);
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
             t
         });
-        let mut retry: Option<Instant> = None;
         self.welcomed = false;
+        self.wake = None;
         loop {
             if self.input_done && self.pending.is_empty() && self.welcomed {
                 return Ok(SessionEnd::Exit(Exit::Done));
@@ -281,9 +309,10 @@ impl State {
             tokio::select! {
                 msg = conn.read_msg() => match msg {
                     Ok(Some(Incoming::Text(text))) => {
-                        if let Some(end) = self.on_server(text.as_str(), out, &mut retry) {
+                        if let Some(end) = self.on_server(text.as_str(), out) {
                             return Ok(end);
                         }
+                        self.pump(conn).await?;
                     }
                     Ok(Some(Incoming::Binary(_))) => {}
                     Ok(None) => return Ok(self.closed_by_server(conn)),
@@ -298,14 +327,11 @@ impl State {
                     Some(Input::Eof) | None => self.input_done = true,
                 },
                 _ = async { ticker.as_mut().expect("checked").tick().await }, if ticker.is_some() => {
-                    let msg = self.say(format!("!Client Send! {}", python_now()));
-                    self.send(conn, &msg).await?;
+                    self.say(format!("!Client Send! {}", python_now()));
+                    self.pump(conn).await?;
                 }
-                () = async { tokio::time::sleep_until(retry.expect("checked")).await }, if retry.is_some() => {
-                    retry = None;
-                    for (_, msg) in &self.pending {
-                        self.send(conn, msg).await?;
-                    }
+                () = async { tokio::time::sleep_until(self.wake.expect("checked")).await }, if self.wake.is_some() => {
+                    self.pump(conn).await?;
                 }
             }
         }
@@ -328,19 +354,16 @@ impl State {
     }
 
     /// Handles one server message; `Some` ends the session.
-    fn on_server(
-        &mut self,
-        text: &str,
-        out: &mut Output,
-        retry: &mut Option<Instant>,
-    ) -> Option<SessionEnd> {
+    fn on_server(&mut self, text: &str, out: &mut Output) -> Option<SessionEnd> {
         let Ok(msg) = serde_json::from_str::<ServerMsg>(text) else {
             out.notice(&format!("* unreadable message from the server: {text}"));
             return None;
         };
         match msg {
-            ServerMsg::Welcome { nick, .. } => {
+            ServerMsg::Welcome { nick, limits } => {
                 self.welcomed = true;
+                // Half the burst: room left for joins and commands.
+                self.bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst / 2);
                 out.status(&format!("* connected as {nick}"));
             }
             ServerMsg::Joined {
@@ -366,7 +389,7 @@ impl State {
                 self.rooms.remove(&room);
                 out.status(&format!("* left {room}"));
             }
-            ServerMsg::Ack { cid, .. } => self.pending.retain(|(c, _)| *c != cid),
+            ServerMsg::Ack { cid, .. } => self.pending.retain(|(c, _, _)| *c != cid),
             ServerMsg::Message(m) => self.show(m, out),
             ServerMsg::Presence { room, nick, event } => {
                 let verb = if event == PresenceEvent::Join {
@@ -386,7 +409,7 @@ impl State {
             }
             ServerMsg::Tick { .. } => {}
             ServerMsg::Error { code, message, cid } => {
-                return self.on_error(code, &message, cid, out, retry);
+                return self.on_error(code, &message, cid, out);
             }
         }
         None
@@ -411,7 +434,6 @@ impl State {
         message: &str,
         cid: Option<String>,
         out: &mut Output,
-        retry: &mut Option<Instant>,
     ) -> Option<SessionEnd> {
         match code {
             ErrorCode::NickTaken | ErrorCode::BadNick => {
@@ -419,15 +441,20 @@ impl State {
                     "{message}: choose another nick with --nick"
                 ))));
             }
-            // Worth another try, with the same cid, a little later.
+            // Worth another try, with the same cid, once the bucket allows.
             ErrorCode::RateLimited | ErrorCode::Internal if cid.is_some() => {
-                retry.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
+                self.bucket.drain();
+                for entry in &mut self.pending {
+                    if Some(&entry.0) == cid.as_ref() {
+                        entry.2 = false;
+                    }
+                }
                 return None;
             }
             _ => {}
         }
         if let Some(cid) = cid {
-            self.pending.retain(|(c, _)| *c != cid);
+            self.pending.retain(|(c, _, _)| *c != cid);
         }
         out.notice(&format!("! {}: {message}", code.as_str()));
         None
@@ -450,8 +477,8 @@ impl State {
             None
         };
         let Some(command) = command else {
-            let msg = self.say(line);
-            self.send(conn, &msg).await?;
+            self.say(line);
+            self.pump(conn).await?;
             return Ok(None);
         };
         let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
