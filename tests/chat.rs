@@ -15,7 +15,6 @@ use nanachat::server::ServerConfig;
 use nanachat::store::{MemoryStore, SqliteStore};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 fn roomy() -> ChatConfig {
@@ -40,15 +39,9 @@ struct Client {
 
 impl Client {
     async fn raw(url: &str) -> Self {
-        let mut request = url.into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
-        let (ws, response) = within("connect", tokio_tungstenite::connect_async(request))
-            .await
-            .unwrap();
-        assert_eq!(response.headers()["sec-websocket-protocol"], "nanachat.v1");
-        Self { ws }
+        Self {
+            ws: common::protocol_peer(url).await,
+        }
     }
 
     async fn hello(url: &str, nick: &str) -> Self {

@@ -10,7 +10,6 @@ use common::{Line, Proc, nanachat, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn serve(dir: &Path, addr: &str) -> Proc {
     let mut cmd = nanachat();
@@ -40,13 +39,7 @@ struct Talker {
 
 impl Talker {
     async fn new(url: &str, nick: &str) -> Self {
-        let mut request = url.into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
-        let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(request))
-            .await
-            .unwrap();
+        let mut ws = common::protocol_peer(url).await;
         for msg in [
             json!({"type": "hello", "nick": nick, "key": nick}),
             json!({"type": "join", "room": "lobby"}),

@@ -11,7 +11,6 @@ use common::{Proc, nanachat, within};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn serve(dir: &Path) -> Proc {
     let mut cmd = nanachat();
@@ -32,13 +31,7 @@ fn serve(dir: &Path) -> Proc {
 type Ws = common::Peer;
 
 async fn json_client(url: &str, nick: &str) -> Ws {
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
-    let (mut ws, _) = within("connect", tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap();
+    let mut ws = common::protocol_peer(url).await;
     for msg in [
         json!({"type": "hello", "nick": nick}),
         json!({"type": "join", "room": "lobby"}),
@@ -65,10 +58,13 @@ async fn every_acked_message_survives_kill_9_of_the_server() {
     let mut server = serve(&dir);
     let url = server.listening_url();
 
-    // Three publishers, each pipelining says and recording what was acked, until the kill.
+    // Three publishers, each pipelining says (paced, so that they read as fast as they are
+    // sent to and are never slow consumers) and recording what was acked, until the kill.
+    let total_acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut publishers = Vec::new();
     for p in 0..3 {
         let url = url.clone();
+        let total_acked = total_acked.clone();
         publishers.push(tokio::spawn(async move {
             let ws = json_client(&url, &format!("p{p}")).await;
             let (mut sink, mut stream) = ws.split();
@@ -78,7 +74,7 @@ async fn every_acked_message_survives_kill_9_of_the_server() {
                     if sink.send(Message::text(say.to_string())).await.is_err() {
                         break;
                     }
-                    if i % 20 == 19 {
+                    if i % 4 == 3 {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
@@ -89,6 +85,7 @@ async fn every_acked_message_survives_kill_9_of_the_server() {
                     let v: Value = serde_json::from_str(t.as_str()).unwrap();
                     if v["type"] == "ack" {
                         acked.push((v["seq"].as_u64().unwrap(), v["cid"].as_str().unwrap().to_owned()));
+                        total_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
@@ -96,14 +93,13 @@ async fn every_acked_message_survives_kill_9_of_the_server() {
             acked
         }));
     }
-    // Let them get going, then pull the plug.
-    let mut probe = json_client(&url, "probe").await;
-    loop {
-        let v = next_json(&mut probe).await.unwrap();
-        if v["type"] == "message" && v["seq"].as_u64().unwrap() >= 1500 {
-            break;
+    // Let them get going, then pull the plug mid-stream.
+    within("1500 acks", async {
+        while total_acked.load(std::sync::atomic::Ordering::Relaxed) < 1500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
+    })
+    .await;
     server.kill();
     let mut acked = Vec::new();
     for p in publishers {

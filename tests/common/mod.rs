@@ -304,3 +304,18 @@ pub fn metric(answer: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in\n{answer}"))
 }
+
+/// A client that asked for (and got) the `nanachat.v1` subprotocol.
+pub async fn protocol_peer(url: &str) -> Peer {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("url");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "nanachat.v1".parse().expect("header"),
+    );
+    let (ws, response) = within("connect", tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "nanachat.v1");
+    ws
+}
