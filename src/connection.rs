@@ -360,6 +360,17 @@ impl Connection {
     }
 }
 
+/// A file a handler serves over plain HTTP (its page, script, style sheet).
+#[derive(Debug, Clone, Copy)]
+pub struct Asset {
+    /// The request path, e.g. `/app.js`.
+    pub path: &'static str,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The content.
+    pub body: &'static str,
+}
+
 /// What a connection does: the demo server, the echo server and the chat server are handlers.
 ///
 /// `handle` reads with [`Connection::read_msg`] until it returns `None` or an error, and sends
@@ -372,9 +383,13 @@ pub trait Handler: Send + Sync + 'static {
         &[]
     }
 
-    /// The text answered to a plain `GET /`.
-    fn page(&self) -> &'static str {
-        "nanachat: connect a WebSocket client to this address.\n"
+    /// The files served to plain `GET`s (the first one on `/`), embedded in the binary.
+    fn assets(&self) -> &'static [Asset] {
+        &[Asset {
+            path: "/",
+            content_type: "text/plain; charset=utf-8",
+            body: "nanachat: connect a WebSocket client to this address.\n",
+        }]
     }
 
     /// Appends this handler's metrics (Prometheus text format) for `/metrics`.

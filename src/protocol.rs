@@ -62,6 +62,8 @@ pub enum ClientMsg {
         /// The room.
         room: String,
     },
+    /// Ask which rooms have people in them.
+    Rooms,
     /// Ask for a page of a room's history.
     History {
         /// The room.
@@ -108,6 +110,15 @@ pub struct ChatMessage {
     pub text: String,
     /// When the server stored it, in milliseconds since the Unix epoch.
     pub time: i64,
+}
+
+/// A room in a `rooms` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// The room.
+    pub room: String,
+    /// How many nicks are in it.
+    pub members: usize,
 }
 
 /// Presence events.
@@ -214,6 +225,11 @@ pub enum ServerMsg {
         room: String,
         /// Nicks in it, sorted.
         nicks: Vec<String>,
+    },
+    /// Answer to `rooms`: the rooms with members, busiest first.
+    Rooms {
+        /// Each room and how many nicks are in it.
+        rooms: Vec<RoomInfo>,
     },
     /// Answer to `history`.
     History {
@@ -427,8 +443,8 @@ mod tests {
     fn the_protocol_document_shows_every_message_type() {
         let doc = include_str!("../docs/protocol.md");
         for kind in [
-            "hello", "join", "leave", "say", "dm", "who", "history", "welcome", "joined", "left",
-            "ack", "message", "presence", "members", "tick", "error",
+            "hello", "join", "leave", "say", "dm", "who", "rooms", "history", "welcome", "joined",
+            "left", "ack", "message", "presence", "members", "tick", "error",
         ] {
             assert!(
                 doc.contains(&format!("\"type\":\"{kind}\"")),

@@ -306,6 +306,26 @@ impl Hub {
         Ok(nicks.into_iter().map(str::to_owned).collect())
     }
 
+    /// The public rooms with members: (room, nicks in it), busiest first.
+    pub(crate) fn rooms(&self) -> Vec<(String, usize)> {
+        let state = self.state();
+        let mut rooms: Vec<(String, usize)> = state
+            .rooms
+            .iter()
+            .filter(|(name, r)| !name.starts_with('@') && !r.members.is_empty())
+            .map(|(name, r)| {
+                let nicks: BTreeSet<&str> = r
+                    .members
+                    .keys()
+                    .filter_map(|m| state.conns.get(m).map(|c| c.nick.as_str()))
+                    .collect();
+                (name.clone(), nicks.len())
+            })
+            .collect();
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rooms
+    }
+
     /// Whether `id` may read or write `room`: a member, or one of a DM room's pair.
     pub(crate) fn may_use(&self, id: ConnId, room: &str) -> bool {
         let state = self.state();

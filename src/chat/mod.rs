@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::connection::{Connection, Handler};
+use crate::connection::{Asset, Connection, Handler};
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -104,8 +104,8 @@ impl<S: Store> Handler for Chat<S> {
         &[SUBPROTOCOL]
     }
 
-    fn page(&self) -> &'static str {
-        PAGE
+    fn assets(&self) -> &'static [Asset] {
+        &ASSETS
     }
 
     async fn handle(&self, conn: &mut Connection) -> Result<()> {
@@ -164,8 +164,32 @@ impl<S: Store> Handler for Chat<S> {
     }
 }
 
-/// What `GET /` says until the browser client lands.
-const PAGE: &str = "nanachat chat server\n\n\
+/// The browser client (`web/`), embedded: `GET /` is the chat page.
+static ASSETS: [Asset; 4] = [
+    Asset {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("../../web/index.html"),
+    },
+    Asset {
+        path: "/app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../web/app.js"),
+    },
+    Asset {
+        path: "/style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../../web/style.css"),
+    },
+    Asset {
+        path: "/about.txt",
+        content_type: "text/plain; charset=utf-8",
+        body: ABOUT,
+    },
+];
+
+/// How to connect without a browser.
+const ABOUT: &str = "nanachat chat server\n\n\
 Connect a WebSocket client to this address (ws://HOST:PORT/ or /ws).\n\
 - Ask for the subprotocol nanachat.v1 to speak JSON: see docs/protocol.md.\n\
 - Ask for none and you are in plain-text mode: you join `lobby`, each line you send is said\n  \

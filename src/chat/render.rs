@@ -68,6 +68,13 @@ fn plain(msg: &ServerMsg) -> String {
             PresenceEvent::Leave => format!("* {nick} left {room}"),
         },
         ServerMsg::Members { room, nicks } => format!("* in {room}: {}", nicks.join(", ")),
+        ServerMsg::Rooms { rooms } => {
+            let list: Vec<String> = rooms
+                .iter()
+                .map(|r| format!("{} ({})", r.room, r.members))
+                .collect();
+            format!("* rooms: {}", list.join(", "))
+        }
         ServerMsg::History { room, messages, .. } if messages.is_empty() => {
             format!("* no history in {room}")
         }
@@ -84,7 +91,7 @@ fn plain(msg: &ServerMsg) -> String {
 
 /// The help text of plain-text mode.
 pub(crate) const PLAIN_HELP: &str = "* commands: /nick NAME, /join ROOM, /leave [ROOM], \
-/msg NICK TEXT, /who [ROOM], /history [N], /help; anything else is said in your current room";
+/msg NICK TEXT, /who [ROOM], /rooms, /history [N], /help; anything else is said in your current room";
 
 #[cfg(test)]
 mod tests {

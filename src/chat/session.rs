@@ -11,7 +11,7 @@ use super::render::{Mode, PLAIN_HELP, render};
 use super::{Inner, valid_nick, valid_room};
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
-    ChatMessage, ClientMsg, ErrorCode, Limits, SUBPROTOCOL, ServerMsg, parse_client,
+    ChatMessage, ClientMsg, ErrorCode, Limits, RoomInfo, SUBPROTOCOL, ServerMsg, parse_client,
 };
 use crate::rate::Bucket;
 use crate::store::{Append, MAX_PAGE, Page, Record, Store, now_ms};
@@ -222,6 +222,16 @@ impl<S: Store> Session<S> {
                 after,
                 limit,
             } => self.history(conn, room, before, after, limit).await,
+            ClientMsg::Rooms => {
+                let rooms = self
+                    .chat
+                    .hub
+                    .rooms()
+                    .into_iter()
+                    .map(|(room, members)| RoomInfo { room, members })
+                    .collect();
+                Ok(self.reply(conn, &ServerMsg::Rooms { rooms }).await?)
+            }
         }
     }
 
@@ -516,6 +526,7 @@ impl<S: Store> Session<S> {
             "who" => ClientMsg::Who {
                 room: arg_or_current(rest)?,
             },
+            "rooms" => ClientMsg::Rooms,
             "history" => ClientMsg::History {
                 room: current()?,
                 before: None,

@@ -402,6 +402,13 @@ impl State {
             ServerMsg::Members { room, nicks } => {
                 out.notice(&format!("* in {room}: {}", nicks.join(", ")))
             }
+            ServerMsg::Rooms { rooms } => {
+                let list: Vec<String> = rooms
+                    .iter()
+                    .map(|r| format!("{} ({})", r.room, r.members))
+                    .collect();
+                out.notice(&format!("* rooms: {}", list.join(", ")));
+            }
             ServerMsg::History { messages, .. } => {
                 for m in messages {
                     out.message(&m);
@@ -527,6 +534,7 @@ impl State {
                     rest
                 },
             },
+            "rooms" => ClientMsg::Rooms,
             "history" => ClientMsg::History {
                 room: self.current.clone(),
                 before: None,
@@ -544,7 +552,7 @@ impl State {
 }
 
 /// What `/help` shows.
-pub const HELP: &str = "commands: /join ROOM, /leave [ROOM], /msg NICK TEXT, /who [ROOM], \
+pub const HELP: &str = "commands: /join ROOM, /leave [ROOM], /rooms, /msg NICK TEXT, /who [ROOM], \
 /history [N], /nick NAME, /quit; anything else is said in the current room";
 
 #[cfg(test)]

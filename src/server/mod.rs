@@ -30,7 +30,7 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::config::ConnectionConfig;
-use crate::connection::{Connection, Handler, serve_connection};
+use crate::connection::{Asset, Connection, Handler, serve_connection};
 use crate::metrics;
 use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
@@ -192,6 +192,31 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
     }
 }
 
+/// The content-security policy of every page we serve: our own script, style and WebSocket,
+/// nothing inline, nothing from elsewhere.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn asset_response(asset: &Asset) -> Response<Body> {
+    use axum::http::{HeaderValue, header};
+    let mut response = Response::new(Body::from(asset.body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
 /// `/metrics`: the server's, the connection layer's and the handler's counters.
 async fn metrics_page<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Response<Body> {
     let mut out = String::new();
@@ -238,10 +263,13 @@ async fn upgrade_or_page<H: Handler>(
     let upgrade = match UpgradeRequest::from_request(&mut req) {
         Ok(upgrade) => upgrade,
         Err(NotUpgrade::Refused(response)) => return *response,
-        Err(NotUpgrade::Plain) if req.uri().path() == "/" => {
-            return text_response(StatusCode::OK, shared.handler.page());
+        Err(NotUpgrade::Plain) => {
+            let path = req.uri().path();
+            return match shared.handler.assets().iter().find(|a| a.path == path) {
+                Some(asset) => asset_response(asset),
+                None => text_response(StatusCode::NOT_FOUND, "not found\n"),
+            };
         }
-        Err(NotUpgrade::Plain) => return text_response(StatusCode::NOT_FOUND, "not found\n"),
     };
     if shared.shutdown.is_cancelled() {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");

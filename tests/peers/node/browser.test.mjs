@@ -1,0 +1,190 @@
+// The browser client in a real headless Chromium, driven by Playwright, against a real
+// `nanachat serve`. Run by scripts/check:  NANACHAT_BIN=target/debug/nanachat node --test …
+// Screenshots of every test go to target/browser/.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.NANACHAT_BIN;
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
+const SHOTS = path.join(ROOT, 'target', 'browser');
+mkdirSync(SHOTS, { recursive: true });
+const WAIT = 10000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'],
+});
+const children = [];
+after(async () => {
+  await browser.close();
+  for (const c of children) c.kill('SIGKILL');
+});
+
+/// Starts `nanachat serve`; resolves with { url, proc } once it listens.
+function serve(args) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(BIN, ['serve', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(proc);
+    let err = '';
+    const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), WAIT);
+    proc.stderr.on('data', (d) => {
+      err += d;
+      const m = err.match(/listening on (ws:\/\/[0-9.:]+)/);
+      if (m) { clearTimeout(timer); resolve({ url: m[1], http: m[1].replace('ws://', 'http://'), proc }); }
+    });
+  });
+}
+
+/// `nanachat connect` in scripting mode; lines() gives what it printed.
+function terminalClient(url, nick) {
+  const proc = spawn(BIN, ['connect', url, '--nick', nick], { stdio: ['pipe', 'pipe', 'pipe'] });
+  children.push(proc);
+  let out = '';
+  proc.stdout.on('data', (d) => { out += d; });
+  return { proc, lines: () => out.split('\n').filter(Boolean), say: (t) => proc.stdin.write(`${t}\n`) };
+}
+
+async function until(what, cond) {
+  const deadline = Date.now() + WAIT;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function openChat(http, nick) {
+  const page = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  page.on('dialog', (d) => { throw new Error(`a dialog opened: ${d.message()}`); });
+  await page.goto(`${http}/`);
+  await page.fill('#nick', nick);
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  return page;
+}
+
+async function say(page, text) {
+  await page.fill('#say', text);
+  await page.press('#say', 'Enter');
+}
+
+const texts = (page) => page.$$eval('#messages li .text', (els) => els.map((e) => e.textContent));
+
+test('two pages chat with each other', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const alice = await openChat(http, 'alice');
+  const bob = await openChat(http, 'bob');
+  await say(alice, 'hello bob');
+  await until('bob sees alice', async () => (await texts(bob)).includes('hello bob'));
+  await say(bob, 'hi alice');
+  await until('alice sees bob', async () => (await texts(alice)).includes('hi alice'));
+  // Sent messages lose their pending mark once acknowledged.
+  await until('acks', async () => (await alice.$$('#messages li.pending')).length === 0);
+  assert.deepEqual(await texts(alice), ['hello bob', 'hi alice']);
+  await until('presence', async () => (await alice.$$eval('#member-list li', (l) => l.map((e) => e.textContent))).includes('bob'));
+  await alice.screenshot({ path: path.join(SHOTS, 'two-pages-alice.png') });
+  await bob.screenshot({ path: path.join(SHOTS, 'two-pages-bob.png') });
+});
+
+test('a page and a terminal client see each other', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await openChat(http, 'web');
+  const cli = terminalClient(url, 'cli');
+  await until('cli joined', async () => (await page.$$eval('#member-list li', (l) => l.map((e) => e.textContent))).includes('cli'));
+  cli.say('from the terminal');
+  await until('page sees cli', async () => (await texts(page)).includes('from the terminal'));
+  await say(page, 'from the browser');
+  await until('cli sees page', async () => cli.lines().includes('[lobby] web: from the browser'));
+  await page.screenshot({ path: path.join(SHOTS, 'page-and-terminal.png') });
+});
+
+test('a server restart: the page shows what was sent meanwhile exactly once', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'nanachat-browser-'));
+  let server = await serve(['--data-dir', dir, '--addr', '127.0.0.1:0']);
+  const addr = server.url.replace('ws://', '');
+  const page = await openChat(server.http, 'watcher');
+  const before = terminalClient(server.url, 'talker');
+  before.say('before 1');
+  before.say('before 2');
+  await until('before', async () => (await texts(page)).includes('before 2'));
+  server.proc.kill('SIGKILL');
+  before.proc.kill('SIGKILL');
+  await page.waitForSelector('#status.offline', { timeout: WAIT });
+  await say(page, 'typed while offline');
+  server = await serve(['--data-dir', dir, '--addr', addr]);
+  const meanwhile = terminalClient(server.url, 'talker2');
+  for (let i = 1; i <= 5; i++) meanwhile.say(`meanwhile ${i}`);
+  await until('everything', async () => {
+    const t = await texts(page);
+    return t.includes('meanwhile 5') && t.includes('typed while offline');
+  });
+  await until('acked', async () => (await page.$$('#messages li.pending')).length === 0);
+  const t = await texts(page);
+  for (const text of ['before 1', 'before 2', 'typed while offline', 'meanwhile 1', 'meanwhile 3', 'meanwhile 5']) {
+    assert.equal(t.filter((x) => x === text).length, 1, `${text} once in ${JSON.stringify(t)}`);
+  }
+  const order = t.filter((x) => x.startsWith('meanwhile'));
+  assert.deepEqual(order, ['meanwhile 1', 'meanwhile 2', 'meanwhile 3', 'meanwhile 4', 'meanwhile 5']);
+  await page.screenshot({ path: path.join(SHOTS, 'after-restart.png') });
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('markup in a message is shown as text', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const a = await openChat(http, 'mallory');
+  const b = await openChat(http, 'victim');
+  const evil = '<img src=x onerror=alert(1)><b>bold?</b>';
+  await say(a, evil);
+  await until('victim sees it', async () => (await texts(b)).includes(evil));
+  assert.equal(await b.$$eval('#messages img, #messages b', (els) => els.length), 0);
+  const csp = (await b.request.get(`${http}/`)).headers()['content-security-policy'];
+  assert.match(csp, /script-src 'self'/);
+  await b.screenshot({ path: path.join(SHOTS, 'markup-as-text.png') });
+});
+
+test('on a phone-sized screen the composer is there and works with the keyboard alone', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await browser.newPage({ viewport: { width: 390, height: 760 } });
+  await page.goto(`${http}/`);
+  // The nick field has the focus as soon as the page is up: no mouse needed.
+  await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'nick');
+  await page.keyboard.type('phone');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  await page.keyboard.type('typed without a mouse');
+  await page.keyboard.press('Enter');
+  await until('shown', async () => (await texts(page)).includes('typed without a mouse'));
+  assert.ok(await page.isVisible('#say'));
+  assert.equal(await page.textContent('#me'), 'as phone');
+  await page.screenshot({ path: path.join(SHOTS, 'phone.png') });
+});
+
+test('direct messages, unread counts and older history on scroll up', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  // Sixty messages before anybody opens the page.
+  const cli = terminalClient(url, 'early');
+  for (let i = 1; i <= 60; i++) cli.say(`old ${i}`);
+  await until('stored', async () => cli.lines().includes('[lobby] early: old 60'));
+  const a = await openChat(http, 'ann');
+  await until('the latest page', async () => (await texts(a)).includes('old 60'));
+  const first = await texts(a);
+  assert.ok(first.length < 60, `only the latest page at first, got ${first.length}`);
+  await a.$eval('#messages', (list) => { list.scrollTop = 0; list.dispatchEvent(new Event('scroll')); });
+  await until('older history', async () => (await texts(a)).includes('old 1'));
+  const all = (await texts(a)).filter((t) => t.startsWith('old '));
+  assert.deepEqual(all, Array.from({ length: 60 }, (_, i) => `old ${i + 1}`));
+
+  const b = await openChat(http, 'ben');
+  await a.fill('#dm-nick', 'ben');
+  await a.press('#dm-nick', 'Enter');
+  await say(a, 'just between us');
+  await until('ben gets a DM room with one unread', async () =>
+    (await b.$$eval('#room-list button', (bs) => bs.map((x) => x.textContent))).includes('@ann1'));
+  await b.click('#room-list button:has-text("@ann")');
+  await until('ben reads it', async () => (await texts(b)).includes('just between us'));
+  await b.screenshot({ path: path.join(SHOTS, 'direct-message.png') });
+});
