@@ -359,15 +359,18 @@ fn run(cli: Cli) -> Result<()> {
             raise_open_files_limit(server.max_connections);
             let max_message_bytes = server.connection.max_message_bytes;
             if memory {
-                let store = MemoryStore::new();
-                serve(&addr, server, Chat::new(store, chat, max_message_bytes))
+                serve(&addr, server, || {
+                    Ok(Chat::new(MemoryStore::new(), chat, max_message_bytes))
+                })
             } else {
-                let store = SqliteStore::open(&data_dir)?;
-                tracing::info!(path = %store.path().display(), "history store");
-                serve(&addr, server, Chat::new(store, chat, max_message_bytes))
+                serve(&addr, server, || {
+                    let store = SqliteStore::open(&data_dir)?;
+                    tracing::info!(path = %store.path().display(), "history store");
+                    Ok(Chat::new(store, chat, max_message_bytes))
+                })
             }
         }
-        Command::Echo { addr, limits } => serve(&addr, limits.config()?, Echo),
+        Command::Echo { addr, limits } => serve(&addr, limits.config()?, || Ok(Echo)),
         Command::Demo {
             side:
                 DemoSide::Server {
@@ -375,7 +378,7 @@ fn run(cli: Cli) -> Result<()> {
                     every,
                     limits,
                 },
-        } => serve(&addr, limits.config()?, DemoServer { every }),
+        } => serve(&addr, limits.config()?, || Ok(DemoServer { every })),
         Command::Demo {
             side:
                 DemoSide::Client {
@@ -524,12 +527,18 @@ async fn read_stdin(tx: tokio::sync::mpsc::Sender<Input>) {
 }
 
 /// Binds `addr` and serves `handler` on it until SIGINT or SIGTERM.
-fn serve<H: Handler>(addr: &str, config: ServerConfig, handler: H) -> Result<()> {
+/// The handler is made once the address is bound, so that a bad address touches nothing.
+fn serve<H: Handler>(
+    addr: &str,
+    config: ServerConfig,
+    make_handler: impl FnOnce() -> Result<H>,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let listener = bind(addr).await?;
+        let handler = make_handler()?;
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         server::run(listener, config, handler, shutdown.cancelled_owned()).await

@@ -176,6 +176,9 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
 
 #[test]
 fn bad_configuration_is_one_line_and_exit_2() {
+    // Run where a stray data dir would be noticed: none of these may create one.
+    let cwd = std::env::temp_dir().join(format!("nanachat-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&cwd).unwrap();
     for args in [
         vec!["serve", "--rate", "0"],
         vec!["serve", "--addr", "nowhere"],
@@ -199,6 +202,11 @@ fn bad_configuration_is_one_line_and_exit_2() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    assert!(
+        !cwd.join("nanachat-data").exists(),
+        "a failed start created a data dir"
+    );
+    let _ = std::fs::remove_dir_all(&cwd);
 }
 
 #[tokio::test]
