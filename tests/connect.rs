@@ -12,11 +12,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 fn serve(dir: &Path, addr: &str) -> Proc {
-    let mut cmd = nanachat();
-    cmd.args(["serve", "--addr", addr, "--rate", "1000", "--burst", "1000"])
-        .arg("--data-dir")
-        .arg(dir);
-    Proc::spawn("nanachat serve", cmd)
+    common::serve_child(dir, addr, 1000)
 }
 
 fn client(url: &str, nick: &str, extra: &[&str]) -> Proc {
@@ -290,20 +286,9 @@ async fn under_a_terminal_a_half_typed_line_survives_incoming_messages() {
 async fn a_script_piping_many_lines_is_paced_to_the_servers_rate_and_none_is_refused() {
     let dir = std::env::temp_dir().join(format!("nanachat-connect-pace-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    // The server's default rate: 20 a second, bursts of 40, closed after 20 refusals in a row.
-    let mut cmd = nanachat();
-    cmd.args([
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--rate",
-        "20",
-        "--burst",
-        "40",
-        "--data-dir",
-    ])
-    .arg(&dir);
-    let server = Proc::spawn("nanachat serve", cmd);
+    // 20 a second, bursts of 20, closed after 20 refusals in a row: a script piping 100 lines
+    // at once would be closed if it did not pace itself.
+    let server = common::serve_child(&dir, "127.0.0.1:0", 20);
     let url = server.listening_url();
     let mut writer = client(&url, "bulk", &[]);
     for i in 1..=100 {

@@ -13,19 +13,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 fn serve(dir: &Path) -> Proc {
-    let mut cmd = nanachat();
-    cmd.args([
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--rate",
-        "100000",
-        "--burst",
-        "100000",
-    ])
-    .arg("--data-dir")
-    .arg(dir);
-    Proc::spawn("nanachat serve", cmd)
+    common::serve_child(dir, "127.0.0.1:0", 100_000)
 }
 
 type Ws = common::Peer;

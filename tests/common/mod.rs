@@ -319,3 +319,14 @@ pub async fn protocol_peer(url: &str) -> Peer {
     assert_eq!(response.headers()["sec-websocket-protocol"], "nanachat.v1");
     ws
 }
+
+/// `nanachat serve` as a child process on `addr`, history in `dir`, allowing `rate` messages a
+/// second (and as many in a burst) per connection.
+pub fn serve_child(dir: &std::path::Path, addr: &str, rate: u32) -> Proc {
+    let rate = rate.to_string();
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--addr", addr, "--rate", &rate, "--burst", &rate])
+        .arg("--data-dir")
+        .arg(dir);
+    Proc::spawn("nanachat serve", cmd)
+}
