@@ -2,6 +2,7 @@
 //! client and the load generator): resolve, connect, handshake — each under a timeout — and wrap
 //! the result in the same [`Connection`] the server uses.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The host to connect to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Parses and checks a URL; the error is one line fit for a user. A `wss://` URL trusts the
     /// platform's root certificates (see [`Target::with_ca_file`] for a private CA).
     pub fn parse(url: &str) -> Result<Self> {
@@ -125,15 +131,47 @@ pub async fn connect_with(
     shutdown: CancellationToken,
     subprotocol: Option<&'static str>,
 ) -> Result<Connection> {
+    connect_from(target, config, shutdown, subprotocol, None).await
+}
+
+/// Like [`connect_with`], from a chosen local address (a load generator spreads its
+/// connections over 127.0.0.2, 127.0.0.3, … to have more ports than one address gives).
+pub async fn connect_from(
+    target: &Target,
+    config: &ConnectionConfig,
+    shutdown: CancellationToken,
+    subprotocol: Option<&'static str>,
+    source: Option<IpAddr>,
+) -> Result<Connection> {
     tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|err| {
-                Error::Io(std::io::Error::new(
-                    err.kind(),
-                    format!("cannot connect to {}: {err}", target.uri),
-                ))
-            })?;
+        let cannot = |err: std::io::Error| {
+            Error::Io(std::io::Error::new(
+                err.kind(),
+                format!("cannot connect to {}: {err}", target.uri),
+            ))
+        };
+        let tcp = match source {
+            None => TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(cannot)?,
+            Some(source) => {
+                let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
+                    .await
+                    .map_err(cannot)?
+                    .find(|a| a.is_ipv4() == source.is_ipv4())
+                    .ok_or_else(|| {
+                        Error::Config(format!("{} has no address like {source}", target.uri))
+                    })?;
+                let socket = if source.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }
+                .map_err(cannot)?;
+                socket.bind(SocketAddr::new(source, 0)).map_err(cannot)?;
+                socket.connect(addr).await.map_err(cannot)?
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let peer = tcp.peer_addr().ok();
         let transport: BoxedTransport = match &target.tls {

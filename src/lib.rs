@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`bench`]: the load generator (`nanachat bench`): worker processes, HDR latency, reports.
 //! - [`chat`]: the chat server (`nanachat serve`): sessions, rooms, presence, DMs, resume.
 //! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
 //!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
@@ -23,6 +24,7 @@
 //! - [`config`]: limits and timers with their defaults, validated once.
 //! - [`error`]: the error type and its mapping to close codes.
 
+pub mod bench;
 pub mod chat;
 pub mod client;
 pub mod config;

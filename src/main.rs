@@ -105,6 +105,11 @@ enum Command {
         #[command(subcommand)]
         side: DemoSide,
     },
+    /// The load generator: fan-out, echo, connection and resume-storm benchmarks.
+    Bench(Box<BenchArgs>),
+    /// A bench worker process (started by `nanachat bench`).
+    #[command(hide = true)]
+    BenchWorker,
     /// An echo server on the same connection layer, for conformance testing.
     Echo {
         /// Address to listen on, HOST:PORT (port 0 picks a free one).
@@ -113,6 +118,83 @@ enum Command {
         #[command(flatten)]
         limits: ServerArgs,
     },
+}
+
+/// `nanachat bench` options.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// What to run.
+    #[arg(value_enum)]
+    scenario: BenchScenario,
+    /// The server's URL.
+    #[arg(default_value = "ws://127.0.0.1:8765")]
+    url: String,
+    /// Plain text frames, no subprotocol: drives any broadcast server (Node ws, Python websockets, …).
+    #[arg(long)]
+    raw: bool,
+    /// fanout: rooms.
+    #[arg(long, default_value_t = 1)]
+    rooms: u32,
+    /// fanout: receivers per room.
+    #[arg(long, default_value_t = 1000)]
+    receivers: u32,
+    /// fanout: publishers per room.
+    #[arg(long, default_value_t = 1)]
+    publishers: u32,
+    /// Messages per second per room (resume: while clients reconnect); 0 is as fast as acks allow.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Messages a publisher (or echo client) may have unacknowledged at once.
+    #[arg(long, default_value_t = 32)]
+    window: u32,
+    /// Payload size, e.g. 100 or 1KiB.
+    #[arg(long, default_value = "100", value_parser = parse_bytes)]
+    size: usize,
+    /// echo, connect, resume: clients.
+    #[arg(long, default_value_t = 1000)]
+    connections: u32,
+    /// Connections opened per second; 0 is as fast as the server takes them.
+    #[arg(long, default_value_t = 0.0)]
+    ramp: f64,
+    /// How long to measure (connect: to hold the connections).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// How long to run before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// resume: messages published while the clients are away.
+    #[arg(long, default_value_t = 100)]
+    missed: u64,
+    /// Worker processes; 0 is one per 15,000 clients.
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Local address to connect from (repeatable, used in turn); by default 127.0.0.2, … are
+    /// used when a loopback run needs more ports than one address has.
+    #[arg(long = "source")]
+    sources: Vec<std::net::IpAddr>,
+    /// The server's process id: its memory is sampled (connect).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// A name for the server under test, in the report.
+    #[arg(long, default_value = "nanachat")]
+    label: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also draw latency over time and the latency histogram into this SVG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+    /// No progress display.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BenchScenario {
+    Fanout,
+    Echo,
+    Connect,
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,6 +452,8 @@ fn run(cli: Cli) -> Result<()> {
                 })
             }
         }
+        Command::Bench(args) => bench(*args),
+        Command::BenchWorker => nanachat::bench::worker_main(),
         Command::Echo { addr, limits } => serve(&addr, limits.config()?, || Ok(Echo)),
         Command::Demo {
             side:
@@ -406,6 +490,66 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
     }
+}
+
+/// `nanachat bench`: runs, prints the table (or JSON), draws the plot; lost or duplicated
+/// messages make it fail.
+fn bench(args: BenchArgs) -> Result<()> {
+    use nanachat::bench::{BenchSpec, Progress, Scenario};
+    let spec = BenchSpec {
+        scenario: match args.scenario {
+            BenchScenario::Fanout => Scenario::Fanout,
+            BenchScenario::Echo => Scenario::Echo,
+            BenchScenario::Connect => Scenario::Connect,
+            BenchScenario::Resume => Scenario::Resume,
+        },
+        url: args.url,
+        raw: args.raw,
+        rooms: args.rooms,
+        receivers: args.receivers,
+        publishers: args.publishers,
+        rate: args.rate,
+        window: args.window,
+        size: args.size,
+        connections: args.connections,
+        ramp: args.ramp,
+        seconds: args.duration.as_secs_f64(),
+        warmup: args.warmup.as_secs_f64(),
+        missed: args.missed,
+        workers: args.workers,
+        sources: args.sources,
+        server_pid: args.server_pid,
+        label: args.label,
+    };
+    let progress = if args.quiet {
+        Progress::Quiet
+    } else {
+        Progress::for_stderr()
+    };
+    let report = nanachat::bench::run(spec, progress)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| Error::Protocol(e.to_string()))?
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report.svg()).map_err(|err| {
+            Error::Config(format!(
+                "cannot write the plot to {}: {err}",
+                path.display()
+            ))
+        })?;
+    }
+    if report.lost > 0 || report.duplicated > 0 {
+        return Err(Error::Protocol(format!(
+            "{} deliveries lost and {} duplicated",
+            report.lost, report.duplicated
+        )));
+    }
+    Ok(())
 }
 
 /// `nanachat connect`: interactive when stdin is a terminal, scripted otherwise.

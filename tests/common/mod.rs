@@ -142,6 +142,10 @@ impl Proc {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stdout_lines(&self) -> Vec<Line> {
         self.stdout.lock().expect("lock").clone()
     }

@@ -1,0 +1,1053 @@
+//! A bench worker process: opens its share of the clients and plays the scenario, told what to
+//! do next by its parent (JSON lines on stdin) and answering with events (JSON lines on stdout).
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::stats::{HistData, histogram, record};
+use super::{BenchSpec, Cmd, Ev, Scenario, WorkerDone, WorkerSpec, now_us};
+use crate::config::ConnectionConfig;
+use crate::connection::{Connection, Incoming, Message};
+use crate::dial::{Target, connect_from};
+use crate::protocol::{ClientMsg, SUBPROTOCOL, ServerMsg};
+use crate::{Error, Result};
+
+/// How long a publisher waits for its last acks, and receivers for their last deliveries.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A receiver waiting for its last messages gives up when none came for this long.
+const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
+/// Connections a worker opens at once during setup.
+const OPEN_AT_ONCE: usize = 256;
+
+/// The marker in front of a bench payload: `~nb PUB SEQ MICROS ` then padding.
+const MARKER: &str = "~nb ";
+
+/// Where the scenario is, as every client task sees it.
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Setup,
+    Run,
+    /// Resume: receivers drop their connections.
+    Drop,
+    /// Resume: the publisher sends this many messages while the receivers are away.
+    Publish(u64),
+    /// Resume: receivers reconnect and catch up to this seq; the publisher goes on live.
+    Reconnect(u64),
+    Stop,
+    /// Receivers wait for this many messages per room.
+    Drain(Arc<Vec<u64>>),
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    deliveries: AtomicU64,
+    errors: AtomicU64,
+    dropped: AtomicU64,
+    resumed: AtomicU64,
+    /// Publishers done with a `Publish` budget.
+    published: AtomicU64,
+    /// Publishers and echo clients done after `Stop` (their last acks are in).
+    stopped: AtomicU64,
+    last_seq: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+#[derive(Debug)]
+struct Recorder {
+    latency: Histogram<u64>,
+    timeline: std::collections::BTreeMap<u64, Histogram<u64>>,
+    connect: Histogram<u64>,
+    resume: Histogram<u64>,
+    first_error: Option<String>,
+}
+
+/// Fan-out flow control for one local publisher: how far every receiver of its room in this
+/// worker has got. "As fast as the room drains" means a publisher keeps at most `window`
+/// messages that some of them has not received yet (and at most `window` unacked).
+#[derive(Debug)]
+struct Flow {
+    /// Per seq (mod the ring's length): local receivers that have it.
+    ring: Vec<std::sync::atomic::AtomicU32>,
+    /// Local receivers of the room that are connected.
+    members: std::sync::atomic::AtomicU32,
+    /// Every seq up to here reached every local receiver.
+    done: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Flow {
+    fn new(window: u32) -> Self {
+        Self {
+            ring: (0..(window as usize * 2 + 2))
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+            members: std::sync::atomic::AtomicU32::new(0),
+            done: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn slot(&self, seq: u64) -> &std::sync::atomic::AtomicU32 {
+        &self.ring[(seq % self.ring.len() as u64) as usize]
+    }
+
+    /// A receiver got `seq`.
+    fn delivered(&self, seq: u64) {
+        let have = self.slot(seq).fetch_add(1, Ordering::AcqRel) + 1;
+        if have >= self.members.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A receiver is gone: nobody waits for it any more.
+    fn leave(&self) {
+        self.members.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Advances past every seq that all members have (up to `sent`); returns how far.
+    fn advance(&self, sent: u64) -> u64 {
+        let members = self.members.load(Ordering::Acquire);
+        let mut done = self.done.load(Ordering::Acquire);
+        while done < sent && self.slot(done + 1).load(Ordering::Acquire) >= members {
+            self.slot(done + 1).store(0, Ordering::Release);
+            done += 1;
+        }
+        self.done.store(done, Ordering::Release);
+        done
+    }
+}
+
+struct Shared {
+    spec: BenchSpec,
+    /// Flow control of this worker's fan-out publishers, by publisher id.
+    flows: std::collections::HashMap<u64, Flow>,
+    run: String,
+    target: Target,
+    config: ConnectionConfig,
+    phase: watch::Receiver<Phase>,
+    counters: Counters,
+    /// The measured window, wall clock µs: [from, to).
+    from_us: AtomicU64,
+    to_us: AtomicU64,
+    acked_per_room: Vec<AtomicU64>,
+    recorder: Mutex<Recorder>,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn recorder(&self) -> MutexGuard<'_, Recorder> {
+        self.recorder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn error(&self, why: impl Into<String>) {
+        bump(&self.counters.errors);
+        let mut r = self.recorder();
+        if r.first_error.is_none() {
+            r.first_error = Some(why.into());
+        }
+    }
+
+    /// Latency samples, flushed in batches so that the lock is rare.
+    fn flush(&self, samples: &mut Vec<(u64, u64)>) {
+        if samples.is_empty() {
+            return;
+        }
+        let from = get(&self.from_us);
+        let mut r = self.recorder();
+        for &(sent, took) in samples.iter() {
+            record(&mut r.latency, took);
+            let second = (sent - from) / 1_000_000;
+            record(r.timeline.entry(second).or_insert_with(histogram), took);
+        }
+        samples.clear();
+    }
+
+    fn in_window(&self, sent_us: u64) -> bool {
+        sent_us >= get(&self.from_us) && sent_us < get(&self.to_us)
+    }
+
+    fn json(&self) -> bool {
+        !self.spec.raw
+    }
+}
+
+/// What one receiving client saw of the messages, by publisher.
+#[derive(Debug, Default)]
+struct Track {
+    /// (publisher, next seq expected).
+    next: Vec<(u64, u64)>,
+    unique: u64,
+    duplicated: u64,
+}
+
+impl Track {
+    /// Counts one delivery of `seq` from `publisher`: the seqs it settles (itself and any gap
+    /// before it), or `None` if it was a repeat or out of order.
+    fn see(&mut self, publisher: u64, seq: u64) -> Option<std::ops::RangeInclusive<u64>> {
+        let slot = match self.next.iter_mut().position(|(p, _)| *p == publisher) {
+            Some(i) => &mut self.next[i].1,
+            None => {
+                self.next.push((publisher, 1));
+                &mut self.next.last_mut().expect("just pushed").1
+            }
+        };
+        if seq < *slot {
+            self.duplicated += 1;
+            return None;
+        }
+        let settled = *slot..=seq;
+        *slot = seq + 1;
+        self.unique += 1;
+        Some(settled)
+    }
+}
+
+/// A bench payload's fields: (publisher, seq, sent at µs).
+fn parse_payload(text: &str) -> Option<(u64, u64, u64)> {
+    let at = text.find(MARKER)?;
+    let mut fields = text[at + MARKER.len()..].splitn(4, ' ');
+    let p = fields.next()?.parse().ok()?;
+    let s = fields.next()?.parse().ok()?;
+    let t = fields.next()?.parse().ok()?;
+    Some((p, s, t))
+}
+
+/// A bench payload of (at least) `size` bytes.
+fn payload(publisher: u64, seq: u64, sent_us: u64, size: usize) -> String {
+    let mut text = format!("{MARKER}{publisher} {seq} {sent_us} ");
+    while text.len() < size {
+        text.push('x');
+    }
+    text
+}
+
+/// The `"seq":N` of a JSON message frame, without parsing the rest.
+fn json_seq(text: &str) -> Option<u64> {
+    let at = text.find("\"seq\":")? + 6;
+    let digits: &str = &text[at..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// Runs a worker: reads its spec and commands from stdin, writes events to stdout.
+pub(crate) fn main() -> Result<()> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let mut first = String::new();
+    if std::io::stdin().read_line(&mut first)? == 0 {
+        return Err(Error::Config("bench worker: no spec on stdin".into()));
+    }
+    let spec: WorkerSpec = serde_json::from_str(&first)
+        .map_err(|err| Error::Config(format!("bench worker: bad spec: {err}")))?;
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Cmd>(&line) {
+                Ok(cmd) => {
+                    if cmd_tx.send(cmd).is_err() {
+                        break;
+                    }
+                }
+                Err(err) => emit(&Ev::Failed {
+                    error: format!("bad command: {err}"),
+                }),
+            }
+        }
+    });
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .div_ceil(spec.workers)
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(work(spec, cmd_rx));
+    if let Err(err) = &result {
+        emit(&Ev::Failed {
+            error: err.to_string(),
+        });
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+fn emit(ev: &Ev) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, ev);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// A client's role in the scenario.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Publisher { id: u64, room: usize },
+    Receiver { room: usize },
+    Echo { id: u64 },
+    Idle,
+}
+
+/// The ids of a fan-out room's publishers.
+fn room_publishers(spec: &BenchSpec, room: usize) -> std::ops::Range<u64> {
+    if spec.scenario != Scenario::Fanout {
+        return 0..0;
+    }
+    let first = room as u64 * u64::from(spec.publishers + spec.receivers);
+    first..first + u64::from(spec.publishers)
+}
+
+fn role(spec: &BenchSpec, g: u64) -> Role {
+    match spec.scenario {
+        Scenario::Fanout => {
+            let per_room = u64::from(spec.publishers + spec.receivers);
+            let room = (g / per_room) as usize;
+            if g % per_room < u64::from(spec.publishers) {
+                Role::Publisher { id: g, room }
+            } else {
+                Role::Receiver { room }
+            }
+        }
+        Scenario::Resume if g == 0 => Role::Publisher { id: 0, room: 0 },
+        Scenario::Resume => Role::Receiver { room: 0 },
+        Scenario::Echo => Role::Echo { id: g },
+        Scenario::Connect => Role::Idle,
+    }
+}
+
+async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd>) -> Result<()> {
+    let spec = ws.spec.clone();
+    let target = Target::parse(&spec.url)?;
+    let config = ConnectionConfig {
+        read_buffer_bytes: 4096,
+        ping_interval: Duration::ZERO,
+        idle_timeout: Duration::from_secs(3600),
+        outbox_capacity: (spec.window as usize + 64).max(256),
+        ..ConnectionConfig::default()
+    };
+    let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
+    let rooms = spec.rooms.max(1) as usize;
+    // Open this worker's clients: every `workers`-th one, from its source address.
+    let mine: Vec<u64> = (0..spec.total_clients())
+        .filter(|g| g % ws.workers as u64 == ws.index as u64)
+        .collect();
+    let flows = match spec.scenario {
+        Scenario::Fanout => mine
+            .iter()
+            .filter_map(|g| match role(&spec, *g) {
+                Role::Publisher { id, .. } => Some((id, Flow::new(spec.window))),
+                _ => None,
+            })
+            .collect(),
+        _ => Default::default(),
+    };
+    let shared = Arc::new(Shared {
+        spec: spec.clone(),
+        flows,
+        run: ws.run.clone(),
+        target,
+        config,
+        phase: phase_rx,
+        counters: Counters::default(),
+        from_us: AtomicU64::new(0),
+        to_us: AtomicU64::new(u64::MAX),
+        acked_per_room: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
+        recorder: Mutex::new(Recorder {
+            latency: histogram(),
+            timeline: Default::default(),
+            connect: histogram(),
+            resume: histogram(),
+            first_error: None,
+        }),
+        shutdown: CancellationToken::new(),
+    });
+    let gate = Arc::new(Semaphore::new(OPEN_AT_ONCE));
+    let ramp = (spec.ramp > 0.0).then(|| spec.ramp / ws.workers as f64);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(mine.len());
+    let receivers = mine
+        .iter()
+        .filter(|g| matches!(role(&spec, **g), Role::Receiver { .. }))
+        .count() as u64;
+    let senders = mine
+        .iter()
+        .filter(|g| matches!(role(&spec, **g), Role::Publisher { .. } | Role::Echo { .. }))
+        .count() as u64;
+    for (i, &g) in mine.iter().enumerate() {
+        if let Some(rate) = ramp {
+            tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
+        let permit = gate.clone().acquire_owned().await.expect("never closed");
+        let source =
+            (!spec.sources.is_empty()).then(|| spec.sources[(g as usize) % spec.sources.len()]);
+        let sh = shared.clone();
+        tasks.push(tokio::spawn(
+            async move { client(sh, g, source, permit).await },
+        ));
+    }
+    // Setup is over when every client is connected or has failed.
+    let total = mine.len() as u64;
+    let c = &shared.counters;
+    wait_until(&shared, || get(&c.connected) + get(&c.failed) >= total).await;
+    let connect = HistData::of(&shared.recorder().connect);
+    emit(&Ev::Ready {
+        connected: get(&c.connected),
+        failed: get(&c.failed),
+        connect,
+    });
+    let progress = tokio::spawn(report_progress(shared.clone()));
+    while let Some(cmd) = cmds.recv().await {
+        match cmd {
+            Cmd::Go { from_us } => {
+                shared.from_us.store(from_us, Ordering::Relaxed);
+                let _ = phase_tx.send(if spec.scenario == Scenario::Resume {
+                    Phase::Drop
+                } else {
+                    Phase::Run
+                });
+                if spec.scenario == Scenario::Resume {
+                    wait_until(&shared, || get(&c.dropped) >= receivers).await;
+                    emit(&Ev::Dropped);
+                }
+            }
+            Cmd::Publish { count } => {
+                let _ = phase_tx.send(Phase::Publish(count));
+                wait_until(&shared, || get(&c.published) >= senders).await;
+                emit(&Ev::Published {
+                    last_seq: get(&c.last_seq),
+                });
+            }
+            Cmd::Reconnect { target } => {
+                let _ = phase_tx.send(Phase::Reconnect(target));
+                wait_until(&shared, || get(&c.resumed) + get(&c.failed) >= receivers).await;
+                emit(&Ev::Resumed {
+                    resume: HistData::of(&shared.recorder().resume),
+                });
+            }
+            Cmd::Stop { to_us } => {
+                shared.to_us.store(to_us, Ordering::Relaxed);
+                let _ = phase_tx.send(Phase::Stop);
+                // Publishers wait for their last acks, at most DRAIN_TIMEOUT.
+                wait_until(&shared, || get(&c.stopped) >= senders).await;
+                emit(&Ev::Stopped {
+                    acked: shared
+                        .acked_per_room
+                        .iter()
+                        .map(|a| a.load(Ordering::Relaxed))
+                        .collect(),
+                });
+            }
+            Cmd::Drain { expect } => {
+                let _ = phase_tx.send(Phase::Drain(Arc::new(expect)));
+                break;
+            }
+        }
+    }
+    let (mut lost, mut duplicated) = (0, 0);
+    for task in tasks {
+        if let Ok(Some(track)) = task.await {
+            lost += track.0;
+            duplicated += track.1;
+        }
+    }
+    progress.abort();
+    let r = shared.recorder();
+    emit(&Ev::Done(WorkerDone {
+        latency: HistData::of(&r.latency),
+        timeline: r
+            .timeline
+            .iter()
+            .map(|(s, h)| (*s, HistData::of(h)))
+            .collect(),
+        deliveries: get(&c.deliveries),
+        acked: get(&c.acked),
+        sent: get(&c.sent),
+        errors: get(&c.errors),
+        first_error: r.first_error.clone(),
+        lost,
+        duplicated,
+    }));
+    shared.shutdown.cancel();
+    Ok(())
+}
+
+/// Waits until `done` holds, checking every few milliseconds; gives up after a minute with an
+/// error counted (the parent then reports what it has).
+async fn wait_until(shared: &Shared, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        if Instant::now() >= deadline {
+            shared.error("a phase did not finish within a minute");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn report_progress(shared: Arc<Shared>) {
+    let c = &shared.counters;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        emit(&Ev::Progress {
+            deliveries: get(&c.deliveries),
+            acked: get(&c.acked),
+            errors: get(&c.errors),
+        });
+    }
+}
+
+/// Opens a connection for client `g`: handshake, and in JSON mode hello (and join).
+async fn open(
+    sh: &Shared,
+    g: u64,
+    source: Option<IpAddr>,
+    room: Option<(usize, Option<u64>)>,
+) -> Result<Connection> {
+    let sub = sh.json().then_some(SUBPROTOCOL);
+    let mut conn = connect_from(&sh.target, &sh.config, sh.shutdown.clone(), sub, source).await?;
+    if !sh.json() {
+        return Ok(conn);
+    }
+    let nick = format!("b{}-{g}", sh.run);
+    let hello = ClientMsg::Hello {
+        nick,
+        key: Some(sh.run.clone()),
+    };
+    say(&conn, &hello).await?;
+    expect(&mut conn, |m| matches!(m, ServerMsg::Welcome { .. })).await?;
+    if let Some((room, since)) = room {
+        let join = ClientMsg::Join {
+            room: room_name(&sh.run, room),
+            since,
+            epoch: None,
+        };
+        say(&conn, &join).await?;
+        expect(&mut conn, |m| matches!(m, ServerMsg::Joined { .. })).await?;
+    }
+    Ok(conn)
+}
+
+fn room_name(run: &str, room: usize) -> String {
+    format!("bench-{run}-{room}")
+}
+
+async fn say(conn: &Connection, msg: &ClientMsg) -> Result<()> {
+    let text = serde_json::to_string(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+    conn.send(Message::Text(text.into())).await
+}
+
+/// Reads until a server message that `want` accepts; an error frame fails.
+async fn expect(conn: &mut Connection, want: impl Fn(&ServerMsg) -> bool) -> Result<()> {
+    loop {
+        match conn.read_msg().await? {
+            None => return Err(Error::Closed),
+            Some(Incoming::Text(text)) => match serde_json::from_str::<ServerMsg>(text.as_str()) {
+                Ok(ServerMsg::Error { code, message, .. }) => {
+                    return Err(Error::Refused(format!("{}: {message}", code.as_str())));
+                }
+                Ok(m) if want(&m) => return Ok(()),
+                _ => {}
+            },
+            Some(Incoming::Binary(_)) => {}
+        }
+    }
+}
+
+/// One client, from connect to drain: returns (lost, duplicated) for a receiver or echo client.
+async fn client(
+    sh: Arc<Shared>,
+    g: u64,
+    source: Option<IpAddr>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Option<(u64, u64)> {
+    let role = role(&sh.spec, g);
+    let room = match role {
+        Role::Publisher { room, .. } | Role::Receiver { room } => Some((room, None)),
+        _ => None,
+    };
+    let t0 = Instant::now();
+    let conn = match open(&sh, g, source, room).await {
+        Ok(conn) => conn,
+        Err(err) => {
+            sh.error(format!("connect: {err}"));
+            bump(&sh.counters.failed);
+            sender_gone(&sh, role);
+            return None;
+        }
+    };
+    record(&mut sh.recorder().connect, t0.elapsed().as_micros() as u64);
+    bump(&sh.counters.connected);
+    drop(permit);
+    let outcome = match role {
+        Role::Publisher { id, room } => publisher(&sh, conn, id, room).await.map(|()| None),
+        Role::Receiver { room } => Ok(Some(receiver(&sh, conn, g, source, room).await)),
+        Role::Echo { id } => echo(&sh, conn, id).await.map(Some),
+        Role::Idle => idle(&sh, conn).await.map(|()| None),
+    };
+    match outcome {
+        Ok(result) => result,
+        Err(err) => {
+            sh.error(err.to_string());
+            sender_gone(&sh, role);
+            None
+        }
+    }
+}
+
+/// A publisher or echo client that failed counts as done, so that nobody waits for it.
+fn sender_gone(sh: &Shared, role: Role) {
+    if matches!(role, Role::Publisher { .. } | Role::Echo { .. }) {
+        bump(&sh.counters.published);
+        bump(&sh.counters.stopped);
+    }
+}
+
+async fn close(conn: Connection) {
+    conn.finish(&Ok(())).await;
+}
+
+/// Holds the connection until the run stops; a drop before then is an error.
+async fn idle(sh: &Shared, mut conn: Connection) -> Result<()> {
+    let mut phase = sh.phase.clone();
+    loop {
+        tokio::select! {
+            msg = conn.read_msg() => if msg?.is_none() {
+                return Err(Error::Protocol("the server closed the connection".into()));
+            },
+            _ = phase.changed() => if matches!(*phase.borrow(), Phase::Drain(_)) {
+                close(conn).await;
+                return Ok(());
+            },
+        }
+    }
+}
+
+/// Sends at the scenario's pace and counts acks (or, in raw mode, its own messages coming back).
+async fn publisher(sh: &Shared, mut conn: Connection, id: u64, room: usize) -> Result<()> {
+    let mut phase = sh.phase.clone();
+    let room_name = room_name(&sh.run, room);
+    let spec = &sh.spec;
+    let (mut seq, mut in_flight) = (0u64, 0u64);
+    // Fixed rate: this publisher's share of the room's rate; max rate: a window of acks.
+    let mut budget: Option<u64> = None;
+    let mut live = false;
+    let mut stopping: Option<Instant> = None;
+    let mut ticker: Option<(tokio::time::Interval, u64, Duration)> = None;
+    let per_pub_rate = spec.rate / f64::from(spec.publishers.max(1));
+    let flow = sh.flows.get(&id);
+    let drained = || async {
+        match flow {
+            Some(f) => f.wake.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    loop {
+        // Send what the window allows: unacked, and not yet at every local receiver.
+        let undelivered = flow.map_or(0, |f| seq - f.advance(seq));
+        let window_open = stopping.is_none()
+            && (live || budget.is_some_and(|b| b > 0))
+            && in_flight < u64::from(spec.window)
+            && undelivered < u64::from(spec.window);
+        if window_open && ticker.is_none() {
+            seq += 1;
+            in_flight += 1;
+            if let Some(b) = budget.as_mut() {
+                *b -= 1;
+            }
+            send_payload(sh, &conn, id, seq, now_us(), &room_name).await?;
+            continue;
+        }
+        if budget == Some(0) && in_flight == 0 {
+            budget = None;
+            bump(&sh.counters.published);
+        }
+        if let Some(since) = stopping
+            && (in_flight == 0 || since.elapsed() > DRAIN_TIMEOUT)
+        {
+            if in_flight > 0 {
+                sh.error(format!("{in_flight} messages never acked"));
+            }
+            bump(&sh.counters.stopped);
+            // Stay connected (a raw publisher's echo is its ack) until the drain is over.
+            return linger(sh, conn, &mut phase).await;
+        }
+        tokio::select! {
+            msg = conn.read_msg() => match msg? {
+                None => return Err(Error::Protocol("the server closed the connection".into())),
+                Some(Incoming::Text(text)) => {
+                    let text = text.as_str();
+                    if sh.json() {
+                        if text.starts_with(r#"{"type":"ack""#) {
+                            in_flight = in_flight.saturating_sub(1);
+                            bump(&sh.counters.acked);
+                            sh.acked_per_room[room].fetch_add(1, Ordering::Relaxed);
+                            if let Some(s) = json_seq(text) {
+                                sh.counters.last_seq.fetch_max(s, Ordering::Relaxed);
+                            }
+                        } else if text.starts_with(r#"{"type":"error""#) {
+                            in_flight = in_flight.saturating_sub(1);
+                            sh.error(text.to_owned());
+                        }
+                    } else if let Some((p, _, _)) = parse_payload(text)
+                        && p == id
+                    {
+                        in_flight = in_flight.saturating_sub(1);
+                        bump(&sh.counters.acked);
+                        sh.acked_per_room[room].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(Incoming::Binary(_)) => {}
+            },
+            () = drained() => {}
+            _ = async { ticker.as_mut().expect("checked").0.tick().await }, if ticker.is_some() && stopping.is_none() => {
+                let (_, base, period) = ticker.as_ref().expect("checked");
+                seq += 1;
+                in_flight += 1;
+                // The time it was due, not when it went: a late send shows as latency.
+                let due = base + (period.as_micros() as u64) * (seq - 1);
+                send_payload(sh, &conn, id, seq, due, &room_name).await?;
+            },
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let now = phase.borrow().clone();
+                match now {
+                    Phase::Run if spec.scenario == Scenario::Fanout && per_pub_rate <= 0.0 => live = true,
+                    Phase::Run | Phase::Reconnect(_) if per_pub_rate > 0.0 => {
+                        let period = Duration::from_secs_f64(1.0 / per_pub_rate);
+                        let mut t = tokio::time::interval(period);
+                        t.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                        ticker = Some((t, now_us() - (period.as_micros() as u64) * seq, period));
+                    }
+                    Phase::Publish(count) => budget = Some(count),
+                    Phase::Stop => stopping = Some(Instant::now()),
+                    Phase::Drain(_) => return Ok(()),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+async fn send_payload(
+    sh: &Shared,
+    conn: &Connection,
+    id: u64,
+    seq: u64,
+    sent_us: u64,
+    room: &str,
+) -> Result<()> {
+    let text = payload(id, seq, sent_us, sh.spec.size);
+    bump(&sh.counters.sent);
+    if sh.json() {
+        let msg = ClientMsg::Say {
+            room: room.to_owned(),
+            text,
+            cid: format!("{id}-{seq}"),
+        };
+        say(conn, &msg).await
+    } else {
+        conn.send(Message::Text(text.into())).await
+    }
+}
+
+/// Keeps reading (and dropping) until the drain phase, then closes.
+async fn linger(
+    sh: &Shared,
+    mut conn: Connection,
+    phase: &mut watch::Receiver<Phase>,
+) -> Result<()> {
+    let _ = sh;
+    loop {
+        if matches!(*phase.borrow(), Phase::Drain(_)) {
+            close(conn).await;
+            return Ok(());
+        }
+        tokio::select! {
+            msg = conn.read_msg() => if msg?.is_none() { return Ok(()) },
+            _ = phase.changed() => {}
+        }
+    }
+}
+
+/// What woke a receiver.
+enum Event {
+    Msg(Result<Option<Incoming>>),
+    Phase(bool),
+    Deadline,
+}
+
+/// Counts and times every delivery; in the resume scenario drops, reconnects and catches up.
+async fn receiver(
+    sh: &Shared,
+    conn: Connection,
+    g: u64,
+    source: Option<IpAddr>,
+    room: usize,
+) -> (u64, u64) {
+    let flows: Vec<&Flow> = room_publishers(&sh.spec, room)
+        .filter_map(|p| sh.flows.get(&p))
+        .collect();
+    for f in &flows {
+        f.members.fetch_add(1, Ordering::AcqRel);
+    }
+    let mut in_flows = true;
+    let leave_flows = |in_flows: &mut bool| {
+        if std::mem::take(in_flows) {
+            for f in &flows {
+                f.leave();
+            }
+        }
+    };
+    let mut phase = sh.phase.clone();
+    let mut track = Track::default();
+    let mut samples = Vec::with_capacity(512);
+    let mut last_seq = 0u64;
+    let mut conn = Some(conn);
+    // (messages expected, until when to wait for them)
+    let mut drain: Option<(u64, Instant)> = None;
+    let mut drain_end = Instant::now();
+    // Resume: (reconnected at, seq to reach)
+    let mut catching_up: Option<(Instant, u64)> = None;
+    loop {
+        if let Some((want, deadline)) = drain
+            && (track.unique >= want || Instant::now() >= deadline)
+        {
+            sh.flush(&mut samples);
+            leave_flows(&mut in_flows);
+            if let Some(c) = conn.take() {
+                close(c).await;
+            }
+            return (want.saturating_sub(track.unique), track.duplicated);
+        }
+        let event = match conn.as_mut() {
+            None => Event::Phase(phase.changed().await.is_ok()),
+            Some(c) => {
+                let deadline = async {
+                    match drain {
+                        Some((_, d)) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    msg = c.read_msg() => Event::Msg(msg),
+                    ok = phase.changed() => Event::Phase(ok.is_ok()),
+                    () = deadline => Event::Deadline,
+                }
+            }
+        };
+        match event {
+            Event::Msg(Err(_) | Ok(None)) => {
+                // Lost the connection: what it did not get counts as lost at the drain.
+                let why = match conn.as_ref().and_then(|c| c.peer_close()) {
+                    Some(frame) => format!("closed by the server: {} {}", frame.code, frame.reason),
+                    None => "the connection ended".to_owned(),
+                };
+                sh.error(why);
+                leave_flows(&mut in_flows);
+                if let Some(c) = conn.take() {
+                    c.finish(&Err(Error::Closed)).await;
+                }
+                if let Some((want, _)) = drain {
+                    drain = Some((want, Instant::now()));
+                }
+            }
+            Event::Msg(Ok(Some(Incoming::Text(text)))) => {
+                let text = text.as_str();
+                let Some((p, s, t)) = parse_payload(text) else {
+                    continue;
+                };
+                let settled = track.see(p, s);
+                let fresh = settled.is_some();
+                if let (Some(seqs), Some(f)) = (settled, sh.flows.get(&p)) {
+                    // A gap is settled too: nobody waits for what was lost.
+                    seqs.for_each(|s| f.delivered(s));
+                }
+                if let Some((want, deadline)) = drain.as_mut()
+                    && track.unique < *want
+                {
+                    // Waiting for the last ones: give up once they stop coming.
+                    *deadline = (*deadline).max(Instant::now() + DRAIN_QUIET).min(drain_end);
+                }
+                if fresh && sh.in_window(t) {
+                    bump(&sh.counters.deliveries);
+                    samples.push((t, now_us().saturating_sub(t)));
+                    if samples.len() >= 512 {
+                        sh.flush(&mut samples);
+                    }
+                }
+                if sh.json()
+                    && let Some(seq) = json_seq(text)
+                {
+                    last_seq = last_seq.max(seq);
+                    if let Some((t0, target)) = catching_up
+                        && last_seq >= target
+                    {
+                        record(&mut sh.recorder().resume, t0.elapsed().as_micros() as u64);
+                        bump(&sh.counters.resumed);
+                        catching_up = None;
+                    }
+                }
+            }
+            Event::Msg(Ok(Some(Incoming::Binary(_)))) | Event::Deadline => {}
+            Event::Phase(false) => return (0, 0),
+            Event::Phase(true) => {
+                let now = phase.borrow().clone();
+                match now {
+                    Phase::Drop => {
+                        sh.flush(&mut samples);
+                        leave_flows(&mut in_flows);
+                        if let Some(c) = conn.take() {
+                            // Gone without a close frame, as when a network drops.
+                            c.finish(&Err(Error::Closed)).await;
+                        }
+                        bump(&sh.counters.dropped);
+                    }
+                    Phase::Reconnect(target) => {
+                        let t0 = Instant::now();
+                        match open(sh, g, source, Some((room, Some(last_seq)))).await {
+                            Ok(c) => conn = Some(c),
+                            Err(err) => {
+                                bump(&sh.counters.failed);
+                                sh.error(format!("reconnect: {err}"));
+                                continue;
+                            }
+                        }
+                        if last_seq >= target {
+                            record(&mut sh.recorder().resume, t0.elapsed().as_micros() as u64);
+                            bump(&sh.counters.resumed);
+                        } else {
+                            catching_up = Some((t0, target));
+                        }
+                    }
+                    Phase::Drain(expect) => {
+                        let wait = if conn.is_some() {
+                            DRAIN_QUIET
+                        } else {
+                            Duration::ZERO
+                        };
+                        drain = Some((expect[room], Instant::now() + wait));
+                        drain_end = Instant::now() + DRAIN_TIMEOUT;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sends payloads in a window and times their echoes.
+async fn echo(sh: &Shared, mut conn: Connection, id: u64) -> Result<(u64, u64)> {
+    let mut phase = sh.phase.clone();
+    let (mut seq, mut in_flight) = (0u64, 0u64);
+    let mut track = Track::default();
+    let mut samples = Vec::with_capacity(512);
+    let mut running = false;
+    let mut stopping: Option<Instant> = None;
+    loop {
+        if running && stopping.is_none() && in_flight < u64::from(sh.spec.window) {
+            seq += 1;
+            in_flight += 1;
+            bump(&sh.counters.sent);
+            let text = payload(id, seq, now_us(), sh.spec.size);
+            conn.send(Message::Text(text.into())).await?;
+            continue;
+        }
+        if let Some(since) = stopping
+            && (in_flight == 0 || since.elapsed() > DRAIN_TIMEOUT)
+        {
+            sh.flush(&mut samples);
+            bump(&sh.counters.stopped);
+            let lost = seq - track.unique;
+            linger(sh, conn, &mut phase).await?;
+            return Ok((lost, track.duplicated));
+        }
+        tokio::select! {
+            msg = conn.read_msg() => match msg? {
+                None => return Err(Error::Protocol("the server closed the connection".into())),
+                Some(Incoming::Text(text)) => {
+                    if let Some((p, s, t)) = parse_payload(text.as_str())
+                        && p == id
+                    {
+                        in_flight = in_flight.saturating_sub(1);
+                        bump(&sh.counters.acked);
+                        if track.see(p, s).is_some() && sh.in_window(t) {
+                            bump(&sh.counters.deliveries);
+                            samples.push((t, now_us().saturating_sub(t)));
+                            if samples.len() >= 512 {
+                                sh.flush(&mut samples);
+                            }
+                        }
+                    }
+                }
+                Some(Incoming::Binary(_)) => {}
+            },
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return Ok((0, 0));
+                }
+                let now = phase.borrow().clone();
+                match now {
+                    Phase::Run => running = true,
+                    Phase::Stop => stopping = Some(Instant::now()),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_carry_their_fields_at_any_size() {
+        let p = payload(7, 42, 1_764_000_000_000_000, 100);
+        assert_eq!(p.len(), 100);
+        assert_eq!(parse_payload(&p), Some((7, 42, 1_764_000_000_000_000)));
+        let line = format!("[lobby] b1-2: {}", payload(1, 2, 3, 0));
+        assert_eq!(parse_payload(&line), Some((1, 2, 3)));
+        assert_eq!(parse_payload("[lobby] nana: hi"), None);
+        assert_eq!(
+            json_seq(r#"{"type":"message","room":"r","seq":42,"from":"x"}"#),
+            Some(42)
+        );
+    }
+
+    #[test]
+    fn tracking_counts_gaps_and_repeats() {
+        let mut t = Track::default();
+        for s in [1, 2, 3, 3, 5] {
+            t.see(1, s);
+        }
+        t.see(2, 1);
+        assert_eq!((t.unique, t.duplicated), (5, 1));
+    }
+}

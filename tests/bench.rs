@@ -1,0 +1,256 @@
+//! `nanachat bench` as users run it, against real servers in child processes: every delivery is
+//! accounted for, a lossy server is called out, resume storms and connection holds report what
+//! they measured, bad options are refused. (What the figures are is for `bench/`, not for tests.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Proc, nanachat};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nanachat-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs `nanachat bench ARGS --json -q` to the end; returns its exit code and report.
+fn bench(args: &[&str]) -> (i32, Value) {
+    let mut cmd = nanachat();
+    cmd.arg("bench").args(args).args(["--json", "-q"]);
+    let mut proc = Proc::spawn("nanachat bench", cmd);
+    let status = proc.wait_exit();
+    let out: String = proc.stdout_lines().iter().map(|(_, l)| l.clone()).collect();
+    let report = serde_json::from_str(&out)
+        .unwrap_or_else(|err| panic!("no report ({err}): {out}\nstderr:\n{}", proc.stderr_text()));
+    (status.code().unwrap_or(-1), report)
+}
+
+fn n(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {report}"))
+}
+
+#[test]
+fn fanout_accounts_for_every_delivery_from_a_durable_server() {
+    let dir = scratch("fanout");
+    let server = common::serve_child(&dir, "127.0.0.1:0", 1_000_000);
+    let url = server.listening_url();
+    let plot = dir.join("fanout.svg");
+    let (code, report) = bench(&[
+        "fanout",
+        &url,
+        "--rooms",
+        "2",
+        "--receivers",
+        "15",
+        "--publishers",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(n(&report, "connected"), 2 * 17);
+    assert_eq!(n(&report, "lost"), 0, "{report}");
+    assert_eq!(n(&report, "duplicated"), 0, "{report}");
+    assert_eq!(n(&report, "errors"), 0, "{report}");
+    assert!(n(&report, "acked") > 0, "{report}");
+    assert!(n(&report, "deliveries") > 0, "{report}");
+    assert!(report["latency"]["p99"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_fixed_rate_run_sends_at_that_rate() {
+    let server = common::serve_child(&scratch("rate"), "127.0.0.1:0", 1_000_000);
+    let url = server.listening_url();
+    let (code, report) = bench(&[
+        "fanout",
+        &url,
+        "--receivers",
+        "10",
+        "--rate",
+        "200",
+        "--duration",
+        "1.5s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    // 200 msg/s for about 1.5 s to 10 receivers; the drain adds the last acks.
+    let acked = n(&report, "acked");
+    assert!((250..=400).contains(&acked), "{report}");
+    assert_eq!(n(&report, "lost"), 0, "{report}");
+}
+
+/// A broadcast server that drops every fifth message: the bench must say so, and fail.
+async fn lossy_broadcast(listener: TcpListener) {
+    let peers = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let (peers, count) = (peers.clone(), count.clone());
+        tokio::spawn(async move {
+            let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                return;
+            };
+            let (sink, mut stream) = ws.split();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+            let me = {
+                let mut peers = peers.lock().await;
+                peers.push(tx);
+                peers.len() - 1
+            };
+            tokio::spawn(async move {
+                let mut sink = sink;
+                while let Some(m) = rx.recv().await {
+                    if sink.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some(Ok(msg)) = stream.next().await {
+                if !msg.is_text() {
+                    continue;
+                }
+                let i = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for (k, peer) in peers.lock().await.iter().enumerate() {
+                    // The sender always gets its echo (its ack); the others miss some.
+                    if k == me || i % 5 != 4 {
+                        let _ = peer.send(msg.clone());
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_loses_messages_is_called_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(lossy_broadcast(listener));
+    let (code, report) = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "fanout",
+            &url,
+            "--raw",
+            "--receivers",
+            "5",
+            "--workers",
+            "1",
+            "--duration",
+            "0.5s",
+            "--warmup",
+            "0s",
+        ])
+    })
+    .await
+    .unwrap();
+    server.abort();
+    assert_eq!(code, 1, "{report}");
+    assert!(n(&report, "lost") > 0, "{report}");
+}
+
+#[test]
+fn a_resume_storm_replays_without_gap_or_repeat() {
+    let dir = scratch("resume");
+    let server = common::serve_child(&dir, "127.0.0.1:0", 1_000_000);
+    let url = server.listening_url();
+    let (code, report) = bench(&[
+        "resume",
+        &url,
+        "--connections",
+        "60",
+        "--missed",
+        "250",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5s",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(n(&report, "lost"), 0, "{report}");
+    assert_eq!(n(&report, "duplicated"), 0, "{report}");
+    assert_eq!(n(&report, "errors"), 0, "{report}");
+    assert!(n(&report, "acked") >= 250, "{report}");
+    assert!(report["resume_seconds"].as_f64().unwrap() > 0.0, "{report}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn echo_and_connect_runs_against_the_echo_server() {
+    let mut cmd = nanachat();
+    cmd.args(["echo", "--addr", "127.0.0.1:0"]);
+    let echo = Proc::spawn("nanachat echo", cmd);
+    let url = echo.listening_url();
+    let (code, report) = bench(&[
+        "echo",
+        &url,
+        "--raw",
+        "--connections",
+        "8",
+        "--window",
+        "4",
+        "--duration",
+        "0.5s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert!(n(&report, "deliveries") > 0, "{report}");
+    assert_eq!(n(&report, "lost"), 0, "{report}");
+    let pid = echo.pid().to_string();
+    let (code, report) = bench(&[
+        "connect",
+        &url,
+        "--raw",
+        "--connections",
+        "300",
+        "--workers",
+        "2",
+        "--duration",
+        "0.3s",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(n(&report, "connected"), 300, "{report}");
+    assert!(
+        report["server_rss_per_conn_kib"].as_f64().is_some(),
+        "{report}"
+    );
+}
+
+#[test]
+fn bad_options_are_refused_with_one_line_and_code_2() {
+    for args in [
+        &["fanout", "ws://127.0.0.1:1", "--raw", "--rooms", "2"][..],
+        &["fanout", "http://nowhere"][..],
+        &["resume", "ws://127.0.0.1:1", "--raw"][..],
+        &["echo", "ws://127.0.0.1:1", "--window", "0"][..],
+    ] {
+        let mut cmd = nanachat();
+        cmd.arg("bench").args(args);
+        let mut proc = Proc::spawn("nanachat bench", cmd);
+        assert_eq!(proc.wait_exit().code(), Some(2), "{args:?}");
+        let err = proc.stderr_text();
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
