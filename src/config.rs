@@ -236,6 +236,8 @@ pub struct FileConfig {
     pub burst: Option<u32>,
     /// `--max-rooms`.
     pub max_rooms: Option<usize>,
+    /// `--presence-limit`.
+    pub presence_limit: Option<usize>,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
     /// `--shutdown-timeout`.

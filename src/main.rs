@@ -264,6 +264,9 @@ struct ChatArgs {
     /// Rooms one connection may be in.
     #[arg(long, env = "NANACHAT_MAX_ROOMS")]
     max_rooms: Option<usize>,
+    /// Rooms with more members than this send no join/leave presence events [default: 500].
+    #[arg(long, env = "NANACHAT_PRESENCE_LIMIT")]
+    presence_limit: Option<usize>,
 }
 
 /// Server limits, on top of the per-connection ones.
@@ -343,6 +346,7 @@ impl ChatArgs {
         self.rate = self.rate.or(file.rate);
         self.burst = self.burst.or(file.burst);
         self.max_rooms = self.max_rooms.or(file.max_rooms);
+        self.presence_limit = self.presence_limit.or(file.presence_limit);
     }
 
     fn config(&self, heartbeat: Option<Duration>) -> Result<ChatConfig> {
@@ -358,6 +362,9 @@ impl ChatArgs {
         }
         if let Some(v) = self.max_rooms {
             config.max_rooms = v;
+        }
+        if let Some(v) = self.presence_limit {
+            config.presence_limit = v;
         }
         if let Some(v) = heartbeat {
             config.heartbeat_interval = v;

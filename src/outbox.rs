@@ -136,6 +136,32 @@ impl Outbox {
         }
     }
 
+    /// How many messages it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.state().capacity
+    }
+
+    /// Waits until at most `n` messages wait to be written, or the outbox is closed. A sender
+    /// that is about to hand the queue over to [`try_send`](Self::try_send)ers (a resumed
+    /// member going live) leaves them room this way.
+    pub async fn drained_to(&self, n: usize) {
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            {
+                let state = self.state();
+                if state.closed || state.queue.len() <= n {
+                    drop(state);
+                    // Pass on a wake-up this waiter may have taken from a sender.
+                    self.shared.room.notify_one();
+                    return;
+                }
+                room.as_mut().enable();
+            }
+            room.await;
+        }
+    }
+
     /// Whether the outbox takes no more messages (closing, or the writer has stopped).
     pub fn is_closed(&self) -> bool {
         self.state().closed
@@ -250,6 +276,27 @@ mod tests {
             Next::Message(Message::Text(t)) => t.as_str().to_owned(),
             other => panic!("expected a text message, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn drained_to_waits_for_the_writer() {
+        let outbox = Outbox::new(4);
+        for t in ["a", "b", "c", "d"] {
+            outbox.try_send(Message::text(t)).unwrap();
+        }
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.drained_to(1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "4 queued is more than 1");
+        for _ in 0..3 {
+            let _ = outbox.next();
+        }
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once 1 is left")
+            .unwrap();
     }
 
     #[test]

@@ -384,6 +384,32 @@ async fn presence_and_who_count_nicks_not_connections() {
 }
 
 #[tokio::test]
+async fn big_rooms_send_no_presence_but_who_still_answers() {
+    let config = ChatConfig {
+        presence_limit: 2,
+        ..roomy()
+    };
+    let server = chat_server(config).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    assert_eq!(a.expect("presence").await["nick"], "nana");
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    b.join("lobby").await;
+    assert_eq!(a.expect("presence").await["nick"], "mochi");
+    // A third member makes the room bigger than the limit: no more presence, in or out.
+    let mut c = Client::hello(&server.url(), "kiki").await;
+    c.join("lobby").await;
+    c.send(json!({"type": "leave", "room": "lobby"})).await;
+    c.expect("left").await;
+    b.say("lobby", "after kiki", "b1").await;
+    let next = a.recv().await;
+    assert_eq!(next["type"], "message", "no presence before it: {next}");
+    assert_eq!(next["text"], "after kiki");
+    a.send(json!({"type": "who", "room": "lobby"})).await;
+    assert_eq!(a.expect("members").await["nicks"], json!(["mochi", "nana"]));
+}
+
+#[tokio::test]
 async fn direct_messages_reach_every_connection_and_are_resumable() {
     let server = chat_server(roomy()).await;
     let mut a = Client::hello(&server.url(), "nana").await;

@@ -565,7 +565,15 @@ async fn say(conn: &Connection, msg: &ClientMsg) -> Result<()> {
 async fn expect(conn: &mut Connection, want: impl Fn(&ServerMsg) -> bool) -> Result<()> {
     loop {
         match conn.read_msg().await? {
-            None => return Err(Error::Closed),
+            None => {
+                let why = match conn.peer_close() {
+                    Some(frame) => format!("{} {}", frame.code, frame.reason),
+                    None => "without a close frame".into(),
+                };
+                return Err(Error::Protocol(format!(
+                    "the server closed the connection: {why}"
+                )));
+            }
             Some(Incoming::Text(text)) => match serde_json::from_str::<ServerMsg>(text.as_str()) {
                 Ok(ServerMsg::Error { code, message, .. }) => {
                     return Err(Error::Refused(format!("{}: {message}", code.as_str())));

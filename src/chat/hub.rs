@@ -40,6 +40,8 @@ pub(crate) struct Hub {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Rooms with more members than this send no presence events.
+    presence_limit: usize,
     stats: Stats,
     conns: HashMap<ConnId, Conn>,
     nicks: HashMap<String, Nick>,
@@ -115,6 +117,16 @@ pub(crate) fn dm_pair(room: &str) -> Option<(String, String)> {
 }
 
 impl Hub {
+    /// An empty hub; rooms above `presence_limit` members send no presence events.
+    pub(crate) fn new(presence_limit: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                presence_limit,
+                ..State::default()
+            }),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -431,6 +443,18 @@ impl State {
     fn presence(&mut self, room: &str, nick: &str, event: PresenceEvent) {
         if room.starts_with('@') {
             return; // A DM room has no audience to tell.
+        }
+        // Counted with the nick in it, so that a join and its leave are both told or neither.
+        let with_nick = |r: &Room| match event {
+            PresenceEvent::Join => r.members.len(),
+            PresenceEvent::Leave => r.members.len() + 1,
+        };
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| with_nick(r) > self.presence_limit)
+        {
+            return; // Too big to tell everyone of everyone: members ask with `who`.
         }
         let msg = ServerMsg::Presence {
             room: room.to_owned(),

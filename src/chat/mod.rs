@@ -35,6 +35,9 @@ pub struct ChatConfig {
     pub max_rooms: usize,
     /// Interval of the app-level heartbeat (`tick`); zero sends none.
     pub heartbeat_interval: Duration,
+    /// Rooms with more members than this get no join/leave `presence` events (members ask
+    /// with `who`): each event goes to every member, so filling a room of n costs n² otherwise.
+    pub presence_limit: usize,
 }
 
 impl Default for ChatConfig {
@@ -46,6 +49,7 @@ impl Default for ChatConfig {
             rate_strikes: 20,
             max_rooms: 32,
             heartbeat_interval: Duration::from_secs(25),
+            presence_limit: 500,
         }
     }
 }
@@ -89,7 +93,7 @@ impl<S: Store> Chat<S> {
         Self {
             inner: Arc::new(Inner {
                 store,
-                hub: hub::Hub::default(),
+                hub: hub::Hub::new(config.presence_limit),
                 config,
                 max_message_bytes,
                 next_id: AtomicU64::new(1),

@@ -335,7 +335,14 @@ impl<S: Store> Session<S> {
                     .await?;
             }
         }
-        while let Some(held) = self.chat.hub.finish_replay(self.id, room) {
+        // Live deliveries are queued without waiting, and a full outbox is a slow consumer:
+        // the replay may have filled it, so go live only once half of it is free again.
+        let headroom = self.outbox.capacity() / 2;
+        loop {
+            self.outbox.drained_to(headroom).await;
+            let Some(held) = self.chat.hub.finish_replay(self.id, room) else {
+                break;
+            };
             for d in held {
                 conn.send(Message::Text(d.for_mode(self.mode))).await?;
             }
