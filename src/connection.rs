@@ -459,24 +459,37 @@ pub async fn serve_connection<H: Handler>(handler: &H, mut conn: Connection) -> 
 /// once; on a close request, writes the close frame after what was queued, and stops.
 async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, max_batch: usize) {
     let result: Result<()> = async {
+        let mut batch = std::collections::VecDeque::new();
         loop {
             let mut fed = 0;
             let flush = loop {
-                match outbox.next() {
-                    Next::Message(msg) => {
-                        sink.feed(msg).await?;
-                        metrics::bump(&metrics::MESSAGES_OUT);
-                        fed += 1;
-                        if fed == max_batch {
+                match outbox.next_batch(&mut batch, max_batch - fed) {
+                    Next::Batch => {
+                        let n = batch.len();
+                        for msg in batch.drain(..) {
+                            sink.feed(msg).await?;
+                        }
+                        metrics::MESSAGES_OUT
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        fed += n;
+                        if fed >= max_batch {
                             break true;
                         }
                     }
+                    #[cfg(test)]
+                    Next::Message(_) => unreachable!("next_batch gives batches"),
                     Next::Close(frame) => {
                         sink.send(Message::Close(Some(frame))).await?;
                         return Ok(());
                     }
                     Next::Stop => return Ok(()),
-                    Next::Idle { flush } => break flush || fed > 0,
+                    Next::Idle { flush } => {
+                        if batch.capacity() > 8 {
+                            // An idle connection keeps no buffer of a past burst.
+                            batch = std::collections::VecDeque::new();
+                        }
+                        break flush || fed > 0;
+                    }
                 }
             };
             if flush {

@@ -264,7 +264,7 @@ struct ChatArgs {
     /// Rooms one connection may be in.
     #[arg(long, env = "NANACHAT_MAX_ROOMS")]
     max_rooms: Option<usize>,
-    /// Rooms with more members than this send no join/leave presence events [default: 500].
+    /// Rooms with more members than this send no join/leave presence events [default: 100].
     #[arg(long, env = "NANACHAT_PRESENCE_LIMIT")]
     presence_limit: Option<usize>,
 }

@@ -54,8 +54,11 @@ struct State {
 /// What the writer should do next.
 #[derive(Debug)]
 pub(crate) enum Next {
-    /// Feed this message.
+    /// Feed this message (one at a time, in tests).
+    #[cfg(test)]
     Message(Message),
+    /// Feed the messages moved into the caller's buffer.
+    Batch,
     /// Everything queued is fed; write the close frame and stop.
     Close(CloseFrame),
     /// Nothing waiting; `flush` says whether a flush was asked for explicitly.
@@ -105,6 +108,11 @@ impl Outbox {
                 return Err(Error::SlowConsumer);
             }
             state.queue.push_back(msg.into());
+            if state.queue.len() > 1 {
+                // The writer has not seen the queue empty since the last wake-up: it will
+                // come back for this one without being told (a fan-out saves a wake per message).
+                return Ok(());
+            }
         }
         self.shared.work.notify_one();
         Ok(())
@@ -151,9 +159,6 @@ impl Outbox {
             {
                 let state = self.state();
                 if state.closed || state.queue.len() <= n {
-                    drop(state);
-                    // Pass on a wake-up this waiter may have taken from a sender.
-                    self.shared.room.notify_one();
                     return;
                 }
                 room.as_mut().enable();
@@ -231,13 +236,31 @@ impl Outbox {
         self.shared.closed.notify_waiters();
     }
 
-    /// The writer's side: what to do next. Wakes one waiting sender for each slot it frees.
+    /// The writer's side: what to do next, one message at a time.
+    #[cfg(test)]
     pub(crate) fn next(&self) -> Next {
+        let mut one = VecDeque::with_capacity(1);
+        match self.next_batch(&mut one, 1) {
+            Next::Batch => Next::Message(one.pop_front().expect("a batch of one")),
+            other => other,
+        }
+    }
+
+    /// The writer's side: moves up to `max` waiting messages into `out` under one lock and
+    /// wakes the senders waiting for room ([`Next::Batch`]); or says what else to do.
+    pub(crate) fn next_batch(&self, out: &mut VecDeque<Message>, max: usize) -> Next {
         let mut state = self.state();
-        if let Some(msg) = state.queue.pop_front() {
+        if !state.queue.is_empty() {
+            if state.queue.len() <= max && out.is_empty() {
+                // Take the whole queue, leaving the caller's empty one (and its capacity).
+                std::mem::swap(&mut state.queue, out);
+            } else {
+                let n = max.min(state.queue.len());
+                out.extend(state.queue.drain(..n));
+            }
             drop(state);
-            self.shared.room.notify_one();
-            return Next::Message(msg);
+            self.shared.room.notify_waiters();
+            return Next::Batch;
         }
         if let Some(frame) = state.close.take() {
             return Next::Close(frame);

@@ -174,6 +174,9 @@ impl Shared {
         if samples.is_empty() {
             return;
         }
+        self.counters
+            .deliveries
+            .fetch_add(samples.len() as u64, Ordering::Relaxed);
         let from = get(&self.from_us);
         let mut r = self.recorder();
         for &(sent, took) in samples.iter() {
@@ -904,13 +907,13 @@ async fn receiver(
                     *deadline = (*deadline).max(Instant::now() + DRAIN_QUIET).min(drain_end);
                 }
                 if fresh && sh.in_window(t) {
-                    bump(&sh.counters.deliveries);
-                    samples.push((t, now_us().saturating_sub(t)));
-                    if samples.len() >= 512 {
+                    let now = now_us();
+                    samples.push((t, now.saturating_sub(t)));
+                    if samples.len() >= 512 || now > samples[0].0 + samples[0].1 + 1_000_000 {
                         sh.flush(&mut samples);
                     }
                 }
-                if sh.json()
+                if sh.spec.scenario == Scenario::Resume
                     && let Some(seq) = json_seq(text)
                 {
                     last_seq = last_seq.max(seq);
@@ -1006,9 +1009,9 @@ async fn echo(sh: &Shared, mut conn: Connection, id: u64) -> Result<(u64, u64)> 
                         in_flight = in_flight.saturating_sub(1);
                         bump(&sh.counters.acked);
                         if track.see(p, s).is_some() && sh.in_window(t) {
-                            bump(&sh.counters.deliveries);
-                            samples.push((t, now_us().saturating_sub(t)));
-                            if samples.len() >= 512 {
+                            let now = now_us();
+                            samples.push((t, now.saturating_sub(t)));
+                            if samples.len() >= 512 || now > samples[0].0 + samples[0].1 + 1_000_000 {
                                 sh.flush(&mut samples);
                             }
                         }

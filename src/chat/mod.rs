@@ -36,7 +36,8 @@ pub struct ChatConfig {
     /// Interval of the app-level heartbeat (`tick`); zero sends none.
     pub heartbeat_interval: Duration,
     /// Rooms with more members than this get no join/leave `presence` events (members ask
-    /// with `who`): each event goes to every member, so filling a room of n costs n² otherwise.
+    /// with `who`): each event goes to every member, so filling a room of n costs n² otherwise,
+    /// and a crowd joining at once must not send a member more events than its outbox holds.
     pub presence_limit: usize,
 }
 
@@ -49,7 +50,7 @@ impl Default for ChatConfig {
             rate_strikes: 20,
             max_rooms: 32,
             heartbeat_interval: Duration::from_secs(25),
-            presence_limit: 500,
+            presence_limit: 100,
         }
     }
 }
