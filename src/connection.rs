@@ -484,7 +484,7 @@ async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, max_ba
                     }
                     Next::Stop => return Ok(()),
                     Next::Idle { flush } => {
-                        if batch.capacity() > 8 {
+                        if batch.capacity() > 0 {
                             // An idle connection keeps no buffer of a past burst.
                             batch = std::collections::VecDeque::new();
                         }

@@ -53,7 +53,7 @@ struct Conn {
     nick: String,
     outbox: Outbox,
     mode: Mode,
-    rooms: BTreeSet<String>,
+    rooms: SmallSet<String>,
 }
 
 /// The hub's counters, for metrics.
@@ -79,7 +79,7 @@ impl Conn {
 #[derive(Debug)]
 struct Nick {
     key: Option<String>,
-    conns: BTreeSet<ConnId>,
+    conns: SmallSet<ConnId>,
 }
 
 #[derive(Debug)]
@@ -151,7 +151,7 @@ impl Hub {
             .entry(nick.to_owned())
             .or_insert_with(|| Nick {
                 key: key.map(str::to_owned),
-                conns: BTreeSet::new(),
+                conns: SmallSet::default(),
             })
             .conns
             .insert(id);
@@ -161,7 +161,7 @@ impl Hub {
                 nick: nick.to_owned(),
                 outbox,
                 mode,
-                rooms: BTreeSet::new(),
+                rooms: SmallSet::default(),
             },
         );
         Ok(())
@@ -186,7 +186,7 @@ impl Hub {
             nick.to_owned(),
             Nick {
                 key: None,
-                conns: BTreeSet::from([id]),
+                conns: SmallSet(vec![id]),
             },
         );
         if let Some(conn) = state.conns.get_mut(&id) {
@@ -502,6 +502,54 @@ impl State {
         if let Some(conn) = self.conns.get(&id) {
             conn.send(render(conn.mode, msg), &self.stats);
         }
+    }
+}
+
+/// A set kept as a vector: a connection is in a few rooms, a nick has a connection or two.
+/// A `BTreeSet` would allocate a whole node (hundreds of bytes) for the first one, for every
+/// idle connection.
+#[derive(Debug, Clone)]
+struct SmallSet<T>(Vec<T>);
+
+impl<T> Default for SmallSet<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<T: PartialEq> SmallSet<T> {
+    fn contains<Q: PartialEq<T> + ?Sized>(&self, item: &Q) -> bool {
+        self.0.iter().any(|x| item == x)
+    }
+
+    fn insert(&mut self, item: T) {
+        if !self.0.contains(&item) {
+            self.0.push(item);
+        }
+    }
+
+    fn remove<Q: PartialEq<T> + ?Sized>(&mut self, item: &Q) {
+        self.0.retain(|x| item != x);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a SmallSet<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }
 

@@ -74,7 +74,7 @@ fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Refusal> 
 impl<S: Store> Session<S> {
     async fn serve(&mut self, conn: &mut Connection) -> Result<()> {
         if self.mode == Mode::Plain {
-            self.start_plain(conn).await?;
+            Box::pin(self.start_plain(conn)).await?;
         }
         let every = self.chat.config.heartbeat_interval;
         let mut heartbeat = (!every.is_zero()).then(|| {
@@ -86,7 +86,9 @@ impl<S: Store> Session<S> {
             tokio::select! {
                 msg = conn.read_msg() => match msg? {
                     None => return Ok(()),
-                    Some(Incoming::Text(text)) => self.on_text(conn, text.as_str()).await?,
+                    // Boxed: handling a request needs a large future (history pages, replay),
+                    // and an idle connection should not carry its space between requests.
+                    Some(Incoming::Text(text)) => Box::pin(self.on_text(conn, text.as_str())).await?,
                     Some(Incoming::Binary(_)) => {
                         self.reply_error(conn, ErrorCode::BinaryNotAllowed,
                             "send text frames: JSON in nanachat.v1, lines in plain-text mode", None).await?;

@@ -314,7 +314,9 @@ async fn upgrade_or_page<H: Handler>(
         .await
         .with_subprotocol(subprotocol);
         info!(%peer, subprotocol = subprotocol.unwrap_or("none"), "connected");
-        let ended = serve_connection(&shared.handler, conn).await;
+        // Boxed at its own size: the task would otherwise be as large as the handshake's state
+        // and the connection's together, for as long as the connection lives.
+        let ended = Box::pin(serve_connection(&shared.handler, conn)).await;
         info!(%peer, reason = %ended, "disconnected");
     });
     response
