@@ -713,7 +713,7 @@ async fn bind(addr: &str) -> Result<TcpListener> {
     addrs.sort_by_key(|a| !a.is_ipv4());
     let mut last = None;
     for candidate in addrs {
-        match TcpListener::bind(candidate).await {
+        match listen(candidate) {
             Ok(listener) => return Ok(listener),
             Err(err) => last = Some(err),
         }
@@ -723,6 +723,22 @@ async fn bind(addr: &str) -> Result<TcpListener> {
         err.kind(),
         format!("cannot listen on {addr}: {err}"),
     )))
+}
+
+/// Connections the kernel may hold for us before we accept them. A crowd reconnecting at once
+/// (a resume storm) overflows a short queue, and every dropped SYN costs its client a
+/// one-second retry; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Raises the open-files soft limit to the hard limit; warns when `max_connections` sockets

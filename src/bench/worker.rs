@@ -21,7 +21,7 @@ use crate::protocol::{ClientMsg, SUBPROTOCOL, ServerMsg};
 use crate::{Error, Result};
 
 /// How long a publisher waits for its last acks, and receivers for their last deliveries.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A receiver waiting for its last messages gives up when none came for this long.
 const DRAIN_QUIET: Duration = Duration::from_secs(2);
@@ -148,6 +148,8 @@ struct Shared {
     config: ConnectionConfig,
     phase: watch::Receiver<Phase>,
     counters: Counters,
+    /// When a receiver last got something while draining (wall clock µs).
+    last_activity_us: AtomicU64,
     /// The measured window, wall clock µs: [from, to).
     from_us: AtomicU64,
     to_us: AtomicU64,
@@ -378,6 +380,7 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
         phase: phase_rx,
         counters: Counters::default(),
         from_us: AtomicU64::new(0),
+        last_activity_us: AtomicU64::new(0),
         to_us: AtomicU64::new(u64::MAX),
         acked_per_room: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
         recorder: Mutex::new(Recorder {
@@ -466,6 +469,7 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
                 });
             }
             Cmd::Drain { expect } => {
+                shared.last_activity_us.store(now_us(), Ordering::Relaxed);
                 let _ = phase_tx.send(Phase::Drain(Arc::new(expect)));
                 break;
             }
@@ -841,14 +845,19 @@ async fn receiver(
     let mut samples = Vec::with_capacity(512);
     let mut last_seq = 0u64;
     let mut conn = Some(conn);
-    // (messages expected, until when to wait for them)
-    let mut drain: Option<(u64, Instant)> = None;
+    // Messages expected, once draining; waited for until `drain_end`, or until nothing
+    // arrived at any receiver of this worker for DRAIN_QUIET.
+    let mut drain: Option<u64> = None;
     let mut drain_end = Instant::now();
     // Resume: (reconnected at, seq to reach)
     let mut catching_up: Option<(Instant, u64)> = None;
     loop {
-        if let Some((want, deadline)) = drain
-            && (track.unique >= want || Instant::now() >= deadline)
+        if let Some(want) = drain
+            && (track.unique >= want
+                || conn.is_none()
+                || Instant::now() >= drain_end
+                || now_us().saturating_sub(get(&sh.last_activity_us))
+                    > DRAIN_QUIET.as_micros() as u64)
         {
             sh.flush(&mut samples);
             leave_flows(&mut in_flows);
@@ -862,7 +871,7 @@ async fn receiver(
             Some(c) => {
                 let deadline = async {
                     match drain {
-                        Some((_, d)) => tokio::time::sleep_until(d).await,
+                        Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                         None => std::future::pending().await,
                     }
                 };
@@ -885,9 +894,6 @@ async fn receiver(
                 if let Some(c) = conn.take() {
                     c.finish(&Err(Error::Closed)).await;
                 }
-                if let Some((want, _)) = drain {
-                    drain = Some((want, Instant::now()));
-                }
             }
             Event::Msg(Ok(Some(Incoming::Text(text)))) => {
                 let text = text.as_str();
@@ -900,11 +906,8 @@ async fn receiver(
                     // A gap is settled too: nobody waits for what was lost.
                     seqs.for_each(|s| f.delivered(s));
                 }
-                if let Some((want, deadline)) = drain.as_mut()
-                    && track.unique < *want
-                {
-                    // Waiting for the last ones: give up once they stop coming.
-                    *deadline = (*deadline).max(Instant::now() + DRAIN_QUIET).min(drain_end);
+                if drain.is_some() {
+                    sh.last_activity_us.store(now_us(), Ordering::Relaxed);
                 }
                 if fresh && sh.in_window(t) {
                     let now = now_us();
@@ -958,12 +961,7 @@ async fn receiver(
                         }
                     }
                     Phase::Drain(expect) => {
-                        let wait = if conn.is_some() {
-                            DRAIN_QUIET
-                        } else {
-                            Duration::ZERO
-                        };
-                        drain = Some((expect[room], Instant::now() + wait));
+                        drain = Some(expect[room]);
                         drain_end = Instant::now() + DRAIN_TIMEOUT;
                     }
                     _ => {}

@@ -396,7 +396,8 @@ impl State {
         };
         conn.rooms.insert(room.to_owned());
         let nick = conn.nick.clone();
-        let first = !self.nick_in_room(&nick, room);
+        // Whether the nick is new here is a walk over the members: only worth it if told.
+        let first = self.tells_presence(room) && !self.nick_in_room(&nick, room);
         if let Some(r) = self.rooms.get_mut(room) {
             r.members.insert(id, replay.then(Vec::new));
         }
@@ -418,7 +419,7 @@ impl State {
             room: room.to_owned(),
         };
         self.send_one(id, &left);
-        if !self.nick_in_room(&nick, room) {
+        if self.tells_presence(room) && !self.nick_in_room(&nick, room) {
             self.presence(room, &nick, PresenceEvent::Leave);
         }
     }
@@ -440,22 +441,19 @@ impl State {
         })
     }
 
+    /// Whether a room tells its members of joins and leaves: not a DM room (no audience),
+    /// not one too big to tell everyone of everyone (members ask with `who`). Called before a
+    /// join's member is added and after a leave's is removed, and counted with that member,
+    /// so that a join and its leave are both told or neither.
+    fn tells_presence(&self, room: &str) -> bool {
+        !room.starts_with('@')
+            && self
+                .rooms
+                .get(room)
+                .is_some_and(|r| r.members.len() < self.presence_limit)
+    }
+
     fn presence(&mut self, room: &str, nick: &str, event: PresenceEvent) {
-        if room.starts_with('@') {
-            return; // A DM room has no audience to tell.
-        }
-        // Counted with the nick in it, so that a join and its leave are both told or neither.
-        let with_nick = |r: &Room| match event {
-            PresenceEvent::Join => r.members.len(),
-            PresenceEvent::Leave => r.members.len() + 1,
-        };
-        if self
-            .rooms
-            .get(room)
-            .is_some_and(|r| with_nick(r) > self.presence_limit)
-        {
-            return; // Too big to tell everyone of everyone: members ask with `who`.
-        }
         let msg = ServerMsg::Presence {
             room: room.to_owned(),
             nick: nick.to_owned(),
