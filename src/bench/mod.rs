@@ -4,7 +4,7 @@
 //! each holding a share of the clients, so that a run can pass one process's open-files limit;
 //! with [`BenchSpec::sources`] the clients also spread over several local addresses (127.0.0.2, …)
 //! to pass one address's ~28k ports. Parent and workers speak JSON lines: commands on the
-//! worker's stdin ([`Cmd`]), events on its stdout ([`Ev`]). The parent moves every worker through
+//! worker's stdin (`Cmd`), events on its stdout (`Ev`). The parent moves every worker through
 //! the same phases together — set up, go, stop, drain — draws a progress bar, merges the
 //! workers' HDR histograms and prints the report.
 //!
