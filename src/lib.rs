@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`bench`]: the load generator (`nanachat bench`): worker processes, HDR latency, reports.
+//! - [`bench`](mod@bench): the load generator (`nanachat bench`): worker processes, HDR latency, reports.
 //! - [`chat`]: the chat server (`nanachat serve`): sessions, rooms, presence, DMs, resume.
 //! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
 //!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
