@@ -254,3 +254,60 @@ fn bad_options_are_refused_with_one_line_and_code_2() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// The child processes of `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` still runs (a zombie, dead but not yet reaped, does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn workers_do_not_outlive_a_killed_bench() {
+    let server = common::serve_child(&scratch("orphans"), "127.0.0.1:0", 1_000_000);
+    let url = server.listening_url();
+    let mut cmd = nanachat();
+    cmd.args([
+        "bench",
+        "fanout",
+        &url,
+        "--receivers",
+        "20",
+        "--workers",
+        "2",
+    ])
+    .args(["--rate", "10", "--duration", "60s"]);
+    let mut bench = Proc::spawn("nanachat bench", cmd);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let workers = loop {
+        let workers = children(bench.pid());
+        if workers.len() == 2 {
+            break workers;
+        }
+        assert!(std::time::Instant::now() < deadline, "no workers started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    bench.kill();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while workers.iter().any(|w| running(*w)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bench workers outlived their parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

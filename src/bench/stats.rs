@@ -238,6 +238,15 @@ impl Report {
         axes(&mut s, x0, top, panel, bottom, "second", "latency ms (log)");
         log_ticks(&mut s, x0, top, bottom, lo, hi);
         let n = self.timeline.len().max(2) as f64 - 1.0;
+        for k in [0.0, 0.5, 1.0] {
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#,
+                x0 + k * panel,
+                bottom + 14.0,
+                k * n
+            );
+        }
         for (i, (name, colour, get)) in series.iter().enumerate() {
             let points: Vec<String> = self
                 .timeline

@@ -427,6 +427,7 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
         connect,
     });
     let progress = tokio::spawn(report_progress(shared.clone()));
+    let mut drained = false;
     while let Some(cmd) = cmds.recv().await {
         match cmd {
             Cmd::Go { from_us } => {
@@ -471,9 +472,16 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
             Cmd::Drain { expect } => {
                 shared.last_activity_us.store(now_us(), Ordering::Relaxed);
                 let _ = phase_tx.send(Phase::Drain(Arc::new(expect)));
+                drained = true;
                 break;
             }
         }
+    }
+    if !drained {
+        // The parent is gone (its end of our stdin closed): so are we.
+        progress.abort();
+        shared.shutdown.cancel();
+        return Err(Error::Closed);
     }
     let (mut lost, mut duplicated) = (0, 0);
     for task in tasks {
