@@ -14,7 +14,8 @@
 # node (ws), python (websockets broadcast()), nanachat in plain-text mode (the same raw frames as
 # the peers) and in nanachat.v1 (JSON, acks); both nanachat rows store every message in SQLite.
 # Environment: RECEIVERS=1000 SIZE=100 SECONDS=10 WARMUP=2 RATE=50 IDLE=19000 RESUME=10000,
-# PROFILE=release (debug for a quick smoke run), OUT=target/bench.
+# PROFILE=release (debug for a quick smoke run), OUT=target/bench, STRICT=1 to fail on a
+# missing report or any lost or duplicated message (scripts/check runs a tiny strict smoke).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -114,9 +115,10 @@ for n in $(seq "$runs"); do
   fi
 done
 
-python3 - "$out" "$runs" "$what" <<'PY'
-import json, statistics, sys
+STRICT=${STRICT:-0} python3 - "$out" "$runs" "$what" <<'PY'
+import json, os, statistics, sys
 out, runs, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+broken = []
 servers = ["bare", "node", "python", "nanachat-plain", "nanachat"]
 def reports(scenario, server):
     rs = []
@@ -125,7 +127,9 @@ def reports(scenario, server):
             with open(f"{out}/{scenario}-{server}-{n}.json") as f:
                 rs.append(json.load(f))
         except (OSError, ValueError):
-            pass
+            rs.append({})
+    if any(not r for r in rs):
+        broken.append({"missing": f"{scenario}-{server}"})
     return [r for r in rs if r]
 def med(rs, get):
     vals = [get(r) for r in rs if get(r) is not None]
@@ -135,6 +139,7 @@ def fmt(v, digits=0):
 def ratio(a, b):
     return "—" if not a or not b else f"{a / b:.2f}×"
 def losses(rs):
+    broken.extend(r for r in rs if r.get("lost") or r.get("duplicated"))
     return f"{sum(r.get('lost', 0) for r in rs)} / {sum(r.get('duplicated', 0) for r in rs)}"
 if what in ("fanout", "all"):
     print(f"\n### fan-out, as fast as the room drains (median of {runs})\n")
@@ -161,10 +166,9 @@ if what in ("idle", "all"):
     print(f"\n### idle connections held by one process (median of {runs})\n")
     print("| server | connections | RSS MiB | KiB per connection | vs bare |")
     print("|---|---:|---:|---:|---:|")
-    kib = {s: med(reports("idle", s), lambda r: r.get("server_rss_per_conn_kib")) for s in servers}
-    for s in servers:
-        if s == "nanachat-plain":
-            continue
+    kib = {s: med(reports("idle", s), lambda r: r.get("server_rss_per_conn_kib"))
+           for s in servers if s != "nanachat-plain"}
+    for s in kib:
         rs = reports("idle", s)
         print(f"| {s} | {fmt(med(rs, lambda r: r.get('connected')))} | "
               f"{fmt(med(rs, lambda r: r.get('server_rss_mib')), 1)} | {fmt(kib[s], 2)} | {ratio(kib[s], kib['bare'])} |")
@@ -176,4 +180,7 @@ if what in ("resume", "all"):
     print(f"| {fmt(med(rs, lambda r: r.get('connected')))} | {fmt(med(rs, lambda r: r.get('resume_seconds')), 2)} | "
           f"{fmt(med(rs, lambda r: r['connect_latency']['p50']), 1)} | {fmt(med(rs, lambda r: r['connect_latency']['p99']), 1)} | "
           f"{losses(rs)} | {sum(r.get('errors', 0) for r in rs)} |")
+if os.environ.get("STRICT") == "1" and broken:
+    print(f"\ncompare: {len(broken)} run(s) missing or with lost/duplicated messages", file=sys.stderr)
+    sys.exit(1)
 PY
