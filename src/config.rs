@@ -238,6 +238,8 @@ pub struct FileConfig {
     pub max_rooms: Option<usize>,
     /// `--presence-limit`.
     pub presence_limit: Option<usize>,
+    /// `--allowed-origin`, as a list.
+    pub allowed_origins: Option<Vec<String>>,
     /// `--max-connections`.
     pub max_connections: Option<usize>,
     /// `--shutdown-timeout`.

@@ -283,6 +283,14 @@ struct ServerArgs {
     /// How long a client may take to send its handshake request.
     #[arg(long, value_parser = parse_duration, env = "NANACHAT_HANDSHAKE_TIMEOUT")]
     handshake_timeout: Option<Duration>,
+    /// A browser origin allowed to connect, e.g. https://chat.example.org (repeatable; the
+    /// server's own pages always are). Other origins get 403. Unset: any origin.
+    #[arg(
+        long = "allowed-origin",
+        env = "NANACHAT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
 }
 
 impl ConnectionArgs {
@@ -319,6 +327,9 @@ impl ServerArgs {
         self.max_connections = self.max_connections.or(file.max_connections);
         self.shutdown_timeout = self.shutdown_timeout.or(file.shutdown_timeout);
         self.handshake_timeout = self.handshake_timeout.or(file.handshake_timeout);
+        if self.allowed_origins.is_empty() {
+            self.allowed_origins = file.allowed_origins.clone().unwrap_or_default();
+        }
     }
 
     fn config(&self) -> Result<ServerConfig> {
@@ -335,6 +346,7 @@ impl ServerArgs {
         if let Some(v) = self.handshake_timeout {
             config.handshake_timeout = v;
         }
+        config.allowed_origins.clone_from(&self.allowed_origins);
         config.validate()?;
         Ok(config)
     }

@@ -311,3 +311,66 @@ async fn a_client_too_slow_with_its_handshake_is_dropped() {
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Some(Message::text("hi")));
 }
+
+/// Opens a WebSocket with this `Origin` header (or none); the HTTP status and body it got.
+async fn handshake_with_origin(url: &str, origin: Option<&str>) -> (u16, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match within("handshake", tokio_tungstenite::connect_async(request)).await {
+        Ok((_, response)) => (response.status().as_u16(), String::new()),
+        Err(WsError::Http(response)) => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (response.status().as_u16(), body)
+        }
+        Err(other) => panic!("handshake failed otherwise: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn only_allowed_origins_may_open_a_websocket() {
+    let config = ServerConfig {
+        allowed_origins: vec!["https://chat.example.org".into()],
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Echo).await;
+    let url = server.url();
+    let (status, body) = handshake_with_origin(&url, Some("https://evil.example.com")).await;
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("origin not allowed: https://evil.example.com"),
+        "{body}"
+    );
+    // Listed, the server's own pages (same host and port), and non-browser clients: allowed.
+    let own = format!("http://{}", server.addr);
+    for origin in [Some("https://chat.example.org"), Some(own.as_str()), None] {
+        assert_eq!(
+            handshake_with_origin(&url, origin).await.0,
+            101,
+            "{origin:?}"
+        );
+    }
+    // The refused one did not take a connection slot or hurt the others: echo still works.
+    let mut ws = peer(&url).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Some(Message::text("still here")));
+}
+
+#[test]
+fn origins_must_look_like_origins() {
+    for bad in ["chat.example.org", "https://x/path", "", "https://"] {
+        let config = ServerConfig {
+            allowed_origins: vec![bad.into()],
+            ..ServerConfig::default()
+        };
+        assert!(config.validate().is_err(), "{bad}");
+    }
+}

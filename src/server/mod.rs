@@ -47,6 +47,10 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Limits and timers of each connection.
     pub connection: ConnectionConfig,
+    /// Browser origins allowed to open a WebSocket (`https://chat.example.org`), besides the
+    /// page's own; empty allows any. A request with another `Origin` gets 403; one without an
+    /// `Origin` (not a browser) is not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +60,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             connection: ConnectionConfig::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -71,8 +76,41 @@ impl ServerConfig {
                 "handshake and shutdown timeouts must be above 0".into(),
             ));
         }
+        if let Some(bad) = self.allowed_origins.iter().find(|o| !valid_origin(o)) {
+            return Err(Error::Config(format!(
+                "'{bad}' is not an origin: expected SCHEME://HOST[:PORT], e.g. https://chat.example.org"
+            )));
+        }
         self.connection.validate()
     }
+
+    /// Whether a browser page from `origin` may connect to a server reached as `host`.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.allowed_origins.is_empty()
+            || self
+                .allowed_origins
+                .iter()
+                .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+            // The server's own pages (the browser client) are same-origin.
+            || host.is_some_and(|h| {
+                origin
+                    .split_once("://")
+                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(h))
+            })
+    }
+}
+
+/// `scheme://host[:port]`, nothing after.
+fn valid_origin(origin: &str) -> bool {
+    origin.split_once("://").is_some_and(|(scheme, rest)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            && !rest.is_empty()
+            && !rest.trim_end_matches('/').contains(['/', '?', '#', ' '])
+    })
 }
 
 struct Shared<H> {
@@ -81,6 +119,8 @@ struct Shared<H> {
     accepted: AtomicU64,
     /// Upgrades refused because every permit was taken.
     refused: AtomicU64,
+    /// Upgrades refused because of their `Origin`.
+    refused_origin: AtomicU64,
     config: ServerConfig,
     permits: Arc<Semaphore>,
     connections: TaskTracker,
@@ -102,6 +142,7 @@ pub async fn run<H: Handler>(
         handler,
         accepted: AtomicU64::new(0),
         refused: AtomicU64::new(0),
+        refused_origin: AtomicU64::new(0),
         permits: Arc::new(Semaphore::new(config.max_connections)),
         config,
         connections: TaskTracker::new(),
@@ -242,6 +283,12 @@ async fn metrics_page<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Respo
                 "WebSocket upgrades refused: max connections reached.",
                 shared.refused.load(Ordering::Relaxed),
             ),
+            (
+                "nanachat_origin_refused_total",
+                "counter",
+                "WebSocket upgrades refused: origin not allowed.",
+                shared.refused_origin.load(Ordering::Relaxed),
+            ),
         ],
     );
     metrics::write_connection_metrics(&mut out);
@@ -271,6 +318,21 @@ async fn upgrade_or_page<H: Handler>(
             };
         }
     };
+    if let Some(origin) = req.headers().get(axum::http::header::ORIGIN) {
+        let host = req
+            .headers()
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let origin = origin.to_str().unwrap_or("(not text)");
+        if !shared.config.origin_allowed(origin, host) {
+            metrics::bump(&shared.refused_origin);
+            warn!(%peer, origin, "refused: origin not allowed");
+            return text_response(
+                StatusCode::FORBIDDEN,
+                format!("origin not allowed: {origin} (see --allowed-origin)\n"),
+            );
+        }
+    }
     if shared.shutdown.is_cancelled() {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
     }

@@ -114,7 +114,11 @@ impl UpgradeRequest {
 }
 
 /// A plain-text error response.
-pub(crate) fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
+pub(crate) fn text_response(
+    status: StatusCode,
+    text: impl Into<std::borrow::Cow<'static, str>>,
+) -> Response<Body> {
+    let text: std::borrow::Cow<'static, str> = text.into();
     let mut response = Response::new(Body::from(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
