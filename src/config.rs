@@ -238,6 +238,10 @@ pub struct FileConfig {
     pub max_rooms: Option<usize>,
     /// `--presence-limit`.
     pub presence_limit: Option<usize>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<std::path::PathBuf>,
     /// `--allowed-origin`, as a list.
     pub allowed_origins: Option<Vec<String>>,
     /// `--max-connections`.

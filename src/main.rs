@@ -291,6 +291,12 @@ struct ServerArgs {
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
+    /// Serve wss:// (and https://) with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "NANACHAT_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "NANACHAT_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 impl ConnectionArgs {
@@ -330,6 +336,10 @@ impl ServerArgs {
         if self.allowed_origins.is_empty() {
             self.allowed_origins = file.allowed_origins.clone().unwrap_or_default();
         }
+        if self.tls_cert.is_none() && self.tls_key.is_none() {
+            self.tls_cert.clone_from(&file.tls_cert);
+            self.tls_key.clone_from(&file.tls_key);
+        }
     }
 
     fn config(&self) -> Result<ServerConfig> {
@@ -347,6 +357,13 @@ impl ServerArgs {
             config.handshake_timeout = v;
         }
         config.allowed_origins.clone_from(&self.allowed_origins);
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config("--tls-cert and --tls-key go together".into()));
+            }
+        };
         config.validate()?;
         Ok(config)
     }

@@ -103,3 +103,92 @@ async fn wss_with_a_private_ca_is_trusted_with_ca_file_and_refused_without() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A private CA (PEM) and a `localhost` certificate it signed, both as PEM, with the key.
+fn private_ca_pem() -> (String, String, String) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[test]
+fn serve_speaks_wss_with_a_certificate_and_the_client_verifies_it() {
+    let (ca_pem, cert_pem, key_pem) = private_ca_pem();
+    let dir = std::env::temp_dir().join(format!("nanachat-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--memory", "--addr", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key);
+    let server = Proc::spawn("nanachat serve --tls", cmd);
+    let line = server.wait_stderr("listening on wss://");
+    let port = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap()
+        .to_owned();
+    let url = format!("wss://localhost:{port}");
+
+    // Plain ws:// to the TLS port fails for that client, and only for it.
+    let out = nanachat()
+        .args([
+            "connect",
+            "--raw",
+            "--no-reconnect",
+            &format!("ws://localhost:{port}"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--nick", "tls", "--ca-file"])
+        .arg(&ca);
+    let mut client = Proc::spawn_with_stdin("connect wss", cmd, true);
+    client.write_line("hello over wss");
+    client.close_stdin();
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+    assert!(
+        client
+            .stdout_lines()
+            .iter()
+            .any(|(_, l)| l.contains("hello over wss")),
+        "{:?}",
+        client.stdout_lines()
+    );
+
+    // A key that is not there: one line, exit 2.
+    let out = nanachat()
+        .args(["serve", "--memory", "--addr", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(dir.join("missing.pem"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

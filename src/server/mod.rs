@@ -51,6 +51,48 @@ pub struct ServerConfig {
     /// page's own; empty allows any. A request with another `Origin` gets 403; one without an
     /// `Origin` (not a browser) is not affected.
     pub allowed_origins: Vec<String>,
+    /// Serve `wss://` (and `https://`) with this certificate; see [`tls_config`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A TLS configuration (rustls with ring) from a PEM certificate chain and a PEM private key;
+/// a missing or unreadable file is a configuration error that names it.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|err| {
+            Error::Config(format!(
+                "cannot read a certificate from {}: {err}",
+                cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|err| {
+        Error::Config(format!(
+            "cannot read a private key from {}: {err}",
+            key.display()
+        ))
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|err| Error::Config(format!("TLS: {err}")))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|err| Error::Config(format!("TLS certificate and key do not fit: {err}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl Default for ServerConfig {
@@ -61,6 +103,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             connection: ConnectionConfig::default(),
             allowed_origins: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -155,7 +198,12 @@ pub async fn run<H: Handler>(
         .fallback(upgrade_or_page::<H>)
         .with_state(shared.clone());
 
-    info!(%addr, "listening on ws://{addr}");
+    let scheme = if shared.config.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    info!(%addr, "listening on {scheme}://{addr}");
     let stop = token.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -213,23 +261,57 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req)
             });
-        let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
         let stop = shared.shutdown.clone();
-        shared.connections.spawn(async move {
-            tokio::pin!(conn);
-            let served = tokio::select! {
-                served = conn.as_mut() => served,
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(err) = served {
-                debug!(%peer, cause = %err, "http connection ended");
+        let http = http.clone();
+        match &shared.config.tls {
+            None => {
+                shared
+                    .connections
+                    .spawn(serve_http(http, TokioIo::new(tcp), service, peer, stop));
             }
-        });
+            Some(tls) => {
+                // The TLS handshake runs in the connection's own task, under the same deadline
+                // as the HTTP request head: a slow or silent client holds up nobody else.
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                let deadline = shared.config.handshake_timeout;
+                shared.connections.spawn(async move {
+                    match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_http(http, TokioIo::new(stream), service, peer, stop).await;
+                        }
+                        Ok(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection until it ends or the server stops.
+async fn serve_http<IO, S>(
+    http: http1::Builder,
+    io: TokioIo<IO>,
+    service: S,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Body> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = served {
+        debug!(%peer, cause = %err, "http connection ended");
     }
 }
 
