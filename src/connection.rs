@@ -86,6 +86,8 @@ pub struct Connection {
     ended: bool,
     /// The subprotocol agreed in the handshake.
     subprotocol: Option<&'static str>,
+    /// The token that came with the upgrade request (`Authorization: Bearer …` or `?token=`).
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -128,6 +130,7 @@ impl Connection {
             peer_close: None,
             ended: false,
             subprotocol: None,
+            token: None,
         };
         conn.rearm_timer();
         conn
@@ -154,6 +157,17 @@ impl Connection {
     /// The subprotocol agreed in the handshake, if any.
     pub fn subprotocol(&self) -> Option<&'static str> {
         self.subprotocol
+    }
+
+    /// Records the token the upgrade request carried.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The token the upgrade request carried, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// The peer's address, when known.
@@ -390,6 +404,17 @@ pub trait Handler: Send + Sync + 'static {
             content_type: "text/plain; charset=utf-8",
             body: "nanachat: connect a WebSocket client to this address.\n",
         }]
+    }
+
+    /// Decides, before the upgrade, whether a request may open a WebSocket, from the token it
+    /// carried (if any) and the subprotocol agreed: `Err(reason)` refuses it with 401.
+    fn authorize(
+        &self,
+        token: Option<&str>,
+        subprotocol: Option<&'static str>,
+    ) -> std::result::Result<(), String> {
+        let _ = (token, subprotocol);
+        Ok(())
     }
 
     /// Appends this handler's metrics (Prometheus text format) for `/metrics`.

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: HS256 tokens (`--auth-secret`, `nanachat token`): who may connect as whom.
 //! - [`bench`](mod@bench): the load generator (`nanachat bench`): worker processes, HDR latency, reports.
 //! - [`chat`]: the chat server (`nanachat serve`): sessions, rooms, presence, DMs, resume.
 //! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
@@ -24,6 +25,7 @@
 //! - [`config`]: limits and timers with their defaults, validated once.
 //! - [`error`]: the error type and its mapping to close codes.
 
+pub mod auth;
 pub mod bench;
 pub mod chat;
 pub mod client;

@@ -69,6 +69,8 @@ enum Command {
         #[arg(long, value_parser = parse_duration, env = "NANACHAT_HEARTBEAT")]
         heartbeat: Option<Duration>,
         #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
         chat: ChatArgs,
         #[command(flatten)]
         limits: ServerArgs,
@@ -99,6 +101,23 @@ enum Command {
         /// Also trust the CA certificates in this PEM file (wss:// to a private CA).
         #[arg(long)]
         ca_file: Option<std::path::PathBuf>,
+        /// A token for a server that wants one (`nanachat token`).
+        #[arg(long, env = "NANACHAT_TOKEN")]
+        token: Option<String>,
+    },
+    /// Mints a token for a server started with --auth-secret: its `sub` is the nick.
+    Token {
+        /// The nick the token is for.
+        #[arg(long)]
+        sub: String,
+        /// How long it stays valid; 0 never expires.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// A room it may join (repeatable); without any, every room.
+        #[arg(long = "room")]
+        rooms: Vec<String>,
+        #[command(flatten)]
+        secret: SecretArgs,
     },
     /// The seed's full-duplex pair: a server that pushes every 3 s, a client that sends every 1 s.
     Demo {
@@ -227,6 +246,38 @@ enum DemoSide {
         #[command(flatten)]
         limits: ConnectionArgs,
     },
+}
+
+/// Where the auth secret comes from.
+#[derive(Debug, Args)]
+struct SecretArgs {
+    /// The secret tokens are signed with (at least 16 bytes); prefer --auth-secret-file.
+    #[arg(long, env = "NANACHAT_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+    /// A file holding the secret (trailing newline ignored).
+    #[arg(long, env = "NANACHAT_AUTH_SECRET_FILE")]
+    auth_secret_file: Option<std::path::PathBuf>,
+}
+
+impl SecretArgs {
+    fn auth(&self) -> Result<Option<nanachat::auth::Auth>> {
+        let secret = match (&self.auth_secret, &self.auth_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "give --auth-secret or --auth-secret-file, not both".into(),
+                ));
+            }
+            (Some(secret), None) => secret.clone().into_bytes(),
+            (None, Some(path)) => std::fs::read(path).map_err(|err| {
+                Error::Config(format!(
+                    "cannot read the auth secret from {}: {err}",
+                    path.display()
+                ))
+            })?,
+            (None, None) => return Ok(None),
+        };
+        nanachat::auth::Auth::new(&secret).map(Some)
+    }
 }
 
 /// Per-connection limits; unset flags keep the library's defaults.
@@ -438,12 +489,18 @@ fn run(cli: Cli) -> Result<()> {
             send_every,
             no_reconnect,
             ca_file,
+            token,
         } => {
             let mut target = Target::parse(&url)?;
             if let Some(path) = &ca_file {
                 target = target.with_ca_file(path)?;
             }
-            let exit = connect(target, nick, rooms, json, raw, send_every, !no_reconnect)?;
+            let link = Link {
+                send_every,
+                reconnect: !no_reconnect,
+                token,
+            };
+            let exit = connect(target, nick, rooms, json, raw, link)?;
             match exit {
                 Exit::Done => Ok(()),
                 Exit::Refused(why) => Err(Error::Refused(why)),
@@ -455,6 +512,7 @@ fn run(cli: Cli) -> Result<()> {
             data_dir,
             memory,
             heartbeat,
+            secret,
             mut chat,
             mut limits,
         } => {
@@ -473,7 +531,15 @@ fn run(cli: Cli) -> Result<()> {
             chat.fill_from(&file);
             limits.fill_from(&file);
             let server = limits.config()?;
-            let chat = chat.config(heartbeat)?;
+            let mut chat = chat.config(heartbeat)?;
+            chat.auth = secret.auth()?;
+            if chat.auth.is_some() {
+                tracing::info!("auth: a valid token is required (HS256, sub = nick)");
+            } else {
+                tracing::warn!(
+                    "no --auth-secret: the server is open, anyone may connect under any free nick"
+                );
+            }
             raise_open_files_limit(server.max_connections);
             let max_message_bytes = server.connection.max_message_bytes;
             if memory {
@@ -489,6 +555,33 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench(args) => bench(*args),
+        Command::Token {
+            sub,
+            ttl,
+            rooms,
+            secret,
+        } => {
+            let Some(auth) = secret.auth()? else {
+                return Err(Error::Config(
+                    "give the server's secret: --auth-secret-file FILE (or --auth-secret)".into(),
+                ));
+            };
+            if !valid_nick(&sub) {
+                return Err(Error::Config(format!("'{sub}' is not a nick (--sub)")));
+            }
+            if let Some(bad) = rooms.iter().find(|r| !valid_room(r)) {
+                return Err(Error::Config(format!(
+                    "'{bad}' is not a room name (--room)"
+                )));
+            }
+            let claims = nanachat::auth::Claims {
+                sub,
+                exp: (!ttl.is_zero()).then(|| nanachat::auth::now_secs() + ttl.as_secs().max(1)),
+                rooms: (!rooms.is_empty()).then_some(rooms),
+            };
+            println!("{}", auth.mint(&claims));
+            Ok(())
+        }
         Command::BenchWorker => nanachat::bench::worker_main(),
         Command::Echo { addr, limits } => serve(&addr, limits.config()?, || Ok(Echo)),
         Command::Demo {
@@ -589,15 +682,26 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 /// `nanachat connect`: interactive when stdin is a terminal, scripted otherwise.
+/// How `nanachat connect` keeps its link.
+struct Link {
+    send_every: Option<Duration>,
+    reconnect: bool,
+    token: Option<String>,
+}
+
 fn connect(
     target: Target,
     nick: Option<String>,
     rooms: Vec<String>,
     json: bool,
     raw: bool,
-    send_every: Option<Duration>,
-    reconnect: bool,
+    link: Link,
 ) -> Result<Exit> {
+    let Link {
+        send_every,
+        reconnect,
+        token,
+    } = link;
     let nick = nick
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "guest".into());
@@ -633,6 +737,7 @@ fn connect(
         send_every,
         reconnect,
         commands: interactive,
+        token,
     };
     let result = runtime.block_on(async {
         if raw {

@@ -21,6 +21,10 @@ pub enum ClientMsg {
         /// `nick_taken` while the nick is connected.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// A signed token (`nanachat token`) whose `sub` is this nick: required when the
+        /// server has an auth secret, unless one came with the upgrade request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// Join a room, optionally resuming after `since` (replayed from history, then live).
     Join {
@@ -166,6 +170,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The server failed; the message was not stored.
     Internal,
+    /// The server wants a valid token for this nick (missing, expired, forged, another nick).
+    Unauthorized,
+    /// The token does not allow this room.
+    Forbidden,
 }
 
 /// What the server sends.
@@ -259,7 +267,7 @@ pub enum ServerMsg {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::BinaryNotAllowed,
@@ -275,6 +283,8 @@ impl ErrorCode {
         ErrorCode::NoSuchNick,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
     ];
 
     /// The code as it appears on the wire, e.g. `rate_limited`.
@@ -295,6 +305,8 @@ impl ErrorCode {
             ErrorCode::NoSuchNick => "no_such_nick",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -330,6 +342,7 @@ mod tests {
                 ClientMsg::Hello {
                     nick: "nana".into(),
                     key: Some("s3cret".into()),
+                    token: None,
                 },
             ),
             (

@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   nick: '',
+  token: '',
   key: '',
   ws: null,
   connected: false,
@@ -257,7 +258,7 @@ function onServer(msg) {
         }
       } else {
         systemLine(state.current, `${msg.message} (${msg.code})`, 'failed');
-        if (msg.code === 'nick_taken' || msg.code === 'bad_nick') logout(msg.message);
+        if (['nick_taken', 'bad_nick', 'unauthorized'].includes(msg.code)) logout(msg.message);
       }
       break;
     }
@@ -295,7 +296,9 @@ function connect() {
   state.ws = ws;
   ws.onopen = () => {
     state.lastHeard = Date.now();
-    send({ type: 'hello', nick: state.nick, key: state.key });
+    const hello = { type: 'hello', nick: state.nick, key: state.key };
+    if (state.token) hello.token = state.token;
+    send(hello);
   };
   ws.onmessage = (e) => {
     state.lastHeard = Date.now();
@@ -334,6 +337,7 @@ function logout(why) {
 $('login-form').addEventListener('submit', (e) => {
   e.preventDefault();
   state.nick = $('nick').value.trim();
+  state.token = $('token').value.trim();
   localStorage.setItem('nanachat.nick', state.nick);
   state.key = localStorage.getItem('nanachat.key') || randomKey();
   localStorage.setItem('nanachat.key', state.key);

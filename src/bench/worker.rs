@@ -552,6 +552,7 @@ async fn open(
     let hello = ClientMsg::Hello {
         nick,
         key: Some(sh.run.clone()),
+        token: None,
     };
     say(&conn, &hello).await?;
     expect(&mut conn, |m| matches!(m, ServerMsg::Welcome { .. })).await?;

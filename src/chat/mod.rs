@@ -113,6 +113,9 @@ pub struct ChatConfig {
     /// with `who`): each event goes to every member, so filling a room of n costs n² otherwise,
     /// and a crowd joining at once must not send a member more events than its outbox holds.
     pub presence_limit: usize,
+    /// With a secret, only holders of a valid token may connect, each as its token's nick
+    /// ([`crate::auth`]); without one the server is open.
+    pub auth: Option<crate::auth::Auth>,
 }
 
 impl Default for ChatConfig {
@@ -125,6 +128,7 @@ impl Default for ChatConfig {
             max_rooms: 32,
             heartbeat_interval: Duration::from_secs(25),
             presence_limit: 100,
+            auth: None,
         }
     }
 }
@@ -185,6 +189,22 @@ impl<S: Store> Handler for Chat<S> {
 
     fn assets(&self) -> &'static [Asset] {
         &ASSETS
+    }
+
+    fn authorize(
+        &self,
+        token: Option<&str>,
+        subprotocol: Option<&'static str>,
+    ) -> std::result::Result<(), String> {
+        let Some(auth) = &self.inner.config.auth else {
+            return Ok(());
+        };
+        match token {
+            Some(token) => auth.verify(token, crate::auth::now_secs()).map(|_| ()),
+            // A nanachat.v1 client may bring its token in `hello`; a plain-text one cannot.
+            None if subprotocol == Some(SUBPROTOCOL) => Ok(()),
+            None => Err("this server wants a token: add ?token=… to the URL".into()),
+        }
     }
 
     async fn handle(&self, conn: &mut Connection) -> Result<()> {

@@ -9,6 +9,7 @@ use tracing::warn;
 use super::hub::{ConnId, dm_pair, dm_room};
 use super::render::{Mode, PLAIN_HELP, render};
 use super::{Inner, valid_nick, valid_room};
+use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
     ChatMessage, ClientMsg, ErrorCode, Limits, RoomInfo, SUBPROTOCOL, ServerMsg, parse_client,
@@ -16,6 +17,9 @@ use crate::protocol::{
 use crate::rate::Bucket;
 use crate::store::{Append, MAX_PAGE, Page, Record, Store, now_ms};
 use crate::{Error, Result};
+
+/// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
+const AUTHENTICATED: &str = "\u{0}token";
 
 /// The room plain-text clients are put in.
 const LOBBY: &str = "lobby";
@@ -42,6 +46,7 @@ pub(super) async fn run<S: Store>(chat: Arc<Inner<S>>, conn: &mut Connection) ->
         bucket,
         strikes: 0,
         said: 0,
+        claims: None,
     };
     let outcome = session.serve(conn).await;
     session.chat.hub.disconnect(id);
@@ -62,6 +67,8 @@ struct Session<S> {
     strikes: u32,
     /// Plain-text mode: messages said, for their cids.
     said: u64,
+    /// What the connection's token allows, when the server wants tokens.
+    claims: Option<Claims>,
 }
 
 /// A refusal to send back: an error frame, the connection stays.
@@ -168,7 +175,10 @@ impl<S: Store> Session<S> {
             )?;
         }
         match request {
-            ClientMsg::Hello { nick, key } => self.hello(conn, &nick, key.as_deref()).await,
+            ClientMsg::Hello { nick, key, token } => {
+                self.hello(conn, &nick, key.as_deref(), token.as_deref())
+                    .await
+            }
             ClientMsg::Join { room, since, epoch } => self.join(conn, &room, since, epoch).await,
             ClientMsg::Leave { room } => {
                 self.chat
@@ -242,6 +252,7 @@ impl<S: Store> Session<S> {
         conn: &Connection,
         nick: &str,
         key: Option<&str>,
+        token: Option<&str>,
     ) -> Result<(), Failure> {
         if self.greeted {
             refuse(ErrorCode::AlreadyHello, "you said hello already")?;
@@ -252,12 +263,41 @@ impl<S: Store> Session<S> {
                 "a nick is 1 to 32 letters, digits, - or _",
             )?;
         }
+        let key = if self.chat.config.auth.is_some() {
+            let claims = self.check_token(token.or(conn.token()))?;
+            if claims.sub != nick {
+                refuse(
+                    ErrorCode::Unauthorized,
+                    format!("the token is for {}, not {nick}", claims.sub),
+                )?;
+            }
+            self.claims = Some(claims);
+            // Every connection with a valid token for a nick is that nick's.
+            Some(AUTHENTICATED)
+        } else {
+            key
+        };
         self.chat
             .hub
             .connect(self.id, nick, key, self.outbox.clone(), self.mode)
             .or_else(|code| refuse(code, format!("{nick} is taken")))?;
         self.greeted = true;
         Ok(self.welcome(conn, nick).await?)
+    }
+
+    /// The claims of a valid token; a missing or bad one is refused with the reason.
+    fn check_token(&self, token: Option<&str>) -> Result<Claims, Refusal> {
+        let Some(auth) = &self.chat.config.auth else {
+            return refuse(ErrorCode::Internal, "no auth configured");
+        };
+        let Some(token) = token else {
+            return refuse(
+                ErrorCode::Unauthorized,
+                "this server wants a token: hello with \"token\" (nanachat token --sub NICK)",
+            );
+        };
+        auth.verify(token, crate::auth::now_secs())
+            .or_else(|why| refuse(ErrorCode::Unauthorized, why))
     }
 
     async fn welcome(&self, conn: &Connection, nick: &str) -> Result<()> {
@@ -300,6 +340,15 @@ impl<S: Store> Session<S> {
             refuse(
                 ErrorCode::BadRoom,
                 "a room is 1 to 64 letters, digits, -, _ or .",
+            )?;
+        }
+        if let Some(claims) = &self.claims
+            && pair.is_none()
+            && !claims.may_join(room)
+        {
+            refuse(
+                ErrorCode::Forbidden,
+                format!("your token does not allow {room}"),
             )?;
         }
         self.open_room(room, pair).await?;
@@ -446,17 +495,39 @@ impl<S: Store> Session<S> {
 
     /// Plain-text mode: a generated nick, and the lobby.
     async fn start_plain(&mut self, conn: &Connection) -> Result<()> {
-        let mut nick = format!("guest-{}", self.id);
-        let mut n = 1;
-        while self
-            .chat
-            .hub
-            .connect(self.id, &nick, None, self.outbox.clone(), self.mode)
-            .is_err()
-        {
-            nick = format!("guest-{}-{n}", self.id);
-            n += 1;
-        }
+        let nick = if self.chat.config.auth.is_some() {
+            // `authorize` let it in with a valid token: it is its token's nick.
+            let claims = match self.check_token(conn.token()) {
+                Ok(claims) => claims,
+                Err(Refusal(_, why)) => return Err(Error::Policy(why)),
+            };
+            let nick = claims.sub.clone();
+            self.chat
+                .hub
+                .connect(
+                    self.id,
+                    &nick,
+                    Some(AUTHENTICATED),
+                    self.outbox.clone(),
+                    self.mode,
+                )
+                .map_err(|_| Error::Policy(format!("{nick} is taken")))?;
+            self.claims = Some(claims);
+            nick
+        } else {
+            let mut nick = format!("guest-{}", self.id);
+            let mut n = 1;
+            while self
+                .chat
+                .hub
+                .connect(self.id, &nick, None, self.outbox.clone(), self.mode)
+                .is_err()
+            {
+                nick = format!("guest-{}-{n}", self.id);
+                n += 1;
+            }
+            nick
+        };
         self.greeted = true;
         self.welcome(conn, &nick).await?;
         match self.join(conn, LOBBY, None, None).await {
@@ -498,6 +569,12 @@ impl<S: Store> Session<S> {
         };
         Ok(Some(match verb {
             "nick" => {
+                if self.claims.is_some() {
+                    return refuse(
+                        ErrorCode::Unauthorized,
+                        "your nick is your token's: it cannot change",
+                    );
+                }
                 if !valid_nick(rest) {
                     return refuse(
                         ErrorCode::BadNick,

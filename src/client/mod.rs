@@ -72,6 +72,8 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// Lines are chat input with `/commands` (interactive), or each line is a message (script).
     pub commands: bool,
+    /// A token for servers that want one (`nanachat token`).
+    pub token: Option<String>,
 }
 
 struct Cursor {
@@ -281,6 +283,7 @@ impl State {
             &ClientMsg::Hello {
                 nick: self.opts.nick.clone(),
                 key: Some(self.key.clone()),
+                token: self.opts.token.clone(),
             },
         )
         .await?;
@@ -446,6 +449,11 @@ impl State {
             ErrorCode::NickTaken | ErrorCode::BadNick => {
                 return Some(SessionEnd::Exit(Exit::Refused(format!(
                     "{message}: choose another nick with --nick"
+                ))));
+            }
+            ErrorCode::Unauthorized => {
+                return Some(SessionEnd::Exit(Exit::Refused(format!(
+                    "{message} (--token)"
                 ))));
             }
             // Worth another try, with the same cid, once the bucket allows.

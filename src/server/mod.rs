@@ -144,6 +144,24 @@ impl ServerConfig {
     }
 }
 
+/// The token of an upgrade request: `Authorization: Bearer TOKEN`, or `?token=TOKEN` in the URL
+/// (browsers cannot set headers on a WebSocket).
+fn request_token(req: &Request) -> Option<String> {
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    bearer.or_else(|| {
+        req.uri().query()?.split('&').find_map(|pair| {
+            let value = pair.strip_prefix("token=")?;
+            // A JWT is base64url and dots: nothing to percent-decode.
+            Some(value.to_owned())
+        })
+    })
+}
+
 /// `scheme://host[:port]`, nothing after.
 fn valid_origin(origin: &str) -> bool {
     origin.split_once("://").is_some_and(|(scheme, rest)| {
@@ -164,6 +182,8 @@ struct Shared<H> {
     refused: AtomicU64,
     /// Upgrades refused because of their `Origin`.
     refused_origin: AtomicU64,
+    /// Upgrades refused by the handler's `authorize`.
+    refused_auth: AtomicU64,
     config: ServerConfig,
     permits: Arc<Semaphore>,
     connections: TaskTracker,
@@ -186,6 +206,7 @@ pub async fn run<H: Handler>(
         accepted: AtomicU64::new(0),
         refused: AtomicU64::new(0),
         refused_origin: AtomicU64::new(0),
+        refused_auth: AtomicU64::new(0),
         permits: Arc::new(Semaphore::new(config.max_connections)),
         config,
         connections: TaskTracker::new(),
@@ -366,6 +387,12 @@ async fn metrics_page<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Respo
                 shared.refused.load(Ordering::Relaxed),
             ),
             (
+                "nanachat_auth_refused_total",
+                "counter",
+                "WebSocket upgrades refused: token missing or not valid.",
+                shared.refused_auth.load(Ordering::Relaxed),
+            ),
+            (
                 "nanachat_origin_refused_total",
                 "counter",
                 "WebSocket upgrades refused: origin not allowed.",
@@ -427,6 +454,12 @@ async fn upgrade_or_page<H: Handler>(
         );
     };
     let subprotocol = upgrade.choose(shared.handler.subprotocols());
+    let token = request_token(&req);
+    if let Err(why) = shared.handler.authorize(token.as_deref(), subprotocol) {
+        metrics::bump(&shared.refused_auth);
+        warn!(%peer, %why, "refused: not authorized");
+        return text_response(StatusCode::UNAUTHORIZED, format!("{why}\n"));
+    }
     let (response, on_upgrade) = upgrade.accept(subprotocol);
     metrics::bump(&shared.accepted);
     let task_shared = shared.clone();
@@ -456,7 +489,8 @@ async fn upgrade_or_page<H: Handler>(
             shared.shutdown.clone(),
         ))
         .await
-        .with_subprotocol(subprotocol);
+        .with_subprotocol(subprotocol)
+        .with_token(token);
         info!(%peer, subprotocol = subprotocol.unwrap_or("none"), "connected");
         // Boxed at its own size: the task would otherwise be as large as the handshake's state
         // and the connection's together, for as long as the connection lives.

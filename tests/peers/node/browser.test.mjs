@@ -188,3 +188,33 @@ test('direct messages, unread counts and older history on scroll up', async () =
   await until('ben reads it', async () => (await texts(b)).includes('just between us'));
   await b.screenshot({ path: path.join(SHOTS, 'direct-message.png') });
 });
+
+test('a server that wants tokens: the page sends the one typed, and shows a refusal', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'nanachat-auth-'));
+  const secretFile = path.join(dir, 'secret');
+  (await import('node:fs')).writeFileSync(secretFile, 'a browser test secret, long enough\n');
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0', '--auth-secret-file', secretFile]);
+  const token = await new Promise((resolve, reject) => {
+    const p = spawn(BIN, ['token', '--sub', 'tess', '--auth-secret-file', secretFile]);
+    let out = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.on('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`token exited ${code}`))));
+  });
+  const page = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  await page.goto(`${http}/`);
+  // Without a token: back to the login form, with the server's reason.
+  await page.fill('#nick', 'tess');
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#login-error:text("token")', { timeout: WAIT });
+  // With it: in, and chatting.
+  await page.fill('#nick', 'tess');
+  await page.fill('#token', token);
+  await page.press('#token', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  await say(page, 'signed in from a browser');
+  await until('the message stored', async () => (await page.$$('#messages li.pending')).length === 0
+    && (await texts(page)).includes('signed in from a browser'));
+  await page.screenshot({ path: path.join(SHOTS, 'token.png') });
+  await page.close();
+  rmSync(dir, { recursive: true, force: true });
+});

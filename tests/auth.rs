@@ -1,0 +1,263 @@
+//! Token auth as users meet it: `nanachat serve --auth-secret-file`, tokens minted by
+//! `nanachat token` (and by Python's standard library), checked at the upgrade and in `hello`,
+//! rooms limited by the token, plain-text clients named by theirs.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Proc, nanachat, within};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "correct horse battery staple, thirty-two";
+
+struct Setup {
+    dir: std::path::PathBuf,
+    server: Proc,
+    url: String,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = std::env::temp_dir().join(format!("nanachat-auth-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--memory",
+        "--addr",
+        "127.0.0.1:0",
+        "--auth-secret-file",
+    ])
+    .arg(dir.join("secret"));
+    let server = Proc::spawn("nanachat serve --auth", cmd);
+    let url = server.listening_url();
+    Setup { dir, server, url }
+}
+
+fn mint(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = nanachat()
+        .args(["token", "--auth-secret-file"])
+        .arg(dir.join("secret"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Opens a `nanachat.v1` WebSocket, the token in the URL if given; the HTTP status on refusal.
+async fn open(url: &str, token: Option<&str>) -> Result<common::Peer, (u16, String)> {
+    let url = match token {
+        Some(t) => format!("{url}/?token={t}"),
+        None => url.to_owned(),
+    };
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "nanachat.v1".parse().unwrap());
+    match within("handshake", tokio_tungstenite::connect_async(request)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+        )),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+async fn next_json(ws: &mut common::Peer) -> Value {
+    loop {
+        match within("a message", ws.next()).await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] != "tick" && v["type"] != "presence" {
+                    return v;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut common::Peer, v: Value) {
+    within("send", ws.send(Message::text(v.to_string())))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_valid_tokens_get_in_each_as_its_nick() {
+    let s = setup("hello");
+    s.server.wait_stderr("a valid token is required");
+    let alice = mint(
+        &s.dir,
+        &["--sub", "alice", "--ttl", "1h", "--room", "lobby"],
+    );
+
+    // No token: a nanachat.v1 client may still bring one in hello, but cannot skip it.
+    let mut ws = open(&s.url, None).await.unwrap();
+    send(&mut ws, json!({"type": "hello", "nick": "alice"})).await;
+    assert_eq!(next_json(&mut ws).await["code"], "unauthorized");
+    // Someone else's token.
+    send(
+        &mut ws,
+        json!({"type": "hello", "nick": "mallory", "token": alice}),
+    )
+    .await;
+    let err = next_json(&mut ws).await;
+    assert_eq!(err["code"], "unauthorized");
+    assert!(
+        err["message"].as_str().unwrap().contains("for alice"),
+        "{err}"
+    );
+    // Its own: welcome, the listed room, not another.
+    send(
+        &mut ws,
+        json!({"type": "hello", "nick": "alice", "token": alice}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    send(&mut ws, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "joined");
+    send(&mut ws, json!({"type": "join", "room": "ops"})).await;
+    assert_eq!(next_json(&mut ws).await["code"], "forbidden");
+
+    // With the token in the URL: a second connection of alice, no key needed.
+    let mut again = open(&s.url, Some(&alice)).await.unwrap();
+    send(&mut again, json!({"type": "hello", "nick": "alice"})).await;
+    assert_eq!(next_json(&mut again).await["type"], "welcome");
+
+    // A token signed with another secret, or garbage, at the upgrade: 401 with the reason.
+    let out = nanachat()
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--auth-secret",
+            "another secret, long enough",
+        ])
+        .output()
+        .unwrap();
+    let forged = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (status, body) = open(&s.url, Some(&forged)).await.err().unwrap();
+    assert_eq!(status, 401);
+    assert!(body.contains("signature"), "{body}");
+    let (status, body) = open(&s.url, Some("nonsense")).await.err().unwrap();
+    assert_eq!(status, 401);
+    assert!(body.contains("malformed"), "{body}");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_tokens_and_tokenless_plain_clients_are_refused() {
+    let s = setup("expiry");
+    // Minted by another implementation: Python's standard library, already expired.
+    let script = r#"
+import base64, hashlib, hmac, json, sys
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"sub": "bob", "exp": int(sys.argv[2])}).encode())
+sig = b64(hmac.new(sys.argv[1].encode(), head + b"." + body, hashlib.sha256).digest())
+print((head + b"." + body + b"." + sig).decode())
+"#;
+    let python_token = |exp: u64| {
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, SECRET, &exp.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let now = nanachat::auth::now_secs();
+    let (status, body) = open(&s.url, Some(&python_token(now - 10)))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!((status, body.trim()), (401, "token expired"));
+    // The same implementation, not expired: in.
+    let mut ws = open(&s.url, Some(&python_token(now + 600))).await.unwrap();
+    send(&mut ws, json!({"type": "hello", "nick": "bob"})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+
+    // A plain-text client has no hello: without a token it is refused at the door...
+    let plain = tokio_tungstenite::connect_async(s.url.clone()).await;
+    match plain {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // ...and with one it is its token's nick.
+    let carol = mint(&s.dir, &["--sub", "carol"]);
+    let (mut plain, _) = within(
+        "plain",
+        tokio_tungstenite::connect_async(format!("{}/?token={carol}", s.url)),
+    )
+    .await
+    .unwrap();
+    let first = within("welcome", plain.next()).await.unwrap().unwrap();
+    assert!(
+        first.to_text().unwrap().contains("you are carol"),
+        "{first:?}"
+    );
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn connect_takes_a_token_and_token_refuses_bad_input() {
+    let s = setup("connect");
+    let token = mint(&s.dir, &["--sub", "dave"]);
+    let mut cmd = nanachat();
+    cmd.args(["connect", &s.url, "--nick", "dave", "--token", &token]);
+    let mut client = Proc::spawn_with_stdin("connect --token", cmd, true);
+    client.write_line("signed in");
+    client.close_stdin();
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+    assert!(
+        client
+            .stdout_lines()
+            .iter()
+            .any(|(_, l)| l.contains("signed in"))
+    );
+    // Without it: refused by the server, exit 3.
+    let mut cmd = nanachat();
+    cmd.args(["connect", &s.url, "--nick", "dave", "--no-reconnect"]);
+    let mut client = Proc::spawn_with_stdin("connect without token", cmd, true);
+    client.close_stdin();
+    assert_eq!(
+        client.wait_exit().code(),
+        Some(3),
+        "{}",
+        client.stderr_text()
+    );
+
+    for args in [
+        &["token", "--sub", "x"][..],
+        &["token", "--sub", "x", "--auth-secret", "short"][..],
+        &["token", "--sub", "not a nick", "--auth-secret", SECRET][..],
+    ] {
+        let out = nanachat().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn an_open_server_says_so() {
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--memory", "--addr", "127.0.0.1:0"]);
+    let server = Proc::spawn("nanachat serve", cmd);
+    server.wait_stderr("the server is open");
+}
