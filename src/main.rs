@@ -533,23 +533,27 @@ fn run(cli: Cli) -> Result<()> {
             let server = limits.config()?;
             let mut chat = chat.config(heartbeat)?;
             chat.auth = secret.auth()?;
-            if chat.auth.is_some() {
-                tracing::info!("auth: a valid token is required (HS256, sub = nick)");
-            } else {
-                tracing::warn!(
-                    "no --auth-secret: the server is open, anyone may connect under any free nick"
-                );
-            }
+            let say_auth = |auth: bool| {
+                if auth {
+                    tracing::info!("auth: a valid token is required (HS256, sub = nick)");
+                } else {
+                    tracing::warn!(
+                        "no --auth-secret: the server is open, anyone may connect under any free nick"
+                    );
+                }
+            };
             raise_open_files_limit(server.max_connections);
             let max_message_bytes = server.connection.max_message_bytes;
             if memory {
                 serve(&addr, server, || {
+                    say_auth(chat.auth.is_some());
                     Ok(Chat::new(MemoryStore::new(), chat, max_message_bytes))
                 })
             } else {
                 serve(&addr, server, || {
                     let store = SqliteStore::open(&data_dir)?;
                     tracing::info!(path = %store.path().display(), "history store");
+                    say_auth(chat.auth.is_some());
                     Ok(Chat::new(store, chat, max_message_bytes))
                 })
             }

@@ -384,6 +384,50 @@ async fn presence_and_who_count_nicks_not_connections() {
 }
 
 #[tokio::test]
+async fn a_history_page_never_outgrows_one_frame() {
+    let server = chat_server(roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    let long = "é".repeat(4000); // 8,000 bytes of text each
+    for i in 0..30 {
+        a.say("lobby", &long, &format!("c{i}")).await;
+        a.expect("ack").await;
+    }
+    // 30 × 8 KB is far more than one 64 KiB frame: the page is cut short, newest kept.
+    let mut seqs = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut req = json!({"type": "history", "room": "lobby", "limit": 200});
+        if let Some(b) = before {
+            req["before"] = json!(b);
+        }
+        a.send(req).await;
+        let page = a.expect("history").await;
+        let page_seqs: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            page.to_string().len() <= 64 * 1024,
+            "a page of {} bytes",
+            page.to_string().len()
+        );
+        if page_seqs.is_empty() {
+            break;
+        }
+        assert!(page_seqs.len() < 30, "the first page was not cut");
+        before = Some(page_seqs[0]);
+        seqs.splice(0..0, page_seqs);
+    }
+    // Paging on from the cut gets every message once, and the connection is still there.
+    assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
+    a.say("lobby", "still here", "last").await;
+    assert_eq!(a.expect("ack").await["seq"], 31);
+}
+
+#[tokio::test]
 async fn big_rooms_send_no_presence_but_who_still_answers() {
     let config = ChatConfig {
         presence_limit: 2,

@@ -424,12 +424,34 @@ impl<S: Store> Session<S> {
         let limit = limit.map_or(50, |l| l as usize).min(MAX_PAGE);
         let store = &self.chat.store;
         let epoch = store.room_state(&room).await?.epoch;
-        let messages = store
+        let mut messages: Vec<ChatMessage> = store
             .history(&room, page, limit)
             .await?
             .into_iter()
             .map(chat_message)
             .collect();
+        // One page is one frame, and no frame may be larger than the largest message we
+        // announce (`limits.max_message_bytes`): a page that would be is cut short, keeping the
+        // messages nearest to where the client is reading from; it pages on from there.
+        let budget = self.chat.max_message_bytes.saturating_sub(512);
+        let sizes: Vec<usize> = messages
+            .iter()
+            .map(|m| serde_json::to_string(m).map_or(0, |j| j.len() + 1))
+            .collect();
+        let mut total: usize = sizes.iter().sum();
+        let mut dropped = 0;
+        while total > budget && messages.len() - dropped > 1 {
+            let i = match page {
+                Page::Before(_) => dropped,                  // drop the oldest
+                Page::After(_) => sizes.len() - 1 - dropped, // drop the newest
+            };
+            total -= sizes[i];
+            dropped += 1;
+        }
+        match page {
+            Page::Before(_) => drop(messages.drain(..dropped)),
+            Page::After(_) => messages.truncate(messages.len() - dropped),
+        }
         let msg = ServerMsg::History {
             room,
             epoch,

@@ -95,12 +95,24 @@ impl SqliteStore {
         let path = dir.join("nanachat.sqlite3");
         let mut writer = Connection::open(&path)
             .map_err(|err| Error::Config(format!("cannot open {}: {err}", path.display())))?;
+        // A file that is not ours (or is damaged) is refused with its name, and left as it is:
+        // nothing is written before it has been read as a database.
+        let unusable = |err: &dyn std::fmt::Display| {
+            Error::Config(format!(
+                "cannot use {} as the history store: {err} (a damaged file, or not nanachat's; \
+                 move it away or pick another --data-dir)",
+                path.display()
+            ))
+        };
+        writer
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(|err| unusable(&err))?;
         writer
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| writer.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|()| writer.busy_timeout(std::time::Duration::from_secs(5)))
-            .map_err(store_err)?;
-        migrate(&mut writer)?;
+            .map_err(|err| unusable(&err))?;
+        migrate(&mut writer).map_err(|err| unusable(&err))?;
         let reader = Connection::open(&path).map_err(store_err)?;
         reader
             .pragma_update(None, "query_only", true)

@@ -1,0 +1,300 @@
+//! Faults a server meets in production, against `nanachat serve` child processes: a damaged or
+//! unusable data dir, a full disk while writing, slowloris handshakes, a flood to max
+//! connections. (SIGKILL mid-publish is in tests/serve.rs; slow consumers in tests/chat.rs.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Proc, WAIT, nanachat, within};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nanachat-faults-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `nanachat serve` on `data_dir` expecting it to refuse to start; returns stderr.
+fn refused_start(data_dir: &std::path::Path) -> String {
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    let mut proc = Proc::spawn("nanachat serve", cmd);
+    assert_eq!(proc.wait_exit().code(), Some(2), "{}", proc.stderr_text());
+    let err = proc.stderr_text();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
+}
+
+#[test]
+fn a_damaged_store_is_refused_by_name_and_left_untouched() {
+    let dir = scratch("damaged");
+    let file = dir.join("nanachat.sqlite3");
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&file, &garbage).unwrap();
+    let err = refused_start(&dir);
+    assert!(
+        err.contains("nanachat.sqlite3") && err.contains("not a database"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        garbage,
+        "the file was changed"
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "files were added: {names:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unusable_data_dir_is_one_clear_line() {
+    let dir = scratch("unusable");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    assert!(refused_start(&file).contains("cannot create data dir"));
+    assert!(
+        refused_start(std::path::Path::new("/proc/nanachat-data")).contains("/proc/nanachat-data")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn json_client(url: &str, nick: &str) -> common::Peer {
+    let mut ws = common::protocol_peer(url).await;
+    for msg in [
+        json!({"type": "hello", "nick": nick}),
+        json!({"type": "join", "room": "lobby"}),
+    ] {
+        ws.send(Message::text(msg.to_string())).await.unwrap();
+    }
+    ws
+}
+
+async fn next_json(ws: &mut common::Peer) -> Value {
+    loop {
+        match within("a message", ws.next()).await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if !matches!(v["type"].as_str(), Some("tick" | "presence")) {
+                    return v;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// Says `text` and waits for its ack (or error).
+async fn say(ws: &mut common::Peer, text: &str, cid: &str) -> Value {
+    let msg = json!({"type": "say", "room": "lobby", "text": text, "cid": cid});
+    ws.send(Message::text(msg.to_string())).await.unwrap();
+    loop {
+        let v = next_json(ws).await;
+        if v["cid"] == cid {
+            return v;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_handshakes_do_not_keep_real_clients_out() {
+    let dir = scratch("slowloris");
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--handshake-timeout",
+        "1s",
+        "--data-dir",
+    ])
+    .arg(&dir);
+    let server = Proc::spawn("nanachat serve", cmd);
+    let url = server.listening_url();
+    let addr = url.trim_start_matches("ws://").to_owned();
+    // 300 clients that start a request and never finish it.
+    let mut lorises = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websoc")
+            .unwrap();
+        lorises.push(tcp);
+    }
+    // A real client gets in and is served meanwhile.
+    let mut ws = json_client(&url, "real").await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    assert_eq!(next_json(&mut ws).await["type"], "joined");
+    assert_eq!(say(&mut ws, "still served", "c1").await["type"], "ack");
+    // And the half-open ones are dropped once the handshake timeout passes.
+    let deadline = Instant::now() + WAIT;
+    for mut tcp in lorises {
+        tcp.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match tcp.read(&mut buf) {
+                Ok(0) | Err(_) if Instant::now() < deadline => break,
+                Ok(_) => continue, // an error response (408) before the close
+                Err(err) => panic!("a slowloris socket stayed open: {err}"),
+            }
+        }
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_to_max_connections_refuses_newcomers_and_serves_those_in() {
+    let dir = scratch("flood");
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--max-connections",
+        "40",
+        "--data-dir",
+    ])
+    .arg(&dir);
+    let server = Proc::spawn("nanachat serve", cmd);
+    let url = server.listening_url();
+    let mut real = json_client(&url, "real").await;
+    assert_eq!(next_json(&mut real).await["type"], "welcome");
+    let mut flood = Vec::new();
+    for _ in 0..39 {
+        flood.push(common::peer(&url).await);
+    }
+    // Full: the next one is refused at the door, with the reason.
+    match within("refused", tokio_tungstenite::connect_async(url.clone())).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503);
+            let body =
+                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("max connections"), "{body}");
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    // The ones in are served as before.
+    assert_eq!(next_json(&mut real).await["type"], "joined");
+    assert_eq!(say(&mut real, "while full", "c1").await["type"], "ack");
+    // A slot freed is a slot for the next client.
+    drop(flood.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if tokio_tungstenite::connect_async(url.clone()).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot came free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Needs root (it mounts a 1 MiB tmpfs as the data dir): run by scripts/check with --ignored.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "mounts a tmpfs: root only; scripts/check runs it"]
+async fn a_full_disk_refuses_what_it_cannot_store_and_keeps_what_it_acked() {
+    let dir = scratch("full-disk");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "cannot mount a tmpfs (not root?)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+    ])
+    .arg("--data-dir")
+    .arg(&dir);
+    let server = Proc::spawn("nanachat serve", cmd);
+    let url = server.listening_url();
+    let mut ws = json_client(&url, "writer").await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    assert_eq!(next_json(&mut ws).await["type"], "joined");
+    let text = "x".repeat(2000);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for i in 0..2000 {
+        let answer = say(&mut ws, &text, &format!("c{i}")).await;
+        match answer["type"].as_str() {
+            Some("ack") => acked.push(answer["seq"].as_u64().unwrap()),
+            Some("error") => {
+                assert_eq!(answer["code"], "internal", "{answer}");
+                refused += 1;
+                if refused >= 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        refused >= 5,
+        "the disk never filled ({} acked)",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+    // Everything acked is in the history, in order, once; the server still answers.
+    let mut stored = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut req = json!({"type": "history", "room": "lobby", "limit": 200});
+        if let Some(b) = before {
+            req["before"] = json!(b);
+        }
+        ws.send(Message::text(req.to_string())).await.unwrap();
+        let page = loop {
+            let v = next_json(&mut ws).await;
+            if v["type"] == "history" {
+                break v;
+            }
+        };
+        let seqs: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        if seqs.is_empty() {
+            break;
+        }
+        before = Some(seqs[0]);
+        stored.splice(0..0, seqs);
+    }
+    for seq in &acked {
+        assert!(stored.contains(seq), "acked #{seq} is not in the history");
+    }
+    let mut sorted = stored.clone();
+    sorted.dedup();
+    assert_eq!(sorted, stored, "a seq twice");
+    drop(server);
+}
