@@ -231,8 +231,11 @@ pub enum ServerMsg {
     Members {
         /// The room.
         room: String,
-        /// Nicks in it, sorted.
+        /// Nicks in it, sorted; only the first ones when they would not fit in one frame.
         nicks: Vec<String>,
+        /// How many nicks are in the room (more than `nicks` holds when it was cut).
+        #[serde(default)]
+        total: usize,
     },
     /// Answer to `rooms`: the rooms with members, busiest first.
     Rooms {

@@ -428,6 +428,34 @@ async fn a_history_page_never_outgrows_one_frame() {
 }
 
 #[tokio::test]
+async fn who_in_a_room_too_big_for_one_frame_answers_with_the_first_ones_and_the_total() {
+    let mut server = ServerConfig::default();
+    server.connection.max_message_bytes = 2048;
+    let max = server.connection.max_message_bytes;
+    let server = TestServer::start(server, Chat::new(MemoryStore::new(), roomy(), max)).await;
+    let mut members = Vec::new();
+    for i in 0..60 {
+        let mut c = Client::hello(&server.url(), &format!("{i:02}-{}", "n".repeat(29))).await;
+        c.join("lobby").await;
+        members.push(c);
+    }
+    let who = &mut members[0];
+    who.send(json!({"type": "who", "room": "lobby"})).await;
+    let answer = who.expect("members").await;
+    assert_eq!(answer["total"], 60);
+    let shown = answer["nicks"].as_array().unwrap().len();
+    assert!(shown > 0 && shown < 60, "{shown} nicks shown");
+    assert!(
+        answer.to_string().len() <= 2048,
+        "{}",
+        answer.to_string().len()
+    );
+    // The connection is still there.
+    who.say("lobby", "still here", "c1").await;
+    who.expect("ack").await;
+}
+
+#[tokio::test]
 async fn big_rooms_send_no_presence_but_who_still_answers() {
     let config = ChatConfig {
         presence_limit: 2,

@@ -67,7 +67,12 @@ fn plain(msg: &ServerMsg) -> String {
             PresenceEvent::Join => format!("* {nick} joined {room}"),
             PresenceEvent::Leave => format!("* {nick} left {room}"),
         },
-        ServerMsg::Members { room, nicks } => format!("* in {room}: {}", nicks.join(", ")),
+        ServerMsg::Members { room, nicks, total } if *total > nicks.len() => format!(
+            "* in {room}: {} and {} more",
+            nicks.join(", "),
+            total - nicks.len()
+        ),
+        ServerMsg::Members { room, nicks, .. } => format!("* in {room}: {}", nicks.join(", ")),
         ServerMsg::Rooms { rooms } => {
             let list: Vec<String> = rooms
                 .iter()

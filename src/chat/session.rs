@@ -219,13 +219,25 @@ impl<S: Store> Session<S> {
                 Ok(())
             }
             ClientMsg::Who { room } => {
-                let nicks = self
+                let mut nicks = self
                     .chat
                     .hub
                     .members(self.id, &room)
                     .or_else(|code| refuse(code, format!("you are not in {room}")))?;
+                let total = nicks.len();
+                // One frame at most, like a history page: a huge room's list is cut.
+                let budget = self.chat.max_message_bytes.saturating_sub(512);
+                let mut used = 0;
+                let fit = nicks
+                    .iter()
+                    .take_while(|n| {
+                        used += n.len() + 3;
+                        used <= budget
+                    })
+                    .count();
+                nicks.truncate(fit);
                 Ok(self
-                    .reply(conn, &ServerMsg::Members { room, nicks })
+                    .reply(conn, &ServerMsg::Members { room, nicks, total })
                     .await?)
             }
             ClientMsg::History {

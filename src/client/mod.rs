@@ -402,7 +402,7 @@ impl State {
                 };
                 out.notice(&format!("* {nick} {verb} {room}"));
             }
-            ServerMsg::Members { room, nicks } => {
+            ServerMsg::Members { room, nicks, .. } => {
                 out.notice(&format!("* in {room}: {}", nicks.join(", ")))
             }
             ServerMsg::Rooms { rooms } => {
