@@ -184,6 +184,9 @@ struct BenchArgs {
     /// resume: messages published while the clients are away.
     #[arg(long, default_value_t = 100)]
     missed: u64,
+    /// fanout: percent of receivers that stop reading once the run starts (0 to 50).
+    #[arg(long, default_value_t = 0.0)]
+    stall: f64,
     /// Worker processes; 0 is one per 15,000 clients.
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -649,6 +652,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         seconds: args.duration.as_secs_f64(),
         warmup: args.warmup.as_secs_f64(),
         missed: args.missed,
+        stall: args.stall,
         workers: args.workers,
         sources: args.sources,
         server_pid: args.server_pid,

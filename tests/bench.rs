@@ -311,3 +311,34 @@ fn workers_do_not_outlive_a_killed_bench() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn receivers_that_stop_reading_cost_the_others_nothing() {
+    let dir = scratch("stall");
+    let server = common::serve_child(&dir, "127.0.0.1:0", 1_000_000);
+    let url = server.listening_url();
+    let (code, report) = bench(&[
+        "fanout",
+        &url,
+        "--receivers",
+        "40",
+        "--stall",
+        "10",
+        "--rate",
+        "300",
+        "--size",
+        "2KiB",
+        "--duration",
+        "1.5s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(n(&report, "stalled"), 4, "{report}");
+    // Everyone still reading got everything, whatever became of the four.
+    assert_eq!(n(&report, "lost"), 0, "{report}");
+    assert_eq!(n(&report, "duplicated"), 0, "{report}");
+    assert!(n(&report, "deliveries") >= 36 * 400, "{report}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -92,6 +92,9 @@ pub struct BenchSpec {
     pub warmup: f64,
     /// Resume: messages published while the clients are away.
     pub missed: u64,
+    /// Fanout: percent of receivers that stop reading once the run starts (their deliveries
+    /// are not counted; the others' latency shows what a stalled member costs them).
+    pub stall: f64,
     /// Worker processes (0: one per 15,000 clients).
     pub workers: usize,
     /// Local addresses to connect from, in turn (empty: the system's choice, or 127.0.0.x
@@ -120,6 +123,7 @@ impl Default for BenchSpec {
             seconds: 10.0,
             warmup: 2.0,
             missed: 100,
+            stall: 0.0,
             workers: 0,
             sources: Vec::new(),
             server_pid: None,
@@ -160,6 +164,9 @@ impl BenchSpec {
         if self.raw && self.scenario == Scenario::Resume {
             return bad("resume needs the nanachat.v1 protocol: drop --raw");
         }
+        if !(0.0..=50.0).contains(&self.stall) {
+            return bad("--stall is a percent of receivers, 0 to 50");
+        }
         if self.window == 0 {
             return bad("--window must be at least 1");
         }
@@ -186,8 +193,17 @@ impl BenchSpec {
         let mode = if self.raw { "raw" } else { "nanachat.v1" };
         match self.scenario {
             Scenario::Fanout => format!(
-                "{mode}, {} room(s) × {} receivers, {} publisher(s) per room, {rate} per room, {} B, {} s",
-                self.rooms, self.receivers, self.publishers, self.size, self.seconds
+                "{mode}, {} room(s) × {} receivers{}, {} publisher(s) per room, {rate} per room, {} B, {} s",
+                self.rooms,
+                self.receivers,
+                if self.stall > 0.0 {
+                    format!(" ({}% stop reading)", self.stall)
+                } else {
+                    String::new()
+                },
+                self.publishers,
+                self.size,
+                self.seconds
             ),
             Scenario::Echo => format!(
                 "{mode}, {} clients, window {}, {} B, {} s",
@@ -272,6 +288,7 @@ struct WorkerDone {
     latency: HistData,
     timeline: Vec<(u64, HistData)>,
     deliveries: u64,
+    stalled: u64,
     acked: u64,
     sent: u64,
     errors: u64,
@@ -715,6 +732,7 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
             timeline.add(*second, h);
         }
         report.deliveries += d.deliveries;
+        report.stalled += d.stalled;
         report.acked += d.acked;
         report.errors += d.errors;
         report.lost += d.lost;
@@ -729,7 +747,9 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
         report.deliveries_per_sec = report.deliveries as f64 / window.max(1e-9);
         report.messages_per_sec = match spec.scenario {
             Scenario::Fanout => {
-                report.deliveries_per_sec / f64::from(spec.receivers.max(1)) / rooms as f64
+                let reading =
+                    (u64::from(spec.receivers) * rooms as u64).saturating_sub(report.stalled);
+                report.deliveries_per_sec / reading.max(1) as f64
             }
             _ => report.deliveries_per_sec,
         };

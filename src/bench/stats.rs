@@ -109,6 +109,8 @@ pub struct Report {
     pub timeline: Vec<Percentiles>,
     /// Counts of the latency histogram, (upper bound µs, count), for the plot.
     pub histogram: Vec<(u64, u64)>,
+    /// Receivers that stopped reading on purpose (`--stall`); not counted anywhere else.
+    pub stalled: u64,
     /// Deliveries that never arrived.
     pub lost: u64,
     /// Deliveries that arrived twice or out of order.
@@ -183,6 +185,13 @@ impl Report {
         }
         if let Some(s) = self.resume_seconds {
             row(&mut out, "resumed in", format!("{s:.2} s"));
+        }
+        if self.stalled > 0 {
+            row(
+                &mut out,
+                "stalled",
+                format!("{} receivers stopped reading (not counted)", self.stalled),
+            );
         }
         row(&mut out, "lost", self.lost.to_string());
         row(&mut out, "duplicated", self.duplicated.to_string());

@@ -58,6 +58,8 @@ struct Counters {
     errors: AtomicU64,
     dropped: AtomicU64,
     resumed: AtomicU64,
+    /// Receivers that stopped reading on purpose.
+    stalled: AtomicU64,
     /// Publishers done with a `Publish` budget.
     published: AtomicU64,
     /// Publishers and echo clients done after `Stop` (their last acks are in).
@@ -312,9 +314,20 @@ fn emit(ev: &Ev) {
 /// A client's role in the scenario.
 #[derive(Debug, Clone, Copy)]
 enum Role {
-    Publisher { id: u64, room: usize },
-    Receiver { room: usize },
-    Echo { id: u64 },
+    Publisher {
+        id: u64,
+        room: usize,
+    },
+    Receiver {
+        room: usize,
+    },
+    /// A receiver that stops reading once the run starts (`--stall`).
+    Staller {
+        room: usize,
+    },
+    Echo {
+        id: u64,
+    },
     Idle,
 }
 
@@ -332,8 +345,14 @@ fn role(spec: &BenchSpec, g: u64) -> Role {
         Scenario::Fanout => {
             let per_room = u64::from(spec.publishers + spec.receivers);
             let room = (g / per_room) as usize;
-            if g % per_room < u64::from(spec.publishers) {
+            let index = g % per_room;
+            if index < u64::from(spec.publishers) {
                 Role::Publisher { id: g, room }
+            } else if spec.stall > 0.0
+                && (index - u64::from(spec.publishers))
+                    .is_multiple_of((100.0 / spec.stall).round().max(1.0) as u64)
+            {
+                Role::Staller { room }
             } else {
                 Role::Receiver { room }
             }
@@ -500,6 +519,7 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
             .map(|(s, h)| (*s, HistData::of(h)))
             .collect(),
         deliveries: get(&c.deliveries),
+        stalled: get(&c.stalled),
         acked: get(&c.acked),
         sent: get(&c.sent),
         errors: get(&c.errors),
@@ -611,7 +631,9 @@ async fn client(
 ) -> Option<(u64, u64)> {
     let role = role(&sh.spec, g);
     let room = match role {
-        Role::Publisher { room, .. } | Role::Receiver { room } => Some((room, None)),
+        Role::Publisher { room, .. } | Role::Receiver { room } | Role::Staller { room } => {
+            Some((room, None))
+        }
         _ => None,
     };
     let t0 = Instant::now();
@@ -630,6 +652,11 @@ async fn client(
     let outcome = match role {
         Role::Publisher { id, room } => publisher(&sh, conn, id, room).await.map(|()| None),
         Role::Receiver { room } => Ok(Some(receiver(&sh, conn, g, source, room).await)),
+        Role::Staller { .. } => {
+            bump(&sh.counters.stalled);
+            stall(&sh, conn).await;
+            Ok(None)
+        }
         Role::Echo { id } => echo(&sh, conn, id).await.map(Some),
         Role::Idle => idle(&sh, conn).await.map(|()| None),
     };
@@ -653,6 +680,25 @@ fn sender_gone(sh: &Shared, role: Role) {
 
 async fn close(conn: Connection) {
     conn.finish(&Ok(())).await;
+}
+
+/// Reads until the run starts, then nothing at all until the drain: a client that stopped
+/// reading. Whatever the server does with it (queue, or close it as a slow consumer) is fine.
+async fn stall(sh: &Shared, mut conn: Connection) {
+    let mut phase = sh.phase.clone();
+    while matches!(*phase.borrow(), Phase::Setup) {
+        tokio::select! {
+            msg = conn.read_msg() => if !matches!(msg, Ok(Some(_))) { return },
+            changed = phase.changed() => if changed.is_err() { return },
+        }
+    }
+    loop {
+        if matches!(*phase.borrow(), Phase::Drain(_)) || phase.changed().await.is_err() {
+            break;
+        }
+    }
+    // Gone without reading the rest.
+    conn.finish(&Err(Error::Closed)).await;
 }
 
 /// Holds the connection until the run stops; a drop before then is an error.
