@@ -12,8 +12,14 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
-/// A private CA (PEM) and a `localhost` certificate it signed, with its key.
-fn private_ca() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
+/// A private CA and a `localhost` certificate it signed.
+struct PrivateCa {
+    ca_pem: String,
+    leaf: rcgen::Certificate,
+    leaf_key: KeyPair,
+}
+
+fn private_ca_parts() -> PrivateCa {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_key = KeyPair::generate().unwrap();
@@ -24,8 +30,18 @@ fn private_ca() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
         .unwrap()
         .signed_by(&leaf_key, &issuer)
         .unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    (ca.pem(), leaf.der().clone(), key)
+    PrivateCa {
+        ca_pem: ca.pem(),
+        leaf,
+        leaf_key,
+    }
+}
+
+/// The CA (PEM) and the certificate and key (DER), for an in-process server.
+fn private_ca() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let parts = private_ca_parts();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(parts.leaf_key.serialize_der()));
+    (parts.ca_pem, parts.leaf.der().clone(), key)
 }
 
 /// A TLS WebSocket echo server on 127.0.0.1:0; returns its port.
@@ -104,19 +120,14 @@ async fn wss_with_a_private_ca_is_trusted_with_ca_file_and_refused_without() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A private CA (PEM) and a `localhost` certificate it signed, both as PEM, with the key.
+/// The CA, the certificate and its key, all PEM, for `nanachat serve --tls-cert --tls-key`.
 fn private_ca_pem() -> (String, String, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+    let parts = private_ca_parts();
+    (
+        parts.ca_pem,
+        parts.leaf.pem(),
+        parts.leaf_key.serialize_pem(),
+    )
 }
 
 #[test]

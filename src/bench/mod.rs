@@ -400,6 +400,29 @@ impl Workers {
         Ok(())
     }
 
+    /// The next event within `wait`, progress taken in on the way: `Some((worker, None))` when
+    /// a worker's output ended; a worker's failure is an error.
+    fn next_event(&mut self, wait: Duration) -> Result<Option<(usize, Option<Ev>)>> {
+        match self.events.recv_timeout(wait) {
+            Ok((
+                i,
+                Some(Ev::Progress {
+                    deliveries,
+                    acked,
+                    errors,
+                }),
+            )) => {
+                self.progress[i] = (deliveries, acked, errors);
+                Ok(None)
+            }
+            Ok((i, Some(Ev::Failed { error }))) => Err(Error::Io(std::io::Error::other(format!(
+                "bench worker {i} failed: {error}"
+            )))),
+            Ok(event) => Ok(Some(event)),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Waits for one event from every worker that `pick` accepts; progress meanwhile.
     fn gather<T>(
         &mut self,
@@ -408,33 +431,14 @@ impl Workers {
     ) -> Result<Vec<T>> {
         let mut got: Vec<Option<T>> = (0..self.children.len()).map(|_| None).collect();
         while got.iter().any(Option::is_none) {
-            match self.events.recv_timeout(Duration::from_millis(250)) {
-                Ok((
-                    i,
-                    Some(Ev::Progress {
-                        deliveries,
-                        acked,
-                        errors,
-                    }),
-                )) => self.progress[i] = (deliveries, acked, errors),
-                Ok((i, Some(Ev::Failed { error }))) => {
-                    return Err(Error::Io(std::io::Error::other(format!(
-                        "bench worker {i} failed: {error}"
-                    ))));
-                }
-                Ok((i, Some(ev))) => {
+            match self.next_event(Duration::from_millis(250))? {
+                Some((i, Some(ev))) => {
                     if let Some(t) = pick(ev) {
                         got[i] = Some(t);
                     }
                 }
-                Ok((i, None)) => {
-                    if got[i].is_none() {
-                        return Err(Error::Io(std::io::Error::other(format!(
-                            "bench worker {i} ended early"
-                        ))));
-                    }
-                }
-                Err(_) => {}
+                Some((i, None)) if got[i].is_none() => return Err(ended_early(i)),
+                _ => {}
             }
             bar.draw(self.totals());
         }
@@ -445,29 +449,9 @@ impl Workers {
     fn run_for(&mut self, d: Duration, bar: &mut Bar) -> Result<()> {
         let end = Instant::now() + d;
         while Instant::now() < end {
-            match self
-                .events
-                .recv_timeout(Duration::from_millis(100).min(end - Instant::now()))
-            {
-                Ok((
-                    i,
-                    Some(Ev::Progress {
-                        deliveries,
-                        acked,
-                        errors,
-                    }),
-                )) => self.progress[i] = (deliveries, acked, errors),
-                Ok((i, Some(Ev::Failed { error }))) => {
-                    return Err(Error::Io(std::io::Error::other(format!(
-                        "bench worker {i} failed: {error}"
-                    ))));
-                }
-                Ok((i, None)) => {
-                    return Err(Error::Io(std::io::Error::other(format!(
-                        "bench worker {i} ended early"
-                    ))));
-                }
-                _ => {}
+            let wait = Duration::from_millis(100).min(end - Instant::now());
+            if let Some((i, None)) = self.next_event(wait)? {
+                return Err(ended_early(i));
             }
             bar.draw(self.totals());
         }
@@ -572,6 +556,12 @@ impl Bar {
             eprint!("\r\x1b[K");
         }
     }
+}
+
+fn ended_early(worker: usize) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "bench worker {worker} ended early"
+    )))
 }
 
 /// The server's resident memory, in KiB, from `/proc`.
