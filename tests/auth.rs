@@ -219,16 +219,7 @@ fn connect_takes_a_token_and_token_refuses_bad_input() {
     let token = mint(&s.dir, &["--sub", "dave"]);
     let mut cmd = nanachat();
     cmd.args(["connect", &s.url, "--nick", "dave", "--token", &token]);
-    let mut client = Proc::spawn_with_stdin("connect --token", cmd, true);
-    client.write_line("signed in");
-    client.close_stdin();
-    assert!(client.wait_exit().success(), "{}", client.stderr_text());
-    assert!(
-        client
-            .stdout_lines()
-            .iter()
-            .any(|(_, l)| l.contains("signed in"))
-    );
+    common::connect_says("connect --token", cmd, "signed in");
     // Without it: refused by the server, exit 3.
     let mut cmd = nanachat();
     cmd.args(["connect", &s.url, "--nick", "dave", "--no-reconnect"]);

@@ -175,18 +175,7 @@ fn serve_speaks_wss_with_a_certificate_and_the_client_verifies_it() {
     let mut cmd = nanachat();
     cmd.args(["connect", &url, "--nick", "tls", "--ca-file"])
         .arg(&ca);
-    let mut client = Proc::spawn_with_stdin("connect wss", cmd, true);
-    client.write_line("hello over wss");
-    client.close_stdin();
-    assert!(client.wait_exit().success(), "{}", client.stderr_text());
-    assert!(
-        client
-            .stdout_lines()
-            .iter()
-            .any(|(_, l)| l.contains("hello over wss")),
-        "{:?}",
-        client.stdout_lines()
-    );
+    common::connect_says("connect wss", cmd, "hello over wss");
 
     // A key that is not there: one line, exit 2.
     let out = nanachat()

@@ -226,16 +226,7 @@ impl<S: Store> Session<S> {
                     .or_else(|code| refuse(code, format!("you are not in {room}")))?;
                 let total = nicks.len();
                 // One frame at most, like a history page: a huge room's list is cut.
-                let budget = self.chat.max_message_bytes.saturating_sub(512);
-                let mut used = 0;
-                let fit = nicks
-                    .iter()
-                    .take_while(|n| {
-                        used += n.len() + 3;
-                        used <= budget
-                    })
-                    .count();
-                nicks.truncate(fit);
+                nicks.truncate(self.fitting(nicks.iter().map(|n| n.len() + 3)));
                 Ok(self
                     .reply(conn, &ServerMsg::Members { room, nicks, total })
                     .await?)
@@ -442,27 +433,16 @@ impl<S: Store> Session<S> {
             .into_iter()
             .map(chat_message)
             .collect();
-        // One page is one frame, and no frame may be larger than the largest message we
-        // announce (`limits.max_message_bytes`): a page that would be is cut short, keeping the
-        // messages nearest to where the client is reading from; it pages on from there.
-        let budget = self.chat.max_message_bytes.saturating_sub(512);
-        let sizes: Vec<usize> = messages
-            .iter()
-            .map(|m| serde_json::to_string(m).map_or(0, |j| j.len() + 1))
-            .collect();
-        let mut total: usize = sizes.iter().sum();
-        let mut dropped = 0;
-        while total > budget && messages.len() - dropped > 1 {
-            let i = match page {
-                Page::Before(_) => dropped,                  // drop the oldest
-                Page::After(_) => sizes.len() - 1 - dropped, // drop the newest
-            };
-            total -= sizes[i];
-            dropped += 1;
-        }
+        // A page that would not fit in one frame is cut short, keeping the messages nearest to
+        // where the client reads from (the newest going back, the oldest going forward); it
+        // pages on from there.
+        let size = |m: &ChatMessage| serde_json::to_string(m).map_or(0, |j| j.len() + 1);
         match page {
-            Page::Before(_) => drop(messages.drain(..dropped)),
-            Page::After(_) => messages.truncate(messages.len() - dropped),
+            Page::Before(_) => {
+                let keep = self.fitting(messages.iter().rev().map(size));
+                messages.drain(..messages.len() - keep);
+            }
+            Page::After(_) => messages.truncate(self.fitting(messages.iter().map(size))),
         }
         let msg = ServerMsg::History {
             room,
@@ -470,6 +450,21 @@ impl<S: Store> Session<S> {
             messages,
         };
         Ok(self.reply(conn, &msg).await?)
+    }
+
+    /// How many of these parts, taken in order, fit in one frame (at least one): no frame we
+    /// send may be larger than the largest message we announce (`limits.max_message_bytes`),
+    /// with room left for the message around them.
+    fn fitting(&self, sizes: impl Iterator<Item = usize>) -> usize {
+        let budget = self.chat.max_message_bytes.saturating_sub(512);
+        let mut used = 0;
+        sizes
+            .enumerate()
+            .take_while(|&(i, size)| {
+                used += size;
+                i == 0 || used <= budget
+            })
+            .count()
     }
 
     fn check_text(&self, text: &str) -> Result<(), Failure> {

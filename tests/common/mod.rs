@@ -281,6 +281,20 @@ fn collect(
     lines
 }
 
+/// Runs `cmd` (a `nanachat connect …` in scripting mode): says `line`, ends its input, and
+/// checks that it exits 0 having printed `line` back (stored, acked and delivered).
+pub fn connect_says(name: &str, cmd: std::process::Command, line: &str) {
+    let mut client = Proc::spawn_with_stdin(name, cmd, true);
+    client.write_line(line);
+    client.close_stdin();
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+    assert!(
+        client.stdout_lines().iter().any(|(_, l)| l.contains(line)),
+        "{:?}",
+        client.stdout_lines()
+    );
+}
+
 /// The `nanachat` binary built for these tests.
 pub fn nanachat() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_nanachat"))
