@@ -225,6 +225,12 @@ pub struct FileConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// `--memory`.
     pub memory: Option<bool>,
+    /// `--store`.
+    pub store: Option<String>,
+    /// `--broker`.
+    pub broker: Option<String>,
+    /// `--reuse-port`.
+    pub reuse_port: Option<bool>,
     /// `--heartbeat`.
     #[serde(deserialize_with = "de_duration")]
     pub heartbeat: Option<Duration>,
@@ -323,5 +329,41 @@ mod file_tests {
             let err = FileConfig::parse(text).unwrap_err();
             assert!(!err.contains('\n') && err.contains(expect), "{text}: {err}");
         }
+    }
+}
+
+/// A URL with its password (if any) replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((auth, host)) if auth.contains(':') => {
+            let user = auth.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact_url("postgres://nana:secret@db:5432/chat"),
+            "postgres://nana:***@db:5432/chat"
+        );
+        assert_eq!(
+            redact_url("redis://:secret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("postgres://nana@db/chat"),
+            "postgres://nana@db/chat"
+        );
+        assert_eq!(redact_url("host=db user=nana"), "host=db user=nana");
     }
 }

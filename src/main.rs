@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use nanachat::chat::Broker;
 use nanachat::chat::{Chat, ChatConfig, valid_nick, valid_room};
 use nanachat::client::{ClientOptions, Exit, Input, Output, Style, run as run_client, run_raw};
 use nanachat::config::{ConnectionConfig, FileConfig, parse_bytes, parse_duration};
@@ -20,7 +21,7 @@ use nanachat::demo::{DemoClient, DemoServer};
 use nanachat::dial::Target;
 use nanachat::echo::Echo;
 use nanachat::server::{self, ServerConfig};
-use nanachat::store::{MemoryStore, SqliteStore};
+use nanachat::store::{MemoryStore, PgStore, SqliteStore};
 use nanachat::{Error, Result};
 
 #[derive(Debug, Parser)]
@@ -49,6 +50,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once per run: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The chat server: rooms, direct messages, presence, durable history, resume.
@@ -65,6 +68,18 @@ enum Command {
         /// Keep history in memory only: gone when the server stops.
         #[arg(long, env = "NANACHAT_MEMORY")]
         memory: bool,
+        /// Keep history in PostgreSQL instead (postgres://USER[:PASSWORD]@HOST:PORT/DB),
+        /// shared by every process pointed at it.
+        #[arg(long, env = "NANACHAT_STORE")]
+        store: Option<String>,
+        /// Redis (redis://HOST:PORT/) through which several processes on one --store serve
+        /// as one chat: messages, presence, who (docs/scaling.md).
+        #[arg(long, env = "NANACHAT_BROKER")]
+        broker: Option<String>,
+        /// Share the address with other processes (SO_REUSEPORT): the kernel spreads new
+        /// connections over them.
+        #[arg(long, env = "NANACHAT_REUSE_PORT")]
+        reuse_port: bool,
         /// Interval of the app-level heartbeat; 0 turns it off (3s is the seed's server push).
         #[arg(long, value_parser = parse_duration, env = "NANACHAT_HEARTBEAT")]
         heartbeat: Option<Duration>,
@@ -514,6 +529,9 @@ fn run(cli: Cli) -> Result<()> {
             addr,
             data_dir,
             memory,
+            store,
+            broker,
+            reuse_port,
             heartbeat,
             secret,
             mut chat,
@@ -530,6 +548,25 @@ fn run(cli: Cli) -> Result<()> {
                 .or(file.data_dir.clone())
                 .unwrap_or_else(|| "./nanachat-data".into());
             let memory = memory || file.memory.unwrap_or(false);
+            let store = store.or(file.store.clone());
+            let broker = broker.or(file.broker.clone());
+            let reuse_port = reuse_port || file.reuse_port.unwrap_or(false);
+            if let Some(url) = &store
+                && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            {
+                return Err(Error::Config(format!(
+                    "--store takes a postgres://… URL, not '{}'",
+                    nanachat::config::redact_url(url)
+                )));
+            }
+            if memory && store.is_some() {
+                return Err(Error::Config("give --memory or --store, not both".into()));
+            }
+            if broker.is_some() && store.is_none() {
+                return Err(Error::Config(
+                    "--broker needs a history all processes share: add --store postgres://…".into(),
+                ));
+            }
             let heartbeat = heartbeat.or(file.heartbeat);
             chat.fill_from(&file);
             limits.fill_from(&file);
@@ -547,13 +584,28 @@ fn run(cli: Cli) -> Result<()> {
             };
             raise_open_files_limit(server.max_connections);
             let max_message_bytes = server.connection.max_message_bytes;
-            if memory {
-                serve(&addr, server, || {
+            let listen = Listen {
+                addr: &addr,
+                reuse_port,
+            };
+            if let Some(url) = store {
+                serve(listen, server, async || {
+                    let store = PgStore::open(&url).await?;
+                    if let Some(url) = &broker {
+                        let broker = Broker::connect(url).await?;
+                        tracing::info!(broker = %broker.shown(), "broker");
+                        chat.broker = Some(broker);
+                    }
+                    say_auth(chat.auth.is_some());
+                    Ok(Chat::new(store, chat, max_message_bytes))
+                })
+            } else if memory {
+                serve(listen, server, async || {
                     say_auth(chat.auth.is_some());
                     Ok(Chat::new(MemoryStore::new(), chat, max_message_bytes))
                 })
             } else {
-                serve(&addr, server, || {
+                serve(listen, server, async || {
                     let store = SqliteStore::open(&data_dir)?;
                     tracing::info!(path = %store.path().display(), "history store");
                     say_auth(chat.auth.is_some());
@@ -590,7 +642,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::BenchWorker => nanachat::bench::worker_main(),
-        Command::Echo { addr, limits } => serve(&addr, limits.config()?, || Ok(Echo)),
+        Command::Echo { addr, limits } => {
+            serve(Listen::on(&addr), limits.config()?, async || Ok(Echo))
+        }
         Command::Demo {
             side:
                 DemoSide::Server {
@@ -598,7 +652,9 @@ fn run(cli: Cli) -> Result<()> {
                     every,
                     limits,
                 },
-        } => serve(&addr, limits.config()?, || Ok(DemoServer { every })),
+        } => serve(Listen::on(&addr), limits.config()?, async || {
+            Ok(DemoServer { every })
+        }),
         Command::Demo {
             side:
                 DemoSide::Client {
@@ -821,17 +877,35 @@ async fn read_stdin(tx: tokio::sync::mpsc::Sender<Input>) {
 
 /// Binds `addr` and serves `handler` on it until SIGINT or SIGTERM.
 /// The handler is made once the address is bound, so that a bad address touches nothing.
+/// Where a server listens.
+#[derive(Debug, Clone, Copy)]
+struct Listen<'a> {
+    /// HOST:PORT.
+    addr: &'a str,
+    /// Share the port with other processes (SO_REUSEPORT).
+    reuse_port: bool,
+}
+
+impl<'a> Listen<'a> {
+    fn on(addr: &'a str) -> Self {
+        Self {
+            addr,
+            reuse_port: false,
+        }
+    }
+}
+
 fn serve<H: Handler>(
-    addr: &str,
+    listen: Listen<'_>,
     config: ServerConfig,
-    make_handler: impl FnOnce() -> Result<H>,
+    make_handler: impl AsyncFnOnce() -> Result<H>,
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = bind(addr).await?;
-        let handler = make_handler()?;
+        let listener = bind(listen).await?;
+        let handler = make_handler().await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         server::run(listener, config, handler, shutdown.cancelled_owned()).await
@@ -839,7 +913,8 @@ fn serve<H: Handler>(
 }
 
 /// Resolves HOST:PORT and binds the first address that works.
-async fn bind(addr: &str) -> Result<TcpListener> {
+async fn bind(listen: Listen<'_>) -> Result<TcpListener> {
+    let addr = listen.addr;
     let bad = || Error::Config(format!("bad address '{addr}': expected HOST:PORT"));
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -855,15 +930,21 @@ async fn bind(addr: &str) -> Result<TcpListener> {
     addrs.sort_by_key(|a| !a.is_ipv4());
     let mut last = None;
     for candidate in addrs {
-        match listen(candidate) {
+        match listen_on(candidate, listen.reuse_port) {
             Ok(listener) => return Ok(listener),
             Err(err) => last = Some(err),
         }
     }
     let err = last.unwrap_or_else(|| std::io::Error::other("no address to bind"));
+    let hint = match err.kind() {
+        std::io::ErrorKind::AddrInUse if !listen.reuse_port => {
+            " (another server is there; several nanachat processes share a port with --reuse-port)"
+        }
+        _ => "",
+    };
     Err(Error::Io(std::io::Error::new(
         err.kind(),
-        format!("cannot listen on {addr}: {err}"),
+        format!("cannot listen on {addr}: {err}{hint}"),
     )))
 }
 
@@ -872,13 +953,17 @@ async fn bind(addr: &str) -> Result<TcpListener> {
 /// one-second retry; the kernel caps this at `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 8192;
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn listen_on(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(reuse_port)?;
+    #[cfg(not(unix))]
+    let _ = reuse_port;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }

@@ -25,10 +25,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use tracing::debug;
 
+use super::cluster::Change;
 use super::render::{Delivery, Mode, render};
 use crate::connection::{CLOSE_SLOW_CONSUMER, CloseCode, CloseFrame, Message, Outbox};
 use crate::protocol::{ErrorCode, PresenceEvent, ServerMsg};
 use crate::store::RoomState;
+
+/// The pseudo-room (not a valid room name) whose members, in a cluster, are the nicks online.
+pub(crate) const ONLINE: &str = "*";
 
 /// A connection's id, unique for the life of the process.
 pub(crate) type ConnId = u64;
@@ -46,6 +50,16 @@ struct State {
     conns: HashMap<ConnId, Conn>,
     nicks: HashMap<String, Nick>,
     rooms: HashMap<String, Room>,
+    /// With several processes: joins and leaves go to the cluster, which tells everyone.
+    feed: Option<Feed>,
+}
+
+/// Where a clustered hub sends its members' joins and leaves (see `cluster.rs`).
+#[derive(Debug)]
+struct Feed {
+    tx: tokio::sync::mpsc::UnboundedSender<Change>,
+    generation: u64,
+    resync: bool,
 }
 
 #[derive(Debug)]
@@ -127,6 +141,68 @@ impl Hub {
         }
     }
 
+    /// Sends joins and leaves to the cluster instead of telling the room directly.
+    pub(crate) fn feed_presence(&self, tx: tokio::sync::mpsc::UnboundedSender<Change>) {
+        self.state().feed = Some(Feed {
+            tx,
+            generation: 0,
+            resync: true,
+        });
+    }
+
+    /// Asks the cluster's presence task to put this process's share in again.
+    pub(crate) fn resync_presence(&self) {
+        if let Some(feed) = &mut self.state().feed {
+            feed.resync = true;
+        }
+    }
+
+    /// Whether a resync was asked for since the last call.
+    pub(crate) fn take_resync(&self) -> bool {
+        self.state()
+            .feed
+            .as_mut()
+            .is_some_and(|f| std::mem::take(&mut f.resync))
+    }
+
+    /// This process's members per (room, nick), counted in connections, and the generation
+    /// of the last change they include.
+    pub(crate) fn presence_share(&self) -> (u64, BTreeMap<(String, String), i64>) {
+        let state = self.state();
+        let mut share = BTreeMap::new();
+        for conn in state.conns.values() {
+            *share
+                .entry((ONLINE.to_owned(), conn.nick.clone()))
+                .or_insert(0) += 1;
+        }
+        for (name, room) in &state.rooms {
+            if name.starts_with('@') {
+                continue;
+            }
+            for id in room.members.keys() {
+                if let Some(conn) = state.conns.get(id) {
+                    *share.entry((name.clone(), conn.nick.clone())).or_insert(0) += 1;
+                }
+            }
+        }
+        (state.feed.as_ref().map_or(0, |f| f.generation), share)
+    }
+
+    /// Tells a room's members of a join or leave (decided by the cluster).
+    pub(crate) fn tell_presence(&self, room: &str, nick: &str, event: PresenceEvent) {
+        self.state().presence(room, nick, event);
+    }
+
+    /// The seq a room delivers next, if the hub holds it.
+    pub(crate) fn next_seq(&self, room: &str) -> Option<u64> {
+        self.state().rooms.get(room).map(|r| r.next_seq)
+    }
+
+    /// The rooms the hub holds.
+    pub(crate) fn held_rooms(&self) -> Vec<String> {
+        self.state().rooms.keys().cloned().collect()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -164,6 +240,7 @@ impl Hub {
                 rooms: SmallSet::default(),
             },
         );
+        state.feed(ONLINE, nick, 1);
         Ok(())
     }
 
@@ -182,6 +259,8 @@ impl Hub {
             state.leave_room(id, room);
         }
         state.release_nick(id, &old);
+        state.feed(ONLINE, &old, -1);
+        state.feed(ONLINE, nick, 1);
         state.nicks.insert(
             nick.to_owned(),
             Nick {
@@ -209,6 +288,7 @@ impl Hub {
             state.leave_room(id, room);
         }
         state.release_nick(id, &nick);
+        state.feed(ONLINE, &nick, -1);
         state.conns.remove(&id);
     }
 
@@ -353,11 +433,12 @@ impl Hub {
     }
 
     /// Ends an append: delivers the stored message (`None` if it failed or was a duplicate)
-    /// and whatever it unblocked, in seq order.
-    pub(crate) fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) {
+    /// and whatever it unblocked, in seq order. Returns whether the room now waits for a seq
+    /// it has not got (a gap, which only another process's messages can leave).
+    pub(crate) fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) -> bool {
         let mut state = self.state();
         let Some(r) = state.rooms.get_mut(room) else {
-            return;
+            return false;
         };
         if let Some((seq, msg)) = stored
             && seq >= r.next_seq
@@ -369,9 +450,11 @@ impl Hub {
             ready.push(d);
             r.next_seq += 1;
         }
+        let gap = !r.pending.is_empty();
         for d in &ready {
             state.broadcast(room, d);
         }
+        gap
     }
 
     /// After a replay: returns the live deliveries held meanwhile (the caller sends them and
@@ -396,6 +479,12 @@ impl State {
         };
         conn.rooms.insert(room.to_owned());
         let nick = conn.nick.clone();
+        if self.feed(room, &nick, 1) {
+            if let Some(r) = self.rooms.get_mut(room) {
+                r.members.insert(id, replay.then(Vec::new));
+            }
+            return;
+        }
         // Whether the nick is new here is a walk over the members: only worth it if told.
         let first = self.tells_presence(room) && !self.nick_in_room(&nick, room);
         if let Some(r) = self.rooms.get_mut(room) {
@@ -419,9 +508,29 @@ impl State {
             room: room.to_owned(),
         };
         self.send_one(id, &left);
+        if self.feed(room, &nick, -1) {
+            return;
+        }
         if self.tells_presence(room) && !self.nick_in_room(&nick, room) {
             self.presence(room, &nick, PresenceEvent::Leave);
         }
+    }
+
+    /// With a cluster, hands a member's join (+1) or leave (-1) to it and returns true.
+    fn feed(&mut self, room: &str, nick: &str, delta: i64) -> bool {
+        let Some(feed) = &mut self.feed else {
+            return false;
+        };
+        if !room.starts_with('@') {
+            feed.generation += 1;
+            let _ = feed.tx.send(Change {
+                generation: feed.generation,
+                room: room.to_owned(),
+                nick: nick.to_owned(),
+                delta,
+            });
+        }
+        true
     }
 
     fn release_nick(&mut self, id: ConnId, nick: &str) {

@@ -4,6 +4,7 @@
 //! outbox via the hub (`chat/hub.rs`). Clients that ask for the `nanachat.v1` subprotocol speak JSON; the
 //! rest get plain-text mode (see `docs/protocol.md`).
 
+mod cluster;
 mod hub;
 mod render;
 mod session;
@@ -17,6 +18,7 @@ use crate::protocol::{ErrorCode, SUBPROTOCOL};
 use crate::store::Store;
 use crate::{Error, Result};
 
+pub use cluster::Broker;
 pub use render::Mode;
 
 /// The fan-out path without sockets, for the micro-benchmarks in `benches/`: not an API.
@@ -116,6 +118,9 @@ pub struct ChatConfig {
     /// With a secret, only holders of a valid token may connect, each as its token's nick
     /// ([`crate::auth`]); without one the server is open.
     pub auth: Option<crate::auth::Auth>,
+    /// With a broker (and a shared store), this process is one of several serving one chat:
+    /// see `docs/scaling.md`.
+    pub broker: Option<Broker>,
 }
 
 impl Default for ChatConfig {
@@ -129,6 +134,7 @@ impl Default for ChatConfig {
             heartbeat_interval: Duration::from_secs(25),
             presence_limit: 100,
             auth: None,
+            broker: None,
         }
     }
 }
@@ -161,6 +167,8 @@ struct Inner<S> {
     config: ChatConfig,
     max_message_bytes: usize,
     next_id: AtomicU64,
+    /// This process's part of a cluster of several.
+    cluster: Option<cluster::Cluster>,
     /// Error frames sent, by [`ErrorCode`] (indexed by its discriminant).
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -168,17 +176,33 @@ struct Inner<S> {
 impl<S: Store> Chat<S> {
     /// A chat server storing history in `store`. `max_message_bytes` is the connection layer's
     /// limit, told to clients in `welcome`.
+    ///
+    /// With a broker in `config`, the cluster's tasks are started: call this inside a Tokio
+    /// runtime.
     pub fn new(store: S, config: ChatConfig, max_message_bytes: usize) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                hub: hub::Hub::new(config.presence_limit),
-                config,
-                max_message_bytes,
-                next_id: AtomicU64::new(1),
-                errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
-            }),
+        let hub = hub::Hub::new(config.presence_limit);
+        let (cluster, receivers) = match config.broker.clone() {
+            Some(broker) => {
+                let (cluster, changes, receivers) =
+                    cluster::Cluster::new(broker, config.presence_limit);
+                hub.feed_presence(changes);
+                (Some(cluster), Some(receivers))
+            }
+            None => (None, None),
+        };
+        let inner = Arc::new(Inner {
+            store,
+            hub,
+            config,
+            max_message_bytes,
+            next_id: AtomicU64::new(1),
+            cluster,
+            errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
+        });
+        if let Some(receivers) = receivers {
+            cluster::start(&inner, receivers);
         }
+        Self { inner }
     }
 }
 
@@ -215,6 +239,12 @@ impl<S: Store> Handler for Chat<S> {
         // Appends already queued are committed (and their tasks deliver and ack) before exit.
         if let Err(err) = self.inner.store.flush().await {
             tracing::warn!(cause = %err, "store flush on shutdown failed");
+        }
+        // The others see this process's members leave now, not when its heartbeat expires.
+        if let Some(cluster) = &self.inner.cluster
+            && let Err(err) = cluster.withdraw().await
+        {
+            tracing::warn!(cause = %err, "taking this process's members out of Redis failed");
         }
     }
 
@@ -260,6 +290,9 @@ impl<S: Store> Handler for Chat<S> {
             ErrorCode::ALL.map(|c| (c.as_str(), get(&self.inner.errors[c as usize]))),
         );
         self.inner.store.write_metrics(out);
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.write_metrics(out);
+        }
     }
 }
 

@@ -206,7 +206,7 @@ impl<S: Store> Session<S> {
                 if !valid_nick(&to) {
                     refuse(ErrorCode::BadNick, format!("'{to}' is not a nick"))?;
                 }
-                if !self.chat.hub.nick_online(&to) {
+                if !self.nick_online(&to).await? {
                     refuse(
                         ErrorCode::NoSuchNick,
                         format!("nobody is connected as {to}"),
@@ -224,6 +224,9 @@ impl<S: Store> Session<S> {
                     .hub
                     .members(self.id, &room)
                     .or_else(|code| refuse(code, format!("you are not in {room}")))?;
+                if let Some(cluster) = &self.chat.cluster {
+                    nicks = cluster.members(&room).await?;
+                }
                 let total = nicks.len();
                 // One frame at most, like a history page: a huge room's list is cut.
                 nicks.truncate(self.fitting(nicks.iter().map(|n| n.len() + 3)));
@@ -325,8 +328,24 @@ impl<S: Store> Session<S> {
         if !self.chat.hub.has_room(room) {
             let stored = self.chat.store.room_state(room).await?;
             self.chat.hub.open_room(room, stored, pair);
+            // Another process may have stored one more since the read, and published it
+            // before this process held the room.
+            if let Some(cluster) = &self.chat.cluster {
+                cluster.fill(room, true);
+            }
         }
         Ok(())
+    }
+
+    /// Whether anybody is connected as `nick`, here or (in a cluster) on another process.
+    async fn nick_online(&self, nick: &str) -> Result<bool, Failure> {
+        if self.chat.hub.nick_online(nick) {
+            return Ok(true);
+        }
+        match &self.chat.cluster {
+            Some(cluster) => Ok(cluster.online(nick).await?),
+            None => Ok(false),
+        }
     }
 
     async fn join(
@@ -494,9 +513,22 @@ impl<S: Store> Session<S> {
             let answer = match pending.await {
                 Ok(appended) => {
                     let seq = appended.record.seq;
-                    let msg = ServerMsg::Message(chat_message(appended.record));
+                    let message = chat_message(appended.record);
+                    // Only a cluster needs a copy to publish.
+                    let copy = chat.cluster.as_ref().map(|_| message.clone());
+                    let msg = ServerMsg::Message(message);
                     let fresh = (!appended.duplicate).then_some((seq, &msg));
-                    chat.hub.deliver(&room, fresh);
+                    let gap = chat.hub.deliver(&room, fresh);
+                    if let Some(cluster) = &chat.cluster {
+                        if let Some(message) = copy
+                            && !appended.duplicate
+                        {
+                            cluster.publish(message);
+                        }
+                        if gap {
+                            cluster.fill(&room, true);
+                        }
+                    }
                     ServerMsg::Ack {
                         cid,
                         room,
@@ -507,7 +539,11 @@ impl<S: Store> Session<S> {
                 Err(err) => {
                     warn!(cause = %err, %room, "append failed");
                     crate::metrics::bump(&chat.errors[ErrorCode::Internal as usize]);
-                    chat.hub.deliver(&room, None);
+                    if chat.hub.deliver(&room, None)
+                        && let Some(cluster) = &chat.cluster
+                    {
+                        cluster.fill(&room, true);
+                    }
                     ServerMsg::Error {
                         code: ErrorCode::Internal,
                         message: "not stored; retry with the same cid".into(),
@@ -682,7 +718,7 @@ impl From<Error> for Failure {
     }
 }
 
-fn chat_message(r: Record) -> ChatMessage {
+pub(super) fn chat_message(r: Record) -> ChatMessage {
     ChatMessage {
         room: r.room,
         seq: r.seq,

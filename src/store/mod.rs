@@ -12,13 +12,17 @@
 //!   from a seq can tell that the history it knew is gone.
 
 mod memory;
+mod postgres;
+mod queue;
 mod sqlite;
 
 use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use memory::MemoryStore;
-pub use sqlite::{SqliteStore, StoreStats};
+pub use postgres::PgStore;
+pub use queue::StoreStats;
+pub use sqlite::SqliteStore;
 
 use crate::Result;
 
@@ -130,12 +134,14 @@ pub(crate) fn new_epoch() -> u64 {
         .map_or(1, |d| d.as_micros() as u64)
 }
 
-#[cfg(test)]
-pub(crate) mod contract {
-    //! The promises every store keeps, run against each implementation.
+/// The promises every store keeps, run against each implementation (the SQLite and memory
+/// stores' unit tests, the PostgreSQL store's in `tests/postgres.rs`): not an API.
+#[doc(hidden)]
+#[allow(clippy::unwrap_used, missing_docs)]
+pub mod contract {
     use super::*;
 
-    pub(crate) fn say(room: &str, from: &str, text: &str, cid: Option<&str>) -> Append {
+    pub fn say(room: &str, from: &str, text: &str, cid: Option<&str>) -> Append {
         Append {
             room: room.into(),
             from: from.into(),
@@ -144,7 +150,7 @@ pub(crate) mod contract {
         }
     }
 
-    pub(crate) async fn seqs_start_at_one_per_room_and_never_skip(store: &impl Store) {
+    pub async fn seqs_start_at_one_per_room_and_never_skip(store: &impl Store) {
         for i in 1..=5u64 {
             let a = store
                 .append(say("a", "nana", &format!("a{i}"), None))
@@ -159,7 +165,7 @@ pub(crate) mod contract {
         assert_eq!(store.room_state("never").await.unwrap().last_seq, 0);
     }
 
-    pub(crate) async fn a_retried_cid_is_stored_once(store: &impl Store) {
+    pub async fn a_retried_cid_is_stored_once(store: &impl Store) {
         let first = store
             .append(say("r", "nana", "hi", Some("c1")))
             .await
@@ -181,7 +187,7 @@ pub(crate) mod contract {
         assert_eq!(page.len(), 2);
     }
 
-    pub(crate) async fn pages_go_both_ways(store: &impl Store) {
+    pub async fn pages_go_both_ways(store: &impl Store) {
         for i in 1..=10 {
             store
                 .append(say("p", "nana", &format!("m{i}"), None))
@@ -216,7 +222,7 @@ pub(crate) mod contract {
         assert!(first.time_ms > 0);
     }
 
-    pub(crate) async fn a_wipe_changes_the_epoch_and_keeps_seqs_going(store: &impl Store) {
+    pub async fn a_wipe_changes_the_epoch_and_keeps_seqs_going(store: &impl Store) {
         store.append(say("w", "nana", "one", None)).await.unwrap();
         let before = store.room_state("w").await.unwrap();
         let after = store.wipe("w").await.unwrap();
@@ -234,7 +240,7 @@ pub(crate) mod contract {
         assert_eq!(store.room_state("w").await.unwrap().epoch, after.epoch);
     }
 
-    pub(crate) async fn concurrent_appends_get_distinct_consecutive_seqs(
+    pub async fn concurrent_appends_get_distinct_consecutive_seqs(
         store: std::sync::Arc<impl Store>,
     ) {
         let mut tasks = Vec::new();

@@ -1,7 +1,7 @@
 //! The default store: one SQLite file (`<data-dir>/nanachat.sqlite3`) in WAL mode.
 //!
 //! All writes go through one writer thread fed by a bounded channel. It takes every job waiting
-//! (up to [`MAX_BATCH`]) and runs them in one `BEGIN IMMEDIATE` transaction — group commit: under
+//! (up to `MAX_BATCH`) and runs them in one `BEGIN IMMEDIATE` transaction — group commit: under
 //! load many messages share one commit, and a message's future resolves only after its commit,
 //! so what is acknowledged is on disk. `synchronous=NORMAL` in WAL mode survives a crash of the
 //! process (`kill -9`); a power cut may lose the last commits. Reads use their own connection,
@@ -9,22 +9,16 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::mpsc;
+use tracing::debug;
 
+use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
 use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
 use crate::{Error, Result};
-
-/// Most jobs one transaction commits.
-pub(crate) const MAX_BATCH: usize = 512;
-
-/// Jobs that may wait for the writer; beyond that an append is refused (back-pressure).
-const QUEUE: usize = 16 * 1024;
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -49,37 +43,10 @@ const MIGRATIONS: &[&str] = &[
 /// History in a SQLite file.
 #[derive(Debug)]
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    queue: Queue,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     stats: Arc<StoreStats>,
-}
-
-/// Counters of the writer thread, for metrics.
-#[derive(Debug, Default)]
-pub struct StoreStats {
-    /// Transactions committed.
-    pub commits: AtomicU64,
-    /// Jobs (appends, room creations, wipes) committed in them.
-    pub jobs: AtomicU64,
-    /// Total time spent committing, in microseconds.
-    pub commit_micros: AtomicU64,
-}
-
-#[derive(Debug)]
-enum Job {
-    Append(Append, oneshot::Sender<Result<Appended>>),
-    Ensure(String, oneshot::Sender<Result<RoomState>>),
-    Wipe(String, oneshot::Sender<Result<RoomState>>),
-    /// Answered once every job queued before it is committed.
-    Flush(oneshot::Sender<Result<()>>),
-}
-
-/// A job's result, held until its transaction commits.
-enum Done {
-    Append(Result<Appended>),
-    State(Result<RoomState>),
-    Flushed(Result<()>),
 }
 
 fn store_err(err: rusqlite::Error) -> Error {
@@ -118,14 +85,14 @@ impl SqliteStore {
             .pragma_update(None, "query_only", true)
             .map_err(store_err)?;
 
-        let (jobs, rx) = mpsc::channel(QUEUE);
+        let (queue, rx) = Queue::new();
         let stats = Arc::new(StoreStats::default());
         let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("nanachat-store".into())
             .spawn(move || write_loop(writer, rx, &writer_stats))?;
         Ok(Self {
-            jobs,
+            queue,
             reader: Arc::new(Mutex::new(reader)),
             path,
             stats,
@@ -140,16 +107,6 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(job(tx))
-            .await
-            .map_err(|_| Error::Store("the store's writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Store("the store's writer has stopped".into()))?
     }
 
     async fn read<T: Send + 'static>(
@@ -168,25 +125,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send + 'static {
-        // Queued now, so the order of calls is the order of seqs. A full queue is refused at
-        // once rather than waited for: the client gets `internal` and retries with its cid.
-        let (tx, rx) = oneshot::channel();
-        let queued = self
-            .jobs
-            .try_send(Job::Append(append, tx))
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => {
-                    Error::Store("the store is overloaded".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    Error::Store("the store's writer has stopped".into())
-                }
-            });
-        async move {
-            queued?;
-            rx.await
-                .map_err(|_| Error::Store("the store's writer has stopped".into()))?
-        }
+        self.queue.append(append)
     }
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
@@ -231,44 +170,24 @@ impl Store for SqliteStore {
         let known = self.read(move |conn| read_state(conn, &name)).await?;
         match known {
             Some(state) => Ok(state),
-            None => self.submit(|tx| Job::Ensure(room.to_owned(), tx)).await,
+            None => {
+                self.queue
+                    .submit(|tx| Job::Ensure(room.to_owned(), tx))
+                    .await
+            }
         }
     }
 
     async fn wipe(&self, room: &str) -> Result<RoomState> {
-        self.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
+        self.queue.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
     }
 
     async fn flush(&self) -> Result<()> {
-        self.submit(Job::Flush).await
+        self.queue.submit(Job::Flush).await
     }
 
     fn write_metrics(&self, out: &mut String) {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let stats = &self.stats;
-        crate::metrics::write_all(
-            out,
-            &[
-                (
-                    "nanachat_store_commits_total",
-                    "counter",
-                    "Store transactions committed (group commits).",
-                    get(&stats.commits),
-                ),
-                (
-                    "nanachat_store_jobs_total",
-                    "counter",
-                    "Store jobs committed; jobs / commits is the mean batch size.",
-                    get(&stats.jobs),
-                ),
-                (
-                    "nanachat_store_commit_microseconds_total",
-                    "counter",
-                    "Time spent committing; divided by commits, the mean commit latency.",
-                    get(&stats.commit_micros),
-                ),
-            ],
-        );
+        self.stats.write_metrics(out);
     }
 }
 
@@ -307,57 +226,12 @@ fn read_state(conn: &Connection, room: &str) -> rusqlite::Result<Option<RoomStat
 /// The writer thread: drains waiting jobs into one transaction, commits, then answers them.
 fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreStats) {
     while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+        let jobs = take_batch(first, &mut rx);
         let started = Instant::now();
-        let outcome = commit_batch(&mut conn, &jobs);
+        let outcome = commit_batch(&mut conn, &jobs).map_err(|err| err.to_string());
         let took = started.elapsed();
         debug!(batch = jobs.len(), ?took, "store commit");
-        match outcome {
-            Ok(done) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                stats
-                    .commit_micros
-                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-                for (job, done) in jobs.into_iter().zip(done) {
-                    answer(job, done);
-                }
-            }
-            Err(err) => {
-                warn!(cause = %err, batch = jobs.len(), "store commit failed");
-                for job in jobs {
-                    let failed = Error::Store(err.to_string());
-                    let done = match job {
-                        Job::Append(..) => Done::Append(Err(failed)),
-                        Job::Ensure(..) | Job::Wipe(..) => Done::State(Err(failed)),
-                        Job::Flush(..) => Done::Flushed(Err(failed)),
-                    };
-                    answer(job, done);
-                }
-            }
-        }
-    }
-}
-
-fn answer(job: Job, done: Done) {
-    // A caller that went away no longer needs its answer; what was committed stays committed.
-    match (job, done) {
-        (Job::Append(_, tx), Done::Append(result)) => {
-            let _ = tx.send(result);
-        }
-        (Job::Ensure(_, tx) | Job::Wipe(_, tx), Done::State(result)) => {
-            let _ = tx.send(result);
-        }
-        (Job::Flush(tx), Done::Flushed(result)) => {
-            let _ = tx.send(result);
-        }
-        _ => unreachable!("a job is answered with its own kind of result"),
+        answer_batch(jobs, outcome, took, stats);
     }
 }
 
@@ -477,6 +351,7 @@ fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
 mod tests {
     use super::super::contract;
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

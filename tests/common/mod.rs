@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a real server on port 0, peers, and bounded waits.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod services;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

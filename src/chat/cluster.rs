@@ -1,0 +1,763 @@
+//! Several `nanachat serve` processes as one chat service (`--broker redis://…`, with
+//! `--store postgres://…`): Redis pub/sub carries what one process stored to the others, and
+//! Redis hashes hold who is in which room on every process.
+//!
+//! Messages. The process that stores a message delivers it to its own members and publishes
+//! it on [`MESSAGES`]; every other process delivers it to its members through the hub, which
+//! keeps each room in seq order. Pub/sub is at-most-once: a process that is cut off from Redis
+//! misses what was published meanwhile. Two things bring it back, both from the store, which
+//! has every seq (a seq is committed only after all seqs before it):
+//! - a *jump*: the hub got seq n+2 while waiting for n+1 — after a short grace for the message
+//!   in flight, the filler reads the missing seqs from the store and delivers them first;
+//! - a *resubscribe*: after Redis comes back, every room held is filled from the store, as a
+//!   message published while the link was down may be the last one for a while.
+//!
+//! Either way the hub drops seqs it has delivered already: no gap, no duplicate.
+//!
+//! Presence. For each room a hash `nanachat:room:<room>` counts, per nick, the connections in
+//! the room on all processes; each process also keeps its own share in `nanachat:node:<id>`.
+//! The process whose change takes a nick's count from 0 to 1 (or 1 to 0) publishes the join
+//! (leave) on [`PRESENCE`], and every process tells its members. `who` reads the room's hash.
+//! Each process refreshes `nanachat:alive:<id>` (TTL [`ALIVE_TTL`]) every [`HEARTBEAT`]; a
+//! process that finds another's key gone takes that process's share out of the rooms and
+//! publishes the leaves: the members of a process that died are gone within TTL + heartbeat.
+//! After Redis comes back, each process puts its share in again from what its hub holds.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc};
+use tracing::{debug, info, warn};
+
+use super::Inner;
+use crate::protocol::{ChatMessage, PresenceEvent, ServerMsg};
+use crate::store::{MAX_PAGE, Page, Store};
+use crate::{Error, Result};
+
+/// The channel of stored messages.
+pub(crate) const MESSAGES: &str = "nanachat:messages";
+/// The channel of presence events.
+pub(crate) const PRESENCE: &str = "nanachat:presence";
+/// How long a process counts as alive after its last heartbeat.
+pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(10);
+/// How often a process says it is alive and looks for dead ones.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a jump waits for the missing message to come the usual way before reading it.
+const GRACE: Duration = Duration::from_millis(30);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Adds `delta` to a nick's count in a room and to this process's share; a count that reaches
+/// 0 is removed. Returns the nick's new count and the number of nicks in the room.
+/// KEYS: room hash, node hash. ARGV: nick, delta, "room\nnick".
+const CHANGE: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+local mine = redis.call('HINCRBY', KEYS[2], ARGV[3], ARGV[2])
+if mine <= 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
+return {n, redis.call('HLEN', KEYS[1])}
+";
+
+/// Takes a process's whole share out of the rooms and deletes it; returns, for each nick whose
+/// count reached 0, its room, nick and the number of nicks left in the room.
+/// KEYS: node hash. ARGV: the room hash prefix.
+const WITHDRAW: &str = r"
+local share = redis.call('HGETALL', KEYS[1])
+local gone = {}
+for i = 1, #share, 2 do
+  local sep = string.find(share[i], '\n', 1, true)
+  local room = string.sub(share[i], 1, sep - 1)
+  local nick = string.sub(share[i], sep + 1)
+  local key = ARGV[1] .. room
+  local n = redis.call('HINCRBY', key, nick, -tonumber(share[i + 1]))
+  if n <= 0 then
+    redis.call('HDEL', key, nick)
+    table.insert(gone, room)
+    table.insert(gone, nick)
+    table.insert(gone, redis.call('HLEN', key))
+  end
+end
+redis.call('DEL', KEYS[1])
+return gone
+";
+
+const ROOM_PREFIX: &str = "nanachat:room:";
+
+/// A Redis server that processes share (`--broker redis://…`).
+#[derive(Debug, Clone)]
+pub struct Broker {
+    client: redis::Client,
+    shown: String,
+}
+
+impl Broker {
+    /// Checks the URL and that the server answers now (a config error otherwise).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let shown = crate::config::redact_url(url);
+        let client = redis::Client::open(url)
+            .map_err(|err| Error::Config(format!("--broker {shown}: {err}")))?;
+        let broker = Self { client, shown };
+        let mut conn = broker.connection().await.map_err(|err| {
+            Error::Config(format!("cannot use {} as the broker: {err}", broker.shown))
+        })?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|err| {
+                Error::Config(format!("cannot use {} as the broker: {err}", broker.shown))
+            })?;
+        Ok(broker)
+    }
+
+    /// The server's address, without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+}
+
+/// A command connection, made again with back-off when it breaks.
+#[derive(Debug)]
+struct Link {
+    broker: Broker,
+    state: Mutex<(
+        Option<MultiplexedConnection>,
+        Duration,
+        Option<tokio::time::Instant>,
+    )>,
+}
+
+impl Link {
+    fn new(broker: Broker) -> Self {
+        Self {
+            broker,
+            state: Mutex::new((None, MIN_BACKOFF, None)),
+        }
+    }
+
+    async fn get(&self) -> Result<MultiplexedConnection> {
+        let mut state = self.state.lock().await;
+        if let Some(conn) = &state.0 {
+            return Ok(conn.clone());
+        }
+        if state.2.is_some_and(|at| tokio::time::Instant::now() < at) {
+            return Err(Error::Store(format!(
+                "Redis at {} is unreachable; retrying",
+                self.broker.shown
+            )));
+        }
+        match self.broker.connection().await {
+            Ok(conn) => {
+                *state = (Some(conn.clone()), MIN_BACKOFF, None);
+                Ok(conn)
+            }
+            Err(err) => {
+                state.2 = Some(tokio::time::Instant::now() + state.1);
+                state.1 = (state.1 * 2).min(MAX_BACKOFF);
+                Err(Error::Store(format!(
+                    "cannot reach Redis at {}: {err}",
+                    self.broker.shown
+                )))
+            }
+        }
+    }
+
+    /// Runs a pipeline; a failure drops the connection so that the next use makes a new one.
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        let mut conn = self.get().await?;
+        match pipe.query_async(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+                    self.state.lock().await.0 = None;
+                }
+                Err(Error::Store(format!("Redis: {err}")))
+            }
+        }
+    }
+}
+
+/// What goes over [`MESSAGES`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Published {
+    node: String,
+    msg: ChatMessage,
+}
+
+/// What goes over [`PRESENCE`].
+#[derive(Debug, Serialize, Deserialize)]
+struct PresenceNote {
+    room: String,
+    nick: String,
+    event: PresenceEvent,
+}
+
+/// One member joining (+1) or leaving (-1) a room on this process, numbered by the hub.
+#[derive(Debug)]
+pub(crate) struct Change {
+    pub(crate) generation: u64,
+    pub(crate) room: String,
+    pub(crate) nick: String,
+    pub(crate) delta: i64,
+}
+
+/// Counters, for metrics.
+#[derive(Debug, Default)]
+struct Stats {
+    published: AtomicU64,
+    received: AtomicU64,
+    filled: AtomicU64,
+    resubscribes: AtomicU64,
+    expired_nodes: AtomicU64,
+}
+
+/// This process's part of the cluster.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    node: String,
+    link: Link,
+    publish: mpsc::UnboundedSender<ChatMessage>,
+    fill: mpsc::UnboundedSender<(String, bool)>,
+    stats: Stats,
+    presence_limit: usize,
+}
+
+/// What the cluster's tasks are handed at start.
+pub(crate) struct Receivers {
+    publish: mpsc::UnboundedReceiver<ChatMessage>,
+    fill: mpsc::UnboundedReceiver<(String, bool)>,
+    changes: mpsc::UnboundedReceiver<Change>,
+}
+
+impl Cluster {
+    /// This process's part, and the receivers its tasks read (see [`start`]).
+    pub(crate) fn new(
+        broker: Broker,
+        presence_limit: usize,
+    ) -> (Self, mpsc::UnboundedSender<Change>, Receivers) {
+        let (publish, publish_rx) = mpsc::unbounded_channel();
+        let (fill, fill_rx) = mpsc::unbounded_channel();
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let node = format!("{:x}-{}", crate::store::new_epoch(), std::process::id());
+        info!(broker = %broker.shown, %node, "cluster: this process is one of several");
+        (
+            Self {
+                node,
+                link: Link::new(broker),
+                publish,
+                fill,
+                stats: Stats::default(),
+                presence_limit,
+            },
+            changes,
+            Receivers {
+                publish: publish_rx,
+                fill: fill_rx,
+                changes: changes_rx,
+            },
+        )
+    }
+
+    /// Hands a stored message to the publisher (never waits).
+    pub(crate) fn publish(&self, msg: ChatMessage) {
+        let _ = self.publish.send(msg);
+    }
+
+    /// Asks for `room` to be filled from the store; `grace` waits a little first, for the
+    /// message that may be on its way.
+    pub(crate) fn fill(&self, room: &str, grace: bool) {
+        let _ = self.fill.send((room.to_owned(), grace));
+    }
+
+    /// The nicks in a room on every process, sorted.
+    pub(crate) async fn members(&self, room: &str) -> Result<Vec<String>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HKEYS").arg(format!("{ROOM_PREFIX}{room}"));
+        let (mut nicks,): (Vec<String>,) = self.link.run(&pipe).await?;
+        nicks.sort();
+        Ok(nicks)
+    }
+
+    /// Whether anybody is connected as `nick` on any process.
+    pub(crate) async fn online(&self, nick: &str) -> Result<bool> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HEXISTS")
+            .arg(format!("{ROOM_PREFIX}{}", super::hub::ONLINE))
+            .arg(nick);
+        let (online,): (bool,) = self.link.run(&pipe).await?;
+        Ok(online)
+    }
+
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::metrics::write_all(
+            out,
+            &[
+                (
+                    "nanachat_cluster_published_total",
+                    "counter",
+                    "Stored messages published to the other processes.",
+                    get(&self.stats.published),
+                ),
+                (
+                    "nanachat_cluster_received_total",
+                    "counter",
+                    "Messages received from the other processes.",
+                    get(&self.stats.received),
+                ),
+                (
+                    "nanachat_cluster_backfilled_total",
+                    "counter",
+                    "Messages read from the store to fill a gap pub/sub left.",
+                    get(&self.stats.filled),
+                ),
+                (
+                    "nanachat_cluster_resubscribes_total",
+                    "counter",
+                    "Times the link to Redis was made again.",
+                    get(&self.stats.resubscribes),
+                ),
+                (
+                    "nanachat_cluster_expired_processes_total",
+                    "counter",
+                    "Other processes found dead whose members this one took out.",
+                    get(&self.stats.expired_nodes),
+                ),
+            ],
+        );
+    }
+
+    /// Takes this process's members out of every room (graceful shutdown).
+    pub(crate) async fn withdraw(&self) -> Result<()> {
+        let gone = self.withdraw_node(&self.node).await?;
+        self.tell_gone(gone).await
+    }
+
+    async fn withdraw_node(&self, node: &str) -> Result<Vec<(String, String, usize)>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(WITHDRAW)
+            .arg(1)
+            .arg(node_key(node))
+            .arg(ROOM_PREFIX);
+        let (flat,): (Vec<redis::Value>,) = self.link.run(&pipe).await?;
+        let mut gone = Vec::new();
+        for part in flat.chunks(3) {
+            if let [room, nick, left] = part {
+                let text = |v: &redis::Value| redis::from_redis_value_ref::<String>(v).ok();
+                let left = redis::from_redis_value_ref::<i64>(left).unwrap_or(0);
+                if let (Some(room), Some(nick)) = (text(room), text(nick)) {
+                    gone.push((room, nick, left.max(0) as usize));
+                }
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Publishes the leave of each nick no longer in a room.
+    async fn tell_gone(&self, gone: Vec<(String, String, usize)>) -> Result<()> {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for (room, nick, left) in gone {
+            // `left` counts the room after the leave; told if the room was small enough.
+            if room != super::hub::ONLINE && left < self.presence_limit {
+                any = true;
+                pipe.cmd("PUBLISH")
+                    .arg(PRESENCE)
+                    .arg(note(&room, &nick, PresenceEvent::Leave))
+                    .ignore();
+            }
+        }
+        if any {
+            self.link.run::<()>(&pipe).await?;
+        }
+        Ok(())
+    }
+}
+
+fn node_key(node: &str) -> String {
+    format!("nanachat:node:{node}")
+}
+
+fn alive_key(node: &str) -> String {
+    format!("nanachat:alive:{node}")
+}
+
+fn note(room: &str, nick: &str, event: PresenceEvent) -> String {
+    serde_json::to_string(&PresenceNote {
+        room: room.to_owned(),
+        nick: nick.to_owned(),
+        event,
+    })
+    .unwrap_or_default()
+}
+
+/// Starts the cluster's tasks; they end when the chat server is dropped.
+pub(crate) fn start<S: Store>(inner: &Arc<Inner<S>>, receivers: Receivers) {
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(publish_loop(weak.clone(), receivers.publish));
+    tokio::spawn(fill_loop(weak.clone(), receivers.fill));
+    tokio::spawn(subscribe_loop(weak.clone()));
+    tokio::spawn(presence_loop(weak, receivers.changes));
+}
+
+fn cluster<S: Store>(inner: &Inner<S>) -> &Cluster {
+    match &inner.cluster {
+        Some(cluster) => cluster,
+        None => unreachable!("the cluster's tasks run only with a cluster"),
+    }
+}
+
+/// Publishes stored messages, as many per round trip as are waiting. While Redis is down
+/// they are dropped: the other processes fill them from the store once they are back.
+async fn publish_loop<S: Store>(
+    inner: Weak<Inner<S>>,
+    mut rx: mpsc::UnboundedReceiver<ChatMessage>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let Some(inner) = inner.upgrade() else { return };
+        let cluster = cluster(&inner);
+        let mut pipe = redis::pipe();
+        let n = batch.len() as u64;
+        for msg in batch.drain(..) {
+            let payload = Published {
+                node: cluster.node.clone(),
+                msg,
+            };
+            if let Ok(json) = serde_json::to_string(&payload) {
+                pipe.cmd("PUBLISH").arg(MESSAGES).arg(json).ignore();
+            }
+        }
+        match cluster.link.run::<()>(&pipe).await {
+            Ok(()) => {
+                cluster.stats.published.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(err) => debug!(cause = %err, dropped = n, "publish failed; peers will back-fill"),
+        }
+    }
+}
+
+/// Fills rooms from the store, in seq order, up to the last stored seq.
+async fn fill_loop<S: Store>(
+    inner: Weak<Inner<S>>,
+    mut rx: mpsc::UnboundedReceiver<(String, bool)>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        if batch.iter().any(|(_, grace)| *grace) {
+            tokio::time::sleep(GRACE).await;
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+        }
+        let rooms: HashSet<String> = batch.drain(..).map(|(room, _)| room).collect();
+        let Some(inner) = inner.upgrade() else { return };
+        for room in rooms {
+            if let Err(err) = fill_room(&inner, &room).await {
+                warn!(cause = %err, %room, "back-fill failed; retrying");
+                tokio::time::sleep(MIN_BACKOFF).await;
+                cluster(&inner).fill(&room, false);
+            }
+        }
+    }
+}
+
+async fn fill_room<S: Store>(inner: &Inner<S>, room: &str) -> Result<()> {
+    loop {
+        let Some(next) = inner.hub.next_seq(room) else {
+            return Ok(());
+        };
+        let page = inner
+            .store
+            .history(room, Page::After(next - 1), MAX_PAGE)
+            .await?;
+        let full = page.len() == MAX_PAGE;
+        for record in page {
+            if record.seq < next {
+                continue;
+            }
+            let seq = record.seq;
+            let msg = ServerMsg::Message(super::session::chat_message(record));
+            inner.hub.deliver(room, Some((seq, &msg)));
+            cluster(inner).stats.filled.fetch_add(1, Ordering::Relaxed);
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Receives what the other processes publish; on every (re)subscribe, fills every room held
+/// and has the presence task put this process's share in again.
+async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut first = true;
+    loop {
+        let broker = match inner.upgrade() {
+            Some(inner) => cluster(&inner).link.broker.clone(),
+            None => return,
+        };
+        let subscribed = async {
+            let mut pubsub = broker.client.get_async_pubsub().await?;
+            pubsub.subscribe(&[MESSAGES, PRESENCE]).await?;
+            redis::RedisResult::Ok(pubsub)
+        };
+        let mut pubsub = match tokio::time::timeout(TIMEOUT, subscribed).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(err)) => {
+                debug!(cause = %err, "cannot subscribe to Redis; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = MIN_BACKOFF;
+        {
+            let Some(inner) = inner.upgrade() else { return };
+            let cluster = cluster(&inner);
+            if !first {
+                info!(broker = %broker.shown, "Redis is back: filling every room from the store");
+                cluster.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
+            }
+            for room in inner.hub.held_rooms() {
+                cluster.fill(&room, false);
+            }
+            inner.hub.resync_presence();
+        }
+        first = false;
+        let mut stream = pubsub.on_message();
+        while let Some(msg) = stream.next().await {
+            let Some(inner) = inner.upgrade() else { return };
+            let payload = msg.get_payload_bytes();
+            match msg.get_channel_name() {
+                MESSAGES => {
+                    let Ok(p) = serde_json::from_slice::<Published>(payload) else {
+                        continue;
+                    };
+                    let cluster = cluster(&inner);
+                    if p.node == cluster.node {
+                        continue;
+                    }
+                    cluster.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let (room, seq) = (p.msg.room.clone(), p.msg.seq);
+                    if !inner.hub.has_room(&room) {
+                        open_dm(&inner, p.msg);
+                        continue;
+                    }
+                    if inner
+                        .hub
+                        .deliver(&room, Some((seq, &ServerMsg::Message(p.msg))))
+                    {
+                        cluster.fill(&room, true);
+                    }
+                }
+                PRESENCE => {
+                    if let Ok(p) = serde_json::from_slice::<PresenceNote>(payload) {
+                        inner.hub.tell_presence(&p.room, &p.nick, p.event);
+                    }
+                }
+                _ => {}
+            }
+        }
+        warn!(broker = %broker.shown, "lost the Redis subscription; reconnecting");
+    }
+}
+
+/// A direct message for a pair this process has not opened: if one of the two is connected
+/// here, the room is opened just before this message, which is then delivered, and filled.
+fn open_dm<S: Store>(inner: &Arc<Inner<S>>, msg: ChatMessage) {
+    let Some((a, b)) = super::hub::dm_pair(&msg.room) else {
+        return;
+    };
+    if !inner.hub.nick_online(&a) && !inner.hub.nick_online(&b) {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let (room, seq) = (msg.room.clone(), msg.seq);
+        let epoch = match inner.store.room_state(&room).await {
+            Ok(state) => state.epoch,
+            Err(err) => return warn!(cause = %err, %room, "cannot open a direct-message room"),
+        };
+        let state = crate::store::RoomState {
+            epoch,
+            last_seq: seq - 1,
+        };
+        inner.hub.open_room(&room, state, Some((a, b)));
+        inner
+            .hub
+            .deliver(&room, Some((seq, &ServerMsg::Message(msg))));
+        cluster(&inner).fill(&room, false);
+    });
+}
+
+/// Keeps this process's share of presence in Redis, says it is alive, and takes out the
+/// members of processes that died.
+async fn presence_loop<S: Store>(inner: Weak<Inner<S>>, mut rx: mpsc::UnboundedReceiver<Change>) {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::new();
+    // The generation up to which Redis holds this process's share; None: put it in again.
+    let mut synced: Option<u64> = None;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 4096) => if n == 0 { return },
+            _ = heartbeat.tick() => {},
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let cluster = cluster(&inner);
+        if inner.hub.take_resync() {
+            synced = None;
+        }
+        if synced.is_none() {
+            let (generation, share) = inner.hub.presence_share();
+            match put_share(cluster, &share).await {
+                Ok(()) => synced = Some(generation),
+                Err(err) => debug!(cause = %err, "presence not in Redis yet; retrying"),
+            }
+        }
+        let Some(generation) = synced else {
+            batch.clear();
+            continue;
+        };
+        let changes: Vec<Change> = batch
+            .drain(..)
+            .filter(|c| c.generation > generation)
+            .collect();
+        if !changes.is_empty() {
+            match apply(cluster, &changes).await {
+                Ok(()) => synced = Some(changes.last().map_or(generation, |c| c.generation)),
+                Err(err) => {
+                    debug!(cause = %err, "presence change failed; will put the share in again");
+                    synced = None;
+                }
+            }
+        }
+        if let Err(err) = beat(cluster).await {
+            debug!(cause = %err, "heartbeat failed");
+        }
+    }
+}
+
+/// Puts this process's share in, replacing what Redis held of it (no events).
+async fn put_share(cluster: &Cluster, share: &BTreeMap<(String, String), i64>) -> Result<()> {
+    cluster.withdraw_node(&cluster.node).await?;
+    let mut pipe = redis::pipe();
+    for ((room, nick), count) in share {
+        change_cmd(&mut pipe, &cluster.node, room, nick, *count);
+    }
+    if !share.is_empty() {
+        cluster.link.run::<()>(&pipe).await?;
+    }
+    Ok(())
+}
+
+fn change_cmd(pipe: &mut redis::Pipeline, node: &str, room: &str, nick: &str, delta: i64) {
+    pipe.cmd("EVAL")
+        .arg(CHANGE)
+        .arg(2)
+        .arg(format!("{ROOM_PREFIX}{room}"))
+        .arg(node_key(node))
+        .arg(nick)
+        .arg(delta)
+        .arg(format!("{room}\n{nick}"));
+}
+
+/// Applies joins and leaves, then publishes the ones that changed who is in a room.
+async fn apply(cluster: &Cluster, changes: &[Change]) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for c in changes {
+        change_cmd(&mut pipe, &cluster.node, &c.room, &c.nick, c.delta);
+    }
+    let counts: Vec<(i64, i64)> = cluster.link.run(&pipe).await?;
+    let mut notes = redis::pipe();
+    let mut any = false;
+    for (c, (count, nicks)) in changes.iter().zip(counts) {
+        if c.room == super::hub::ONLINE {
+            continue;
+        }
+        let event = match (c.delta, count) {
+            (1, 1) => PresenceEvent::Join,
+            (-1, 0) => PresenceEvent::Leave,
+            _ => continue,
+        };
+        // As on one process: told while the room (counted without the nick) is small.
+        let others = if c.delta > 0 { nicks - 1 } else { nicks };
+        if (others.max(0) as usize) < cluster.presence_limit {
+            any = true;
+            notes
+                .cmd("PUBLISH")
+                .arg(PRESENCE)
+                .arg(note(&c.room, &c.nick, event))
+                .ignore();
+        }
+    }
+    if any {
+        cluster.link.run::<()>(&notes).await?;
+    }
+    Ok(())
+}
+
+/// Says this process is alive; takes out the share of every process that is not.
+async fn beat(cluster: &Cluster) -> Result<()> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(alive_key(&cluster.node))
+        .arg(1)
+        .arg("PX")
+        .arg(ALIVE_TTL.as_millis() as u64)
+        .ignore()
+        .cmd("SADD")
+        .arg("nanachat:nodes")
+        .arg(&cluster.node)
+        .ignore()
+        .cmd("SMEMBERS")
+        .arg("nanachat:nodes");
+    let (nodes,): (Vec<String>,) = cluster.link.run(&pipe).await?;
+    let others: Vec<&String> = nodes.iter().filter(|n| **n != cluster.node).collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for node in &others {
+        pipe.cmd("EXISTS").arg(alive_key(node));
+    }
+    let alive: Vec<bool> = cluster.link.run(&pipe).await?;
+    for (node, alive) in others.into_iter().zip(alive) {
+        if alive {
+            continue;
+        }
+        // Whoever removes it from the set takes its members out, once.
+        let mut pipe = redis::pipe();
+        pipe.cmd("SREM").arg("nanachat:nodes").arg(node);
+        let (removed,): (i64,) = cluster.link.run(&pipe).await?;
+        if removed == 1 {
+            let gone = cluster.withdraw_node(node).await?;
+            warn!(%node, members = gone.len(), "a process stopped answering: its members left");
+            cluster.stats.expired_nodes.fetch_add(1, Ordering::Relaxed);
+            cluster.tell_gone(gone).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,609 @@
+//! The shared store: history in PostgreSQL (`nanachat serve --store postgres://…`), so that
+//! several `nanachat serve` processes are one chat service with one history.
+//!
+//! Writes go through one writer task per process with group commit, as in the SQLite store:
+//! it takes every job waiting and runs them in one transaction. Seqs are assigned *inside* that
+//! transaction: the batch first locks each of its rooms' rows (`INSERT … ON CONFLICT DO UPDATE`,
+//! in name order so that two processes never deadlock), reads `last_seq`, numbers its messages
+//! from there and writes the new `last_seq` before `COMMIT`. Another process appending to the
+//! same room waits for that lock, so seqs are unique and gap-free across processes: a seq is
+//! visible to anyone only once every seq before it is committed, and a batch that fails rolls
+//! its counter back with its messages. An append resolves only after its commit (PostgreSQL's
+//! default `synchronous_commit`): acknowledged means stored.
+//!
+//! Connections: the writer has its own, reads share another (tokio-postgres pipelines them).
+//! A connection that breaks is made again on next use, with back-off (0.1 s doubling to 5 s);
+//! meanwhile every operation fails at once with a store error — senders get `internal` and
+//! retry with their cid — rather than waiting or guessing.
+//!
+//! Migrations run at start under an advisory lock, so processes starting together migrate once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, mpsc};
+use tokio_postgres::{Client, NoTls, Statement};
+use tracing::{debug, info, warn};
+
+use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
+use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use crate::{Error, Result};
+
+/// The schema, one migration per version; `nanachat_schema.version` says how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: rooms and their messages, cids unique per sender and room.
+    "CREATE TABLE rooms (
+        name     TEXT PRIMARY KEY,
+        epoch    BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL
+     );
+     CREATE TABLE messages (
+        room    TEXT NOT NULL,
+        seq     BIGINT NOT NULL,
+        sender  TEXT NOT NULL,
+        text    TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        cid     TEXT,
+        PRIMARY KEY (room, seq)
+     );
+     CREATE UNIQUE INDEX messages_cid ON messages (room, sender, cid) WHERE cid IS NOT NULL;",
+];
+
+/// Key of the advisory lock held while migrating ("nanachat" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6e61_6e61_6368_6174;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// History in a PostgreSQL database, shared by every process pointed at it.
+#[derive(Debug)]
+pub struct PgStore {
+    queue: Queue,
+    reader: Arc<Link>,
+    stats: Arc<StoreStats>,
+    shown: String,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`), runs pending migrations and
+    /// starts the writer. Fails with a config error if the database cannot be reached now.
+    pub async fn open(url: &str) -> Result<Self> {
+        let shown = crate::config::redact_url(url);
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|err| Error::Config(format!("--store {shown}: {err}")))?;
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .application_name("nanachat");
+        let unreachable =
+            |err: Error| Error::Config(format!("cannot use {shown} as the history store: {err}"));
+        // Migrate on a connection of its own: the others prepare statements on the tables.
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|err| unreachable(pg_err(err)))?;
+        let migrating = tokio::spawn(connection);
+        migrate(&client).await.map_err(unreachable)?;
+        drop(client);
+        let _ = migrating.await;
+        let reader = Arc::new(Link::new(config.clone(), &shown));
+        reader.get().await.map_err(unreachable)?;
+        let writer = Link::new(config, &shown);
+        writer.get().await.map_err(unreachable)?;
+        let (queue, rx) = Queue::new();
+        let stats = Arc::new(StoreStats::default());
+        tokio::spawn(write_loop(writer, rx, stats.clone()));
+        info!(store = %shown, "history store");
+        Ok(Self {
+            queue,
+            reader,
+            stats,
+            shown,
+        })
+    }
+
+    /// The writer's counters: commits, jobs, commit time, failed batches.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// The database's address, without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+fn pg_err(err: tokio_postgres::Error) -> Error {
+    Error::Store(format!("PostgreSQL: {}", describe(&err)))
+}
+
+/// The error with the server's own message, which tokio-postgres' `Display` leaves out.
+fn describe(err: &tokio_postgres::Error) -> String {
+    match (err.as_db_error(), std::error::Error::source(err)) {
+        (Some(db), _) => format!("{}: {}", db.severity(), db.message()),
+        (None, Some(cause)) => format!("{err}: {cause}"),
+        (None, None) => err.to_string(),
+    }
+}
+
+/// A client with the statements the store uses, prepared once per connection.
+#[derive(Debug)]
+struct Conn {
+    client: Client,
+    lock_room: Statement,
+    find_cids: Statement,
+    insert: Statement,
+    set_last: Statement,
+    state: Statement,
+    after: Statement,
+    before: Statement,
+    wipe_messages: Statement,
+    wipe_epoch: Statement,
+}
+
+impl Conn {
+    async fn prepare(client: Client) -> std::result::Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            // Creates the room if new and locks its row until the transaction ends.
+            lock_room: client
+                .prepare(
+                    "INSERT INTO rooms (name, epoch, last_seq) VALUES ($1, $2, 0)
+                     ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+                     RETURNING epoch, last_seq",
+                )
+                .await?,
+            find_cids: client
+                .prepare(
+                    "SELECT m.room, m.sender, m.cid, m.seq, m.text, m.time_ms FROM messages m
+                     JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(room, sender, cid)
+                       ON m.room = k.room AND m.sender = k.sender AND m.cid = k.cid",
+                )
+                .await?,
+            insert: client
+                .prepare(
+                    "INSERT INTO messages (room, seq, sender, text, time_ms, cid)
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[],
+                                          $5::int8[], $6::text[])",
+                )
+                .await?,
+            set_last: client
+                .prepare("UPDATE rooms SET last_seq = $2 WHERE name = $1")
+                .await?,
+            // A room never used is created; the SELECT does not see the row the INSERT adds,
+            // so exactly one of the two answers.
+            state: client
+                .prepare(
+                    "WITH made AS (
+                        INSERT INTO rooms (name, epoch, last_seq) VALUES ($1, $2, 0)
+                        ON CONFLICT (name) DO NOTHING RETURNING epoch, last_seq)
+                     SELECT epoch, last_seq FROM made
+                     UNION ALL SELECT epoch, last_seq FROM rooms WHERE name = $1",
+                )
+                .await?,
+            after: client
+                .prepare(
+                    "SELECT seq, sender, text, time_ms FROM messages
+                     WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .await?,
+            before: client
+                .prepare(
+                    "SELECT seq, sender, text, time_ms FROM messages
+                     WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                )
+                .await?,
+            wipe_messages: client
+                .prepare("DELETE FROM messages WHERE room = $1")
+                .await?,
+            wipe_epoch: client
+                .prepare(
+                    "UPDATE rooms SET epoch = GREATEST($2, epoch + 1) WHERE name = $1
+                     RETURNING epoch, last_seq",
+                )
+                .await?,
+            client,
+        })
+    }
+}
+
+/// One connection, made again with back-off when it breaks.
+#[derive(Debug)]
+struct Link {
+    config: tokio_postgres::Config,
+    shown: String,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    conn: Option<Arc<Conn>>,
+    next_try: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Link {
+    fn new(config: tokio_postgres::Config, shown: &str) -> Self {
+        Self {
+            config,
+            shown: shown.to_owned(),
+            state: Mutex::new(LinkState {
+                conn: None,
+                next_try: None,
+                backoff: MIN_BACKOFF,
+            }),
+        }
+    }
+
+    /// The live connection, or a new one; while the database is unreachable this fails at
+    /// once until the back-off has passed.
+    async fn get(&self) -> Result<Arc<Conn>> {
+        let mut state = self.state.lock().await;
+        if let Some(conn) = &state.conn {
+            if !conn.client.is_closed() {
+                return Ok(conn.clone());
+            }
+            warn!(store = %self.shown, "lost the PostgreSQL connection; reconnecting");
+            state.conn = None;
+        }
+        if state.next_try.is_some_and(|at| Instant::now() < at) {
+            return Err(Error::Store(format!(
+                "PostgreSQL at {} is unreachable; retrying",
+                self.shown
+            )));
+        }
+        match self.connect().await {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                if state.next_try.is_some() {
+                    info!(store = %self.shown, "PostgreSQL is back");
+                }
+                *state = LinkState {
+                    conn: Some(conn.clone()),
+                    next_try: None,
+                    backoff: MIN_BACKOFF,
+                };
+                Ok(conn)
+            }
+            Err(err) => {
+                state.next_try = Some(Instant::now() + state.backoff);
+                state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+                Err(Error::Store(format!(
+                    "cannot reach PostgreSQL at {}: {}",
+                    self.shown,
+                    describe(&err)
+                )))
+            }
+        }
+    }
+
+    async fn connect(&self) -> std::result::Result<Conn, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        let shown = self.shown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!(store = %shown, cause = %err, "PostgreSQL connection ended");
+            }
+        });
+        Conn::prepare(client).await
+    }
+
+    /// Forgets a connection that failed mid-transaction, so the next use makes a new one.
+    async fn reset(&self) {
+        self.state.lock().await.conn = None;
+    }
+}
+
+async fn migrate(client: &Client) -> Result<()> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS nanachat_schema (version INT NOT NULL);
+             INSERT INTO nanachat_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM nanachat_schema);",
+        )
+        .await
+        .map_err(pg_err)?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_err)?;
+    let result = migrate_locked(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_err);
+    result.and(unlocked.map(drop))
+}
+
+async fn migrate_locked(client: &Client) -> Result<()> {
+    let version: i32 = client
+        .query_one("SELECT version FROM nanachat_schema", &[])
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    let version = version as usize;
+    if version > MIGRATIONS.len() {
+        return Err(Error::Config(format!(
+            "the database's schema (version {version}) is newer than this nanachat knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let next = (i + 1) as i32;
+        client
+            .batch_execute(&format!(
+                "BEGIN; {sql}; UPDATE nanachat_schema SET version = {next}; COMMIT;"
+            ))
+            .await
+            .map_err(pg_err)?;
+        info!(version = next, "PostgreSQL store migrated");
+    }
+    Ok(())
+}
+
+impl Store for PgStore {
+    fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send + 'static {
+        self.queue.append(append)
+    }
+
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+        let conn = self.reader.get().await?;
+        let limit = limit.min(MAX_PAGE) as i64;
+        let (stmt, seq) = match page {
+            Page::After(seq) => (&conn.after, seq),
+            Page::Before(seq) => (&conn.before, seq),
+        };
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let rows = conn
+            .client
+            .query(stmt, &[&room, &seq, &limit])
+            .await
+            .map_err(pg_err)?;
+        let mut records: Vec<Record> = rows
+            .iter()
+            .map(|row| Record {
+                room: room.to_owned(),
+                seq: row.get::<_, i64>(0) as u64,
+                from: row.get(1),
+                text: row.get(2),
+                time_ms: row.get(3),
+            })
+            .collect();
+        if matches!(page, Page::Before(_)) {
+            records.reverse();
+        }
+        Ok(records)
+    }
+
+    async fn room_state(&self, room: &str) -> Result<RoomState> {
+        let conn = self.reader.get().await?;
+        let row = conn
+            .client
+            .query_one(&conn.state, &[&room, &(new_epoch() as i64)])
+            .await
+            .map_err(pg_err)?;
+        Ok(room_state(&row))
+    }
+
+    async fn wipe(&self, room: &str) -> Result<RoomState> {
+        self.queue.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.queue.submit(Job::Flush).await
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        self.stats.write_metrics(out);
+    }
+}
+
+fn room_state(row: &tokio_postgres::Row) -> RoomState {
+    RoomState {
+        epoch: row.get::<_, i64>(0) as u64,
+        last_seq: row.get::<_, i64>(1) as u64,
+    }
+}
+
+/// The writer task: drains waiting jobs into one transaction, commits, then answers them.
+async fn write_loop(link: Link, mut rx: mpsc::Receiver<Job>, stats: Arc<StoreStats>) {
+    while let Some(first) = rx.recv().await {
+        let jobs = take_batch(first, &mut rx);
+        let started = Instant::now();
+        let outcome = match link.get().await {
+            Ok(conn) => match commit_batch(&conn, &jobs).await {
+                Ok(done) => Ok(done),
+                Err(err) => {
+                    // Roll back what the failed batch did; a broken connection is made anew.
+                    if conn.client.batch_execute("ROLLBACK").await.is_err() {
+                        link.reset().await;
+                    }
+                    Err(format!("PostgreSQL: {}", describe(&err)))
+                }
+            },
+            Err(err) => Err(err.to_string()),
+        };
+        let took = started.elapsed();
+        debug!(batch = jobs.len(), ?took, "store commit");
+        answer_batch(jobs, outcome, took, &stats);
+    }
+}
+
+/// What one room's part of a batch has reached.
+struct RoomTx {
+    epoch: u64,
+    last_seq: u64,
+    /// (sender, cid) → the record stored under it, before or earlier in this batch.
+    cids: HashMap<(String, String), Record>,
+}
+
+/// Rows to insert, column by column (for `UNNEST`).
+#[derive(Default)]
+struct Rows {
+    room: Vec<String>,
+    seq: Vec<i64>,
+    sender: Vec<String>,
+    text: Vec<String>,
+    time_ms: Vec<i64>,
+    cid: Vec<Option<String>>,
+}
+
+impl Rows {
+    fn push(&mut self, record: &Record, cid: Option<String>) {
+        self.room.push(record.room.clone());
+        self.seq.push(record.seq as i64);
+        self.sender.push(record.from.clone());
+        self.text.push(record.text.clone());
+        self.time_ms.push(record.time_ms);
+        self.cid.push(cid);
+    }
+
+    async fn write(&mut self, conn: &Conn) -> std::result::Result<(), tokio_postgres::Error> {
+        if !self.room.is_empty() {
+            conn.client
+                .execute(
+                    &conn.insert,
+                    &[
+                        &self.room,
+                        &self.seq,
+                        &self.sender,
+                        &self.text,
+                        &self.time_ms,
+                        &self.cid,
+                    ],
+                )
+                .await?;
+            *self = Self::default();
+        }
+        Ok(())
+    }
+}
+
+/// Runs every job in one transaction. Any failure rolls the whole batch back (the caller
+/// issues the `ROLLBACK`), so no seq is ever taken without its message.
+async fn commit_batch(
+    conn: &Conn,
+    jobs: &[Job],
+) -> std::result::Result<Vec<Done>, tokio_postgres::Error> {
+    let client = &conn.client;
+    client.batch_execute("BEGIN").await?;
+    // Lock every room of the batch, in name order.
+    let mut rooms: BTreeMap<&str, RoomTx> = BTreeMap::new();
+    for job in jobs {
+        if let Job::Append(Append { room, .. }, _) | Job::Ensure(room, _) | Job::Wipe(room, _) = job
+        {
+            rooms.entry(room).or_insert(RoomTx {
+                epoch: 0,
+                last_seq: 0,
+                cids: HashMap::new(),
+            });
+        }
+    }
+    for (name, tx) in rooms.iter_mut() {
+        let row = client
+            .query_one(&conn.lock_room, &[name, &(new_epoch() as i64)])
+            .await?;
+        let state = room_state(&row);
+        (tx.epoch, tx.last_seq) = (state.epoch, state.last_seq);
+    }
+    // With the rooms locked, every earlier append of these rooms is committed and visible:
+    // look up the cids of this batch among them.
+    let (mut k_room, mut k_sender, mut k_cid) = (Vec::new(), Vec::new(), Vec::new());
+    for job in jobs {
+        if let Job::Append(a, _) = job
+            && let Some(cid) = &a.cid
+        {
+            k_room.push(a.room.as_str());
+            k_sender.push(a.from.as_str());
+            k_cid.push(cid.as_str());
+        }
+    }
+    if !k_room.is_empty() {
+        for row in client
+            .query(&conn.find_cids, &[&k_room, &k_sender, &k_cid])
+            .await?
+        {
+            let room: String = row.get(0);
+            let record = Record {
+                room: room.clone(),
+                seq: row.get::<_, i64>(3) as u64,
+                from: row.get(1),
+                text: row.get(4),
+                time_ms: row.get(5),
+            };
+            if let Some(tx) = rooms.get_mut(room.as_str()) {
+                tx.cids.insert((record.from.clone(), row.get(2)), record);
+            }
+        }
+    }
+    let mut rows = Rows::default();
+    let mut done = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        done.push(match job {
+            Job::Append(a, _) => {
+                let Some(tx) = rooms.get_mut(a.room.as_str()) else {
+                    unreachable!("every room of the batch is locked")
+                };
+                let key = a.cid.as_ref().map(|cid| (a.from.clone(), cid.clone()));
+                match key.as_ref().and_then(|k| tx.cids.get(k)) {
+                    Some(original) => Done::Append(Ok(Appended {
+                        record: original.clone(),
+                        duplicate: true,
+                    })),
+                    None => {
+                        tx.last_seq += 1;
+                        let record = Record {
+                            room: a.room.clone(),
+                            seq: tx.last_seq,
+                            from: a.from.clone(),
+                            text: a.text.clone(),
+                            time_ms: now_ms(),
+                        };
+                        rows.push(&record, a.cid.clone());
+                        if let Some(key) = key {
+                            tx.cids.insert(key, record.clone());
+                        }
+                        Done::Append(Ok(Appended {
+                            record,
+                            duplicate: false,
+                        }))
+                    }
+                }
+            }
+            Job::Ensure(room, _) => {
+                let tx = &rooms[room.as_str()];
+                Done::State(Ok(RoomState {
+                    epoch: tx.epoch,
+                    last_seq: tx.last_seq,
+                }))
+            }
+            Job::Wipe(room, _) => {
+                // What this batch appended before the wipe is wiped with the rest.
+                rows.write(conn).await?;
+                client.execute(&conn.wipe_messages, &[room]).await?;
+                let row = client
+                    .query_one(&conn.wipe_epoch, &[room, &(new_epoch() as i64)])
+                    .await?;
+                let Some(tx) = rooms.get_mut(room.as_str()) else {
+                    unreachable!("every room of the batch is locked")
+                };
+                tx.epoch = room_state(&row).epoch;
+                tx.cids.clear();
+                Done::State(Ok(RoomState {
+                    epoch: tx.epoch,
+                    last_seq: tx.last_seq,
+                }))
+            }
+            Job::Flush(_) => Done::Flushed(Ok(())),
+        });
+    }
+    rows.write(conn).await?;
+    for (name, tx) in &rooms {
+        client
+            .execute(&conn.set_last, &[name, &(tx.last_seq as i64)])
+            .await?;
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok(done)
+}

@@ -1,0 +1,195 @@
+//! What both durable stores share: the queue of write jobs in front of one writer that commits
+//! them in batches (group commit), how a job is answered, and the writer's counters.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Append, Appended, RoomState};
+use crate::{Error, Result};
+
+/// Most jobs one transaction commits.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// Jobs that may wait for the writer; beyond that an append is refused (back-pressure).
+const QUEUE: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub(crate) enum Job {
+    Append(Append, oneshot::Sender<Result<Appended>>),
+    Ensure(String, oneshot::Sender<Result<RoomState>>),
+    Wipe(String, oneshot::Sender<Result<RoomState>>),
+    /// Answered once every job queued before it is committed.
+    Flush(oneshot::Sender<Result<()>>),
+}
+
+/// A job's result, held until its transaction commits.
+pub(crate) enum Done {
+    Append(Result<Appended>),
+    State(Result<RoomState>),
+    Flushed(Result<()>),
+}
+
+/// The sending side of the writer's queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Queue {
+    jobs: mpsc::Sender<Job>,
+}
+
+fn stopped() -> Error {
+    Error::Store("the store's writer has stopped".into())
+}
+
+impl Queue {
+    /// A queue and the receiver its writer drains.
+    pub(crate) fn new() -> (Self, mpsc::Receiver<Job>) {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        (Self { jobs }, rx)
+    }
+
+    /// Queues a job and waits for its answer.
+    pub(crate) async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(job(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Queues an append *now*, so the order of calls is the order of seqs. A full queue is
+    /// refused at once rather than waited for: the client gets `internal` and retries with its
+    /// cid.
+    pub(crate) fn append(
+        &self,
+        append: Append,
+    ) -> impl Future<Output = Result<Appended>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let queued = self
+            .jobs
+            .try_send(Job::Append(append, tx))
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => {
+                    Error::Store("the store is overloaded".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => stopped(),
+            });
+        async move {
+            queued?;
+            rx.await.map_err(|_| stopped())?
+        }
+    }
+}
+
+/// Takes the first job and every one waiting behind it, up to [`MAX_BATCH`].
+pub(crate) fn take_batch(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut jobs = vec![first];
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs
+}
+
+/// Answers a committed batch, or every job of a failed one with its error.
+pub(crate) fn answer_batch(
+    jobs: Vec<Job>,
+    outcome: std::result::Result<Vec<Done>, String>,
+    took: Duration,
+    stats: &StoreStats,
+) {
+    match outcome {
+        Ok(done) => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            stats
+                .commit_micros
+                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            for (job, done) in jobs.into_iter().zip(done) {
+                answer(job, done);
+            }
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, batch = jobs.len(), "store commit failed");
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            for job in jobs {
+                let failed = Error::Store(err.clone());
+                let done = match job {
+                    Job::Append(..) => Done::Append(Err(failed)),
+                    Job::Ensure(..) | Job::Wipe(..) => Done::State(Err(failed)),
+                    Job::Flush(..) => Done::Flushed(Err(failed)),
+                };
+                answer(job, done);
+            }
+        }
+    }
+}
+
+fn answer(job: Job, done: Done) {
+    // A caller that went away no longer needs its answer; what was committed stays committed.
+    match (job, done) {
+        (Job::Append(_, tx), Done::Append(result)) => {
+            let _ = tx.send(result);
+        }
+        (Job::Ensure(_, tx) | Job::Wipe(_, tx), Done::State(result)) => {
+            let _ = tx.send(result);
+        }
+        (Job::Flush(tx), Done::Flushed(result)) => {
+            let _ = tx.send(result);
+        }
+        _ => unreachable!("a job is answered with its own kind of result"),
+    }
+}
+
+/// Counters of the writer, for metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Jobs (appends, room creations, wipes) committed in them.
+    pub jobs: AtomicU64,
+    /// Total time spent committing, in microseconds.
+    pub commit_micros: AtomicU64,
+    /// Batches that failed (rolled back, every job answered with the error).
+    pub failures: AtomicU64,
+}
+
+impl StoreStats {
+    /// Appends the counters (Prometheus text format).
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::metrics::write_all(
+            out,
+            &[
+                (
+                    "nanachat_store_commits_total",
+                    "counter",
+                    "Store transactions committed (group commits).",
+                    get(&self.commits),
+                ),
+                (
+                    "nanachat_store_jobs_total",
+                    "counter",
+                    "Store jobs committed; jobs / commits is the mean batch size.",
+                    get(&self.jobs),
+                ),
+                (
+                    "nanachat_store_commit_microseconds_total",
+                    "counter",
+                    "Time spent committing; divided by commits, the mean commit latency.",
+                    get(&self.commit_micros),
+                ),
+                (
+                    "nanachat_store_failed_batches_total",
+                    "counter",
+                    "Batches rolled back; each of their jobs was answered with an error.",
+                    get(&self.failures),
+                ),
+            ],
+        );
+    }
+}

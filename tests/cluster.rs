@@ -1,0 +1,440 @@
+//! Several `nanachat serve` processes as one chat service, on a real PostgreSQL and a real
+//! Redis started for each test: clients on different processes chat, see each other, resume
+//! anywhere; a process killed mid-publish, Redis stopped for a few seconds, PostgreSQL
+//! stopped — and still no acked message lost, no gap, no duplicate.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::services::{Postgres, Redis};
+use common::{Proc, nanachat, within};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// One `nanachat serve` of the cluster, on a port of its own.
+fn process(pg: &Postgres, redis: &Redis) -> Proc {
+    process_on(pg, redis, "127.0.0.1:0", false)
+}
+
+fn process_on(pg: &Postgres, redis: &Redis, addr: &str, reuse_port: bool) -> Proc {
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve", "--addr", addr, "--rate", "100000", "--burst", "100000",
+    ])
+    .args(["--store", &pg.url(), "--broker", &redis.url()]);
+    if reuse_port {
+        cmd.arg("--reuse-port");
+    }
+    let proc = Proc::spawn("nanachat serve", cmd);
+    proc.wait_stderr("listening on ws://");
+    proc
+}
+
+/// A `nanachat.v1` client that keeps every message it receives.
+struct Client {
+    ws: common::Peer,
+    got: Vec<Value>,
+}
+
+impl Client {
+    async fn connect(url: &str, nick: &str) -> Self {
+        let mut c = Self {
+            ws: common::protocol_peer(url).await,
+            got: Vec::new(),
+        };
+        c.send(json!({"type": "hello", "nick": nick})).await;
+        c.wait_for("welcome", |v| v["type"] == "welcome").await;
+        c
+    }
+
+    async fn send(&mut self, v: Value) {
+        within("send", self.ws.send(Message::text(v.to_string())))
+            .await
+            .unwrap();
+    }
+
+    async fn join(&mut self, room: &str, since: Option<u64>) -> Value {
+        let mut join = json!({"type": "join", "room": room});
+        if let Some(since) = since {
+            join["since"] = since.into();
+        }
+        self.send(join).await;
+        self.wait_for("joined", |v| v["type"] == "joined").await
+    }
+
+    /// Reads until a message matches (keeping everything read); returns it.
+    async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_in(what, common::WAIT, matches).await
+    }
+
+    async fn wait_for_in(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let found = tokio::time::timeout(limit, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                        self.got.push(v.clone());
+                        if matches(&v) {
+                            return v;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("connection ended waiting for {what}: {other:?}"),
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("timed out waiting for {what}; got {:?}", self.got))
+    }
+
+    /// The seqs of the chat messages of `room` received so far, in arrival order.
+    fn seqs(&self, room: &str) -> Vec<u64> {
+        self.got
+            .iter()
+            .filter(|v| v["type"] == "message" && v["room"] == room)
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+fn is_message(room: &'static str, seq: u64) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == "message" && v["room"] == room && v["seq"].as_u64() >= Some(seq)
+}
+
+fn presence(nick: &'static str, event: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == "presence" && v["nick"] == nick && v["event"] == event
+}
+
+/// Every seq from `first` to `last` once, in order.
+fn gapless(seqs: &[u64], first: u64, last: u64) {
+    let want: Vec<u64> = (first..=last).collect();
+    assert_eq!(seqs, want.as_slice(), "not every seq once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_on_three_processes_are_one_chat() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..3).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let mut a = Client::connect(&urls[0], "ada").await;
+    let mut b = Client::connect(&urls[1], "bo").await;
+    a.join("lobby", None).await;
+    b.join("lobby", None).await;
+    // Presence crosses processes: ada sees bo join, and then cy.
+    a.wait_for("bo joins", presence("bo", "join")).await;
+    let mut c = Client::connect(&urls[2], "cy").await;
+    c.join("lobby", None).await;
+    a.wait_for("cy joins", presence("cy", "join")).await;
+    b.wait_for("cy joins", presence("cy", "join")).await;
+    c.send(json!({"type": "who", "room": "lobby"})).await;
+    let who = c.wait_for("who", |v| v["type"] == "members").await;
+    assert_eq!(who["nicks"], json!(["ada", "bo", "cy"]));
+
+    // Each says 20, all at once: everyone gets all 60, seqs 1..=60 once each, in order.
+    for i in 0..20 {
+        for (n, client) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
+            let cid = format!("{n}-{i}");
+            client
+                .send(json!({"type": "say", "room": "lobby", "text": cid, "cid": cid}))
+                .await;
+        }
+    }
+    for client in [&mut a, &mut b, &mut c] {
+        client.wait_for("seq 60", is_message("lobby", 60)).await;
+        gapless(&client.seqs("lobby"), 1, 60);
+    }
+
+    // A direct message to someone on another process.
+    a.send(json!({"type": "dm", "to": "cy", "text": "psst", "cid": "dm1"}))
+        .await;
+    let dm = c
+        .wait_for("the dm", |v| v["type"] == "message" && v["text"] == "psst")
+        .await;
+    assert_eq!(dm["room"], "@ada+cy");
+    assert_eq!(dm["from"], "ada");
+
+    // A graceful stop takes its members out at once: the others see bo leave.
+    procs[1].terminate();
+    a.wait_for("bo leaves", presence("bo", "leave")).await;
+    c.send(json!({"type": "who", "room": "lobby"})).await;
+    let who = c
+        .wait_for("who without bo", |v| v["type"] == "members")
+        .await;
+    assert_eq!(who["nicks"], json!(["ada", "cy"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_resumes_on_another_process_without_a_gap() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let mut talker = Client::connect(&urls[0], "talker").await;
+    talker.join("lobby", None).await;
+    let mut reader = Client::connect(&urls[1], "reader").await;
+    reader.join("lobby", None).await;
+    for i in 1..=10 {
+        talker
+            .send(json!({"type": "say", "room": "lobby", "text": i.to_string(), "cid": format!("a{i}")}))
+            .await;
+    }
+    reader.wait_for("seq 10", is_message("lobby", 10)).await;
+    drop(reader);
+    for i in 11..=25 {
+        talker
+            .send(json!({"type": "say", "room": "lobby", "text": i.to_string(), "cid": format!("a{i}")}))
+            .await;
+    }
+    talker
+        .wait_for("ack 25", |v| v["type"] == "ack" && v["seq"] == 25)
+        .await;
+    // Back on the other process, from where it was: 11..=25, then live.
+    let mut reader = Client::connect(&urls[0], "reader").await;
+    let joined = reader.join("lobby", Some(10)).await;
+    assert_ne!(joined["reset"], true);
+    reader.wait_for("seq 25", is_message("lobby", 25)).await;
+    talker
+        .send(json!({"type": "say", "room": "lobby", "text": "live", "cid": "live"}))
+        .await;
+    reader.wait_for("seq 26", is_message("lobby", 26)).await;
+    gapless(&reader.seqs("lobby"), 11, 26);
+}
+
+/// Publishes `count` messages paced a little, keeping the acks; returns them (seq by cid).
+async fn publish(client: &mut Client, prefix: &str, count: usize) -> BTreeMap<String, u64> {
+    for i in 0..count {
+        let cid = format!("{prefix}{i}");
+        client
+            .send(json!({"type": "say", "room": "lobby", "text": cid, "cid": cid}))
+            .await;
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut acks = BTreeMap::new();
+    while acks.len() < count {
+        let v = client.wait_for("acks", |v| v["type"] == "ack").await;
+        acks.insert(
+            v["cid"].as_str().unwrap().to_owned(),
+            v["seq"].as_u64().unwrap(),
+        );
+    }
+    acks
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_one_process_mid_publish_loses_nothing_acked() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let mut doomed = process(&pg, &redis);
+    let survivor = process(&pg, &redis);
+    let (doomed_url, url) = (doomed.listening_url(), survivor.listening_url());
+    let mut watcher = Client::connect(&url, "watcher").await;
+    watcher.join("lobby", None).await;
+
+    // A publisher on the doomed process streams says and records each ack until the kill.
+    let mut victim = Client::connect(&doomed_url, "victim").await;
+    victim.join("lobby", None).await;
+    watcher
+        .wait_for("victim joins", presence("victim", "join"))
+        .await;
+    let (mut sink, mut stream) = victim.ws.split();
+    let sending = tokio::spawn(async move {
+        for i in 0.. {
+            let say = json!({"type": "say", "room": "lobby", "text": format!("v{i}"), "cid": format!("v{i}")});
+            if sink.send(Message::text(say.to_string())).await.is_err() {
+                break;
+            }
+            if i % 4 == 3 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let acking = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        while let Some(Ok(msg)) = stream.next().await {
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "ack" {
+                    acked.push(v["seq"].as_u64().unwrap());
+                }
+            }
+        }
+        acked
+    });
+    // A second publisher on the survivor goes on through it all.
+    let mut steady = Client::connect(&url, "steady").await;
+    steady.join("lobby", None).await;
+    watcher
+        .wait_for("a few hundred", is_message("lobby", 300))
+        .await;
+    doomed.kill();
+    sending.abort();
+    let acked = within("the victim's acks", acking).await.unwrap();
+    assert!(
+        acked.len() >= 100,
+        "only {} acked before the kill",
+        acked.len()
+    );
+    let steady_acks = publish(&mut steady, "s", 50).await;
+    let last = *steady_acks.values().max().unwrap();
+
+    // The watcher got every seq up to the last, once, in order — the victim's acked ones
+    // among them — and sees the victim leave once its heartbeat has expired.
+    watcher
+        .wait_for("the last seq", is_message("lobby", last))
+        .await;
+    let seqs = watcher.seqs("lobby");
+    gapless(&seqs, 1, last);
+    assert!(acked.iter().all(|s| seqs.contains(s)));
+    watcher
+        .wait_for_in(
+            "the victim's members expire",
+            Duration::from_secs(30),
+            presence("victim", "leave"),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_for_a_few_seconds_leaves_no_gap_and_no_duplicate() {
+    let (pg, mut redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let mut talker = Client::connect(&urls[0], "talker").await;
+    talker.join("lobby", None).await;
+    let mut reader = Client::connect(&urls[1], "reader").await;
+    reader.join("lobby", None).await;
+    publish(&mut talker, "before", 50).await;
+    reader.wait_for("seq 50", is_message("lobby", 50)).await;
+
+    // Redis goes away (and with it everything it held); the store still takes messages.
+    redis.stop();
+    publish(&mut talker, "during", 100).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.start_again();
+    let acks = publish(&mut talker, "after", 50).await;
+    let last = *acks.values().max().unwrap();
+    assert_eq!(last, 200);
+    reader.wait_for("seq 200", is_message("lobby", 200)).await;
+    gapless(&reader.seqs("lobby"), 1, 200);
+
+    // Presence was put back from each process: who still lists both.
+    within("who after the restart", async {
+        loop {
+            reader.send(json!({"type": "who", "room": "lobby"})).await;
+            let who = reader
+                .wait_for("who", |v| v["type"] == "members" || v["type"] == "error")
+                .await;
+            if who["nicks"] == json!(["reader", "talker"]) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_down_gives_errors_not_lies() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let mut talker = Client::connect(&urls[0], "talker").await;
+    talker.join("lobby", None).await;
+    let mut reader = Client::connect(&urls[1], "reader").await;
+    reader.join("lobby", None).await;
+    publish(&mut talker, "ok", 5).await;
+
+    pg.stop();
+    talker
+        .send(json!({"type": "say", "room": "lobby", "text": "lost?", "cid": "down"}))
+        .await;
+    let answer = talker
+        .wait_for("an answer", |v| {
+            (v["type"] == "error" || v["type"] == "ack") && v["cid"] == "down"
+        })
+        .await;
+    assert_eq!(
+        answer["type"], "error",
+        "acked while the store was down: {answer}"
+    );
+    assert_eq!(answer["code"], "internal");
+    // The server goes on serving: a who (Redis) still answers.
+    talker.send(json!({"type": "who", "room": "lobby"})).await;
+    talker.wait_for("who", |v| v["type"] == "members").await;
+
+    pg.start_again();
+    // The client retries with the same cid until the store is back (back-off ≤ 5 s).
+    let seq = within("stored after the restart", async {
+        loop {
+            talker
+                .send(json!({"type": "say", "room": "lobby", "text": "lost?", "cid": "down"}))
+                .await;
+            let v = talker
+                .wait_for("retry", |v| {
+                    (v["type"] == "error" || v["type"] == "ack") && v["cid"] == "down"
+                })
+                .await;
+            if v["type"] == "ack" {
+                break v["seq"].as_u64().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(seq, 6);
+    reader.wait_for("seq 6", is_message("lobby", 6)).await;
+    gapless(&reader.seqs("lobby"), 1, 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reuse_port_spreads_connections_over_processes_on_one_address() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let first = process_on(&pg, &redis, "127.0.0.1:0", true);
+    let url = first.listening_url();
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned();
+    let second = process_on(&pg, &redis, &addr, true);
+    assert_eq!(second.listening_url(), url);
+    // Without the flag the address is taken: one line that names the flag, exit 1.
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--addr", &addr, "--memory"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--reuse-port"), "{err}");
+
+    let mut clients = Vec::new();
+    for i in 0..24 {
+        let mut c = Client::connect(&url, &format!("n{i}")).await;
+        c.join("lobby", None).await;
+        clients.push(c);
+    }
+    // Both processes took some (the kernel hashes each connection to one of them), and
+    // everyone sees everyone: who lists all 24 from either side.
+    let count = |p: &Proc| p.stderr_text().matches(" connected").count();
+    let (one, two) = (count(&first), count(&second));
+    assert!(one > 0 && two > 0, "connections: {one} and {two}");
+    let last = clients.last_mut().unwrap();
+    within("who lists all", async {
+        loop {
+            last.send(json!({"type": "who", "room": "lobby"})).await;
+            let who = last.wait_for("who", |v| v["type"] == "members").await;
+            if who["total"] == 24 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}

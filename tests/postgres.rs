@@ -1,0 +1,134 @@
+//! The PostgreSQL store against a real PostgreSQL server started for each test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::services::Postgres;
+use nanachat::store::{Append, Page, PgStore, Store, contract};
+
+async fn store(pg: &Postgres) -> PgStore {
+    common::within("open the store", PgStore::open(&pg.url()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keeps_the_store_contract() {
+    let pg = Postgres::start();
+    let s = store(&pg).await;
+    common::within("contract", async {
+        contract::seqs_start_at_one_per_room_and_never_skip(&s).await;
+        contract::a_retried_cid_is_stored_once(&s).await;
+        contract::pages_go_both_ways(&s).await;
+        contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&s).await;
+        contract::concurrent_appends_get_distinct_consecutive_seqs(Arc::new(s)).await;
+    })
+    .await;
+    // The schema is there once, at its version; a second store on it migrates nothing.
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "1");
+    drop(store(&pg).await);
+    assert_eq!(pg.sql("SELECT count(*) FROM nanachat_schema").trim(), "1");
+}
+
+fn say(from: &str, text: &str, cid: &str) -> Append {
+    contract::say("lobby", from, text, Some(cid))
+}
+
+/// Two stores on one database are two processes: their appends to one room interleave, and
+/// the seqs stay unique and gap-free, and a retry through the other one is still a retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_stores_share_one_gap_free_sequence() {
+    let pg = Postgres::start();
+    let stores = [Arc::new(store(&pg).await), Arc::new(store(&pg).await)];
+    let mut tasks = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        for t in 0..4 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for n in 0..100 {
+                    let cid = format!("{i}-{t}-{n}");
+                    seqs.push(
+                        s.append(say(&format!("u{i}"), "x", &cid))
+                            .await
+                            .unwrap()
+                            .record
+                            .seq,
+                    );
+                }
+                seqs
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(common::within("appends", task).await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=800).collect::<Vec<u64>>());
+    let again = stores[1].append(say("u0", "x", "0-0-0")).await.unwrap();
+    assert!(
+        again.duplicate,
+        "a retry through another process is a retry"
+    );
+    assert_eq!(stores[0].room_state("lobby").await.unwrap().last_seq, 800);
+}
+
+/// Stopped database: appends and reads fail with an error (nothing acknowledged that is not
+/// stored); started again: the store reconnects by itself and seqs go on without a gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_database_gives_errors_then_the_store_reconnects() {
+    let pg = Postgres::start();
+    let s = store(&pg).await;
+    s.append(say("nana", "before", "c1")).await.unwrap();
+    pg.stop();
+    let err = common::within("append while down", s.append(say("nana", "down", "c2")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("PostgreSQL"), "{err}");
+    assert!(
+        common::within("read while down", s.history("lobby", Page::After(0), 10))
+            .await
+            .is_err()
+    );
+    pg.start_again();
+    // The back-off is at most 5 s: within the wait, the same cid is stored, once.
+    let stored = common::within("append after restart", async {
+        loop {
+            match s.append(say("nana", "down", "c2")).await {
+                Ok(a) => break a,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(stored.record.seq, 2);
+    let texts: Vec<String> = s
+        .history("lobby", Page::After(0), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.text)
+        .collect();
+    assert_eq!(texts, ["before", "down"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_is_a_clear_config_error() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    pg.stop();
+    let err = common::within("open", PgStore::open(&url))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("cannot use postgres://"), "{text}");
+    assert!(matches!(err, nanachat::Error::Config(_)), "{err:?}");
+    let err = PgStore::open("postgres://a:secret@127.0.0.1:1/db?bad_option=1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("secret"), "the password is not shown: {err}");
+}
