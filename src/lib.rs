@@ -26,6 +26,7 @@
 //! - [`error`]: the error type and its mapping to close codes.
 
 pub mod auth;
+mod backoff;
 pub mod bench;
 pub mod chat;
 pub mod client;

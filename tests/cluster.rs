@@ -66,6 +66,27 @@ impl Client {
         self.wait_for("joined", |v| v["type"] == "joined").await
     }
 
+    /// Says `text` in the lobby with client id `cid`.
+    async fn say(&mut self, text: &str, cid: &str) {
+        self.send(json!({"type": "say", "room": "lobby", "text": text, "cid": cid}))
+            .await;
+    }
+
+    /// Asks who is in the lobby; returns the answer (`members`, or an `error`).
+    async fn who(&mut self) -> Value {
+        self.send(json!({"type": "who", "room": "lobby"})).await;
+        self.wait_for("who", |v| v["type"] == "members" || v["type"] == "error")
+            .await
+    }
+
+    /// Reads until the `ack` or `error` for `cid`; returns it.
+    async fn answer_to(&mut self, cid: &'static str) -> Value {
+        self.wait_for(cid, move |v| {
+            (v["type"] == "ack" || v["type"] == "error") && v["cid"] == cid
+        })
+        .await
+    }
+
     /// Reads until a message matches (keeping everything read); returns it.
     async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
         self.wait_for_in(what, common::WAIT, matches).await
@@ -135,17 +156,13 @@ async fn clients_on_three_processes_are_one_chat() {
     c.join("lobby", None).await;
     a.wait_for("cy joins", presence("cy", "join")).await;
     b.wait_for("cy joins", presence("cy", "join")).await;
-    c.send(json!({"type": "who", "room": "lobby"})).await;
-    let who = c.wait_for("who", |v| v["type"] == "members").await;
-    assert_eq!(who["nicks"], json!(["ada", "bo", "cy"]));
+    assert_eq!(c.who().await["nicks"], json!(["ada", "bo", "cy"]));
 
     // Each says 20, all at once: everyone gets all 60, seqs 1..=60 once each, in order.
     for i in 0..20 {
         for (n, client) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
             let cid = format!("{n}-{i}");
-            client
-                .send(json!({"type": "say", "room": "lobby", "text": cid, "cid": cid}))
-                .await;
+            client.say(&cid, &cid).await;
         }
     }
     for client in [&mut a, &mut b, &mut c] {
@@ -165,45 +182,40 @@ async fn clients_on_three_processes_are_one_chat() {
     // A graceful stop takes its members out at once: the others see bo leave.
     procs[1].terminate();
     a.wait_for("bo leaves", presence("bo", "leave")).await;
-    c.send(json!({"type": "who", "room": "lobby"})).await;
-    let who = c
-        .wait_for("who without bo", |v| v["type"] == "members")
-        .await;
-    assert_eq!(who["nicks"], json!(["ada", "cy"]));
+    assert_eq!(c.who().await["nicks"], json!(["ada", "cy"]));
+}
+
+/// Two processes; `talker` on the first and `reader` on the second, both in the lobby.
+async fn talker_and_reader(pg: &Postgres, redis: &Redis) -> (Vec<Proc>, Client, Client) {
+    let procs: Vec<Proc> = (0..2).map(|_| process(pg, redis)).collect();
+    let mut talker = Client::connect(&procs[0].listening_url(), "talker").await;
+    talker.join("lobby", None).await;
+    let mut reader = Client::connect(&procs[1].listening_url(), "reader").await;
+    reader.join("lobby", None).await;
+    (procs, talker, reader)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_resumes_on_another_process_without_a_gap() {
     let (pg, redis) = (Postgres::start(), Redis::start());
-    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
-    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
-    let mut talker = Client::connect(&urls[0], "talker").await;
-    talker.join("lobby", None).await;
-    let mut reader = Client::connect(&urls[1], "reader").await;
-    reader.join("lobby", None).await;
+    let (procs, mut talker, mut reader) = talker_and_reader(&pg, &redis).await;
     for i in 1..=10 {
-        talker
-            .send(json!({"type": "say", "room": "lobby", "text": i.to_string(), "cid": format!("a{i}")}))
-            .await;
+        talker.say(&i.to_string(), &format!("a{i}")).await;
     }
     reader.wait_for("seq 10", is_message("lobby", 10)).await;
     drop(reader);
     for i in 11..=25 {
-        talker
-            .send(json!({"type": "say", "room": "lobby", "text": i.to_string(), "cid": format!("a{i}")}))
-            .await;
+        talker.say(&i.to_string(), &format!("a{i}")).await;
     }
     talker
         .wait_for("ack 25", |v| v["type"] == "ack" && v["seq"] == 25)
         .await;
     // Back on the other process, from where it was: 11..=25, then live.
-    let mut reader = Client::connect(&urls[0], "reader").await;
+    let mut reader = Client::connect(&procs[0].listening_url(), "reader").await;
     let joined = reader.join("lobby", Some(10)).await;
     assert_ne!(joined["reset"], true);
     reader.wait_for("seq 25", is_message("lobby", 25)).await;
-    talker
-        .send(json!({"type": "say", "room": "lobby", "text": "live", "cid": "live"}))
-        .await;
+    talker.say("live", "live").await;
     reader.wait_for("seq 26", is_message("lobby", 26)).await;
     gapless(&reader.seqs("lobby"), 11, 26);
 }
@@ -212,9 +224,7 @@ async fn a_client_resumes_on_another_process_without_a_gap() {
 async fn publish(client: &mut Client, prefix: &str, count: usize) -> BTreeMap<String, u64> {
     for i in 0..count {
         let cid = format!("{prefix}{i}");
-        client
-            .send(json!({"type": "say", "room": "lobby", "text": cid, "cid": cid}))
-            .await;
+        client.say(&cid, &cid).await;
         if i % 10 == 9 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -306,12 +316,7 @@ async fn kill_9_of_one_process_mid_publish_loses_nothing_acked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_for_a_few_seconds_leaves_no_gap_and_no_duplicate() {
     let (pg, mut redis) = (Postgres::start(), Redis::start());
-    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
-    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
-    let mut talker = Client::connect(&urls[0], "talker").await;
-    talker.join("lobby", None).await;
-    let mut reader = Client::connect(&urls[1], "reader").await;
-    reader.join("lobby", None).await;
+    let (_procs, mut talker, mut reader) = talker_and_reader(&pg, &redis).await;
     publish(&mut talker, "before", 50).await;
     reader.wait_for("seq 50", is_message("lobby", 50)).await;
 
@@ -329,11 +334,7 @@ async fn redis_down_for_a_few_seconds_leaves_no_gap_and_no_duplicate() {
     // Presence was put back from each process: who still lists both.
     within("who after the restart", async {
         loop {
-            reader.send(json!({"type": "who", "room": "lobby"})).await;
-            let who = reader
-                .wait_for("who", |v| v["type"] == "members" || v["type"] == "error")
-                .await;
-            if who["nicks"] == json!(["reader", "talker"]) {
+            if reader.who().await["nicks"] == json!(["reader", "talker"]) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -345,44 +346,26 @@ async fn redis_down_for_a_few_seconds_leaves_no_gap_and_no_duplicate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_down_gives_errors_not_lies() {
     let (pg, redis) = (Postgres::start(), Redis::start());
-    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
-    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
-    let mut talker = Client::connect(&urls[0], "talker").await;
-    talker.join("lobby", None).await;
-    let mut reader = Client::connect(&urls[1], "reader").await;
-    reader.join("lobby", None).await;
+    let (_procs, mut talker, mut reader) = talker_and_reader(&pg, &redis).await;
     publish(&mut talker, "ok", 5).await;
 
     pg.stop();
-    talker
-        .send(json!({"type": "say", "room": "lobby", "text": "lost?", "cid": "down"}))
-        .await;
-    let answer = talker
-        .wait_for("an answer", |v| {
-            (v["type"] == "error" || v["type"] == "ack") && v["cid"] == "down"
-        })
-        .await;
+    talker.say("lost?", "down").await;
+    let answer = talker.answer_to("down").await;
     assert_eq!(
         answer["type"], "error",
         "acked while the store was down: {answer}"
     );
     assert_eq!(answer["code"], "internal");
     // The server goes on serving: a who (Redis) still answers.
-    talker.send(json!({"type": "who", "room": "lobby"})).await;
-    talker.wait_for("who", |v| v["type"] == "members").await;
+    assert_eq!(talker.who().await["type"], "members");
 
     pg.start_again();
     // The client retries with the same cid until the store is back (back-off ≤ 5 s).
     let seq = within("stored after the restart", async {
         loop {
-            talker
-                .send(json!({"type": "say", "room": "lobby", "text": "lost?", "cid": "down"}))
-                .await;
-            let v = talker
-                .wait_for("retry", |v| {
-                    (v["type"] == "error" || v["type"] == "ack") && v["cid"] == "down"
-                })
-                .await;
+            talker.say("lost?", "down").await;
+            let v = talker.answer_to("down").await;
             if v["type"] == "ack" {
                 break v["seq"].as_u64().unwrap();
             }
@@ -428,9 +411,7 @@ async fn reuse_port_spreads_connections_over_processes_on_one_address() {
     let last = clients.last_mut().unwrap();
     within("who lists all", async {
         loop {
-            last.send(json!({"type": "who", "room": "lobby"})).await;
-            let who = last.wait_for("who", |v| v["type"] == "members").await;
-            if who["total"] == 24 {
+            if last.who().await["total"] == 24 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

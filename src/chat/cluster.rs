@@ -32,10 +32,11 @@ use futures_util::StreamExt;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::Inner;
+use crate::backoff::Reconnecting;
 use crate::protocol::{ChatMessage, PresenceEvent, ServerMsg};
 use crate::store::{MAX_PAGE, Page, Store};
 use crate::{Error, Result};
@@ -50,8 +51,8 @@ pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(10);
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a jump waits for the missing message to come the usual way before reading it.
 const GRACE: Duration = Duration::from_millis(30);
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a back-fill that failed (the store is down) waits before it is tried again.
+const FILL_RETRY: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Adds `delta` to a nick's count in a room and to this process's share; a count that reaches
@@ -135,56 +136,24 @@ impl Broker {
 #[derive(Debug)]
 struct Link {
     broker: Broker,
-    state: Mutex<(
-        Option<MultiplexedConnection>,
-        Duration,
-        Option<tokio::time::Instant>,
-    )>,
+    conn: Reconnecting<MultiplexedConnection>,
 }
 
 impl Link {
     fn new(broker: Broker) -> Self {
-        Self {
-            broker,
-            state: Mutex::new((None, MIN_BACKOFF, None)),
-        }
-    }
-
-    async fn get(&self) -> Result<MultiplexedConnection> {
-        let mut state = self.state.lock().await;
-        if let Some(conn) = &state.0 {
-            return Ok(conn.clone());
-        }
-        if state.2.is_some_and(|at| tokio::time::Instant::now() < at) {
-            return Err(Error::Store(format!(
-                "Redis at {} is unreachable; retrying",
-                self.broker.shown
-            )));
-        }
-        match self.broker.connection().await {
-            Ok(conn) => {
-                *state = (Some(conn.clone()), MIN_BACKOFF, None);
-                Ok(conn)
-            }
-            Err(err) => {
-                state.2 = Some(tokio::time::Instant::now() + state.1);
-                state.1 = (state.1 * 2).min(MAX_BACKOFF);
-                Err(Error::Store(format!(
-                    "cannot reach Redis at {}: {err}",
-                    self.broker.shown
-                )))
-            }
-        }
+        let conn = Reconnecting::new(format!("Redis at {}", broker.shown));
+        Self { broker, conn }
     }
 
     /// Runs a pipeline; a failure drops the connection so that the next use makes a new one.
     async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        let mut conn = self.get().await?;
+        let connect = || self.broker.connection();
+        let mut conn = self.conn.get(|_| true, connect).await?;
         match pipe.query_async(&mut conn).await {
             Ok(value) => Ok(value),
             Err(err) => {
                 if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
-                    self.state.lock().await.0 = None;
+                    self.conn.reset().await;
                 }
                 Err(Error::Store(format!("Redis: {err}")))
             }
@@ -471,7 +440,7 @@ async fn fill_loop<S: Store>(
         for room in rooms {
             if let Err(err) = fill_room(&inner, &room).await {
                 warn!(cause = %err, %room, "back-fill failed; retrying");
-                tokio::time::sleep(MIN_BACKOFF).await;
+                tokio::time::sleep(FILL_RETRY).await;
                 cluster(&inner).fill(&room, false);
             }
         }
@@ -506,7 +475,7 @@ async fn fill_room<S: Store>(inner: &Inner<S>, room: &str) -> Result<()> {
 /// Receives what the other processes publish; on every (re)subscribe, fills every room held
 /// and has the presence task put this process's share in again.
 async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = crate::backoff::LINK;
     let mut first = true;
     loop {
         let broker = match inner.upgrade() {
@@ -520,19 +489,17 @@ async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
         };
         let mut pubsub = match tokio::time::timeout(TIMEOUT, subscribed).await {
             Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(err)) => {
-                debug!(cause = %err, "cannot subscribe to Redis; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            failed => {
+                let cause = match failed {
+                    Ok(Err(err)) => err.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                debug!(%cause, "cannot subscribe to Redis; retrying");
+                tokio::time::sleep(backoff.failed()).await;
                 continue;
             }
         };
-        backoff = MIN_BACKOFF;
+        backoff.succeeded();
         {
             let Some(inner) = inner.upgrade() else { return };
             let cluster = cluster(&inner);
@@ -605,9 +572,8 @@ fn open_dm<S: Store>(inner: &Arc<Inner<S>>, msg: ChatMessage) {
             last_seq: seq - 1,
         };
         inner.hub.open_room(&room, state, Some((a, b)));
-        inner
-            .hub
-            .deliver(&room, Some((seq, &ServerMsg::Message(msg))));
+        inner.deliver(&room, Some((seq, &ServerMsg::Message(msg))));
+        // What came after it while the room was being opened.
         cluster(&inner).fill(&room, false);
     });
 }

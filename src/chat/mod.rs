@@ -173,6 +173,18 @@ struct Inner<S> {
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
+impl<S> Inner<S> {
+    /// Ends an append (or hands on another process's message): the hub delivers it in seq
+    /// order; in a cluster, a gap left behind it is filled from the store.
+    fn deliver(&self, room: &str, stored: Option<(u64, &crate::protocol::ServerMsg)>) {
+        if self.hub.deliver(room, stored)
+            && let Some(cluster) = &self.cluster
+        {
+            cluster.fill(room, true);
+        }
+    }
+}
+
 impl<S: Store> Chat<S> {
     /// A chat server storing history in `store`. `max_message_bytes` is the connection layer's
     /// limit, told to clients in `welcome`.

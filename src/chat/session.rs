@@ -224,7 +224,11 @@ impl<S: Store> Session<S> {
                     .hub
                     .members(self.id, &room)
                     .or_else(|code| refuse(code, format!("you are not in {room}")))?;
-                if let Some(cluster) = &self.chat.cluster {
+                // In a cluster, Redis knows every process's members (of public rooms: a DM
+                // room's two are told by the local list).
+                if let Some(cluster) = &self.chat.cluster
+                    && !room.starts_with('@')
+                {
                     nicks = cluster.members(&room).await?;
                 }
                 let total = nicks.len();
@@ -518,16 +522,11 @@ impl<S: Store> Session<S> {
                     let copy = chat.cluster.as_ref().map(|_| message.clone());
                     let msg = ServerMsg::Message(message);
                     let fresh = (!appended.duplicate).then_some((seq, &msg));
-                    let gap = chat.hub.deliver(&room, fresh);
-                    if let Some(cluster) = &chat.cluster {
-                        if let Some(message) = copy
-                            && !appended.duplicate
-                        {
-                            cluster.publish(message);
-                        }
-                        if gap {
-                            cluster.fill(&room, true);
-                        }
+                    chat.deliver(&room, fresh);
+                    if let (Some(cluster), Some(message)) = (&chat.cluster, copy)
+                        && !appended.duplicate
+                    {
+                        cluster.publish(message);
                     }
                     ServerMsg::Ack {
                         cid,
@@ -539,11 +538,7 @@ impl<S: Store> Session<S> {
                 Err(err) => {
                     warn!(cause = %err, %room, "append failed");
                     crate::metrics::bump(&chat.errors[ErrorCode::Internal as usize]);
-                    if chat.hub.deliver(&room, None)
-                        && let Some(cluster) = &chat.cluster
-                    {
-                        cluster.fill(&room, true);
-                    }
+                    chat.deliver(&room, None);
                     ServerMsg::Error {
                         code: ErrorCode::Internal,
                         message: "not stored; retry with the same cid".into(),

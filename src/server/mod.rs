@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::ConnectionConfig;
 use crate::connection::{Asset, Connection, Handler, serve_connection};
 use crate::metrics;
@@ -255,7 +256,7 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(shared.config.handshake_timeout);
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -263,14 +264,13 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
         };
         let (tcp, peer) = match accepted {
             Ok(accepted) => {
-                backoff = Duration::from_millis(10);
+                backoff.succeeded();
                 accepted
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait a little, keep serving the rest.
                 warn!(cause = %err, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(backoff.failed()).await;
                 continue;
             }
         };

@@ -24,12 +24,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls, Statement};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
 use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use crate::backoff::Reconnecting;
 use crate::{Error, Result};
 
 /// The schema, one migration per version; `nanachat_schema.version` says how many have run.
@@ -55,8 +56,6 @@ const MIGRATIONS: &[&str] = &[
 /// Key of the advisory lock held while migrating ("nanachat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6e61_6e61_6368_6174;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// History in a PostgreSQL database, shared by every process pointed at it.
@@ -214,14 +213,7 @@ impl Conn {
 struct Link {
     config: tokio_postgres::Config,
     shown: String,
-    state: Mutex<LinkState>,
-}
-
-#[derive(Debug)]
-struct LinkState {
-    conn: Option<Arc<Conn>>,
-    next_try: Option<Instant>,
-    backoff: Duration,
+    conn: Reconnecting<Arc<Conn>>,
 }
 
 impl Link {
@@ -229,54 +221,15 @@ impl Link {
         Self {
             config,
             shown: shown.to_owned(),
-            state: Mutex::new(LinkState {
-                conn: None,
-                next_try: None,
-                backoff: MIN_BACKOFF,
-            }),
+            conn: Reconnecting::new(format!("PostgreSQL at {shown}")),
         }
     }
 
     /// The live connection, or a new one; while the database is unreachable this fails at
     /// once until the back-off has passed.
     async fn get(&self) -> Result<Arc<Conn>> {
-        let mut state = self.state.lock().await;
-        if let Some(conn) = &state.conn {
-            if !conn.client.is_closed() {
-                return Ok(conn.clone());
-            }
-            warn!(store = %self.shown, "lost the PostgreSQL connection; reconnecting");
-            state.conn = None;
-        }
-        if state.next_try.is_some_and(|at| Instant::now() < at) {
-            return Err(Error::Store(format!(
-                "PostgreSQL at {} is unreachable; retrying",
-                self.shown
-            )));
-        }
-        match self.connect().await {
-            Ok(conn) => {
-                let conn = Arc::new(conn);
-                if state.next_try.is_some() {
-                    info!(store = %self.shown, "PostgreSQL is back");
-                }
-                *state = LinkState {
-                    conn: Some(conn.clone()),
-                    next_try: None,
-                    backoff: MIN_BACKOFF,
-                };
-                Ok(conn)
-            }
-            Err(err) => {
-                state.next_try = Some(Instant::now() + state.backoff);
-                state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
-                Err(Error::Store(format!(
-                    "cannot reach PostgreSQL at {}: {}",
-                    self.shown,
-                    describe(&err)
-                )))
-            }
-        }
+        let connect = || async { self.connect().await.map(Arc::new).map_err(|e| describe(&e)) };
+        self.conn.get(|c| !c.client.is_closed(), connect).await
     }
 
     async fn connect(&self) -> std::result::Result<Conn, tokio_postgres::Error> {
@@ -292,7 +245,7 @@ impl Link {
 
     /// Forgets a connection that failed mid-transaction, so the next use makes a new one.
     async fn reset(&self) {
-        self.state.lock().await.conn = None;
+        self.conn.reset().await;
     }
 }
 
