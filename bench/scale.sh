@@ -143,20 +143,29 @@ if what in ("fanout", "all"):
     print("| processes | fan-out deliveries/s | vs 1 | p99 ms | latency @ fixed rate: p50 ms | p99 ms | lost / dup |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     base = None
+    failed = []
+    def ran(rs, name):
+        # A run that sent nothing (a connection failed at set-up) is left out and named.
+        failed.extend(f"{name}: {r.get('connect_failed')} connect(s) failed" for r in rs if not r.get("deliveries"))
+        return [r for r in rs if r.get("deliveries")]
     for p in procs:
-        f, l = load(f"fanout-{p}"), load(f"latency-{p}")
+        f, l = ran(load(f"fanout-{p}"), f"fanout x{p}"), ran(load(f"latency-{p}"), f"latency x{p}")
         rate = med(f, lambda r: r.get("deliveries_per_sec"))
         base = base or rate
         lost = sum(r.get("lost", 0) for r in f + l); dup = sum(r.get("duplicated", 0) for r in f + l)
         print(f"| {p} | {fmt(rate)} | {(rate / base if rate and base else 0):.2f}× | "
               f"{fmt(med(f, lambda r: r['latency']['p99']), 1)} | {fmt(med(l, lambda r: r['latency']['p50']), 2)} | "
               f"{fmt(med(l, lambda r: r['latency']['p99']), 2)} | {lost} / {dup} |")
+    for f in failed:
+        print(f"\nleft out, {f}")
 if what in ("idle", "all"):
     rs = load("idle")
     print(f"\n### idle connections over several processes (median of {runs})\n")
-    print("| processes | connections held | servers' RSS MiB (before → peak) | KiB per connection |")
-    print("|---:|---:|---:|---:|")
+    print("| processes | connections held | failed | connects/s | connect p99 ms | servers' RSS MiB (before → peak) | KiB per connection |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {fmt(med(rs, lambda r: r.get('servers')))} | {fmt(med(rs, lambda r: r.get('connected')))} | "
+          f"{sum(r.get('connect_failed', 0) for r in rs)} | {fmt(med(rs, lambda r: r.get('connect_rate')))} | "
+          f"{fmt(med(rs, lambda r: r['connect_latency']['p99']))} | "
           f"{fmt(med(rs, lambda r: r.get('servers_rss_before_mib')))} → {fmt(med(rs, lambda r: r.get('servers_rss_peak_mib')))} | "
           f"{fmt(med(rs, lambda r: r.get('servers_rss_per_conn_kib')), 2)} |")
 PY
