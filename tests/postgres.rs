@@ -76,6 +76,27 @@ async fn two_stores_share_one_gap_free_sequence() {
     assert_eq!(stores[0].room_state("lobby").await.unwrap().last_seq, 800);
 }
 
+/// Two processes opening the same new room at once both get it, with one epoch.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_stores_opening_one_new_room_at_once_agree_on_it() {
+    let pg = Postgres::start();
+    let stores = [Arc::new(store(&pg).await), Arc::new(store(&pg).await)];
+    for round in 0..50 {
+        let room = format!("new-{round}");
+        let opened = stores.iter().map(|s| {
+            let (s, room) = (s.clone(), room.clone());
+            tokio::spawn(async move { s.room_state(&room).await })
+        });
+        let mut epochs = Vec::new();
+        for task in opened.collect::<Vec<_>>() {
+            let state = common::within("room state", task).await.unwrap().unwrap();
+            assert_eq!(state.last_seq, 0);
+            epochs.push(state.epoch);
+        }
+        assert_eq!(epochs[0], epochs[1], "{room}");
+    }
+}
+
 /// Stopped database: appends and reads fail with an error (nothing acknowledged that is not
 /// stored); started again: the store reconnects by itself and seqs go on without a gap.
 #[tokio::test(flavor = "multi_thread")]

@@ -171,16 +171,8 @@ impl Conn {
             set_last: client
                 .prepare("UPDATE rooms SET last_seq = $2 WHERE name = $1")
                 .await?,
-            // A room never used is created; the SELECT does not see the row the INSERT adds,
-            // so exactly one of the two answers.
             state: client
-                .prepare(
-                    "WITH made AS (
-                        INSERT INTO rooms (name, epoch, last_seq) VALUES ($1, $2, 0)
-                        ON CONFLICT (name) DO NOTHING RETURNING epoch, last_seq)
-                     SELECT epoch, last_seq FROM made
-                     UNION ALL SELECT epoch, last_seq FROM rooms WHERE name = $1",
-                )
+                .prepare("SELECT epoch, last_seq FROM rooms WHERE name = $1")
                 .await?,
             after: client
                 .prepare(
@@ -331,11 +323,22 @@ impl Store for PgStore {
 
     async fn room_state(&self, room: &str) -> Result<RoomState> {
         let conn = self.reader.get().await?;
-        let row = conn
+        let known = conn
             .client
-            .query_one(&conn.state, &[&room, &(new_epoch() as i64)])
+            .query_opt(&conn.state, &[&room])
             .await
             .map_err(pg_err)?;
+        let row = match known {
+            Some(row) => row,
+            // A room never used is created, or found made by another process meanwhile: the
+            // upsert returns the row either way (a plain `DO NOTHING` returns none when it
+            // lost the race, and a SELECT in the same statement cannot see the winner's row).
+            None => conn
+                .client
+                .query_one(&conn.lock_room, &[&room, &(new_epoch() as i64)])
+                .await
+                .map_err(pg_err)?,
+        };
         Ok(room_state(&row))
     }
 
