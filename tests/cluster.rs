@@ -42,13 +42,24 @@ struct Client {
 
 impl Client {
     async fn connect(url: &str, nick: &str) -> Self {
+        let (c, answer) = Self::hello(url, json!({"type": "hello", "nick": nick})).await;
+        assert_eq!(answer["type"], "welcome", "{answer}");
+        c
+    }
+
+    /// Connects and says `hello`; returns the client and the answer (`welcome` or `error`).
+    async fn hello(url: &str, hello: Value) -> (Self, Value) {
         let mut c = Self {
             ws: common::protocol_peer(url).await,
             got: Vec::new(),
         };
-        c.send(json!({"type": "hello", "nick": nick})).await;
-        c.wait_for("welcome", |v| v["type"] == "welcome").await;
-        c
+        c.send(hello).await;
+        let answer = c
+            .wait_for("welcome", |v| {
+                v["type"] == "welcome" || v["type"] == "error"
+            })
+            .await;
+        (c, answer)
     }
 
     async fn send(&mut self, v: Value) {
@@ -418,4 +429,63 @@ async fn reuse_port_spreads_connections_over_processes_on_one_address() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nick_is_taken_on_every_process_of_an_open_server() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let ada = Client::connect(&urls[0], "ada").await;
+    let (_, answer) = Client::hello(&urls[1], json!({"type": "hello", "nick": "ada"})).await;
+    assert_eq!(answer["code"], "nick_taken", "{answer}");
+    // A key shares a nick between connections, on any process; another key does not.
+    let bo = json!({"type": "hello", "nick": "bo", "key": "k1"});
+    let (_bo1, answer) = Client::hello(&urls[0], bo.clone()).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    let (mut bo2, answer) = Client::hello(&urls[1], bo).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    let (_, answer) = Client::hello(
+        &urls[1],
+        json!({"type": "hello", "nick": "bo", "key": "k2"}),
+    )
+    .await;
+    assert_eq!(answer["code"], "nick_taken", "{answer}");
+
+    // Once ada has gone, the nick is free on the other process.
+    drop(ada);
+    within("ada is free again", async {
+        loop {
+            let (_c, answer) =
+                Client::hello(&urls[1], json!({"type": "hello", "nick": "ada"})).await;
+            if answer["type"] == "welcome" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // Plain-text guests on both processes get nicks of their own.
+    let _g1 = common::peer(&urls[0]).await;
+    let _g2 = common::peer(&urls[1]).await;
+    bo2.join("lobby", None).await;
+    let guests = within("two guests in the lobby", async {
+        loop {
+            let who = bo2.who().await;
+            let guests: Vec<String> = who["nicks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().filter(|n| n.starts_with("guest-")))
+                .map(str::to_owned)
+                .collect();
+            if guests.len() == 2 {
+                break guests;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_ne!(guests[0], guests[1]);
 }

@@ -23,7 +23,7 @@
 //! publishes the leaves: the members of a process that died are gone within TTL + heartbeat.
 //! After Redis comes back, each process puts its share in again from what its hub holds.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -55,23 +55,46 @@ const GRACE: Duration = Duration::from_millis(30);
 const FILL_RETRY: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Adds `delta` to a nick's count in a room and to this process's share; a count that reaches
-/// 0 is removed. Returns the nick's new count and the number of nicks in the room.
-/// KEYS: room hash, node hash. ARGV: nick, delta, "room\nnick".
+/// Adds `delta` to a nick's count in a room and to this process's share (never taking out
+/// more than the share holds: a change that comes after the share was withdrawn is a no-op);
+/// a count that reaches 0 is removed. If the change takes the nick's count from 0 to 1 (1 to 0)
+/// and `tell` is set, publishes the join (leave) in the same step — while the room, counted
+/// without the nick, has fewer nicks than the presence limit. For the room of nicks online,
+/// also holds the nick's claim: set (to its key, for good) while it is online, deleted when not.
+/// KEYS: room hash, node hash. ARGV: nick, delta, "room\nnick", claim ("" for other rooms),
+/// key, room, tell ("1" or "0"), presence limit, presence channel.
 const CHANGE: &str = r"
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-local mine = redis.call('HINCRBY', KEYS[2], ARGV[3], ARGV[2])
+local d = tonumber(ARGV[2])
+local have = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
+if have + d < 0 then return 0 end
+local mine = redis.call('HINCRBY', KEYS[2], ARGV[3], d)
 if mine <= 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
-return {n, redis.call('HLEN', KEYS[1])}
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], d)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if ARGV[4] ~= '' then
+  if n <= 0 then redis.call('DEL', ARGV[4])
+  elseif d > 0 then redis.call('SET', ARGV[4], ARGV[5]) end
+end
+local event = nil
+if d == 1 and n == 1 then event = 'join' elseif d == -1 and n == 0 then event = 'leave' end
+if event and ARGV[7] == '1' then
+  local others = redis.call('HLEN', KEYS[1])
+  if event == 'join' then others = others - 1 end
+  if others < tonumber(ARGV[8]) then
+    redis.call('PUBLISH', ARGV[9], cjson.encode({room = ARGV[6], nick = ARGV[1], event = event}))
+  end
+end
+return n
 ";
 
-/// Takes a process's whole share out of the rooms and deletes it; returns, for each nick whose
-/// count reached 0, its room, nick and the number of nicks left in the room.
-/// KEYS: node hash. ARGV: the room hash prefix.
+/// Takes a process's whole share out of the rooms and deletes it, publishing the leave of
+/// every nick that is then in a room no more (while the room is under the presence limit); a
+/// nick no longer online anywhere loses its claim. Returns how many nicks left rooms.
+/// KEYS: node hash. ARGV: the room hash prefix, the room of nicks online, the claim prefix,
+/// presence limit, presence channel.
 const WITHDRAW: &str = r"
 local share = redis.call('HGETALL', KEYS[1])
-local gone = {}
+local gone = 0
 for i = 1, #share, 2 do
   local sep = string.find(share[i], '\n', 1, true)
   local room = string.sub(share[i], 1, sep - 1)
@@ -80,16 +103,38 @@ for i = 1, #share, 2 do
   local n = redis.call('HINCRBY', key, nick, -tonumber(share[i + 1]))
   if n <= 0 then
     redis.call('HDEL', key, nick)
-    table.insert(gone, room)
-    table.insert(gone, nick)
-    table.insert(gone, redis.call('HLEN', key))
+    if room == ARGV[2] then
+      redis.call('DEL', ARGV[3] .. nick)
+    else
+      gone = gone + 1
+      if redis.call('HLEN', key) < tonumber(ARGV[4]) then
+        redis.call('PUBLISH', ARGV[5], cjson.encode({room = room, nick = nick, event = 'leave'}))
+      end
+    end
   end
 end
 redis.call('DEL', KEYS[1])
 return gone
 ";
 
+/// Reserves a nick on every process: free, it is claimed (for [`CLAIM_TTL`], until its first
+/// connection makes it for good); held, it is granted only to the same key (none: to nobody).
+/// KEYS: the claim. ARGV: the key ("" for none), the TTL in ms. Returns 1 if granted.
+const CLAIM: &str = r"
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if held ~= '' and held == ARGV[1] then return 1 end
+return 0
+";
+
+/// How long a claim lasts if no connection follows it (the process died in between).
+const CLAIM_TTL: Duration = Duration::from_secs(30);
+
 const ROOM_PREFIX: &str = "nanachat:room:";
+const CLAIM_PREFIX: &str = "nanachat:nick:";
 
 /// A Redis server that processes share (`--broker redis://…`).
 #[derive(Debug, Clone)]
@@ -183,6 +228,8 @@ pub(crate) struct Change {
     pub(crate) room: String,
     pub(crate) nick: String,
     pub(crate) delta: i64,
+    /// For the room of nicks online: the key the nick's connections share.
+    pub(crate) key: Option<String>,
 }
 
 /// Counters, for metrics.
@@ -262,6 +309,25 @@ impl Cluster {
         Ok(nicks)
     }
 
+    /// Reserves `nick` on every process for connections with `key` (none: this one only).
+    /// Returns whether it was granted.
+    pub(crate) async fn claim(&self, nick: &str, key: Option<&str>) -> Result<bool> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(CLAIM)
+            .arg(1)
+            .arg(format!("{CLAIM_PREFIX}{nick}"))
+            .arg(key.unwrap_or(""))
+            .arg(CLAIM_TTL.as_millis() as u64);
+        let (granted,): (bool,) = self.link.run(&pipe).await?;
+        Ok(granted)
+    }
+
+    /// A prefix for guests' nicks that no other process uses (but by chance: claims decide).
+    pub(crate) fn guest_prefix(&self) -> String {
+        format!("guest-{}", &self.node[self.node.len().saturating_sub(4)..])
+    }
+
     /// Whether anybody is connected as `nick` on any process.
     pub(crate) async fn online(&self, nick: &str) -> Result<bool> {
         let mut pipe = redis::pipe();
@@ -313,49 +379,23 @@ impl Cluster {
 
     /// Takes this process's members out of every room (graceful shutdown).
     pub(crate) async fn withdraw(&self) -> Result<()> {
-        let gone = self.withdraw_node(&self.node).await?;
-        self.tell_gone(gone).await
+        self.withdraw_node(&self.node).await.map(drop)
     }
 
-    async fn withdraw_node(&self, node: &str) -> Result<Vec<(String, String, usize)>> {
+    /// Takes a process's members out of every room; returns how many nicks left rooms.
+    async fn withdraw_node(&self, node: &str) -> Result<u64> {
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
             .arg(WITHDRAW)
             .arg(1)
             .arg(node_key(node))
-            .arg(ROOM_PREFIX);
-        let (flat,): (Vec<redis::Value>,) = self.link.run(&pipe).await?;
-        let mut gone = Vec::new();
-        for part in flat.chunks(3) {
-            if let [room, nick, left] = part {
-                let text = |v: &redis::Value| redis::from_redis_value_ref::<String>(v).ok();
-                let left = redis::from_redis_value_ref::<i64>(left).unwrap_or(0);
-                if let (Some(room), Some(nick)) = (text(room), text(nick)) {
-                    gone.push((room, nick, left.max(0) as usize));
-                }
-            }
-        }
+            .arg(ROOM_PREFIX)
+            .arg(super::hub::ONLINE)
+            .arg(CLAIM_PREFIX)
+            .arg(self.presence_limit)
+            .arg(PRESENCE);
+        let (gone,): (u64,) = self.link.run(&pipe).await?;
         Ok(gone)
-    }
-
-    /// Publishes the leave of each nick no longer in a room.
-    async fn tell_gone(&self, gone: Vec<(String, String, usize)>) -> Result<()> {
-        let mut pipe = redis::pipe();
-        let mut any = false;
-        for (room, nick, left) in gone {
-            // `left` counts the room after the leave; told if the room was small enough.
-            if room != super::hub::ONLINE && left < self.presence_limit {
-                any = true;
-                pipe.cmd("PUBLISH")
-                    .arg(PRESENCE)
-                    .arg(note(&room, &nick, PresenceEvent::Leave))
-                    .ignore();
-            }
-        }
-        if any {
-            self.link.run::<()>(&pipe).await?;
-        }
-        Ok(())
     }
 }
 
@@ -365,15 +405,6 @@ fn node_key(node: &str) -> String {
 
 fn alive_key(node: &str) -> String {
     format!("nanachat:alive:{node}")
-}
-
-fn note(room: &str, nick: &str, event: PresenceEvent) -> String {
-    serde_json::to_string(&PresenceNote {
-        room: room.to_owned(),
-        nick: nick.to_owned(),
-        event,
-    })
-    .unwrap_or_default()
 }
 
 /// Starts the cluster's tasks; they end when the chat server is dropped.
@@ -627,62 +658,51 @@ async fn presence_loop<S: Store>(inner: Weak<Inner<S>>, mut rx: mpsc::UnboundedR
 }
 
 /// Puts this process's share in, replacing what Redis held of it (no events).
-async fn put_share(cluster: &Cluster, share: &BTreeMap<(String, String), i64>) -> Result<()> {
+async fn put_share(cluster: &Cluster, share: &[Change]) -> Result<()> {
     cluster.withdraw_node(&cluster.node).await?;
-    let mut pipe = redis::pipe();
-    for ((room, nick), count) in share {
-        change_cmd(&mut pipe, &cluster.node, room, nick, *count);
-    }
     if !share.is_empty() {
-        cluster.link.run::<()>(&pipe).await?;
+        cluster
+            .link
+            .run::<()>(&changes_pipe(cluster, share, false))
+            .await?;
     }
     Ok(())
 }
 
-fn change_cmd(pipe: &mut redis::Pipeline, node: &str, room: &str, nick: &str, delta: i64) {
-    pipe.cmd("EVAL")
-        .arg(CHANGE)
-        .arg(2)
-        .arg(format!("{ROOM_PREFIX}{room}"))
-        .arg(node_key(node))
-        .arg(nick)
-        .arg(delta)
-        .arg(format!("{room}\n{nick}"));
+/// Applies joins and leaves; each publishes its event if it changed who is in a room.
+async fn apply(cluster: &Cluster, changes: &[Change]) -> Result<()> {
+    cluster
+        .link
+        .run(&changes_pipe(cluster, changes, true))
+        .await
 }
 
-/// Applies joins and leaves, then publishes the ones that changed who is in a room.
-async fn apply(cluster: &Cluster, changes: &[Change]) -> Result<()> {
+fn changes_pipe(cluster: &Cluster, changes: &[Change], tell: bool) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for c in changes {
-        change_cmd(&mut pipe, &cluster.node, &c.room, &c.nick, c.delta);
-    }
-    let counts: Vec<(i64, i64)> = cluster.link.run(&pipe).await?;
-    let mut notes = redis::pipe();
-    let mut any = false;
-    for (c, (count, nicks)) in changes.iter().zip(counts) {
-        if c.room == super::hub::ONLINE {
-            continue;
-        }
-        let event = match (c.delta, count) {
-            (1, 1) => PresenceEvent::Join,
-            (-1, 0) => PresenceEvent::Leave,
-            _ => continue,
+        let online = c.room == super::hub::ONLINE;
+        let claim = if online {
+            format!("{CLAIM_PREFIX}{}", c.nick)
+        } else {
+            String::new()
         };
-        // As on one process: told while the room (counted without the nick) is small.
-        let others = if c.delta > 0 { nicks - 1 } else { nicks };
-        if (others.max(0) as usize) < cluster.presence_limit {
-            any = true;
-            notes
-                .cmd("PUBLISH")
-                .arg(PRESENCE)
-                .arg(note(&c.room, &c.nick, event))
-                .ignore();
-        }
+        pipe.cmd("EVAL")
+            .arg(CHANGE)
+            .arg(2)
+            .arg(format!("{ROOM_PREFIX}{}", c.room))
+            .arg(node_key(&cluster.node))
+            .arg(&c.nick)
+            .arg(c.delta)
+            .arg(format!("{}\n{}", c.room, c.nick))
+            .arg(claim)
+            .arg(c.key.as_deref().unwrap_or(""))
+            .arg(&c.room)
+            .arg(if tell && !online { "1" } else { "0" })
+            .arg(cluster.presence_limit)
+            .arg(PRESENCE)
+            .ignore();
     }
-    if any {
-        cluster.link.run::<()>(&notes).await?;
-    }
-    Ok(())
+    pipe
 }
 
 /// Says this process is alive; takes out the share of every process that is not.
@@ -720,9 +740,8 @@ async fn beat(cluster: &Cluster) -> Result<()> {
         let (removed,): (i64,) = cluster.link.run(&pipe).await?;
         if removed == 1 {
             let gone = cluster.withdraw_node(node).await?;
-            warn!(%node, members = gone.len(), "a process stopped answering: its members left");
+            warn!(%node, left = gone, "a process stopped answering: its members left");
             cluster.stats.expired_nodes.fetch_add(1, Ordering::Relaxed);
-            cluster.tell_gone(gone).await?;
         }
     }
     Ok(())

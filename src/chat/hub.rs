@@ -165,15 +165,13 @@ impl Hub {
             .is_some_and(|f| std::mem::take(&mut f.resync))
     }
 
-    /// This process's members per (room, nick), counted in connections, and the generation
-    /// of the last change they include.
-    pub(crate) fn presence_share(&self) -> (u64, BTreeMap<(String, String), i64>) {
+    /// This process's members as one change per (room, nick), counted in connections (the
+    /// nicks online with their keys), and the generation of the last change they include.
+    pub(crate) fn presence_share(&self) -> (u64, Vec<Change>) {
         let state = self.state();
-        let mut share = BTreeMap::new();
+        let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         for conn in state.conns.values() {
-            *share
-                .entry((ONLINE.to_owned(), conn.nick.clone()))
-                .or_insert(0) += 1;
+            *counts.entry((ONLINE, &conn.nick)).or_insert(0) += 1;
         }
         for (name, room) in &state.rooms {
             if name.starts_with('@') {
@@ -181,11 +179,24 @@ impl Hub {
             }
             for id in room.members.keys() {
                 if let Some(conn) = state.conns.get(id) {
-                    *share.entry((name.clone(), conn.nick.clone())).or_insert(0) += 1;
+                    *counts.entry((name, &conn.nick)).or_insert(0) += 1;
                 }
             }
         }
-        (state.feed.as_ref().map_or(0, |f| f.generation), share)
+        let generation = state.feed.as_ref().map_or(0, |f| f.generation);
+        let share = counts
+            .into_iter()
+            .map(|((room, nick), delta)| Change {
+                generation,
+                room: room.to_owned(),
+                nick: nick.to_owned(),
+                delta,
+                key: (room == ONLINE)
+                    .then(|| state.nicks.get(nick).and_then(|n| n.key.clone()))
+                    .flatten(),
+            })
+            .collect();
+        (generation, share)
     }
 
     /// Tells a room's members of a join or leave (decided by the cluster).
@@ -240,7 +251,7 @@ impl Hub {
                 rooms: SmallSet::default(),
             },
         );
-        state.feed(ONLINE, nick, 1);
+        state.feed(ONLINE, nick, 1, key);
         Ok(())
     }
 
@@ -259,8 +270,8 @@ impl Hub {
             state.leave_room(id, room);
         }
         state.release_nick(id, &old);
-        state.feed(ONLINE, &old, -1);
-        state.feed(ONLINE, nick, 1);
+        state.feed(ONLINE, &old, -1, None);
+        state.feed(ONLINE, nick, 1, None);
         state.nicks.insert(
             nick.to_owned(),
             Nick {
@@ -288,7 +299,7 @@ impl Hub {
             state.leave_room(id, room);
         }
         state.release_nick(id, &nick);
-        state.feed(ONLINE, &nick, -1);
+        state.feed(ONLINE, &nick, -1, None);
         state.conns.remove(&id);
     }
 
@@ -479,7 +490,7 @@ impl State {
         };
         conn.rooms.insert(room.to_owned());
         let nick = conn.nick.clone();
-        if self.feed(room, &nick, 1) {
+        if self.feed(room, &nick, 1, None) {
             if let Some(r) = self.rooms.get_mut(room) {
                 r.members.insert(id, replay.then(Vec::new));
             }
@@ -508,7 +519,7 @@ impl State {
             room: room.to_owned(),
         };
         self.send_one(id, &left);
-        if self.feed(room, &nick, -1) {
+        if self.feed(room, &nick, -1, None) {
             return;
         }
         if self.tells_presence(room) && !self.nick_in_room(&nick, room) {
@@ -517,7 +528,7 @@ impl State {
     }
 
     /// With a cluster, hands a member's join (+1) or leave (-1) to it and returns true.
-    fn feed(&mut self, room: &str, nick: &str, delta: i64) -> bool {
+    fn feed(&mut self, room: &str, nick: &str, delta: i64, key: Option<&str>) -> bool {
         let Some(feed) = &mut self.feed else {
             return false;
         };
@@ -528,6 +539,7 @@ impl State {
                 room: room.to_owned(),
                 nick: nick.to_owned(),
                 delta,
+                key: key.map(str::to_owned),
             });
         }
         true

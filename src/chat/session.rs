@@ -133,7 +133,7 @@ impl<S: Store> Session<S> {
             Mode::Json => parse_client(text)
                 .map(Some)
                 .map_err(|(code, why)| Refusal(code, why)),
-            Mode::Plain => self.parse_plain(text),
+            Mode::Plain => self.parse_plain(text).await,
         };
         let request = match request {
             Ok(Some(request)) => request,
@@ -285,6 +285,9 @@ impl<S: Store> Session<S> {
             // Every connection with a valid token for a nick is that nick's.
             Some(AUTHENTICATED)
         } else {
+            if !self.claim(nick, key).await? {
+                refuse(ErrorCode::NickTaken, format!("{nick} is taken"))?;
+            }
             key
         };
         self.chat
@@ -339,6 +342,23 @@ impl<S: Store> Session<S> {
             }
         }
         Ok(())
+    }
+
+    /// In a cluster of open servers, reserves `nick` on every process for connections with
+    /// `key` (a token's nick is its holder's everywhere: nothing to reserve). False: taken.
+    async fn claim(&self, nick: &str, key: Option<&str>) -> Result<bool, Refusal> {
+        match &self.chat.cluster {
+            Some(cluster) if self.chat.config.auth.is_none() => {
+                cluster.claim(nick, key).await.map_err(|err| {
+                    warn!(cause = %err, "cannot reserve a nick");
+                    Refusal(
+                        ErrorCode::Internal,
+                        "cannot reserve the nick now; retry".into(),
+                    )
+                })
+            }
+            _ => Ok(true),
+        }
     }
 
     /// Whether anybody is connected as `nick`, here or (in a cluster) on another process.
@@ -575,15 +595,22 @@ impl<S: Store> Session<S> {
             self.claims = Some(claims);
             nick
         } else {
-            let mut nick = format!("guest-{}", self.id);
+            // A name no other process gives out; a claim still decides (a user may have
+            // picked it). Without Redis, the name alone is taken to be free.
+            let base = match &self.chat.cluster {
+                Some(cluster) => format!("{}-{}", cluster.guest_prefix(), self.id),
+                None => format!("guest-{}", self.id),
+            };
+            let mut nick = base.clone();
             let mut n = 1;
-            while self
-                .chat
-                .hub
-                .connect(self.id, &nick, None, self.outbox.clone(), self.mode)
-                .is_err()
+            while !self.claim(&nick, None).await.unwrap_or(true)
+                || self
+                    .chat
+                    .hub
+                    .connect(self.id, &nick, None, self.outbox.clone(), self.mode)
+                    .is_err()
             {
-                nick = format!("guest-{}-{n}", self.id);
+                nick = format!("{base}-{n}");
                 n += 1;
             }
             nick
@@ -600,7 +627,7 @@ impl<S: Store> Session<S> {
     }
 
     /// Plain-text mode: a line is a command or something to say in the current room.
-    fn parse_plain(&mut self, line: &str) -> Result<Option<ClientMsg>, Refusal> {
+    async fn parse_plain(&mut self, line: &str) -> Result<Option<ClientMsg>, Refusal> {
         let line = line.trim_end_matches(['\r', '\n']);
         let Some(command) = line.strip_prefix('/') else {
             let Some(room) = self.current.clone() else {
@@ -640,6 +667,9 @@ impl<S: Store> Session<S> {
                         ErrorCode::BadNick,
                         "a nick is 1 to 32 letters, digits, - or _",
                     );
+                }
+                if !self.claim(rest, None).await? {
+                    return refuse(ErrorCode::NickTaken, format!("{rest} is taken"));
                 }
                 self.chat
                     .hub
