@@ -22,6 +22,12 @@
 //! process that finds another's key gone takes that process's share out of the rooms and
 //! publishes the leaves: the members of a process that died are gone within TTL + heartbeat.
 //! After Redis comes back, each process puts its share in again from what its hub holds.
+//! Each change and the event it causes are one Lua step, so a process that stops between
+//! them cannot leave a count changed and its event untold.
+//!
+//! Nicks. On an open server a nick is claimed in `nanachat:nick:<nick>` before it is used,
+//! with the key its connections share; its count in the room of nicks online (`*`) then holds
+//! the claim, and the last of its connections anywhere releases it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
