@@ -68,6 +68,16 @@ impl Error {
         }
     }
 
+    /// The process exit code this error ends `nanachat` with: 2 for bad usage or configuration,
+    /// 3 when a server refused us for good, 1 for any other failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 2,
+            Error::Refused(_) => 3,
+            _ => 1,
+        }
+    }
+
     /// Whether the error means the transport is gone, so no close frame can be sent.
     pub fn is_disconnect(&self) -> bool {
         matches!(self, Error::Closed | Error::Io(_))
@@ -98,5 +108,17 @@ impl From<tungstenite::Error> for Error {
             }
             other => Error::Handshake(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_documented_ones() {
+        assert_eq!(Error::Config("x".into()).exit_code(), 2);
+        assert_eq!(Error::Refused("x".into()).exit_code(), 3);
+        assert_eq!(Error::Io(std::io::Error::other("x")).exit_code(), 1);
     }
 }

@@ -23,12 +23,16 @@
 //! - [`client`]: the terminal client (`nanachat connect`): interactive or scripted, reconnects
 //!   and resumes without a gap or a repeat.
 //! - [`config`]: limits and timers with their defaults, validated once.
+//! - [`settings`]: what a user sets, declared once: flags, `NANACHAT_*` variables and config
+//!   file keys in one struct per group, merged flag > variable > file > default.
+//! - [`cli`]: the `nanachat` command line, each command's arguments.
 //! - [`error`]: the error type and its mapping to close codes.
 
 pub mod auth;
 mod backoff;
 pub mod bench;
 pub mod chat;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connection;
@@ -41,6 +45,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod rate;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod transport;
 

@@ -7,6 +7,7 @@
 mod cluster;
 mod hub;
 mod render;
+mod serve;
 mod session;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::{Error, Result};
 
 pub use cluster::Broker;
 pub use render::Mode;
+pub use serve::{History, ServePlan, serve};
 
 /// The fan-out path without sockets, for the micro-benchmarks in `benches/`: not an API.
 #[doc(hidden)]

@@ -10,6 +10,7 @@
 
 mod output;
 mod raw;
+mod terminal;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::{Error, Result};
 
 pub use output::{Output, Style};
 pub use raw::run_raw;
+pub use terminal::{Speech, connect};
 
 /// What the user (or the script) typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,23 +40,13 @@ pub enum Input {
     Eof,
 }
 
-/// How `connect` ended; [`Exit::code`] is the process exit code.
+/// How `connect` ended (the binary exits 0, or 3 through [`Error::Refused`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     /// Input ended and every message was acknowledged, or the user quit.
     Done,
     /// The server refused us for good (nick taken, policy close…): what it said.
     Refused(String),
-}
-
-impl Exit {
-    /// 0 when done, 3 when the server refused us.
-    pub fn code(&self) -> u8 {
-        match self {
-            Exit::Done => 0,
-            Exit::Refused(_) => 3,
-        }
-    }
 }
 
 /// Options of the chat client.
@@ -577,11 +569,5 @@ mod tests {
                 "{attempt}: {wait}"
             );
         }
-    }
-
-    #[test]
-    fn exit_codes_are_documented_ones() {
-        assert_eq!(Exit::Done.code(), 0);
-        assert_eq!(Exit::Refused("x".into()).code(), 3);
     }
 }

@@ -6,6 +6,7 @@
 //! (503 when none is left), and a two-phase stop — cancel every connection (each closes with
 //! 1001), then wait for them, at most `shutdown_timeout`.
 
+mod listen;
 mod upgrade;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ use crate::connection::{Asset, Connection, Handler, serve_connection};
 use crate::metrics;
 use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
+pub use listen::{Listen, serve};
 use upgrade::{NotUpgrade, UpgradeRequest, text_response};
 
 /// Settings of the server layer, shared by every mode.

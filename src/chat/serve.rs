@@ -1,0 +1,104 @@
+//! `nanachat serve` put together: the history store (and broker) its settings name, the chat
+//! handler over them, on one listening port. What to open is decided from the settings in
+//! [`ServeArgs::plan`](crate::settings::ServeArgs::plan); this only opens it, in order: bind
+//! first (a bad address touches nothing), then the store, then the broker.
+
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, Chat, ChatConfig};
+use crate::Result;
+use crate::server::{self, Listen, ServerConfig};
+use crate::store::{MemoryStore, PgStore, SqliteStore, Store};
+
+/// Where history is kept.
+#[derive(Debug, Clone)]
+pub enum History {
+    /// A SQLite file in this directory (the default).
+    File(PathBuf),
+    /// Memory only: gone when the server stops.
+    Memory,
+    /// PostgreSQL, shared by every process pointed at it; with a broker (Redis URL), those
+    /// processes serve as one chat.
+    Postgres {
+        /// `postgres://…`.
+        url: String,
+        /// `redis://…`.
+        broker: Option<String>,
+    },
+}
+
+/// Everything `nanachat serve` runs on, checked.
+#[derive(Debug, Clone)]
+pub struct ServePlan {
+    /// Where it listens.
+    pub listen: Listen,
+    /// Limits of the server and its connections.
+    pub server: ServerConfig,
+    /// Limits and timers of the chat, and who may connect.
+    pub chat: ChatConfig,
+    /// Where history is kept.
+    pub history: History,
+}
+
+/// Runs the chat server `plan` describes until `shutdown` is cancelled.
+pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
+    let ServePlan {
+        listen,
+        server,
+        chat,
+        history,
+    } = plan;
+    match history {
+        History::Memory => {
+            on(&listen, server, chat, None, shutdown, async || {
+                Ok(MemoryStore::new())
+            })
+            .await
+        }
+        History::File(dir) => {
+            on(&listen, server, chat, None, shutdown, async move || {
+                let store = SqliteStore::open(&dir)?;
+                tracing::info!(path = %store.path().display(), "history store");
+                Ok(store)
+            })
+            .await
+        }
+        History::Postgres { url, broker } => {
+            on(&listen, server, chat, broker, shutdown, async move || {
+                PgStore::open(&url).await
+            })
+            .await
+        }
+    }
+}
+
+/// Serves a chat over the store `open` opens (and the broker at `broker`, if any).
+async fn on<S: Store>(
+    listen: &Listen,
+    server: ServerConfig,
+    mut chat: ChatConfig,
+    broker: Option<String>,
+    shutdown: CancellationToken,
+    open: impl AsyncFnOnce() -> Result<S>,
+) -> Result<()> {
+    let max_message_bytes = server.connection.max_message_bytes;
+    let make = async move || {
+        let store = open().await?;
+        if let Some(url) = &broker {
+            let broker = Broker::connect(url).await?;
+            tracing::info!(broker = %broker.shown(), "broker");
+            chat.broker = Some(broker);
+        }
+        if chat.auth.is_some() {
+            tracing::info!("auth: a valid token is required (HS256, sub = nick)");
+        } else {
+            tracing::warn!(
+                "no --auth-secret: the server is open, anyone may connect under any free nick"
+            );
+        }
+        Ok(Chat::new(store, chat, max_message_bytes))
+    };
+    server::serve(listen, server, make, shutdown).await
+}

@@ -1,0 +1,334 @@
+//! The `nanachat` command line: every command and its arguments. The settings users also put in
+//! files and variables are declared in [`settings`](crate::settings); what is here is the shape
+//! of the commands and the one-shot ones (`token`, `bench`) that need no server.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::chat::{valid_nick, valid_room};
+use crate::config::{parse_bytes, parse_duration};
+use crate::settings::{
+    ConnectArgs, ConnectionSettings, LogFormat, SecretSettings, ServeArgs, ServerSettings,
+    show_defaults,
+};
+use crate::{Error, Result};
+
+/// `nanachat`: its global options and one command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nanachat",
+    version,
+    about = "A real-time chat core over WebSocket."
+)]
+pub struct Cli {
+    /// Log lines on stderr as text or as JSON objects (one per line).
+    #[arg(long, global = true, value_enum, env = "NANACHAT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments (and `NANACHAT_*` variables); on a usage error prints it
+    /// and exits with 2. `--help` shows each setting's default.
+    pub fn parse_args() -> Self {
+        let matches = show_defaults(Self::command()).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
+
+    /// The command with the config file it names (if any) read under its command line, and
+    /// the log format in force (the flag over the file).
+    pub fn resolve(self) -> Result<(Command, LogFormat)> {
+        let mut command = self.command.with_files()?;
+        let log = match &mut command {
+            Command::Serve(args) => Some(&mut args.log),
+            Command::Connect(args) => Some(&mut args.log),
+            _ => None,
+        };
+        let format = match log {
+            Some(log) => {
+                log.log_format = self.log_format.or(log.log_format);
+                log.log_format
+            }
+            None => self.log_format,
+        };
+        Ok((command, format.unwrap_or(LogFormat::Text)))
+    }
+}
+
+/// The commands.
+// Parsed once per run: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The chat server: rooms, direct messages, presence, durable history, resume.
+    Serve(ServeArgs),
+    /// The terminal client: chat from a terminal, or from a script when stdin is not one.
+    Connect(ConnectArgs),
+    /// Mints a token for a server started with --auth-secret: its `sub` is the nick.
+    Token(TokenArgs),
+    /// The seed's full-duplex pair: a server that pushes every 3 s, a client that sends every 1 s.
+    Demo {
+        /// Which side.
+        #[command(subcommand)]
+        side: DemoSide,
+    },
+    /// The load generator: fan-out, echo, connection and resume-storm benchmarks.
+    Bench(Box<BenchArgs>),
+    /// A bench worker process (started by `nanachat bench`).
+    #[command(hide = true)]
+    BenchWorker,
+    /// An echo server on the same connection layer, for conformance testing.
+    Echo {
+        /// Address to listen on, HOST:PORT (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        addr: String,
+        /// Server limits.
+        #[command(flatten)]
+        server: ServerSettings,
+        /// Connection limits.
+        #[command(flatten)]
+        connection: ConnectionSettings,
+    },
+}
+
+impl Command {
+    /// The command with the config file it names (if any) read under its command line.
+    fn with_files(self) -> Result<Self> {
+        Ok(match self {
+            Command::Serve(args) => Command::Serve(args.with_file()?),
+            Command::Connect(args) => Command::Connect(args.with_file()?),
+            other => other,
+        })
+    }
+}
+
+/// The two sides of the seed's pair.
+#[derive(Debug, Subcommand)]
+pub enum DemoSide {
+    /// The seed's Server.py: prints `< msg` as messages arrive, pushes `!Server Send! …`.
+    Server {
+        /// Address to listen on, HOST:PORT (port 0 picks a free one).
+        #[arg(long, default_value = "localhost:8765")]
+        addr: String,
+        /// How often each client gets a message.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        every: Duration,
+        /// Server limits.
+        #[command(flatten)]
+        server: ServerSettings,
+        /// Connection limits.
+        #[command(flatten)]
+        connection: ConnectionSettings,
+    },
+    /// The seed's Client.py: sends `!Client Send! …`, prints what arrives, ticks `INTER BREAK`.
+    Client {
+        /// The server's URL.
+        #[arg(default_value = "ws://localhost:8765")]
+        url: String,
+        /// How often to send a message.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        every: Duration,
+        /// How often to print `INTER BREAK`; 0 turns it off.
+        #[arg(long, default_value = "0.2s", value_parser = parse_duration)]
+        tick: Duration,
+        /// Close cleanly after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Connection limits.
+        #[command(flatten)]
+        connection: ConnectionSettings,
+    },
+}
+
+/// `nanachat token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The nick the token is for.
+    #[arg(long)]
+    pub sub: String,
+    /// How long it stays valid; 0 never expires.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// A room it may join (repeatable); without any, every room.
+    #[arg(long = "room")]
+    pub rooms: Vec<String>,
+    /// The server's secret.
+    #[command(flatten)]
+    pub secret: SecretSettings,
+}
+
+impl TokenArgs {
+    /// The signed token these arguments ask for.
+    pub fn mint(self) -> Result<String> {
+        let Some(auth) = self.secret.auth()? else {
+            return Err(Error::Config(
+                "give the server's secret: --auth-secret-file FILE (or --auth-secret)".into(),
+            ));
+        };
+        let sub = self.sub;
+        if !valid_nick(&sub) {
+            return Err(Error::Config(format!("'{sub}' is not a nick (--sub)")));
+        }
+        if let Some(bad) = self.rooms.iter().find(|r| !valid_room(r)) {
+            return Err(Error::Config(format!(
+                "'{bad}' is not a room name (--room)"
+            )));
+        }
+        let claims = crate::auth::Claims {
+            sub,
+            exp: (!self.ttl.is_zero()).then(|| crate::auth::now_secs() + self.ttl.as_secs().max(1)),
+            rooms: (!self.rooms.is_empty()).then_some(self.rooms),
+        };
+        Ok(auth.mint(&claims))
+    }
+}
+
+/// `nanachat bench` options.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to run.
+    #[arg(value_enum)]
+    pub scenario: BenchScenario,
+    /// The server's URL.
+    #[arg(default_value = "ws://127.0.0.1:8765")]
+    pub url: String,
+    /// Plain text frames, no subprotocol: drives any broadcast server (Node ws, Python websockets, …).
+    #[arg(long)]
+    pub raw: bool,
+    /// fanout: rooms.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: u32,
+    /// fanout: receivers per room.
+    #[arg(long, default_value_t = 1000)]
+    pub receivers: u32,
+    /// fanout: publishers per room.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: u32,
+    /// Messages per second per room (resume: while clients reconnect); 0 is as fast as acks allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Messages a publisher (or echo client) may have unacknowledged at once.
+    #[arg(long, default_value_t = 32)]
+    pub window: u32,
+    /// Payload size, e.g. 100 or 1KiB.
+    #[arg(long, default_value = "100", value_parser = parse_bytes)]
+    pub size: usize,
+    /// echo, connect, resume: clients.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u32,
+    /// Connections opened per second; 0 is as fast as the server takes them.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp: f64,
+    /// How long to measure (connect: to hold the connections).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// How long to run before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// resume: messages published while the clients are away.
+    #[arg(long, default_value_t = 100)]
+    pub missed: u64,
+    /// fanout: percent of receivers that stop reading once the run starts (0 to 50).
+    #[arg(long, default_value_t = 0.0)]
+    pub stall: f64,
+    /// Worker processes; 0 is one per 15,000 clients.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Local address to connect from (repeatable, used in turn); by default 127.0.0.2, … are
+    /// used when a loopback run needs more ports than one address has.
+    #[arg(long = "source")]
+    pub sources: Vec<std::net::IpAddr>,
+    /// The server's process id: its memory is sampled (connect).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// A name for the server under test, in the report.
+    #[arg(long, default_value = "nanachat")]
+    pub label: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw latency over time and the latency histogram into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// What `nanachat bench` runs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BenchScenario {
+    /// Rooms of receivers and publishers.
+    Fanout,
+    /// Echo round trips.
+    Echo,
+    /// Many idle connections.
+    Connect,
+    /// A crowd that drops and resumes at once.
+    Resume,
+}
+
+/// `nanachat bench`: runs, prints the table (or JSON), draws the plot; lost or duplicated
+/// messages make it fail.
+pub fn bench(args: BenchArgs) -> Result<()> {
+    use crate::bench::{BenchSpec, Progress, Scenario};
+    let spec = BenchSpec {
+        scenario: match args.scenario {
+            BenchScenario::Fanout => Scenario::Fanout,
+            BenchScenario::Echo => Scenario::Echo,
+            BenchScenario::Connect => Scenario::Connect,
+            BenchScenario::Resume => Scenario::Resume,
+        },
+        url: args.url,
+        raw: args.raw,
+        rooms: args.rooms,
+        receivers: args.receivers,
+        publishers: args.publishers,
+        rate: args.rate,
+        window: args.window,
+        size: args.size,
+        connections: args.connections,
+        ramp: args.ramp,
+        seconds: args.duration.as_secs_f64(),
+        warmup: args.warmup.as_secs_f64(),
+        missed: args.missed,
+        stall: args.stall,
+        workers: args.workers,
+        sources: args.sources,
+        server_pid: args.server_pid,
+        label: args.label,
+    };
+    let progress = if args.quiet {
+        Progress::Quiet
+    } else {
+        Progress::for_stderr()
+    };
+    let report = crate::bench::run(spec, progress)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| Error::Protocol(e.to_string()))?
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report.svg()).map_err(|err| {
+            Error::Config(format!(
+                "cannot write the plot to {}: {err}",
+                path.display()
+            ))
+        })?;
+    }
+    if report.lost > 0 || report.duplicated > 0 {
+        return Err(Error::Protocol(format!(
+            "{} deliveries lost and {} duplicated",
+            report.lost, report.duplicated
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,974 @@
+//! What a user sets, declared once. Each group of settings is one struct that is at the same
+//! time the command's clap arguments (flags and their `NANACHAT_*` variables) and the serde
+//! source of its TOML file (`--config`): the flag `--max-text-chars`, the variable
+//! `NANACHAT_MAX_TEXT_CHARS` and the key `max_text_chars` are one field. Every field is optional;
+//! [`or`](ServeArgs::or) merges the command line over the file, and a setting given nowhere
+//! takes its default, written once beside the field and shown by `--help`.
+//! The precedence is flag > variable (clap) > file > default.
+//!
+//! These raw settings become the checked configurations the library runs on
+//! ([`ConnectionConfig`], [`ServerConfig`], [`ChatConfig`]) in one place each, as ripgrep turns
+//! its low-level arguments into high-level ones.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+
+use crate::chat::{ChatConfig, History, ServePlan, valid_nick, valid_room};
+use crate::client::{ClientOptions, Speech};
+use crate::config::{ConnectionConfig, parse_bytes, parse_duration};
+use crate::dial::Target;
+use crate::server::{Listen, ServerConfig};
+use crate::{Error, Result};
+
+/// Declares a group of settings: the struct (clap + serde, every field an `Option`), its keys,
+/// the merge, one accessor per field that falls back to the default, and the defaults as text.
+macro_rules! settings {
+    (
+        $(#[$smeta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$fmeta:meta])*
+                $field:ident : $ty:ty $(= $default:expr)?
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$smeta])*
+        #[derive(Debug, Default, Clone, clap::Args, serde::Deserialize)]
+        #[serde(default)]
+        pub struct $name {
+            $(
+                $(#[$fmeta])*
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl $name {
+            /// The keys of this group, as a config file spells them.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// These settings, each one not given here taken from `lower`.
+            pub fn or(self, lower: Self) -> Self {
+                Self { $($field: self.$field.or(lower.$field)),* }
+            }
+
+            /// Each key with its built-in default as a config file would write it (`None`: no
+            /// default, the setting is off).
+            pub fn defaults() -> Vec<(&'static str, Option<String>)> {
+                vec![$((stringify!($field), settings!(@default $ty $(, $default)?))),*]
+            }
+
+            /// Each key with the value in force: given, or else the default.
+            pub fn effective(&self) -> Vec<(&'static str, Option<String>)> {
+                let defaults = Self::defaults();
+                let given = [$(self.$field.as_ref().map(Setting::to_toml)),*];
+                given
+                    .into_iter()
+                    .zip(defaults)
+                    .map(|(given, (key, default))| (key, given.or(default)))
+                    .collect()
+            }
+
+            $(settings!(@get $field, $ty $(, $default)?);)*
+        }
+    };
+    (@default $ty:ty, $default:expr) => {{
+        let value: $ty = $default;
+        Some(Setting::to_toml(&value))
+    }};
+    (@default $ty:ty) => {
+        None
+    };
+    (@get $field:ident, $ty:ty, $default:expr) => {
+        #[doc = concat!("`", stringify!($field), "` as given, or else its default.")]
+        pub fn $field(&self) -> $ty {
+            self.$field.clone().unwrap_or_else(|| $default)
+        }
+    };
+    (@get $field:ident, $ty:ty) => {
+        #[doc = concat!("`", stringify!($field), "` if given (it has no default).")]
+        pub fn $field(&self) -> Option<$ty> {
+            self.$field.clone()
+        }
+    };
+}
+
+/// A value a setting can hold, written as in a TOML file.
+pub trait Setting {
+    /// The value as a TOML value (`"25s"`, `4000`, `true`, `["a", "b"]`).
+    fn to_toml(&self) -> String;
+}
+
+fn quoted(text: &str) -> String {
+    // A JSON string is a valid TOML basic string.
+    serde_json::Value::from(text).to_string()
+}
+
+impl Setting for String {
+    fn to_toml(&self) -> String {
+        quoted(self)
+    }
+}
+
+impl Setting for PathBuf {
+    fn to_toml(&self) -> String {
+        quoted(&self.to_string_lossy())
+    }
+}
+
+impl Setting for bool {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Setting for u32 {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Setting for usize {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Setting for Vec<String> {
+    fn to_toml(&self) -> String {
+        let items: Vec<String> = self.iter().map(|s| quoted(s)).collect();
+        format!("[{}]", items.join(", "))
+    }
+}
+
+/// A duration as people write it: `3s`, `0.2s`, `250ms`, `2m` (a bare number is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time(pub Duration);
+
+impl FromStr for Time {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_duration(text).map(Time)
+    }
+}
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if !self.0.subsec_nanos().is_multiple_of(1_000_000) {
+            write!(f, "{}s", self.0.as_secs_f64())
+        } else if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Setting for Time {
+    fn to_toml(&self) -> String {
+        quoted(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Time {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => parse_duration(&s.to_string()),
+            Raw::Text(t) => parse_duration(&t),
+        }
+        .map(Time)
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes as people write it: `65536`, `64KiB`, `16MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub usize);
+
+impl FromStr for Bytes {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_bytes(text).map(Bytes)
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: usize = 1024 * 1024;
+        match self.0 {
+            0 => write!(f, "0"),
+            n if n.is_multiple_of(MIB) => write!(f, "{}MiB", n / MIB),
+            n if n.is_multiple_of(1024) => write!(f, "{}KiB", n / 1024),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Setting for Bytes {
+    fn to_toml(&self) -> String {
+        quoted(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => Ok(Bytes(n)),
+            Raw::Text(t) => parse_bytes(&t).map(Bytes).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A secret (auth secret, token): never shown, not even by `--check-config`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
+}
+
+impl Setting for Secret {
+    fn to_toml(&self) -> String {
+        quoted("***")
+    }
+}
+
+/// The URL of a service (PostgreSQL, Redis): shown with its password replaced by `***`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ServiceUrl(pub String);
+
+impl FromStr for ServiceUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(ServiceUrl(text.to_owned()))
+    }
+}
+
+impl Setting for ServiceUrl {
+    fn to_toml(&self) -> String {
+        quoted(&crate::config::redact_url(&self.0))
+    }
+}
+
+/// How log lines on stderr are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Setting for LogFormat {
+    fn to_toml(&self) -> String {
+        quoted(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+settings! {
+    /// Where `nanachat serve` listens and keeps its history.
+    pub struct ServeSettings {
+        /// Address to listen on, HOST:PORT (port 0 picks a free one).
+        #[arg(long, env = "NANACHAT_ADDR", value_name = "HOST:PORT")]
+        addr: String = "127.0.0.1:8765".into(),
+        /// Where the history database lives.
+        #[arg(long, env = "NANACHAT_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf = "./nanachat-data".into(),
+        /// Keep history in memory only: gone when the server stops.
+        #[arg(long, env = "NANACHAT_MEMORY", value_name = "BOOL", num_args = 0..=1,
+              require_equals = true, default_missing_value = "true",
+              value_parser = BoolishValueParser::new())]
+        memory: bool = false,
+        /// Keep history in PostgreSQL instead (postgres://USER:PASSWORD@HOST:PORT/DB),
+        /// shared by every process pointed at it.
+        #[arg(long, env = "NANACHAT_STORE", value_name = "URL")]
+        store: ServiceUrl,
+        /// Redis (redis://HOST:PORT/) through which several processes on one --store serve
+        /// as one chat: messages, presence, who (docs/scaling.md).
+        #[arg(long, env = "NANACHAT_BROKER", value_name = "URL")]
+        broker: ServiceUrl,
+        /// Share the address with other processes (SO_REUSEPORT): the kernel spreads new
+        /// connections over them.
+        #[arg(long, env = "NANACHAT_REUSE_PORT", value_name = "BOOL", num_args = 0..=1,
+              require_equals = true, default_missing_value = "true",
+              value_parser = BoolishValueParser::new())]
+        reuse_port: bool = false,
+    }
+}
+
+settings! {
+    /// How log lines are written: the global `--log-format`, which a config file may set too.
+    pub struct LogSettings {
+        /// Log lines as text or JSON (the flag is global, see [`crate::cli::Cli`]).
+        #[arg(skip)]
+        log_format: LogFormat = LogFormat::Text,
+    }
+}
+
+settings! {
+    /// Who may connect: the secret tokens are signed with (`serve`, `token`).
+    pub struct SecretSettings {
+        /// The secret tokens are signed with (at least 16 bytes); prefer --auth-secret-file.
+        #[arg(long, env = "NANACHAT_AUTH_SECRET", hide_env_values = true, value_name = "SECRET")]
+        auth_secret: Secret,
+        /// A file holding the secret (trailing newline ignored).
+        #[arg(long, env = "NANACHAT_AUTH_SECRET_FILE", value_name = "FILE")]
+        auth_secret_file: PathBuf,
+    }
+}
+
+settings! {
+    /// Limits and timers of the chat layer.
+    pub struct ChatSettings {
+        /// Longest message text, in characters.
+        #[arg(long, env = "NANACHAT_MAX_TEXT_CHARS", value_name = "N")]
+        max_text_chars: usize = ChatConfig::default().max_text_chars,
+        /// Messages a connection may send per second, sustained.
+        #[arg(long, env = "NANACHAT_RATE", value_name = "N")]
+        rate: u32 = ChatConfig::default().rate_per_sec,
+        /// Messages a connection may send in a burst.
+        #[arg(long, env = "NANACHAT_BURST", value_name = "N")]
+        burst: u32 = ChatConfig::default().rate_burst,
+        /// Rooms one connection may be in.
+        #[arg(long, env = "NANACHAT_MAX_ROOMS", value_name = "N")]
+        max_rooms: usize = ChatConfig::default().max_rooms,
+        /// Rooms with more members than this send no join/leave presence events.
+        #[arg(long, env = "NANACHAT_PRESENCE_LIMIT", value_name = "N")]
+        presence_limit: usize = ChatConfig::default().presence_limit,
+        /// Interval of the app-level heartbeat; 0 turns it off (3s is the seed's server push).
+        #[arg(long, env = "NANACHAT_HEARTBEAT", value_name = "TIME")]
+        heartbeat: Time = Time(ChatConfig::default().heartbeat_interval),
+    }
+}
+
+settings! {
+    /// Limits of a listening server, on top of each connection's.
+    pub struct ServerSettings {
+        /// Most WebSocket connections at once (503 beyond).
+        #[arg(long, env = "NANACHAT_MAX_CONNECTIONS", value_name = "N")]
+        max_connections: usize = ServerConfig::default().max_connections,
+        /// How long a graceful shutdown may take.
+        #[arg(long, env = "NANACHAT_SHUTDOWN_TIMEOUT", value_name = "TIME")]
+        shutdown_timeout: Time = Time(ServerConfig::default().shutdown_timeout),
+        /// How long a client may take to send its handshake request.
+        #[arg(long, env = "NANACHAT_HANDSHAKE_TIMEOUT", value_name = "TIME")]
+        handshake_timeout: Time = Time(ServerConfig::default().handshake_timeout),
+        /// A browser origin allowed to connect, e.g. `https://chat.example.org` (repeatable; the
+        /// server's own pages always are). Other origins get 403. Unset: any origin.
+        #[arg(long, env = "NANACHAT_ALLOWED_ORIGIN", value_delimiter = ',', value_name = "ORIGIN")]
+        #[serde(alias = "allowed_origins")]
+        allowed_origin: Vec<String>,
+        /// Serve wss:// (and https://) with this PEM certificate chain (with --tls-key).
+        #[arg(long, env = "NANACHAT_TLS_CERT", value_name = "PEM")]
+        tls_cert: PathBuf,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "NANACHAT_TLS_KEY", value_name = "PEM")]
+        tls_key: PathBuf,
+    }
+}
+
+settings! {
+    /// Limits and timers of each WebSocket connection.
+    pub struct ConnectionSettings {
+        /// Largest message accepted (close 1009 beyond).
+        #[arg(long, env = "NANACHAT_MAX_MESSAGE_BYTES", value_name = "SIZE")]
+        max_message_bytes: Bytes = Bytes(ConnectionConfig::default().max_message_bytes),
+        /// Largest frame accepted (close 1009 beyond).
+        #[arg(long, env = "NANACHAT_MAX_FRAME_BYTES", value_name = "SIZE")]
+        max_frame_bytes: Bytes = Bytes(ConnectionConfig::default().max_frame_bytes),
+        /// Per-connection read buffer: 4KiB is faster for busy peers, costs 3.5 KiB more per
+        /// idle one.
+        #[arg(long, env = "NANACHAT_READ_BUFFER_BYTES", value_name = "SIZE")]
+        read_buffer_bytes: Bytes = Bytes(ConnectionConfig::default().read_buffer_bytes),
+        /// How often to ping the peer; 0 turns pings off.
+        #[arg(long, env = "NANACHAT_PING_INTERVAL", value_name = "TIME")]
+        ping_interval: Time = Time(ConnectionConfig::default().ping_interval),
+        /// Close a peer from which nothing arrived for this long.
+        #[arg(long, env = "NANACHAT_IDLE_TIMEOUT", value_name = "TIME")]
+        idle_timeout: Time = Time(ConnectionConfig::default().idle_timeout),
+    }
+}
+
+settings! {
+    /// How `nanachat connect` talks to a server.
+    pub struct ConnectSettings {
+        /// The server's URL.
+        #[arg(env = "NANACHAT_URL", value_name = "URL")]
+        url: String = "ws://127.0.0.1:8765".into(),
+        /// Your nick (letters, digits, - and _) [default: $USER].
+        #[arg(long, env = "NANACHAT_NICK", value_name = "NICK")]
+        nick: String,
+        /// A room to join at start (repeatable); the first is where your lines go.
+        #[arg(long, env = "NANACHAT_JOIN", value_delimiter = ',', value_name = "ROOM")]
+        join: Vec<String> = vec!["lobby".into()],
+        /// Scripting mode: print the protocol's JSON objects instead of lines.
+        #[arg(long, env = "NANACHAT_JSON", value_name = "BOOL", num_args = 0..=1,
+              require_equals = true, default_missing_value = "true",
+              value_parser = BoolishValueParser::new())]
+        json: bool = false,
+        /// No subprotocol: plain text frames in and out, for any WebSocket server.
+        #[arg(long, env = "NANACHAT_RAW", value_name = "BOOL", num_args = 0..=1,
+              require_equals = true, default_missing_value = "true",
+              value_parser = BoolishValueParser::new())]
+        raw: bool = false,
+        /// Also send the seed's `!Client Send! <timestamp>` this often.
+        #[arg(long, env = "NANACHAT_SEND_EVERY", value_name = "TIME")]
+        send_every: Time,
+        /// Give up when the connection drops instead of reconnecting.
+        #[arg(long, env = "NANACHAT_NO_RECONNECT", value_name = "BOOL", num_args = 0..=1,
+              require_equals = true, default_missing_value = "true",
+              value_parser = BoolishValueParser::new())]
+        no_reconnect: bool = false,
+        /// Also trust the CA certificates in this PEM file (wss:// to a private CA).
+        #[arg(long, env = "NANACHAT_CA_FILE", value_name = "PEM")]
+        ca_file: PathBuf,
+        /// A token for a server that wants one (`nanachat token`).
+        #[arg(long, env = "NANACHAT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        token: Secret,
+    }
+}
+
+impl ChatSettings {
+    /// The chat configuration these settings make, checked.
+    pub fn config(&self) -> Result<ChatConfig> {
+        let config = ChatConfig {
+            max_text_chars: self.max_text_chars(),
+            rate_per_sec: self.rate(),
+            rate_burst: self.burst(),
+            max_rooms: self.max_rooms(),
+            presence_limit: self.presence_limit(),
+            heartbeat_interval: self.heartbeat().0,
+            ..ChatConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ConnectionSettings {
+    /// The connection configuration these settings make, checked.
+    pub fn config(&self) -> Result<ConnectionConfig> {
+        let config = ConnectionConfig {
+            max_message_bytes: self.max_message_bytes().0,
+            max_frame_bytes: self.max_frame_bytes().0,
+            read_buffer_bytes: self.read_buffer_bytes().0,
+            ping_interval: self.ping_interval().0,
+            idle_timeout: self.idle_timeout().0,
+            ..ConnectionConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ServerSettings {
+    /// The server configuration these settings make over `connection`, checked (the TLS files
+    /// are read here).
+    pub fn config(&self, connection: ConnectionConfig) -> Result<ServerConfig> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::server::tls_config(cert, key)?),
+            (None, None) => None,
+            _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
+        };
+        let config = ServerConfig {
+            max_connections: self.max_connections(),
+            shutdown_timeout: self.shutdown_timeout().0,
+            handshake_timeout: self.handshake_timeout().0,
+            allowed_origins: self.allowed_origin().unwrap_or_default(),
+            tls,
+            connection,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl SecretSettings {
+    /// The token checker for the secret given, if one was.
+    pub fn auth(&self) -> Result<Option<crate::auth::Auth>> {
+        let secret = match (&self.auth_secret, &self.auth_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "give --auth-secret or --auth-secret-file, not both".into(),
+                ));
+            }
+            (Some(secret), None) => secret.0.clone().into_bytes(),
+            (None, Some(path)) => std::fs::read(path).map_err(|err| {
+                Error::Config(format!(
+                    "cannot read the auth secret from {}: {err}",
+                    path.display()
+                ))
+            })?,
+            (None, None) => return Ok(None),
+        };
+        crate::auth::Auth::new(&secret).map(Some)
+    }
+}
+
+/// `nanachat serve`: every group of its settings, and where they may also come from.
+#[derive(Debug, Default, Clone, clap::Args, serde::Deserialize)]
+pub struct ServeArgs {
+    /// Where it listens and keeps history.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub serve: ServeSettings,
+    /// How it logs.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub log: LogSettings,
+    /// Who may connect.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub secret: SecretSettings,
+    /// Chat limits.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub chat: ChatSettings,
+    /// Server limits.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    /// Connection limits.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub connection: ConnectionSettings,
+    /// A TOML file with any of these options (keys spelt with `_`); flags and variables win
+    /// over it.
+    #[arg(long, env = "NANACHAT_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Check the settings, print them as a config file would hold them, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+}
+
+impl ServeArgs {
+    /// Every key of a `serve` config file.
+    pub fn keys() -> Vec<&'static str> {
+        [
+            ServeSettings::KEYS,
+            LogSettings::KEYS,
+            SecretSettings::KEYS,
+            ChatSettings::KEYS,
+            ServerSettings::KEYS,
+            ConnectionSettings::KEYS,
+        ]
+        .concat()
+    }
+
+    /// These settings over `lower`'s (the command line over the file).
+    pub fn or(self, lower: Self) -> Self {
+        Self {
+            serve: self.serve.or(lower.serve),
+            log: self.log.or(lower.log),
+            secret: self.secret.or(lower.secret),
+            chat: self.chat.or(lower.chat),
+            server: self.server.or(lower.server),
+            connection: self.connection.or(lower.connection),
+            config: self.config,
+            check_config: self.check_config,
+        }
+    }
+
+    /// The command line merged over its `--config` file, if it names one.
+    pub fn with_file(self) -> Result<Self> {
+        match &self.config {
+            Some(path) => {
+                let file: Self = load_file(path, &Self::keys())?;
+                Ok(self.or(file))
+            }
+            None => Ok(self),
+        }
+    }
+
+    /// The checked plan of a chat server these settings describe (files they name, such as
+    /// the auth secret and TLS keys, are read here; nothing is opened or bound yet).
+    pub fn plan(&self) -> Result<ServePlan> {
+        let serve = &self.serve;
+        let store = serve.store().map(|url| url.0);
+        let broker = serve.broker().map(|url| url.0);
+        if let Some(url) = &store
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(Error::Config(format!(
+                "--store takes a postgres://… URL, not '{}'",
+                crate::config::redact_url(url)
+            )));
+        }
+        if serve.memory() && store.is_some() {
+            return Err(Error::Config("give --memory or --store, not both".into()));
+        }
+        if broker.is_some() && store.is_none() {
+            return Err(Error::Config(
+                "--broker needs a history all processes share: add --store postgres://…".into(),
+            ));
+        }
+        let history = match store {
+            Some(url) => History::Postgres { url, broker },
+            None if serve.memory() => History::Memory,
+            None => History::File(serve.data_dir()),
+        };
+        let server = self.server.config(self.connection.config()?)?;
+        let mut chat = self.chat.config()?;
+        chat.auth = self.secret.auth()?;
+        Ok(ServePlan {
+            listen: Listen {
+                addr: serve.addr(),
+                reuse_port: serve.reuse_port(),
+            },
+            server,
+            chat,
+            history,
+        })
+    }
+
+    /// Every key with the value in force, as a config file would hold it; settings that are
+    /// off are left out.
+    pub fn effective(&self) -> String {
+        let all = [
+            self.serve.effective(),
+            self.log.effective(),
+            self.secret.effective(),
+            self.chat.effective(),
+            self.server.effective(),
+            self.connection.effective(),
+        ]
+        .concat();
+        to_file_text(&all)
+    }
+}
+
+/// `nanachat connect`'s settings, and where they may also come from.
+#[derive(Debug, Default, Clone, clap::Args, serde::Deserialize)]
+pub struct ConnectArgs {
+    /// How to talk to the server.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub connect: ConnectSettings,
+    /// How it logs.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub log: LogSettings,
+    /// A TOML file with any of these options (keys spelt with `_`); flags and variables win
+    /// over it.
+    #[arg(long, env = "NANACHAT_CONNECT_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Check the settings, print them as a config file would hold them, and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
+}
+
+impl ConnectArgs {
+    /// The checked client options and way of speaking these settings describe.
+    pub fn plan(&self) -> Result<(ClientOptions, Speech)> {
+        let c = &self.connect;
+        let speech = Speech {
+            json: c.json(),
+            raw: c.raw(),
+        };
+        let nick = c
+            .nick()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "guest".into());
+        if !speech.raw && !valid_nick(&nick) {
+            return Err(Error::Config(format!(
+                "'{nick}' is not a nick: use 1 to 32 letters, digits, - or _ (--nick)"
+            )));
+        }
+        let rooms = c.join();
+        if let Some(bad) = rooms.iter().find(|r| !valid_room(r)) {
+            return Err(Error::Config(format!(
+                "'{bad}' is not a room name (--join)"
+            )));
+        }
+        let send_every = c.send_every().map(|t| t.0);
+        if send_every.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config("--send-every must be above 0".into()));
+        }
+        let mut target = Target::parse(&c.url())?;
+        if let Some(path) = c.ca_file() {
+            target = target.with_ca_file(&path)?;
+        }
+        let opts = ClientOptions {
+            target,
+            nick,
+            rooms,
+            send_every,
+            reconnect: !c.no_reconnect(),
+            commands: false,
+            token: c.token().map(|t| t.0),
+        };
+        Ok((opts, speech))
+    }
+
+    /// The command line merged over its `--config` file, if it names one.
+    pub fn with_file(self) -> Result<Self> {
+        match &self.config {
+            Some(path) => {
+                let keys = [ConnectSettings::KEYS, LogSettings::KEYS].concat();
+                let file: Self = load_file(path, &keys)?;
+                Ok(Self {
+                    connect: self.connect.or(file.connect),
+                    log: self.log.or(file.log),
+                    ..self
+                })
+            }
+            None => Ok(self),
+        }
+    }
+
+    /// Every key with the value in force, as a config file would hold it.
+    pub fn effective(&self) -> String {
+        to_file_text(&[self.connect.effective(), self.log.effective()].concat())
+    }
+}
+
+fn to_file_text(all: &[(&'static str, Option<String>)]) -> String {
+    all.iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key} = {v}\n")))
+        .collect()
+}
+
+/// Reads a TOML settings file: an unknown key is refused with the list of valid ones, a bad
+/// value by its key; every error is one line naming the file.
+pub fn load_file<T: serde::de::DeserializeOwned>(path: &Path, keys: &[&str]) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        Error::Config(format!("cannot read config file {}: {err}", path.display()))
+    })?;
+    parse_file(&text, keys)
+        .map_err(|why| Error::Config(format!("config file {}: {why}", path.display())))
+}
+
+/// Parses the text of a settings file; the error is one line.
+pub fn parse_file<T: serde::de::DeserializeOwned>(text: &str, keys: &[&str]) -> Result<T, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|err| one_line(&err.to_string()))?;
+    let valid: BTreeSet<&str> = keys.iter().copied().collect();
+    // Old spellings still read (serde aliases), though the list shows the current ones.
+    let aliases = ["allowed_origins"];
+    if let Some(bad) = table
+        .keys()
+        .find(|k| !valid.contains(k.as_str()) && !aliases.contains(&k.as_str()))
+    {
+        let list: Vec<&str> = valid.into_iter().collect();
+        return Err(format!(
+            "unknown key `{bad}`; valid keys: {}",
+            list.join(", ")
+        ));
+    }
+    for (key, value) in &table {
+        // Each key alone first, so that a bad value is reported with its key.
+        let one: toml::Table = [(key.clone(), value.clone())].into_iter().collect();
+        toml::Value::Table(one)
+            .try_into::<T>()
+            .map_err(|err| format!("{key}: {}", one_line(&err.to_string())))?;
+    }
+    toml::Value::Table(table)
+        .try_into::<T>()
+        .map_err(|err| one_line(&err.to_string()))
+}
+
+/// toml's messages span several lines (where, a snippet, what): keep where and what.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let place = lines.next().unwrap_or("invalid TOML");
+    match lines.next_back() {
+        Some(what) => format!("{place}: {}", what.trim_start_matches(['|', '^', ' '])),
+        None => place.to_owned(),
+    }
+}
+
+/// Every setting's default as `--help` shows it, by its argument id.
+pub fn help_defaults() -> Vec<(&'static str, String)> {
+    [
+        ServeSettings::defaults(),
+        LogSettings::defaults(),
+        SecretSettings::defaults(),
+        ChatSettings::defaults(),
+        ServerSettings::defaults(),
+        ConnectionSettings::defaults(),
+        ConnectSettings::defaults(),
+    ]
+    .concat()
+    .into_iter()
+    .filter_map(|(key, value)| {
+        let value = value?;
+        (value != "false").then(|| (key, value.trim_matches('"').replace("\", \"", ",")))
+    })
+    .collect()
+}
+
+/// Adds `[default: …]` to the help of every setting in `cmd` and its subcommands that has a
+/// default (clap's own `default_value` would fill the field, and a file could not override it).
+pub fn show_defaults(mut cmd: clap::Command) -> clap::Command {
+    let defaults = help_defaults();
+    let ids: Vec<(String, Option<String>, Option<String>)> = cmd
+        .get_arguments()
+        .filter(|a| a.get_default_values().is_empty())
+        .map(|a| {
+            (
+                a.get_id().to_string(),
+                a.get_help().map(ToString::to_string),
+                a.get_long_help().map(ToString::to_string),
+            )
+        })
+        .collect();
+    for (id, help, long_help) in ids {
+        let Some((_, default)) = defaults.iter().find(|(key, _)| *key == id) else {
+            continue;
+        };
+        let suffix = format!(" [default: {default}]");
+        cmd = cmd.mut_arg(&id, |a| {
+            let a = match help {
+                Some(help) => a.help(help + &suffix),
+                None => a,
+            };
+            match long_help {
+                Some(long) => a.long_help(long + &suffix),
+                None => a,
+            }
+        });
+    }
+    cmd.mut_subcommands(show_defaults)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn durations_and_sizes_print_as_they_are_written() {
+        for text in ["3s", "250ms", "200ms", "25s", "0s", "1500ms"] {
+            assert_eq!(text.parse::<Time>().unwrap().to_string(), text);
+        }
+        for text in ["64KiB", "16MiB", "1000", "512"] {
+            assert_eq!(text.parse::<Bytes>().unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn every_option_has_one_name_as_flag_variable_and_key() {
+        let cmd = Serve::command();
+        let keys: BTreeSet<&str> = ServeArgs::keys().into_iter().collect();
+        let mut seen = BTreeSet::new();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if ["config", "check_config", "help"].contains(&id) {
+                continue;
+            }
+            assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()), "{id}");
+            let env = format!("NANACHAT_{}", id.to_ascii_uppercase());
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(env.as_str()),
+                "{id}"
+            );
+            assert!(keys.contains(id), "{id} is not a file key");
+            seen.insert(id);
+        }
+        // The one key that is no flag of `serve`: the global --log-format.
+        let missing: Vec<_> = keys.difference(&seen).collect();
+        assert_eq!(missing, [&"log_format"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_valid_ones() {
+        let err = parse_file::<ServeArgs>("colour = \"blue\"", &ServeArgs::keys()).unwrap_err();
+        assert!(err.contains("unknown key `colour`"), "{err}");
+        for key in ServeArgs::keys() {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_reads_as_people_write_it() {
+        let c: ServeArgs = parse_file(
+            "addr = \"0.0.0.0:9000\"\nheartbeat = \"3s\"\nmax_message_bytes = \"16KiB\"\nmax_frame_bytes = 4096\nrate = 5\nauth_secret_file = \"s\"\nlog_format = \"json\"\nallowed_origins = [\"https://a.example\"]\n",
+            &ServeArgs::keys(),
+        )
+        .unwrap();
+        assert_eq!(c.serve.addr.as_deref(), Some("0.0.0.0:9000"));
+        assert_eq!(c.chat.heartbeat, Some(Time(Duration::from_secs(3))));
+        assert_eq!(
+            (
+                c.connection.max_message_bytes,
+                c.connection.max_frame_bytes,
+                c.chat.rate
+            ),
+            (Some(Bytes(16384)), Some(Bytes(4096)), Some(5))
+        );
+        assert_eq!(c.secret.auth_secret_file, Some(PathBuf::from("s")));
+        assert_eq!(c.log.log_format, Some(LogFormat::Json));
+        assert_eq!(
+            c.server.allowed_origin,
+            Some(vec!["https://a.example".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_bad_config_file_gets_a_one_line_error() {
+        for (text, expect) in [
+            ("colour = \"blue\"", "unknown key"),
+            ("heartbeat = \"soon\"", "not a duration"),
+            ("rate = \"fast\"", "expected u32"),
+            ("not toml at all", ""),
+        ] {
+            let err = parse_file::<ServeArgs>(text, &ServeArgs::keys()).unwrap_err();
+            assert!(!err.contains('\n') && err.contains(expect), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let flags = Serve::parse_from(["serve", "--rate", "7", "--memory"]).args;
+        let file: ServeArgs = parse_file("rate = 3\nburst = 9\n", &ServeArgs::keys()).unwrap();
+        let merged = flags.or(file);
+        assert_eq!(merged.chat.rate(), 7);
+        assert_eq!(merged.chat.burst(), 9);
+        assert_eq!(merged.chat.max_rooms(), ChatConfig::default().max_rooms);
+        assert!(merged.serve.memory());
+        let off = Serve::parse_from(["serve", "--memory=false"]).args;
+        assert!(!off.serve.memory());
+    }
+}
