@@ -309,23 +309,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let report = crate::bench::run(spec, progress)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| Error::Protocol(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report.table());
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, report.svg()).map_err(|err| {
-            Error::Config(format!(
-                "cannot write the plot to {}: {err}",
-                path.display()
-            ))
-        })?;
+        std::fs::write(path, report.svg())
+            .map_err(|err| Error::file("write the plot to", path, err))?;
     }
     if report.lost > 0 || report.duplicated > 0 {
-        return Err(Error::Protocol(format!(
+        return Err(Error::Bench(format!(
             "{} deliveries lost and {} duplicated",
             report.lost, report.duplicated
         )));

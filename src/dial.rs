@@ -75,17 +75,18 @@ impl Target {
         if self.tls.is_none() {
             return Err(Error::Config("--ca-file is for wss:// URLs".into()));
         }
-        let bad = |why: String| Error::Config(format!("CA file {}: {why}", path.display()));
+        let doing = "read the CA certificates in";
         let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|err| bad(err.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| bad(err.to_string()))?;
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| Error::file(doing, path, err))?;
         if certs.is_empty() {
-            return Err(bad("no certificate in it".into()));
+            return Err(Error::file(doing, path, "no certificate in it"));
         }
         let mut roots = platform_roots();
         for cert in certs {
-            roots.add(cert).map_err(|err| bad(err.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|err| Error::file(doing, path, err))?;
         }
         self.tls = Some(tls_config(roots));
         Ok(self)

@@ -1,6 +1,10 @@
-//! The library's one error type, and the one place where errors become WebSocket close codes.
+//! The library's one error type, the one place where errors become WebSocket close codes
+//! ([`Error::close_code`]) and the one place where they become exit codes
+//! ([`Error::exit_code`]).
 //!
-//! Everything below `main.rs` returns [`Result`]; the binary wraps it in `anyhow` only to print it.
+//! Errors on the wire carry what the peer is told; errors that come from something else (a file,
+//! a service, the OS) keep it as their `#[source]`, so the cause is never flattened into text.
+//! Everything below `main.rs` returns [`Result`]; the binary prints the error's one line.
 
 use tokio_tungstenite::tungstenite;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -32,6 +36,33 @@ pub enum Error {
     /// A URL, address or option given by the user is not valid.
     #[error("{0}")]
     Config(String),
+    /// A file the user named cannot be used: a config file, a secret, a certificate, the data
+    /// directory, a report to write.
+    #[error("cannot {doing} {}: {source}", path.display())]
+    File {
+        /// What we tried, as in "cannot *read the auth secret from* FILE".
+        doing: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why not.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A service named at start (the PostgreSQL store, the Redis broker) cannot be used.
+    #[error("cannot use {what}: {source}")]
+    Service {
+        /// Which service, as the user named it (passwords redacted).
+        what: String,
+        /// Why not.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A benchmark found its run wrong: lost or duplicated deliveries, a worker that failed.
+    #[error("bench: {0}")]
+    Bench(String),
+    /// One of our own values could not be written as JSON.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
     /// The WebSocket handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(String),
@@ -62,19 +93,46 @@ impl Error {
             Error::Policy(_) => Some(CloseCode::Policy),
             Error::SlowConsumer => Some(CloseCode::Library(crate::connection::CLOSE_SLOW_CONSUMER)),
             Error::Closed | Error::Io(_) => None,
-            Error::Config(_) | Error::Handshake(_) | Error::Store(_) | Error::Refused(_) => {
-                Some(CloseCode::Error)
-            }
+            Error::Config(_)
+            | Error::File { .. }
+            | Error::Service { .. }
+            | Error::Bench(_)
+            | Error::Json(_)
+            | Error::Handshake(_)
+            | Error::Store(_)
+            | Error::Refused(_) => Some(CloseCode::Error),
         }
     }
 
-    /// The process exit code this error ends `nanachat` with: 2 for bad usage or configuration,
-    /// 3 when a server refused us for good, 1 for any other failure.
+    /// The process exit code this error ends `nanachat` with: 2 for bad usage or configuration
+    /// (including a file or service named at start that cannot be used), 3 when a server
+    /// refused us for good, 1 for any other failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::File { .. } | Error::Service { .. } => 2,
             Error::Refused(_) => 3,
             _ => 1,
+        }
+    }
+
+    /// A file the user named cannot be used for `doing` ("read the auth secret from").
+    pub fn file(
+        doing: &'static str,
+        path: &std::path::Path,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::File {
+            doing,
+            path: path.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    /// The service `what` cannot be used, because of `source`.
+    pub fn service(what: impl Into<String>, source: Error) -> Self {
+        Error::Service {
+            what: what.into(),
+            source: Box::new(source),
         }
     }
 
@@ -120,5 +178,13 @@ mod tests {
         assert_eq!(Error::Config("x".into()).exit_code(), 2);
         assert_eq!(Error::Refused("x".into()).exit_code(), 3);
         assert_eq!(Error::Io(std::io::Error::other("x")).exit_code(), 1);
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let file = Error::file("read", std::path::Path::new("/nowhere"), missing);
+        assert_eq!(file.exit_code(), 2);
+        assert!(
+            std::error::Error::source(&file).is_some(),
+            "the cause is kept"
+        );
+        assert_eq!(Error::Bench("1 lost".into()).exit_code(), 1);
     }
 }

@@ -55,11 +55,9 @@ fn line_editor(
     tx: tokio::sync::mpsc::Sender<Input>,
 ) -> Result<(Output, std::thread::JoinHandle<()>)> {
     use rustyline::ExternalPrinter;
-    let mut editor = rustyline::DefaultEditor::new()
-        .map_err(|err| Error::Config(format!("cannot open the terminal: {err}")))?;
-    let mut printer = editor
-        .create_external_printer()
-        .map_err(|err| Error::Config(format!("cannot open the terminal: {err}")))?;
+    let terminal = |err| Error::file("open the terminal", std::path::Path::new("/dev/tty"), err);
+    let mut editor = rustyline::DefaultEditor::new().map_err(terminal)?;
+    let mut printer = editor.create_external_printer().map_err(terminal)?;
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::io::stdout().is_terminal();
     let output = Output::Terminal {

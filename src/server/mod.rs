@@ -68,24 +68,15 @@ pub fn tls_config(
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(|err| {
-            Error::Config(format!(
-                "cannot read a certificate from {}: {err}",
-                cert.display()
-            ))
-        })?;
+        .map_err(|err| Error::file("read a certificate from", cert, err))?;
     if certs.is_empty() {
         return Err(Error::Config(format!(
             "no certificate in {}",
             cert.display()
         )));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|err| {
-        Error::Config(format!(
-            "cannot read a private key from {}: {err}",
-            key.display()
-        ))
-    })?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|err| Error::file("read a private key from", key, err))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

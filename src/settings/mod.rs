@@ -10,20 +10,23 @@
 //! ([`ConnectionConfig`], [`ServerConfig`], [`ChatConfig`]) in one place each, as ripgrep turns
 //! its low-level arguments into high-level ones.
 
-use std::collections::BTreeSet;
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
+mod file;
+mod values;
+
+use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
 
 use crate::chat::{ChatConfig, History, ServePlan, valid_nick, valid_room};
 use crate::client::{ClientOptions, Speech};
-use crate::config::{ConnectionConfig, parse_bytes, parse_duration};
+use crate::config::ConnectionConfig;
 use crate::dial::Target;
 use crate::server::{Listen, ServerConfig};
 use crate::{Error, Result};
+
+use file::to_file_text;
+pub use file::{help_defaults, load_file, parse_file, show_defaults};
+pub use values::{Bytes, LogFormat, Secret, ServiceUrl, Setting, Time};
 
 /// Declares a group of settings: the struct (clap + serde, every field an `Option`), its keys,
 /// the merge, one accessor per field that falls back to the default, and the defaults as text.
@@ -95,206 +98,6 @@ macro_rules! settings {
             self.$field.clone()
         }
     };
-}
-
-/// A value a setting can hold, written as in a TOML file.
-pub trait Setting {
-    /// The value as a TOML value (`"25s"`, `4000`, `true`, `["a", "b"]`).
-    fn to_toml(&self) -> String;
-}
-
-fn quoted(text: &str) -> String {
-    // A JSON string is a valid TOML basic string.
-    serde_json::Value::from(text).to_string()
-}
-
-impl Setting for String {
-    fn to_toml(&self) -> String {
-        quoted(self)
-    }
-}
-
-impl Setting for PathBuf {
-    fn to_toml(&self) -> String {
-        quoted(&self.to_string_lossy())
-    }
-}
-
-impl Setting for bool {
-    fn to_toml(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Setting for u32 {
-    fn to_toml(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Setting for usize {
-    fn to_toml(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Setting for Vec<String> {
-    fn to_toml(&self) -> String {
-        let items: Vec<String> = self.iter().map(|s| quoted(s)).collect();
-        format!("[{}]", items.join(", "))
-    }
-}
-
-/// A duration as people write it: `3s`, `0.2s`, `250ms`, `2m` (a bare number is seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Time(pub Duration);
-
-impl FromStr for Time {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        parse_duration(text).map(Time)
-    }
-}
-
-impl fmt::Display for Time {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if !self.0.subsec_nanos().is_multiple_of(1_000_000) {
-            write!(f, "{}s", self.0.as_secs_f64())
-        } else if ms.is_multiple_of(1000) {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
-        }
-    }
-}
-
-impl Setting for Time {
-    fn to_toml(&self) -> String {
-        quoted(&self.to_string())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Time {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Seconds(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Seconds(s) => parse_duration(&s.to_string()),
-            Raw::Text(t) => parse_duration(&t),
-        }
-        .map(Time)
-        .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A size in bytes as people write it: `65536`, `64KiB`, `16MiB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bytes(pub usize);
-
-impl FromStr for Bytes {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        parse_bytes(text).map(Bytes)
-    }
-}
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const MIB: usize = 1024 * 1024;
-        match self.0 {
-            0 => write!(f, "0"),
-            n if n.is_multiple_of(MIB) => write!(f, "{}MiB", n / MIB),
-            n if n.is_multiple_of(1024) => write!(f, "{}KiB", n / 1024),
-            n => write!(f, "{n}"),
-        }
-    }
-}
-
-impl Setting for Bytes {
-    fn to_toml(&self) -> String {
-        quoted(&self.to_string())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Count(usize),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Count(n) => Ok(Bytes(n)),
-            Raw::Text(t) => parse_bytes(&t).map(Bytes).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// A secret (auth secret, token): never shown, not even by `--check-config`.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(text.to_owned()))
-    }
-}
-
-impl Setting for Secret {
-    fn to_toml(&self) -> String {
-        quoted("***")
-    }
-}
-
-/// The URL of a service (PostgreSQL, Redis): shown with its password replaced by `***`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct ServiceUrl(pub String);
-
-impl FromStr for ServiceUrl {
-    type Err = std::convert::Infallible;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(ServiceUrl(text.to_owned()))
-    }
-}
-
-impl Setting for ServiceUrl {
-    fn to_toml(&self) -> String {
-        quoted(&crate::config::redact_url(&self.0))
-    }
-}
-
-/// How log lines on stderr are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl Setting for LogFormat {
-    fn to_toml(&self) -> String {
-        quoted(match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        })
-    }
 }
 
 settings! {
@@ -525,12 +328,8 @@ impl SecretSettings {
                 ));
             }
             (Some(secret), None) => secret.0.clone().into_bytes(),
-            (None, Some(path)) => std::fs::read(path).map_err(|err| {
-                Error::Config(format!(
-                    "cannot read the auth secret from {}: {err}",
-                    path.display()
-                ))
-            })?,
+            (None, Some(path)) => std::fs::read(path)
+                .map_err(|err| Error::file("read the auth secret from", path, err))?,
             (None, None) => return Ok(None),
         };
         crate::auth::Auth::new(&secret).map(Some)
@@ -758,116 +557,11 @@ impl ConnectArgs {
     }
 }
 
-fn to_file_text(all: &[(&'static str, Option<String>)]) -> String {
-    all.iter()
-        .filter_map(|(key, value)| value.as_ref().map(|v| format!("{key} = {v}\n")))
-        .collect()
-}
-
-/// Reads a TOML settings file: an unknown key is refused with the list of valid ones, a bad
-/// value by its key; every error is one line naming the file.
-pub fn load_file<T: serde::de::DeserializeOwned>(path: &Path, keys: &[&str]) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        Error::Config(format!("cannot read config file {}: {err}", path.display()))
-    })?;
-    parse_file(&text, keys)
-        .map_err(|why| Error::Config(format!("config file {}: {why}", path.display())))
-}
-
-/// Parses the text of a settings file; the error is one line.
-pub fn parse_file<T: serde::de::DeserializeOwned>(text: &str, keys: &[&str]) -> Result<T, String> {
-    let table: toml::Table = toml::from_str(text).map_err(|err| one_line(&err.to_string()))?;
-    let valid: BTreeSet<&str> = keys.iter().copied().collect();
-    // Old spellings still read (serde aliases), though the list shows the current ones.
-    let aliases = ["allowed_origins"];
-    if let Some(bad) = table
-        .keys()
-        .find(|k| !valid.contains(k.as_str()) && !aliases.contains(&k.as_str()))
-    {
-        let list: Vec<&str> = valid.into_iter().collect();
-        return Err(format!(
-            "unknown key `{bad}`; valid keys: {}",
-            list.join(", ")
-        ));
-    }
-    for (key, value) in &table {
-        // Each key alone first, so that a bad value is reported with its key.
-        let one: toml::Table = [(key.clone(), value.clone())].into_iter().collect();
-        toml::Value::Table(one)
-            .try_into::<T>()
-            .map_err(|err| format!("{key}: {}", one_line(&err.to_string())))?;
-    }
-    toml::Value::Table(table)
-        .try_into::<T>()
-        .map_err(|err| one_line(&err.to_string()))
-}
-
-/// toml's messages span several lines (where, a snippet, what): keep where and what.
-fn one_line(text: &str) -> String {
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let place = lines.next().unwrap_or("invalid TOML");
-    match lines.next_back() {
-        Some(what) => format!("{place}: {}", what.trim_start_matches(['|', '^', ' '])),
-        None => place.to_owned(),
-    }
-}
-
-/// Every setting's default as `--help` shows it, by its argument id.
-pub fn help_defaults() -> Vec<(&'static str, String)> {
-    [
-        ServeSettings::defaults(),
-        LogSettings::defaults(),
-        SecretSettings::defaults(),
-        ChatSettings::defaults(),
-        ServerSettings::defaults(),
-        ConnectionSettings::defaults(),
-        ConnectSettings::defaults(),
-    ]
-    .concat()
-    .into_iter()
-    .filter_map(|(key, value)| {
-        let value = value?;
-        (value != "false").then(|| (key, value.trim_matches('"').replace("\", \"", ",")))
-    })
-    .collect()
-}
-
-/// Adds `[default: …]` to the help of every setting in `cmd` and its subcommands that has a
-/// default (clap's own `default_value` would fill the field, and a file could not override it).
-pub fn show_defaults(mut cmd: clap::Command) -> clap::Command {
-    let defaults = help_defaults();
-    let ids: Vec<(String, Option<String>, Option<String>)> = cmd
-        .get_arguments()
-        .filter(|a| a.get_default_values().is_empty())
-        .map(|a| {
-            (
-                a.get_id().to_string(),
-                a.get_help().map(ToString::to_string),
-                a.get_long_help().map(ToString::to_string),
-            )
-        })
-        .collect();
-    for (id, help, long_help) in ids {
-        let Some((_, default)) = defaults.iter().find(|(key, _)| *key == id) else {
-            continue;
-        };
-        let suffix = format!(" [default: {default}]");
-        cmd = cmd.mut_arg(&id, |a| {
-            let a = match help {
-                Some(help) => a.help(help + &suffix),
-                None => a,
-            };
-            match long_help {
-                Some(long) => a.long_help(long + &suffix),
-                None => a,
-            }
-        });
-    }
-    cmd.mut_subcommands(show_defaults)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
     use super::*;
     use clap::{CommandFactory, Parser};
 
