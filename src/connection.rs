@@ -36,10 +36,8 @@ use crate::metrics;
 use crate::outbox::Next;
 pub use crate::outbox::Outbox;
 pub use crate::transport::{BoxedTransport, ReadAhead, Transport};
+pub use crate::error::CLOSE_SLOW_CONSUMER;
 use crate::{Error, Result};
-
-/// Close code for a peer whose outbox overflowed: it read too slowly. It may reconnect and resume.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
 
 /// The longest close reason the protocol allows (a control frame carries 125 bytes, 2 are the code).
 const MAX_CLOSE_REASON: usize = 123;

@@ -9,6 +9,9 @@
 use tokio_tungstenite::tungstenite;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+/// Close code for a peer whose outbox overflowed: it read too slowly. It may reconnect and resume.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+
 /// What can go wrong on a nanachat connection or while starting a server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -91,7 +94,7 @@ impl Error {
             Error::TooBig(_) => Some(CloseCode::Size),
             Error::IdleTimeout(_) => Some(CloseCode::Away),
             Error::Policy(_) => Some(CloseCode::Policy),
-            Error::SlowConsumer => Some(CloseCode::Library(crate::connection::CLOSE_SLOW_CONSUMER)),
+            Error::SlowConsumer => Some(CloseCode::Library(CLOSE_SLOW_CONSUMER)),
             Error::Closed | Error::Io(_) => None,
             Error::Config(_)
             | Error::File { .. }
