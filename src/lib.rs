@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`auth`]: HS256 tokens (`--auth-secret`, `nanachat token`): who may connect as whom.
-//! - [`bench`](mod@bench): the load generator (`nanachat bench`): worker processes, HDR latency, reports.
+//! - `bench`: the load generator (`nanachat bench`): worker processes, HDR latency, reports
+//!   (feature `bench`, on by default).
 //! - [`chat`]: the chat server (`nanachat serve`): sessions, rooms, presence, DMs, resume.
 //! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
 //!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
@@ -27,6 +28,7 @@
 
 pub mod auth;
 mod backoff;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod chat;
 pub mod client;

@@ -140,8 +140,10 @@ enum Command {
         side: DemoSide,
     },
     /// The load generator: fan-out, echo, connection and resume-storm benchmarks.
+    #[cfg(feature = "bench")]
     Bench(Box<BenchArgs>),
     /// A bench worker process (started by `nanachat bench`).
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchWorker,
     /// An echo server on the same connection layer, for conformance testing.
@@ -155,6 +157,7 @@ enum Command {
 }
 
 /// `nanachat bench` options.
+#[cfg(feature = "bench")]
 #[derive(Debug, Args)]
 struct BenchArgs {
     /// What to run.
@@ -226,6 +229,7 @@ struct BenchArgs {
     quiet: bool,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum BenchScenario {
     Fanout,
@@ -613,6 +617,7 @@ fn run(cli: Cli) -> Result<()> {
                 })
             }
         }
+        #[cfg(feature = "bench")]
         Command::Bench(args) => bench(*args),
         Command::Token {
             sub,
@@ -641,6 +646,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", auth.mint(&claims));
             Ok(())
         }
+        #[cfg(feature = "bench")]
         Command::BenchWorker => nanachat::bench::worker_main(),
         Command::Echo { addr, limits } => {
             serve(Listen::on(&addr), limits.config()?, async || Ok(Echo))
@@ -686,6 +692,7 @@ fn run(cli: Cli) -> Result<()> {
 
 /// `nanachat bench`: runs, prints the table (or JSON), draws the plot; lost or duplicated
 /// messages make it fail.
+#[cfg(feature = "bench")]
 fn bench(args: BenchArgs) -> Result<()> {
     use nanachat::bench::{BenchSpec, Progress, Scenario};
     let spec = BenchSpec {
