@@ -135,7 +135,9 @@ pub(crate) fn new_epoch() -> u64 {
 }
 
 /// The promises every store keeps, run against each implementation (the SQLite and memory
-/// stores' unit tests, the PostgreSQL store's in `tests/postgres.rs`): not an API.
+/// stores' unit tests, the PostgreSQL store's in `tests/postgres.rs`): not an API, only built
+/// for tests (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 #[allow(clippy::unwrap_used, missing_docs)]
 pub mod contract {
