@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::python_now;
 use crate::config::ConnectionConfig;
 use crate::connection::{CloseCode, Connection, Incoming, Message};
-use crate::demo::python_now;
 use crate::dial::{Target, connect_with};
 use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTOCOL, ServerMsg};
 use crate::rate::Bucket;
@@ -118,7 +118,7 @@ pub async fn run(
     mut inputs: mpsc::Receiver<Input>,
     out: &mut Output,
 ) -> Result<Exit> {
-    let key = format!("{:x}{:x}", std::process::id(), crate::store::new_epoch());
+    let key = format!("{:x}{:x}", std::process::id(), crate::clock::now_us().max(1));
     let current = opts
         .rooms
         .first()

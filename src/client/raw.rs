@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Exit, Input, Output, backoff};
 use crate::Result;
+use crate::clock::python_now;
 use crate::config::ConnectionConfig;
 use crate::connection::{Incoming, Message};
-use crate::demo::python_now;
 use crate::dial::{Target, connect};
 
 /// Sends each input line as a text frame and prints each text frame received.

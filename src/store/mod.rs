@@ -17,7 +17,6 @@ mod queue;
 mod sqlite;
 
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
@@ -119,19 +118,13 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// When a message is stored (the chat's `tick` reads it here too).
+pub(crate) use crate::clock::now_ms;
 
 /// A new epoch: microseconds since the Unix epoch, unlike any earlier one on this machine even
-/// if the data directory was deleted and made anew.
+/// if the data directory was deleted and made anew (1 for a clock set before 1970).
 pub(crate) fn new_epoch() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
+    crate::clock::now_us().max(1)
 }
 
 /// The promises every store keeps, run against each implementation (the SQLite and memory

@@ -29,8 +29,9 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{debug, info};
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
-use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
 use crate::backoff::Reconnecting;
+use crate::clock::now_ms;
 use crate::{Error, Result};
 
 /// The schema, one migration per version; `nanachat_schema.version` says how many have run.

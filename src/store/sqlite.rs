@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
-use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
+use crate::clock::now_ms;
 use crate::{Error, Result};
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many have run.
