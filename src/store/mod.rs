@@ -1,9 +1,11 @@
 //! Durable history behind a small trait: every chat message is appended here, given its room's
 //! next `seq`, *before* it is acknowledged or broadcast; resume and history paging read it back.
 //!
-//! Two stores: [`SqliteStore`] (the default — one file, WAL, one writer thread with group
-//! commit) and [`MemoryStore`] (ephemeral, for `--memory` and tests). Both keep the same
-//! promises, checked by the same tests:
+//! Three stores: [`SqliteStore`] (the default — one file, WAL, one writer thread with group
+//! commit), [`PgStore`] (PostgreSQL, one history shared by several processes; a writer task with
+//! group commit — the two durable stores share their queue of write jobs) and [`MemoryStore`]
+//! (ephemeral, for `--memory` and tests). All three keep the same promises, checked by the same
+//! tests (the contract suite, feature `test-support`):
 //! - a room's seqs start at 1 and increase by one per stored message, never reused, even after
 //!   a wipe;
 //! - an append with a client id (`cid`) already stored for that sender in that room returns the
