@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 /// Prints `Hello world!`, sleeps one second without blocking the loop, prints `Hello again!`.
 async fn hello(who: &str) {
-    println!("Hello world! {} ({who})", nanachat::demo::python_now());
+    println!("Hello world! {} ({who})", nanachat::clock::python_now());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    println!("Hello again! {} ({who})", nanachat::demo::python_now());
+    println!("Hello again! {} ({who})", nanachat::clock::python_now());
 }
 
 /// Runs two hellos concurrently and returns how long both took.

@@ -35,6 +35,14 @@ impl Backoff {
         delay
     }
 
+    /// [`Backoff::failed`]'s delay spread over half to one and a half times itself (±50 %
+    /// jitter), so that clients dropped together do not come back together.
+    pub(crate) fn failed_jittered(&mut self) -> Duration {
+        let base = self.failed().as_millis() as u64;
+        let jitter = crate::clock::now_us() % (base + 1);
+        Duration::from_millis(base / 2 + jitter)
+    }
+
     /// Starts over from the shortest delay.
     pub(crate) fn succeeded(&mut self) {
         self.next = self.min;

@@ -2,13 +2,14 @@
 //! files and variables are declared in [`settings`](crate::settings); what is here is the shape
 //! of the commands and the one-shot ones (`token`, `bench`) that need no server.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::chat::{valid_nick, valid_room};
-use crate::config::{parse_bytes, parse_duration};
+#[cfg(feature = "bench")]
+use crate::config::parse_bytes;
+use crate::config::parse_duration;
 use crate::settings::{
     ConnectArgs, ConnectionSettings, LogFormat, SecretSettings, ServeArgs, ServerSettings,
     show_defaults,
@@ -77,8 +78,10 @@ pub enum Command {
         side: DemoSide,
     },
     /// The load generator: fan-out, echo, connection and resume-storm benchmarks.
+    #[cfg(feature = "bench")]
     Bench(Box<BenchArgs>),
     /// A bench worker process (started by `nanachat bench`).
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchWorker,
     /// An echo server on the same connection layer, for conformance testing.
@@ -188,6 +191,7 @@ impl TokenArgs {
 }
 
 /// `nanachat bench` options.
+#[cfg(feature = "bench")]
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to run.
@@ -253,13 +257,14 @@ pub struct BenchArgs {
     pub json: bool,
     /// Also draw latency over time and the latency histogram into this SVG file.
     #[arg(long)]
-    pub plot: Option<PathBuf>,
+    pub plot: Option<std::path::PathBuf>,
     /// No progress display.
     #[arg(long, short)]
     pub quiet: bool,
 }
 
 /// What `nanachat bench` runs.
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum BenchScenario {
     /// Rooms of receivers and publishers.
@@ -274,6 +279,7 @@ pub enum BenchScenario {
 
 /// `nanachat bench`: runs, prints the table (or JSON), draws the plot; lost or duplicated
 /// messages make it fail.
+#[cfg(feature = "bench")]
 pub fn bench(args: BenchArgs) -> Result<()> {
     use crate::bench::{BenchSpec, Progress, Scenario};
     let spec = BenchSpec {

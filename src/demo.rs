@@ -16,6 +16,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::clock::python_now;
 use crate::config::ConnectionConfig;
 use crate::connection::{Connection, Handler, Incoming, Message, Utf8Bytes};
 use crate::dial::{self, Target};
@@ -143,21 +144,6 @@ async fn inter_break(tick: Duration) -> Result<()> {
     }
 }
 
-/// `datetime.datetime.now()` as Python prints it: local time, microseconds, and no fraction at
-/// all when the microseconds are zero.
-pub fn python_now() -> String {
-    python_timestamp(chrono::Local::now().naive_local())
-}
-
-fn python_timestamp(t: chrono::NaiveDateTime) -> String {
-    use chrono::Timelike;
-    if t.nanosecond() / 1000 == 0 {
-        t.format("%Y-%m-%d %H:%M:%S").to_string()
-    } else {
-        t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-    }
-}
-
 /// A message as the seed prints it: text as is, bytes as Python's `b'…'`.
 fn show(msg: &Incoming) -> String {
     match msg {
@@ -193,18 +179,6 @@ fn print_line(line: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::NaiveDate;
-
-    #[test]
-    fn timestamps_print_as_python_prints_datetime_now() {
-        let day = NaiveDate::from_ymd_opt(2021, 9, 6).expect("date");
-        let t = day.and_hms_micro_opt(11, 23, 14, 967_038).expect("time");
-        assert_eq!(python_timestamp(t), "2021-09-06 11:23:14.967038");
-        let t = day.and_hms_micro_opt(11, 23, 14, 38).expect("time");
-        assert_eq!(python_timestamp(t), "2021-09-06 11:23:14.000038");
-        let t = day.and_hms_micro_opt(11, 23, 14, 0).expect("time");
-        assert_eq!(python_timestamp(t), "2021-09-06 11:23:14");
-    }
 
     #[test]
     fn bytes_print_as_python_prints_them() {

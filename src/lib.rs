@@ -3,7 +3,10 @@
 //! # Layout
 //!
 //! - [`auth`]: HS256 tokens (`--auth-secret`, `nanachat token`): who may connect as whom.
-//! - [`bench`](mod@bench): the load generator (`nanachat bench`): worker processes, HDR latency, reports.
+//! - `bench`: the load generator (`nanachat bench`): worker processes, HDR latency, reports
+//!   (feature `bench`, on by default).
+//! - [`clock`]: the wall clock in seconds, milliseconds and microseconds, and the seed's
+//!   timestamp text.
 //! - [`chat`]: the chat server (`nanachat serve`): sessions, rooms, presence, DMs, resume.
 //! - [`connection`]: one WebSocket connection — reading half, writer task fed by a bounded
 //!   [`Outbox`](connection::Outbox), pings, idle timeout, close codes — and the [`Handler`]
@@ -30,10 +33,12 @@
 
 pub mod auth;
 mod backoff;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod demo;

@@ -72,7 +72,9 @@ fn run(command: Command) -> Result<()> {
             println!("{}", args.mint()?);
             Ok(())
         }
+        #[cfg(feature = "bench")]
         Command::Bench(args) => nanachat::cli::bench(*args),
+        #[cfg(feature = "bench")]
         Command::BenchWorker => nanachat::bench::worker_main(),
         Command::Echo {
             addr,

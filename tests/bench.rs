@@ -1,6 +1,7 @@
 //! `nanachat bench` as users run it, against real servers in child processes: every delivery is
 //! accounted for, a lossy server is called out, resume storms and connection holds report what
 //! they measured, bad options are refused. (What the figures are is for `bench/`, not for tests.)
+#![cfg(feature = "bench")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,4 +1,5 @@
 //! The PostgreSQL store against a real PostgreSQL server started for each test.
+#![cfg(feature = "test-support")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -27,13 +27,14 @@ use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::net::IpAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use stats::{HistData, Timeline, histogram};
 pub use stats::{Percentiles, Report};
 
+use crate::clock::now_us;
 use crate::{Error, Result};
 
 /// What to run.
@@ -295,14 +296,6 @@ struct WorkerDone {
     first_error: Option<String>,
     lost: u64,
     duplicated: u64,
-}
-
-/// Wall-clock microseconds: the one clock all processes on a machine share.
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// The entry point of a worker process (`nanachat bench-worker`).

@@ -13,7 +13,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::stats::{HistData, histogram, record};
-use super::{BenchSpec, Cmd, Ev, Scenario, WorkerDone, WorkerSpec, now_us};
+use super::{BenchSpec, Cmd, Ev, Scenario, WorkerDone, WorkerSpec};
+use crate::clock::now_us;
 use crate::config::ConnectionConfig;
 use crate::connection::{Connection, Incoming, Message};
 use crate::dial::{Target, connect_from};

@@ -2,8 +2,8 @@
 //! (plain-text mode). A chat message is rendered once per mode and the same bytes go to every
 //! recipient ([`Delivery`]).
 
+use crate::clock::python_now;
 use crate::connection::Utf8Bytes;
-use crate::demo::python_now;
 use crate::protocol::{ChatMessage, PresenceEvent, ServerMsg};
 
 /// How a connection speaks.

@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+use crate::clock::python_now;
 use crate::config::ConnectionConfig;
 use crate::connection::{CloseCode, Connection, Incoming, Message};
-use crate::demo::python_now;
 use crate::dial::{Target, connect_with};
 use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTOCOL, ServerMsg};
 use crate::rate::Bucket;
@@ -110,7 +111,11 @@ pub async fn run(
     mut inputs: mpsc::Receiver<Input>,
     out: &mut Output,
 ) -> Result<Exit> {
-    let key = format!("{:x}{:x}", std::process::id(), crate::store::new_epoch());
+    let key = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        crate::clock::now_us().max(1)
+    );
     let current = opts
         .rooms
         .first()
@@ -142,7 +147,7 @@ pub async fn run(
         welcomed: false,
     };
     let config = ConnectionConfig::default();
-    let mut attempt = 0u32;
+    let mut backoff = RECONNECT;
     let mut connected_once = false;
     loop {
         let shutdown = CancellationToken::new();
@@ -153,7 +158,7 @@ pub async fn run(
                     out.notice("* reconnected");
                 }
                 connected_once = true;
-                attempt = 0;
+                backoff.succeeded();
                 let end = state.session(&mut conn, &mut inputs, out).await;
                 let outcome = match &end {
                     SessionEnd::Lost(_) => Err(Error::Closed),
@@ -177,8 +182,7 @@ pub async fn run(
             SessionEnd::Exit(exit) => return Ok(exit),
             SessionEnd::Again => continue,
             SessionEnd::Lost(why) if state.opts.reconnect => {
-                let wait = backoff(attempt);
-                attempt += 1;
+                let wait = backoff.failed_jittered();
                 out.status(&format!(
                     "* disconnected ({why}); reconnecting in {:.1}s",
                     wait.as_secs_f64()
@@ -192,13 +196,9 @@ pub async fn run(
     }
 }
 
-/// Exponential back-off from 100 ms to 10 s, with ±50 % jitter so that clients dropped together
-/// do not come back together.
-fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(7)).min(10_000);
-    let jitter = crate::store::new_epoch() % (base + 1);
-    Duration::from_millis(base / 2 + jitter)
-}
+/// The wait before a reconnect: exponential back-off from 100 ms to 10 s, with ±50 % jitter
+/// ([`Backoff::failed_jittered`]) so that clients dropped together do not come back together.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 impl State {
     async fn send(&self, conn: &Connection, msg: &ClientMsg) -> Result<()> {
@@ -561,8 +561,9 @@ mod tests {
 
     #[test]
     fn back_off_grows_with_jitter_and_a_cap() {
+        let mut backoff = RECONNECT;
         for attempt in 0..20 {
-            let wait = backoff(attempt).as_millis() as u64;
+            let wait = backoff.failed_jittered().as_millis() as u64;
             let base = (100u64 << attempt.min(7)).min(10_000);
             assert!(
                 (base / 2..=base / 2 + base).contains(&wait),

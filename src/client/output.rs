@@ -58,9 +58,7 @@ impl Output {
                 stdout_line(&format!("[{}] {}: {}", m.room, m.from, m.text))
             }
             Output::Terminal { printer, style } => {
-                let time = chrono::DateTime::from_timestamp_millis(m.time)
-                    .map(|t| t.with_timezone(&chrono::Local).format("%H:%M").to_string())
-                    .unwrap_or_default();
+                let time = crate::clock::local_hh_mm(m.time);
                 let nick = if style.color {
                     format!("\x1b[1;{}m{}\x1b[0m", colour_of(&m.from), m.from)
                 } else {

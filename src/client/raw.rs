@@ -7,11 +7,11 @@ use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
-use super::{Exit, Input, Output, backoff};
+use super::{Exit, Input, Output, RECONNECT};
 use crate::Result;
+use crate::clock::python_now;
 use crate::config::ConnectionConfig;
 use crate::connection::{Incoming, Message};
-use crate::demo::python_now;
 use crate::dial::{Target, connect};
 
 /// Sends each input line as a text frame and prints each text frame received.
@@ -24,14 +24,13 @@ pub async fn run_raw(
 ) -> Result<Exit> {
     let config = ConnectionConfig::default();
     let mut connected_once = false;
-    let mut attempt = 0;
+    let mut backoff = RECONNECT;
     loop {
         let mut conn = match connect(target, &config, CancellationToken::new()).await {
             Ok(conn) => conn,
             Err(err) if !connected_once => return Err(err),
             Err(err) => {
-                let wait = backoff(attempt);
-                attempt += 1;
+                let wait = backoff.failed_jittered();
                 out.status(&format!(
                     "* {err}; reconnecting in {:.1}s",
                     wait.as_secs_f64()
@@ -41,7 +40,7 @@ pub async fn run_raw(
             }
         };
         connected_once = true;
-        attempt = 0;
+        backoff.succeeded();
         let mut ticker = send_every.map(|every| {
             let mut t = interval(every);
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);

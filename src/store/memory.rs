@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
 use crate::Result;
+use crate::clock::now_ms;
 
 /// History kept in memory only (`nanachat serve --memory`).
 #[derive(Debug, Default)]

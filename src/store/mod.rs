@@ -1,9 +1,11 @@
 //! Durable history behind a small trait: every chat message is appended here, given its room's
 //! next `seq`, *before* it is acknowledged or broadcast; resume and history paging read it back.
 //!
-//! Two stores: [`SqliteStore`] (the default — one file, WAL, one writer thread with group
-//! commit) and [`MemoryStore`] (ephemeral, for `--memory` and tests). Both keep the same
-//! promises, checked by the same tests:
+//! Three stores: [`SqliteStore`] (the default — one file, WAL, one writer thread with group
+//! commit), [`PgStore`] (PostgreSQL, one history shared by several processes; a writer task with
+//! group commit — the two durable stores share their queue of write jobs) and [`MemoryStore`]
+//! (ephemeral, for `--memory` and tests). All three keep the same promises, checked by the same
+//! tests (the contract suite, feature `test-support`):
 //! - a room's seqs start at 1 and increase by one per stored message, never reused, even after
 //!   a wipe;
 //! - an append with a client id (`cid`) already stored for that sender in that room returns the
@@ -17,7 +19,6 @@ mod queue;
 mod sqlite;
 
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
@@ -119,23 +120,19 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// When a message is stored (the chat's `tick` reads it here too).
+pub(crate) use crate::clock::now_ms;
 
 /// A new epoch: microseconds since the Unix epoch, unlike any earlier one on this machine even
-/// if the data directory was deleted and made anew.
+/// if the data directory was deleted and made anew (1 for a clock set before 1970).
 pub(crate) fn new_epoch() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
+    crate::clock::now_us().max(1)
 }
 
 /// The promises every store keeps, run against each implementation (the SQLite and memory
-/// stores' unit tests, the PostgreSQL store's in `tests/postgres.rs`): not an API.
+/// stores' unit tests, the PostgreSQL store's in `tests/postgres.rs`): not an API, only built
+/// for tests (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 #[allow(clippy::unwrap_used, missing_docs)]
 pub mod contract {

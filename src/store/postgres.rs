@@ -19,7 +19,6 @@
 //! Migrations run at start under an advisory lock, so processes starting together migrate once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +28,9 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{debug, info};
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
-use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
 use crate::backoff::Reconnecting;
+use crate::clock::now_ms;
 use crate::{Error, Result};
 
 /// The schema, one migration per version; `nanachat_schema.version` says how many have run.
@@ -63,7 +63,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PgStore {
     queue: Queue,
     reader: Arc<Link>,
-    stats: Arc<StoreStats>,
     shown: String,
 }
 
@@ -93,20 +92,18 @@ impl PgStore {
         let writer = Link::new(config, &shown);
         writer.get().await.map_err(unreachable)?;
         let (queue, rx) = Queue::new();
-        let stats = Arc::new(StoreStats::default());
-        tokio::spawn(write_loop(writer, rx, stats.clone()));
+        tokio::spawn(write_loop(writer, rx, queue.stats().clone()));
         info!(store = %shown, "history store");
         Ok(Self {
             queue,
             reader,
-            stats,
             shown,
         })
     }
 
     /// The writer's counters: commits, jobs, commit time, failed batches.
     pub fn stats(&self) -> &StoreStats {
-        &self.stats
+        self.queue.stats()
     }
 
     /// The database's address, without its password.
@@ -288,9 +285,7 @@ async fn migrate_locked(client: &Client) -> Result<()> {
 }
 
 impl Store for PgStore {
-    fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send + 'static {
-        self.queue.append(append)
-    }
+    super::queue::store_methods_on_the_queue!();
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
         let conn = self.reader.get().await?;
@@ -341,18 +336,6 @@ impl Store for PgStore {
         };
         Ok(room_state(&row))
     }
-
-    async fn wipe(&self, room: &str) -> Result<RoomState> {
-        self.queue.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.queue.submit(Job::Flush).await
-    }
-
-    fn write_metrics(&self, out: &mut String) {
-        self.stats.write_metrics(out);
-    }
 }
 
 fn room_state(row: &tokio_postgres::Row) -> RoomState {
@@ -380,9 +363,7 @@ async fn write_loop(link: Link, mut rx: mpsc::Receiver<Job>, stats: Arc<StoreSta
             },
             Err(err) => Err(err.to_string()),
         };
-        let took = started.elapsed();
-        debug!(batch = jobs.len(), ?took, "store commit");
-        answer_batch(jobs, outcome, took, &stats);
+        answer_batch(jobs, outcome, started, &stats);
     }
 }
 

@@ -1,11 +1,14 @@
-//! What both durable stores share: the queue of write jobs in front of one writer that commits
-//! them in batches (group commit), how a job is answered, and the writer's counters.
+//! What both durable stores (SQLite, PostgreSQL) share: the queue of write jobs in front of one
+//! writer that commits them in batches (group commit), how a job is answered, the writer's
+//! counters, and the [`Store`](super::Store) methods answered by the queue alone.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
 
 use super::{Append, Appended, RoomState};
 use crate::{Error, Result};
@@ -32,10 +35,11 @@ pub(crate) enum Done {
     Flushed(Result<()>),
 }
 
-/// The sending side of the writer's queue.
+/// The sending side of the writer's queue, and the counters its writer keeps.
 #[derive(Debug, Clone)]
 pub(crate) struct Queue {
     jobs: mpsc::Sender<Job>,
+    stats: Arc<StoreStats>,
 }
 
 fn stopped() -> Error {
@@ -46,7 +50,13 @@ impl Queue {
     /// A queue and the receiver its writer drains.
     pub(crate) fn new() -> (Self, mpsc::Receiver<Job>) {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        (Self { jobs }, rx)
+        let stats = Arc::default();
+        (Self { jobs, stats }, rx)
+    }
+
+    /// The writer's counters (the writer is given a clone to keep them in).
+    pub(crate) fn stats(&self) -> &Arc<StoreStats> {
+        &self.stats
     }
 
     /// Queues a job and waits for its answer.
@@ -81,7 +91,46 @@ impl Queue {
             rx.await.map_err(|_| stopped())?
         }
     }
+
+    /// Queues a wipe of `room` and waits for it to be committed.
+    pub(crate) async fn wipe(&self, room: &str) -> Result<RoomState> {
+        self.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
+    }
+
+    /// Waits until everything queued before is committed (or has failed).
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.submit(Job::Flush).await
+    }
 }
+
+/// The [`Store`](super::Store) methods that a store on the writer queue (a `queue: Queue` field)
+/// answers from the queue alone: `append`, `wipe`, `flush` and `write_metrics`. Used inside
+/// `impl Store for …`, so that the stores on the queue do not each write them again.
+macro_rules! store_methods_on_the_queue {
+    () => {
+        fn append(
+            &self,
+            append: $crate::store::Append,
+        ) -> impl ::std::future::Future<Output = $crate::Result<$crate::store::Appended>>
+        + Send
+        + 'static {
+            self.queue.append(append)
+        }
+
+        async fn wipe(&self, room: &str) -> $crate::Result<$crate::store::RoomState> {
+            self.queue.wipe(room).await
+        }
+
+        async fn flush(&self) -> $crate::Result<()> {
+            self.queue.flush().await
+        }
+
+        fn write_metrics(&self, out: &mut String) {
+            self.queue.stats().write_metrics(out);
+        }
+    };
+}
+pub(crate) use store_methods_on_the_queue;
 
 /// Takes the first job and every one waiting behind it, up to [`MAX_BATCH`].
 pub(crate) fn take_batch(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
@@ -95,13 +144,16 @@ pub(crate) fn take_batch(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
     jobs
 }
 
-/// Answers a committed batch, or every job of a failed one with its error.
+/// Answers a committed batch, or every job of a failed one with its error; `started` is when
+/// its commit began.
 pub(crate) fn answer_batch(
     jobs: Vec<Job>,
     outcome: std::result::Result<Vec<Done>, String>,
-    took: Duration,
+    started: Instant,
     stats: &StoreStats,
 ) {
+    let took = started.elapsed();
+    debug!(batch = jobs.len(), ?took, "store commit");
     match outcome {
         Ok(done) => {
             stats.commits.fetch_add(1, Ordering::Relaxed);

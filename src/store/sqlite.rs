@@ -7,7 +7,6 @@
 //! process (`kill -9`); a power cut may lose the last commits. Reads use their own connection,
 //! which WAL lets run beside the writer.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,7 +16,8 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
-use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch, now_ms};
+use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
+use crate::clock::now_ms;
 use crate::{Error, Result};
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many have run.
@@ -46,7 +46,6 @@ pub struct SqliteStore {
     queue: Queue,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
-    stats: Arc<StoreStats>,
 }
 
 fn store_err(err: rusqlite::Error) -> Error {
@@ -86,8 +85,7 @@ impl SqliteStore {
             .map_err(store_err)?;
 
         let (queue, rx) = Queue::new();
-        let stats = Arc::new(StoreStats::default());
-        let writer_stats = stats.clone();
+        let writer_stats = queue.stats().clone();
         std::thread::Builder::new()
             .name("nanachat-store".into())
             .spawn(move || write_loop(writer, rx, &writer_stats))?;
@@ -95,13 +93,12 @@ impl SqliteStore {
             queue,
             reader: Arc::new(Mutex::new(reader)),
             path,
-            stats,
         })
     }
 
     /// The writer's counters: commits, jobs, commit time.
     pub fn stats(&self) -> &StoreStats {
-        &self.stats
+        self.queue.stats()
     }
 
     /// The database file.
@@ -124,9 +121,7 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send + 'static {
-        self.queue.append(append)
-    }
+    super::queue::store_methods_on_the_queue!();
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
         let room = room.to_owned();
@@ -177,18 +172,6 @@ impl Store for SqliteStore {
             }
         }
     }
-
-    async fn wipe(&self, room: &str) -> Result<RoomState> {
-        self.queue.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
-    }
-
-    async fn flush(&self) -> Result<()> {
-        self.queue.submit(Job::Flush).await
-    }
-
-    fn write_metrics(&self, out: &mut String) {
-        self.stats.write_metrics(out);
-    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -229,9 +212,7 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
         let jobs = take_batch(first, &mut rx);
         let started = Instant::now();
         let outcome = commit_batch(&mut conn, &jobs).map_err(|err| err.to_string());
-        let took = started.elapsed();
-        debug!(batch = jobs.len(), ?took, "store commit");
-        answer_batch(jobs, outcome, took, stats);
+        answer_batch(jobs, outcome, started, stats);
     }
 }
 
