@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::Inner;
+use super::types::{Change, ONLINE, chat_message, dm_pair};
 use crate::backoff::Reconnecting;
 use crate::protocol::{ChatMessage, PresenceEvent, ServerMsg};
 use crate::store::{MAX_PAGE, Page, Store};
@@ -227,17 +228,6 @@ struct PresenceNote {
     event: PresenceEvent,
 }
 
-/// One member joining (+1) or leaving (-1) a room on this process, numbered by the hub.
-#[derive(Debug)]
-pub(crate) struct Change {
-    pub(crate) generation: u64,
-    pub(crate) room: String,
-    pub(crate) nick: String,
-    pub(crate) delta: i64,
-    /// For the room of nicks online: the key the nick's connections share.
-    pub(crate) key: Option<String>,
-}
-
 /// Counters, for metrics.
 #[derive(Debug, Default)]
 struct Stats {
@@ -338,7 +328,7 @@ impl Cluster {
     pub(crate) async fn online(&self, nick: &str) -> Result<bool> {
         let mut pipe = redis::pipe();
         pipe.cmd("HEXISTS")
-            .arg(format!("{ROOM_PREFIX}{}", super::hub::ONLINE))
+            .arg(format!("{ROOM_PREFIX}{}", ONLINE))
             .arg(nick);
         let (online,): (bool,) = self.link.run(&pipe).await?;
         Ok(online)
@@ -396,7 +386,7 @@ impl Cluster {
             .arg(1)
             .arg(node_key(node))
             .arg(ROOM_PREFIX)
-            .arg(super::hub::ONLINE)
+            .arg(ONLINE)
             .arg(CLAIM_PREFIX)
             .arg(self.presence_limit)
             .arg(PRESENCE);
@@ -499,7 +489,7 @@ async fn fill_room<S: Store>(inner: &Inner<S>, room: &str) -> Result<()> {
                 continue;
             }
             let seq = record.seq;
-            let msg = ServerMsg::Message(super::session::chat_message(record));
+            let msg = ServerMsg::Message(chat_message(record));
             inner.hub.deliver(room, Some((seq, &msg)));
             cluster(inner).stats.filled.fetch_add(1, Ordering::Relaxed);
         }
@@ -591,7 +581,7 @@ async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
 /// A direct message for a pair this process has not opened: if one of the two is connected
 /// here, the room is opened just before this message, which is then delivered, and filled.
 fn open_dm<S: Store>(inner: &Arc<Inner<S>>, msg: ChatMessage) {
-    let Some((a, b)) = super::hub::dm_pair(&msg.room) else {
+    let Some((a, b)) = dm_pair(&msg.room) else {
         return;
     };
     if !inner.hub.nick_online(&a) && !inner.hub.nick_online(&b) {
@@ -686,7 +676,7 @@ async fn apply(cluster: &Cluster, changes: &[Change]) -> Result<()> {
 fn changes_pipe(cluster: &Cluster, changes: &[Change], tell: bool) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for c in changes {
-        let online = c.room == super::hub::ONLINE;
+        let online = c.room == ONLINE;
         let claim = if online {
             format!("{CLAIM_PREFIX}{}", c.nick)
         } else {

@@ -8,6 +8,7 @@ mod cluster;
 mod hub;
 mod render;
 mod session;
+mod types;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -20,6 +21,7 @@ use crate::{Error, Result};
 
 pub use cluster::Broker;
 pub use render::Mode;
+pub use types::{valid_nick, valid_room};
 
 /// The fan-out path without sockets, for the micro-benchmarks in `benches/`: not an API.
 #[doc(hidden)]
@@ -339,37 +341,3 @@ Connect a WebSocket client to this address (ws://HOST:PORT/ or /ws).\n\
 - Ask for none and you are in plain-text mode: you join `lobby`, each line you send is said\n  \
 there, /help lists the commands.\n\n\
 /healthz answers ok; /metrics has Prometheus metrics.\n";
-
-/// Whether `nick` is a valid nick: 1–32 letters, digits, `-` or `_`.
-pub fn valid_nick(nick: &str) -> bool {
-    (1..=32).contains(&nick.len())
-        && nick
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// Whether `room` is a valid room name: 1–64 letters, digits, `-`, `_` or `.`. Names starting
-/// with `@` are direct-message rooms, made by the server.
-pub fn valid_room(room: &str) -> bool {
-    (1..=64).contains(&room.len())
-        && room
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_checked() {
-        assert!(valid_nick("nana_7-x"));
-        for bad in ["", "has space", "émoji", &"x".repeat(33), "a@b"] {
-            assert!(!valid_nick(bad), "{bad}");
-        }
-        assert!(valid_room("lobby.en"));
-        for bad in ["", "@a+b", "sp ace", &"r".repeat(65)] {
-            assert!(!valid_room(bad), "{bad}");
-        }
-    }
-}

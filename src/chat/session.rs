@@ -6,16 +6,16 @@ use std::sync::atomic::Ordering;
 use tokio::time::{MissedTickBehavior, interval_at};
 use tracing::warn;
 
-use super::hub::{ConnId, dm_pair, dm_room};
 use super::render::{Mode, PLAIN_HELP, render};
-use super::{Inner, valid_nick, valid_room};
+use super::Inner;
+use super::types::{ConnId, chat_message, dm_pair, dm_room, valid_nick, valid_room};
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
     ChatMessage, ClientMsg, ErrorCode, Limits, RoomInfo, SUBPROTOCOL, ServerMsg, parse_client,
 };
 use crate::rate::Bucket;
-use crate::store::{Append, MAX_PAGE, Page, Record, Store, now_ms};
+use crate::store::{Append, MAX_PAGE, Page, Store, now_ms};
 use crate::{Error, Result};
 
 /// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
@@ -740,15 +740,5 @@ impl From<Refusal> for Failure {
 impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         Failure::Fatal(err)
-    }
-}
-
-pub(super) fn chat_message(r: Record) -> ChatMessage {
-    ChatMessage {
-        room: r.room,
-        seq: r.seq,
-        from: r.from,
-        text: r.text,
-        time: r.time_ms,
     }
 }
