@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::Inner;
+use super::hub::Hub;
 use super::types::{Change, ONLINE, chat_message, dm_pair};
 use crate::backoff::Reconnecting;
 use crate::protocol::{ChatMessage, PresenceEvent, ServerMsg};
@@ -238,69 +238,80 @@ struct Stats {
     expired_nodes: AtomicU64,
 }
 
-/// This process's part of the cluster.
+/// This process's part of the cluster. Its tasks hold it weakly: they end when it is dropped.
 #[derive(Debug)]
-pub(crate) struct Cluster {
+pub(crate) struct Cluster<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// What the cluster's tasks work on: this process's hub and store, and the link to Redis.
+#[derive(Debug)]
+struct Shared<S> {
     node: String,
     link: Link,
+    hub: Arc<Hub>,
+    store: Arc<S>,
     publish: mpsc::UnboundedSender<ChatMessage>,
     fill: mpsc::UnboundedSender<(String, bool)>,
     stats: Stats,
     presence_limit: usize,
 }
 
-/// What the cluster's tasks are handed at start.
-pub(crate) struct Receivers {
-    publish: mpsc::UnboundedReceiver<ChatMessage>,
-    fill: mpsc::UnboundedReceiver<(String, bool)>,
-    changes: mpsc::UnboundedReceiver<Change>,
-}
-
-impl Cluster {
-    /// This process's part, and the receivers its tasks read (see [`start`]).
-    pub(crate) fn new(
+impl<S: Store> Cluster<S> {
+    /// Makes this process one of several: the hub's joins and leaves go to Redis from now on,
+    /// and the cluster's tasks are started (call this inside a Tokio runtime).
+    pub(crate) fn start(
         broker: Broker,
         presence_limit: usize,
-    ) -> (Self, mpsc::UnboundedSender<Change>, Receivers) {
+        hub: Arc<Hub>,
+        store: Arc<S>,
+    ) -> Self {
         let (publish, publish_rx) = mpsc::unbounded_channel();
         let (fill, fill_rx) = mpsc::unbounded_channel();
         let (changes, changes_rx) = mpsc::unbounded_channel();
+        hub.feed_presence(changes);
         let node = format!("{:x}-{}", crate::store::new_epoch(), std::process::id());
         info!(broker = %broker.shown, %node, "cluster: this process is one of several");
-        (
-            Self {
-                node,
-                link: Link::new(broker),
-                publish,
-                fill,
-                stats: Stats::default(),
-                presence_limit,
-            },
-            changes,
-            Receivers {
-                publish: publish_rx,
-                fill: fill_rx,
-                changes: changes_rx,
-            },
-        )
+        let shared = Arc::new(Shared {
+            node,
+            link: Link::new(broker),
+            hub,
+            store,
+            publish,
+            fill,
+            stats: Stats::default(),
+            presence_limit,
+        });
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(publish_loop(weak.clone(), publish_rx));
+        tokio::spawn(fill_loop(weak.clone(), fill_rx));
+        tokio::spawn(subscribe_loop(weak.clone()));
+        tokio::spawn(presence_loop(weak, changes_rx));
+        Self { shared }
+    }
+
+    /// Ends an append (or hands on another process's message): the hub delivers it in seq
+    /// order, and a gap left behind it is filled from the store.
+    pub(crate) fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) {
+        self.shared.deliver(room, stored);
     }
 
     /// Hands a stored message to the publisher (never waits).
     pub(crate) fn publish(&self, msg: ChatMessage) {
-        let _ = self.publish.send(msg);
+        let _ = self.shared.publish.send(msg);
     }
 
     /// Asks for `room` to be filled from the store; `grace` waits a little first, for the
     /// message that may be on its way.
     pub(crate) fn fill(&self, room: &str, grace: bool) {
-        let _ = self.fill.send((room.to_owned(), grace));
+        self.shared.fill(room, grace);
     }
 
     /// The nicks in a room on every process, sorted.
     pub(crate) async fn members(&self, room: &str) -> Result<Vec<String>> {
         let mut pipe = redis::pipe();
         pipe.cmd("HKEYS").arg(format!("{ROOM_PREFIX}{room}"));
-        let (mut nicks,): (Vec<String>,) = self.link.run(&pipe).await?;
+        let (mut nicks,): (Vec<String>,) = self.shared.link.run(&pipe).await?;
         nicks.sort();
         Ok(nicks)
     }
@@ -315,13 +326,14 @@ impl Cluster {
             .arg(format!("{CLAIM_PREFIX}{nick}"))
             .arg(key.unwrap_or(""))
             .arg(CLAIM_TTL.as_millis() as u64);
-        let (granted,): (bool,) = self.link.run(&pipe).await?;
+        let (granted,): (bool,) = self.shared.link.run(&pipe).await?;
         Ok(granted)
     }
 
     /// A prefix for guests' nicks that no other process uses (but by chance: claims decide).
     pub(crate) fn guest_prefix(&self) -> String {
-        format!("guest-{}", &self.node[self.node.len().saturating_sub(4)..])
+        let node = &self.shared.node;
+        format!("guest-{}", &node[node.len().saturating_sub(4)..])
     }
 
     /// Whether anybody is connected as `nick` on any process.
@@ -330,11 +342,13 @@ impl Cluster {
         pipe.cmd("HEXISTS")
             .arg(format!("{ROOM_PREFIX}{}", ONLINE))
             .arg(nick);
-        let (online,): (bool,) = self.link.run(&pipe).await?;
+        let (online,): (bool,) = self.shared.link.run(&pipe).await?;
         Ok(online)
     }
 
+    /// Appends the cluster's counters (Prometheus text format).
     pub(crate) fn write_metrics(&self, out: &mut String) {
+        let stats = &self.shared.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         crate::metrics::write_all(
             out,
@@ -343,31 +357,31 @@ impl Cluster {
                     "nanachat_cluster_published_total",
                     "counter",
                     "Stored messages published to the other processes.",
-                    get(&self.stats.published),
+                    get(&stats.published),
                 ),
                 (
                     "nanachat_cluster_received_total",
                     "counter",
                     "Messages received from the other processes.",
-                    get(&self.stats.received),
+                    get(&stats.received),
                 ),
                 (
                     "nanachat_cluster_backfilled_total",
                     "counter",
                     "Messages read from the store to fill a gap pub/sub left.",
-                    get(&self.stats.filled),
+                    get(&stats.filled),
                 ),
                 (
                     "nanachat_cluster_resubscribes_total",
                     "counter",
                     "Times the link to Redis was made again.",
-                    get(&self.stats.resubscribes),
+                    get(&stats.resubscribes),
                 ),
                 (
                     "nanachat_cluster_expired_processes_total",
                     "counter",
                     "Other processes found dead whose members this one took out.",
-                    get(&self.stats.expired_nodes),
+                    get(&stats.expired_nodes),
                 ),
             ],
         );
@@ -375,7 +389,20 @@ impl Cluster {
 
     /// Takes this process's members out of every room (graceful shutdown).
     pub(crate) async fn withdraw(&self) -> Result<()> {
-        self.withdraw_node(&self.node).await.map(drop)
+        self.shared.withdraw_node(&self.shared.node).await.map(drop)
+    }
+}
+
+impl<S: Store> Shared<S> {
+    /// Delivers through the hub; a gap left behind the message is filled after a grace.
+    fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) {
+        if self.hub.deliver(room, stored) {
+            self.fill(room, true);
+        }
+    }
+
+    fn fill(&self, room: &str, grace: bool) {
+        let _ = self.fill.send((room.to_owned(), grace));
     }
 
     /// Takes a process's members out of every room; returns how many nicks left rooms.
@@ -403,32 +430,16 @@ fn alive_key(node: &str) -> String {
     format!("nanachat:alive:{node}")
 }
 
-/// Starts the cluster's tasks; they end when the chat server is dropped.
-pub(crate) fn start<S: Store>(inner: &Arc<Inner<S>>, receivers: Receivers) {
-    let weak = Arc::downgrade(inner);
-    tokio::spawn(publish_loop(weak.clone(), receivers.publish));
-    tokio::spawn(fill_loop(weak.clone(), receivers.fill));
-    tokio::spawn(subscribe_loop(weak.clone()));
-    tokio::spawn(presence_loop(weak, receivers.changes));
-}
-
-fn cluster<S: Store>(inner: &Inner<S>) -> &Cluster {
-    match &inner.cluster {
-        Some(cluster) => cluster,
-        None => unreachable!("the cluster's tasks run only with a cluster"),
-    }
-}
-
 /// Publishes stored messages, as many per round trip as are waiting. While Redis is down
 /// they are dropped: the other processes fill them from the store once they are back.
 async fn publish_loop<S: Store>(
-    inner: Weak<Inner<S>>,
+    inner: Weak<Shared<S>>,
     mut rx: mpsc::UnboundedReceiver<ChatMessage>,
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
         let Some(inner) = inner.upgrade() else { return };
-        let cluster = cluster(&inner);
+        let cluster = &*inner;
         let mut pipe = redis::pipe();
         let n = batch.len() as u64;
         for msg in batch.drain(..) {
@@ -451,7 +462,7 @@ async fn publish_loop<S: Store>(
 
 /// Fills rooms from the store, in seq order, up to the last stored seq.
 async fn fill_loop<S: Store>(
-    inner: Weak<Inner<S>>,
+    inner: Weak<Shared<S>>,
     mut rx: mpsc::UnboundedReceiver<(String, bool)>,
 ) {
     let mut batch = Vec::new();
@@ -468,13 +479,13 @@ async fn fill_loop<S: Store>(
             if let Err(err) = fill_room(&inner, &room).await {
                 warn!(cause = %err, %room, "back-fill failed; retrying");
                 tokio::time::sleep(FILL_RETRY).await;
-                cluster(&inner).fill(&room, false);
+                inner.fill(&room, false);
             }
         }
     }
 }
 
-async fn fill_room<S: Store>(inner: &Inner<S>, room: &str) -> Result<()> {
+async fn fill_room<S: Store>(inner: &Shared<S>, room: &str) -> Result<()> {
     loop {
         let Some(next) = inner.hub.next_seq(room) else {
             return Ok(());
@@ -491,7 +502,7 @@ async fn fill_room<S: Store>(inner: &Inner<S>, room: &str) -> Result<()> {
             let seq = record.seq;
             let msg = ServerMsg::Message(chat_message(record));
             inner.hub.deliver(room, Some((seq, &msg)));
-            cluster(inner).stats.filled.fetch_add(1, Ordering::Relaxed);
+            inner.stats.filled.fetch_add(1, Ordering::Relaxed);
         }
         if !full {
             return Ok(());
@@ -501,12 +512,12 @@ async fn fill_room<S: Store>(inner: &Inner<S>, room: &str) -> Result<()> {
 
 /// Receives what the other processes publish; on every (re)subscribe, fills every room held
 /// and has the presence task put this process's share in again.
-async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
+async fn subscribe_loop<S: Store>(inner: Weak<Shared<S>>) {
     let mut backoff = crate::backoff::LINK;
     let mut first = true;
     loop {
         let broker = match inner.upgrade() {
-            Some(inner) => cluster(&inner).link.broker.clone(),
+            Some(inner) => inner.link.broker.clone(),
             None => return,
         };
         let subscribed = async {
@@ -529,7 +540,7 @@ async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
         backoff.succeeded();
         {
             let Some(inner) = inner.upgrade() else { return };
-            let cluster = cluster(&inner);
+            let cluster = &*inner;
             if !first {
                 info!(broker = %broker.shown, "Redis is back: filling every room from the store");
                 cluster.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
@@ -549,7 +560,7 @@ async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
                     let Ok(p) = serde_json::from_slice::<Published>(payload) else {
                         continue;
                     };
-                    let cluster = cluster(&inner);
+                    let cluster = &*inner;
                     if p.node == cluster.node {
                         continue;
                     }
@@ -559,12 +570,7 @@ async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
                         open_dm(&inner, p.msg);
                         continue;
                     }
-                    if inner
-                        .hub
-                        .deliver(&room, Some((seq, &ServerMsg::Message(p.msg))))
-                    {
-                        cluster.fill(&room, true);
-                    }
+                    inner.deliver(&room, Some((seq, &ServerMsg::Message(p.msg))));
                 }
                 PRESENCE => {
                     if let Ok(p) = serde_json::from_slice::<PresenceNote>(payload) {
@@ -580,7 +586,7 @@ async fn subscribe_loop<S: Store>(inner: Weak<Inner<S>>) {
 
 /// A direct message for a pair this process has not opened: if one of the two is connected
 /// here, the room is opened just before this message, which is then delivered, and filled.
-fn open_dm<S: Store>(inner: &Arc<Inner<S>>, msg: ChatMessage) {
+fn open_dm<S: Store>(inner: &Arc<Shared<S>>, msg: ChatMessage) {
     let Some((a, b)) = dm_pair(&msg.room) else {
         return;
     };
@@ -601,13 +607,13 @@ fn open_dm<S: Store>(inner: &Arc<Inner<S>>, msg: ChatMessage) {
         inner.hub.open_room(&room, state, Some((a, b)));
         inner.deliver(&room, Some((seq, &ServerMsg::Message(msg))));
         // What came after it while the room was being opened.
-        cluster(&inner).fill(&room, false);
+        inner.fill(&room, false);
     });
 }
 
 /// Keeps this process's share of presence in Redis, says it is alive, and takes out the
 /// members of processes that died.
-async fn presence_loop<S: Store>(inner: Weak<Inner<S>>, mut rx: mpsc::UnboundedReceiver<Change>) {
+async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::UnboundedReceiver<Change>) {
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::new();
@@ -619,7 +625,7 @@ async fn presence_loop<S: Store>(inner: Weak<Inner<S>>, mut rx: mpsc::UnboundedR
             _ = heartbeat.tick() => {},
         }
         let Some(inner) = inner.upgrade() else { return };
-        let cluster = cluster(&inner);
+        let cluster = &*inner;
         if inner.hub.take_resync() {
             synced = None;
         }
@@ -654,7 +660,7 @@ async fn presence_loop<S: Store>(inner: Weak<Inner<S>>, mut rx: mpsc::UnboundedR
 }
 
 /// Puts this process's share in, replacing what Redis held of it (no events).
-async fn put_share(cluster: &Cluster, share: &[Change]) -> Result<()> {
+async fn put_share<S: Store>(cluster: &Shared<S>, share: &[Change]) -> Result<()> {
     cluster.withdraw_node(&cluster.node).await?;
     if !share.is_empty() {
         cluster
@@ -666,14 +672,14 @@ async fn put_share(cluster: &Cluster, share: &[Change]) -> Result<()> {
 }
 
 /// Applies joins and leaves; each publishes its event if it changed who is in a room.
-async fn apply(cluster: &Cluster, changes: &[Change]) -> Result<()> {
+async fn apply<S>(cluster: &Shared<S>, changes: &[Change]) -> Result<()> {
     cluster
         .link
         .run(&changes_pipe(cluster, changes, true))
         .await
 }
 
-fn changes_pipe(cluster: &Cluster, changes: &[Change], tell: bool) -> redis::Pipeline {
+fn changes_pipe<S>(cluster: &Shared<S>, changes: &[Change], tell: bool) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for c in changes {
         let online = c.room == ONLINE;
@@ -702,7 +708,7 @@ fn changes_pipe(cluster: &Cluster, changes: &[Change], tell: bool) -> redis::Pip
 }
 
 /// Says this process is alive; takes out the share of every process that is not.
-async fn beat(cluster: &Cluster) -> Result<()> {
+async fn beat<S: Store>(cluster: &Shared<S>) -> Result<()> {
     let mut pipe = redis::pipe();
     pipe.cmd("SET")
         .arg(alive_key(&cluster.node))

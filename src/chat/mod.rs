@@ -5,7 +5,9 @@
 //! rest get plain-text mode (see `docs/protocol.md`).
 
 mod cluster;
+mod directory;
 mod hub;
+mod plain;
 mod render;
 mod session;
 mod types;
@@ -164,27 +166,14 @@ pub struct Chat<S> {
 
 #[derive(Debug)]
 struct Inner<S> {
-    store: S,
-    hub: hub::Hub,
+    store: Arc<S>,
+    /// Members, rooms and delivery, alone or in a cluster.
+    directory: directory::Directory<S>,
     config: ChatConfig,
     max_message_bytes: usize,
     next_id: AtomicU64,
-    /// This process's part of a cluster of several.
-    cluster: Option<cluster::Cluster>,
     /// Error frames sent, by [`ErrorCode`] (indexed by its discriminant).
     errors: [AtomicU64; ErrorCode::ALL.len()],
-}
-
-impl<S> Inner<S> {
-    /// Ends an append (or hands on another process's message): the hub delivers it in seq
-    /// order; in a cluster, a gap left behind it is filled from the store.
-    fn deliver(&self, room: &str, stored: Option<(u64, &crate::protocol::ServerMsg)>) {
-        if self.hub.deliver(room, stored)
-            && let Some(cluster) = &self.cluster
-        {
-            cluster.fill(room, true);
-        }
-    }
 }
 
 impl<S: Store> Chat<S> {
@@ -194,28 +183,17 @@ impl<S: Store> Chat<S> {
     /// With a broker in `config`, the cluster's tasks are started: call this inside a Tokio
     /// runtime.
     pub fn new(store: S, config: ChatConfig, max_message_bytes: usize) -> Self {
-        let hub = hub::Hub::new(config.presence_limit);
-        let (cluster, receivers) = match config.broker.clone() {
-            Some(broker) => {
-                let (cluster, changes, receivers) =
-                    cluster::Cluster::new(broker, config.presence_limit);
-                hub.feed_presence(changes);
-                (Some(cluster), Some(receivers))
-            }
-            None => (None, None),
-        };
+        let store = Arc::new(store);
+        let directory =
+            directory::Directory::new(store.clone(), config.presence_limit, config.broker.clone());
         let inner = Arc::new(Inner {
             store,
-            hub,
+            directory,
             config,
             max_message_bytes,
             next_id: AtomicU64::new(1),
-            cluster,
             errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
         });
-        if let Some(receivers) = receivers {
-            cluster::start(&inner, receivers);
-        }
         Self { inner }
     }
 }
@@ -255,16 +233,14 @@ impl<S: Store> Handler for Chat<S> {
             tracing::warn!(cause = %err, "store flush on shutdown failed");
         }
         // The others see this process's members leave now, not when its heartbeat expires.
-        if let Some(cluster) = &self.inner.cluster
-            && let Err(err) = cluster.withdraw().await
-        {
+        if let Err(err) = self.inner.directory.withdraw().await {
             tracing::warn!(cause = %err, "taking this process's members out of Redis failed");
         }
     }
 
     fn write_metrics(&self, out: &mut String) {
         use crate::metrics::write_labelled;
-        let (members, rooms, deliveries, slow_closes) = self.inner.hub.counts();
+        let (members, rooms, deliveries, slow_closes) = self.inner.directory.hub().counts();
         let get = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         crate::metrics::write_all(
             out,
@@ -304,9 +280,7 @@ impl<S: Store> Handler for Chat<S> {
             ErrorCode::ALL.map(|c| (c.as_str(), get(&self.inner.errors[c as usize]))),
         );
         self.inner.store.write_metrics(out);
-        if let Some(cluster) = &self.inner.cluster {
-            cluster.write_metrics(out);
-        }
+        self.inner.directory.write_metrics(out);
     }
 }
 
