@@ -6,6 +6,7 @@
 
 mod cluster;
 mod directory;
+mod history;
 mod hub;
 mod plain;
 mod render;
