@@ -1,10 +1,16 @@
 //! The chat server (`nanachat serve`): a [`Handler`] that turns connections into members of
 //! rooms. A `say` travels: session (parse, validate, rate limit) → [`Store::append`] (durable,
 //! seq assigned) → `ack` to the sender and the message, rendered once per mode, to every member's
-//! outbox via the hub (`chat/hub.rs`). Clients that ask for the `nanachat.v1` subprotocol speak JSON; the
-//! rest get plain-text mode (see `docs/protocol.md`).
+//! outbox via the hub (`chat/hub.rs`). Clients that ask for the `nanachat.v1` subprotocol speak
+//! JSON; the rest get plain-text mode (see `docs/protocol.md`).
+//!
+//! Its parts depend on each other one way only: `session.rs` (one connection; `plain.rs` and
+//! `history.rs` are more of it) → `directory.rs` (the one seam: alone or one of several) →
+//! `cluster/` (Redis) → `hub.rs` (this process's members and rooms) → `render.rs`; every part
+//! may use `types.rs`, and `config.rs` (the settings) names the cluster's `Broker`.
 
 mod cluster;
+mod config;
 mod directory;
 mod history;
 mod hub;
@@ -15,14 +21,14 @@ mod types;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
+use crate::Result;
 use crate::connection::{Asset, Connection, Handler};
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
 use crate::store::Store;
-use crate::{Error, Result};
 
 pub use cluster::Broker;
+pub use config::ChatConfig;
 pub use render::Mode;
 pub use types::{valid_nick, valid_room};
 
@@ -31,81 +37,10 @@ pub use types::{valid_nick, valid_room};
 #[doc(hidden)]
 pub mod bench_support;
 
-/// Limits and timers of the chat layer; the connection's own are in
-/// [`ConnectionConfig`](crate::config::ConnectionConfig).
-#[derive(Debug, Clone)]
-pub struct ChatConfig {
-    /// Longest text of one message, in characters.
-    pub max_text_chars: usize,
-    /// Messages per second a connection may send, sustained.
-    pub rate_per_sec: u32,
-    /// Messages a connection may send in a burst.
-    pub rate_burst: u32,
-    /// Refusals in a row for rate after which the connection is closed with 1008.
-    pub rate_strikes: u32,
-    /// Rooms one connection may be in.
-    pub max_rooms: usize,
-    /// Interval of the app-level heartbeat (`tick`); zero sends none.
-    pub heartbeat_interval: Duration,
-    /// Rooms with more members than this get no join/leave `presence` events (members ask
-    /// with `who`): each event goes to every member, so filling a room of n costs n² otherwise,
-    /// and a crowd joining at once must not send a member more events than its outbox holds.
-    pub presence_limit: usize,
-    /// With a secret, only holders of a valid token may connect, each as its token's nick
-    /// ([`crate::auth`]); without one the server is open.
-    pub auth: Option<crate::auth::Auth>,
-    /// With a broker (and a shared store), this process is one of several serving one chat:
-    /// see `docs/scaling.md`.
-    pub broker: Option<Broker>,
-}
-
-impl Default for ChatConfig {
-    fn default() -> Self {
-        Self {
-            max_text_chars: 4000,
-            rate_per_sec: 20,
-            rate_burst: 40,
-            rate_strikes: 20,
-            max_rooms: 32,
-            heartbeat_interval: Duration::from_secs(25),
-            presence_limit: 100,
-            auth: None,
-            broker: None,
-        }
-    }
-}
-
-impl ChatConfig {
-    /// Checks the values once, at start.
-    pub fn validate(&self) -> Result<()> {
-        if self.max_text_chars == 0 || self.max_rooms == 0 {
-            return Err(Error::Config(
-                "max text chars and max rooms must be above 0".into(),
-            ));
-        }
-        if self.rate_per_sec == 0 || self.rate_burst == 0 {
-            return Err(Error::Config("the rate and burst must be above 0".into()));
-        }
-        Ok(())
-    }
-}
-
 /// The chat server's handler, over a history store.
 #[derive(Debug)]
 pub struct Chat<S> {
-    inner: Arc<Inner<S>>,
-}
-
-#[derive(Debug)]
-struct Inner<S> {
-    store: Arc<S>,
-    /// Members, rooms and delivery, alone or in a cluster.
-    directory: directory::Directory<S>,
-    config: ChatConfig,
-    max_message_bytes: usize,
-    next_id: AtomicU64,
-    /// Error frames sent, by [`ErrorCode`] (indexed by its discriminant).
-    errors: [AtomicU64; ErrorCode::ALL.len()],
+    inner: Arc<session::Inner<S>>,
 }
 
 impl<S: Store> Chat<S> {
@@ -118,7 +53,7 @@ impl<S: Store> Chat<S> {
         let store = Arc::new(store);
         let directory =
             directory::Directory::new(store.clone(), config.presence_limit, config.broker.clone());
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(session::Inner {
             store,
             directory,
             config,

@@ -7,12 +7,13 @@
 //! [`Directory`](super::directory::Directory), never decided here.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::{MissedTickBehavior, interval_at};
 use tracing::warn;
 
-use super::Inner;
+use super::config::ChatConfig;
+use super::directory::Directory;
 use super::hub::Hub;
 use super::render::{Mode, render};
 use super::types::{ConnId, chat_message, dm_pair, dm_room, valid_nick, valid_room};
@@ -27,6 +28,22 @@ use crate::{Error, Result};
 
 /// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
 pub(super) const AUTHENTICATED: &str = "\u{0}token";
+
+/// What every session of one chat server shares.
+#[derive(Debug)]
+pub(super) struct Inner<S> {
+    /// Where messages are kept.
+    pub(super) store: Arc<S>,
+    /// Members, rooms and delivery, alone or in a cluster.
+    pub(super) directory: Directory<S>,
+    pub(super) config: ChatConfig,
+    /// The connection layer's limit on a message, told to clients in `welcome`.
+    pub(super) max_message_bytes: usize,
+    /// The id of the next connection.
+    pub(super) next_id: AtomicU64,
+    /// Error frames sent, by [`ErrorCode`] (indexed by its discriminant).
+    pub(super) errors: [AtomicU64; ErrorCode::ALL.len()],
+}
 
 /// Serves one connection until it ends, then takes it out of the hub.
 pub(super) async fn run<S: Store>(chat: Arc<Inner<S>>, conn: &mut Connection) -> Result<()> {
