@@ -25,17 +25,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use tracing::debug;
 
-use super::cluster::Change;
 use super::render::{Delivery, Mode, render};
+use super::types::{Change, ConnId, ONLINE};
 use crate::connection::{CLOSE_SLOW_CONSUMER, CloseCode, CloseFrame, Message, Outbox};
 use crate::protocol::{ErrorCode, PresenceEvent, ServerMsg};
 use crate::store::RoomState;
-
-/// The pseudo-room (not a valid room name) whose members, in a cluster, are the nicks online.
-pub(crate) const ONLINE: &str = "*";
-
-/// A connection's id, unique for the life of the process.
-pub(crate) type ConnId = u64;
 
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
@@ -116,18 +110,6 @@ pub(crate) struct Joined {
     pub(crate) last_seq: u64,
     /// The member was added with a backlog and must replay, then call `finish_replay`.
     pub(crate) replay: bool,
-}
-
-/// The direct-message room of two nicks.
-pub(crate) fn dm_room(a: &str, b: &str) -> String {
-    let (x, y) = if a <= b { (a, b) } else { (b, a) };
-    format!("@{x}+{y}")
-}
-
-/// The two nicks of a direct-message room's name, if it is one.
-pub(crate) fn dm_pair(room: &str) -> Option<(String, String)> {
-    let (a, b) = room.strip_prefix('@')?.split_once('+')?;
-    (super::valid_nick(a) && super::valid_nick(b) && a <= b).then(|| (a.to_owned(), b.to_owned()))
 }
 
 impl Hub {

@@ -1,190 +1,48 @@
 //! The chat server (`nanachat serve`): a [`Handler`] that turns connections into members of
 //! rooms. A `say` travels: session (parse, validate, rate limit) → [`Store::append`] (durable,
 //! seq assigned) → `ack` to the sender and the message, rendered once per mode, to every member's
-//! outbox via the hub (`chat/hub.rs`). Clients that ask for the `nanachat.v1` subprotocol speak JSON; the
-//! rest get plain-text mode (see `docs/protocol.md`).
+//! outbox via the hub (`chat/hub.rs`). Clients that ask for the `nanachat.v1` subprotocol speak
+//! JSON; the rest get plain-text mode (see `docs/protocol.md`).
+//!
+//! Its parts depend on each other one way only: `session.rs` (one connection; `plain.rs` and
+//! `history.rs` are more of it) → `directory.rs` (the one seam: alone or one of several) →
+//! `cluster/` (Redis) → `hub.rs` (this process's members and rooms) → `render.rs`; every part
+//! may use `types.rs`, and `config.rs` (the settings) names the cluster's `Broker`.
 
 mod cluster;
+mod config;
+mod directory;
+mod history;
 mod hub;
+mod plain;
 mod render;
 mod serve;
 mod session;
+mod types;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
+use crate::Result;
 use crate::connection::{Asset, Connection, Handler};
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
 use crate::store::Store;
-use crate::{Error, Result};
 
 pub use cluster::Broker;
+pub use config::ChatConfig;
 pub use render::Mode;
 pub use serve::{History, ServePlan, serve};
+pub use types::{valid_nick, valid_room};
 
 /// The fan-out path without sockets, for the micro-benchmarks in `benches/`: not an API.
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
-pub mod bench_support {
-    use super::hub::Hub;
-    use crate::connection::Message;
-    use crate::outbox::{Next, Outbox};
-    use crate::protocol::{ChatMessage, ServerMsg};
-    use crate::store::RoomState;
-
-    /// One room of `members` JSON connections in a hub.
-    #[derive(Debug)]
-    pub struct FanoutRoom {
-        hub: Hub,
-        outboxes: Vec<Outbox>,
-        seq: u64,
-        batch: std::collections::VecDeque<Message>,
-    }
-
-    impl FanoutRoom {
-        /// A hub with one room and `members` connections in it.
-        pub fn new(members: usize) -> Self {
-            let hub = Hub::new(0);
-            hub.open_room(
-                "lobby",
-                RoomState {
-                    epoch: 1,
-                    last_seq: 0,
-                },
-                None,
-            );
-            let mut outboxes = Vec::with_capacity(members);
-            for id in 0..members as u64 {
-                let outbox = Outbox::new(1024);
-                let nick = format!("n{id}");
-                hub.connect(id, &nick, None, outbox.clone(), super::Mode::Json)
-                    .expect("a free nick");
-                hub.join(id, "lobby", None, None, 1).expect("joined");
-                outboxes.push(outbox);
-            }
-            let mut room = Self {
-                hub,
-                outboxes,
-                seq: 0,
-                batch: Default::default(),
-            };
-            room.drain();
-            room
-        }
-
-        /// Stores-and-delivers one message as the server does after an append: rendered once,
-        /// queued to every member; then empties the outboxes as their writers would.
-        pub fn deliver(&mut self, text: &str) {
-            self.seq += 1;
-            let msg = ServerMsg::Message(ChatMessage {
-                room: "lobby".into(),
-                seq: self.seq,
-                from: "nana".into(),
-                text: text.into(),
-                time: 1_764_000_000_000,
-            });
-            self.hub.deliver("lobby", Some((self.seq, &msg)));
-            self.drain();
-        }
-
-        fn drain(&mut self) {
-            for outbox in &self.outboxes {
-                while let Next::Batch = outbox.next_batch(&mut self.batch, usize::MAX) {
-                    self.batch.clear();
-                }
-            }
-        }
-    }
-}
-
-/// Limits and timers of the chat layer; the connection's own are in
-/// [`ConnectionConfig`](crate::config::ConnectionConfig).
-#[derive(Debug, Clone)]
-pub struct ChatConfig {
-    /// Longest text of one message, in characters.
-    pub max_text_chars: usize,
-    /// Messages per second a connection may send, sustained.
-    pub rate_per_sec: u32,
-    /// Messages a connection may send in a burst.
-    pub rate_burst: u32,
-    /// Refusals in a row for rate after which the connection is closed with 1008.
-    pub rate_strikes: u32,
-    /// Rooms one connection may be in.
-    pub max_rooms: usize,
-    /// Interval of the app-level heartbeat (`tick`); zero sends none.
-    pub heartbeat_interval: Duration,
-    /// Rooms with more members than this get no join/leave `presence` events (members ask
-    /// with `who`): each event goes to every member, so filling a room of n costs n² otherwise,
-    /// and a crowd joining at once must not send a member more events than its outbox holds.
-    pub presence_limit: usize,
-    /// With a secret, only holders of a valid token may connect, each as its token's nick
-    /// ([`crate::auth`]); without one the server is open.
-    pub auth: Option<crate::auth::Auth>,
-    /// With a broker (and a shared store), this process is one of several serving one chat:
-    /// see `docs/scaling.md`.
-    pub broker: Option<Broker>,
-}
-
-impl Default for ChatConfig {
-    fn default() -> Self {
-        Self {
-            max_text_chars: 4000,
-            rate_per_sec: 20,
-            rate_burst: 40,
-            rate_strikes: 20,
-            max_rooms: 32,
-            heartbeat_interval: Duration::from_secs(25),
-            presence_limit: 100,
-            auth: None,
-            broker: None,
-        }
-    }
-}
-
-impl ChatConfig {
-    /// Checks the values once, at start.
-    pub fn validate(&self) -> Result<()> {
-        if self.max_text_chars == 0 || self.max_rooms == 0 {
-            return Err(Error::Config(
-                "max text chars and max rooms must be above 0".into(),
-            ));
-        }
-        if self.rate_per_sec == 0 || self.rate_burst == 0 {
-            return Err(Error::Config("the rate and burst must be above 0".into()));
-        }
-        Ok(())
-    }
-}
+pub mod bench_support;
 
 /// The chat server's handler, over a history store.
 #[derive(Debug)]
 pub struct Chat<S> {
-    inner: Arc<Inner<S>>,
-}
-
-#[derive(Debug)]
-struct Inner<S> {
-    store: S,
-    hub: hub::Hub,
-    config: ChatConfig,
-    max_message_bytes: usize,
-    next_id: AtomicU64,
-    /// This process's part of a cluster of several.
-    cluster: Option<cluster::Cluster>,
-    /// Error frames sent, by [`ErrorCode`] (indexed by its discriminant).
-    errors: [AtomicU64; ErrorCode::ALL.len()],
-}
-
-impl<S> Inner<S> {
-    /// Ends an append (or hands on another process's message): the hub delivers it in seq
-    /// order; in a cluster, a gap left behind it is filled from the store.
-    fn deliver(&self, room: &str, stored: Option<(u64, &crate::protocol::ServerMsg)>) {
-        if self.hub.deliver(room, stored)
-            && let Some(cluster) = &self.cluster
-        {
-            cluster.fill(room, true);
-        }
-    }
+    inner: Arc<session::Inner<S>>,
 }
 
 impl<S: Store> Chat<S> {
@@ -194,28 +52,17 @@ impl<S: Store> Chat<S> {
     /// With a broker in `config`, the cluster's tasks are started: call this inside a Tokio
     /// runtime.
     pub fn new(store: S, config: ChatConfig, max_message_bytes: usize) -> Self {
-        let hub = hub::Hub::new(config.presence_limit);
-        let (cluster, receivers) = match config.broker.clone() {
-            Some(broker) => {
-                let (cluster, changes, receivers) =
-                    cluster::Cluster::new(broker, config.presence_limit);
-                hub.feed_presence(changes);
-                (Some(cluster), Some(receivers))
-            }
-            None => (None, None),
-        };
-        let inner = Arc::new(Inner {
+        let store = Arc::new(store);
+        let directory =
+            directory::Directory::new(store.clone(), config.presence_limit, config.broker.clone());
+        let inner = Arc::new(session::Inner {
             store,
-            hub,
+            directory,
             config,
             max_message_bytes,
             next_id: AtomicU64::new(1),
-            cluster,
             errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
         });
-        if let Some(receivers) = receivers {
-            cluster::start(&inner, receivers);
-        }
         Self { inner }
     }
 }
@@ -255,16 +102,14 @@ impl<S: Store> Handler for Chat<S> {
             tracing::warn!(cause = %err, "store flush on shutdown failed");
         }
         // The others see this process's members leave now, not when its heartbeat expires.
-        if let Some(cluster) = &self.inner.cluster
-            && let Err(err) = cluster.withdraw().await
-        {
+        if let Err(err) = self.inner.directory.withdraw().await {
             tracing::warn!(cause = %err, "taking this process's members out of Redis failed");
         }
     }
 
     fn write_metrics(&self, out: &mut String) {
         use crate::metrics::write_labelled;
-        let (members, rooms, deliveries, slow_closes) = self.inner.hub.counts();
+        let (members, rooms, deliveries, slow_closes) = self.inner.directory.hub().counts();
         let get = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         crate::metrics::write_all(
             out,
@@ -304,9 +149,7 @@ impl<S: Store> Handler for Chat<S> {
             ErrorCode::ALL.map(|c| (c.as_str(), get(&self.inner.errors[c as usize]))),
         );
         self.inner.store.write_metrics(out);
-        if let Some(cluster) = &self.inner.cluster {
-            cluster.write_metrics(out);
-        }
+        self.inner.directory.write_metrics(out);
     }
 }
 
@@ -341,37 +184,3 @@ Connect a WebSocket client to this address (ws://HOST:PORT/ or /ws).\n\
 - Ask for none and you are in plain-text mode: you join `lobby`, each line you send is said\n  \
 there, /help lists the commands.\n\n\
 /healthz answers ok; /metrics has Prometheus metrics.\n";
-
-/// Whether `nick` is a valid nick: 1–32 letters, digits, `-` or `_`.
-pub fn valid_nick(nick: &str) -> bool {
-    (1..=32).contains(&nick.len())
-        && nick
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// Whether `room` is a valid room name: 1–64 letters, digits, `-`, `_` or `.`. Names starting
-/// with `@` are direct-message rooms, made by the server.
-pub fn valid_room(room: &str) -> bool {
-    (1..=64).contains(&room.len())
-        && room
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_checked() {
-        assert!(valid_nick("nana_7-x"));
-        for bad in ["", "has space", "émoji", &"x".repeat(33), "a@b"] {
-            assert!(!valid_nick(bad), "{bad}");
-        }
-        assert!(valid_room("lobby.en"));
-        for bad in ["", "@a+b", "sp ace", &"r".repeat(65)] {
-            assert!(!valid_room(bad), "{bad}");
-        }
-    }
-}

@@ -94,10 +94,6 @@ fn plain(msg: &ServerMsg) -> String {
     }
 }
 
-/// The help text of plain-text mode.
-pub(crate) const PLAIN_HELP: &str = "* commands: /nick NAME, /join ROOM, /leave [ROOM], \
-/msg NICK TEXT, /who [ROOM], /rooms, /history [N], /help; anything else is said in your current room";
-
 #[cfg(test)]
 mod tests {
     use super::*;

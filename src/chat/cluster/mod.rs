@@ -1,0 +1,415 @@
+//! Several `nanachat serve` processes as one chat service (`--broker redis://…`, with
+//! `--store postgres://…`): Redis pub/sub carries what one process stored to the others, and
+//! Redis hashes hold who is in which room on every process.
+//!
+//! Messages. The process that stores a message delivers it to its own members and publishes
+//! it on [`MESSAGES`](redis::MESSAGES); every other process delivers it to its members through
+//! the hub, which keeps each room in seq order. Pub/sub is at-most-once: a process that is cut
+//! off from Redis misses what was published meanwhile. Two things bring it back, both from the
+//! store, which has every seq (a seq is committed only after all seqs before it):
+//! - a *jump*: the hub got seq n+2 while waiting for n+1 — after a short grace for the message
+//!   in flight, the filler reads the missing seqs from the store and delivers them first;
+//! - a *resubscribe*: after Redis comes back, every room held is filled from the store, as a
+//!   message published while the link was down may be the last one for a while.
+//!
+//! Either way the hub drops seqs it has delivered already: no gap, no duplicate.
+//!
+//! Presence. For each room a hash `nanachat:room:<room>` counts, per nick, the connections in
+//! the room on all processes; each process also keeps its own share in `nanachat:node:<id>`.
+//! The process whose change takes a nick's count from 0 to 1 (or 1 to 0) publishes the join
+//! (leave) on [`PRESENCE`](redis::PRESENCE), and every process tells its members. `who` reads
+//! the room's hash. Each process refreshes `nanachat:alive:<id>` (TTL
+//! [`ALIVE_TTL`](redis::ALIVE_TTL)) every [`HEARTBEAT`]; a process that finds another's key
+//! gone takes that process's share out of the rooms and publishes the leaves: the members of a
+//! process that died are gone within TTL + heartbeat. After Redis comes back, each process
+//! puts its share in again from what its hub holds. Each change and the event it causes are
+//! one Lua step, so a process that stops between them cannot leave a count changed and its
+//! event untold.
+//!
+//! Nicks. On an open server a nick is claimed in `nanachat:nick:<nick>` before it is used,
+//! with the key its connections share; its count in the room of nicks online (`*`) then holds
+//! the claim, and the last of its connections anywhere releases it.
+//!
+//! This file holds the tasks that do all this (publisher, subscriber, filler, presence and
+//! heartbeat) and the [`Cluster`] the directory asks; the keys, the Lua steps and the commands
+//! they send are the link's, in `redis.rs`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::hub::Hub;
+use super::types::{Change, chat_message, dm_pair};
+use crate::Result;
+use crate::protocol::{ChatMessage, ServerMsg};
+use crate::store::{MAX_PAGE, Page, Store};
+
+mod redis;
+
+pub use self::redis::Broker;
+use self::redis::{HEARTBEAT, Heard, Link, heard};
+
+/// How long a jump waits for the missing message to come the usual way before reading it.
+const GRACE: Duration = Duration::from_millis(30);
+/// How long a back-fill that failed (the store is down) waits before it is tried again.
+const FILL_RETRY: Duration = Duration::from_millis(100);
+
+/// Counters, for metrics.
+#[derive(Debug, Default)]
+struct Stats {
+    published: AtomicU64,
+    received: AtomicU64,
+    filled: AtomicU64,
+    resubscribes: AtomicU64,
+    expired_nodes: AtomicU64,
+}
+
+/// This process's part of the cluster. Its tasks hold it weakly: they end when it is dropped.
+#[derive(Debug)]
+pub(crate) struct Cluster<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// What the cluster's tasks work on: this process's hub and store, and the link to Redis.
+#[derive(Debug)]
+struct Shared<S> {
+    link: Link,
+    hub: Arc<Hub>,
+    store: Arc<S>,
+    publish: mpsc::UnboundedSender<ChatMessage>,
+    fill: mpsc::UnboundedSender<(String, bool)>,
+    stats: Stats,
+}
+
+impl<S: Store> Cluster<S> {
+    /// Makes this process one of several: the hub's joins and leaves go to Redis from now on,
+    /// and the cluster's tasks are started (call this inside a Tokio runtime).
+    pub(crate) fn start(
+        broker: Broker,
+        presence_limit: usize,
+        hub: Arc<Hub>,
+        store: Arc<S>,
+    ) -> Self {
+        let (publish, publish_rx) = mpsc::unbounded_channel();
+        let (fill, fill_rx) = mpsc::unbounded_channel();
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        hub.feed_presence(changes);
+        let node = format!("{:x}-{}", crate::store::new_epoch(), std::process::id());
+        info!(broker = %broker.shown(), %node, "cluster: this process is one of several");
+        let shared = Arc::new(Shared {
+            link: Link::new(broker, node, presence_limit),
+            hub,
+            store,
+            publish,
+            fill,
+            stats: Stats::default(),
+        });
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(publish_loop(weak.clone(), publish_rx));
+        tokio::spawn(fill_loop(weak.clone(), fill_rx));
+        tokio::spawn(subscribe_loop(weak.clone()));
+        tokio::spawn(presence_loop(weak, changes_rx));
+        Self { shared }
+    }
+
+    /// Ends an append (or hands on another process's message): the hub delivers it in seq
+    /// order, and a gap left behind it is filled from the store.
+    pub(crate) fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) {
+        self.shared.deliver(room, stored);
+    }
+
+    /// Hands a stored message to the publisher (never waits).
+    pub(crate) fn publish(&self, msg: ChatMessage) {
+        let _ = self.shared.publish.send(msg);
+    }
+
+    /// Asks for `room` to be filled from the store; `grace` waits a little first, for the
+    /// message that may be on its way.
+    pub(crate) fn fill(&self, room: &str, grace: bool) {
+        self.shared.fill(room, grace);
+    }
+
+    /// The nicks in a room on every process, sorted.
+    pub(crate) async fn members(&self, room: &str) -> Result<Vec<String>> {
+        self.shared.link.members(room).await
+    }
+
+    /// Reserves `nick` on every process for connections with `key` (none: this one only).
+    /// Returns whether it was granted.
+    pub(crate) async fn claim(&self, nick: &str, key: Option<&str>) -> Result<bool> {
+        self.shared.link.claim(nick, key).await
+    }
+
+    /// A prefix for guests' nicks that no other process uses (but by chance: claims decide).
+    pub(crate) fn guest_prefix(&self) -> String {
+        let node = self.shared.link.node();
+        format!("guest-{}", &node[node.len().saturating_sub(4)..])
+    }
+
+    /// Whether anybody is connected as `nick` on any process.
+    pub(crate) async fn online(&self, nick: &str) -> Result<bool> {
+        self.shared.link.online(nick).await
+    }
+
+    /// Appends the cluster's counters (Prometheus text format).
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        let stats = &self.shared.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::metrics::write_all(
+            out,
+            &[
+                (
+                    "nanachat_cluster_published_total",
+                    "counter",
+                    "Stored messages published to the other processes.",
+                    get(&stats.published),
+                ),
+                (
+                    "nanachat_cluster_received_total",
+                    "counter",
+                    "Messages received from the other processes.",
+                    get(&stats.received),
+                ),
+                (
+                    "nanachat_cluster_backfilled_total",
+                    "counter",
+                    "Messages read from the store to fill a gap pub/sub left.",
+                    get(&stats.filled),
+                ),
+                (
+                    "nanachat_cluster_resubscribes_total",
+                    "counter",
+                    "Times the link to Redis was made again.",
+                    get(&stats.resubscribes),
+                ),
+                (
+                    "nanachat_cluster_expired_processes_total",
+                    "counter",
+                    "Other processes found dead whose members this one took out.",
+                    get(&stats.expired_nodes),
+                ),
+            ],
+        );
+    }
+
+    /// Takes this process's members out of every room (graceful shutdown).
+    pub(crate) async fn withdraw(&self) -> Result<()> {
+        let link = &self.shared.link;
+        link.withdraw(link.node()).await.map(drop)
+    }
+}
+
+impl<S: Store> Shared<S> {
+    /// Delivers through the hub; a gap left behind the message is filled after a grace.
+    fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) {
+        if self.hub.deliver(room, stored) {
+            self.fill(room, true);
+        }
+    }
+
+    fn fill(&self, room: &str, grace: bool) {
+        let _ = self.fill.send((room.to_owned(), grace));
+    }
+}
+
+/// Publishes stored messages, as many per round trip as are waiting. While Redis is down
+/// they are dropped: the other processes fill them from the store once they are back.
+async fn publish_loop<S: Store>(
+    inner: Weak<Shared<S>>,
+    mut rx: mpsc::UnboundedReceiver<ChatMessage>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let Some(inner) = inner.upgrade() else { return };
+        let n = batch.len() as u64;
+        match inner.link.publish(&mut batch).await {
+            Ok(()) => {
+                inner.stats.published.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(err) => debug!(cause = %err, dropped = n, "publish failed; peers will back-fill"),
+        }
+    }
+}
+
+/// Fills rooms from the store, in seq order, up to the last stored seq.
+async fn fill_loop<S: Store>(
+    inner: Weak<Shared<S>>,
+    mut rx: mpsc::UnboundedReceiver<(String, bool)>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        if batch.iter().any(|(_, grace)| *grace) {
+            tokio::time::sleep(GRACE).await;
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+        }
+        let rooms: HashSet<String> = batch.drain(..).map(|(room, _)| room).collect();
+        let Some(inner) = inner.upgrade() else { return };
+        for room in rooms {
+            if let Err(err) = fill_room(&inner, &room).await {
+                warn!(cause = %err, %room, "back-fill failed; retrying");
+                tokio::time::sleep(FILL_RETRY).await;
+                inner.fill(&room, false);
+            }
+        }
+    }
+}
+
+async fn fill_room<S: Store>(inner: &Shared<S>, room: &str) -> Result<()> {
+    loop {
+        let Some(next) = inner.hub.next_seq(room) else {
+            return Ok(());
+        };
+        let page = inner
+            .store
+            .history(room, Page::After(next - 1), MAX_PAGE)
+            .await?;
+        let full = page.len() == MAX_PAGE;
+        for record in page {
+            if record.seq < next {
+                continue;
+            }
+            let seq = record.seq;
+            let msg = ServerMsg::Message(chat_message(record));
+            inner.hub.deliver(room, Some((seq, &msg)));
+            inner.stats.filled.fetch_add(1, Ordering::Relaxed);
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Receives what the other processes publish; on every (re)subscribe, fills every room held
+/// and has the presence task put this process's share in again.
+async fn subscribe_loop<S: Store>(inner: Weak<Shared<S>>) {
+    let mut backoff = crate::backoff::LINK;
+    let mut first = true;
+    loop {
+        let broker = match inner.upgrade() {
+            Some(inner) => inner.link.broker().clone(),
+            None => return,
+        };
+        let mut pubsub = match broker.subscribe().await {
+            Ok(pubsub) => pubsub,
+            Err(cause) => {
+                debug!(%cause, "cannot subscribe to Redis; retrying");
+                tokio::time::sleep(backoff.failed()).await;
+                continue;
+            }
+        };
+        backoff.succeeded();
+        {
+            let Some(inner) = inner.upgrade() else { return };
+            if !first {
+                info!(broker = %broker.shown(), "Redis is back: filling every room from the store");
+                inner.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
+            }
+            for room in inner.hub.held_rooms() {
+                inner.fill(&room, false);
+            }
+            inner.hub.resync_presence();
+        }
+        first = false;
+        let mut stream = pubsub.on_message();
+        while let Some(msg) = stream.next().await {
+            let Some(inner) = inner.upgrade() else { return };
+            match heard(&msg, inner.link.node()) {
+                Some(Heard::Message(msg)) => {
+                    inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let (room, seq) = (msg.room.clone(), msg.seq);
+                    if !inner.hub.has_room(&room) {
+                        open_dm(&inner, msg);
+                        continue;
+                    }
+                    inner.deliver(&room, Some((seq, &ServerMsg::Message(msg))));
+                }
+                Some(Heard::Presence(room, nick, event)) => {
+                    inner.hub.tell_presence(&room, &nick, event);
+                }
+                None => {}
+            }
+        }
+        warn!(broker = %broker.shown(), "lost the Redis subscription; reconnecting");
+    }
+}
+
+/// A direct message for a pair this process has not opened: if one of the two is connected
+/// here, the room is opened just before this message, which is then delivered, and filled.
+fn open_dm<S: Store>(inner: &Arc<Shared<S>>, msg: ChatMessage) {
+    let Some((a, b)) = dm_pair(&msg.room) else {
+        return;
+    };
+    if !inner.hub.nick_online(&a) && !inner.hub.nick_online(&b) {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let (room, seq) = (msg.room.clone(), msg.seq);
+        let epoch = match inner.store.room_state(&room).await {
+            Ok(state) => state.epoch,
+            Err(err) => return warn!(cause = %err, %room, "cannot open a direct-message room"),
+        };
+        let state = crate::store::RoomState {
+            epoch,
+            last_seq: seq - 1,
+        };
+        inner.hub.open_room(&room, state, Some((a, b)));
+        inner.deliver(&room, Some((seq, &ServerMsg::Message(msg))));
+        // What came after it while the room was being opened.
+        inner.fill(&room, false);
+    });
+}
+
+/// Keeps this process's share of presence in Redis, says it is alive, and takes out the
+/// members of processes that died.
+async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::UnboundedReceiver<Change>) {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::new();
+    // The generation up to which Redis holds this process's share; None: put it in again.
+    let mut synced: Option<u64> = None;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 4096) => if n == 0 { return },
+            _ = heartbeat.tick() => {},
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.hub.take_resync() {
+            synced = None;
+        }
+        if synced.is_none() {
+            let (generation, share) = inner.hub.presence_share();
+            match inner.link.put_share(&share).await {
+                Ok(()) => synced = Some(generation),
+                Err(err) => debug!(cause = %err, "presence not in Redis yet; retrying"),
+            }
+        }
+        let Some(generation) = synced else {
+            batch.clear();
+            continue;
+        };
+        let changes: Vec<Change> = batch
+            .drain(..)
+            .filter(|c| c.generation > generation)
+            .collect();
+        if !changes.is_empty() {
+            match inner.link.apply(&changes).await {
+                Ok(()) => synced = Some(changes.last().map_or(generation, |c| c.generation)),
+                Err(err) => {
+                    debug!(cause = %err, "presence change failed; will put the share in again");
+                    synced = None;
+                }
+            }
+        }
+        if let Err(err) = inner.link.beat(&inner.stats.expired_nodes).await {
+            debug!(cause = %err, "heartbeat failed");
+        }
+    }
+}

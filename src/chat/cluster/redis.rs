@@ -1,0 +1,422 @@
+//! The cluster's link to Redis: what is kept under which key, the Lua steps that change it,
+//! and one method per command the cluster's tasks send. Nothing here runs on its own; the
+//! loops that decide when to call these are in `cluster/mod.rs`.
+//!
+//! Keys and channels:
+//! - [`MESSAGES`]: stored messages, published by the process that stored them.
+//! - [`PRESENCE`]: joins and leaves that changed who is in a room.
+//! - `nanachat:room:<room>`: per nick, its connections in the room on all processes; the
+//!   pseudo-room [`ONLINE`] (`*`) counts the nicks online.
+//! - `nanachat:node:<id>`: one process's share of those counts (`room\nnick` → connections),
+//!   so that its members can be taken out when it stops.
+//! - `nanachat:alive:<id>` (TTL [`ALIVE_TTL`]) and the set `nanachat:nodes`: which processes
+//!   there are and which still beat.
+//! - `nanachat:nick:<nick>`: an open server's claim on a nick, holding the key its
+//!   connections share.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::AsyncConnectionConfig;
+use redis::aio::{MultiplexedConnection, PubSub};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::super::types::{Change, ONLINE};
+use crate::backoff::Reconnecting;
+use crate::protocol::{ChatMessage, PresenceEvent};
+use crate::{Error, Result};
+
+/// The channel of stored messages.
+pub(crate) const MESSAGES: &str = "nanachat:messages";
+/// The channel of presence events.
+pub(crate) const PRESENCE: &str = "nanachat:presence";
+/// How long a process counts as alive after its last heartbeat.
+pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(10);
+/// How often a process says it is alive and looks for dead ones.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a connection, a command or a subscription may take.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Adds `delta` to a nick's count in a room and to this process's share (never taking out
+/// more than the share holds: a change that comes after the share was withdrawn is a no-op);
+/// a count that reaches 0 is removed. If the change takes the nick's count from 0 to 1 (1 to 0)
+/// and `tell` is set, publishes the join (leave) in the same step — while the room, counted
+/// without the nick, has fewer nicks than the presence limit. For the room of nicks online,
+/// also holds the nick's claim: set (to its key, for good) while it is online, deleted when not.
+/// KEYS: room hash, node hash. ARGV: nick, delta, "room\nnick", claim ("" for other rooms),
+/// key, room, tell ("1" or "0"), presence limit, presence channel.
+const CHANGE: &str = r"
+local d = tonumber(ARGV[2])
+local have = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
+if have + d < 0 then return 0 end
+local mine = redis.call('HINCRBY', KEYS[2], ARGV[3], d)
+if mine <= 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], d)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if ARGV[4] ~= '' then
+  if n <= 0 then redis.call('DEL', ARGV[4])
+  elseif d > 0 then redis.call('SET', ARGV[4], ARGV[5]) end
+end
+local event = nil
+if d == 1 and n == 1 then event = 'join' elseif d == -1 and n == 0 then event = 'leave' end
+if event and ARGV[7] == '1' then
+  local others = redis.call('HLEN', KEYS[1])
+  if event == 'join' then others = others - 1 end
+  if others < tonumber(ARGV[8]) then
+    redis.call('PUBLISH', ARGV[9], cjson.encode({room = ARGV[6], nick = ARGV[1], event = event}))
+  end
+end
+return n
+";
+
+/// Takes a process's whole share out of the rooms and deletes it, publishing the leave of
+/// every nick that is then in a room no more (while the room is under the presence limit); a
+/// nick no longer online anywhere loses its claim. Returns how many nicks left rooms.
+/// KEYS: node hash. ARGV: the room hash prefix, the room of nicks online, the claim prefix,
+/// presence limit, presence channel.
+const WITHDRAW: &str = r"
+local share = redis.call('HGETALL', KEYS[1])
+local gone = 0
+for i = 1, #share, 2 do
+  local sep = string.find(share[i], '\n', 1, true)
+  local room = string.sub(share[i], 1, sep - 1)
+  local nick = string.sub(share[i], sep + 1)
+  local key = ARGV[1] .. room
+  local n = redis.call('HINCRBY', key, nick, -tonumber(share[i + 1]))
+  if n <= 0 then
+    redis.call('HDEL', key, nick)
+    if room == ARGV[2] then
+      redis.call('DEL', ARGV[3] .. nick)
+    else
+      gone = gone + 1
+      if redis.call('HLEN', key) < tonumber(ARGV[4]) then
+        redis.call('PUBLISH', ARGV[5], cjson.encode({room = room, nick = nick, event = 'leave'}))
+      end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+return gone
+";
+
+/// Reserves a nick on every process: free, it is claimed (for [`CLAIM_TTL`], until its first
+/// connection makes it for good); held, it is granted only to the same key (none: to nobody).
+/// KEYS: the claim. ARGV: the key ("" for none), the TTL in ms. Returns 1 if granted.
+const CLAIM: &str = r"
+local held = redis.call('GET', KEYS[1])
+if not held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if held ~= '' and held == ARGV[1] then return 1 end
+return 0
+";
+
+/// How long a claim lasts if no connection follows it (the process died in between).
+const CLAIM_TTL: Duration = Duration::from_secs(30);
+
+const ROOM_PREFIX: &str = "nanachat:room:";
+const CLAIM_PREFIX: &str = "nanachat:nick:";
+
+/// A Redis server that processes share (`--broker redis://…`).
+#[derive(Debug, Clone)]
+pub struct Broker {
+    client: redis::Client,
+    shown: String,
+}
+
+impl Broker {
+    /// Checks the URL and that the server answers now (a config error otherwise).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let shown = crate::config::redact_url(url);
+        let client = redis::Client::open(url)
+            .map_err(|err| Error::Config(format!("--broker {shown}: {err}")))?;
+        let broker = Self { client, shown };
+        let mut conn = broker.connection().await.map_err(|err| {
+            Error::Config(format!("cannot use {} as the broker: {err}", broker.shown))
+        })?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|err| {
+                Error::Config(format!("cannot use {} as the broker: {err}", broker.shown))
+            })?;
+        Ok(broker)
+    }
+
+    /// The server's address, without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// A new subscription to [`MESSAGES`] and [`PRESENCE`]; the cause if it cannot be made.
+    pub(super) async fn subscribe(&self) -> std::result::Result<PubSub, String> {
+        let subscribed = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&[MESSAGES, PRESENCE]).await?;
+            redis::RedisResult::Ok(pubsub)
+        };
+        match tokio::time::timeout(TIMEOUT, subscribed).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+}
+
+/// This process's command connection to the broker, made again with back-off when it breaks,
+/// and the commands the cluster sends on it.
+#[derive(Debug)]
+pub(super) struct Link {
+    broker: Broker,
+    conn: Reconnecting<MultiplexedConnection>,
+    /// This process's id among the others.
+    node: String,
+    /// Rooms with this many nicks or more get no presence events.
+    presence_limit: usize,
+}
+
+impl Link {
+    /// A link for process `node`; nothing is sent until the first command.
+    pub(super) fn new(broker: Broker, node: String, presence_limit: usize) -> Self {
+        let conn = Reconnecting::new(format!("Redis at {}", broker.shown));
+        Self {
+            broker,
+            conn,
+            node,
+            presence_limit,
+        }
+    }
+
+    /// This process's id among the others.
+    pub(super) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The broker this link is to.
+    pub(super) fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Runs a pipeline; a failure drops the connection so that the next use makes a new one.
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        let connect = || self.broker.connection();
+        let mut conn = self.conn.get(|_| true, connect).await?;
+        match pipe.query_async(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+                    self.conn.reset().await;
+                }
+                Err(Error::Store(format!("Redis: {err}")))
+            }
+        }
+    }
+
+    /// Publishes stored messages in one round trip, draining `batch`.
+    pub(super) async fn publish(&self, batch: &mut Vec<ChatMessage>) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for msg in batch.drain(..) {
+            let payload = Published {
+                node: self.node.clone(),
+                msg,
+            };
+            if let Ok(json) = serde_json::to_string(&payload) {
+                pipe.cmd("PUBLISH").arg(MESSAGES).arg(json).ignore();
+            }
+        }
+        self.run(&pipe).await
+    }
+
+    /// The nicks in a room on every process, sorted.
+    pub(super) async fn members(&self, room: &str) -> Result<Vec<String>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HKEYS").arg(format!("{ROOM_PREFIX}{room}"));
+        let (mut nicks,): (Vec<String>,) = self.run(&pipe).await?;
+        nicks.sort();
+        Ok(nicks)
+    }
+
+    /// Reserves `nick` on every process for connections with `key` (none: this one only).
+    /// Returns whether it was granted.
+    pub(super) async fn claim(&self, nick: &str, key: Option<&str>) -> Result<bool> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(CLAIM)
+            .arg(1)
+            .arg(format!("{CLAIM_PREFIX}{nick}"))
+            .arg(key.unwrap_or(""))
+            .arg(CLAIM_TTL.as_millis() as u64);
+        let (granted,): (bool,) = self.run(&pipe).await?;
+        Ok(granted)
+    }
+
+    /// Whether anybody is connected as `nick` on any process.
+    pub(super) async fn online(&self, nick: &str) -> Result<bool> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HEXISTS")
+            .arg(format!("{ROOM_PREFIX}{ONLINE}"))
+            .arg(nick);
+        let (online,): (bool,) = self.run(&pipe).await?;
+        Ok(online)
+    }
+
+    /// Takes a process's members out of every room; returns how many nicks left rooms.
+    pub(super) async fn withdraw(&self, node: &str) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(WITHDRAW)
+            .arg(1)
+            .arg(node_key(node))
+            .arg(ROOM_PREFIX)
+            .arg(ONLINE)
+            .arg(CLAIM_PREFIX)
+            .arg(self.presence_limit)
+            .arg(PRESENCE);
+        let (gone,): (u64,) = self.run(&pipe).await?;
+        Ok(gone)
+    }
+
+    /// Puts this process's share in, replacing what Redis held of it (no events).
+    pub(super) async fn put_share(&self, share: &[Change]) -> Result<()> {
+        self.withdraw(&self.node).await?;
+        if !share.is_empty() {
+            self.run::<()>(&self.changes_pipe(share, false)).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies joins and leaves; each publishes its event if it changed who is in a room.
+    pub(super) async fn apply(&self, changes: &[Change]) -> Result<()> {
+        self.run(&self.changes_pipe(changes, true)).await
+    }
+
+    fn changes_pipe(&self, changes: &[Change], tell: bool) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for c in changes {
+            let online = c.room == ONLINE;
+            let claim = if online {
+                format!("{CLAIM_PREFIX}{}", c.nick)
+            } else {
+                String::new()
+            };
+            pipe.cmd("EVAL")
+                .arg(CHANGE)
+                .arg(2)
+                .arg(format!("{ROOM_PREFIX}{}", c.room))
+                .arg(node_key(&self.node))
+                .arg(&c.nick)
+                .arg(c.delta)
+                .arg(format!("{}\n{}", c.room, c.nick))
+                .arg(claim)
+                .arg(c.key.as_deref().unwrap_or(""))
+                .arg(&c.room)
+                .arg(if tell && !online { "1" } else { "0" })
+                .arg(self.presence_limit)
+                .arg(PRESENCE)
+                .ignore();
+        }
+        pipe
+    }
+
+    /// Says this process is alive; takes out the share of every process that is not,
+    /// counting each in `expired`.
+    pub(super) async fn beat(&self, expired: &AtomicU64) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(alive_key(&self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(ALIVE_TTL.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg("nanachat:nodes")
+            .arg(&self.node)
+            .ignore()
+            .cmd("SMEMBERS")
+            .arg("nanachat:nodes");
+        let (nodes,): (Vec<String>,) = self.run(&pipe).await?;
+        let others: Vec<&String> = nodes.iter().filter(|n| **n != self.node).collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("EXISTS").arg(alive_key(node));
+        }
+        let alive: Vec<bool> = self.run(&pipe).await?;
+        for (node, alive) in others.into_iter().zip(alive) {
+            if alive {
+                continue;
+            }
+            // Whoever removes it from the set takes its members out, once.
+            let mut pipe = redis::pipe();
+            pipe.cmd("SREM").arg("nanachat:nodes").arg(node);
+            let (removed,): (i64,) = self.run(&pipe).await?;
+            if removed == 1 {
+                let gone = self.withdraw(node).await?;
+                warn!(%node, left = gone, "a process stopped answering: its members left");
+                expired.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn node_key(node: &str) -> String {
+    format!("nanachat:node:{node}")
+}
+
+fn alive_key(node: &str) -> String {
+    format!("nanachat:alive:{node}")
+}
+
+/// What goes over [`MESSAGES`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Published {
+    node: String,
+    msg: ChatMessage,
+}
+
+/// What goes over [`PRESENCE`].
+#[derive(Debug, Serialize, Deserialize)]
+struct PresenceNote {
+    room: String,
+    nick: String,
+    event: PresenceEvent,
+}
+
+/// What a subscription heard, from another process.
+#[derive(Debug)]
+pub(super) enum Heard {
+    /// A message another process stored.
+    Message(ChatMessage),
+    /// A join or leave that changed who is in a room.
+    Presence(String, String, PresenceEvent),
+}
+
+/// What `msg` says, unless it is this process's own message or not one of ours.
+pub(super) fn heard(msg: &redis::Msg, node: &str) -> Option<Heard> {
+    let payload = msg.get_payload_bytes();
+    match msg.get_channel_name() {
+        MESSAGES => {
+            let p = serde_json::from_slice::<Published>(payload).ok()?;
+            (p.node != node).then_some(Heard::Message(p.msg))
+        }
+        PRESENCE => {
+            let p = serde_json::from_slice::<PresenceNote>(payload).ok()?;
+            Some(Heard::Presence(p.room, p.nick, p.event))
+        }
+        _ => None,
+    }
+}

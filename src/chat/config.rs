@@ -1,0 +1,66 @@
+//! The chat layer's settings, checked once at start. Apart from the server that uses them so
+//! that every part of `chat/` can read them without importing the handler.
+
+use std::time::Duration;
+
+use super::cluster::Broker;
+use crate::{Error, Result};
+
+/// Limits and timers of the chat layer; the connection's own are in
+/// [`ConnectionConfig`](crate::config::ConnectionConfig).
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Longest text of one message, in characters.
+    pub max_text_chars: usize,
+    /// Messages per second a connection may send, sustained.
+    pub rate_per_sec: u32,
+    /// Messages a connection may send in a burst.
+    pub rate_burst: u32,
+    /// Refusals in a row for rate after which the connection is closed with 1008.
+    pub rate_strikes: u32,
+    /// Rooms one connection may be in.
+    pub max_rooms: usize,
+    /// Interval of the app-level heartbeat (`tick`); zero sends none.
+    pub heartbeat_interval: Duration,
+    /// Rooms with more members than this get no join/leave `presence` events (members ask
+    /// with `who`): each event goes to every member, so filling a room of n costs n² otherwise,
+    /// and a crowd joining at once must not send a member more events than its outbox holds.
+    pub presence_limit: usize,
+    /// With a secret, only holders of a valid token may connect, each as its token's nick
+    /// ([`crate::auth`]); without one the server is open.
+    pub auth: Option<crate::auth::Auth>,
+    /// With a broker (and a shared store), this process is one of several serving one chat:
+    /// see `docs/scaling.md`.
+    pub broker: Option<Broker>,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 4000,
+            rate_per_sec: 20,
+            rate_burst: 40,
+            rate_strikes: 20,
+            max_rooms: 32,
+            heartbeat_interval: Duration::from_secs(25),
+            presence_limit: 100,
+            auth: None,
+            broker: None,
+        }
+    }
+}
+
+impl ChatConfig {
+    /// Checks the values once, at start.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_text_chars == 0 || self.max_rooms == 0 {
+            return Err(Error::Config(
+                "max text chars and max rooms must be above 0".into(),
+            ));
+        }
+        if self.rate_per_sec == 0 || self.rate_burst == 0 {
+            return Err(Error::Config("the rate and burst must be above 0".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! The one seam between a session and the rest of the chat: whether this process serves the
+//! chat alone or as one of several (a Redis broker) is decided here, once, when the server
+//! starts; the session asks the same questions either way and never branches on it.
+//!
+//! Alone, the hub is the whole truth: who is online, who is in a room, and a stored message
+//! needs only delivering. In a cluster, Redis also knows every other process's members, a
+//! stored message is published to the others, and a gap in a room's seqs is filled from the
+//! store (see `cluster/mod.rs`).
+
+use std::sync::Arc;
+
+use super::cluster::{Broker, Cluster};
+use super::hub::Hub;
+use super::types::ConnId;
+use crate::Result;
+use crate::protocol::{ChatMessage, ErrorCode, ServerMsg};
+use crate::store::Store;
+
+/// This process's members and rooms, and (in a cluster) its part of the whole.
+#[derive(Debug)]
+pub(super) struct Directory<S> {
+    hub: Arc<Hub>,
+    store: Arc<S>,
+    /// This process's part of a cluster of several.
+    cluster: Option<Cluster<S>>,
+}
+
+impl<S: Store> Directory<S> {
+    /// A directory over `store`; with a broker, the cluster's tasks are started (call this
+    /// inside a Tokio runtime). Rooms above `presence_limit` members send no presence events.
+    pub(super) fn new(store: Arc<S>, presence_limit: usize, broker: Option<Broker>) -> Self {
+        let hub = Arc::new(Hub::new(presence_limit));
+        let cluster =
+            broker.map(|broker| Cluster::start(broker, presence_limit, hub.clone(), store.clone()));
+        Self {
+            hub,
+            store,
+            cluster,
+        }
+    }
+
+    /// This process's connections, nicks and rooms: the same alone or in a cluster.
+    pub(super) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Ends an append that failed (`None`) or hands on a stored message: the hub delivers it
+    /// in seq order; in a cluster, a gap left behind it is filled from the store.
+    pub(super) fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) {
+        match &self.cluster {
+            Some(cluster) => cluster.deliver(room, stored),
+            None => {
+                self.hub.deliver(room, stored);
+            }
+        }
+    }
+
+    /// Ends an append that stored `message` in `room`: delivers it here (a duplicate was
+    /// delivered when first stored) and, in a cluster, publishes it to the other processes.
+    pub(super) fn publish(&self, room: &str, message: ChatMessage, duplicate: bool) {
+        // Only a cluster needs a copy to publish.
+        let copy = self
+            .cluster
+            .as_ref()
+            .filter(|_| !duplicate)
+            .map(|cluster| (cluster, message.clone()));
+        let seq = message.seq;
+        let msg = ServerMsg::Message(message);
+        self.deliver(room, (!duplicate).then_some((seq, &msg)));
+        if let Some((cluster, message)) = copy {
+            cluster.publish(message);
+        }
+    }
+
+    /// Makes sure the hub holds `room`, loading its state from the store the first time.
+    pub(super) async fn open_room(&self, room: &str, pair: Option<(String, String)>) -> Result<()> {
+        if !self.hub.has_room(room) {
+            let stored = self.store.room_state(room).await?;
+            self.hub.open_room(room, stored, pair);
+            // Another process may have stored one more since the read, and published it
+            // before this process held the room.
+            if let Some(cluster) = &self.cluster {
+                cluster.fill(room, true);
+            }
+        }
+        Ok(())
+    }
+
+    /// The nicks in `room`, sorted, for one of its members (`Ok(Err(code))` for anybody
+    /// else). In a cluster, Redis knows every process's members of a public room; a DM
+    /// room's two are told by the local list.
+    pub(super) async fn members(
+        &self,
+        id: ConnId,
+        room: &str,
+    ) -> Result<std::result::Result<Vec<String>, ErrorCode>> {
+        let local = match self.hub.members(id, room) {
+            Ok(nicks) => nicks,
+            Err(code) => return Ok(Err(code)),
+        };
+        match &self.cluster {
+            Some(cluster) if !room.starts_with('@') => cluster.members(room).await.map(Ok),
+            _ => Ok(Ok(local)),
+        }
+    }
+
+    /// Reserves `nick` for connections with `key` on every process of a cluster (alone, the
+    /// hub decides when the connection registers). False: taken.
+    pub(super) async fn claim(&self, nick: &str, key: Option<&str>) -> Result<bool> {
+        match &self.cluster {
+            Some(cluster) => cluster.claim(nick, key).await,
+            None => Ok(true),
+        }
+    }
+
+    /// Whether anybody is connected as `nick`, here or (in a cluster) on another process.
+    pub(super) async fn nick_online(&self, nick: &str) -> Result<bool> {
+        if self.hub.nick_online(nick) {
+            return Ok(true);
+        }
+        match &self.cluster {
+            Some(cluster) => cluster.online(nick).await,
+            None => Ok(false),
+        }
+    }
+
+    /// A guest's nick for connection `id`, one no other process gives out (a claim still
+    /// decides: a user may have picked it).
+    pub(super) fn guest_name(&self, id: ConnId) -> String {
+        match &self.cluster {
+            Some(cluster) => format!("{}-{id}", cluster.guest_prefix()),
+            None => format!("guest-{id}"),
+        }
+    }
+
+    /// On shutdown: the other processes see this process's members leave now, not when its
+    /// heartbeat expires. Alone, nothing to do.
+    pub(super) async fn withdraw(&self) -> Result<()> {
+        match &self.cluster {
+            Some(cluster) => cluster.withdraw().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Appends the cluster's counters (Prometheus text format); alone, none.
+    pub(super) fn write_metrics(&self, out: &mut String) {
+        if let Some(cluster) = &self.cluster {
+            cluster.write_metrics(out);
+        }
+    }
+}

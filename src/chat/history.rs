@@ -1,0 +1,122 @@
+//! Reading a room's past: the `history` request, and the replay that brings a member who
+//! joins with `since` up to date before it goes live. Both read pages from the store and
+//! both must fit what they send in frames no larger than the server announces.
+//!
+//! It is apart from the session because it is the one part of it that talks to the store on
+//! the way *out*, and the seam of resume (replay, then the hub's backlog, then live) wants
+//! reading in one piece.
+
+use super::session::{Failure, Session, refuse};
+use super::types::chat_message;
+use crate::Result;
+use crate::connection::{Connection, Message};
+use crate::protocol::{ChatMessage, ErrorCode, ServerMsg};
+use crate::store::{MAX_PAGE, Page, Store};
+
+impl<S: Store> Session<S> {
+    /// Sends `since+1 ..= last` from history, then what arrived live meanwhile, then goes live.
+    pub(super) async fn replay(
+        &self,
+        conn: &Connection,
+        room: &str,
+        since: u64,
+        last: u64,
+    ) -> Result<()> {
+        let mut after = since;
+        'pages: while after < last {
+            let page = self
+                .chat
+                .store
+                .history(room, Page::After(after), MAX_PAGE)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for record in page {
+                if record.seq > last {
+                    break 'pages;
+                }
+                after = record.seq;
+                self.reply(conn, &ServerMsg::Message(chat_message(record)))
+                    .await?;
+            }
+        }
+        // Live deliveries are queued without waiting, and a full outbox is a slow consumer:
+        // the replay may have filled it, so go live only once half of it is free again.
+        let headroom = self.outbox.capacity() / 2;
+        loop {
+            self.outbox.drained_to(headroom).await;
+            let Some(held) = self.hub().finish_replay(self.id, room) else {
+                break;
+            };
+            for d in held {
+                conn.send(Message::Text(d.for_mode(self.mode))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers `history`: a page of a room's messages, cut to fit in one frame.
+    pub(super) async fn history(
+        &self,
+        conn: &Connection,
+        room: String,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<(), Failure> {
+        if !self.hub().may_use(self.id, &room) {
+            refuse(
+                ErrorCode::NotJoined,
+                format!("join {room} to read its history"),
+            )?;
+        }
+        let page = match (before, after) {
+            (Some(_), Some(_)) => refuse(ErrorCode::BadMessage, "give before or after, not both")?,
+            (Some(seq), None) => Page::Before(seq),
+            (None, Some(seq)) => Page::After(seq),
+            (None, None) => Page::Before(u64::MAX),
+        };
+        let limit = limit.map_or(50, |l| l as usize).min(MAX_PAGE);
+        let store = &self.chat.store;
+        let epoch = store.room_state(&room).await?.epoch;
+        let mut messages: Vec<ChatMessage> = store
+            .history(&room, page, limit)
+            .await?
+            .into_iter()
+            .map(chat_message)
+            .collect();
+        // A page that would not fit in one frame is cut short, keeping the messages nearest to
+        // where the client reads from (the newest going back, the oldest going forward); it
+        // pages on from there.
+        let size = |m: &ChatMessage| serde_json::to_string(m).map_or(0, |j| j.len() + 1);
+        match page {
+            Page::Before(_) => {
+                let keep = self.fitting(messages.iter().rev().map(size));
+                messages.drain(..messages.len() - keep);
+            }
+            Page::After(_) => messages.truncate(self.fitting(messages.iter().map(size))),
+        }
+        let msg = ServerMsg::History {
+            room,
+            epoch,
+            messages,
+        };
+        Ok(self.reply(conn, &msg).await?)
+    }
+
+    /// How many of these parts, taken in order, fit in one frame (at least one): no frame we
+    /// send may be larger than the largest message we announce (`limits.max_message_bytes`),
+    /// with room left for the message around them.
+    pub(super) fn fitting(&self, sizes: impl Iterator<Item = usize>) -> usize {
+        let budget = self.chat.max_message_bytes.saturating_sub(512);
+        let mut used = 0;
+        sizes
+            .enumerate()
+            .take_while(|&(i, size)| {
+                used += size;
+                i == 0 || used <= budget
+            })
+            .count()
+    }
+}

@@ -1,0 +1,175 @@
+//! Plain-text mode: clients that ask for no subprotocol (a bare `websocat`, a browser console)
+//! get a generated nick and the lobby at once; each line they send is said in their current
+//! room, and a line starting with `/` is a command (`/help` lists them).
+//!
+//! It exists apart from the session because it is a second way in, not a second way through:
+//! a line becomes the same [`ClientMsg`] a `nanachat.v1` client sends, and everything after
+//! parsing is the session's. Only `/nick` and `/help` are answered here, on the spot.
+
+use super::session::{AUTHENTICATED, Failure, Refusal, Session, refuse};
+use super::types::valid_nick;
+use crate::connection::{Connection, Message};
+use crate::protocol::{ClientMsg, ErrorCode};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// The room plain-text clients are put in.
+const LOBBY: &str = "lobby";
+
+/// How many messages `/history` shows unless told.
+const PLAIN_HISTORY: u32 = 20;
+
+/// The help text of plain-text mode.
+const PLAIN_HELP: &str = "* commands: /nick NAME, /join ROOM, /leave [ROOM], \
+/msg NICK TEXT, /who [ROOM], /rooms, /history [N], /help; anything else is said in your current room";
+
+impl<S: Store> Session<S> {
+    /// Plain-text mode: a generated nick, and the lobby.
+    pub(super) async fn start_plain(&mut self, conn: &Connection) -> Result<()> {
+        let nick = if self.chat.config.auth.is_some() {
+            // `authorize` let it in with a valid token: it is its token's nick.
+            let claims = match self.check_token(conn.token()) {
+                Ok(claims) => claims,
+                Err(Refusal(_, why)) => return Err(Error::Policy(why)),
+            };
+            let nick = claims.sub.clone();
+            self.hub()
+                .connect(
+                    self.id,
+                    &nick,
+                    Some(AUTHENTICATED),
+                    self.outbox.clone(),
+                    self.mode,
+                )
+                .map_err(|_| Error::Policy(format!("{nick} is taken")))?;
+            self.claims = Some(claims);
+            nick
+        } else {
+            // A name no other process gives out; a claim still decides (a user may have
+            // picked it). Without Redis, the name alone is taken to be free.
+            let base = self.chat.directory.guest_name(self.id);
+            let mut nick = base.clone();
+            let mut n = 1;
+            while !self.claim(&nick, None).await.unwrap_or(true)
+                || self
+                    .hub()
+                    .connect(self.id, &nick, None, self.outbox.clone(), self.mode)
+                    .is_err()
+            {
+                nick = format!("{base}-{n}");
+                n += 1;
+            }
+            nick
+        };
+        self.greeted = true;
+        self.welcome(conn, &nick).await?;
+        match self.join(conn, LOBBY, None, None).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Fatal(err)) => Err(err),
+            Err(Failure::Refused(Refusal(code, why))) => {
+                self.reply_error(conn, code, &why, None).await
+            }
+        }
+    }
+
+    /// Plain-text mode: a line is a command or something to say in the current room.
+    pub(super) async fn parse_plain(&mut self, line: &str) -> Result<Option<ClientMsg>, Refusal> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        let Some(command) = line.strip_prefix('/') else {
+            let Some(room) = self.current.clone() else {
+                return refuse(ErrorCode::NotJoined, "join a room first: /join ROOM");
+            };
+            self.said += 1;
+            return Ok(Some(ClientMsg::Say {
+                room,
+                text: line.to_owned(),
+                cid: format!("p{}-{}", self.id, self.said),
+            }));
+        };
+        let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
+        let rest = rest.trim();
+        let current = || {
+            self.current.clone().ok_or_else(|| {
+                Refusal(ErrorCode::NotJoined, "join a room first: /join ROOM".into())
+            })
+        };
+        let arg_or_current = |arg: &str| {
+            if arg.is_empty() {
+                current()
+            } else {
+                Ok(arg.to_owned())
+            }
+        };
+        Ok(Some(match verb {
+            "nick" => {
+                self.rename(rest).await?;
+                return Ok(None);
+            }
+            "join" => ClientMsg::Join {
+                room: rest.to_owned(),
+                since: None,
+                epoch: None,
+            },
+            "leave" => ClientMsg::Leave {
+                room: arg_or_current(rest)?,
+            },
+            "msg" => {
+                let Some((to, text)) = rest.split_once(' ') else {
+                    return refuse(ErrorCode::BadMessage, "usage: /msg NICK TEXT");
+                };
+                self.said += 1;
+                ClientMsg::Dm {
+                    to: to.to_owned(),
+                    text: text.to_owned(),
+                    cid: format!("p{}-{}", self.id, self.said),
+                }
+            }
+            "who" => ClientMsg::Who {
+                room: arg_or_current(rest)?,
+            },
+            "rooms" => ClientMsg::Rooms,
+            "history" => ClientMsg::History {
+                room: current()?,
+                before: None,
+                after: None,
+                limit: Some(rest.parse().unwrap_or(PLAIN_HISTORY)),
+            },
+            "help" => {
+                let _ = self.outbox.try_send(Message::Text(PLAIN_HELP.into()));
+                return Ok(None);
+            }
+            other => {
+                return refuse(
+                    ErrorCode::BadMessage,
+                    format!("unknown command /{other} (try /help)"),
+                );
+            }
+        }))
+    }
+
+    /// `/nick NAME`: another nick for this connection, keeping its rooms.
+    async fn rename(&mut self, nick: &str) -> Result<(), Refusal> {
+        if self.claims.is_some() {
+            return refuse(
+                ErrorCode::Unauthorized,
+                "your nick is your token's: it cannot change",
+            );
+        }
+        if !valid_nick(nick) {
+            return refuse(
+                ErrorCode::BadNick,
+                "a nick is 1 to 32 letters, digits, - or _",
+            );
+        }
+        if !self.claim(nick, None).await? {
+            return refuse(ErrorCode::NickTaken, format!("{nick} is taken"));
+        }
+        self.hub()
+            .rename(self.id, nick)
+            .or_else(|code| refuse(code, format!("{nick} is taken")))?;
+        let _ = self
+            .outbox
+            .try_send(Message::Text(format!("* you are now {nick}").into()));
+        Ok(())
+    }
+}

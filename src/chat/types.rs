@@ -1,0 +1,86 @@
+//! The words every part of `chat/` shares: connection ids, the names of nicks, rooms and
+//! direct-message rooms, a member's presence change, and a stored record as a chat message.
+//!
+//! It exists so that the dependency arrows inside `chat/` point one way: the session, the
+//! hub and the cluster all use these, and none of them has to import another for them.
+
+use crate::protocol::ChatMessage;
+use crate::store::Record;
+
+/// A connection's id, unique for the life of the process.
+pub(crate) type ConnId = u64;
+
+/// The pseudo-room (not a valid room name) whose members, in a cluster, are the nicks online.
+pub(crate) const ONLINE: &str = "*";
+
+/// One member joining (+1) or leaving (-1) a room on this process, numbered by the hub.
+#[derive(Debug)]
+pub(crate) struct Change {
+    /// The hub's number for this change; they only grow.
+    pub(crate) generation: u64,
+    /// The room, or [`ONLINE`] for a connect or disconnect.
+    pub(crate) room: String,
+    /// Whose membership changed.
+    pub(crate) nick: String,
+    /// +1 for a join, -1 for a leave (a share put in at once counts connections).
+    pub(crate) delta: i64,
+    /// For the room of nicks online: the key the nick's connections share.
+    pub(crate) key: Option<String>,
+}
+
+/// A stored record as the message clients receive.
+pub(crate) fn chat_message(r: Record) -> ChatMessage {
+    ChatMessage {
+        room: r.room,
+        seq: r.seq,
+        from: r.from,
+        text: r.text,
+        time: r.time_ms,
+    }
+}
+
+/// Whether `nick` is a valid nick: 1–32 letters, digits, `-` or `_`.
+pub fn valid_nick(nick: &str) -> bool {
+    (1..=32).contains(&nick.len())
+        && nick
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Whether `room` is a valid room name: 1–64 letters, digits, `-`, `_` or `.`. Names starting
+/// with `@` are direct-message rooms, made by the server.
+pub fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// The direct-message room of two nicks.
+pub(crate) fn dm_room(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("@{x}+{y}")
+}
+
+/// The two nicks of a direct-message room's name, if it is one.
+pub(crate) fn dm_pair(room: &str) -> Option<(String, String)> {
+    let (a, b) = room.strip_prefix('@')?.split_once('+')?;
+    (valid_nick(a) && valid_nick(b) && a <= b).then(|| (a.to_owned(), b.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_nick("nana_7-x"));
+        for bad in ["", "has space", "émoji", &"x".repeat(33), "a@b"] {
+            assert!(!valid_nick(bad), "{bad}");
+        }
+        assert!(valid_room("lobby.en"));
+        for bad in ["", "@a+b", "sp ace", &"r".repeat(65)] {
+            assert!(!valid_room(bad), "{bad}");
+        }
+    }
+}
