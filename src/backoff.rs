@@ -1,13 +1,13 @@
 //! Waiting between attempts: exponential back-off, and a connection to a server that is made
 //! on first use and made again after it breaks, without hammering a server that is down.
 
-use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::error::StoreError;
 use crate::{Error, Result};
 
 /// A delay that doubles after each failure, from `min` up to `max`, and starts over after a
@@ -83,7 +83,7 @@ impl<C: Clone> Reconnecting<C> {
     }
 
     /// The connection if it is `alive`, or a new one from `connect`.
-    pub(crate) async fn get<E: Display, F: Future<Output = std::result::Result<C, E>>>(
+    pub(crate) async fn get<E: Into<Error>, F: Future<Output = std::result::Result<C, E>>>(
         &self,
         alive: impl Fn(&C) -> bool,
         connect: impl FnOnce() -> F,
@@ -97,10 +97,7 @@ impl<C: Clone> Reconnecting<C> {
             state.conn = None;
         }
         if state.next_try.is_some_and(|at| Instant::now() < at) {
-            return Err(Error::Store(format!(
-                "{} is unreachable; retrying",
-                self.what
-            )));
+            return Err(Error::Store(StoreError::Unreachable(self.what.clone())));
         }
         match connect().await {
             Ok(conn) => {
@@ -113,7 +110,10 @@ impl<C: Clone> Reconnecting<C> {
             }
             Err(err) => {
                 state.next_try = Some(Instant::now() + state.backoff.failed());
-                Err(Error::Store(format!("cannot reach {}: {err}", self.what)))
+                Err(Error::Store(StoreError::Reconnect {
+                    what: self.what.clone(),
+                    source: Box::new(err.into()),
+                }))
             }
         }
     }
@@ -143,7 +143,7 @@ mod tests {
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let refuse = || async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Err::<u32, _>("refused")
+            Err::<u32, _>(Error::Config("refused".into()))
         };
         let err = link.get(|_| true, refuse).await.unwrap_err().to_string();
         assert!(err.contains("cannot reach test server: refused"), "{err}");
@@ -152,20 +152,20 @@ mod tests {
         assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 1);
         tokio::time::advance(Duration::from_millis(101)).await;
         assert_eq!(
-            link.get(|_| true, || async { Ok::<_, &str>(7) })
+            link.get(|_| true, || async { Ok::<_, Error>(7) })
                 .await
                 .unwrap(),
             7
         );
         // A live connection is handed out again; a dead one is replaced.
         assert_eq!(
-            link.get(|_| true, || async { Ok::<_, &str>(8) })
+            link.get(|_| true, || async { Ok::<_, Error>(8) })
                 .await
                 .unwrap(),
             7
         );
         assert_eq!(
-            link.get(|c| *c != 7, || async { Ok::<_, &str>(8) })
+            link.get(|c| *c != 7, || async { Ok::<_, Error>(8) })
                 .await
                 .unwrap(),
             8

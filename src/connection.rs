@@ -32,11 +32,11 @@ pub use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::config::ConnectionConfig;
+pub use crate::error::CLOSE_SLOW_CONSUMER;
 use crate::metrics;
 use crate::outbox::Next;
 pub use crate::outbox::Outbox;
 pub use crate::transport::{BoxedTransport, ReadAhead, Transport};
-pub use crate::error::CLOSE_SLOW_CONSUMER;
 use crate::{Error, Result};
 
 /// The longest close reason the protocol allows (a control frame carries 125 bytes, 2 are the code).

@@ -51,14 +51,16 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
-    /// A service named at start (the PostgreSQL store, the Redis broker) cannot be used.
-    #[error("cannot use {what}: {source}")]
+    /// A service named at start (the history store, the Redis broker) cannot be used.
+    #[error("cannot use {what}: {source}{hint}")]
     Service {
         /// Which service, as the user named it (passwords redacted).
         what: String,
         /// Why not.
         #[source]
         source: Box<Error>,
+        /// What the user may do about it, if we know (starts with a space).
+        hint: &'static str,
     },
     /// A benchmark found its run wrong: lost or duplicated deliveries, a worker that failed.
     #[error("bench: {0}")]
@@ -72,12 +74,69 @@ pub enum Error {
     /// The server refused us for good (nick taken, closed for a policy violation).
     #[error("{0}")]
     Refused(String),
-    /// The history store failed (disk full, corrupt file…).
+    /// The history store (or the broker) failed: disk full, a lost link, an overloaded writer.
     #[error("store error: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     /// An I/O error from the socket or the listener.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// Why the history store or the broker failed; the cause stays attached as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused or failed.
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused or failed (`message` has the server's own words, which the error's
+    /// `Display` leaves out).
+    #[error("PostgreSQL: {message}")]
+    Postgres {
+        /// What the server said, or the error's own text.
+        message: String,
+        /// The error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Redis refused or failed.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A link (to PostgreSQL or Redis) is down and waits out its back-off before the next try.
+    #[error("{0} is unreachable; retrying")]
+    Unreachable(String),
+    /// Connecting a link failed just now.
+    #[error("cannot reach {what}: {source}")]
+    Reconnect {
+        /// The service, passwords redacted.
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A batch of writes failed as one; every job of it gets this same cause.
+    #[error("{0}")]
+    Batch(std::sync::Arc<Error>),
+    /// The writer's queue is full.
+    #[error("the store is overloaded")]
+    Overloaded,
+    /// The writer has stopped.
+    #[error("the store's writer has stopped")]
+    Stopped,
+    /// A blocking read task died.
+    #[error("read task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        Error::Store(err.into())
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        Error::Store(err.into())
+    }
 }
 
 /// `Result` with nanachat's [`Error`] as the default error.
@@ -132,10 +191,11 @@ impl Error {
     }
 
     /// The service `what` cannot be used, because of `source`.
-    pub fn service(what: impl Into<String>, source: Error) -> Self {
+    pub fn service(what: impl Into<String>, source: impl Into<Error>) -> Self {
         Error::Service {
             what: what.into(),
-            source: Box::new(source),
+            source: Box::new(source.into()),
+            hint: "",
         }
     }
 

@@ -147,7 +147,12 @@ async fn an_unreachable_database_is_a_clear_config_error() {
         .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("cannot use postgres://"), "{text}");
-    assert!(matches!(err, nanachat::Error::Config(_)), "{err:?}");
+    assert!(matches!(err, nanachat::Error::Service { .. }), "{err:?}");
+    assert_eq!(
+        err.exit_code(),
+        2,
+        "a service named at start that cannot be used"
+    );
     let err = PgStore::open("postgres://a:secret@127.0.0.1:1/db?bad_option=1")
         .await
         .unwrap_err()

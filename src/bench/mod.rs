@@ -408,9 +408,9 @@ impl Workers {
                 self.progress[i] = (deliveries, acked, errors);
                 Ok(None)
             }
-            Ok((i, Some(Ev::Failed { error }))) => Err(Error::Io(std::io::Error::other(format!(
-                "bench worker {i} failed: {error}"
-            )))),
+            Ok((i, Some(Ev::Failed { error }))) => {
+                Err(Error::Bench(format!("worker {i} failed: {error}")))
+            }
             Ok(event) => Ok(Some(event)),
             Err(_) => Ok(None),
         }
@@ -552,9 +552,7 @@ impl Bar {
 }
 
 fn ended_early(worker: usize) -> Error {
-    Error::Io(std::io::Error::other(format!(
-        "bench worker {worker} ended early"
-    )))
+    Error::Bench(format!("worker {worker} ended early"))
 }
 
 /// The server's resident memory, in KiB, from `/proc`.

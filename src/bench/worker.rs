@@ -594,7 +594,7 @@ fn room_name(run: &str, room: usize) -> String {
 }
 
 async fn say(conn: &Connection, msg: &ClientMsg) -> Result<()> {
-    let text = serde_json::to_string(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+    let text = serde_json::to_string(msg)?;
     conn.send(Message::Text(text.into())).await
 }
 
@@ -607,7 +607,7 @@ async fn expect(conn: &mut Connection, want: impl Fn(&ServerMsg) -> bool) -> Res
                     Some(frame) => format!("{} {}", frame.code, frame.reason),
                     None => "without a close frame".into(),
                 };
-                return Err(Error::Protocol(format!(
+                return Err(Error::Bench(format!(
                     "the server closed the connection: {why}"
                 )));
             }
@@ -708,7 +708,7 @@ async fn idle(sh: &Shared, mut conn: Connection) -> Result<()> {
     loop {
         tokio::select! {
             msg = conn.read_msg() => if msg?.is_none() {
-                return Err(Error::Protocol("the server closed the connection".into()));
+                return Err(Error::Bench("the server closed the connection".into()));
             },
             _ = phase.changed() => if matches!(*phase.borrow(), Phase::Drain(_)) {
                 close(conn).await;
@@ -769,7 +769,7 @@ async fn publisher(sh: &Shared, mut conn: Connection, id: u64, room: usize) -> R
         }
         tokio::select! {
             msg = conn.read_msg() => match msg? {
-                None => return Err(Error::Protocol("the server closed the connection".into())),
+                None => return Err(Error::Bench("the server closed the connection".into())),
                 Some(Incoming::Text(text)) => {
                     let text = text.as_str();
                     if sh.json() {
@@ -1055,7 +1055,7 @@ async fn echo(sh: &Shared, mut conn: Connection, id: u64) -> Result<(u64, u64)> 
         }
         tokio::select! {
             msg = conn.read_msg() => match msg? {
-                None => return Err(Error::Protocol("the server closed the connection".into())),
+                None => return Err(Error::Bench("the server closed the connection".into())),
                 Some(Incoming::Text(text)) => {
                     if let Some((p, s, t)) = parse_payload(text.as_str())
                         && p == id

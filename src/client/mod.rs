@@ -147,19 +147,52 @@ pub async fn run(
         welcomed: false,
     };
     let config = ConnectionConfig::default();
+    let target = state.opts.target.clone();
+    let reconnect = state.opts.reconnect;
+    let dial = async || {
+        connect_with(
+            &target,
+            &config,
+            CancellationToken::new(),
+            Some(SUBPROTOCOL),
+        )
+        .await
+    };
+    let session =
+        async |conn: &mut Connection, out: &mut Output| state.session(conn, &mut inputs, out).await;
+    redial(dial, reconnect, out, session)
+        .await
+        .map_err(|err| match err {
+            // Only the first connection's failure is an error: say what is likely wrong.
+            Error::Io(io) => Error::Io(std::io::Error::new(
+                io.kind(),
+                format!("{io} — is `nanachat serve` running there?"),
+            )),
+            other => other,
+        })
+}
+
+/// The client's one reconnect loop (the chat client's and `--raw`'s): dials, runs `session` on
+/// the connection, and when the session is lost waits ([`RECONNECT`], jittered) and dials again
+/// — unless `reconnect` is off. Failing to connect the first time is an error; later it is one
+/// more loss to wait out.
+async fn redial(
+    dial: impl AsyncFn() -> Result<Connection>,
+    reconnect: bool,
+    out: &mut Output,
+    mut session: impl AsyncFnMut(&mut Connection, &mut Output) -> SessionEnd,
+) -> Result<Exit> {
     let mut backoff = RECONNECT;
     let mut connected_once = false;
     loop {
-        let shutdown = CancellationToken::new();
-        let conn = connect_with(&state.opts.target, &config, shutdown, Some(SUBPROTOCOL)).await;
-        let end = match conn {
+        let end = match dial().await {
             Ok(mut conn) => {
                 if connected_once {
                     out.notice("* reconnected");
                 }
                 connected_once = true;
                 backoff.succeeded();
-                let end = state.session(&mut conn, &mut inputs, out).await;
+                let end = session(&mut conn, out).await;
                 let outcome = match &end {
                     SessionEnd::Lost(_) => Err(Error::Closed),
                     _ => Ok(()),
@@ -167,21 +200,13 @@ pub async fn run(
                 conn.finish(&outcome).await;
                 end
             }
-            Err(err) if !connected_once => {
-                return Err(match err {
-                    Error::Io(io) => Error::Io(std::io::Error::new(
-                        io.kind(),
-                        format!("{io} — is `nanachat serve` running there?"),
-                    )),
-                    other => other,
-                });
-            }
+            Err(err) if !connected_once => return Err(err),
             Err(err) => SessionEnd::Lost(err.to_string()),
         };
         match end {
             SessionEnd::Exit(exit) => return Ok(exit),
             SessionEnd::Again => continue,
-            SessionEnd::Lost(why) if state.opts.reconnect => {
+            SessionEnd::Lost(why) if reconnect => {
                 let wait = backoff.failed_jittered();
                 out.status(&format!(
                     "* disconnected ({why}); reconnecting in {:.1}s",
@@ -202,7 +227,7 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::fr
 
 impl State {
     async fn send(&self, conn: &Connection, msg: &ClientMsg) -> Result<()> {
-        let json = serde_json::to_string(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+        let json = serde_json::to_string(msg)?;
         conn.send(Message::text(json)).await
     }
 

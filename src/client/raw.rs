@@ -7,11 +7,11 @@ use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
-use super::{Exit, Input, Output, RECONNECT};
+use super::{Exit, Input, Output, SessionEnd, redial};
 use crate::Result;
 use crate::clock::python_now;
 use crate::config::ConnectionConfig;
-use crate::connection::{Incoming, Message};
+use crate::connection::{Connection, Incoming, Message};
 use crate::dial::{Target, connect};
 
 /// Sends each input line as a text frame and prints each text frame received.
@@ -23,24 +23,8 @@ pub async fn run_raw(
     out: &mut Output,
 ) -> Result<Exit> {
     let config = ConnectionConfig::default();
-    let mut connected_once = false;
-    let mut backoff = RECONNECT;
-    loop {
-        let mut conn = match connect(target, &config, CancellationToken::new()).await {
-            Ok(conn) => conn,
-            Err(err) if !connected_once => return Err(err),
-            Err(err) => {
-                let wait = backoff.failed_jittered();
-                out.status(&format!(
-                    "* {err}; reconnecting in {:.1}s",
-                    wait.as_secs_f64()
-                ));
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
-        connected_once = true;
-        backoff.succeeded();
+    let dial = async || connect(target, &config, CancellationToken::new()).await;
+    let session = async |conn: &mut Connection, out: &mut Output| {
         let mut ticker = send_every.map(|every| {
             let mut t = interval(every);
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -67,14 +51,13 @@ pub async fn run_raw(
             }
         }
         .await;
-        let done = matches!(ended, Ok(true));
-        conn.finish(&Ok(())).await;
-        if done {
-            return Ok(Exit::Done);
+        match ended {
+            // The end of input, or (with nothing to resume) any end when not reconnecting.
+            Ok(true) => SessionEnd::Exit(Exit::Done),
+            _ if !reconnect => SessionEnd::Exit(Exit::Done),
+            Ok(false) => SessionEnd::Lost("closed by the server".into()),
+            Err(err) => SessionEnd::Lost(err.to_string()),
         }
-        if !reconnect {
-            return Ok(Exit::Done);
-        }
-        out.status("* disconnected; reconnecting");
-    }
+    };
+    redial(dial, reconnect, out, session).await
 }

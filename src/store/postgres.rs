@@ -31,6 +31,7 @@ use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
 use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
 use crate::backoff::Reconnecting;
 use crate::clock::now_ms;
+use crate::error::StoreError;
 use crate::{Error, Result};
 
 /// The schema, one migration per version; `nanachat_schema.version` says how many have run.
@@ -71,13 +72,13 @@ impl PgStore {
     /// starts the writer. Fails with a config error if the database cannot be reached now.
     pub async fn open(url: &str) -> Result<Self> {
         let shown = crate::config::redact_url(url);
+        let as_store = format!("{shown} as the history store");
         let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|err| Error::Config(format!("--store {shown}: {err}")))?;
+            .map_err(|err| Error::service(&as_store, pg_err(err)))?;
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .application_name("nanachat");
-        let unreachable =
-            |err: Error| Error::Config(format!("cannot use {shown} as the history store: {err}"));
+        let unreachable = |err: Error| Error::service(&as_store, err);
         // Migrate on a connection of its own: the others prepare statements on the tables.
         let (client, connection) = config
             .connect(NoTls)
@@ -113,7 +114,10 @@ impl PgStore {
 }
 
 fn pg_err(err: tokio_postgres::Error) -> Error {
-    Error::Store(format!("PostgreSQL: {}", describe(&err)))
+    Error::Store(StoreError::Postgres {
+        message: describe(&err),
+        source: err,
+    })
 }
 
 /// The error with the server's own message, which tokio-postgres' `Display` leaves out.
@@ -217,7 +221,7 @@ impl Link {
     /// The live connection, or a new one; while the database is unreachable this fails at
     /// once until the back-off has passed.
     async fn get(&self) -> Result<Arc<Conn>> {
-        let connect = || async { self.connect().await.map(Arc::new).map_err(|e| describe(&e)) };
+        let connect = || async { self.connect().await.map(Arc::new).map_err(pg_err) };
         self.conn.get(|c| !c.client.is_closed(), connect).await
     }
 
@@ -358,10 +362,10 @@ async fn write_loop(link: Link, mut rx: mpsc::Receiver<Job>, stats: Arc<StoreSta
                     if conn.client.batch_execute("ROLLBACK").await.is_err() {
                         link.reset().await;
                     }
-                    Err(format!("PostgreSQL: {}", describe(&err)))
+                    Err(pg_err(err))
                 }
             },
-            Err(err) => Err(err.to_string()),
+            Err(err) => Err(err),
         };
         answer_batch(jobs, outcome, started, &stats);
     }

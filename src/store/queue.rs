@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::{Append, Appended, RoomState};
+use crate::error::StoreError;
 use crate::{Error, Result};
 
 /// Most jobs one transaction commits.
@@ -43,7 +44,7 @@ pub(crate) struct Queue {
 }
 
 fn stopped() -> Error {
-    Error::Store("the store's writer has stopped".into())
+    Error::Store(StoreError::Stopped)
 }
 
 impl Queue {
@@ -81,9 +82,7 @@ impl Queue {
             .jobs
             .try_send(Job::Append(append, tx))
             .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => {
-                    Error::Store("the store is overloaded".into())
-                }
+                mpsc::error::TrySendError::Full(_) => Error::Store(StoreError::Overloaded),
                 mpsc::error::TrySendError::Closed(_) => stopped(),
             });
         async move {
@@ -148,7 +147,7 @@ pub(crate) fn take_batch(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
 /// its commit began.
 pub(crate) fn answer_batch(
     jobs: Vec<Job>,
-    outcome: std::result::Result<Vec<Done>, String>,
+    outcome: Result<Vec<Done>>,
     started: Instant,
     stats: &StoreStats,
 ) {
@@ -168,8 +167,9 @@ pub(crate) fn answer_batch(
         Err(err) => {
             tracing::warn!(cause = %err, batch = jobs.len(), "store commit failed");
             stats.failures.fetch_add(1, Ordering::Relaxed);
+            let err = Arc::new(err);
             for job in jobs {
-                let failed = Error::Store(err.clone());
+                let failed = Error::Store(StoreError::Batch(err.clone()));
                 let done = match job {
                     Job::Append(..) => Done::Append(Err(failed)),
                     Job::Ensure(..) | Job::Wipe(..) => Done::State(Err(failed)),

@@ -49,18 +49,15 @@ pub struct SqliteStore {
 }
 
 fn store_err(err: rusqlite::Error) -> Error {
-    Error::Store(err.to_string())
+    err.into()
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`, running any pending migrations.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|err| {
-            Error::Config(format!("cannot create data dir {}: {err}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir).map_err(|err| Error::file("create data dir", dir, err))?;
         let path = dir.join("nanachat.sqlite3");
-        let mut writer = Connection::open(&path)
-            .map_err(|err| Error::Config(format!("cannot open {}: {err}", path.display())))?;
+        let mut writer = Connection::open(&path).map_err(|err| Error::file("open", &path, err))?;
         // A file that is not ours (or is damaged) is refused with its name, and left as it is:
         // nothing is written before it has been read as a database.
         let unusable = |err: &dyn std::fmt::Display| {
@@ -116,7 +113,7 @@ impl SqliteStore {
             f(&conn).map_err(store_err)
         })
         .await
-        .map_err(|err| Error::Store(format!("read task failed: {err}")))?
+        .map_err(|err| Error::Store(err.into()))?
     }
 }
 
@@ -211,7 +208,7 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
     while let Some(first) = rx.blocking_recv() {
         let jobs = take_batch(first, &mut rx);
         let started = Instant::now();
-        let outcome = commit_batch(&mut conn, &jobs).map_err(|err| err.to_string());
+        let outcome = commit_batch(&mut conn, &jobs).map_err(Error::from);
         answer_batch(jobs, outcome, started, stats);
     }
 }

@@ -130,18 +130,17 @@ impl Broker {
     /// Checks the URL and that the server answers now (a config error otherwise).
     pub async fn connect(url: &str) -> Result<Self> {
         let shown = crate::config::redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|err| Error::Config(format!("--broker {shown}: {err}")))?;
+        let as_broker = format!("{shown} as the broker");
+        let client = redis::Client::open(url).map_err(|err| Error::service(&as_broker, err))?;
         let broker = Self { client, shown };
-        let mut conn = broker.connection().await.map_err(|err| {
-            Error::Config(format!("cannot use {} as the broker: {err}", broker.shown))
-        })?;
+        let mut conn = broker
+            .connection()
+            .await
+            .map_err(|err| Error::service(&as_broker, err))?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
-            .map_err(|err| {
-                Error::Config(format!("cannot use {} as the broker: {err}", broker.shown))
-            })?;
+            .map_err(|err| Error::service(&as_broker, err))?;
         Ok(broker)
     }
 
@@ -218,7 +217,7 @@ impl Link {
                 if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
                     self.conn.reset().await;
                 }
-                Err(Error::Store(format!("Redis: {err}")))
+                Err(err.into())
             }
         }
     }
