@@ -68,6 +68,65 @@ fn an_unusable_data_dir_is_one_clear_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two servers on one data dir would both ack messages while live delivery between them stops
+/// for good; the second is refused, by the first one's pid, and the first keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_server_on_one_data_dir_is_refused_by_pid() {
+    let dir = scratch("two-on-one");
+    let first = common::serve_child(&dir, "127.0.0.1:0", 100);
+    let url = first.listening_url();
+    let err = refused_start(&dir);
+    assert!(
+        err.contains(&format!("in use by pid {}", first.pid())) && !err.contains("damaged"),
+        "{err}"
+    );
+    let mut ws = json_client(&url, "nana").await;
+    let ack = say(&mut ws, "still here", "c1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    drop(first);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Started at the same moment, one of two servers on a new data dir gets it; the other is told
+/// the dir is in use — never that a healthy database is damaged.
+#[test]
+fn two_servers_started_at_once_on_one_data_dir_leave_one_running() {
+    for round in 0..5 {
+        let dir = scratch(&format!("race-{round}"));
+        let mut a = common::serve_child(&dir, "127.0.0.1:0", 100);
+        let mut b = common::serve_child(&dir, "127.0.0.1:0", 100);
+        // Exactly one of them exits, with 2 and the in-use line; the other listens.
+        let deadline = Instant::now() + common::WAIT;
+        let (mut refused, running) = loop {
+            if a.has_exited() {
+                break (a, b);
+            }
+            if b.has_exited() {
+                break (b, a);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "both servers run on one data dir"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(
+            refused.wait_exit().code(),
+            Some(2),
+            "{}",
+            refused.stderr_text()
+        );
+        let err = refused.stderr_text();
+        assert!(
+            err.contains("is in use by") && !err.contains("damaged"),
+            "{err}"
+        );
+        running.listening_url();
+        drop(running);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 async fn json_client(url: &str, nick: &str) -> common::Peer {
     let mut ws = common::protocol_peer(url).await;
     for msg in [

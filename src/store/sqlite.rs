@@ -18,6 +18,7 @@ use tracing::debug;
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
 use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
 use crate::clock::now_ms;
+use crate::error::StoreError;
 use crate::{Error, Result};
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many have run.
@@ -46,6 +47,72 @@ pub struct SqliteStore {
     queue: Queue,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Held while the store lives: the data dir is this process's.
+    _lock: DirLock,
+}
+
+/// An exclusive lock on a data dir: `nanachat.lock` in it, locked with `flock` (the kernel lets
+/// go of it when the process ends, however it ends) and holding the owner's pid, so that a second
+/// server on the same dir is refused with who has it instead of sharing the database.
+#[derive(Debug)]
+struct DirLock {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Whether this process made the file (and so takes it away again if the store is refused).
+    made: bool,
+}
+
+impl DirLock {
+    const NAME: &'static str = "nanachat.lock";
+
+    fn take(dir: &Path) -> Result<Self> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join(Self::NAME);
+        let made = !path.exists();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|err| Error::file("open the lock file", &path, err))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                let who = if pid.is_empty() {
+                    "another process".to_owned()
+                } else {
+                    format!("pid {pid}")
+                };
+                return Err(Error::Config(format!(
+                    "data dir {} is in use by {who} (another nanachat serve?): stop it, or give \
+                     this one another --data-dir",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(Error::file("lock", &path, err));
+            }
+        }
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
+        written.map_err(|err| Error::file("write the lock file", &path, err))?;
+        Ok(Self { file, path, made })
+    }
+
+    /// Lets go of the dir, and takes the lock file away if this process made it: a refused
+    /// store leaves the dir as it found it.
+    fn give_back(self) {
+        if self.made {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        drop(self.file);
+    }
 }
 
 fn store_err(err: rusqlite::Error) -> Error {
@@ -53,43 +120,78 @@ fn store_err(err: rusqlite::Error) -> Error {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store in `dir`, running any pending migrations.
+    /// Opens (creating if needed) the store in `dir`, running any pending migrations. The dir
+    /// is locked for this process (see [`DirLock`]): a second server on it is refused.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|err| Error::file("create data dir", dir, err))?;
+        let lock = DirLock::take(dir)?;
         let path = dir.join("nanachat.sqlite3");
-        let mut writer = Connection::open(&path).map_err(|err| Error::file("open", &path, err))?;
+        match Self::open_locked(&path, lock) {
+            Ok(store) => Ok(store),
+            Err((err, lock)) => {
+                lock.give_back();
+                Err(err)
+            }
+        }
+    }
+
+    fn open_locked(path: &Path, lock: DirLock) -> std::result::Result<Self, (Error, DirLock)> {
+        let mut writer = match Connection::open(path) {
+            Ok(conn) => conn,
+            Err(err) => return Err((Error::file("open", path, err), lock)),
+        };
         // A file that is not ours (or is damaged) is refused with its name, and left as it is:
         // nothing is written before it has been read as a database.
-        let unusable = |err: &dyn std::fmt::Display| {
-            Error::Config(format!(
-                "cannot use {} as the history store: {err} (a damaged file, or not nanachat's; \
-                 move it away or pick another --data-dir)",
-                path.display()
-            ))
+        let unusable = |err: rusqlite::Error| {
+            let hint = match err.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                    " (a damaged file, or not nanachat's; move it away or pick another --data-dir)"
+                }
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    " (another program holds it; stop it or pick another --data-dir)"
+                }
+                _ => "",
+            };
+            Error::Service {
+                what: format!("{} as the history store", path.display()),
+                source: Box::new(err.into()),
+                hint,
+            }
         };
-        writer
+        let ready = writer
             .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
-            .map_err(|err| unusable(&err))?;
-        writer
-            .pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| writer.pragma_update(None, "journal_mode", "WAL"))
             .and_then(|()| writer.pragma_update(None, "synchronous", "NORMAL"))
-            .and_then(|()| writer.busy_timeout(std::time::Duration::from_secs(5)))
-            .map_err(|err| unusable(&err))?;
-        migrate(&mut writer).map_err(|err| unusable(&err))?;
-        let reader = Connection::open(&path).map_err(store_err)?;
-        reader
-            .pragma_update(None, "query_only", true)
-            .map_err(store_err)?;
-
+            .and_then(|()| writer.busy_timeout(std::time::Duration::from_secs(5)));
+        if let Err(err) = ready {
+            return Err((unusable(err), lock));
+        }
+        if let Err(err) = migrate(&mut writer) {
+            let err = match err {
+                Error::Store(StoreError::Sqlite(err)) => unusable(err),
+                other => other,
+            };
+            return Err((err, lock));
+        }
+        let reader = match Connection::open(path)
+            .and_then(|r| r.pragma_update(None, "query_only", true).map(|()| r))
+        {
+            Ok(reader) => reader,
+            Err(err) => return Err((store_err(err), lock)),
+        };
         let (queue, rx) = Queue::new();
         let writer_stats = queue.stats().clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("nanachat-store".into())
-            .spawn(move || write_loop(writer, rx, &writer_stats))?;
+            .spawn(move || write_loop(writer, rx, &writer_stats));
+        if let Err(err) = spawned {
+            return Err((err.into(), lock));
+        }
         Ok(Self {
             queue,
             reader: Arc::new(Mutex::new(reader)),
-            path,
+            path: path.to_owned(),
+            _lock: lock,
         })
     }
 

@@ -213,6 +213,11 @@ impl Proc {
     }
 
     /// Waits (at most [`WAIT`]) for the process to exit by itself.
+    /// Whether the child has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
