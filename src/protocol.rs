@@ -61,13 +61,23 @@ pub enum ClientMsg {
         /// As for `say`.
         cid: String,
     },
-    /// Ask who is in a room.
+    /// Ask who is in a room: the nicks, sorted. A list cut to fit one frame is paged on with
+    /// `after`.
     Who {
         /// The room.
         room: String,
+        /// Only the nicks after this one (the last nick of the page before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
     },
-    /// Ask which rooms have people in them.
-    Rooms,
+    /// Ask which rooms have people in them, busiest first. A list cut to fit one frame is
+    /// paged on with `after`.
+    Rooms {
+        /// Only the rooms after this one in that order: the last entry of the page before, as
+        /// it came.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<RoomInfo>,
+    },
     /// Ask for a page of a room's history.
     History {
         /// The room.
@@ -233,14 +243,20 @@ pub enum ServerMsg {
         room: String,
         /// Nicks in it, sorted; only the first ones when they would not fit in one frame.
         nicks: Vec<String>,
-        /// How many nicks are in the room (more than `nicks` holds when it was cut).
+        /// How many nicks the list held (all of the room's, or those after `after`): more
+        /// than `nicks` when it was cut.
         #[serde(default)]
         total: usize,
     },
-    /// Answer to `rooms`: the rooms with members, busiest first.
+    /// Answer to `rooms`: the rooms with members, busiest first (most members, then by name);
+    /// only the first ones when they would not fit in one frame.
     Rooms {
         /// Each room and how many nicks are in it.
         rooms: Vec<RoomInfo>,
+        /// How many rooms the list held (all of them, or those after `after`): more than
+        /// `rooms` when it was cut.
+        #[serde(default)]
+        total: usize,
     },
     /// Answer to `history`.
     History {
@@ -248,8 +264,12 @@ pub enum ServerMsg {
         room: String,
         /// The room's epoch.
         epoch: u64,
-        /// The page, oldest first.
+        /// The page, oldest first; cut to fit in one frame, keeping the messages nearest to
+        /// where the page starts (the newest before `before`, the oldest after `after`).
         messages: Vec<ChatMessage>,
+        /// How many messages the page asked for held: more than `messages` when it was cut.
+        #[serde(default)]
+        total: usize,
     },
     /// The heartbeat: the link is alive.
     Tick {
@@ -315,6 +335,27 @@ impl ErrorCode {
 }
 
 impl ServerMsg {
+    /// For a reply that carries a list, how many items it holds; `None` for the others.
+    ///
+    /// Every variant is named (no wildcard), so a new one has to say whether it is a list: a
+    /// list reply must be sent through the one rule that fits it into one frame (the chat
+    /// server's `chat/list.rs`), never as it is.
+    pub fn list_len(&self) -> Option<usize> {
+        match self {
+            ServerMsg::Members { nicks, .. } => Some(nicks.len()),
+            ServerMsg::Rooms { rooms, .. } => Some(rooms.len()),
+            ServerMsg::History { messages, .. } => Some(messages.len()),
+            ServerMsg::Welcome { .. }
+            | ServerMsg::Joined { .. }
+            | ServerMsg::Left { .. }
+            | ServerMsg::Ack { .. }
+            | ServerMsg::Message(_)
+            | ServerMsg::Presence { .. }
+            | ServerMsg::Tick { .. }
+            | ServerMsg::Error { .. } => None,
+        }
+    }
+
     /// The JSON text of this message, as sent.
     pub fn to_json(&self) -> String {
         // Serializing these types cannot fail: no maps with non-string keys, no floats.
@@ -362,6 +403,23 @@ mod tests {
                     room: "lobby".into(),
                     text: "hi".into(),
                     cid: "c1".into(),
+                },
+            ),
+            (r#"{"type":"rooms"}"#, ClientMsg::Rooms { after: None }),
+            (
+                r#"{"type":"rooms","after":{"room":"lobby","members":2}}"#,
+                ClientMsg::Rooms {
+                    after: Some(RoomInfo {
+                        room: "lobby".into(),
+                        members: 2,
+                    }),
+                },
+            ),
+            (
+                r#"{"type":"who","room":"lobby","after":"mochi"}"#,
+                ClientMsg::Who {
+                    room: "lobby".into(),
+                    after: Some("mochi".into()),
                 },
             ),
             (

@@ -699,3 +699,210 @@ async fn metrics_and_the_page_tell_what_happened() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A chat server whose frames are at most `max` bytes (the announced `max_message_bytes`).
+async fn small_server(max: usize) -> TestServer {
+    let mut server = ServerConfig::default();
+    server.connection.max_message_bytes = max;
+    server.connection.max_frame_bytes = max;
+    TestServer::start(server, Chat::new(MemoryStore::new(), roomy(), max)).await
+}
+
+/// The text of the next data frame, and its size on the wire.
+async fn frame_text(ws: &mut Peer) -> String {
+    loop {
+        match within("a frame", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return t.as_str().to_owned(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a frame, got {other:?} (the connection was dropped?)"),
+        }
+    }
+}
+
+/// Reads frames until one of this type; returns it parsed, with its size in bytes.
+async fn expect_frame(c: &mut Client, kind: &str) -> (Value, usize) {
+    loop {
+        let text = frame_text(&mut c.ws).await;
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if v["type"] == kind {
+            return (v, text.len());
+        }
+        assert_ne!(v["type"], "error", "while waiting for {kind}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn a_rooms_list_larger_than_one_frame_is_cut_and_pages_to_the_end() {
+    const MAX: usize = 4096;
+    let server = small_server(MAX).await;
+    let url = server.url();
+    // 8 idle connections × max_rooms (32) rooms with 64-character names: about 23 KB of list,
+    // more than the largest frame the server can write (its write buffer plus one message).
+    let max_rooms = ChatConfig::default().max_rooms;
+    let mut idle = Vec::new();
+    let mut expected = Vec::new();
+    for c in 0..8 {
+        let mut client = Client::hello(&url, &format!("idle{c}")).await;
+        for r in 0..max_rooms {
+            let room = format!("{c:02}-{r:02}-{}", "r".repeat(58));
+            assert_eq!(room.len(), 64);
+            client.join(&room).await;
+            expected.push(room);
+        }
+        idle.push(client);
+    }
+    // The asker and a friend in the lobby, the busiest room.
+    let mut asker = Client::hello(&url, "asker").await;
+    asker.join("lobby").await;
+    let mut friend = Client::hello(&url, "friend").await;
+    friend.join("lobby").await;
+    expected.push("lobby".into());
+    expected.sort();
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut after: Option<Value> = None;
+    let mut pages = 0;
+    loop {
+        let mut req = json!({"type": "rooms"});
+        if let Some(a) = &after {
+            req["after"] = a.clone();
+        }
+        asker.send(req).await;
+        let (page, size) = expect_frame(&mut asker, "rooms").await;
+        assert!(size <= MAX, "a rooms reply of {size} bytes (limit {MAX})");
+        pages += 1;
+        let rooms = page["rooms"].as_array().unwrap();
+        let total = page["total"].as_u64().unwrap() as usize;
+        if pages == 1 {
+            assert_eq!(
+                total,
+                expected.len(),
+                "the first page's total is every room"
+            );
+            assert_eq!(rooms[0]["room"], "lobby", "busiest first");
+            assert_eq!(rooms[0]["members"], 2);
+        }
+        assert_eq!(
+            total,
+            expected.len() - seen.len(),
+            "total: what is left to page through"
+        );
+        assert!(
+            !rooms.is_empty(),
+            "a page with nothing in it before the end"
+        );
+        seen.extend(rooms.iter().map(|r| r["room"].as_str().unwrap().to_owned()));
+        if rooms.len() == total {
+            break;
+        }
+        after = rooms.last().cloned();
+        assert!(pages < 100, "paging does not end");
+    }
+    assert!(
+        pages > 2,
+        "the list fitted in {pages} frames: not a test of the cut"
+    );
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "every room exactly once");
+
+    // The asker is still connected, and can say and receive.
+    asker.say("lobby", "still here", "a1").await;
+    asker.expect("ack").await;
+    assert_eq!(friend.expect("message").await["text"], "still here");
+    friend.say("lobby", "hello asker", "f1").await;
+    assert_eq!(asker.expect("message").await["text"], "hello asker");
+
+    // Plain-text mode's /rooms obeys the same rule.
+    let mut p = plain(&url).await;
+    line_starting(&mut p, "* you joined lobby").await;
+    p.send(Message::text("/rooms")).await.unwrap();
+    let rooms = line_starting(&mut p, "* rooms:").await;
+    assert!(rooms.len() <= MAX, "a /rooms line of {} bytes", rooms.len());
+    assert!(rooms.contains("more"), "{rooms}");
+    p.send(Message::text("still here")).await.unwrap();
+    line_starting(&mut p, "[lobby]").await;
+}
+
+#[tokio::test]
+async fn who_and_history_at_the_frame_limit_fit_and_tell_the_total() {
+    const MAX: usize = 2048;
+    let server = small_server(MAX).await;
+    let url = server.url();
+    let mut members = Vec::new();
+    for i in 0..60 {
+        let mut c = Client::hello(&url, &format!("{i:02}-{}", "n".repeat(29))).await;
+        c.join("lobby").await;
+        members.push(c);
+    }
+    let mut expected: Vec<String> = (0..60)
+        .map(|i| format!("{i:02}-{}", "n".repeat(29)))
+        .collect();
+    expected.sort();
+    // who: cut to one frame, the total, and paged with `after` to the end.
+    let asker = &mut members[0];
+    let mut seen: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut req = json!({"type": "who", "room": "lobby"});
+        if let Some(a) = &after {
+            req["after"] = json!(a);
+        }
+        asker.send(req).await;
+        let (page, size) = expect_frame(asker, "members").await;
+        assert!(size <= MAX, "a members reply of {size} bytes");
+        let nicks: Vec<String> = page["nicks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        let total = page["total"].as_u64().unwrap() as usize;
+        assert_eq!(total, expected.len() - seen.len());
+        assert!(!nicks.is_empty());
+        seen.extend(nicks.iter().cloned());
+        if nicks.len() == total {
+            break;
+        }
+        after = nicks.last().cloned();
+    }
+    assert_eq!(seen, expected, "every nick once, in order");
+
+    // history: 40 messages of 200 bytes are far more than one 2 KiB frame.
+    let text = "h".repeat(200);
+    for i in 0..40 {
+        asker.say("lobby", &text, &format!("h{i}")).await;
+        asker.expect("ack").await;
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    let mut before: Option<u64> = None;
+    let mut cut = false;
+    loop {
+        let mut req = json!({"type": "history", "room": "lobby", "limit": 200});
+        if let Some(b) = before {
+            req["before"] = json!(b);
+        }
+        asker.send(req).await;
+        let (page, size) = expect_frame(asker, "history").await;
+        assert!(size <= MAX, "a history reply of {size} bytes");
+        let page_seqs: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        // total: the messages the page asked for, before the cut.
+        let asked = before.map_or(40, |b| b - 1).min(200);
+        assert_eq!(page["total"].as_u64().unwrap(), asked, "{page}");
+        if page_seqs.is_empty() {
+            break;
+        }
+        cut |= (page_seqs.len() as u64) < asked;
+        before = Some(page_seqs[0]);
+        seqs.splice(0..0, page_seqs);
+    }
+    assert!(cut, "no page was cut");
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+    asker.say("lobby", "still here", "last").await;
+    asker.expect("ack").await;
+}

@@ -17,6 +17,7 @@ const state = {
   pending: new Map(), // cid -> { room, text, to, el }
   nextCid: 1,
   loadingHistory: false,
+  roomsPaging: false, // the next `rooms` reply continues the list shown
 };
 
 function randomKey() {
@@ -181,6 +182,7 @@ function onServer(msg) {
         send(join);
       }
       for (const p of state.pending.values()) sendPending(p);
+      state.roomsPaging = false;
       send({ type: 'rooms' });
       break;
     case 'joined': {
@@ -219,13 +221,30 @@ function onServer(msg) {
       break;
     }
     case 'rooms': {
+      // A list too long for one frame comes cut: the first rooms and the `total` of the list.
+      // The button at its end asks for the rooms after the last one shown.
       const list = $('public-rooms');
-      list.replaceChildren();
+      if (state.roomsPaging) list.querySelector('li.more')?.remove();
+      else list.replaceChildren();
+      state.roomsPaging = false;
       for (const info of msg.rooms) {
-        const li = el('li');
+        const li = el('li', 'room');
         const b = el('button', '', `#${info.room} (${info.members})`);
         b.type = 'button';
         b.addEventListener('click', () => joinRoom(info.room));
+        li.append(b);
+        list.append(li);
+      }
+      const more = (msg.total ?? msg.rooms.length) - msg.rooms.length;
+      if (more > 0 && msg.rooms.length > 0) {
+        const last = msg.rooms[msg.rooms.length - 1];
+        const li = el('li', 'more');
+        const b = el('button', '', `… and ${more} more`);
+        b.type = 'button';
+        b.addEventListener('click', () => {
+          state.roomsPaging = true;
+          send({ type: 'rooms', after: last });
+        });
         li.append(b);
         list.append(li);
       }

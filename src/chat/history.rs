@@ -1,11 +1,12 @@
 //! Reading a room's past: the `history` request, and the replay that brings a member who
-//! joins with `since` up to date before it goes live. Both read pages from the store and
-//! both must fit what they send in frames no larger than the server announces.
+//! joins with `since` up to date before it goes live. Both read pages from the store; a
+//! `history` page is a list reply, fitted into one frame like every other (`list.rs`).
 //!
 //! It is apart from the session because it is the one part of it that talks to the store on
 //! the way *out*, and the seam of resume (replay, then the hub's backlog, then live) wants
 //! reading in one piece.
 
+use super::list::{Keep, Listing};
 use super::session::{Failure, Session, refuse};
 use super::types::chat_message;
 use crate::Result;
@@ -80,7 +81,7 @@ impl<S: Store> Session<S> {
         let limit = limit.map_or(50, |l| l as usize).min(MAX_PAGE);
         let store = &self.chat.store;
         let epoch = store.room_state(&room).await?.epoch;
-        let mut messages: Vec<ChatMessage> = store
+        let messages: Vec<ChatMessage> = store
             .history(&room, page, limit)
             .await?
             .into_iter()
@@ -89,34 +90,16 @@ impl<S: Store> Session<S> {
         // A page that would not fit in one frame is cut short, keeping the messages nearest to
         // where the client reads from (the newest going back, the oldest going forward); it
         // pages on from there.
-        let size = |m: &ChatMessage| serde_json::to_string(m).map_or(0, |j| j.len() + 1);
-        match page {
-            Page::Before(_) => {
-                let keep = self.fitting(messages.iter().rev().map(size));
-                messages.drain(..messages.len() - keep);
-            }
-            Page::After(_) => messages.truncate(self.fitting(messages.iter().map(size))),
-        }
-        let msg = ServerMsg::History {
-            room,
+        let keep = match page {
+            Page::Before(_) => Keep::Last,
+            Page::After(_) => Keep::First,
+        };
+        let list = Listing::new(messages, keep, |messages, total| ServerMsg::History {
+            room: room.clone(),
             epoch,
             messages,
-        };
-        Ok(self.reply(conn, &msg).await?)
-    }
-
-    /// How many of these parts, taken in order, fit in one frame (at least one): no frame we
-    /// send may be larger than the largest message we announce (`limits.max_message_bytes`),
-    /// with room left for the message around them.
-    pub(super) fn fitting(&self, sizes: impl Iterator<Item = usize>) -> usize {
-        let budget = self.chat.max_message_bytes.saturating_sub(512);
-        let mut used = 0;
-        sizes
-            .enumerate()
-            .take_while(|&(i, size)| {
-                used += size;
-                i == 0 || used <= budget
-            })
-            .count()
+            total,
+        });
+        Ok(self.reply_list(conn, list).await?)
     }
 }

@@ -6,14 +6,17 @@
 //!
 //! Its parts depend on each other one way only: `session.rs` (one connection; `plain.rs` and
 //! `history.rs` are more of it) → `directory.rs` (the one seam: alone or one of several) →
-//! `cluster/` (Redis) → `hub.rs` (this process's members and rooms) → `render.rs`; every part
-//! may use `types.rs`, and `config.rs` (the settings) names the cluster's `Broker`.
+//! `cluster/` (Redis) → `hub.rs` (this process's members and rooms) → `render.rs`; the session
+//! sends every reply that carries a list through `list.rs` (→ `render.rs`), which fits it into
+//! one frame; every part may use `types.rs`, and `config.rs` (the settings) names the
+//! cluster's `Broker`.
 
 mod cluster;
 mod config;
 mod directory;
 mod history;
 mod hub;
+mod list;
 mod plain;
 mod render;
 mod serve;

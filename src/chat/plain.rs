@@ -126,8 +126,9 @@ impl<S: Store> Session<S> {
             }
             "who" => ClientMsg::Who {
                 room: arg_or_current(rest)?,
+                after: None,
             },
-            "rooms" => ClientMsg::Rooms,
+            "rooms" => ClientMsg::Rooms { after: None },
             "history" => ClientMsg::History {
                 room: current()?,
                 before: None,

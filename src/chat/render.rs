@@ -73,12 +73,17 @@ fn plain(msg: &ServerMsg) -> String {
             total - nicks.len()
         ),
         ServerMsg::Members { room, nicks, .. } => format!("* in {room}: {}", nicks.join(", ")),
-        ServerMsg::Rooms { rooms } => {
+        ServerMsg::Rooms { rooms, total } => {
             let list: Vec<String> = rooms
                 .iter()
                 .map(|r| format!("{} ({})", r.room, r.members))
                 .collect();
-            format!("* rooms: {}", list.join(", "))
+            let more = total.saturating_sub(rooms.len());
+            if more > 0 {
+                format!("* rooms: {} and {more} more", list.join(", "))
+            } else {
+                format!("* rooms: {}", list.join(", "))
+            }
         }
         ServerMsg::History { room, messages, .. } if messages.is_empty() => {
             format!("* no history in {room}")

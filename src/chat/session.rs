@@ -15,6 +15,7 @@ use tracing::warn;
 use super::config::ChatConfig;
 use super::directory::Directory;
 use super::hub::Hub;
+use super::list::{Keep, Listing};
 use super::render::{Mode, render};
 use super::types::{ConnId, chat_message, dm_pair, dm_room, valid_nick, valid_room};
 use crate::auth::Claims;
@@ -153,9 +154,25 @@ impl<S: Store> Session<S> {
         }
     }
 
-    /// Sends one message to this connection, rendered for its mode.
+    /// Sends one message to this connection, rendered for its mode. Not a list: those go
+    /// through [`Session::reply_list`].
     pub(super) async fn reply(&self, conn: &Connection, msg: &ServerMsg) -> Result<()> {
+        debug_assert!(
+            msg.list_len().is_none(),
+            "a reply carrying a list is sent with reply_list, fitted into one frame"
+        );
         conn.send(Message::Text(render(self.mode, msg))).await
+    }
+
+    /// Sends a reply carrying a list — the one way one is sent: cut to fit in one frame no
+    /// larger than the largest message the server announces, with its `total` (`list.rs`).
+    pub(super) async fn reply_list<T: Clone>(
+        &self,
+        conn: &Connection,
+        list: Listing<T, impl Fn(Vec<T>, usize) -> ServerMsg>,
+    ) -> Result<()> {
+        let frame = list.fit(self.mode, self.chat.max_message_bytes);
+        conn.send(Message::Text(frame)).await
     }
 
     /// Sends an error frame (and counts it).
@@ -228,14 +245,14 @@ impl<S: Store> Session<S> {
             ClientMsg::Leave { room } => self.leave(&room),
             ClientMsg::Say { room, text, cid } => self.say(room, text, cid),
             ClientMsg::Dm { to, text, cid } => self.dm(to, text, cid).await,
-            ClientMsg::Who { room } => self.who(conn, room).await,
+            ClientMsg::Who { room, after } => self.who(conn, room, after).await,
             ClientMsg::History {
                 room,
                 before,
                 after,
                 limit,
             } => self.history(conn, room, before, after, limit).await,
-            ClientMsg::Rooms => self.rooms(conn).await,
+            ClientMsg::Rooms { after } => self.rooms(conn, after).await,
         }
     }
 
@@ -406,29 +423,50 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    async fn who(&self, conn: &Connection, room: String) -> Result<(), Failure> {
+    /// Answers `who`: the room's nicks, sorted (those after `after`), as many as fit.
+    async fn who(
+        &self,
+        conn: &Connection,
+        room: String,
+        after: Option<String>,
+    ) -> Result<(), Failure> {
         let mut nicks = self
             .chat
             .directory
             .members(self.id, &room)
             .await?
             .or_else(|code| refuse(code, format!("you are not in {room}")))?;
-        let total = nicks.len();
-        // One frame at most, like a history page: a huge room's list is cut.
-        nicks.truncate(self.fitting(nicks.iter().map(|n| n.len() + 3)));
-        Ok(self
-            .reply(conn, &ServerMsg::Members { room, nicks, total })
-            .await?)
+        if let Some(after) = after {
+            nicks.retain(|nick| *nick > after);
+        }
+        let list = Listing::new(nicks, Keep::First, |nicks, total| ServerMsg::Members {
+            room: room.clone(),
+            nicks,
+            total,
+        });
+        Ok(self.reply_list(conn, list).await?)
     }
 
-    async fn rooms(&self, conn: &Connection) -> Result<(), Failure> {
-        let rooms = self
+    /// Answers `rooms`: this process's public rooms with members, busiest first (those after
+    /// `after` in that order), as many as fit.
+    async fn rooms(&self, conn: &Connection, after: Option<RoomInfo>) -> Result<(), Failure> {
+        let mut rooms: Vec<RoomInfo> = self
             .hub()
             .rooms()
             .into_iter()
             .map(|(room, members)| RoomInfo { room, members })
             .collect();
-        Ok(self.reply(conn, &ServerMsg::Rooms { rooms }).await?)
+        if let Some(after) = after {
+            // The hub's order: most members first, then by name.
+            rooms.retain(|r| {
+                r.members < after.members || (r.members == after.members && r.room > after.room)
+            });
+        }
+        let list = Listing::new(rooms, Keep::First, |rooms, total| ServerMsg::Rooms {
+            rooms,
+            total,
+        });
+        Ok(self.reply_list(conn, list).await?)
     }
 
     fn check_text(&self, text: &str) -> Result<(), Failure> {

@@ -419,15 +419,21 @@ impl State {
                 };
                 out.notice(&format!("* {nick} {verb} {room}"));
             }
-            ServerMsg::Members { room, nicks, .. } => {
-                out.notice(&format!("* in {room}: {}", nicks.join(", ")))
-            }
-            ServerMsg::Rooms { rooms } => {
+            ServerMsg::Members { room, nicks, total } => out.notice(&format!(
+                "* in {room}: {}{}",
+                nicks.join(", "),
+                and_more(total, nicks.len())
+            )),
+            ServerMsg::Rooms { rooms, total } => {
                 let list: Vec<String> = rooms
                     .iter()
                     .map(|r| format!("{} ({})", r.room, r.members))
                     .collect();
-                out.notice(&format!("* rooms: {}", list.join(", ")));
+                out.notice(&format!(
+                    "* rooms: {}{}",
+                    list.join(", "),
+                    and_more(total, rooms.len())
+                ));
             }
             ServerMsg::History { messages, .. } => {
                 for m in messages {
@@ -558,8 +564,9 @@ impl State {
                 } else {
                     rest
                 },
+                after: None,
             },
-            "rooms" => ClientMsg::Rooms,
+            "rooms" => ClientMsg::Rooms { after: None },
             "history" => ClientMsg::History {
                 room: self.current.clone(),
                 before: None,
@@ -579,6 +586,14 @@ impl State {
 /// What `/help` shows.
 pub const HELP: &str = "commands: /join ROOM, /leave [ROOM], /rooms, /msg NICK TEXT, /who [ROOM], \
 /history [N], /nick NAME, /quit; anything else is said in the current room";
+
+/// " and N more" when a list reply holds fewer than its `total` (it was cut to fit one frame).
+fn and_more(total: usize, shown: usize) -> String {
+    match total.saturating_sub(shown) {
+        0 => String::new(),
+        more => format!(" and {more} more"),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -218,3 +218,56 @@ test('a server that wants tokens: the page sends the one typed, and shows a refu
   await page.close();
   rmSync(dir, { recursive: true, force: true });
 });
+
+test('a rooms list too big for one frame: the page shows the first ones and the total, pages on, and stays connected', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0', '--max-message-bytes', '4096']);
+  // 8 connections × 32 rooms with 64-character names: far more than one 4 KiB frame.
+  const { default: WebSocket } = await import('ws');
+  const idle = [];
+  for (let c = 0; c < 8; c++) {
+    const ws = new WebSocket(url, 'nanachat.v1');
+    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+    let joined = 0;
+    const all = new Promise((resolve) => ws.on('message', (d) => {
+      if (JSON.parse(d.toString()).type === 'joined' && ++joined === 32) resolve();
+    }));
+    ws.send(JSON.stringify({ type: 'hello', nick: `idle${c}` }));
+    for (let r = 0; r < 32; r++) {
+      const room = `${String(c).padStart(2, '0')}-${String(r).padStart(2, '0')}-${'r'.repeat(58)}`;
+      ws.send(JSON.stringify({ type: 'join', room }));
+    }
+    await all;
+    idle.push(ws);
+  }
+  const page = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  let sockets = 0;
+  page.on('websocket', () => { sockets += 1; });
+  await page.goto(`${http}/`);
+  await page.fill('#nick', 'looker');
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  const rooms = () => page.$$eval('#public-rooms li.room', (l) => l.length);
+  // 8 × 32 rooms and the lobby: the first page, and how many more there are.
+  const more = page.locator('#public-rooms li.more button');
+  await more.waitFor({ timeout: WAIT });
+  const shown = await rooms();
+  assert.ok(shown > 0 && shown < 257, `${shown} rooms shown`);
+  assert.equal(await more.textContent(), `… and ${257 - shown} more`);
+  // Paging on shows every room once.
+  while (await more.count()) {
+    const before = await rooms();
+    await more.click();
+    await until('the next page', async () => (await rooms()) > before);
+  }
+  const names = await page.$$eval('#public-rooms li.room', (l) => l.map((e) => e.textContent));
+  assert.equal(names.length, 257);
+  assert.equal(new Set(names).size, 257);
+  // Still the first connection, and chatting.
+  await say(page, 'still connected');
+  await until('acked', async () => (await texts(page)).includes('still connected')
+    && (await page.$$('#messages li.pending')).length === 0);
+  assert.equal(sockets, 1, 'the page reconnected');
+  await page.screenshot({ path: path.join(SHOTS, 'many-rooms.png') });
+  for (const ws of idle) ws.close();
+  await page.close();
+});
