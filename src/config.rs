@@ -49,6 +49,13 @@ impl Default for ConnectionConfig {
     }
 }
 
+/// The largest message or frame limit a server may be given: beyond it one peer could make the
+/// server allocate more than a machine has.
+pub const MAX_LIMIT_BYTES: usize = 1 << 30;
+
+/// The largest per-connection read buffer: it is allocated for every connection.
+pub const MAX_READ_BUFFER_BYTES: usize = 1 << 20;
+
 impl ConnectionConfig {
     /// Checks the values against each other; a one-line error names the first one that is off.
     pub fn validate(&self) -> Result<()> {
@@ -57,10 +64,15 @@ impl ConnectionConfig {
                 "max message and frame bytes must be above 0".into(),
             ));
         }
-        if self.read_buffer_bytes < 256 {
-            return Err(Error::Config(
-                "read buffer must be at least 256 bytes".into(),
-            ));
+        if self.max_message_bytes > MAX_LIMIT_BYTES || self.max_frame_bytes > MAX_LIMIT_BYTES {
+            return Err(Error::Config(format!(
+                "max message and frame bytes must be at most {MAX_LIMIT_BYTES} (1GiB)"
+            )));
+        }
+        if !(256..=MAX_READ_BUFFER_BYTES).contains(&self.read_buffer_bytes) {
+            return Err(Error::Config(format!(
+                "read buffer must be from 256 bytes to {MAX_READ_BUFFER_BYTES} (1MiB)"
+            )));
         }
         if self.outbox_capacity == 0 || self.max_batch == 0 {
             return Err(Error::Config(
@@ -190,18 +202,55 @@ mod tests {
     }
 }
 
-/// A URL with its password (if any) replaced by `***`, for logs and errors.
+/// A URL (or a `key=value` connection string) with every secret in it replaced by `***`, for
+/// logs, errors and `--check-config`: the password of `user:password@`, and the values of
+/// query or `key=value` parameters whose name speaks of a password, a token, a secret or a key.
+/// Text that is neither (a bare word might itself be a password) is all `***`.
 pub fn redact_url(url: &str) -> String {
+    fn secret_key(key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        ["pass", "token", "secret", "key", "auth"]
+            .iter()
+            .any(|word| key.contains(word))
+    }
+    fn redact_pairs(text: &str, separator: char) -> String {
+        text.split(separator)
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if secret_key(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(&separator.to_string())
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return if url.contains('=') {
+            redact_pairs(url, ' ')
+        } else {
+            "***".to_owned()
+        };
     };
-    match rest.rsplit_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(redact_pairs(query, '&'))),
+        None => (rest, None),
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
         Some((auth, host)) if auth.contains(':') => {
             let user = auth.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
+            format!("{user}:***@{host}")
         }
-        _ => url.to_owned(),
+        _ => authority.to_owned(),
+    };
+    let mut shown = format!("{scheme}://{authority}");
+    if let Some(path) = path {
+        shown = format!("{shown}/{path}");
     }
+    if let Some(query) = query {
+        shown = format!("{shown}?{query}");
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -223,5 +272,22 @@ mod redact_tests {
             "postgres://nana@db/chat"
         );
         assert_eq!(redact_url("host=db user=nana"), "host=db user=nana");
+        assert_eq!(
+            redact_url("host=db password=hunter2 user=nana"),
+            "host=db password=*** user=nana"
+        );
+        assert_eq!(
+            redact_url("postgres://db/chat?password=hunter2&sslmode=off"),
+            "postgres://db/chat?password=***&sslmode=off"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///tmp/s?pass=hunter2"),
+            "redis+unix:///tmp/s?pass=***"
+        );
+        assert_eq!(
+            redact_url("ws://ann:pw@h:1/?token=T&room=a"),
+            "ws://ann:***@h:1/?token=***&room=a"
+        );
+        assert_eq!(redact_url("hunter2"), "***");
     }
 }

@@ -281,6 +281,107 @@ fn flag_beats_variable_beats_file_beats_default() {
 }
 
 #[test]
+fn a_choice_on_the_command_line_overrides_the_other_side_of_it_in_the_file() {
+    let files = Files::new("choices");
+    let file = files.dir.join("serve.toml");
+    std::fs::write(
+        &file,
+        "memory = true\nauth_secret = \"0123456789abcdef0123\"\n",
+    )
+    .unwrap();
+    let out = nanachat()
+        .args(["serve", "--check-config", "--store", "postgres://db/chat"])
+        .arg("--auth-secret-file")
+        .arg(files.path("secret"))
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["memory = false", "store = \"postgres://db/chat\""] {
+        assert!(stdout.lines().any(|l| l == line), "{line} in {stdout}");
+    }
+    assert!(!stdout.contains("auth_secret = "), "{stdout}");
+}
+
+#[test]
+fn no_secret_is_shown_by_help_check_config_or_errors() {
+    let secret_url = "postgres://nana:hunter2@db/chat?password=hunter2";
+    let help = nanachat()
+        .args(["serve", "--help"])
+        .env("NANACHAT_STORE", secret_url)
+        .env("NANACHAT_BROKER", "redis://:hunter2@cache/")
+        .output()
+        .unwrap();
+    let check = nanachat()
+        .args(["serve", "--check-config", "--store", secret_url])
+        .output()
+        .unwrap();
+    let bad = nanachat()
+        .args([
+            "serve",
+            "--check-config",
+            "--store",
+            "host=db password=hunter2",
+        ])
+        .output()
+        .unwrap();
+    let connect = nanachat()
+        .args([
+            "connect",
+            "--check-config",
+            "ws://ann:hunter2@h:1/?token=hunter2",
+        ])
+        .output()
+        .unwrap();
+    for out in [help, check, bad, connect] {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains("hunter2"), "{all}");
+    }
+}
+
+#[test]
+fn check_config_refuses_what_serve_would_refuse() {
+    for args in [
+        ["--addr", "garbage"],
+        ["--addr", "127.0.0.1:99999"],
+        ["--store", "postgres://u@localhost:notaport/db"],
+        ["--read-buffer-bytes", "100000GiB"],
+        ["--max-message-bytes", "2GiB"],
+    ] {
+        let out = nanachat()
+            .args(["serve", "--check-config"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+    let out = nanachat()
+        .args([
+            "serve",
+            "--check-config",
+            "--store",
+            "postgres://db/c",
+            "--broker",
+            "http://x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn help_shows_every_default() {
     let out = nanachat().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);

@@ -31,8 +31,8 @@ impl Listen {
         }
     }
 
-    /// Resolves HOST:PORT and binds the first address that works.
-    pub async fn bind(&self) -> Result<TcpListener> {
+    /// The host and port of HOST:PORT, checked (the host is not looked up).
+    pub fn host_port(&self) -> Result<(&str, u16)> {
         let addr = &self.addr;
         let bad = || Error::Config(format!("bad address '{addr}': expected HOST:PORT"));
         let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
@@ -41,6 +41,13 @@ impl Listen {
             return Err(bad());
         }
         let port: u16 = port.parse().map_err(|_| bad())?;
+        Ok((host, port))
+    }
+
+    /// Resolves HOST:PORT and binds the first address that works.
+    pub async fn bind(&self) -> Result<TcpListener> {
+        let addr = &self.addr;
+        let (host, port) = self.host_port()?;
         let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|err| Error::Config(format!("bad address '{addr}': {err}")))?

@@ -106,7 +106,10 @@ impl ServerConfig {
     /// Checks the values once, at start.
     pub fn validate(&self) -> Result<()> {
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
-            return Err(Error::Config("max connections must be above 0".into()));
+            return Err(Error::Config(format!(
+                "max connections must be from 1 to {}",
+                Semaphore::MAX_PERMITS
+            )));
         }
         if self.handshake_timeout.is_zero() || self.shutdown_timeout.is_zero() {
             return Err(Error::Config(

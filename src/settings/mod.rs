@@ -116,11 +116,11 @@ settings! {
         memory: bool = false,
         /// Keep history in PostgreSQL instead (postgres://USER:PASSWORD@HOST:PORT/DB),
         /// shared by every process pointed at it.
-        #[arg(long, env = "NANACHAT_STORE", value_name = "URL")]
+        #[arg(long, env = "NANACHAT_STORE", hide_env_values = true, value_name = "URL")]
         store: ServiceUrl,
         /// Redis (redis://HOST:PORT/) through which several processes on one --store serve
         /// as one chat: messages, presence, who (docs/scaling.md).
-        #[arg(long, env = "NANACHAT_BROKER", value_name = "URL")]
+        #[arg(long, env = "NANACHAT_BROKER", hide_env_values = true, value_name = "URL")]
         broker: ServiceUrl,
         /// Share the address with other processes (SO_REUSEPORT): the kernel spreads new
         /// connections over them.
@@ -228,8 +228,8 @@ settings! {
     /// How `nanachat connect` talks to a server.
     pub struct ConnectSettings {
         /// The server's URL.
-        #[arg(env = "NANACHAT_URL", value_name = "URL")]
-        url: String = "ws://127.0.0.1:8765".into(),
+        #[arg(env = "NANACHAT_URL", hide_env_values = true, value_name = "URL")]
+        url: ServiceUrl = ServiceUrl("ws://127.0.0.1:8765".into()),
         /// Your nick (letters, digits, - and _) [default: $USER].
         #[arg(long, env = "NANACHAT_NICK", value_name = "NICK")]
         nick: String,
@@ -388,8 +388,23 @@ impl ServeArgs {
         .concat()
     }
 
-    /// These settings over `lower`'s (the command line over the file).
-    pub fn or(self, lower: Self) -> Self {
+    /// These settings over `lower`'s (the command line over the file). A choice made here
+    /// also overrides the other side of it made below: `--store` over the file's `memory`,
+    /// `--auth-secret-file` over the file's `auth_secret`, and the other way round.
+    pub fn or(self, mut lower: Self) -> Self {
+        if self.serve.store.is_some() {
+            lower.serve.memory = None;
+        }
+        if self.serve.memory == Some(true) {
+            lower.serve.store = None;
+            lower.serve.broker = None;
+        }
+        if self.secret.auth_secret.is_some() {
+            lower.secret.auth_secret_file = None;
+        }
+        if self.secret.auth_secret_file.is_some() {
+            lower.secret.auth_secret = None;
+        }
         Self {
             serve: self.serve.or(lower.serve),
             log: self.log.or(lower.log),
@@ -435,6 +450,18 @@ impl ServeArgs {
                 "--broker needs a history all processes share: add --store postgres://…".into(),
             ));
         }
+        // Everything that can be checked without touching the network or the disk.
+        if let Some(url) = &store {
+            crate::store::PgStore::parse_url(url)?;
+        }
+        if let Some(url) = &broker {
+            crate::chat::Broker::parse_url(url)?;
+        }
+        let listen = Listen {
+            addr: serve.addr(),
+            reuse_port: serve.reuse_port(),
+        };
+        listen.host_port()?;
         let history = match store {
             Some(url) => History::Postgres { url, broker },
             None if serve.memory() => History::Memory,
@@ -444,10 +471,7 @@ impl ServeArgs {
         let mut chat = self.chat.config()?;
         chat.auth = self.secret.auth()?;
         Ok(ServePlan {
-            listen: Listen {
-                addr: serve.addr(),
-                reuse_port: serve.reuse_port(),
-            },
+            listen,
             server,
             chat,
             history,
@@ -519,7 +543,7 @@ impl ConnectArgs {
         if send_every.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config("--send-every must be above 0".into()));
         }
-        let mut target = Target::parse(&c.url())?;
+        let mut target = Target::parse(&c.url().0)?;
         if let Some(path) = c.ca_file() {
             target = target.with_ca_file(&path)?;
         }

@@ -73,8 +73,7 @@ impl PgStore {
     pub async fn open(url: &str) -> Result<Self> {
         let shown = crate::config::redact_url(url);
         let as_store = format!("{shown} as the history store");
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|err| Error::service(&as_store, pg_err(err)))?;
+        let mut config = Self::parse_url(url)?;
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .application_name("nanachat");
@@ -99,6 +98,14 @@ impl PgStore {
             queue,
             reader,
             shown,
+        })
+    }
+
+    /// Reads `url` as PostgreSQL connection settings, without connecting.
+    pub fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+        tokio_postgres::Config::from_str(url).map_err(|err| {
+            let shown = crate::config::redact_url(url);
+            Error::service(format!("{shown} as the history store"), pg_err(err))
         })
     }
 

@@ -121,7 +121,8 @@ fn store_err(err: rusqlite::Error) -> Error {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`, running any pending migrations. The dir
-    /// is locked for this process (see [`DirLock`]): a second server on it is refused.
+    /// is locked for this process (`nanachat.lock`, held with `flock`, the pid in it): a second
+    /// server on it is refused.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|err| Error::file("create data dir", dir, err))?;
         let lock = DirLock::take(dir)?;

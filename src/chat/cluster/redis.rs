@@ -131,7 +131,7 @@ impl Broker {
     pub async fn connect(url: &str) -> Result<Self> {
         let shown = crate::config::redact_url(url);
         let as_broker = format!("{shown} as the broker");
-        let client = redis::Client::open(url).map_err(|err| Error::service(&as_broker, err))?;
+        let client = Self::parse_url(url)?;
         let broker = Self { client, shown };
         let mut conn = broker
             .connection()
@@ -142,6 +142,22 @@ impl Broker {
             .await
             .map_err(|err| Error::service(&as_broker, err))?;
         Ok(broker)
+    }
+
+    /// Reads `url` as a Redis address (`redis://`, `rediss://`, `redis+unix://`), without
+    /// connecting.
+    pub fn parse_url(url: &str) -> Result<redis::Client> {
+        let shown = crate::config::redact_url(url);
+        if !["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(Error::Config(format!(
+                "--broker takes a redis://… URL, not '{shown}'"
+            )));
+        }
+        redis::Client::open(url)
+            .map_err(|err| Error::service(format!("{shown} as the broker"), err))
     }
 
     /// The server's address, without its password.
