@@ -382,6 +382,31 @@ fn check_config_refuses_what_serve_would_refuse() {
 }
 
 #[test]
+fn a_bad_file_is_one_line_that_says_what_was_expected() {
+    let files = Files::new("bad-file");
+    let file = files.dir.join("serve.toml");
+    for (text, expect) in [
+        ("heartbeat = false\n", "expected a duration"),
+        ("max_message_bytes = -5\n", "not a size"),
+        ("max_frame_bytes = [1]\n", "expected a size"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = check("serve", &[], None, Some(&file));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(
+            stderr.lines().count() == 1 && stderr.contains(expect),
+            "{text}: {stderr}"
+        );
+    }
+    // Not a settings file at all: refused at 1 MiB instead of read to the end.
+    let out = check("serve", &[], None, Some(Path::new("/dev/zero")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("larger than 1MiB"), "{stderr}");
+}
+
+#[test]
 fn help_shows_every_default() {
     let out = nanachat().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);

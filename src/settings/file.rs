@@ -20,8 +20,23 @@ pub(super) fn to_file_text(all: &[(&'static str, Option<String>)]) -> String {
 /// Reads a TOML settings file: an unknown key is refused with the list of valid ones, a bad
 /// value by its key; every error is one line naming the file.
 pub fn load_file<T: serde::de::DeserializeOwned>(path: &Path, keys: &[&str]) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).map_err(|err| Error::file("read config file", path, err))?;
+    // A settings file is small: stop at 1 MiB, so that /dev/zero or a mistaken path to a big
+    // file is refused instead of read to the end.
+    const MAX_FILE_BYTES: u64 = 1 << 20;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| {
+            use std::io::Read;
+            file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)
+        })
+        .map_err(|err| Error::file("read config file", path, err))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::file(
+            "read config file",
+            path,
+            "larger than 1MiB: not a settings file",
+        ));
+    }
     parse_file(&text, keys)
         .map_err(|why| Error::Config(format!("config file {}: {why}", path.display())))
 }

@@ -89,18 +89,7 @@ impl Setting for Time {
 
 impl<'de> serde::Deserialize<'de> for Time {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Seconds(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Seconds(s) => parse_duration(&s.to_string()),
-            Raw::Text(t) => parse_duration(&t),
-        }
-        .map(Time)
-        .map_err(serde::de::Error::custom)
+        text_or_number(d, "a duration such as \"3s\" or \"250ms\"")
     }
 }
 
@@ -135,17 +124,37 @@ impl Setting for Bytes {
 
 impl<'de> serde::Deserialize<'de> for Bytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Count(usize),
-            Text(String),
+        text_or_number(d, "a size such as 65536 or \"64KiB\"")
+    }
+}
+
+/// Reads a value written as text or as a number (a config file may say `heartbeat = 3` or
+/// `"3s"`) the way the command line reads it; anything else is refused saying what is expected.
+fn text_or_number<'de, D, T>(d: D, expecting: &'static str) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    struct Visitor<T>(&'static str, std::marker::PhantomData<T>);
+    impl<T: FromStr<Err = String>> serde::de::Visitor<'_> for Visitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
         }
-        match Raw::deserialize(d)? {
-            Raw::Count(n) => Ok(Bytes(n)),
-            Raw::Text(t) => parse_bytes(&t).map(Bytes).map_err(serde::de::Error::custom),
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+            text.parse().map_err(E::custom)
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<T, E> {
+            self.visit_str(&n.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<T, E> {
+            self.visit_str(&n.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<T, E> {
+            self.visit_str(&n.to_string())
         }
     }
+    d.deserialize_any(Visitor(expecting, std::marker::PhantomData))
 }
 
 /// A secret (auth secret, token): never shown, not even by `--check-config`.
