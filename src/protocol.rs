@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// The subprotocol name a client asks for to speak this protocol.
 pub const SUBPROTOCOL: &str = "nanachat.v1";
 
+/// The longest `cid` of a `say` or `dm`, in bytes (UTF-8). A cid is stored, indexed and echoed
+/// in every ack: a longer one is refused with `bad_message`, and nothing is stored.
+pub const MAX_CID_BYTES: usize = 64;
+
 /// What a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -49,7 +53,8 @@ pub enum ClientMsg {
         room: String,
         /// The text.
         text: String,
-        /// The client's id for this message: a retry with the same cid is acked, not repeated.
+        /// The client's id for this message (at most [`MAX_CID_BYTES`]): a retry with the same
+        /// cid is acked, not repeated.
         cid: String,
     },
     /// Send a direct message to every connection of a nick.
@@ -322,9 +327,19 @@ impl ServerMsg {
     }
 }
 
-/// A frame that is not a valid client message: the error to answer it with.
+/// A frame that is not a valid client message: the error to answer it with. A `cid` longer
+/// than [`MAX_CID_BYTES`] is `bad_message` (the refusal does not echo it).
 pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
     match serde_json::from_str::<ClientMsg>(text) {
+        Ok(ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. }) if cid.len() > MAX_CID_BYTES => {
+            Err((
+                ErrorCode::BadMessage,
+                format!(
+                    "a cid is at most {MAX_CID_BYTES} bytes (this one has {})",
+                    cid.len()
+                ),
+            ))
+        }
         Ok(msg) => Ok(msg),
         Err(err) if err.is_syntax() || err.is_eof() => {
             Err((ErrorCode::BadJson, format!("not JSON: {err}")))
@@ -404,6 +419,23 @@ mod tests {
             parse_client(r#"[1,2]"#).unwrap_err().0,
             ErrorCode::BadMessage
         );
+    }
+
+    #[test]
+    fn a_cid_is_at_most_max_cid_bytes() {
+        let say = |cid: &str| format!(r#"{{"type":"say","room":"r","text":"t","cid":"{cid}"}}"#);
+        let dm = |cid: &str| format!(r#"{{"type":"dm","to":"n","text":"t","cid":"{cid}"}}"#);
+        let fits = "x".repeat(MAX_CID_BYTES);
+        // One byte over in characters that take two: the limit counts bytes.
+        let over = format!("{}x", "é".repeat(MAX_CID_BYTES / 2));
+        for frame in [say(&fits), dm(&fits)] {
+            assert!(parse_client(&frame).is_ok(), "{frame}");
+        }
+        for frame in [say(&over), dm(&over)] {
+            let (code, why) = parse_client(&frame).unwrap_err();
+            assert_eq!(code, ErrorCode::BadMessage);
+            assert!(why.contains("64 bytes"), "{why}");
+        }
     }
 
     #[test]

@@ -699,3 +699,90 @@ async fn metrics_and_the_page_tell_what_happened() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A fresh directory for a test's SQLite file.
+fn data_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nanachat-chat-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A chat server on port 0 with its history in a SQLite file in `dir`.
+async fn sqlite_chat(dir: &std::path::Path) -> TestServer {
+    let store = SqliteStore::open(dir).unwrap();
+    let config = ServerConfig::default();
+    let max = config.connection.max_message_bytes;
+    TestServer::start(config, Chat::new(store, roomy(), max)).await
+}
+
+impl Client {
+    /// The answer to the last `say` or `dm`: the next `ack` or `error` (messages, presence
+    /// and the rest skipped).
+    async fn answer(&mut self) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "ack" || v["type"] == "error" {
+                return v;
+            }
+        }
+    }
+
+    /// The texts of the whole history of `room`, oldest first.
+    async fn history_texts(&mut self, room: &str) -> Vec<String> {
+        self.send(json!({"type": "history", "room": room, "limit": 200}))
+            .await;
+        let page = self.expect("history").await;
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_cid_longer_than_64_bytes_is_refused_and_the_connection_stays() {
+    let dir = data_dir("long-cid");
+    let server = sqlite_chat(&dir).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+
+    let fits = "x".repeat(64);
+    a.say("lobby", "fits", &fits).await;
+    let ack = a.answer().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["cid"].as_str()),
+        (Some("ack"), Some(fits.as_str()))
+    );
+    // 33 characters, 65 bytes: the limit is in bytes.
+    let over = format!("{}x", "é".repeat(32));
+    let huge = "y".repeat(60_000);
+    for cid in [over.as_str(), huge.as_str()] {
+        a.say("lobby", "too long", cid).await;
+        let err = a.answer().await;
+        assert_eq!(err["code"], "bad_message", "{err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("64 bytes"),
+            "{err}"
+        );
+        assert!(err.get("cid").is_none(), "the cid is not echoed: {err}");
+        assert!(
+            err.to_string().len() < 1024,
+            "{} bytes",
+            err.to_string().len()
+        );
+        a.send(json!({"type": "dm", "to": "mochi", "text": "too long", "cid": cid}))
+            .await;
+        assert_eq!(a.answer().await["code"], "bad_message");
+    }
+    // The connection stays; the others saw only what was stored.
+    a.say("lobby", "still here", "c2").await;
+    assert_eq!(a.answer().await["seq"], 2);
+    assert_eq!(b.expect("message").await["text"], "fits");
+    assert_eq!(b.expect("message").await["text"], "still here");
+    assert_eq!(b.history_texts("lobby").await, ["fits", "still here"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
