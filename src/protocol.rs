@@ -179,6 +179,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token does not allow this room.
     Forbidden,
+    /// The `cid` was used before by this nick in this room for another text: refused, nothing
+    /// stored (a true retry, with the same text, is acked again as a duplicate).
+    CidReused,
 }
 
 /// What the server sends.
@@ -275,7 +278,7 @@ pub enum ServerMsg {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::BinaryNotAllowed,
@@ -293,6 +296,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::CidReused,
     ];
 
     /// The code as it appears on the wire, e.g. `rate_limited`.
@@ -315,6 +319,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::CidReused => "cid_reused",
         }
     }
 }
@@ -440,12 +445,7 @@ mod tests {
 
     #[test]
     fn error_codes_print_as_serialized() {
-        for code in [
-            ErrorCode::BadJson,
-            ErrorCode::NickTaken,
-            ErrorCode::RateLimited,
-            ErrorCode::Internal,
-        ] {
+        for code in ErrorCode::ALL {
             assert_eq!(
                 serde_json::to_string(&code).unwrap(),
                 format!("\"{}\"", code.as_str())
@@ -515,6 +515,9 @@ mod tests {
             "no_such_nick",
             "rate_limited",
             "internal",
+            "unauthorized",
+            "forbidden",
+            "cid_reused",
         ] {
             assert!(
                 doc.contains(&format!("`{code}`")),

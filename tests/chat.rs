@@ -786,3 +786,76 @@ async fn a_cid_longer_than_64_bytes_is_refused_and_the_connection_stays() {
     assert_eq!(b.history_texts("lobby").await, ["fits", "still here"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+#[tokio::test]
+async fn a_cid_reused_with_another_text_is_refused_and_a_true_retry_is_acked_again() {
+    let dir = data_dir("cid-reused");
+    let server = sqlite_chat(&dir).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+
+    a.say("lobby", "first", "k1").await;
+    let ack = a.answer().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+    a.say("lobby", "something else", "k1").await;
+    let err = a.answer().await;
+    assert_eq!(
+        (
+            err["type"].as_str(),
+            err["code"].as_str(),
+            err["cid"].as_str()
+        ),
+        (Some("error"), Some("cid_reused"), Some("k1")),
+        "{err}"
+    );
+    a.say("lobby", "first", "k1").await;
+    let again = a.answer().await;
+    assert_eq!(
+        (
+            again["type"].as_str(),
+            again["seq"].as_u64(),
+            again["duplicate"].as_bool()
+        ),
+        (Some("ack"), Some(1), Some(true)),
+        "{again}"
+    );
+
+    // The same for a direct message.
+    let dm = |text: &str| json!({"type": "dm", "to": "mochi", "text": text, "cid": "d1"});
+    a.send(dm("psst")).await;
+    let ack = a.answer().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+    a.send(dm("not psst")).await;
+    let err = a.answer().await;
+    assert_eq!(
+        (err["code"].as_str(), err["cid"].as_str()),
+        (Some("cid_reused"), Some("d1")),
+        "{err}"
+    );
+    a.send(dm("psst")).await;
+    assert_eq!(a.answer().await["duplicate"], true);
+
+    a.say("lobby", "last", "k2").await;
+    assert_eq!(a.answer().await["seq"], 2);
+    // Mochi got each message once, and neither refused one.
+    for (room, text) in [
+        ("lobby", "first"),
+        ("@mochi+nana", "psst"),
+        ("lobby", "last"),
+    ] {
+        let m = b.expect("message").await;
+        assert_eq!(
+            (m["room"].as_str(), m["text"].as_str()),
+            (Some(room), Some(text))
+        );
+    }
+    assert_eq!(b.history_texts("lobby").await, ["first", "last"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

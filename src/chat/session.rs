@@ -23,7 +23,7 @@ use crate::protocol::{
     ClientMsg, ErrorCode, Limits, RoomInfo, SUBPROTOCOL, ServerMsg, parse_client,
 };
 use crate::rate::Bucket;
-use crate::store::{Append, Store, now_ms};
+use crate::store::{Append, Appended, Record, Store, now_ms};
 use crate::{Error, Result};
 
 /// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
@@ -456,15 +456,18 @@ impl<S: Store> Session<S> {
         let (chat, outbox, mode) = (self.chat.clone(), self.outbox.clone(), self.mode);
         tokio::spawn(async move {
             let answer = match pending.await {
-                Ok(appended) => {
-                    let (seq, duplicate) = (appended.record.seq, appended.duplicate);
-                    let message = chat_message(appended.record);
-                    chat.directory.publish(&room, message, duplicate);
-                    ServerMsg::Ack {
-                        cid,
-                        room,
-                        seq,
-                        duplicate,
+                Ok(Appended::Stored(record)) => acked(&chat, room, cid, record, false),
+                Ok(Appended::Duplicate(record)) => acked(&chat, room, cid, record, true),
+                Ok(Appended::CidReused) => {
+                    crate::metrics::bump(&chat.errors[ErrorCode::CidReused as usize]);
+                    chat.directory.deliver(&room, None);
+                    ServerMsg::Error {
+                        code: ErrorCode::CidReused,
+                        message: format!(
+                            "cid {cid} was used for another message in {room}: \
+                             a new message needs a new cid"
+                        ),
+                        cid: Some(cid),
                     }
                 }
                 Err(err) => {
@@ -483,5 +486,25 @@ impl<S: Store> Session<S> {
                 let _ = outbox.try_send(Message::Text(render(mode, &answer)));
             }
         });
+    }
+}
+
+/// Hands a stored message on to be delivered (a duplicate was, when it was first stored) and
+/// makes its ack.
+fn acked<S: Store>(
+    chat: &Inner<S>,
+    room: String,
+    cid: String,
+    record: Record,
+    duplicate: bool,
+) -> ServerMsg {
+    let seq = record.seq;
+    chat.directory
+        .publish(&room, chat_message(record), duplicate);
+    ServerMsg::Ack {
+        cid,
+        room,
+        seq,
+        duplicate,
     }
 }
