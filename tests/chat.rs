@@ -859,3 +859,75 @@ async fn a_cid_reused_with_another_text_is_refused_and_a_true_retry_is_acked_aga
     assert_eq!(b.history_texts("lobby").await, ["first", "last"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+/// A plain-text guest, in the lobby; returns it with its welcome line.
+async fn guest(url: &str) -> (Peer, String) {
+    let mut g = plain(url).await;
+    let welcome = line_starting(&mut g, "* welcome, you are ").await;
+    line_starting(&mut g, "* you joined lobby").await;
+    (g, welcome)
+}
+
+#[tokio::test]
+async fn a_guest_after_a_restart_is_stored_and_delivered() {
+    let dir = data_dir("guest-restart");
+    // The same order of connections in both runs: a member first, then a guest, who gets the
+    // same connection number (and nick) after the restart as before it.
+    for (run, text) in [(1, "before the restart"), (2, "after the restart")] {
+        let server = sqlite_chat(&dir).await;
+        let mut member = Client::hello(&server.url(), "jay").await;
+        member.join("lobby").await;
+        let (mut g, _) = guest(&server.url()).await;
+        g.send(Message::text(text)).await.unwrap();
+        let m = member.expect("message").await;
+        assert_eq!(m["text"], text, "run {run}: the guest's line is delivered");
+        assert!(m["from"].as_str().unwrap().starts_with("guest-"), "{m}");
+        if run == 2 {
+            assert_eq!(
+                member.history_texts("lobby").await,
+                ["before the restart", "after the restart"],
+                "both guests' lines are stored"
+            );
+        }
+        drop((member, g));
+        server.stop().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_client_cannot_silence_a_guest_by_using_its_ids_first() {
+    let dir = data_dir("silence-guest");
+    let server = sqlite_chat(&dir).await;
+    let url = server.url();
+    let mut member = Client::hello(&url, "jay").await; // connection 1
+    member.join("lobby").await;
+    // Connection 2 takes the nick the server gives connection 3's guest, and the cids it
+    // used to make for that guest's lines (`p3-1`…): a guest's lines must not be taken for
+    // retries of these.
+    let mut eve = Client::hello(&url, "guest-3").await;
+    eve.join("lobby").await;
+    for n in 1..=3 {
+        eve.say("lobby", "planted", &format!("p3-{n}")).await;
+        assert_eq!(eve.answer().await["type"], "ack");
+    }
+    for _ in 0..3 {
+        assert_eq!(member.expect("message").await["text"], "planted");
+    }
+    drop(eve);
+    // Its nick is free once it is gone.
+    loop {
+        let p = member.expect("presence").await;
+        if p["nick"] == "guest-3" && p["event"] == "leave" {
+            break;
+        }
+    }
+    let (mut g, welcome) = guest(&url).await;
+    assert!(welcome.contains("guest-3 "), "{welcome}");
+    g.send(Message::text("the guest speaks")).await.unwrap();
+    let m = member.expect("message").await;
+    assert_eq!(
+        (m["from"].as_str(), m["text"].as_str()),
+        (Some("guest-3"), Some("the guest speaks"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

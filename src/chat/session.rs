@@ -63,7 +63,6 @@ pub(super) async fn run<S: Store>(chat: Arc<Inner<S>>, conn: &mut Connection) ->
         current: None,
         bucket,
         strikes: 0,
-        said: 0,
         claims: None,
     };
     let outcome = session.serve(conn).await;
@@ -84,8 +83,6 @@ pub(super) struct Session<S> {
     bucket: Bucket,
     /// Rate-limit refusals in a row.
     strikes: u32,
-    /// Plain-text mode: messages said, for their cids.
-    pub(super) said: u64,
     /// What the connection's token allows, when the server wants tokens.
     pub(super) claims: Option<Claims>,
 }
@@ -188,7 +185,7 @@ impl<S: Store> Session<S> {
             Err(Refusal(code, why)) => return self.reply_error(conn, code, &why, None).await,
         };
         let cid = match &request {
-            ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => Some(cid.clone()),
+            ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => self.client_cid(cid),
             _ => None,
         };
         if !self.bucket.take() {
@@ -214,6 +211,15 @@ impl<S: Store> Session<S> {
         }
     }
 
+    /// The cid a `say` or `dm` is stored under: a `nanachat.v1` client's own. A plain-text line
+    /// has none: its client never sees an ack nor retries, so an id would protect nothing, and
+    /// one the server made up could repeat (after a restart, on another process) or be taken
+    /// first by a client, and the store would take the line for a retry of another message.
+    /// Stored without a cid, it can never match one (see docs/protocol.md, plain-text mode).
+    fn client_cid(&self, cid: &str) -> Option<String> {
+        (self.mode == Mode::Json).then(|| cid.to_owned())
+    }
+
     /// Answers one request: `hello` first, then any kind, each by a method of its own.
     async fn dispatch(&mut self, conn: &Connection, request: ClientMsg) -> Result<(), Failure> {
         if !self.greeted && !matches!(request, ClientMsg::Hello { .. }) {
@@ -226,8 +232,8 @@ impl<S: Store> Session<S> {
             ClientMsg::Hello { nick, key, token } => self.hello(conn, &nick, key, token).await,
             ClientMsg::Join { room, since, epoch } => self.join(conn, &room, since, epoch).await,
             ClientMsg::Leave { room } => self.leave(&room),
-            ClientMsg::Say { room, text, cid } => self.say(room, text, cid),
-            ClientMsg::Dm { to, text, cid } => self.dm(to, text, cid).await,
+            ClientMsg::Say { room, text, cid } => self.say(room, text, self.client_cid(&cid)),
+            ClientMsg::Dm { to, text, cid } => self.dm(to, text, self.client_cid(&cid)).await,
             ClientMsg::Who { room } => self.who(conn, room).await,
             ClientMsg::History {
                 room,
@@ -376,7 +382,7 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    fn say(&self, room: String, text: String, cid: String) -> Result<(), Failure> {
+    fn say(&self, room: String, text: String, cid: Option<String>) -> Result<(), Failure> {
         self.check_text(&text)?;
         if !self.hub().may_use(self.id, &room) {
             refuse(
@@ -388,7 +394,7 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    async fn dm(&self, to: String, text: String, cid: String) -> Result<(), Failure> {
+    async fn dm(&self, to: String, text: String, cid: Option<String>) -> Result<(), Failure> {
         self.check_text(&text)?;
         if !valid_nick(&to) {
             refuse(ErrorCode::BadNick, format!("'{to}' is not a nick"))?;
@@ -444,14 +450,16 @@ impl<S: Store> Session<S> {
 
     /// Stores and delivers a message. The append is queued now (so this connection's messages
     /// keep their order); the rest runs on its own task, so the session goes on reading while
-    /// the store commits, and nothing is lost if this connection goes away meanwhile.
-    fn publish(&self, room: String, text: String, cid: String) {
+    /// the store commits, and nothing is lost if this connection goes away meanwhile. A message
+    /// without a cid (plain-text mode) is stored as a new one, always, and gets no ack: its
+    /// sender sees it come back.
+    fn publish(&self, room: String, text: String, cid: Option<String>) {
         let from = self.hub().nick(self.id).unwrap_or_default();
         let pending = self.chat.store.append(Append {
             room: room.clone(),
             from,
             text,
-            cid: Some(cid.clone()),
+            cid: cid.clone(),
         });
         let (chat, outbox, mode) = (self.chat.clone(), self.outbox.clone(), self.mode);
         tokio::spawn(async move {
@@ -461,28 +469,32 @@ impl<S: Store> Session<S> {
                 Ok(Appended::CidReused) => {
                     crate::metrics::bump(&chat.errors[ErrorCode::CidReused as usize]);
                     chat.directory.deliver(&room, None);
-                    ServerMsg::Error {
+                    let shown = cid.as_deref().unwrap_or_default();
+                    Some(ServerMsg::Error {
                         code: ErrorCode::CidReused,
                         message: format!(
-                            "cid {cid} was used for another message in {room}: \
+                            "cid {shown} was used for another message in {room}: \
                              a new message needs a new cid"
                         ),
-                        cid: Some(cid),
-                    }
+                        cid,
+                    })
                 }
                 Err(err) => {
                     warn!(cause = %err, %room, "append failed");
                     crate::metrics::bump(&chat.errors[ErrorCode::Internal as usize]);
                     chat.directory.deliver(&room, None);
-                    ServerMsg::Error {
+                    let message = match cid {
+                        Some(_) => "not stored; retry with the same cid",
+                        None => "not stored; say it again",
+                    };
+                    Some(ServerMsg::Error {
                         code: ErrorCode::Internal,
-                        message: "not stored; retry with the same cid".into(),
-                        cid: Some(cid),
-                    }
+                        message: message.into(),
+                        cid,
+                    })
                 }
             };
-            // Plain-text clients see their own line come back; they need no ack.
-            if mode == Mode::Json || matches!(answer, ServerMsg::Error { .. }) {
+            if let Some(answer) = answer {
                 let _ = outbox.try_send(Message::Text(render(mode, &answer)));
             }
         });
@@ -490,21 +502,22 @@ impl<S: Store> Session<S> {
 }
 
 /// Hands a stored message on to be delivered (a duplicate was, when it was first stored) and
-/// makes its ack.
+/// makes its ack; a message without a cid gets none (a plain-text client sees its own line
+/// come back).
 fn acked<S: Store>(
     chat: &Inner<S>,
     room: String,
-    cid: String,
+    cid: Option<String>,
     record: Record,
     duplicate: bool,
-) -> ServerMsg {
+) -> Option<ServerMsg> {
     let seq = record.seq;
     chat.directory
         .publish(&room, chat_message(record), duplicate);
-    ServerMsg::Ack {
-        cid,
+    Some(ServerMsg::Ack {
+        cid: cid?,
         room,
         seq,
         duplicate,
-    }
+    })
 }
