@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// The subprotocol name a client asks for to speak this protocol.
 pub const SUBPROTOCOL: &str = "nanachat.v1";
 
+/// The longest `cid` of a `say` or `dm`, in bytes (UTF-8). A cid is stored, indexed and echoed
+/// in every ack: a longer one is refused with `bad_message`, and nothing is stored.
+pub const MAX_CID_BYTES: usize = 64;
+
 /// What a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -49,7 +53,8 @@ pub enum ClientMsg {
         room: String,
         /// The text.
         text: String,
-        /// The client's id for this message: a retry with the same cid is acked, not repeated.
+        /// The client's id for this message (at most [`MAX_CID_BYTES`]): a retry with the same
+        /// cid is acked, not repeated.
         cid: String,
     },
     /// Send a direct message to every connection of a nick.
@@ -184,6 +189,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token does not allow this room.
     Forbidden,
+    /// The `cid` was used before by this nick in this room for another text: refused, nothing
+    /// stored (a true retry, with the same text, is acked again as a duplicate).
+    CidReused,
 }
 
 /// What the server sends.
@@ -290,7 +298,7 @@ pub enum ServerMsg {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::BinaryNotAllowed,
@@ -308,6 +316,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::CidReused,
     ];
 
     /// The code as it appears on the wire, e.g. `rate_limited`.
@@ -330,6 +339,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::CidReused => "cid_reused",
         }
     }
 }
@@ -363,9 +373,19 @@ impl ServerMsg {
     }
 }
 
-/// A frame that is not a valid client message: the error to answer it with.
+/// A frame that is not a valid client message: the error to answer it with. A `cid` longer
+/// than [`MAX_CID_BYTES`] is `bad_message` (the refusal does not echo it).
 pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
     match serde_json::from_str::<ClientMsg>(text) {
+        Ok(ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. }) if cid.len() > MAX_CID_BYTES => {
+            Err((
+                ErrorCode::BadMessage,
+                format!(
+                    "a cid is at most {MAX_CID_BYTES} bytes (this one has {})",
+                    cid.len()
+                ),
+            ))
+        }
         Ok(msg) => Ok(msg),
         Err(err) if err.is_syntax() || err.is_eof() => {
             Err((ErrorCode::BadJson, format!("not JSON: {err}")))
@@ -465,13 +485,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cid_is_at_most_max_cid_bytes() {
+        let say = |cid: &str| format!(r#"{{"type":"say","room":"r","text":"t","cid":"{cid}"}}"#);
+        let dm = |cid: &str| format!(r#"{{"type":"dm","to":"n","text":"t","cid":"{cid}"}}"#);
+        let fits = "x".repeat(MAX_CID_BYTES);
+        // One byte over in characters that take two: the limit counts bytes.
+        let over = format!("{}x", "é".repeat(MAX_CID_BYTES / 2));
+        for frame in [say(&fits), dm(&fits)] {
+            assert!(parse_client(&frame).is_ok(), "{frame}");
+        }
+        for frame in [say(&over), dm(&over)] {
+            let (code, why) = parse_client(&frame).unwrap_err();
+            assert_eq!(code, ErrorCode::BadMessage);
+            assert!(why.contains("64 bytes"), "{why}");
+        }
+    }
+
+    #[test]
     fn error_codes_print_as_serialized() {
-        for code in [
-            ErrorCode::BadJson,
-            ErrorCode::NickTaken,
-            ErrorCode::RateLimited,
-            ErrorCode::Internal,
-        ] {
+        for code in ErrorCode::ALL {
             assert_eq!(
                 serde_json::to_string(&code).unwrap(),
                 format!("\"{}\"", code.as_str())
@@ -541,6 +573,9 @@ mod tests {
             "no_such_nick",
             "rate_limited",
             "internal",
+            "unauthorized",
+            "forbidden",
+            "cid_reused",
         ] {
             assert!(
                 doc.contains(&format!("`{code}`")),

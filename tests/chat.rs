@@ -731,6 +731,47 @@ async fn expect_frame(c: &mut Client, kind: &str) -> (Value, usize) {
     }
 }
 
+/// A fresh directory for a test's SQLite file.
+fn data_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nanachat-chat-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A chat server on port 0 with its history in a SQLite file in `dir`.
+async fn sqlite_chat(dir: &std::path::Path) -> TestServer {
+    let store = SqliteStore::open(dir).unwrap();
+    let config = ServerConfig::default();
+    let max = config.connection.max_message_bytes;
+    TestServer::start(config, Chat::new(store, roomy(), max)).await
+}
+
+impl Client {
+    /// The answer to the last `say` or `dm`: the next `ack` or `error` (messages, presence
+    /// and the rest skipped).
+    async fn answer(&mut self) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "ack" || v["type"] == "error" {
+                return v;
+            }
+        }
+    }
+
+    /// The texts of the whole history of `room`, oldest first.
+    async fn history_texts(&mut self, room: &str) -> Vec<String> {
+        self.send(json!({"type": "history", "room": room, "limit": 200}))
+            .await;
+        let page = self.expect("history").await;
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn a_rooms_list_larger_than_one_frame_is_cut_and_pages_to_the_end() {
     const MAX: usize = 4096;
@@ -905,4 +946,195 @@ async fn who_and_history_at_the_frame_limit_fit_and_tell_the_total() {
     assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
     asker.say("lobby", "still here", "last").await;
     asker.expect("ack").await;
+}
+
+#[tokio::test]
+async fn a_cid_longer_than_64_bytes_is_refused_and_the_connection_stays() {
+    let dir = data_dir("long-cid");
+    let server = sqlite_chat(&dir).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+
+    let fits = "x".repeat(64);
+    a.say("lobby", "fits", &fits).await;
+    let ack = a.answer().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["cid"].as_str()),
+        (Some("ack"), Some(fits.as_str()))
+    );
+    // 33 characters, 65 bytes: the limit is in bytes.
+    let over = format!("{}x", "é".repeat(32));
+    let huge = "y".repeat(60_000);
+    for cid in [over.as_str(), huge.as_str()] {
+        a.say("lobby", "too long", cid).await;
+        let err = a.answer().await;
+        assert_eq!(err["code"], "bad_message", "{err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("64 bytes"),
+            "{err}"
+        );
+        assert!(err.get("cid").is_none(), "the cid is not echoed: {err}");
+        assert!(
+            err.to_string().len() < 1024,
+            "{} bytes",
+            err.to_string().len()
+        );
+        a.send(json!({"type": "dm", "to": "mochi", "text": "too long", "cid": cid}))
+            .await;
+        assert_eq!(a.answer().await["code"], "bad_message");
+    }
+    // The connection stays; the others saw only what was stored.
+    a.say("lobby", "still here", "c2").await;
+    assert_eq!(a.answer().await["seq"], 2);
+    assert_eq!(b.expect("message").await["text"], "fits");
+    assert_eq!(b.expect("message").await["text"], "still here");
+    assert_eq!(b.history_texts("lobby").await, ["fits", "still here"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+#[tokio::test]
+async fn a_cid_reused_with_another_text_is_refused_and_a_true_retry_is_acked_again() {
+    let dir = data_dir("cid-reused");
+    let server = sqlite_chat(&dir).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+
+    a.say("lobby", "first", "k1").await;
+    let ack = a.answer().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+    a.say("lobby", "something else", "k1").await;
+    let err = a.answer().await;
+    assert_eq!(
+        (
+            err["type"].as_str(),
+            err["code"].as_str(),
+            err["cid"].as_str()
+        ),
+        (Some("error"), Some("cid_reused"), Some("k1")),
+        "{err}"
+    );
+    a.say("lobby", "first", "k1").await;
+    let again = a.answer().await;
+    assert_eq!(
+        (
+            again["type"].as_str(),
+            again["seq"].as_u64(),
+            again["duplicate"].as_bool()
+        ),
+        (Some("ack"), Some(1), Some(true)),
+        "{again}"
+    );
+
+    // The same for a direct message.
+    let dm = |text: &str| json!({"type": "dm", "to": "mochi", "text": text, "cid": "d1"});
+    a.send(dm("psst")).await;
+    let ack = a.answer().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(1))
+    );
+    a.send(dm("not psst")).await;
+    let err = a.answer().await;
+    assert_eq!(
+        (err["code"].as_str(), err["cid"].as_str()),
+        (Some("cid_reused"), Some("d1")),
+        "{err}"
+    );
+    a.send(dm("psst")).await;
+    assert_eq!(a.answer().await["duplicate"], true);
+
+    a.say("lobby", "last", "k2").await;
+    assert_eq!(a.answer().await["seq"], 2);
+    // Mochi got each message once, and neither refused one.
+    for (room, text) in [
+        ("lobby", "first"),
+        ("@mochi+nana", "psst"),
+        ("lobby", "last"),
+    ] {
+        let m = b.expect("message").await;
+        assert_eq!(
+            (m["room"].as_str(), m["text"].as_str()),
+            (Some(room), Some(text))
+        );
+    }
+    assert_eq!(b.history_texts("lobby").await, ["first", "last"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+/// A plain-text guest, in the lobby; returns it with its welcome line.
+async fn guest(url: &str) -> (Peer, String) {
+    let mut g = plain(url).await;
+    let welcome = line_starting(&mut g, "* welcome, you are ").await;
+    line_starting(&mut g, "* you joined lobby").await;
+    (g, welcome)
+}
+
+#[tokio::test]
+async fn a_guest_after_a_restart_is_stored_and_delivered() {
+    let dir = data_dir("guest-restart");
+    // The same order of connections in both runs: a member first, then a guest, who gets the
+    // same connection number (and nick) after the restart as before it.
+    for (run, text) in [(1, "before the restart"), (2, "after the restart")] {
+        let server = sqlite_chat(&dir).await;
+        let mut member = Client::hello(&server.url(), "jay").await;
+        member.join("lobby").await;
+        let (mut g, _) = guest(&server.url()).await;
+        g.send(Message::text(text)).await.unwrap();
+        let m = member.expect("message").await;
+        assert_eq!(m["text"], text, "run {run}: the guest's line is delivered");
+        assert!(m["from"].as_str().unwrap().starts_with("guest-"), "{m}");
+        if run == 2 {
+            assert_eq!(
+                member.history_texts("lobby").await,
+                ["before the restart", "after the restart"],
+                "both guests' lines are stored"
+            );
+        }
+        drop((member, g));
+        server.stop().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_client_cannot_silence_a_guest_by_using_its_ids_first() {
+    let dir = data_dir("silence-guest");
+    let server = sqlite_chat(&dir).await;
+    let url = server.url();
+    let mut member = Client::hello(&url, "jay").await; // connection 1
+    member.join("lobby").await;
+    // Connection 2 takes the nick the server gives connection 3's guest, and the cids it
+    // used to make for that guest's lines (`p3-1`…): a guest's lines must not be taken for
+    // retries of these.
+    let mut eve = Client::hello(&url, "guest-3").await;
+    eve.join("lobby").await;
+    for n in 1..=3 {
+        eve.say("lobby", "planted", &format!("p3-{n}")).await;
+        assert_eq!(eve.answer().await["type"], "ack");
+    }
+    for _ in 0..3 {
+        assert_eq!(member.expect("message").await["text"], "planted");
+    }
+    drop(eve);
+    // Its nick is free once it is gone.
+    loop {
+        let p = member.expect("presence").await;
+        if p["nick"] == "guest-3" && p["event"] == "leave" {
+            break;
+        }
+    }
+    let (mut g, welcome) = guest(&url).await;
+    assert!(welcome.contains("guest-3 "), "{welcome}");
+    g.send(Message::text("the guest speaks")).await.unwrap();
+    let m = member.expect("message").await;
+    assert_eq!(
+        (m["from"].as_str(), m["text"].as_str()),
+        (Some("guest-3"), Some("the guest speaks"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

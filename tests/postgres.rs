@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::services::Postgres;
-use nanachat::store::{Append, Page, PgStore, Store, contract};
+use nanachat::store::{Append, Appended, Page, PgStore, Store, contract};
 
 async fn store(pg: &Postgres) -> PgStore {
     common::within("open the store", PgStore::open(&pg.url()))
@@ -22,6 +22,7 @@ async fn keeps_the_store_contract() {
     common::within("contract", async {
         contract::seqs_start_at_one_per_room_and_never_skip(&s).await;
         contract::a_retried_cid_is_stored_once(&s).await;
+        contract::a_cid_reused_for_another_text_is_refused(&s).await;
         contract::pages_go_both_ways(&s).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&s).await;
         contract::concurrent_appends_get_distinct_consecutive_seqs(Arc::new(s)).await;
@@ -51,13 +52,8 @@ async fn two_stores_share_one_gap_free_sequence() {
                 let mut seqs = Vec::new();
                 for n in 0..100 {
                     let cid = format!("{i}-{t}-{n}");
-                    seqs.push(
-                        s.append(say(&format!("u{i}"), "x", &cid))
-                            .await
-                            .unwrap()
-                            .record
-                            .seq,
-                    );
+                    let appended = s.append(say(&format!("u{i}"), "x", &cid)).await;
+                    seqs.push(contract::stored(appended.unwrap()).seq);
                 }
                 seqs
             }));
@@ -71,8 +67,14 @@ async fn two_stores_share_one_gap_free_sequence() {
     assert_eq!(all, (1..=800).collect::<Vec<u64>>());
     let again = stores[1].append(say("u0", "x", "0-0-0")).await.unwrap();
     assert!(
-        again.duplicate,
+        matches!(again, Appended::Duplicate(_)),
         "a retry through another process is a retry"
+    );
+    let reused = stores[1].append(say("u0", "y", "0-0-1")).await.unwrap();
+    assert_eq!(
+        reused,
+        Appended::CidReused,
+        "and a reuse through another process is refused"
     );
     assert_eq!(stores[0].room_state("lobby").await.unwrap().last_seq, 800);
 }
@@ -126,7 +128,7 @@ async fn a_stopped_database_gives_errors_then_the_store_reconnects() {
         }
     })
     .await;
-    assert_eq!(stored.record.seq, 2);
+    assert_eq!(contract::stored(stored).seq, 2);
     let texts: Vec<String> = s
         .history("lobby", Page::After(0), 10)
         .await

@@ -36,7 +36,8 @@ async fn crash_child() {
                     })
                     .await
                     .unwrap();
-                println!("acked {} {text}", appended.record.seq);
+                let seq = appended.record().expect("stored").seq;
+                println!("acked {seq} {text}");
             }
         }));
     }
@@ -108,6 +109,6 @@ async fn every_acked_message_survives_kill_9() {
         })
         .await
         .unwrap();
-    assert_eq!(next.record.seq, state.last_seq + 1);
+    assert_eq!(next.record().expect("stored").seq, state.last_seq + 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

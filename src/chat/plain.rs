@@ -4,7 +4,9 @@
 //!
 //! It exists apart from the session because it is a second way in, not a second way through:
 //! a line becomes the same [`ClientMsg`] a `nanachat.v1` client sends, and everything after
-//! parsing is the session's. Only `/nick` and `/help` are answered here, on the spot.
+//! parsing is the session's. Only `/nick` and `/help` are answered here, on the spot. One
+//! difference: a line has no cid (it is stored as a new message every time, and acked by
+//! coming back), so that no id made up here can repeat or be taken by a client first.
 
 use super::session::{AUTHENTICATED, Failure, Refusal, Session, refuse};
 use super::types::valid_nick;
@@ -15,6 +17,10 @@ use crate::{Error, Result};
 
 /// The room plain-text clients are put in.
 const LOBBY: &str = "lobby";
+
+/// The `cid` of a line's request: none. The session stores a plain-text line without a cid
+/// (`Session::client_cid`), so no id is made up that could repeat or that a client could take.
+const NO_CID: String = String::new();
 
 /// How many messages `/history` shows unless told.
 const PLAIN_HISTORY: u32 = 20;
@@ -79,11 +85,10 @@ impl<S: Store> Session<S> {
             let Some(room) = self.current.clone() else {
                 return refuse(ErrorCode::NotJoined, "join a room first: /join ROOM");
             };
-            self.said += 1;
             return Ok(Some(ClientMsg::Say {
                 room,
                 text: line.to_owned(),
-                cid: format!("p{}-{}", self.id, self.said),
+                cid: NO_CID,
             }));
         };
         let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
@@ -117,11 +122,10 @@ impl<S: Store> Session<S> {
                 let Some((to, text)) = rest.split_once(' ') else {
                     return refuse(ErrorCode::BadMessage, "usage: /msg NICK TEXT");
                 };
-                self.said += 1;
                 ClientMsg::Dm {
                     to: to.to_owned(),
                     text: text.to_owned(),
-                    cid: format!("p{}-{}", self.id, self.said),
+                    cid: NO_CID,
                 }
             }
             "who" => ClientMsg::Who {

@@ -24,7 +24,7 @@ use crate::protocol::{
     ClientMsg, ErrorCode, Limits, RoomInfo, SUBPROTOCOL, ServerMsg, parse_client,
 };
 use crate::rate::Bucket;
-use crate::store::{Append, Store, now_ms};
+use crate::store::{Append, Appended, Record, Store, now_ms};
 use crate::{Error, Result};
 
 /// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
@@ -64,7 +64,6 @@ pub(super) async fn run<S: Store>(chat: Arc<Inner<S>>, conn: &mut Connection) ->
         current: None,
         bucket,
         strikes: 0,
-        said: 0,
         claims: None,
     };
     let outcome = session.serve(conn).await;
@@ -85,8 +84,6 @@ pub(super) struct Session<S> {
     bucket: Bucket,
     /// Rate-limit refusals in a row.
     strikes: u32,
-    /// Plain-text mode: messages said, for their cids.
-    pub(super) said: u64,
     /// What the connection's token allows, when the server wants tokens.
     pub(super) claims: Option<Claims>,
 }
@@ -205,7 +202,7 @@ impl<S: Store> Session<S> {
             Err(Refusal(code, why)) => return self.reply_error(conn, code, &why, None).await,
         };
         let cid = match &request {
-            ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => Some(cid.clone()),
+            ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => self.client_cid(cid),
             _ => None,
         };
         if !self.bucket.take() {
@@ -231,6 +228,15 @@ impl<S: Store> Session<S> {
         }
     }
 
+    /// The cid a `say` or `dm` is stored under: a `nanachat.v1` client's own. A plain-text line
+    /// has none: its client never sees an ack nor retries, so an id would protect nothing, and
+    /// one the server made up could repeat (after a restart, on another process) or be taken
+    /// first by a client, and the store would take the line for a retry of another message.
+    /// Stored without a cid, it can never match one (see docs/protocol.md, plain-text mode).
+    fn client_cid(&self, cid: &str) -> Option<String> {
+        (self.mode == Mode::Json).then(|| cid.to_owned())
+    }
+
     /// Answers one request: `hello` first, then any kind, each by a method of its own.
     async fn dispatch(&mut self, conn: &Connection, request: ClientMsg) -> Result<(), Failure> {
         if !self.greeted && !matches!(request, ClientMsg::Hello { .. }) {
@@ -243,8 +249,8 @@ impl<S: Store> Session<S> {
             ClientMsg::Hello { nick, key, token } => self.hello(conn, &nick, key, token).await,
             ClientMsg::Join { room, since, epoch } => self.join(conn, &room, since, epoch).await,
             ClientMsg::Leave { room } => self.leave(&room),
-            ClientMsg::Say { room, text, cid } => self.say(room, text, cid),
-            ClientMsg::Dm { to, text, cid } => self.dm(to, text, cid).await,
+            ClientMsg::Say { room, text, cid } => self.say(room, text, self.client_cid(&cid)),
+            ClientMsg::Dm { to, text, cid } => self.dm(to, text, self.client_cid(&cid)).await,
             ClientMsg::Who { room, after } => self.who(conn, room, after).await,
             ClientMsg::History {
                 room,
@@ -393,7 +399,7 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    fn say(&self, room: String, text: String, cid: String) -> Result<(), Failure> {
+    fn say(&self, room: String, text: String, cid: Option<String>) -> Result<(), Failure> {
         self.check_text(&text)?;
         if !self.hub().may_use(self.id, &room) {
             refuse(
@@ -405,7 +411,7 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    async fn dm(&self, to: String, text: String, cid: String) -> Result<(), Failure> {
+    async fn dm(&self, to: String, text: String, cid: Option<String>) -> Result<(), Failure> {
         self.check_text(&text)?;
         if !valid_nick(&to) {
             refuse(ErrorCode::BadNick, format!("'{to}' is not a nick"))?;
@@ -482,44 +488,74 @@ impl<S: Store> Session<S> {
 
     /// Stores and delivers a message. The append is queued now (so this connection's messages
     /// keep their order); the rest runs on its own task, so the session goes on reading while
-    /// the store commits, and nothing is lost if this connection goes away meanwhile.
-    fn publish(&self, room: String, text: String, cid: String) {
+    /// the store commits, and nothing is lost if this connection goes away meanwhile. A message
+    /// without a cid (plain-text mode) is stored as a new one, always, and gets no ack: its
+    /// sender sees it come back.
+    fn publish(&self, room: String, text: String, cid: Option<String>) {
         let from = self.hub().nick(self.id).unwrap_or_default();
         let pending = self.chat.store.append(Append {
             room: room.clone(),
             from,
             text,
-            cid: Some(cid.clone()),
+            cid: cid.clone(),
         });
         let (chat, outbox, mode) = (self.chat.clone(), self.outbox.clone(), self.mode);
         tokio::spawn(async move {
             let answer = match pending.await {
-                Ok(appended) => {
-                    let (seq, duplicate) = (appended.record.seq, appended.duplicate);
-                    let message = chat_message(appended.record);
-                    chat.directory.publish(&room, message, duplicate);
-                    ServerMsg::Ack {
+                Ok(Appended::Stored(record)) => acked(&chat, room, cid, record, false),
+                Ok(Appended::Duplicate(record)) => acked(&chat, room, cid, record, true),
+                Ok(Appended::CidReused) => {
+                    crate::metrics::bump(&chat.errors[ErrorCode::CidReused as usize]);
+                    chat.directory.deliver(&room, None);
+                    let shown = cid.as_deref().unwrap_or_default();
+                    Some(ServerMsg::Error {
+                        code: ErrorCode::CidReused,
+                        message: format!(
+                            "cid {shown} was used for another message in {room}: \
+                             a new message needs a new cid"
+                        ),
                         cid,
-                        room,
-                        seq,
-                        duplicate,
-                    }
+                    })
                 }
                 Err(err) => {
                     warn!(cause = %err, %room, "append failed");
                     crate::metrics::bump(&chat.errors[ErrorCode::Internal as usize]);
                     chat.directory.deliver(&room, None);
-                    ServerMsg::Error {
+                    let message = match cid {
+                        Some(_) => "not stored; retry with the same cid",
+                        None => "not stored; say it again",
+                    };
+                    Some(ServerMsg::Error {
                         code: ErrorCode::Internal,
-                        message: "not stored; retry with the same cid".into(),
-                        cid: Some(cid),
-                    }
+                        message: message.into(),
+                        cid,
+                    })
                 }
             };
-            // Plain-text clients see their own line come back; they need no ack.
-            if mode == Mode::Json || matches!(answer, ServerMsg::Error { .. }) {
+            if let Some(answer) = answer {
                 let _ = outbox.try_send(Message::Text(render(mode, &answer)));
             }
         });
     }
+}
+
+/// Hands a stored message on to be delivered (a duplicate was, when it was first stored) and
+/// makes its ack; a message without a cid gets none (a plain-text client sees its own line
+/// come back).
+fn acked<S: Store>(
+    chat: &Inner<S>,
+    room: String,
+    cid: Option<String>,
+    record: Record,
+    duplicate: bool,
+) -> Option<ServerMsg> {
+    let seq = record.seq;
+    chat.directory
+        .publish(&room, chat_message(record), duplicate);
+    Some(ServerMsg::Ack {
+        cid: cid?,
+        room,
+        seq,
+        duplicate,
+    })
 }

@@ -46,10 +46,7 @@ impl MemoryStore {
         if let Some(cid) = &append.cid {
             let key = (append.from.clone(), cid.clone());
             if let Some(record) = room.cids.get(&key).and_then(|seq| room.records.get(seq)) {
-                return Appended {
-                    record: record.clone(),
-                    duplicate: true,
-                };
+                return Appended::again(record.clone(), &append.text);
             }
         }
         room.last_seq += 1;
@@ -64,10 +61,7 @@ impl MemoryStore {
             room.cids.insert((record.from.clone(), cid), record.seq);
         }
         room.records.insert(record.seq, record.clone());
-        Appended {
-            record,
-            duplicate: false,
-        }
+        Appended::Stored(record)
     }
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
@@ -141,6 +135,7 @@ mod tests {
     async fn keeps_the_store_contract() {
         contract::seqs_start_at_one_per_room_and_never_skip(&MemoryStore::new()).await;
         contract::a_retried_cid_is_stored_once(&MemoryStore::new()).await;
+        contract::a_cid_reused_for_another_text_is_refused(&MemoryStore::new()).await;
         contract::pages_go_both_ways(&MemoryStore::new()).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&MemoryStore::new()).await;
         contract::concurrent_appends_get_distinct_consecutive_seqs(std::sync::Arc::new(

@@ -8,8 +8,10 @@
 //! tests (the contract suite, feature `test-support`):
 //! - a room's seqs start at 1 and increase by one per stored message, never reused, even after
 //!   a wipe;
-//! - an append with a client id (`cid`) already stored for that sender in that room returns the
-//!   original record, marked `duplicate`, and stores nothing;
+//! - an append with a client id (`cid`) already stored for that sender in that room stores
+//!   nothing: with the same text it is a retry, answered with the original record
+//!   ([`Appended::Duplicate`]); with another text it is refused ([`Appended::CidReused`]) — a
+//!   cid stands for one message, as an idempotency key stands for one request;
 //! - each room has an `epoch`, fixed at its creation and changed by a wipe, so a client resuming
 //!   from a seq can tell that the history it knew is gone.
 
@@ -60,11 +62,35 @@ pub struct Append {
 
 /// What an append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    /// The stored record: the new one, or for a duplicate the original.
-    pub record: Record,
-    /// The cid had been stored before; nothing new was stored.
-    pub duplicate: bool,
+pub enum Appended {
+    /// Stored now, under the room's next seq.
+    Stored(Record),
+    /// A retry: the sender's cid was stored in this room before, with the same text. The
+    /// original record; nothing new was stored.
+    Duplicate(Record),
+    /// The sender's cid was stored in this room before with *another* text: refused, nothing
+    /// stored. Answering it with the original would ack a message that was never stored.
+    CidReused,
+}
+
+impl Appended {
+    /// The answer to an append whose cid was stored before as `original`: a retry when the
+    /// text is the same, refused when it is not.
+    pub(crate) fn again(original: Record, text: &str) -> Self {
+        if original.text == text {
+            Appended::Duplicate(original)
+        } else {
+            Appended::CidReused
+        }
+    }
+
+    /// The record stored, now or before; `None` when the cid was refused.
+    pub fn record(&self) -> Option<&Record> {
+        match self {
+            Appended::Stored(record) | Appended::Duplicate(record) => Some(record),
+            Appended::CidReused => None,
+        }
+    }
 }
 
 /// Where a history page starts.
@@ -88,7 +114,8 @@ pub struct RoomState {
 
 /// The history store. Appends are durable when their future resolves.
 pub trait Store: Send + Sync + 'static {
-    /// Stores a message (or recognises a retry by its cid) and returns its record.
+    /// Stores a message (or recognises a retry by its cid, or refuses a cid reused for another
+    /// text) and says which it did.
     ///
     /// The append takes its place when this is *called*, not when the future is first polled:
     /// appends called one after another get seqs in that order, even if their futures are then
@@ -147,17 +174,24 @@ pub mod contract {
         }
     }
 
+    /// The record of an append that must have stored a new message.
+    pub fn stored(appended: Appended) -> Record {
+        match appended {
+            Appended::Stored(record) => record,
+            other => panic!("expected a new record, got {other:?}"),
+        }
+    }
+
     pub async fn seqs_start_at_one_per_room_and_never_skip(store: &impl Store) {
         for i in 1..=5u64 {
             let a = store
                 .append(say("a", "nana", &format!("a{i}"), None))
                 .await
                 .unwrap();
-            assert_eq!(a.record.seq, i);
-            assert!(!a.duplicate);
+            assert_eq!(stored(a).seq, i);
         }
         let b = store.append(say("b", "nana", "b1", None)).await.unwrap();
-        assert_eq!(b.record.seq, 1);
+        assert_eq!(stored(b).seq, 1);
         assert_eq!(store.room_state("a").await.unwrap().last_seq, 5);
         assert_eq!(store.room_state("never").await.unwrap().last_seq, 0);
     }
@@ -167,21 +201,68 @@ pub mod contract {
             .append(say("r", "nana", "hi", Some("c1")))
             .await
             .unwrap();
+        let first = stored(first);
         let again = store
             .append(say("r", "nana", "hi", Some("c1")))
             .await
             .unwrap();
-        assert!(again.duplicate);
-        assert_eq!(again.record, first.record);
+        assert_eq!(again, Appended::Duplicate(first));
         // The same cid from someone else, or in another room, is a different message.
         let other = store
             .append(say("r", "mochi", "hi", Some("c1")))
             .await
             .unwrap();
-        assert!(!other.duplicate);
-        assert_eq!(other.record.seq, 2);
+        assert_eq!(stored(other).seq, 2);
+        let elsewhere = store
+            .append(say("r2", "nana", "hi", Some("c1")))
+            .await
+            .unwrap();
+        assert_eq!(stored(elsewhere).seq, 1);
         let page = store.history("r", Page::After(0), 10).await.unwrap();
         assert_eq!(page.len(), 2);
+    }
+
+    pub async fn a_cid_reused_for_another_text_is_refused(store: &impl Store) {
+        let first = stored(
+            store
+                .append(say("u", "nana", "hi", Some("c1")))
+                .await
+                .unwrap(),
+        );
+        let reused = store
+            .append(say("u", "nana", "bye", Some("c1")))
+            .await
+            .unwrap();
+        assert_eq!(reused, Appended::CidReused);
+        // A true retry is still one, after the refusal.
+        let again = store
+            .append(say("u", "nana", "hi", Some("c1")))
+            .await
+            .unwrap();
+        assert_eq!(again, Appended::Duplicate(first.clone()));
+        // Queued back to back (one batch for the stores that batch): the first is stored,
+        // the reuse refused, the retry answered with the first.
+        let (one, two, three) = (
+            store.append(say("u", "nana", "one", Some("c2"))),
+            store.append(say("u", "nana", "two", Some("c2"))),
+            store.append(say("u", "nana", "one", Some("c2"))),
+        );
+        let one = stored(one.await.unwrap());
+        assert_eq!(one.seq, 2);
+        assert_eq!(two.await.unwrap(), Appended::CidReused);
+        assert_eq!(three.await.unwrap(), Appended::Duplicate(one.clone()));
+        // Someone else's c1 is theirs.
+        let other = store
+            .append(say("u", "mochi", "bye", Some("c1")))
+            .await
+            .unwrap();
+        assert_eq!(stored(other).seq, 3);
+        // Nothing of the refused ones was stored.
+        let page = store.history("u", Page::After(0), 10).await.unwrap();
+        let texts: Vec<&str> = page.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(texts, ["hi", "one", "bye"]);
+        assert_eq!(page[0], first);
+        assert_eq!(store.room_state("u").await.unwrap().last_seq, 3);
     }
 
     pub async fn pages_go_both_ways(store: &impl Store) {
@@ -233,7 +314,7 @@ pub mod contract {
                 .is_empty()
         );
         let next = store.append(say("w", "nana", "two", None)).await.unwrap();
-        assert_eq!(next.record.seq, 2);
+        assert_eq!(stored(next).seq, 2);
         assert_eq!(store.room_state("w").await.unwrap().epoch, after.epoch);
     }
 
@@ -251,7 +332,7 @@ pub mod contract {
                         .append(say("c", &format!("u{t}"), "x", Some(&cid)))
                         .await
                         .unwrap();
-                    seqs.push(a.record.seq);
+                    seqs.push(stored(a).seq);
                 }
                 seqs
             }));

@@ -495,10 +495,7 @@ async fn commit_batch(
                 };
                 let key = a.cid.as_ref().map(|cid| (a.from.clone(), cid.clone()));
                 match key.as_ref().and_then(|k| tx.cids.get(k)) {
-                    Some(original) => Done::Append(Ok(Appended {
-                        record: original.clone(),
-                        duplicate: true,
-                    })),
+                    Some(original) => Done::Append(Ok(Appended::again(original.clone(), &a.text))),
                     None => {
                         tx.last_seq += 1;
                         let record = Record {
@@ -512,10 +509,7 @@ async fn commit_batch(
                         if let Some(key) = key {
                             tx.cids.insert(key, record.clone());
                         }
-                        Done::Append(Ok(Appended {
-                            record,
-                            duplicate: false,
-                        }))
+                        Done::Append(Ok(Appended::Stored(record)))
                     }
                 }
             }

@@ -366,10 +366,7 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
             })
             .optional()?;
         if let Some(record) = original {
-            return Ok(Appended {
-                record,
-                duplicate: true,
-            });
+            return Ok(Appended::again(record, &append.text));
         }
     }
     // The room usually exists: one UPDATE; a room's first message also creates it.
@@ -400,16 +397,13 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
         time_ms,
         append.cid
     ])?;
-    Ok(Appended {
-        record: Record {
-            room: append.room.clone(),
-            seq: seq as u64,
-            from: append.from.clone(),
-            text: append.text.clone(),
-            time_ms,
-        },
-        duplicate: false,
-    })
+    Ok(Appended::Stored(Record {
+        room: append.room.clone(),
+        seq: seq as u64,
+        from: append.from.clone(),
+        text: append.text.clone(),
+        time_ms,
+    }))
 }
 
 fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
@@ -452,6 +446,10 @@ mod tests {
         )
         .await;
         contract::a_retried_cid_is_stored_once(&SqliteStore::open(&dir.join("2")).unwrap()).await;
+        contract::a_cid_reused_for_another_text_is_refused(
+            &SqliteStore::open(&dir.join("6")).unwrap(),
+        )
+        .await;
         contract::pages_go_both_ways(&SqliteStore::open(&dir.join("3")).unwrap()).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(
             &SqliteStore::open(&dir.join("4")).unwrap(),
@@ -493,14 +491,19 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            again.duplicate,
+            matches!(again, Appended::Duplicate(_)),
             "a retry after a restart is still recognised"
         );
+        let reused = store
+            .append(contract::say("lobby", "nana", "not m3", Some("c3")))
+            .await
+            .unwrap();
+        assert_eq!(reused, Appended::CidReused, "and so is a reuse");
         let next = store
             .append(contract::say("lobby", "nana", "m4", None))
             .await
             .unwrap();
-        assert_eq!(next.record.seq, 4);
+        assert_eq!(contract::stored(next).seq, 4);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
