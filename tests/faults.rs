@@ -216,6 +216,88 @@ async fn slowloris_handshakes_do_not_keep_real_clients_out() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Reads what the server answers on a raw socket until it closes (or WAIT passes).
+fn answer_of(tcp: &mut std::net::TcpStream) -> String {
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A request head larger than 16 KiB is answered 431 instead of being buffered (4,000 sockets
+/// each sending an unfinished 380 KiB head used to add 1.6 GB), and the server serves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_over_16_kib_gets_431() {
+    let dir = scratch("big-head");
+    let server = common::serve_child(&dir, "127.0.0.1:0", 100);
+    let url = server.listening_url();
+    let addr = url.trim_start_matches("ws://").to_owned();
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n",
+        "a".repeat(20 * 1024)
+    );
+    // The server may answer and close before all of it is written.
+    let _ = tcp.write_all(head.as_bytes());
+    let answer = answer_of(&mut tcp);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let mut ws = json_client(&url, "real").await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    assert_eq!(say(&mut ws, "still served", "c1").await["type"], "ack");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Handshakes in progress are counted and limited: past `--max-handshakes` a connection is
+/// answered 503 at once; once the unfinished ones are gone, real clients get in again.
+#[tokio::test(flavor = "multi_thread")]
+async fn handshakes_in_progress_are_limited() {
+    let dir = scratch("handshakes");
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--max-handshakes",
+        "50",
+        "--data-dir",
+    ])
+    .arg(&dir);
+    let server = Proc::spawn("nanachat serve", cmd);
+    let url = server.listening_url();
+    let addr = url.trim_start_matches("ws://").to_owned();
+    let mut lorises = Vec::new();
+    for _ in 0..50 {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websoc")
+            .unwrap();
+        lorises.push(tcp);
+    }
+    // The server accepts in order: the 51st connection finds every permit taken.
+    let page = common::http_get_blocking(&addr, "/metrics");
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    assert!(page.contains("too many handshakes in progress"), "{page}");
+    drop(lorises);
+    // Real clients get in again once the unfinished handshakes are gone.
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let page = common::http_get_blocking(&addr, "/metrics");
+        if page.starts_with("HTTP/1.1 200") {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "still refused: {page}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        common::metric(&metrics, "nanachat_handshakes_refused_total") >= 1,
+        "{metrics}"
+    );
+    let mut ws = json_client(&url, "real").await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_to_max_connections_refuses_newcomers_and_serves_those_in() {
     let dir = scratch("flood");

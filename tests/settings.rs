@@ -104,6 +104,7 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
         "max_rooms" => number("9"),
         "presence_limit" => number("11"),
         "max_connections" => number("77"),
+        "max_handshakes" => number("33"),
         "heartbeat" => text("3s"),
         "shutdown_timeout" => text("4s"),
         "handshake_timeout" => text("5s"),

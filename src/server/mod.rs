@@ -39,6 +39,10 @@ use crate::{Error, Result};
 pub use listen::{Listen, serve};
 use upgrade::{NotUpgrade, UpgradeRequest, text_response};
 
+/// The largest HTTP request head (request line and headers) read; a larger one gets 431. A
+/// WebSocket handshake needs a few hundred bytes; a browser's cookies a few KiB.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+
 /// Settings of the server layer, shared by every mode.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -48,6 +52,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// How long a client may take to send its HTTP request head (the WebSocket handshake).
     pub handshake_timeout: Duration,
+    /// Most TCP connections still in their handshake (TLS and the HTTP request head) at once;
+    /// more are answered 503 and closed at once. Each may hold up to
+    /// [`MAX_REQUEST_HEAD_BYTES`] until its head is read.
+    pub max_handshakes: usize,
     /// Limits and timers of each connection.
     pub connection: ConnectionConfig,
     /// Browser origins allowed to open a WebSocket (`https://chat.example.org`), besides the
@@ -95,6 +103,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 1024,
             connection: ConnectionConfig::default(),
             allowed_origins: Vec::new(),
             tls: None,
@@ -108,6 +117,12 @@ impl ServerConfig {
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
             return Err(Error::Config(format!(
                 "max connections must be from 1 to {}",
+                Semaphore::MAX_PERMITS
+            )));
+        }
+        if self.max_handshakes == 0 || self.max_handshakes > Semaphore::MAX_PERMITS {
+            return Err(Error::Config(format!(
+                "max handshakes must be from 1 to {}",
                 Semaphore::MAX_PERMITS
             )));
         }
@@ -181,8 +196,12 @@ struct Shared<H> {
     refused_origin: AtomicU64,
     /// Upgrades refused by the handler's `authorize`.
     refused_auth: AtomicU64,
+    /// TCP connections refused because `max_handshakes` were already in progress.
+    refused_handshakes: AtomicU64,
     config: ServerConfig,
     permits: Arc<Semaphore>,
+    /// One permit per connection still in its handshake.
+    handshakes: Arc<Semaphore>,
     connections: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -204,7 +223,9 @@ pub async fn run<H: Handler>(
         refused: AtomicU64::new(0),
         refused_origin: AtomicU64::new(0),
         refused_auth: AtomicU64::new(0),
+        refused_handshakes: AtomicU64::new(0),
         permits: Arc::new(Semaphore::new(config.max_connections)),
+        handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
         config,
         connections: TaskTracker::new(),
         shutdown: token.clone(),
@@ -251,7 +272,8 @@ pub async fn run<H: Handler>(
 async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &Arc<Shared<H>>) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(shared.config.handshake_timeout);
+        .header_read_timeout(shared.config.handshake_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         let accepted = tokio::select! {
@@ -270,6 +292,16 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
                 continue;
             }
         };
+        // Handshakes in progress are counted: each may hold a request head's buffer, and a
+        // crowd of unfinished ones must not take the memory real clients need.
+        let Ok(handshake) = shared.handshakes.clone().try_acquire_owned() else {
+            metrics::bump(&shared.refused_handshakes);
+            if shared.config.tls.is_none() {
+                let _ = tcp.try_write(TOO_MANY_HANDSHAKES);
+            }
+            debug!(%peer, "refused: too many handshakes in progress");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let service =
@@ -282,9 +314,10 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
         let http = http.clone();
         match &shared.config.tls {
             None => {
-                shared
-                    .connections
-                    .spawn(serve_http(http, TokioIo::new(tcp), service, peer, stop));
+                shared.connections.spawn(async move {
+                    serve_http(http, TokioIo::new(tcp), service, peer, stop).await;
+                    drop(handshake);
+                });
             }
             Some(tls) => {
                 // The TLS handshake runs in the connection's own task, under the same deadline
@@ -295,6 +328,7 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
                     match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             serve_http(http, TokioIo::new(stream), service, peer, stop).await;
+                            drop(handshake);
                         }
                         Ok(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -304,6 +338,11 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
         }
     }
 }
+
+/// The whole answer to a connection beyond `max_handshakes`, written without waiting.
+const TOO_MANY_HANDSHAKES: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+content-type: text/plain\r\ncontent-length: 33\r\nconnection: close\r\n\r\n\
+too many handshakes in progress\r\n";
 
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends or the server stops.
 async fn serve_http<IO, S>(
@@ -381,6 +420,18 @@ async fn metrics_page<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Respo
                 "counter",
                 "WebSocket upgrades refused: max connections reached.",
                 shared.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "nanachat_handshakes_in_progress",
+                "gauge",
+                "TCP connections still in their handshake (TLS and the HTTP request head).",
+                (shared.config.max_handshakes - shared.handshakes.available_permits()) as u64,
+            ),
+            (
+                "nanachat_handshakes_refused_total",
+                "counter",
+                "TCP connections refused: max handshakes in progress.",
+                shared.refused_handshakes.load(Ordering::Relaxed),
             ),
             (
                 "nanachat_auth_refused_total",

@@ -188,6 +188,9 @@ settings! {
         /// How long a client may take to send its handshake request.
         #[arg(long, env = "NANACHAT_HANDSHAKE_TIMEOUT", value_name = "TIME")]
         handshake_timeout: Time = Time(ServerConfig::default().handshake_timeout),
+        /// Most connections still in their handshake at once (503 beyond).
+        #[arg(long, env = "NANACHAT_MAX_HANDSHAKES", value_name = "N")]
+        max_handshakes: usize = ServerConfig::default().max_handshakes,
         /// A browser origin allowed to connect, e.g. `https://chat.example.org` (repeatable; the
         /// server's own pages always are). Other origins get 403. Unset: any origin.
         #[arg(long, env = "NANACHAT_ALLOWED_ORIGIN", value_delimiter = ',', value_name = "ORIGIN")]
@@ -309,6 +312,7 @@ impl ServerSettings {
             max_connections: self.max_connections(),
             shutdown_timeout: self.shutdown_timeout().0,
             handshake_timeout: self.handshake_timeout().0,
+            max_handshakes: self.max_handshakes(),
             allowed_origins: self.allowed_origin().unwrap_or_default(),
             tls,
             connection,

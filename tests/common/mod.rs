@@ -307,6 +307,20 @@ pub fn nanachat() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_nanachat"))
 }
 
+/// A plain HTTP/1.1 GET from a blocking socket; returns the whole answer (or what came before
+/// the server closed).
+#[allow(dead_code)]
+pub fn http_get_blocking(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = tcp.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A plain HTTP/1.1 GET; returns the whole answer (status line, headers, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
