@@ -165,30 +165,36 @@ async fn say(ws: &mut common::Peer, text: &str, cid: &str) -> Value {
     }
 }
 
+/// `nanachat serve` on port 0 with history in `dir` and these extra options.
+fn serve_with(dir: &std::path::Path, options: &[&str]) -> Proc {
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--addr", "127.0.0.1:0"])
+        .args(options)
+        .arg("--data-dir")
+        .arg(dir);
+    Proc::spawn("nanachat serve", cmd)
+}
+
+/// `n` sockets that start a WebSocket handshake and never finish it.
+fn lorises(addr: &str, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websoc")
+                .unwrap();
+            tcp
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_handshakes_do_not_keep_real_clients_out() {
     let dir = scratch("slowloris");
-    let mut cmd = nanachat();
-    cmd.args([
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--handshake-timeout",
-        "1s",
-        "--data-dir",
-    ])
-    .arg(&dir);
-    let server = Proc::spawn("nanachat serve", cmd);
+    let server = serve_with(&dir, &["--handshake-timeout", "1s"]);
     let url = server.listening_url();
     let addr = url.trim_start_matches("ws://").to_owned();
     // 300 clients that start a request and never finish it.
-    let mut lorises = Vec::new();
-    for _ in 0..300 {
-        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websoc")
-            .unwrap();
-        lorises.push(tcp);
-    }
+    let lorises = lorises(&addr, 300);
     // A real client gets in and is served meanwhile.
     let mut ws = json_client(&url, "real").await;
     assert_eq!(next_json(&mut ws).await["type"], "welcome");
@@ -253,26 +259,10 @@ async fn a_request_head_over_16_kib_gets_431() {
 #[tokio::test(flavor = "multi_thread")]
 async fn handshakes_in_progress_are_limited() {
     let dir = scratch("handshakes");
-    let mut cmd = nanachat();
-    cmd.args([
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--max-handshakes",
-        "50",
-        "--data-dir",
-    ])
-    .arg(&dir);
-    let server = Proc::spawn("nanachat serve", cmd);
+    let server = serve_with(&dir, &["--max-handshakes", "50"]);
     let url = server.listening_url();
     let addr = url.trim_start_matches("ws://").to_owned();
-    let mut lorises = Vec::new();
-    for _ in 0..50 {
-        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websoc")
-            .unwrap();
-        lorises.push(tcp);
-    }
+    let lorises = lorises(&addr, 50);
     // The server accepts in order: the 51st connection finds every permit taken.
     let page = common::http_get_blocking(&addr, "/metrics");
     assert!(page.starts_with("HTTP/1.1 503"), "{page}");
