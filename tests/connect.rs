@@ -71,6 +71,38 @@ impl Talker {
         }
     }
 
+    /// The stored message with this text, once it is in the room's history: whether it was
+    /// said before or after this talker joined (the follower may reconnect first).
+    async fn stored(&mut self, text: &str) -> Value {
+        let deadline = std::time::Instant::now() + common::WAIT;
+        loop {
+            let ask = json!({"type": "history", "room": "lobby", "limit": 200});
+            self.ws.send(Message::text(ask.to_string())).await.unwrap();
+            let history = loop {
+                match within("history", self.ws.next()).await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                        if v["type"] == "history" {
+                            break v;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            };
+            if let Some(m) = history["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["text"] == text)
+            {
+                return m.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "{text} never stored");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Reads until a message with this text arrives.
     async fn wait_for(&mut self, text: &str) -> Value {
         loop {
@@ -196,7 +228,7 @@ async fn after_a_server_kill_and_restart_the_client_resumes_without_gaps_or_repe
     server.listening_url();
     let mut talker = Talker::new(&url, "talker").await;
     talker.say_all((21..=40).map(|i| format!("m{i}"))).await;
-    let own = talker.wait_for("typed while down").await;
+    let own = talker.stored("typed while down").await;
     follower.wait_stdout("m40 and its own line", |l| {
         l.iter().any(|(_, t)| t.ends_with(": m40"))
             && l.iter()
