@@ -71,25 +71,30 @@ impl Talker {
         }
     }
 
+    /// The room's history page (up to 200 messages).
+    async fn history(&mut self) -> Value {
+        let ask = json!({"type": "history", "room": "lobby", "limit": 200});
+        self.ws.send(Message::text(ask.to_string())).await.unwrap();
+        loop {
+            match within("history", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "history" {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     /// The stored message with this text, once it is in the room's history: whether it was
     /// said before or after this talker joined (the follower may reconnect first).
     async fn stored(&mut self, text: &str) -> Value {
         let deadline = std::time::Instant::now() + common::WAIT;
         loop {
-            let ask = json!({"type": "history", "room": "lobby", "limit": 200});
-            self.ws.send(Message::text(ask.to_string())).await.unwrap();
-            let history = loop {
-                match within("history", self.ws.next()).await {
-                    Some(Ok(Message::Text(t))) => {
-                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                        if v["type"] == "history" {
-                            break v;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    other => panic!("{other:?}"),
-                }
-            };
+            let history = self.history().await;
             if let Some(m) = history["messages"]
                 .as_array()
                 .unwrap()
@@ -255,24 +260,7 @@ async fn after_a_server_kill_and_restart_the_client_resumes_without_gaps_or_repe
     );
 
     // The history holds the line typed offline exactly once.
-    let ask = json!({"type": "history", "room": "lobby", "limit": 200});
-    talker
-        .ws
-        .send(Message::text(ask.to_string()))
-        .await
-        .unwrap();
-    let history = loop {
-        match within("history", talker.ws.next()).await {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == "history" {
-                    break v;
-                }
-            }
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    };
+    let history = talker.history().await;
     let copies = history["messages"]
         .as_array()
         .unwrap()

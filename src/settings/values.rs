@@ -32,23 +32,18 @@ impl Setting for PathBuf {
     }
 }
 
-impl Setting for bool {
-    fn to_toml(&self) -> String {
-        self.to_string()
-    }
+/// Numbers and booleans are written in TOML as they print.
+macro_rules! setting_as_printed {
+    ($($ty:ty),*) => {$(
+        impl Setting for $ty {
+            fn to_toml(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
 }
 
-impl Setting for u32 {
-    fn to_toml(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Setting for usize {
-    fn to_toml(&self) -> String {
-        self.to_string()
-    }
-}
+setting_as_printed!(bool, u32, usize);
 
 impl Setting for Vec<String> {
     fn to_toml(&self) -> String {
