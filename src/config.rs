@@ -21,8 +21,12 @@ pub struct ConnectionConfig {
     pub read_buffer_bytes: usize,
     /// Bytes the writer gathers before it writes to the socket; a flush writes them regardless.
     pub write_buffer_bytes: usize,
-    /// Messages that may wait in a connection's outbox; a full outbox is a slow consumer.
-    pub outbox_capacity: usize,
+    /// Payload bytes that may wait in a connection's outbox: live messages past it make the
+    /// peer a slow consumer (closed with 4001); the connection's own replies wait at half of it.
+    pub outbox_bytes: usize,
+    /// A peer whose socket takes no data for this long, while some waits to be written, is a
+    /// slow consumer: closed with 4001.
+    pub write_timeout: Duration,
     /// Most messages the writer feeds before one flush.
     pub max_batch: usize,
     /// Interval of our own pings; `Duration::ZERO` sends none.
@@ -40,7 +44,8 @@ impl Default for ConnectionConfig {
             max_frame_bytes: 64 * 1024,
             read_buffer_bytes: 512,
             write_buffer_bytes: 8 * 1024,
-            outbox_capacity: 256,
+            outbox_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
             max_batch: 64,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
@@ -52,6 +57,9 @@ impl Default for ConnectionConfig {
 /// The largest message or frame limit a server may be given: beyond it one peer could make the
 /// server allocate more than a machine has.
 pub const MAX_LIMIT_BYTES: usize = 1 << 30;
+
+/// The smallest outbox: a few ordinary chat lines.
+pub const MIN_OUTBOX_BYTES: usize = 4 * 1024;
 
 /// The largest per-connection read buffer: it is allocated for every connection.
 pub const MAX_READ_BUFFER_BYTES: usize = 1 << 20;
@@ -74,10 +82,13 @@ impl ConnectionConfig {
                 "read buffer must be from 256 bytes to {MAX_READ_BUFFER_BYTES} (1MiB)"
             )));
         }
-        if self.outbox_capacity == 0 || self.max_batch == 0 {
-            return Err(Error::Config(
-                "outbox capacity and batch size must be above 0".into(),
-            ));
+        if self.outbox_bytes < MIN_OUTBOX_BYTES || self.max_batch == 0 {
+            return Err(Error::Config(format!(
+                "the outbox must hold at least {MIN_OUTBOX_BYTES} bytes (4KiB), and a batch above 0"
+            )));
+        }
+        if self.write_timeout.is_zero() {
+            return Err(Error::Config("write timeout must be above 0".into()));
         }
         if !self.ping_interval.is_zero() && self.idle_timeout <= self.ping_interval {
             return Err(Error::Config(format!(

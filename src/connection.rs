@@ -62,6 +62,14 @@ impl From<Incoming> for Message {
     }
 }
 
+/// What one turn of the link brought (see [`Connection::turn`]).
+enum Turn {
+    Frame(Option<std::result::Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Timer,
+    Shutdown,
+    ClosedByOther,
+}
+
 /// One open WebSocket connection: the reading half, the writer task's queue, and the timers.
 pub struct Connection {
     stream: SplitStream<Socket>,
@@ -82,6 +90,9 @@ pub struct Connection {
     peer_close: Option<CloseFrame>,
     /// The stream has ended: nothing more will be read.
     ended: bool,
+    /// A data message that arrived while [`Connection::send`] waited, for the next read
+    /// (boxed: an idle connection carries one pointer for it).
+    held: Option<Box<Incoming>>,
     /// The subprotocol agreed in the handshake.
     subprotocol: Option<&'static str>,
     /// The token that came with the upgrade request (`Authorization: Bearer …` or `?token=`).
@@ -109,8 +120,8 @@ impl Connection {
         shutdown: CancellationToken,
     ) -> Self {
         let (sink, stream) = socket.split();
-        let outbox = Outbox::new(config.outbox_capacity);
-        let writer = tokio::spawn(write_loop(sink, outbox.clone(), config.max_batch));
+        let outbox = Outbox::new(config.outbox_bytes);
+        let writer = tokio::spawn(write_loop(sink, outbox.clone(), Pace::new(config)));
         let now = Instant::now();
         let mut conn = Self {
             stream,
@@ -127,6 +138,7 @@ impl Connection {
             close_deadline: None,
             peer_close: None,
             ended: false,
+            held: None,
             subprotocol: None,
             token: None,
         };
@@ -183,12 +195,35 @@ impl Connection {
         self.peer_close.as_ref()
     }
 
-    /// Sends a message, waiting while the outbox is full; gives up when the connection is told to
-    /// shut down, so a peer that never reads cannot hold a shutdown up.
-    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
-        tokio::select! {
-            sent = self.outbox.send(msg) => sent,
-            () = self.shutdown.cancelled() => Err(Error::Closed),
+    /// Sends a message, waiting while the outbox holds half its budget or more. While it waits
+    /// the link is kept as [`read_msg`](Self::read_msg) keeps it — pings go out, a silent peer
+    /// meets the idle timeout, a shutdown or a close by someone else ends the wait — so a peer
+    /// that stops reading cannot park this connection with its timers stopped. A data message
+    /// that arrives meanwhile is kept for the next `read_msg` (and no more is read until then).
+    pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        let len = msg.len();
+        loop {
+            match self.outbox.has_room(len) {
+                Ok(true) => return self.outbox.push(msg).map_err(|_| self.outbox_closed()),
+                Ok(false) => {}
+                Err(_) => return Err(self.outbox_closed()),
+            }
+            if self.ended {
+                return Err(Error::Closed);
+            }
+            let read = self.held.is_none();
+            tokio::select! {
+                () = self.outbox.room(len) => {}
+                turn = Self::turn(
+                    &mut self.stream, &mut self.timer, &self.shutdown, &self.outbox,
+                    self.close_deadline.is_some(), read,
+                ) => {
+                    if let Some(data) = self.on_turn(turn)? {
+                        self.held = Some(Box::new(data));
+                    }
+                }
+            }
         }
     }
 
@@ -197,47 +232,80 @@ impl Connection {
     ///
     /// Cancel-safe: it may lose a `select!` without losing a message.
     pub async fn read_msg(&mut self) -> Result<Option<Incoming>> {
-        if self.ended {
-            return Ok(None);
+        if let Some(held) = self.held.take() {
+            return Ok(Some(*held));
         }
         loop {
-            let closing = self.close_deadline.is_some();
-            tokio::select! {
-                frame = self.stream.next() => {
-                    let Some(frame) = frame else {
-                        self.ended = true;
-                        return Ok(None);
-                    };
-                    match frame {
-                        Ok(msg) => {
-                            self.last_heard = Instant::now();
-                            if let Some(incoming) = self.on_message(msg) {
-                                return Ok(Some(incoming));
-                            }
-                        }
-                        Err(err) => return Err(self.on_error(err.into())),
-                    }
-                }
-                () = self.timer.as_mut() => {
-                    if let Some(err) = self.on_timer() {
-                        return Err(err);
-                    }
-                    if self.ended {
-                        return Ok(None);
-                    }
-                }
-                () = self.shutdown.cancelled(), if !closing => {
-                    self.start_close(CloseCode::Away, "shutting down");
-                }
-                () = self.outbox.closed(), if !closing => {
-                    // Someone else closed this peer (a room, for a slow consumer): the close
-                    // frame is on its way; finish the handshake.
-                    self.close_deadline = Some(Instant::now() + self.close_timeout);
-                    self.rearm_timer();
-                    return Err(Error::SlowConsumer);
-                }
+            if self.ended {
+                return Ok(None);
+            }
+            let turn = Self::turn(
+                &mut self.stream,
+                &mut self.timer,
+                &self.shutdown,
+                &self.outbox,
+                self.close_deadline.is_some(),
+                true,
+            )
+            .await;
+            if let Some(data) = self.on_turn(turn)? {
+                return Ok(Some(data));
             }
         }
+    }
+
+    /// Waits for one thing to happen on the link: a frame (when `read`), the timer, a shutdown,
+    /// or a close requested by someone else. Cancel-safe: nothing is taken until it resolves.
+    async fn turn(
+        stream: &mut SplitStream<Socket>,
+        timer: &mut Pin<Box<Sleep>>,
+        shutdown: &CancellationToken,
+        outbox: &Outbox,
+        closing: bool,
+        read: bool,
+    ) -> Turn {
+        tokio::select! {
+            frame = stream.next(), if read => Turn::Frame(frame),
+            () = timer.as_mut() => Turn::Timer,
+            () = shutdown.cancelled(), if !closing => Turn::Shutdown,
+            () = outbox.closed(), if !closing => Turn::ClosedByOther,
+        }
+    }
+
+    /// Acts on what [`turn`](Self::turn) brought; returns a data message if one arrived.
+    fn on_turn(&mut self, turn: Turn) -> Result<Option<Incoming>> {
+        match turn {
+            Turn::Frame(None) => {
+                self.ended = true;
+                Ok(None)
+            }
+            Turn::Frame(Some(Ok(msg))) => {
+                self.last_heard = Instant::now();
+                Ok(self.on_message(msg))
+            }
+            Turn::Frame(Some(Err(err))) => Err(self.on_error(err.into())),
+            Turn::Timer => match self.on_timer() {
+                Some(err) => Err(err),
+                None => Ok(None),
+            },
+            Turn::Shutdown => {
+                self.start_close(CloseCode::Away, "shutting down");
+                Ok(None)
+            }
+            Turn::ClosedByOther => Err(self.outbox_closed()),
+        }
+    }
+
+    /// The outbox refuses messages. If we did not start a close, someone else did (a room
+    /// closing a slow consumer, the writer after its write timeout): the close frame is on its
+    /// way; finish the handshake.
+    fn outbox_closed(&mut self) -> Error {
+        if self.close_deadline.is_some() || self.ended {
+            return Error::Closed;
+        }
+        self.close_deadline = Some(Instant::now() + self.close_timeout);
+        self.rearm_timer();
+        Error::SlowConsumer
     }
 
     /// Starts the close handshake with this code and reason (once; later calls do nothing).
@@ -478,31 +546,78 @@ pub async fn serve_connection<H: Handler>(handler: &H, mut conn: Connection) -> 
     }
 }
 
+/// The writer's limits, from the connection's config.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    max_batch: usize,
+    write_timeout: Duration,
+    close_timeout: Duration,
+}
+
+impl Pace {
+    fn new(config: &ConnectionConfig) -> Self {
+        Self {
+            max_batch: config.max_batch,
+            write_timeout: config.write_timeout,
+            close_timeout: config.close_timeout,
+        }
+    }
+}
+
+/// Why the writer stopped.
+enum Stopped {
+    /// The socket took no data for the write timeout.
+    Stalled,
+    /// The link failed (or was closed).
+    Failed(Error),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for Stopped {
+    fn from(err: tokio_tungstenite::tungstenite::Error) -> Self {
+        Stopped::Failed(err.into())
+    }
+}
+
+/// One socket operation under the write timeout: each writes at most the write buffer and one
+/// message, so a peer that does not take that much in the time is not reading.
+async fn timed<T>(
+    limit: Duration,
+    op: impl Future<Output = std::result::Result<T, tokio_tungstenite::tungstenite::Error>>,
+) -> std::result::Result<T, Stopped> {
+    match tokio::time::timeout(limit, op).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(Stopped::Stalled),
+    }
+}
+
 /// The writer task: feeds what waits in the outbox, up to `max_batch` messages, then flushes
-/// once; on a close request, writes the close frame after what was queued, and stops.
-async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, max_batch: usize) {
-    let result: Result<()> = async {
+/// once; on a close request, writes the close frame after what was queued, and stops. A socket
+/// that takes no data for the write timeout makes the peer a slow consumer: the queue is
+/// dropped, the close (4001) is tried once more within the close timeout, and the writer stops.
+async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, pace: Pace) {
+    let limit = pace.write_timeout;
+    let result: std::result::Result<(), Stopped> = async {
         let mut batch = std::collections::VecDeque::new();
         loop {
             let mut fed = 0;
             let flush = loop {
-                match outbox.next_batch(&mut batch, max_batch - fed) {
+                match outbox.next_batch(&mut batch, pace.max_batch - fed) {
                     Next::Batch => {
                         let n = batch.len();
                         for msg in batch.drain(..) {
-                            sink.feed(msg).await?;
+                            timed(limit, sink.feed(msg)).await?;
                         }
                         metrics::MESSAGES_OUT
                             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         fed += n;
-                        if fed >= max_batch {
+                        if fed >= pace.max_batch {
                             break true;
                         }
                     }
                     #[cfg(test)]
                     Next::Message(_) => unreachable!("next_batch gives batches"),
                     Next::Close(frame) => {
-                        sink.send(Message::Close(Some(frame))).await?;
+                        timed(limit, sink.send(Message::Close(Some(frame)))).await?;
                         return Ok(());
                     }
                     Next::Stop => return Ok(()),
@@ -516,17 +631,36 @@ async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, max_ba
                 }
             };
             if flush {
-                sink.flush().await?;
+                timed(limit, sink.flush()).await?;
                 metrics::bump(&metrics::FLUSHES);
             }
-            if fed < max_batch {
+            if fed < pace.max_batch {
                 outbox.work().await;
             }
         }
     }
     .await;
-    if let Err(err) = result {
-        trace!(cause = %err, "writer stopped");
+    match result {
+        Ok(()) => {}
+        Err(Stopped::Failed(err)) => trace!(cause = %err, "writer stopped"),
+        Err(Stopped::Stalled) => {
+            metrics::bump(&metrics::WRITE_TIMEOUTS);
+            let frame = CloseFrame {
+                code: CloseCode::Library(CLOSE_SLOW_CONSUMER),
+                reason: format!(
+                    "slow consumer: took no data for {}s; resume with join since",
+                    limit.as_secs_f64()
+                )
+                .into(),
+            };
+            debug!("closing a slow consumer: write timeout");
+            // The reader sees the outbox close and finishes the connection.
+            outbox.request_close(frame.clone(), true);
+            // What was being written still goes first, should the peer read again.
+            let _ =
+                tokio::time::timeout(pace.close_timeout, sink.send(Message::Close(Some(frame))))
+                    .await;
+        }
     }
     // Whatever happened, nothing more can be written: refuse further messages.
     outbox.shut();

@@ -10,6 +10,8 @@ pub static MESSAGES_IN: AtomicU64 = AtomicU64::new(0);
 pub static MESSAGES_OUT: AtomicU64 = AtomicU64::new(0);
 /// Flushes (socket writes of a batch) by the writer tasks.
 pub static FLUSHES: AtomicU64 = AtomicU64::new(0);
+/// Peers closed with 4001 because their socket took no data for the write timeout.
+pub static WRITE_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 
 /// Adds one to a counter.
 pub fn bump(counter: &AtomicU64) {
@@ -69,6 +71,12 @@ pub fn write_connection_metrics(out: &mut String) {
                 "counter",
                 "Socket flushes by the writers (one per batch).",
                 get(&FLUSHES),
+            ),
+            (
+                "nanachat_write_timeouts_total",
+                "counter",
+                "Peers closed with 4001: their socket took no data for the write timeout.",
+                get(&WRITE_TIMEOUTS),
             ),
         ],
     );

@@ -1,6 +1,18 @@
 //! The outbox: a connection's bounded send queue, shared by whoever sends to the peer (its own
 //! handler, a room, a timer) and drained by the connection's writer task.
 //!
+//! It is bounded in **bytes** (the payloads waiting), not in messages: a burst of short lines
+//! and one long history page weigh what they cost. Two kinds of sender share the budget:
+//! - *live* senders (a room fanning a message out) never wait: [`Outbox::try_send`] takes up to
+//!   the whole budget, and past it the peer is a slow consumer, closed by the caller;
+//! - the connection's *own* replies (answers, a replay, history pages) wait for room instead
+//!   ([`Outbox::has_room`] / [`Outbox::room`]), and only while at most half the budget is
+//!   taken — so a replay never leaves live deliveries without room, and what one connection
+//!   holds stays within its budget plus the message in hand.
+//!
+//! A peer that stops reading altogether is caught by the writer's write timeout
+//! (`connection.rs`), not here: a queue below its budget says nothing about a stalled socket.
+//!
 //! Why not `tokio::sync::mpsc`: a bounded mpsc channel allocates a block of 32 slots up front
 //! (about 2 KiB with tungstenite's `Message`), and most chat connections are idle most of the
 //! time. This queue is a `VecDeque` behind a mutex that is never held across an `.await`: an
@@ -42,7 +54,10 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     queue: VecDeque<Message>,
-    capacity: usize,
+    /// Payload bytes in `queue`.
+    bytes: usize,
+    /// Most payload bytes `queue` may hold (live senders; replies wait at half of it).
+    budget: usize,
     flush: bool,
     close: Option<CloseFrame>,
     /// No more messages are accepted: a close was requested or the writer stopped.
@@ -68,13 +83,15 @@ pub(crate) enum Next {
 }
 
 impl Outbox {
-    /// An empty outbox that holds at most `capacity` messages.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty outbox that holds at most `budget` payload bytes (and always one message,
+    /// however large).
+    pub(crate) fn new(budget: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
-                    capacity,
+                    bytes: 0,
+                    budget,
                     flush: false,
                     close: None,
                     closed: false,
@@ -96,18 +113,22 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a message without waiting. A full queue is a slow consumer: the caller should
-    /// close that peer ([`Error::SlowConsumer`]) rather than wait for it.
+    /// Queues a message without waiting. A message that would take the queue past its budget
+    /// is a slow consumer: the caller should close that peer ([`Error::SlowConsumer`]) rather
+    /// than wait for it.
     pub fn try_send(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
         {
             let mut state = self.state();
             if state.closed {
                 return Err(Error::Closed);
             }
-            if state.queue.len() >= state.capacity {
+            let len = msg.len();
+            if !state.queue.is_empty() && state.bytes + len > state.budget {
                 return Err(Error::SlowConsumer);
             }
-            state.queue.push_back(msg.into());
+            state.bytes += len;
+            state.queue.push_back(msg);
             if state.queue.len() > 1 {
                 // The writer has not seen the queue empty since the last wake-up: it will
                 // come back for this one without being told (a fan-out saves a wake per message).
@@ -118,53 +139,62 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a message, waiting while the queue is full (back-pressure onto the caller).
+    /// Whether a reply of `len` bytes may be queued now: the queue is empty, or it stays
+    /// within half the budget (the other half is the live senders'). `Err(Closed)` once the
+    /// outbox takes nothing more.
+    pub fn has_room(&self, len: usize) -> Result<bool> {
+        let state = self.state();
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        Ok(state.queue.is_empty() || state.bytes + len <= state.budget / 2)
+    }
+
+    /// Resolves when [`has_room`](Self::has_room) may have changed: the writer took messages,
+    /// or the outbox closed. Registered before it checks, so no wake-up is lost.
+    pub async fn room(&self, len: usize) {
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !matches!(self.has_room(len), Ok(false)) {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    /// Queues a reply the caller waited room for with [`has_room`](Self::has_room) (it may
+    /// take the queue a message past half the budget, never the live senders' limit into
+    /// account: it is the connection's own answer).
+    pub fn push(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        {
+            let mut state = self.state();
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            state.bytes += msg.len();
+            state.queue.push_back(msg);
+        }
+        self.shared.work.notify_one();
+        Ok(())
+    }
+
+    /// Queues a reply, waiting while the queue holds half its budget or more (back-pressure
+    /// onto the caller). A connection waits with [`Connection::send`](crate::connection::Connection::send)
+    /// instead, which keeps its timers running meanwhile.
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
-        let mut msg = Some(msg.into());
-        loop {
-            let room = self.shared.room.notified();
-            tokio::pin!(room);
-            {
-                let mut state = self.state();
-                if state.closed {
-                    return Err(Error::Closed);
-                }
-                if state.queue.len() < state.capacity {
-                    if let Some(msg) = msg.take() {
-                        state.queue.push_back(msg);
-                    }
-                    drop(state);
-                    self.shared.work.notify_one();
-                    return Ok(());
-                }
-                // Register before unlocking, so a wake-up between the two is not lost.
-                room.as_mut().enable();
-            }
-            room.await;
+        let msg = msg.into();
+        while !self.has_room(msg.len())? {
+            self.room(msg.len()).await;
         }
+        self.push(msg)
     }
 
-    /// How many messages it holds at most.
-    pub fn capacity(&self) -> usize {
-        self.state().capacity
-    }
-
-    /// Waits until at most `n` messages wait to be written, or the outbox is closed. A sender
-    /// that is about to hand the queue over to [`try_send`](Self::try_send)ers (a resumed
-    /// member going live) leaves them room this way.
-    pub async fn drained_to(&self, n: usize) {
-        loop {
-            let room = self.shared.room.notified();
-            tokio::pin!(room);
-            {
-                let state = self.state();
-                if state.closed || state.queue.len() <= n {
-                    return;
-                }
-                room.as_mut().enable();
-            }
-            room.await;
-        }
+    /// The most payload bytes it holds for live senders.
+    pub fn budget(&self) -> usize {
+        self.state().budget
     }
 
     /// Whether the outbox takes no more messages (closing, or the writer has stopped).
@@ -189,6 +219,11 @@ impl Outbox {
     /// How many messages wait to be written.
     pub fn len(&self) -> usize {
         self.state().queue.len()
+    }
+
+    /// Payload bytes waiting to be written.
+    pub fn bytes(&self) -> usize {
+        self.state().bytes
     }
 
     /// Whether no message waits to be written.
@@ -216,6 +251,7 @@ impl Outbox {
             state.close = Some(frame);
             if discard {
                 state.queue = VecDeque::new();
+                state.bytes = 0;
             }
         }
         self.shared.work.notify_one();
@@ -230,6 +266,7 @@ impl Outbox {
             state.closed = true;
             state.done = true;
             state.queue = VecDeque::new();
+            state.bytes = 0;
         }
         self.shared.work.notify_one();
         self.shared.room.notify_waiters();
@@ -254,9 +291,13 @@ impl Outbox {
             if state.queue.len() <= max && out.is_empty() {
                 // Take the whole queue, leaving the caller's empty one (and its capacity).
                 std::mem::swap(&mut state.queue, out);
+                state.bytes = 0;
             } else {
                 let n = max.min(state.queue.len());
+                let before = out.len();
                 out.extend(state.queue.drain(..n));
+                let taken: usize = out.iter().skip(before).map(Message::len).sum();
+                state.bytes -= taken;
             }
             drop(state);
             self.shared.room.notify_waiters();
@@ -302,40 +343,63 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn drained_to_waits_for_the_writer() {
-        let outbox = Outbox::new(4);
-        for t in ["a", "b", "c", "d"] {
+    async fn room_waits_for_the_writer_to_take_half_the_budget() {
+        let outbox = Outbox::new(8);
+        for t in ["aa", "bb", "cc", "dd"] {
             outbox.try_send(Message::text(t)).unwrap();
         }
+        assert!(
+            !outbox.has_room(1).unwrap(),
+            "8 bytes queued, a reply gets 4"
+        );
         let waiter = {
             let outbox = outbox.clone();
-            tokio::spawn(async move { outbox.drained_to(1).await })
+            tokio::spawn(async move { outbox.room(1).await })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished(), "4 queued is more than 1");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
         for _ in 0..3 {
             let _ = outbox.next();
         }
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
-            .expect("woken once 1 is left")
+            .expect("woken once 2 bytes are left")
             .unwrap();
+        assert!(outbox.has_room(2).unwrap());
+        assert!(!outbox.has_room(3).unwrap());
     }
 
     #[test]
     fn a_full_outbox_is_a_slow_consumer() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(4);
         outbox.try_send(Message::text("a")).unwrap();
-        outbox.try_send(Message::text("b")).unwrap();
+        outbox.try_send(Message::text("bcd")).unwrap();
+        assert_eq!(outbox.bytes(), 4);
         assert!(matches!(
-            outbox.try_send(Message::text("c")),
+            outbox.try_send(Message::text("e")),
             Err(Error::SlowConsumer)
         ));
         assert_eq!(text(outbox.next()), "a");
-        outbox.try_send(Message::text("c")).unwrap();
-        assert_eq!(text(outbox.next()), "b");
-        assert_eq!(text(outbox.next()), "c");
+        outbox.try_send(Message::text("e")).unwrap();
+        assert_eq!(text(outbox.next()), "bcd");
+        assert_eq!(text(outbox.next()), "e");
+        assert_eq!(outbox.bytes(), 0);
         assert!(matches!(outbox.next(), Next::Idle { flush: false }));
+    }
+
+    #[test]
+    fn one_message_larger_than_the_budget_still_goes() {
+        let outbox = Outbox::new(4);
+        outbox.try_send(Message::text("a long line")).unwrap();
+        assert!(matches!(
+            outbox.try_send(Message::text("x")),
+            Err(Error::SlowConsumer)
+        ));
+        assert_eq!(text(outbox.next()), "a long line");
+        assert!(
+            outbox.has_room(100).unwrap(),
+            "an empty queue takes any reply"
+        );
     }
 
     #[test]
@@ -369,7 +433,7 @@ mod tests {
 
     #[tokio::test]
     async fn send_waits_for_room_and_fails_when_shut() {
-        let outbox = Outbox::new(1);
+        let outbox = Outbox::new(2);
         outbox.send(Message::text("a")).await.unwrap();
         let waiting = tokio::spawn({
             let outbox = outbox.clone();

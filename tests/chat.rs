@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::client::{Client, publish};
 use common::{Peer, TestServer, close_frame, within};
 use futures_util::{SinkExt, StreamExt};
 use nanachat::chat::{Chat, ChatConfig};
@@ -30,110 +31,6 @@ async fn chat_server(config: ChatConfig) -> TestServer {
     let server = ServerConfig::default();
     let max = server.connection.max_message_bytes;
     TestServer::start(server, Chat::new(MemoryStore::new(), config, max)).await
-}
-
-/// A `nanachat.v1` client.
-struct Client {
-    ws: Peer,
-}
-
-impl Client {
-    async fn raw(url: &str) -> Self {
-        Self {
-            ws: common::protocol_peer(url).await,
-        }
-    }
-
-    async fn hello(url: &str, nick: &str) -> Self {
-        Self::hello_with_key(url, nick, None).await
-    }
-
-    async fn hello_with_key(url: &str, nick: &str, key: Option<&str>) -> Self {
-        let mut c = Self::raw(url).await;
-        let mut hello = json!({"type": "hello", "nick": nick});
-        if let Some(key) = key {
-            hello["key"] = json!(key);
-        }
-        c.send(hello).await;
-        let welcome = c.expect("welcome").await;
-        assert_eq!(welcome["nick"], nick);
-        c
-    }
-
-    async fn send(&mut self, v: Value) {
-        within("send", self.ws.send(Message::text(v.to_string())))
-            .await
-            .unwrap();
-    }
-
-    /// The next JSON message (ticks skipped).
-    async fn recv(&mut self) -> Value {
-        loop {
-            match within("a message", self.ws.next()).await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                    if v["type"] != "tick" {
-                        return v;
-                    }
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("expected a message, got {other:?}"),
-            }
-        }
-    }
-
-    /// Reads until a message of this type; returns it.
-    async fn expect(&mut self, kind: &str) -> Value {
-        loop {
-            let v = self.recv().await;
-            if v["type"] == kind {
-                return v;
-            }
-            assert_ne!(v["type"], "error", "while waiting for {kind}: {v}");
-        }
-    }
-
-    async fn join(&mut self, room: &str) -> Value {
-        self.send(json!({"type": "join", "room": room})).await;
-        self.expect("joined").await
-    }
-
-    async fn say(&mut self, room: &str, text: &str, cid: &str) {
-        self.send(json!({"type": "say", "room": room, "text": text, "cid": cid}))
-            .await;
-    }
-
-    async fn error(&mut self) -> Value {
-        loop {
-            let v = self.recv().await;
-            if v["type"] == "error" {
-                return v;
-            }
-        }
-    }
-}
-
-/// Says `text` (or `m{i}`) for every i in `range`, in bursts, reading its own acks between
-/// bursts as a well-behaved client does (a member that never reads is a slow consumer).
-async fn publish(
-    c: &mut Client,
-    room: &str,
-    range: std::ops::RangeInclusive<u64>,
-    text: Option<&str>,
-) {
-    let ids: Vec<u64> = range.collect();
-    for burst in ids.chunks(20) {
-        for i in burst {
-            let body = text.map_or_else(|| format!("m{i}"), str::to_owned);
-            c.say(room, &body, &format!("c{i}")).await;
-        }
-        let mut acked = 0;
-        while acked < burst.len() {
-            if c.recv().await["type"] == "ack" {
-                acked += 1;
-            }
-        }
-    }
 }
 
 /// A plain-text client (no subprotocol).

@@ -113,6 +113,8 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
         "max_message_bytes" => text("16KiB"),
         "max_frame_bytes" => text("8KiB"),
         "read_buffer_bytes" => text("1KiB"),
+        "outbox_bytes" => text("2MiB"),
+        "write_timeout" => text("7s"),
         "allowed_origin" => sample(
             "https://a.example",
             "[\"https://a.example\"]",

@@ -372,7 +372,7 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
         read_buffer_bytes: 4096,
         ping_interval: Duration::ZERO,
         idle_timeout: Duration::from_secs(3600),
-        outbox_capacity: (spec.window as usize + 64).max(256),
+        outbox_bytes: ((spec.window as usize + 64) * 1024).max(1 << 20),
         ..ConnectionConfig::default()
     };
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
@@ -575,7 +575,7 @@ async fn open(
         key: Some(sh.run.clone()),
         token: None,
     };
-    say(&conn, &hello).await?;
+    say(&mut conn, &hello).await?;
     expect(&mut conn, |m| matches!(m, ServerMsg::Welcome { .. })).await?;
     if let Some((room, since)) = room {
         let join = ClientMsg::Join {
@@ -583,7 +583,7 @@ async fn open(
             since,
             epoch: None,
         };
-        say(&conn, &join).await?;
+        say(&mut conn, &join).await?;
         expect(&mut conn, |m| matches!(m, ServerMsg::Joined { .. })).await?;
     }
     Ok(conn)
@@ -593,7 +593,7 @@ fn room_name(run: &str, room: usize) -> String {
     format!("bench-{run}-{room}")
 }
 
-async fn say(conn: &Connection, msg: &ClientMsg) -> Result<()> {
+async fn say(conn: &mut Connection, msg: &ClientMsg) -> Result<()> {
     let text = serde_json::to_string(msg)?;
     conn.send(Message::Text(text.into())).await
 }
@@ -750,7 +750,7 @@ async fn publisher(sh: &Shared, mut conn: Connection, id: u64, room: usize) -> R
             if let Some(b) = budget.as_mut() {
                 *b -= 1;
             }
-            send_payload(sh, &conn, id, seq, now_us(), &room_name).await?;
+            send_payload(sh, &mut conn, id, seq, now_us(), &room_name).await?;
             continue;
         }
         if budget == Some(0) && in_flight == 0 {
@@ -801,7 +801,7 @@ async fn publisher(sh: &Shared, mut conn: Connection, id: u64, room: usize) -> R
                 in_flight += 1;
                 // The time it was due, not when it went: a late send shows as latency.
                 let due = base + (period.as_micros() as u64) * (seq - 1);
-                send_payload(sh, &conn, id, seq, due, &room_name).await?;
+                send_payload(sh, &mut conn, id, seq, due, &room_name).await?;
             },
             changed = phase.changed() => {
                 if changed.is_err() {
@@ -828,7 +828,7 @@ async fn publisher(sh: &Shared, mut conn: Connection, id: u64, room: usize) -> R
 
 async fn send_payload(
     sh: &Shared,
-    conn: &Connection,
+    conn: &mut Connection,
     id: u64,
     seq: u64,
     sent_us: u64,

@@ -18,7 +18,7 @@ impl<S: Store> Session<S> {
     /// Sends `since+1 ..= last` from history, then what arrived live meanwhile, then goes live.
     pub(super) async fn replay(
         &self,
-        conn: &Connection,
+        conn: &mut Connection,
         room: &str,
         since: u64,
         last: u64,
@@ -42,11 +42,10 @@ impl<S: Store> Session<S> {
                     .await?;
             }
         }
-        // Live deliveries are queued without waiting, and a full outbox is a slow consumer:
-        // the replay may have filled it, so go live only once half of it is free again.
-        let headroom = self.outbox.capacity() / 2;
+        // Live deliveries are queued without waiting and may fill the whole outbox; replies
+        // (the replay's pages, what was held meanwhile) wait while half of it is taken, so
+        // going live leaves them room.
         loop {
-            self.outbox.drained_to(headroom).await;
             let Some(held) = self.hub().finish_replay(self.id, room) else {
                 break;
             };
@@ -60,7 +59,7 @@ impl<S: Store> Session<S> {
     /// Answers `history`: a page of a room's messages, cut to fit in one frame.
     pub(super) async fn history(
         &self,
-        conn: &Connection,
+        conn: &mut Connection,
         room: String,
         before: Option<u64>,
         after: Option<u64>,

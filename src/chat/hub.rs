@@ -98,9 +98,18 @@ struct Room {
     /// Deliveries that arrived before the seqs ahead of them.
     pending: BTreeMap<u64, Delivery>,
     /// Members; `Some(backlog)` while the member replays history.
-    members: BTreeMap<ConnId, Option<Vec<Delivery>>>,
+    members: BTreeMap<ConnId, Option<Box<Backlog>>>,
     /// For a direct-message room, the two nicks whose connections all receive it.
     pair: Option<(String, String)>,
+}
+
+/// Live deliveries held for a member while it replays history (boxed in the member map: most
+/// members have none).
+#[derive(Debug, Default)]
+struct Backlog {
+    held: Vec<Delivery>,
+    /// Bytes of `held` as the member's mode renders them.
+    bytes: usize,
 }
 
 /// What a join did.
@@ -456,7 +465,10 @@ impl Hub {
         let mut state = self.state();
         let backlog = state.rooms.get_mut(room)?.members.get_mut(&id)?;
         match backlog {
-            Some(held) if !held.is_empty() => Some(std::mem::take(held)),
+            Some(b) if !b.held.is_empty() => {
+                b.bytes = 0;
+                Some(std::mem::take(&mut b.held))
+            }
             _ => {
                 *backlog = None;
                 None
@@ -474,14 +486,14 @@ impl State {
         let nick = conn.nick.clone();
         if self.feed(room, &nick, 1, None) {
             if let Some(r) = self.rooms.get_mut(room) {
-                r.members.insert(id, replay.then(Vec::new));
+                r.members.insert(id, replay.then(Box::default));
             }
             return;
         }
         // Whether the nick is new here is a walk over the members: only worth it if told.
         let first = self.tells_presence(room) && !self.nick_in_room(&nick, room);
         if let Some(r) = self.rooms.get_mut(room) {
-            r.members.insert(id, replay.then(Vec::new));
+            r.members.insert(id, replay.then(Box::default));
         }
         if first {
             self.presence(room, &nick, PresenceEvent::Join);
@@ -574,10 +586,21 @@ impl State {
         let mut live: Vec<ConnId> = Vec::with_capacity(r.members.len());
         let mut overflowed = Vec::new();
         for (id, backlog) in r.members.iter_mut() {
-            match backlog {
-                Some(held) if held.len() >= MAX_BACKLOG => overflowed.push(*id),
-                Some(held) => held.push(d.clone()),
-                None => live.push(*id),
+            let Some(b) = backlog else {
+                live.push(*id);
+                continue;
+            };
+            // A replaying member may fall behind by what its outbox holds, and no more: past
+            // that it is a slow consumer, as it would be live.
+            let Some(conn) = self.conns.get(id) else {
+                continue;
+            };
+            let len = d.for_mode(conn.mode).len();
+            if b.bytes + len > conn.outbox.budget() {
+                overflowed.push(*id);
+            } else {
+                b.bytes += len;
+                b.held.push(d.clone());
             }
         }
         if let Some((a, b)) = &r.pair {
@@ -653,9 +676,6 @@ impl<'a, T> IntoIterator for &'a SmallSet<T> {
         self.0.iter()
     }
 }
-
-/// Live messages a replaying member may fall behind by before it counts as a slow consumer.
-const MAX_BACKLOG: usize = 4096;
 
 fn close_slow(outbox: &Outbox, stats: &Stats) {
     debug!("closing a slow consumer");

@@ -31,7 +31,7 @@ const PLAIN_HELP: &str = "* commands: /nick NAME, /join ROOM, /leave [ROOM], \
 
 impl<S: Store> Session<S> {
     /// Plain-text mode: a generated nick, and the lobby.
-    pub(super) async fn start_plain(&mut self, conn: &Connection) -> Result<()> {
+    pub(super) async fn start_plain(&mut self, conn: &mut Connection) -> Result<()> {
         let nick = if self.chat.config.auth.is_some() {
             // `authorize` let it in with a valid token: it is its token's nick.
             let claims = match self.check_token(conn.token()) {

@@ -153,7 +153,7 @@ impl<S: Store> Session<S> {
 
     /// Sends one message to this connection, rendered for its mode. Not a list: those go
     /// through [`Session::reply_list`].
-    pub(super) async fn reply(&self, conn: &Connection, msg: &ServerMsg) -> Result<()> {
+    pub(super) async fn reply(&self, conn: &mut Connection, msg: &ServerMsg) -> Result<()> {
         debug_assert!(
             msg.list_len().is_none(),
             "a reply carrying a list is sent with reply_list, fitted into one frame"
@@ -165,7 +165,7 @@ impl<S: Store> Session<S> {
     /// larger than the largest message the server announces, with its `total` (`list.rs`).
     pub(super) async fn reply_list<T: Clone>(
         &self,
-        conn: &Connection,
+        conn: &mut Connection,
         list: Listing<T, impl Fn(Vec<T>, usize) -> ServerMsg>,
     ) -> Result<()> {
         let frame = list.fit(self.mode, self.chat.max_message_bytes);
@@ -175,7 +175,7 @@ impl<S: Store> Session<S> {
     /// Sends an error frame (and counts it).
     pub(super) async fn reply_error(
         &self,
-        conn: &Connection,
+        conn: &mut Connection,
         code: ErrorCode,
         message: &str,
         cid: Option<String>,
@@ -189,7 +189,7 @@ impl<S: Store> Session<S> {
         self.reply(conn, &msg).await
     }
 
-    async fn on_text(&mut self, conn: &Connection, text: &str) -> Result<()> {
+    async fn on_text(&mut self, conn: &mut Connection, text: &str) -> Result<()> {
         let request = match self.mode {
             Mode::Json => parse_client(text)
                 .map(Some)
@@ -238,7 +238,7 @@ impl<S: Store> Session<S> {
     }
 
     /// Answers one request: `hello` first, then any kind, each by a method of its own.
-    async fn dispatch(&mut self, conn: &Connection, request: ClientMsg) -> Result<(), Failure> {
+    async fn dispatch(&mut self, conn: &mut Connection, request: ClientMsg) -> Result<(), Failure> {
         if !self.greeted && !matches!(request, ClientMsg::Hello { .. }) {
             refuse(
                 ErrorCode::HelloFirst,
@@ -264,7 +264,7 @@ impl<S: Store> Session<S> {
 
     async fn hello(
         &mut self,
-        conn: &Connection,
+        conn: &mut Connection,
         nick: &str,
         key: Option<String>,
         token: Option<String>,
@@ -318,7 +318,7 @@ impl<S: Store> Session<S> {
     }
 
     /// Sends `welcome`, with the limits this connection is held to.
-    pub(super) async fn welcome(&self, conn: &Connection, nick: &str) -> Result<()> {
+    pub(super) async fn welcome(&self, conn: &mut Connection, nick: &str) -> Result<()> {
         let config = &self.chat.config;
         let limits = Limits {
             max_message_bytes: self.chat.max_message_bytes,
@@ -353,7 +353,7 @@ impl<S: Store> Session<S> {
     /// Joins a room (replaying from `since` when asked) and makes it the current one.
     pub(super) async fn join(
         &mut self,
-        conn: &Connection,
+        conn: &mut Connection,
         room: &str,
         since: Option<u64>,
         epoch: Option<u64>,
@@ -432,7 +432,7 @@ impl<S: Store> Session<S> {
     /// Answers `who`: the room's nicks, sorted (those after `after`), as many as fit.
     async fn who(
         &self,
-        conn: &Connection,
+        conn: &mut Connection,
         room: String,
         after: Option<String>,
     ) -> Result<(), Failure> {
@@ -455,7 +455,7 @@ impl<S: Store> Session<S> {
 
     /// Answers `rooms`: this process's public rooms with members, busiest first (those after
     /// `after` in that order), as many as fit.
-    async fn rooms(&self, conn: &Connection, after: Option<RoomInfo>) -> Result<(), Failure> {
+    async fn rooms(&self, conn: &mut Connection, after: Option<RoomInfo>) -> Result<(), Failure> {
         let mut rooms: Vec<RoomInfo> = self
             .hub()
             .rooms()

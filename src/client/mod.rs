@@ -226,7 +226,7 @@ async fn redial(
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 impl State {
-    async fn send(&self, conn: &Connection, msg: &ClientMsg) -> Result<()> {
+    async fn send(&self, conn: &mut Connection, msg: &ClientMsg) -> Result<()> {
         let json = serde_json::to_string(msg)?;
         conn.send(Message::text(json)).await
     }
@@ -248,7 +248,7 @@ impl State {
     }
 
     /// Sends what waits unsent, as fast as the bucket allows; sets `wake` for the rest.
-    async fn pump(&mut self, conn: &Connection) -> Result<()> {
+    async fn pump(&mut self, conn: &mut Connection) -> Result<()> {
         self.wake = None;
         if !self.welcomed {
             return Ok(());
@@ -357,7 +357,7 @@ impl State {
         }
     }
 
-    fn closed_by_server(&self, conn: &Connection) -> SessionEnd {
+    fn closed_by_server(&self, conn: &mut Connection) -> SessionEnd {
         let Some(frame) = conn.peer_close() else {
             return SessionEnd::Lost("connection closed".into());
         };
@@ -501,7 +501,7 @@ impl State {
     /// One input line: a message, or (interactive) a command.
     async fn on_line(
         &mut self,
-        conn: &Connection,
+        conn: &mut Connection,
         line: String,
         out: &mut Output,
     ) -> Result<Option<SessionEnd>> {

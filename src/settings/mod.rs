@@ -224,6 +224,13 @@ settings! {
         /// Close a peer from which nothing arrived for this long.
         #[arg(long, env = "NANACHAT_IDLE_TIMEOUT", value_name = "TIME")]
         idle_timeout: Time = Time(ConnectionConfig::default().idle_timeout),
+        /// Bytes that may wait to be sent to one peer; a live message past them closes it as a
+        /// slow consumer (4001), and its own replies wait at half.
+        #[arg(long, env = "NANACHAT_OUTBOX_BYTES", value_name = "SIZE")]
+        outbox_bytes: Bytes = Bytes(ConnectionConfig::default().outbox_bytes),
+        /// Close a peer (4001) whose socket takes no data for this long while some waits.
+        #[arg(long, env = "NANACHAT_WRITE_TIMEOUT", value_name = "TIME")]
+        write_timeout: Time = Time(ConnectionConfig::default().write_timeout),
     }
 }
 
@@ -292,6 +299,8 @@ impl ConnectionSettings {
             read_buffer_bytes: self.read_buffer_bytes().0,
             ping_interval: self.ping_interval().0,
             idle_timeout: self.idle_timeout().0,
+            outbox_bytes: self.outbox_bytes().0,
+            write_timeout: self.write_timeout().0,
             ..ConnectionConfig::default()
         };
         config.validate()?;

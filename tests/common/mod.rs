@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: a real server on port 0, peers, and bounded waits.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod client;
 pub mod services;
 
 use std::future::Future;
