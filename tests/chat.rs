@@ -1035,3 +1035,50 @@ async fn a_client_cannot_silence_a_guest_by_using_its_ids_first() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn rooms_nobody_is_in_leave_memory_and_come_back_with_their_history() {
+    let config = ChatConfig {
+        room_ttl: Duration::from_millis(50),
+        ..roomy()
+    };
+    let server = chat_server(config).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    // Fifty rooms, one message each, then nobody in them.
+    for i in 0..50 {
+        let room = format!("r{i}");
+        a.join(&room).await;
+        a.say(&room, "kept", &format!("c{i}")).await;
+        a.expect("ack").await;
+        a.send(json!({"type": "leave", "room": room})).await;
+        a.expect("left").await;
+    }
+    // Joining rooms sweeps the idle ones when a sweep is due: they go.
+    let rooms_held = || async {
+        common::metric(
+            &common::http_get(server.addr, "/metrics").await,
+            "nanachat_chat_rooms",
+        )
+    };
+    a.join("lobby").await;
+    within("idle rooms to leave memory", async {
+        while rooms_held().await > 1 {
+            a.send(json!({"type": "leave", "room": "lobby"})).await;
+            a.expect("left").await;
+            a.join("lobby").await;
+        }
+    })
+    .await;
+    // Coming back finds the room as it was stored: its message replayed, the next seq after it.
+    a.send(json!({"type": "join", "room": "r7", "since": 0}))
+        .await;
+    let joined = a.expect("joined").await;
+    assert_eq!(joined["last_seq"], 1);
+    let m = a.expect("message").await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["text"].as_str()),
+        (Some(1), Some("kept"))
+    );
+    a.say("r7", "again", "again").await;
+    assert_eq!(a.expect("ack").await["seq"], 2);
+}

@@ -21,7 +21,7 @@ pub struct FanoutRoom {
 impl FanoutRoom {
     /// A hub with one room and `members` connections in it.
     pub fn new(members: usize) -> Self {
-        let hub = Hub::new(0);
+        let hub = Hub::new(0, std::time::Duration::from_secs(300));
         hub.open_room(
             "lobby",
             RoomState {

@@ -26,6 +26,9 @@ pub struct ChatConfig {
     /// with `who`): each event goes to every member, so filling a room of n costs n² otherwise,
     /// and a crowd joining at once must not send a member more events than its outbox holds.
     pub presence_limit: usize,
+    /// A room with no member and no traffic for this long leaves memory (it is read from the
+    /// store again when someone comes back).
+    pub room_ttl: Duration,
     /// With a secret, only holders of a valid token may connect, each as its token's nick
     /// ([`crate::auth`]); without one the server is open.
     pub auth: Option<crate::auth::Auth>,
@@ -44,6 +47,7 @@ impl Default for ChatConfig {
             max_rooms: 32,
             heartbeat_interval: Duration::from_secs(25),
             presence_limit: 100,
+            room_ttl: Duration::from_secs(300),
             auth: None,
             broker: None,
         }

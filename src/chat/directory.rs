@@ -27,9 +27,15 @@ pub(super) struct Directory<S> {
 
 impl<S: Store> Directory<S> {
     /// A directory over `store`; with a broker, the cluster's tasks are started (call this
-    /// inside a Tokio runtime). Rooms above `presence_limit` members send no presence events.
-    pub(super) fn new(store: Arc<S>, presence_limit: usize, broker: Option<Broker>) -> Self {
-        let hub = Arc::new(Hub::new(presence_limit));
+    /// inside a Tokio runtime). Rooms above `presence_limit` members send no presence events;
+    /// rooms idle for `room_ttl` leave memory.
+    pub(super) fn new(
+        store: Arc<S>,
+        presence_limit: usize,
+        room_ttl: std::time::Duration,
+        broker: Option<Broker>,
+    ) -> Self {
+        let hub = Arc::new(Hub::new(presence_limit, room_ttl));
         let cluster =
             broker.map(|broker| Cluster::start(broker, presence_limit, hub.clone(), store.clone()));
         Self {
@@ -74,7 +80,7 @@ impl<S: Store> Directory<S> {
 
     /// Makes sure the hub holds `room`, loading its state from the store the first time.
     pub(super) async fn open_room(&self, room: &str, pair: Option<(String, String)>) -> Result<()> {
-        if !self.hub.has_room(room) {
+        if !self.hub.hold_room(room) {
             let stored = self.store.room_state(room).await?;
             self.hub.open_room(room, stored, pair);
             // Another process may have stored one more since the read, and published it

@@ -15,13 +15,18 @@
 //! moment of joining; then the backlog is drained and the member goes live. No gap, no
 //! duplicate at the seam.
 //!
-//! A room, once opened, stays in the hub for the life of the process (a few hundred bytes).
-//! Dropping an idle one is safe only if reopening can never start from a stale `last_seq`,
-//! which needs more care than it is worth today.
+//! Idle rooms leave: a room with no member, nothing pending, no append of this process in
+//! flight, and untouched (opened, joined, delivered to) for the room TTL is dropped when rooms
+//! are next opened or joined (a sweep at most every half TTL, so a flood of new rooms pays for
+//! its own clean-up). Reopening reads the room's state from the store again, which is safe because
+//! nothing of the room can be on its way here any more: an append this process started holds
+//! the room (`appending`), and in a cluster a reopened room is filled from the store after a
+//! grace, as any newly opened one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -40,6 +45,10 @@ pub(crate) struct Hub {
 struct State {
     /// Rooms with more members than this send no presence events.
     presence_limit: usize,
+    /// A room idle this long (see the module's doc) is dropped at the next sweep.
+    room_ttl: Duration,
+    /// When idle rooms were last swept.
+    swept: Option<Instant>,
     stats: Stats,
     conns: HashMap<ConnId, Conn>,
     nicks: HashMap<String, Nick>,
@@ -101,6 +110,10 @@ struct Room {
     members: BTreeMap<ConnId, Option<Box<Backlog>>>,
     /// For a direct-message room, the two nicks whose connections all receive it.
     pair: Option<(String, String)>,
+    /// Appends of this process to the room still on their way to `deliver`.
+    appending: u32,
+    /// Last opened, joined or delivered to.
+    touched: Instant,
 }
 
 /// Live deliveries held for a member while it replays history (boxed in the member map: most
@@ -122,11 +135,13 @@ pub(crate) struct Joined {
 }
 
 impl Hub {
-    /// An empty hub; rooms above `presence_limit` members send no presence events.
-    pub(crate) fn new(presence_limit: usize) -> Self {
+    /// An empty hub; rooms above `presence_limit` members send no presence events; rooms idle
+    /// for `room_ttl` leave memory.
+    pub(crate) fn new(presence_limit: usize, room_ttl: Duration) -> Self {
         Self {
             state: Mutex::new(State {
                 presence_limit,
+                room_ttl,
                 ..State::default()
             }),
         }
@@ -321,15 +336,55 @@ impl Hub {
         self.state().rooms.contains_key(room)
     }
 
-    /// Takes a room in, from what the store says of it; a room already held is kept.
+    /// Whether the hub holds `room`; if so it counts as used now (it will not be swept before
+    /// whatever the caller does next with it).
+    pub(crate) fn hold_room(&self, room: &str) -> bool {
+        let mut state = self.state();
+        let now = Instant::now();
+        state.sweep_if_due(now);
+        match state.rooms.get_mut(room) {
+            Some(r) => {
+                r.touched = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a room in, from what the store says of it; a room already held is kept (and
+    /// counts as used now). Sweeps idle rooms first when a sweep is due.
     pub(crate) fn open_room(&self, room: &str, stored: RoomState, pair: Option<(String, String)>) {
-        self.state().rooms.entry(room.to_owned()).or_insert(Room {
-            epoch: stored.epoch,
-            next_seq: stored.last_seq + 1,
-            pending: BTreeMap::new(),
-            members: BTreeMap::new(),
-            pair,
-        });
+        let mut state = self.state();
+        let now = Instant::now();
+        state.sweep_if_due(now);
+        state
+            .rooms
+            .entry(room.to_owned())
+            .or_insert(Room {
+                epoch: stored.epoch,
+                next_seq: stored.last_seq + 1,
+                pending: BTreeMap::new(),
+                members: BTreeMap::new(),
+                pair,
+                appending: 0,
+                touched: now,
+            })
+            .touched = now;
+    }
+
+    /// An append to `room` starts: the room stays held until [`end_append`](Self::end_append).
+    pub(crate) fn begin_append(&self, room: &str) {
+        if let Some(r) = self.state().rooms.get_mut(room) {
+            r.appending += 1;
+        }
+    }
+
+    /// An append to `room` was delivered (or failed).
+    pub(crate) fn end_append(&self, room: &str) {
+        if let Some(r) = self.state().rooms.get_mut(room) {
+            r.appending = r.appending.saturating_sub(1);
+            r.touched = Instant::now();
+        }
     }
 
     /// Adds a member and queues `joined` for it, all under the lock, so that nothing live can
@@ -452,6 +507,7 @@ impl Hub {
             ready.push(d);
             r.next_seq += 1;
         }
+        r.touched = Instant::now();
         let gap = !r.pending.is_empty();
         for d in &ready {
             state.broadcast(room, d);
@@ -478,6 +534,27 @@ impl Hub {
 }
 
 impl State {
+    /// Drops the rooms idle for the room TTL (no member, nothing pending, no append in
+    /// flight), at most every half TTL: rooms being opened and joined pay for the clean-up.
+    fn sweep_if_due(&mut self, now: Instant) {
+        let ttl = self.room_ttl;
+        if self.swept.is_some_and(|t| now < t + ttl / 2) {
+            return;
+        }
+        self.swept = Some(now);
+        let before = self.rooms.len();
+        self.rooms.retain(|_, r| {
+            !(r.members.is_empty()
+                && r.pending.is_empty()
+                && r.appending == 0
+                && now.duration_since(r.touched) >= ttl)
+        });
+        let dropped = before - self.rooms.len();
+        if dropped > 0 {
+            debug!(dropped, held = self.rooms.len(), "dropped idle rooms");
+        }
+    }
+
     fn join_room(&mut self, id: ConnId, room: &str, replay: bool) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -687,4 +764,39 @@ fn close_slow(outbox: &Outbox, stats: &Stats) {
         },
         true,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(last_seq: u64) -> RoomState {
+        RoomState { epoch: 1, last_seq }
+    }
+
+    #[test]
+    fn only_rooms_idle_with_no_member_and_no_append_in_flight_are_swept() {
+        let hub = Hub::new(100, Duration::ZERO);
+        let (outbox, id) = (Outbox::new(1 << 20), 1);
+        hub.connect(id, "nana", None, outbox, Mode::Json).unwrap();
+        hub.open_room("empty", state(3), None);
+        hub.open_room("member", state(0), None);
+        hub.join(id, "member", None, None, 32).unwrap();
+        hub.open_room("appending", state(7), None);
+        hub.begin_append("appending");
+        // Opening another room sweeps (the TTL is zero): only "empty" goes.
+        hub.open_room("new", state(0), None);
+        assert!(!hub.has_room("empty"));
+        assert!(hub.has_room("member") && hub.has_room("appending"));
+        // The append is delivered: its seq is known, the room may go, and comes back from
+        // the store with it.
+        let msg = ServerMsg::Tick { time: 0 };
+        hub.deliver("appending", Some((8, &msg)));
+        hub.end_append("appending");
+        hub.leave(id, "member").unwrap();
+        hub.open_room("newer", state(0), None);
+        assert!(!hub.has_room("appending") && !hub.has_room("member"));
+        hub.open_room("appending", state(8), None);
+        assert_eq!(hub.next_seq("appending"), Some(9));
+    }
 }

@@ -56,8 +56,12 @@ impl<S: Store> Chat<S> {
     /// runtime.
     pub fn new(store: S, config: ChatConfig, max_message_bytes: usize) -> Self {
         let store = Arc::new(store);
-        let directory =
-            directory::Directory::new(store.clone(), config.presence_limit, config.broker.clone());
+        let directory = directory::Directory::new(
+            store.clone(),
+            config.presence_limit,
+            config.room_ttl,
+            config.broker.clone(),
+        );
         let inner = Arc::new(session::Inner {
             store,
             directory,

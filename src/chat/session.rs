@@ -493,6 +493,9 @@ impl<S: Store> Session<S> {
     /// sender sees it come back.
     fn publish(&self, room: String, text: String, cid: Option<String>) {
         let from = self.hub().nick(self.id).unwrap_or_default();
+        // The room stays held until this append is delivered (or has failed): an idle-room
+        // sweep must not drop it and have it reopened from a state without this message.
+        self.hub().begin_append(&room);
         let pending = self.chat.store.append(Append {
             room: room.clone(),
             from,
@@ -501,6 +504,7 @@ impl<S: Store> Session<S> {
         });
         let (chat, outbox, mode) = (self.chat.clone(), self.outbox.clone(), self.mode);
         tokio::spawn(async move {
+            let held = room.clone();
             let answer = match pending.await {
                 Ok(Appended::Stored(record)) => acked(&chat, room, cid, record, false),
                 Ok(Appended::Duplicate(record)) => acked(&chat, room, cid, record, true),
@@ -532,6 +536,7 @@ impl<S: Store> Session<S> {
                     })
                 }
             };
+            chat.directory.hub().end_append(&held);
             if let Some(answer) = answer {
                 let _ = outbox.try_send(Message::Text(render(mode, &answer)));
             }
