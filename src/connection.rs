@@ -203,9 +203,21 @@ impl Connection {
     pub async fn send(&mut self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
         let len = msg.len();
+        match self.outbox.has_room(len) {
+            Ok(true) => {}
+            // Boxed: waiting is the exception, and a turn of the link inline would size the
+            // task of every caller (the session's, for as long as the connection lives).
+            Ok(false) => Box::pin(self.wait_for_room(len)).await?,
+            Err(_) => return Err(self.outbox_closed()),
+        }
+        self.outbox.push(msg).map_err(|_| self.outbox_closed())
+    }
+
+    /// Keeps the link until the outbox has room for a reply of `len` bytes.
+    async fn wait_for_room(&mut self, len: usize) -> Result<()> {
         loop {
             match self.outbox.has_room(len) {
-                Ok(true) => return self.outbox.push(msg).map_err(|_| self.outbox_closed()),
+                Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(_) => return Err(self.outbox_closed()),
             }
@@ -579,15 +591,23 @@ impl From<tokio_tungstenite::tungstenite::Error> for Stopped {
 }
 
 /// One socket operation under the write timeout: each writes at most the write buffer and one
-/// message, so a peer that does not take that much in the time is not reading.
+/// message, so a peer that does not take that much in the time is not reading. The timer is
+/// made only once the operation has had to wait (a boxed `Sleep`): most writes finish at once,
+/// and an idle writer should not carry a timer's space in its task.
 async fn timed<T>(
     limit: Duration,
     op: impl Future<Output = std::result::Result<T, tokio_tungstenite::tungstenite::Error>>,
 ) -> std::result::Result<T, Stopped> {
-    match tokio::time::timeout(limit, op).await {
-        Ok(done) => Ok(done?),
-        Err(_) => Err(Stopped::Stalled),
-    }
+    let mut op = std::pin::pin!(op);
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(done) = op.as_mut().poll(cx) {
+            return std::task::Poll::Ready(done.map_err(Stopped::from));
+        }
+        let deadline = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        deadline.as_mut().poll(cx).map(|()| Err(Stopped::Stalled))
+    })
+    .await
 }
 
 /// The writer task: feeds what waits in the outbox, up to `max_batch` messages, then flushes
@@ -656,10 +676,13 @@ async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, pace: 
             debug!("closing a slow consumer: write timeout");
             // The reader sees the outbox close and finishes the connection.
             outbox.request_close(frame.clone(), true);
-            // What was being written still goes first, should the peer read again.
-            let _ =
-                tokio::time::timeout(pace.close_timeout, sink.send(Message::Close(Some(frame))))
-                    .await;
+            // What was being written still goes first, should the peer read again. (Boxed:
+            // rare, and a timer inline would size every writer's task.)
+            let _ = Box::pin(tokio::time::timeout(
+                pace.close_timeout,
+                sink.send(Message::Close(Some(frame))),
+            ))
+            .await;
         }
     }
     // Whatever happened, nothing more can be written: refuse further messages.
