@@ -50,7 +50,8 @@ start() {
     node) node bench/peers/node_broadcast.js 2>"$log" & ;;
     python) "$py" bench/peers/python_broadcast.py 2>"$log" & ;;
     nanachat*) "$nanachat" serve --addr 127.0.0.1:0 --data-dir "$data" --rate 1000000 \
-      --burst 1000000 --max-connections 30000 --heartbeat 0 2>"$log" & ;;
+      --burst 1000000 --max-connections 30000 --max-connections-per-ip 0 \
+      --connect-rate-per-ip 0 --heartbeat 0 2>"$log" & ;;
   esac
   server_pid=$!
   for _ in $(seq 400); do

@@ -108,7 +108,7 @@ def main():
 
     nanachat = os.path.join(ROOT, "target/release/nanachat")
     servers = {
-        "nanachat echo": ([nanachat, "echo", "--addr", "127.0.0.1:0", "--max-connections", "20000", *args.nanachat_args.split()], "listening on ws://"),
+        "nanachat echo": ([nanachat, "echo", "--addr", "127.0.0.1:0", "--max-connections", "20000", "--max-connections-per-ip", "0", "--connect-rate-per-ip", "0", *args.nanachat_args.split()], "listening on ws://"),
         "node ws": (["node", "tests/peers/node/echo_server.js"], "LISTENING"),
         "python websockets": ([sys.executable, "bench/echo_server.py"], "LISTENING"),
     }

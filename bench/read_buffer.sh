@@ -10,7 +10,8 @@ declare -A results
 for run in $(seq "$runs"); do
   for rb in 512 4KiB; do
     log=$(mktemp)
-    target/release/nanachat echo --addr 127.0.0.1:0 --read-buffer-bytes "$rb" 2>"$log" &
+    target/release/nanachat echo --addr 127.0.0.1:0 --read-buffer-bytes "$rb" \
+      --max-connections-per-ip 0 --connect-rate-per-ip 0 2>"$log" &
     pid=$!
     for _ in $(seq 100); do grep -q 'ws://' "$log" && break; sleep 0.05; done
     url=$(grep -oE 'ws://[0-9.:]+' "$log" | head -n1)

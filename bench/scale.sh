@@ -61,7 +61,8 @@ start() {
   for i in $(seq "$1"); do
     log=$tmp/serve-$i.log
     "$nanachat" serve --addr "127.0.0.1:$port" --reuse-port --store "$store" --broker "$broker" \
-      --rate 1000000 --burst 1000000 --max-connections 19500 --heartbeat 0 2>"$log" &
+      --rate 1000000 --burst 1000000 --max-connections 19500 --max-connections-per-ip 0 \
+      --connect-rate-per-ip 0 --heartbeat 0 2>"$log" &
     pids+=($!)
     for _ in $(seq 400); do grep -q 'listening on' "$log" && break; sleep 0.05; done
     grep -q 'listening on' "$log" || { cat "$log" >&2; exit 1; }

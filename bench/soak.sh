@@ -14,7 +14,9 @@ if [ "$profile" = release ]; then cargo build --release --quiet --bin nanachat; 
 nanachat=$root/target/$profile/nanachat
 work=$(mktemp -d)
 log=$work/serve.log
-"$nanachat" serve --addr 127.0.0.1:0 --data-dir "$work/data" --rate 1000 --burst 1000 2>"$log" &
+# Every client is on 127.0.0.1: no per-address limits.
+"$nanachat" serve --addr 127.0.0.1:0 --data-dir "$work/data" --rate 1000 --burst 1000 \
+  --max-connections-per-ip 0 --connect-rate-per-ip 0 2>"$log" &
 server=$!
 cleanup() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

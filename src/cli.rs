@@ -78,6 +78,11 @@ pub enum Command {
         side: DemoSide,
     },
     /// The load generator: fan-out, echo, connection and resume-storm benchmarks.
+    ///
+    /// A nanachat server limits each client address (--max-connections-per-ip 1000,
+    /// --connect-rate-per-ip 100) and its clients (--rate 20): every bench client comes from
+    /// this machine, so start the server under test with
+    /// `--max-connections-per-ip 0 --connect-rate-per-ip 0 --rate 1000000 --burst 1000000`.
     #[cfg(feature = "bench")]
     Bench(Box<BenchArgs>),
     /// A bench worker process (started by `nanachat bench`).

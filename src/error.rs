@@ -225,7 +225,16 @@ impl From<tungstenite::Error> for Error {
             tungstenite::Error::Protocol(p) => Error::Protocol(p.to_string()),
             tungstenite::Error::Url(u) => Error::Config(format!("bad URL: {u}")),
             tungstenite::Error::Http(resp) => {
-                Error::Handshake(format!("server answered HTTP {}", resp.status()))
+                // The server's one-line reason (ours say which limit and which flag), if any.
+                let reason = resp
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .and_then(|body| Some(body.lines().next()?.trim().to_owned()))
+                    .filter(|line| !line.is_empty())
+                    .map(|line| format!(": {}", line.chars().take(200).collect::<String>()))
+                    .unwrap_or_default();
+                Error::Handshake(format!("server answered HTTP {}{reason}", resp.status()))
             }
             other => Error::Handshake(other.to_string()),
         }

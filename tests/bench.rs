@@ -20,6 +20,12 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `nanachat serve` with room for a benchmark: no message rate to speak of, and no
+/// per-address limits (every bench client comes from 127.0.0.1).
+fn bench_server(dir: &std::path::Path) -> Proc {
+    common::serve_child_with(dir, "127.0.0.1:0", 1_000_000, &common::NO_PER_IP_LIMITS)
+}
+
 /// Runs `nanachat bench ARGS --json -q` to the end; returns its exit code and report.
 fn bench(args: &[&str]) -> (i32, Value) {
     let mut cmd = nanachat();
@@ -41,7 +47,7 @@ fn n(report: &Value, key: &str) -> u64 {
 #[test]
 fn fanout_accounts_for_every_delivery_from_a_durable_server() {
     let dir = scratch("fanout");
-    let server = common::serve_child(&dir, "127.0.0.1:0", 1_000_000);
+    let server = bench_server(&dir);
     let url = server.listening_url();
     let plot = dir.join("fanout.svg");
     let (code, report) = bench(&[
@@ -76,7 +82,7 @@ fn fanout_accounts_for_every_delivery_from_a_durable_server() {
 
 #[test]
 fn a_fixed_rate_run_sends_at_that_rate() {
-    let server = common::serve_child(&scratch("rate"), "127.0.0.1:0", 1_000_000);
+    let server = bench_server(&scratch("rate"));
     let url = server.listening_url();
     let (code, report) = bench(&[
         "fanout",
@@ -171,7 +177,7 @@ async fn a_server_that_loses_messages_is_called_out() {
 #[test]
 fn a_resume_storm_replays_without_gap_or_repeat() {
     let dir = scratch("resume");
-    let server = common::serve_child(&dir, "127.0.0.1:0", 1_000_000);
+    let server = bench_server(&dir);
     let url = server.listening_url();
     let (code, report) = bench(&[
         "resume",
@@ -198,7 +204,8 @@ fn a_resume_storm_replays_without_gap_or_repeat() {
 #[test]
 fn echo_and_connect_runs_against_the_echo_server() {
     let mut cmd = nanachat();
-    cmd.args(["echo", "--addr", "127.0.0.1:0"]);
+    cmd.args(["echo", "--addr", "127.0.0.1:0"])
+        .args(common::NO_PER_IP_LIMITS);
     let echo = Proc::spawn("nanachat echo", cmd);
     let url = echo.listening_url();
     let (code, report) = bench(&[
@@ -279,7 +286,7 @@ fn running(pid: u32) -> bool {
 
 #[test]
 fn workers_do_not_outlive_a_killed_bench() {
-    let server = common::serve_child(&scratch("orphans"), "127.0.0.1:0", 1_000_000);
+    let server = bench_server(&scratch("orphans"));
     let url = server.listening_url();
     let mut cmd = nanachat();
     cmd.args([
@@ -316,7 +323,7 @@ fn workers_do_not_outlive_a_killed_bench() {
 #[test]
 fn receivers_that_stop_reading_cost_the_others_nothing() {
     let dir = scratch("stall");
-    let server = common::serve_child(&dir, "127.0.0.1:0", 1_000_000);
+    let server = bench_server(&dir);
     let url = server.listening_url();
     let (code, report) = bench(&[
         "fanout",

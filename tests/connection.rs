@@ -7,13 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, close_frame, next_data, peer, within};
+use common::{Peer, TestServer, close_frame, http_get, metric, next_data, peer, within};
 use futures_util::{SinkExt, StreamExt};
 use nanachat::config::ConnectionConfig;
 use nanachat::echo::Echo;
 use nanachat::server::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::http::Response;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -183,6 +185,51 @@ async fn pings_are_answered_at_once() {
     assert_eq!(read_raw_frame(&mut tcp).await, (0xA, b"ab".to_vec()));
 }
 
+/// A WebSocket handshake from the local address `source` (all of 127/8 is loopback).
+async fn connect_from(server: &TestServer, source: [u8; 4]) -> Result<Peer, WsError> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let tcp = within("tcp connect", socket.connect(server.addr))
+        .await
+        .unwrap();
+    let handshake = tokio_tungstenite::client_async(server.url(), MaybeTlsStream::Plain(tcp));
+    within("handshake", handshake).await.map(|(ws, _)| ws)
+}
+
+/// The server's answer to a handshake that must be refused with `status`; its body checked to
+/// contain `reason`.
+fn refused(attempt: Result<Peer, WsError>, status: u16, reason: &str) -> Response<Option<Vec<u8>>> {
+    match attempt {
+        Err(WsError::Http(response)) => {
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert_eq!(response.status(), status, "{body}");
+            assert!(body.contains(reason), "{body}");
+            *response
+        }
+        other => panic!("expected {status}, got {other:?}"),
+    }
+}
+
+/// Closes `ws` and reads until the server has closed its side too.
+async fn close(mut ws: Peer) {
+    ws.close(None).await.unwrap();
+    while within("close reply", ws.next()).await.is_some() {}
+}
+
+/// Tries to connect from `source` until the server lets it in (a slot or a token freed on the
+/// server's side, after a time not ours to know); fails after the test's wait.
+async fn until_connected(server: &TestServer, source: [u8; 4]) -> Peer {
+    within("a connection let in", async {
+        loop {
+            if let Ok(ws) = connect_from(server, source).await {
+                return ws;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn max_connections_refuses_with_503_and_frees_the_slot_on_close() {
     let config = ServerConfig {
@@ -190,29 +237,87 @@ async fn max_connections_refuses_with_503_and_frees_the_slot_on_close() {
         ..ServerConfig::default()
     };
     let server = TestServer::start(config, Echo).await;
-    let mut first = peer(&server.url()).await;
+    let first = peer(&server.url()).await;
     let _second = peer(&server.url()).await;
-    match within(
-        "third connect",
-        tokio_tungstenite::connect_async(server.url()),
-    )
-    .await
-    {
-        Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
-        other => panic!("expected 503, got {other:?}"),
-    }
-    first.close(None).await.unwrap();
-    while within("close reply", first.next()).await.is_some() {}
+    let third = connect_from(&server, [127, 0, 0, 1]).await;
+    refused(third, 503, "max connections");
+    close(first).await;
     // The slot frees once the server side has finished; wait for that condition.
-    within("a free slot", async {
-        loop {
-            if tokio_tungstenite::connect_async(server.url()).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    until_connected(&server, [127, 0, 0, 1]).await;
+}
+
+#[tokio::test]
+async fn max_connections_per_ip_refuses_with_429_that_address_only() {
+    let config = ServerConfig {
+        max_connections_per_ip: 3,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Echo).await;
+    let local = [127, 0, 0, 1];
+    let mut three = Vec::new();
+    for _ in 0..3 {
+        three.push(connect_from(&server, local).await.unwrap());
+    }
+    let fourth = connect_from(&server, local).await;
+    let response = refused(
+        fourth,
+        429,
+        "too many connections from your address (3 open; see --max-connections-per-ip)",
+    );
+    assert!(response.headers().contains_key("retry-after"));
+    let metrics = http_get(server.addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "nanachat_refused_per_ip_total"), 1);
+    // Another address is let in, and served.
+    let mut other = connect_from(&server, [127, 0, 0, 2]).await.unwrap();
+    other.send(Message::text("from elsewhere")).await.unwrap();
+    assert_eq!(
+        next_data(&mut other).await,
+        Some(Message::text("from elsewhere"))
+    );
+    // One of the three closed is a slot for the address again.
+    close(three.pop().unwrap()).await;
+    let mut again = until_connected(&server, local).await;
+    again.send(Message::text("back")).await.unwrap();
+    assert_eq!(next_data(&mut again).await, Some(Message::text("back")));
+}
+
+#[tokio::test]
+async fn connect_rate_per_ip_allows_a_burst_of_twice_the_rate_then_429() {
+    let config = ServerConfig {
+        connect_rate_per_ip: 5,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Echo).await;
+    let local = [127, 0, 0, 1];
+    let start = std::time::Instant::now();
+    let mut burst = Vec::new();
+    for _ in 0..10 {
+        burst.push(connect_from(&server, local).await.unwrap());
+    }
+    // Connections closed give no tokens back: only time does.
+    close(burst.pop().unwrap()).await;
+    // The 11th is refused, unless this machine took so long that tokens came back meanwhile:
+    // at most 5 a second since the start.
+    let refusal = loop {
+        match connect_from(&server, local).await {
+            Ok(ws) => burst.push(ws),
+            Err(err) => break Err(err),
         }
-    })
-    .await;
+        let let_in = burst.len() + 1;
+        let allowed = 10.0 + 5.0 * start.elapsed().as_secs_f64();
+        assert!(let_in as f64 <= allowed + 1.0, "{let_in} let in");
+    };
+    let response = refused(
+        refusal,
+        429,
+        "connecting too fast from your address (5 a second; see --connect-rate-per-ip)",
+    );
+    assert_eq!(response.headers()["retry-after"], "1");
+    let mut next = until_connected(&server, local).await;
+    next.send(Message::text("paced")).await.unwrap();
+    assert_eq!(next_data(&mut next).await, Some(Message::text("paced")));
+    let metrics = http_get(server.addr, "/metrics").await;
+    assert!(metric(&metrics, "nanachat_refused_per_ip_total") >= 1);
 }
 
 #[tokio::test]

@@ -291,17 +291,9 @@ async fn handshakes_in_progress_are_limited() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_to_max_connections_refuses_newcomers_and_serves_those_in() {
     let dir = scratch("flood");
-    let mut cmd = nanachat();
-    cmd.args([
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--max-connections",
-        "40",
-        "--data-dir",
-    ])
-    .arg(&dir);
-    let server = Proc::spawn("nanachat serve", cmd);
+    // The flood comes from 127.0.0.1 alone: only the global limit is under test here.
+    let options = [&["--max-connections", "40"][..], &common::NO_PER_IP_LIMITS].concat();
+    let server = serve_with(&dir, &options);
     let url = server.listening_url();
     let mut real = json_client(&url, "real").await;
     assert_eq!(next_json(&mut real).await["type"], "welcome");

@@ -105,6 +105,8 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
         "presence_limit" => number("11"),
         "max_connections" => number("77"),
         "max_handshakes" => number("33"),
+        "max_connections_per_ip" => number("44"),
+        "connect_rate_per_ip" => number("55"),
         "heartbeat" => text("3s"),
         "shutdown_timeout" => text("4s"),
         "handshake_timeout" => text("5s"),
@@ -360,6 +362,7 @@ fn check_config_refuses_what_serve_would_refuse() {
         ["--store", "postgres://u@localhost:notaport/db"],
         ["--read-buffer-bytes", "100000GiB"],
         ["--max-message-bytes", "2GiB"],
+        ["--connect-rate-per-ip", "2000000"],
     ] {
         let out = nanachat()
             .args(["serve", "--check-config"])
@@ -382,6 +385,40 @@ fn check_config_refuses_what_serve_would_refuse() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// 0 lifts a per-address limit; what is not a count is a usage error, one line, exit 2.
+#[test]
+fn per_ip_limits_take_0_and_refuse_what_is_not_a_count() {
+    let args = [
+        "--max-connections-per-ip",
+        "0",
+        "--connect-rate-per-ip",
+        "0",
+    ]
+    .map(String::from);
+    let out = check("serve", &args, None, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["max_connections_per_ip = 0", "connect_rate_per_ip = 0"] {
+        assert!(stdout.lines().any(|l| l == line), "{line} in {stdout}");
+    }
+    for flag in ["--max-connections-per-ip", "--connect-rate-per-ip"] {
+        for bad in ["-1", "abc", "1.5"] {
+            let out = check("serve", &[format!("{flag}={bad}")], None, None);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag}={bad}: {stderr}");
+            let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+            assert!(
+                errors.len() == 1 && errors[0].contains(bad) && errors[0].contains(flag),
+                "{flag}={bad}: {stderr}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -16,6 +16,10 @@
 //! - `resume`: N clients drop at once, messages are published meanwhile, all reconnect at once
 //!   and resume from their last seq.
 //!
+//! A nanachat server under test needs its per-address limits lifted (`--max-connections-per-ip 0
+//! --connect-rate-per-ip 0`): every client comes from this machine. Without that, the
+//! connections past them fail with the server's 429 and its reason.
+//!
 //! Every message is accounted for: a receiver counts what it got from each publisher by the
 //! publisher's own sequence number, and after the run waits for as many as were acked; anything
 //! missing is *lost*, anything twice or out of order *duplicated*, and the report says so loudly.

@@ -2,11 +2,13 @@
 //! (`/healthz`, a page on `/`) and upgrades WebSocket requests on any path; each upgraded
 //! connection runs the mode's [`Handler`] on its own task.
 //!
-//! Limits and shutdown live here, the same for every handler: a semaphore permit per WebSocket
-//! (503 when none is left), and a two-phase stop — cancel every connection (each closes with
-//! 1001), then wait for them, at most `shutdown_timeout`.
+//! Limits and shutdown live here, the same for every handler: limits per source address (429
+//! past them, see `server/per_ip.rs`), a semaphore permit per WebSocket (503 when none is
+//! left), and a two-phase stop — cancel every connection (each closes with 1001), then wait for
+//! them, at most `shutdown_timeout`.
 
 mod listen;
+mod per_ip;
 mod upgrade;
 
 use std::future::Future;
@@ -37,11 +39,16 @@ use crate::metrics;
 use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
 pub use listen::{Listen, serve};
+use per_ip::PerIp;
 use upgrade::{NotUpgrade, UpgradeRequest, text_response};
 
 /// The largest HTTP request head (request line and headers) read; a larger one gets 431. A
 /// WebSocket handshake needs a few hundred bytes; a browser's cookies a few KiB.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+
+/// The highest `connect_rate_per_ip` taken: a rate past it limits nothing (0 says so plainly),
+/// and its burst, twice the rate, stays well inside a `u32`.
+pub const MAX_CONNECT_RATE_PER_IP: u32 = 1_000_000;
 
 /// Settings of the server layer, shared by every mode.
 #[derive(Debug, Clone)]
@@ -56,6 +63,13 @@ pub struct ServerConfig {
     /// more are answered 503 and closed at once. Each may hold up to
     /// [`MAX_REQUEST_HEAD_BYTES`] until its head is read.
     pub max_handshakes: usize,
+    /// Most WebSocket connections open at once from one IP address; more get 429, so one
+    /// address cannot take every connection. 0: no limit (a loopback benchmark, or a server
+    /// behind a reverse proxy, where every client has the proxy's address).
+    pub max_connections_per_ip: usize,
+    /// New WebSocket connections a second from one IP address, sustained, in bursts of up to
+    /// twice as many; faster ones get 429. 0: no limit (as above).
+    pub connect_rate_per_ip: u32,
     /// Limits and timers of each connection.
     pub connection: ConnectionConfig,
     /// Browser origins allowed to open a WebSocket (`https://chat.example.org`), besides the
@@ -104,6 +118,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 1024,
+            max_connections_per_ip: 1000,
+            connect_rate_per_ip: 100,
             connection: ConnectionConfig::default(),
             allowed_origins: Vec::new(),
             tls: None,
@@ -124,6 +140,11 @@ impl ServerConfig {
             return Err(Error::Config(format!(
                 "max handshakes must be from 1 to {}",
                 Semaphore::MAX_PERMITS
+            )));
+        }
+        if self.connect_rate_per_ip > MAX_CONNECT_RATE_PER_IP {
+            return Err(Error::Config(format!(
+                "connect rate per IP must be from 0 (no limit) to {MAX_CONNECT_RATE_PER_IP}"
             )));
         }
         if self.handshake_timeout.is_zero() || self.shutdown_timeout.is_zero() {
@@ -198,7 +219,11 @@ struct Shared<H> {
     refused_auth: AtomicU64,
     /// TCP connections refused because `max_handshakes` were already in progress.
     refused_handshakes: AtomicU64,
+    /// Upgrades refused by a per-address limit.
+    refused_per_ip: AtomicU64,
     config: ServerConfig,
+    /// The connections open and the connection rate of each source address.
+    per_ip: Arc<PerIp>,
     permits: Arc<Semaphore>,
     /// One permit per connection still in its handshake.
     handshakes: Arc<Semaphore>,
@@ -224,6 +249,11 @@ pub async fn run<H: Handler>(
         refused_origin: AtomicU64::new(0),
         refused_auth: AtomicU64::new(0),
         refused_handshakes: AtomicU64::new(0),
+        refused_per_ip: AtomicU64::new(0),
+        per_ip: Arc::new(PerIp::new(
+            config.max_connections_per_ip,
+            config.connect_rate_per_ip,
+        )),
         permits: Arc::new(Semaphore::new(config.max_connections)),
         handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
         config,
@@ -445,6 +475,18 @@ async fn metrics_page<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Respo
                 "WebSocket upgrades refused: origin not allowed.",
                 shared.refused_origin.load(Ordering::Relaxed),
             ),
+            (
+                "nanachat_refused_per_ip_total",
+                "counter",
+                "WebSocket upgrades refused: max connections or connect rate per address reached.",
+                shared.refused_per_ip.load(Ordering::Relaxed),
+            ),
+            (
+                "nanachat_per_ip_addresses",
+                "gauge",
+                "Source addresses the per-address limits track (connected, or connected lately).",
+                shared.per_ip.addresses() as u64,
+            ),
         ],
     );
     metrics::write_connection_metrics(&mut out);
@@ -492,6 +534,20 @@ async fn upgrade_or_page<H: Handler>(
     if shared.shutdown.is_cancelled() {
         return text_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
     }
+    // Per address first: one address at its limits must not take the server's last permits.
+    let slot = match shared.per_ip.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            metrics::bump(&shared.refused_per_ip);
+            warn!(%peer, "refused: {refusal}");
+            let mut response = text_response(StatusCode::TOO_MANY_REQUESTS, format!("{refusal}\n"));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(refusal.retry_after_secs()),
+            );
+            return response;
+        }
+    };
     let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
         metrics::bump(&shared.refused);
         warn!(%peer, "refused: max connections reached");
@@ -512,6 +568,7 @@ async fn upgrade_or_page<H: Handler>(
     let task_shared = shared.clone();
     shared.connections.spawn(async move {
         let _permit = permit;
+        let _slot = slot;
         let shared = task_shared;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,

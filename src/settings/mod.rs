@@ -191,6 +191,15 @@ settings! {
         /// Most connections still in their handshake at once (503 beyond).
         #[arg(long, env = "NANACHAT_MAX_HANDSHAKES", value_name = "N")]
         max_handshakes: usize = ServerConfig::default().max_handshakes,
+        /// Most WebSocket connections open at once from one IP address (429 beyond); 0: no
+        /// limit, for loopback benchmarks or behind a reverse proxy (where every client has
+        /// the proxy's address).
+        #[arg(long, env = "NANACHAT_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+        max_connections_per_ip: usize = ServerConfig::default().max_connections_per_ip,
+        /// New WebSocket connections a second from one IP address, bursts of twice as many
+        /// (429 beyond); 0: no limit.
+        #[arg(long, env = "NANACHAT_CONNECT_RATE_PER_IP", value_name = "N")]
+        connect_rate_per_ip: u32 = ServerConfig::default().connect_rate_per_ip,
         /// A browser origin allowed to connect, e.g. `https://chat.example.org` (repeatable; the
         /// server's own pages always are). Other origins get 403. Unset: any origin.
         #[arg(long, env = "NANACHAT_ALLOWED_ORIGIN", value_delimiter = ',', value_name = "ORIGIN")]
@@ -322,6 +331,8 @@ impl ServerSettings {
             shutdown_timeout: self.shutdown_timeout().0,
             handshake_timeout: self.handshake_timeout().0,
             max_handshakes: self.max_handshakes(),
+            max_connections_per_ip: self.max_connections_per_ip(),
+            connect_rate_per_ip: self.connect_rate_per_ip(),
             allowed_origins: self.allowed_origin().unwrap_or_default(),
             tls,
             connection,

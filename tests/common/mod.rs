@@ -363,10 +363,25 @@ pub async fn protocol_peer(url: &str) -> Peer {
 /// `nanachat serve` as a child process on `addr`, history in `dir`, allowing `rate` messages a
 /// second (and as many in a burst) per connection.
 pub fn serve_child(dir: &std::path::Path, addr: &str, rate: u32) -> Proc {
+    serve_child_with(dir, addr, rate, &[])
+}
+
+/// [`serve_child`] with more options.
+pub fn serve_child_with(dir: &std::path::Path, addr: &str, rate: u32, options: &[&str]) -> Proc {
     let rate = rate.to_string();
     let mut cmd = nanachat();
     cmd.args(["serve", "--addr", addr, "--rate", &rate, "--burst", &rate])
+        .args(options)
         .arg("--data-dir")
         .arg(dir);
     Proc::spawn("nanachat serve", cmd)
 }
+
+/// The options that lift the per-address limits, for a server every client of a test reaches
+/// from 127.0.0.1 by the hundred (benchmarks, floods).
+pub const NO_PER_IP_LIMITS: [&str; 4] = [
+    "--max-connections-per-ip",
+    "0",
+    "--connect-rate-per-ip",
+    "0",
+];
