@@ -106,6 +106,8 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
         "max_connections" => number("77"),
         "max_handshakes" => number("33"),
         "heartbeat" => text("3s"),
+        "retention_age" => text("30d"),
+        "retention_messages" => number("1000"),
         "shutdown_timeout" => text("4s"),
         "handshake_timeout" => text("5s"),
         "ping_interval" => text("2s"),

@@ -117,6 +117,8 @@ struct Backlog {
 pub(crate) struct Joined {
     /// The room's last delivered seq when the member was added: replay up to here.
     pub(crate) last_seq: u64,
+    /// The oldest seq kept, as `joined` told the member: replay from here at the earliest.
+    pub(crate) first_seq: u64,
     /// The member was added with a backlog and must replay, then call `finish_replay`.
     pub(crate) replay: bool,
 }
@@ -333,13 +335,16 @@ impl Hub {
     }
 
     /// Adds a member and queues `joined` for it, all under the lock, so that nothing live can
-    /// come before `joined` or slip between the replay and the live stream.
+    /// come before `joined` or slip between the replay and the live stream. `first_seq` is the
+    /// oldest seq the store keeps (read just before): a `since` older than it is told
+    /// `truncated`.
     pub(crate) fn join(
         &self,
         id: ConnId,
         room: &str,
         since: Option<u64>,
         epoch: Option<u64>,
+        first_seq: u64,
         max_rooms: usize,
     ) -> Result<Joined, ErrorCode> {
         let mut state = self.state();
@@ -365,15 +370,25 @@ impl Hub {
         let reset = epoch.is_some_and(|e| e != r.epoch);
         let replay = since.is_some() && !reset;
         let (room_epoch, last_seq) = (r.epoch, r.next_seq - 1);
+        // The store may be ahead of the hub (stored, not yet delivered): what it pruned past
+        // the hub's last seq is, as far as this member is concerned, all of it up to here.
+        let first_seq = first_seq.min(last_seq + 1);
+        let truncated = replay && since.is_some_and(|s| s.saturating_add(1) < first_seq);
         let joined = ServerMsg::Joined {
             room: room.to_owned(),
             epoch: room_epoch,
             last_seq,
+            first_seq,
             reset,
+            truncated,
         };
         state.send_one(id, &joined);
         state.join_room(id, room, replay);
-        Ok(Joined { last_seq, replay })
+        Ok(Joined {
+            last_seq,
+            first_seq,
+            replay,
+        })
     }
 
     /// Removes a member.

@@ -356,10 +356,7 @@ fn open_dm<S: Store>(inner: &Arc<Shared<S>>, msg: ChatMessage) {
             Ok(state) => state.epoch,
             Err(err) => return warn!(cause = %err, %room, "cannot open a direct-message room"),
         };
-        let state = crate::store::RoomState {
-            epoch,
-            last_seq: seq - 1,
-        };
+        let state = crate::store::RoomState::empty(epoch, seq - 1);
         inner.hub.open_room(&room, state, Some((a, b)));
         inner.deliver(&room, Some((seq, &ServerMsg::Message(msg))));
         // What came after it while the room was being opened.
