@@ -474,6 +474,38 @@ impl Hub {
         gap
     }
 
+    /// Retention pruned seqs this process had not delivered yet (it fell behind: a cluster
+    /// process whose Redis link was down longer than retention keeps messages). The room jumps
+    /// to `to`, dropping what waited before it; its members, whose stream would now have a
+    /// hole, are closed with 4001 so that they resume — and are told `truncated`. False if
+    /// there was nothing to skip.
+    pub(crate) fn skip_pruned(&self, room: &str, to: u64) -> bool {
+        let mut state = self.state();
+        let Some(r) = state.rooms.get_mut(room) else {
+            return false;
+        };
+        if to <= r.next_seq {
+            return false;
+        }
+        r.next_seq = to;
+        r.pending = r.pending.split_off(&to);
+        let members: Vec<ConnId> = r.members.keys().copied().collect();
+        for id in members {
+            if let Some(conn) = state.conns.get(&id) {
+                conn.outbox.request_close(
+                    CloseFrame {
+                        code: CloseCode::Library(CLOSE_SLOW_CONSUMER),
+                        reason:
+                            "messages were pruned before they reached you: resume with join since"
+                                .into(),
+                    },
+                    true,
+                );
+            }
+        }
+        true
+    }
+
     /// After a replay: returns the live deliveries held meanwhile (the caller sends them and
     /// calls again), or `None` once there were none and the member is live.
     pub(crate) fn finish_replay(&self, id: ConnId, room: &str) -> Option<Vec<Delivery>> {
