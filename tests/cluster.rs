@@ -489,38 +489,3 @@ async fn a_nick_is_taken_on_every_process_of_an_open_server() {
     .await;
     assert_ne!(guests[0], guests[1]);
 }
-
-/// A process that fell behind (Redis down) while another one's retention pruned what it had
-/// not delivered yet: its members are closed with 4001 rather than left with a hole (or a room
-/// stuck waiting for a seq that is gone), and resuming tells them `truncated`.
-#[tokio::test(flavor = "multi_thread")]
-async fn messages_pruned_before_a_process_delivered_them_make_its_members_resume_truncated() {
-    let (pg, mut redis) = (Postgres::start(), Redis::start());
-    let (procs, mut talker, mut reader) = talker_and_reader(&pg, &redis).await;
-    publish(&mut talker, "before", 5).await;
-    reader.wait_for("seq 5", is_message("lobby", 5)).await;
-
-    redis.stop();
-    publish(&mut talker, "during", 30).await;
-    // A process with retention prunes once at start: the newest 5 (31..=35) are kept.
-    let mut cmd = nanachat();
-    cmd.args(["serve", "--addr", "127.0.0.1:0", "--store", &pg.url()])
-        .args(["--retention-messages", "5"]);
-    let pruner = Proc::spawn("nanachat serve --retention-messages 5", cmd);
-    pruner.wait_stderr("retention pruned old messages");
-    redis.start_again();
-
-    // The reader's process fills from the store, finds 6..=30 gone: the reader must resume.
-    let frame = common::close_frame(&mut reader.ws).await;
-    assert_eq!(u16::from(frame.code), 4001, "{frame:?}");
-    assert!(reader.seqs("lobby").iter().all(|seq| *seq <= 5));
-    let mut again = Client::connect(&procs[1].listening_url(), "reader2").await;
-    let joined = again.join("lobby", Some(5)).await;
-    assert_eq!(
-        (&joined["first_seq"], &joined["truncated"]),
-        (&json!(31), &json!(true)),
-        "{joined}"
-    );
-    again.wait_for("seq 35", is_message("lobby", 35)).await;
-    gapless(&again.seqs("lobby"), 31, 35);
-}
