@@ -117,7 +117,8 @@ impl ConnectionConfig {
     }
 }
 
-/// Parses a duration as people write it: `3s`, `0.2s`, `250ms`, `2m`, or a bare number of seconds.
+/// Parses a duration as people write it: `3s`, `0.2s`, `250ms`, `2m`, `12h`, `30d`, or a bare
+/// number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -132,9 +133,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
+                "unknown unit '{other}' in '{text}' (use ms, s, m, h or d)"
             ));
         }
     };
@@ -181,6 +183,8 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3 parsecs").is_err());
         assert!(parse_duration("").is_err());

@@ -119,6 +119,15 @@ pub enum StoreError {
     /// The writer's queue is full.
     #[error("the store is overloaded")]
     Overloaded,
+    /// Retention pruned messages a replay had promised (`joined` said the resume was gapless
+    /// from there): the replay stops rather than skip them.
+    #[error("{room}: messages after {after} were pruned during the replay; resume again")]
+    PrunedDuringReplay {
+        /// The room.
+        room: String,
+        /// The last seq replayed.
+        after: u64,
+    },
     /// The writer has stopped.
     #[error("the store's writer has stopped")]
     Stopped,

@@ -213,9 +213,19 @@ pub enum ServerMsg {
         epoch: u64,
         /// The seq of the last message stored when the join took effect.
         last_seq: u64,
+        /// The seq of the oldest message the server still keeps (`last_seq + 1` when it keeps
+        /// none): older ones were removed by retention (or a wipe). 0 from a server that does
+        /// not say.
+        #[serde(default)]
+        first_seq: u64,
         /// True when the client's `epoch` did not match: its `since` means nothing any more.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         reset: bool,
+        /// True when the client's `since` is older than `first_seq - 1`: the messages
+        /// `since+1 … first_seq-1` were removed by retention, the replay starts at `first_seq`,
+        /// and this resume is not gapless.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     /// Answer to `leave`.
     Left {
@@ -533,6 +543,22 @@ mod tests {
         assert_eq!(
             ack.to_json(),
             r#"{"type":"ack","cid":"c1","room":"lobby","seq":42}"#
+        );
+        let joined = ServerMsg::Joined {
+            room: "lobby".into(),
+            epoch: 1_764_000_000_000_000,
+            last_seq: 41,
+            first_seq: 30,
+            reset: false,
+            truncated: true,
+        };
+        assert_eq!(
+            joined.to_json(),
+            r#"{"type":"joined","room":"lobby","epoch":1764000000000000,"last_seq":41,"first_seq":30,"truncated":true}"#
+        );
+        assert!(
+            include_str!("../docs/protocol.md").contains(&joined.to_json()),
+            "docs/protocol.md shows a truncated joined"
         );
         let err = ServerMsg::Error {
             code: ErrorCode::RateLimited,

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use nanachat::chat::{Chat, ChatConfig};
 use nanachat::config::ConnectionConfig;
 use nanachat::server::ServerConfig;
-use nanachat::store::{MemoryStore, SqliteStore};
+use nanachat::store::{MemoryStore, Retention, SqliteStore, Store, prune_all};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -1081,4 +1081,172 @@ async fn rooms_nobody_is_in_leave_memory_and_come_back_with_their_history() {
     );
     a.say("r7", "again", "again").await;
     assert_eq!(a.expect("ack").await["seq"], 2);
+}
+
+/// A chat config keeping the newest `n` messages of each room, pruning every 20 ms.
+fn keeping(n: u64) -> ChatConfig {
+    ChatConfig {
+        retention: Retention {
+            max_age: None,
+            max_messages: Some(n),
+        },
+        prune_interval: Duration::from_millis(20),
+        ..roomy()
+    }
+}
+
+impl Client {
+    /// The seqs of the whole history `room` keeps, oldest first.
+    async fn history_seqs(&mut self, room: &str) -> Vec<u64> {
+        self.send(json!({"type": "history", "room": room, "limit": 200}))
+            .await;
+        let page = self.expect("history").await;
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// Asks for the history of `room` until it starts at `first` (retention's task has run),
+    /// under the usual timeout.
+    async fn wait_pruned_to(&mut self, room: &str, first: u64) -> Vec<u64> {
+        within("retention to prune", async {
+            loop {
+                let seqs = self.history_seqs(room).await;
+                if seqs.first() == Some(&first) {
+                    return seqs;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    /// Joins `room` with `since`; the `joined` and the seqs replayed before the answer to a
+    /// `history` asked right after (nothing else is said meanwhile).
+    async fn resume(&mut self, room: &str, since: u64) -> (Value, Vec<u64>) {
+        self.send(json!({"type": "join", "room": room, "since": since}))
+            .await;
+        let joined = self.expect("joined").await;
+        self.send(json!({"type": "history", "room": room, "limit": 1}))
+            .await;
+        let mut replayed = Vec::new();
+        loop {
+            let v = self.recv().await;
+            match v["type"].as_str() {
+                Some("message") => replayed.push(v["seq"].as_u64().unwrap()),
+                Some("history") => return (joined, replayed),
+                Some("presence") => {}
+                _ => panic!("during the replay of {room}: {v}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_keeps_the_newest_and_a_resume_from_before_them_is_told_truncated() {
+    let server = chat_server(keeping(5)).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    publish(&mut a, "lobby", 1..=12, None).await;
+    assert_eq!(a.wait_pruned_to("lobby", 8).await, [8, 9, 10, 11, 12]);
+
+    // From before the oldest kept: told truncated, replayed from first_seq, exactly 8..12.
+    let mut b = Client::hello(&server.url(), "mochi").await;
+    let (joined, replayed) = b.resume("lobby", 2).await;
+    assert_eq!(
+        (
+            &joined["first_seq"],
+            &joined["last_seq"],
+            &joined["truncated"]
+        ),
+        (&json!(8), &json!(12), &json!(true)),
+        "{joined}"
+    );
+    assert_eq!(replayed, [8, 9, 10, 11, 12]);
+
+    // From inside what is kept: gapless, nothing said about truncation.
+    let mut c = Client::hello(&server.url(), "kiki").await;
+    let (joined, replayed) = c.resume("lobby", 9).await;
+    assert_eq!(joined["first_seq"], 8);
+    assert!(joined.get("truncated").is_none(), "{joined}");
+    assert_eq!(replayed, [10, 11, 12]);
+    // Right at the edge (since = first_seq - 1) is gapless too.
+    let mut d = Client::hello(&server.url(), "lulu").await;
+    let (joined, replayed) = d.resume("lobby", 7).await;
+    assert!(joined.get("truncated").is_none(), "{joined}");
+    assert_eq!(replayed, [8, 9, 10, 11, 12]);
+
+    // History pages never reach past what is kept, either way.
+    assert_eq!(c.history_seqs("lobby").await, [8, 9, 10, 11, 12]);
+    c.send(json!({"type": "history", "room": "lobby", "after": 0, "limit": 3}))
+        .await;
+    let page = c.expect("history").await;
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [8, 9, 10]);
+
+    // New messages keep their seqs going, and the window moves on.
+    publish(&mut a, "lobby", 13..=14, None).await;
+    assert_eq!(a.wait_pruned_to("lobby", 10).await, [10, 11, 12, 13, 14]);
+    let m = common::http_get(server.addr, "/metrics").await;
+    assert_eq!(common::metric(&m, "nanachat_retention_pruned_total"), 9);
+}
+
+#[tokio::test]
+async fn seqs_go_on_after_retention_and_a_restart_on_the_same_sqlite_file() {
+    let dir = data_dir("retention-restart");
+    let start = |chat: ChatConfig| {
+        let dir = dir.clone();
+        async move {
+            let store = SqliteStore::open(&dir).unwrap();
+            let config = ServerConfig::default();
+            let max = config.connection.max_message_bytes;
+            TestServer::start(config, Chat::new(store, chat, max)).await
+        }
+    };
+    let server = start(keeping(5)).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    publish(&mut a, "lobby", 1..=12, None).await;
+    a.wait_pruned_to("lobby", 8).await;
+    drop(a);
+    server.stop().await.unwrap();
+
+    // Every message pruned (the store's own call: a server keeps at least one).
+    {
+        let store = SqliteStore::open(&dir).unwrap();
+        let all = Retention {
+            max_age: None,
+            max_messages: Some(0),
+        };
+        assert_eq!(prune_all(&store, all).await.unwrap(), 5);
+        let state = store.room_state("lobby").await.unwrap();
+        assert_eq!((state.first_seq, state.last_seq), (13, 12));
+    }
+
+    let server = start(roomy()).await;
+    let mut b = Client::hello(&server.url(), "nana").await;
+    let (joined, replayed) = b.resume("lobby", 12).await;
+    assert_eq!(
+        (&joined["first_seq"], &joined["last_seq"]),
+        (&json!(13), &json!(12))
+    );
+    assert!(joined.get("truncated").is_none(), "{joined}");
+    assert!(replayed.is_empty());
+    b.say("lobby", "after", "c-after").await;
+    assert_eq!(b.answer().await["seq"], 13, "a seq is never used twice");
+    let mut c = Client::hello(&server.url(), "mochi").await;
+    let (joined, replayed) = c.resume("lobby", 3).await;
+    assert_eq!(joined["truncated"], true, "{joined}");
+    assert_eq!(replayed, [13]);
+    drop((b, c));
+    server.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

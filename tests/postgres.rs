@@ -25,6 +25,9 @@ async fn keeps_the_store_contract() {
         contract::a_cid_reused_for_another_text_is_refused(&s).await;
         contract::pages_go_both_ways(&s).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&s).await;
+        contract::prune_by_count_keeps_the_newest_of_each_room(&s).await;
+        contract::prune_by_age_deletes_the_oldest_only(&s).await;
+        contract::seqs_go_on_after_everything_is_pruned(&s).await;
         contract::concurrent_appends_get_distinct_consecutive_seqs(Arc::new(s)).await;
     })
     .await;

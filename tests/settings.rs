@@ -108,6 +108,8 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
         "max_connections_per_ip" => number("44"),
         "connect_rate_per_ip" => number("55"),
         "heartbeat" => text("3s"),
+        "retention_age" => text("30d"),
+        "retention_messages" => number("1000"),
         "shutdown_timeout" => text("4s"),
         "handshake_timeout" => text("5s"),
         "ping_interval" => text("2s"),

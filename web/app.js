@@ -13,7 +13,7 @@ const state = {
   lastHeard: 0,
   attempt: 0,
   current: 'lobby',
-  rooms: new Map(), // room -> { lastSeq, epoch, oldest, seen:Set, unread, members:Set, el:<ol> }
+  rooms: new Map(), // room -> { lastSeq, epoch, oldest, first, seen:Set, unread, members:Set, el:<ol> }
   pending: new Map(), // cid -> { room, text, to, el }
   nextCid: 1,
   loadingHistory: false,
@@ -188,9 +188,11 @@ function onServer(msg) {
     case 'joined': {
       const r = room(msg.room);
       if (msg.reset) systemLine(msg.room, 'The history of this room was reset on the server.');
+      if (msg.truncated) systemLine(msg.room, 'Some older messages in this room were removed (retention): there is a gap here.');
       if (msg.reset || r.lastSeq === null) r.lastSeq = msg.last_seq;
       if (r.oldest === null) r.oldest = msg.last_seq + 1;
       r.epoch = msg.epoch;
+      r.first = msg.first_seq || 1; // older ones were removed by retention: nothing to page to
       send({ type: 'who', room: msg.room });
       if (r.el.children.length === 0 && msg.last_seq > 0) send({ type: 'history', room: msg.room, limit: 50 });
       break;
@@ -393,7 +395,7 @@ $('dm-form').addEventListener('submit', (e) => {
 $('messages').addEventListener('scroll', () => {
   const list = $('messages');
   const r = state.rooms.get(state.current);
-  if (list.scrollTop > 0 || !r || state.loadingHistory || r.oldest === null || r.oldest <= 1) return;
+  if (list.scrollTop > 0 || !r || state.loadingHistory || r.oldest === null || r.oldest <= (r.first || 1)) return;
   state.loadingHistory = true;
   send({ type: 'history', room: state.current, before: r.oldest, limit: 50 });
 });

@@ -22,21 +22,14 @@ impl FanoutRoom {
     /// A hub with one room and `members` connections in it.
     pub fn new(members: usize) -> Self {
         let hub = Hub::new(0, std::time::Duration::from_secs(300));
-        hub.open_room(
-            "lobby",
-            RoomState {
-                epoch: 1,
-                last_seq: 0,
-            },
-            None,
-        );
+        hub.open_room("lobby", RoomState::empty(1, 0), None);
         let mut outboxes = Vec::with_capacity(members);
         for id in 0..members as u64 {
             let outbox = Outbox::new(1024);
             let nick = format!("n{id}");
             hub.connect(id, &nick, None, outbox.clone(), Mode::Json)
                 .expect("a free nick");
-            hub.join(id, "lobby", None, None, 1).expect("joined");
+            hub.join(id, "lobby", None, None, None, 1).expect("joined");
             outboxes.push(outbox);
         }
         let mut room = Self {

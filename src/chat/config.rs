@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::cluster::Broker;
+use crate::store::Retention;
 use crate::{Error, Result};
 
 /// Limits and timers of the chat layer; the connection's own are in
@@ -35,6 +36,11 @@ pub struct ChatConfig {
     /// With a broker (and a shared store), this process is one of several serving one chat:
     /// see `docs/scaling.md`.
     pub broker: Option<Broker>,
+    /// What history keeps (`--retention-age`, `--retention-messages`); the default keeps
+    /// everything. With a rule, a task prunes the rest at start and every `prune_interval`.
+    pub retention: Retention,
+    /// How often retention prunes (a minute; tests make it short).
+    pub prune_interval: Duration,
 }
 
 impl Default for ChatConfig {
@@ -50,6 +56,8 @@ impl Default for ChatConfig {
             room_ttl: Duration::from_secs(300),
             auth: None,
             broker: None,
+            retention: Retention::default(),
+            prune_interval: Duration::from_secs(60),
         }
     }
 }
@@ -64,6 +72,19 @@ impl ChatConfig {
         }
         if self.rate_per_sec == 0 || self.rate_burst == 0 {
             return Err(Error::Config("the rate and burst must be above 0".into()));
+        }
+        if self.retention.max_age.is_some_and(|age| age.is_zero()) {
+            return Err(Error::Config(
+                "--retention-age must be above 0 (leave it out to keep history)".into(),
+            ));
+        }
+        if self.retention.max_messages == Some(0) {
+            return Err(Error::Config(
+                "--retention-messages must be above 0 (leave it out to keep history)".into(),
+            ));
+        }
+        if !self.retention.keeps_all() && self.prune_interval.is_zero() {
+            return Err(Error::Config("the prune interval must be above 0".into()));
         }
         Ok(())
     }

@@ -9,13 +9,20 @@
 use super::list::{Keep, Listing};
 use super::session::{Failure, Session, refuse};
 use super::types::chat_message;
-use crate::Result;
 use crate::connection::{Connection, Message};
+use crate::error::StoreError;
 use crate::protocol::{ChatMessage, ErrorCode, ServerMsg};
 use crate::store::{MAX_PAGE, Page, Store};
+use crate::{Error, Result};
 
 impl<S: Store> Session<S> {
     /// Sends `since+1 ..= last` from history, then what arrived live meanwhile, then goes live.
+    ///
+    /// `joined` promised `since+1 ..= last` without a hole (`since` is at least its
+    /// `first_seq - 1`). If retention prunes some of it in the meantime (a resume right at the
+    /// edge of what is kept, on a slow link), that promise cannot be kept: the connection is
+    /// closed (1011) instead of going on with a hole. The client resumes from the last seq it
+    /// got, and is then told `truncated`.
     pub(super) async fn replay(
         &self,
         conn: &mut Connection,
@@ -24,6 +31,12 @@ impl<S: Store> Session<S> {
         last: u64,
     ) -> Result<()> {
         let mut after = since;
+        let pruned_meanwhile = |after| {
+            Error::Store(StoreError::PrunedDuringReplay {
+                room: room.to_owned(),
+                after,
+            })
+        };
         'pages: while after < last {
             let page = self
                 .chat
@@ -31,11 +44,14 @@ impl<S: Store> Session<S> {
                 .history(room, Page::After(after), MAX_PAGE)
                 .await?;
             if page.is_empty() {
-                break;
+                return Err(pruned_meanwhile(after));
             }
             for record in page {
                 if record.seq > last {
                     break 'pages;
+                }
+                if record.seq != after + 1 {
+                    return Err(pruned_meanwhile(after));
                 }
                 after = record.seq;
                 self.reply(conn, &ServerMsg::Message(chat_message(record)))

@@ -110,6 +110,9 @@ struct Room {
     members: BTreeMap<ConnId, Option<Box<Backlog>>>,
     /// For a direct-message room, the two nicks whose connections all receive it.
     pair: Option<(String, String)>,
+    /// The oldest seq the store kept when the room was opened: what `joined` tells when no
+    /// retention rule can have moved it since (otherwise the session reads it afresh).
+    first_seq: u64,
     /// Appends of this process to the room still on their way to `deliver`.
     appending: u32,
     /// Last opened, joined or delivered to.
@@ -130,6 +133,8 @@ struct Backlog {
 pub(crate) struct Joined {
     /// The room's last delivered seq when the member was added: replay up to here.
     pub(crate) last_seq: u64,
+    /// The oldest seq kept, as `joined` told the member: replay from here at the earliest.
+    pub(crate) first_seq: u64,
     /// The member was added with a backlog and must replay, then call `finish_replay`.
     pub(crate) replay: bool,
 }
@@ -366,6 +371,7 @@ impl Hub {
                 pending: BTreeMap::new(),
                 members: BTreeMap::new(),
                 pair,
+                first_seq: stored.first_seq,
                 appending: 0,
                 touched: now,
             })
@@ -388,13 +394,16 @@ impl Hub {
     }
 
     /// Adds a member and queues `joined` for it, all under the lock, so that nothing live can
-    /// come before `joined` or slip between the replay and the live stream.
+    /// come before `joined` or slip between the replay and the live stream. `first_seq` is the
+    /// oldest seq the store keeps (read just before; `None`: the one read when the room was
+    /// opened, as nothing prunes): a `since` older than it is told `truncated`.
     pub(crate) fn join(
         &self,
         id: ConnId,
         room: &str,
         since: Option<u64>,
         epoch: Option<u64>,
+        first_seq: Option<u64>,
         max_rooms: usize,
     ) -> Result<Joined, ErrorCode> {
         let mut state = self.state();
@@ -420,15 +429,25 @@ impl Hub {
         let reset = epoch.is_some_and(|e| e != r.epoch);
         let replay = since.is_some() && !reset;
         let (room_epoch, last_seq) = (r.epoch, r.next_seq - 1);
+        // The store may be ahead of the hub (stored, not yet delivered): what it pruned past
+        // the hub's last seq is, as far as this member is concerned, all of it up to here.
+        let first_seq = first_seq.unwrap_or(r.first_seq).min(last_seq + 1);
+        let truncated = replay && since.is_some_and(|s| s.saturating_add(1) < first_seq);
         let joined = ServerMsg::Joined {
             room: room.to_owned(),
             epoch: room_epoch,
             last_seq,
+            first_seq,
             reset,
+            truncated,
         };
         state.send_one(id, &joined);
         state.join_room(id, room, replay);
-        Ok(Joined { last_seq, replay })
+        Ok(Joined {
+            last_seq,
+            first_seq,
+            replay,
+        })
     }
 
     /// Removes a member.
@@ -513,6 +532,38 @@ impl Hub {
             state.broadcast(room, d);
         }
         gap
+    }
+
+    /// Retention pruned seqs this process had not delivered yet (it fell behind: a cluster
+    /// process whose Redis link was down longer than retention keeps messages). The room jumps
+    /// to `to`, dropping what waited before it; its members, whose stream would now have a
+    /// hole, are closed with 4001 so that they resume — and are told `truncated`. False if
+    /// there was nothing to skip.
+    pub(crate) fn skip_pruned(&self, room: &str, to: u64) -> bool {
+        let mut state = self.state();
+        let Some(r) = state.rooms.get_mut(room) else {
+            return false;
+        };
+        if to <= r.next_seq {
+            return false;
+        }
+        r.next_seq = to;
+        r.pending = r.pending.split_off(&to);
+        let members: Vec<ConnId> = r.members.keys().copied().collect();
+        for id in members {
+            if let Some(conn) = state.conns.get(&id) {
+                conn.outbox.request_close(
+                    CloseFrame {
+                        code: CloseCode::Library(CLOSE_SLOW_CONSUMER),
+                        reason:
+                            "messages were pruned before they reached you: resume with join since"
+                                .into(),
+                    },
+                    true,
+                );
+            }
+        }
+        true
     }
 
     /// After a replay: returns the live deliveries held meanwhile (the caller sends them and
@@ -771,7 +822,7 @@ mod tests {
     use super::*;
 
     fn state(last_seq: u64) -> RoomState {
-        RoomState { epoch: 1, last_seq }
+        RoomState::empty(1, last_seq)
     }
 
     #[test]
@@ -781,7 +832,7 @@ mod tests {
         hub.connect(id, "nana", None, outbox, Mode::Json).unwrap();
         hub.open_room("empty", state(3), None);
         hub.open_room("member", state(0), None);
-        hub.join(id, "member", None, None, 32).unwrap();
+        hub.join(id, "member", None, None, None, 32).unwrap();
         hub.open_room("appending", state(7), None);
         hub.begin_append("appending");
         // Opening another room sweeps (the TTL is zero): only "empty" goes.

@@ -9,7 +9,8 @@
 //! `cluster/` (Redis) → `hub.rs` (this process's members and rooms) → `render.rs`; the session
 //! sends every reply that carries a list through `list.rs` (→ `render.rs`), which fits it into
 //! one frame; every part may use `types.rs`, and `config.rs` (the settings) names the
-//! cluster's `Broker`.
+//! cluster's `Broker`. `retention.rs` is the task that prunes old history (it uses the store
+//! only).
 
 mod cluster;
 mod config;
@@ -19,6 +20,7 @@ mod hub;
 mod list;
 mod plain;
 mod render;
+mod retention;
 mod serve;
 mod session;
 mod types;
@@ -46,16 +48,18 @@ pub mod bench_support;
 #[derive(Debug)]
 pub struct Chat<S> {
     inner: Arc<session::Inner<S>>,
+    pruner: retention::Pruner,
 }
 
 impl<S: Store> Chat<S> {
     /// A chat server storing history in `store`. `max_message_bytes` is the connection layer's
     /// limit, told to clients in `welcome`.
     ///
-    /// With a broker in `config`, the cluster's tasks are started: call this inside a Tokio
-    /// runtime.
+    /// With a broker in `config`, the cluster's tasks are started, and with a retention rule
+    /// the task that prunes history: call this inside a Tokio runtime.
     pub fn new(store: S, config: ChatConfig, max_message_bytes: usize) -> Self {
         let store = Arc::new(store);
+        let pruner = retention::Pruner::start(&store, &config);
         let directory = directory::Directory::new(
             store.clone(),
             config.presence_limit,
@@ -70,7 +74,7 @@ impl<S: Store> Chat<S> {
             next_id: AtomicU64::new(1),
             errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
         });
-        Self { inner }
+        Self { inner, pruner }
     }
 }
 
@@ -104,6 +108,8 @@ impl<S: Store> Handler for Chat<S> {
     }
 
     async fn drain(&self) {
+        // No more pruning: the store is this server's to close.
+        self.pruner.stop().await;
         // Appends already queued are committed (and their tasks deliver and ack) before exit.
         if let Err(err) = self.inner.store.flush().await {
             tracing::warn!(cause = %err, "store flush on shutdown failed");
@@ -144,6 +150,12 @@ impl<S: Store> Handler for Chat<S> {
                     "counter",
                     "Members closed with 4001: their outbox was full.",
                     slow_closes,
+                ),
+                (
+                    "nanachat_retention_pruned_total",
+                    "counter",
+                    "Messages deleted by retention (--retention-age, --retention-messages).",
+                    self.pruner.pruned(),
                 ),
             ],
         );

@@ -91,6 +91,15 @@ async fn on<S: Store>(
             tracing::info!(broker = %broker.shown(), "broker");
             chat.broker = Some(broker);
         }
+        let retention = chat.retention;
+        if !retention.keeps_all() {
+            tracing::info!(
+                max_age = ?retention.max_age,
+                max_messages_per_room = ?retention.max_messages,
+                every = ?chat.prune_interval,
+                "retention: older history is pruned"
+            );
+        }
         if chat.auth.is_some() {
             tracing::info!("auth: a valid token is required (HS256, sub = nick)");
         } else {

@@ -377,14 +377,28 @@ impl<S: Store> Session<S> {
             )?;
         }
         self.chat.directory.open_room(room, pair).await?;
+        // The oldest message kept, read now when retention may have moved it (without a rule
+        // the hub's is current, and a join costs no store read): `joined` tells it, and a
+        // `since` before it is a resume that retention has cut short (told `truncated`).
+        let first_seq = match self.chat.config.retention.keeps_all() {
+            true => None,
+            false => Some(self.chat.store.room_state(room).await?.first_seq),
+        };
         let joined = self
             .hub()
-            .join(self.id, room, since, epoch, self.chat.config.max_rooms)
+            .join(
+                self.id,
+                room,
+                since,
+                epoch,
+                first_seq,
+                self.chat.config.max_rooms,
+            )
             .or_else(|code| refuse(code, format!("cannot join {room}")))?;
         self.current = Some(room.to_owned());
         if joined.replay {
-            self.replay(conn, room, since.unwrap_or(0), joined.last_seq)
-                .await?;
+            let since = since.unwrap_or(0).max(joined.first_seq - 1);
+            self.replay(conn, room, since, joined.last_seq).await?;
         }
         Ok(())
     }

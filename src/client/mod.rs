@@ -391,6 +391,8 @@ impl State {
                 epoch,
                 last_seq,
                 reset,
+                truncated,
+                ..
             } => {
                 let cursor = self.rooms.entry(room.clone()).or_insert(Cursor {
                     last_seq: None,
@@ -398,6 +400,11 @@ impl State {
                 });
                 if reset {
                     out.notice(&format!("* the history of {room} was reset on the server"));
+                }
+                if truncated {
+                    out.notice(&format!(
+                        "* some older messages in {room} were removed (retention)"
+                    ));
                 }
                 if reset || cursor.last_seq.is_none() {
                     cursor.last_seq = Some(last_seq);
@@ -598,6 +605,51 @@ fn and_more(total: usize, shown: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_truncated_resume_is_told_to_the_user() {
+        let opts = ClientOptions {
+            target: Target::parse("ws://127.0.0.1:1").unwrap(),
+            nick: "nana".into(),
+            rooms: vec!["lobby".into()],
+            send_every: None,
+            reconnect: true,
+            commands: true,
+            token: None,
+        };
+        let mut state = State {
+            opts,
+            key: "k".into(),
+            rooms: BTreeMap::new(),
+            current: "lobby".into(),
+            pending: VecDeque::new(),
+            bucket: Bucket::new(1, 1),
+            wake: None,
+            next_cid: 1,
+            input_done: false,
+            welcomed: true,
+        };
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let mut out = Output::Terminal {
+            printer: Box::new(move |line| seen.lock().unwrap().push(line)),
+            style: Style { color: false },
+        };
+        let joined = r#"{"type":"joined","room":"lobby","epoch":1,"last_seq":41,"first_seq":30,"truncated":true}"#;
+        assert!(state.on_server(joined, &mut out).is_none());
+        let gapless = r#"{"type":"joined","room":"dev","epoch":1,"last_seq":41,"first_seq":1}"#;
+        assert!(state.on_server(gapless, &mut out).is_none());
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(
+            lines,
+            [
+                "* some older messages in lobby were removed (retention)",
+                "* joined lobby",
+                "* joined dev",
+            ]
+        );
+    }
 
     #[test]
     fn back_off_grows_with_jitter_and_a_cap() {

@@ -22,6 +22,7 @@ use crate::client::{ClientOptions, Speech};
 use crate::config::ConnectionConfig;
 use crate::dial::Target;
 use crate::server::{Listen, ServerConfig};
+use crate::store::Retention;
 use crate::{Error, Result};
 
 use file::to_file_text;
@@ -173,6 +174,13 @@ settings! {
         /// Interval of the app-level heartbeat; 0 turns it off (3s is the seed's server push).
         #[arg(long, env = "NANACHAT_HEARTBEAT", value_name = "TIME")]
         heartbeat: Time = Time(ChatConfig::default().heartbeat_interval),
+        /// Delete messages older than this (e.g. 30d, 12h), checked every minute. Unset: kept
+        /// forever (with --retention-messages, a message goes when either says so).
+        #[arg(long, env = "NANACHAT_RETENTION_AGE", value_name = "TIME")]
+        retention_age: Time,
+        /// Keep at most this many of each room's newest messages. Unset: all.
+        #[arg(long, env = "NANACHAT_RETENTION_MESSAGES", value_name = "N")]
+        retention_messages: usize,
     }
 }
 
@@ -292,6 +300,10 @@ impl ChatSettings {
             max_rooms: self.max_rooms(),
             presence_limit: self.presence_limit(),
             heartbeat_interval: self.heartbeat().0,
+            retention: Retention {
+                max_age: self.retention_age().map(|t| t.0),
+                max_messages: self.retention_messages().map(|n| n as u64),
+            },
             ..ChatConfig::default()
         };
         config.validate()?;
@@ -621,7 +633,9 @@ mod tests {
 
     #[test]
     fn durations_and_sizes_print_as_they_are_written() {
-        for text in ["3s", "250ms", "200ms", "25s", "0s", "1500ms"] {
+        for text in [
+            "3s", "250ms", "200ms", "25s", "0s", "1500ms", "30d", "12h", "90s",
+        ] {
             assert_eq!(text.parse::<Time>().unwrap().to_string(), text);
         }
         for text in ["64KiB", "16MiB", "1000", "512"] {

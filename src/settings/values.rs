@@ -52,7 +52,8 @@ impl Setting for Vec<String> {
     }
 }
 
-/// A duration as people write it: `3s`, `0.2s`, `250ms`, `2m` (a bare number is seconds).
+/// A duration as people write it: `3s`, `0.2s`, `250ms`, `2m`, `12h`, `30d` (a bare number is
+/// seconds); written back in whole days or hours when it is some, else in seconds or ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Time(pub Duration);
 
@@ -65,9 +66,15 @@ impl FromStr for Time {
 
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HOUR: u128 = 3_600_000;
+        const DAY: u128 = 24 * HOUR;
         let ms = self.0.as_millis();
         if !self.0.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}s", self.0.as_secs_f64())
+        } else if ms > 0 && ms.is_multiple_of(DAY) {
+            write!(f, "{}d", ms / DAY)
+        } else if ms > 0 && ms.is_multiple_of(HOUR) {
+            write!(f, "{}h", ms / HOUR)
         } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {

@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
+use super::{
+    Append, Appended, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState, Store,
+    new_epoch,
+};
 use crate::Result;
 use crate::clock::now_ms;
 
@@ -24,6 +27,19 @@ struct Room {
 }
 
 impl Room {
+    fn state(&self) -> RoomState {
+        RoomState {
+            epoch: self.epoch,
+            last_seq: self.last_seq,
+            first_seq: self
+                .records
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(self.last_seq + 1),
+        }
+    }
+
     fn new() -> Self {
         Self {
             epoch: new_epoch(),
@@ -106,10 +122,57 @@ impl Store for MemoryStore {
 
     async fn room_state(&self, room: &str) -> Result<RoomState> {
         let mut rooms = self.rooms();
-        let room = rooms.entry(room.to_owned()).or_insert_with(Room::new);
-        Ok(RoomState {
-            epoch: room.epoch,
-            last_seq: room.last_seq,
+        Ok(rooms
+            .entry(room.to_owned())
+            .or_insert_with(Room::new)
+            .state())
+    }
+
+    async fn prune(
+        &self,
+        retention: Retention,
+        now_ms: i64,
+        from: &str,
+        limit: usize,
+    ) -> Result<Pruned> {
+        let limit = limit.max(1);
+        let mut rooms = self.rooms();
+        let mut names: Vec<&String> = rooms.keys().filter(|name| name.as_str() >= from).collect();
+        names.sort_unstable();
+        let mut names: Vec<String> = names.into_iter().take(PRUNE_ROOMS + 1).cloned().collect();
+        let next = (names.len() > PRUNE_ROOMS).then(|| names.pop()).flatten();
+        let mut deleted = 0;
+        for name in names {
+            let Some(room) = rooms.get_mut(&name) else {
+                continue;
+            };
+            let budget = limit - deleted;
+            let oldest: Vec<(u64, i64)> = room
+                .records
+                .values()
+                .take(budget)
+                .map(|r| (r.seq, r.time_ms))
+                .collect();
+            let doomed = retention.doomed(now_ms, room.last_seq, &oldest);
+            for (seq, _) in &oldest[..doomed] {
+                room.records.remove(seq);
+            }
+            if doomed > 0 {
+                let kept = &room.records;
+                room.cids.retain(|_, seq| kept.contains_key(seq));
+            }
+            deleted += doomed;
+            if deleted == limit {
+                // This room may hold more: the next call starts with it.
+                return Ok(Pruned {
+                    deleted: deleted as u64,
+                    next: Some(name),
+                });
+            }
+        }
+        Ok(Pruned {
+            deleted: deleted as u64,
+            next,
         })
     }
 
@@ -119,10 +182,7 @@ impl Store for MemoryStore {
         room.records.clear();
         room.cids.clear();
         room.epoch = new_epoch().max(room.epoch + 1);
-        Ok(RoomState {
-            epoch: room.epoch,
-            last_seq: room.last_seq,
-        })
+        Ok(room.state())
     }
 }
 
@@ -138,6 +198,9 @@ mod tests {
         contract::a_cid_reused_for_another_text_is_refused(&MemoryStore::new()).await;
         contract::pages_go_both_ways(&MemoryStore::new()).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&MemoryStore::new()).await;
+        contract::prune_by_count_keeps_the_newest_of_each_room(&MemoryStore::new()).await;
+        contract::prune_by_age_deletes_the_oldest_only(&MemoryStore::new()).await;
+        contract::seqs_go_on_after_everything_is_pruned(&MemoryStore::new()).await;
         contract::concurrent_appends_get_distinct_consecutive_seqs(std::sync::Arc::new(
             MemoryStore::new(),
         ))

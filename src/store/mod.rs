@@ -13,7 +13,13 @@
 //!   ([`Appended::Duplicate`]); with another text it is refused ([`Appended::CidReused`]) — a
 //!   cid stands for one message, as an idempotency key stands for one request;
 //! - each room has an `epoch`, fixed at its creation and changed by a wipe, so a client resuming
-//!   from a seq can tell that the history it knew is gone.
+//!   from a seq can tell that the history it knew is gone;
+//! - retention ([`Store::prune`]) deletes a room's *oldest* messages only, so what is kept is
+//!   always `first_seq ..= last_seq` without a hole ([`RoomState::first_seq`]), and the seqs go
+//!   on from `last_seq` even when every message was pruned (each store keeps a per-room counter,
+//!   never `MAX(seq) + 1`). A retried cid whose original was pruned is not recognised any more:
+//!   it is stored again as a new message (the window for retries is far shorter than any
+//!   sensible retention).
 
 mod memory;
 mod postgres;
@@ -21,6 +27,7 @@ mod queue;
 mod sqlite;
 
 use std::future::Future;
+use std::time::Duration;
 
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
@@ -110,7 +117,68 @@ pub struct RoomState {
     pub epoch: u64,
     /// The seq of the last message stored (0 for none).
     pub last_seq: u64,
+    /// The seq of the oldest message still kept; `last_seq + 1` when none is (none stored yet,
+    /// or all pruned or wiped). Everything from here to `last_seq` is kept, without a hole.
+    pub first_seq: u64,
 }
+
+impl RoomState {
+    /// The state of a room with nothing kept.
+    pub(crate) fn empty(epoch: u64, last_seq: u64) -> Self {
+        Self {
+            epoch,
+            last_seq,
+            first_seq: last_seq + 1,
+        }
+    }
+}
+
+/// What history keeps (`--retention-age`, `--retention-messages`): a message goes when either
+/// rule says so; with neither, everything is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages stored longer ago than this go.
+    pub max_age: Option<Duration>,
+    /// Each room keeps at most this many of its newest messages.
+    pub max_messages: Option<u64>,
+}
+
+impl Retention {
+    /// Whether this keeps every message (no rule set).
+    pub fn keeps_all(&self) -> bool {
+        self.max_age.is_none() && self.max_messages.is_none()
+    }
+
+    /// How many of a room's oldest messages go. `oldest` are its first messages as (seq,
+    /// time_ms), oldest first; `now_ms` is the time to measure ages from. Only a prefix ever
+    /// goes: a message newer than the cutoff (a clock that stepped back, another process's
+    /// clock) keeps every one after it, so what is kept has no hole.
+    pub(crate) fn doomed(&self, now_ms: i64, last_seq: u64, oldest: &[(u64, i64)]) -> usize {
+        let by_count = self.max_messages.map_or(0, |n| {
+            oldest
+                .iter()
+                .take_while(|(seq, _)| seq.saturating_add(n) <= last_seq)
+                .count()
+        });
+        let by_age = self.max_age.map_or(0, |age| {
+            let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+            oldest.iter().take_while(|(_, t)| *t < cutoff).count()
+        });
+        by_count.max(by_age)
+    }
+}
+
+/// What one [`Store::prune`] call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Messages deleted.
+    pub deleted: u64,
+    /// Where the next call goes on (its `from`); `None` when every room has been looked at.
+    pub next: Option<String>,
+}
+
+/// Most rooms one [`Store::prune`] call looks at.
+pub const PRUNE_ROOMS: usize = 64;
 
 /// The history store. Appends are durable when their future resolves.
 pub trait Store: Send + Sync + 'static {
@@ -136,6 +204,20 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a room's history and gives it a new epoch; its seqs go on from where they were.
     fn wipe(&self, room: &str) -> impl Future<Output = Result<RoomState>> + Send;
 
+    /// Deletes what `retention` says goes, measuring ages from `now_ms`: the oldest messages of
+    /// the rooms named `from` or after (by name, at most [`PRUNE_ROOMS`] of them), at most
+    /// `limit` messages in all, so one call never holds the store long. Says how many it
+    /// deleted and where the next call goes on. Deleting is idempotent: several processes
+    /// pruning one shared history at once delete each message once, and never one that
+    /// retention keeps. Seqs are not touched: appends go on from `last_seq`.
+    fn prune(
+        &self,
+        retention: Retention,
+        now_ms: i64,
+        from: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Pruned>> + Send;
+
     /// Resolves once everything appended before the call is committed (or has failed).
     fn flush(&self) -> impl Future<Output = Result<()>> + Send {
         std::future::ready(Ok(()))
@@ -144,6 +226,28 @@ pub trait Store: Send + Sync + 'static {
     /// Appends the store's metrics (Prometheus text format).
     fn write_metrics(&self, out: &mut String) {
         let _ = out;
+    }
+}
+
+/// Most messages one [`Store::prune`] call of [`prune_all`] deletes: one bounded transaction.
+pub const PRUNE_BATCH: usize = 500;
+
+/// One full round of retention: [`Store::prune`] over every room, [`PRUNE_BATCH`] messages at
+/// a time, letting other tasks (and the store's appends) run between the calls. How many
+/// messages went.
+pub async fn prune_all(store: &impl Store, retention: Retention) -> Result<u64> {
+    if retention.keeps_all() {
+        return Ok(0);
+    }
+    let (mut from, mut total) = (String::new(), 0);
+    loop {
+        let pruned = store.prune(retention, now_ms(), &from, PRUNE_BATCH).await?;
+        total += pruned.deleted;
+        match pruned.next {
+            Some(next) => from = next,
+            None => return Ok(total),
+        }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -192,7 +296,8 @@ pub mod contract {
         }
         let b = store.append(say("b", "nana", "b1", None)).await.unwrap();
         assert_eq!(stored(b).seq, 1);
-        assert_eq!(store.room_state("a").await.unwrap().last_seq, 5);
+        let a = store.room_state("a").await.unwrap();
+        assert_eq!((a.first_seq, a.last_seq), (1, 5));
         assert_eq!(store.room_state("never").await.unwrap().last_seq, 0);
     }
 
@@ -305,7 +410,8 @@ pub mod contract {
         let before = store.room_state("w").await.unwrap();
         let after = store.wipe("w").await.unwrap();
         assert_ne!(after.epoch, before.epoch);
-        assert_eq!(after.last_seq, 1);
+        assert_eq!((after.first_seq, after.last_seq), (2, 1));
+        assert_eq!(store.room_state("w").await.unwrap(), after);
         assert!(
             store
                 .history("w", Page::After(0), 10)
@@ -316,6 +422,168 @@ pub mod contract {
         let next = store.append(say("w", "nana", "two", None)).await.unwrap();
         assert_eq!(stored(next).seq, 2);
         assert_eq!(store.room_state("w").await.unwrap().epoch, after.epoch);
+    }
+
+    /// Prunes until every room has been looked at, `limit` messages per call; the total.
+    pub async fn prune_through(
+        store: &impl Store,
+        retention: Retention,
+        now_ms: i64,
+        limit: usize,
+    ) -> u64 {
+        let (mut from, mut total) = (String::new(), 0);
+        loop {
+            let pruned = store.prune(retention, now_ms, &from, limit).await.unwrap();
+            assert!(pruned.deleted <= limit as u64, "{pruned:?} over {limit}");
+            total += pruned.deleted;
+            match pruned.next {
+                Some(next) => from = next,
+                None => return total,
+            }
+        }
+    }
+
+    fn seqs_of(records: Vec<Record>) -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    }
+
+    pub async fn prune_by_count_keeps_the_newest_of_each_room(store: &impl Store) {
+        for i in 1..=12 {
+            store
+                .append(say("k", "nana", &format!("m{i}"), None))
+                .await
+                .unwrap();
+        }
+        for i in 1..=3 {
+            store
+                .append(say("k2", "nana", &format!("m{i}"), None))
+                .await
+                .unwrap();
+        }
+        let before = store.room_state("k").await.unwrap();
+        assert_eq!((before.first_seq, before.last_seq), (1, 12));
+        let keep5 = Retention {
+            max_age: None,
+            max_messages: Some(5),
+        };
+        // Keeping everything deletes nothing.
+        assert_eq!(
+            prune_through(store, Retention::default(), now_ms(), 100).await,
+            0
+        );
+        // Two at a time: bounded calls, the same outcome. (At least: a store shared by the
+        // whole suite holds other rooms that go too.)
+        assert!(prune_through(store, keep5, now_ms(), 2).await >= 7);
+        let after = store.room_state("k").await.unwrap();
+        assert_eq!(
+            (after.epoch, after.first_seq, after.last_seq),
+            (before.epoch, 8, 12)
+        );
+        assert_eq!(
+            seqs_of(store.history("k", Page::After(0), 100).await.unwrap()),
+            [8, 9, 10, 11, 12]
+        );
+        assert_eq!(
+            seqs_of(
+                store
+                    .history("k", Page::Before(u64::MAX), 100)
+                    .await
+                    .unwrap()
+            ),
+            [8, 9, 10, 11, 12]
+        );
+        assert_eq!(
+            seqs_of(store.history("k", Page::After(2), 3).await.unwrap()),
+            [8, 9, 10]
+        );
+        // A room under the limit is untouched; pruning again is a no-op.
+        assert_eq!(store.room_state("k2").await.unwrap().first_seq, 1);
+        assert_eq!(prune_through(store, keep5, now_ms(), 100).await, 0);
+        // A room never used has nothing kept: first_seq is last_seq + 1.
+        let never = store.room_state("never-k").await.unwrap();
+        assert_eq!((never.first_seq, never.last_seq), (1, 0));
+    }
+
+    pub async fn prune_by_age_deletes_the_oldest_only(store: &impl Store) {
+        let mut old = Vec::new();
+        for i in 1..=3 {
+            let a = store
+                .append(say("g", "nana", &format!("old{i}"), None))
+                .await
+                .unwrap();
+            old.push(stored(a));
+        }
+        // The clock moves on past the old ones (no fixed sleep: until it has ticked).
+        let old_ms = old.last().unwrap().time_ms;
+        while now_ms() <= old_ms {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut new = Vec::new();
+        for i in 1..=2 {
+            let a = store
+                .append(say("g", "nana", &format!("new{i}"), None))
+                .await
+                .unwrap();
+            new.push(stored(a));
+        }
+        let day = Retention {
+            max_age: Some(Duration::from_secs(86_400)),
+            max_messages: None,
+        };
+        assert_eq!(prune_through(store, day, now_ms(), 100).await, 0);
+        // Measured from the first new message's time, with no age allowed: older ones go.
+        let zero = Retention {
+            max_age: Some(Duration::ZERO),
+            max_messages: None,
+        };
+        assert!(prune_through(store, zero, new[0].time_ms, 100).await >= 3);
+        let state = store.room_state("g").await.unwrap();
+        assert_eq!((state.first_seq, state.last_seq), (4, 5));
+        assert_eq!(
+            seqs_of(store.history("g", Page::After(0), 100).await.unwrap()),
+            [4, 5]
+        );
+        // Either rule: an age that keeps both, a count that keeps one.
+        let both = Retention {
+            max_age: Some(Duration::from_secs(86_400)),
+            max_messages: Some(1),
+        };
+        assert!(prune_through(store, both, now_ms(), 100).await >= 1);
+        assert_eq!(store.room_state("g").await.unwrap().first_seq, 5);
+    }
+
+    pub async fn seqs_go_on_after_everything_is_pruned(store: &impl Store) {
+        for i in 1..=4 {
+            store
+                .append(say("z", "nana", &format!("m{i}"), Some(&format!("c{i}"))))
+                .await
+                .unwrap();
+        }
+        let none = Retention {
+            max_age: None,
+            max_messages: Some(0),
+        };
+        assert!(prune_through(store, none, now_ms(), 3).await >= 4);
+        let state = store.room_state("z").await.unwrap();
+        assert_eq!((state.first_seq, state.last_seq), (5, 4));
+        assert!(
+            store
+                .history("z", Page::After(0), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let next = store.append(say("z", "nana", "m5", None)).await.unwrap();
+        assert_eq!(stored(next).seq, 5, "a seq is never used twice");
+        // A retry whose original was pruned cannot be recognised: it is stored again, as a
+        // new message under a new seq (documented), never under an old one.
+        let again = store
+            .append(say("z", "nana", "m4", Some("c4")))
+            .await
+            .unwrap();
+        assert_eq!(stored(again).seq, 6);
+        let state = store.room_state("z").await.unwrap();
+        assert_eq!((state.first_seq, state.last_seq), (5, 6));
     }
 
     pub async fn concurrent_appends_get_distinct_consecutive_seqs(

@@ -17,6 +17,11 @@
 //! retry with their cid — rather than waiting or guessing.
 //!
 //! Migrations run at start under an advisory lock, so processes starting together migrate once.
+//!
+//! Retention ([`Store::prune`]) runs on a third connection, made on first use, one bounded round
+//! per transaction under a transaction-level advisory lock: when several processes prune at
+//! once, one does the round and the others skip it. The deletes are idempotent anyway (a
+//! prefix of a room, `seq <= n`), and never touch `rooms.last_seq`, so seqs go on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -28,7 +33,10 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{debug, info};
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
-use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
+use super::{
+    Append, Appended, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState, Store,
+    new_epoch,
+};
 use crate::backoff::Reconnecting;
 use crate::clock::now_ms;
 use crate::error::StoreError;
@@ -57,6 +65,9 @@ const MIGRATIONS: &[&str] = &[
 /// Key of the advisory lock held while migrating ("nanachat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6e61_6e61_6368_6174;
 
+/// Key of the advisory lock held by a round of retention ("nanaprun").
+const PRUNE_LOCK: i64 = 0x6e61_6e61_7072_756e;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// History in a PostgreSQL database, shared by every process pointed at it.
@@ -64,6 +75,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PgStore {
     queue: Queue,
     reader: Arc<Link>,
+    /// Retention's own connection, made on first use (a server without retention never does).
+    pruner: Link,
     shown: String,
 }
 
@@ -89,6 +102,7 @@ impl PgStore {
         let _ = migrating.await;
         let reader = Arc::new(Link::new(config.clone(), &shown));
         reader.get().await.map_err(unreachable)?;
+        let pruner = Link::new(config.clone(), &shown);
         let writer = Link::new(config, &shown);
         writer.get().await.map_err(unreachable)?;
         let (queue, rx) = Queue::new();
@@ -97,6 +111,7 @@ impl PgStore {
         Ok(Self {
             queue,
             reader,
+            pruner,
             shown,
         })
     }
@@ -149,6 +164,9 @@ struct Conn {
     before: Statement,
     wipe_messages: Statement,
     wipe_epoch: Statement,
+    prune_rooms: Statement,
+    oldest: Statement,
+    prune: Statement,
 }
 
 impl Conn {
@@ -180,7 +198,10 @@ impl Conn {
                 .prepare("UPDATE rooms SET last_seq = $2 WHERE name = $1")
                 .await?,
             state: client
-                .prepare("SELECT epoch, last_seq FROM rooms WHERE name = $1")
+                .prepare(
+                    "SELECT epoch, last_seq, (SELECT min(seq) FROM messages WHERE room = $1)
+                     FROM rooms WHERE name = $1",
+                )
                 .await?,
             after: client
                 .prepare(
@@ -202,6 +223,15 @@ impl Conn {
                     "UPDATE rooms SET epoch = GREATEST($2, epoch + 1) WHERE name = $1
                      RETURNING epoch, last_seq",
                 )
+                .await?,
+            prune_rooms: client
+                .prepare("SELECT name, last_seq FROM rooms WHERE name >= $1 ORDER BY name LIMIT $2")
+                .await?,
+            oldest: client
+                .prepare("SELECT seq, time_ms FROM messages WHERE room = $1 ORDER BY seq LIMIT $2")
+                .await?,
+            prune: client
+                .prepare("DELETE FROM messages WHERE room = $1 AND seq <= $2")
                 .await?,
             client,
         })
@@ -334,26 +364,120 @@ impl Store for PgStore {
             .query_opt(&conn.state, &[&room])
             .await
             .map_err(pg_err)?;
-        let row = match known {
-            Some(row) => row,
+        match known {
+            Some(row) => Ok(room_state(&row)),
             // A room never used is created, or found made by another process meanwhile: the
             // upsert returns the row either way (a plain `DO NOTHING` returns none when it
             // lost the race, and a SELECT in the same statement cannot see the winner's row).
-            None => conn
-                .client
-                .query_one(&conn.lock_room, &[&room, &(new_epoch() as i64)])
-                .await
-                .map_err(pg_err)?,
-        };
-        Ok(room_state(&row))
+            None => {
+                let row = conn
+                    .client
+                    .query_one(&conn.lock_room, &[&room, &(new_epoch() as i64)])
+                    .await
+                    .map_err(pg_err)?;
+                let made = room_state(&row);
+                if made.last_seq == 0 {
+                    return Ok(made);
+                }
+                // Another process stored messages meanwhile: ask again for the least kept.
+                let row = conn
+                    .client
+                    .query_one(&conn.state, &[&room])
+                    .await
+                    .map_err(pg_err)?;
+                Ok(room_state(&row))
+            }
+        }
+    }
+
+    async fn prune(
+        &self,
+        retention: Retention,
+        now_ms: i64,
+        from: &str,
+        limit: usize,
+    ) -> Result<Pruned> {
+        let conn = self.pruner.get().await?;
+        match prune_round(&conn, retention, now_ms, from, limit.max(1)).await {
+            Ok(pruned) => Ok(pruned),
+            Err(err) => {
+                if conn.client.batch_execute("ROLLBACK").await.is_err() {
+                    self.pruner.reset().await;
+                }
+                Err(pg_err(err))
+            }
+        }
     }
 }
 
+/// A room's state from a row of (epoch, last_seq[, the least seq kept or NULL]); a row
+/// without the third column is a room with nothing kept.
 fn room_state(row: &tokio_postgres::Row) -> RoomState {
+    let (epoch, last_seq) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+    let first: Option<i64> = if row.len() > 2 { row.get(2) } else { None };
     RoomState {
-        epoch: row.get::<_, i64>(0) as u64,
-        last_seq: row.get::<_, i64>(1) as u64,
+        epoch,
+        last_seq,
+        first_seq: first.map_or(last_seq + 1, |seq| seq as u64),
     }
+}
+
+/// One round of retention in one transaction, under [`PRUNE_LOCK`]: a process that finds
+/// another one pruning skips the round (it is done meanwhile, and the next round is a minute
+/// away).
+async fn prune_round(
+    conn: &Conn,
+    retention: Retention,
+    now_ms: i64,
+    from: &str,
+    limit: usize,
+) -> std::result::Result<Pruned, tokio_postgres::Error> {
+    let client = &conn.client;
+    client.batch_execute("BEGIN").await?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        client.batch_execute("ROLLBACK").await?;
+        debug!("another process is pruning: this round is skipped");
+        return Ok(Pruned::default());
+    }
+    let mut rooms: Vec<(String, u64)> = client
+        .query(&conn.prune_rooms, &[&from, &((PRUNE_ROOMS + 1) as i64)])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+        .collect();
+    let next = (rooms.len() > PRUNE_ROOMS)
+        .then(|| rooms.pop().map(|(name, _)| name))
+        .flatten();
+    let mut deleted = 0;
+    let mut stopped = None;
+    for (room, last_seq) in rooms {
+        let budget = limit - deleted;
+        let oldest: Vec<(u64, i64)> = client
+            .query(&conn.oldest, &[&room, &(budget as i64)])
+            .await?
+            .iter()
+            .map(|row| (row.get::<_, i64>(0) as u64, row.get(1)))
+            .collect();
+        let doomed = retention.doomed(now_ms, last_seq, &oldest);
+        if doomed > 0 {
+            let upto = oldest[doomed - 1].0 as i64;
+            client.execute(&conn.prune, &[&room, &upto]).await?;
+        }
+        deleted += doomed;
+        if deleted == limit {
+            stopped = Some(room);
+            break;
+        }
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok(Pruned {
+        deleted: deleted as u64,
+        next: stopped.or(next),
+    })
 }
 
 /// The writer task: drains waiting jobs into one transaction, commits, then answers them.
@@ -514,10 +638,12 @@ async fn commit_batch(
                 }
             }
             Job::Ensure(room, _) => {
+                let row = client.query_one(&conn.state, &[room]).await?;
                 let tx = &rooms[room.as_str()];
                 Done::State(Ok(RoomState {
                     epoch: tx.epoch,
                     last_seq: tx.last_seq,
+                    first_seq: room_state(&row).first_seq.min(tx.last_seq + 1),
                 }))
             }
             Job::Wipe(room, _) => {
@@ -532,11 +658,10 @@ async fn commit_batch(
                 };
                 tx.epoch = room_state(&row).epoch;
                 tx.cids.clear();
-                Done::State(Ok(RoomState {
-                    epoch: tx.epoch,
-                    last_seq: tx.last_seq,
-                }))
+                Done::State(Ok(RoomState::empty(tx.epoch, tx.last_seq)))
             }
+            // This store prunes on a connection of its own, never through the writer.
+            Job::Prune(..) => Done::Pruned(Ok(Pruned::default())),
             Job::Flush(_) => Done::Flushed(Ok(())),
         });
     }

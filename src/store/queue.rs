@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::{Append, Appended, RoomState};
+use super::{Append, Appended, Pruned, Retention, RoomState};
 use crate::error::StoreError;
 use crate::{Error, Result};
 
@@ -25,13 +25,25 @@ pub(crate) enum Job {
     Append(Append, oneshot::Sender<Result<Appended>>),
     Ensure(String, oneshot::Sender<Result<RoomState>>),
     Wipe(String, oneshot::Sender<Result<RoomState>>),
+    /// One bounded round of retention (see [`Store::prune`](super::Store::prune)).
+    Prune(PruneJob, oneshot::Sender<Result<Pruned>>),
     /// Answered once every job queued before it is committed.
     Flush(oneshot::Sender<Result<()>>),
+}
+
+/// The arguments of one [`Store::prune`](super::Store::prune) call.
+#[derive(Debug, Clone)]
+pub(crate) struct PruneJob {
+    pub(crate) retention: Retention,
+    pub(crate) now_ms: i64,
+    pub(crate) from: String,
+    pub(crate) limit: usize,
 }
 
 /// A job's result, held until its transaction commits.
 pub(crate) enum Done {
     Append(Result<Appended>),
+    Pruned(Result<Pruned>),
     State(Result<RoomState>),
     Flushed(Result<()>),
 }
@@ -174,6 +186,7 @@ pub(crate) fn answer_batch(
                     Job::Append(..) => Done::Append(Err(failed)),
                     Job::Ensure(..) | Job::Wipe(..) => Done::State(Err(failed)),
                     Job::Flush(..) => Done::Flushed(Err(failed)),
+                    Job::Prune(..) => Done::Pruned(Err(failed)),
                 };
                 answer(job, done);
             }
@@ -193,6 +206,9 @@ fn answer(job: Job, done: Done) {
         (Job::Flush(tx), Done::Flushed(result)) => {
             let _ = tx.send(result);
         }
+        (Job::Prune(_, tx), Done::Pruned(result)) => {
+            let _ = tx.send(result);
+        }
         _ => unreachable!("a job is answered with its own kind of result"),
     }
 }
@@ -202,7 +218,7 @@ fn answer(job: Job, done: Done) {
 pub struct StoreStats {
     /// Transactions committed.
     pub commits: AtomicU64,
-    /// Jobs (appends, room creations, wipes) committed in them.
+    /// Jobs (appends, room creations, wipes, prunes) committed in them.
     pub jobs: AtomicU64,
     /// Total time spent committing, in microseconds.
     pub commit_micros: AtomicU64,

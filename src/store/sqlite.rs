@@ -15,8 +15,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
-use super::{Append, Appended, MAX_PAGE, Page, Record, RoomState, Store, new_epoch};
+use super::queue::{Done, Job, PruneJob, Queue, StoreStats, answer_batch, take_batch};
+use super::{
+    Append, Appended, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState, Store,
+    new_epoch,
+};
 use crate::clock::now_ms;
 use crate::error::StoreError;
 use crate::{Error, Result};
@@ -272,6 +275,24 @@ impl Store for SqliteStore {
             }
         }
     }
+
+    /// Runs on the writer, in its batch's transaction beside the appends: one bounded round
+    /// (a few rooms looked at, at most `limit` rows deleted).
+    async fn prune(
+        &self,
+        retention: Retention,
+        now_ms: i64,
+        from: &str,
+        limit: usize,
+    ) -> Result<Pruned> {
+        let job = PruneJob {
+            retention,
+            now_ms,
+            from: from.to_owned(),
+            limit: limit.max(1),
+        };
+        self.queue.submit(|tx| Job::Prune(job, tx)).await
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -296,14 +317,66 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 fn read_state(conn: &Connection, room: &str) -> rusqlite::Result<Option<RoomState>> {
-    conn.prepare_cached("SELECT epoch, last_seq FROM rooms WHERE name = ?1")?
-        .query_row([room], |row| {
-            Ok(RoomState {
-                epoch: row.get::<_, i64>(0)? as u64,
-                last_seq: row.get::<_, i64>(1)? as u64,
-            })
-        })
-        .optional()
+    conn.prepare_cached(
+        "SELECT epoch, last_seq, (SELECT min(seq) FROM messages WHERE room = ?1)
+         FROM rooms WHERE name = ?1",
+    )?
+    .query_row([room], state_of)
+    .optional()
+}
+
+/// A room's state from (epoch, last_seq, the least seq kept or NULL).
+fn state_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<RoomState> {
+    let (epoch, last_seq) = (row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64);
+    let first: Option<i64> = row.get(2)?;
+    Ok(RoomState {
+        epoch,
+        last_seq,
+        first_seq: first.map_or(last_seq + 1, |seq| seq as u64),
+    })
+}
+
+/// One round of retention: the rooms from `job.from` on (at most [`PRUNE_ROOMS`]), the oldest
+/// messages of each that retention says go, at most `job.limit` rows in all.
+fn apply_prune(conn: &Connection, job: &PruneJob) -> rusqlite::Result<Pruned> {
+    let mut rooms: Vec<(String, u64)> = conn
+        .prepare_cached("SELECT name, last_seq FROM rooms WHERE name >= ?1 ORDER BY name LIMIT ?2")?
+        .query_map(params![job.from, (PRUNE_ROOMS + 1) as i64], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let next = (rooms.len() > PRUNE_ROOMS)
+        .then(|| rooms.pop().map(|(name, _)| name))
+        .flatten();
+    let mut deleted = 0;
+    for (room, last_seq) in rooms {
+        let budget = job.limit - deleted;
+        let oldest: Vec<(u64, i64)> = conn
+            .prepare_cached(
+                "SELECT seq, time_ms FROM messages WHERE room = ?1 ORDER BY seq LIMIT ?2",
+            )?
+            .query_map(params![room, budget as i64], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let doomed = job.retention.doomed(job.now_ms, last_seq, &oldest);
+        if doomed > 0 {
+            let upto = oldest[doomed - 1].0 as i64;
+            conn.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?
+                .execute(params![room, upto])?;
+        }
+        deleted += doomed;
+        if deleted == job.limit {
+            return Ok(Pruned {
+                deleted: deleted as u64,
+                next: Some(room),
+            });
+        }
+    }
+    Ok(Pruned {
+        deleted: deleted as u64,
+        next,
+    })
 }
 
 /// The writer thread: drains waiting jobs into one transaction, commits, then answers them.
@@ -327,6 +400,7 @@ fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Don
             Job::Append(append, _) => Done::Append(Ok(apply_append(&tx, append)?)),
             Job::Ensure(room, _) => Done::State(Ok(ensure_room(&tx, room)?)),
             Job::Wipe(room, _) => Done::State(Ok(apply_wipe(&tx, room)?)),
+            Job::Prune(job, _) => Done::Pruned(Ok(apply_prune(&tx, job)?)),
             Job::Flush(_) => Done::Flushed(Ok(())),
         });
     }
@@ -340,12 +414,7 @@ fn ensure_room(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
          ON CONFLICT (name) DO NOTHING",
     )?
     .execute(params![room, new_epoch() as i64])?;
-    read_state(conn, room).map(|state| {
-        state.unwrap_or(RoomState {
-            epoch: 0,
-            last_seq: 0,
-        })
-    })
+    read_state(conn, room).map(|state| state.unwrap_or(RoomState::empty(0, 0)))
 }
 
 fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended> {
@@ -415,10 +484,10 @@ fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
          RETURNING epoch, last_seq",
     )?
     .query_row(params![room, new_epoch() as i64], |row| {
-        Ok(RoomState {
-            epoch: row.get::<_, i64>(0)? as u64,
-            last_seq: row.get::<_, i64>(1)? as u64,
-        })
+        Ok(RoomState::empty(
+            row.get::<_, i64>(0)? as u64,
+            row.get::<_, i64>(1)? as u64,
+        ))
     })
 }
 
@@ -451,6 +520,16 @@ mod tests {
         )
         .await;
         contract::pages_go_both_ways(&SqliteStore::open(&dir.join("3")).unwrap()).await;
+        contract::prune_by_count_keeps_the_newest_of_each_room(
+            &SqliteStore::open(&dir.join("7")).unwrap(),
+        )
+        .await;
+        contract::prune_by_age_deletes_the_oldest_only(&SqliteStore::open(&dir.join("8")).unwrap())
+            .await;
+        contract::seqs_go_on_after_everything_is_pruned(
+            &SqliteStore::open(&dir.join("9")).unwrap(),
+        )
+        .await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(
             &SqliteStore::open(&dir.join("4")).unwrap(),
         )
@@ -485,7 +564,14 @@ mod tests {
         };
         let store = SqliteStore::open(&dir).unwrap();
         let state = store.room_state("lobby").await.unwrap();
-        assert_eq!(state, RoomState { epoch, last_seq: 3 });
+        assert_eq!(
+            state,
+            RoomState {
+                epoch,
+                last_seq: 3,
+                first_seq: 1
+            }
+        );
         let again = store
             .append(contract::say("lobby", "nana", "m3", Some("c3")))
             .await

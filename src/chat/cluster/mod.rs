@@ -271,6 +271,23 @@ async fn fill_room<S: Store>(inner: &Shared<S>, room: &str) -> Result<()> {
             .history(room, Page::After(next - 1), MAX_PAGE)
             .await?;
         let full = page.len() == MAX_PAGE;
+        // A seq missing below what the store holds was pruned (a seq is visible only once
+        // every one before it is committed): nothing will ever fill it.
+        let pruned_to = match page.first() {
+            Some(first) => first.seq,
+            None => {
+                let state = inner.store.room_state(room).await?;
+                if state.last_seq >= next {
+                    state.first_seq
+                } else {
+                    next
+                }
+            }
+        };
+        if pruned_to > next && inner.hub.skip_pruned(room, pruned_to) {
+            warn!(%room, from = next, to = pruned_to, "messages were pruned before this process delivered them: its members resume");
+            inner.hub.deliver(room, None);
+        }
         for record in page {
             if record.seq < next {
                 continue;
@@ -356,10 +373,7 @@ fn open_dm<S: Store>(inner: &Arc<Shared<S>>, msg: ChatMessage) {
             Ok(state) => state.epoch,
             Err(err) => return warn!(cause = %err, %room, "cannot open a direct-message room"),
         };
-        let state = crate::store::RoomState {
-            epoch,
-            last_seq: seq - 1,
-        };
+        let state = crate::store::RoomState::empty(epoch, seq - 1);
         inner.hub.open_room(&room, state, Some((a, b)));
         inner.deliver(&room, Some((seq, &ServerMsg::Message(msg))));
         // What came after it while the room was being opened.
