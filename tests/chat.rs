@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::client::{Client, publish};
+use common::client::{Client, publish, roomy};
 use common::{Peer, TestServer, close_frame, within};
 use futures_util::{SinkExt, StreamExt};
 use nanachat::chat::{Chat, ChatConfig};
@@ -17,15 +17,6 @@ use nanachat::store::{MemoryStore, Retention, SqliteStore, Store, prune_all};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-fn roomy() -> ChatConfig {
-    ChatConfig {
-        rate_per_sec: 100_000,
-        rate_burst: 100_000,
-        heartbeat_interval: Duration::ZERO,
-        ..ChatConfig::default()
-    }
-}
 
 async fn chat_server(config: ChatConfig) -> TestServer {
     let server = ServerConfig::default();
@@ -300,12 +291,7 @@ async fn a_history_page_never_outgrows_one_frame() {
         }
         a.send(req).await;
         let page = a.expect("history").await;
-        let page_seqs: Vec<u64> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
+        let page_seqs: Vec<u64> = common::client::seqs(&page);
         assert!(
             page.to_string().len() <= 64 * 1024,
             "a page of {} bytes",
@@ -823,12 +809,7 @@ async fn who_and_history_at_the_frame_limit_fit_and_tell_the_total() {
         asker.send(req).await;
         let (page, size) = expect_frame(asker, "history").await;
         assert!(size <= MAX, "a history reply of {size} bytes");
-        let page_seqs: Vec<u64> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
+        let page_seqs: Vec<u64> = common::client::seqs(&page);
         // total: the messages the page asked for, before the cut.
         let asked = before.map_or(40, |b| b - 1).min(200);
         assert_eq!(page["total"].as_u64().unwrap(), asked, "{page}");
@@ -1101,12 +1082,7 @@ impl Client {
         self.send(json!({"type": "history", "room": room, "limit": 200}))
             .await;
         let page = self.expect("history").await;
-        page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect()
+        common::client::seqs(&page)
     }
 
     /// Asks for the history of `room` until it starts at `first` (retention's task has run),
@@ -1184,12 +1160,7 @@ async fn retention_keeps_the_newest_and_a_resume_from_before_them_is_told_trunca
     c.send(json!({"type": "history", "room": "lobby", "after": 0, "limit": 3}))
         .await;
     let page = c.expect("history").await;
-    let seqs: Vec<u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = common::client::seqs(&page);
     assert_eq!(seqs, [8, 9, 10]);
 
     // New messages keep their seqs going, and the window moves on.

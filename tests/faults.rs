@@ -401,12 +401,7 @@ async fn a_full_disk_refuses_what_it_cannot_store_and_keeps_what_it_acked() {
                 break v;
             }
         };
-        let seqs: Vec<u64> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
+        let seqs: Vec<u64> = common::client::seqs(&page);
         if seqs.is_empty() {
             break;
         }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::client::{Client, publish};
+use common::client::{Client, publish, roomy};
 use common::{TestServer, within};
 use futures_util::{SinkExt, StreamExt};
 use nanachat::chat::{Chat, ChatConfig};
@@ -20,15 +20,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-fn roomy() -> ChatConfig {
-    ChatConfig {
-        rate_per_sec: 100_000,
-        rate_burst: 100_000,
-        heartbeat_interval: Duration::ZERO,
-        ..ChatConfig::default()
-    }
-}
 
 async fn server(connection: ConnectionConfig, chat: ChatConfig) -> TestServer {
     let config = ServerConfig {

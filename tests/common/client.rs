@@ -1,6 +1,9 @@
 //! A `nanachat.v1` client for the chat tests: hello, join, say, and reading by type.
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
+use nanachat::chat::ChatConfig;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -108,4 +111,24 @@ pub async fn publish(
             }
         }
     }
+}
+
+/// A chat config that lets tests send as fast as they like, with no heartbeat in the way.
+pub fn roomy() -> ChatConfig {
+    ChatConfig {
+        rate_per_sec: 100_000,
+        rate_burst: 100_000,
+        heartbeat_interval: Duration::ZERO,
+        ..ChatConfig::default()
+    }
+}
+
+/// The seqs of the messages in a `history` page.
+pub fn seqs(page: &Value) -> Vec<u64> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
 }
