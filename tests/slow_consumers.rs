@@ -161,16 +161,25 @@ async fn a_socket_that_takes_nothing_is_closed_by_the_write_timeout_though_its_o
     let mut publisher = Client::hello(&server.url(), "pub").await;
     publisher.join("lobby").await;
 
-    // ~8 MB: more than the kernel's buffers take for a reader that reads nothing.
+    // ~8 MB: more than the kernel's buffers take for a reader that reads nothing. The good
+    // reader reads all along (it would meet the write timeout too otherwise).
     let text = "z".repeat(3900);
-    publish(&mut publisher, "lobby", 1..=2000, Some(&text)).await;
+    let publishing = tokio::spawn(async move {
+        publish(&mut publisher, "lobby", 1..=2000, Some(&text)).await;
+        publisher
+    });
     // The others are not held up, and see the stalled one go.
     let mut seen = 0;
-    while seen < 2000 {
-        let m = good.expect("message").await;
-        seen = m["seq"].as_u64().unwrap();
+    let mut left = false;
+    while seen < 2000 || !left {
+        let m = good.recv().await;
+        match m["type"].as_str() {
+            Some("message") => seen = m["seq"].as_u64().unwrap(),
+            Some("presence") => left |= m["nick"] == "stalled" && m["event"] == "leave",
+            _ => {}
+        }
     }
-    wait_left(&mut good, "lobby", "stalled").await;
+    within("publisher", publishing).await.unwrap();
     // Should it read again, it finds what was in flight, then why it was closed.
     let frame = loop {
         match within("the close frame", stalled.next()).await {
