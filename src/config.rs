@@ -58,9 +58,6 @@ impl Default for ConnectionConfig {
 /// server allocate more than a machine has.
 pub const MAX_LIMIT_BYTES: usize = 1 << 30;
 
-/// The smallest outbox: a few ordinary chat lines.
-pub const MIN_OUTBOX_BYTES: usize = 4 * 1024;
-
 /// The largest per-connection read buffer: it is allocated for every connection.
 pub const MAX_READ_BUFFER_BYTES: usize = 1 << 20;
 
@@ -82,10 +79,22 @@ impl ConnectionConfig {
                 "read buffer must be from 256 bytes to {MAX_READ_BUFFER_BYTES} (1MiB)"
             )));
         }
-        if self.outbox_bytes < MIN_OUTBOX_BYTES || self.max_batch == 0 {
+        // Replies wait at half the budget, so half must hold the largest one.
+        let least = 2 * self.max_message_bytes;
+        if self.outbox_bytes < least {
             return Err(Error::Config(format!(
-                "the outbox must hold at least {MIN_OUTBOX_BYTES} bytes (4KiB), and a batch above 0"
+                "the outbox must hold at least two of the largest messages: {least} bytes \
+                 (2 x max message bytes), got {}",
+                self.outbox_bytes
             )));
+        }
+        if self.outbox_bytes > MAX_LIMIT_BYTES {
+            return Err(Error::Config(format!(
+                "the outbox may hold at most {MAX_LIMIT_BYTES} bytes (1GiB)"
+            )));
+        }
+        if self.max_batch == 0 {
+            return Err(Error::Config("the writer's batch must be above 0".into()));
         }
         if self.write_timeout.is_zero() {
             return Err(Error::Config("write timeout must be above 0".into()));
@@ -175,6 +184,19 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outbox_holds_two_of_the_largest_messages_and_at_most_a_gib() {
+        let with = |outbox_bytes| ConnectionConfig {
+            outbox_bytes,
+            ..ConnectionConfig::default()
+        };
+        let largest = ConnectionConfig::default().max_message_bytes;
+        assert!(with(2 * largest).validate().is_ok());
+        let err = with(2 * largest - 1).validate().unwrap_err().to_string();
+        assert!(err.contains("two of the largest messages"), "{err}");
+        assert!(with(MAX_LIMIT_BYTES + 1).validate().is_err());
+    }
 
     #[test]
     fn durations_read_as_people_write_them() {

@@ -30,8 +30,9 @@ pub enum Error {
     /// The peer broke a rule of the application (e.g. kept exceeding the rate limit).
     #[error("policy violation: {0}")]
     Policy(String),
-    /// The connection's outbox is full: the peer does not read fast enough.
-    #[error("slow consumer: outbox full")]
+    /// The peer does not read what is sent: its outbox went past its budget, or its socket
+    /// took no data for the write timeout.
+    #[error("slow consumer: it did not read what was sent (closed with 4001)")]
     SlowConsumer,
     /// The connection is already closed (or its writer has stopped); nothing more can be sent.
     #[error("connection closed")]

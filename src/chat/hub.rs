@@ -83,13 +83,19 @@ pub(crate) struct Stats {
 }
 
 impl Conn {
-    /// Queues without waiting; a full outbox closes the connection as a slow consumer.
     fn send(&self, text: crate::connection::Utf8Bytes, stats: &Stats) {
-        match self.outbox.try_send(Message::Text(text)) {
-            Ok(()) => crate::metrics::bump(&stats.deliveries),
-            Err(crate::Error::SlowConsumer) => close_slow(&self.outbox, stats),
-            Err(_) => {}
-        }
+        send_or_close(&self.outbox, text, stats);
+    }
+}
+
+/// The one rule for everything sent without waiting (deliveries, acks, notices): queued, or —
+/// past the outbox's budget — the connection is a slow consumer, closed with 4001 so that it
+/// resumes. Never a message silently left out.
+fn send_or_close(outbox: &Outbox, text: crate::connection::Utf8Bytes, stats: &Stats) {
+    match outbox.try_send(Message::Text(text)) {
+        Ok(()) => crate::metrics::bump(&stats.deliveries),
+        Err(crate::Error::SlowConsumer) => close_slow(outbox, stats),
+        Err(_) => {}
     }
 }
 
@@ -208,6 +214,12 @@ impl Hub {
             })
             .collect();
         (generation, share)
+    }
+
+    /// Sends one message to one connection without waiting (an ack from a task, a notice),
+    /// under the same rule as a room's deliveries: past its budget it is a slow consumer.
+    pub(crate) fn send_to(&self, outbox: &Outbox, text: crate::connection::Utf8Bytes) {
+        send_or_close(outbox, text, &self.state().stats);
     }
 
     /// Tells a room's members of a join or leave (decided by the cluster).
@@ -823,6 +835,16 @@ mod tests {
 
     fn state(last_seq: u64) -> RoomState {
         RoomState::empty(1, last_seq)
+    }
+
+    #[test]
+    fn an_ack_that_does_not_fit_closes_the_connection_rather_than_going_missing() {
+        let hub = Hub::new(100, Duration::ZERO);
+        let outbox = Outbox::new(8);
+        outbox.try_send(Message::text("12345678")).unwrap();
+        hub.send_to(&outbox, "an ack".into());
+        assert!(outbox.is_closed(), "closed as a slow consumer (4001)");
+        assert_eq!(hub.counts().3, 1);
     }
 
     #[test]

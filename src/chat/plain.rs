@@ -10,7 +10,7 @@
 
 use super::session::{AUTHENTICATED, Failure, Refusal, Session, refuse};
 use super::types::valid_nick;
-use crate::connection::{Connection, Message};
+use crate::connection::Connection;
 use crate::protocol::{ClientMsg, ErrorCode};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -140,7 +140,7 @@ impl<S: Store> Session<S> {
                 limit: Some(rest.parse().unwrap_or(PLAIN_HISTORY)),
             },
             "help" => {
-                let _ = self.outbox.try_send(Message::Text(PLAIN_HELP.into()));
+                self.hub().send_to(&self.outbox, PLAIN_HELP.into());
                 return Ok(None);
             }
             other => {
@@ -172,9 +172,8 @@ impl<S: Store> Session<S> {
         self.hub()
             .rename(self.id, nick)
             .or_else(|code| refuse(code, format!("{nick} is taken")))?;
-        let _ = self
-            .outbox
-            .try_send(Message::Text(format!("* you are now {nick}").into()));
+        self.hub()
+            .send_to(&self.outbox, format!("* you are now {nick}").into());
         Ok(())
     }
 }

@@ -552,7 +552,7 @@ impl<S: Store> Session<S> {
             };
             chat.directory.hub().end_append(&held);
             if let Some(answer) = answer {
-                let _ = outbox.try_send(Message::Text(render(mode, &answer)));
+                chat.directory.hub().send_to(&outbox, render(mode, &answer));
             }
         });
     }
