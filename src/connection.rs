@@ -331,7 +331,7 @@ impl Connection {
             code,
             reason: truncate_reason(reason).into(),
         };
-        debug!(peer = ?self.peer, code = u16::from(code), reason, "closing");
+        debug!(peer = ?self.peer, code = u16::from(code), reason = %crate::shown::Shown(reason), "closing");
         // A slow consumer's queue is dropped: it would not read it, and the close should go first.
         let discard = code == CloseCode::Library(CLOSE_SLOW_CONSUMER);
         self.outbox.request_close(frame, discard);

@@ -91,7 +91,7 @@ impl DemoClient {
             let mut conn = dial::connect(target, config, shutdown).await?;
             let outcome = self.talk(&mut conn).await;
             if let Some(frame) = conn.peer_close() {
-                info!(code = u16::from(frame.code), reason = %frame.reason, "server closed the connection");
+                info!(code = u16::from(frame.code), reason = %crate::shown::Shown(&frame.reason), "server closed the connection");
             }
             conn.finish(&outcome).await;
             outcome

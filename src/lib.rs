@@ -51,6 +51,7 @@ pub mod protocol;
 pub mod rate;
 pub mod server;
 pub mod settings;
+pub mod shown;
 pub mod store;
 pub mod transport;
 

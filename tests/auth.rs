@@ -22,7 +22,7 @@ struct Setup {
 fn setup(name: &str) -> Setup {
     let dir = std::env::temp_dir().join(format!("nanachat-auth-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+    common::write_secret(&dir.join("secret"), &format!("{SECRET}\n"));
     let mut cmd = nanachat();
     cmd.args([
         "serve",
@@ -251,4 +251,105 @@ fn an_open_server_says_so() {
     cmd.args(["serve", "--memory", "--addr", "127.0.0.1:0"]);
     let server = Proc::spawn("nanachat serve", cmd);
     server.wait_stderr("the server is open");
+}
+
+/// Like ssh with keys: a secret file others may read is refused, one line, exit 2, for `serve`
+/// and `token` alike. Fails on the code before issue 15 (the server started).
+#[test]
+fn a_secret_file_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("nanachat-auth-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = nanachat();
+    cmd.args([
+        "serve",
+        "--memory",
+        "--addr",
+        "127.0.0.1:0",
+        "--auth-secret-file",
+    ])
+    .arg(&secret);
+    let mut server = Proc::spawn("serve with a 0644 secret", cmd);
+    assert_eq!(
+        server.wait_exit().code(),
+        Some(2),
+        "{}",
+        server.stderr_text()
+    );
+    let stderr = server.stderr_text();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("0644") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+
+    let mut cmd = nanachat();
+    cmd.args(["token", "--sub", "x", "--auth-secret-file"])
+        .arg(&secret);
+    let mut token = Proc::spawn("token with a 0644 secret", cmd);
+    assert_eq!(token.wait_exit().code(), Some(2), "{}", token.stderr_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A token is client text, and a refused one's reason quotes its header's `alg`: a newline in
+/// it must not start a line of the client's in the log. Fails on the code before issue 15
+/// (a line starting with the forged text).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_token_cannot_write_lines_into_the_log() {
+    let s = setup("inject");
+    let b64 = data_encoding::BASE64URL_NOPAD;
+    let header = br#"{"alg":"HS256\nFORGED INFO nanachat: admin signed in\u001b[2J","typ":"JWT"}"#;
+    let token = format!(
+        "{}.{}.{}",
+        b64.encode(header),
+        b64.encode(br#"{"sub":"x"}"#),
+        b64.encode(b"sig")
+    );
+    let mut request = s.url.clone().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    match within("handshake", tokio_tungstenite::connect_async(request)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    s.server.wait_stderr("FORGED");
+    let stderr = s.server.stderr_text();
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("FORGED")),
+        "a forged line: {stderr}"
+    );
+    assert!(
+        stderr.contains(r"HS256\nFORGED INFO nanachat: admin signed in\x1b[2J"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// RFC 9110 §11.1: the auth scheme is case-insensitive. Fails on the code before issue 15
+/// (`bearer` was not read: 401 for want of a token).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let s = setup("scheme");
+    let token = mint(&s.dir, &["--sub", "erin"]);
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let mut request = s.url.clone().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("{scheme}  {token}").parse().unwrap(),
+        );
+        let (mut plain, _) = within("handshake", tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap_or_else(|err| panic!("{scheme}: {err}"));
+        let first = within("welcome", plain.next()).await.unwrap().unwrap();
+        assert!(
+            first.to_text().unwrap().contains("you are erin"),
+            "{first:?}"
+        );
+        let _ = within("close", plain.close(None)).await;
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -479,3 +479,112 @@ fn origins_must_look_like_origins() {
         assert!(config.validate().is_err(), "{bad}");
     }
 }
+
+/// Sends `request` as it is on a new TCP connection; the answer's head and body (as far as its
+/// content-length goes), without waiting for the server to hang up.
+async fn raw_answer(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut tcp = within("tcp connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = within("http answer", tcp.read(&mut chunk)).await.unwrap();
+        if n == 0 {
+            return text;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn upgrade_with_key(key: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// RFC 6455 §4.2.1: the key is 16 bytes in base64. Fails on the code before issue 15: every
+/// one of these got 101.
+#[tokio::test]
+async fn a_key_that_is_not_16_bytes_in_base64_gets_400() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    let long = "QUFB".repeat(1024); // 4 KiB of valid base64, 3 KiB decoded
+    for key in [
+        "",
+        "abc",
+        "AAAAAAAAAAAAAAAAAAAA",
+        "not base64 at all!!!!===",
+        &long,
+    ] {
+        let answer = raw_answer(server.addr, &upgrade_with_key(key)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "key {key:.30}: {answer}"
+        );
+        assert!(answer.contains("Sec-WebSocket-Key"), "{answer}");
+    }
+    // The RFC's own sample key still opens a WebSocket.
+    let answer = raw_answer(server.addr, &upgrade_with_key("dGhlIHNhbXBsZSBub25jZQ==")).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400; HTTP/1.0 needs none. Fails on the
+/// code before issue 15 (200 and 101).
+#[tokio::test]
+async fn an_http11_request_without_host_gets_400() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    for request in [
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ] {
+        let answer = raw_answer(server.addr, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+        assert!(answer.contains("Host"), "{answer}");
+    }
+    let answer = raw_answer(server.addr, "GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+}
+
+/// Pages answer GET and HEAD only; other methods get 405 with `allow`. Fails on the code before
+/// issue 15 (the page, 200, for any method).
+#[tokio::test]
+async fn other_methods_on_a_page_get_405() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    for method in ["POST", "PUT", "DELETE", "PATCH", "BREW"] {
+        let request = format!(
+            "{method} / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw_answer(server.addr, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{method}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("allow: get, head"),
+            "{answer}"
+        );
+    }
+    let answer = raw_answer(
+        server.addr,
+        "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = raw_answer(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -287,3 +287,53 @@ async fn a_config_file_sets_options_and_flags_win_over_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The history is its owner's only: a fresh data dir is made 0700, the database, its -wal and
+/// -shm files and the lock file 0600, whatever the umask. An existing dir open to others is
+/// left as it is, with a warning. Fails on the code before issue 15 (0755 and 0644 under the
+/// usual umask 022).
+#[test]
+fn the_data_dir_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("nanachat-modes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let fresh = root.join("fresh");
+    let server = serve(&fresh);
+    server.listening_url();
+    assert_eq!(mode(&fresh), 0o700, "the data dir");
+    for file in [
+        "nanachat.sqlite3",
+        "nanachat.sqlite3-wal",
+        "nanachat.sqlite3-shm",
+        "nanachat.lock",
+    ] {
+        assert_eq!(mode(&fresh.join(file)), 0o600, "{file}");
+    }
+    assert!(!server.stderr_text().contains("open to other users"));
+    drop(server);
+
+    let shared = root.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = serve(&shared);
+    server.listening_url();
+    let warning = server.wait_stderr("open to other users");
+    assert!(
+        warning.contains("0755") && warning.contains("chmod 700"),
+        "{warning}"
+    );
+    assert_eq!(mode(&shared), 0o755, "the user's dir is left as it is");
+    assert_eq!(mode(&shared.join("nanachat.sqlite3")), 0o600);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&root);
+}

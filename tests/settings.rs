@@ -26,7 +26,7 @@ impl Files {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-        std::fs::write(dir.join("secret"), "0123456789abcdef0123\n").unwrap();
+        common::write_secret(&dir.join("secret"), "0123456789abcdef0123\n");
         Self { dir }
     }
 

@@ -536,7 +536,7 @@ impl<S: Store> Session<S> {
                     })
                 }
                 Err(err) => {
-                    warn!(cause = %err, %room, "append failed");
+                    warn!(cause = %err, room = %crate::shown::Shown(&room), "append failed");
                     crate::metrics::bump(&chat.errors[ErrorCode::Internal as usize]);
                     chat.directory.deliver(&room, None);
                     let message = match cid {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Response, StatusCode};
+use axum::http::{Method, Response, StatusCode, Version};
 use axum::routing::get;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -36,6 +36,7 @@ use crate::backoff::Backoff;
 use crate::config::ConnectionConfig;
 use crate::connection::{Asset, Connection, Handler, serve_connection};
 use crate::metrics;
+use crate::shown::Shown;
 use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
 pub use listen::{Listen, serve};
@@ -184,8 +185,13 @@ fn request_token(req: &Request) -> Option<String> {
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
+        .and_then(|v| {
+            // RFC 9110 §11.1: the scheme is case-insensitive; one or more spaces follow it.
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
     bearer.or_else(|| {
         req.uri().query()?.split('&').find_map(|pair| {
             let value = pair.strip_prefix("token=")?;
@@ -338,7 +344,19 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut req = req.map(Body::new);
                 req.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(req)
+                let app = app.clone();
+                async move {
+                    // RFC 9112 §3.2: an HTTP/1.1 request without a Host is answered 400.
+                    if req.version() == Version::HTTP_11
+                        && !req.headers().contains_key(axum::http::header::HOST)
+                    {
+                        return Ok(text_response(
+                            StatusCode::BAD_REQUEST,
+                            "missing Host header (required in HTTP/1.1)\n",
+                        ));
+                    }
+                    app.oneshot(req).await
+                }
             });
         let stop = shared.shutdown.clone();
         let http = http.clone();
@@ -511,6 +529,15 @@ async fn upgrade_or_page<H: Handler>(
         Err(NotUpgrade::Plain) => {
             let path = req.uri().path();
             return match shared.handler.assets().iter().find(|a| a.path == path) {
+                Some(_) if !matches!(*req.method(), Method::GET | Method::HEAD) => {
+                    let mut response =
+                        text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                    response.headers_mut().insert(
+                        axum::http::header::ALLOW,
+                        axum::http::HeaderValue::from_static("GET, HEAD"),
+                    );
+                    response
+                }
                 Some(asset) => asset_response(asset),
                 None => text_response(StatusCode::NOT_FOUND, "not found\n"),
             };
@@ -524,7 +551,7 @@ async fn upgrade_or_page<H: Handler>(
         let origin = origin.to_str().unwrap_or("(not text)");
         if !shared.config.origin_allowed(origin, host) {
             metrics::bump(&shared.refused_origin);
-            warn!(%peer, origin, "refused: origin not allowed");
+            warn!(%peer, origin = %Shown(origin), "refused: origin not allowed");
             return text_response(
                 StatusCode::FORBIDDEN,
                 format!("origin not allowed: {origin} (see --allowed-origin)\n"),
@@ -560,7 +587,7 @@ async fn upgrade_or_page<H: Handler>(
     let token = request_token(&req);
     if let Err(why) = shared.handler.authorize(token.as_deref(), subprotocol) {
         metrics::bump(&shared.refused_auth);
-        warn!(%peer, %why, "refused: not authorized");
+        warn!(%peer, why = %Shown(&why), "refused: not authorized");
         return text_response(StatusCode::UNAUTHORIZED, format!("{why}\n"));
     }
     let (response, on_upgrade) = upgrade.accept(subprotocol);
@@ -599,7 +626,7 @@ async fn upgrade_or_page<H: Handler>(
         // Boxed at its own size: the task would otherwise be as large as the handshake's state
         // and the connection's together, for as long as the connection lives.
         let ended = Box::pin(serve_connection(&shared.handler, conn)).await;
-        info!(%peer, reason = %ended, "disconnected");
+        info!(%peer, reason = %Shown(&ended), "disconnected");
     });
     response
 }

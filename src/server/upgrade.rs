@@ -66,6 +66,16 @@ impl UpgradeRequest {
                 "missing Sec-WebSocket-Key\n",
             ));
         };
+        // RFC 6455 §4.2.1: the key is 16 random bytes, base64-encoded (24 characters).
+        let key_ok = data_encoding::BASE64
+            .decode(key.as_bytes())
+            .is_ok_and(|k| k.len() == 16);
+        if !key_ok {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Key is not 16 bytes in base64\n",
+            ));
+        }
         let accept = derive_accept_key(key.as_bytes());
         let offered: Vec<String> = headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)

@@ -364,12 +364,37 @@ impl SecretSettings {
                 ));
             }
             (Some(secret), None) => secret.0.clone().into_bytes(),
-            (None, Some(path)) => std::fs::read(path)
-                .map_err(|err| Error::file("read the auth secret from", path, err))?,
+            (None, Some(path)) => {
+                refuse_open_secret(path)?;
+                std::fs::read(path)
+                    .map_err(|err| Error::file("read the auth secret from", path, err))?
+            }
             (None, None) => return Ok(None),
         };
         crate::auth::Auth::new(&secret).map(Some)
     }
+}
+
+/// Refuses a secret file that group or others may read or write, as ssh does with keys: the
+/// secret signs every token, so whoever reads it may be anyone.
+fn refuse_open_secret(path: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|err| Error::file("read the auth secret from", path, err))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Config(format!(
+                "auth secret file {} is open to other users (mode {mode:04o}): `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// `nanachat serve`: every group of its settings, and where they may also come from.

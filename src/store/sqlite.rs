@@ -72,7 +72,7 @@ impl DirLock {
         use std::io::{Read, Seek, Write};
         let path = dir.join(Self::NAME);
         let made = !path.exists();
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -118,6 +118,46 @@ impl DirLock {
     }
 }
 
+/// Options that create a file only its owner may read (0600 on Unix), and leave an existing one
+/// as it is.
+fn private_file() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates the data dir (and its missing parents) 0700: the history is nobody else's to read.
+/// A dir that is already there is left as it is, with a warning if others may look into it.
+fn make_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    let existed = dir.is_dir();
+    builder
+        .create(dir)
+        .map_err(|err| Error::file("create data dir", dir, err))?;
+    #[cfg(unix)]
+    if existed {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format_args!("{mode:04o}"),
+                    "the data dir is open to other users; `chmod 700` it to keep the history private"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = existed;
+    Ok(())
+}
+
 fn store_err(err: rusqlite::Error) -> Error {
     err.into()
 }
@@ -127,9 +167,15 @@ impl SqliteStore {
     /// is locked for this process (`nanachat.lock`, held with `flock`, the pid in it): a second
     /// server on it is refused.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|err| Error::file("create data dir", dir, err))?;
+        make_private_dir(dir)?;
         let lock = DirLock::take(dir)?;
         let path = dir.join("nanachat.sqlite3");
+        // Made 0600 before SQLite opens it: SQLite gives the -wal and -shm files the mode of the
+        // database file.
+        if let Err(err) = private_file().write(true).open(&path) {
+            lock.give_back();
+            return Err(Error::file("create", &path, err));
+        }
         match Self::open_locked(&path, lock) {
             Ok(store) => Ok(store),
             Err((err, lock)) => {

@@ -385,3 +385,10 @@ pub const NO_PER_IP_LIMITS: [&str; 4] = [
     "--connect-rate-per-ip",
     "0",
 ];
+
+/// Writes a secret file the way a user should: 0600 (the server refuses one others may read).
+pub fn write_secret(path: &std::path::Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}

@@ -253,7 +253,7 @@ async fn fill_loop<S: Store>(
         let Some(inner) = inner.upgrade() else { return };
         for room in rooms {
             if let Err(err) = fill_room(&inner, &room).await {
-                warn!(cause = %err, %room, "back-fill failed; retrying");
+                warn!(cause = %err, room = %crate::shown::Shown(&room), "back-fill failed; retrying");
                 tokio::time::sleep(FILL_RETRY).await;
                 inner.fill(&room, false);
             }
@@ -285,7 +285,7 @@ async fn fill_room<S: Store>(inner: &Shared<S>, room: &str) -> Result<()> {
             }
         };
         if pruned_to > next && inner.hub.skip_pruned(room, pruned_to) {
-            warn!(%room, from = next, to = pruned_to, "messages were pruned before this process delivered them: its members resume");
+            warn!(room = %crate::shown::Shown(&room), from = next, to = pruned_to, "messages were pruned before this process delivered them: its members resume");
             inner.hub.deliver(room, None);
         }
         for record in page {
@@ -371,7 +371,9 @@ fn open_dm<S: Store>(inner: &Arc<Shared<S>>, msg: ChatMessage) {
         let (room, seq) = (msg.room.clone(), msg.seq);
         let epoch = match inner.store.room_state(&room).await {
             Ok(state) => state.epoch,
-            Err(err) => return warn!(cause = %err, %room, "cannot open a direct-message room"),
+            Err(err) => {
+                return warn!(cause = %err, room = %crate::shown::Shown(&room), "cannot open a direct-message room");
+            }
         };
         let state = crate::store::RoomState::empty(epoch, seq - 1);
         inner.hub.open_room(&room, state, Some((a, b)));
