@@ -129,8 +129,9 @@ fn private_file() -> std::fs::OpenOptions {
 }
 
 /// Creates the data dir (and its missing parents) 0700: the history is nobody else's to read.
-/// A dir that is already there is left as it is, with a warning if others may look into it.
-fn make_private_dir(dir: &Path) -> Result<()> {
+/// A dir that is already there is left as it is; its mode is returned if others may look into
+/// it (the caller warns).
+fn make_private_dir(dir: &Path) -> Result<Option<u32>> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -145,17 +146,13 @@ fn make_private_dir(dir: &Path) -> Result<()> {
         if let Ok(meta) = std::fs::metadata(dir) {
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                tracing::warn!(
-                    dir = %dir.display(),
-                    mode = format_args!("{mode:04o}"),
-                    "the data dir is open to other users; `chmod 700` it to keep the history private"
-                );
+                return Ok(Some(mode));
             }
         }
     }
     #[cfg(not(unix))]
     let _ = existed;
-    Ok(())
+    Ok(None)
 }
 
 fn store_err(err: rusqlite::Error) -> Error {
@@ -167,18 +164,32 @@ impl SqliteStore {
     /// is locked for this process (`nanachat.lock`, held with `flock`, the pid in it): a second
     /// server on it is refused.
     pub fn open(dir: &Path) -> Result<Self> {
-        make_private_dir(dir)?;
+        let open_to_others = make_private_dir(dir)?;
         let lock = DirLock::take(dir)?;
         let path = dir.join("nanachat.sqlite3");
         // Made 0600 before SQLite opens it: SQLite gives the -wal and -shm files the mode of the
         // database file.
+        let made = !path.exists();
         if let Err(err) = private_file().write(true).open(&path) {
             lock.give_back();
             return Err(Error::file("create", &path, err));
         }
         match Self::open_locked(&path, lock) {
-            Ok(store) => Ok(store),
+            Ok(store) => {
+                // Said once the store is in use: a refused start stays one line.
+                if let Some(mode) = open_to_others {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        mode = format_args!("{mode:04o}"),
+                        "the data dir is open to other users; `chmod 700` it to keep the history private"
+                    );
+                }
+                Ok(store)
+            }
             Err((err, lock)) => {
+                if made {
+                    let _ = std::fs::remove_file(&path);
+                }
                 lock.give_back();
                 Err(err)
             }
