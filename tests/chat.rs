@@ -420,6 +420,15 @@ async fn nicks_are_unique_whatever_their_case_shown_as_typed_and_dms_find_them()
         .unwrap();
     let refused = line_starting(&mut p, "!").await;
     assert!(refused.starts_with("! nick_taken"), "{refused}");
+    // Its own nick in another case is its to take.
+    within("send", p.send(Message::text("/nick petal")))
+        .await
+        .unwrap();
+    line_starting(&mut p, "* you are now petal").await;
+    within("send", p.send(Message::text("/nick Petal")))
+        .await
+        .unwrap();
+    line_starting(&mut p, "* you are now Petal").await;
     // A DM to any spelling reaches alice, in the one room of the pair, named in lower case.
     let mut bob = Client::hello(&url, "Bob").await;
     bob.send(json!({"type": "dm", "to": "ALICE", "text": "hi", "cid": "d1"}))

@@ -284,10 +284,13 @@ impl Hub {
     }
 
     /// Gives a connection another (free) nick, keeping its rooms: the others see the old nick
-    /// leave and the new one join.
+    /// leave and the new one join. Its own nick in another case is free to it (when no other
+    /// connection shares it), and stays the same nick online.
     pub(crate) fn rename(&self, id: ConnId, nick: &str) -> Result<(), ErrorCode> {
         let mut state = self.state();
-        if state.nicks.contains_key(&nick_key(nick)) {
+        if let Some(held) = state.nicks.get(&nick_key(nick))
+            && held.conns.0 != [id]
+        {
             return Err(ErrorCode::NickTaken);
         }
         let Some(conn) = state.conns.get(&id) else {
@@ -298,8 +301,11 @@ impl Hub {
             state.leave_room(id, room);
         }
         state.release_nick(id, &old);
-        state.feed(ONLINE, &old, -1, None);
-        state.feed(ONLINE, nick, 1, None);
+        // The nicks online are counted by identity: a change of case changes nothing there.
+        if nick_key(&old) != nick_key(nick) {
+            state.feed(ONLINE, &old, -1, None);
+            state.feed(ONLINE, nick, 1, None);
+        }
         state.nicks.insert(
             nick_key(nick),
             Nick {
