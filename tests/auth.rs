@@ -213,6 +213,91 @@ print((head + b"." + body + b"." + sig).decode())
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
+/// Issue 15: a token's `sub` became a plain-text client's nick unchecked ("ad min", "",
+/// 300 characters, RTL marks; `evil+victim` showed as "@evil" in the victim's room list).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_whose_sub_is_not_a_nick_is_refused_at_the_upgrade_and_not_minted() {
+    let s = setup("badsub");
+    let auth = nanachat::auth::Auth::new(SECRET.as_bytes()).unwrap();
+    let long = "x".repeat(300);
+    let subs = [
+        "ad min",
+        "",
+        &long,
+        "\u{202e}nimda",
+        "evil+victim",
+        "ok\u{200f}",
+    ];
+    for sub in subs {
+        let token = auth.mint(&nanachat::auth::Claims {
+            sub: sub.to_owned(),
+            exp: None,
+            rooms: None,
+        });
+        // Plain-text (its nick would be the sub) and nanachat.v1 alike: 401 with the reason.
+        match within(
+            "plain",
+            tokio_tungstenite::connect_async(format!("{}/?token={token}", s.url)),
+        )
+        .await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 401, "{sub:?}");
+            }
+            other => panic!("{sub:?}: expected 401, got {:?}", other.map(|_| ())),
+        }
+        let (status, body) = open(&s.url, Some(&token)).await.err().unwrap();
+        assert_eq!(status, 401, "{sub:?}");
+        assert!(body.contains("not a nick"), "{sub:?}: {body}");
+        // Nor is it minted: one line, exit 2.
+        let out = nanachat()
+            .args(["token", "--sub", sub, "--auth-secret", SECRET])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sub:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Issue 15: nicks are unique whatever their case, tokens included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_for_another_spelling_of_an_online_nick_is_taken() {
+    let s = setup("case");
+    let lower = mint(&s.dir, &["--sub", "alice"]);
+    let upper = mint(&s.dir, &["--sub", "Alice"]);
+    let mut ws = open(&s.url, Some(&lower)).await.unwrap();
+    send(&mut ws, json!({"type": "hello", "nick": "alice"})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let mut other = open(&s.url, Some(&upper)).await.unwrap();
+    send(&mut other, json!({"type": "hello", "nick": "Alice"})).await;
+    assert_eq!(next_json(&mut other).await["code"], "nick_taken");
+    // A plain-text client named by its token: closed, the nick taken.
+    let (mut plain, _) = within(
+        "plain",
+        tokio_tungstenite::connect_async(format!("{}/?token={upper}", s.url)),
+    )
+    .await
+    .unwrap();
+    loop {
+        match within("close", plain.next()).await {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert!(frame.reason.contains("taken"), "{frame:?}");
+                break;
+            }
+            Some(Ok(Message::Text(t))) => assert!(!t.contains("you are"), "{t}"),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+    // Another connection of alice herself is welcome.
+    let mut again = open(&s.url, Some(&lower)).await.unwrap();
+    send(&mut again, json!({"type": "hello", "nick": "alice"})).await;
+    assert_eq!(next_json(&mut again).await["type"], "welcome");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
 #[test]
 fn connect_takes_a_token_and_token_refuses_bad_input() {
     let s = setup("connect");

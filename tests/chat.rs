@@ -396,6 +396,109 @@ async fn direct_messages_reach_every_connection_and_are_resumable() {
     assert_eq!(eve.error().await["code"], "no_such_nick");
 }
 
+/// Issue 15: `Alice` was accepted while `alice` was online, and `dm Alice` was another room.
+#[tokio::test]
+async fn nicks_are_unique_whatever_their_case_shown_as_typed_and_dms_find_them() {
+    let server = chat_server(roomy()).await;
+    let url = server.url();
+    let mut alice = Client::hello_with_key(&url, "alice", Some("k")).await;
+    // Another spelling is taken, even with alice's key.
+    for key in [None, Some("k")] {
+        let mut c = Client::raw(&url).await;
+        let mut hello = json!({"type": "hello", "nick": "Alice"});
+        if let Some(key) = key {
+            hello["key"] = json!(key);
+        }
+        c.send(hello).await;
+        assert_eq!(c.error().await["code"], "nick_taken", "key {key:?}");
+    }
+    // Nor can a plain-text client rename itself to it.
+    let mut p = plain(&url).await;
+    line_starting(&mut p, "* you joined lobby").await;
+    within("send", p.send(Message::text("/nick ALICE")))
+        .await
+        .unwrap();
+    let refused = line_starting(&mut p, "!").await;
+    assert!(refused.starts_with("! nick_taken"), "{refused}");
+    // Its own nick in another case is its to take.
+    within("send", p.send(Message::text("/nick petal")))
+        .await
+        .unwrap();
+    line_starting(&mut p, "* you are now petal").await;
+    within("send", p.send(Message::text("/nick Petal")))
+        .await
+        .unwrap();
+    line_starting(&mut p, "* you are now Petal").await;
+    // A DM to any spelling reaches alice, in the one room of the pair, named in lower case.
+    let mut bob = Client::hello(&url, "Bob").await;
+    bob.send(json!({"type": "dm", "to": "ALICE", "text": "hi", "cid": "d1"}))
+        .await;
+    assert_eq!(bob.expect("ack").await["room"], "@alice+bob");
+    let m = alice.expect("message").await;
+    assert_eq!(
+        (m["room"].as_str(), m["from"].as_str(), m["text"].as_str()),
+        (Some("@alice+bob"), Some("Bob"), Some("hi"))
+    );
+    alice
+        .send(json!({"type": "dm", "to": "bob", "text": "hello", "cid": "d2"}))
+        .await;
+    assert_eq!(alice.expect("ack").await["room"], "@alice+bob");
+    assert_eq!(bob.expect("message").await["text"], "hello");
+    // Either may join it; a spelling that is not the room's name is no room.
+    bob.send(json!({"type": "join", "room": "@alice+bob", "since": 0}))
+        .await;
+    bob.expect("joined").await;
+    bob.send(json!({"type": "join", "room": "@Alice+Bob"}))
+        .await;
+    assert_eq!(bob.error().await["code"], "bad_room");
+    // Nicks are shown as typed.
+    alice.join("hall").await;
+    bob.join("hall").await;
+    bob.send(json!({"type": "who", "room": "hall"})).await;
+    assert_eq!(
+        bob.expect("members").await["nicks"],
+        json!(["Bob", "alice"])
+    );
+}
+
+/// Issue 15: a DM to yourself arrived twice on the one connection (the pair `(a, a)`).
+#[tokio::test]
+async fn a_dm_to_yourself_arrives_once_on_each_connection() {
+    let server = chat_server(roomy()).await;
+    let mut one = Client::hello_with_key(&server.url(), "nana", Some("k")).await;
+    let mut two = Client::hello_with_key(&server.url(), "nana", Some("k")).await;
+    // `two` is also a member of the room: still once.
+    two.send(json!({"type": "join", "room": "@nana+nana"}))
+        .await;
+    two.expect("joined").await;
+    one.send(json!({"type": "dm", "to": "nana", "text": "note", "cid": "n1"}))
+        .await;
+    one.send(json!({"type": "dm", "to": "nana", "text": "marker", "cid": "n2"}))
+        .await;
+    for c in [&mut one, &mut two] {
+        let (mut notes, mut acks) = (0, 0);
+        loop {
+            let v = c.recv().await;
+            assert_ne!(v["type"], "error", "{v}");
+            if v["type"] == "ack" {
+                acks += 1;
+            }
+            if v["type"] == "message" {
+                assert_eq!(v["room"], "@nana+nana");
+                match v["text"].as_str() {
+                    Some("note") => notes += 1,
+                    Some("marker") => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(notes, 1, "the note arrived once");
+        assert!(acks <= 2);
+    }
+    // The sender's acks: one each (the second may come after the marker).
+    while one.recv().await["type"] != "ack" {}
+}
+
 #[tokio::test]
 async fn history_pages_backwards_and_forwards() {
     let server = chat_server(roomy()).await;

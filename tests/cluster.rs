@@ -489,3 +489,42 @@ async fn a_nick_is_taken_on_every_process_of_an_open_server() {
     .await;
     assert_ne!(guests[0], guests[1]);
 }
+
+/// Issue 15: nicks are unique whatever their case on every process (the claims in Redis are
+/// by the case-folded nick), and a `dm` in any case reaches its nick on another process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nick_in_another_case_is_taken_on_every_process_and_dms_find_it() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let alice = json!({"type": "hello", "nick": "alice", "key": "k"});
+    let (mut alice, answer) = Client::hello(&urls[0], alice).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    for hello in [
+        json!({"type": "hello", "nick": "Alice"}),
+        json!({"type": "hello", "nick": "ALICE", "key": "k"}),
+    ] {
+        let (_, answer) = Client::hello(&urls[1], hello.clone()).await;
+        assert_eq!(answer["code"], "nick_taken", "{hello}: {answer}");
+    }
+    // Her own spelling and key: her second connection.
+    let again = json!({"type": "hello", "nick": "alice", "key": "k"});
+    let (_again, answer) = Client::hello(&urls[1], again).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    let mut bob = Client::connect(&urls[1], "Bob").await;
+    bob.send(json!({"type": "dm", "to": "ALICE", "text": "psst", "cid": "d1"}))
+        .await;
+    let ack = bob.answer_to("d1").await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["room"].as_str()),
+        (Some("ack"), Some("@alice+bob")),
+        "{ack}"
+    );
+    let m = alice
+        .wait_for("the dm", |v| v["type"] == "message" && v["text"] == "psst")
+        .await;
+    assert_eq!(
+        (m["room"].as_str(), m["from"].as_str()),
+        (Some("@alice+bob"), Some("Bob"))
+    );
+}

@@ -34,10 +34,15 @@ function el(tag, cls, text) {
 }
 
 function isDm(room) { return room.startsWith('@'); }
-function dmRoom(a, b) { return a <= b ? `@${a}+${b}` : `@${b}+${a}`; }
+// A DM room is named by the two nicks in lower case, sorted (nicks are ASCII and unique
+// whatever their case: docs/protocol.md).
+function dmRoom(a, b) {
+  [a, b] = [a.toLowerCase(), b.toLowerCase()];
+  return a <= b ? `@${a}+${b}` : `@${b}+${a}`;
+}
 function dmPeer(room) {
   const [a, b] = room.slice(1).split('+');
-  return a === state.nick ? b : a;
+  return a === state.nick.toLowerCase() ? b : a;
 }
 function roomLabel(room) { return isDm(room) ? `@${dmPeer(room)}` : `#${room}`; }
 

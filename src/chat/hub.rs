@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::render::{Delivery, Mode, render};
-use super::types::{Change, ConnId, ONLINE};
+use super::types::{Change, ConnId, ONLINE, nick_key};
 use crate::connection::{CLOSE_SLOW_CONSUMER, CloseCode, CloseFrame, Message, Outbox};
 use crate::protocol::{ErrorCode, PresenceEvent, ServerMsg};
 use crate::store::RoomState;
@@ -51,6 +51,7 @@ struct State {
     swept: Option<Instant>,
     stats: Stats,
     conns: HashMap<ConnId, Conn>,
+    /// By case-folded nick ([`nick_key`]): `Alice` is `alice`.
     nicks: HashMap<String, Nick>,
     rooms: HashMap<String, Room>,
     /// With several processes: joins and leaves go to the cluster, which tells everyone.
@@ -101,6 +102,8 @@ fn send_or_close(outbox: &Outbox, text: crate::connection::Utf8Bytes, stats: &St
 
 #[derive(Debug)]
 struct Nick {
+    /// The nick as its connections typed it (all the same).
+    shown: String,
     key: Option<String>,
     conns: SmallSet<ConnId>,
 }
@@ -114,7 +117,7 @@ struct Room {
     pending: BTreeMap<u64, Delivery>,
     /// Members; `Some(backlog)` while the member replays history.
     members: BTreeMap<ConnId, Option<Box<Backlog>>>,
-    /// For a direct-message room, the two nicks whose connections all receive it.
+    /// For a direct-message room, the two nicks (case-folded) whose connections all receive it.
     pair: Option<(String, String)>,
     /// The oldest seq the store kept when the room was opened: what `joined` tells when no
     /// retention rule can have moved it since (otherwise the session reads it afresh).
@@ -209,7 +212,7 @@ impl Hub {
                 nick: nick.to_owned(),
                 delta,
                 key: (room == ONLINE)
-                    .then(|| state.nicks.get(nick).and_then(|n| n.key.clone()))
+                    .then(|| state.nicks.get(&nick_key(nick)).and_then(|n| n.key.clone()))
                     .flatten(),
             })
             .collect();
@@ -241,7 +244,8 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connection under `nick`. The nick is free, or held with the same key.
+    /// Registers a connection under `nick`. The nick is free (whatever its case), or held
+    /// with the same key and spelt the same.
     pub(crate) fn connect(
         &self,
         id: ConnId,
@@ -251,15 +255,16 @@ impl Hub {
         mode: Mode,
     ) -> Result<(), ErrorCode> {
         let mut state = self.state();
-        if let Some(held) = state.nicks.get(nick)
-            && (held.key.is_none() || held.key.as_deref() != key)
+        if let Some(held) = state.nicks.get(&nick_key(nick))
+            && (held.key.is_none() || held.key.as_deref() != key || held.shown != nick)
         {
             return Err(ErrorCode::NickTaken);
         }
         state
             .nicks
-            .entry(nick.to_owned())
+            .entry(nick_key(nick))
             .or_insert_with(|| Nick {
+                shown: nick.to_owned(),
                 key: key.map(str::to_owned),
                 conns: SmallSet::default(),
             })
@@ -279,10 +284,13 @@ impl Hub {
     }
 
     /// Gives a connection another (free) nick, keeping its rooms: the others see the old nick
-    /// leave and the new one join.
+    /// leave and the new one join. Its own nick in another case is free to it (when no other
+    /// connection shares it), and stays the same nick online.
     pub(crate) fn rename(&self, id: ConnId, nick: &str) -> Result<(), ErrorCode> {
         let mut state = self.state();
-        if state.nicks.contains_key(nick) {
+        if let Some(held) = state.nicks.get(&nick_key(nick))
+            && held.conns.0 != [id]
+        {
             return Err(ErrorCode::NickTaken);
         }
         let Some(conn) = state.conns.get(&id) else {
@@ -293,11 +301,15 @@ impl Hub {
             state.leave_room(id, room);
         }
         state.release_nick(id, &old);
-        state.feed(ONLINE, &old, -1, None);
-        state.feed(ONLINE, nick, 1, None);
+        // The nicks online are counted by identity: a change of case changes nothing there.
+        if nick_key(&old) != nick_key(nick) {
+            state.feed(ONLINE, &old, -1, None);
+            state.feed(ONLINE, nick, 1, None);
+        }
         state.nicks.insert(
-            nick.to_owned(),
+            nick_key(nick),
             Nick {
+                shown: nick.to_owned(),
                 key: None,
                 conns: SmallSet(vec![id]),
             },
@@ -333,7 +345,7 @@ impl Hub {
 
     /// Whether anybody is connected under `nick`.
     pub(crate) fn nick_online(&self, nick: &str) -> bool {
-        self.state().nicks.contains_key(nick)
+        self.state().nicks.contains_key(&nick_key(nick))
     }
 
     /// Connections registered, rooms held, deliveries and slow-consumer closes, for metrics.
@@ -428,7 +440,7 @@ impl Hub {
         if conn.rooms.len() >= max_rooms {
             return Err(ErrorCode::TooManyRooms);
         }
-        let nick = conn.nick.clone();
+        let nick = nick_key(&conn.nick);
         let Some(r) = state.rooms.get(room) else {
             return Err(ErrorCode::Internal);
         };
@@ -517,7 +529,10 @@ impl Hub {
                 .rooms
                 .get(room)
                 .and_then(|r| r.pair.as_ref())
-                .is_some_and(|(a, b)| *a == conn.nick || *b == conn.nick)
+                .is_some_and(|(a, b)| {
+                    let me = nick_key(&conn.nick);
+                    *a == me || *b == me
+                })
     }
 
     /// Ends an append: delivers the stored message (`None` if it failed or was a duplicate)
@@ -680,10 +695,11 @@ impl State {
     }
 
     fn release_nick(&mut self, id: ConnId, nick: &str) {
-        if let Some(n) = self.nicks.get_mut(nick) {
+        let nick = nick_key(nick);
+        if let Some(n) = self.nicks.get_mut(&nick) {
             n.conns.remove(&id);
             if n.conns.is_empty() {
-                self.nicks.remove(nick);
+                self.nicks.remove(&nick);
             }
         }
     }
@@ -718,7 +734,8 @@ impl State {
     }
 
     /// Hands one delivery to every recipient of a room: its members, and for a DM room every
-    /// connection of the pair.
+    /// connection of the pair — once each: a member of the pair is not sent it again, nor is a
+    /// DM to yourself (the pair `(a, a)`) sent twice.
     fn broadcast(&mut self, room: &str, d: &Delivery) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
@@ -744,8 +761,9 @@ impl State {
             }
         }
         if let Some((a, b)) = &r.pair {
-            for nick in [a, b] {
-                if let Some(n) = self.nicks.get(nick) {
+            let pair: &[&String] = if a == b { &[a] } else { &[a, b] };
+            for nick in pair {
+                if let Some(n) = self.nicks.get(*nick) {
                     live.extend(n.conns.iter().filter(|c| !r.members.contains_key(c)));
                 }
             }

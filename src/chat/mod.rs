@@ -96,7 +96,7 @@ impl<S: Store> Handler for Chat<S> {
             return Ok(());
         };
         match token {
-            Some(token) => auth.verify(token, crate::auth::now_secs()).map(|_| ()),
+            Some(token) => verify_token(auth, token).map(|_| ()),
             // A nanachat.v1 client may bring its token in `hello`; a plain-text one cannot.
             None if subprotocol == Some(SUBPROTOCOL) => Ok(()),
             None => Err("this server wants a token: add ?token=… to the URL".into()),
@@ -170,6 +170,21 @@ impl<S: Store> Handler for Chat<S> {
         self.inner.store.write_metrics(out);
         self.inner.directory.write_metrics(out);
     }
+}
+
+/// Checks a token (signature, algorithm, expiry) and that its `sub` is a nick by the rules of
+/// `hello` — a plain-text client is named by it unasked. The error says why, fit to send back.
+fn verify_token(
+    auth: &crate::auth::Auth,
+    token: &str,
+) -> std::result::Result<crate::auth::Claims, String> {
+    let claims = auth.verify(token, crate::auth::now_secs())?;
+    if !valid_nick(&claims.sub) {
+        return Err(
+            "the token's sub is not a nick (1 to 32 letters, digits, - or _): mint another".into(),
+        );
+    }
+    Ok(claims)
 }
 
 /// The browser client (`web/`), embedded: `GET /` is the chat page.

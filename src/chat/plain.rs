@@ -9,7 +9,7 @@
 //! coming back), so that no id made up here can repeat or be taken by a client first.
 
 use super::session::{AUTHENTICATED, Failure, Refusal, Session, refuse};
-use super::types::valid_nick;
+use super::types::{nick_key, valid_nick};
 use crate::connection::Connection;
 use crate::protocol::{ClientMsg, ErrorCode};
 use crate::store::Store;
@@ -166,7 +166,12 @@ impl<S: Store> Session<S> {
                 "a nick is 1 to 32 letters, digits, - or _",
             );
         }
-        if !self.claim(nick, None).await? {
+        // Its own nick in another case is its already (the hub checks nobody shares it).
+        let own = self
+            .hub()
+            .nick(self.id)
+            .is_some_and(|me| nick_key(&me) == nick_key(nick));
+        if !own && !self.claim(nick, None).await? {
             return refuse(ErrorCode::NickTaken, format!("{nick} is taken"));
         }
         self.hub()

@@ -17,7 +17,7 @@ use super::directory::Directory;
 use super::hub::Hub;
 use super::list::{Keep, Listing};
 use super::render::{Mode, render};
-use super::types::{ConnId, chat_message, dm_pair, dm_room, valid_nick, valid_room};
+use super::types::{ConnId, chat_message, dm_pair, dm_room, nick_key, valid_nick, valid_room};
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
@@ -313,8 +313,7 @@ impl<S: Store> Session<S> {
                 "this server wants a token: hello with \"token\" (nanachat token --sub NICK)",
             );
         };
-        auth.verify(token, crate::auth::now_secs())
-            .or_else(|why| refuse(ErrorCode::Unauthorized, why))
+        super::verify_token(auth, token).or_else(|why| refuse(ErrorCode::Unauthorized, why))
     }
 
     /// Sends `welcome`, with the limits this connection is held to.
@@ -359,7 +358,7 @@ impl<S: Store> Session<S> {
         epoch: Option<u64>,
     ) -> Result<(), Failure> {
         // A direct-message room is named by its pair; only the two of them may join it.
-        let me = self.hub().nick(self.id).unwrap_or_default();
+        let me = nick_key(&self.hub().nick(self.id).unwrap_or_default());
         let pair = dm_pair(room).filter(|(a, b)| *a == me || *b == me);
         if !valid_room(room) && pair.is_none() {
             refuse(
@@ -437,8 +436,9 @@ impl<S: Store> Session<S> {
             )?;
         }
         let me = self.hub().nick(self.id).unwrap_or_default();
+        // Named by the case-folded pair: `dm Alice` and `dm alice` are the one room.
         let room = dm_room(&me, &to);
-        self.chat.directory.open_room(&room, Some((me, to))).await?;
+        self.chat.directory.open_room(&room, dm_pair(&room)).await?;
         self.publish(room, text, cid);
         Ok(())
     }

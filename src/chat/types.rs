@@ -56,16 +56,26 @@ pub fn valid_room(room: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-/// The direct-message room of two nicks.
+/// A nick's identity: nicks are unique whatever their case (`Alice` is `alice`), and shown
+/// as typed. Nicks are ASCII ([`valid_nick`]), so ASCII case folding is all there is.
+pub(crate) fn nick_key(nick: &str) -> String {
+    nick.to_ascii_lowercase()
+}
+
+/// The direct-message room of two nicks: `@a+b`, both nicks case-folded and in order, so that
+/// `dm Alice` and `dm alice` are the one room (a DM to yourself is `@a+a`).
 pub(crate) fn dm_room(a: &str, b: &str) -> String {
+    let (a, b) = (nick_key(a), nick_key(b));
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
     format!("@{x}+{y}")
 }
 
-/// The two nicks of a direct-message room's name, if it is one.
+/// The two (case-folded) nicks of a direct-message room's name, if it is one: only the
+/// canonical name [`dm_room`] makes is.
 pub(crate) fn dm_pair(room: &str) -> Option<(String, String)> {
     let (a, b) = room.strip_prefix('@')?.split_once('+')?;
-    (valid_nick(a) && valid_nick(b) && a <= b).then(|| (a.to_owned(), b.to_owned()))
+    let canonical = |n: &str| valid_nick(n) && n == nick_key(n);
+    (canonical(a) && canonical(b) && a <= b).then(|| (a.to_owned(), b.to_owned()))
 }
 
 #[cfg(test)]
@@ -81,6 +91,17 @@ mod tests {
         assert!(valid_room("lobby.en"));
         for bad in ["", "@a+b", "sp ace", &"r".repeat(65)] {
             assert!(!valid_room(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dm_rooms_are_named_by_the_case_folded_pair() {
+        assert_eq!(dm_room("Bob", "alice"), "@alice+bob");
+        assert_eq!(dm_room("ALICE", "bob"), dm_room("bob", "alice"));
+        assert_eq!(dm_room("Nana", "nana"), "@nana+nana");
+        assert_eq!(dm_pair("@alice+bob"), Some(("alice".into(), "bob".into())));
+        for bad in ["@Alice+bob", "@bob+alice", "@a b+c", "alice+bob", "@alice"] {
+            assert_eq!(dm_pair(bad), None, "{bad}");
         }
     }
 }

@@ -6,13 +6,15 @@
 //! - [`MESSAGES`]: stored messages, published by the process that stored them.
 //! - [`PRESENCE`]: joins and leaves that changed who is in a room.
 //! - `nanachat:room:<room>`: per nick, its connections in the room on all processes; the
-//!   pseudo-room [`ONLINE`] (`*`) counts the nicks online.
+//!   pseudo-room [`ONLINE`] (`*`) counts the nicks online, by case-folded nick
+//!   ([`nick_key`]: `Alice` is `alice`).
 //! - `nanachat:node:<id>`: one process's share of those counts (`room\nnick` → connections),
 //!   so that its members can be taken out when it stops.
 //! - `nanachat:alive:<id>` (TTL [`ALIVE_TTL`]) and the set `nanachat:nodes`: which processes
 //!   there are and which still beat.
-//! - `nanachat:nick:<nick>`: an open server's claim on a nick, holding the key its
-//!   connections share.
+//! - `nanachat:nick:<nick>`: an open server's claim on a nick (case-folded), holding the key
+//!   its connections share and the nick as they spell it (`key\nNick`), so that the same key
+//!   cannot take `Alice` while `alice` is online.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,7 +24,7 @@ use redis::aio::{MultiplexedConnection, PubSub};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::super::types::{Change, ONLINE};
+use super::super::types::{Change, ONLINE, nick_key};
 use crate::backoff::Reconnecting;
 use crate::protocol::{ChatMessage, PresenceEvent};
 use crate::{Error, Result};
@@ -117,6 +119,12 @@ return 0
 const CLAIM_TTL: Duration = Duration::from_secs(30);
 
 const ROOM_PREFIX: &str = "nanachat:room:";
+
+/// What a claim on a nick holds: "" for none (nobody else may have it), else the key and the
+/// nick as spelt, so that only the same key *and* spelling is granted it again.
+fn claim_value(key: Option<&str>, nick: &str) -> String {
+    key.map_or_else(String::new, |key| format!("{key}\n{nick}"))
+}
 const CLAIM_PREFIX: &str = "nanachat:nick:";
 
 /// A Redis server that processes share (`--broker redis://…`).
@@ -269,8 +277,8 @@ impl Link {
         pipe.cmd("EVAL")
             .arg(CLAIM)
             .arg(1)
-            .arg(format!("{CLAIM_PREFIX}{nick}"))
-            .arg(key.unwrap_or(""))
+            .arg(format!("{CLAIM_PREFIX}{}", nick_key(nick)))
+            .arg(claim_value(key, nick))
             .arg(CLAIM_TTL.as_millis() as u64);
         let (granted,): (bool,) = self.run(&pipe).await?;
         Ok(granted)
@@ -281,7 +289,7 @@ impl Link {
         let mut pipe = redis::pipe();
         pipe.cmd("HEXISTS")
             .arg(format!("{ROOM_PREFIX}{ONLINE}"))
-            .arg(nick);
+            .arg(nick_key(nick));
         let (online,): (bool,) = self.run(&pipe).await?;
         Ok(online)
     }
@@ -320,21 +328,23 @@ impl Link {
         let mut pipe = redis::pipe();
         for c in changes {
             let online = c.room == ONLINE;
-            let claim = if online {
-                format!("{CLAIM_PREFIX}{}", c.nick)
+            // The nicks online are counted, and claimed, by identity; rooms show them as typed.
+            let (nick, claim) = if online {
+                let key = nick_key(&c.nick);
+                (key.clone(), format!("{CLAIM_PREFIX}{key}"))
             } else {
-                String::new()
+                (c.nick.clone(), String::new())
             };
             pipe.cmd("EVAL")
                 .arg(CHANGE)
                 .arg(2)
                 .arg(format!("{ROOM_PREFIX}{}", c.room))
                 .arg(node_key(&self.node))
-                .arg(&c.nick)
+                .arg(&nick)
                 .arg(c.delta)
-                .arg(format!("{}\n{}", c.room, c.nick))
+                .arg(format!("{}\n{nick}", c.room))
                 .arg(claim)
-                .arg(c.key.as_deref().unwrap_or(""))
+                .arg(claim_value(c.key.as_deref(), &c.nick))
                 .arg(&c.room)
                 .arg(if tell && !online { "1" } else { "0" })
                 .arg(self.presence_limit)
