@@ -326,3 +326,50 @@ async fn a_script_piping_many_lines_is_paced_to_the_servers_rate_and_none_is_ref
     assert_eq!(shown[99], "[lobby] bulk: line 100");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A message that would drive the reader's terminal: retitle the window, erase the line, return
+/// to its start.
+const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2Kgone\rX";
+/// How the terminal client shows it.
+const HOSTILE_SHOWN: &str = r"\x1b]0;pwned\x07\x1b[2Kgone\rX";
+
+#[tokio::test]
+async fn control_characters_in_messages_are_shown_escaped_never_sent_to_the_terminal() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-ansi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let reader = client(&url, "reader", &[]);
+    reader.wait_stderr("* joined lobby");
+    let json_reader = client(&url, "jq", &["--json"]);
+    json_reader.wait_stderr("* joined lobby");
+    let mut cmd = nanachat();
+    cmd.args(["connect", "--raw", &url]);
+    let raw_reader = Proc::spawn_with_stdin("connect --raw", cmd, true);
+    raw_reader.wait_stdout("joined", |l| {
+        l.iter().any(|(_, t)| t.contains("you joined lobby"))
+    });
+
+    let mut talker = Talker::new(&url, "talker").await;
+    talker.say_all([HOSTILE.to_owned()]).await;
+
+    let expected = format!("[lobby] talker: {HOSTILE_SHOWN}");
+    reader.wait_stdout("the message", |l| l.iter().any(|(_, t)| *t == expected));
+    raw_reader.wait_stdout("the message", |l| {
+        l.iter().any(|(_, t)| t.contains(HOSTILE_SHOWN))
+    });
+    json_reader.wait_stdout("the message", |l| !l.is_empty());
+    for proc in [&reader, &raw_reader, &json_reader] {
+        for (_, line) in proc.stdout_lines() {
+            assert!(
+                !line.contains(['\x1b', '\x07', '\r']),
+                "{}: raw control character in {line:?}",
+                proc.name
+            );
+        }
+    }
+    // --json prints the protocol's object, escaped by JSON itself: the text is intact.
+    let object: Value = serde_json::from_str(&json_reader.stdout_lines()[0].1).unwrap();
+    assert_eq!(object["text"], HOSTILE);
+    let _ = std::fs::remove_dir_all(&dir);
+}

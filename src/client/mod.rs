@@ -28,7 +28,7 @@ use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTO
 use crate::rate::Bucket;
 use crate::{Error, Result};
 
-pub use output::{Output, Style};
+pub use output::{Output, Style, visible};
 pub use raw::run_raw;
 pub use terminal::{Speech, connect};
 
@@ -362,14 +362,14 @@ impl State {
             return SessionEnd::Lost("connection closed".into());
         };
         let code = u16::from(frame.code);
+        let reason = output::visible(&frame.reason);
         match frame.code {
             CloseCode::Policy | CloseCode::Size | CloseCode::Protocol | CloseCode::Invalid => {
                 SessionEnd::Exit(Exit::Refused(format!(
-                    "the server closed the connection: {code} {}",
-                    frame.reason
+                    "the server closed the connection: {code} {reason}"
                 )))
             }
-            _ => SessionEnd::Lost(format!("server closed with {code} {}", frame.reason)),
+            _ => SessionEnd::Lost(format!("server closed with {code} {reason}")),
         }
     }
 
@@ -475,6 +475,7 @@ impl State {
         cid: Option<String>,
         out: &mut Output,
     ) -> Option<SessionEnd> {
+        let message = &output::visible(message);
         match code {
             ErrorCode::NickTaken | ErrorCode::BadNick => {
                 return Some(SessionEnd::Exit(Exit::Refused(format!(
