@@ -373,3 +373,117 @@ async fn control_characters_in_messages_are_shown_escaped_never_sent_to_the_term
     assert_eq!(object["text"], HOSTILE);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn raw_mode_at_the_end_of_input_prints_what_comes_back_before_the_close() {
+    let mut cmd = nanachat();
+    cmd.args(["echo", "--addr", "127.0.0.1:0"]);
+    let echo = Proc::spawn("nanachat echo", cmd);
+    let url = echo.listening_url();
+    // Many times: the echoes race the close (they used to be dropped by both sides).
+    for _ in 0..10 {
+        let mut cmd = nanachat();
+        cmd.args(["connect", "--raw", &url]);
+        let mut client = Proc::spawn_with_stdin("connect --raw", cmd, true);
+        client.write_line("a");
+        client.write_line("b");
+        client.close_stdin();
+        assert!(client.wait_exit().success(), "{}", client.stderr_text());
+        assert_eq!(texts(&client.stdout_lines()), ["a", "b"]);
+    }
+}
+
+/// A `nanachat.v1` server played by the test: answers `hello` and `join`, then acks the one
+/// `say` and only after the ack delivers it; then waits for the client's close.
+async fn ack_then_deliver(listener: tokio::net::TcpListener) -> Vec<Value> {
+    use nanachat::protocol::{ChatMessage, Limits, ServerMsg};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let (tcp, _) = within("accept", listener.accept()).await.unwrap();
+    #[allow(clippy::result_large_err)] // tungstenite's callback type
+    let with_protocol = |_: &Request, mut response: Response| {
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
+        Ok(response)
+    };
+    let mut ws = within(
+        "handshake",
+        tokio_tungstenite::accept_hdr_async(tcp, with_protocol),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    loop {
+        let Some(Ok(msg)) = within("client message", ws.next()).await else {
+            return got;
+        };
+        let Message::Text(text) = msg else {
+            continue; // the close (answered by tungstenite), pings
+        };
+        let v: Value = serde_json::from_str(text.as_str()).unwrap();
+        got.push(v.clone());
+        let replies = match v["type"].as_str().unwrap() {
+            "hello" => vec![
+                ServerMsg::Welcome {
+                    nick: "late".into(),
+                    limits: Limits {
+                        max_message_bytes: 65536,
+                        max_text_chars: 4000,
+                        rate_per_sec: 100,
+                        rate_burst: 100,
+                        max_rooms: 32,
+                        heartbeat_ms: 30_000,
+                    },
+                }
+                .to_json(),
+            ],
+            "join" => vec![
+                json!({"type": "joined", "room": "lobby", "epoch": 1, "last_seq": 0, "first_seq": 1})
+                    .to_string(),
+            ],
+            "say" => vec![
+                ServerMsg::Ack {
+                    cid: v["cid"].as_str().unwrap().into(),
+                    room: "lobby".into(),
+                    seq: 1,
+                    duplicate: false,
+                }
+                .to_json(),
+                ServerMsg::Message(ChatMessage {
+                    room: "lobby".into(),
+                    seq: 1,
+                    from: "late".into(),
+                    text: v["text"].as_str().unwrap().into(),
+                    time: 1_764_000_000_000,
+                })
+                .to_json(),
+            ],
+            _ => vec![],
+        };
+        for reply in replies {
+            ws.send(Message::text(reply)).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_mode_at_the_end_of_input_prints_what_arrives_after_the_last_ack() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(ack_then_deliver(listener));
+    let mut client = client(&url, "late", &["--json"]);
+    client.write_line("said just before the end");
+    client.close_stdin();
+    let status = tokio::task::spawn_blocking(move || (client.wait_exit(), client))
+        .await
+        .unwrap();
+    let (status, client) = status;
+    assert!(status.success(), "{}", client.stderr_text());
+    let lines = texts(&client.stdout_lines());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let object: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(object["type"], "message");
+    assert_eq!(object["text"], "said just before the end");
+    let got = within("server", server).await.unwrap();
+    assert_eq!(got.last().unwrap()["type"], "say", "{got:?}");
+}
