@@ -239,6 +239,34 @@ impl Connection {
         }
     }
 
+    /// Waits until the writer has flushed everything queued into the socket, without reading from
+    /// the peer meanwhile: a close read from the peer would be answered at once, and a WebSocket
+    /// sends no data after answering a close — what still waited would be lost. Timers,
+    /// a shutdown and a close by someone else act as in [`read_msg`](Self::read_msg). For a
+    /// handler that answers each message before reading the next (the echo server): its answers
+    /// to the last messages before the peer's close still go out.
+    pub async fn written(&mut self) -> Result<()> {
+        loop {
+            match self.outbox.is_written() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(_) => return Err(self.outbox_closed()),
+            }
+            if self.ended {
+                return Err(Error::Closed);
+            }
+            tokio::select! {
+                () = self.outbox.written() => {}
+                turn = Self::turn(
+                    &mut self.stream, &mut self.timer, &self.shutdown, &self.outbox,
+                    self.close_deadline.is_some(), false,
+                ) => {
+                    self.on_turn(turn)?;
+                }
+            }
+        }
+    }
+
     /// Reads the next data message. `Ok(None)` means the connection is over: the peer closed it,
     /// or we closed it (shutdown, [`Connection::start_close`]) and the handshake has ended.
     ///
@@ -652,6 +680,7 @@ async fn write_loop(mut sink: SplitSink<Socket, Message>, outbox: Outbox, pace: 
             };
             if flush {
                 timed(limit, sink.flush()).await?;
+                outbox.flushed();
                 metrics::bump(&metrics::FLUSHES);
             }
             if fed < pace.max_batch {

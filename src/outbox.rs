@@ -64,6 +64,8 @@ struct State {
     closed: bool,
     /// The writer should stop once the queue is written (the connection is gone).
     done: bool,
+    /// The writer took a batch and has not flushed it into the socket yet.
+    feeding: bool,
 }
 
 /// What the writer should do next.
@@ -96,6 +98,7 @@ impl Outbox {
                     close: None,
                     closed: false,
                     done: false,
+                    feeding: false,
                 }),
                 work: Notify::new(),
                 room: Notify::new(),
@@ -158,6 +161,30 @@ impl Outbox {
             tokio::pin!(room);
             room.as_mut().enable();
             if !matches!(self.has_room(len), Ok(false)) {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    /// Whether the writer has flushed everything queued into the socket. `Err(Closed)` once the outbox takes
+    /// nothing more.
+    pub(crate) fn is_written(&self) -> Result<bool> {
+        let state = self.state();
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        Ok(state.queue.is_empty() && !state.feeding)
+    }
+
+    /// Resolves when [`is_written`](Self::is_written) may have changed. Registered before it
+    /// checks, so no wake-up is lost.
+    pub(crate) async fn written(&self) {
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !matches!(self.is_written(), Ok(false)) {
                 return;
             }
             room.await;
@@ -288,6 +315,7 @@ impl Outbox {
     pub(crate) fn next_batch(&self, out: &mut VecDeque<Message>, max: usize) -> Next {
         let mut state = self.state();
         if !state.queue.is_empty() {
+            state.feeding = true;
             if state.queue.len() <= max && out.is_empty() {
                 // Take the whole queue, leaving the caller's empty one (and its capacity).
                 std::mem::swap(&mut state.queue, out);
@@ -317,6 +345,14 @@ impl Outbox {
         }
     }
 
+    /// The writer's side: what it took is flushed into the socket (see
+    /// [`is_written`](Self::is_written)).
+    pub(crate) fn flushed(&self) {
+        if std::mem::take(&mut self.state().feeding) {
+            self.shared.room.notify_waiters();
+        }
+    }
+
     /// The writer's side: waits until [`next`](Self::next) may have something new.
     pub(crate) async fn work(&self) {
         self.shared.work.notified().await;
@@ -340,6 +376,30 @@ mod tests {
             Next::Message(Message::Text(t)) => t.as_str().to_owned(),
             other => panic!("expected a text message, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn written_waits_until_the_writer_has_flushed_what_it_took() {
+        let outbox = Outbox::new(1024);
+        assert!(outbox.is_written().unwrap());
+        outbox.try_send(Message::text("echo")).unwrap();
+        assert!(!outbox.is_written().unwrap());
+        let mut batch = VecDeque::new();
+        assert!(matches!(outbox.next_batch(&mut batch, 8), Next::Batch));
+        // Taken, not yet flushed: a close answered now would still lose it.
+        assert!(!outbox.is_written().unwrap());
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.written().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        outbox.flushed();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert!(outbox.is_written().unwrap());
     }
 
     #[tokio::test]

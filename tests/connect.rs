@@ -326,3 +326,164 @@ async fn a_script_piping_many_lines_is_paced_to_the_servers_rate_and_none_is_ref
     assert_eq!(shown[99], "[lobby] bulk: line 100");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A message that would drive the reader's terminal: retitle the window, erase the line, return
+/// to its start.
+const HOSTILE: &str = "\x1b]0;pwned\x07\x1b[2Kgone\rX";
+/// How the terminal client shows it.
+const HOSTILE_SHOWN: &str = r"\x1b]0;pwned\x07\x1b[2Kgone\rX";
+
+#[tokio::test]
+async fn control_characters_in_messages_are_shown_escaped_never_sent_to_the_terminal() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-ansi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let reader = client(&url, "reader", &[]);
+    reader.wait_stderr("* joined lobby");
+    let json_reader = client(&url, "jq", &["--json"]);
+    json_reader.wait_stderr("* joined lobby");
+    let mut cmd = nanachat();
+    cmd.args(["connect", "--raw", &url]);
+    let raw_reader = Proc::spawn_with_stdin("connect --raw", cmd, true);
+    raw_reader.wait_stdout("joined", |l| {
+        l.iter().any(|(_, t)| t.contains("you joined lobby"))
+    });
+
+    let mut talker = Talker::new(&url, "talker").await;
+    talker.say_all([HOSTILE.to_owned()]).await;
+
+    let expected = format!("[lobby] talker: {HOSTILE_SHOWN}");
+    reader.wait_stdout("the message", |l| l.iter().any(|(_, t)| *t == expected));
+    raw_reader.wait_stdout("the message", |l| {
+        l.iter().any(|(_, t)| t.contains(HOSTILE_SHOWN))
+    });
+    json_reader.wait_stdout("the message", |l| !l.is_empty());
+    for proc in [&reader, &raw_reader, &json_reader] {
+        for (_, line) in proc.stdout_lines() {
+            assert!(
+                !line.contains(['\x1b', '\x07', '\r']),
+                "{}: raw control character in {line:?}",
+                proc.name
+            );
+        }
+    }
+    // --json prints the protocol's object, escaped by JSON itself: the text is intact.
+    let object: Value = serde_json::from_str(&json_reader.stdout_lines()[0].1).unwrap();
+    assert_eq!(object["text"], HOSTILE);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn raw_mode_at_the_end_of_input_prints_what_comes_back_before_the_close() {
+    let mut cmd = nanachat();
+    cmd.args(["echo", "--addr", "127.0.0.1:0"]);
+    let echo = Proc::spawn("nanachat echo", cmd);
+    let url = echo.listening_url();
+    // Many times: the echoes race the close (they used to be dropped by both sides).
+    for _ in 0..10 {
+        let mut cmd = nanachat();
+        cmd.args(["connect", "--raw", &url]);
+        let mut client = Proc::spawn_with_stdin("connect --raw", cmd, true);
+        client.write_line("a");
+        client.write_line("b");
+        client.close_stdin();
+        assert!(client.wait_exit().success(), "{}", client.stderr_text());
+        assert_eq!(texts(&client.stdout_lines()), ["a", "b"]);
+    }
+}
+
+/// A `nanachat.v1` server played by the test: answers `hello` and `join`, then acks the one
+/// `say` and only after the ack delivers it; then waits for the client's close.
+async fn ack_then_deliver(listener: tokio::net::TcpListener) -> Vec<Value> {
+    use nanachat::protocol::{ChatMessage, Limits, ServerMsg};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let (tcp, _) = within("accept", listener.accept()).await.unwrap();
+    #[allow(clippy::result_large_err)] // tungstenite's callback type
+    let with_protocol = |_: &Request, mut response: Response| {
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
+        Ok(response)
+    };
+    let mut ws = within(
+        "handshake",
+        tokio_tungstenite::accept_hdr_async(tcp, with_protocol),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    loop {
+        let Some(Ok(msg)) = within("client message", ws.next()).await else {
+            return got;
+        };
+        let Message::Text(text) = msg else {
+            continue; // the close (answered by tungstenite), pings
+        };
+        let v: Value = serde_json::from_str(text.as_str()).unwrap();
+        got.push(v.clone());
+        let replies = match v["type"].as_str().unwrap() {
+            "hello" => vec![
+                ServerMsg::Welcome {
+                    nick: "late".into(),
+                    limits: Limits {
+                        max_message_bytes: 65536,
+                        max_text_chars: 4000,
+                        rate_per_sec: 100,
+                        rate_burst: 100,
+                        max_rooms: 32,
+                        heartbeat_ms: 30_000,
+                    },
+                }
+                .to_json(),
+            ],
+            "join" => vec![
+                json!({"type": "joined", "room": "lobby", "epoch": 1, "last_seq": 0, "first_seq": 1})
+                    .to_string(),
+            ],
+            "say" => vec![
+                ServerMsg::Ack {
+                    cid: v["cid"].as_str().unwrap().into(),
+                    room: "lobby".into(),
+                    seq: 1,
+                    duplicate: false,
+                }
+                .to_json(),
+                ServerMsg::Message(ChatMessage {
+                    room: "lobby".into(),
+                    seq: 1,
+                    from: "late".into(),
+                    text: v["text"].as_str().unwrap().into(),
+                    time: 1_764_000_000_000,
+                })
+                .to_json(),
+            ],
+            _ => vec![],
+        };
+        for reply in replies {
+            ws.send(Message::text(reply)).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_mode_at_the_end_of_input_prints_what_arrives_after_the_last_ack() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(ack_then_deliver(listener));
+    let mut client = client(&url, "late", &["--json"]);
+    client.write_line("said just before the end");
+    client.close_stdin();
+    let status = tokio::task::spawn_blocking(move || (client.wait_exit(), client))
+        .await
+        .unwrap();
+    let (status, client) = status;
+    assert!(status.success(), "{}", client.stderr_text());
+    let lines = texts(&client.stdout_lines());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let object: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(object["type"], "message");
+    assert_eq!(object["text"], "said just before the end");
+    let got = within("server", server).await.unwrap();
+    assert_eq!(got.last().unwrap()["type"], "say", "{got:?}");
+}

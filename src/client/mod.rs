@@ -28,7 +28,7 @@ use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTO
 use crate::rate::Bucket;
 use crate::{Error, Result};
 
-pub use output::{Output, Style};
+pub use output::{Output, Style, visible};
 pub use raw::run_raw;
 pub use terminal::{Speech, connect};
 
@@ -104,8 +104,8 @@ enum SessionEnd {
     Again,
 }
 
-/// Runs the chat client until input ends (and everything is acknowledged), the user quits, or
-/// the server refuses us. An error means the first connection could not be made.
+/// Runs the chat client until input ends (and everything is acknowledged, and what the server
+/// sent before answering our close is shown), the user quits, or the server refuses us. An error means the first connection could not be made.
 pub async fn run(
     opts: ClientOptions,
     mut inputs: mpsc::Receiver<Input>,
@@ -324,7 +324,7 @@ impl State {
         self.wake = None;
         loop {
             if self.input_done && self.pending.is_empty() && self.welcomed {
-                return Ok(SessionEnd::Exit(Exit::Done));
+                return Ok(self.close_and_drain(conn, out).await);
             }
             tokio::select! {
                 msg = conn.read_msg() => match msg {
@@ -357,19 +357,33 @@ impl State {
         }
     }
 
+    /// Input is over and everything said is acknowledged: closes (the close handshake) and
+    /// shows what the server sends until its close answers ours — a message that arrived just
+    /// after the last ack is not lost. Bounded by the connection's close timeout.
+    async fn close_and_drain(&mut self, conn: &mut Connection, out: &mut Output) -> SessionEnd {
+        conn.start_close(CloseCode::Normal, "");
+        while let Ok(Some(incoming)) = conn.read_msg().await {
+            if let Incoming::Text(text) = incoming {
+                // Closing anyway: a refusal now changes nothing.
+                let _ = self.on_server(text.as_str(), out);
+            }
+        }
+        SessionEnd::Exit(Exit::Done)
+    }
+
     fn closed_by_server(&self, conn: &mut Connection) -> SessionEnd {
         let Some(frame) = conn.peer_close() else {
             return SessionEnd::Lost("connection closed".into());
         };
         let code = u16::from(frame.code);
+        let reason = output::visible(&frame.reason);
         match frame.code {
             CloseCode::Policy | CloseCode::Size | CloseCode::Protocol | CloseCode::Invalid => {
                 SessionEnd::Exit(Exit::Refused(format!(
-                    "the server closed the connection: {code} {}",
-                    frame.reason
+                    "the server closed the connection: {code} {reason}"
                 )))
             }
-            _ => SessionEnd::Lost(format!("server closed with {code} {}", frame.reason)),
+            _ => SessionEnd::Lost(format!("server closed with {code} {reason}")),
         }
     }
 
@@ -475,6 +489,7 @@ impl State {
         cid: Option<String>,
         out: &mut Output,
     ) -> Option<SessionEnd> {
+        let message = &output::visible(message);
         match code {
             ErrorCode::NickTaken | ErrorCode::BadNick => {
                 return Some(SessionEnd::Exit(Exit::Refused(format!(

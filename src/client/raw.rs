@@ -11,10 +11,11 @@ use super::{Exit, Input, Output, SessionEnd, redial};
 use crate::Result;
 use crate::clock::python_now;
 use crate::config::ConnectionConfig;
-use crate::connection::{Connection, Incoming, Message};
+use crate::connection::{CloseCode, Connection, Incoming, Message};
 use crate::dial::{Target, connect};
 
-/// Sends each input line as a text frame and prints each text frame received.
+/// Sends each input line as a text frame and prints each text frame received. At the end of
+/// input it closes (the close handshake) and prints what arrives until the server's close.
 pub async fn run_raw(
     target: &Target,
     send_every: Option<Duration>,
@@ -34,8 +35,7 @@ pub async fn run_raw(
             loop {
                 tokio::select! {
                     msg = conn.read_msg() => match msg? {
-                        Some(Incoming::Text(text)) => out.line(text.as_str()),
-                        Some(Incoming::Binary(data)) => out.line(&format!("<{} bytes>", data.len())),
+                        Some(incoming) => show(&incoming, out),
                         None => return Ok(false),
                     },
                     input = inputs.recv() => match input {
@@ -51,6 +51,14 @@ pub async fn run_raw(
             }
         }
         .await;
+        if let Ok(true) = ended {
+            // The end of input: what was sent goes, then our close; everything the server sends
+            // before its close answers ours is still shown (within the close timeout).
+            conn.start_close(CloseCode::Normal, "");
+            while let Ok(Some(incoming)) = conn.read_msg().await {
+                show(&incoming, out);
+            }
+        }
         match ended {
             // The end of input, or (with nothing to resume) any end when not reconnecting.
             Ok(true) => SessionEnd::Exit(Exit::Done),
@@ -60,4 +68,11 @@ pub async fn run_raw(
         }
     };
     redial(dial, reconnect, out, session).await
+}
+
+fn show(incoming: &Incoming, out: &mut Output) {
+    match incoming {
+        Incoming::Text(text) => out.line(text.as_str()),
+        Incoming::Binary(data) => out.line(&format!("<{} bytes>", data.len())),
+    }
 }
