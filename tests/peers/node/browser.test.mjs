@@ -192,7 +192,7 @@ test('direct messages, unread counts and older history on scroll up', async () =
 test('a server that wants tokens: the page sends the one typed, and shows a refusal', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'nanachat-auth-'));
   const secretFile = path.join(dir, 'secret');
-  (await import('node:fs')).writeFileSync(secretFile, 'a browser test secret, long enough\n');
+  (await import('node:fs')).writeFileSync(secretFile, 'a browser test secret, long enough\n', { mode: 0o600 });
   const { http } = await serve(['--memory', '--addr', '127.0.0.1:0', '--auth-secret-file', secretFile]);
   const token = await new Promise((resolve, reject) => {
     const p = spawn(BIN, ['token', '--sub', 'tess', '--auth-secret-file', secretFile]);
