@@ -242,7 +242,8 @@ settings! {
         #[arg(long, env = "NANACHAT_IDLE_TIMEOUT", value_name = "TIME")]
         idle_timeout: Time = Time(ConnectionConfig::default().idle_timeout),
         /// Bytes that may wait to be sent to one peer; a live message past them closes it as a
-        /// slow consumer (4001), and its own replies wait at half.
+        /// slow consumer (4001), and its own replies wait at half. At least two of the largest
+        /// messages: with a larger --max-message-bytes the default grows to that.
         #[arg(long, env = "NANACHAT_OUTBOX_BYTES", value_name = "SIZE")]
         outbox_bytes: Bytes = Bytes(ConnectionConfig::default().outbox_bytes),
         /// Close a peer (4001) whose socket takes no data for this long while some waits.
@@ -320,7 +321,11 @@ impl ConnectionSettings {
             read_buffer_bytes: self.read_buffer_bytes().0,
             ping_interval: self.ping_interval().0,
             idle_timeout: self.idle_timeout().0,
-            outbox_bytes: self.outbox_bytes().0,
+            // Not given: the default, or two of the largest messages when they are larger.
+            outbox_bytes: self.outbox_bytes.map_or_else(
+                || self.outbox_bytes().0.max(2 * self.max_message_bytes().0),
+                |b| b.0,
+            ),
             write_timeout: self.write_timeout().0,
             ..ConnectionConfig::default()
         };
