@@ -6,7 +6,11 @@
 //! control). Every log line that carries such a value wraps it in `Shown`, which writes control
 //! characters (and the Unicode ones that move or hide text) escaped, the way Rust's `{:?}`
 //! does: `\n`, `\r`, `\t`, `\x1b`, `\u{202e}`. Everything else is written as it is.
+//!
+//! The terminal client shows what the server sent through [`escaped`], the same rule with
+//! one difference: a tab, which only moves the cursor right, is kept there.
 
+use std::borrow::Cow;
 use std::fmt::{self, Display, Write};
 
 /// A value written with its control characters escaped; see the [module](self).
@@ -24,18 +28,39 @@ struct Escaping<'a, 'b>(&'a mut fmt::Formatter<'b>);
 
 impl Write for Escaping<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut rest = s;
-        while let Some(at) = rest.find(needs_escape) {
-            self.0.write_str(&rest[..at])?;
-            let c = rest[at..].chars().next().unwrap_or_default();
-            escape(self.0, c)?;
-            rest = &rest[at + c.len_utf8()..];
-        }
-        self.0.write_str(rest)
+        write_escaped(self.0, s, needs_escape)
     }
 }
 
-/// Control characters, and the format characters that reorder, hide or break lines.
+/// `text` made safe to print on a terminal: the [module](self)'s escaping, but a tab is kept.
+/// Without it a message could retitle the window (`ESC ] 0 ; … BEL`), erase or rewrite lines
+/// already shown (`ESC [ 2K`, `CR`), or forge a line from someone else (`\n[lobby] admin: …`).
+pub fn escaped(text: &str) -> Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        c != '\t' && needs_escape(c)
+    }
+    if !text.contains(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    let _ = write_escaped(&mut shown, text, hidden);
+    Cow::Owned(shown)
+}
+
+/// Writes `s` to `out` with every character for which `hidden` holds escaped.
+fn write_escaped(out: &mut impl Write, s: &str, hidden: fn(char) -> bool) -> fmt::Result {
+    let mut rest = s;
+    while let Some(at) = rest.find(hidden) {
+        out.write_str(&rest[..at])?;
+        let c = rest[at..].chars().next().unwrap_or_default();
+        escape(out, c)?;
+        rest = &rest[at + c.len_utf8()..];
+    }
+    out.write_str(rest)
+}
+
+/// Control characters (C0, DEL, C1), and the format characters that reorder, hide or break
+/// lines.
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
@@ -44,19 +69,19 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
-fn escape(f: &mut fmt::Formatter<'_>, c: char) -> fmt::Result {
+fn escape(out: &mut impl Write, c: char) -> fmt::Result {
     match c {
-        '\n' => f.write_str("\\n"),
-        '\r' => f.write_str("\\r"),
-        '\t' => f.write_str("\\t"),
-        c if u32::from(c) < 0x100 => write!(f, "\\x{:02x}", u32::from(c)),
-        c => write!(f, "\\u{{{:x}}}", u32::from(c)),
+        '\n' => out.write_str("\\n"),
+        '\r' => out.write_str("\\r"),
+        '\t' => out.write_str("\\t"),
+        c if u32::from(c) < 0x80 => write!(out, "\\x{:02x}", u32::from(c)),
+        c => write!(out, "\\u{{{:x}}}", u32::from(c)),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Shown;
+    use super::{Shown, escaped};
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {
@@ -74,5 +99,17 @@ mod tests {
             Shown(format_args!("{}!", "hi\nthere")).to_string(),
             "hi\\nthere!"
         );
+    }
+
+    #[test]
+    fn the_terminal_escaping_is_the_same_but_keeps_tabs() {
+        assert_eq!(
+            escaped("\x1b]0;pwned\x07\x1b[2Khi\r\nthere\x7f\u{9b}"),
+            "\\x1b]0;pwned\\x07\\x1b[2Khi\\r\\nthere\\x7f\\u{9b}"
+        );
+        assert_eq!(escaped("a\u{202e}b\u{200b}"), "a\\u{202e}b\\u{200b}");
+        let plain = "héllo 世界 🎉\ttab \\x1b";
+        assert!(matches!(escaped(plain), std::borrow::Cow::Borrowed(p) if p == plain));
+        assert_eq!(Shown("\t").to_string(), "\\t");
     }
 }

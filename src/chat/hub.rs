@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -39,6 +39,8 @@ use crate::store::RoomState;
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     state: Mutex<State>,
+    /// The counters, outside the lock: a connection's own ack counts without taking it.
+    stats: Arc<Stats>,
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +51,8 @@ struct State {
     room_ttl: Duration,
     /// When idle rooms were last swept.
     swept: Option<Instant>,
-    stats: Stats,
+    /// The hub's counters (shared with [`Hub::stats`]).
+    stats: Arc<Stats>,
     conns: HashMap<ConnId, Conn>,
     /// By case-folded nick ([`nick_key`]): `Alice` is `alice`.
     nicks: HashMap<String, Nick>,
@@ -152,12 +155,15 @@ impl Hub {
     /// An empty hub; rooms above `presence_limit` members send no presence events; rooms idle
     /// for `room_ttl` leave memory.
     pub(crate) fn new(presence_limit: usize, room_ttl: Duration) -> Self {
+        let stats = Arc::new(Stats::default());
         Self {
             state: Mutex::new(State {
                 presence_limit,
                 room_ttl,
+                stats: stats.clone(),
                 ..State::default()
             }),
+            stats,
         }
     }
 
@@ -222,7 +228,7 @@ impl Hub {
     /// Sends one message to one connection without waiting (an ack from a task, a notice),
     /// under the same rule as a room's deliveries: past its budget it is a slow consumer.
     pub(crate) fn send_to(&self, outbox: &Outbox, text: crate::connection::Utf8Bytes) {
-        send_or_close(outbox, text, &self.state().stats);
+        send_or_close(outbox, text, &self.stats);
     }
 
     /// Tells a room's members of a join or leave (decided by the cluster).
@@ -355,8 +361,8 @@ impl Hub {
         (
             state.conns.len(),
             state.rooms.len(),
-            get(&state.stats.deliveries),
-            get(&state.stats.slow_closes),
+            get(&self.stats.deliveries),
+            get(&self.stats.slow_closes),
         )
     }
 

@@ -4,11 +4,10 @@
 //! Everything printed for a human from what the server sent (nicks, rooms, texts, notices,
 //! `--raw` frames) goes through [`visible`] first: a message cannot drive the reader's terminal.
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::io::Write;
 
 use crate::protocol::{ChatMessage, ServerMsg};
+pub use crate::shown::escaped as visible;
 
 /// How messages look in a terminal.
 #[derive(Debug, Clone, Copy)]
@@ -110,54 +109,7 @@ impl Output {
     }
 }
 
-/// `text` made safe to print on a terminal: every control character (C0 but tab, DEL, C1) is
-/// shown escaped — `\x1b`, `\x07`, `\r`, `\n`, `\u{9b}` — as are the bidirectional overrides
-/// and isolates (`\u{202e}`…) that would reorder what follows them. Everything else, all
-/// printable Unicode, is kept as is; so is a tab, which only moves the cursor right. Without
-/// this a message could retitle the window (`ESC ] 0 ; … BEL`), erase or rewrite lines already
-/// shown (`ESC [ 2K`, `CR`), or forge a line from someone else (`\n[lobby] admin: …`).
-pub fn visible(text: &str) -> Cow<'_, str> {
-    fn hidden(c: char) -> bool {
-        (c.is_control() && c != '\t')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    }
-    if !text.contains(hidden) {
-        return Cow::Borrowed(text);
-    }
-    let mut shown = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\r' => shown.push_str("\\r"),
-            '\n' => shown.push_str("\\n"),
-            c if hidden(c) && u32::from(c) < 0x80 => {
-                let _ = write!(shown, "\\x{:02x}", u32::from(c));
-            }
-            c if hidden(c) => {
-                let _ = write!(shown, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => shown.push(c),
-        }
-    }
-    Cow::Owned(shown)
-}
-
 fn stdout_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::visible;
-
-    #[test]
-    fn control_characters_are_shown_escaped_and_the_rest_kept() {
-        assert_eq!(
-            visible("\x1b]0;pwned\x07\x1b[2Khi\r\nthere\x7f\u{9b}"),
-            "\\x1b]0;pwned\\x07\\x1b[2Khi\\r\\nthere\\x7f\\u{9b}"
-        );
-        assert_eq!(visible("a\u{202e}b"), "a\\u{202e}b");
-        let plain = "héllo 世界 🎉\ttab \\x1b";
-        assert!(matches!(visible(plain), std::borrow::Cow::Borrowed(p) if p == plain));
-    }
 }
