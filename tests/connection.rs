@@ -419,12 +419,25 @@ async fn a_client_too_slow_with_its_handshake_is_dropped() {
 
 /// Opens a WebSocket with this `Origin` header (or none); the HTTP status and body it got.
 async fn handshake_with_origin(url: &str, origin: Option<&str>) -> (u16, String) {
+    handshake_with_origin_and_host(url, origin, None).await
+}
+
+/// As [`handshake_with_origin`], with the `Host` header replaced when `host` is given (what a
+/// browser sends after DNS rebinding: the attacker's name, on our address).
+async fn handshake_with_origin_and_host(
+    url: &str,
+    origin: Option<&str>,
+    host: Option<&str>,
+) -> (u16, String) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = url.into_client_request().unwrap();
     if let Some(origin) = origin {
         request
             .headers_mut()
             .insert("origin", origin.parse().unwrap());
+    }
+    if let Some(host) = host {
+        request.headers_mut().insert("host", host.parse().unwrap());
     }
     match within("handshake", tokio_tungstenite::connect_async(request)).await {
         Ok((_, response)) => (response.status().as_u16(), String::new()),
@@ -440,43 +453,156 @@ async fn handshake_with_origin(url: &str, origin: Option<&str>) -> (u16, String)
     }
 }
 
+/// The status of a handshake from each `(origin, host)`, beside what was expected.
+async fn origin_answers(
+    url: &str,
+    cases: &[(Option<&str>, Option<&str>, u16)],
+) -> Vec<(String, u16, u16)> {
+    let mut answers = Vec::new();
+    for &(origin, host, expected) in cases {
+        let (status, _) = handshake_with_origin_and_host(url, origin, host).await;
+        answers.push((format!("{origin:?} host {host:?}"), status, expected));
+    }
+    answers
+}
+
+fn assert_answers(answers: Vec<(String, u16, u16)>) {
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .collect();
+    assert!(wrong.is_empty(), "(case, got, expected): {wrong:?}");
+}
+
 #[tokio::test]
-async fn only_allowed_origins_may_open_a_websocket() {
-    let config = ServerConfig {
-        allowed_origins: vec!["https://chat.example.org".into()],
-        ..ServerConfig::default()
-    };
-    let server = TestServer::start(config, Echo).await;
+async fn by_default_only_the_servers_own_origin_may_open_a_websocket() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
     let url = server.url();
+    let own = format!("http://{}", server.addr);
+    let port = server.addr.port();
     let (status, body) = handshake_with_origin(&url, Some("https://evil.example.com")).await;
     assert_eq!(status, 403);
     assert!(
         body.contains("origin not allowed: https://evil.example.com"),
         "{body}"
     );
-    // Listed, the server's own pages (same host and port), and non-browser clients: allowed.
-    let own = format!("http://{}", server.addr);
-    for origin in [Some("https://chat.example.org"), Some(own.as_str()), None] {
-        assert_eq!(
-            handshake_with_origin(&url, origin).await.0,
-            101,
-            "{origin:?}"
-        );
-    }
-    // The refused one did not take a connection slot or hurt the others: echo still works.
+    let other_scheme = |scheme: &str| format!("{scheme}://{}", server.addr);
+    let (ftp, x, https, ws) = (
+        other_scheme("ftp"),
+        other_scheme("x"),
+        other_scheme("https"),
+        other_scheme("ws"),
+    );
+    let other_port = format!("http://127.0.0.1:{}", port.wrapping_add(1).max(1));
+    let own_upper = format!("HTTP://{}/", server.addr);
+    assert_answers(
+        origin_answers(
+            &url,
+            &[
+                // The page's own origin (the browser client), and non-browser clients.
+                (Some(&own), None, 101),
+                (Some(&own_upper), None, 101),
+                (None, None, 101),
+                // The same host with another scheme or port is another origin.
+                (Some(&ftp), None, 403),
+                (Some(&x), None, 403),
+                (Some(&https), None, 403),
+                (Some(&ws), None, 403),
+                (Some(&other_port), None, 403),
+                (Some("http://localhost"), None, 403),
+                // A sandboxed page or a file.
+                (Some("null"), None, 403),
+            ],
+        )
+        .await,
+    );
+    // The refused ones did not take a connection slot or hurt the others: echo still works.
     let mut ws = peer(&url).await;
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Some(Message::text("still here")));
 }
 
+#[tokio::test]
+async fn a_list_of_origins_lets_in_exactly_those_and_stops_dns_rebinding() {
+    let config = ServerConfig {
+        allowed_origins: vec!["https://chat.example.org".into()],
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Echo).await;
+    let url = server.url();
+    let own = format!("http://{}", server.addr);
+    // DNS rebinding: a page at rebind.example:PORT whose name now points at the server; the
+    // browser sends that origin and that Host, which match each other.
+    let rebound = format!("rebind.example:{}", server.addr.port());
+    let rebound_origin = format!("http://{rebound}");
+    assert_answers(
+        origin_answers(
+            &url,
+            &[
+                (Some("https://chat.example.org"), None, 101),
+                (Some("https://CHAT.example.org:443"), None, 101),
+                (None, None, 101),
+                (Some("http://chat.example.org"), None, 403),
+                (Some("https://evil.example.com"), None, 403),
+                // Not listed, so not let in: the Host header is not trusted with a list.
+                (Some(&own), None, 403),
+                (Some(&rebound_origin), Some(&rebound), 403),
+            ],
+        )
+        .await,
+    );
+    // Without a list, the same rebinding gets in: what the docs warn of.
+    let open = TestServer::start(ServerConfig::default(), Echo).await;
+    let rebound = format!("rebind.example:{}", open.addr.port());
+    let rebound_origin = format!("http://{rebound}");
+    assert_answers(
+        origin_answers(&open.url(), &[(Some(&rebound_origin), Some(&rebound), 101)]).await,
+    );
+}
+
+#[tokio::test]
+async fn a_star_lets_every_origin_in() {
+    let config = ServerConfig {
+        allowed_origins: vec!["*".into()],
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config, Echo).await;
+    assert_answers(
+        origin_answers(
+            &server.url(),
+            &[
+                (Some("https://evil.example.com"), None, 101),
+                (Some("ftp://x"), None, 101),
+                (None, None, 101),
+            ],
+        )
+        .await,
+    );
+}
+
 #[test]
 fn origins_must_look_like_origins() {
-    for bad in ["chat.example.org", "https://x/path", "", "https://"] {
+    for bad in [
+        vec!["chat.example.org"],
+        vec!["https://x/path"],
+        vec![""],
+        vec!["https://"],
+        vec!["https://u@x"],
+        vec!["https://x:port"],
+        vec!["*", "https://x"],
+    ] {
         let config = ServerConfig {
-            allowed_origins: vec![bad.into()],
+            allowed_origins: bad.iter().map(|o| o.to_string()).collect(),
             ..ServerConfig::default()
         };
-        assert!(config.validate().is_err(), "{bad}");
+        assert!(config.validate().is_err(), "{bad:?}");
+    }
+    for good in [vec!["*"], vec!["https://x", "http://[::1]:8080/"]] {
+        let config = ServerConfig {
+            allowed_origins: good.iter().map(|o| o.to_string()).collect(),
+            ..ServerConfig::default()
+        };
+        assert!(config.validate().is_ok(), "{good:?}");
     }
 }
 

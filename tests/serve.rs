@@ -337,3 +337,22 @@ fn the_data_dir_and_its_files_are_private() {
     drop(server);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn the_log_says_at_start_which_origins_may_connect() {
+    for (options, policy) in [
+        (&["--memory"][..], "server's own origin only"),
+        (
+            &["--memory", "--allowed-origin", "*"][..],
+            "from any origin",
+        ),
+        (
+            &["--memory", "--allowed-origin", "https://chat.example.org"][..],
+            "from https://chat.example.org only",
+        ),
+    ] {
+        let server = common::serve_child_with(Path::new("unused"), "127.0.0.1:0", 10, options);
+        let line = server.wait_stderr("origins:");
+        assert!(line.contains(policy), "{options:?}: {line}");
+    }
+}

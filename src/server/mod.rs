@@ -73,9 +73,11 @@ pub struct ServerConfig {
     pub connect_rate_per_ip: u32,
     /// Limits and timers of each connection.
     pub connection: ConnectionConfig,
-    /// Browser origins allowed to open a WebSocket (`https://chat.example.org`), besides the
-    /// page's own; empty allows any. A request with another `Origin` gets 403; one without an
-    /// `Origin` (not a browser) is not affected.
+    /// Browser origins allowed to open a WebSocket (`https://chat.example.org`). Empty: only
+    /// the server's own origin (its scheme, and the request's `Host`, compared exactly); a
+    /// list: exactly those (the `Host` header is not trusted: DNS rebinding); `["*"]`: any. A
+    /// request with another `Origin` gets 403; one without an `Origin` (not a browser) is not
+    /// affected. See [`ServerConfig::origin_policy`].
     pub allowed_origins: Vec<String>,
     /// Serve `wss://` (and `https://`) with this certificate; see [`tls_config`].
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -153,29 +155,92 @@ impl ServerConfig {
                 "handshake and shutdown timeouts must be above 0".into(),
             ));
         }
-        if let Some(bad) = self.allowed_origins.iter().find(|o| !valid_origin(o)) {
+        let any = self.allowed_origins.iter().any(|o| o == "*");
+        if any && self.allowed_origins.len() > 1 {
+            return Err(Error::Config(
+                "allowed origin '*' lets every page in: list nothing beside it".into(),
+            ));
+        }
+        if let Some(bad) = self
+            .allowed_origins
+            .iter()
+            .find(|o| !any && normal_origin(o).is_none())
+        {
             return Err(Error::Config(format!(
-                "'{bad}' is not an origin: expected SCHEME://HOST[:PORT], e.g. https://chat.example.org"
+                "'{bad}' is not an origin: expected SCHEME://HOST[:PORT], e.g. https://chat.example.org, or '*' for any"
             )));
         }
         self.connection.validate()
     }
 
-    /// Whether a browser page from `origin` may connect to a server reached as `host`.
-    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let origin = origin.trim_end_matches('/');
-        self.allowed_origins.is_empty()
-            || self
-                .allowed_origins
-                .iter()
-                .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
-            // The server's own pages (the browser client) are same-origin.
-            || host.is_some_and(|h| {
-                origin
-                    .split_once("://")
-                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(h))
-            })
+    /// The policy in force, in words, for the log at start.
+    pub fn origin_policy(&self) -> String {
+        match self.allowed_origins.as_slice() {
+            [] => "browser pages from the server's own origin only (scheme, host and port as the \
+                   page was reached; list origins with --allowed-origin, or '*' for any)"
+                .into(),
+            [any] if any == "*" => "browser pages from any origin ('*')".into(),
+            list => format!("browser pages from {} only", list.join(", ")),
+        }
     }
+
+    /// Whether a browser page from `origin` may connect, the request naming `host` in its
+    /// `Host` header: see [`ServerConfig::allowed_origins`].
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let Some(origin) = normal_origin(origin) else {
+            return false; // "null" (a sandboxed page, a file), or not an origin at all
+        };
+        match self.allowed_origins.as_slice() {
+            [any] if any == "*" => true,
+            // The server's own pages (the browser client) are same-origin: the same scheme
+            // and the authority the request was sent to.
+            [] => host.is_some_and(|host| {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                normal_origin(&format!("{scheme}://{host}")).as_ref() == Some(&origin)
+            }),
+            list => list
+                .iter()
+                .any(|o| normal_origin(o).as_ref() == Some(&origin)),
+        }
+    }
+}
+
+/// An origin (`scheme://host[:port]`) in one spelling: scheme and host in lower case, the
+/// scheme's default port left out, no trailing slash; `None` if it is not one (a path, a
+/// query, userinfo, no host, a port that is not a number).
+fn normal_origin(origin: &str) -> Option<String> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok || authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = authority.to_ascii_lowercase();
+    // The port follows the last ':' unless that is inside an IPv6 literal (`[::1]`).
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority.as_str(), None),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().ok()?),
+    };
+    let default = match scheme.as_str() {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    };
+    Some(match port.filter(|&p| Some(p) != default) {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    })
 }
 
 /// The token of an upgrade request: `Authorization: Bearer TOKEN`, or `?token=TOKEN` in the URL
@@ -198,18 +263,6 @@ fn request_token(req: &Request) -> Option<String> {
             // A JWT is base64url and dots: nothing to percent-decode.
             Some(value.to_owned())
         })
-    })
-}
-
-/// `scheme://host[:port]`, nothing after.
-fn valid_origin(origin: &str) -> bool {
-    origin.split_once("://").is_some_and(|(scheme, rest)| {
-        !scheme.is_empty()
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-            && !rest.is_empty()
-            && !rest.trim_end_matches('/').contains(['/', '?', '#', ' '])
     })
 }
 
@@ -279,6 +332,7 @@ pub async fn run<H: Handler>(
         "ws"
     };
     info!(%addr, "listening on {scheme}://{addr}");
+    info!("origins: {}", shared.config.origin_policy());
     let stop = token.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -554,7 +608,10 @@ async fn upgrade_or_page<H: Handler>(
             warn!(%peer, origin = %Shown(origin), "refused: origin not allowed");
             return text_response(
                 StatusCode::FORBIDDEN,
-                format!("origin not allowed: {origin} (see --allowed-origin)\n"),
+                format!(
+                    "origin not allowed: {} (see --allowed-origin)\n",
+                    Shown(origin)
+                ),
             );
         }
     }

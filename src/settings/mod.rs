@@ -208,8 +208,9 @@ settings! {
         /// (429 beyond); 0: no limit.
         #[arg(long, env = "NANACHAT_CONNECT_RATE_PER_IP", value_name = "N")]
         connect_rate_per_ip: u32 = ServerConfig::default().connect_rate_per_ip,
-        /// A browser origin allowed to connect, e.g. `https://chat.example.org` (repeatable; the
-        /// server's own pages always are). Other origins get 403. Unset: any origin.
+        /// A browser origin allowed to connect, e.g. `https://chat.example.org` (repeatable:
+        /// exactly these, which stops DNS rebinding), or `*` for any. Other origins get 403.
+        /// Unset: only the server's own pages (same scheme, host and port).
         #[arg(long, env = "NANACHAT_ALLOWED_ORIGIN", value_delimiter = ',', value_name = "ORIGIN")]
         #[serde(alias = "allowed_origins")]
         allowed_origin: Vec<String>,
