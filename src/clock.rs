@@ -51,6 +51,18 @@ pub(crate) fn local_hh_mm(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A time in seconds since the Unix epoch as UTC, `2026-11-29 12:00:00 UTC` (the number itself
+/// if out of range).
+pub(crate) fn utc_from_secs(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .map_or_else(
+            || secs.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

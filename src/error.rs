@@ -12,6 +12,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 /// Close code for a peer whose outbox overflowed: it read too slowly. It may reconnect and resume.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
 
+/// Close code for a connection whose token ended: it expired and no fresh one came within the
+/// grace, or it no longer verifies (its secret was rotated out). Reconnect with a new token.
+pub const CLOSE_TOKEN_ENDED: u16 = 4003;
+
 /// What can go wrong on a nanachat connection or while starting a server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +38,9 @@ pub enum Error {
     /// took no data for the write timeout.
     #[error("slow consumer: it did not read what was sent (closed with 4001)")]
     SlowConsumer,
+    /// The connection's token ended (closed with 4003): the reason says how.
+    #[error("{0}")]
+    TokenEnded(String),
     /// The connection is already closed (or its writer has stopped); nothing more can be sent.
     #[error("connection closed")]
     Closed,
@@ -164,6 +171,7 @@ impl Error {
             Error::IdleTimeout(_) => Some(CloseCode::Away),
             Error::Policy(_) => Some(CloseCode::Policy),
             Error::SlowConsumer => Some(CloseCode::Library(CLOSE_SLOW_CONSUMER)),
+            Error::TokenEnded(_) => Some(CloseCode::Library(CLOSE_TOKEN_ENDED)),
             Error::Closed | Error::Io(_) => None,
             Error::Config(_)
             | Error::File { .. }

@@ -83,6 +83,13 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<RoomInfo>,
     },
+    /// A fresh token for the same nick, to go on past the current one's `exp` (or before it):
+    /// answered with `refreshed`, or an `error` (`unauthorized`) that leaves the old one in
+    /// force.
+    Refresh {
+        /// The new token: signed with a secret the server accepts, `sub` this connection's nick.
+        token: String,
+    },
     /// Ask for a page of a room's history.
     History {
         /// The room.
@@ -192,6 +199,9 @@ pub enum ErrorCode {
     /// The `cid` was used before by this nick in this room for another text: refused, nothing
     /// stored (a true retry, with the same text, is acked again as a duplicate).
     CidReused,
+    /// The connection's token has expired: every request but `refresh` is refused with this
+    /// until a fresh token comes, and the connection is closed with 4003 after the grace.
+    TokenExpired,
 }
 
 /// What the server sends.
@@ -204,6 +214,16 @@ pub enum ServerMsg {
         nick: String,
         /// The server's limits.
         limits: Limits,
+        /// When the connection's token expires (seconds since the Unix epoch): `refresh`
+        /// before then. Absent when it does not (no token, or a token without `exp`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exp: Option<u64>,
+    },
+    /// Answer to `refresh`: the new token is in force, until `exp` if it has one.
+    Refreshed {
+        /// When the new token expires (seconds since the Unix epoch), if it does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exp: Option<u64>,
     },
     /// Answer to `join`: the room's epoch and last seq; replayed messages follow, then live ones.
     Joined {
@@ -308,7 +328,7 @@ pub enum ServerMsg {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::BinaryNotAllowed,
@@ -327,6 +347,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::CidReused,
+        ErrorCode::TokenExpired,
     ];
 
     /// The code as it appears on the wire, e.g. `rate_limited`.
@@ -350,6 +371,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::CidReused => "cid_reused",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -366,6 +388,7 @@ impl ServerMsg {
             ServerMsg::Rooms { rooms, .. } => Some(rooms.len()),
             ServerMsg::History { messages, .. } => Some(messages.len()),
             ServerMsg::Welcome { .. }
+            | ServerMsg::Refreshed { .. }
             | ServerMsg::Joined { .. }
             | ServerMsg::Left { .. }
             | ServerMsg::Ack { .. }

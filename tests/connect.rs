@@ -434,6 +434,7 @@ async fn ack_then_deliver(listener: tokio::net::TcpListener) -> Vec<Value> {
                         max_rooms: 32,
                         heartbeat_ms: 30_000,
                     },
+                    exp: None,
                 }
                 .to_json(),
             ],

@@ -56,6 +56,13 @@ fn plain(msg: &ServerMsg) -> String {
         ServerMsg::Welcome { nick, .. } => {
             format!("* welcome, you are {nick} (/help for commands)")
         }
+        ServerMsg::Refreshed { exp: Some(exp) } => {
+            format!(
+                "* token refreshed: good until {}",
+                crate::clock::utc_from_secs(*exp)
+            )
+        }
+        ServerMsg::Refreshed { exp: None } => "* token refreshed".to_owned(),
         ServerMsg::Joined { room, reset, .. } if *reset => {
             format!("* you joined {room} (its history was reset)")
         }

@@ -259,6 +259,7 @@ impl<S: Store> Session<S> {
                 limit,
             } => self.history(conn, room, before, after, limit).await,
             ClientMsg::Rooms { after } => self.rooms(conn, after).await,
+            ClientMsg::Refresh { token } => self.refresh(conn, token).await,
         }
     }
 
@@ -302,6 +303,11 @@ impl<S: Store> Session<S> {
         Ok(self.welcome(conn, nick).await?)
     }
 
+    /// Takes a fresh token for this connection's nick (to be written).
+    async fn refresh(&mut self, _conn: &mut Connection, _token: String) -> Result<(), Failure> {
+        Ok(refuse(ErrorCode::BadMessage, "refresh is not served yet")?)
+    }
+
     /// The claims of a valid token; a missing or bad one is refused with the reason.
     pub(super) fn check_token(&self, token: Option<&str>) -> Result<Claims, Refusal> {
         let Some(auth) = &self.chat.config.auth else {
@@ -330,6 +336,7 @@ impl<S: Store> Session<S> {
         let msg = ServerMsg::Welcome {
             nick: nick.to_owned(),
             limits,
+            exp: self.claims.as_ref().and_then(|c| c.exp),
         };
         self.reply(conn, &msg).await
     }

@@ -394,7 +394,7 @@ impl State {
             return None;
         };
         match msg {
-            ServerMsg::Welcome { nick, limits } => {
+            ServerMsg::Welcome { nick, limits, .. } => {
                 self.welcomed = true;
                 // Half the burst: room left for joins and commands.
                 self.bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst / 2);
@@ -461,7 +461,7 @@ impl State {
                     out.message(&m);
                 }
             }
-            ServerMsg::Tick { .. } => {}
+            ServerMsg::Tick { .. } | ServerMsg::Refreshed { .. } => {}
             ServerMsg::Error { code, message, cid } => {
                 return self.on_error(code, &message, cid, out);
             }
