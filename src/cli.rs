@@ -186,10 +186,14 @@ impl TokenArgs {
                 "'{bad}' is not a room name (--room)"
             )));
         }
+        // The issuer and audience the server checks are the ones the token carries.
+        let expect = self.secret.expect();
         let claims = crate::auth::Claims {
-            sub,
             exp: (!self.ttl.is_zero()).then(|| crate::auth::now_secs() + self.ttl.as_secs().max(1)),
             rooms: (!self.rooms.is_empty()).then_some(self.rooms),
+            iss: expect.issuer,
+            aud: expect.audience.map(crate::auth::Audience::One),
+            ..crate::auth::Claims::for_nick(sub)
         };
         Ok(auth.mint(&claims))
     }

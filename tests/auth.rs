@@ -20,6 +20,11 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
+    setup_with(name, &[])
+}
+
+/// [`setup`] with more options for `serve`.
+fn setup_with(name: &str, options: &[&str]) -> Setup {
     let dir = std::env::temp_dir().join(format!("nanachat-auth-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     common::write_secret(&dir.join("secret"), &format!("{SECRET}\n"));
@@ -31,7 +36,8 @@ fn setup(name: &str) -> Setup {
         "127.0.0.1:0",
         "--auth-secret-file",
     ])
-    .arg(dir.join("secret"));
+    .arg(dir.join("secret"))
+    .args(options);
     let server = Proc::spawn("nanachat serve --auth", cmd);
     let url = server.listening_url();
     Setup { dir, server, url }
@@ -229,11 +235,7 @@ async fn a_token_whose_sub_is_not_a_nick_is_refused_at_the_upgrade_and_not_minte
         "ok\u{200f}",
     ];
     for sub in subs {
-        let token = auth.mint(&nanachat::auth::Claims {
-            sub: sub.to_owned(),
-            exp: None,
-            rooms: None,
-        });
+        let token = auth.mint(&nanachat::auth::Claims::for_nick(sub));
         // Plain-text (its nick would be the sub) and nanachat.v1 alike: 401 with the reason.
         match within(
             "plain",
@@ -436,5 +438,265 @@ async fn the_bearer_scheme_is_case_insensitive() {
         );
         let _ = within("close", plain.close(None)).await;
     }
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Says hello with `token` on a new connection and waits for `welcome`; returns it too.
+async fn hello(url: &str, nick: &str, token: &str) -> (common::Peer, Value) {
+    let mut ws = open(url, None).await.unwrap();
+    send(
+        &mut ws,
+        json!({"type": "hello", "nick": nick, "token": token}),
+    )
+    .await;
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+/// Issue 15: a connected client kept saying and joining after its token expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_is_refused_until_refreshed_and_closed_with_4003_after_the_grace() {
+    let s = setup_with("refresh", &["--token-grace", "3s"]);
+    let short = mint(&s.dir, &["--sub", "alice", "--ttl", "2s"]);
+    let (mut alice, welcome) = hello(&s.url, "alice", &short).await;
+    let exp = welcome["exp"].as_u64().expect("welcome carries exp");
+    assert!(exp > nanachat::auth::now_secs() - 1, "{welcome}");
+    send(&mut alice, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_json(&mut alice).await["type"], "joined");
+    let bob_token = mint(&s.dir, &["--sub", "bob", "--ttl", "2s"]);
+    let (mut bob, _) = hello(&s.url, "bob", &bob_token).await;
+
+    // At exp: told once, unasked.
+    let told = next_json(&mut alice).await;
+    assert_eq!(told["code"], "token_expired", "{told}");
+    assert!(
+        told["message"].as_str().unwrap().contains("refresh"),
+        "{told}"
+    );
+    // Then every request but refresh is refused, a say with its cid; nothing is stored.
+    send(
+        &mut alice,
+        json!({"type": "say", "room": "lobby", "text": "late", "cid": "c1"}),
+    )
+    .await;
+    let refused = next_json(&mut alice).await;
+    assert_eq!(
+        (&refused["code"], &refused["cid"]),
+        (&json!("token_expired"), &json!("c1"))
+    );
+    send(&mut alice, json!({"type": "join", "room": "ops"})).await;
+    assert_eq!(next_json(&mut alice).await["code"], "token_expired");
+    // Someone else's token, or a forged one, changes nothing.
+    let other = mint(&s.dir, &["--sub", "mallory", "--ttl", "1h"]);
+    send(&mut alice, json!({"type": "refresh", "token": other})).await;
+    let wrong = next_json(&mut alice).await;
+    assert_eq!(wrong["code"], "unauthorized", "{wrong}");
+    send(
+        &mut alice,
+        json!({"type": "say", "room": "lobby", "text": "late", "cid": "c1"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut alice).await["code"], "token_expired");
+    // A fresh token for alice: refreshed with its exp, and the say goes through, once.
+    let fresh = mint(&s.dir, &["--sub", "alice", "--ttl", "1h"]);
+    send(&mut alice, json!({"type": "refresh", "token": fresh})).await;
+    let refreshed = next_json(&mut alice).await;
+    assert_eq!(refreshed["type"], "refreshed", "{refreshed}");
+    assert!(
+        refreshed["exp"].as_u64().unwrap() > exp + 3000,
+        "{refreshed}"
+    );
+    send(
+        &mut alice,
+        json!({"type": "say", "room": "lobby", "text": "late", "cid": "c1"}),
+    )
+    .await;
+    // The ack and the message itself, in either order.
+    let two = [next_json(&mut alice).await, next_json(&mut alice).await];
+    let ack = two.iter().find(|v| v["type"] == "ack").expect("an ack");
+    assert_eq!(ack["seq"], 1, "{two:?}");
+    assert!(
+        two.iter()
+            .any(|v| v["type"] == "message" && v["text"] == "late"),
+        "{two:?}"
+    );
+
+    // Bob never refreshes: told, then closed with 4003 once the grace is over.
+    assert_eq!(next_json(&mut bob).await["code"], "token_expired");
+    let close = common::close_frame(&mut bob).await;
+    assert_eq!(u16::from(close.code), 4003, "{close:?}");
+    assert!(close.reason.contains("token expired"), "{close:?}");
+    // Alice, refreshed, is still there after bob's grace.
+    send(&mut alice, json!({"type": "who", "room": "lobby"})).await;
+    assert_eq!(next_json(&mut alice).await["type"], "members");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_that_lists_fewer_rooms_leaves_the_others() {
+    let s = setup("narrow");
+    let wide = mint(
+        &s.dir,
+        &["--sub", "alice", "--room", "lobby", "--room", "ops"],
+    );
+    let (mut alice, _) = hello(&s.url, "alice", &wide).await;
+    for room in ["lobby", "ops"] {
+        send(&mut alice, json!({"type": "join", "room": room})).await;
+        assert_eq!(next_json(&mut alice).await["type"], "joined");
+    }
+    send(
+        &mut alice,
+        json!({"type": "dm", "to": "alice", "text": "note", "cid": "n1"}),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(next_json(&mut alice).await["type"].clone());
+    }
+    let narrow = mint(&s.dir, &["--sub", "alice", "--room", "lobby"]);
+    send(&mut alice, json!({"type": "refresh", "token": narrow})).await;
+    assert_eq!(
+        next_json(&mut alice).await,
+        json!({"type": "left", "room": "ops"})
+    );
+    assert_eq!(next_json(&mut alice).await["type"], "refreshed");
+    send(&mut alice, json!({"type": "join", "room": "ops"})).await;
+    assert_eq!(next_json(&mut alice).await["code"], "forbidden");
+    send(
+        &mut alice,
+        json!({"type": "say", "room": "lobby", "text": "hi", "cid": "c1"}),
+    )
+    .await;
+    let two = [next_json(&mut alice).await, next_json(&mut alice).await];
+    assert!(two.iter().any(|v| v["type"] == "ack"), "{two:?}");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Issue 15: no token could be revoked. The secret file rotates: several secrets, re-read on
+/// SIGHUP; connections whose token no longer verifies are closed with 4003.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_rotate_on_sighup_and_tokens_of_a_removed_secret_are_closed() {
+    const NEW: &str = "the next secret, thirty-two bytes long";
+    let s = setup("rotate");
+    let old_token = mint(&s.dir, &["--sub", "alice"]);
+    let (mut alice, _) = hello(&s.url, "alice", &old_token).await;
+    let secret = s.dir.join("secret");
+
+    // The new secret first, the old one kept: both verify, the new one signs.
+    common::write_secret(&secret, &format!("{NEW}\n{SECRET}\n"));
+    s.server.signal("HUP");
+    s.server.wait_stderr("secrets re-read");
+    let new_token = mint(&s.dir, &["--sub", "bob"]);
+    let only_new = nanachat::auth::Auth::new(NEW.as_bytes()).unwrap();
+    assert!(
+        only_new.verify(&new_token, 0).is_ok(),
+        "the first secret signs"
+    );
+    let (mut bob, _) = hello(&s.url, "bob", &new_token).await;
+    send(&mut alice, json!({"type": "who", "room": "lobby"})).await;
+    assert_eq!(next_json(&mut alice).await["code"], "not_joined");
+
+    // A file others may read is not taken: the secrets in force stay, and the log says why.
+    std::fs::write(&secret, format!("{NEW}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    s.server.signal("HUP");
+    s.server.wait_stderr("cannot re-read the secrets");
+    send(&mut alice, json!({"type": "who", "room": "lobby"})).await;
+    assert_eq!(next_json(&mut alice).await["code"], "not_joined");
+
+    // The old secret removed: alice's token no longer verifies and she is closed; bob stays.
+    common::write_secret(&secret, &format!("{NEW}\n"));
+    s.server.signal("HUP");
+    let close = common::close_frame(&mut alice).await;
+    assert_eq!(u16::from(close.code), 4003, "{close:?}");
+    assert!(close.reason.contains("no longer valid"), "{close:?}");
+    send(&mut bob, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_json(&mut bob).await["type"], "joined");
+    let (status, _) = open(&s.url, Some(&old_token)).await.err().unwrap();
+    assert_eq!(status, 401);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nbf_iss_and_aud_are_honoured() {
+    let s = setup_with(
+        "claims",
+        &[
+            "--token-issuer",
+            "https://auth.example.org",
+            "--token-audience",
+            "chat",
+        ],
+    );
+    // `nanachat token` with the same settings writes them into the token.
+    let good = nanachat()
+        .args(["token", "--sub", "alice", "--auth-secret-file"])
+        .arg(s.dir.join("secret"))
+        .args([
+            "--token-issuer",
+            "https://auth.example.org",
+            "--token-audience",
+            "chat",
+        ])
+        .output()
+        .unwrap();
+    let good = String::from_utf8(good.stdout).unwrap().trim().to_owned();
+    assert!(open(&s.url, Some(&good)).await.is_ok());
+    let plain = mint(&s.dir, &["--sub", "alice"]);
+    let (status, body) = open(&s.url, Some(&plain)).await.err().unwrap();
+    assert_eq!(status, 401);
+    assert!(body.contains("issuer"), "{body}");
+    let auth = nanachat::auth::Auth::new(SECRET.as_bytes()).unwrap();
+    let later = nanachat::auth::Claims {
+        nbf: Some(nanachat::auth::now_secs() + 3600),
+        iss: Some("https://auth.example.org".into()),
+        aud: Some(nanachat::auth::Audience::Many(vec![
+            "web".into(),
+            "chat".into(),
+        ])),
+        ..nanachat::auth::Claims::for_nick("alice")
+    };
+    let (status, body) = open(&s.url, Some(&auth.mint(&later))).await.err().unwrap();
+    assert_eq!((status, body.trim()), (401, "token not valid yet (nbf)"));
+    let now = nanachat::auth::Claims { nbf: None, ..later };
+    assert!(open(&s.url, Some(&auth.mint(&now))).await.is_ok());
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_text_client_refreshes_with_slash_token() {
+    let s = setup_with("plainrefresh", &["--token-grace", "30s"]);
+    let short = mint(&s.dir, &["--sub", "carol", "--ttl", "1s"]);
+    let (mut plain, _) = within(
+        "plain",
+        tokio_tungstenite::connect_async(format!("{}/?token={short}", s.url)),
+    )
+    .await
+    .unwrap();
+    let mut lines = Vec::new();
+    let mut wait_for = async |plain: &mut common::Peer, needle: &str| loop {
+        let msg = within(needle, plain.next()).await.unwrap().unwrap();
+        if let Message::Text(t) = msg {
+            lines.push(t.to_string());
+            if t.contains(needle) {
+                return;
+            }
+        }
+    };
+    wait_for(&mut plain, "! token_expired").await;
+    plain.send(Message::text("still here?")).await.unwrap();
+    wait_for(&mut plain, "! token_expired").await;
+    let fresh = mint(&s.dir, &["--sub", "carol", "--ttl", "1h"]);
+    plain
+        .send(Message::text(format!("/token {fresh}")))
+        .await
+        .unwrap();
+    wait_for(&mut plain, "* token refreshed").await;
+    plain.send(Message::text("back")).await.unwrap();
+    wait_for(&mut plain, "carol: back").await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }

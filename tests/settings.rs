@@ -90,6 +90,15 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
             "\"***\"",
         ),
         "auth_secret_file" => path("secret"),
+        "token_issuer" => Sample {
+            with: vec!["--auth-secret-file".into(), files.path("secret")],
+            ..text("https://auth.example.org")
+        },
+        "token_audience" => Sample {
+            with: vec!["--auth-secret-file".into(), files.path("secret")],
+            ..text("chat")
+        },
+        "token_grace" => text("45s"),
         "tls_cert" => Sample {
             with: vec!["--tls-key".into(), files.path("key.pem")],
             ..path("cert.pem")

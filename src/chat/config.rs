@@ -33,6 +33,9 @@ pub struct ChatConfig {
     /// With a secret, only holders of a valid token may connect, each as its token's nick
     /// ([`crate::auth`]); without one the server is open.
     pub auth: Option<crate::auth::Auth>,
+    /// How long a connection whose token expired may take to `refresh` it before it is
+    /// closed with 4003 (meanwhile every other request is refused with `token_expired`).
+    pub token_grace: Duration,
     /// With a broker (and a shared store), this process is one of several serving one chat:
     /// see `docs/scaling.md`.
     pub broker: Option<Broker>,
@@ -55,6 +58,7 @@ impl Default for ChatConfig {
             presence_limit: 100,
             room_ttl: Duration::from_secs(300),
             auth: None,
+            token_grace: Duration::from_secs(30),
             broker: None,
             retention: Retention::default(),
             prune_interval: Duration::from_secs(60),

@@ -241,6 +241,15 @@ impl Hub {
         self.state().rooms.get(room).map(|r| r.next_seq)
     }
 
+    /// The rooms a connection is in.
+    pub(crate) fn rooms_of(&self, id: ConnId) -> Vec<String> {
+        self.state()
+            .conns
+            .get(&id)
+            .map(|c| c.rooms.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The rooms the hub holds.
     pub(crate) fn held_rooms(&self) -> Vec<String> {
         self.state().rooms.keys().cloned().collect()

@@ -10,7 +10,7 @@
 //! sends every reply that carries a list through `list.rs` (→ `render.rs`), which fits it into
 //! one frame; every part may use `types.rs`, and `config.rs` (the settings) names the
 //! cluster's `Broker`. `retention.rs` is the task that prunes old history (it uses the store
-//! only).
+//! only); `token.rs` is a connection's token over time (expiry, grace, re-read secrets).
 
 mod cluster;
 mod config;
@@ -23,6 +23,7 @@ mod render;
 mod retention;
 mod serve;
 mod session;
+mod token;
 mod types;
 
 use std::sync::Arc;

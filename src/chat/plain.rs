@@ -27,14 +27,16 @@ const PLAIN_HISTORY: u32 = 20;
 
 /// The help text of plain-text mode.
 const PLAIN_HELP: &str = "* commands: /nick NAME, /join ROOM, /leave [ROOM], \
-/msg NICK TEXT, /who [ROOM], /rooms, /history [N], /help; anything else is said in your current room";
+/msg NICK TEXT, /who [ROOM], /rooms, /history [N], /token TOKEN (a fresh token), /help; \
+anything else is said in your current room";
 
 impl<S: Store> Session<S> {
     /// Plain-text mode: a generated nick, and the lobby.
     pub(super) async fn start_plain(&mut self, conn: &mut Connection) -> Result<()> {
         let nick = if self.chat.config.auth.is_some() {
             // `authorize` let it in with a valid token: it is its token's nick.
-            let claims = match self.check_token(conn.token()) {
+            let token = conn.token().unwrap_or_default().to_owned();
+            let claims = match self.check_token(Some(&token)) {
                 Ok(claims) => claims,
                 Err(Refusal(_, why)) => return Err(Error::Policy(why)),
             };
@@ -48,7 +50,7 @@ impl<S: Store> Session<S> {
                     self.mode,
                 )
                 .map_err(|_| Error::Policy(format!("{nick} is taken")))?;
-            self.claims = Some(claims);
+            self.hold_token(token, claims);
             nick
         } else {
             // A name no other process gives out; a claim still decides (a user may have
@@ -133,6 +135,9 @@ impl<S: Store> Session<S> {
                 after: None,
             },
             "rooms" => ClientMsg::Rooms { after: None },
+            "token" => ClientMsg::Refresh {
+                token: rest.to_owned(),
+            },
             "history" => ClientMsg::History {
                 room: current()?,
                 before: None,

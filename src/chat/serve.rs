@@ -74,6 +74,35 @@ pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
     }
 }
 
+/// Re-reads the secret file on every SIGHUP; open connections then check their tokens again
+/// (`chat/token.rs`). A file that cannot be used is logged and the secrets in force stay.
+fn reload_on_hangup(auth: crate::auth::Auth) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let file = auth
+                    .file()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default();
+                match auth.reload() {
+                    Ok(n) => tracing::info!(%file, secrets = n, "auth: secrets re-read (SIGHUP)"),
+                    Err(err) => tracing::warn!(
+                        %file,
+                        cause = %err,
+                        "auth: cannot re-read the secrets (SIGHUP); the old ones stay in force"
+                    ),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = auth;
+    Ok(())
+}
+
 /// Serves a chat over the store `open` opens (and the broker at `broker`, if any).
 async fn on<S: Store>(
     listen: &Listen,
@@ -100,8 +129,11 @@ async fn on<S: Store>(
                 "retention: older history is pruned"
             );
         }
-        if chat.auth.is_some() {
+        if let Some(auth) = &chat.auth {
             tracing::info!("auth: a valid token is required (HS256, sub = nick)");
+            if auth.file().is_some() {
+                reload_on_hangup(auth.clone())?;
+            }
         } else {
             tracing::warn!(
                 "no --auth-secret: the server is open, anyone may connect under any free nick"

@@ -17,6 +17,7 @@ use super::directory::Directory;
 use super::hub::Hub;
 use super::list::{Keep, Listing};
 use super::render::{Mode, render};
+use super::token::{HeldToken, TokenEvent};
 use super::types::{ConnId, chat_message, dm_pair, dm_room, nick_key, valid_nick, valid_room};
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
@@ -65,6 +66,7 @@ pub(super) async fn run<S: Store>(chat: Arc<Inner<S>>, conn: &mut Connection) ->
         bucket,
         strikes: 0,
         claims: None,
+        token: None,
     };
     let outcome = session.serve(conn).await;
     session.hub().disconnect(id);
@@ -86,6 +88,8 @@ pub(super) struct Session<S> {
     strikes: u32,
     /// What the connection's token allows, when the server wants tokens.
     pub(super) claims: Option<Claims>,
+    /// The token itself, and its clock (boxed: open servers carry none).
+    token: Option<Box<HeldToken>>,
 }
 
 /// A refusal to send back: an error frame, the connection stays.
@@ -146,6 +150,9 @@ impl<S: Store> Session<S> {
                 },
                 _ = async { heartbeat.as_mut().expect("checked").tick().await }, if heartbeat.is_some() => {
                     self.reply(conn, &ServerMsg::Tick { time: now_ms() }).await?;
+                }
+                event = async { self.token.as_mut().expect("checked").next().await }, if self.token.is_some() => {
+                    self.on_token_event(conn, event).await?;
                 }
             }
         }
@@ -245,6 +252,11 @@ impl<S: Store> Session<S> {
                 "say hello first: {\"type\":\"hello\",\"nick\":…}",
             )?;
         }
+        if self.token.as_ref().is_some_and(|t| t.expired())
+            && !matches!(request, ClientMsg::Refresh { .. })
+        {
+            refuse(ErrorCode::TokenExpired, self.expired_advice())?;
+        }
         match request {
             ClientMsg::Hello { nick, key, token } => self.hello(conn, &nick, key, token).await,
             ClientMsg::Join { room, since, epoch } => self.join(conn, &room, since, epoch).await,
@@ -280,14 +292,15 @@ impl<S: Store> Session<S> {
             )?;
         }
         let key = if self.chat.config.auth.is_some() {
-            let claims = self.check_token(token.as_deref().or(conn.token()))?;
+            let token = token.or_else(|| conn.token().map(str::to_owned));
+            let claims = self.check_token(token.as_deref())?;
             if claims.sub != nick {
                 refuse(
                     ErrorCode::Unauthorized,
                     format!("the token is for {}, not {nick}", claims.sub),
                 )?;
             }
-            self.claims = Some(claims);
+            self.hold_token(token.unwrap_or_default(), claims);
             // Every connection with a valid token for a nick is that nick's.
             Some(AUTHENTICATED)
         } else {
@@ -303,9 +316,68 @@ impl<S: Store> Session<S> {
         Ok(self.welcome(conn, nick).await?)
     }
 
-    /// Takes a fresh token for this connection's nick (to be written).
-    async fn refresh(&mut self, _conn: &mut Connection, _token: String) -> Result<(), Failure> {
-        Ok(refuse(ErrorCode::BadMessage, "refresh is not served yet")?)
+    /// Keeps `token` (verified into `claims`) as the connection's, with its clock.
+    pub(super) fn hold_token(&mut self, token: String, claims: Claims) {
+        if let Some(auth) = &self.chat.config.auth {
+            let held = HeldToken::new(auth, token, &claims, self.chat.config.token_grace);
+            self.token = Some(Box::new(held));
+        }
+        self.claims = Some(claims);
+    }
+
+    /// What to do once a token has expired, said the way this connection sends requests.
+    fn expired_advice(&self) -> String {
+        let grace = self.chat.config.token_grace;
+        match self.mode {
+            Mode::Json => format!(
+                "your token expired: send {{\"type\":\"refresh\",\"token\":…}} with a fresh one within {grace:?}"
+            ),
+            Mode::Plain => {
+                format!("your token expired: /token TOKEN with a fresh one within {grace:?}")
+            }
+        }
+    }
+
+    /// The token expired (told once; the grace begins), its grace ended, or it was revoked.
+    async fn on_token_event(&mut self, conn: &mut Connection, event: TokenEvent) -> Result<()> {
+        match event {
+            TokenEvent::Expired => {
+                let advice = self.expired_advice();
+                self.reply_error(conn, ErrorCode::TokenExpired, &advice, None)
+                    .await
+            }
+            TokenEvent::GraceOver => Err(Error::TokenEnded(format!(
+                "token expired: no fresh one within {:?}",
+                self.chat.config.token_grace
+            ))),
+            TokenEvent::Revoked(why) => {
+                Err(Error::TokenEnded(format!("token no longer valid: {why}")))
+            }
+        }
+    }
+
+    /// `refresh`: a fresh token for this connection's nick. Rooms it does not allow are left
+    /// (a `left` each), then `refreshed`; a token that does not verify changes nothing.
+    async fn refresh(&mut self, conn: &mut Connection, token: String) -> Result<(), Failure> {
+        if self.chat.config.auth.is_none() {
+            refuse(ErrorCode::BadMessage, "this server takes no tokens")?;
+        }
+        let claims = self.check_token(Some(&token))?;
+        let nick = self.hub().nick(self.id).unwrap_or_default();
+        if claims.sub != nick {
+            refuse(
+                ErrorCode::Unauthorized,
+                format!("the token is for {}, not {nick}", claims.sub),
+            )?;
+        }
+        for room in self.hub().rooms_of(self.id) {
+            if dm_pair(&room).is_none() && !claims.may_join(&room) {
+                self.leave(&room)?;
+            }
+        }
+        let exp = claims.exp;
+        self.hold_token(token, claims);
+        Ok(self.reply(conn, &ServerMsg::Refreshed { exp }).await?)
     }
 
     /// The claims of a valid token; a missing or bad one is refused with the reason.

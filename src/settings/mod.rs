@@ -147,9 +147,16 @@ settings! {
         /// The secret tokens are signed with (at least 16 bytes); prefer --auth-secret-file.
         #[arg(long, env = "NANACHAT_AUTH_SECRET", hide_env_values = true, value_name = "SECRET")]
         auth_secret: Secret,
-        /// A file holding the secret (trailing newline ignored).
+        /// A file holding the secret: one per line, the first signs, all verify (rotation);
+        /// `serve` re-reads it on SIGHUP.
         #[arg(long, env = "NANACHAT_AUTH_SECRET_FILE", value_name = "FILE")]
         auth_secret_file: PathBuf,
+        /// The issuer every token must name (`iss`); `token` writes it into the token.
+        #[arg(long, env = "NANACHAT_TOKEN_ISSUER", value_name = "ISS")]
+        token_issuer: String,
+        /// The audience every token must name (`aud`); `token` writes it into the token.
+        #[arg(long, env = "NANACHAT_TOKEN_AUDIENCE", value_name = "AUD")]
+        token_audience: String,
     }
 }
 
@@ -181,6 +188,10 @@ settings! {
         /// Keep at most this many of each room's newest messages. Unset: all.
         #[arg(long, env = "NANACHAT_RETENTION_MESSAGES", value_name = "N")]
         retention_messages: usize,
+        /// How long a connection whose token expired may take to send a fresh one (`refresh`)
+        /// before it is closed with 4003.
+        #[arg(long, env = "NANACHAT_TOKEN_GRACE", value_name = "TIME")]
+        token_grace: Time = Time(ChatConfig::default().token_grace),
     }
 }
 
@@ -302,6 +313,7 @@ impl ChatSettings {
             max_rooms: self.max_rooms(),
             presence_limit: self.presence_limit(),
             heartbeat_interval: self.heartbeat().0,
+            token_grace: self.token_grace().0,
             retention: Retention {
                 max_age: self.retention_age().map(|t| t.0),
                 max_messages: self.retention_messages().map(|n| n as u64),
@@ -363,44 +375,33 @@ impl ServerSettings {
 impl SecretSettings {
     /// The token checker for the secret given, if one was.
     pub fn auth(&self) -> Result<Option<crate::auth::Auth>> {
-        let secret = match (&self.auth_secret, &self.auth_secret_file) {
+        let auth = match (&self.auth_secret, &self.auth_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(Error::Config(
                     "give --auth-secret or --auth-secret-file, not both".into(),
                 ));
             }
-            (Some(secret), None) => secret.0.clone().into_bytes(),
-            (None, Some(path)) => {
-                refuse_open_secret(path)?;
-                std::fs::read(path)
-                    .map_err(|err| Error::file("read the auth secret from", path, err))?
+            (Some(secret), None) => crate::auth::Auth::new(secret.0.as_bytes())?,
+            (None, Some(path)) => crate::auth::Auth::from_file(path)?,
+            (None, None) => {
+                if self.token_issuer.is_some() || self.token_audience.is_some() {
+                    return Err(Error::Config(
+                        "--token-issuer and --token-audience need an auth secret".into(),
+                    ));
+                }
+                return Ok(None);
             }
-            (None, None) => return Ok(None),
         };
-        crate::auth::Auth::new(&secret).map(Some)
+        Ok(Some(auth.expecting(self.expect())))
     }
-}
 
-/// Refuses a secret file that group or others may read or write, as ssh does with keys: the
-/// secret signs every token, so whoever reads it may be anyone.
-fn refuse_open_secret(path: &std::path::Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|err| Error::file("read the auth secret from", path, err))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(Error::Config(format!(
-                "auth secret file {} is open to other users (mode {mode:04o}): `chmod 600 {}`",
-                path.display(),
-                path.display()
-            )));
+    /// What every token's `iss` and `aud` must be.
+    pub fn expect(&self) -> crate::auth::Expect {
+        crate::auth::Expect {
+            issuer: self.token_issuer.clone(),
+            audience: self.token_audience.clone(),
         }
     }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 /// `nanachat serve`: every group of its settings, and where they may also come from.

@@ -253,8 +253,13 @@ impl Proc {
 
     /// Sends SIGTERM (a graceful stop request).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal with this name (`HUP`, `STOP`, `CONT`…).
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
