@@ -838,3 +838,115 @@ fn token_and_token_file_together_are_a_config_error() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- the same against the real server ----------------------------------------------------------
+//
+// NEEDS THE SERVER SIDE of token refresh (`serve --token-grace`, `token_expired` at `exp`,
+// `refresh`/`refreshed`, close 4003): these fail until it is merged.
+
+/// A server that wants tokens, with this grace, and a way to mint them.
+struct AuthServer {
+    dir: std::path::PathBuf,
+    secret: std::path::PathBuf,
+    url: String,
+    _server: Proc,
+}
+
+impl AuthServer {
+    fn start(name: &str, grace: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("nanachat-connect-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        common::write_secret(&secret, "a connect test secret, long enough\n");
+        let secret_arg = secret.display().to_string();
+        let server = common::serve_child_with(
+            &dir.join("data"),
+            "127.0.0.1:0",
+            1000,
+            &["--auth-secret-file", &secret_arg, "--token-grace", grace],
+        );
+        let url = server.listening_url();
+        Self {
+            dir,
+            secret,
+            url,
+            _server: server,
+        }
+    }
+
+    /// `nanachat token --sub NICK --ttl TTL`.
+    fn mint(&self, nick: &str, ttl: &str) -> String {
+        let out = nanachat()
+            .args(["token", "--sub", nick, "--ttl", ttl, "--auth-secret-file"])
+            .arg(&self.secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn real_server_a_token_file_renewed_during_the_grace_keeps_the_client_in() {
+    let server = AuthServer::start("real-refresh", "30s");
+    let file = server.dir.join("token");
+    std::fs::write(&file, server.mint("ren", "2s")).unwrap();
+    let mut cmd = nanachat();
+    cmd.args(["connect", &server.url, "--token-file"])
+        .arg(&file);
+    let mut client = Proc::spawn_with_stdin("ren", cmd, true);
+    client.wait_stderr("* joined lobby");
+    // At exp the server says token_expired; the file still holds that token.
+    client.wait_stderr("token expired; put a fresh one in");
+    client.write_line("said during the grace");
+    std::fs::write(&file, server.mint("ren", "1h")).unwrap();
+    client.wait_stderr("* token refreshed");
+    client.wait_stdout("the line, stored", |l| {
+        l.iter()
+            .any(|(_, t)| t == "[lobby] ren: said during the grace")
+    });
+    client.close_stdin();
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+    assert_eq!(
+        texts(&client.stdout_lines()),
+        ["[lobby] ren: said during the grace"]
+    );
+}
+
+#[test]
+fn real_server_a_token_that_ends_without_a_new_one_ends_the_client_with_exit_3() {
+    let server = AuthServer::start("real-ended", "1s");
+    let file = server.dir.join("token");
+    std::fs::write(&file, server.mint("ended", "2s")).unwrap();
+    for with_file in [true, false] {
+        let mut cmd = nanachat();
+        cmd.args(["connect", &server.url])
+            .env_remove("NANACHAT_TOKEN");
+        if with_file {
+            cmd.arg("--token-file").arg(&file);
+        } else {
+            cmd.args(["--token", &server.mint("ended", "2s")]);
+        }
+        // Input stays open: only the server ends this client.
+        let mut client = Proc::spawn_with_stdin("ended", cmd, true);
+        client.wait_stderr("* joined lobby");
+        let status = client.wait_exit();
+        let stderr = client.stderr_text();
+        assert_eq!(status.code(), Some(3), "{with_file}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("nanachat:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains("4003"), "{stderr}");
+        assert!(errors[0].contains("nanachat token --sub ended"), "{stderr}");
+    }
+}
