@@ -880,17 +880,14 @@ mod tests {
 
     #[test]
     fn the_nick_of_a_token_is_its_sub_read_without_verifying() {
-        let auth = crate::auth::Auth::new(b"a secret of sixteen bytes or more").unwrap();
-        let claims = crate::auth::Claims {
-            sub: "Tess".into(),
-            exp: Some(1_764_000_000),
-            rooms: None,
-        };
-        assert_eq!(token_sub(&auth.mint(&claims)).as_deref(), Some("Tess"));
-        assert_eq!(
-            token_sub(&format!(" {}\n", auth.mint(&claims))).as_deref(),
-            Some("Tess")
+        let b64 = data_encoding::BASE64URL_NOPAD;
+        let token = format!(
+            "{}.{}.c2ln",
+            b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64.encode(br#"{"sub":"Tess","exp":1764000000}"#)
         );
+        assert_eq!(token_sub(&token).as_deref(), Some("Tess"));
+        assert_eq!(token_sub(&format!(" {token}\n")).as_deref(), Some("Tess"));
         for not_a_token in ["", "abc", "a.b.c", "a.e30.c", "a.eyJzdWIiOjF9.c"] {
             assert_eq!(token_sub(not_a_token), None, "{not_a_token}");
         }
