@@ -779,8 +779,8 @@ async fn closed_with_4003_and_no_new_token_the_client_exits_3_saying_how_to_get_
             cmd.args(["--token", TOKIE]);
         }
         let mut client = Proc::spawn_with_stdin("ended", cmd, true);
+        // Input stays open: the client ends without waiting for it.
         client.write_line("never stored");
-        client.close_stdin();
         let (status, client) = tokio::task::spawn_blocking(move || (client.wait_exit(), client))
             .await
             .unwrap();
