@@ -488,3 +488,465 @@ async fn json_mode_at_the_end_of_input_prints_what_arrives_after_the_last_ack() 
     let got = within("server", server).await.unwrap();
     assert_eq!(got.last().unwrap()["type"], "say", "{got:?}");
 }
+
+// ---- tokens that expire on an open connection -------------------------------------------------
+//
+// The client's side, against a server played by the test (these pass on their own), then
+// against the real server (those need the server's side of token refresh: `--token-grace`,
+// `token_expired`, `refresh`, close 4003).
+
+/// What the scripted server does in answer to one client message.
+enum Act {
+    Send(Value),
+    Close(u16, &'static str),
+}
+
+/// Every client message the scripted server got: the connection's number (0, 1, …) and the
+/// message.
+type Got = std::sync::Arc<std::sync::Mutex<Vec<(usize, Value)>>>;
+
+/// A `nanachat.v1` server played by the test: accepts connections one after another and
+/// answers each client message with what `script` says (given the connection's number).
+async fn scripted_server(
+    listener: tokio::net::TcpListener,
+    got: Got,
+    mut script: impl FnMut(usize, &Value) -> Vec<Act> + Send + 'static,
+) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    for n in 0.. {
+        // No timeout: the test ends this task when it is done with it.
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        #[allow(clippy::result_large_err)] // tungstenite's callback type
+        let with_protocol = |_: &Request, mut response: Response| {
+            response
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", "nanachat.v1".parse().unwrap());
+            Ok(response)
+        };
+        let mut ws = within(
+            "handshake",
+            tokio_tungstenite::accept_hdr_async(tcp, with_protocol),
+        )
+        .await
+        .unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(text) = msg else {
+                continue; // the close (answered by tungstenite), pings
+            };
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            got.lock().unwrap().push((n, v.clone()));
+            for act in script(n, &v) {
+                let _ = match act {
+                    Act::Send(reply) => ws.send(Message::text(reply.to_string())).await,
+                    Act::Close(code, reason) => {
+                        ws.close(Some(CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        }))
+                        .await
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// The scripted server's usual answers: `welcome` (with an `exp`) to `hello`, `joined` to
+/// `join`, an ack and the message to `say`.
+fn usual(v: &Value) -> Vec<Act> {
+    match v["type"].as_str().unwrap() {
+        "hello" => vec![Act::Send(json!({
+            "type": "welcome", "nick": v["nick"], "exp": 1_764_000_000u64,
+            "limits": {"max_message_bytes": 65536, "max_text_chars": 4000, "rate_per_sec": 100,
+                       "rate_burst": 100, "max_rooms": 32, "heartbeat_ms": 30_000},
+        }))],
+        "join" => vec![Act::Send(
+            json!({"type": "joined", "room": v["room"], "epoch": 1, "last_seq": 0, "first_seq": 1}),
+        )],
+        "say" => vec![
+            Act::Send(json!({"type": "ack", "cid": v["cid"], "room": v["room"], "seq": 1})),
+            Act::Send(
+                json!({"type": "message", "room": v["room"], "seq": 1, "from": "tokie",
+                             "text": v["text"], "time": 1_764_000_000_000u64}),
+            ),
+        ],
+        _ => vec![],
+    }
+}
+
+fn token_expired(cid: &Value) -> Act {
+    Act::Send(json!({"type": "error", "code": "token_expired", "cid": cid,
+                     "message": "your token expired: send refresh with a fresh one within 30s"}))
+}
+
+/// A scratch directory with a token file holding `token`.
+fn token_dir(name: &str, token: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    (dir, file)
+}
+
+/// Waits (at most [`common::WAIT`]) until the scripted server got what `done` looks for.
+fn wait_got(got: &Got, what: &str, done: impl Fn(&[(usize, Value)]) -> bool) {
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !done(&got.lock().unwrap()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; got {:?}",
+            got.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn of_type<'a>(got: &'a [(usize, Value)], kind: &str) -> Vec<&'a (usize, Value)> {
+    got.iter().filter(|(_, v)| v["type"] == kind).collect()
+}
+
+/// The client under test on the scripted server, with `--token-file`: says one line, its input
+/// ended.
+async fn scripted(
+    name: &str,
+    file: &Path,
+    script: impl FnMut(usize, &Value) -> Vec<Act> + Send + 'static,
+) -> (Proc, Got, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let got = Got::default();
+    let server = tokio::spawn(scripted_server(listener, got.clone(), script));
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--token-file"])
+        .arg(file)
+        .env_remove("NANACHAT_NICK")
+        .env_remove("NANACHAT_TOKEN");
+    let mut client = Proc::spawn_with_stdin(name, cmd, true);
+    client.write_line("said as the token expires");
+    client.close_stdin();
+    (client, got, server)
+}
+
+/// A token whose `sub` is `tokie` (unsigned: the scripted server does not check it).
+const TOKIE: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ0b2tpZSJ9.c2ln";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn told_token_expired_the_client_refreshes_from_its_file_and_sends_the_refused_line_again() {
+    let (dir, file) = token_dir("refresh", TOKIE);
+    let fresh_file = file.clone();
+    let mut refused = false;
+    let (mut client, got, server) = scripted("refresh", &file, move |_, v| {
+        if v["type"] == "say" && !refused {
+            // The token ran out; whatever keeps the file fresh has written a new one.
+            refused = true;
+            std::fs::write(&fresh_file, "fresh-token\n").unwrap();
+            return vec![token_expired(&v["cid"])];
+        }
+        if v["type"] == "refresh" {
+            return vec![Act::Send(
+                json!({"type": "refreshed", "exp": 1_764_003_600u64}),
+            )];
+        }
+        usual(v)
+    })
+    .await;
+    let (status, client) = tokio::task::spawn_blocking(move || (client.wait_exit(), client))
+        .await
+        .unwrap();
+    assert!(status.success(), "{}", client.stderr_text());
+    server.abort();
+    let got = got.lock().unwrap().clone();
+    let types: Vec<&str> = got
+        .iter()
+        .map(|(_, v)| v["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["hello", "join", "say", "refresh", "say"], "{got:?}");
+    // The nick is the token's, read from the file at start.
+    assert_eq!(got[0].1["nick"], "tokie");
+    assert_eq!(got[0].1["token"], TOKIE);
+    assert_eq!(got[3].1["token"], "fresh-token");
+    assert_eq!(got[4].1["cid"], got[2].1["cid"], "sent again with its cid");
+    assert_eq!(got[4].1["text"], "said as the token expires");
+    assert!(got.iter().all(|(n, _)| *n == 0), "one connection: {got:?}");
+    assert_eq!(
+        texts(&client.stdout_lines()),
+        ["[lobby] tokie: said as the token expires"]
+    );
+    let stderr = client.stderr_text();
+    assert!(stderr.contains("* token refreshed"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_still_holding_the_expired_token_is_read_again_until_it_changes() {
+    let (dir, file) = token_dir("stale", TOKIE);
+    let mut refused = false;
+    let (mut client, got, server) = scripted("stale", &file, move |_, v| {
+        if v["type"] == "say" && !refused {
+            refused = true;
+            return vec![token_expired(&v["cid"])];
+        }
+        if v["type"] == "refresh" {
+            return vec![Act::Send(json!({"type": "refreshed"}))];
+        }
+        usual(v)
+    })
+    .await;
+    let notice = client.wait_stderr("token expired; put a fresh one in");
+    assert!(notice.contains("nanachat token --sub tokie"), "{notice}");
+    assert!(of_type(&got.lock().unwrap(), "refresh").is_empty());
+    std::fs::write(&file, "written later\n").unwrap();
+    wait_got(&got, "the refresh", |got| {
+        !of_type(got, "refresh").is_empty()
+    });
+    let (status, client) = tokio::task::spawn_blocking(move || (client.wait_exit(), client))
+        .await
+        .unwrap();
+    assert!(status.success(), "{}", client.stderr_text());
+    server.abort();
+    let got = got.lock().unwrap().clone();
+    let refreshes = of_type(&got, "refresh");
+    assert_eq!(refreshes.len(), 1, "{got:?}");
+    assert_eq!(refreshes[0].1["token"], "written later");
+    let says = of_type(&got, "say");
+    assert_eq!(says.len(), 2, "{got:?}");
+    assert_eq!(says[0].1["cid"], says[1].1["cid"]);
+    let stderr = client.stderr_text();
+    assert_eq!(
+        stderr.matches("put a fresh one").count(),
+        1,
+        "one notice: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_with_4003_the_client_reconnects_with_a_new_token_from_its_file() {
+    let (dir, file) = token_dir("reconnect", TOKIE);
+    let fresh_file = file.clone();
+    let (mut client, got, server) = scripted("reconnect", &file, move |n, v| {
+        if n == 0 && v["type"] == "say" {
+            // The secret was rotated (SIGHUP) and a new token written.
+            std::fs::write(&fresh_file, "after rotation\n").unwrap();
+            return vec![Act::Close(
+                4003,
+                "token no longer valid: bad token signature",
+            )];
+        }
+        usual(v)
+    })
+    .await;
+    let (status, client) = tokio::task::spawn_blocking(move || (client.wait_exit(), client))
+        .await
+        .unwrap();
+    assert!(status.success(), "{}", client.stderr_text());
+    server.abort();
+    let got = got.lock().unwrap().clone();
+    let hellos = of_type(&got, "hello");
+    assert_eq!(hellos.len(), 2, "{got:?}");
+    assert_eq!(hellos[1].0, 1, "on a second connection");
+    assert_eq!(hellos[1].1["token"], "after rotation");
+    let says = of_type(&got, "say");
+    assert_eq!(says.len(), 2, "{got:?}");
+    assert_eq!((says[0].0, says[1].0), (0, 1));
+    assert_eq!(says[0].1["cid"], says[1].1["cid"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_with_4003_and_no_new_token_the_client_exits_3_saying_how_to_get_one() {
+    for with_file in [true, false] {
+        let (dir, file) = token_dir(&format!("ended-{with_file}"), TOKIE);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let got = Got::default();
+        let server = tokio::spawn(scripted_server(listener, got.clone(), |_, v| {
+            if v["type"] == "say" {
+                return vec![token_expired(&v["cid"]), Act::Close(4003, "token expired")];
+            }
+            usual(v)
+        }));
+        let mut cmd = nanachat();
+        cmd.args(["connect", &url]).env_remove("NANACHAT_TOKEN");
+        if with_file {
+            cmd.arg("--token-file").arg(&file);
+        } else {
+            cmd.args(["--token", TOKIE]);
+        }
+        let mut client = Proc::spawn_with_stdin("ended", cmd, true);
+        // Input stays open: the client ends without waiting for it.
+        client.write_line("never stored");
+        let (status, client) = tokio::task::spawn_blocking(move || (client.wait_exit(), client))
+            .await
+            .unwrap();
+        server.abort();
+        let stderr = client.stderr_text();
+        assert_eq!(status.code(), Some(3), "{with_file}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("nanachat:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains("token expired"), "{stderr}");
+        assert!(errors[0].contains("nanachat token --sub tokie"), "{stderr}");
+        if with_file {
+            assert!(errors[0].contains(&file.display().to_string()), "{stderr}");
+            assert!(errors[0].contains("put a fresh one there"), "{stderr}");
+        } else {
+            // Told when it expired that a --token cannot be renewed, and for how long the server
+            // waits (its own words).
+            assert!(stderr.contains("cannot be renewed"), "{stderr}");
+            assert!(stderr.contains("within 30s"), "{stderr}");
+        }
+        assert_eq!(of_type(&got.lock().unwrap(), "refresh").len(), 0);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn token_and_token_file_together_are_a_config_error() {
+    let (dir, file) = token_dir("both", TOKIE);
+    for args in [
+        vec![
+            "--token".to_owned(),
+            TOKIE.to_owned(),
+            "--token-file".to_owned(),
+            file.display().to_string(),
+        ],
+        vec![
+            "--token-file".to_owned(),
+            dir.join("missing").display().to_string(),
+        ],
+    ] {
+        let out = nanachat()
+            .args(["connect", "ws://127.0.0.1:1", "--nick", "x"])
+            .args(&args)
+            .env_remove("NANACHAT_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("token"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- the same against the real server ----------------------------------------------------------
+//
+// NEEDS THE SERVER SIDE of token refresh (`serve --token-grace`, `token_expired` at `exp`,
+// `refresh`/`refreshed`, close 4003): these fail until it is merged.
+
+/// A server that wants tokens, with this grace, and a way to mint them.
+struct AuthServer {
+    dir: std::path::PathBuf,
+    secret: std::path::PathBuf,
+    url: String,
+    _server: Proc,
+}
+
+impl AuthServer {
+    fn start(name: &str, grace: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("nanachat-connect-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        common::write_secret(&secret, "a connect test secret, long enough\n");
+        let secret_arg = secret.display().to_string();
+        let server = common::serve_child_with(
+            &dir.join("data"),
+            "127.0.0.1:0",
+            1000,
+            &["--auth-secret-file", &secret_arg, "--token-grace", grace],
+        );
+        let url = server.listening_url();
+        Self {
+            dir,
+            secret,
+            url,
+            _server: server,
+        }
+    }
+
+    /// `nanachat token --sub NICK --ttl TTL`.
+    fn mint(&self, nick: &str, ttl: &str) -> String {
+        let out = nanachat()
+            .args(["token", "--sub", nick, "--ttl", ttl, "--auth-secret-file"])
+            .arg(&self.secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn real_server_a_token_file_renewed_during_the_grace_keeps_the_client_in() {
+    let server = AuthServer::start("real-refresh", "30s");
+    let file = server.dir.join("token");
+    std::fs::write(&file, server.mint("ren", "2s")).unwrap();
+    let mut cmd = nanachat();
+    cmd.args(["connect", &server.url, "--token-file"])
+        .arg(&file);
+    let mut client = Proc::spawn_with_stdin("ren", cmd, true);
+    client.wait_stderr("* joined lobby");
+    // At exp the server says token_expired; the file still holds that token.
+    client.wait_stderr("token expired; put a fresh one in");
+    client.write_line("said during the grace");
+    std::fs::write(&file, server.mint("ren", "1h")).unwrap();
+    client.wait_stderr("* token refreshed");
+    client.wait_stdout("the line, stored", |l| {
+        l.iter()
+            .any(|(_, t)| t == "[lobby] ren: said during the grace")
+    });
+    client.close_stdin();
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+    assert_eq!(
+        texts(&client.stdout_lines()),
+        ["[lobby] ren: said during the grace"]
+    );
+}
+
+#[test]
+fn real_server_a_token_that_ends_without_a_new_one_ends_the_client_with_exit_3() {
+    let server = AuthServer::start("real-ended", "1s");
+    let file = server.dir.join("token");
+    std::fs::write(&file, server.mint("ended", "2s")).unwrap();
+    for with_file in [true, false] {
+        let mut cmd = nanachat();
+        cmd.args(["connect", &server.url])
+            .env_remove("NANACHAT_TOKEN");
+        if with_file {
+            cmd.arg("--token-file").arg(&file);
+        } else {
+            cmd.args(["--token", &server.mint("ended", "2s")]);
+        }
+        // Input stays open: only the server ends this client.
+        let mut client = Proc::spawn_with_stdin("ended", cmd, true);
+        client.wait_stderr("* joined lobby");
+        let status = client.wait_exit();
+        let stderr = client.stderr_text();
+        assert_eq!(status.code(), Some(3), "{with_file}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("nanachat:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains("4003"), "{stderr}");
+        assert!(errors[0].contains("nanachat token --sub ended"), "{stderr}");
+    }
+}

@@ -27,6 +27,7 @@ impl Files {
         std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
         common::write_secret(&dir.join("secret"), "0123456789abcdef0123\n");
+        std::fs::write(dir.join("token"), "tok\n").unwrap();
         Self { dir }
     }
 
@@ -154,6 +155,10 @@ fn connect_sample(key: &str, files: &Files) -> Option<Sample> {
             }
         }
         "token" => sample("tok", "\"tok\"", "\"***\""),
+        "token_file" => {
+            let p = files.path("token");
+            sample(&p, &quoted(&p), &quoted(&p))
+        }
         "log_format" => text("json"),
         _ => return None,
     })
@@ -323,6 +328,36 @@ fn a_choice_on_the_command_line_overrides_the_other_side_of_it_in_the_file() {
         assert!(stdout.lines().any(|l| l == line), "{line} in {stdout}");
     }
     assert!(!stdout.contains("auth_secret = "), "{stdout}");
+
+    // A token given on the command line, either way, wins over the file's, either way.
+    let token_file = files.path("token");
+    for (file_says, flag) in [
+        (
+            "token = \"from-the-file\"\n".to_owned(),
+            vec!["--token-file".to_owned(), token_file.clone()],
+        ),
+        (
+            format!("token_file = {token_file:?}\n"),
+            vec!["--token".to_owned(), "tok".to_owned()],
+        ),
+    ] {
+        let file = files.dir.join("connect.toml");
+        std::fs::write(&file, &file_says).unwrap();
+        let out = check("connect", &flag, None, Some(&file));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file_says}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (given, dropped) = if flag[0] == "--token" {
+            ("token = \"***\"", "token_file = ")
+        } else {
+            ("token_file = ", "token = ")
+        };
+        assert!(stdout.lines().any(|l| l.starts_with(given)), "{stdout}");
+        assert!(!stdout.lines().any(|l| l.starts_with(dropped)), "{stdout}");
+    }
 }
 
 #[test]

@@ -18,6 +18,10 @@ const state = {
   nextCid: 1,
   loadingHistory: false,
   roomsPaging: false, // the next `rooms` reply continues the list shown
+  // Token refresh (docs/protocol.md, "A token's life on an open connection"):
+  expired: false, // the server said token_expired: what is said waits for `refreshed`
+  offered: null, // the token sent in `refresh`, not answered yet
+  ended: false, // closed with 4003: a new token is needed before reconnecting
 };
 
 function randomKey() {
@@ -178,6 +182,10 @@ function onServer(msg) {
     case 'welcome':
       state.heartbeatMs = msg.limits.heartbeat_ms || 25000;
       $('me').textContent = `as ${msg.nick}`;
+      tokenExp(msg.exp);
+      state.expired = false;
+      state.offered = null;
+      hideTokenBar();
       setStatus('connected');
       state.attempt = 0;
       for (const [name, r] of state.rooms) {
@@ -203,6 +211,15 @@ function onServer(msg) {
       break;
     }
     case 'message': onMessage(msg); break;
+    case 'refreshed':
+      // The new token is in force: what waited goes now (the same cids: stored once).
+      if (state.offered !== null) state.token = state.offered;
+      state.offered = null;
+      state.expired = false;
+      tokenExp(msg.exp);
+      hideTokenBar();
+      for (const p of state.pending.values()) if (p.held) sendPending(p);
+      break;
     case 'ack': {
       const p = state.pending.get(msg.cid);
       if (p) {
@@ -273,6 +290,13 @@ function onServer(msg) {
       break;
     }
     case 'error': {
+      if (msg.code === 'token_expired') { tokenExpired(msg); break; }
+      if (msg.code === 'unauthorized' && !msg.cid && state.offered !== null) {
+        // The answer to our `refresh`: that token is no good; the bar stays for another.
+        state.offered = null;
+        askForToken(`That token was refused: ${msg.message}. Paste another one.`);
+        break;
+      }
       const p = msg.cid ? state.pending.get(msg.cid) : null;
       if (p && (msg.code === 'rate_limited' || msg.code === 'internal')) {
         setTimeout(() => sendPending(p), 1000); // the same cid: stored once
@@ -292,7 +316,37 @@ function onServer(msg) {
   }
 }
 
+/// The token's expiry, shown only as the tooltip of the nick.
+function tokenExp(exp) {
+  $('me').title = exp ? `token valid until ${new Date(exp * 1000).toLocaleString()}` : '';
+}
+
+/// The server said the token expired: what it refused (and what is said from now on) waits
+/// for `refreshed`; the bar asks for a new token.
+function tokenExpired(msg) {
+  const p = msg.cid ? state.pending.get(msg.cid) : null;
+  if (p) p.held = true;
+  if (state.expired) return;
+  state.expired = true;
+  const grace = /within (\d+\s*[a-z]*)/.exec(msg.message || '');
+  askForToken(`Your token expired. Paste a fresh one${grace ? ` within ${grace[1]}` : ''} to stay connected.`);
+}
+
+function askForToken(why) {
+  $('token-why').textContent = why;
+  $('token-bar').hidden = false;
+  $('new-token').value = '';
+  $('new-token').focus();
+}
+
+function hideTokenBar() {
+  $('token-bar').hidden = true;
+  $('token-why').textContent = '';
+}
+
 function sendPending(p) {
+  p.held = state.expired; // if so, sent after `refreshed`
+  if (p.held) return;
   if (p.to) send({ type: 'dm', to: p.to, text: p.text, cid: p.cid });
   else send({ type: 'say', room: p.room, text: p.text, cid: p.cid });
 }
@@ -332,10 +386,20 @@ function connect() {
     try { msg = JSON.parse(e.data); } catch { return; }
     onServer(msg);
   };
-  ws.onclose = () => {
+  ws.onclose = (e) => {
     if (state.ws !== ws) return;
     state.ws = null;
     if (!state.nick) return;
+    state.expired = false;
+    state.offered = null;
+    if (e.code === 4003) {
+      // The token ended (expired with no refresh in time, or no longer valid): reconnecting
+      // with it is pointless. What was said stays pending and goes with the new one.
+      state.ended = true;
+      setStatus('offline — token ended', true);
+      askForToken(`Your token ended (${e.reason || 'closed with 4003'}). Paste a new one to reconnect.`);
+      return;
+    }
     const base = Math.min(10000, 500 * 2 ** state.attempt++);
     const wait = base / 2 + Math.random() * base;
     setStatus(`offline — reconnecting in ${(wait / 1000).toFixed(1)}s`, true);
@@ -372,6 +436,23 @@ $('login-form').addEventListener('submit', (e) => {
   room('lobby');
   show('lobby');
   connect();
+});
+
+$('token-bar').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const token = $('new-token').value.trim();
+  if (!token) return;
+  if (state.ended) {
+    state.ended = false;
+    state.token = token;
+    hideTokenBar();
+    setStatus('connecting…');
+    connect();
+  } else {
+    state.offered = token;
+    $('token-why').textContent = 'Sending the new token…';
+    send({ type: 'refresh', token });
+  }
 });
 
 $('say-form').addEventListener('submit', (e) => {

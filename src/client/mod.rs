@@ -7,12 +7,18 @@
 //! with `since` = that seq (nothing missed; anything at or below it is not shown again) and
 //! sends the unacknowledged messages again with their original `cid` (the server stores each
 //! once).
+//!
+//! A token can come from a file (`--token-file`), read at start, on every reconnect and when the
+//! server says the token expired: the client then sends the file's token in `refresh`, holds
+//! what it says meanwhile, and sends again what the server refused with `token_expired` once
+//! `refreshed` comes (see [`Expiry`]).
 
 mod output;
 mod raw;
 mod terminal;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -24,6 +30,7 @@ use crate::clock::python_now;
 use crate::config::ConnectionConfig;
 use crate::connection::{CloseCode, Connection, Incoming, Message};
 use crate::dial::{Target, connect_with};
+use crate::error::CLOSE_TOKEN_ENDED;
 use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTOCOL, ServerMsg};
 use crate::rate::Bucket;
 use crate::{Error, Result};
@@ -65,8 +72,56 @@ pub struct ClientOptions {
     pub reconnect: bool,
     /// Lines are chat input with `/commands` (interactive), or each line is a message (script).
     pub commands: bool,
-    /// A token for servers that want one (`nanachat token`).
+    /// A token for servers that want one (`nanachat token`): the one in force (with
+    /// `token_file`, the file's latest).
     pub token: Option<String>,
+    /// Where the token comes from and is read again (`--token-file`): on every reconnect, and
+    /// when the server says it expired.
+    pub token_file: Option<PathBuf>,
+}
+
+/// The token in `path`: its contents without surrounding whitespace, not empty.
+pub fn read_token(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| Error::file("read the token from", path, err))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Error::file(
+            "read the token from",
+            path,
+            "the file is empty",
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+/// The `sub` (the nick) of a JSON Web Token, read without checking its signature: only to
+/// choose the nick to ask for; the server verifies the token.
+pub fn token_sub(token: &str) -> Option<String> {
+    let payload = token.trim().split('.').nth(1)?;
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(payload.trim_end_matches('=').as_bytes())
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("sub")?.as_str().map(str::to_owned)
+}
+
+/// How often a token file that holds no new token is read again, while the server waits for
+/// one (its grace).
+const RECHECK_TOKEN: Duration = Duration::from_secs(2);
+
+/// The server said the token expired and no `refreshed` came yet: what is said meanwhile waits.
+#[derive(Debug, Default)]
+struct Expiry {
+    /// The token sent in a `refresh`, not answered yet.
+    offered: Option<String>,
+    /// The last token the server refused in answer to a `refresh`: not offered again.
+    refused: Option<String>,
+    /// When to read the token file again: now (just expired), or a while after it held no new
+    /// token.
+    recheck: Option<Instant>,
+    /// The user was told to put a fresh token in the file.
+    told: bool,
 }
 
 struct Cursor {
@@ -92,6 +147,8 @@ struct State {
     input_done: bool,
     /// The server said `welcome` on this connection.
     welcomed: bool,
+    /// The server said the token expired, on this connection, and no `refreshed` came yet.
+    expiry: Option<Expiry>,
 }
 
 /// Why a connection ended.
@@ -145,6 +202,7 @@ pub async fn run(
         next_cid: 1,
         input_done: false,
         welcomed: false,
+        expiry: None,
     };
     let config = ConnectionConfig::default();
     let target = state.opts.target.clone();
@@ -250,8 +308,8 @@ impl State {
     /// Sends what waits unsent, as fast as the bucket allows; sets `wake` for the rest.
     async fn pump(&mut self, conn: &mut Connection) -> Result<()> {
         self.wake = None;
-        if !self.welcomed {
-            return Ok(());
+        if !self.welcomed || self.expiry.is_some() {
+            return Ok(()); // held until `welcome`, or until `refreshed`
         }
         for i in 0..self.pending.len() {
             if self.pending[i].2 {
@@ -295,6 +353,13 @@ impl State {
         inputs: &mut mpsc::Receiver<Input>,
         out: &mut Output,
     ) -> Result<SessionEnd> {
+        self.expiry = None;
+        if let Some(path) = &self.opts.token_file {
+            match read_token(path) {
+                Ok(token) => self.opts.token = Some(token),
+                Err(err) => out.notice(&format!("* {err}; trying the token read before")),
+            }
+        }
         self.send(
             conn,
             &ClientMsg::Hello {
@@ -335,7 +400,7 @@ impl State {
                         self.pump(conn).await?;
                     }
                     Ok(Some(Incoming::Binary(_))) => {}
-                    Ok(None) => return Ok(self.closed_by_server(conn)),
+                    Ok(None) => return Ok(self.closed_by_server(conn, out)),
                     Err(err) => return Ok(SessionEnd::Lost(err.to_string())),
                 },
                 input = inputs.recv(), if !self.input_done => match input {
@@ -352,6 +417,9 @@ impl State {
                 }
                 () = async { tokio::time::sleep_until(self.wake.expect("checked")).await }, if self.wake.is_some() => {
                     self.pump(conn).await?;
+                }
+                () = async { tokio::time::sleep_until(self.recheck().expect("checked")).await }, if self.recheck().is_some() => {
+                    self.renew(conn, out).await?;
                 }
             }
         }
@@ -371,12 +439,93 @@ impl State {
         SessionEnd::Exit(Exit::Done)
     }
 
-    fn closed_by_server(&self, conn: &mut Connection) -> SessionEnd {
+    /// When to read the token file again, if the token expired and no new one is on its way.
+    fn recheck(&self) -> Option<Instant> {
+        self.expiry.as_ref().and_then(|e| e.recheck)
+    }
+
+    /// The token expired: sends the token file's in `refresh` if it holds a new one, or tells
+    /// the user (once) and reads it again a while later.
+    async fn renew(&mut self, conn: &mut Connection, out: &mut Output) -> Result<()> {
+        let (Some(expiry), Some(path)) = (&mut self.expiry, &self.opts.token_file) else {
+            return Ok(());
+        };
+        expiry.recheck = None;
+        if expiry.offered.is_some() {
+            return Ok(()); // its answer comes first
+        }
+        let fresh = read_token(path);
+        match fresh {
+            Ok(token)
+                if Some(&token) != self.opts.token.as_ref()
+                    && Some(&token) != expiry.refused.as_ref() =>
+            {
+                expiry.offered = Some(token.clone());
+                out.status(&format!(
+                    "* token expired; sending the new one from {}",
+                    path.display()
+                ));
+                self.send(conn, &ClientMsg::Refresh { token }).await?;
+            }
+            other => {
+                if !expiry.told {
+                    expiry.told = true;
+                    let why = match other {
+                        Err(err) => format!(" ({err})"),
+                        Ok(_) => String::new(),
+                    };
+                    out.notice(&format!(
+                        "* token expired; put a fresh one in {}{why} (`nanachat token --sub {}`)",
+                        path.display(),
+                        self.opts.nick
+                    ));
+                }
+                expiry.recheck = Some(Instant::now() + RECHECK_TOKEN);
+            }
+        }
+        Ok(())
+    }
+
+    /// The server closed the connection with 4003, the token ended: goes on with a new token
+    /// from the token file if it holds one, or ends saying how to get one.
+    fn token_ended(&self, reason: &str) -> SessionEnd {
+        let mint = format!("`nanachat token --sub {}`", self.opts.nick);
+        let Some(path) = &self.opts.token_file else {
+            return SessionEnd::Exit(Exit::Refused(format!(
+                "the token expired (the server closed the connection: {CLOSE_TOKEN_ENDED} \
+                 {reason}): get a new one ({mint}) and connect again with it"
+            )));
+        };
+        let refused = self.expiry.as_ref().and_then(|e| e.refused.as_ref());
+        match read_token(path) {
+            Ok(token) if Some(&token) != self.opts.token.as_ref() && Some(&token) != refused => {
+                SessionEnd::Lost(format!(
+                    "the token ended ({CLOSE_TOKEN_ENDED} {reason}); {} holds a new one",
+                    path.display()
+                ))
+            }
+            _ => SessionEnd::Exit(Exit::Refused(format!(
+                "the token expired (the server closed the connection: {CLOSE_TOKEN_ENDED} \
+                 {reason}) and {} holds no new one: put a fresh one there ({mint}) and connect \
+                 again",
+                path.display()
+            ))),
+        }
+    }
+
+    fn closed_by_server(&self, conn: &mut Connection, out: &mut Output) -> SessionEnd {
         let Some(frame) = conn.peer_close() else {
             return SessionEnd::Lost("connection closed".into());
         };
         let code = u16::from(frame.code);
         let reason = output::visible(&frame.reason);
+        if code == CLOSE_TOKEN_ENDED {
+            let end = self.token_ended(&reason);
+            if let SessionEnd::Lost(why) = &end {
+                out.status(&format!("* {why}"));
+            }
+            return end;
+        }
         match frame.code {
             CloseCode::Policy | CloseCode::Size | CloseCode::Protocol | CloseCode::Invalid => {
                 SessionEnd::Exit(Exit::Refused(format!(
@@ -394,11 +543,11 @@ impl State {
             return None;
         };
         match msg {
-            ServerMsg::Welcome { nick, limits, .. } => {
+            ServerMsg::Welcome { nick, limits, exp } => {
                 self.welcomed = true;
                 // Half the burst: room left for joins and commands.
                 self.bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst / 2);
-                out.status(&format!("* connected as {nick}"));
+                out.status(&format!("* connected as {nick}{}", until(exp)));
             }
             ServerMsg::Joined {
                 room,
@@ -461,7 +610,13 @@ impl State {
                     out.message(&m);
                 }
             }
-            ServerMsg::Tick { .. } | ServerMsg::Refreshed { .. } => {}
+            ServerMsg::Refreshed { exp } => {
+                if let Some(token) = self.expiry.take().and_then(|e| e.offered) {
+                    self.opts.token = Some(token);
+                }
+                out.status(&format!("* token refreshed{}", until(exp)));
+            }
+            ServerMsg::Tick { .. } => {}
             ServerMsg::Error { code, message, cid } => {
                 return self.on_error(code, &message, cid, out);
             }
@@ -496,10 +651,59 @@ impl State {
                     "{message}: choose another nick with --nick"
                 ))));
             }
+            // The answer to our `refresh`: the file's token is no good; wait for another.
+            ErrorCode::Unauthorized
+                if cid.is_none() && self.expiry.as_ref().is_some_and(|e| e.offered.is_some()) =>
+            {
+                let path = self.opts.token_file.as_deref().unwrap_or(Path::new(""));
+                out.notice(&format!(
+                    "! the server refused the token in {}: {message}; put a valid one there",
+                    path.display()
+                ));
+                if let Some(expiry) = &mut self.expiry {
+                    expiry.refused = expiry.offered.take();
+                    expiry.recheck = Some(Instant::now() + RECHECK_TOKEN);
+                }
+                return None;
+            }
             ErrorCode::Unauthorized => {
+                let hint = match &self.opts.token_file {
+                    Some(path) => format!(
+                        "the token in {}; `nanachat token --sub {}` mints one",
+                        path.display(),
+                        self.opts.nick
+                    ),
+                    None => "--token".into(),
+                };
                 return Some(SessionEnd::Exit(Exit::Refused(format!(
-                    "{message} (--token)"
+                    "{message} ({hint})"
                 ))));
+            }
+            // Refused until a fresh token comes: held, and sent again after `refreshed`.
+            ErrorCode::TokenExpired => {
+                for entry in &mut self.pending {
+                    if Some(&entry.0) == cid.as_ref() {
+                        entry.2 = false;
+                    }
+                }
+                if self.expiry.is_none() {
+                    self.expiry = Some(Expiry {
+                        // With a token file: read it at once.
+                        recheck: self.opts.token_file.is_some().then(Instant::now),
+                        ..Expiry::default()
+                    });
+                    if self.opts.token_file.is_none() {
+                        out.notice(&format!(
+                            "! token_expired: {message} — a --token cannot be renewed: once \
+                             the server closes the connection, get a new one (`nanachat token \
+                             --sub {}`), or give --token-file FILE and keep FILE fresh",
+                            self.opts.nick
+                        ));
+                    }
+                } else if cid.is_none() && self.opts.commands {
+                    out.notice(&format!("! token_expired: {message}"));
+                }
+                return None;
             }
             // Worth another try, with the same cid, once the bucket allows.
             ErrorCode::RateLimited | ErrorCode::Internal if cid.is_some() => {
@@ -609,6 +813,12 @@ impl State {
 pub const HELP: &str = "commands: /join ROOM, /leave [ROOM], /rooms, /msg NICK TEXT, /who [ROOM], \
 /history [N], /nick NAME, /quit; anything else is said in the current room";
 
+/// " (token valid until …)" when the token has an `exp`.
+fn until(exp: Option<u64>) -> String {
+    exp.map(|exp| format!(" (token valid until {})", crate::clock::utc_from_secs(exp)))
+        .unwrap_or_default()
+}
+
 /// " and N more" when a list reply holds fewer than its `total` (it was cut to fit one frame).
 fn and_more(total: usize, shown: usize) -> String {
     match total.saturating_sub(shown) {
@@ -632,6 +842,7 @@ mod tests {
             reconnect: true,
             commands: true,
             token: None,
+            token_file: None,
         };
         let mut state = State {
             opts,
@@ -644,6 +855,7 @@ mod tests {
             next_cid: 1,
             input_done: false,
             welcomed: true,
+            expiry: None,
         };
         let lines = Arc::new(Mutex::new(Vec::new()));
         let seen = lines.clone();
@@ -664,6 +876,35 @@ mod tests {
                 "* joined dev",
             ]
         );
+    }
+
+    #[test]
+    fn the_nick_of_a_token_is_its_sub_read_without_verifying() {
+        let b64 = data_encoding::BASE64URL_NOPAD;
+        let token = format!(
+            "{}.{}.c2ln",
+            b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64.encode(br#"{"sub":"Tess","exp":1764000000}"#)
+        );
+        assert_eq!(token_sub(&token).as_deref(), Some("Tess"));
+        assert_eq!(token_sub(&format!(" {token}\n")).as_deref(), Some("Tess"));
+        for not_a_token in ["", "abc", "a.b.c", "a.e30.c", "a.eyJzdWIiOjF9.c"] {
+            assert_eq!(token_sub(not_a_token), None, "{not_a_token}");
+        }
+    }
+
+    #[test]
+    fn a_token_file_is_read_without_its_newline_and_must_hold_one() {
+        let dir = std::env::temp_dir().join(format!("nanachat-token-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "abc.def.ghi\n").unwrap();
+        assert_eq!(read_token(&file).unwrap(), "abc.def.ghi");
+        std::fs::write(&file, "\n").unwrap();
+        let err = read_token(&file).unwrap_err().to_string();
+        assert!(err.contains("empty") && err.contains("token"), "{err}");
+        assert_eq!(read_token(&dir.join("missing")).unwrap_err().exit_code(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

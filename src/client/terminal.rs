@@ -39,6 +39,9 @@ pub fn connect(mut opts: ClientOptions, speech: Speech) -> Result<Exit> {
             run(opts, rx, &mut out).await
         }
     });
+    // Input may still be open (the server ended us: a policy close, a token that ended): its
+    // reader waits in a read that may never return, and dropping the runtime would wait for it.
+    runtime.shutdown_background();
     if let Some(editor) = editor {
         if !editor.is_finished() {
             // The line editor owns the terminal; it must give it back before we exit.

@@ -300,6 +300,10 @@ settings! {
         /// A token for a server that wants one (`nanachat token`).
         #[arg(long, env = "NANACHAT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
         token: Secret,
+        /// A file holding the token, read at start, on every reconnect and when the server
+        /// says it expired (then sent in `refresh`): whatever rewrites it keeps the client in.
+        #[arg(long, env = "NANACHAT_TOKEN_FILE", value_name = "FILE")]
+        token_file: PathBuf,
     }
 }
 
@@ -592,8 +596,23 @@ impl ConnectArgs {
             json: c.json(),
             raw: c.raw(),
         };
+        let (token, token_file) = match (c.token(), c.token_file()) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "give --token or --token-file, not both".into(),
+                ));
+            }
+            (Some(token), None) => (Some(token.0), None),
+            // `--raw` speaks no protocol: no hello, no token.
+            (None, Some(_)) if speech.raw => (None, None),
+            (None, Some(path)) => (Some(crate::client::read_token(&path)?), Some(path)),
+            (None, None) => (None, None),
+        };
+        // Without --nick, the token's own nick (its `sub`, read without verifying: the server
+        // verifies it).
         let nick = c
             .nick()
+            .or_else(|| token.as_deref().and_then(crate::client::token_sub))
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "guest".into());
         if !speech.raw && !valid_nick(&nick) {
@@ -622,7 +641,8 @@ impl ConnectArgs {
             send_every,
             reconnect: !c.no_reconnect(),
             commands: false,
-            token: c.token().map(|t| t.0),
+            token,
+            token_file,
         };
         Ok((opts, speech))
     }
@@ -632,7 +652,12 @@ impl ConnectArgs {
         match &self.config {
             Some(path) => {
                 let keys = [ConnectSettings::KEYS, LogSettings::KEYS].concat();
-                let file: Self = load_file(path, &keys)?;
+                let mut file: Self = load_file(path, &keys)?;
+                // A token given here, either way, overrides the file's, either way.
+                if self.connect.token.is_some() || self.connect.token_file.is_some() {
+                    file.connect.token = None;
+                    file.connect.token_file = None;
+                }
                 Ok(Self {
                     connect: self.connect.or(file.connect),
                     log: self.log.or(file.log),
