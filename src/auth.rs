@@ -25,10 +25,18 @@ pub struct Claims {
     /// The nick.
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub exp: Option<u64>,
     /// Not before, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub nbf: Option<u64>,
     /// The issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +57,21 @@ pub enum Audience {
     One(String),
     /// Several.
     Many(Vec<String>),
+}
+
+/// A JWT NumericDate (RFC 7519 §2): seconds since the epoch, which may have a fraction
+/// (dropped) or be negative (before 1970: 0).
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(n) = n.as_u64() {
+        return Ok(Some(n));
+    }
+    match n.as_f64() {
+        Some(f) if f.is_finite() => Ok(Some(if f <= 0.0 { 0 } else { f.floor() as u64 })),
+        _ => Err(serde::de::Error::custom("a date is a number of seconds")),
+    }
 }
 
 impl Claims {
@@ -115,6 +138,8 @@ const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    /// Extensions the token says must be understood (RFC 7515 §4.1.11): none are.
+    crit: Option<serde_json::Value>,
 }
 
 /// The secrets in `text`: one per line, trailing whitespace (and a `\r`) not part of one, blank
@@ -280,6 +305,11 @@ impl Auth {
                 head.alg
             ));
         }
+        if head.crit.is_some() {
+            return Err(
+                "the token's header names critical extensions (crit): none are supported".into(),
+            );
+        }
         let signing_input = &token.trim()[..header.len() + 1 + payload.len()];
         let signature = decode(signature)?;
         let keys = self.keys();
@@ -289,7 +319,12 @@ impl Auth {
         {
             return Err("bad token signature".into());
         }
-        let claims: Claims = serde_json::from_slice(&decode(payload)?)
+        let claims: serde_json::Value = serde_json::from_slice(&decode(payload)?)
+            .map_err(|err| format!("malformed token claims: {err}"))?;
+        if !claims.is_object() {
+            return Err("malformed token claims: not a JSON object".into());
+        }
+        let claims: Claims = serde_json::from_value(claims)
             .map_err(|err| format!("malformed token claims: {err}"))?;
         let expect = &self.inner.expect;
         if let Some(issuer) = &expect.issuer
@@ -436,6 +471,32 @@ mod tests {
                 .unwrap_err()
                 .contains("issuer")
         );
+    }
+
+    #[test]
+    fn dates_may_have_fractions_and_crit_or_a_non_object_is_refused() {
+        let b64 = data_encoding::BASE64URL_NOPAD;
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"a secret of more than sixteen bytes");
+        let sign = |header: &str, payload: &str| {
+            let input = format!(
+                "{}.{}",
+                b64.encode(header.as_bytes()),
+                b64.encode(payload.as_bytes())
+            );
+            let tag = hmac::sign(&key, input.as_bytes());
+            format!("{input}.{}", b64.encode(tag.as_ref()))
+        };
+        let claims = auth()
+            .verify(
+                &sign(HEADER, r#"{"sub":"nana","exp":2000.5,"nbf":-1}"#),
+                1_000,
+            )
+            .unwrap();
+        assert_eq!((claims.exp, claims.nbf), (Some(2_000), Some(0)));
+        let array = auth().verify(&sign(HEADER, r#"["nana"]"#), 0);
+        assert!(array.unwrap_err().contains("not a JSON object"));
+        let crit = sign(r#"{"alg":"HS256","crit":["exp"]}"#, r#"{"sub":"nana"}"#);
+        assert!(auth().verify(&crit, 0).unwrap_err().contains("crit"));
     }
 
     #[test]

@@ -573,6 +573,8 @@ async fn a_star_lets_every_origin_in() {
             &[
                 (Some("https://evil.example.com"), None, 101),
                 (Some("ftp://x"), None, 101),
+                // A sandboxed page or a file: "any page" includes them.
+                (Some("null"), None, 101),
                 (None, None, 101),
             ],
         )
@@ -713,4 +715,31 @@ async fn other_methods_on_a_page_get_405() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let answer = raw_answer(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Found from the docs: with two `Origin` headers only the first was checked, two `Host`
+/// headers were taken, and a refused origin was echoed back whole (8 KB).
+#[tokio::test]
+async fn several_origin_or_host_headers_are_refused_and_a_long_origin_is_not_echoed_whole() {
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    let own = format!("http://{}", server.addr);
+    let upgrade = |extra: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
+            server.addr
+        )
+    };
+    let answer = raw_answer(server.addr, &upgrade(&format!("Origin: {own}\r\n"))).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    let two = format!("Origin: {own}\r\nOrigin: http://evil.example\r\n");
+    let answer = raw_answer(server.addr, &upgrade(&two)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let hosts = format!("Host: evil.example\r\nOrigin: {own}\r\n");
+    let answer = raw_answer(server.addr, &upgrade(&hosts)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let long = format!("Origin: http://{}.example\r\n", "a".repeat(8000));
+    let answer = raw_answer(server.addr, &upgrade(&long)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer:.100}");
+    assert!(answer.len() < 1000, "{} bytes", answer.len());
 }

@@ -135,6 +135,9 @@ impl<S: Store> Session<S> {
                 after: None,
             },
             "rooms" => ClientMsg::Rooms { after: None },
+            "token" if rest.is_empty() => {
+                return refuse(ErrorCode::BadMessage, "usage: /token TOKEN (a fresh token)");
+            }
             "token" => ClientMsg::Refresh {
                 token: rest.to_owned(),
             },

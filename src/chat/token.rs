@@ -41,13 +41,17 @@ impl HeldToken {
     /// refresh it.
     pub(super) fn new(auth: &Auth, token: String, claims: &Claims, grace: Duration) -> Self {
         let deadline = claims.exp.map(|exp| Box::pin(sleep_until(instant_of(exp))));
+        // Checked once more as soon as it is held: the secrets may have been re-read between
+        // its verification and now, and that change would otherwise count as seen.
+        let mut changes = auth.subscribe();
+        changes.mark_changed();
         Self {
             token,
             deadline,
             expired: false,
             grace,
             auth: auth.clone(),
-            changes: auth.subscribe(),
+            changes,
         }
     }
 
@@ -145,6 +149,20 @@ mod tests {
         // The old one taken out: revoked.
         write("new secret, sixteen bytes or more\n");
         assert_eq!(auth.reload().unwrap(), 1);
+        let event = tokio::time::timeout(Duration::from_secs(5), held.next())
+            .await
+            .unwrap();
+        assert_eq!(event, TokenEvent::Revoked("bad token signature".into()));
+
+        // Verified, then the secrets re-read, then held (a refresh racing a SIGHUP): held, it
+        // is checked against the secrets in force and revoked at once.
+        write("old secret, sixteen bytes or more\nnew secret, sixteen bytes or more\n");
+        auth.reload().unwrap();
+        let token = auth.mint(&claims);
+        assert!(auth.verify(&token, 0).is_ok());
+        write("new secret, sixteen bytes or more\n");
+        auth.reload().unwrap();
+        let mut held = HeldToken::new(&auth, token, &claims, Duration::from_secs(30));
         let event = tokio::time::timeout(Duration::from_secs(5), held.next())
             .await
             .unwrap();

@@ -187,8 +187,11 @@ impl ServerConfig {
     /// Whether a browser page from `origin` may connect, the request naming `host` in its
     /// `Host` header: see [`ServerConfig::allowed_origins`].
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        if matches!(self.allowed_origins.as_slice(), [any] if any == "*") {
+            return true; // even "null": a sandboxed page, a file
+        }
         let Some(origin) = normal_origin(origin) else {
-            return false; // "null" (a sandboxed page, a file), or not an origin at all
+            return false; // "null", or not an origin at all
         };
         match self.allowed_origins.as_slice() {
             [any] if any == "*" => true,
@@ -202,6 +205,16 @@ impl ServerConfig {
                 .iter()
                 .any(|o| normal_origin(o).as_ref() == Some(&origin)),
         }
+    }
+}
+
+/// Client text quoted in a refusal (its body and its log line): control characters escaped
+/// ([`Shown`]), and cut after 200 characters — an 8 KB header is not echoed back whole.
+fn quoted(text: &str) -> String {
+    const MOST: usize = 200;
+    match text.char_indices().nth(MOST) {
+        Some((at, _)) => format!("{}…", Shown(&text[..at])),
+        None => Shown(text).to_string(),
     }
 }
 
@@ -597,20 +610,31 @@ async fn upgrade_or_page<H: Handler>(
             };
         }
     };
-    if let Some(origin) = req.headers().get(axum::http::header::ORIGIN) {
+    if req
+        .headers()
+        .get_all(axum::http::header::HOST)
+        .iter()
+        .count()
+        > 1
+    {
+        return text_response(StatusCode::BAD_REQUEST, "more than one Host header\n");
+    }
+    let mut origins = req.headers().get_all(axum::http::header::ORIGIN).iter();
+    if let Some(origin) = origins.next() {
         let host = req
             .headers()
             .get(axum::http::header::HOST)
             .and_then(|h| h.to_str().ok());
         let origin = origin.to_str().unwrap_or("(not text)");
-        if !shared.config.origin_allowed(origin, host) {
+        // A browser sends one Origin; with several, which one is true cannot be told.
+        if origins.next().is_some() || !shared.config.origin_allowed(origin, host) {
             metrics::bump(&shared.refused_origin);
-            warn!(%peer, origin = %Shown(origin), "refused: origin not allowed");
+            warn!(%peer, origin = %quoted(origin), "refused: origin not allowed");
             return text_response(
                 StatusCode::FORBIDDEN,
                 format!(
                     "origin not allowed: {} (see --allowed-origin)\n",
-                    Shown(origin)
+                    quoted(origin)
                 ),
             );
         }
@@ -644,8 +668,8 @@ async fn upgrade_or_page<H: Handler>(
     let token = request_token(&req);
     if let Err(why) = shared.handler.authorize(token.as_deref(), subprotocol) {
         metrics::bump(&shared.refused_auth);
-        warn!(%peer, why = %Shown(&why), "refused: not authorized");
-        return text_response(StatusCode::UNAUTHORIZED, format!("{why}\n"));
+        warn!(%peer, why = %quoted(&why), "refused: not authorized");
+        return text_response(StatusCode::UNAUTHORIZED, format!("{}\n", quoted(&why)));
     }
     let (response, on_upgrade) = upgrade.accept(subprotocol);
     metrics::bump(&shared.accepted);

@@ -379,6 +379,14 @@ impl ServerSettings {
 impl SecretSettings {
     /// The token checker for the secret given, if one was.
     pub fn auth(&self) -> Result<Option<crate::auth::Auth>> {
+        if [&self.token_issuer, &self.token_audience]
+            .iter()
+            .any(|v| v.as_deref() == Some(""))
+        {
+            return Err(Error::Config(
+                "--token-issuer and --token-audience cannot be empty".into(),
+            ));
+        }
         let auth = match (&self.auth_secret, &self.auth_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(Error::Config(
@@ -399,7 +407,7 @@ impl SecretSettings {
         Ok(Some(auth.expecting(self.expect())))
     }
 
-    /// What every token's `iss` and `aud` must be.
+    /// What every token's `iss` and `aud` must be (an empty one is no rule: refused).
     pub fn expect(&self) -> crate::auth::Expect {
         crate::auth::Expect {
             issuer: self.token_issuer.clone(),
