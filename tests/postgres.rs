@@ -103,6 +103,29 @@ async fn two_stores_opening_one_new_room_at_once_agree_on_it() {
     }
 }
 
+/// Issue 16: three processes started at once on an empty database: one or two exited with
+/// `duplicate key value violates unique constraint "pg_type_typname_nsp_index"` (4 of 6
+/// trials) — the first table was created before the migration lock was taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_number_of_stores_may_open_an_empty_database_at_once() {
+    let pg = Postgres::start();
+    for trial in 0..6 {
+        let db = format!("cold_{trial}");
+        pg.sql(&format!("CREATE DATABASE {db}"));
+        let url = pg.url().replace("/postgres", &format!("/{db}"));
+        let opening: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgStore::open(&url).await.map(drop) })
+            })
+            .collect();
+        for task in opening {
+            let opened = common::within("open the store", task).await.unwrap();
+            assert!(opened.is_ok(), "trial {trial}: {:?}", opened.err());
+        }
+    }
+}
+
 /// Stopped database: appends and reads fail with an error (nothing acknowledged that is not
 /// stored); started again: the store reconnects by itself and seqs go on without a gap.
 #[tokio::test(flavor = "multi_thread")]

@@ -279,19 +279,25 @@ impl Link {
     }
 }
 
+/// Brings the schema up to date. Everything, the first table included, happens under the
+/// advisory lock: `CREATE TABLE IF NOT EXISTS` is not safe against itself (two processes
+/// creating it at once on an empty database, one fails on `pg_type_typname_nsp_index`).
 async fn migrate(client: &Client) -> Result<()> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS nanachat_schema (version INT NOT NULL);
-             INSERT INTO nanachat_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM nanachat_schema);",
-        )
-        .await
-        .map_err(pg_err)?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg_err)?;
-    let result = migrate_locked(client).await;
+    let result = async {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS nanachat_schema (version INT NOT NULL);
+                 INSERT INTO nanachat_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM nanachat_schema);",
+            )
+            .await
+            .map_err(pg_err)?;
+        migrate_locked(client).await
+    }
+    .await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await
