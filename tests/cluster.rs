@@ -354,6 +354,79 @@ async fn redis_down_for_a_few_seconds_leaves_no_gap_and_no_duplicate() {
     .await;
 }
 
+/// Issue 16: during a Redis outage `who` and a `dm` to a nick on another process closed the
+/// connection with 1011; during a PostgreSQL stop so did `history` and `join` of a room the
+/// process does not hold — a client rejoining with `since` looped on reconnect for as long as
+/// the database was down. Now each is `internal` (retry later) on a connection that stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn outages_answer_internal_and_keep_the_connection() {
+    let (pg, mut redis) = (Postgres::start(), Redis::start());
+    let (_procs, mut talker, mut reader) = talker_and_reader(&pg, &redis).await;
+    publish(&mut talker, "ok", 3).await;
+
+    redis.stop();
+    let who = talker.who().await;
+    assert_eq!(
+        (&who["type"], &who["code"]),
+        (&json!("error"), &json!("internal")),
+        "{who}"
+    );
+    talker
+        .send(json!({"type": "dm", "to": "reader", "text": "psst", "cid": "dm1"}))
+        .await;
+    let dm = talker.answer_to("dm1").await;
+    assert_eq!(dm["code"], "internal", "{dm}");
+    // Still connected, and still answered by what needs neither: the rooms of this process.
+    talker.send(json!({"type": "rooms"})).await;
+    talker.wait_for("rooms", |v| v["type"] == "rooms").await;
+    redis.start_again();
+    within("who on both processes once Redis is back", async {
+        while talker.who().await["type"] != "members" || reader.who().await["type"] != "members" {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+
+    pg.stop();
+    talker
+        .send(json!({"type": "history", "room": "lobby", "limit": 10}))
+        .await;
+    let history = talker
+        .wait_for("history", |v| {
+            v["type"] == "history" || v["type"] == "error"
+        })
+        .await;
+    assert_eq!(history["code"], "internal", "{history}");
+    reader
+        .send(json!({"type": "join", "room": "elsewhere"}))
+        .await;
+    let join = reader
+        .wait_for("join", |v| v["type"] == "joined" || v["type"] == "error")
+        .await;
+    assert_eq!(join["code"], "internal", "{join}");
+    // Both still connected: who (Redis) answers.
+    for c in [&mut talker, &mut reader] {
+        let who = c.who().await;
+        assert_eq!(who["type"], "members", "{who}");
+    }
+    pg.start_again();
+    within("join once PostgreSQL is back", async {
+        loop {
+            reader
+                .send(json!({"type": "join", "room": "elsewhere"}))
+                .await;
+            let v = reader
+                .wait_for("join", |v| v["type"] == "joined" || v["type"] == "error")
+                .await;
+            if v["type"] == "joined" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_down_gives_errors_not_lies() {
     let (pg, redis) = (Postgres::start(), Redis::start());

@@ -7,7 +7,7 @@
 //! reading in one piece.
 
 use super::list::{Keep, Listing};
-use super::session::{Failure, Session, refuse};
+use super::session::{Failure, Session, refuse, unavailable};
 use super::types::chat_message;
 use crate::connection::{Connection, Message};
 use crate::error::StoreError;
@@ -95,10 +95,11 @@ impl<S: Store> Session<S> {
         };
         let limit = limit.map_or(50, |l| l as usize).min(MAX_PAGE);
         let store = &self.chat.store;
-        let epoch = store.room_state(&room).await?.epoch;
+        let epoch = store.room_state(&room).await.map_err(unavailable)?.epoch;
         let messages: Vec<ChatMessage> = store
             .history(&room, page, limit)
-            .await?
+            .await
+            .map_err(unavailable)?
             .into_iter()
             .map(chat_message)
             .collect();

@@ -108,6 +108,19 @@ pub(super) enum Failure {
     Fatal(Error),
 }
 
+/// The one answer to a store or broker that failed a request *before it changed anything*
+/// (`who`, a `dm`'s lookup, `history`, opening a room to `join`): `internal`, retry later, and
+/// the connection stays (a PostgreSQL or Redis outage must not send every client into a
+/// reconnect loop). A failure after the client was promised something — a replay under way —
+/// still ends the connection (1011), so that it resumes rather than miss messages.
+pub(super) fn unavailable(err: Error) -> Failure {
+    warn!(cause = %err, "request refused: the store or the broker failed");
+    Failure::Refused(Refusal(
+        ErrorCode::Internal,
+        "the server cannot reach its store or broker just now: retry later".into(),
+    ))
+}
+
 impl From<Refusal> for Failure {
     fn from(r: Refusal) -> Self {
         Failure::Refused(r)
@@ -454,13 +467,21 @@ impl<S: Store> Session<S> {
                 format!("your token does not allow {room}"),
             )?;
         }
-        self.chat.directory.open_room(room, pair).await?;
+        self.chat
+            .directory
+            .open_room(room, pair)
+            .await
+            .map_err(unavailable)?;
         // The oldest message kept, read now when retention may have moved it (without a rule
         // the hub's is current, and a join costs no store read): `joined` tells it, and a
         // `since` before it is a resume that retention has cut short (told `truncated`).
         let first_seq = match self.chat.config.retention.keeps_all() {
             true => None,
-            false => Some(self.chat.store.room_state(room).await?.first_seq),
+            false => Some(
+                (self.chat.store.room_state(room).await)
+                    .map_err(unavailable)?
+                    .first_seq,
+            ),
         };
         let joined = self
             .hub()
@@ -508,7 +529,13 @@ impl<S: Store> Session<S> {
         if !valid_nick(&to) {
             refuse(ErrorCode::BadNick, format!("'{to}' is not a nick"))?;
         }
-        if !self.chat.directory.nick_online(&to).await? {
+        if !self
+            .chat
+            .directory
+            .nick_online(&to)
+            .await
+            .map_err(unavailable)?
+        {
             refuse(
                 ErrorCode::NoSuchNick,
                 format!("nobody is connected as {to}"),
@@ -517,7 +544,11 @@ impl<S: Store> Session<S> {
         let me = self.hub().nick(self.id).unwrap_or_default();
         // Named by the case-folded pair: `dm Alice` and `dm alice` are the one room.
         let room = dm_room(&me, &to);
-        self.chat.directory.open_room(&room, dm_pair(&room)).await?;
+        self.chat
+            .directory
+            .open_room(&room, dm_pair(&room))
+            .await
+            .map_err(unavailable)?;
         self.publish(room, text, cid);
         Ok(())
     }
@@ -533,7 +564,8 @@ impl<S: Store> Session<S> {
             .chat
             .directory
             .members(self.id, &room)
-            .await?
+            .await
+            .map_err(unavailable)?
             .or_else(|code| refuse(code, format!("you are not in {room}")))?;
         if let Some(after) = after {
             nicks.retain(|nick| *nick > after);
