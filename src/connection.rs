@@ -528,6 +528,12 @@ pub trait Handler: Send + Sync + 'static {
         let _ = out;
     }
 
+    /// Whether the handler can serve now, for `/readyz`: `Err` names what it cannot reach
+    /// (answered 503). A handler without outside services is always ready.
+    fn ready(&self) -> impl Future<Output = std::result::Result<(), String>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Called once on shutdown, after every connection has ended: finish what is in flight
     /// (the chat server waits here for its store's last commits).
     fn drain(&self) -> impl Future<Output = ()> + Send {

@@ -16,7 +16,7 @@
 //! - [`protocol`]: the `nanachat.v1` wire types (JSON), shared by server, clients and tools.
 //! - [`rate`]: the token bucket behind rate limits (the server's, and the client's own pacing).
 //! - [`server`]: the accept loop on one port (axum on hyper): WebSocket upgrade on any path,
-//!   `/healthz`, connection limit, two-phase graceful shutdown.
+//!   `/healthz`, `/readyz`, connection limit, two-phase graceful shutdown.
 //! - [`dial`]: opening a WebSocket from our side, into the same [`Connection`].
 //! - [`demo`]: the seed's full-duplex pair (`Server.py` / `Client.py`) as a handler and a client.
 //! - [`echo`]: the echo handler, the conformance target.

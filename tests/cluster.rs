@@ -601,3 +601,86 @@ async fn a_nick_in_another_case_is_taken_on_every_process_and_dms_find_it() {
         (Some("@alice+bob"), Some("Bob"))
     );
 }
+
+/// Waits (polling, at most [`common::WAIT`] × 2) until `GET path` on `addr` satisfies `ok`;
+/// returns that answer.
+async fn poll_http(addr: std::net::SocketAddr, path: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + common::WAIT * 2;
+    loop {
+        let answer = common::http_get(addr, path).await;
+        if ok(&answer) {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET {path} never matched; last: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 16: `/healthz` said ok during both outages, and a Redis restart made a process read
+/// the history of every room it ever held (4,669 reads), members or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_follows_the_store_and_the_broker_and_empty_rooms_are_not_refilled() {
+    let (pg, mut redis) = (Postgres::start(), Redis::start());
+    let proc = process(&pg, &redis);
+    let url = proc.listening_url();
+    let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().unwrap();
+    let ready = |a: &str| a.starts_with("HTTP/1.1 200") && a.contains("ready");
+    let not_ready = |what: &'static str| {
+        move |a: &str| a.starts_with("HTTP/1.1 503") && a.contains(&format!("not ready: {what}"))
+    };
+    poll_http(addr, "/readyz", ready).await;
+    let metrics = common::http_get(addr, "/metrics").await;
+    assert_eq!(common::metric(&metrics, "nanachat_cluster_subscribed"), 1);
+
+    // Twenty rooms used and left; the lobby keeps a member.
+    let mut c = Client::connect(&url, "ada").await;
+    c.join("lobby", None).await;
+    for n in 0..20 {
+        let room = format!("r{n}");
+        c.join(&room, None).await;
+        c.send(json!({"type": "leave", "room": room})).await;
+        c.wait_for("left", |v| v["type"] == "left").await;
+    }
+    let rooms = |m: &str| common::metric(m, "nanachat_chat_rooms");
+    assert_eq!(rooms(&common::http_get(addr, "/metrics").await), 21);
+
+    redis.stop();
+    let answer = poll_http(addr, "/readyz", not_ready("broker")).await;
+    assert!(answer.contains("broker"), "{answer}");
+    assert!(
+        common::http_get(addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    poll_http(addr, "/metrics", |m| {
+        common::metric(m, "nanachat_cluster_subscribed") == 0
+    })
+    .await;
+    redis.start_again();
+    poll_http(addr, "/readyz", ready).await;
+    // Back: only the room with a member is held and filled.
+    let metrics = poll_http(addr, "/metrics", |m| {
+        common::metric(m, "nanachat_cluster_subscribed") == 1
+    })
+    .await;
+    assert_eq!(rooms(&metrics), 1, "rooms held after the Redis restart");
+    within("ada back in who", async {
+        while c.who().await["nicks"] != json!(["ada"]) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+
+    pg.stop();
+    poll_http(addr, "/readyz", not_ready("store")).await;
+    assert!(
+        common::http_get(addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    pg.start_again();
+    poll_http(addr, "/readyz", ready).await;
+}

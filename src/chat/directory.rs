@@ -45,6 +45,26 @@ impl<S: Store> Directory<S> {
         }
     }
 
+    /// Whether the store and (in a cluster) the broker answer now, each within a second or
+    /// two; `Err` names the one that does not.
+    pub(super) async fn ready(&self) -> std::result::Result<(), String> {
+        const PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+        let store = tokio::time::timeout(PROBE, self.store.ping()).await;
+        match store {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(format!("store: {err}")),
+            Err(_) => return Err(format!("store: no answer within {PROBE:?}")),
+        }
+        if let Some(cluster) = &self.cluster {
+            match tokio::time::timeout(PROBE, cluster.ready()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => return Err(format!("broker: {why}")),
+                Err(_) => return Err(format!("broker: no answer within {PROBE:?}")),
+            }
+        }
+        Ok(())
+    }
+
     /// This process's connections, nicks and rooms: the same alone or in a cluster.
     pub(super) fn hub(&self) -> &Hub {
         &self.hub

@@ -250,9 +250,12 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// The rooms the hub holds.
-    pub(crate) fn held_rooms(&self) -> Vec<String> {
-        self.state().rooms.keys().cloned().collect()
+    /// Drops every room with no member and nothing in flight, however recently used (they are
+    /// read from the store again when someone comes back); the names of the rooms still held.
+    pub(crate) fn drop_empty_rooms(&self) -> Vec<String> {
+        let mut state = self.state();
+        state.drop_idle(Instant::now(), Duration::ZERO);
+        state.rooms.keys().cloned().collect()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -635,6 +638,11 @@ impl State {
             return;
         }
         self.swept = Some(now);
+        self.drop_idle(now, ttl);
+    }
+
+    /// Drops the rooms with no member, nothing in flight, and untouched for `ttl`.
+    fn drop_idle(&mut self, now: Instant, ttl: Duration) {
         let before = self.rooms.len();
         self.rooms.retain(|_, r| {
             !(r.members.is_empty()

@@ -108,6 +108,10 @@ impl<S: Store> Handler for Chat<S> {
         session::run(self.inner.clone(), conn).await
     }
 
+    async fn ready(&self) -> std::result::Result<(), String> {
+        self.inner.directory.ready().await
+    }
+
     async fn drain(&self) {
         // No more pruning: the store is this server's to close.
         self.pruner.stop().await;
@@ -218,4 +222,5 @@ Connect a WebSocket client to this address (ws://HOST:PORT/ or /ws).\n\
 - Ask for the subprotocol nanachat.v1 to speak JSON: see docs/protocol.md.\n\
 - Ask for none and you are in plain-text mode: you join `lobby`, each line you send is said\n  \
 there, /help lists the commands.\n\n\
-/healthz answers ok; /metrics has Prometheus metrics.\n";
+/healthz answers ok while the process runs; /readyz answers 200 while the store and the broker\n\
+are reachable (503 naming which is not); /metrics has Prometheus metrics.\n";

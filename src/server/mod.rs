@@ -336,6 +336,7 @@ pub async fn run<H: Handler>(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_page::<H>))
+        .route("/readyz", get(readyz::<H>))
         .fallback(upgrade_or_page::<H>)
         .with_state(shared.clone());
 
@@ -512,6 +513,28 @@ fn asset_response(asset: &Asset) -> Response<Body> {
 }
 
 /// `/metrics`: the server's, the connection layer's and the handler's counters.
+/// `/readyz`: 200 while the handler can serve (the chat server: its store and broker answer),
+/// 503 with what it cannot reach, or while shutting down. `/healthz` is liveness only: a
+/// process that answers it should not be restarted for an outage of something else.
+async fn readyz<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Response<Body> {
+    if shared.shutdown.is_cancelled() {
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        );
+    }
+    match shared.handler.ready().await {
+        Ok(()) => text_response(StatusCode::OK, "ready\n"),
+        Err(why) => {
+            debug!(%why, "not ready");
+            text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            )
+        }
+    }
+}
+
 async fn metrics_page<H: Handler>(State(shared): State<Arc<Shared<H>>>) -> Response<Body> {
     let mut out = String::new();
     let open = shared.config.max_connections - shared.permits.available_permits();

@@ -227,6 +227,12 @@ pub trait Store: Send + Sync + 'static {
     fn write_metrics(&self, out: &mut String) {
         let _ = out;
     }
+
+    /// Whether the store answers now (for `/readyz`): a round trip to a store on the network,
+    /// nothing for one in this process.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// Most messages one [`Store::prune`] call of [`prune_all`] deletes: one bounded transaction.

@@ -334,6 +334,15 @@ async fn migrate_locked(client: &Client) -> Result<()> {
 impl Store for PgStore {
     super::queue::store_methods_on_the_queue!();
 
+    async fn ping(&self) -> Result<()> {
+        let conn = self.reader.get().await?;
+        conn.client
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(pg_err)
+    }
+
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
         let conn = self.reader.get().await?;
         let limit = limit.min(MAX_PAGE) as i64;

@@ -66,6 +66,11 @@ struct Stats {
     received: AtomicU64,
     filled: AtomicU64,
     resubscribes: AtomicU64,
+    /// 1 while this process is subscribed to the other processes' messages.
+    subscribed: AtomicU64,
+    /// How long the last message from another process took to arrive, stored to heard, in
+    /// milliseconds (clocks of one cluster are taken to agree).
+    lag_ms: AtomicU64,
     expired_nodes: AtomicU64,
 }
 
@@ -193,8 +198,33 @@ impl<S: Store> Cluster<S> {
                     "Other processes found dead whose members this one took out.",
                     get(&stats.expired_nodes),
                 ),
+                (
+                    "nanachat_cluster_subscribed",
+                    "gauge",
+                    "1 while subscribed to the other processes' messages (the link to Redis is up).",
+                    get(&stats.subscribed),
+                ),
+                (
+                    "nanachat_cluster_lag_milliseconds",
+                    "gauge",
+                    "How long the last message from another process took, stored to heard.",
+                    get(&stats.lag_ms),
+                ),
             ],
         );
+    }
+
+    /// Whether Redis answers and this process is subscribed: `Err` says which is not so.
+    pub(crate) async fn ready(&self) -> std::result::Result<(), String> {
+        self.shared
+            .link
+            .ping()
+            .await
+            .map_err(|err| err.to_string())?;
+        if self.shared.stats.subscribed.load(Ordering::Relaxed) == 0 {
+            return Err("not subscribed to the other processes' messages (reconnecting)".into());
+        }
+        Ok(())
     }
 
     /// Takes this process's members out of every room (graceful shutdown).
@@ -324,11 +354,15 @@ async fn subscribe_loop<S: Store>(inner: Weak<Shared<S>>) {
         backoff.succeeded();
         {
             let Some(inner) = inner.upgrade() else { return };
+            inner.stats.subscribed.store(1, Ordering::Relaxed);
+            // Rooms nobody is in leave memory (read from the store again when someone comes
+            // back); the rest are filled with what pub/sub missed meanwhile.
+            let rooms = inner.hub.drop_empty_rooms();
             if !first {
-                info!(broker = %broker.shown(), "Redis is back: filling every room from the store");
+                info!(broker = %broker.shown(), rooms = rooms.len(), "Redis is back: filling the rooms with members from the store");
                 inner.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
             }
-            for room in inner.hub.held_rooms() {
+            for room in rooms {
                 inner.fill(&room, false);
             }
             inner.hub.resync_presence();
@@ -340,6 +374,8 @@ async fn subscribe_loop<S: Store>(inner: Weak<Shared<S>>) {
             match heard(&msg, inner.link.node()) {
                 Some(Heard::Message(msg)) => {
                     inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let lag = crate::clock::now_ms().saturating_sub(msg.time).max(0);
+                    inner.stats.lag_ms.store(lag as u64, Ordering::Relaxed);
                     let (room, seq) = (msg.room.clone(), msg.seq);
                     if !inner.hub.has_room(&room) {
                         open_dm(&inner, msg);
@@ -352,6 +388,9 @@ async fn subscribe_loop<S: Store>(inner: Weak<Shared<S>>) {
                 }
                 None => {}
             }
+        }
+        if let Some(inner) = inner.upgrade() {
+            inner.stats.subscribed.store(0, Ordering::Relaxed);
         }
         warn!(broker = %broker.shown(), "lost the Redis subscription; reconnecting");
     }

@@ -246,6 +246,13 @@ impl Link {
         }
     }
 
+    /// A round trip to Redis.
+    pub(super) async fn ping(&self) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING").ignore();
+        self.run(&pipe).await
+    }
+
     /// Publishes stored messages in one round trip, draining `batch`.
     pub(super) async fn publish(&self, batch: &mut Vec<ChatMessage>) -> Result<()> {
         let mut pipe = redis::pipe();
