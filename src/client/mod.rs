@@ -11,7 +11,7 @@
 //! A token can come from a file (`--token-file`), read at start, on every reconnect and when the
 //! server says the token expired: the client then sends the file's token in `refresh`, holds
 //! what it says meanwhile, and sends again what the server refused with `token_expired` once
-//! `refreshed` comes (see [`Expiry`]).
+//! `refreshed` comes (see `Expiry`).
 
 mod output;
 mod raw;
