@@ -684,3 +684,61 @@ async fn readyz_follows_the_store_and_the_broker_and_empty_rooms_are_not_refille
     pg.start_again();
     poll_http(addr, "/readyz", ready).await;
 }
+
+/// Issue 16: SIGSTOP one process past the lease (10 s), then SIGCONT: the others had announced
+/// its users as left; awake, it never put them back — `who` stayed short, DMs to them got
+/// `no_such_nick`, and their nicks were free for anyone. Now it learns it was declared dead
+/// and puts its members, nicks and presence back within a heartbeat or two.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_stalled_past_its_lease_puts_its_members_back_when_it_wakes() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let (mut vic, answer) = Client::hello(
+        &urls[0],
+        json!({"type": "hello", "nick": "vic", "key": "k1"}),
+    )
+    .await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    vic.join("lobby", None).await;
+    let mut watcher = Client::connect(&urls[1], "watcher").await;
+    watcher.join("lobby", None).await;
+    assert_eq!(watcher.who().await["nicks"], json!(["vic", "watcher"]));
+
+    procs[0].signal("STOP");
+    // The other process declares it dead after the lease and takes vic out.
+    tokio::time::timeout(Duration::from_secs(25), async {
+        while watcher.who().await["nicks"] != json!(["watcher"]) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("vic taken out while the process is stopped");
+    procs[0].signal("CONT");
+    let woke = std::time::Instant::now();
+    within("vic back in who", async {
+        while watcher.who().await["nicks"] != json!(["vic", "watcher"]) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let took = woke.elapsed();
+    assert!(took < Duration::from_secs(5), "back after {took:?}");
+    procs[0].wait_stderr("declared dead");
+    // vic's nick is vic's again everywhere, and a DM reaches vic.
+    let (_, answer) = Client::hello(
+        &urls[1],
+        json!({"type": "hello", "nick": "vic", "key": "k2"}),
+    )
+    .await;
+    assert_eq!(answer["code"], "nick_taken", "{answer}");
+    watcher
+        .send(json!({"type": "dm", "to": "vic", "text": "welcome back", "cid": "d1"}))
+        .await;
+    let ack = watcher.answer_to("d1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    vic.wait_for("the dm", |v| {
+        v["type"] == "message" && v["text"] == "welcome back"
+    })
+    .await;
+}

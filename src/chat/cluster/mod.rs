@@ -66,6 +66,8 @@ struct Stats {
     received: AtomicU64,
     filled: AtomicU64,
     resubscribes: AtomicU64,
+    /// Times this process found it had been declared dead, and put its share back.
+    revivals: AtomicU64,
     /// 1 while this process is subscribed to the other processes' messages.
     subscribed: AtomicU64,
     /// How long the last message from another process took to arrive, stored to heard, in
@@ -197,6 +199,12 @@ impl<S: Store> Cluster<S> {
                     "counter",
                     "Other processes found dead whose members this one took out.",
                     get(&stats.expired_nodes),
+                ),
+                (
+                    "nanachat_cluster_revivals_total",
+                    "counter",
+                    "Times this process found the others had declared it dead (a stall) and put its members back.",
+                    get(&stats.revivals),
                 ),
                 (
                     "nanachat_cluster_subscribed",
@@ -463,8 +471,24 @@ async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::Unbounded
                 }
             }
         }
-        if let Err(err) = inner.link.beat(&inner.stats.expired_nodes).await {
-            debug!(cause = %err, "heartbeat failed");
+        match inner.link.beat(&inner.stats.expired_nodes).await {
+            Ok(false) => {}
+            Ok(true) => {
+                warn!(
+                    "this process was declared dead by the others (stalled or cut off longer than {:?}): putting its members, nicks and presence back",
+                    redis::ALIVE_TTL
+                );
+                inner.stats.revivals.fetch_add(1, Ordering::Relaxed);
+                // Now, and once more at the next beat: the process that declared this one
+                // dead may still be taking its share out.
+                let (generation, share) = inner.hub.presence_share();
+                match inner.link.put_share(&share).await {
+                    Ok(()) => synced = Some(generation),
+                    Err(err) => debug!(cause = %err, "presence not back in Redis yet; retrying"),
+                }
+                inner.hub.resync_presence();
+            }
+            Err(err) => debug!(cause = %err, "heartbeat failed"),
         }
     }
 }

@@ -207,6 +207,9 @@ pub(super) struct Link {
     node: String,
     /// Rooms with this many nicks or more get no presence events.
     presence_limit: usize,
+    /// When the last heartbeat went through: past [`ALIVE_TTL`] the others may have declared
+    /// this process dead, and it grants no nick claims until a heartbeat goes through again.
+    last_beat: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Link {
@@ -218,6 +221,7 @@ impl Link {
             conn,
             node,
             presence_limit,
+            last_beat: std::sync::Mutex::new(None),
         }
     }
 
@@ -280,6 +284,18 @@ impl Link {
     /// Reserves `nick` on every process for connections with `key` (none: this one only).
     /// Returns whether it was granted.
     pub(super) async fn claim(&self, nick: &str, key: Option<&str>) -> Result<bool> {
+        let last = *self.last_beat.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() >= ALIVE_TTL) {
+            // Stalled, or cut off from Redis: the others may have taken this process's
+            // members out, and a claim granted now could be taken from under it.
+            return Err(Error::Store(crate::error::StoreError::Unreachable(
+                format!(
+                    "Redis at {} (no heartbeat for {:?})",
+                    self.broker.shown,
+                    last.map(|at| at.elapsed()).unwrap_or_default()
+                ),
+            )));
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
             .arg(CLAIM)
@@ -362,8 +378,9 @@ impl Link {
     }
 
     /// Says this process is alive; takes out the share of every process that is not,
-    /// counting each in `expired`.
-    pub(super) async fn beat(&self, expired: &AtomicU64) -> Result<()> {
+    /// counting each in `expired`. True when this process itself had been taken out (it was
+    /// stalled, or cut off, longer than [`ALIVE_TTL`]): its share must be put in again.
+    pub(super) async fn beat(&self, expired: &AtomicU64) -> Result<bool> {
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(alive_key(&self.node))
@@ -374,13 +391,20 @@ impl Link {
             .cmd("SADD")
             .arg("nanachat:nodes")
             .arg(&self.node)
-            .ignore()
             .cmd("SMEMBERS")
             .arg("nanachat:nodes");
-        let (nodes,): (Vec<String>,) = self.run(&pipe).await?;
+        let (added, nodes): (i64, Vec<String>) = self.run(&pipe).await?;
+        let first = self
+            .last_beat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(std::time::Instant::now())
+            .is_none();
+        // Not in the set of live processes any more: another one found this one dead.
+        let revived = added == 1 && !first;
         let others: Vec<&String> = nodes.iter().filter(|n| **n != self.node).collect();
         if others.is_empty() {
-            return Ok(());
+            return Ok(revived);
         }
         let mut pipe = redis::pipe();
         for node in &others {
@@ -401,7 +425,7 @@ impl Link {
                 expired.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(())
+        Ok(revived)
     }
 }
 
