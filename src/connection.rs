@@ -33,6 +33,7 @@ pub use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::config::ConnectionConfig;
 pub use crate::error::CLOSE_SLOW_CONSUMER;
+pub use crate::gate::CloseGate;
 use crate::metrics;
 use crate::outbox::Next;
 pub use crate::outbox::Outbox;
@@ -42,7 +43,9 @@ use crate::{Error, Result};
 /// The longest close reason the protocol allows (a control frame carries 125 bytes, 2 are the code).
 const MAX_CLOSE_REASON: usize = 123;
 
-type Socket = WebSocketStream<BoxedTransport>;
+/// A WebSocket over a transport behind a [`CloseGate`]: the peer's close is answered only after
+/// what was queued before it.
+pub type Socket = WebSocketStream<CloseGate>;
 
 /// What the peer sent: a whole data message. Control frames are handled by the connection itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,13 +117,14 @@ impl Connection {
     /// `shutdown` is the server's (or the client's) stop signal: when it fires, the connection
     /// closes with 1001.
     pub fn new(
-        socket: Socket,
+        mut socket: Socket,
         peer: Option<SocketAddr>,
         config: &ConnectionConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        let (sink, stream) = socket.split();
         let outbox = Outbox::new(config.outbox_bytes);
+        socket.get_mut().arm(outbox.clone());
+        let (sink, stream) = socket.split();
         let writer = tokio::spawn(write_loop(sink, outbox.clone(), Pace::new(config)));
         let now = Instant::now();
         let mut conn = Self {
@@ -154,6 +158,7 @@ impl Connection {
         shutdown: CancellationToken,
     ) -> Self {
         let ws_config = Some(config.websocket_config());
+        let transport = CloseGate::server(transport);
         let socket = WebSocketStream::from_raw_socket(transport, Role::Server, ws_config).await;
         Self::new(socket, peer, config, shutdown)
     }
@@ -213,8 +218,11 @@ impl Connection {
         self.outbox.push(msg).map_err(|_| self.outbox_closed())
     }
 
-    /// Keeps the link until the outbox has room for a reply of `len` bytes.
+    /// Keeps the link until the outbox has room for a reply of `len` bytes. A close read meanwhile
+    /// waits for this reply too (the [`CloseGate`] lets it through only once the handler asks
+    /// for its next message).
     async fn wait_for_room(&mut self, len: usize) -> Result<()> {
+        self.outbox.set_reading(false);
         loop {
             match self.outbox.has_room(len) {
                 Ok(true) => return Ok(()),
@@ -239,42 +247,18 @@ impl Connection {
         }
     }
 
-    /// Waits until the writer has flushed everything queued into the socket, without reading from
-    /// the peer meanwhile: a close read from the peer would be answered at once, and a WebSocket
-    /// sends no data after answering a close — what still waited would be lost. Timers,
-    /// a shutdown and a close by someone else act as in [`read_msg`](Self::read_msg). For a
-    /// handler that answers each message before reading the next (the echo server): its answers
-    /// to the last messages before the peer's close still go out.
-    pub async fn written(&mut self) -> Result<()> {
-        loop {
-            match self.outbox.is_written() {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(_) => return Err(self.outbox_closed()),
-            }
-            if self.ended {
-                return Err(Error::Closed);
-            }
-            tokio::select! {
-                () = self.outbox.written() => {}
-                turn = Self::turn(
-                    &mut self.stream, &mut self.timer, &self.shutdown, &self.outbox,
-                    self.close_deadline.is_some(), false,
-                ) => {
-                    self.on_turn(turn)?;
-                }
-            }
-        }
-    }
-
     /// Reads the next data message. `Ok(None)` means the connection is over: the peer closed it,
     /// or we closed it (shutdown, [`Connection::start_close`]) and the handshake has ended.
+    ///
+    /// Calling it says that the replies to every message read before are queued: the peer's
+    /// close, if it comes next, is answered once they are written (see [`CloseGate`]).
     ///
     /// Cancel-safe: it may lose a `select!` without losing a message.
     pub async fn read_msg(&mut self) -> Result<Option<Incoming>> {
         if let Some(held) = self.held.take() {
             return Ok(Some(*held));
         }
+        self.outbox.set_reading(true);
         loop {
             if self.ended {
                 return Ok(None);
@@ -425,7 +409,8 @@ impl Connection {
             Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(frame) => {
                 // tungstenite queued the reply; the next read flushes it and then ends the stream.
-                // A close that answers ours is not the peer closing.
+                // The close gate let the close up only once what we queued before was written,
+                // so the reply follows it. A close that answers ours is not the peer closing.
                 if self.close_deadline.is_none() {
                     self.peer_close = Some(frame.unwrap_or(CloseFrame {
                         code: CloseCode::Status,

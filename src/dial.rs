@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConnectionConfig;
 use crate::connection::Connection;
+use crate::gate::CloseGate;
 use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
 
@@ -199,7 +200,7 @@ pub async fn connect_from(
         }
         let (socket, response) = tokio_tungstenite::client_async_with_config(
             request,
-            transport,
+            CloseGate::client(transport),
             Some(config.websocket_config()),
         )
         .await?;

@@ -15,13 +15,13 @@ impl Handler for Echo {
 }
 
 /// The echo loop, for either side of a connection (the Autobahn client uses it too). Waits when
-/// the peer reads slowly, which slows our reading of it: back-pressure end to end. Each echo is
-/// fed to the socket before the next frame is read, so a peer that sends its last messages and
-/// closes at once still gets their echoes before our close.
+/// the peer reads slowly, which slows our reading of it: back-pressure end to end. Echoes are
+/// pipelined — the next frame is read while the writer writes — and a peer that sends its last
+/// messages and closes at once still gets every echo before our answer to its close: the
+/// connection's close gate holds that close until they are written (`gate.rs`).
 pub async fn echo(conn: &mut Connection) -> Result<()> {
     while let Some(msg) = conn.read_msg().await? {
         conn.send(msg).await?;
-        conn.written().await?;
     }
     Ok(())
 }

@@ -13,6 +13,8 @@
 //!   trait that says what a connection does. Every mode stands on it.
 //! - [`metrics`]: counters and the Prometheus text behind `/metrics`.
 //! - [`outbox`]: a connection's bounded send queue, shared by its senders, drained by its writer.
+//! - [`gate`]: the close gate under a connection: the peer's close is answered only after every
+//!   reply queued before it is written.
 //! - [`protocol`]: the `nanachat.v1` wire types (JSON), shared by server, clients and tools.
 //! - [`rate`]: the token bucket behind rate limits (the server's, and the client's own pacing).
 //! - [`server`]: the accept loop on one port (axum on hyper): WebSocket upgrade on any path,
@@ -45,6 +47,7 @@ pub mod demo;
 pub mod dial;
 pub mod echo;
 pub mod error;
+pub mod gate;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

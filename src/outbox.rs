@@ -20,9 +20,16 @@
 //! It also carries the two control signals the writer needs besides messages — "flush now"
 //! (for the automatic pong) and "close with this frame" — so neither can be stuck behind a full
 //! queue.
+//!
+//! And it counts: messages queued, and messages the writer has flushed into the socket. The
+//! [`CloseGate`](crate::gate::CloseGate) under the connection holds the peer's close frame back
+//! until everything queued before it is written (`Outbox::poll_written`), so the answer to a
+//! close never overtakes a reply.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -49,6 +56,9 @@ struct Shared {
     room: Notify,
     /// Wakes whoever waits in [`Outbox::closed`].
     closed: Notify,
+    /// The connection's handler is asking for its next message: what it answers to every
+    /// message before is queued (see [`Outbox::set_reading`]).
+    reading: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -64,8 +74,14 @@ struct State {
     closed: bool,
     /// The writer should stop once the queue is written (the connection is gone).
     done: bool,
-    /// The writer took a batch and has not flushed it into the socket yet.
-    feeding: bool,
+    /// Messages ever queued.
+    pushed: u64,
+    /// Messages the writer ever took from the queue.
+    taken: u64,
+    /// Messages the writer ever flushed into the socket (the first `written` queued).
+    written: u64,
+    /// The connection's reader, waiting in [`Outbox::poll_written`].
+    reader: Option<Waker>,
 }
 
 /// What the writer should do next.
@@ -98,11 +114,15 @@ impl Outbox {
                     close: None,
                     closed: false,
                     done: false,
-                    feeding: false,
+                    pushed: 0,
+                    taken: 0,
+                    written: 0,
+                    reader: None,
                 }),
                 work: Notify::new(),
                 room: Notify::new(),
                 closed: Notify::new(),
+                reading: AtomicBool::new(false),
             }),
         }
     }
@@ -131,6 +151,7 @@ impl Outbox {
                 return Err(Error::SlowConsumer);
             }
             state.bytes += len;
+            state.pushed += 1;
             state.queue.push_back(msg);
             if state.queue.len() > 1 {
                 // The writer has not seen the queue empty since the last wake-up: it will
@@ -167,30 +188,6 @@ impl Outbox {
         }
     }
 
-    /// Whether the writer has flushed everything queued into the socket. `Err(Closed)` once the outbox takes
-    /// nothing more.
-    pub(crate) fn is_written(&self) -> Result<bool> {
-        let state = self.state();
-        if state.closed {
-            return Err(Error::Closed);
-        }
-        Ok(state.queue.is_empty() && !state.feeding)
-    }
-
-    /// Resolves when [`is_written`](Self::is_written) may have changed. Registered before it
-    /// checks, so no wake-up is lost.
-    pub(crate) async fn written(&self) {
-        loop {
-            let room = self.shared.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if !matches!(self.is_written(), Ok(false)) {
-                return;
-            }
-            room.await;
-        }
-    }
-
     /// Queues a reply the caller waited room for with [`has_room`](Self::has_room) (it may
     /// take the queue a message past half the budget, never the live senders' limit into
     /// account: it is the connection's own answer).
@@ -202,6 +199,7 @@ impl Outbox {
                 return Err(Error::Closed);
             }
             state.bytes += msg.len();
+            state.pushed += 1;
             state.queue.push_back(msg);
         }
         self.shared.work.notify_one();
@@ -288,12 +286,16 @@ impl Outbox {
 
     /// The connection is over: refuse messages, drop what waits, and let the writer stop.
     pub(crate) fn shut(&self) {
-        {
+        let reader = {
             let mut state = self.state();
             state.closed = true;
             state.done = true;
             state.queue = VecDeque::new();
             state.bytes = 0;
+            state.reader.take()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
         }
         self.shared.work.notify_one();
         self.shared.room.notify_waiters();
@@ -315,17 +317,18 @@ impl Outbox {
     pub(crate) fn next_batch(&self, out: &mut VecDeque<Message>, max: usize) -> Next {
         let mut state = self.state();
         if !state.queue.is_empty() {
-            state.feeding = true;
             if state.queue.len() <= max && out.is_empty() {
                 // Take the whole queue, leaving the caller's empty one (and its capacity).
                 std::mem::swap(&mut state.queue, out);
                 state.bytes = 0;
+                state.taken += out.len() as u64;
             } else {
                 let n = max.min(state.queue.len());
                 let before = out.len();
                 out.extend(state.queue.drain(..n));
                 let taken: usize = out.iter().skip(before).map(Message::len).sum();
                 state.bytes -= taken;
+                state.taken += n as u64;
             }
             drop(state);
             self.shared.room.notify_waiters();
@@ -345,12 +348,49 @@ impl Outbox {
         }
     }
 
-    /// The writer's side: what it took is flushed into the socket (see
-    /// [`is_written`](Self::is_written)).
+    /// The writer's side: everything it took is flushed into the socket (see
+    /// [`poll_written`](Self::poll_written)).
     pub(crate) fn flushed(&self) {
-        if std::mem::take(&mut self.state().feeding) {
-            self.shared.room.notify_waiters();
+        let reader = {
+            let mut state = self.state();
+            state.written = state.taken;
+            state.reader.take()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
         }
+    }
+
+    /// The reader's side: the connection's handler is asking for its next message (`true`), or
+    /// is waiting to queue a reply (`false`). Only the one task that reads the connection sets
+    /// and reads it.
+    pub(crate) fn set_reading(&self, reading: bool) {
+        self.shared.reading.store(reading, Ordering::Relaxed);
+    }
+
+    /// See [`set_reading`](Self::set_reading).
+    pub(crate) fn is_reading(&self) -> bool {
+        self.shared.reading.load(Ordering::Relaxed)
+    }
+
+    /// How many messages were ever queued: a mark for [`poll_written`](Self::poll_written).
+    pub(crate) fn pushed(&self) -> u64 {
+        self.state().pushed
+    }
+
+    /// The reader's side: ready once the first `mark` messages ever queued are flushed into the
+    /// socket — or will never be (dropped for a slow consumer, the writer stopped): the writer
+    /// is done. Otherwise wakes `cx` when that may have changed.
+    pub(crate) fn poll_written(&self, mark: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state();
+        if state.written >= mark || state.done {
+            return Poll::Ready(());
+        }
+        match &mut state.reader {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => state.reader = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// The writer's side: waits until [`next`](Self::next) may have something new.
@@ -378,28 +418,30 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn written_waits_until_the_writer_has_flushed_what_it_took() {
+    #[test]
+    fn written_counts_what_the_writer_flushed_not_what_it_took() {
         let outbox = Outbox::new(1024);
-        assert!(outbox.is_written().unwrap());
-        outbox.try_send(Message::text("echo")).unwrap();
-        assert!(!outbox.is_written().unwrap());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(
+            outbox.poll_written(0, &mut cx).is_ready(),
+            "nothing to wait for"
+        );
+        outbox.try_send(Message::text("one")).unwrap();
+        outbox.push(Message::text("two")).unwrap();
+        let mark = outbox.pushed();
+        assert_eq!(mark, 2);
+        outbox.try_send(Message::text("after the mark")).unwrap();
         let mut batch = VecDeque::new();
-        assert!(matches!(outbox.next_batch(&mut batch, 8), Next::Batch));
-        // Taken, not yet flushed: a close answered now would still lose it.
-        assert!(!outbox.is_written().unwrap());
-        let waiter = tokio::spawn({
-            let outbox = outbox.clone();
-            async move { outbox.written().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
+        assert!(matches!(outbox.next_batch(&mut batch, 2), Next::Batch));
+        // Taken, not yet flushed: a close answered now would still overtake them.
+        assert!(outbox.poll_written(mark, &mut cx).is_pending());
         outbox.flushed();
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .unwrap();
-        assert!(outbox.is_written().unwrap());
+        assert!(outbox.poll_written(mark, &mut cx).is_ready());
+        assert!(outbox.poll_written(mark + 1, &mut cx).is_pending());
+        // What will never be written is not waited for.
+        outbox.shut();
+        assert!(outbox.poll_written(mark + 1, &mut cx).is_ready());
     }
 
     #[tokio::test]

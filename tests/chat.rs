@@ -1047,6 +1047,46 @@ async fn a_cid_reused_with_another_text_is_refused_and_a_true_retry_is_acked_aga
     assert_eq!(b.history_texts("lobby").await, ["first", "last"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+#[tokio::test]
+async fn plain_text_answers_all_go_before_the_answer_to_a_close_sent_right_behind() {
+    // Lines answered on the spot (`/help` through the outbox, an unknown command as an error
+    // reply), then a close in the same burst: every answer comes before the server's close.
+    const N: usize = 300;
+    let server = chat_server(roomy()).await;
+    for round in 0..3 {
+        let (mut g, _) = guest(&server.url()).await;
+        for i in 0..N {
+            let line = match i % 2 {
+                0 => "/help".to_owned(),
+                _ => format!("/nope{i}"),
+            };
+            g.feed(Message::text(line)).await.unwrap();
+        }
+        g.feed(Message::Close(None)).await.unwrap();
+        within("flush", g.flush()).await.unwrap();
+        let mut answers = Vec::new();
+        loop {
+            match within("an answer or the close", g.next()).await {
+                // Presence lines (this guest's own join among them) are not answers.
+                Some(Ok(Message::Text(t)))
+                    if t.starts_with("* guest-")
+                        && (t.ends_with(" joined lobby") || t.ends_with(" left lobby")) => {}
+                Some(Ok(Message::Text(t))) => answers.push(t.as_str().to_owned()),
+                Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("after {} answers: {other:?}", answers.len()),
+            }
+        }
+        assert_eq!(answers.len(), N, "round {round}: answers before the close");
+        for (i, answer) in answers.iter().enumerate() {
+            match i % 2 {
+                0 => assert!(answer.starts_with("* commands: "), "{i}: {answer}"),
+                _ => assert!(answer.contains(&format!("/nope{i}")), "{i}: {answer}"),
+            }
+        }
+    }
+}
+
 /// A plain-text guest, in the lobby; returns it with its welcome line.
 async fn guest(url: &str) -> (Peer, String) {
     let mut g = plain(url).await;

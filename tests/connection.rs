@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::http::Response;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -101,6 +102,56 @@ async fn fragmented_message_over_the_limit_closes_with_1009() {
     ws.send(Message::Frame(first)).await.unwrap();
     ws.send(Message::Frame(rest)).await.unwrap();
     assert_eq!(close_frame(&mut ws).await.code, CloseCode::Size);
+}
+
+/// Reads what the server sends back until its close frame: the texts, and the close.
+async fn texts_until_close(ws: &mut Peer) -> (Vec<String>, Option<CloseFrame>) {
+    let mut texts = Vec::new();
+    loop {
+        match within("an echo or the close", ws.next()).await {
+            Some(Ok(Message::Text(t))) => texts.push(t.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => return (texts, frame),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("after {} texts: {other:?}", texts.len()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_echo_goes_before_the_answer_to_a_close_sent_right_behind_the_messages() {
+    // A thousand messages and a close in one burst: the server reads the close while most
+    // echoes still wait in its outbox, and must answer it only once they are written.
+    const N: usize = 1000;
+    let server = TestServer::start(ServerConfig::default(), Echo).await;
+    for round in 0..5 {
+        let mut ws = peer(&server.url()).await;
+        for i in 0..N {
+            ws.feed(Message::text(format!("message {i}")))
+                .await
+                .unwrap();
+        }
+        let bye = CloseFrame {
+            code: CloseCode::Library(4321),
+            reason: "that was all".into(),
+        };
+        ws.feed(Message::Close(Some(bye))).await.unwrap();
+        within("flush", ws.flush()).await.unwrap();
+        let (texts, close) = texts_until_close(&mut ws).await;
+        assert_eq!(texts.len(), N, "round {round}: echoes before the close");
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(text, &format!("message {i}"));
+        }
+        let close = close.expect("the close carries a code");
+        assert_eq!(
+            (close.code, close.reason.as_str()),
+            (CloseCode::Library(4321), "that was all"),
+            "the answer to a close carries its code"
+        );
+        assert!(
+            within("end", ws.next()).await.is_none(),
+            "the server closes the TCP connection after the handshake"
+        );
+    }
 }
 
 /// Opens a WebSocket by hand, so the test can write bytes no well-behaved client would.
