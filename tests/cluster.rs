@@ -742,3 +742,39 @@ async fn a_process_stalled_past_its_lease_puts_its_members_back_when_it_wakes() 
     })
     .await;
 }
+
+/// Issue 16: a process with `--max-text-chars 10 --max-message-bytes 1KiB --presence-limit 2`
+/// joined the cluster, told its clients 10 characters and delivered 3,000-character messages
+/// from the others. Now it refuses to start, naming the setting and both values.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_whose_settings_disagree_with_the_cluster_refuses_to_start() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let _first = process(&pg, &redis);
+    for (option, value, cluster) in [
+        ("--max-text-chars", "10", "4000"),
+        ("--presence-limit", "2", "100"),
+        ("--max-message-bytes", "1KiB", "65536"),
+    ] {
+        let mut cmd = nanachat();
+        cmd.args(["serve", "--addr", "127.0.0.1:0"])
+            .args(["--store", &pg.url(), "--broker", &redis.url()])
+            .args([option, value]);
+        let mut proc = Proc::spawn("nanachat serve (disagreeing)", cmd);
+        let status = proc.wait_exit();
+        assert_eq!(status.code(), Some(2), "{option}: {}", proc.stderr_text());
+        let said = proc.stderr_text();
+        let line = said
+            .lines()
+            .find(|l| l.contains("every process of a cluster must agree"))
+            .unwrap_or_else(|| panic!("{option}: {said}"));
+        let value = if value == "1KiB" { "1024" } else { value };
+        assert!(
+            line.contains(&format!(
+                "{option} is {value} on this process but {cluster}"
+            )),
+            "{line}"
+        );
+    }
+    // The same settings are welcome.
+    let _second = process(&pg, &redis);
+}

@@ -116,7 +116,15 @@ async fn on<S: Store>(
     let make = async move || {
         let store = open().await?;
         if let Some(url) = &broker {
-            let broker = Broker::connect(url).await?;
+            let mut broker = Broker::connect(url).await?;
+            // What a client is told, and what rooms do, must not depend on the process.
+            broker
+                .agree(&[
+                    ("max-text-chars", chat.max_text_chars.to_string()),
+                    ("max-message-bytes", max_message_bytes.to_string()),
+                    ("presence-limit", chat.presence_limit.to_string()),
+                ])
+                .await?;
             tracing::info!(broker = %broker.shown(), "broker");
             chat.broker = Some(broker);
         }

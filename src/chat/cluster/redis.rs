@@ -16,6 +16,7 @@
 //!   its connections share and the nick as they spell it (`key\nNick`), so that the same key
 //!   cannot take `Alice` while `alice` is online.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -132,7 +133,23 @@ const CLAIM_PREFIX: &str = "nanachat:nick:";
 pub struct Broker {
     client: redis::Client,
     shown: String,
+    /// The settings every process of the cluster must share, as `(option, value)`: see
+    /// [`Broker::agree`].
+    agreed: Arc<Vec<(String, String)>>,
 }
+
+/// Key of the settings every process must share (a hash; it lives while processes beat).
+const SETTINGS: &str = "nanachat:settings";
+
+/// KEYS: the settings hash. ARGV: TTL in ms, then option, value, option, value…
+/// Puts them in if no process has, keeps them alive; returns what the cluster holds.
+const AGREE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+";
 
 impl Broker {
     /// Checks the URL and that the server answers now (a config error otherwise).
@@ -140,7 +157,11 @@ impl Broker {
         let shown = crate::config::redact_url(url);
         let as_broker = format!("{shown} as the broker");
         let client = Self::parse_url(url)?;
-        let broker = Self { client, shown };
+        let broker = Self {
+            client,
+            shown,
+            agreed: Arc::default(),
+        };
         let mut conn = broker
             .connection()
             .await
@@ -166,6 +187,35 @@ impl Broker {
         }
         redis::Client::open(url)
             .map_err(|err| Error::service(format!("{shown} as the broker"), err))
+    }
+
+    /// Checks `settings` (`(option, value)`, e.g. `("max-text-chars", "4000")`) against those
+    /// of the processes already serving through this broker, or sets them if there are none.
+    /// A process that disagrees is refused (a config error naming the option and both
+    /// values). The settings stay in Redis while any process beats, and are put back after a
+    /// Redis restart.
+    pub async fn agree(&mut self, settings: &[(&str, String)]) -> Result<()> {
+        self.agreed = Arc::new(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        );
+        let mut conn = self
+            .connection()
+            .await
+            .map_err(|err| Error::service(format!("{} as the broker", self.shown), err))?;
+        let held: Vec<String> = agree_cmd(&self.agreed)
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| Error::service(format!("{} as the broker", self.shown), err))?;
+        match disagreement(&self.agreed, &held) {
+            None => Ok(()),
+            Some((option, ours, theirs)) => Err(Error::Config(format!(
+                "--{option} is {ours} on this process but {theirs} on the others serving through {}: every process of a cluster must agree (docs/scaling.md)",
+                self.shown
+            ))),
+        }
     }
 
     /// The server's address, without its password.
@@ -195,6 +245,32 @@ impl Broker {
             .get_multiplexed_async_connection_with_config(&config)
             .await
     }
+}
+
+/// The script call that agrees on `settings`.
+fn agree_cmd(settings: &[(String, String)]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(AGREE)
+        .arg(1)
+        .arg(SETTINGS)
+        .arg(ALIVE_TTL.as_millis() as u64);
+    for (option, value) in settings {
+        cmd.arg(option).arg(value);
+    }
+    cmd
+}
+
+/// The first of `ours` whose value `held` (a flat HGETALL answer) has otherwise:
+/// `(option, ours, theirs)`.
+fn disagreement(ours: &[(String, String)], held: &[String]) -> Option<(String, String, String)> {
+    let held: std::collections::HashMap<&str, &str> = held
+        .chunks(2)
+        .filter_map(|kv| Some((kv.first()?.as_str(), kv.get(1)?.as_str())))
+        .collect();
+    ours.iter().find_map(|(option, value)| {
+        let theirs = held.get(option.as_str())?;
+        (*theirs != value).then(|| (option.clone(), value.clone(), (*theirs).to_owned()))
+    })
 }
 
 /// This process's command connection to the broker, made again with back-off when it breaks,
@@ -393,7 +469,12 @@ impl Link {
             .arg(&self.node)
             .cmd("SMEMBERS")
             .arg("nanachat:nodes");
-        let (added, nodes): (i64, Vec<String>) = self.run(&pipe).await?;
+        pipe.add_command(agree_cmd(&self.broker.agreed));
+        let (added, nodes, held): (i64, Vec<String>, Vec<String>) = self.run(&pipe).await?;
+        if let Some((option, ours, theirs)) = disagreement(&self.broker.agreed, &held) {
+            // Redis lost them and a process with other settings put its own first.
+            warn!(%option, %ours, %theirs, "the cluster's settings disagree with this process's");
+        }
         let first = self
             .last_beat
             .lock()
