@@ -475,7 +475,7 @@ async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::Unbounded
             Ok(false) => {}
             Ok(true) => {
                 warn!(
-                    "this process was declared dead by the others (stalled or cut off longer than {:?}): putting its members, nicks and presence back",
+                    "this process was not among the live ones in Redis (declared dead by the others after a stall or cut longer than {:?}, or Redis restarted empty): putting its members, nicks and presence back",
                     redis::ALIVE_TTL
                 );
                 inner.stats.revivals.fetch_add(1, Ordering::Relaxed);

@@ -107,6 +107,16 @@ return gone
 /// connection makes it for good); held, it is granted only to the same key (none: to nobody).
 /// KEYS: the claim. ARGV: the key ("" for none), the TTL in ms. Returns 1 if granted.
 const CLAIM: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local since = redis.call('GET', KEYS[2])
+if not since then
+  redis.call('SET', KEYS[2], now)
+  return -1
+end
+since = tonumber(since)
+if since > 0 and now - since < tonumber(ARGV[3]) then return -1 end
 local held = redis.call('GET', KEYS[1])
 if not held then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -115,6 +125,16 @@ end
 if held ~= '' and held == ARGV[1] then return 1 end
 return 0
 ";
+
+/// Key of when Redis's state began, in ms ("0": a fresh cluster, nothing to protect). Missing
+/// after Redis restarted empty: the first claim or heartbeat then starts the clock, and for
+/// [`SETTLE`] claims answer "retry" while every live process puts its share (its nicks)
+/// back — otherwise a stranger could take a connected user's nick in between.
+const SINCE: &str = "nanachat:since";
+
+/// How long after Redis restarted empty claims wait: a live process puts its share back
+/// within its lease.
+const SETTLE: Duration = ALIVE_TTL;
 
 /// How long a claim lasts if no connection follows it (the process died in between).
 const CLAIM_TTL: Duration = Duration::from_secs(30);
@@ -138,14 +158,28 @@ pub struct Broker {
     agreed: Arc<Vec<(String, String)>>,
 }
 
+/// Key of the set of live processes.
+const NODES: &str = "nanachat:nodes";
+
 /// Key of the settings every process must share (a hash; it lives while processes beat).
 const SETTINGS: &str = "nanachat:settings";
 
-/// KEYS: the settings hash. ARGV: TTL in ms, then option, value, option, value…
-/// Puts them in if no process has, keeps them alive; returns what the cluster holds.
+/// KEYS: the settings hash, [`SINCE`], the set of live processes. ARGV: TTL in ms, "start"
+/// or "beat", then option, value, option, value… Puts them in if no process has, keeps them
+/// alive; starts the clock of [`SINCE`] if Redis lost it (at the start of a fresh cluster,
+/// with no live process, there is nothing to wait for: "0"). Returns what the cluster holds.
 const AGREE: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if ARGV[2] == 'start' and redis.call('EXISTS', KEYS[3]) == 0 then
+    redis.call('SET', KEYS[2], '0')
+  else
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return redis.call('HGETALL', KEYS[1])
@@ -205,7 +239,7 @@ impl Broker {
             .connection()
             .await
             .map_err(|err| Error::service(format!("{} as the broker", self.shown), err))?;
-        let held: Vec<String> = agree_cmd(&self.agreed)
+        let held: Vec<String> = agree_cmd(&self.agreed, true)
             .query_async(&mut conn)
             .await
             .map_err(|err| Error::service(format!("{} as the broker", self.shown), err))?;
@@ -248,12 +282,15 @@ impl Broker {
 }
 
 /// The script call that agrees on `settings`.
-fn agree_cmd(settings: &[(String, String)]) -> redis::Cmd {
+fn agree_cmd(settings: &[(String, String)], at_start: bool) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(AGREE)
-        .arg(1)
+        .arg(3)
         .arg(SETTINGS)
-        .arg(ALIVE_TTL.as_millis() as u64);
+        .arg(SINCE)
+        .arg(NODES)
+        .arg(ALIVE_TTL.as_millis() as u64)
+        .arg(if at_start { "start" } else { "beat" });
     for (option, value) in settings {
         cmd.arg(option).arg(value);
     }
@@ -375,12 +412,22 @@ impl Link {
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
             .arg(CLAIM)
-            .arg(1)
+            .arg(2)
             .arg(format!("{CLAIM_PREFIX}{}", nick_key(nick)))
+            .arg(SINCE)
             .arg(claim_value(key, nick))
-            .arg(CLAIM_TTL.as_millis() as u64);
-        let (granted,): (bool,) = self.run(&pipe).await?;
-        Ok(granted)
+            .arg(CLAIM_TTL.as_millis() as u64)
+            .arg(SETTLE.as_millis() as u64);
+        let (granted,): (i64,) = self.run(&pipe).await?;
+        if granted < 0 {
+            return Err(Error::Store(crate::error::StoreError::Unreachable(
+                format!(
+                    "Redis at {}, just restarted: nicks are being put back (for up to {SETTLE:?})",
+                    self.broker.shown
+                ),
+            )));
+        }
+        Ok(granted == 1)
     }
 
     /// Whether anybody is connected as `nick` on any process.
@@ -465,11 +512,11 @@ impl Link {
             .arg(ALIVE_TTL.as_millis() as u64)
             .ignore()
             .cmd("SADD")
-            .arg("nanachat:nodes")
+            .arg(NODES)
             .arg(&self.node)
             .cmd("SMEMBERS")
-            .arg("nanachat:nodes");
-        pipe.add_command(agree_cmd(&self.broker.agreed));
+            .arg(NODES);
+        pipe.add_command(agree_cmd(&self.broker.agreed, false));
         let (added, nodes, held): (i64, Vec<String>, Vec<String>) = self.run(&pipe).await?;
         if let Some((option, ours, theirs)) = disagreement(&self.broker.agreed, &held) {
             // Redis lost them and a process with other settings put its own first.
@@ -498,7 +545,7 @@ impl Link {
             }
             // Whoever removes it from the set takes its members out, once.
             let mut pipe = redis::pipe();
-            pipe.cmd("SREM").arg("nanachat:nodes").arg(node);
+            pipe.cmd("SREM").arg(NODES).arg(node);
             let (removed,): (i64,) = self.run(&pipe).await?;
             if removed == 1 {
                 let gone = self.withdraw(node).await?;
