@@ -820,3 +820,86 @@ async fn after_a_redis_restart_no_stranger_gets_a_connected_users_nick() {
     let (_c, answer) = Client::hello(&urls[1], stranger).await;
     assert_eq!(answer["code"], "nick_taken", "{answer}");
 }
+
+/// A private CA and a certificate it signed for 127.0.0.1, written as PEM files in `dir`:
+/// (ca, cert, key).
+fn private_ca_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&files.0, ca.pem()).unwrap();
+    std::fs::write(&files.1, leaf.pem()).unwrap();
+    std::fs::write(&files.2, leaf_key.serialize_pem()).unwrap();
+    files
+}
+
+/// Issue 16: `rediss://` failed ("feature is not enabled"). Now the link to Redis speaks TLS,
+/// verified with `--broker-ca-file` (or the system's roots, which do not know a private CA).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rediss_broker_is_reached_over_tls_and_verified() {
+    let dir = std::env::temp_dir().join(format!("nanachat-rediss-{}", std::process::id()));
+    let (ca, cert, key) = private_ca_files(&dir);
+    let pg = Postgres::start();
+    let redis = Redis::start_tls(&cert, &key);
+    assert!(redis.url().starts_with("rediss://"));
+    let tls_process = || {
+        let mut cmd = nanachat();
+        cmd.args(["serve", "--addr", "127.0.0.1:0"])
+            .args(["--store", &pg.url(), "--broker", &redis.url()])
+            .arg("--broker-ca-file")
+            .arg(&ca);
+        let proc = Proc::spawn("nanachat serve (rediss)", cmd);
+        proc.wait_stderr("listening on ws://");
+        proc
+    };
+    let procs = [tls_process(), tls_process()];
+    let mut a = Client::connect(&procs[0].listening_url(), "ada").await;
+    a.join("lobby", None).await;
+    let mut b = Client::connect(&procs[1].listening_url(), "bo").await;
+    b.join("lobby", None).await;
+    a.say("over tls", "t1").await;
+    assert_eq!(a.answer_to("t1").await["type"], "ack");
+    b.wait_for("the message from the other process", |v| {
+        v["type"] == "message" && v["text"] == "over tls"
+    })
+    .await;
+    assert_eq!(b.who().await["nicks"], json!(["ada", "bo"]));
+
+    // Without the CA, the system's roots do not know it: refused at start, one line, exit 2.
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--addr", "127.0.0.1:0"]).args([
+        "--store",
+        &pg.url(),
+        "--broker",
+        &redis.url(),
+    ]);
+    let mut unverified = Proc::spawn("nanachat serve (rediss, no CA)", cmd);
+    assert_eq!(
+        unverified.wait_exit().code(),
+        Some(2),
+        "{}",
+        unverified.stderr_text()
+    );
+    assert!(
+        unverified.stderr_text().contains("as the broker"),
+        "{}",
+        unverified.stderr_text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

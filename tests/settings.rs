@@ -84,6 +84,15 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
             with: vec!["--store".into(), "postgres://db/chat".into()],
             ..text("redis://cache:6379/")
         },
+        "broker_ca_file" => Sample {
+            with: vec![
+                "--store".into(),
+                "postgres://db/chat".into(),
+                "--broker".into(),
+                "rediss://cache:6380/".into(),
+            ],
+            ..path("cert.pem")
+        },
         "log_format" => text("json"),
         "auth_secret" => sample(
             "0123456789abcdef0123",

@@ -26,6 +26,8 @@ pub enum History {
         url: String,
         /// `redis://…`.
         broker: Option<String>,
+        /// The CA certificate (PEM) a `rediss://` broker's certificate is verified with.
+        broker_ca: Option<Vec<u8>>,
     },
 }
 
@@ -65,7 +67,12 @@ pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
             })
             .await
         }
-        History::Postgres { url, broker } => {
+        History::Postgres {
+            url,
+            broker,
+            broker_ca,
+        } => {
+            let broker = broker.map(|url| (url, broker_ca));
             on(&listen, server, chat, broker, shutdown, async move || {
                 PgStore::open(&url).await
             })
@@ -108,15 +115,15 @@ async fn on<S: Store>(
     listen: &Listen,
     server: ServerConfig,
     mut chat: ChatConfig,
-    broker: Option<String>,
+    broker: Option<(String, Option<Vec<u8>>)>,
     shutdown: CancellationToken,
     open: impl AsyncFnOnce() -> Result<S>,
 ) -> Result<()> {
     let max_message_bytes = server.connection.max_message_bytes;
     let make = async move || {
         let store = open().await?;
-        if let Some(url) = &broker {
-            let mut broker = Broker::connect(url).await?;
+        if let Some((url, ca)) = &broker {
+            let mut broker = Broker::connect(url, ca.as_deref()).await?;
             // What a client is told, and what rooms do, must not depend on the process.
             broker
                 .agree(&[

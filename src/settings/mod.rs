@@ -123,6 +123,10 @@ settings! {
         /// as one chat: messages, presence, who (docs/scaling.md).
         #[arg(long, env = "NANACHAT_BROKER", hide_env_values = true, value_name = "URL")]
         broker: ServiceUrl,
+        /// The CA certificate (PEM) that signed a rediss:// broker's certificate; without it,
+        /// the system's roots.
+        #[arg(long, env = "NANACHAT_BROKER_CA_FILE", value_name = "PEM")]
+        broker_ca_file: PathBuf,
         /// Share the address with other processes (SO_REUSEPORT): the kernel spreads new
         /// connections over them.
         #[arg(long, env = "NANACHAT_REUSE_PORT", value_name = "BOOL", num_args = 0..=1,
@@ -542,8 +546,24 @@ impl ServeArgs {
             reuse_port: serve.reuse_port(),
         };
         listen.host_port()?;
+        let broker_ca =
+            match serve.broker_ca_file() {
+                Some(_) if broker.is_none() => {
+                    return Err(Error::Config(
+                        "--broker-ca-file needs a rediss:// --broker".into(),
+                    ));
+                }
+                Some(path) => Some(std::fs::read(&path).map_err(|err| {
+                    Error::file("read the broker's CA certificate from", &path, err)
+                })?),
+                None => None,
+            };
         let history = match store {
-            Some(url) => History::Postgres { url, broker },
+            Some(url) => History::Postgres {
+                url,
+                broker,
+                broker_ca,
+            },
             None if serve.memory() => History::Memory,
             None => History::File(serve.data_dir()),
         };

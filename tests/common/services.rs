@@ -199,6 +199,8 @@ impl Drop for Postgres {
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// With TLS only: the certificate and key files it serves (PEM).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Redis {
@@ -206,6 +208,18 @@ impl Redis {
         let mut redis = Self {
             port: free_port(),
             child: None,
+            tls: None,
+        };
+        redis.start_again();
+        redis
+    }
+
+    /// A Redis that speaks TLS only (`rediss://`), with this certificate and key (PEM files).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+            tls: Some((cert.to_owned(), key.to_owned())),
         };
         redis.start_again();
         redis
@@ -213,14 +227,29 @@ impl Redis {
 
     /// The URL to give `--broker`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Starts the server (again) on its port and waits until it accepts.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

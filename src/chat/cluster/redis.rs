@@ -186,11 +186,28 @@ return redis.call('HGETALL', KEYS[1])
 ";
 
 impl Broker {
-    /// Checks the URL and that the server answers now (a config error otherwise).
-    pub async fn connect(url: &str) -> Result<Self> {
+    /// Checks the URL and that the server answers now (a config error otherwise). A
+    /// `rediss://` URL speaks TLS (rustls), verifying the server against `ca` (PEM) when
+    /// given, else the system's roots.
+    pub async fn connect(url: &str, ca: Option<&[u8]>) -> Result<Self> {
         let shown = crate::config::redact_url(url);
         let as_broker = format!("{shown} as the broker");
-        let client = Self::parse_url(url)?;
+        let mut client = Self::parse_url(url)?;
+        if let Some(ca) = ca {
+            if !url.starts_with("rediss://") {
+                return Err(Error::Config(format!(
+                    "--broker-ca-file is for a rediss:// broker, not '{shown}'"
+                )));
+            }
+            client = redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            )
+            .map_err(|err| Error::service(&as_broker, err))?;
+        }
         let broker = Self {
             client,
             shown,
