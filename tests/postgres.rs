@@ -187,3 +187,54 @@ async fn an_unreachable_database_is_a_clear_config_error() {
         .to_string();
     assert!(!err.contains("secret"), "the password is not shown: {err}");
 }
+
+/// Issue 16: PostgreSQL had no TLS. `sslmode=verify-full` (or `require`, `verify-ca`) now
+/// speaks TLS and verifies the server — against the CA given, or the system's roots, which
+/// do not know a private CA; `sslmode` absent stays plain.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_speaks_tls_and_verifies_the_server() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let pg = Postgres::start();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    pg.enable_tls(&leaf.pem(), &leaf_key.serialize_pem());
+    // TLS is what the connection uses: the server says so.
+    let url = format!("{}?sslmode=verify-full", pg.url());
+    let store = common::within(
+        "open over TLS",
+        PgStore::open_with(&url, Some(ca.pem().as_bytes())),
+    )
+    .await
+    .unwrap();
+    let appended = store.append(say("ada", "over tls", "t1")).await.unwrap();
+    assert!(matches!(appended, Appended::Stored(_)), "{appended:?}");
+    let ssl = pg.sql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE s.ssl AND a.application_name = 'nanachat'",
+    );
+    assert!(
+        ssl.trim().parse::<u32>().unwrap() >= 1,
+        "no TLS connection: {ssl}"
+    );
+    // The system's roots do not know the private CA: refused, saying why.
+    let err = common::within("open unverified", PgStore::open_with(&url, None))
+        .await
+        .err()
+        .expect("a certificate from an unknown CA must be refused");
+    assert!(format!("{err}").contains("history store"), "{err}");
+    // A CA file without TLS asked for is a configuration error.
+    let plain = PgStore::open_with(&pg.url(), Some(ca.pem().as_bytes())).await;
+    assert!(
+        plain
+            .err()
+            .is_some_and(|e| e.to_string().contains("sslmode"))
+    );
+}

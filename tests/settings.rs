@@ -84,6 +84,13 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
             with: vec!["--store".into(), "postgres://db/chat".into()],
             ..text("redis://cache:6379/")
         },
+        "store_ca_file" => Sample {
+            with: vec![
+                "--store".into(),
+                "postgres://db/chat?sslmode=verify-full".into(),
+            ],
+            ..path("cert.pem")
+        },
         "broker_ca_file" => Sample {
             with: vec![
                 "--store".into(),

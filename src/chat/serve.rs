@@ -26,6 +26,8 @@ pub enum History {
         url: String,
         /// `redis://…`.
         broker: Option<String>,
+        /// The CA certificate (PEM) the database's certificate is verified with (TLS).
+        store_ca: Option<Vec<u8>>,
         /// The CA certificate (PEM) a `rediss://` broker's certificate is verified with.
         broker_ca: Option<Vec<u8>>,
     },
@@ -70,11 +72,12 @@ pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
         History::Postgres {
             url,
             broker,
+            store_ca,
             broker_ca,
         } => {
             let broker = broker.map(|url| (url, broker_ca));
             on(&listen, server, chat, broker, shutdown, async move || {
-                PgStore::open(&url).await
+                PgStore::open_with(&url, store_ca.as_deref()).await
             })
             .await
         }

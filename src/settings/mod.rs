@@ -119,6 +119,10 @@ settings! {
         /// shared by every process pointed at it.
         #[arg(long, env = "NANACHAT_STORE", hide_env_values = true, value_name = "URL")]
         store: ServiceUrl,
+        /// The CA certificate (PEM) that signed the database's certificate, for a --store URL
+        /// with sslmode=verify-full (or require); without it, the system's roots.
+        #[arg(long, env = "NANACHAT_STORE_CA_FILE", value_name = "PEM")]
+        store_ca_file: PathBuf,
         /// Redis (redis://HOST:PORT/) through which several processes on one --store serve
         /// as one chat: messages, presence, who (docs/scaling.md).
         #[arg(long, env = "NANACHAT_BROKER", hide_env_values = true, value_name = "URL")]
@@ -558,10 +562,23 @@ impl ServeArgs {
                 })?),
                 None => None,
             };
+        let store_ca =
+            match serve.store_ca_file() {
+                Some(_) if store.is_none() => {
+                    return Err(Error::Config(
+                        "--store-ca-file needs a postgres://…?sslmode=verify-full --store".into(),
+                    ));
+                }
+                Some(path) => Some(std::fs::read(&path).map_err(|err| {
+                    Error::file("read the store's CA certificate from", &path, err)
+                })?),
+                None => None,
+            };
         let history = match store {
             Some(url) => History::Postgres {
                 url,
                 broker,
+                store_ca,
                 broker_ca,
             },
             None if serve.memory() => History::Memory,

@@ -22,6 +22,7 @@
 //!   sensible retention).
 
 mod memory;
+mod pg_tls;
 mod postgres;
 mod queue;
 mod sqlite;

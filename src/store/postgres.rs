@@ -84,26 +84,40 @@ impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`), runs pending migrations and
     /// starts the writer. Fails with a config error if the database cannot be reached now.
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, None).await
+    }
+
+    /// As [`PgStore::open`]; with `sslmode=require` (or `verify-ca`, `verify-full`) in the URL
+    /// the connections speak TLS and verify the server against `ca` (PEM), or the system's
+    /// roots without one.
+    pub async fn open_with(url: &str, ca: Option<&[u8]>) -> Result<Self> {
         let shown = crate::config::redact_url(url);
         let as_store = format!("{shown} as the history store");
-        let mut config = Self::parse_url(url)?;
+        let (url, wants_tls) = super::pg_tls::ssl_mode(url);
+        let tls = match (wants_tls, ca) {
+            (true, ca) => Some(super::pg_tls::Rustls::new(ca)?),
+            (false, Some(_)) => {
+                return Err(Error::Config(format!(
+                    "--store-ca-file needs TLS to the store: add ?sslmode=verify-full to '{shown}'"
+                )));
+            }
+            (false, None) => None,
+        };
+        let mut config = Self::parse_url(&url)?;
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .application_name("nanachat");
         let unreachable = |err: Error| Error::service(&as_store, err);
         // Migrate on a connection of its own: the others prepare statements on the tables.
-        let (client, connection) = config
-            .connect(NoTls)
+        let client = connect(&config, tls.as_ref(), &shown)
             .await
             .map_err(|err| unreachable(pg_err(err)))?;
-        let migrating = tokio::spawn(connection);
         migrate(&client).await.map_err(unreachable)?;
         drop(client);
-        let _ = migrating.await;
-        let reader = Arc::new(Link::new(config.clone(), &shown));
+        let reader = Arc::new(Link::new(config.clone(), tls.clone(), &shown));
         reader.get().await.map_err(unreachable)?;
-        let pruner = Link::new(config.clone(), &shown);
-        let writer = Link::new(config, &shown);
+        let pruner = Link::new(config.clone(), tls.clone(), &shown);
+        let writer = Link::new(config, tls, &shown);
         writer.get().await.map_err(unreachable)?;
         let (queue, rx) = Queue::new();
         tokio::spawn(write_loop(writer, rx, queue.stats().clone()));
@@ -118,7 +132,8 @@ impl PgStore {
 
     /// Reads `url` as PostgreSQL connection settings, without connecting.
     pub fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
-        tokio_postgres::Config::from_str(url).map_err(|err| {
+        let (read, _) = super::pg_tls::ssl_mode(url);
+        tokio_postgres::Config::from_str(&read).map_err(|err| {
             let shown = crate::config::redact_url(url);
             Error::service(format!("{shown} as the history store"), pg_err(err))
         })
@@ -242,14 +257,45 @@ impl Conn {
 #[derive(Debug)]
 struct Link {
     config: tokio_postgres::Config,
+    /// TLS, when the URL asks for it.
+    tls: Option<super::pg_tls::Rustls>,
     shown: String,
     conn: Reconnecting<Arc<Conn>>,
 }
 
+/// A connection made with `config` (over TLS with `tls`), its driving task spawned.
+async fn connect(
+    config: &tokio_postgres::Config,
+    tls: Option<&super::pg_tls::Rustls>,
+    shown: &str,
+) -> std::result::Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let shown = shown.to_owned();
+    let ended = move |err: tokio_postgres::Error| {
+        debug!(store = %shown, cause = %err, "PostgreSQL connection ended");
+    };
+    match tls {
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move { connection.await.map_err(ended) });
+            Ok(client)
+        }
+        Some(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await?;
+            tokio::spawn(async move { connection.await.map_err(ended) });
+            Ok(client)
+        }
+    }
+}
+
 impl Link {
-    fn new(config: tokio_postgres::Config, shown: &str) -> Self {
+    fn new(
+        config: tokio_postgres::Config,
+        tls: Option<super::pg_tls::Rustls>,
+        shown: &str,
+    ) -> Self {
         Self {
             config,
+            tls,
             shown: shown.to_owned(),
             conn: Reconnecting::new(format!("PostgreSQL at {shown}")),
         }
@@ -263,13 +309,7 @@ impl Link {
     }
 
     async fn connect(&self) -> std::result::Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        let shown = self.shown.clone();
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!(store = %shown, cause = %err, "PostgreSQL connection ended");
-            }
-        });
+        let client = connect(&self.config, self.tls.as_ref(), &self.shown).await?;
         Conn::prepare(client).await
     }
 

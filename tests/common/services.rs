@@ -150,6 +150,35 @@ impl Postgres {
         wait_until("PostgreSQL accepts", || accepts(self.port));
     }
 
+    /// Restarts the server with TLS on (`ssl = on`), serving this certificate and key (PEM).
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), cert_pem).unwrap();
+        std::fs::write(data.join("server.key"), key_pem).unwrap();
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut conf, b"\nssl = on\n").unwrap();
+        if self.root {
+            let ok = Command::new("chown")
+                .args(["postgres"])
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        self.stop();
+        self.start_again();
+    }
+
     /// Stops the server (fast shutdown: connections are cut).
     pub fn stop(&self) {
         let out = self
