@@ -146,7 +146,7 @@ pub(crate) fn ssl_mode(url: &str) -> (String, bool) {
     let query: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some(("sslmode", mode)) if matches!(mode, "require" | "verify-ca" | "verify-full") => {
+            Some(("sslmode", "require" | "verify-ca" | "verify-full")) => {
                 tls = true;
                 "sslmode=require".to_owned()
             }
