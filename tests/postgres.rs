@@ -227,8 +227,7 @@ async fn the_store_speaks_tls_and_verifies_the_server() {
     // The system's roots do not know the private CA: refused, saying why.
     let err = common::within("open unverified", PgStore::open_with(&url, None))
         .await
-        .err()
-        .expect("a certificate from an unknown CA must be refused");
+        .expect_err("a certificate from an unknown CA must be refused");
     assert!(format!("{err}").contains("history store"), "{err}");
     // A CA file without TLS asked for is a configuration error.
     let plain = PgStore::open_with(&pg.url(), Some(ca.pem().as_bytes())).await;
