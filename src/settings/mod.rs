@@ -288,6 +288,11 @@ settings! {
         /// A token for a server that wants one (`nanachat token`).
         #[arg(long, env = "NANACHAT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
         token: Secret,
+        /// Where your key is kept: the secret that makes your nick yours, for good, on a
+        /// server without tokens; made at first use, readable by you only [default:
+        /// $XDG_CONFIG_HOME/nanachat/key, or ~/.config/nanachat/key].
+        #[arg(long, env = "NANACHAT_KEY_FILE", value_name = "FILE")]
+        key_file: PathBuf,
     }
 }
 
@@ -621,6 +626,7 @@ impl ConnectArgs {
             reconnect: !c.no_reconnect(),
             commands: false,
             token: c.token().map(|t| t.0),
+            key_file: c.key_file().or_else(crate::client::default_key_file),
         };
         Ok((opts, speech))
     }
