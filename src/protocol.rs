@@ -22,7 +22,8 @@ pub enum ClientMsg {
         nick: String,
         /// A secret the client chose: further connections with the same nick and key are the
         /// same user (one member, several connections); a different or no key gets
-        /// `nick_taken` while the nick is connected.
+        /// `nick_taken` while the nick is connected. On a server without tokens the first key
+        /// used with a nick binds it, for good: from then on only that key takes the nick.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
         /// A signed token (`nanachat token`) whose `sub` is this nick: required when the

@@ -903,3 +903,107 @@ async fn a_rediss_broker_is_reached_over_tls_and_verified() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15 item 5, on several processes: a nick used with a key is bound to it in the shared
+/// store, so that no process lets anyone else have it; a keyless nick's next holder, on any
+/// process, reads nothing of what its last holder was sent. Keys are not kept as they came,
+/// in PostgreSQL or in Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_nick_is_its_key_holders_on_every_process_and_a_keyless_one_keeps_no_past() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let key = "alice-secret-key";
+    let hello = |nick: &str, key: Option<&str>| {
+        let mut hello = json!({"type": "hello", "nick": nick});
+        if let Some(key) = key {
+            hello["key"] = key.into();
+        }
+        hello
+    };
+    let (mut alice, answer) = Client::hello(&urls[0], hello("alice", Some(key))).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    let mut bob = Client::connect(&urls[1], "bob").await;
+    bob.send(json!({"type": "dm", "to": "alice", "text": "to alice", "cid": "b1"}))
+        .await;
+    assert_eq!(bob.answer_to("b1").await["type"], "ack");
+    alice
+        .wait_for("bob's dm", |v| v["text"] == "to alice")
+        .await;
+    drop(alice);
+
+    // Without the key, or with another, on the other process: refused, bound to a key.
+    for key in [None, Some("mallory's key")] {
+        let (_, answer) = Client::hello(&urls[1], hello("alice", key)).await;
+        assert_eq!(answer["code"], "nick_taken", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("key"),
+            "{answer}"
+        );
+    }
+    // With it, there: her DMs.
+    let (mut alice, answer) = Client::hello(&urls[1], hello("alice", Some(key))).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    alice.join("@alice+bob", Some(0)).await;
+    alice
+        .wait_for("the dm replayed", |v| v["text"] == "to alice")
+        .await;
+
+    // A keyless nick: carol on the second process is sent a DM, and leaves; whoever takes
+    // `carol` next, on the first, reads none of it.
+    let mut carol = Client::connect(&urls[1], "carol").await;
+    bob.send(json!({"type": "dm", "to": "carol", "text": "to carol", "cid": "b2"}))
+        .await;
+    assert_eq!(bob.answer_to("b2").await["type"], "ack");
+    carol
+        .wait_for("bob's dm", |v| v["text"] == "to carol")
+        .await;
+    drop(carol);
+    let mut mallory = within("carol is free", async {
+        loop {
+            let (c, answer) = Client::hello(&urls[0], hello("carol", None)).await;
+            if answer["type"] == "welcome" {
+                break c;
+            }
+            assert_eq!(answer["code"], "nick_taken", "{answer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let joined = mallory.join("@bob+carol", Some(0)).await;
+    assert_eq!(
+        (&joined["first_seq"], &joined["last_seq"]),
+        (&json!(2), &json!(1)),
+        "{joined}"
+    );
+    mallory
+        .send(json!({"type": "history", "room": "@bob+carol", "after": 0}))
+        .await;
+    let page = mallory
+        .wait_for("history", |v| v["type"] == "history")
+        .await;
+    assert_eq!(page["messages"], json!([]), "{page}");
+    // What bob sends her now is hers, across processes.
+    bob.send(json!({"type": "dm", "to": "carol", "text": "to the new carol", "cid": "b3"}))
+        .await;
+    assert_eq!(bob.answer_to("b3").await["type"], "ack");
+    mallory
+        .wait_for("the new dm", |v| v["text"] == "to the new carol")
+        .await;
+    let texts: Vec<&Value> = mallory
+        .got
+        .iter()
+        .filter(|v| v["type"] == "message")
+        .map(|v| &v["text"])
+        .collect();
+    assert_eq!(texts, [&json!("to the new carol")], "nothing of before");
+
+    // The key, as Redis holds alice's claim while she is online, and as the store keeps it.
+    let claim = redis.cli(&["GET", "nanachat:nick:alice"]);
+    assert!(claim.contains("alice") && !claim.contains(key), "{claim}");
+    let stored = pg.sql("SELECT key_hash FROM nick_keys WHERE nick = 'alice'");
+    assert!(
+        stored.starts_with("hmac-sha256:") && !stored.contains(key),
+        "{stored}"
+    );
+}

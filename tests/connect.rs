@@ -282,7 +282,7 @@ async fn under_a_terminal_a_half_typed_line_survives_incoming_messages() {
     let url = server.listening_url();
     let mut talker = Talker::new(&url, "talker").await;
 
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nanachat"));
+    let mut cmd = nanachat();
     cmd.args(["connect", &url, "--nick", "typist"])
         .env("NO_COLOR", "1");
     let mut pty = rexpect::session::spawn_command(cmd, Some(10_000)).unwrap();
@@ -949,4 +949,39 @@ fn real_server_a_token_that_ends_without_a_new_one_ends_the_client_with_exit_3()
         assert!(errors[0].contains("4003"), "{stderr}");
         assert!(errors[0].contains("nanachat token --sub ended"), "{stderr}");
     }
+}
+
+/// Issue 15 item 5: an open server binds a nick to the first key used with it, for good. So the
+/// client keeps its key in a file (made at first use, readable by its owner only) and every
+/// run is the same user; a client with another key is refused the nick.
+#[tokio::test]
+async fn the_client_keeps_its_key_so_its_nick_stays_its_own() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve(&dir.join("data"), "127.0.0.1:0");
+    let url = server.listening_url();
+    let key_file = dir.join("config").join("key");
+    for run in ["the first run", "the second run"] {
+        let mut cmd = nanachat();
+        cmd.args(["connect", &url, "--nick", "keeper", "--key-file"])
+            .arg(&key_file);
+        common::connect_says(run, cmd, run);
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--nick", "keeper", "--no-reconnect"])
+        .arg("--key-file")
+        .arg(dir.join("another"));
+    let mut other = Proc::spawn_with_stdin("connect with another key", cmd, true);
+    other.close_stdin();
+    assert_eq!(other.wait_exit().code(), Some(3), "{}", other.stderr_text());
+    assert!(
+        other.stderr_text().contains("bound to a key"),
+        "{}",
+        other.stderr_text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

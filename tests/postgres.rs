@@ -28,11 +28,12 @@ async fn keeps_the_store_contract() {
         contract::prune_by_count_keeps_the_newest_of_each_room(&s).await;
         contract::prune_by_age_deletes_the_oldest_only(&s).await;
         contract::seqs_go_on_after_everything_is_pruned(&s).await;
+        contract::a_nick_bound_to_a_key_stays_bound_and_keeps_where_its_dms_stood(&s).await;
         contract::concurrent_appends_get_distinct_consecutive_seqs(Arc::new(s)).await;
     })
     .await;
     // The schema is there once, at its version; a second store on it migrates nothing.
-    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "1");
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "2");
     drop(store(&pg).await);
     assert_eq!(pg.sql("SELECT count(*) FROM nanachat_schema").trim(), "1");
 }
@@ -124,6 +125,48 @@ async fn any_number_of_stores_may_open_an_empty_database_at_once() {
             assert!(opened.is_ok(), "trial {trial}: {:?}", opened.err());
         }
     }
+}
+
+/// A database as the first schema left it is migrated in place, history intact; a nick bound
+/// through one process is bound for every other, and two processes binding it at once agree
+/// on the one key that won.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_schema_database_is_migrated_and_nick_bindings_are_shared() {
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE nanachat_schema (version INT NOT NULL);
+         INSERT INTO nanachat_schema VALUES (1);
+         CREATE TABLE rooms (name TEXT PRIMARY KEY, epoch BIGINT NOT NULL,
+                             last_seq BIGINT NOT NULL);
+         CREATE TABLE messages (room TEXT NOT NULL, seq BIGINT NOT NULL, sender TEXT NOT NULL,
+                                text TEXT NOT NULL, time_ms BIGINT NOT NULL, cid TEXT,
+                                PRIMARY KEY (room, seq));
+         CREATE UNIQUE INDEX messages_cid ON messages (room, sender, cid) WHERE cid IS NOT NULL;
+         INSERT INTO rooms VALUES ('@alice+bob', 7, 2);
+         INSERT INTO messages VALUES ('@alice+bob', 1, 'bob', 'one', 1, 'c1'),
+                                     ('@alice+bob', 2, 'alice', 'two', 2, NULL);",
+    );
+    let stores = [Arc::new(store(&pg).await), Arc::new(store(&pg).await)];
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "2");
+    let state = stores[0].room_state("@alice+bob").await.unwrap();
+    assert_eq!((state.epoch, state.first_seq, state.last_seq), (7, 1, 2));
+    let binds = stores.iter().enumerate().map(|(i, s)| {
+        let s = s.clone();
+        tokio::spawn(async move { s.take_nick("alice", Some(format!("h{i}"))).await })
+    });
+    let mut held = Vec::new();
+    for task in binds.collect::<Vec<_>>() {
+        held.push(common::within("bind", task).await.unwrap().unwrap());
+    }
+    assert_eq!(held[0], held[1], "one binding, told to both");
+    assert_eq!(held[0].floors, [("@alice+bob".to_owned(), 2)]);
+    let bound = stores[1].nick_binding("alice").await.unwrap();
+    assert_eq!(bound, held[0].key_hash);
+    stores[0]
+        .append(contract::say("@alice+bob", "bob", "three", None))
+        .await
+        .unwrap();
+    assert_eq!(stores[1].take_nick("alice", None).await.unwrap(), held[0]);
 }
 
 /// Stopped database: appends and reads fail with an error (nothing acknowledged that is not

@@ -175,6 +175,10 @@ fn connect_sample(key: &str, files: &Files) -> Option<Sample> {
             let p = files.path("token");
             sample(&p, &quoted(&p), &quoted(&p))
         }
+        "key_file" => {
+            let p = files.path("key");
+            sample(&p, &quoted(&p), &quoted(&p))
+        }
         "log_format" => text("json"),
         _ => return None,
     })
@@ -187,7 +191,9 @@ fn check(command: &str, args: &[String], env: Option<(&str, &str)>, file: Option
     if let Some(file) = file {
         cmd.arg("--config").arg(file);
     }
-    cmd.env_remove("NANACHAT_NICK").env_remove("NANACHAT_TOKEN");
+    cmd.env_remove("NANACHAT_NICK")
+        .env_remove("NANACHAT_TOKEN")
+        .env_remove("NANACHAT_KEY_FILE");
     if let Some((key, value)) = env {
         cmd.env(key, value);
     }

@@ -201,7 +201,7 @@ function onServer(msg) {
     case 'joined': {
       const r = room(msg.room);
       if (msg.reset) systemLine(msg.room, 'The history of this room was reset on the server.');
-      if (msg.truncated) systemLine(msg.room, 'Some older messages in this room were removed (retention): there is a gap here.');
+      if (msg.truncated) systemLine(msg.room, 'Some older messages in this room are not shown (removed by retention, or sent to your nick before it was yours): there is a gap here.');
       if (msg.reset || r.lastSeq === null) r.lastSeq = msg.last_seq;
       if (r.oldest === null) r.oldest = msg.last_seq + 1;
       r.epoch = msg.epoch;

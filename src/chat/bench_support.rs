@@ -27,8 +27,15 @@ impl FanoutRoom {
         for id in 0..members as u64 {
             let outbox = Outbox::new(1024);
             let nick = format!("n{id}");
-            hub.connect(id, &nick, None, outbox.clone(), Mode::Json)
-                .expect("a free nick");
+            hub.connect(
+                id,
+                &nick,
+                None,
+                outbox.clone(),
+                Mode::Json,
+                Some(Default::default()),
+            )
+            .expect("a free nick");
             hub.join(id, "lobby", None, None, None, 1).expect("joined");
             outboxes.push(outbox);
         }

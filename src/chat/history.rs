@@ -94,6 +94,13 @@ impl<S: Store> Session<S> {
             (None, None) => Page::Before(u64::MAX),
         };
         let limit = limit.map_or(50, |l| l as usize).min(MAX_PAGE);
+        // In a direct-message room, what was sent to this connection's nick before it held it
+        // is not its to read: pages start above that (as its `joined` did).
+        let floor = self.hub().floor(self.id, &room);
+        let page = match page {
+            Page::After(seq) => Page::After(seq.max(floor)),
+            before => before,
+        };
         let store = &self.chat.store;
         let epoch = store.room_state(&room).await.map_err(unavailable)?.epoch;
         let messages: Vec<ChatMessage> = store
@@ -101,6 +108,7 @@ impl<S: Store> Session<S> {
             .await
             .map_err(unavailable)?
             .into_iter()
+            .filter(|record| record.seq > floor)
             .map(chat_message)
             .collect();
         // A page that would not fit in one frame is cut short, keeping the messages nearest to

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::render::{Delivery, Mode, render};
-use super::types::{Change, ConnId, ONLINE, nick_key};
+use super::types::{Change, ConnId, Floors, ONLINE, nick_key};
 use crate::connection::{CLOSE_SLOW_CONSUMER, CloseCode, CloseFrame, Message, Outbox};
 use crate::protocol::{ErrorCode, PresenceEvent, ServerMsg};
 use crate::store::RoomState;
@@ -75,6 +75,12 @@ struct Conn {
     outbox: Outbox,
     mode: Mode,
     rooms: SmallSet<String>,
+    /// Where its reading of its nick's direct-message rooms starts: nothing at or below a
+    /// room's floor reaches it, live, replayed or paged.
+    floors: Floors,
+    /// Its nick's direct messages reach it (false while its session makes sure the nick is
+    /// its own: see [`Hub::listen`]).
+    listening: bool,
 }
 
 /// The hub's counters, for metrics.
@@ -263,7 +269,10 @@ impl Hub {
     }
 
     /// Registers a connection under `nick`. The nick is free (whatever its case), or held
-    /// with the same key and spelt the same.
+    /// with the same key and spelt the same. With `floors` it gets the nick's direct messages
+    /// at once; without, once [`listen`](Self::listen) says where its reading starts — the
+    /// nick is held meanwhile, so that nobody else takes it while the session checks it is
+    /// this connection's.
     pub(crate) fn connect(
         &self,
         id: ConnId,
@@ -271,6 +280,7 @@ impl Hub {
         key: Option<&str>,
         outbox: Outbox,
         mode: Mode,
+        floors: Option<Floors>,
     ) -> Result<(), ErrorCode> {
         let mut state = self.state();
         if let Some(held) = state.nicks.get(&nick_key(nick))
@@ -295,15 +305,36 @@ impl Hub {
                 outbox,
                 mode,
                 rooms: SmallSet::default(),
+                listening: floors.is_some(),
+                floors: floors.unwrap_or_default(),
             },
         );
         state.feed(ONLINE, nick, 1, key);
         Ok(())
     }
 
-    /// Gives a connection another (free) nick, keeping its rooms: the others see the old nick
-    /// leave and the new one join. Its own nick in another case is free to it (when no other
-    /// connection shares it), and stays the same nick online.
+    /// The nick is this connection's: its direct messages reach it from now on, above
+    /// `floors`.
+    pub(crate) fn listen(&self, id: ConnId, floors: Floors) {
+        if let Some(conn) = self.state().conns.get_mut(&id) {
+            conn.floors = floors;
+            conn.listening = true;
+        }
+    }
+
+    /// The last seq of `room` that connection `id` may not read (0: none).
+    pub(crate) fn floor(&self, id: ConnId, room: &str) -> u64 {
+        self.state()
+            .conns
+            .get(&id)
+            .map_or(0, |conn| conn.floors.of(room))
+    }
+
+    /// Gives a connection another (free) nick, keeping its rooms but the direct-message rooms
+    /// of its old nick: the others see the old nick leave and the new one join. Its own nick
+    /// in another case is free to it (when no other connection shares it), and stays the same
+    /// nick online; another nick's direct messages reach it once [`listen`](Self::listen)
+    /// says where its reading of them starts.
     pub(crate) fn rename(&self, id: ConnId, nick: &str) -> Result<(), ErrorCode> {
         let mut state = self.state();
         if let Some(held) = state.nicks.get(&nick_key(nick))
@@ -314,15 +345,25 @@ impl Hub {
         let Some(conn) = state.conns.get(&id) else {
             return Err(ErrorCode::HelloFirst);
         };
-        let (old, rooms) = (conn.nick.clone(), conn.rooms.clone());
+        let (old, mut rooms) = (conn.nick.clone(), conn.rooms.clone());
         for room in &rooms {
             state.leave_room(id, room);
         }
         state.release_nick(id, &old);
         // The nicks online are counted by identity: a change of case changes nothing there.
-        if nick_key(&old) != nick_key(nick) {
+        let another = nick_key(&old) != nick_key(nick);
+        if another {
             state.feed(ONLINE, &old, -1, None);
             state.feed(ONLINE, nick, 1, None);
+            // The old nick's direct-message rooms are its next holder's, not this connection's.
+            let pairs: Vec<String> = rooms
+                .iter()
+                .filter(|room| state.rooms.get(*room).is_some_and(|r| r.pair.is_some()))
+                .cloned()
+                .collect();
+            for room in &pairs {
+                rooms.remove(room);
+            }
         }
         state.nicks.insert(
             nick_key(nick),
@@ -334,6 +375,10 @@ impl Hub {
         );
         if let Some(conn) = state.conns.get_mut(&id) {
             conn.nick = nick.to_owned();
+            if another {
+                conn.floors = Floors::default();
+                conn.listening = false;
+            }
         }
         for room in &rooms {
             state.join_room(id, room, false);
@@ -458,7 +503,7 @@ impl Hub {
         if conn.rooms.len() >= max_rooms {
             return Err(ErrorCode::TooManyRooms);
         }
-        let nick = nick_key(&conn.nick);
+        let (nick, floor) = (nick_key(&conn.nick), conn.floors.of(room));
         let Some(r) = state.rooms.get(room) else {
             return Err(ErrorCode::Internal);
         };
@@ -473,7 +518,12 @@ impl Hub {
         let (room_epoch, last_seq) = (r.epoch, r.next_seq - 1);
         // The store may be ahead of the hub (stored, not yet delivered): what it pruned past
         // the hub's last seq is, as far as this member is concerned, all of it up to here.
-        let first_seq = first_seq.unwrap_or(r.first_seq).min(last_seq + 1);
+        // So is what was sent to its nick before it held it (a direct-message room's floor):
+        // its reading starts after that.
+        let first_seq = first_seq
+            .unwrap_or(r.first_seq)
+            .max(floor.saturating_add(1))
+            .min(last_seq + 1);
         let truncated = replay && since.is_some_and(|s| s.saturating_add(1) < first_seq);
         let joined = ServerMsg::Joined {
             room: room.to_owned(),
@@ -568,13 +618,13 @@ impl Hub {
         }
         let mut ready = Vec::new();
         while let Some(d) = r.pending.remove(&r.next_seq) {
-            ready.push(d);
+            ready.push((r.next_seq, d));
             r.next_seq += 1;
         }
         r.touched = Instant::now();
         let gap = !r.pending.is_empty();
-        for d in &ready {
-            state.broadcast(room, d);
+        for (seq, d) in &ready {
+            state.broadcast(room, d, Some(*seq));
         }
         gap
     }
@@ -753,15 +803,21 @@ impl State {
             nick: nick.to_owned(),
             event,
         };
-        self.broadcast(room, &Delivery::new(&msg));
+        self.broadcast(room, &Delivery::new(&msg), None);
     }
 
-    /// Hands one delivery to every recipient of a room: its members, and for a DM room every
-    /// connection of the pair — once each: a member of the pair is not sent it again, nor is a
-    /// DM to yourself (the pair `(a, a)`) sent twice.
-    fn broadcast(&mut self, room: &str, d: &Delivery) {
+    /// Hands one delivery (the message `seq`, or an event) to every recipient of a room: its
+    /// members, and for a DM room every connection of the pair — once each: a member of the
+    /// pair is not sent it again, nor is a DM to yourself (the pair `(a, a)`) sent twice. A
+    /// DM room's message goes only to connections whose nick is theirs (listening) and above
+    /// their floor: sent to the nick before its holder took it, it is not the holder's.
+    fn broadcast(&mut self, room: &str, d: &Delivery, seq: Option<u64>) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
+        };
+        let dm = r.pair.is_some();
+        let sees = |conn: &Conn| {
+            !dm || (conn.listening && seq.is_none_or(|seq| seq > conn.floors.of(room)))
         };
         let mut live: Vec<ConnId> = Vec::with_capacity(r.members.len());
         let mut overflowed = Vec::new();
@@ -772,7 +828,7 @@ impl State {
             };
             // A replaying member may fall behind by what its outbox holds, and no more: past
             // that it is a slow consumer, as it would be live.
-            let Some(conn) = self.conns.get(id) else {
+            let Some(conn) = self.conns.get(id).filter(|conn| sees(conn)) else {
                 continue;
             };
             let len = d.for_mode(conn.mode).len();
@@ -797,7 +853,7 @@ impl State {
             }
         }
         for id in live {
-            if let Some(conn) = self.conns.get(&id) {
+            if let Some(conn) = self.conns.get(&id).filter(|conn| sees(conn)) {
                 conn.send(d.for_mode(conn.mode), &self.stats);
             }
         }
@@ -888,11 +944,73 @@ mod tests {
         assert_eq!(hub.counts().3, 1);
     }
 
+    /// The texts queued in an outbox, taken out of it.
+    fn taken(outbox: &Outbox) -> Vec<String> {
+        let mut batch = std::collections::VecDeque::new();
+        let _ = outbox.next_batch(&mut batch, usize::MAX);
+        batch
+            .into_iter()
+            .filter_map(|m| m.into_text().ok().map(|t| t.as_str().to_owned()))
+            .collect()
+    }
+
+    fn dm(seq: u64) -> ServerMsg {
+        ServerMsg::Message(crate::protocol::ChatMessage {
+            room: "@a+b".into(),
+            seq,
+            from: "b".into(),
+            text: format!("m{seq}"),
+            time: 0,
+        })
+    }
+
+    #[test]
+    fn a_direct_message_reaches_its_nicks_holder_only_above_its_floor() {
+        let hub = Hub::new(100, Duration::from_secs(300));
+        let pair = Some(("a".to_owned(), "b".to_owned()));
+        hub.open_room("@a+b", state(5), pair);
+        let outbox = Outbox::new(1 << 20);
+        hub.connect(1, "a", None, outbox.clone(), Mode::Json, None)
+            .unwrap();
+        // Held but not yet its: nothing of the nick's reaches it.
+        hub.deliver("@a+b", Some((6, &dm(6))));
+        assert!(taken(&outbox).is_empty());
+        // Its from seq 7 on: 7 was sent before it held the nick.
+        hub.listen(1, Floors::new(vec![("@a+b".into(), 7)]));
+        hub.deliver("@a+b", Some((7, &dm(7))));
+        assert!(taken(&outbox).is_empty());
+        hub.deliver("@a+b", Some((8, &dm(8))));
+        let got = taken(&outbox);
+        assert!(got.len() == 1 && got[0].contains("\"m8\""), "{got:?}");
+        assert_eq!((hub.floor(1, "@a+b"), hub.floor(1, "@a+c")), (7, 0));
+        // A resume from 0 starts above the floor, and says that what is below was not its.
+        let joined = hub.join(1, "@a+b", Some(0), None, None, 32).unwrap();
+        assert_eq!((joined.first_seq, joined.last_seq), (8, 8));
+        let got = taken(&outbox);
+        assert!(
+            got[0].contains("\"first_seq\":8") && got[0].contains("truncated"),
+            "{got:?}"
+        );
+        // Another nick: the old one's direct-message rooms are left, and its floors forgotten.
+        hub.rename(1, "c").unwrap();
+        assert_eq!(hub.floor(1, "@a+b"), 0);
+        assert!(!hub.may_use(1, "@a+b"));
+        assert!(taken(&outbox).iter().any(|t| t.contains("\"left\"")));
+    }
+
     #[test]
     fn only_rooms_idle_with_no_member_and_no_append_in_flight_are_swept() {
         let hub = Hub::new(100, Duration::ZERO);
         let (outbox, id) = (Outbox::new(1 << 20), 1);
-        hub.connect(id, "nana", None, outbox, Mode::Json).unwrap();
+        hub.connect(
+            id,
+            "nana",
+            None,
+            outbox,
+            Mode::Json,
+            Some(Floors::default()),
+        )
+        .unwrap();
         hub.open_room("empty", state(3), None);
         hub.open_room("member", state(0), None);
         hub.join(id, "member", None, None, None, 32).unwrap();

@@ -4,8 +4,8 @@
 //! outbox via the hub (`chat/hub.rs`). Clients that ask for the `nanachat.v1` subprotocol speak
 //! JSON; the rest get plain-text mode (see `docs/protocol.md`).
 //!
-//! Its parts depend on each other one way only: `session.rs` (one connection; `plain.rs` and
-//! `history.rs` are more of it) → `directory.rs` (the one seam: alone or one of several) →
+//! Its parts depend on each other one way only: `session.rs` (one connection; `plain.rs`,
+//! `history.rs` and `nicks.rs` are more of it) → `directory.rs` (the one seam: alone or one of several) →
 //! `cluster/` (Redis) → `hub.rs` (this process's members and rooms) → `render.rs`; the session
 //! sends every reply that carries a list through `list.rs` (→ `render.rs`), which fits it into
 //! one frame; every part may use `types.rs`, and `config.rs` (the settings) names the
@@ -18,6 +18,7 @@ mod directory;
 mod history;
 mod hub;
 mod list;
+mod nicks;
 mod plain;
 mod render;
 mod retention;

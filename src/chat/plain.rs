@@ -4,12 +4,12 @@
 //!
 //! It exists apart from the session because it is a second way in, not a second way through:
 //! a line becomes the same [`ClientMsg`] a `nanachat.v1` client sends, and everything after
-//! parsing is the session's. Only `/nick` and `/help` are answered here, on the spot. One
-//! difference: a line has no cid (it is stored as a new message every time, and acked by
-//! coming back), so that no id made up here can repeat or be taken by a client first.
+//! parsing is the session's. Only `/nick` (by `nicks.rs`) and `/help` are answered on the
+//! spot. One difference: a line has no cid (it is stored as a new message every time, and
+//! acked by coming back), so that no id made up here can repeat or be taken by a client first.
 
-use super::session::{AUTHENTICATED, Failure, Refusal, Session, refuse};
-use super::types::{nick_key, valid_nick};
+use super::session::{AUTHENTICATED, Failure, Refusal, Session};
+use super::types::Floors;
 use crate::connection::Connection;
 use crate::protocol::{ClientMsg, ErrorCode};
 use crate::store::Store;
@@ -48,24 +48,27 @@ impl<S: Store> Session<S> {
                     Some(AUTHENTICATED),
                     self.outbox.clone(),
                     self.mode,
+                    Some(Floors::default()),
                 )
                 .map_err(|_| Error::Policy(format!("{nick} is taken")))?;
             self.hold_token(token, claims);
             nick
         } else {
-            // A name no other process gives out; a claim still decides (a user may have
-            // picked it). Without Redis, the name alone is taken to be free.
+            // A name no other process gives out; taking it still decides (a user may have
+            // picked it, or bound it to a key).
             let base = self.chat.directory.guest_name(self.id);
             let mut nick = base.clone();
             let mut n = 1;
-            while !self.claim(&nick, None).await.unwrap_or(true)
-                || self
-                    .hub()
-                    .connect(self.id, &nick, None, self.outbox.clone(), self.mode)
-                    .is_err()
-            {
-                nick = format!("{base}-{n}");
-                n += 1;
+            loop {
+                match self.take_guest_nick(&nick).await {
+                    Ok(()) => break,
+                    Err(Refusal(ErrorCode::NickTaken, _)) => {
+                        nick = format!("{base}-{n}");
+                        n += 1;
+                    }
+                    // The store cannot say whose the name is: closed (1011), to come back.
+                    Err(Refusal(_, why)) => return Err(Error::Refused(why)),
+                }
             }
             nick
         };
@@ -81,11 +84,12 @@ impl<S: Store> Session<S> {
     }
 
     /// Plain-text mode: a line is a command or something to say in the current room.
-    pub(super) async fn parse_plain(&mut self, line: &str) -> Result<Option<ClientMsg>, Refusal> {
+    pub(super) async fn parse_plain(&mut self, line: &str) -> Result<Option<ClientMsg>, Failure> {
+        let refused = |code, why: &str| Err(Failure::Refused(Refusal(code, why.to_owned())));
         let line = line.trim_end_matches(['\r', '\n']);
         let Some(command) = line.strip_prefix('/') else {
             let Some(room) = self.current.clone() else {
-                return refuse(ErrorCode::NotJoined, "join a room first: /join ROOM");
+                return refused(ErrorCode::NotJoined, "join a room first: /join ROOM");
             };
             return Ok(Some(ClientMsg::Say {
                 room,
@@ -122,7 +126,7 @@ impl<S: Store> Session<S> {
             },
             "msg" => {
                 let Some((to, text)) = rest.split_once(' ') else {
-                    return refuse(ErrorCode::BadMessage, "usage: /msg NICK TEXT");
+                    return refused(ErrorCode::BadMessage, "usage: /msg NICK TEXT");
                 };
                 ClientMsg::Dm {
                     to: to.to_owned(),
@@ -136,7 +140,7 @@ impl<S: Store> Session<S> {
             },
             "rooms" => ClientMsg::Rooms { after: None },
             "token" if rest.is_empty() => {
-                return refuse(ErrorCode::BadMessage, "usage: /token TOKEN (a fresh token)");
+                return refused(ErrorCode::BadMessage, "usage: /token TOKEN (a fresh token)");
             }
             "token" => ClientMsg::Refresh {
                 token: rest.to_owned(),
@@ -152,41 +156,11 @@ impl<S: Store> Session<S> {
                 return Ok(None);
             }
             other => {
-                return refuse(
+                return refused(
                     ErrorCode::BadMessage,
-                    format!("unknown command /{other} (try /help)"),
+                    &format!("unknown command /{other} (try /help)"),
                 );
             }
         }))
-    }
-
-    /// `/nick NAME`: another nick for this connection, keeping its rooms.
-    async fn rename(&mut self, nick: &str) -> Result<(), Refusal> {
-        if self.claims.is_some() {
-            return refuse(
-                ErrorCode::Unauthorized,
-                "your nick is your token's: it cannot change",
-            );
-        }
-        if !valid_nick(nick) {
-            return refuse(
-                ErrorCode::BadNick,
-                "a nick is 1 to 32 letters, digits, - or _",
-            );
-        }
-        // Its own nick in another case is its already (the hub checks nobody shares it).
-        let own = self
-            .hub()
-            .nick(self.id)
-            .is_some_and(|me| nick_key(&me) == nick_key(nick));
-        if !own && !self.claim(nick, None).await? {
-            return refuse(ErrorCode::NickTaken, format!("{nick} is taken"));
-        }
-        self.hub()
-            .rename(self.id, nick)
-            .or_else(|code| refuse(code, format!("{nick} is taken")))?;
-        self.hub()
-            .send_to(&self.outbox, format!("* you are now {nick}").into());
-        Ok(())
     }
 }

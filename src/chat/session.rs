@@ -2,8 +2,9 @@
 //!
 //! A request becomes a [`ClientMsg`] — parsed from JSON for `nanachat.v1` clients, from a line
 //! in plain-text mode (`plain.rs`) — and [`Session::dispatch`] hands each kind to a method of
-//! its own (`history` and the replay of a resume are in `history.rs`). What depends on whether
-//! this process is alone or one of several is asked of the
+//! its own (`history` and the replay of a resume are in `history.rs`; taking a nick — its
+//! binding to a key, its claim, where its holder's reading starts — in `nicks.rs`). What
+//! depends on whether this process is alone or one of several is asked of the
 //! [`Directory`](super::directory::Directory), never decided here.
 
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use super::hub::Hub;
 use super::list::{Keep, Listing};
 use super::render::{Mode, render};
 use super::token::{HeldToken, TokenEvent};
-use super::types::{ConnId, chat_message, dm_pair, dm_room, nick_key, valid_nick, valid_room};
+use super::types::{
+    ConnId, Floors, chat_message, dm_pair, dm_room, nick_key, valid_nick, valid_room,
+};
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
@@ -213,13 +216,16 @@ impl<S: Store> Session<S> {
         let request = match self.mode {
             Mode::Json => parse_client(text)
                 .map(Some)
-                .map_err(|(code, why)| Refusal(code, why)),
+                .map_err(|(code, why)| Failure::Refused(Refusal(code, why))),
             Mode::Plain => self.parse_plain(text).await,
         };
         let request = match request {
             Ok(Some(request)) => request,
             Ok(None) => return Ok(()), // a plain-text command answered on the spot
-            Err(Refusal(code, why)) => return self.reply_error(conn, code, &why, None).await,
+            Err(Failure::Refused(Refusal(code, why))) => {
+                return self.reply_error(conn, code, &why, None).await;
+            }
+            Err(Failure::Fatal(err)) => return Err(err),
         };
         let cid = match &request {
             ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => self.client_cid(cid),
@@ -304,7 +310,7 @@ impl<S: Store> Session<S> {
                 "a nick is 1 to 32 letters, digits, - or _",
             )?;
         }
-        let key = if self.chat.config.auth.is_some() {
+        if self.chat.config.auth.is_some() {
             let token = token.or_else(|| conn.token().map(str::to_owned));
             let claims = self.check_token(token.as_deref())?;
             if claims.sub != nick {
@@ -314,17 +320,22 @@ impl<S: Store> Session<S> {
                 )?;
             }
             self.hold_token(token.unwrap_or_default(), claims);
-            // Every connection with a valid token for a nick is that nick's.
-            Some(AUTHENTICATED)
+            // Every connection with a valid token for a nick is that nick's, all of its
+            // direct messages included.
+            let (outbox, mode) = (self.outbox.clone(), self.mode);
+            self.hub()
+                .connect(
+                    self.id,
+                    nick,
+                    Some(AUTHENTICATED),
+                    outbox,
+                    mode,
+                    Some(Floors::default()),
+                )
+                .or_else(|code| refuse(code, format!("{nick} is taken")))?;
         } else {
-            if !self.claim(nick, key.as_deref()).await? {
-                refuse(ErrorCode::NickTaken, format!("{nick} is taken"))?;
-            }
-            key.as_deref()
-        };
-        self.hub()
-            .connect(self.id, nick, key, self.outbox.clone(), self.mode)
-            .or_else(|code| refuse(code, format!("{nick} is taken")))?;
+            self.take_nick(nick, key.as_deref()).await?;
+        }
         self.greeted = true;
         Ok(self.welcome(conn, nick).await?)
     }
@@ -424,21 +435,6 @@ impl<S: Store> Session<S> {
             exp: self.claims.as_ref().and_then(|c| c.exp),
         };
         self.reply(conn, &msg).await
-    }
-
-    /// On an open server, reserves `nick` for connections with `key` (in a cluster, on every
-    /// process; a token's nick is its holder's everywhere: nothing to reserve). False: taken.
-    pub(super) async fn claim(&self, nick: &str, key: Option<&str>) -> Result<bool, Refusal> {
-        if self.chat.config.auth.is_some() {
-            return Ok(true);
-        }
-        self.chat.directory.claim(nick, key).await.map_err(|err| {
-            warn!(cause = %err, "cannot reserve a nick");
-            Refusal(
-                ErrorCode::Internal,
-                "cannot reserve the nick now; retry".into(),
-            )
-        })
     }
 
     /// Joins a room (replaying from `since` when asked) and makes it the current one.

@@ -28,6 +28,28 @@ pub(crate) struct Change {
     pub(crate) key: Option<String>,
 }
 
+/// Where a connection's reading of each direct-message room of its nick starts, on an open
+/// server: the room's last seq that is not its holder's to read — sent before the holder took
+/// the nick (see docs/protocol.md, "Whose a nick is"). Sorted by room; a room not listed starts
+/// at 0 (all of it is the holder's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Floors(Box<[(String, u64)]>);
+
+impl Floors {
+    /// The floors of these rooms.
+    pub(crate) fn new(mut floors: Vec<(String, u64)>) -> Self {
+        floors.sort_unstable();
+        Self(floors.into_boxed_slice())
+    }
+
+    /// The last seq of `room` that is not the holder's (0: none).
+    pub(crate) fn of(&self, room: &str) -> u64 {
+        self.0
+            .binary_search_by(|(r, _)| r.as_str().cmp(room))
+            .map_or(0, |i| self.0[i].1)
+    }
+}
+
 /// A stored record as the message clients receive.
 pub(crate) fn chat_message(r: Record) -> ChatMessage {
     ChatMessage {

@@ -13,6 +13,7 @@
 //! what it says meanwhile, and sends again what the server refused with `token_expired` once
 //! `refreshed` comes (see `Expiry`).
 
+mod key;
 mod output;
 mod raw;
 mod terminal;
@@ -35,6 +36,7 @@ use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTO
 use crate::rate::Bucket;
 use crate::{Error, Result};
 
+pub use key::default_key_file;
 pub use output::{Output, Style, visible};
 pub use raw::run_raw;
 pub use terminal::{Speech, connect};
@@ -78,6 +80,9 @@ pub struct ClientOptions {
     /// Where the token comes from and is read again (`--token-file`): on every reconnect, and
     /// when the server says it expired.
     pub token_file: Option<PathBuf>,
+    /// Where the key that makes the nick ours on a server without tokens is kept (made at
+    /// first use); `None`: no key (the nick is anyone's once we leave).
+    pub key_file: Option<PathBuf>,
 }
 
 /// The token in `path`: its contents without surrounding whitespace, not empty.
@@ -132,9 +137,11 @@ struct Cursor {
 /// The client's memory across connections.
 struct State {
     opts: ClientOptions,
-    /// A secret for this run: reconnecting with it, we are the same user even if the server
-    /// still holds our old connection.
-    key: String,
+    /// Our key (see `key.rs`): reconnecting with it, we are the same user even if the server
+    /// still holds our old connection — and on a server without tokens our nick stays ours.
+    key: Option<String>,
+    /// This run's id, the start of every cid (never the key: cids are stored as they come).
+    run: String,
     rooms: BTreeMap<String, Cursor>,
     current: String,
     /// Said and not yet acknowledged, in order: `true` once sent on this connection.
@@ -168,11 +175,18 @@ pub async fn run(
     mut inputs: mpsc::Receiver<Input>,
     out: &mut Output,
 ) -> Result<Exit> {
-    let key = format!(
+    let run = format!(
         "{:x}{:x}",
         std::process::id(),
         crate::clock::now_us().max(1)
     );
+    let key = match &opts.key_file {
+        Some(path) => Some(key::load_or_make(path)?),
+        None => {
+            out.notice("* no key file (neither $XDG_CONFIG_HOME nor $HOME is set; --key-file): your nick is anyone's once you leave");
+            None
+        }
+    };
     let current = opts
         .rooms
         .first()
@@ -194,6 +208,7 @@ pub async fn run(
     let mut state = State {
         opts,
         key,
+        run,
         rooms,
         current,
         pending: VecDeque::new(),
@@ -290,7 +305,7 @@ impl State {
     }
 
     fn cid(&mut self) -> String {
-        let cid = format!("{}-{}", self.key, self.next_cid);
+        let cid = format!("{}-{}", self.run, self.next_cid);
         self.next_cid += 1;
         cid
     }
@@ -364,7 +379,7 @@ impl State {
             conn,
             &ClientMsg::Hello {
                 nick: self.opts.nick.clone(),
-                key: Some(self.key.clone()),
+                key: self.key.clone(),
                 token: self.opts.token.clone(),
             },
         )
@@ -566,7 +581,8 @@ impl State {
                 }
                 if truncated {
                     out.notice(&format!(
-                        "* some older messages in {room} were removed (retention)"
+                        "* some older messages in {room} are not shown (removed by retention, \
+                         or sent to the nick before it was yours)"
                     ));
                 }
                 if reset || cursor.last_seq.is_none() {
@@ -843,10 +859,12 @@ mod tests {
             commands: true,
             token: None,
             token_file: None,
+            key_file: None,
         };
         let mut state = State {
             opts,
-            key: "k".into(),
+            key: Some("k".into()),
+            run: "r".into(),
             rooms: BTreeMap::new(),
             current: "lobby".into(),
             pending: VecDeque::new(),
@@ -871,7 +889,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "* some older messages in lobby were removed (retention)",
+                "* some older messages in lobby are not shown (removed by retention, or sent to \
+                 the nick before it was yours)",
                 "* joined lobby",
                 "* joined dev",
             ]

@@ -312,6 +312,11 @@ settings! {
         /// says it expired (then sent in `refresh`): whatever rewrites it keeps the client in.
         #[arg(long, env = "NANACHAT_TOKEN_FILE", value_name = "FILE")]
         token_file: PathBuf,
+        /// Where your key is kept: the secret that makes your nick yours, for good, on a
+        /// server without tokens; made at first use, readable by you only [default:
+        /// $XDG_CONFIG_HOME/nanachat/key, or ~/.config/nanachat/key].
+        #[arg(long, env = "NANACHAT_KEY_FILE", value_name = "FILE")]
+        key_file: PathBuf,
     }
 }
 
@@ -688,6 +693,7 @@ impl ConnectArgs {
             commands: false,
             token,
             token_file,
+            key_file: c.key_file().or_else(crate::client::default_key_file),
         };
         Ok((opts, speech))
     }

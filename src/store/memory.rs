@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    Append, Appended, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState, Store,
-    new_epoch,
+    Append, Appended, Holding, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState,
+    Store, is_dm_of, new_epoch,
 };
 use crate::Result;
 use crate::clock::now_ms;
@@ -15,6 +15,9 @@ use crate::clock::now_ms;
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rooms: Mutex<HashMap<String, Room>>,
+    /// Nicks bound to a key (case-folded nick → its holding as it was bound). Locked after
+    /// `rooms` when both are.
+    nicks: Mutex<HashMap<String, Holding>>,
 }
 
 #[derive(Debug)]
@@ -85,6 +88,21 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn nicks(&self) -> MutexGuard<'_, HashMap<String, Holding>> {
+        self.nicks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Where `nick`'s direct-message rooms with messages stand now.
+fn floors_now(rooms: &HashMap<String, Room>, nick: &str) -> Vec<(String, u64)> {
+    rooms
+        .iter()
+        .filter(|(name, room)| room.last_seq > 0 && is_dm_of(name, nick))
+        .map(|(name, room)| (name.clone(), room.last_seq))
+        .collect()
 }
 
 impl Store for MemoryStore {
@@ -176,6 +194,28 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn nick_binding(&self, nick: &str) -> Result<Option<String>> {
+        Ok(self.nicks().get(nick).and_then(|h| h.key_hash.clone()))
+    }
+
+    async fn take_nick(&self, nick: &str, bind: Option<String>) -> Result<Holding> {
+        let rooms = self.rooms();
+        let mut nicks = self.nicks();
+        if let Some(hash) = bind {
+            nicks.entry(nick.to_owned()).or_insert_with(|| Holding {
+                key_hash: Some(hash),
+                floors: floors_now(&rooms, nick),
+            });
+        }
+        Ok(match nicks.get(nick) {
+            Some(bound) => bound.clone(),
+            None => Holding {
+                key_hash: None,
+                floors: floors_now(&rooms, nick),
+            },
+        })
+    }
+
     async fn wipe(&self, room: &str) -> Result<RoomState> {
         let mut rooms = self.rooms();
         let room = rooms.entry(room.to_owned()).or_insert_with(Room::new);
@@ -201,6 +241,10 @@ mod tests {
         contract::prune_by_count_keeps_the_newest_of_each_room(&MemoryStore::new()).await;
         contract::prune_by_age_deletes_the_oldest_only(&MemoryStore::new()).await;
         contract::seqs_go_on_after_everything_is_pruned(&MemoryStore::new()).await;
+        contract::a_nick_bound_to_a_key_stays_bound_and_keeps_where_its_dms_stood(
+            &MemoryStore::new(),
+        )
+        .await;
         contract::concurrent_appends_get_distinct_consecutive_seqs(std::sync::Arc::new(
             MemoryStore::new(),
         ))

@@ -19,7 +19,10 @@
 //!   on from `last_seq` even when every message was pruned (each store keeps a per-room counter,
 //!   never `MAX(seq) + 1`). A retried cid whose original was pruned is not recognised any more:
 //!   it is stored again as a new message (the window for retries is far shorter than any
-//!   sensible retention).
+//!   sensible retention);
+//! - on an open server, a nick used with a key is bound to it for good ([`Store::take_nick`]):
+//!   the first binding stays, and so does where each of the nick's direct-message rooms stood
+//!   at that moment (the holder of the key reads them from there on).
 
 mod memory;
 mod pg_tls;
@@ -181,6 +184,26 @@ pub struct Pruned {
 /// Most rooms one [`Store::prune`] call looks at.
 pub const PRUNE_ROOMS: usize = 64;
 
+/// A nick as a new holder takes it, on an open server (see [`Store::take_nick`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holding {
+    /// What the nick's key is kept as (a salted hash, made by the chat server), if the nick is
+    /// bound to one.
+    pub key_hash: Option<String>,
+    /// Where each of the nick's direct-message rooms stands for its holder: the room's last
+    /// seq when the nick was bound (a bound nick), or now (a nick bound to no key). Only rooms
+    /// with messages then; a room not listed starts at 0.
+    pub floors: Vec<(String, u64)>,
+}
+
+/// Whether `room` is a direct-message room of `nick` (case-folded): `@nick+other` or
+/// `@other+nick`, as the chat names them.
+pub(crate) fn is_dm_of(room: &str, nick: &str) -> bool {
+    room.strip_prefix('@')
+        .and_then(|pair| pair.split_once('+'))
+        .is_some_and(|(a, b)| a == nick || b == nick)
+}
+
 /// The history store. Appends are durable when their future resolves.
 pub trait Store: Send + Sync + 'static {
     /// Stores a message (or recognises a retry by its cid, or refuses a cid reused for another
@@ -218,6 +241,23 @@ pub trait Store: Send + Sync + 'static {
         from: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Pruned>> + Send;
+
+    /// The hash of the key `nick` (case-folded) is bound to, if any (open servers: see
+    /// [`Store::take_nick`]).
+    fn nick_binding(&self, nick: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+
+    /// What a new holder of `nick` (case-folded) takes, on an open server. With `bind` (the
+    /// hash of its key) and the nick bound to no key, the nick is first bound to it, for good,
+    /// and where each of its direct-message rooms stands now is kept with the binding; a nick
+    /// bound already stays as it is (the caller compares its key with the hash returned). Then
+    /// says what the nick is bound to, and where its holder's reading of each of its
+    /// direct-message rooms starts ([`Holding::floors`]): for a bound nick, where the rooms
+    /// stood when it was bound; for a nick bound to none, where they stand now.
+    fn take_nick(
+        &self,
+        nick: &str,
+        bind: Option<String>,
+    ) -> impl Future<Output = Result<Holding>> + Send;
 
     /// Resolves once everything appended before the call is committed (or has failed).
     fn flush(&self) -> impl Future<Output = Result<()>> + Send {
@@ -591,6 +631,108 @@ pub mod contract {
         assert_eq!(stored(again).seq, 6);
         let state = store.room_state("z").await.unwrap();
         assert_eq!((state.first_seq, state.last_seq), (5, 6));
+    }
+
+    /// A holding's floors, sorted by room.
+    fn floors_of(holding: &Holding) -> Vec<(&str, u64)> {
+        let mut floors: Vec<(&str, u64)> = holding
+            .floors
+            .iter()
+            .map(|(room, seq)| (room.as_str(), *seq))
+            .collect();
+        floors.sort_unstable();
+        floors
+    }
+
+    pub async fn a_nick_bound_to_a_key_stays_bound_and_keeps_where_its_dms_stood(
+        store: &impl Store,
+    ) {
+        let texts = |n: usize| (1..=n).map(|i| format!("m{i}"));
+        // Alice's direct-message rooms, and rooms that are not hers.
+        for (room, n) in [
+            ("@alice+bob", 2),
+            ("@alice+alice", 1),
+            ("@alice+bobby", 1),
+            ("@aa+alice", 3),
+            ("@alicex+bob", 1),
+            ("@bob+carol", 1),
+            ("@bob+xalice", 1),
+            ("alice", 1),
+        ] {
+            for text in texts(n) {
+                store.append(say(room, "x", &text, None)).await.unwrap();
+            }
+        }
+        store.room_state("@alice+zed").await.unwrap(); // made, nothing stored
+        assert_eq!(store.nick_binding("alice").await.unwrap(), None);
+        let free = store.take_nick("alice", None).await.unwrap();
+        assert_eq!(free.key_hash, None);
+        let then = [
+            ("@aa+alice", 3),
+            ("@alice+alice", 1),
+            ("@alice+bob", 2),
+            ("@alice+bobby", 1),
+        ];
+        assert_eq!(floors_of(&free), then);
+        // Free, the floors are where the rooms stand now.
+        store
+            .append(say("@alice+bob", "bob", "m3", None))
+            .await
+            .unwrap();
+        let now = store.take_nick("alice", None).await.unwrap();
+        assert_eq!(floors_of(&now)[2], ("@alice+bob", 3));
+
+        // Bound: the hash and the floors of that moment stay, whatever comes after.
+        let bound = store.take_nick("alice", Some("h1".into())).await.unwrap();
+        assert_eq!(bound.key_hash.as_deref(), Some("h1"));
+        let at_binding = [
+            ("@aa+alice", 3),
+            ("@alice+alice", 1),
+            ("@alice+bob", 3),
+            ("@alice+bobby", 1),
+        ];
+        assert_eq!(floors_of(&bound), at_binding);
+        store
+            .append(say("@alice+bob", "bob", "m4", None))
+            .await
+            .unwrap();
+        store
+            .append(say("@alice+dan", "dan", "new", None))
+            .await
+            .unwrap();
+        for bind in [None, Some("h2".to_owned())] {
+            let again = store.take_nick("alice", bind).await.unwrap();
+            assert_eq!(
+                again.key_hash.as_deref(),
+                Some("h1"),
+                "the first binding stays"
+            );
+            assert_eq!(floors_of(&again), at_binding);
+        }
+        assert_eq!(
+            store.nick_binding("alice").await.unwrap().as_deref(),
+            Some("h1")
+        );
+        // Other nicks are their own.
+        assert_eq!(store.nick_binding("bob").await.unwrap(), None);
+        let bob = store.take_nick("bob", None).await.unwrap();
+        assert_eq!(
+            floors_of(&bob),
+            [
+                ("@alice+bob", 4),
+                ("@alicex+bob", 1),
+                ("@bob+carol", 1),
+                ("@bob+xalice", 1)
+            ]
+        );
+        // Two binding one nick at once: one hash wins, and both are told which.
+        let (one, two) = (
+            store.take_nick("carol", Some("c1".into())),
+            store.take_nick("carol", Some("c2".into())),
+        );
+        let (one, two) = (one.await.unwrap(), two.await.unwrap());
+        assert_eq!(one.key_hash, two.key_hash);
+        assert_eq!(floors_of(&one), [("@bob+carol", 1)]);
     }
 
     pub async fn concurrent_appends_get_distinct_consecutive_seqs(

@@ -34,8 +34,8 @@ use tracing::{debug, info};
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
 use super::{
-    Append, Appended, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState, Store,
-    new_epoch,
+    Append, Appended, Holding, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState,
+    Store, is_dm_of, new_epoch,
 };
 use crate::backoff::Reconnecting;
 use crate::clock::now_ms;
@@ -60,7 +60,35 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (room, seq)
      );
      CREATE UNIQUE INDEX messages_cid ON messages (room, sender, cid) WHERE cid IS NOT NULL;",
+    // 2: nicks bound to a key on an open server (case-folded; the key salted and hashed), with
+    // where each of the nick's direct-message rooms stood when it was bound; and the two
+    // nicks of a direct-message room `@a+b` indexed, to find a nick's rooms. (By equality:
+    // a range over names would follow the database's collation, which may skip `+`.)
+    "CREATE TABLE nick_keys (
+        nick     TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        bound_ms BIGINT NOT NULL
+     );
+     CREATE TABLE nick_floors (
+        nick  TEXT NOT NULL,
+        room  TEXT NOT NULL,
+        floor BIGINT NOT NULL,
+        PRIMARY KEY (nick, room)
+     );
+     CREATE INDEX rooms_dm_first ON rooms (split_part(substr(name, 2), '+', 1))
+        WHERE left(name, 1) = '@';
+     CREATE INDEX rooms_dm_second ON rooms (split_part(name, '+', 2))
+        WHERE left(name, 1) = '@';",
 ];
+
+/// A nick's direct-message rooms with messages, and their last seqs ($1: the nick). Each half
+/// is one of the indexes of migration 2.
+const DM_ROOMS: &str = "
+    SELECT name, last_seq FROM rooms
+     WHERE left(name, 1) = '@' AND split_part(substr(name, 2), '+', 1) = $1 AND last_seq > 0
+    UNION
+    SELECT name, last_seq FROM rooms
+     WHERE left(name, 1) = '@' AND split_part(name, '+', 2) = $1 AND last_seq > 0";
 
 /// Key of the advisory lock held while migrating ("nanachat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6e61_6e61_6368_6174;
@@ -182,6 +210,12 @@ struct Conn {
     prune_rooms: Statement,
     oldest: Statement,
     prune: Statement,
+    key_hash: Statement,
+    nick_floors: Statement,
+    dm_rooms: Statement,
+    bind: Statement,
+    clear_floors: Statement,
+    keep_floors: Statement,
 }
 
 impl Conn {
@@ -247,6 +281,28 @@ impl Conn {
                 .await?,
             prune: client
                 .prepare("DELETE FROM messages WHERE room = $1 AND seq <= $2")
+                .await?,
+            key_hash: client
+                .prepare("SELECT key_hash FROM nick_keys WHERE nick = $1")
+                .await?,
+            nick_floors: client
+                .prepare("SELECT room, floor FROM nick_floors WHERE nick = $1")
+                .await?,
+            dm_rooms: client.prepare(DM_ROOMS).await?,
+            bind: client
+                .prepare(
+                    "INSERT INTO nick_keys (nick, key_hash, bound_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (nick) DO NOTHING RETURNING nick",
+                )
+                .await?,
+            clear_floors: client
+                .prepare("DELETE FROM nick_floors WHERE nick = $1")
+                .await?,
+            keep_floors: client
+                .prepare(
+                    "INSERT INTO nick_floors (nick, room, floor)
+                     SELECT $1, * FROM UNNEST($2::text[], $3::int8[])",
+                )
                 .await?,
             client,
         })
@@ -445,6 +501,28 @@ impl Store for PgStore {
         }
     }
 
+    async fn nick_binding(&self, nick: &str) -> Result<Option<String>> {
+        let conn = self.reader.get().await?;
+        let row = conn
+            .client
+            .query_opt(&conn.key_hash, &[&nick])
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Free, or bound already: read beside the writer. Binding: by the writer, in its batch's
+    /// transaction, so that the floors kept are where the rooms stood between two appends.
+    async fn take_nick(&self, nick: &str, bind: Option<String>) -> Result<Holding> {
+        match bind {
+            Some(hash) => self.queue.bind(nick, hash).await,
+            None => {
+                let conn = self.reader.get().await?;
+                holding(&conn, nick).await.map_err(pg_err)
+            }
+        }
+    }
+
     async fn prune(
         &self,
         retention: Retention,
@@ -463,6 +541,63 @@ impl Store for PgStore {
             }
         }
     }
+}
+
+/// The nick's binding and its floors: kept with the binding, or (bound to no key) where its
+/// direct-message rooms stand now.
+async fn holding(conn: &Conn, nick: &str) -> std::result::Result<Holding, tokio_postgres::Error> {
+    let key_hash: Option<String> = conn
+        .client
+        .query_opt(&conn.key_hash, &[&nick])
+        .await?
+        .map(|row| row.get(0));
+    let stmt = match key_hash {
+        Some(_) => &conn.nick_floors,
+        None => &conn.dm_rooms,
+    };
+    let floors = conn
+        .client
+        .query(stmt, &[&nick])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+        .collect();
+    Ok(Holding { key_hash, floors })
+}
+
+/// In a batch's transaction: binds `nick` to `hash` if it is bound to no key, keeping where
+/// its direct-message rooms stand — those this batch appends to, as far as it has gone when
+/// the binding comes (floors left by a binding an operator deleted go first); then its holding.
+async fn apply_bind(
+    conn: &Conn,
+    rooms: &BTreeMap<&str, RoomTx>,
+    nick: &str,
+    hash: &str,
+) -> std::result::Result<Holding, tokio_postgres::Error> {
+    let client = &conn.client;
+    let bound = client
+        .query_opt(&conn.bind, &[&nick, &hash, &now_ms()])
+        .await?
+        .is_some();
+    if bound {
+        client.execute(&conn.clear_floors, &[&nick]).await?;
+        let mut floors: BTreeMap<String, i64> = client
+            .query(&conn.dm_rooms, &[&nick])
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        for (room, tx) in rooms {
+            if tx.last_seq > 0 && is_dm_of(room, nick) {
+                floors.insert((*room).to_owned(), tx.last_seq as i64);
+            }
+        }
+        let (names, seqs): (Vec<String>, Vec<i64>) = floors.into_iter().unzip();
+        client
+            .execute(&conn.keep_floors, &[&nick, &names, &seqs])
+            .await?;
+    }
+    holding(conn, nick).await
 }
 
 /// A room's state from a row of (epoch, last_seq[, the least seq kept or NULL]); a row
@@ -715,6 +850,7 @@ async fn commit_batch(
                 tx.cids.clear();
                 Done::State(Ok(RoomState::empty(tx.epoch, tx.last_seq)))
             }
+            Job::Bind(nick, hash, _) => Done::Held(Ok(apply_bind(conn, &rooms, nick, hash).await?)),
             // This store prunes on a connection of its own, never through the writer.
             Job::Prune(..) => Done::Pruned(Ok(Pruned::default())),
             Job::Flush(_) => Done::Flushed(Ok(())),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::{Append, Appended, Pruned, Retention, RoomState};
+use super::{Append, Appended, Holding, Pruned, Retention, RoomState};
 use crate::error::StoreError;
 use crate::{Error, Result};
 
@@ -27,6 +27,9 @@ pub(crate) enum Job {
     Wipe(String, oneshot::Sender<Result<RoomState>>),
     /// One bounded round of retention (see [`Store::prune`](super::Store::prune)).
     Prune(PruneJob, oneshot::Sender<Result<Pruned>>),
+    /// Binds a nick (case-folded) to a key hash unless it is bound already, and says what it
+    /// is bound to (see [`Store::take_nick`](super::Store::take_nick)).
+    Bind(String, String, oneshot::Sender<Result<Holding>>),
     /// Answered once every job queued before it is committed.
     Flush(oneshot::Sender<Result<()>>),
 }
@@ -45,6 +48,7 @@ pub(crate) enum Done {
     Append(Result<Appended>),
     Pruned(Result<Pruned>),
     State(Result<RoomState>),
+    Held(Result<Holding>),
     Flushed(Result<()>),
 }
 
@@ -106,6 +110,11 @@ impl Queue {
     /// Queues a wipe of `room` and waits for it to be committed.
     pub(crate) async fn wipe(&self, room: &str) -> Result<RoomState> {
         self.submit(|tx| Job::Wipe(room.to_owned(), tx)).await
+    }
+
+    /// Queues the binding of `nick` to `hash` and waits for it to be committed.
+    pub(crate) async fn bind(&self, nick: &str, hash: String) -> Result<Holding> {
+        self.submit(|tx| Job::Bind(nick.to_owned(), hash, tx)).await
     }
 
     /// Waits until everything queued before is committed (or has failed).
@@ -187,6 +196,7 @@ pub(crate) fn answer_batch(
                     Job::Ensure(..) | Job::Wipe(..) => Done::State(Err(failed)),
                     Job::Flush(..) => Done::Flushed(Err(failed)),
                     Job::Prune(..) => Done::Pruned(Err(failed)),
+                    Job::Bind(..) => Done::Held(Err(failed)),
                 };
                 answer(job, done);
             }
@@ -209,6 +219,9 @@ fn answer(job: Job, done: Done) {
         (Job::Prune(_, tx), Done::Pruned(result)) => {
             let _ = tx.send(result);
         }
+        (Job::Bind(_, _, tx), Done::Held(result)) => {
+            let _ = tx.send(result);
+        }
         _ => unreachable!("a job is answered with its own kind of result"),
     }
 }
@@ -218,7 +231,7 @@ fn answer(job: Job, done: Done) {
 pub struct StoreStats {
     /// Transactions committed.
     pub commits: AtomicU64,
-    /// Jobs (appends, room creations, wipes, prunes) committed in them.
+    /// Jobs (appends, room creations, wipes, prunes, nick bindings) committed in them.
     pub jobs: AtomicU64,
     /// Total time spent committing, in microseconds.
     pub commit_micros: AtomicU64,

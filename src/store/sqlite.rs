@@ -17,8 +17,8 @@ use tracing::debug;
 
 use super::queue::{Done, Job, PruneJob, Queue, StoreStats, answer_batch, take_batch};
 use super::{
-    Append, Appended, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState, Store,
-    new_epoch,
+    Append, Appended, Holding, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState,
+    Store, new_epoch,
 };
 use crate::clock::now_ms;
 use crate::error::StoreError;
@@ -42,7 +42,36 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (room, seq)
      ) STRICT, WITHOUT ROWID;
      CREATE UNIQUE INDEX messages_cid ON messages (room, sender, cid) WHERE cid IS NOT NULL;",
+    // 2: nicks bound to a key on an open server (case-folded; the key salted and hashed), with
+    // where each of the nick's direct-message rooms stood when it was bound; and the two
+    // nicks of a direct-message room `@a+b` indexed, to find a nick's rooms.
+    "CREATE TABLE nick_keys (
+        nick     TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        bound_ms INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE nick_floors (
+        nick  TEXT NOT NULL,
+        room  TEXT NOT NULL,
+        floor INTEGER NOT NULL,
+        PRIMARY KEY (nick, room)
+     ) STRICT, WITHOUT ROWID;
+     CREATE INDEX rooms_dm_first ON rooms (substr(name, 2, instr(name, '+') - 2))
+        WHERE substr(name, 1, 1) = '@';
+     CREATE INDEX rooms_dm_second ON rooms (substr(name, instr(name, '+') + 1))
+        WHERE substr(name, 1, 1) = '@';",
 ];
+
+/// A nick's direct-message rooms with messages, and their last seqs (?1: the nick). Each half
+/// is one of the indexes of migration 2.
+const DM_ROOMS: &str = "
+    SELECT name, last_seq FROM rooms
+     WHERE substr(name, 1, 1) = '@' AND substr(name, 2, instr(name, '+') - 2) = ?1
+       AND last_seq > 0
+    UNION
+    SELECT name, last_seq FROM rooms
+     WHERE substr(name, 1, 1) = '@' AND substr(name, instr(name, '+') + 1) = ?1
+       AND last_seq > 0";
 
 /// History in a SQLite file.
 #[derive(Debug)]
@@ -333,6 +362,23 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn nick_binding(&self, nick: &str) -> Result<Option<String>> {
+        let nick = nick.to_owned();
+        self.read(move |conn| key_hash(conn, &nick)).await
+    }
+
+    /// Free, or bound already: read beside the writer. Binding: on the writer, in its batch's
+    /// transaction, so that the floors kept are where the rooms stood between two appends.
+    async fn take_nick(&self, nick: &str, bind: Option<String>) -> Result<Holding> {
+        match bind {
+            Some(hash) => self.queue.bind(nick, hash).await,
+            None => {
+                let nick = nick.to_owned();
+                self.read(move |conn| holding(conn, &nick)).await
+            }
+        }
+    }
+
     /// Runs on the writer, in its batch's transaction beside the appends: one bounded round
     /// (a few rooms looked at, at most `limit` rows deleted).
     async fn prune(
@@ -458,6 +504,7 @@ fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Don
             Job::Ensure(room, _) => Done::State(Ok(ensure_room(&tx, room)?)),
             Job::Wipe(room, _) => Done::State(Ok(apply_wipe(&tx, room)?)),
             Job::Prune(job, _) => Done::Pruned(Ok(apply_prune(&tx, job)?)),
+            Job::Bind(nick, hash, _) => Done::Held(Ok(apply_bind(&tx, nick, hash)?)),
             Job::Flush(_) => Done::Flushed(Ok(())),
         });
     }
@@ -532,6 +579,50 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
     }))
 }
 
+fn key_hash(conn: &Connection, nick: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT key_hash FROM nick_keys WHERE nick = ?1")?
+        .query_row([nick], |row| row.get(0))
+        .optional()
+}
+
+/// The nick's binding and its floors: kept with the binding, or (bound to no key) where its
+/// direct-message rooms stand now.
+fn holding(conn: &Connection, nick: &str) -> rusqlite::Result<Holding> {
+    let key_hash = key_hash(conn, nick)?;
+    let sql = match key_hash {
+        Some(_) => "SELECT room, floor FROM nick_floors WHERE nick = ?1",
+        None => DM_ROOMS,
+    };
+    let floors = conn
+        .prepare_cached(sql)?
+        .query_map([nick], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Holding { key_hash, floors })
+}
+
+/// Binds `nick` to `hash` if it is bound to no key, keeping where its direct-message rooms
+/// stand (floors left by a binding an operator deleted go first); then its holding.
+fn apply_bind(conn: &Connection, nick: &str, hash: &str) -> rusqlite::Result<Holding> {
+    let bound = conn
+        .prepare_cached(
+            "INSERT INTO nick_keys (nick, key_hash, bound_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (nick) DO NOTHING",
+        )?
+        .execute(params![nick, hash, now_ms()])?;
+    if bound == 1 {
+        conn.prepare_cached("DELETE FROM nick_floors WHERE nick = ?1")?
+            .execute([nick])?;
+        conn.prepare_cached(&format!(
+            "INSERT INTO nick_floors (nick, room, floor)
+             SELECT ?1, name, last_seq FROM ({DM_ROOMS})"
+        ))?
+        .execute([nick])?;
+    }
+    holding(conn, nick)
+}
+
 fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
     ensure_room(conn, room)?;
     conn.prepare_cached("DELETE FROM messages WHERE room = ?1")?
@@ -591,6 +682,10 @@ mod tests {
             &SqliteStore::open(&dir.join("4")).unwrap(),
         )
         .await;
+        contract::a_nick_bound_to_a_key_stays_bound_and_keeps_where_its_dms_stood(
+            &SqliteStore::open(&dir.join("10")).unwrap(),
+        )
+        .await;
         let store = Arc::new(SqliteStore::open(&dir.join("5")).unwrap());
         contract::concurrent_appends_get_distinct_consecutive_seqs(store.clone()).await;
         // Group commit: eight writers at once shared transactions.
@@ -647,6 +742,57 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(contract::stored(next).seq, 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_first_schema_is_migrated_in_place_and_bindings_survive_a_reopen() {
+        let dir = temp_dir("migrate");
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            // The database as version 1 left it, with a conversation in it.
+            let conn = Connection::open(dir.join("nanachat.sqlite3")).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO rooms VALUES ('@alice+bob', 7, 2);
+                 INSERT INTO messages VALUES ('@alice+bob', 1, 'bob', 'one', 1, 'c1'),
+                                             ('@alice+bob', 2, 'alice', 'two', 2, NULL);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        let state = store.room_state("@alice+bob").await.unwrap();
+        assert_eq!((state.epoch, state.first_seq, state.last_seq), (7, 1, 2));
+        let page = store.history("@alice+bob", Page::After(0), 10).await;
+        assert_eq!(page.unwrap().len(), 2);
+        let held = store.take_nick("alice", Some("h".into())).await.unwrap();
+        assert_eq!(held.floors, [("@alice+bob".to_owned(), 2)]);
+        drop(store);
+
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(
+            store.nick_binding("alice").await.unwrap().as_deref(),
+            Some("h")
+        );
+        let again = store.take_nick("alice", None).await.unwrap();
+        assert_eq!(again, held, "the binding and its floors are kept");
+        drop(store);
+        let conn = Connection::open(dir.join("nanachat.sqlite3")).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        // A nick's rooms are found by index, not by reading every room.
+        for (i, half) in DM_ROOMS.split("UNION").enumerate() {
+            let plan: String = conn
+                .query_row(&format!("EXPLAIN QUERY PLAN {half}"), ["alice"], |row| {
+                    row.get(3)
+                })
+                .unwrap();
+            let index = ["rooms_dm_first", "rooms_dm_second"][i];
+            assert!(plan.contains(index), "{plan}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

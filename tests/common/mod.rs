@@ -308,9 +308,17 @@ pub fn connect_says(name: &str, cmd: std::process::Command, line: &str) {
     );
 }
 
-/// The `nanachat` binary built for these tests.
+/// The `nanachat` binary built for these tests. A `connect` keeps its key in a file of this
+/// test process's, not in the user's own config folder.
 pub fn nanachat() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_nanachat"))
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nanachat"));
+    cmd.env("NANACHAT_KEY_FILE", test_key_file());
+    cmd
+}
+
+/// Where the `nanachat connect`s of this test process keep their key.
+pub fn test_key_file() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("nanachat-test-key-{}", std::process::id()))
 }
 
 /// A plain HTTP/1.1 GET from a blocking socket; returns the whole answer (or what came before

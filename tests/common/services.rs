@@ -289,6 +289,17 @@ impl Redis {
         wait_until("Redis accepts", || accepts(self.port));
     }
 
+    /// Runs one command with `redis-cli`; returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is not installed: run scripts/setup-services");
+        assert!(out.status.success(), "redis-cli: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Kills the server: everything it held (pub/sub, keys) is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

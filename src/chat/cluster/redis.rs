@@ -13,8 +13,9 @@
 //! - `nanachat:alive:<id>` (TTL [`ALIVE_TTL`]) and the set `nanachat:nodes`: which processes
 //!   there are and which still beat.
 //! - `nanachat:nick:<nick>`: an open server's claim on a nick (case-folded), holding the key
-//!   its connections share and the nick as they spell it (`key\nNick`), so that the same key
-//!   cannot take `Alice` while `alice` is online.
+//!   its connections share — as its SHA-256: Redis never holds a key — and the nick as they
+//!   spell it (`sha256(key)\nNick`), so that the same key cannot take `Alice` while `alice`
+//!   is online.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,10 +142,17 @@ const CLAIM_TTL: Duration = Duration::from_secs(30);
 
 const ROOM_PREFIX: &str = "nanachat:room:";
 
-/// What a claim on a nick holds: "" for none (nobody else may have it), else the key and the
-/// nick as spelt, so that only the same key *and* spelling is granted it again.
+/// What a claim on a nick holds: "" for none (nobody else may have it), else the key's SHA-256
+/// and the nick as spelt, so that only the same key *and* spelling is granted it again. (Only
+/// the hash: the store keeps keys salted and hashed, and Redis should not hold them either.)
 fn claim_value(key: Option<&str>, nick: &str) -> String {
-    key.map_or_else(String::new, |key| format!("{key}\n{nick}"))
+    key.map_or_else(String::new, |key| {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        format!(
+            "{}\n{nick}",
+            data_encoding::HEXLOWER.encode(digest.as_ref())
+        )
+    })
 }
 const CLAIM_PREFIX: &str = "nanachat:nick:";
 
