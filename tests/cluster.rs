@@ -826,26 +826,16 @@ async fn after_a_redis_restart_no_stranger_gets_a_connected_users_nick() {
 fn private_ca_files(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     std::fs::create_dir_all(dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
+    let ca = common::private_ca(&["127.0.0.1", "localhost"]);
     let files = (
         dir.join("ca.pem"),
         dir.join("cert.pem"),
         dir.join("key.pem"),
     );
-    std::fs::write(&files.0, ca.pem()).unwrap();
-    std::fs::write(&files.1, leaf.pem()).unwrap();
-    std::fs::write(&files.2, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&files.0, &ca.ca_pem).unwrap();
+    std::fs::write(&files.1, ca.leaf.pem()).unwrap();
+    std::fs::write(&files.2, ca.leaf_key.serialize_pem()).unwrap();
     files
 }
 

@@ -236,24 +236,14 @@ async fn an_unreachable_database_is_a_clear_config_error() {
 /// do not know a private CA; `sslmode` absent stays plain.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_speaks_tls_and_verifies_the_server() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let pg = Postgres::start();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    pg.enable_tls(&leaf.pem(), &leaf_key.serialize_pem());
+    let ca = common::private_ca(&["127.0.0.1"]);
+    pg.enable_tls(&ca.leaf.pem(), &ca.leaf_key.serialize_pem());
     // TLS is what the connection uses: the server says so.
     let url = format!("{}?sslmode=verify-full", pg.url());
     let store = common::within(
         "open over TLS",
-        PgStore::open_with(&url, Some(ca.pem().as_bytes())),
+        PgStore::open_with(&url, Some(ca.ca_pem.as_bytes())),
     )
     .await
     .unwrap();
@@ -273,7 +263,7 @@ async fn the_store_speaks_tls_and_verifies_the_server() {
         .expect_err("a certificate from an unknown CA must be refused");
     assert!(format!("{err}").contains("history store"), "{err}");
     // A CA file without TLS asked for is a configuration error.
-    let plain = PgStore::open_with(&pg.url(), Some(ca.pem().as_bytes())).await;
+    let plain = PgStore::open_with(&pg.url(), Some(ca.ca_pem.as_bytes())).await;
     assert!(
         plain
             .err()

@@ -8,38 +8,12 @@ use std::sync::Arc;
 
 use common::{Proc, nanachat};
 use futures_util::StreamExt;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
-/// A private CA and a `localhost` certificate it signed.
-struct PrivateCa {
-    ca_pem: String,
-    leaf: rcgen::Certificate,
-    leaf_key: KeyPair,
-}
-
-fn private_ca_parts() -> PrivateCa {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    PrivateCa {
-        ca_pem: ca.pem(),
-        leaf,
-        leaf_key,
-    }
-}
-
 /// The CA (PEM) and the certificate and key (DER), for an in-process server.
 fn private_ca() -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
-    let parts = private_ca_parts();
+    let parts = common::private_ca(&["localhost"]);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(parts.leaf_key.serialize_der()));
     (parts.ca_pem, parts.leaf.der().clone(), key)
 }
@@ -122,7 +96,7 @@ async fn wss_with_a_private_ca_is_trusted_with_ca_file_and_refused_without() {
 
 /// The CA, the certificate and its key, all PEM, for `nanachat serve --tls-cert --tls-key`.
 fn private_ca_pem() -> (String, String, String) {
-    let parts = private_ca_parts();
+    let parts = common::private_ca(&["localhost"]);
     (
         parts.ca_pem,
         parts.leaf.pem(),

@@ -405,3 +405,33 @@ pub fn write_secret(path: &std::path::Path, contents: &str) {
     std::fs::write(path, contents).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// A private CA and a certificate it signed for `names` (host names or IP addresses).
+#[allow(dead_code)]
+pub struct PrivateCa {
+    pub ca_pem: String,
+    pub leaf: rcgen::Certificate,
+    pub leaf_key: rcgen::KeyPair,
+}
+
+/// Makes a [`PrivateCa`]: what a test needs to serve TLS that only its own clients trust.
+#[allow(dead_code)]
+pub fn private_ca(names: &[&str]) -> PrivateCa {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    PrivateCa {
+        ca_pem: ca.pem(),
+        leaf,
+        leaf_key,
+    }
+}
