@@ -34,6 +34,14 @@ fn process_on(pg: &Postgres, redis: &Redis, addr: &str, reuse_port: bool) -> Pro
     proc
 }
 
+/// Awaits `fut` for up to [`common::WAIT`] past the 10 s after a Redis restart during which
+/// presence is being put back (`who` and claims answer `internal` meanwhile).
+async fn after_settling<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(common::WAIT + Duration::from_secs(12), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
 /// A `nanachat.v1` client that keeps every message it receives.
 struct Client {
     ws: common::Peer,
@@ -343,7 +351,7 @@ async fn redis_down_for_a_few_seconds_leaves_no_gap_and_no_duplicate() {
     gapless(&reader.seqs("lobby"), 1, 200);
 
     // Presence was put back from each process: who still lists both.
-    within("who after the restart", async {
+    after_settling("who after the restart", async {
         loop {
             if reader.who().await["nicks"] == json!(["reader", "talker"]) {
                 break;
@@ -380,7 +388,7 @@ async fn outages_answer_internal_and_keep_the_connection() {
     talker.send(json!({"type": "rooms"})).await;
     talker.wait_for("rooms", |v| v["type"] == "rooms").await;
     redis.start_again();
-    within("who on both processes once Redis is back", async {
+    after_settling("who on both processes once Redis is back", async {
         while talker.who().await["type"] != "members" || reader.who().await["type"] != "members" {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -667,7 +675,7 @@ async fn readyz_follows_the_store_and_the_broker_and_empty_rooms_are_not_refille
     })
     .await;
     assert_eq!(rooms(&metrics), 1, "rooms held after the Redis restart");
-    within("ada back in who", async {
+    after_settling("ada back in who", async {
         while c.who().await["nicks"] != json!(["ada"]) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -725,6 +733,19 @@ async fn a_process_stalled_past_its_lease_puts_its_members_back_when_it_wakes() 
     let took = woke.elapsed();
     assert!(took < Duration::from_secs(5), "back after {took:?}");
     procs[0].wait_stderr("declared dead");
+    // The watcher was told vic left, and is told vic is back: once each.
+    let joined = presence("vic", "join");
+    if !watcher.got.iter().any(&joined) {
+        watcher.wait_for("vic joins again", joined).await;
+    }
+    let told = |event: &str| {
+        watcher
+            .got
+            .iter()
+            .filter(|v| v["type"] == "presence" && v["nick"] == "vic" && v["event"] == event)
+            .count()
+    };
+    assert_eq!((told("leave"), told("join")), (1, 1), "{:?}", watcher.got);
     // vic's nick is vic's again everywhere, and a DM reaches vic.
     let (_, answer) = Client::hello(
         &urls[1],
@@ -788,18 +809,28 @@ async fn after_a_redis_restart_no_stranger_gets_a_connected_users_nick() {
     let (pg, mut redis) = (Postgres::start(), Redis::start());
     let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
     let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
-    let (_ada, answer) = Client::hello(
+    let (mut ada, answer) = Client::hello(
         &urls[0],
         json!({"type": "hello", "nick": "ada", "key": "k1"}),
     )
     .await;
     assert_eq!(answer["type"], "welcome", "{answer}");
+    ada.join("lobby", None).await;
+    let mut bo = Client::connect(&urls[1], "bo").await;
+    bo.join("lobby", None).await;
+    within("both in who", async {
+        while bo.who().await["nicks"] != json!(["ada", "bo"]) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 
     redis.stop();
     redis.start_again();
     let stranger = json!({"type": "hello", "nick": "ada", "key": "k2"});
     let mut answers = BTreeMap::<String, usize>::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(14);
+    let mut n = 0;
     while std::time::Instant::now() < deadline {
         for url in &urls {
             let (_c, answer) = Client::hello(url, stranger.clone()).await;
@@ -810,6 +841,23 @@ async fn after_a_redis_restart_no_stranger_gets_a_connected_users_nick() {
             let code = answer["code"].as_str().unwrap_or_default().to_owned();
             *answers.entry(code).or_default() += 1;
         }
+        // Meanwhile `who` is whole or `internal`, never short; a DM to ada is never told she
+        // does not exist.
+        let who = bo.who().await;
+        assert!(
+            who["nicks"] == json!(["ada", "bo"]) || who["code"] == "internal",
+            "who while presence is put back: {who}"
+        );
+        n += 1;
+        let cid = format!("d{n}");
+        bo.send(json!({"type": "dm", "to": "ada", "text": "still there?", "cid": cid}))
+            .await;
+        let dm = bo
+            .wait_for("dm answer", |v| {
+                (v["type"] == "ack" || v["type"] == "error") && v["cid"] == cid.as_str()
+            })
+            .await;
+        assert_ne!(dm["code"], "no_such_nick", "{dm}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Once settled, the nick is plainly taken (ada's process put it back).
@@ -819,6 +867,14 @@ async fn after_a_redis_restart_no_stranger_gets_a_connected_users_nick() {
     );
     let (_c, answer) = Client::hello(&urls[1], stranger).await;
     assert_eq!(answer["code"], "nick_taken", "{answer}");
+    // Nobody was told that anybody left: nobody did.
+    let leaves: Vec<&Value> = bo
+        .got
+        .iter()
+        .chain(ada.got.iter())
+        .filter(|v| v["type"] == "presence" && v["event"] == "leave")
+        .collect();
+    assert!(leaves.is_empty(), "{leaves:?}");
 }
 
 /// A private CA and a certificate it signed for 127.0.0.1, written as PEM files in `dir`:

@@ -222,11 +222,12 @@ impl<S: Store> Cluster<S> {
         );
     }
 
-    /// Whether Redis answers and this process is subscribed: `Err` says which is not so.
+    /// Whether Redis answers, holds a presence to believe (not just restarted empty) and this
+    /// process is subscribed: `Err` says which is not so.
     pub(crate) async fn ready(&self) -> std::result::Result<(), String> {
         self.shared
             .link
-            .ping()
+            .ping_settled()
             .await
             .map_err(|err| err.to_string())?;
         if self.shared.stats.subscribed.load(Ordering::Relaxed) == 0 {
@@ -449,7 +450,7 @@ async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::Unbounded
         }
         if synced.is_none() {
             let (generation, share) = inner.hub.presence_share();
-            match inner.link.put_share(&share).await {
+            match inner.link.put_share(&share, false).await {
                 Ok(()) => synced = Some(generation),
                 Err(err) => debug!(cause = %err, "presence not in Redis yet; retrying"),
             }
@@ -472,17 +473,23 @@ async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::Unbounded
             }
         }
         match inner.link.beat(&inner.stats.expired_nodes).await {
-            Ok(false) => {}
-            Ok(true) => {
-                warn!(
-                    "this process was not among the live ones in Redis (declared dead by the others after a stall or cut longer than {:?}, or Redis restarted empty): putting its members, nicks and presence back",
-                    redis::ALIVE_TTL
-                );
-                inner.stats.revivals.fetch_add(1, Ordering::Relaxed);
-                // Now, and once more at the next beat: the process that declared this one
-                // dead may still be taking its share out.
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                let told = why == redis::Revived::DeclaredDead;
+                if told {
+                    warn!(
+                        "this process was declared dead by the others (stalled or cut off longer than {:?}): putting its members, nicks and presence back",
+                        redis::ALIVE_TTL
+                    );
+                    inner.stats.revivals.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    info!("Redis restarted empty: putting this process's members and nicks back");
+                }
+                // Now — with joins for the members the others were told had left — and once
+                // more, silently, at the next beat: the process that declared this one dead
+                // may still be taking its share out.
                 let (generation, share) = inner.hub.presence_share();
-                match inner.link.put_share(&share).await {
+                match inner.link.put_share(&share, told).await {
                     Ok(()) => synced = Some(generation),
                     Err(err) => debug!(cause = %err, "presence not back in Redis yet; retrying"),
                 }

@@ -94,7 +94,7 @@ for i = 1, #share, 2 do
       redis.call('DEL', ARGV[3] .. nick)
     else
       gone = gone + 1
-      if redis.call('HLEN', key) < tonumber(ARGV[4]) then
+      if ARGV[5] ~= '' and redis.call('HLEN', key) < tonumber(ARGV[4]) then
         redis.call('PUBLISH', ARGV[5], cjson.encode({room = room, nick = nick, event = 'leave'}))
       end
     end
@@ -168,6 +168,16 @@ pub struct Broker {
 
 /// Key of the set of live processes.
 const NODES: &str = "nanachat:nodes";
+
+/// Why a process found itself missing from the live set at a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Revived {
+    /// Another process declared it dead (it was stalled or cut off past the lease) and told
+    /// everyone its members left.
+    DeclaredDead,
+    /// Redis restarted empty: nobody was told anything.
+    RedisRestarted,
+}
 
 /// Key of the settings every process must share (a hash; it lives while processes beat).
 const SETTINGS: &str = "nanachat:settings";
@@ -388,13 +398,6 @@ impl Link {
         }
     }
 
-    /// A round trip to Redis.
-    pub(super) async fn ping(&self) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("PING").ignore();
-        self.run(&pipe).await
-    }
-
     /// Publishes stored messages in one round trip, draining `batch`.
     pub(super) async fn publish(&self, batch: &mut Vec<ChatMessage>) -> Result<()> {
         let mut pipe = redis::pipe();
@@ -412,11 +415,48 @@ impl Link {
 
     /// The nicks in a room on every process, sorted.
     pub(super) async fn members(&self, room: &str) -> Result<Vec<String>> {
-        let mut pipe = redis::pipe();
+        let mut pipe = self.settle_pipe();
         pipe.cmd("HKEYS").arg(format!("{ROOM_PREFIX}{room}"));
-        let (mut nicks,): (Vec<String>,) = self.run(&pipe).await?;
+        let (since, time, mut nicks): (Option<i64>, (i64, i64), Vec<String>) =
+            self.run(&pipe).await?;
+        self.settled(since, time)?;
         nicks.sort();
         Ok(nicks)
+    }
+
+    /// A pipeline that starts by reading [`SINCE`] and Redis's clock, for [`Link::settled`].
+    fn settle_pipe(&self) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(SINCE).cmd("TIME");
+        pipe
+    }
+
+    /// Whether what Redis holds of presence can be believed: not in the [`SETTLE`] after it
+    /// restarted empty, while the live processes put their shares back (an answer then would
+    /// be short: `who` without them, `no_such_nick` for them). An error says to retry.
+    fn settled(&self, since: Option<i64>, (secs, micros): (i64, i64)) -> Result<()> {
+        let now = secs * 1000 + micros / 1000;
+        let settling = match since {
+            None => true,
+            Some(since) => since > 0 && now - since < SETTLE.as_millis() as i64,
+        };
+        if settling {
+            return Err(Error::Store(crate::error::StoreError::Unreachable(
+                format!(
+                    "Redis at {}, just restarted: presence is being put back (for up to {SETTLE:?})",
+                    self.broker.shown
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether Redis answers and holds a presence that can be believed (see
+    /// [`Link::settled`]).
+    pub(super) async fn ping_settled(&self) -> Result<()> {
+        let pipe = self.settle_pipe();
+        let (since, time): (Option<i64>, (i64, i64)) = self.run(&pipe).await?;
+        self.settled(since, time)
     }
 
     /// Reserves `nick` on every process for connections with `key` (none: this one only).
@@ -457,37 +497,52 @@ impl Link {
 
     /// Whether anybody is connected as `nick` on any process.
     pub(super) async fn online(&self, nick: &str) -> Result<bool> {
-        let mut pipe = redis::pipe();
+        let mut pipe = self.settle_pipe();
         pipe.cmd("HEXISTS")
             .arg(format!("{ROOM_PREFIX}{ONLINE}"))
             .arg(nick_key(nick));
-        let (online,): (bool,) = self.run(&pipe).await?;
+        let (since, time, online): (Option<i64>, (i64, i64), bool) = self.run(&pipe).await?;
+        self.settled(since, time)?;
         Ok(online)
     }
 
     /// Takes a process's members out of every room; returns how many nicks left rooms.
     pub(super) async fn withdraw(&self, node: &str) -> Result<u64> {
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(WITHDRAW)
+        pipe.add_command(self.withdraw_cmd(node, true));
+        let (gone,): (u64,) = self.run(&pipe).await?;
+        Ok(gone)
+    }
+
+    /// The script call that takes `node`'s share out, publishing the leaves if `tell`.
+    fn withdraw_cmd(&self, node: &str, tell: bool) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(WITHDRAW)
             .arg(1)
             .arg(node_key(node))
             .arg(ROOM_PREFIX)
             .arg(ONLINE)
             .arg(CLAIM_PREFIX)
             .arg(self.presence_limit)
-            .arg(PRESENCE);
-        let (gone,): (u64,) = self.run(&pipe).await?;
-        Ok(gone)
+            .arg(if tell { PRESENCE } else { "" });
+        cmd
     }
 
-    /// Puts this process's share in, replacing what Redis held of it (no events).
-    pub(super) async fn put_share(&self, share: &[Change]) -> Result<()> {
-        self.withdraw(&self.node).await?;
-        if !share.is_empty() {
-            self.run::<()>(&self.changes_pipe(share, false)).await?;
+    /// Puts this process's share in, replacing what Redis held of it, in one transaction (no
+    /// moment without its nicks' claims). Silent, except with `tell`, after this process was
+    /// declared dead and its members announced as left: then their joins are published.
+    pub(super) async fn put_share(&self, share: &[Change], tell: bool) -> Result<()> {
+        let mut pipe = self.changes_pipe(share, tell);
+        let mut whole = redis::pipe();
+        whole
+            .atomic()
+            .add_command(self.withdraw_cmd(&self.node, false))
+            .ignore();
+        for cmd in pipe.cmd_iter() {
+            whole.add_command(cmd.clone()).ignore();
         }
-        Ok(())
+        pipe.clear();
+        self.run::<()>(&whole).await
     }
 
     /// Applies joins and leaves; each publishes its event if it changed who is in a room.
@@ -528,7 +583,7 @@ impl Link {
     /// Says this process is alive; takes out the share of every process that is not,
     /// counting each in `expired`. True when this process itself had been taken out (it was
     /// stalled, or cut off, longer than [`ALIVE_TTL`]): its share must be put in again.
-    pub(super) async fn beat(&self, expired: &AtomicU64) -> Result<bool> {
+    pub(super) async fn beat(&self, expired: &AtomicU64) -> Result<Option<Revived>> {
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(alive_key(&self.node))
@@ -541,8 +596,11 @@ impl Link {
             .arg(&self.node)
             .cmd("SMEMBERS")
             .arg(NODES);
+        // Before the agreement puts it back: gone means Redis lost its state.
+        pipe.cmd("EXISTS").arg(SINCE);
         pipe.add_command(agree_cmd(&self.broker.agreed, false));
-        let (added, nodes, held): (i64, Vec<String>, Vec<String>) = self.run(&pipe).await?;
+        let (added, nodes, kept, held): (i64, Vec<String>, bool, Vec<String>) =
+            self.run(&pipe).await?;
         if let Some((option, ours, theirs)) = disagreement(&self.broker.agreed, &held) {
             // Redis lost them and a process with other settings put its own first.
             warn!(%option, %ours, %theirs, "the cluster's settings disagree with this process's");
@@ -554,7 +612,11 @@ impl Link {
             .replace(std::time::Instant::now())
             .is_none();
         // Not in the set of live processes any more: another one found this one dead.
-        let revived = added == 1 && !first;
+        let revived = (added == 1 && !first).then_some(if kept {
+            Revived::DeclaredDead
+        } else {
+            Revived::RedisRestarted
+        });
         let others: Vec<&String> = nodes.iter().filter(|n| **n != self.node).collect();
         if others.is_empty() {
             return Ok(revived);
