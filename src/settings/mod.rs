@@ -389,6 +389,23 @@ impl ServerSettings {
     }
 }
 
+/// The CA certificate file an option names, read now; naming one for a link that is not
+/// there is refused with `unused`.
+fn read_ca(
+    path: Option<PathBuf>,
+    link: bool,
+    unused: &str,
+    doing: &'static str,
+) -> Result<Option<Vec<u8>>> {
+    match path {
+        Some(_) if !link => Err(Error::Config(unused.into())),
+        Some(path) => std::fs::read(&path)
+            .map(Some)
+            .map_err(|err| Error::file(doing, &path, err)),
+        None => Ok(None),
+    }
+}
+
 impl SecretSettings {
     /// The token checker for the secret given, if one was.
     pub fn auth(&self) -> Result<Option<crate::auth::Auth>> {
@@ -555,30 +572,18 @@ impl ServeArgs {
             reuse_port: serve.reuse_port(),
         };
         listen.host_port()?;
-        let broker_ca =
-            match serve.broker_ca_file() {
-                Some(_) if broker.is_none() => {
-                    return Err(Error::Config(
-                        "--broker-ca-file needs a rediss:// --broker".into(),
-                    ));
-                }
-                Some(path) => Some(std::fs::read(&path).map_err(|err| {
-                    Error::file("read the broker's CA certificate from", &path, err)
-                })?),
-                None => None,
-            };
-        let store_ca =
-            match serve.store_ca_file() {
-                Some(_) if store.is_none() => {
-                    return Err(Error::Config(
-                        "--store-ca-file needs a postgres://…?sslmode=verify-full --store".into(),
-                    ));
-                }
-                Some(path) => Some(std::fs::read(&path).map_err(|err| {
-                    Error::file("read the store's CA certificate from", &path, err)
-                })?),
-                None => None,
-            };
+        let broker_ca = read_ca(
+            serve.broker_ca_file(),
+            broker.is_some(),
+            "--broker-ca-file needs a rediss:// --broker",
+            "read the broker's CA certificate from",
+        )?;
+        let store_ca = read_ca(
+            serve.store_ca_file(),
+            store.is_some(),
+            "--store-ca-file needs a postgres://…?sslmode=verify-full --store",
+            "read the store's CA certificate from",
+        )?;
         let history = match store {
             Some(url) => History::Postgres {
                 url,
