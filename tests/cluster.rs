@@ -98,6 +98,18 @@ impl Client {
             .await
     }
 
+    /// Asks `who` in the lobby until it lists exactly `nicks` (a join reaches Redis through
+    /// the presence task, a moment after `joined`).
+    async fn wait_who(&mut self, nicks: &[&str]) {
+        let want = json!(nicks);
+        within("who lists them", async {
+            while self.who().await["nicks"] != want {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
     /// Reads until the `ack` or `error` for `cid`; returns it.
     async fn answer_to(&mut self, cid: &'static str) -> Value {
         self.wait_for(cid, move |v| {
@@ -711,7 +723,7 @@ async fn a_process_stalled_past_its_lease_puts_its_members_back_when_it_wakes() 
     vic.join("lobby", None).await;
     let mut watcher = Client::connect(&urls[1], "watcher").await;
     watcher.join("lobby", None).await;
-    assert_eq!(watcher.who().await["nicks"], json!(["vic", "watcher"]));
+    watcher.wait_who(&["vic", "watcher"]).await;
 
     procs[0].signal("STOP");
     // The other process declares it dead after the lease and takes vic out.
@@ -818,12 +830,7 @@ async fn after_a_redis_restart_no_stranger_gets_a_connected_users_nick() {
     ada.join("lobby", None).await;
     let mut bo = Client::connect(&urls[1], "bo").await;
     bo.join("lobby", None).await;
-    within("both in who", async {
-        while bo.who().await["nicks"] != json!(["ada", "bo"]) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    bo.wait_who(&["ada", "bo"]).await;
 
     redis.stop();
     redis.start_again();
@@ -925,7 +932,7 @@ async fn a_rediss_broker_is_reached_over_tls_and_verified() {
         v["type"] == "message" && v["text"] == "over tls"
     })
     .await;
-    assert_eq!(b.who().await["nicks"], json!(["ada", "bo"]));
+    b.wait_who(&["ada", "bo"]).await;
 
     // Without the CA, the system's roots do not know it: refused at start, one line, exit 2.
     let mut cmd = nanachat();
