@@ -72,7 +72,14 @@ stop() {
 trap stop EXIT
 
 # mode NAME: the bench flags that speak each server's language.
-mode() { case $1 in nanachat) echo "";; *) echo "--raw";; esac; }
+# nanachat-plain puts a client in the lobby just after the handshake: it is ready at "* you joined".
+mode() {
+  case $1 in
+    nanachat) ;;
+    nanachat-plain) printf '%s\n' --raw --ready-line '* you joined' ;;
+    *) echo --raw ;;
+  esac
+}
 
 servers="bare node python nanachat-plain nanachat"
 # run SCENARIO RUN SERVER ARGS...: one bench run on a fresh server; its report in $out.
@@ -82,7 +89,9 @@ run() {
   start "$server"
   local report=$out/$scenario-$server-$n.json
   # A failed run (lost messages, say) keeps its report; the table shows it.
-  "$nanachat" bench "$@" "$server_url" $(mode "$server") --label "$server" --json -q \
+  local flags
+  mapfile -t flags < <(mode "$server")
+  "$nanachat" bench "$@" "$server_url" "${flags[@]}" --label "$server" --json -q \
     --plot "$out/$scenario-$server.svg" >"$report" || true
   stop
   [ -s "$report" ] || echo '{}' >"$report"
@@ -103,7 +112,8 @@ for n in $(seq "$runs"); do
       [ "$server" = nanachat-plain ] && continue
       start "$server"
       report=$out/idle-$server-$n.json
-      "$nanachat" bench connect "$server_url" $(mode "$server") --connections "$idle" \
+      mapfile -t flags < <(mode "$server")
+      "$nanachat" bench connect "$server_url" "${flags[@]}" --connections "$idle" \
         --ramp 4000 --duration 5s --server-pid "$server_pid" --label "$server" --json -q \
         >"$report" || true
       stop

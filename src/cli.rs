@@ -212,6 +212,11 @@ pub struct BenchArgs {
     /// Plain text frames, no subprotocol: drives any broadcast server (Node ws, Python websockets, …).
     #[arg(long)]
     pub raw: bool,
+    /// --raw: a client counts as connected once the server sent a line starting with this (a
+    /// server that puts a client in its audience after the handshake, e.g. nanachat's
+    /// plain-text mode: `--ready-line '* you joined'`).
+    #[arg(long, value_name = "PREFIX", requires = "raw")]
+    pub ready_line: Option<String>,
     /// fanout: rooms.
     #[arg(long, default_value_t = 1)]
     pub rooms: u32,
@@ -300,6 +305,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         },
         url: args.url,
         raw: args.raw,
+        ready_line: args.ready_line,
         rooms: args.rooms,
         receivers: args.receivers,
         publishers: args.publishers,

@@ -75,6 +75,9 @@ pub struct BenchSpec {
     pub url: String,
     /// Plain text frames and no subprotocol, for any broadcast server; else `nanachat.v1`.
     pub raw: bool,
+    /// Raw mode: a client is connected once a line starting with this came (else at the
+    /// handshake).
+    pub ready_line: Option<String>,
     /// Fanout: rooms.
     pub rooms: u32,
     /// Fanout: receivers per room.
@@ -117,6 +120,7 @@ impl Default for BenchSpec {
             scenario: Scenario::Fanout,
             url: "ws://127.0.0.1:8765".into(),
             raw: false,
+            ready_line: None,
             rooms: 1,
             receivers: 1000,
             publishers: 1,

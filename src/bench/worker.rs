@@ -24,6 +24,9 @@ use crate::{Error, Result};
 /// How long a publisher waits for its last acks, and receivers for their last deliveries.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a raw client waits for its `--ready-line`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A receiver waiting for its last messages gives up when none came for this long.
 const DRAIN_QUIET: Duration = Duration::from_secs(2);
 
@@ -567,6 +570,13 @@ async fn open(
     let sub = sh.json().then_some(SUBPROTOCOL);
     let mut conn = connect_from(&sh.target, &sh.config, sh.shutdown.clone(), sub, source).await?;
     if !sh.json() {
+        if let Some(prefix) = &sh.spec.ready_line {
+            tokio::time::timeout(READY_TIMEOUT, wait_for_line(&mut conn, prefix))
+                .await
+                .map_err(|_| {
+                    Error::Bench(format!("no line starting with {prefix:?} came in 10 s"))
+                })??;
+        }
         return Ok(conn);
     }
     let nick = format!("b{}-{g}", sh.run);
@@ -587,6 +597,22 @@ async fn open(
         expect(&mut conn, |m| matches!(m, ServerMsg::Joined { .. })).await?;
     }
     Ok(conn)
+}
+
+/// Raw mode: reads until a text line starting with `prefix` (the server's word that this
+/// client is in its audience now).
+async fn wait_for_line(conn: &mut Connection, prefix: &str) -> Result<()> {
+    loop {
+        match conn.read_msg().await? {
+            None => {
+                return Err(Error::Bench(format!(
+                    "the server closed the connection before a line starting with {prefix:?}"
+                )));
+            }
+            Some(Incoming::Text(text)) if text.as_str().starts_with(prefix) => return Ok(()),
+            Some(_) => {}
+        }
+    }
 }
 
 fn room_name(run: &str, room: usize) -> String {
