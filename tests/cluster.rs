@@ -21,14 +21,17 @@ fn process(pg: &Postgres, redis: &Redis) -> Proc {
 }
 
 fn process_on(pg: &Postgres, redis: &Redis, addr: &str, reuse_port: bool) -> Proc {
+    let reuse: &[&str] = if reuse_port { &["--reuse-port"] } else { &[] };
+    process_with(pg, redis, addr, reuse)
+}
+
+fn process_with(pg: &Postgres, redis: &Redis, addr: &str, options: &[&str]) -> Proc {
     let mut cmd = nanachat();
     cmd.args([
         "serve", "--addr", addr, "--rate", "100000", "--burst", "100000",
     ])
-    .args(["--store", &pg.url(), "--broker", &redis.url()]);
-    if reuse_port {
-        cmd.arg("--reuse-port");
-    }
+    .args(["--store", &pg.url(), "--broker", &redis.url()])
+    .args(options);
     let proc = Proc::spawn("nanachat serve", cmd);
     proc.wait_stderr("listening on ws://");
     proc
@@ -1059,4 +1062,118 @@ async fn a_keyed_nick_is_its_key_holders_on_every_process_and_a_keyless_one_keep
         stored.starts_with("hmac-sha256:") && !stored.contains(key),
         "{stored}"
     );
+}
+
+/// Says `text` in `room` with cid `text`, and waits for its ack; returns its seq.
+async fn say_in(client: &mut Client, room: &str, text: &'static str) -> u64 {
+    client
+        .send(json!({"type": "say", "room": room, "text": text, "cid": text}))
+        .await;
+    let ack = client.answer_to(text).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    ack["seq"].as_u64().unwrap()
+}
+
+/// The metrics of the process at `url`.
+async fn metrics_of(url: &str) -> String {
+    let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().unwrap();
+    common::http_get(addr, "/metrics").await
+}
+
+/// Issue 16, item 7: one Redis channel carried every room, so every process received every
+/// message and the cluster could take in no more than one process reads (on the old main, A
+/// below counted 51 messages received where it held one of them). Now each room has its
+/// channel, and a process subscribes to the rooms it holds, following them into memory and
+/// out (`--room-ttl`), with no gap at either moment.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_hears_only_the_rooms_it_holds_and_follows_them_in_and_out_of_memory() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let pa = process_with(&pg, &redis, "127.0.0.1:0", &["--room-ttl", "1s"]);
+    let pb = process(&pg, &redis);
+    let (ua, ub) = (pa.listening_url(), pb.listening_url());
+    let mut a = Client::connect(&ua, "ann").await;
+    a.join("mine", None).await;
+    a.join("both", None).await;
+    let mut b = Client::connect(&ub, "bob").await;
+    for room in ["theirs", "both", "mine"] {
+        b.join(room, None).await;
+    }
+    // Fifty in a room only B holds, then one in a room A holds: once A has that one, it has
+    // heard all it ever will of the fifty (one publisher, one subscriber: in order).
+    for i in 0..50 {
+        let cid = format!("t{i}");
+        b.send(json!({"type": "say", "room": "theirs", "text": cid, "cid": cid}))
+            .await;
+    }
+    for _ in 0..50 {
+        b.wait_for("acks", |v| v["type"] == "ack").await;
+    }
+    let mark1 = say_in(&mut b, "both", "mark1").await;
+    a.wait_for("mark1", is_message("both", mark1)).await;
+    let m = metrics_of(&ua).await;
+    assert_eq!(common::metric(&m, "nanachat_cluster_received_total"), 1);
+    assert_eq!(common::metric(&m, "nanachat_cluster_room_channels"), 2);
+    let m = metrics_of(&ub).await;
+    assert_eq!(common::metric(&m, "nanachat_cluster_room_channels"), 3);
+
+    // A leaves `both`; a second later it leaves memory (a join sweeps) and A stops hearing it.
+    a.send(json!({"type": "leave", "room": "both"})).await;
+    a.wait_for("left", |v| v["type"] == "left").await;
+    within("both leaves A's memory and channels", async {
+        loop {
+            a.join("poke", None).await;
+            a.send(json!({"type": "leave", "room": "poke"})).await;
+            a.wait_for("left", |v| v["type"] == "left" && v["room"] == "poke")
+                .await;
+            let m = metrics_of(&ua).await;
+            // `mine` and `poke` (just used) held, both subscribed to.
+            if common::metric(&m, "nanachat_chat_rooms") == 2
+                && common::metric(&m, "nanachat_cluster_room_channels") == 2
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let gone = say_in(&mut b, "both", "gone").await;
+    let mark2 = say_in(&mut b, "mine", "mark2").await;
+    a.wait_for("mark2", is_message("mine", mark2)).await;
+    let m = metrics_of(&ua).await;
+    assert_eq!(common::metric(&m, "nanachat_cluster_received_total"), 2);
+
+    // Back in `both`, from mark1: what was said while A did not hear it, then live.
+    a.join("both", Some(mark1)).await;
+    a.wait_for("gone", is_message("both", gone)).await;
+    let mark3 = say_in(&mut b, "both", "mark3").await;
+    a.wait_for("mark3", is_message("both", mark3)).await;
+    gapless(&a.seqs("both"), mark1, mark3);
+
+    // A room taken in while another process is publishing in it: from `joined` on, every
+    // seq once, whenever the subscription took effect.
+    let talker = tokio::spawn(async move {
+        b.join("busy", None).await;
+        for i in 0..200 {
+            let cid = format!("z{i}");
+            b.send(json!({"type": "say", "room": "busy", "text": cid, "cid": cid}))
+                .await;
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let mut last = 0;
+        for _ in 0..200 {
+            let ack = b.wait_for("acks", |v| v["type"] == "ack").await;
+            last = last.max(ack["seq"].as_u64().unwrap());
+        }
+        last
+    });
+    let mut c = Client::connect(&ua, "cat").await;
+    let joined = c.join("busy", None).await;
+    let last = within("the talker", talker).await.unwrap();
+    let from = joined["last_seq"].as_u64().unwrap() + 1;
+    if from <= last {
+        c.wait_for("the last one", is_message("busy", last)).await;
+    }
+    gapless(&c.seqs("busy"), from, last);
 }

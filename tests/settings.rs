@@ -129,6 +129,7 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
         "burst" => number("8"),
         "max_rooms" => number("9"),
         "presence_limit" => number("11"),
+        "room_ttl" => text("90s"),
         "max_connections" => number("77"),
         "max_handshakes" => number("33"),
         "max_connections_per_ip" => number("44"),

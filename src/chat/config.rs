@@ -77,6 +77,11 @@ impl ChatConfig {
         if self.rate_per_sec == 0 || self.rate_burst == 0 {
             return Err(Error::Config("the rate and burst must be above 0".into()));
         }
+        if self.room_ttl < Duration::from_secs(1) {
+            return Err(Error::Config(
+                "--room-ttl must be at least 1s (a room nobody is in would be read again at every join)".into(),
+            ));
+        }
         if self.retention.max_age.is_some_and(|age| age.is_zero()) {
             return Err(Error::Config(
                 "--retention-age must be above 0 (leave it out to keep history)".into(),

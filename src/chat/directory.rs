@@ -102,10 +102,12 @@ impl<S: Store> Directory<S> {
     pub(super) async fn open_room(&self, room: &str, pair: Option<(String, String)>) -> Result<()> {
         if !self.hub.hold_room(room) {
             let stored = self.store.room_state(room).await?;
+            let dm = pair.is_some();
             self.hub.open_room(room, stored, pair);
             // Another process may have stored one more since the read, and published it
-            // before this process held the room.
-            if let Some(cluster) = &self.cluster {
+            // before this process held the room. A room's channel is filled once it is
+            // subscribed to (the cluster follows the hub); a direct message's is always heard.
+            if let Some(cluster) = self.cluster.as_ref().filter(|_| dm) {
                 cluster.fill(room, true);
             }
         }

@@ -59,6 +59,9 @@ struct State {
     rooms: HashMap<String, Room>,
     /// With several processes: joins and leaves go to the cluster, which tells everyone.
     feed: Option<Feed>,
+    /// With several processes: the name of every room taken in or dropped, so that the
+    /// cluster listens to the rooms held and no others.
+    held_feed: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// Where a clustered hub sends its members' joins and leaves (see `cluster.rs`).
@@ -180,6 +183,17 @@ impl Hub {
             generation: 0,
             resync: true,
         });
+    }
+
+    /// Tells `tx` the name of every room taken in or dropped from now on (the cluster
+    /// subscribes to the rooms held).
+    pub(crate) fn feed_held_rooms(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        self.state().held_feed = Some(tx);
+    }
+
+    /// The rooms held now.
+    pub(crate) fn held_rooms(&self) -> Vec<String> {
+        self.state().rooms.keys().cloned().collect()
     }
 
     /// Asks the cluster's presence task to put this process's share in again.
@@ -449,10 +463,13 @@ impl Hub {
         let mut state = self.state();
         let now = Instant::now();
         state.sweep_if_due(now);
-        state
-            .rooms
-            .entry(room.to_owned())
-            .or_insert(Room {
+        if let Some(r) = state.rooms.get_mut(room) {
+            r.touched = now;
+            return;
+        }
+        state.rooms.insert(
+            room.to_owned(),
+            Room {
                 epoch: stored.epoch,
                 next_seq: stored.last_seq + 1,
                 pending: BTreeMap::new(),
@@ -461,8 +478,11 @@ impl Hub {
                 first_seq: stored.first_seq,
                 appending: 0,
                 touched: now,
-            })
-            .touched = now;
+            },
+        );
+        if let Some(tx) = &state.held_feed {
+            let _ = tx.send(room.to_owned());
+        }
     }
 
     /// An append to `room` starts: the room stays held until [`end_append`](Self::end_append).
@@ -694,11 +714,16 @@ impl State {
     /// Drops the rooms with no member, nothing in flight, and untouched for `ttl`.
     fn drop_idle(&mut self, now: Instant, ttl: Duration) {
         let before = self.rooms.len();
-        self.rooms.retain(|_, r| {
-            !(r.members.is_empty()
+        let feed = self.held_feed.as_ref();
+        self.rooms.retain(|name, r| {
+            let idle = r.members.is_empty()
                 && r.pending.is_empty()
                 && r.appending == 0
-                && now.duration_since(r.touched) >= ttl)
+                && now.duration_since(r.touched) >= ttl;
+            if idle && let Some(tx) = feed {
+                let _ = tx.send(name.clone());
+            }
+            !idle
         });
         let dropped = before - self.rooms.len();
         if dropped > 0 {

@@ -186,6 +186,10 @@ settings! {
         /// Rooms with more members than this send no join/leave presence events.
         #[arg(long, env = "NANACHAT_PRESENCE_LIMIT", value_name = "N")]
         presence_limit: usize = ChatConfig::default().presence_limit,
+        /// How long a room nobody is in, with no traffic, stays in memory (and, in a cluster,
+        /// subscribed to); it is read from the store again when someone comes back.
+        #[arg(long, env = "NANACHAT_ROOM_TTL", value_name = "TIME")]
+        room_ttl: Time = Time(ChatConfig::default().room_ttl),
         /// Interval of the app-level heartbeat; 0 turns it off (3s is the seed's server push).
         #[arg(long, env = "NANACHAT_HEARTBEAT", value_name = "TIME")]
         heartbeat: Time = Time(ChatConfig::default().heartbeat_interval),
@@ -329,6 +333,7 @@ impl ChatSettings {
             rate_burst: self.burst(),
             max_rooms: self.max_rooms(),
             presence_limit: self.presence_limit(),
+            room_ttl: self.room_ttl().0,
             heartbeat_interval: self.heartbeat().0,
             token_grace: self.token_grace().0,
             retention: Retention {

@@ -3,8 +3,15 @@
 //! Redis hashes hold who is in which room on every process.
 //!
 //! Messages. The process that stores a message delivers it to its own members and publishes
-//! it on [`MESSAGES`](redis::MESSAGES); every other process delivers it to its members through
-//! the hub, which keeps each room in seq order. Pub/sub is at-most-once: a process that is cut
+//! it on the room's channel ([`room_channel`](redis::room_channel)); every process that holds
+//! the room delivers it to its members through the hub, which keeps each room in seq order. A
+//! process subscribes to the channels of the rooms it holds and no others — as the hub takes a
+//! room in and drops it — so the cluster's intake grows with its processes: each reads only
+//! its share. Between a room's state read from the store and its subscription taking effect,
+//! another process may publish: each room is filled from the store once its subscription is
+//! confirmed. Direct messages go over one channel, [`MESSAGES`](redis::MESSAGES), that every
+//! process hears: one must reach the process of either of its two before that process holds
+//! the room. Pub/sub is at-most-once: a process that is cut
 //! off from Redis misses what was published meanwhile. Two things bring it back, both from the
 //! store, which has every seq (a seq is committed only after all seqs before it):
 //! - a *jump*: the hub got seq n+2 while waiting for n+1 — after a short grace for the message
@@ -64,6 +71,10 @@ const FILL_RETRY: Duration = Duration::from_millis(100);
 struct Stats {
     published: AtomicU64,
     received: AtomicU64,
+    /// Bytes of the messages received (payloads as published).
+    received_bytes: AtomicU64,
+    /// Rooms' channels subscribed to now.
+    channels: AtomicU64,
     filled: AtomicU64,
     resubscribes: AtomicU64,
     /// Times this process found it had been declared dead, and put its share back.
@@ -106,6 +117,8 @@ impl<S: Store> Cluster<S> {
         let (fill, fill_rx) = mpsc::unbounded_channel();
         let (changes, changes_rx) = mpsc::unbounded_channel();
         hub.feed_presence(changes);
+        let (held, held_rx) = mpsc::unbounded_channel();
+        hub.feed_held_rooms(held);
         let node = format!("{:x}-{}", crate::store::new_epoch(), std::process::id());
         info!(broker = %broker.shown(), %node, "cluster: this process is one of several");
         let shared = Arc::new(Shared {
@@ -119,7 +132,7 @@ impl<S: Store> Cluster<S> {
         let weak = Arc::downgrade(&shared);
         tokio::spawn(publish_loop(weak.clone(), publish_rx));
         tokio::spawn(fill_loop(weak.clone(), fill_rx));
-        tokio::spawn(subscribe_loop(weak.clone()));
+        tokio::spawn(subscribe_loop(weak.clone(), held_rx));
         tokio::spawn(presence_loop(weak, changes_rx));
         Self { shared }
     }
@@ -181,6 +194,18 @@ impl<S: Store> Cluster<S> {
                     "counter",
                     "Messages received from the other processes.",
                     get(&stats.received),
+                ),
+                (
+                    "nanachat_cluster_received_bytes_total",
+                    "counter",
+                    "Bytes of the messages received from the other processes (this process's broker intake).",
+                    get(&stats.received_bytes),
+                ),
+                (
+                    "nanachat_cluster_room_channels",
+                    "gauge",
+                    "Rooms whose channel this process is subscribed to: the rooms it holds.",
+                    get(&stats.channels),
                 ),
                 (
                     "nanachat_cluster_backfilled_total",
@@ -342,66 +367,191 @@ async fn fill_room<S: Store>(inner: &Shared<S>, room: &str) -> Result<()> {
     }
 }
 
-/// Receives what the other processes publish; on every (re)subscribe, fills every room held
-/// and has the presence task put this process's share in again.
-async fn subscribe_loop<S: Store>(inner: Weak<Shared<S>>) {
+/// Most channels one SUBSCRIBE or UNSUBSCRIBE names.
+const CHANNELS_PER_COMMAND: usize = 512;
+
+/// Receives what the other processes publish, on the channels of the rooms this process holds
+/// (`held` names each room the hub takes in or drops); on every (re)subscribe, fills every
+/// room held and has the presence task put this process's share in again.
+async fn subscribe_loop<S: Store>(
+    inner: Weak<Shared<S>>,
+    mut held: mpsc::UnboundedReceiver<String>,
+) {
     let mut backoff = crate::backoff::LINK;
     let mut first = true;
+    let mut changed = Vec::new();
     loop {
         let broker = match inner.upgrade() {
             Some(inner) => inner.link.broker().clone(),
             None => return,
         };
-        let mut pubsub = match broker.subscribe().await {
-            Ok(pubsub) => pubsub,
+        let (mut sink, mut stream) = match broker.subscribe().await {
+            Ok(pubsub) => pubsub.split(),
             Err(cause) => {
                 debug!(%cause, "cannot subscribe to Redis; retrying");
                 tokio::time::sleep(backoff.failed()).await;
                 continue;
             }
         };
-        backoff.succeeded();
+        let mut listening = HashSet::new();
         {
             let Some(inner) = inner.upgrade() else { return };
-            inner.stats.subscribed.store(1, Ordering::Relaxed);
+            // The rooms held now stand for every change told so far.
+            while held.try_recv().is_ok() {}
             // Rooms nobody is in leave memory (read from the store again when someone comes
-            // back); the rest are filled with what pub/sub missed meanwhile.
+            // back); the rest are subscribed to, then filled with what was missed meanwhile.
             let rooms = inner.hub.drop_empty_rooms();
-            if !first {
-                info!(broker = %broker.shown(), rooms = rooms.len(), "Redis is back: filling the rooms with members from the store");
-                inner.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
+            if let Err(cause) = listen(&inner, &mut sink, &mut listening, rooms).await {
+                debug!(%cause, "cannot subscribe to the rooms' channels; retrying");
+                tokio::time::sleep(backoff.failed()).await;
+                continue;
             }
-            for room in rooms {
-                inner.fill(&room, false);
+            backoff.succeeded();
+            inner.stats.subscribed.store(1, Ordering::Relaxed);
+            if !first {
+                info!(broker = %broker.shown(), rooms = listening.len(), "Redis is back: filling the rooms with members from the store");
+                inner.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
             }
             inner.hub.resync_presence();
         }
         first = false;
-        let mut stream = pubsub.on_message();
-        while let Some(msg) = stream.next().await {
-            let Some(inner) = inner.upgrade() else { return };
-            match heard(&msg, inner.link.node()) {
-                Some(Heard::Message(msg)) => {
-                    inner.stats.received.fetch_add(1, Ordering::Relaxed);
-                    let lag = crate::clock::now_ms().saturating_sub(msg.time).max(0);
-                    inner.stats.lag_ms.store(lag as u64, Ordering::Relaxed);
-                    let (room, seq) = (msg.room.clone(), msg.seq);
-                    if !inner.hub.has_room(&room) {
-                        open_dm(&inner, msg);
-                        continue;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(inner) = inner.upgrade() else { return };
+                    hear(&inner, &msg);
+                }
+                n = held.recv_many(&mut changed, 4096) => {
+                    if n == 0 {
+                        return;
                     }
-                    inner.deliver(&room, Some((seq, &ServerMsg::Message(msg))));
+                    let Some(inner) = inner.upgrade() else { return };
+                    let rooms: HashSet<String> = changed.drain(..).collect();
+                    if let Err(cause) = follow(&inner, &mut sink, &mut listening, rooms).await {
+                        warn!(broker = %broker.shown(), %cause, "cannot change the rooms subscribed to; subscribing again");
+                        break;
+                    }
                 }
-                Some(Heard::Presence(room, nick, event)) => {
-                    inner.hub.tell_presence(&room, &nick, event);
-                }
-                None => {}
             }
         }
         if let Some(inner) = inner.upgrade() {
             inner.stats.subscribed.store(0, Ordering::Relaxed);
+            inner.stats.channels.store(0, Ordering::Relaxed);
         }
         warn!(broker = %broker.shown(), "lost the Redis subscription; reconnecting");
+    }
+}
+
+/// Subscribes to the channels of `rooms` (in a few commands), then fills each from the store:
+/// what was published before the subscription took effect.
+async fn listen<S: Store>(
+    inner: &Shared<S>,
+    sink: &mut ::redis::aio::PubSubSink,
+    listening: &mut HashSet<String>,
+    rooms: Vec<String>,
+) -> std::result::Result<(), String> {
+    let channels: Vec<(String, String)> = rooms
+        .into_iter()
+        .filter_map(|room| redis::room_channel(&room).map(|channel| (room, channel)))
+        .filter(|(room, _)| !listening.contains(room))
+        .collect();
+    for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+        let names: Vec<&str> = chunk.iter().map(|(_, channel)| channel.as_str()).collect();
+        sink_step(sink.subscribe(&names)).await?;
+        listening.extend(chunk.iter().map(|(room, _)| room.clone()));
+    }
+    inner
+        .stats
+        .channels
+        .store(listening.len() as u64, Ordering::Relaxed);
+    // Every room held, subscribed just now or before (a direct-message room too: its channel
+    // never stops).
+    for room in inner.hub.held_rooms() {
+        inner.fill(&room, false);
+    }
+    Ok(())
+}
+
+/// Follows the hub: subscribes to the rooms it took in, unsubscribes from those it dropped,
+/// and fills each room taken in (again) once its channel is heard.
+async fn follow<S: Store>(
+    inner: &Shared<S>,
+    sink: &mut ::redis::aio::PubSubSink,
+    listening: &mut HashSet<String>,
+    rooms: HashSet<String>,
+) -> std::result::Result<(), String> {
+    let (held, dropped): (Vec<String>, Vec<String>) =
+        rooms.into_iter().partition(|room| inner.hub.has_room(room));
+    let on: Vec<(String, String)> = held
+        .iter()
+        .filter(|room| !listening.contains(*room))
+        .filter_map(|room| redis::room_channel(room).map(|channel| (room.clone(), channel)))
+        .collect();
+    for chunk in on.chunks(CHANNELS_PER_COMMAND) {
+        let names: Vec<&str> = chunk.iter().map(|(_, channel)| channel.as_str()).collect();
+        sink_step(sink.subscribe(&names)).await?;
+        listening.extend(chunk.iter().map(|(room, _)| room.clone()));
+    }
+    let off: Vec<(String, String)> = dropped
+        .into_iter()
+        .filter(|room| listening.contains(room))
+        .filter_map(|room| redis::room_channel(&room).map(|channel| (room, channel)))
+        .collect();
+    for chunk in off.chunks(CHANNELS_PER_COMMAND) {
+        let names: Vec<&str> = chunk.iter().map(|(_, channel)| channel.as_str()).collect();
+        sink_step(sink.unsubscribe(&names)).await?;
+        for (room, _) in chunk {
+            listening.remove(room);
+        }
+    }
+    inner
+        .stats
+        .channels
+        .store(listening.len() as u64, Ordering::Relaxed);
+    // A room taken in, even one whose channel was never let go (dropped and taken in again at
+    // once): what came between its state read and now is in the store.
+    for room in held {
+        inner.fill(&room, false);
+    }
+    Ok(())
+}
+
+/// One SUBSCRIBE or UNSUBSCRIBE, confirmed within the link's timeout.
+async fn sink_step(
+    step: impl std::future::Future<Output = ::redis::RedisResult<()>>,
+) -> std::result::Result<(), String> {
+    match tokio::time::timeout(redis::TIMEOUT, step).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
+/// One message from another process: a chat message for a room held (or a direct message
+/// to open), or a presence event.
+fn hear<S: Store>(inner: &Arc<Shared<S>>, msg: &::redis::Msg) {
+    match heard(msg, inner.link.node()) {
+        Some(Heard::Message(chat)) => {
+            inner.stats.received.fetch_add(1, Ordering::Relaxed);
+            let bytes = msg.get_payload_bytes().len() as u64;
+            inner
+                .stats
+                .received_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
+            let lag = crate::clock::now_ms().saturating_sub(chat.time).max(0);
+            inner.stats.lag_ms.store(lag as u64, Ordering::Relaxed);
+            let (room, seq) = (chat.room.clone(), chat.seq);
+            if !inner.hub.has_room(&room) {
+                open_dm(inner, chat);
+                return;
+            }
+            inner.deliver(&room, Some((seq, &ServerMsg::Message(chat))));
+        }
+        Some(Heard::Presence(room, nick, event)) => {
+            inner.hub.tell_presence(&room, &nick, event);
+        }
+        None => {}
     }
 }
 

@@ -3,7 +3,10 @@
 //! loops that decide when to call these are in `cluster/mod.rs`.
 //!
 //! Keys and channels:
-//! - [`MESSAGES`]: stored messages, published by the process that stored them.
+//! - [`MESSAGES`]`:<room>`: a room's stored messages, published by the process that stored
+//!   them; a process subscribes to the rooms it holds and no others ([`room_channel`]).
+//! - [`MESSAGES`]: direct messages, which every process hears: a direct message must reach the
+//!   process of either of its two before that process holds the room.
 //! - [`PRESENCE`]: joins and leaves that changed who is in a room.
 //! - `nanachat:room:<room>`: per nick, its connections in the room on all processes; the
 //!   pseudo-room [`ONLINE`] (`*`) counts the nicks online, by case-folded nick
@@ -31,8 +34,16 @@ use crate::backoff::Reconnecting;
 use crate::protocol::{ChatMessage, PresenceEvent};
 use crate::{Error, Result};
 
-/// The channel of stored messages.
+/// The channel of direct messages, and the prefix of each room's channel.
 pub(crate) const MESSAGES: &str = "nanachat:messages";
+/// A room's channel: `nanachat:messages:<room>`.
+const ROOM_CHANNEL_PREFIX: &str = "nanachat:messages:";
+
+/// The channel `room`'s messages go over: its own, or (a direct-message room) [`MESSAGES`],
+/// which every process hears; `None` for the latter, which no process subscribes to alone.
+pub(super) fn room_channel(room: &str) -> Option<String> {
+    (!room.starts_with('@')).then(|| format!("{ROOM_CHANNEL_PREFIX}{room}"))
+}
 /// The channel of presence events.
 pub(crate) const PRESENCE: &str = "nanachat:presence";
 /// How long a process counts as alive after its last heartbeat.
@@ -40,7 +51,7 @@ pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(10);
 /// How often a process says it is alive and looks for dead ones.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a connection, a command or a subscription may take.
-const TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Adds `delta` to a nick's count in a room and to this process's share (never taking out
 /// more than the share holds: a change that comes after the share was withdrawn is a no-op);
@@ -292,7 +303,8 @@ impl Broker {
         &self.shown
     }
 
-    /// A new subscription to [`MESSAGES`] and [`PRESENCE`]; the cause if it cannot be made.
+    /// A new subscription to [`MESSAGES`] (direct messages) and [`PRESENCE`]; the cause if it
+    /// cannot be made. Rooms' channels are added by the caller.
     pub(super) async fn subscribe(&self) -> std::result::Result<PubSub, String> {
         let subscribed = async {
             let mut pubsub = self.client.get_async_pubsub().await?;
@@ -407,7 +419,9 @@ impl Link {
                 msg,
             };
             if let Ok(json) = serde_json::to_string(&payload) {
-                pipe.cmd("PUBLISH").arg(MESSAGES).arg(json).ignore();
+                let channel = room_channel(&payload.msg.room);
+                let channel = channel.as_deref().unwrap_or(MESSAGES);
+                pipe.cmd("PUBLISH").arg(channel).arg(json).ignore();
             }
         }
         self.run(&pipe).await
@@ -680,7 +694,7 @@ pub(super) enum Heard {
 pub(super) fn heard(msg: &redis::Msg, node: &str) -> Option<Heard> {
     let payload = msg.get_payload_bytes();
     match msg.get_channel_name() {
-        MESSAGES => {
+        channel if channel == MESSAGES || channel.starts_with(ROOM_CHANNEL_PREFIX) => {
             let p = serde_json::from_slice::<Published>(payload).ok()?;
             (p.node != node).then_some(Heard::Message(p.msg))
         }
