@@ -5,9 +5,16 @@
 # with the servers' RSS per connection. PostgreSQL and Redis are started here, on loopback, in
 # a throw-away directory, and stopped at the end.
 #
-#   bench/scale.sh [fanout|idle|all] [RUNS]
+#   bench/scale.sh [fanout|idle|rooms|all] [RUNS]
+#
+# rooms: $ROOM_PROCS processes on ports of their own, each holding $ROOMS rooms nobody else
+# holds ($ROOM_RECEIVERS receivers and one publisher each, as fast as they drain), all at once:
+# the cluster's deliveries/s, and each process's broker intake (messages received from Redis)
+# against all that was published. With COMPARE=/path/to/another/nanachat (a release with one
+# channel for all rooms, say) the same runs alternate with that binary.
 #
 # Environment: PROCS="1 2 4" RECEIVERS=1000 SECONDS_PER_RUN=10 WARMUP=2 RATE=50
+# ROOM_PROCS=4 ROOMS=40 ROOM_RECEIVERS=10 COMPARE=(unset)
 # IDLE=100000 IDLE_PROCS=6 OUT=target/bench-scale, PORT=18765 (the processes' shared port:
 # below the ephemeral range, so no client socket of an earlier run can hold it).
 set -euo pipefail
@@ -17,6 +24,8 @@ what=${1:-all}
 runs=${2:-3}
 procs_list=${PROCS:-1 2 4}; receivers=${RECEIVERS:-1000}; seconds=${SECONDS_PER_RUN:-10}
 warmup=${WARMUP:-2}; rate=${RATE:-50}; idle=${IDLE:-100000}; idle_procs=${IDLE_PROCS:-6}
+room_procs=${ROOM_PROCS:-4}; rooms=${ROOMS:-40}; room_receivers=${ROOM_RECEIVERS:-10}
+compare=${COMPARE:-}
 port=${PORT:-18765}
 out=${OUT:-$root/target/bench-scale}
 mkdir -p "$out"
@@ -55,7 +64,7 @@ for _ in $(seq 200); do python3 -c "import socket; socket.create_connection(('12
 url=
 # start N: a fresh database and Redis, then N processes on one port; sets url and pids.
 start() {
-  psql -q -X -d "$store" -c "SET client_min_messages = warning;" -c 'DROP TABLE IF EXISTS messages, rooms, nanachat_schema' >/dev/null
+  psql -q -X -d "$store" -c "SET client_min_messages = warning;" -c 'DROP SCHEMA public CASCADE' -c 'CREATE SCHEMA public' >/dev/null
   redis-cli -p "$redis_port" FLUSHALL >/dev/null
   local log
   for i in $(seq "$1"); do
@@ -85,6 +94,68 @@ if [ "$what" = fanout ] || [ "$what" = all ]; then
         [ -s "$report" ] || echo '{}' >"$report"
         echo "$scenario run $n, $procs process(es): $(summary "$report")" >&2
       done
+    done
+  done
+fi
+
+if [ "$what" = rooms ] || [ "$what" = all ]; then
+  metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2; exit}'; }
+  bins=("this=$nanachat"); [ -n "$compare" ] && bins+=("compare=$compare")
+  for n in $(seq "$runs"); do
+    for entry in "${bins[@]}"; do
+      label=${entry%%=*}; bin=${entry#*=}
+      psql -q -X -d "$store" -c "SET client_min_messages = warning;" -c 'DROP SCHEMA public CASCADE' -c 'CREATE SCHEMA public' >/dev/null
+      redis-cli -p "$redis_port" FLUSHALL >/dev/null
+      ports=()
+      for i in $(seq "$room_procs"); do
+        log=$tmp/rooms-$i.log
+        "$bin" serve --addr 127.0.0.1:0 --store "$store" --broker "$broker" --rate 1000000 \
+          --burst 1000000 --max-connections-per-ip 0 --connect-rate-per-ip 0 --heartbeat 0 2>"$log" &
+        pids+=($!)
+        for _ in $(seq 400); do grep -q 'listening on' "$log" && break; sleep 0.05; done
+        grep -q 'listening on' "$log" || { cat "$log" >&2; exit 1; }
+        ports+=("$(grep -oE 'listening on ws://127\.0\.0\.1:[0-9]+' "$log" | head -n1 | grep -oE '[0-9]+$')")
+      done
+      benches=()
+      for i in "${!ports[@]}"; do
+        "$nanachat" bench fanout "ws://127.0.0.1:${ports[$i]}" --rooms "$rooms" \
+          --receivers "$room_receivers" --duration "${seconds}s" --warmup "${warmup}s" \
+          --label "$label" --json -q >"$out/rooms-$label-$n-$i.json" &
+        benches+=($!)
+      done
+      for b in "${benches[@]}"; do wait "$b" || true; done
+      intake=$tmp/intake-$label-$n
+      : >"$intake"
+      for p in "${ports[@]}"; do
+        echo "$(metric "$p" nanachat_cluster_published_total) $(metric "$p" nanachat_cluster_received_total)" >>"$intake"
+      done
+      stop_servers
+      python3 - "$out" "$label" "$n" "$intake" <<'PY'
+import glob, json, sys
+out, label, n, intake = sys.argv[1:5]
+reports = []
+for path in sorted(glob.glob(f"{out}/rooms-{label}-{n}-*.json")):
+    try:
+        reports.append(json.load(open(path)))
+    except ValueError:
+        reports.append({})
+rows = [tuple(int(float(x or 0)) for x in line.split()) for line in open(intake) if line.strip()]
+published = sum(p for p, _ in rows)
+received = [r for _, r in rows]
+summary = {
+    "label": label,
+    "deliveries_per_sec": sum(r.get("deliveries_per_sec", 0) for r in reports),
+    "lost": sum(r.get("lost", 0) for r in reports),
+    "duplicated": sum(r.get("duplicated", 0) for r in reports),
+    "published": published,
+    "received_per_process": received,
+}
+json.dump(summary, open(f"{out}/rooms-{label}-{n}.json", "w"))
+share = max(received) / published if published else 0
+print(f"rooms run {n}, {label}: {summary['deliveries_per_sec']:,.0f} deliveries/s, published {published:,}, "
+      f"received per process {received} (at most {share:.1%} of all), lost {summary['lost']} dup {summary['duplicated']}",
+      file=sys.stderr)
+PY
     done
   done
 fi
@@ -159,6 +230,22 @@ if what in ("fanout", "all"):
               f"{fmt(med(l, lambda r: r['latency']['p99']), 2)} | {lost} / {dup} |")
     for f in failed:
         print(f"\nleft out, {f}")
+if what in ("rooms", "all"):
+    print(f"\n### rooms spread over processes, each held by one (median of {runs})\n")
+    print("| binary | deliveries/s (cluster) | vs this | messages published | a process's intake (median) | share of all | lost / dup |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    base = None
+    for label in ("this", "compare"):
+        rs = load(f"rooms-{label}")
+        if not rs:
+            continue
+        rate = med(rs, lambda r: r.get("deliveries_per_sec"))
+        base = base or rate
+        pub = med(rs, lambda r: r.get("published"))
+        intake = med(rs, lambda r: statistics.median(r["received_per_process"]) if r.get("received_per_process") else None)
+        share = intake / pub if pub else 0
+        lost = sum(r.get("lost", 0) for r in rs); dup = sum(r.get("duplicated", 0) for r in rs)
+        print(f"| {label} | {fmt(rate)} | {(rate / base if rate and base else 0):.2f}× | {fmt(pub)} | {fmt(intake)} | {share:.1%} | {lost} / {dup} |")
 if what in ("idle", "all"):
     rs = load("idle")
     print(f"\n### idle connections over several processes (median of {runs})\n")
