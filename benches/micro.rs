@@ -18,13 +18,13 @@ fn protocol(c: &mut Criterion) {
     g.bench_function("decode say", |b| {
         b.iter(|| parse_client(black_box(say)).unwrap())
     });
-    let msg = ServerMsg::Message(ChatMessage {
-        room: "lobby".into(),
-        seq: 42,
-        from: "nana".into(),
-        text: "hello there, this is a message of about a hundred bytes, give or take a few".into(),
-        time: 1_764_000_000_000,
-    });
+    let msg = ServerMsg::Message(ChatMessage::said(
+        "lobby",
+        42,
+        "nana",
+        "hello there, this is a message of about a hundred bytes, give or take a few",
+        1_764_000_000_000,
+    ));
     g.bench_function("encode message", |b| b.iter(|| black_box(&msg).to_json()));
     g.finish();
 }
@@ -57,12 +57,12 @@ fn store(c: &mut Criterion) {
             runtime.block_on(async {
                 let appends: Vec<_> = (0..BATCH)
                     .map(|i| {
-                        store.append(Append {
-                            room: format!("room{}", i % 8),
-                            from: "nana".into(),
-                            text: "x".repeat(100),
-                            cid: None,
-                        })
+                        store.append(Append::say(
+                            &format!("room{}", i % 8),
+                            "nana",
+                            &"x".repeat(100),
+                            None,
+                        ))
                     })
                     .collect();
                 for a in appends {

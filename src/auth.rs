@@ -47,6 +47,20 @@ pub struct Claims {
     /// The rooms it may join; all when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Vec<String>>,
+    /// Where its holder is a moderator (may edit and delete anyone's messages): `true` for
+    /// every room, or a list of rooms.
+    #[serde(default, rename = "mod", skip_serializing_if = "Option::is_none")]
+    pub moderates: Option<Moderates>,
+}
+
+/// A token's `mod`: every room, or some.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Moderates {
+    /// `true`: every room (`false`: none).
+    All(bool),
+    /// These rooms.
+    Rooms(Vec<String>),
 }
 
 /// A token's `aud`: a string or a list of them (RFC 7519 §4.1.3).
@@ -84,6 +98,16 @@ impl Claims {
             iss: None,
             aud: None,
             rooms: None,
+            moderates: None,
+        }
+    }
+
+    /// Whether these claims make their holder a moderator of `room`.
+    pub fn moderates(&self, room: &str) -> bool {
+        match &self.moderates {
+            Some(Moderates::All(all)) => *all,
+            Some(Moderates::Rooms(rooms)) => rooms.iter().any(|r| r == room),
+            None => false,
         }
     }
 

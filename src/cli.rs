@@ -164,6 +164,10 @@ pub struct TokenArgs {
     /// A room it may join (repeatable); without any, every room.
     #[arg(long = "room")]
     pub rooms: Vec<String>,
+    /// A room its holder moderates: may edit and delete anyone's messages there (repeatable;
+    /// `*` for every room).
+    #[arg(long = "moderator", value_name = "ROOM")]
+    pub moderates: Vec<String>,
     /// The server's secret.
     #[command(flatten)]
     pub secret: SecretSettings,
@@ -186,6 +190,16 @@ impl TokenArgs {
                 "'{bad}' is not a room name (--room)"
             )));
         }
+        if let Some(bad) = self.moderates.iter().find(|r| *r != "*" && !valid_room(r)) {
+            return Err(Error::Config(format!(
+                "'{bad}' is not a room name (--moderator; * for every room)"
+            )));
+        }
+        let moderates = match self.moderates {
+            m if m.iter().any(|r| r == "*") => Some(crate::auth::Moderates::All(true)),
+            m if m.is_empty() => None,
+            m => Some(crate::auth::Moderates::Rooms(m)),
+        };
         // The issuer and audience the server checks are the ones the token carries.
         let expect = self.secret.expect();
         let claims = crate::auth::Claims {
@@ -193,6 +207,7 @@ impl TokenArgs {
             rooms: (!self.rooms.is_empty()).then_some(self.rooms),
             iss: expect.issuer,
             aud: expect.audience.map(crate::auth::Audience::One),
+            moderates,
             ..crate::auth::Claims::for_nick(sub)
         };
         Ok(auth.mint(&claims))

@@ -3,6 +3,8 @@
 //! terminal client, the load generator and the fuzz targets share them. `docs/protocol.md`
 //! describes every message with examples; the tests below keep the two in step.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The subprotocol name a client asks for to speak this protocol.
@@ -11,6 +13,34 @@ pub const SUBPROTOCOL: &str = "nanachat.v1";
 /// The longest `cid` of a `say` or `dm`, in bytes (UTF-8). A cid is stored, indexed and echoed
 /// in every ack: a longer one is refused with `bad_message`, and nothing is stored.
 pub const MAX_CID_BYTES: usize = 64;
+
+impl ClientMsg {
+    /// The client's id of a request that stores something (`say`, `dm`, `edit`, `delete`,
+    /// `react`): its ack or error carries it back. Every variant is named, so a new request
+    /// has to say whether it has one.
+    pub fn cid(&self) -> Option<&str> {
+        match self {
+            ClientMsg::Say { cid, .. }
+            | ClientMsg::Dm { cid, .. }
+            | ClientMsg::Edit { cid, .. }
+            | ClientMsg::Delete { cid, .. }
+            | ClientMsg::React { cid, .. } => Some(cid),
+            ClientMsg::Hello { .. }
+            | ClientMsg::Join { .. }
+            | ClientMsg::Leave { .. }
+            | ClientMsg::Who { .. }
+            | ClientMsg::Rooms { .. }
+            | ClientMsg::Refresh { .. }
+            | ClientMsg::History { .. } => None,
+        }
+    }
+}
+
+/// The longest reaction, in bytes (UTF-8): an emoji with its modifiers, or a short word.
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+/// The most distinct reactions one message may carry.
+pub const MAX_REACTIONS: usize = 20;
 
 /// What a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +86,42 @@ pub enum ClientMsg {
         text: String,
         /// The client's id for this message (at most [`MAX_CID_BYTES`]): a retry with the same
         /// cid is acked, not repeated.
+        cid: String,
+        /// The seq of the message (of this room) this one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+    },
+    /// Change the text of one of your messages (a moderator: anyone's), in a joined room.
+    Edit {
+        /// The room.
+        room: String,
+        /// The message's seq.
+        seq: u64,
+        /// Its new text.
+        text: String,
+        /// As for `say`.
+        cid: String,
+    },
+    /// Delete one of your messages (a moderator: anyone's): its text is erased from the store.
+    Delete {
+        /// The room.
+        room: String,
+        /// The message's seq.
+        seq: u64,
+        /// As for `say`.
+        cid: String,
+    },
+    /// Add (`on`) or take back a reaction to a message, in a joined room.
+    React {
+        /// The room.
+        room: String,
+        /// The message's seq.
+        seq: u64,
+        /// The reaction: one emoji (or a short word), at most [`MAX_EMOJI_BYTES`].
+        emoji: String,
+        /// True adds it, false takes it back.
+        on: bool,
+        /// As for `say`.
         cid: String,
     },
     /// Send a direct message to every connection of a nick.
@@ -133,10 +199,91 @@ pub struct ChatMessage {
     pub seq: u64,
     /// Who said it.
     pub from: String,
-    /// What was said.
+    /// What was said (an `edit`: the new text; a `delete`, a `react`: empty).
     pub text: String,
     /// When the server stored it, in milliseconds since the Unix epoch.
     pub time: i64,
+    /// What it is: a message, or an event on one (carried in the frame's `type`).
+    #[serde(skip)]
+    pub kind: Kind,
+    /// A message: the seq of the message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// An event: the seq of the message it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u64>,
+    /// A `react`: the reaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// A `react`: added (true) or taken back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<bool>,
+    /// A message in `history` (or replayed): when it was last edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<i64>,
+    /// A message in `history` (or replayed): deleted, its text erased.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// A message in `history`: its reactions, with how many nicks gave each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reactions: BTreeMap<String, u32>,
+    /// A message in `history`: the reactions among them that are the asker's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mine: Vec<String>,
+}
+
+/// What a stored item of a room is: each takes the room's next seq.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A message.
+    #[default]
+    Message,
+    /// A new text for the message `target`.
+    Edit,
+    /// The message `target` deleted.
+    Delete,
+    /// A reaction to the message `target` added or taken back.
+    React,
+}
+
+impl ChatMessage {
+    /// An event on a message (`kind`), as a line for people: who changed which message
+    /// (`#seq`) in which room, and how.
+    pub fn event_line(&self, kind: Kind) -> String {
+        let (room, from, target) = (&self.room, &self.from, self.target.unwrap_or_default());
+        match (kind, self.emoji.as_deref(), self.on) {
+            (Kind::Edit, _, _) => format!("* {from} edited #{target} in {room}: {}", self.text),
+            (Kind::Delete, _, _) => format!("* {from} deleted #{target} in {room}"),
+            (Kind::React, Some(emoji), Some(false)) => {
+                format!("* {from} took back {emoji} on #{target} in {room}")
+            }
+            (Kind::React, Some(emoji), _) => {
+                format!("* {from} reacted {emoji} to #{target} in {room}")
+            }
+            _ => format!("[{room}] {from}: {}", self.text),
+        }
+    }
+
+    /// A plain message (no reply, no event), as most are.
+    pub fn said(room: &str, seq: u64, from: &str, text: &str, time: i64) -> Self {
+        ChatMessage {
+            room: room.to_owned(),
+            seq,
+            from: from.to_owned(),
+            text: text.to_owned(),
+            time,
+            kind: Kind::Message,
+            reply_to: None,
+            target: None,
+            emoji: None,
+            on: None,
+            edited: None,
+            deleted: false,
+            reactions: BTreeMap::new(),
+            mine: Vec::new(),
+        }
+    }
 }
 
 /// A room in a `rooms` answer.
@@ -195,7 +342,8 @@ pub enum ErrorCode {
     Internal,
     /// The server wants a valid token for this nick (missing, expired, forged, another nick).
     Unauthorized,
-    /// The token does not allow this room.
+    /// The token does not allow this room; or an edit or delete of someone else's message
+    /// by a user who is not a moderator of the room.
     Forbidden,
     /// The `cid` was used before by this nick in this room for another text: refused, nothing
     /// stored (a true retry, with the same text, is acked again as a duplicate).
@@ -203,6 +351,16 @@ pub enum ErrorCode {
     /// The connection's token has expired: every request but `refresh` is refused with this
     /// until a fresh token comes, and the connection is closed with 4003 after the grace.
     TokenExpired,
+    /// No message with that seq in that room (never, pruned, or the seq is an event's), or a
+    /// `reply_to` that is not a message of the room.
+    NoSuchMessage,
+    /// The message was deleted: it cannot be edited or reacted to any more.
+    MessageDeleted,
+    /// A reaction that is empty, too long (more than 32 bytes) or holds spaces or control
+    /// characters; or one more distinct reaction than a message may carry (20).
+    BadReaction,
+    /// A reaction added that was there already, or taken back that was not: nothing stored.
+    Unchanged,
 }
 
 /// What the server sends.
@@ -267,6 +425,12 @@ pub enum ServerMsg {
     },
     /// A chat message (live, or replayed on resume).
     Message(ChatMessage),
+    /// A message's new text (`target`), live or replayed: it takes a seq of its own.
+    Edit(ChatMessage),
+    /// A message (`target`) deleted, live or replayed: it takes a seq of its own.
+    Delete(ChatMessage),
+    /// A reaction to a message (`target`) added or taken back, live or replayed.
+    React(ChatMessage),
     /// Someone joined or left a room.
     Presence {
         /// The room.
@@ -329,7 +493,7 @@ pub enum ServerMsg {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::BinaryNotAllowed,
@@ -349,6 +513,10 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::CidReused,
         ErrorCode::TokenExpired,
+        ErrorCode::NoSuchMessage,
+        ErrorCode::MessageDeleted,
+        ErrorCode::BadReaction,
+        ErrorCode::Unchanged,
     ];
 
     /// The code as it appears on the wire, e.g. `rate_limited`.
@@ -373,11 +541,38 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::CidReused => "cid_reused",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::NoSuchMessage => "no_such_message",
+            ErrorCode::MessageDeleted => "message_deleted",
+            ErrorCode::BadReaction => "bad_reaction",
+            ErrorCode::Unchanged => "unchanged",
         }
     }
 }
 
 impl ServerMsg {
+    /// The frame of a stored item: a `message`, or the event its kind says.
+    pub fn chat(m: ChatMessage) -> Self {
+        match m.kind {
+            Kind::Message => ServerMsg::Message(m),
+            Kind::Edit => ServerMsg::Edit(m),
+            Kind::Delete => ServerMsg::Delete(m),
+            Kind::React => ServerMsg::React(m),
+        }
+    }
+
+    /// The stored item a frame carries (with its kind), if it carries one.
+    pub fn into_chat(self) -> Option<ChatMessage> {
+        let (mut m, kind) = match self {
+            ServerMsg::Message(m) => (m, Kind::Message),
+            ServerMsg::Edit(m) => (m, Kind::Edit),
+            ServerMsg::Delete(m) => (m, Kind::Delete),
+            ServerMsg::React(m) => (m, Kind::React),
+            _ => return None,
+        };
+        m.kind = kind;
+        Some(m)
+    }
+
     /// For a reply that carries a list, how many items it holds; `None` for the others.
     ///
     /// Every variant is named (no wildcard), so a new one has to say whether it is a list: a
@@ -394,6 +589,9 @@ impl ServerMsg {
             | ServerMsg::Left { .. }
             | ServerMsg::Ack { .. }
             | ServerMsg::Message(_)
+            | ServerMsg::Edit(_)
+            | ServerMsg::Delete(_)
+            | ServerMsg::React(_)
             | ServerMsg::Presence { .. }
             | ServerMsg::Tick { .. }
             | ServerMsg::Error { .. } => None,
@@ -411,15 +609,13 @@ impl ServerMsg {
 /// than [`MAX_CID_BYTES`] is `bad_message` (the refusal does not echo it).
 pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
     match serde_json::from_str::<ClientMsg>(text) {
-        Ok(ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. }) if cid.len() > MAX_CID_BYTES => {
-            Err((
-                ErrorCode::BadMessage,
-                format!(
-                    "a cid is at most {MAX_CID_BYTES} bytes (this one has {})",
-                    cid.len()
-                ),
-            ))
-        }
+        Ok(msg) if msg.cid().is_some_and(|cid| cid.len() > MAX_CID_BYTES) => Err((
+            ErrorCode::BadMessage,
+            format!(
+                "a cid is at most {MAX_CID_BYTES} bytes (this one has {})",
+                msg.cid().unwrap_or_default().len()
+            ),
+        )),
         Ok(msg) => Ok(msg),
         Err(err) if err.is_syntax() || err.is_eof() => {
             Err((ErrorCode::BadJson, format!("not JSON: {err}")))
@@ -457,6 +653,43 @@ mod tests {
                     room: "lobby".into(),
                     text: "hi".into(),
                     cid: "c1".into(),
+                    reply_to: None,
+                },
+            ),
+            (
+                r#"{"type":"say","room":"lobby","text":"yes","cid":"c2","reply_to":41}"#,
+                ClientMsg::Say {
+                    room: "lobby".into(),
+                    text: "yes".into(),
+                    cid: "c2".into(),
+                    reply_to: Some(41),
+                },
+            ),
+            (
+                r#"{"type":"edit","room":"lobby","seq":41,"text":"hi!","cid":"c3"}"#,
+                ClientMsg::Edit {
+                    room: "lobby".into(),
+                    seq: 41,
+                    text: "hi!".into(),
+                    cid: "c3".into(),
+                },
+            ),
+            (
+                r#"{"type":"delete","room":"lobby","seq":41,"cid":"c4"}"#,
+                ClientMsg::Delete {
+                    room: "lobby".into(),
+                    seq: 41,
+                    cid: "c4".into(),
+                },
+            ),
+            (
+                r#"{"type":"react","room":"lobby","seq":41,"emoji":"👍","on":true,"cid":"c5"}"#,
+                ClientMsg::React {
+                    room: "lobby".into(),
+                    seq: 41,
+                    emoji: "👍".into(),
+                    on: true,
+                    cid: "c5".into(),
                 },
             ),
             (r#"{"type":"rooms"}"#, ClientMsg::Rooms { after: None }),
@@ -547,13 +780,13 @@ mod tests {
 
     #[test]
     fn server_messages_write_as_documented() {
-        let msg = ServerMsg::Message(ChatMessage {
-            room: "lobby".into(),
-            seq: 42,
-            from: "nana".into(),
-            text: "hi".into(),
-            time: 1_764_000_000_000,
-        });
+        let msg = ServerMsg::Message(ChatMessage::said(
+            "lobby",
+            42,
+            "nana",
+            "hi",
+            1_764_000_000_000,
+        ));
         assert_eq!(
             msg.to_json(),
             r#"{"type":"message","room":"lobby","seq":42,"from":"nana","text":"hi","time":1764000000000}"#
@@ -600,33 +833,15 @@ mod tests {
         let doc = include_str!("../docs/protocol.md");
         for kind in [
             "hello", "join", "leave", "say", "dm", "who", "rooms", "history", "welcome", "joined",
-            "left", "ack", "message", "presence", "members", "tick", "error",
+            "left", "ack", "message", "presence", "members", "tick", "error", "edit", "delete",
+            "react",
         ] {
             assert!(
                 doc.contains(&format!("\"type\":\"{kind}\"")),
                 "docs/protocol.md lacks {kind}"
             );
         }
-        for code in [
-            "bad_json",
-            "bad_message",
-            "binary_not_allowed",
-            "hello_first",
-            "already_hello",
-            "bad_nick",
-            "nick_taken",
-            "bad_room",
-            "already_joined",
-            "not_joined",
-            "too_many_rooms",
-            "text_too_long",
-            "no_such_nick",
-            "rate_limited",
-            "internal",
-            "unauthorized",
-            "forbidden",
-            "cid_reused",
-        ] {
+        for code in ErrorCode::ALL.map(ErrorCode::as_str) {
             assert!(
                 doc.contains(&format!("`{code}`")),
                 "docs/protocol.md lacks {code}"

@@ -700,3 +700,49 @@ async fn a_plain_text_client_refreshes_with_slash_token() {
     wait_for(&mut plain, "carol: back").await;
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// Issue 17: `nanachat token --moderator ROOM` (or `*`) writes the `mod` claim the server
+/// reads; a malformed room is refused with one line, exit 2.
+#[test]
+fn token_mints_the_moderator_claim() {
+    let dir = std::env::temp_dir().join(format!("nanachat-auth-mod-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    common::write_secret(&dir.join("secret"), &format!("{SECRET}\n"));
+    let auth = nanachat::auth::Auth::new(SECRET.as_bytes()).unwrap();
+    let now = nanachat::auth::now_secs();
+    let some = mint(
+        &dir,
+        &[
+            "--sub",
+            "boss",
+            "--moderator",
+            "lobby",
+            "--moderator",
+            "ops",
+        ],
+    );
+    let claims = auth.verify(&some, now).unwrap();
+    assert!(claims.moderates("lobby") && claims.moderates("ops") && !claims.moderates("x"));
+    let all = auth.verify(&mint(&dir, &["--sub", "boss", "--moderator", "*"]), now);
+    assert!(all.unwrap().moderates("anywhere"));
+    let plain = auth.verify(&mint(&dir, &["--sub", "pleb"]), now).unwrap();
+    assert!(!plain.moderates("lobby"));
+    let out = nanachat()
+        .args([
+            "token",
+            "--sub",
+            "boss",
+            "--moderator",
+            "a room",
+            "--auth-secret-file",
+        ])
+        .arg(dir.join("secret"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--moderator") && err.lines().count() == 1,
+        "{err}"
+    );
+}

@@ -1177,3 +1177,48 @@ async fn a_process_hears_only_the_rooms_it_holds_and_follows_them_in_and_out_of_
     }
     gapless(&c.seqs("busy"), from, last);
 }
+
+/// Issue 17: edits, reactions and deletes ride on the room's seq, so they cross processes as
+/// messages do, and a resume on another process brings them back in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_on_messages_reach_members_on_every_process_and_resume_anywhere() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let (procs, mut talker, mut reader) = talker_and_reader(&pg, &redis).await;
+    let seq = say_in(&mut talker, "lobby", "first").await;
+    talker
+        .send(json!({"type": "edit", "room": "lobby", "seq": seq, "text": "first!", "cid": "e1"}))
+        .await;
+    let edit = reader
+        .wait_for("the edit", |v| v["type"] == "edit" && v["target"] == seq)
+        .await;
+    assert_eq!(edit["text"], "first!");
+    reader
+        .send(json!({"type": "react", "room": "lobby", "seq": seq, "emoji": "👍", "on": true, "cid": "r1"}))
+        .await;
+    talker
+        .wait_for("the reaction", |v| {
+            v["type"] == "react" && v["target"] == seq
+        })
+        .await;
+    talker
+        .send(json!({"type": "delete", "room": "lobby", "seq": seq, "cid": "d1"}))
+        .await;
+    let delete = reader
+        .wait_for("the delete", |v| {
+            v["type"] == "delete" && v["target"] == seq
+        })
+        .await;
+    // A newcomer on the other process replays all four, in seq order.
+    let mut late = Client::connect(&procs[0].listening_url(), "late").await;
+    late.join("lobby", Some(0)).await;
+    let last = delete["seq"].as_u64().unwrap();
+    late.wait_for("the delete", |v| v["seq"].as_u64() == Some(last))
+        .await;
+    let kinds: Vec<&str> = late
+        .got
+        .iter()
+        .filter(|v| v["seq"].is_u64() && v["type"] != "joined")
+        .map(|v| v["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["message", "edit", "react", "delete"]);
+}

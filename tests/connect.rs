@@ -450,13 +450,7 @@ async fn ack_then_deliver(listener: tokio::net::TcpListener) -> Vec<Value> {
                     duplicate: false,
                 }
                 .to_json(),
-                ServerMsg::Message(ChatMessage {
-                    room: "lobby".into(),
-                    seq: 1,
-                    from: "late".into(),
-                    text: v["text"].as_str().unwrap().into(),
-                    time: 1_764_000_000_000,
-                })
+                ServerMsg::Message(ChatMessage::said("lobby", 1, "late", v["text"].as_str().unwrap(), 1_764_000_000_000))
                 .to_json(),
             ],
             _ => vec![],

@@ -28,12 +28,12 @@ async fn crash_child() {
             for i in 0.. {
                 let text = format!("w{writer}-{i}");
                 let appended = store
-                    .append(Append {
-                        room: "lobby".into(),
-                        from: format!("w{writer}"),
-                        text: text.clone(),
-                        cid: Some(text.clone()),
-                    })
+                    .append(Append::say(
+                        "lobby",
+                        &format!("w{writer}"),
+                        &text,
+                        Some(&text),
+                    ))
                     .await
                     .unwrap();
                 let seq = appended.record().expect("stored").seq;
@@ -101,12 +101,7 @@ async fn every_acked_message_survives_kill_9() {
     }
     // And the room goes on from there.
     let next = store
-        .append(Append {
-            room: "lobby".into(),
-            from: "after".into(),
-            text: "after the crash".into(),
-            cid: None,
-        })
+        .append(Append::say("lobby", "after", "after the crash", None))
         .await
         .unwrap();
     assert_eq!(next.record().expect("stored").seq, state.last_seq + 1);

@@ -867,6 +867,7 @@ async fn send_payload(
             room: room.to_owned(),
             text,
             cid: format!("{id}-{seq}"),
+            reply_to: None,
         };
         say(conn, &msg).await
     } else {

@@ -53,13 +53,13 @@ impl FanoutRoom {
     /// queued to every member; then empties the outboxes as their writers would.
     pub fn deliver(&mut self, text: &str) {
         self.seq += 1;
-        let msg = ServerMsg::Message(ChatMessage {
-            room: "lobby".into(),
-            seq: self.seq,
-            from: "nana".into(),
-            text: text.into(),
-            time: 1_764_000_000_000,
-        });
+        let msg = ServerMsg::Message(ChatMessage::said(
+            "lobby",
+            self.seq,
+            "nana",
+            text,
+            1_764_000_000_000,
+        ));
         self.hub.deliver("lobby", Some((self.seq, &msg)));
         self.drain();
     }

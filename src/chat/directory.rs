@@ -91,7 +91,7 @@ impl<S: Store> Directory<S> {
             .filter(|_| !duplicate)
             .map(|cluster| (cluster, message.clone()));
         let seq = message.seq;
-        let msg = ServerMsg::Message(message);
+        let msg = ServerMsg::chat(message);
         self.deliver(room, (!duplicate).then_some((seq, &msg)));
         if let Some((cluster, message)) = copy {
             cluster.publish(message);

@@ -54,7 +54,7 @@ impl<S: Store> Session<S> {
                     return Err(pruned_meanwhile(after));
                 }
                 after = record.seq;
-                self.reply(conn, &ServerMsg::Message(chat_message(record)))
+                self.reply(conn, &ServerMsg::chat(chat_message(record)))
                     .await?;
             }
         }
@@ -103,14 +103,36 @@ impl<S: Store> Session<S> {
         };
         let store = &self.chat.store;
         let epoch = store.room_state(&room).await.map_err(unavailable)?.epoch;
-        let messages: Vec<ChatMessage> = store
-            .history(&room, page, limit)
+        let mut messages: Vec<ChatMessage> = store
+            .messages(&room, page, limit)
             .await
             .map_err(unavailable)?
             .into_iter()
             .filter(|record| record.seq > floor)
             .map(chat_message)
             .collect();
+        // Each message as it stands now: its reactions, counted, the asker's own marked.
+        let seqs: Vec<u64> = messages
+            .iter()
+            .filter(|m| !m.deleted)
+            .map(|m| m.seq)
+            .collect();
+        if !seqs.is_empty() {
+            let me = self.hub().nick(self.id).unwrap_or_default();
+            let counts = store
+                .reactions(&room, &seqs, &me)
+                .await
+                .map_err(unavailable)?;
+            for (seq, emoji, count, mine) in counts {
+                if let Ok(i) = messages.binary_search_by_key(&seq, |m| m.seq) {
+                    let m = &mut messages[i];
+                    if mine {
+                        m.mine.push(emoji.clone());
+                    }
+                    m.reactions.insert(emoji, count);
+                }
+            }
+        }
         // A page that would not fit in one frame is cut short, keeping the messages nearest to
         // where the client reads from (the newest going back, the oldest going forward); it
         // pages on from there.

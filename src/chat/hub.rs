@@ -980,13 +980,13 @@ mod tests {
     }
 
     fn dm(seq: u64) -> ServerMsg {
-        ServerMsg::Message(crate::protocol::ChatMessage {
-            room: "@a+b".into(),
+        ServerMsg::Message(crate::protocol::ChatMessage::said(
+            "@a+b",
             seq,
-            from: "b".into(),
-            text: format!("m{seq}"),
-            time: 0,
-        })
+            "b",
+            &format!("m{seq}"),
+            0,
+        ))
     }
 
     #[test]

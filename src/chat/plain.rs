@@ -95,6 +95,7 @@ impl<S: Store> Session<S> {
                 room,
                 text: line.to_owned(),
                 cid: NO_CID,
+                reply_to: None,
             }));
         };
         let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));

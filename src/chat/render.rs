@@ -4,7 +4,7 @@
 
 use crate::clock::python_now;
 use crate::connection::Utf8Bytes;
-use crate::protocol::{ChatMessage, PresenceEvent, ServerMsg};
+use crate::protocol::{ChatMessage, Kind, PresenceEvent, ServerMsg};
 
 /// How a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,12 @@ pub(crate) fn render(mode: Mode, msg: &ServerMsg) -> Utf8Bytes {
 }
 
 fn chat_line(m: &ChatMessage) -> String {
-    format!("[{}] {}: {}", m.room, m.from, m.text)
+    let (room, from) = (&m.room, &m.from);
+    match (m.deleted, m.reply_to) {
+        (true, _) => format!("[{room}] {from}: (deleted)"),
+        (false, Some(to)) => format!("[{room}] {from} (re #{to}): {}", m.text),
+        (false, None) => format!("[{room}] {from}: {}", m.text),
+    }
 }
 
 /// The plain-text line(s) for a server message.
@@ -70,6 +75,9 @@ fn plain(msg: &ServerMsg) -> String {
         ServerMsg::Left { room } => format!("* you left {room}"),
         ServerMsg::Ack { room, seq, .. } => format!("* stored in {room} as #{seq}"),
         ServerMsg::Message(m) => chat_line(m),
+        ServerMsg::Edit(m) => m.event_line(Kind::Edit),
+        ServerMsg::Delete(m) => m.event_line(Kind::Delete),
+        ServerMsg::React(m) => m.event_line(Kind::React),
         ServerMsg::Presence { room, nick, event } => match event {
             PresenceEvent::Join => format!("* {nick} joined {room}"),
             PresenceEvent::Leave => format!("* {nick} left {room}"),
@@ -113,13 +121,7 @@ mod tests {
 
     #[test]
     fn plain_lines_are_readable() {
-        let msg = ServerMsg::Message(ChatMessage {
-            room: "lobby".into(),
-            seq: 1,
-            from: "nana".into(),
-            text: "hi".into(),
-            time: 0,
-        });
+        let msg = ServerMsg::Message(ChatMessage::said("lobby", 1, "nana", "hi", 0));
         assert_eq!(render(Mode::Plain, &msg).as_str(), "[lobby] nana: hi");
         assert!(
             render(Mode::Json, &msg)

@@ -25,10 +25,11 @@ use super::types::{
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
-    ClientMsg, ErrorCode, Limits, RoomInfo, SUBPROTOCOL, ServerMsg, parse_client,
+    ClientMsg, ErrorCode, Limits, MAX_EMOJI_BYTES, MAX_REACTIONS, RoomInfo, SUBPROTOCOL, ServerMsg,
+    parse_client,
 };
 use crate::rate::Bucket;
-use crate::store::{Append, Appended, Record, Store, now_ms};
+use crate::store::{Append, Appended, Objection, Op, Record, Store, now_ms};
 use crate::{Error, Result};
 
 /// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
@@ -227,10 +228,7 @@ impl<S: Store> Session<S> {
             }
             Err(Failure::Fatal(err)) => return Err(err),
         };
-        let cid = match &request {
-            ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => self.client_cid(cid),
-            _ => None,
-        };
+        let cid = request.cid().and_then(|cid| self.client_cid(cid));
         if !self.bucket.take() {
             self.strikes += 1;
             if self.strikes >= self.chat.config.rate_strikes {
@@ -280,7 +278,45 @@ impl<S: Store> Session<S> {
             ClientMsg::Hello { nick, key, token } => self.hello(conn, &nick, key, token).await,
             ClientMsg::Join { room, since, epoch } => self.join(conn, &room, since, epoch).await,
             ClientMsg::Leave { room } => self.leave(&room),
-            ClientMsg::Say { room, text, cid } => self.say(room, text, self.client_cid(&cid)),
+            ClientMsg::Say {
+                room,
+                text,
+                cid,
+                reply_to,
+            } => {
+                self.check_text(&text)?;
+                self.change(room, text, self.client_cid(&cid), Op::Say { reply_to })
+            }
+            ClientMsg::Edit {
+                room,
+                seq,
+                text,
+                cid,
+            } => {
+                self.check_text(&text)?;
+                self.change(room, text, self.client_cid(&cid), Op::Edit { target: seq })
+            }
+            ClientMsg::Delete { room, seq, cid } => self.change(
+                room,
+                String::new(),
+                self.client_cid(&cid),
+                Op::Delete { target: seq },
+            ),
+            ClientMsg::React {
+                room,
+                seq,
+                emoji,
+                on,
+                cid,
+            } => {
+                check_reaction(&emoji)?;
+                let op = Op::React {
+                    target: seq,
+                    emoji,
+                    on,
+                };
+                self.change(room, String::new(), self.client_cid(&cid), op)
+            }
             ClientMsg::Dm { to, text, cid } => self.dm(to, text, self.client_cid(&cid)).await,
             ClientMsg::Who { room, after } => self.who(conn, room, after).await,
             ClientMsg::History {
@@ -508,15 +544,22 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    fn say(&self, room: String, text: String, cid: Option<String>) -> Result<(), Failure> {
-        self.check_text(&text)?;
+    /// A message (`say`), or an event on one (`edit`, `delete`, `react`), in a joined room:
+    /// stored under the room's next seq, like any message.
+    pub(super) fn change(
+        &self,
+        room: String,
+        text: String,
+        cid: Option<String>,
+        op: Op,
+    ) -> Result<(), Failure> {
         if !self.hub().may_use(self.id, &room) {
             refuse(
                 ErrorCode::NotJoined,
                 format!("join {room} before saying anything there"),
             )?;
         }
-        self.publish(room, text, cid);
+        self.publish(room, text, cid, op);
         Ok(())
     }
 
@@ -545,7 +588,7 @@ impl<S: Store> Session<S> {
             .open_room(&room, dm_pair(&room))
             .await
             .map_err(unavailable)?;
-        self.publish(room, text, cid);
+        self.publish(room, text, cid, Op::Say { reply_to: None });
         Ok(())
     }
 
@@ -612,8 +655,9 @@ impl<S: Store> Session<S> {
     /// the store commits, and nothing is lost if this connection goes away meanwhile. A message
     /// without a cid (plain-text mode) is stored as a new one, always, and gets no ack: its
     /// sender sees it come back.
-    fn publish(&self, room: String, text: String, cid: Option<String>) {
+    fn publish(&self, room: String, text: String, cid: Option<String>, op: Op) {
         let from = self.hub().nick(self.id).unwrap_or_default();
+        let moderator = self.claims.as_ref().is_some_and(|c| c.moderates(&room));
         // The room stays held until this append is delivered (or has failed): an idle-room
         // sweep must not drop it and have it reopened from a state without this message.
         self.hub().begin_append(&room);
@@ -622,6 +666,8 @@ impl<S: Store> Session<S> {
             from,
             text,
             cid: cid.clone(),
+            op,
+            moderator,
         });
         let (chat, outbox, mode) = (self.chat.clone(), self.outbox.clone(), self.mode);
         tokio::spawn(async move {
@@ -629,6 +675,12 @@ impl<S: Store> Session<S> {
             let answer = match pending.await {
                 Ok(Appended::Stored(record)) => acked(&chat, room, cid, record, false),
                 Ok(Appended::Duplicate(record)) => acked(&chat, room, cid, record, true),
+                Ok(Appended::Refused(objection)) => {
+                    let (code, message) = refused(objection, &room);
+                    crate::metrics::bump(&chat.errors[code as usize]);
+                    chat.directory.deliver(&room, None);
+                    Some(ServerMsg::Error { code, message, cid })
+                }
                 Ok(Appended::CidReused) => {
                     crate::metrics::bump(&chat.errors[ErrorCode::CidReused as usize]);
                     chat.directory.deliver(&room, None);
@@ -663,6 +715,43 @@ impl<S: Store> Session<S> {
             }
         });
     }
+}
+
+/// The error for an append the store refused.
+fn refused(objection: Objection, room: &str) -> (ErrorCode, String) {
+    match objection {
+        Objection::NoSuchMessage => (
+            ErrorCode::NoSuchMessage,
+            format!("no such message in {room} (a seq of a message, not of an event)"),
+        ),
+        Objection::NotYours => (
+            ErrorCode::Forbidden,
+            "only its author or a moderator may change a message".into(),
+        ),
+        Objection::Deleted => (ErrorCode::MessageDeleted, "that message was deleted".into()),
+        Objection::TooManyReactions => (
+            ErrorCode::BadReaction,
+            format!("a message carries at most {MAX_REACTIONS} different reactions"),
+        ),
+        Objection::Unchanged => (
+            ErrorCode::Unchanged,
+            "nothing to change: that reaction is already so".into(),
+        ),
+    }
+}
+
+/// A reaction is 1 to [`MAX_EMOJI_BYTES`] bytes with no spaces or control characters.
+fn check_reaction(emoji: &str) -> Result<(), Failure> {
+    let bad = emoji.is_empty()
+        || emoji.len() > MAX_EMOJI_BYTES
+        || emoji.chars().any(|c| c.is_whitespace() || c.is_control());
+    if bad {
+        refuse(
+            ErrorCode::BadReaction,
+            format!("a reaction is 1 to {MAX_EMOJI_BYTES} bytes, without spaces"),
+        )?;
+    }
+    Ok(())
 }
 
 /// Hands a stored message on to be delivered (a duplicate was, when it was first stored) and

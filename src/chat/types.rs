@@ -52,12 +52,19 @@ impl Floors {
 
 /// A stored record as the message clients receive.
 pub(crate) fn chat_message(r: Record) -> ChatMessage {
+    let (emoji, on) = match r.emoji {
+        Some((emoji, on)) => (Some(emoji), Some(on)),
+        None => (None, None),
+    };
     ChatMessage {
-        room: r.room,
-        seq: r.seq,
-        from: r.from,
-        text: r.text,
-        time: r.time_ms,
+        kind: r.kind,
+        reply_to: r.reply_to,
+        target: r.target,
+        emoji,
+        on,
+        edited: r.edited_ms,
+        deleted: r.deleted,
+        ..ChatMessage::said(&r.room, r.seq, &r.from, &r.text, r.time_ms)
     }
 }
 

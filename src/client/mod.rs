@@ -32,7 +32,9 @@ use crate::config::ConnectionConfig;
 use crate::connection::{CloseCode, Connection, Incoming, Message};
 use crate::dial::{Target, connect_with};
 use crate::error::CLOSE_TOKEN_ENDED;
-use crate::protocol::{ChatMessage, ClientMsg, ErrorCode, PresenceEvent, SUBPROTOCOL, ServerMsg};
+use crate::protocol::{
+    ChatMessage, ClientMsg, ErrorCode, Kind, PresenceEvent, SUBPROTOCOL, ServerMsg,
+};
 use crate::rate::Bucket;
 use crate::{Error, Result};
 
@@ -347,6 +349,7 @@ impl State {
             room: self.current.clone(),
             text,
             cid,
+            reply_to: None,
         })
     }
 
@@ -597,6 +600,9 @@ impl State {
             }
             ServerMsg::Ack { cid, .. } => self.pending.retain(|(c, _, _)| *c != cid),
             ServerMsg::Message(m) => self.show(m, out),
+            ServerMsg::Edit(m) => self.show_event(Kind::Edit, m, out),
+            ServerMsg::Delete(m) => self.show_event(Kind::Delete, m, out),
+            ServerMsg::React(m) => self.show_event(Kind::React, m, out),
             ServerMsg::Presence { room, nick, event } => {
                 let verb = if event == PresenceEvent::Join {
                     "joined"
@@ -651,6 +657,20 @@ impl State {
         }
         cursor.last_seq = Some(m.seq);
         out.message(&m);
+    }
+
+    /// An event on a message: it takes a seq of the room like a message (so a resume goes on
+    /// after it), and is shown as a line of its own.
+    fn show_event(&mut self, kind: Kind, m: ChatMessage, out: &mut Output) {
+        let cursor = self.rooms.entry(m.room.clone()).or_insert(Cursor {
+            last_seq: None,
+            epoch: None,
+        });
+        if cursor.last_seq.is_some_and(|last| m.seq <= last) {
+            return;
+        }
+        cursor.last_seq = Some(m.seq);
+        out.notice(&m.event_line(kind));
     }
 
     fn on_error(

@@ -1,12 +1,12 @@
 //! The ephemeral store: everything in a map behind a mutex, gone when the process ends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    Append, Appended, Holding, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState,
-    Store, is_dm_of, new_epoch,
+    Append, Appended, Holding, Kind, MAX_PAGE, Op, PRUNE_ROOMS, Page, Pruned, ReactionCount,
+    Reactions, Record, Referred, Retention, RoomState, Store, is_dm_of, judge, new_epoch,
 };
 use crate::Result;
 use crate::clock::now_ms;
@@ -27,6 +27,8 @@ struct Room {
     records: BTreeMap<u64, Record>,
     /// (sender, cid) → seq.
     cids: HashMap<(String, String), u64>,
+    /// seq → reaction → the nicks that gave it.
+    reactions: BTreeMap<u64, BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Room {
@@ -49,6 +51,7 @@ impl Room {
             last_seq: 0,
             records: BTreeMap::new(),
             cids: HashMap::new(),
+            reactions: BTreeMap::new(),
         }
     }
 }
@@ -65,22 +68,106 @@ impl MemoryStore {
         if let Some(cid) = &append.cid {
             let key = (append.from.clone(), cid.clone());
             if let Some(record) = room.cids.get(&key).and_then(|seq| room.records.get(seq)) {
-                return Appended::again(record.clone(), &append.text);
+                return Appended::again(record.clone(), &append);
+            }
+        }
+        if let Some(target) = append.op.refers_to() {
+            let referred = room.records.get(&target).map(|r| Referred {
+                kind: r.kind,
+                from: r.from.clone(),
+                deleted: r.deleted,
+            });
+            let mut seen = Reactions::default();
+            if let (Op::React { emoji, .. }, Some(given)) =
+                (&append.op, room.reactions.get(&target))
+            {
+                seen.distinct = given.len();
+                seen.used = given.contains_key(emoji);
+                let me = append.from.to_ascii_lowercase();
+                seen.mine = given.get(emoji).is_some_and(|n| n.contains(&me));
+            }
+            if let Err(refusal) = judge(&append, referred.as_ref(), seen) {
+                return Appended::Refused(refusal);
             }
         }
         room.last_seq += 1;
-        let record = Record {
-            room: append.room,
-            seq: room.last_seq,
-            from: append.from,
-            text: append.text,
-            time_ms: now_ms(),
-        };
+        let record = Record::of(&append, room.last_seq, now_ms());
+        match &append.op {
+            Op::Say { .. } => {}
+            Op::Edit { target } => {
+                if let Some(m) = room.records.get_mut(target) {
+                    m.text.clone_from(&append.text);
+                    m.edited_ms = Some(record.time_ms);
+                }
+            }
+            Op::Delete { target } => {
+                if let Some(m) = room.records.get_mut(target) {
+                    m.text.clear();
+                    m.deleted = true;
+                }
+                for r in room.records.values_mut() {
+                    if r.kind == Kind::Edit && r.target == Some(*target) {
+                        r.text.clear();
+                    }
+                }
+                room.reactions.remove(target);
+            }
+            Op::React { target, emoji, on } => {
+                let given = room.reactions.entry(*target).or_default();
+                if *on {
+                    let me = append.from.to_ascii_lowercase();
+                    given.entry(emoji.clone()).or_default().insert(me);
+                } else if let Some(nicks) = given.get_mut(emoji) {
+                    nicks.remove(&append.from.to_ascii_lowercase());
+                    if nicks.is_empty() {
+                        given.remove(emoji);
+                    }
+                }
+            }
+        }
         if let Some(cid) = append.cid {
             room.cids.insert((record.from.clone(), cid), record.seq);
         }
         room.records.insert(record.seq, record.clone());
         Appended::Stored(record)
+    }
+
+    /// Up to `limit` records of `room` that `keep` keeps, oldest first.
+    fn page(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Vec<Record> {
+        let limit = limit.min(MAX_PAGE);
+        let rooms = self.rooms();
+        let Some(room) = rooms.get(room) else {
+            return Vec::new();
+        };
+        match page {
+            Page::After(seq) => room
+                .records
+                .range(seq.saturating_add(1)..)
+                .map(|(_, r)| r)
+                .filter(|r| keep(r))
+                .take(limit)
+                .cloned()
+                .collect(),
+            Page::Before(seq) => {
+                let mut page: Vec<Record> = room
+                    .records
+                    .range(..seq)
+                    .rev()
+                    .map(|(_, r)| r)
+                    .filter(|r| keep(r))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                page.reverse();
+                page
+            }
+        }
     }
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
@@ -111,31 +198,27 @@ impl Store for MemoryStore {
     }
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
-        let limit = limit.min(MAX_PAGE);
+        Ok(self.page(room, page, limit, |_| true))
+    }
+
+    async fn messages(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+        Ok(self.page(room, page, limit, |r| r.kind == Kind::Message))
+    }
+
+    async fn reactions(&self, room: &str, seqs: &[u64], nick: &str) -> Result<Vec<ReactionCount>> {
         let rooms = self.rooms();
         let Some(room) = rooms.get(room) else {
             return Ok(Vec::new());
         };
-        let records = match page {
-            Page::After(seq) => room
-                .records
-                .range(seq.saturating_add(1)..)
-                .take(limit)
-                .map(|(_, r)| r.clone())
-                .collect(),
-            Page::Before(seq) => {
-                let mut page: Vec<Record> = room
-                    .records
-                    .range(..seq)
-                    .rev()
-                    .take(limit)
-                    .map(|(_, r)| r.clone())
-                    .collect();
-                page.reverse();
-                page
+        let mut out = Vec::new();
+        for seq in seqs {
+            for (emoji, nicks) in room.reactions.get(seq).into_iter().flatten() {
+                let mine = nicks.contains(&nick.to_ascii_lowercase());
+                out.push((*seq, emoji.clone(), nicks.len() as u32, mine));
             }
-        };
-        Ok(records)
+        }
+        out.sort();
+        Ok(out)
     }
 
     async fn room_state(&self, room: &str) -> Result<RoomState> {
@@ -178,6 +261,7 @@ impl Store for MemoryStore {
             if doomed > 0 {
                 let kept = &room.records;
                 room.cids.retain(|_, seq| kept.contains_key(seq));
+                room.reactions.retain(|seq, _| kept.contains_key(seq));
             }
             deleted += doomed;
             if deleted == limit {
@@ -221,6 +305,7 @@ impl Store for MemoryStore {
         let room = rooms.entry(room.to_owned()).or_insert_with(Room::new);
         room.records.clear();
         room.cids.clear();
+        room.reactions.clear();
         room.epoch = new_epoch().max(room.epoch + 1);
         Ok(room.state())
     }
@@ -237,6 +322,7 @@ mod tests {
         contract::a_retried_cid_is_stored_once(&MemoryStore::new()).await;
         contract::a_cid_reused_for_another_text_is_refused(&MemoryStore::new()).await;
         contract::pages_go_both_ways(&MemoryStore::new()).await;
+        contract::events_take_seqs_and_change_their_message(&MemoryStore::new()).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&MemoryStore::new()).await;
         contract::prune_by_count_keeps_the_newest_of_each_room(&MemoryStore::new()).await;
         contract::prune_by_age_deletes_the_oldest_only(&MemoryStore::new()).await;

@@ -39,11 +39,14 @@ pub use queue::StoreStats;
 pub use sqlite::SqliteStore;
 
 use crate::Result;
+pub use crate::protocol::Kind;
+use crate::protocol::MAX_REACTIONS;
 
 /// Most records one history page returns.
 pub const MAX_PAGE: usize = 200;
 
-/// One stored chat message.
+/// One stored item of a room: a chat message, or an event on one (an edit, a delete, a
+/// reaction), each under a seq of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The room (or direct-message pair) it was said in.
@@ -52,23 +55,247 @@ pub struct Record {
     pub seq: u64,
     /// Who said it.
     pub from: String,
-    /// What was said.
+    /// What was said (an edit: the new text; a deleted message, its edits, a delete and a
+    /// reaction: empty).
     pub text: String,
     /// When the server stored it, in milliseconds since the Unix epoch.
     pub time_ms: i64,
+    /// A message or which event.
+    pub kind: Kind,
+    /// An event: the message it changes.
+    pub target: Option<u64>,
+    /// A message: the message it answers.
+    pub reply_to: Option<u64>,
+    /// A reaction: what it is, and whether it was added (or taken back).
+    pub emoji: Option<(String, bool)>,
+    /// A message: when it was last edited.
+    pub edited_ms: Option<i64>,
+    /// A message: deleted (its text, and its edits' texts, erased).
+    pub deleted: bool,
 }
 
-/// A message to store.
+impl Record {
+    /// A plain message as stored.
+    pub fn said(room: &str, seq: u64, from: &str, text: &str, time_ms: i64) -> Self {
+        Record {
+            room: room.to_owned(),
+            seq,
+            from: from.to_owned(),
+            text: text.to_owned(),
+            time_ms,
+            kind: Kind::Message,
+            target: None,
+            reply_to: None,
+            emoji: None,
+            edited_ms: None,
+            deleted: false,
+        }
+    }
+
+    /// What `append` stores under `seq` at `time_ms`.
+    pub(crate) fn of(append: &Append, seq: u64, time_ms: i64) -> Self {
+        let mut record = Record::said(&append.room, seq, &append.from, &append.text, time_ms);
+        record.kind = append.op.kind();
+        match &append.op {
+            Op::Say { reply_to } => record.reply_to = *reply_to,
+            Op::Edit { target } | Op::Delete { target } => record.target = Some(*target),
+            Op::React { target, emoji, on } => {
+                record.target = Some(*target);
+                record.emoji = Some((emoji.clone(), *on));
+            }
+        }
+        if matches!(append.op, Op::Delete { .. } | Op::React { .. }) {
+            record.text.clear();
+        }
+        record
+    }
+
+    /// Whether `append` asks for what this record is: a retry of it.
+    fn answers(&self, append: &Append) -> bool {
+        let wanted = Record::of(append, self.seq, self.time_ms);
+        // An edit erased since by a delete of its message is still the same request.
+        let text_ok = wanted.text == self.text || (self.kind == Kind::Edit && self.text.is_empty());
+        self.kind == wanted.kind
+            && self.target == wanted.target
+            && self.reply_to == wanted.reply_to
+            && self.emoji == wanted.emoji
+            && text_ok
+    }
+}
+
+/// A message or event to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Append {
     /// The room to store it in (created on first use).
     pub room: String,
     /// Who said it.
     pub from: String,
-    /// What was said.
+    /// What was said (a message, an edit's new text; empty for a delete or a reaction).
     pub text: String,
     /// The sender's id for it: the same cid again is a retry, not a new message.
     pub cid: Option<String>,
+    /// What it does.
+    pub op: Op,
+    /// The sender may edit and delete anyone's messages in this room.
+    pub moderator: bool,
+}
+
+impl Append {
+    /// A plain message.
+    pub fn say(room: &str, from: &str, text: &str, cid: Option<&str>) -> Self {
+        Append {
+            room: room.into(),
+            from: from.into(),
+            text: text.into(),
+            cid: cid.map(Into::into),
+            op: Op::Say { reply_to: None },
+            moderator: false,
+        }
+    }
+}
+
+/// What an append does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A new message, maybe answering another of the room.
+    Say {
+        /// The message it answers.
+        reply_to: Option<u64>,
+    },
+    /// A new text for a message.
+    Edit {
+        /// The message.
+        target: u64,
+    },
+    /// A message deleted: its text (and its edits') erased, its reactions gone.
+    Delete {
+        /// The message.
+        target: u64,
+    },
+    /// A reaction added or taken back.
+    React {
+        /// The message.
+        target: u64,
+        /// The reaction.
+        emoji: String,
+        /// Added (true) or taken back.
+        on: bool,
+    },
+}
+
+impl Op {
+    /// The kind of record it stores.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Op::Say { .. } => Kind::Message,
+            Op::Edit { .. } => Kind::Edit,
+            Op::Delete { .. } => Kind::Delete,
+            Op::React { .. } => Kind::React,
+        }
+    }
+
+    /// The message it refers to: the target of an event, the message a reply answers.
+    pub fn refers_to(&self) -> Option<u64> {
+        match self {
+            Op::Say { reply_to } => *reply_to,
+            Op::Edit { target } | Op::Delete { target } | Op::React { target, .. } => Some(*target),
+        }
+    }
+}
+
+/// What the store knows of the message an append refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Referred {
+    /// A message or an event (an event is no target).
+    pub kind: Kind,
+    /// Its author.
+    pub from: String,
+    /// Deleted.
+    pub deleted: bool,
+}
+
+/// A message's reactions, as a reaction append sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Reactions {
+    /// The sender's reaction with this emoji is there.
+    pub mine: bool,
+    /// Someone's reaction with this emoji is there.
+    pub used: bool,
+    /// Distinct reactions on the message.
+    pub distinct: usize,
+}
+
+/// How a durable store keeps a record's kind (a small integer column).
+pub(crate) fn kind_code(kind: Kind) -> i16 {
+    match kind {
+        Kind::Message => 0,
+        Kind::Edit => 1,
+        Kind::Delete => 2,
+        Kind::React => 3,
+    }
+}
+
+/// The kind a durable store's code stands for (an unknown code reads as a message).
+pub(crate) fn kind_of(code: i64) -> Kind {
+    match code {
+        1 => Kind::Edit,
+        2 => Kind::Delete,
+        3 => Kind::React,
+        _ => Kind::Message,
+    }
+}
+
+/// One reaction to one message: (seq, reaction, how many nicks gave it, the asker among them).
+pub type ReactionCount = (u64, String, u32, bool);
+
+/// Why an append was refused (nothing stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objection {
+    /// No message with that seq in the room (never, pruned, or an event's seq).
+    NoSuchMessage,
+    /// Someone else's message, and the sender is no moderator.
+    NotYours,
+    /// The message is deleted.
+    Deleted,
+    /// One more distinct reaction than a message may carry.
+    TooManyReactions,
+    /// The reaction was there already (added) or was not (taken back).
+    Unchanged,
+}
+
+/// Whether `append` may be stored, given what it refers to (read in the append's transaction)
+/// and, for a reaction, the message's reactions: one rule for every store.
+pub(crate) fn judge(
+    append: &Append,
+    referred: Option<&Referred>,
+    reactions: Reactions,
+) -> std::result::Result<(), Objection> {
+    if append.op.refers_to().is_none() {
+        return Ok(());
+    }
+    let Some(referred) = referred.filter(|r| r.kind == Kind::Message) else {
+        return Err(Objection::NoSuchMessage);
+    };
+    match &append.op {
+        Op::Say { .. } => Ok(()),
+        _ if referred.deleted => Err(Objection::Deleted),
+        Op::Edit { .. } | Op::Delete { .. } => {
+            if referred.from.eq_ignore_ascii_case(&append.from) || append.moderator {
+                Ok(())
+            } else {
+                Err(Objection::NotYours)
+            }
+        }
+        Op::React { on, .. } => {
+            if *on == reactions.mine {
+                Err(Objection::Unchanged)
+            } else if *on && !reactions.used && reactions.distinct >= MAX_REACTIONS {
+                Err(Objection::TooManyReactions)
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
 
 /// What an append did.
@@ -82,13 +309,15 @@ pub enum Appended {
     /// The sender's cid was stored in this room before with *another* text: refused, nothing
     /// stored. Answering it with the original would ack a message that was never stored.
     CidReused,
+    /// Refused for what it refers to (see [`judge`]): nothing stored.
+    Refused(Objection),
 }
 
 impl Appended {
     /// The answer to an append whose cid was stored before as `original`: a retry when the
     /// text is the same, refused when it is not.
-    pub(crate) fn again(original: Record, text: &str) -> Self {
-        if original.text == text {
+    pub(crate) fn again(original: Record, append: &Append) -> Self {
+        if original.answers(append) {
             Appended::Duplicate(original)
         } else {
             Appended::CidReused
@@ -99,7 +328,7 @@ impl Appended {
     pub fn record(&self) -> Option<&Record> {
         match self {
             Appended::Stored(record) | Appended::Duplicate(record) => Some(record),
-            Appended::CidReused => None,
+            Appended::CidReused | Appended::Refused(_) => None,
         }
     }
 }
@@ -222,6 +451,24 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Record>>> + Send;
 
+    /// As [`Store::history`], messages only (no events), each in its current state: a page of
+    /// what people said, for reading back.
+    fn messages(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Record>>> + Send;
+
+    /// The reactions to the messages `seqs` of `room`: (seq, reaction, how many nicks gave
+    /// it, whether `nick` is one of them), by seq then reaction.
+    fn reactions(
+        &self,
+        room: &str,
+        seqs: &[u64],
+        nick: &str,
+    ) -> impl Future<Output = Result<Vec<ReactionCount>>> + Send;
+
     /// The room's epoch and last seq; a room never used gets an epoch now.
     fn room_state(&self, room: &str) -> impl Future<Output = Result<RoomState>> + Send;
 
@@ -317,12 +564,174 @@ pub mod contract {
     use super::*;
 
     pub fn say(room: &str, from: &str, text: &str, cid: Option<&str>) -> Append {
+        Append::say(room, from, text, cid)
+    }
+
+    fn event(room: &str, from: &str, op: Op, text: &str, cid: Option<&str>) -> Append {
         Append {
-            room: room.into(),
-            from: from.into(),
-            text: text.into(),
-            cid: cid.map(Into::into),
+            op,
+            ..Append::say(room, from, text, cid)
         }
+    }
+
+    fn refused(appended: Appended) -> Objection {
+        match appended {
+            Appended::Refused(objection) => objection,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Replies, edits, deletes and reactions: each event takes the room's next seq, changes
+    /// its message as the store keeps it, and is refused (nothing stored, no seq taken) when
+    /// what it refers to does not allow it. A delete erases the text, its edits' too.
+    pub async fn events_take_seqs_and_change_their_message(store: &impl Store) {
+        let r = "ev";
+        let m1 = stored(store.append(say(r, "nana", "first", None)).await.unwrap());
+        let reply = Append {
+            op: Op::Say { reply_to: Some(1) },
+            ..say(r, "Mochi", "re first", None)
+        };
+        let m2 = stored(store.append(reply).await.unwrap());
+        assert_eq!((m1.seq, m2.seq, m2.reply_to), (1, 2, Some(1)));
+        let nowhere = Append {
+            op: Op::Say { reply_to: Some(99) },
+            ..say(r, "mochi", "re nothing", None)
+        };
+        assert_eq!(
+            refused(store.append(nowhere).await.unwrap()),
+            Objection::NoSuchMessage
+        );
+        // Someone else's message, without being a moderator: refused, and no seq taken.
+        let edit =
+            |from: &str, target, text: &str, cid| event(r, from, Op::Edit { target }, text, cid);
+        assert_eq!(
+            refused(
+                store
+                    .append(edit("mochi", 1, "mine now", None))
+                    .await
+                    .unwrap()
+            ),
+            Objection::NotYours
+        );
+        let e = stored(
+            store
+                .append(edit("NANA", 1, "first, edited", Some("e1")))
+                .await
+                .unwrap(),
+        );
+        assert_eq!((e.seq, e.kind, e.target), (3, Kind::Edit, Some(1)));
+        // A retry is the same edit; the cid for another text is refused.
+        match store
+            .append(edit("NANA", 1, "first, edited", Some("e1")))
+            .await
+            .unwrap()
+        {
+            Appended::Duplicate(d) => assert_eq!(d.seq, 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            store
+                .append(edit("NANA", 1, "other", Some("e1")))
+                .await
+                .unwrap(),
+            Appended::CidReused
+        );
+        // An event is no message: it cannot be edited or replied to.
+        assert_eq!(
+            refused(store.append(edit("nana", 3, "x", None)).await.unwrap()),
+            Objection::NoSuchMessage
+        );
+        let react = |from: &str, target, emoji: &str, on| {
+            event(
+                r,
+                from,
+                Op::React {
+                    target,
+                    emoji: emoji.into(),
+                    on,
+                },
+                "",
+                None,
+            )
+        };
+        assert_eq!(
+            stored(store.append(react("mochi", 1, "👍", true)).await.unwrap()).seq,
+            4
+        );
+        // The same nick (in any case) with the same reaction again changes nothing.
+        assert_eq!(
+            refused(store.append(react("MOCHI", 1, "👍", true)).await.unwrap()),
+            Objection::Unchanged
+        );
+        stored(store.append(react("nana", 1, "👍", true)).await.unwrap());
+        stored(store.append(react("nana", 1, "🎉", true)).await.unwrap());
+        assert_eq!(
+            store.reactions(r, &[1, 2], "Mochi").await.unwrap(),
+            vec![(1, "🎉".into(), 1, false), (1, "👍".into(), 2, true)]
+        );
+        let off = stored(store.append(react("mochi", 1, "👍", false)).await.unwrap());
+        assert_eq!((off.seq, off.emoji), (7, Some(("👍".into(), false))));
+        assert_eq!(
+            refused(store.append(react("mochi", 1, "👍", false)).await.unwrap()),
+            Objection::Unchanged
+        );
+        // At most MAX_REACTIONS distinct reactions; one already there may still be added.
+        for i in 0..MAX_REACTIONS {
+            stored(
+                store
+                    .append(react("nana", 2, &format!("r{i}"), true))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            refused(
+                store
+                    .append(react("nana", 2, "one-more", true))
+                    .await
+                    .unwrap()
+            ),
+            Objection::TooManyReactions
+        );
+        stored(store.append(react("mochi", 2, "r0", true)).await.unwrap());
+        // The message as it is now: edited, with its reactions.
+        let page = store.messages(r, Page::Before(u64::MAX), 50).await.unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(page[0].text, "first, edited");
+        assert!(page[0].edited_ms.is_some() && !page[0].deleted);
+        // A moderator deletes someone else's message: text and edits erased, reactions gone.
+        let del = Append {
+            moderator: true,
+            ..event(r, "mochi", Op::Delete { target: 1 }, "", None)
+        };
+        let d = stored(store.append(del).await.unwrap());
+        assert_eq!(
+            (d.kind, d.target, d.text.as_str()),
+            (Kind::Delete, Some(1), "")
+        );
+        let all = store.history(r, Page::After(0), MAX_PAGE).await.unwrap();
+        assert!(all[0].deleted && all[0].text.is_empty(), "{:?}", all[0]);
+        assert_eq!(all[2].text, "", "the edit's text is erased too");
+        assert!(
+            all.iter().all(|rec| !rec.text.starts_with("first")),
+            "no trace of the deleted text: {all:?}"
+        );
+        assert!(store.reactions(r, &[1], "nana").await.unwrap().is_empty());
+        assert_eq!(
+            refused(store.append(react("nana", 1, "👍", true)).await.unwrap()),
+            Objection::Deleted
+        );
+        assert_eq!(
+            refused(store.append(edit("nana", 1, "back", None)).await.unwrap()),
+            Objection::Deleted
+        );
+        // A reply to a deleted message is still a reply.
+        let late = Append {
+            op: Op::Say { reply_to: Some(1) },
+            ..say(r, "mochi", "what was that?", None)
+        };
+        let late = stored(store.append(late).await.unwrap());
+        assert_eq!(late.seq, d.seq + 1, "refusals took no seq");
     }
 
     /// The record of an append that must have stored a new message.

@@ -34,8 +34,9 @@ use tracing::{debug, info};
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
 use super::{
-    Append, Appended, Holding, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState,
-    Store, is_dm_of, new_epoch,
+    Append, Appended, Holding, MAX_PAGE, Objection, Op, PRUNE_ROOMS, Page, Pruned, ReactionCount,
+    Reactions, Record, Referred, Retention, RoomState, Store, is_dm_of, judge, kind_code, kind_of,
+    new_epoch,
 };
 use crate::backoff::Reconnecting;
 use crate::clock::now_ms;
@@ -79,7 +80,45 @@ const MIGRATIONS: &[&str] = &[
         WHERE left(name, 1) = '@';
      CREATE INDEX rooms_dm_second ON rooms (split_part(name, '+', 2))
         WHERE left(name, 1) = '@';",
+    // 3: events on messages, each a row of its own under the room's next seq (kind 1 edit, 2
+    // delete, 3 reaction, with its target), replies, a message's current state (edited,
+    // deleted), and who reacted with what (nicks case-folded).
+    "ALTER TABLE messages ADD COLUMN kind SMALLINT NOT NULL DEFAULT 0,
+        ADD COLUMN target BIGINT, ADD COLUMN reply_to BIGINT, ADD COLUMN emoji TEXT,
+        ADD COLUMN flag SMALLINT, ADD COLUMN edited_ms BIGINT,
+        ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT false;
+     CREATE INDEX messages_target ON messages (room, target) WHERE target IS NOT NULL;
+     CREATE TABLE reactions (
+        room  TEXT NOT NULL,
+        seq   BIGINT NOT NULL,
+        emoji TEXT NOT NULL,
+        nick  TEXT NOT NULL,
+        PRIMARY KEY (room, seq, emoji, nick)
+     );",
 ];
+
+/// The columns of a record, in the order [`record_of`] reads them.
+const RECORD: &str =
+    "room, seq, sender, text, time_ms, kind, target, reply_to, emoji, flag, edited_ms, deleted";
+
+/// A record from a row of [`RECORD`] columns.
+fn record_of(row: &tokio_postgres::Row) -> Record {
+    let emoji: Option<String> = row.get(8);
+    let flag: Option<i16> = row.get(9);
+    Record {
+        room: row.get(0),
+        seq: row.get::<_, i64>(1) as u64,
+        from: row.get(2),
+        text: row.get(3),
+        time_ms: row.get(4),
+        kind: kind_of(i64::from(row.get::<_, i16>(5))),
+        target: row.get::<_, Option<i64>>(6).map(|s| s as u64),
+        reply_to: row.get::<_, Option<i64>>(7).map(|s| s as u64),
+        emoji: emoji.map(|e| (e, flag == Some(1))),
+        edited_ms: row.get(10),
+        deleted: row.get(11),
+    }
+}
 
 /// A nick's direct-message rooms with messages, and their last seqs ($1: the nick). Each half
 /// is one of the indexes of migration 2.
@@ -205,12 +244,25 @@ struct Conn {
     state: Statement,
     after: Statement,
     before: Statement,
+    messages_after: Statement,
+    messages_before: Statement,
     wipe_messages: Statement,
     wipe_epoch: Statement,
     prune_rooms: Statement,
     oldest: Statement,
     prune: Statement,
     key_hash: Statement,
+    referred: Statement,
+    reaction_state: Statement,
+    edit_target: Statement,
+    delete_target: Statement,
+    erase_edits: Statement,
+    drop_reactions: Statement,
+    react_on: Statement,
+    react_off: Statement,
+    reactions_of: Statement,
+    prune_reactions: Statement,
+    wipe_reactions: Statement,
     nick_floors: Statement,
     dm_rooms: Statement,
     bind: Statement,
@@ -230,18 +282,71 @@ impl Conn {
                 )
                 .await?,
             find_cids: client
-                .prepare(
-                    "SELECT m.room, m.sender, m.cid, m.seq, m.text, m.time_ms FROM messages m
+                .prepare(&format!(
+                    "SELECT {RECORD}, m.cid FROM messages m
                      JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(room, sender, cid)
-                       ON m.room = k.room AND m.sender = k.sender AND m.cid = k.cid",
-                )
+                       USING (room, sender, cid)"
+                ))
                 .await?,
             insert: client
                 .prepare(
-                    "INSERT INTO messages (room, seq, sender, text, time_ms, cid)
+                    "INSERT INTO messages (room, seq, sender, text, time_ms, cid, kind, target,
+                                           reply_to, emoji, flag)
                      SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[],
-                                          $5::int8[], $6::text[])",
+                                          $5::int8[], $6::text[], $7::int2[], $8::int8[],
+                                          $9::int8[], $10::text[], $11::int2[])",
                 )
+                .await?,
+            referred: client
+                .prepare("SELECT kind, sender, deleted FROM messages WHERE room = $1 AND seq = $2")
+                .await?,
+            reaction_state: client
+                .prepare(
+                    "SELECT count(DISTINCT emoji), coalesce(bool_or(emoji = $3), false),
+                            coalesce(bool_or(emoji = $3 AND nick = $4), false)
+                     FROM reactions WHERE room = $1 AND seq = $2",
+                )
+                .await?,
+            edit_target: client
+                .prepare(
+                    "UPDATE messages SET text = $3, edited_ms = $4 WHERE room = $1 AND seq = $2",
+                )
+                .await?,
+            delete_target: client
+                .prepare(
+                    "UPDATE messages SET text = '', deleted = true WHERE room = $1 AND seq = $2",
+                )
+                .await?,
+            erase_edits: client
+                .prepare(
+                    "UPDATE messages SET text = '' WHERE room = $1 AND target = $2 AND kind = 1",
+                )
+                .await?,
+            drop_reactions: client
+                .prepare("DELETE FROM reactions WHERE room = $1 AND seq = $2")
+                .await?,
+            react_on: client
+                .prepare(
+                    "INSERT INTO reactions (room, seq, emoji, nick) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?,
+            react_off: client
+                .prepare(
+                    "DELETE FROM reactions WHERE room = $1 AND seq = $2 AND emoji = $3 AND nick = $4",
+                )
+                .await?,
+            reactions_of: client
+                .prepare(
+                    "SELECT seq, emoji, count(*), bool_or(nick = $3) FROM reactions
+                     WHERE room = $1 AND seq = ANY($2) GROUP BY seq, emoji ORDER BY seq, emoji",
+                )
+                .await?,
+            prune_reactions: client
+                .prepare("DELETE FROM reactions WHERE room = $1 AND seq <= $2")
+                .await?,
+            wipe_reactions: client
+                .prepare("DELETE FROM reactions WHERE room = $1")
                 .await?,
             set_last: client
                 .prepare("UPDATE rooms SET last_seq = $2 WHERE name = $1")
@@ -253,16 +358,28 @@ impl Conn {
                 )
                 .await?,
             after: client
-                .prepare(
-                    "SELECT seq, sender, text, time_ms FROM messages
-                     WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                )
+                .prepare(&format!(
+                    "SELECT {RECORD} FROM messages
+                     WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ))
                 .await?,
             before: client
-                .prepare(
-                    "SELECT seq, sender, text, time_ms FROM messages
-                     WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                )
+                .prepare(&format!(
+                    "SELECT {RECORD} FROM messages
+                     WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                ))
+                .await?,
+            messages_after: client
+                .prepare(&format!(
+                    "SELECT {RECORD} FROM messages
+                     WHERE room = $1 AND seq > $2 AND kind = 0 ORDER BY seq LIMIT $3"
+                ))
+                .await?,
+            messages_before: client
+                .prepare(&format!(
+                    "SELECT {RECORD} FROM messages
+                     WHERE room = $1 AND seq < $2 AND kind = 0 ORDER BY seq DESC LIMIT $3"
+                ))
                 .await?,
             wipe_messages: client
                 .prepare("DELETE FROM messages WHERE room = $1")
@@ -427,6 +544,37 @@ async fn migrate_locked(client: &Client) -> Result<()> {
     Ok(())
 }
 
+impl PgStore {
+    /// Up to `limit` records of `room`, oldest first (with `only_messages`, no events).
+    async fn page(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+        only_messages: bool,
+    ) -> Result<Vec<Record>> {
+        let conn = self.reader.get().await?;
+        let limit = limit.min(MAX_PAGE) as i64;
+        let (stmt, seq) = match (page, only_messages) {
+            (Page::After(seq), false) => (&conn.after, seq),
+            (Page::Before(seq), false) => (&conn.before, seq),
+            (Page::After(seq), true) => (&conn.messages_after, seq),
+            (Page::Before(seq), true) => (&conn.messages_before, seq),
+        };
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let rows = conn
+            .client
+            .query(stmt, &[&room, &seq, &limit])
+            .await
+            .map_err(pg_err)?;
+        let mut records: Vec<Record> = rows.iter().map(record_of).collect();
+        if matches!(page, Page::Before(_)) {
+            records.reverse();
+        }
+        Ok(records)
+    }
+}
+
 impl Store for PgStore {
     super::queue::store_methods_on_the_queue!();
 
@@ -439,33 +587,34 @@ impl Store for PgStore {
             .map_err(pg_err)
     }
 
-    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+    async fn reactions(&self, room: &str, seqs: &[u64], nick: &str) -> Result<Vec<ReactionCount>> {
         let conn = self.reader.get().await?;
-        let limit = limit.min(MAX_PAGE) as i64;
-        let (stmt, seq) = match page {
-            Page::After(seq) => (&conn.after, seq),
-            Page::Before(seq) => (&conn.before, seq),
-        };
-        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let seqs: Vec<i64> = seqs.iter().map(|&s| s as i64).collect();
+        let nick = nick.to_ascii_lowercase();
         let rows = conn
             .client
-            .query(stmt, &[&room, &seq, &limit])
+            .query(&conn.reactions_of, &[&room, &seqs, &nick])
             .await
             .map_err(pg_err)?;
-        let mut records: Vec<Record> = rows
+        Ok(rows
             .iter()
-            .map(|row| Record {
-                room: room.to_owned(),
-                seq: row.get::<_, i64>(0) as u64,
-                from: row.get(1),
-                text: row.get(2),
-                time_ms: row.get(3),
+            .map(|row| {
+                (
+                    row.get::<_, i64>(0) as u64,
+                    row.get(1),
+                    row.get::<_, i64>(2) as u32,
+                    row.get(3),
+                )
             })
-            .collect();
-        if matches!(page, Page::Before(_)) {
-            records.reverse();
-        }
-        Ok(records)
+            .collect())
+    }
+
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+        self.page(room, page, limit, false).await
+    }
+
+    async fn messages(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+        self.page(room, page, limit, true).await
     }
 
     async fn room_state(&self, room: &str) -> Result<RoomState> {
@@ -656,6 +805,9 @@ async fn prune_round(
         if doomed > 0 {
             let upto = oldest[doomed - 1].0 as i64;
             client.execute(&conn.prune, &[&room, &upto]).await?;
+            client
+                .execute(&conn.prune_reactions, &[&room, &upto])
+                .await?;
         }
         deleted += doomed;
         if deleted == limit {
@@ -709,6 +861,11 @@ struct Rows {
     text: Vec<String>,
     time_ms: Vec<i64>,
     cid: Vec<Option<String>>,
+    kind: Vec<i16>,
+    target: Vec<Option<i64>>,
+    reply_to: Vec<Option<i64>>,
+    emoji: Vec<Option<String>>,
+    flag: Vec<Option<i16>>,
 }
 
 impl Rows {
@@ -719,6 +876,13 @@ impl Rows {
         self.text.push(record.text.clone());
         self.time_ms.push(record.time_ms);
         self.cid.push(cid);
+        self.kind.push(kind_code(record.kind));
+        self.target.push(record.target.map(|s| s as i64));
+        self.reply_to.push(record.reply_to.map(|s| s as i64));
+        self.emoji
+            .push(record.emoji.as_ref().map(|(e, _)| e.clone()));
+        self.flag
+            .push(record.emoji.as_ref().map(|(_, on)| i16::from(*on)));
     }
 
     async fn write(&mut self, conn: &Conn) -> std::result::Result<(), tokio_postgres::Error> {
@@ -733,6 +897,11 @@ impl Rows {
                         &self.text,
                         &self.time_ms,
                         &self.cid,
+                        &self.kind,
+                        &self.target,
+                        &self.reply_to,
+                        &self.emoji,
+                        &self.flag,
                     ],
                 )
                 .await?;
@@ -740,6 +909,75 @@ impl Rows {
         }
         Ok(())
     }
+}
+
+/// Whether `append`, which refers to a message, may be stored (read in the batch's
+/// transaction, with the room locked).
+async fn judge_on(
+    conn: &Conn,
+    append: &Append,
+) -> std::result::Result<std::result::Result<(), Objection>, tokio_postgres::Error> {
+    let Some(target) = append.op.refers_to() else {
+        return Ok(Ok(()));
+    };
+    let target = target as i64;
+    let referred = conn
+        .client
+        .query_opt(&conn.referred, &[&append.room, &target])
+        .await?
+        .map(|row| Referred {
+            kind: kind_of(i64::from(row.get::<_, i16>(0))),
+            from: row.get(1),
+            deleted: row.get(2),
+        });
+    let mut seen = Reactions::default();
+    if let Op::React { emoji, .. } = &append.op {
+        let nick = append.from.to_ascii_lowercase();
+        let row = conn
+            .client
+            .query_one(&conn.reaction_state, &[&append.room, &target, emoji, &nick])
+            .await?;
+        seen = Reactions {
+            distinct: row.get::<_, i64>(0) as usize,
+            used: row.get(1),
+            mine: row.get(2),
+        };
+    }
+    Ok(judge(append, referred.as_ref(), seen))
+}
+
+/// What an event does to its message: a new text, an erasure, a reaction added or taken back.
+async fn apply_effect(
+    conn: &Conn,
+    append: &Append,
+    time_ms: i64,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let (room, client) = (&append.room, &conn.client);
+    match &append.op {
+        Op::Say { .. } => {}
+        Op::Edit { target } => {
+            let target = *target as i64;
+            client
+                .execute(&conn.edit_target, &[room, &target, &append.text, &time_ms])
+                .await?;
+        }
+        Op::Delete { target } => {
+            let target = *target as i64;
+            client
+                .execute(&conn.delete_target, &[room, &target])
+                .await?;
+            client.execute(&conn.erase_edits, &[room, &target]).await?;
+            client
+                .execute(&conn.drop_reactions, &[room, &target])
+                .await?;
+        }
+        Op::React { target, emoji, on } => {
+            let (target, nick) = (*target as i64, append.from.to_ascii_lowercase());
+            let stmt = if *on { &conn.react_on } else { &conn.react_off };
+            client.execute(stmt, &[room, &target, emoji, &nick]).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs every job in one transaction. Any failure rolls the whole batch back (the caller
@@ -786,16 +1024,10 @@ async fn commit_batch(
             .query(&conn.find_cids, &[&k_room, &k_sender, &k_cid])
             .await?
         {
-            let room: String = row.get(0);
-            let record = Record {
-                room: room.clone(),
-                seq: row.get::<_, i64>(3) as u64,
-                from: row.get(1),
-                text: row.get(4),
-                time_ms: row.get(5),
-            };
-            if let Some(tx) = rooms.get_mut(room.as_str()) {
-                tx.cids.insert((record.from.clone(), row.get(2)), record);
+            let record = record_of(&row);
+            let cid: String = row.get(12);
+            if let Some(tx) = rooms.get_mut(record.room.as_str()) {
+                tx.cids.insert((record.from.clone(), cid), record);
             }
         }
     }
@@ -809,16 +1041,19 @@ async fn commit_batch(
                 };
                 let key = a.cid.as_ref().map(|cid| (a.from.clone(), cid.clone()));
                 match key.as_ref().and_then(|k| tx.cids.get(k)) {
-                    Some(original) => Done::Append(Ok(Appended::again(original.clone(), &a.text))),
+                    Some(original) => Done::Append(Ok(Appended::again(original.clone(), a))),
                     None => {
+                        if a.op.refers_to().is_some() {
+                            // What it refers to may be earlier in this batch: written first.
+                            rows.write(conn).await?;
+                            if let Err(refusal) = judge_on(conn, a).await? {
+                                done.push(Done::Append(Ok(Appended::Refused(refusal))));
+                                continue;
+                            }
+                            apply_effect(conn, a, now_ms()).await?;
+                        }
                         tx.last_seq += 1;
-                        let record = Record {
-                            room: a.room.clone(),
-                            seq: tx.last_seq,
-                            from: a.from.clone(),
-                            text: a.text.clone(),
-                            time_ms: now_ms(),
-                        };
+                        let record = Record::of(a, tx.last_seq, now_ms());
                         rows.push(&record, a.cid.clone());
                         if let Some(key) = key {
                             tx.cids.insert(key, record.clone());
@@ -840,6 +1075,7 @@ async fn commit_batch(
                 // What this batch appended before the wipe is wiped with the rest.
                 rows.write(conn).await?;
                 client.execute(&conn.wipe_messages, &[room]).await?;
+                client.execute(&conn.wipe_reactions, &[room]).await?;
                 let row = client
                     .query_one(&conn.wipe_epoch, &[room, &(new_epoch() as i64)])
                     .await?;

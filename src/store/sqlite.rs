@@ -17,8 +17,8 @@ use tracing::debug;
 
 use super::queue::{Done, Job, PruneJob, Queue, StoreStats, answer_batch, take_batch};
 use super::{
-    Append, Appended, Holding, MAX_PAGE, PRUNE_ROOMS, Page, Pruned, Record, Retention, RoomState,
-    Store, new_epoch,
+    Append, Appended, Holding, MAX_PAGE, Op, PRUNE_ROOMS, Page, Pruned, ReactionCount, Reactions,
+    Record, Referred, Retention, RoomState, Store, judge, kind_code, kind_of, new_epoch,
 };
 use crate::clock::now_ms;
 use crate::error::StoreError;
@@ -60,7 +60,48 @@ const MIGRATIONS: &[&str] = &[
         WHERE substr(name, 1, 1) = '@';
      CREATE INDEX rooms_dm_second ON rooms (substr(name, instr(name, '+') + 1))
         WHERE substr(name, 1, 1) = '@';",
+    // 3: events on messages, each a row of its own under the room's next seq (kind 1 edit, 2
+    // delete, 3 reaction, with its target), replies, a message's current state (edited,
+    // deleted), and who reacted with what (nicks case-folded).
+    "ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE messages ADD COLUMN target INTEGER;
+     ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+     ALTER TABLE messages ADD COLUMN emoji TEXT;
+     ALTER TABLE messages ADD COLUMN flag INTEGER;
+     ALTER TABLE messages ADD COLUMN edited_ms INTEGER;
+     ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX messages_target ON messages (room, target) WHERE target IS NOT NULL;
+     CREATE TABLE reactions (
+        room  TEXT NOT NULL,
+        seq   INTEGER NOT NULL,
+        emoji TEXT NOT NULL,
+        nick  TEXT NOT NULL,
+        PRIMARY KEY (room, seq, emoji, nick)
+     ) STRICT, WITHOUT ROWID;",
 ];
+
+/// The columns of a record, in the order [`record_of`] reads them.
+const RECORD: &str =
+    "room, seq, sender, text, time_ms, kind, target, reply_to, emoji, flag, edited_ms, deleted";
+
+/// A record from a row of [`RECORD`] columns.
+fn record_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let emoji: Option<String> = row.get(8)?;
+    let flag: Option<i64> = row.get(9)?;
+    Ok(Record {
+        room: row.get(0)?,
+        seq: row.get::<_, i64>(1)? as u64,
+        from: row.get(2)?,
+        text: row.get(3)?,
+        time_ms: row.get(4)?,
+        kind: kind_of(row.get(5)?),
+        target: row.get::<_, Option<i64>>(6)?.map(|s| s as u64),
+        reply_to: row.get::<_, Option<i64>>(7)?.map(|s| s as u64),
+        emoji: emoji.map(|e| (e, flag == Some(1))),
+        edited_ms: row.get(10)?,
+        deleted: row.get::<_, i64>(11)? != 0,
+    })
+}
 
 /// A nick's direct-message rooms with messages, and their last seqs (?1: the nick). Each half
 /// is one of the indexes of migration 2.
@@ -252,6 +293,8 @@ impl SqliteStore {
             .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
             .and_then(|()| writer.pragma_update(None, "journal_mode", "WAL"))
             .and_then(|()| writer.pragma_update(None, "synchronous", "NORMAL"))
+            // A deleted message's text is overwritten in the file, not just unlinked.
+            .and_then(|()| writer.pragma_update(None, "secure_delete", true))
             .and_then(|()| writer.busy_timeout(std::time::Duration::from_secs(5)));
         if let Err(err) = ready {
             return Err((unusable(err), lock));
@@ -309,37 +352,38 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
-    super::queue::store_methods_on_the_queue!();
-
-    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+impl SqliteStore {
+    /// Up to `limit` records of `room`, oldest first; `only` narrows them (an SQL condition).
+    async fn page(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+        only: &'static str,
+    ) -> Result<Vec<Record>> {
         let room = room.to_owned();
         let limit = limit.min(MAX_PAGE) as i64;
         self.read(move |conn| {
             let (sql, seq) = match page {
                 Page::After(seq) => (
-                    "SELECT room, seq, sender, text, time_ms FROM messages
-                     WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    format!(
+                        "SELECT {RECORD} FROM messages
+                         WHERE room = ?1 AND seq > ?2 {only} ORDER BY seq LIMIT ?3"
+                    ),
                     seq,
                 ),
                 Page::Before(seq) => (
-                    "SELECT room, seq, sender, text, time_ms FROM messages
-                     WHERE room = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                    format!(
+                        "SELECT {RECORD} FROM messages
+                         WHERE room = ?1 AND seq < ?2 {only} ORDER BY seq DESC LIMIT ?3"
+                    ),
                     seq,
                 ),
             };
             let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-            let mut stmt = conn.prepare_cached(sql)?;
+            let mut stmt = conn.prepare_cached(&sql)?;
             let mut records = stmt
-                .query_map(params![room, seq, limit], |row| {
-                    Ok(Record {
-                        room: row.get(0)?,
-                        seq: row.get::<_, i64>(1)? as u64,
-                        from: row.get(2)?,
-                        text: row.get(3)?,
-                        time_ms: row.get(4)?,
-                    })
-                })?
+                .query_map(params![room, seq, limit], record_of)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             if matches!(page, Page::Before(_)) {
                 records.reverse();
@@ -347,6 +391,45 @@ impl Store for SqliteStore {
             Ok(records)
         })
         .await
+    }
+}
+
+impl Store for SqliteStore {
+    super::queue::store_methods_on_the_queue!();
+
+    async fn reactions(&self, room: &str, seqs: &[u64], nick: &str) -> Result<Vec<ReactionCount>> {
+        let (room, nick) = (room.to_owned(), nick.to_ascii_lowercase());
+        let seqs: Vec<i64> = seqs.iter().map(|&s| s as i64).collect();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT emoji, count(*), max(nick = ?3) FROM reactions
+                 WHERE room = ?1 AND seq = ?2 GROUP BY emoji ORDER BY emoji",
+            )?;
+            let mut out = Vec::new();
+            for seq in seqs {
+                let rows = stmt.query_map(params![room, seq, nick], |row| {
+                    Ok((
+                        seq as u64,
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)? as u32,
+                        row.get::<_, i64>(2)? != 0,
+                    ))
+                })?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+        self.page(room, page, limit, "").await
+    }
+
+    async fn messages(&self, room: &str, page: Page, limit: usize) -> Result<Vec<Record>> {
+        self.page(room, page, limit, "AND kind = 0").await
     }
 
     async fn room_state(&self, room: &str) -> Result<RoomState> {
@@ -467,6 +550,8 @@ fn apply_prune(conn: &Connection, job: &PruneJob) -> rusqlite::Result<Pruned> {
             let upto = oldest[doomed - 1].0 as i64;
             conn.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?
                 .execute(params![room, upto])?;
+            conn.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq <= ?2")?
+                .execute(params![room, upto])?;
         }
         deleted += doomed;
         if deleted == job.limit {
@@ -524,22 +609,53 @@ fn ensure_room(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
 fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended> {
     if let Some(cid) = &append.cid {
         let original = conn
+            .prepare_cached(&format!(
+                "SELECT {RECORD} FROM messages WHERE room = ?1 AND sender = ?2 AND cid = ?3"
+            ))?
+            .query_row(params![append.room, append.from, cid], record_of)
+            .optional()?;
+        if let Some(record) = original {
+            return Ok(Appended::again(record, append));
+        }
+    }
+    if let Some(target) = append.op.refers_to() {
+        let referred = conn
             .prepare_cached(
-                "SELECT seq, text, time_ms FROM messages
-                 WHERE room = ?1 AND sender = ?2 AND cid = ?3",
+                "SELECT kind, sender, deleted FROM messages WHERE room = ?1 AND seq = ?2",
             )?
-            .query_row(params![append.room, append.from, cid], |row| {
-                Ok(Record {
-                    room: append.room.clone(),
-                    seq: row.get::<_, i64>(0)? as u64,
-                    from: append.from.clone(),
-                    text: row.get(1)?,
-                    time_ms: row.get(2)?,
+            .query_row(params![append.room, target as i64], |row| {
+                Ok(Referred {
+                    kind: kind_of(row.get(0)?),
+                    from: row.get(1)?,
+                    deleted: row.get::<_, i64>(2)? != 0,
                 })
             })
             .optional()?;
-        if let Some(record) = original {
-            return Ok(Appended::again(record, &append.text));
+        let mut seen = Reactions::default();
+        if let Op::React { emoji, .. } = &append.op {
+            let (distinct, used, mine): (i64, i64, i64) = conn
+                .prepare_cached(
+                    "SELECT count(DISTINCT emoji), coalesce(max(emoji = ?3), 0),
+                            coalesce(max(emoji = ?3 AND nick = ?4), 0)
+                     FROM reactions WHERE room = ?1 AND seq = ?2",
+                )?
+                .query_row(
+                    params![
+                        append.room,
+                        target as i64,
+                        emoji,
+                        append.from.to_ascii_lowercase()
+                    ],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )?;
+            seen = Reactions {
+                mine: mine != 0,
+                used: used != 0,
+                distinct: distinct as usize,
+            };
+        }
+        if let Err(refusal) = judge(append, referred.as_ref(), seen) {
+            return Ok(Appended::Refused(refusal));
         }
     }
     // The room usually exists: one UPDATE; a room's first message also creates it.
@@ -557,26 +673,72 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
             1
         }
     };
-    let time_ms = now_ms();
+    let record = Record::of(append, seq as u64, now_ms());
+    let (emoji, flag) = match &record.emoji {
+        Some((emoji, on)) => (Some(emoji.as_str()), Some(i64::from(*on))),
+        None => (None, None),
+    };
     conn.prepare_cached(
-        "INSERT INTO messages (room, seq, sender, text, time_ms, cid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO messages (room, seq, sender, text, time_ms, cid, kind, target, reply_to,
+                               emoji, flag)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         append.room,
         seq,
         append.from,
-        append.text,
-        time_ms,
-        append.cid
+        record.text,
+        record.time_ms,
+        append.cid,
+        kind_code(record.kind),
+        record.target.map(|s| s as i64),
+        record.reply_to.map(|s| s as i64),
+        emoji,
+        flag,
     ])?;
-    Ok(Appended::Stored(Record {
-        room: append.room.clone(),
-        seq: seq as u64,
-        from: append.from.clone(),
-        text: append.text.clone(),
-        time_ms,
-    }))
+    apply_effect(conn, append, record.time_ms)?;
+    Ok(Appended::Stored(record))
+}
+
+/// What an event does to its message: a new text, an erasure, a reaction added or taken back.
+fn apply_effect(conn: &Connection, append: &Append, time_ms: i64) -> rusqlite::Result<()> {
+    let room = &append.room;
+    match &append.op {
+        Op::Say { .. } => {}
+        Op::Edit { target } => {
+            conn.prepare_cached(
+                "UPDATE messages SET text = ?3, edited_ms = ?4 WHERE room = ?1 AND seq = ?2",
+            )?
+            .execute(params![room, *target as i64, append.text, time_ms])?;
+        }
+        Op::Delete { target } => {
+            conn.prepare_cached(
+                "UPDATE messages SET text = '', deleted = 1 WHERE room = ?1 AND seq = ?2",
+            )?
+            .execute(params![room, *target as i64])?;
+            conn.prepare_cached(
+                "UPDATE messages SET text = '' WHERE room = ?1 AND target = ?2 AND kind = 1",
+            )?
+            .execute(params![room, *target as i64])?;
+            conn.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq = ?2")?
+                .execute(params![room, *target as i64])?;
+        }
+        Op::React { target, emoji, on } => {
+            let sql = if *on {
+                "INSERT INTO reactions (room, seq, emoji, nick) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM reactions WHERE room = ?1 AND seq = ?2 AND emoji = ?3 AND nick = ?4"
+            };
+            conn.prepare_cached(sql)?.execute(params![
+                room,
+                *target as i64,
+                emoji,
+                append.from.to_ascii_lowercase()
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 fn key_hash(conn: &Connection, nick: &str) -> rusqlite::Result<Option<String>> {
@@ -627,6 +789,8 @@ fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
     ensure_room(conn, room)?;
     conn.prepare_cached("DELETE FROM messages WHERE room = ?1")?
         .execute([room])?;
+    conn.prepare_cached("DELETE FROM reactions WHERE room = ?1")?
+        .execute([room])?;
     conn.prepare_cached(
         "UPDATE rooms SET epoch = max(?2, epoch + 1) WHERE name = ?1
          RETURNING epoch, last_seq",
@@ -668,6 +832,10 @@ mod tests {
         )
         .await;
         contract::pages_go_both_ways(&SqliteStore::open(&dir.join("3")).unwrap()).await;
+        contract::events_take_seqs_and_change_their_message(
+            &SqliteStore::open(&dir.join("11")).unwrap(),
+        )
+        .await;
         contract::prune_by_count_keeps_the_newest_of_each_room(
             &SqliteStore::open(&dir.join("7")).unwrap(),
         )

@@ -357,7 +357,7 @@ async fn fill_room<S: Store>(inner: &Shared<S>, room: &str) -> Result<()> {
                 continue;
             }
             let seq = record.seq;
-            let msg = ServerMsg::Message(chat_message(record));
+            let msg = ServerMsg::chat(chat_message(record));
             inner.hub.deliver(room, Some((seq, &msg)));
             inner.stats.filled.fetch_add(1, Ordering::Relaxed);
         }
@@ -546,7 +546,7 @@ fn hear<S: Store>(inner: &Arc<Shared<S>>, msg: &::redis::Msg) {
                 open_dm(inner, chat);
                 return;
             }
-            inner.deliver(&room, Some((seq, &ServerMsg::Message(chat))));
+            inner.deliver(&room, Some((seq, &ServerMsg::chat(chat))));
         }
         Some(Heard::Presence(room, nick, event)) => {
             inner.hub.tell_presence(&room, &nick, event);
@@ -575,7 +575,7 @@ fn open_dm<S: Store>(inner: &Arc<Shared<S>>, msg: ChatMessage) {
         };
         let state = crate::store::RoomState::empty(epoch, seq - 1);
         inner.hub.open_room(&room, state, Some((a, b)));
-        inner.deliver(&room, Some((seq, &ServerMsg::Message(msg))));
+        inner.deliver(&room, Some((seq, &ServerMsg::chat(msg))));
         // What came after it while the room was being opened.
         inner.fill(&room, false);
     });

@@ -31,7 +31,7 @@ use tracing::warn;
 
 use super::super::types::{Change, ONLINE, nick_key};
 use crate::backoff::Reconnecting;
-use crate::protocol::{ChatMessage, PresenceEvent};
+use crate::protocol::{ChatMessage, Kind, PresenceEvent};
 use crate::{Error, Result};
 
 /// The channel of direct messages, and the prefix of each room's channel.
@@ -416,6 +416,7 @@ impl Link {
         for msg in batch.drain(..) {
             let payload = Published {
                 node: self.node.clone(),
+                kind: msg.kind,
                 msg,
             };
             if let Ok(json) = serde_json::to_string(&payload) {
@@ -666,11 +667,14 @@ fn alive_key(node: &str) -> String {
     format!("nanachat:alive:{node}")
 }
 
-/// What goes over [`MESSAGES`].
+/// What goes over [`MESSAGES`] and the rooms' channels.
 #[derive(Debug, Serialize, Deserialize)]
 struct Published {
     node: String,
     msg: ChatMessage,
+    /// A message or an event (the message's own `kind` is not written).
+    #[serde(default)]
+    kind: Kind,
 }
 
 /// What goes over [`PRESENCE`].
@@ -695,7 +699,8 @@ pub(super) fn heard(msg: &redis::Msg, node: &str) -> Option<Heard> {
     let payload = msg.get_payload_bytes();
     match msg.get_channel_name() {
         channel if channel == MESSAGES || channel.starts_with(ROOM_CHANNEL_PREFIX) => {
-            let p = serde_json::from_slice::<Published>(payload).ok()?;
+            let mut p = serde_json::from_slice::<Published>(payload).ok()?;
+            p.msg.kind = p.kind;
             (p.node != node).then_some(Heard::Message(p.msg))
         }
         PRESENCE => {

@@ -1,0 +1,265 @@
+//! Chat semantics on the room's seq: replies, edits, deletes and reactions, against real
+//! sockets and a real SQLite file. Each event takes the room's next seq, so it reaches every
+//! member live, comes back in a resume, is idempotent on its cid, and is refused with a clear
+//! error (the connection stays) when what it refers to does not allow it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::client::{Client, roomy};
+use common::{Peer, TestServer, within};
+use futures_util::StreamExt;
+use nanachat::auth::{Auth, Claims, Moderates};
+use nanachat::chat::{Chat, ChatConfig};
+use nanachat::server::ServerConfig;
+use nanachat::store::SqliteStore;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn server_on(name: &str, config: ChatConfig) -> TestServer {
+    let dir = std::env::temp_dir().join(format!("nanachat-events-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = SqliteStore::open(&dir).unwrap();
+    let server = ServerConfig::default();
+    let max = server.connection.max_message_bytes;
+    TestServer::start(server, Chat::new(store, config, max)).await
+}
+
+/// Sends `request` and reads until its ack or error (by cid); returns it.
+async fn answer(c: &mut Client, request: Value) -> Value {
+    let cid = request["cid"].clone();
+    c.send(request).await;
+    loop {
+        let v = c.recv().await;
+        if (v["type"] == "ack" || v["type"] == "error") && v["cid"] == cid {
+            return v;
+        }
+    }
+}
+
+/// Reads until a frame of type `kind` with this seq.
+async fn event(c: &mut Client, kind: &str, seq: u64) -> Value {
+    loop {
+        let v = c.recv().await;
+        if v["type"] == kind && v["seq"] == seq {
+            return v;
+        }
+    }
+}
+
+fn code(v: &Value) -> &str {
+    assert_eq!(v["type"], "error", "{v}");
+    v["code"].as_str().unwrap()
+}
+
+async fn plain_line(ws: &mut Peer, prefix: &str) -> String {
+    loop {
+        match within("a line", ws.next()).await {
+            Some(Ok(Message::Text(t))) if t.as_str().starts_with(prefix) => {
+                return t.as_str().to_owned();
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected a line, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn replies_edits_reactions_and_deletes_take_seqs_reach_members_and_come_back_in_a_resume() {
+    let server = server_on("flow", roomy()).await;
+    let url = server.url();
+    let mut a = Client::hello(&url, "nana").await;
+    let mut b = Client::hello(&url, "mochi").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    // A plain-text client sees every event as a line.
+    let mut p = common::peer(&url).await;
+    plain_line(&mut p, "* you joined lobby").await;
+
+    let say = json!({"type": "say", "room": "lobby", "text": "hello", "cid": "s1"});
+    assert_eq!(answer(&mut a, say).await["seq"], 1);
+    let reply =
+        json!({"type": "say", "room": "lobby", "text": "hi back", "cid": "s2", "reply_to": 1});
+    assert_eq!(answer(&mut b, reply).await["seq"], 2);
+    assert_eq!(event(&mut a, "message", 2).await["reply_to"], 1);
+    plain_line(&mut p, "[lobby] mochi (re #1): hi back").await;
+
+    // The author edits; members get the edit under seq 3; a retry is the same edit.
+    let edit = json!({"type": "edit", "room": "lobby", "seq": 1, "text": "hello!", "cid": "e1"});
+    assert_eq!(answer(&mut a, edit.clone()).await["seq"], 3);
+    let seen = event(&mut b, "edit", 3).await;
+    assert_eq!(
+        (&seen["target"], &seen["from"], &seen["text"]),
+        (&json!(1), &json!("nana"), &json!("hello!"))
+    );
+    plain_line(&mut p, "* nana edited #1 in lobby: hello!").await;
+    let again = answer(&mut a, edit).await;
+    assert_eq!(
+        (&again["seq"], &again["duplicate"]),
+        (&json!(3), &json!(true))
+    );
+    // Someone else may not.
+    let theirs = json!({"type": "edit", "room": "lobby", "seq": 1, "text": "mine", "cid": "e2"});
+    assert_eq!(code(&answer(&mut b, theirs).await), "forbidden");
+
+    let react = |on: bool, cid: &str| json!({"type": "react", "room": "lobby", "seq": 1, "emoji": "👍", "on": on, "cid": cid});
+    assert_eq!(answer(&mut b, react(true, "r1")).await["seq"], 4);
+    let seen = event(&mut a, "react", 4).await;
+    assert_eq!((&seen["emoji"], &seen["on"]), (&json!("👍"), &json!(true)));
+    plain_line(&mut p, "* mochi reacted 👍 to #1 in lobby").await;
+    assert_eq!(code(&answer(&mut b, react(true, "r2")).await), "unchanged");
+
+    // History: messages as they stand, no events; the asker's own reactions marked.
+    b.send(json!({"type": "history", "room": "lobby"})).await;
+    let page = b.expect("history").await;
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{page}");
+    assert_eq!(messages[0]["text"], "hello!");
+    assert!(messages[0]["edited"].as_i64().is_some(), "{page}");
+    assert_eq!(messages[0]["reactions"], json!({"👍": 1}));
+    assert_eq!(messages[0]["mine"], json!(["👍"]));
+    assert_eq!(messages[1]["reply_to"], 1);
+    a.send(json!({"type": "history", "room": "lobby"})).await;
+    let page = a.expect("history").await;
+    assert_eq!(page["messages"][0]["mine"], Value::Null, "{page}");
+
+    let delete = json!({"type": "delete", "room": "lobby", "seq": 1, "cid": "d1"});
+    assert_eq!(answer(&mut a, delete).await["seq"], 5);
+    assert_eq!(event(&mut b, "delete", 5).await["target"], 1);
+    plain_line(&mut p, "* nana deleted #1 in lobby").await;
+    assert_eq!(
+        code(&answer(&mut b, react(true, "r3")).await),
+        "message_deleted"
+    );
+
+    // A resume from 0: every seq once, in order, each as what it is; the deleted message's
+    // text (and its edit's) erased.
+    let mut c = Client::hello(&url, "cat").await;
+    c.send(json!({"type": "join", "room": "lobby", "since": 0}))
+        .await;
+    c.expect("joined").await;
+    let mut replayed = Vec::new();
+    while replayed.len() < 5 {
+        let v = c.recv().await;
+        if v["seq"].is_u64() {
+            replayed.push(v);
+        }
+    }
+    let kinds: Vec<&str> = replayed
+        .iter()
+        .map(|v| v["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["message", "message", "edit", "react", "delete"]);
+    let seqs: Vec<u64> = replayed
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        (&replayed[0]["deleted"], &replayed[0]["text"]),
+        (&json!(true), &json!(""))
+    );
+    assert_eq!(replayed[2]["text"], "");
+}
+
+#[tokio::test]
+async fn bad_events_get_clear_errors_and_the_connection_stays() {
+    let server = server_on("bad", roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    let say = json!({"type": "say", "room": "lobby", "text": "one", "cid": "s1"});
+    assert_eq!(answer(&mut a, say).await["seq"], 1);
+    let react = |emoji: &str, cid: &str| json!({"type": "react", "room": "lobby", "seq": 1, "emoji": emoji, "on": true, "cid": cid});
+    let long = "x".repeat(33);
+    for (i, emoji) in ["", "a b", "\u{7}", long.as_str()].iter().enumerate() {
+        let cid = format!("bad{i}");
+        assert_eq!(
+            code(&answer(&mut a, react(emoji, &cid)).await),
+            "bad_reaction"
+        );
+    }
+    // At the limit of length, one is fine.
+    assert_eq!(
+        answer(&mut a, react(&"y".repeat(32), "ok")).await["type"],
+        "ack"
+    );
+    let cases = [
+        (
+            json!({"type": "edit", "room": "lobby", "seq": 999, "text": "x", "cid": "n1"}),
+            "no_such_message",
+        ),
+        // Seq 2 is the reaction: an event is no message.
+        (
+            json!({"type": "edit", "room": "lobby", "seq": 2, "text": "x", "cid": "n2"}),
+            "no_such_message",
+        ),
+        (
+            json!({"type": "delete", "room": "lobby", "seq": 0, "cid": "n3"}),
+            "no_such_message",
+        ),
+        (
+            json!({"type": "say", "room": "lobby", "text": "x", "cid": "n4", "reply_to": 2}),
+            "no_such_message",
+        ),
+        (
+            json!({"type": "edit", "room": "lobby", "seq": 1, "text": "x".repeat(5000), "cid": "n5"}),
+            "text_too_long",
+        ),
+        (
+            json!({"type": "edit", "room": "elsewhere", "seq": 1, "text": "x", "cid": "n6"}),
+            "not_joined",
+        ),
+    ];
+    for (request, want) in cases {
+        assert_eq!(
+            code(&answer(&mut a, request.clone()).await),
+            want,
+            "{request}"
+        );
+    }
+    // The same cid for another request is refused, as for `say`.
+    let other = json!({"type": "delete", "room": "lobby", "seq": 1, "cid": "s1"});
+    assert_eq!(code(&answer(&mut a, other).await), "cid_reused");
+    // Still connected, still served; the refusals took no seq.
+    let say = json!({"type": "say", "room": "lobby", "text": "two", "cid": "s2"});
+    assert_eq!(answer(&mut a, say).await["seq"], 3);
+}
+
+#[tokio::test]
+async fn a_moderator_token_may_delete_anyone_s_message_in_its_rooms_only() {
+    let auth = Auth::new(b"a secret of more than sixteen bytes").unwrap();
+    let config = ChatConfig {
+        auth: Some(auth.clone()),
+        ..roomy()
+    };
+    let server = server_on("mod", config).await;
+    let url = server.url();
+    let token = |claims: &Claims| auth.mint(claims);
+    let hello = |nick: &str, token: String| json!({"type": "hello", "nick": nick, "token": token});
+    let mut user = Client::raw(&url).await;
+    user.send(hello("user", token(&Claims::for_nick("user"))))
+        .await;
+    user.expect("welcome").await;
+    let mut moderator = Client::raw(&url).await;
+    let claims = Claims {
+        moderates: Some(Moderates::Rooms(vec!["lobby".into()])),
+        ..Claims::for_nick("boss")
+    };
+    moderator.send(hello("boss", token(&claims))).await;
+    moderator.expect("welcome").await;
+    for room in ["lobby", "other"] {
+        user.join(room).await;
+        moderator.join(room).await;
+        let say = json!({"type": "say", "room": room, "text": "spam", "cid": format!("s-{room}")});
+        assert_eq!(answer(&mut user, say).await["seq"], 1);
+    }
+    let delete =
+        |room: &str| json!({"type": "delete", "room": room, "seq": 1, "cid": format!("d-{room}")});
+    assert_eq!(answer(&mut moderator, delete("lobby")).await["seq"], 2);
+    assert_eq!(
+        code(&answer(&mut moderator, delete("other")).await),
+        "forbidden"
+    );
+    let edit = json!({"type": "edit", "room": "other", "seq": 1, "text": "x", "cid": "e"});
+    assert_eq!(code(&answer(&mut moderator, edit).await), "forbidden");
+}
