@@ -31,6 +31,7 @@ impl ClientMsg {
             | ClientMsg::Who { .. }
             | ClientMsg::Rooms { .. }
             | ClientMsg::Refresh { .. }
+            | ClientMsg::Typing { .. }
             | ClientMsg::History { .. } => None,
         }
     }
@@ -110,6 +111,12 @@ pub enum ClientMsg {
         seq: u64,
         /// As for `say`.
         cid: String,
+    },
+    /// Say you are typing in a joined room: its other members are told (never stored; at most
+    /// one a nick every 2 s goes out).
+    Typing {
+        /// The room.
+        room: String,
     },
     /// Add (`on`) or take back a reaction to a message, in a joined room.
     React {
@@ -431,6 +438,13 @@ pub enum ServerMsg {
     Delete(ChatMessage),
     /// A reaction to a message (`target`) added or taken back, live or replayed.
     React(ChatMessage),
+    /// A member of a room is typing (show it for about 5 s).
+    Typing {
+        /// The room.
+        room: String,
+        /// Who.
+        nick: String,
+    },
     /// Someone joined or left a room.
     Presence {
         /// The room.
@@ -592,6 +606,7 @@ impl ServerMsg {
             | ServerMsg::Edit(_)
             | ServerMsg::Delete(_)
             | ServerMsg::React(_)
+            | ServerMsg::Typing { .. }
             | ServerMsg::Presence { .. }
             | ServerMsg::Tick { .. }
             | ServerMsg::Error { .. } => None,
@@ -834,7 +849,7 @@ mod tests {
         for kind in [
             "hello", "join", "leave", "say", "dm", "who", "rooms", "history", "welcome", "joined",
             "left", "ack", "message", "presence", "members", "tick", "error", "edit", "delete",
-            "react",
+            "react", "typing",
         ] {
             assert!(
                 doc.contains(&format!("\"type\":\"{kind}\"")),

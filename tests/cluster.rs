@@ -1181,9 +1181,15 @@ async fn a_process_hears_only_the_rooms_it_holds_and_follows_them_in_and_out_of_
 /// Issue 17: edits, reactions and deletes ride on the room's seq, so they cross processes as
 /// messages do, and a resume on another process brings them back in order.
 #[tokio::test(flavor = "multi_thread")]
-async fn events_on_messages_reach_members_on_every_process_and_resume_anywhere() {
+async fn events_on_messages_and_typing_reach_members_on_every_process() {
     let (pg, redis) = (Postgres::start(), Redis::start());
     let (procs, mut talker, mut reader) = talker_and_reader(&pg, &redis).await;
+    talker
+        .send(json!({"type": "typing", "room": "lobby"}))
+        .await;
+    reader
+        .wait_for("typing", |v| v["type"] == "typing" && v["nick"] == "talker")
+        .await;
     let seq = say_in(&mut talker, "lobby", "first").await;
     talker
         .send(json!({"type": "edit", "room": "lobby", "seq": seq, "text": "first!", "cid": "e1"}))

@@ -263,3 +263,52 @@ async fn a_moderator_token_may_delete_anyone_s_message_in_its_rooms_only() {
     let edit = json!({"type": "edit", "room": "other", "seq": 1, "text": "x", "cid": "e"});
     assert_eq!(code(&answer(&mut moderator, edit).await), "forbidden");
 }
+
+#[tokio::test]
+async fn typing_reaches_the_other_members_once_per_two_seconds_and_is_never_stored() {
+    let server = server_on("typing", roomy()).await;
+    let url = server.url();
+    let mut a = Client::hello(&url, "nana").await;
+    let mut b = Client::hello(&url, "mochi").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    let mut p = common::peer(&url).await;
+    plain_line(&mut p, "* you joined lobby").await;
+    a.send(json!({"type": "typing", "room": "lobby"})).await;
+    a.send(json!({"type": "typing", "room": "lobby"})).await;
+    let say = json!({"type": "say", "room": "lobby", "text": "done typing", "cid": "s1"});
+    assert_eq!(answer(&mut a, say).await["seq"], 1, "typing took no seq");
+    // Once, then the message: the second typing within 2 s went nowhere.
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|v: &Value| v["type"] != "message") {
+        let v = b.recv().await;
+        if v["type"] != "presence" {
+            seen.push(v);
+        }
+    }
+    assert_eq!(
+        seen[0],
+        json!({"type": "typing", "room": "lobby", "nick": "nana"})
+    );
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // The plain-text client sees no typing line; the typer is not told about itself.
+    let next = loop {
+        let l = plain_line(&mut p, "").await;
+        if !l.ends_with(" joined lobby") {
+            break l;
+        }
+    };
+    assert_eq!(
+        next, "[lobby] nana: done typing",
+        "no typing line for plain-text clients"
+    );
+    // Not joined: refused, the connection stays.
+    a.send(json!({"type": "typing", "room": "elsewhere"})).await;
+    assert_eq!(a.error().await["code"], "not_joined");
+    // A resume replays no typing.
+    let mut c = Client::hello(&url, "cat").await;
+    c.send(json!({"type": "join", "room": "lobby", "since": 0}))
+        .await;
+    c.expect("joined").await;
+    assert_eq!(c.recv().await["type"], "message");
+}

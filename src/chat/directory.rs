@@ -98,6 +98,14 @@ impl<S: Store> Directory<S> {
         }
     }
 
+    /// `nick` is typing in `room` (the hub told this process's members): in a cluster, the
+    /// other processes holding the room are told too.
+    pub(super) fn typing(&self, room: &str, nick: &str) {
+        if let Some(cluster) = &self.cluster {
+            cluster.typing(room, nick);
+        }
+    }
+
     /// Makes sure the hub holds `room`, loading its state from the store the first time.
     pub(super) async fn open_room(&self, room: &str, pair: Option<(String, String)>) -> Result<()> {
         if !self.hub.hold_room(room) {

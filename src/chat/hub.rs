@@ -138,7 +138,13 @@ struct Room {
     appending: u32,
     /// Last opened, joined or delivered to.
     touched: Instant,
+    /// Who said they were typing here lately, and when (case-folded nicks; kept for
+    /// [`TYPING_EVERY`]).
+    typed: Vec<(String, Instant)>,
 }
+
+/// A nick's `typing` in a room goes out at most once in this long.
+pub(crate) const TYPING_EVERY: Duration = Duration::from_secs(2);
 
 /// Live deliveries held for a member while it replays history (boxed in the member map: most
 /// members have none).
@@ -254,6 +260,40 @@ impl Hub {
     /// Tells a room's members of a join or leave (decided by the cluster).
     pub(crate) fn tell_presence(&self, room: &str, nick: &str, event: PresenceEvent) {
         self.state().presence(room, nick, event);
+    }
+
+    /// A member says it is typing in `room`: true when that goes out (to the room's other
+    /// members here, and for the caller to pass on to other processes); false when the nick
+    /// said so less than [`TYPING_EVERY`] ago, it is not a member, or the room has more
+    /// members than the presence limit.
+    pub(crate) fn typing(&self, id: ConnId, room: &str) -> bool {
+        let mut state = self.state();
+        let Some(nick) = state.conns.get(&id).map(|c| c.nick.clone()) else {
+            return false;
+        };
+        let limit = state.presence_limit;
+        let now = Instant::now();
+        let Some(r) = state.rooms.get_mut(room) else {
+            return false;
+        };
+        if !r.members.contains_key(&id) || r.members.len() > limit {
+            return false;
+        }
+        let key = nick_key(&nick);
+        r.typed
+            .retain(|(_, at)| now.duration_since(*at) < TYPING_EVERY);
+        if r.typed.iter().any(|(n, _)| *n == key) {
+            return false;
+        }
+        r.typed.push((key, now));
+        state.typing(room, &nick);
+        true
+    }
+
+    /// Tells this process's members of `room` (but `nick`'s own connections) that `nick` is
+    /// typing: another process's member said so.
+    pub(crate) fn tell_typing(&self, room: &str, nick: &str) {
+        self.state().typing(room, nick);
     }
 
     /// The seq a room delivers next, if the hub holds it.
@@ -478,6 +518,7 @@ impl Hub {
                 first_seq: stored.first_seq,
                 appending: 0,
                 touched: now,
+                typed: Vec::new(),
             },
         );
         if let Some(tx) = &state.held_feed {
@@ -820,6 +861,32 @@ impl State {
                 .rooms
                 .get(room)
                 .is_some_and(|r| r.members.len() < self.presence_limit)
+    }
+
+    /// `typing` to the room's live `nanachat.v1` members other than `nick`'s connections
+    /// (plain-text clients would only see noise; a member still replaying has older things
+    /// to read first). Never stored, never queued behind anything: dropped for a full outbox
+    /// like any live delivery.
+    fn typing(&mut self, room: &str, nick: &str) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let text: crate::connection::Utf8Bytes = ServerMsg::Typing {
+            room: room.to_owned(),
+            nick: nick.to_owned(),
+        }
+        .to_json()
+        .into();
+        let key = nick_key(nick);
+        for (id, backlog) in &r.members {
+            let Some(conn) = self.conns.get(id) else {
+                continue;
+            };
+            if backlog.is_some() || conn.mode != Mode::Json || nick_key(&conn.nick) == key {
+                continue;
+            }
+            send_or_close(&conn.outbox, text.clone(), &self.stats);
+        }
     }
 
     fn presence(&mut self, room: &str, nick: &str, event: PresenceEvent) {

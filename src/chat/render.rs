@@ -78,6 +78,7 @@ fn plain(msg: &ServerMsg) -> String {
         ServerMsg::Edit(m) => m.event_line(Kind::Edit),
         ServerMsg::Delete(m) => m.event_line(Kind::Delete),
         ServerMsg::React(m) => m.event_line(Kind::React),
+        ServerMsg::Typing { room, nick } => format!("* {nick} is typing in {room}"),
         ServerMsg::Presence { room, nick, event } => match event {
             PresenceEvent::Join => format!("* {nick} joined {room}"),
             PresenceEvent::Leave => format!("* {nick} left {room}"),

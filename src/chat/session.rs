@@ -302,6 +302,16 @@ impl<S: Store> Session<S> {
                 self.client_cid(&cid),
                 Op::Delete { target: seq },
             ),
+            ClientMsg::Typing { room } => {
+                if !self.hub().may_use(self.id, &room) {
+                    refuse(ErrorCode::NotJoined, format!("join {room} first"))?;
+                }
+                if self.hub().typing(self.id, &room) {
+                    let nick = self.hub().nick(self.id).unwrap_or_default();
+                    self.chat.directory.typing(&room, &nick);
+                }
+                Ok(())
+            }
             ClientMsg::React {
                 room,
                 seq,

@@ -603,6 +603,8 @@ impl State {
             ServerMsg::Edit(m) => self.show_event(Kind::Edit, m, out),
             ServerMsg::Delete(m) => self.show_event(Kind::Delete, m, out),
             ServerMsg::React(m) => self.show_event(Kind::React, m, out),
+            // Shown by the browser client; a line each would only be noise here.
+            ServerMsg::Typing { .. } => {}
             ServerMsg::Presence { room, nick, event } => {
                 let verb = if event == PresenceEvent::Join {
                     "joined"

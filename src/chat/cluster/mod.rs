@@ -143,6 +143,18 @@ impl<S: Store> Cluster<S> {
         self.shared.deliver(room, stored);
     }
 
+    /// Tells the other processes holding `room` that `nick` is typing (best effort: never
+    /// stored, never retried).
+    pub(crate) fn typing(&self, room: &str, nick: &str) {
+        let inner = self.shared.clone();
+        let (room, nick) = (room.to_owned(), nick.to_owned());
+        tokio::spawn(async move {
+            if let Err(err) = inner.link.publish_typing(&room, &nick).await {
+                debug!(cause = %err, "typing not passed on");
+            }
+        });
+    }
+
     /// Hands a stored message to the publisher (never waits).
     pub(crate) fn publish(&self, msg: ChatMessage) {
         let _ = self.shared.publish.send(msg);
@@ -551,6 +563,7 @@ fn hear<S: Store>(inner: &Arc<Shared<S>>, msg: &::redis::Msg) {
         Some(Heard::Presence(room, nick, event)) => {
             inner.hub.tell_presence(&room, &nick, event);
         }
+        Some(Heard::Typing(room, nick)) => inner.hub.tell_typing(&room, &nick),
         None => {}
     }
 }

@@ -428,6 +428,23 @@ impl Link {
         self.run(&pipe).await
     }
 
+    /// Publishes that `nick` is typing in `room`, on the room's channel.
+    pub(super) async fn publish_typing(&self, room: &str, nick: &str) -> Result<()> {
+        let note = TypingNote {
+            node: self.node.clone(),
+            room: room.to_owned(),
+            typing: nick.to_owned(),
+        };
+        let json = serde_json::to_string(&note)?;
+        let channel = room_channel(room);
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(channel.as_deref().unwrap_or(MESSAGES))
+            .arg(json)
+            .ignore();
+        self.run(&pipe).await
+    }
+
     /// The nicks in a room on every process, sorted.
     pub(super) async fn members(&self, room: &str) -> Result<Vec<String>> {
         let mut pipe = self.settle_pipe();
@@ -677,6 +694,22 @@ struct Published {
     kind: Kind,
 }
 
+/// A member typing, on the room's channel (never stored).
+#[derive(Debug, Serialize, Deserialize)]
+struct TypingNote {
+    node: String,
+    room: String,
+    typing: String,
+}
+
+/// What a room's channel carries: a stored message or event, or a typing note.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OnRoom {
+    Stored(Published),
+    Typing(TypingNote),
+}
+
 /// What goes over [`PRESENCE`].
 #[derive(Debug, Serialize, Deserialize)]
 struct PresenceNote {
@@ -692,6 +725,8 @@ pub(super) enum Heard {
     Message(ChatMessage),
     /// A join or leave that changed who is in a room.
     Presence(String, String, PresenceEvent),
+    /// A member of a room typing: (room, nick).
+    Typing(String, String),
 }
 
 /// What `msg` says, unless it is this process's own message or not one of ours.
@@ -699,9 +734,13 @@ pub(super) fn heard(msg: &redis::Msg, node: &str) -> Option<Heard> {
     let payload = msg.get_payload_bytes();
     match msg.get_channel_name() {
         channel if channel == MESSAGES || channel.starts_with(ROOM_CHANNEL_PREFIX) => {
-            let mut p = serde_json::from_slice::<Published>(payload).ok()?;
-            p.msg.kind = p.kind;
-            (p.node != node).then_some(Heard::Message(p.msg))
+            match serde_json::from_slice::<OnRoom>(payload).ok()? {
+                OnRoom::Stored(mut p) => {
+                    p.msg.kind = p.kind;
+                    (p.node != node).then_some(Heard::Message(p.msg))
+                }
+                OnRoom::Typing(t) => (t.node != node).then_some(Heard::Typing(t.room, t.typing)),
+            }
         }
         PRESENCE => {
             let p = serde_json::from_slice::<PresenceNote>(payload).ok()?;
