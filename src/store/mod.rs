@@ -309,7 +309,7 @@ pub enum Appended {
     /// The sender's cid was stored in this room before with *another* text: refused, nothing
     /// stored. Answering it with the original would ack a message that was never stored.
     CidReused,
-    /// Refused for what it refers to (see [`judge`]): nothing stored.
+    /// Refused for what it refers to (one rule for every store): nothing stored.
     Refused(Objection),
 }
 
