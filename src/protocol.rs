@@ -32,6 +32,8 @@ impl ClientMsg {
             | ClientMsg::Rooms { .. }
             | ClientMsg::Refresh { .. }
             | ClientMsg::Typing { .. }
+            | ClientMsg::Read { .. }
+            | ClientMsg::Inbox {}
             | ClientMsg::History { .. } => None,
         }
     }
@@ -112,6 +114,17 @@ pub enum ClientMsg {
         /// As for `say`.
         cid: String,
     },
+    /// You have read a room up to `seq` (a user with a key or a token): kept by the server,
+    /// never moving back, and told to your other connections.
+    Read {
+        /// The room (or direct-message pair room).
+        room: String,
+        /// The last seq read.
+        seq: u64,
+    },
+    /// Your rooms (a user with a key or a token): those you joined and did not leave, and
+    /// your direct-message rooms, each with where you are and its last message.
+    Inbox {},
     /// Say you are typing in a joined room: its other members are told (never stored; at most
     /// one a nick every 2 s goes out).
     Typing {
@@ -293,6 +306,22 @@ impl ChatMessage {
     }
 }
 
+/// A room in an `inbox` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// The room (or direct-message pair room).
+    pub room: String,
+    /// Its last seq.
+    pub last_seq: u64,
+    /// The last seq the user has read.
+    pub read_seq: u64,
+    /// Messages after it by others (counted up to 1,000).
+    pub unread: u64,
+    /// Its last message, as it stands, if any is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<ChatMessage>,
+}
+
 /// A room in a `rooms` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomInfo {
@@ -412,6 +441,12 @@ pub enum ServerMsg {
         /// and this resume is not gapless.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
+        /// A user with a key or a token: the last seq it has read here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        read_seq: Option<u64>,
+        /// With `read_seq`: messages after it by others (counted up to 1,000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unread: Option<u64>,
     },
     /// Answer to `leave`.
     Left {
@@ -438,6 +473,22 @@ pub enum ServerMsg {
     Delete(ChatMessage),
     /// A reaction to a message (`target`) added or taken back, live or replayed.
     React(ChatMessage),
+    /// Where this user has read a room up to now (after a `read` on any of its connections).
+    Read {
+        /// The room.
+        room: String,
+        /// The last seq read.
+        seq: u64,
+    },
+    /// Answer to `inbox`: the user's rooms, by name; only the first ones when they would not
+    /// fit in one frame.
+    Inbox {
+        /// Each room and where the user is in it.
+        rooms: Vec<InboxEntry>,
+        /// How many rooms the list held: more than `rooms` when it was cut.
+        #[serde(default)]
+        total: usize,
+    },
     /// A member of a room is typing (show it for about 5 s).
     Typing {
         /// The room.
@@ -597,6 +648,7 @@ impl ServerMsg {
             ServerMsg::Members { nicks, .. } => Some(nicks.len()),
             ServerMsg::Rooms { rooms, .. } => Some(rooms.len()),
             ServerMsg::History { messages, .. } => Some(messages.len()),
+            ServerMsg::Inbox { rooms, .. } => Some(rooms.len()),
             ServerMsg::Welcome { .. }
             | ServerMsg::Refreshed { .. }
             | ServerMsg::Joined { .. }
@@ -607,6 +659,7 @@ impl ServerMsg {
             | ServerMsg::Delete(_)
             | ServerMsg::React(_)
             | ServerMsg::Typing { .. }
+            | ServerMsg::Read { .. }
             | ServerMsg::Presence { .. }
             | ServerMsg::Tick { .. }
             | ServerMsg::Error { .. } => None,
@@ -823,6 +876,8 @@ mod tests {
             first_seq: 30,
             reset: false,
             truncated: true,
+            read_seq: None,
+            unread: None,
         };
         assert_eq!(
             joined.to_json(),
@@ -849,7 +904,7 @@ mod tests {
         for kind in [
             "hello", "join", "leave", "say", "dm", "who", "rooms", "history", "welcome", "joined",
             "left", "ack", "message", "presence", "members", "tick", "error", "edit", "delete",
-            "react", "typing",
+            "react", "typing", "read", "inbox",
         ] {
             assert!(
                 doc.contains(&format!("\"type\":\"{kind}\"")),

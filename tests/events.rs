@@ -312,3 +312,98 @@ async fn typing_reaches_the_other_members_once_per_two_seconds_and_is_never_stor
     c.expect("joined").await;
     assert_eq!(c.recv().await["type"], "message");
 }
+
+/// Reads the next frames until one of `kind`, skipping presence, typing and messages.
+async fn next_of(c: &mut Client, kind: &str) -> Value {
+    loop {
+        let v = c.recv().await;
+        if v["type"] == kind {
+            return v;
+        }
+        assert_ne!(v["type"], "error", "waiting for {kind}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn a_known_user_s_read_position_and_inbox_follow_it_across_its_connections() {
+    let server = server_on("read", roomy()).await;
+    let url = server.url();
+    let mut a = Client::hello_with_key(&url, "nana", Some("k-nana")).await;
+    let mut a2 = Client::hello_with_key(&url, "nana", Some("k-nana")).await;
+    let mut b = Client::hello_with_key(&url, "mochi", Some("k-mochi")).await;
+    let joined = a.join("lobby").await;
+    assert_eq!(
+        (&joined["read_seq"], &joined["unread"]),
+        (&json!(0), &json!(0))
+    );
+    b.join("lobby").await;
+    for i in 1..=3 {
+        let say = json!({"type": "say", "room": "lobby", "text": format!("m{i}"), "cid": format!("s{i}")});
+        assert_eq!(answer(&mut b, say).await["seq"], i);
+    }
+    // Read up to 2: every connection of nana is told, even one not in the room.
+    a.send(json!({"type": "read", "room": "lobby", "seq": 2}))
+        .await;
+    assert_eq!(
+        next_of(&mut a, "read").await,
+        json!({"type": "read", "room": "lobby", "seq": 2})
+    );
+    assert_eq!(next_of(&mut a2, "read").await["seq"], 2);
+    // Never back, never past the room's last seq.
+    a.send(json!({"type": "read", "room": "lobby", "seq": 1}))
+        .await;
+    assert_eq!(next_of(&mut a, "read").await["seq"], 2);
+    a.send(json!({"type": "read", "room": "lobby", "seq": 999}))
+        .await;
+    assert_eq!(next_of(&mut a, "read").await["seq"], 3);
+    a.send(json!({"type": "read", "room": "lobby", "seq": 2}))
+        .await;
+    assert_eq!(next_of(&mut a, "read").await["seq"], 3);
+    // A direct message to a room nana never joined shows in its inbox, unread.
+    let dm = json!({"type": "dm", "to": "nana", "text": "psst", "cid": "d1"});
+    assert_eq!(answer(&mut b, dm).await["type"], "ack");
+    let say = json!({"type": "say", "room": "lobby", "text": "m4", "cid": "s4"});
+    answer(&mut b, say).await;
+    a2.send(json!({"type": "inbox"})).await;
+    let inbox = next_of(&mut a2, "inbox").await;
+    let rooms = inbox["rooms"].as_array().unwrap();
+    assert_eq!(inbox["total"], 2, "{inbox}");
+    let dm = &rooms[0];
+    assert_eq!(
+        (&dm["room"], &dm["unread"], &dm["read_seq"]),
+        (&json!("@mochi+nana"), &json!(1), &json!(0))
+    );
+    assert_eq!(dm["last"]["text"], "psst");
+    let lobby = &rooms[1];
+    assert_eq!(
+        (
+            &lobby["room"],
+            &lobby["read_seq"],
+            &lobby["unread"],
+            &lobby["last_seq"]
+        ),
+        (&json!("lobby"), &json!(3), &json!(1), &json!(4))
+    );
+    assert_eq!(lobby["last"]["text"], "m4");
+    // Leaving is for good: the room leaves the inbox; joining again starts at its end.
+    a.send(json!({"type": "leave", "room": "lobby"})).await;
+    next_of(&mut a, "left").await;
+    a.send(json!({"type": "inbox"})).await;
+    let inbox = next_of(&mut a, "inbox").await;
+    assert_eq!(inbox["total"], 1, "{inbox}");
+    let joined = a.join("lobby").await;
+    assert_eq!(
+        (&joined["read_seq"], &joined["unread"]),
+        (&json!(4), &json!(0))
+    );
+    // A keyless user has no read position nor inbox: a clear refusal, the connection stays.
+    let mut guest = Client::hello(&url, "guest").await;
+    let joined = guest.join("lobby").await;
+    assert!(joined.get("read_seq").is_none(), "{joined}");
+    guest
+        .send(json!({"type": "read", "room": "lobby", "seq": 1}))
+        .await;
+    assert_eq!(guest.error().await["code"], "forbidden");
+    guest.send(json!({"type": "inbox"})).await;
+    assert_eq!(guest.error().await["code"], "forbidden");
+}

@@ -36,7 +36,8 @@ impl FanoutRoom {
                 Some(Default::default()),
             )
             .expect("a free nick");
-            hub.join(id, "lobby", None, None, None, 1).expect("joined");
+            hub.join(id, "lobby", super::hub::JoinAsk::default(), 1)
+                .expect("joined");
             outboxes.push(outbox);
         }
         let mut room = Self {

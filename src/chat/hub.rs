@@ -166,6 +166,20 @@ pub(crate) struct Joined {
     pub(crate) replay: bool,
 }
 
+/// What a `join` asks for, and what the session read for it first.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JoinAsk {
+    /// Resume after this seq.
+    pub(crate) since: Option<u64>,
+    /// The epoch `since` belongs to.
+    pub(crate) epoch: Option<u64>,
+    /// The oldest seq the store keeps, read just before (`None`: the one read when the room
+    /// was opened).
+    pub(crate) first_seq: Option<u64>,
+    /// A known user's place in the room, for `joined`.
+    pub(crate) read: Option<crate::store::ReadState>,
+}
+
 impl Hub {
     /// An empty hub; rooms above `presence_limit` members send no presence events; rooms idle
     /// for `room_ttl` leave memory.
@@ -255,6 +269,37 @@ impl Hub {
     /// under the same rule as a room's deliveries: past its budget it is a slow consumer.
     pub(crate) fn send_to(&self, outbox: &Outbox, text: crate::connection::Utf8Bytes) {
         send_or_close(outbox, text, &self.stats);
+    }
+
+    /// Whether connection `id` is a member of `room`.
+    pub(crate) fn is_member(&self, id: ConnId, room: &str) -> bool {
+        self.state()
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.rooms.contains(room))
+    }
+
+    /// Where connection `id`'s reading of its nick's direct-message rooms starts.
+    pub(crate) fn floors(&self, id: ConnId) -> Vec<(String, u64)> {
+        self.state()
+            .conns
+            .get(&id)
+            .map(|c| c.floors.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Sends `msg` to every connection of `nick` here (its own news: a read position).
+    pub(crate) fn tell_nick(&self, nick: &str, msg: &ServerMsg) {
+        let state = self.state();
+        let Some(n) = state.nicks.get(&nick_key(nick)) else {
+            return;
+        };
+        let d = Delivery::new(msg);
+        for id in n.conns.iter() {
+            if let Some(conn) = state.conns.get(id) {
+                send_or_close(&conn.outbox, d.for_mode(conn.mode), &self.stats);
+            }
+        }
     }
 
     /// Tells a room's members of a join or leave (decided by the cluster).
@@ -549,11 +594,15 @@ impl Hub {
         &self,
         id: ConnId,
         room: &str,
-        since: Option<u64>,
-        epoch: Option<u64>,
-        first_seq: Option<u64>,
+        ask: JoinAsk,
         max_rooms: usize,
     ) -> Result<Joined, ErrorCode> {
+        let JoinAsk {
+            since,
+            epoch,
+            first_seq,
+            read,
+        } = ask;
         let mut state = self.state();
         let Some(conn) = state.conns.get(&id) else {
             return Err(ErrorCode::HelloFirst);
@@ -593,6 +642,8 @@ impl Hub {
             first_seq,
             reset,
             truncated,
+            read_seq: read.map(|r| r.read_seq),
+            unread: read.map(|r| r.unread),
         };
         state.send_one(id, &joined);
         state.join_room(id, room, replay);
@@ -1076,7 +1127,17 @@ mod tests {
         assert!(got.len() == 1 && got[0].contains("\"m8\""), "{got:?}");
         assert_eq!((hub.floor(1, "@a+b"), hub.floor(1, "@a+c")), (7, 0));
         // A resume from 0 starts above the floor, and says that what is below was not its.
-        let joined = hub.join(1, "@a+b", Some(0), None, None, 32).unwrap();
+        let joined = hub
+            .join(
+                1,
+                "@a+b",
+                JoinAsk {
+                    since: Some(0),
+                    ..JoinAsk::default()
+                },
+                32,
+            )
+            .unwrap();
         assert_eq!((joined.first_seq, joined.last_seq), (8, 8));
         let got = taken(&outbox);
         assert!(
@@ -1105,7 +1166,7 @@ mod tests {
         .unwrap();
         hub.open_room("empty", state(3), None);
         hub.open_room("member", state(0), None);
-        hub.join(id, "member", None, None, None, 32).unwrap();
+        hub.join(id, "member", JoinAsk::default(), 32).unwrap();
         hub.open_room("appending", state(7), None);
         hub.begin_append("appending");
         // Opening another room sweeps (the TTL is zero): only "empty" goes.

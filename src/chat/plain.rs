@@ -52,6 +52,7 @@ impl<S: Store> Session<S> {
                 )
                 .map_err(|_| Error::Policy(format!("{nick} is taken")))?;
             self.hold_token(token, claims);
+            self.known = true;
             nick
         } else {
             // A name no other process gives out; taking it still decides (a user may have

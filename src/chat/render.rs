@@ -79,6 +79,19 @@ fn plain(msg: &ServerMsg) -> String {
         ServerMsg::Delete(m) => m.event_line(Kind::Delete),
         ServerMsg::React(m) => m.event_line(Kind::React),
         ServerMsg::Typing { room, nick } => format!("* {nick} is typing in {room}"),
+        ServerMsg::Read { room, seq } => format!("* read {room} up to #{seq}"),
+        ServerMsg::Inbox { rooms, .. } if rooms.is_empty() => "* your inbox is empty".into(),
+        ServerMsg::Inbox { rooms, total } => {
+            let list: Vec<String> = rooms
+                .iter()
+                .map(|r| format!("{} ({} unread)", r.room, r.unread))
+                .collect();
+            let more = total.saturating_sub(rooms.len());
+            match more {
+                0 => format!("* inbox: {}", list.join(", ")),
+                _ => format!("* inbox: {} and {more} more", list.join(", ")),
+            }
+        }
         ServerMsg::Presence { room, nick, event } => match event {
             PresenceEvent::Join => format!("* {nick} joined {room}"),
             PresenceEvent::Leave => format!("* {nick} left {room}"),

@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::config::ChatConfig;
 use super::directory::Directory;
-use super::hub::Hub;
+use super::hub::{Hub, JoinAsk};
 use super::list::{Keep, Listing};
 use super::render::{Mode, render};
 use super::token::{HeldToken, TokenEvent};
@@ -25,11 +25,11 @@ use super::types::{
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
-    ClientMsg, ErrorCode, Limits, MAX_EMOJI_BYTES, MAX_REACTIONS, RoomInfo, SUBPROTOCOL, ServerMsg,
-    parse_client,
+    ClientMsg, ErrorCode, InboxEntry, Limits, MAX_EMOJI_BYTES, MAX_REACTIONS, RoomInfo,
+    SUBPROTOCOL, ServerMsg, parse_client,
 };
 use crate::rate::Bucket;
-use crate::store::{Append, Appended, Objection, Op, Record, Store, now_ms};
+use crate::store::{Append, Appended, Membership, Objection, Op, Record, Store, now_ms};
 use crate::{Error, Result};
 
 /// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
@@ -71,6 +71,7 @@ pub(super) async fn run<S: Store>(chat: Arc<Inner<S>>, conn: &mut Connection) ->
         strikes: 0,
         claims: None,
         token: None,
+        known: false,
     };
     let outcome = session.serve(conn).await;
     session.hub().disconnect(id);
@@ -94,6 +95,9 @@ pub(super) struct Session<S> {
     pub(super) claims: Option<Claims>,
     /// The token itself, and its clock (boxed: open servers carry none).
     token: Option<Box<HeldToken>>,
+    /// A user the server knows again (a token, or a nick with a key): its rooms and how far
+    /// it has read them are kept.
+    pub(super) known: bool,
 }
 
 /// A refusal to send back: an error frame, the connection stays.
@@ -277,7 +281,9 @@ impl<S: Store> Session<S> {
         match request {
             ClientMsg::Hello { nick, key, token } => self.hello(conn, &nick, key, token).await,
             ClientMsg::Join { room, since, epoch } => self.join(conn, &room, since, epoch).await,
-            ClientMsg::Leave { room } => self.leave(&room),
+            ClientMsg::Leave { room } => self.leave(&room).await,
+            ClientMsg::Read { room, seq } => self.read(room, seq).await,
+            ClientMsg::Inbox {} => self.inbox(conn).await,
             ClientMsg::Say {
                 room,
                 text,
@@ -382,6 +388,7 @@ impl<S: Store> Session<S> {
         } else {
             self.take_nick(nick, key.as_deref()).await?;
         }
+        self.known = self.claims.is_some() || key.is_some();
         self.greeted = true;
         Ok(self.welcome(conn, nick).await?)
     }
@@ -442,7 +449,7 @@ impl<S: Store> Session<S> {
         }
         for room in self.hub().rooms_of(self.id) {
             if dm_pair(&room).is_none() && !claims.may_join(&room) {
-                self.leave(&room)?;
+                self.leave(&room).await?;
             }
         }
         let exp = claims.exp;
@@ -525,14 +532,34 @@ impl<S: Store> Session<S> {
                     .first_seq,
             ),
         };
+        // A known user's room is remembered (read up to here the first time), and `joined`
+        // tells it where it is.
+        let read = match self.known && !self.hub().is_member(self.id, room) {
+            true => {
+                let last_seq = self.hub().next_seq(room).map_or(0, |next| next - 1);
+                let nick = self.hub().nick(self.id).unwrap_or_default();
+                let change = Membership::Remember { last_seq };
+                let store = &self.chat.store;
+                Some(
+                    store
+                        .membership(&nick, room, change)
+                        .await
+                        .map_err(unavailable)?,
+                )
+            }
+            false => None,
+        };
         let joined = self
             .hub()
             .join(
                 self.id,
                 room,
-                since,
-                epoch,
-                first_seq,
+                JoinAsk {
+                    since,
+                    epoch,
+                    first_seq,
+                    read,
+                },
                 self.chat.config.max_rooms,
             )
             .or_else(|code| refuse(code, format!("cannot join {room}")))?;
@@ -544,7 +571,19 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    fn leave(&mut self, room: &str) -> Result<(), Failure> {
+    async fn leave(&mut self, room: &str) -> Result<(), Failure> {
+        if !self.hub().is_member(self.id, room) {
+            refuse(ErrorCode::NotJoined, format!("you are not in {room}"))?;
+        }
+        // A known user's leave is for good: the room leaves its inbox (on every device).
+        if self.known {
+            let nick = self.hub().nick(self.id).unwrap_or_default();
+            let store = &self.chat.store;
+            store
+                .membership(&nick, room, Membership::Forget)
+                .await
+                .map_err(unavailable)?;
+        }
         self.hub()
             .leave(self.id, room)
             .or_else(|code| refuse(code, format!("you are not in {room}")))?;
@@ -552,6 +591,67 @@ impl<S: Store> Session<S> {
             self.current = None;
         }
         Ok(())
+    }
+
+    /// Keeps how far a known user has read a room (its own, or one of its direct-message
+    /// rooms) and tells its connections here.
+    async fn read(&mut self, room: String, seq: u64) -> Result<(), Failure> {
+        if !self.known {
+            refuse(
+                ErrorCode::Forbidden,
+                "read positions are kept for users with a key or a token",
+            )?;
+        }
+        let nick = self.hub().nick(self.id).unwrap_or_default();
+        let me = nick_key(&nick);
+        let mine = dm_pair(&room).is_some_and(|(a, b)| a == me || b == me);
+        if !mine && !self.hub().may_use(self.id, &room) {
+            refuse(ErrorCode::NotJoined, format!("join {room} first"))?;
+        }
+        let store = &self.chat.store;
+        let state = store
+            .membership(&nick, &room, Membership::Read { seq })
+            .await
+            .map_err(unavailable)?;
+        let read = ServerMsg::Read {
+            room,
+            seq: state.read_seq,
+        };
+        self.hub().tell_nick(&nick, &read);
+        Ok(())
+    }
+
+    /// Answers `inbox`: a known user's rooms, with where it is in each, cut to fit a frame.
+    async fn inbox(&mut self, conn: &mut Connection) -> Result<(), Failure> {
+        if !self.known {
+            refuse(
+                ErrorCode::Forbidden,
+                "an inbox is kept for users with a key or a token",
+            )?;
+        }
+        let nick = self.hub().nick(self.id).unwrap_or_default();
+        let floors = self.hub().floors(self.id);
+        let rooms = self
+            .chat
+            .store
+            .inbox(&nick, floors)
+            .await
+            .map_err(unavailable)?;
+        let entries: Vec<InboxEntry> = rooms
+            .into_iter()
+            .map(|r| InboxEntry {
+                room: r.room,
+                last_seq: r.last_seq,
+                read_seq: r.state.read_seq,
+                unread: r.state.unread,
+                last: r.last.map(chat_message),
+            })
+            .collect();
+        let list = Listing::new(entries, Keep::First, |rooms, total| ServerMsg::Inbox {
+            rooms,
+            total,
+        });
+        Ok(self.reply_list(conn, list).await?)
     }
 
     /// A message (`say`), or an event on one (`edit`, `delete`, `react`), in a joined room:

@@ -42,6 +42,11 @@ impl Floors {
         Self(floors.into_boxed_slice())
     }
 
+    /// Every room's floor.
+    pub(crate) fn to_vec(&self) -> Vec<(String, u64)> {
+        self.0.to_vec()
+    }
+
     /// The last seq of `room` that is not the holder's (0: none).
     pub(crate) fn of(&self, room: &str) -> u64 {
         self.0

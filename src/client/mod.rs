@@ -604,7 +604,18 @@ impl State {
             ServerMsg::Delete(m) => self.show_event(Kind::Delete, m, out),
             ServerMsg::React(m) => self.show_event(Kind::React, m, out),
             // Shown by the browser client; a line each would only be noise here.
-            ServerMsg::Typing { .. } => {}
+            ServerMsg::Typing { .. } | ServerMsg::Read { .. } => {}
+            ServerMsg::Inbox { rooms, total } => {
+                let list: Vec<String> = rooms
+                    .iter()
+                    .map(|r| format!("{} ({} unread)", r.room, r.unread))
+                    .collect();
+                out.notice(&format!(
+                    "* inbox: {}{}",
+                    list.join(", "),
+                    and_more(total, rooms.len())
+                ));
+            }
             ServerMsg::Presence { room, nick, event } => {
                 let verb = if event == PresenceEvent::Join {
                     "joined"

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    Append, Appended, Holding, Kind, MAX_PAGE, Op, PRUNE_ROOMS, Page, Pruned, ReactionCount,
-    Reactions, Record, Referred, Retention, RoomState, Store, is_dm_of, judge, new_epoch,
+    Append, Appended, Holding, InboxRoom, Kind, MAX_PAGE, Membership, Op, PRUNE_ROOMS, Page,
+    Pruned, ReactionCount, Reactions, ReadState, Record, Referred, Retention, RoomState, Store,
+    UNREAD_CAP, is_dm_of, judge, new_epoch,
 };
 use crate::Result;
 use crate::clock::now_ms;
@@ -18,6 +19,21 @@ pub struct MemoryStore {
     /// Nicks bound to a key (case-folded nick → its holding as it was bound). Locked after
     /// `rooms` when both are.
     nicks: Mutex<HashMap<String, Holding>>,
+    /// Known users' rooms: case-folded nick → room → read seq. Locked after `rooms`.
+    reads: Mutex<HashMap<String, BTreeMap<String, u64>>>,
+}
+
+impl Room {
+    /// Messages after `after` by others than `nick`, not deleted, up to [`UNREAD_CAP`].
+    fn unread(&self, after: u64, nick: &str) -> u64 {
+        self.records
+            .range(after.saturating_add(1)..)
+            .filter(|(_, r)| {
+                r.kind == Kind::Message && !r.deleted && !r.from.eq_ignore_ascii_case(nick)
+            })
+            .take(UNREAD_CAP as usize)
+            .count() as u64
+    }
 }
 
 #[derive(Debug)]
@@ -221,6 +237,71 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn membership(&self, nick: &str, room: &str, change: Membership) -> Result<ReadState> {
+        let rooms = self.rooms();
+        let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        let nick = nick.to_ascii_lowercase();
+        let last_seq = rooms.get(room).map_or(0, |r| r.last_seq);
+        let mine = reads.entry(nick.clone()).or_default();
+        let read_seq = match change {
+            Membership::Forget => {
+                mine.remove(room);
+                return Ok(ReadState::default());
+            }
+            Membership::Remember { last_seq } => *mine.entry(room.to_owned()).or_insert(last_seq),
+            Membership::Read { seq } => {
+                let held = mine.entry(room.to_owned()).or_insert(0);
+                *held = (*held).max(seq.min(last_seq));
+                *held
+            }
+        };
+        let unread = rooms.get(room).map_or(0, |r| r.unread(read_seq, &nick));
+        Ok(ReadState { read_seq, unread })
+    }
+
+    async fn inbox(&self, nick: &str, floors: Vec<(String, u64)>) -> Result<Vec<InboxRoom>> {
+        let rooms = self.rooms();
+        let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        let nick = nick.to_ascii_lowercase();
+        let mut mine: BTreeMap<String, u64> = reads.get(&nick).cloned().unwrap_or_default();
+        for (name, room) in rooms.iter() {
+            if room.last_seq > 0 && is_dm_of(name, &nick) {
+                mine.entry(name.clone()).or_insert(0);
+            }
+        }
+        let floor = |room: &str| {
+            floors
+                .iter()
+                .find(|(r, _)| r == room)
+                .map_or(0, |(_, f)| *f)
+        };
+        Ok(mine
+            .into_iter()
+            .map(|(name, read)| {
+                let floor = floor(&name);
+                let read_seq = read.max(floor);
+                let room = rooms.get(&name);
+                let last = room.and_then(|r| {
+                    r.records
+                        .range(floor.saturating_add(1)..)
+                        .rev()
+                        .map(|(_, rec)| rec)
+                        .find(|rec| rec.kind == Kind::Message)
+                        .cloned()
+                });
+                InboxRoom {
+                    last_seq: room.map_or(0, |r| r.last_seq),
+                    state: ReadState {
+                        read_seq,
+                        unread: room.map_or(0, |r| r.unread(read_seq, &nick)),
+                    },
+                    last,
+                    room: name,
+                }
+            })
+            .collect())
+    }
+
     async fn room_state(&self, room: &str) -> Result<RoomState> {
         let mut rooms = self.rooms();
         Ok(rooms
@@ -323,6 +404,7 @@ mod tests {
         contract::a_cid_reused_for_another_text_is_refused(&MemoryStore::new()).await;
         contract::pages_go_both_ways(&MemoryStore::new()).await;
         contract::events_take_seqs_and_change_their_message(&MemoryStore::new()).await;
+        contract::memberships_remember_read_and_forget(&MemoryStore::new()).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&MemoryStore::new()).await;
         contract::prune_by_count_keeps_the_newest_of_each_room(&MemoryStore::new()).await;
         contract::prune_by_age_deletes_the_oldest_only(&MemoryStore::new()).await;

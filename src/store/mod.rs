@@ -245,6 +245,49 @@ pub(crate) fn kind_of(code: i64) -> Kind {
     }
 }
 
+/// A known user's place in one of its rooms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadState {
+    /// The last seq it has read (never moves back).
+    pub read_seq: u64,
+    /// Messages after it by others, not deleted (counted up to [`UNREAD_CAP`]).
+    pub unread: u64,
+}
+
+/// Unread messages are counted up to this many (a client shows "1000+").
+pub const UNREAD_CAP: u64 = 1000;
+
+/// A change to a known user's rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// It joined: the room is remembered, read up to `last_seq` if it was not already.
+    Remember {
+        /// The room's last seq now.
+        last_seq: u64,
+    },
+    /// It left: forgotten.
+    Forget,
+    /// It read up to `seq` (never moving back, never past the room's last seq); a room not
+    /// remembered yet (a direct-message room never joined) is remembered.
+    Read {
+        /// The seq read.
+        seq: u64,
+    },
+}
+
+/// One room of a known user's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRoom {
+    /// The room (or direct-message pair).
+    pub room: String,
+    /// Its last seq.
+    pub last_seq: u64,
+    /// Where the user is.
+    pub state: ReadState,
+    /// Its last message (not an event), if any is kept.
+    pub last: Option<Record>,
+}
+
 /// One reaction to one message: (seq, reaction, how many nicks gave it, the asker among them).
 pub type ReactionCount = (u64, String, u32, bool);
 
@@ -468,6 +511,23 @@ pub trait Store: Send + Sync + 'static {
         seqs: &[u64],
         nick: &str,
     ) -> impl Future<Output = Result<Vec<ReactionCount>>> + Send;
+
+    /// Changes a known user's (`nick`, case-folded) hold on `room` and says where it is now.
+    fn membership(
+        &self,
+        nick: &str,
+        room: &str,
+        change: Membership,
+    ) -> impl Future<Output = Result<ReadState>> + Send;
+
+    /// A known user's rooms: those it joined and did not leave, and its direct-message rooms
+    /// with messages; each read from its floor at least (`floors`: a room's last seq that is
+    /// not the user's to read, see [`Holding::floors`]), sorted by room.
+    fn inbox(
+        &self,
+        nick: &str,
+        floors: Vec<(String, u64)>,
+    ) -> impl Future<Output = Result<Vec<InboxRoom>>> + Send;
 
     /// The room's epoch and last seq; a room never used gets an epoch now.
     fn room_state(&self, room: &str) -> impl Future<Output = Result<RoomState>> + Send;
@@ -732,6 +792,79 @@ pub mod contract {
         };
         let late = stored(store.append(late).await.unwrap());
         assert_eq!(late.seq, d.seq + 1, "refusals took no seq");
+    }
+
+    /// A known user's rooms: remembered at join (read up to the end then), read positions
+    /// that never move back nor past the end, unread counts of others' messages, forgotten
+    /// at leave; direct-message rooms with messages in the inbox unasked, above its floor.
+    pub async fn memberships_remember_read_and_forget(store: &impl Store) {
+        let read = |seq| Membership::Read { seq };
+        for i in 1..=3 {
+            store
+                .append(say("mem", "kumo", &format!("m{i}"), None))
+                .await
+                .unwrap();
+        }
+        let joined = store
+            .membership("Yuki", "mem", Membership::Remember { last_seq: 1 })
+            .await
+            .unwrap();
+        assert_eq!((joined.read_seq, joined.unread), (1, 2));
+        // Joining again keeps where it was.
+        let again = store.membership("yuki", "mem", Membership::Remember { last_seq: 3 });
+        assert_eq!(again.await.unwrap().read_seq, 1);
+        store
+            .append(say("mem", "YUKI", "mine", None))
+            .await
+            .unwrap();
+        let state = store.membership("yuki", "mem", read(2)).await.unwrap();
+        assert_eq!(
+            (state.read_seq, state.unread),
+            (2, 1),
+            "its own message is not unread"
+        );
+        assert_eq!(
+            store
+                .membership("yuki", "mem", read(1))
+                .await
+                .unwrap()
+                .read_seq,
+            2
+        );
+        assert_eq!(
+            store
+                .membership("yuki", "mem", read(99))
+                .await
+                .unwrap()
+                .read_seq,
+            4
+        );
+        // Direct messages: one before the floor is not the user's.
+        for text in ["old", "new"] {
+            store
+                .append(say("@kumo+yuki", "kumo", text, None))
+                .await
+                .unwrap();
+        }
+        let inbox = store
+            .inbox("YUKI", vec![("@kumo+yuki".into(), 1)])
+            .await
+            .unwrap();
+        let rooms: Vec<(&str, u64, u64)> = inbox
+            .iter()
+            .map(|r| (r.room.as_str(), r.state.read_seq, r.state.unread))
+            .collect();
+        assert_eq!(rooms, [("@kumo+yuki", 1, 1), ("mem", 4, 0)]);
+        assert_eq!(inbox[0].last.as_ref().unwrap().text, "new");
+        assert_eq!(inbox[1].last.as_ref().unwrap().text, "mine");
+        assert_eq!(inbox[1].last_seq, 4);
+        store
+            .membership("yuki", "mem", Membership::Forget)
+            .await
+            .unwrap();
+        let inbox = store.inbox("yuki", Vec::new()).await.unwrap();
+        assert_eq!(inbox.len(), 1, "{inbox:?}");
+        assert_eq!(inbox[0].state.unread, 2, "without a floor, both are unread");
     }
 
     /// The record of an append that must have stored a new message.

@@ -34,9 +34,9 @@ use tracing::{debug, info};
 
 use super::queue::{Done, Job, Queue, StoreStats, answer_batch, take_batch};
 use super::{
-    Append, Appended, Holding, MAX_PAGE, Objection, Op, PRUNE_ROOMS, Page, Pruned, ReactionCount,
-    Reactions, Record, Referred, Retention, RoomState, Store, is_dm_of, judge, kind_code, kind_of,
-    new_epoch,
+    Append, Appended, Holding, InboxRoom, MAX_PAGE, Membership, Objection, Op, PRUNE_ROOMS, Page,
+    Pruned, ReactionCount, Reactions, ReadState, Record, Referred, Retention, RoomState, Store,
+    UNREAD_CAP, is_dm_of, judge, kind_code, kind_of, new_epoch,
 };
 use crate::backoff::Reconnecting;
 use crate::clock::now_ms;
@@ -95,7 +95,19 @@ const MIGRATIONS: &[&str] = &[
         nick  TEXT NOT NULL,
         PRIMARY KEY (room, seq, emoji, nick)
      );",
+    // 4: the rooms known users (a token, or a nick with a key) joined and did not leave, and
+    // how far each has read (case-folded nicks).
+    "CREATE TABLE memberships (
+        nick     TEXT NOT NULL,
+        room     TEXT NOT NULL,
+        read_seq BIGINT NOT NULL,
+        PRIMARY KEY (nick, room)
+     );",
 ];
+
+/// Messages of $1 after $2 by others than $3 (case-folded), not deleted, up to $4.
+const UNREAD: &str = "SELECT count(*) FROM (SELECT 1 FROM messages
+     WHERE room = $1 AND seq > $2 AND kind = 0 AND NOT deleted AND lower(sender) <> $3 LIMIT $4) AS u";
 
 /// The columns of a record, in the order [`record_of`] reads them.
 const RECORD: &str =
@@ -587,6 +599,70 @@ impl Store for PgStore {
             .map_err(pg_err)
     }
 
+    async fn inbox(&self, nick: &str, floors: Vec<(String, u64)>) -> Result<Vec<InboxRoom>> {
+        let conn = self.reader.get().await?;
+        let client = &conn.client;
+        let nick = nick.to_ascii_lowercase();
+        let inbox = async {
+            let mut rooms: BTreeMap<String, u64> = client
+                .query(
+                    "SELECT room, read_seq FROM memberships WHERE nick = $1",
+                    &[&nick],
+                )
+                .await?
+                .iter()
+                .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+                .collect();
+            for row in client.query(&conn.dm_rooms, &[&nick]).await? {
+                rooms.entry(row.get(0)).or_insert(0);
+            }
+            let floor = |room: &str| {
+                floors
+                    .iter()
+                    .find(|(r, _)| r == room)
+                    .map_or(0, |(_, f)| *f)
+            };
+            let last_stmt = format!(
+                "SELECT {RECORD} FROM messages
+                 WHERE room = $1 AND kind = 0 AND seq > $2 ORDER BY seq DESC LIMIT 1"
+            );
+            let mut out = Vec::with_capacity(rooms.len());
+            for (room, read) in rooms {
+                let floor = floor(&room);
+                let read_seq = read.max(floor);
+                let last_seq: i64 = client
+                    .query_one(
+                        "SELECT coalesce(max(last_seq), 0)::int8 FROM rooms WHERE name = $1",
+                        &[&room],
+                    )
+                    .await?
+                    .get(0);
+                let last = client
+                    .query_opt(&last_stmt, &[&room, &(floor as i64)])
+                    .await?
+                    .map(|row| record_of(&row));
+                let unread: i64 = client
+                    .query_one(
+                        UNREAD,
+                        &[&room, &(read_seq as i64), &nick, &(UNREAD_CAP as i64)],
+                    )
+                    .await?
+                    .get(0);
+                out.push(InboxRoom {
+                    room,
+                    last_seq: last_seq as u64,
+                    state: ReadState {
+                        read_seq,
+                        unread: unread as u64,
+                    },
+                    last,
+                });
+            }
+            Ok::<_, tokio_postgres::Error>(out)
+        };
+        inbox.await.map_err(pg_err)
+    }
+
     async fn reactions(&self, room: &str, seqs: &[u64], nick: &str) -> Result<Vec<ReactionCount>> {
         let conn = self.reader.get().await?;
         let seqs: Vec<i64> = seqs.iter().map(|&s| s as i64).collect();
@@ -911,6 +987,53 @@ impl Rows {
     }
 }
 
+async fn apply_membership(
+    client: &Client,
+    nick: &str,
+    room: &str,
+    change: Membership,
+) -> std::result::Result<ReadState, tokio_postgres::Error> {
+    let read_seq: i64 = match change {
+        Membership::Forget => {
+            client
+                .execute(
+                    "DELETE FROM memberships WHERE nick = $1 AND room = $2",
+                    &[&nick, &room],
+                )
+                .await?;
+            return Ok(ReadState::default());
+        }
+        Membership::Remember { last_seq } => client
+            .query_one(
+                "INSERT INTO memberships (nick, room, read_seq) VALUES ($1, $2, $3)
+                 ON CONFLICT (nick, room) DO UPDATE SET read_seq = memberships.read_seq
+                 RETURNING read_seq",
+                &[&nick, &room, &(last_seq as i64)],
+            )
+            .await?
+            .get(0),
+        Membership::Read { seq } => client
+            .query_one(
+                "INSERT INTO memberships (nick, room, read_seq)
+                 VALUES ($1, $2, LEAST($3, coalesce((SELECT last_seq FROM rooms WHERE name = $2), 0)))
+                 ON CONFLICT (nick, room)
+                 DO UPDATE SET read_seq = GREATEST(memberships.read_seq, EXCLUDED.read_seq)
+                 RETURNING read_seq",
+                &[&nick, &room, &(seq.min(i64::MAX as u64) as i64)],
+            )
+            .await?
+            .get(0),
+    };
+    let unread: i64 = client
+        .query_one(UNREAD, &[&room, &read_seq, &nick, &(UNREAD_CAP as i64)])
+        .await?
+        .get(0);
+    Ok(ReadState {
+        read_seq: read_seq as u64,
+        unread: unread as u64,
+    })
+}
+
 /// Whether `append`, which refers to a message, may be stored (read in the batch's
 /// transaction, with the room locked).
 async fn judge_on(
@@ -1087,6 +1210,11 @@ async fn commit_batch(
                 Done::State(Ok(RoomState::empty(tx.epoch, tx.last_seq)))
             }
             Job::Bind(nick, hash, _) => Done::Held(Ok(apply_bind(conn, &rooms, nick, hash).await?)),
+            Job::Member(nick, room, change, _) => {
+                // What this batch appended counts.
+                rows.write(conn).await?;
+                Done::Member(Ok(apply_membership(client, nick, room, *change).await?))
+            }
             // This store prunes on a connection of its own, never through the writer.
             Job::Prune(..) => Done::Pruned(Ok(Pruned::default())),
             Job::Flush(_) => Done::Flushed(Ok(())),

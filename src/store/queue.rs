@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::{Append, Appended, Holding, Pruned, Retention, RoomState};
+use super::{Append, Appended, Holding, Membership, Pruned, ReadState, Retention, RoomState};
 use crate::error::StoreError;
 use crate::{Error, Result};
 
@@ -30,6 +30,14 @@ pub(crate) enum Job {
     /// Binds a nick (case-folded) to a key hash unless it is bound already, and says what it
     /// is bound to (see [`Store::take_nick`](super::Store::take_nick)).
     Bind(String, String, oneshot::Sender<Result<Holding>>),
+    /// Changes a known user's (case-folded nick) hold on a room (see
+    /// [`Store::membership`](super::Store::membership)).
+    Member(
+        String,
+        String,
+        Membership,
+        oneshot::Sender<Result<ReadState>>,
+    ),
     /// Answered once every job queued before it is committed.
     Flush(oneshot::Sender<Result<()>>),
 }
@@ -49,6 +57,7 @@ pub(crate) enum Done {
     Pruned(Result<Pruned>),
     State(Result<RoomState>),
     Held(Result<Holding>),
+    Member(Result<ReadState>),
     Flushed(Result<()>),
 }
 
@@ -117,6 +126,18 @@ impl Queue {
         self.submit(|tx| Job::Bind(nick.to_owned(), hash, tx)).await
     }
 
+    /// Queues a change to a known user's hold on a room and waits for it to be committed.
+    pub(crate) async fn membership(
+        &self,
+        nick: &str,
+        room: &str,
+        change: Membership,
+    ) -> Result<ReadState> {
+        let nick = nick.to_ascii_lowercase();
+        self.submit(|tx| Job::Member(nick, room.to_owned(), change, tx))
+            .await
+    }
+
     /// Waits until everything queued before is committed (or has failed).
     pub(crate) async fn flush(&self) -> Result<()> {
         self.submit(Job::Flush).await
@@ -139,6 +160,15 @@ macro_rules! store_methods_on_the_queue {
 
         async fn wipe(&self, room: &str) -> $crate::Result<$crate::store::RoomState> {
             self.queue.wipe(room).await
+        }
+
+        async fn membership(
+            &self,
+            nick: &str,
+            room: &str,
+            change: $crate::store::Membership,
+        ) -> $crate::Result<$crate::store::ReadState> {
+            self.queue.membership(nick, room, change).await
         }
 
         async fn flush(&self) -> $crate::Result<()> {
@@ -197,6 +227,7 @@ pub(crate) fn answer_batch(
                     Job::Flush(..) => Done::Flushed(Err(failed)),
                     Job::Prune(..) => Done::Pruned(Err(failed)),
                     Job::Bind(..) => Done::Held(Err(failed)),
+                    Job::Member(..) => Done::Member(Err(failed)),
                 };
                 answer(job, done);
             }
@@ -220,6 +251,9 @@ fn answer(job: Job, done: Done) {
             let _ = tx.send(result);
         }
         (Job::Bind(_, _, tx), Done::Held(result)) => {
+            let _ = tx.send(result);
+        }
+        (Job::Member(_, _, _, tx), Done::Member(result)) => {
             let _ = tx.send(result);
         }
         _ => unreachable!("a job is answered with its own kind of result"),

@@ -7,6 +7,7 @@
 //! process (`kill -9`); a power cut may lose the last commits. Reads use their own connection,
 //! which WAL lets run beside the writer.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,8 +18,9 @@ use tracing::debug;
 
 use super::queue::{Done, Job, PruneJob, Queue, StoreStats, answer_batch, take_batch};
 use super::{
-    Append, Appended, Holding, MAX_PAGE, Op, PRUNE_ROOMS, Page, Pruned, ReactionCount, Reactions,
-    Record, Referred, Retention, RoomState, Store, judge, kind_code, kind_of, new_epoch,
+    Append, Appended, Holding, InboxRoom, MAX_PAGE, Membership, Op, PRUNE_ROOMS, Page, Pruned,
+    ReactionCount, Reactions, ReadState, Record, Referred, Retention, RoomState, Store, UNREAD_CAP,
+    judge, kind_code, kind_of, new_epoch,
 };
 use crate::clock::now_ms;
 use crate::error::StoreError;
@@ -78,7 +80,19 @@ const MIGRATIONS: &[&str] = &[
         nick  TEXT NOT NULL,
         PRIMARY KEY (room, seq, emoji, nick)
      ) STRICT, WITHOUT ROWID;",
+    // 4: the rooms known users (a token, or a nick with a key) joined and did not leave, and
+    // how far each has read (case-folded nicks).
+    "CREATE TABLE memberships (
+        nick     TEXT NOT NULL,
+        room     TEXT NOT NULL,
+        read_seq INTEGER NOT NULL,
+        PRIMARY KEY (nick, room)
+     ) STRICT, WITHOUT ROWID;",
 ];
+
+/// Messages of ?1 after ?2 by others than ?3 (case-folded), not deleted, up to ?4.
+const UNREAD: &str = "SELECT count(*) FROM (SELECT 1 FROM messages
+     WHERE room = ?1 AND seq > ?2 AND kind = 0 AND deleted = 0 AND lower(sender) <> ?3 LIMIT ?4)";
 
 /// The columns of a record, in the order [`record_of`] reads them.
 const RECORD: &str =
@@ -397,6 +411,61 @@ impl SqliteStore {
 impl Store for SqliteStore {
     super::queue::store_methods_on_the_queue!();
 
+    async fn inbox(&self, nick: &str, floors: Vec<(String, u64)>) -> Result<Vec<InboxRoom>> {
+        let nick = nick.to_ascii_lowercase();
+        self.read(move |conn| {
+            let mut rooms: BTreeMap<String, u64> = conn
+                .prepare_cached("SELECT room, read_seq FROM memberships WHERE nick = ?1")?
+                .query_map([&nick], |row| {
+                    Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let dms: Vec<String> = conn
+                .prepare_cached(DM_ROOMS)?
+                .query_map([&nick], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for dm in dms {
+                rooms.entry(dm).or_insert(0);
+            }
+            let floor = |room: &str| {
+                floors
+                    .iter()
+                    .find(|(r, _)| r == room)
+                    .map_or(0, |(_, f)| *f)
+            };
+            let mut out = Vec::with_capacity(rooms.len());
+            for (room, read) in rooms {
+                let floor = floor(&room);
+                let read_seq = read.max(floor);
+                let last_seq: i64 = conn
+                    .prepare_cached("SELECT coalesce(max(last_seq), 0) FROM rooms WHERE name = ?1")?
+                    .query_row([&room], |row| row.get(0))?;
+                let last = conn
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD} FROM messages
+                         WHERE room = ?1 AND kind = 0 AND seq > ?2 ORDER BY seq DESC LIMIT 1"
+                    ))?
+                    .query_row(params![room, floor as i64], record_of)
+                    .optional()?;
+                let unread: i64 = conn.prepare_cached(UNREAD)?.query_row(
+                    params![room, read_seq as i64, nick, UNREAD_CAP as i64],
+                    |row| row.get(0),
+                )?;
+                out.push(InboxRoom {
+                    room,
+                    last_seq: last_seq as u64,
+                    state: ReadState {
+                        read_seq,
+                        unread: unread as u64,
+                    },
+                    last,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn reactions(&self, room: &str, seqs: &[u64], nick: &str) -> Result<Vec<ReactionCount>> {
         let (room, nick) = (room.to_owned(), nick.to_ascii_lowercase());
         let seqs: Vec<i64> = seqs.iter().map(|&s| s as i64).collect();
@@ -590,11 +659,56 @@ fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Don
             Job::Wipe(room, _) => Done::State(Ok(apply_wipe(&tx, room)?)),
             Job::Prune(job, _) => Done::Pruned(Ok(apply_prune(&tx, job)?)),
             Job::Bind(nick, hash, _) => Done::Held(Ok(apply_bind(&tx, nick, hash)?)),
+            Job::Member(nick, room, change, _) => {
+                Done::Member(Ok(apply_membership(&tx, nick, room, *change)?))
+            }
             Job::Flush(_) => Done::Flushed(Ok(())),
         });
     }
     tx.commit()?;
     Ok(done)
+}
+
+fn apply_membership(
+    conn: &Connection,
+    nick: &str,
+    room: &str,
+    change: Membership,
+) -> rusqlite::Result<ReadState> {
+    let read_seq: i64 = match change {
+        Membership::Forget => {
+            conn.prepare_cached("DELETE FROM memberships WHERE nick = ?1 AND room = ?2")?
+                .execute(params![nick, room])?;
+            return Ok(ReadState::default());
+        }
+        Membership::Remember { last_seq } => conn
+            .prepare_cached(
+                "INSERT INTO memberships (nick, room, read_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (nick, room) DO UPDATE SET read_seq = read_seq
+                 RETURNING read_seq",
+            )?
+            .query_row(params![nick, room, last_seq as i64], |row| row.get(0))?,
+        Membership::Read { seq } => conn
+            .prepare_cached(
+                "INSERT INTO memberships (nick, room, read_seq)
+                 VALUES (?1, ?2, min(?3, coalesce((SELECT last_seq FROM rooms WHERE name = ?2), 0)))
+                 ON CONFLICT (nick, room) DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)
+                 RETURNING read_seq",
+            )?
+            .query_row(
+                params![nick, room, seq.min(i64::MAX as u64) as i64],
+                |row| row.get(0),
+            )?,
+    };
+    let unread: i64 = conn
+        .prepare_cached(UNREAD)?
+        .query_row(params![room, read_seq, nick, UNREAD_CAP as i64], |row| {
+            row.get(0)
+        })?;
+    Ok(ReadState {
+        read_seq: read_seq as u64,
+        unread: unread as u64,
+    })
 }
 
 fn ensure_room(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
@@ -834,6 +948,10 @@ mod tests {
         contract::pages_go_both_ways(&SqliteStore::open(&dir.join("3")).unwrap()).await;
         contract::events_take_seqs_and_change_their_message(
             &SqliteStore::open(&dir.join("11")).unwrap(),
+        )
+        .await;
+        contract::memberships_remember_read_and_forget(
+            &SqliteStore::open(&dir.join("12")).unwrap(),
         )
         .await;
         contract::prune_by_count_keeps_the_newest_of_each_room(
