@@ -1116,19 +1116,22 @@ async fn a_process_hears_only_the_rooms_it_holds_and_follows_them_in_and_out_of_
     let m = metrics_of(&ub).await;
     assert_eq!(common::metric(&m, "nanachat_cluster_room_channels"), 3);
 
-    // A leaves `both`; a second later it leaves memory (a join sweeps) and A stops hearing it.
+    // A leaves `both`; a second later it leaves memory and A stops hearing it — with no join
+    // on A to sweep, and while B keeps talking there (heard for nobody on A, that traffic
+    // does not keep the room warm). Found by an attack on the docs: rooms stayed held and
+    // subscribed for minutes until some join swept them.
     a.send(json!({"type": "leave", "room": "both"})).await;
     a.wait_for("left", |v| v["type"] == "left").await;
+    let mut chatter = 0;
     within("both leaves A's memory and channels", async {
         loop {
-            a.join("poke", None).await;
-            a.send(json!({"type": "leave", "room": "poke"})).await;
-            a.wait_for("left", |v| v["type"] == "left" && v["room"] == "poke")
+            let cid = format!("chatter{chatter}");
+            chatter += 1;
+            b.send(json!({"type": "say", "room": "both", "text": cid, "cid": cid}))
                 .await;
             let m = metrics_of(&ua).await;
-            // `mine` and `poke` (just used) held, both subscribed to.
-            if common::metric(&m, "nanachat_chat_rooms") == 2
-                && common::metric(&m, "nanachat_cluster_room_channels") == 2
+            if common::metric(&m, "nanachat_chat_rooms") == 1
+                && common::metric(&m, "nanachat_cluster_room_channels") == 1
             {
                 break;
             }
@@ -1136,11 +1139,16 @@ async fn a_process_hears_only_the_rooms_it_holds_and_follows_them_in_and_out_of_
         }
     })
     .await;
+    let before = common::metric(&metrics_of(&ua).await, "nanachat_cluster_received_total");
     let gone = say_in(&mut b, "both", "gone").await;
     let mark2 = say_in(&mut b, "mine", "mark2").await;
     a.wait_for("mark2", is_message("mine", mark2)).await;
     let m = metrics_of(&ua).await;
-    assert_eq!(common::metric(&m, "nanachat_cluster_received_total"), 2);
+    assert_eq!(
+        common::metric(&m, "nanachat_cluster_received_total"),
+        before + 1,
+        "A heard `gone` in a room it no longer holds"
+    );
 
     // Back in `both`, from mark1: what was said while A did not hear it, then live.
     a.join("both", Some(mark1)).await;
@@ -1148,6 +1156,7 @@ async fn a_process_hears_only_the_rooms_it_holds_and_follows_them_in_and_out_of_
     let mark3 = say_in(&mut b, "both", "mark3").await;
     a.wait_for("mark3", is_message("both", mark3)).await;
     gapless(&a.seqs("both"), mark1, mark3);
+    assert!(gone > mark1 + 1, "the chatter was stored: {chatter} sent");
 
     // A room taken in while another process is publishing in it: from `joined` on, every
     // seq once, whenever the subscription took effect.

@@ -355,6 +355,12 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Drops the rooms idle for the room TTL, if a sweep is due (at most every half TTL): a
+    /// sweep that does not wait for the next join (the cluster's heartbeat calls it).
+    pub(crate) fn sweep(&self) {
+        self.state().sweep_if_due(Instant::now());
+    }
+
     /// Drops every room with no member and nothing in flight, however recently used (they are
     /// read from the store again when someone comes back); the names of the rooms still held.
     pub(crate) fn drop_empty_rooms(&self) -> Vec<String> {
@@ -733,7 +739,11 @@ impl Hub {
             ready.push((r.next_seq, d));
             r.next_seq += 1;
         }
-        r.touched = Instant::now();
+        // Traffic keeps a room with members warm; heard for nobody here (another process's
+        // members), it does not: the room leaves memory, and its channel is let go.
+        if !r.members.is_empty() {
+            r.touched = Instant::now();
+        }
         let gap = !r.pending.is_empty();
         for (seq, d) in &ready {
             state.broadcast(room, d, Some(*seq));

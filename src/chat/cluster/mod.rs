@@ -608,6 +608,9 @@ async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::Unbounded
             _ = heartbeat.tick() => {},
         }
         let Some(inner) = inner.upgrade() else { return };
+        // Rooms idle for the room TTL leave memory (and their channels) even while nobody
+        // joins anything here.
+        inner.hub.sweep();
         if inner.hub.take_resync() {
             synced = None;
         }
