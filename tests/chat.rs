@@ -113,8 +113,12 @@ async fn plain_text_clients_chat_and_cross_modes() {
     let who = line_starting(&mut p, "* in lobby:").await;
     assert!(who.contains("petal") && who.contains("jay"), "{who}");
     p.send(Message::text("/history 2")).await.unwrap();
-    let history = line_starting(&mut p, "[lobby]").await;
+    let history = line_starting(&mut p, "#").await;
     assert_eq!(history.lines().count(), 2, "{history}");
+    // Each line starts with its message's seq, so that a plain-text user can name it.
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines[1], "#3 [lobby] jay: to plain", "{history}");
+    assert!(lines[0].starts_with("#2 [lobby] guest-"), "{history}");
     p.send(Message::text("/frobnicate")).await.unwrap();
     assert!(
         line_starting(&mut p, "!")
@@ -1363,4 +1367,182 @@ async fn seqs_go_on_after_retention_and_a_restart_on_the_same_sqlite_file() {
     drop((b, c));
     server.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A plain-text guest's nick, from its welcome line.
+fn guest_nick(welcome: &str) -> String {
+    let rest = welcome.strip_prefix("* welcome, you are ").unwrap();
+    rest.split(' ').next().unwrap().to_owned()
+}
+
+/// Sends a plain-text line.
+async fn send_plain(ws: &mut Peer, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+#[tokio::test]
+async fn plain_text_commands_reply_edit_delete_and_react_by_seq() {
+    let server = chat_server(roomy()).await;
+    let url = server.url();
+    let (mut p, welcome) = guest(&url).await;
+    let pn = guest_nick(&welcome);
+    let (mut q, welcome) = guest(&url).await;
+    let qn = guest_nick(&welcome);
+    let mut j = Client::hello(&url, "jay").await;
+    j.join("lobby").await;
+
+    // A live line is as it always was; /history shows the seq to refer to.
+    send_plain(&mut p, "hello").await;
+    assert_eq!(
+        line_starting(&mut q, "[lobby]").await,
+        format!("[lobby] {pn}: hello")
+    );
+    send_plain(&mut p, "/history 1").await;
+    assert_eq!(
+        line_starting(&mut p, "#").await,
+        format!("#1 [lobby] {pn}: hello")
+    );
+
+    // /reply: a `say` with `reply_to`.
+    send_plain(&mut q, "/reply 1 hi back").await;
+    assert_eq!(
+        line_starting(&mut p, &format!("[lobby] {qn}")).await,
+        format!("[lobby] {qn} (re #1): hi back")
+    );
+    let m = j.expect("message").await;
+    let m = if m["text"] == "hello" {
+        j.expect("message").await
+    } else {
+        m
+    };
+    assert_eq!((&m["seq"], &m["reply_to"]), (&json!(2), &json!(1)), "{m}");
+
+    // /edit: the author's own message.
+    send_plain(&mut p, "/edit 1 hello!").await;
+    assert_eq!(
+        line_starting(&mut q, &format!("* {pn} edited")).await,
+        format!("* {pn} edited #1 in lobby: hello!")
+    );
+    let e = j.expect("edit").await;
+    assert_eq!((&e["target"], &e["text"]), (&json!(1), &json!("hello!")));
+
+    // /react and /unreact (the seq written as it is shown, #1, works too).
+    send_plain(&mut q, "/react #1 👍").await;
+    assert_eq!(
+        line_starting(&mut p, &format!("* {qn} reacted")).await,
+        format!("* {qn} reacted 👍 to #1 in lobby")
+    );
+    let r = j.expect("react").await;
+    assert_eq!(
+        (&r["target"], &r["emoji"], &r["on"]),
+        (&json!(1), &json!("👍"), &json!(true))
+    );
+    send_plain(&mut q, "/react 1 👍").await;
+    assert!(
+        line_starting(&mut q, "!")
+            .await
+            .starts_with("! unchanged: "),
+        "a reaction given twice"
+    );
+    send_plain(&mut p, "/history 5").await;
+    assert_eq!(
+        line_starting(&mut p, "#").await,
+        format!("#1 [lobby] {pn}: hello! (edited) [👍 1]\n#2 [lobby] {qn} (re #1): hi back")
+    );
+    send_plain(&mut q, "/unreact 1 👍").await;
+    assert_eq!(
+        line_starting(&mut p, &format!("* {qn} took back")).await,
+        format!("* {qn} took back 👍 on #1 in lobby")
+    );
+    send_plain(&mut q, "/react 1 two words").await;
+    assert!(
+        line_starting(&mut q, "!")
+            .await
+            .starts_with("! bad_reaction: ")
+    );
+
+    // Someone else's message: not without being a moderator.
+    send_plain(&mut q, "/edit 1 hijacked").await;
+    assert!(
+        line_starting(&mut q, "!")
+            .await
+            .starts_with("! forbidden: ")
+    );
+    send_plain(&mut q, "/delete 1").await;
+    assert!(
+        line_starting(&mut q, "!")
+            .await
+            .starts_with("! forbidden: ")
+    );
+    send_plain(&mut p, "/edit 99 nothing there").await;
+    assert!(
+        line_starting(&mut p, "!")
+            .await
+            .starts_with("! no_such_message: ")
+    );
+
+    // /delete: a tombstone, which takes no more edits or reactions.
+    send_plain(&mut p, "/delete 1").await;
+    assert_eq!(
+        line_starting(&mut q, &format!("* {pn} deleted")).await,
+        format!("* {pn} deleted #1 in lobby")
+    );
+    send_plain(&mut q, "/react 1 🎉").await;
+    assert!(
+        line_starting(&mut q, "!")
+            .await
+            .starts_with("! message_deleted: ")
+    );
+    send_plain(&mut q, "/history").await;
+    assert_eq!(
+        line_starting(&mut q, "#").await,
+        format!("#1 [lobby] {pn}: (deleted)\n#2 [lobby] {qn} (re #1): hi back")
+    );
+    assert_eq!(
+        j.history_texts("lobby").await,
+        ["", "hi back"],
+        "the deleted text is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_plain_text_command_on_a_message_gets_its_usage() {
+    let server = chat_server(roomy()).await;
+    let (mut p, _) = guest(&server.url()).await;
+    let cases = [
+        ("/reply", "/reply SEQ TEXT"),
+        ("/reply 1", "/reply SEQ TEXT"),
+        ("/reply one hi", "/reply SEQ TEXT"),
+        ("/edit", "/edit SEQ TEXT"),
+        ("/edit x hi", "/edit SEQ TEXT"),
+        ("/edit 1", "/edit SEQ TEXT"),
+        ("/delete", "/delete SEQ"),
+        ("/delete abc", "/delete SEQ"),
+        ("/delete 1 2", "/delete SEQ"),
+        ("/react 1", "/react SEQ EMOJI"),
+        ("/react 👍 1", "/react SEQ EMOJI"),
+        ("/unreact", "/unreact SEQ EMOJI"),
+    ];
+    for (command, usage) in cases {
+        send_plain(&mut p, command).await;
+        let answer = line_starting(&mut p, "!").await;
+        assert!(
+            answer.starts_with(&format!("! bad_message: usage: {usage} ")),
+            "{command}: {answer}"
+        );
+        assert_eq!(answer.lines().count(), 1, "{answer}");
+    }
+    // Nothing was stored, and the connection is still in the lobby.
+    send_plain(&mut p, "/history").await;
+    assert_eq!(line_starting(&mut p, "*").await, "* no history in lobby");
+    send_plain(&mut p, "/help").await;
+    let help = line_starting(&mut p, "* commands:").await;
+    for command in [
+        "/reply SEQ TEXT",
+        "/edit SEQ TEXT",
+        "/delete SEQ",
+        "/react SEQ EMOJI",
+    ] {
+        assert!(help.contains(command), "{help}");
+    }
 }

@@ -25,6 +25,12 @@ fn texts(lines: &[Line]) -> Vec<String> {
     lines.iter().map(|(_, l)| l.clone()).collect()
 }
 
+/// What rexpect reads for `text`: it takes each byte for a character, so a line with an emoji
+/// is looked for byte by byte.
+fn bytewise(text: &str) -> String {
+    text.bytes().map(char::from).collect()
+}
+
 /// A protocol client driven by the test itself.
 struct Talker {
     ws: common::Peer,
@@ -105,6 +111,22 @@ impl Talker {
             }
             assert!(std::time::Instant::now() < deadline, "{text} never stored");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Reads until a frame of this type arrives.
+    async fn wait_type(&mut self, kind: &str) -> Value {
+        loop {
+            match within(kind, self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == kind {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
         }
     }
 
@@ -978,4 +1000,170 @@ async fn the_client_keeps_its_key_so_its_nick_stays_its_own() {
         other.stderr_text()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn under_a_terminal_messages_show_their_seq_and_reply_edit_react_delete_work() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut talker = Talker::new(&url, "talker").await;
+    talker.say_all(["said before".to_owned()]).await; // #1
+
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--nick", "typist"])
+        .env("NO_COLOR", "1");
+    let mut pty = rexpect::session::spawn_command(cmd, Some(10_000)).unwrap();
+    pty.exp_string("joined lobby").unwrap();
+    // /history shows each message with its seq, as live messages are.
+    pty.send_line("/history").unwrap();
+    pty.exp_string("#1 [lobby] talker: said before").unwrap();
+
+    pty.send_line("/reply 1 an answer").unwrap(); // #2
+    let m = talker.wait_for("an answer").await;
+    assert_eq!((&m["seq"], &m["reply_to"]), (&json!(2), &json!(1)), "{m}");
+    pty.exp_string("#2 [lobby] typist (re #1): an answer")
+        .unwrap();
+
+    pty.send_line("/edit 2 a better answer").unwrap(); // #3
+    let e = talker.wait_type("edit").await;
+    assert_eq!(
+        (&e["target"], &e["text"]),
+        (&json!(2), &json!("a better answer"))
+    );
+    pty.exp_string("* typist edited #2 in lobby: a better answer")
+        .unwrap();
+
+    pty.send_line("/react #1 👍").unwrap(); // #4
+    let r = talker.wait_type("react").await;
+    assert_eq!(
+        (&r["target"], &r["emoji"], &r["on"]),
+        (&json!(1), &json!("👍"), &json!(true))
+    );
+    pty.exp_string(&bytewise("* typist reacted 👍 to #1 in lobby"))
+        .unwrap();
+    // Refusals are shown as errors, saying which command they refuse.
+    pty.send_line("/react 1 👍").unwrap();
+    pty.exp_string("! unchanged: ").unwrap();
+    pty.exp_string(&bytewise("(/react #1 👍)")).unwrap();
+    pty.send_line("/delete 1").unwrap();
+    pty.exp_string("! forbidden: ").unwrap();
+    pty.exp_string("(/delete #1)").unwrap();
+    pty.send_line("/edit one two").unwrap();
+    pty.exp_string("usage: /edit SEQ TEXT").unwrap();
+
+    // What others do arrives as lines too.
+    let react = json!({"type": "react", "room": "lobby", "seq": 2, "emoji": "🎉", "on": true, "cid": "t-react"});
+    talker
+        .ws
+        .send(Message::text(react.to_string()))
+        .await
+        .unwrap(); // #5
+    pty.exp_string(&bytewise("* talker reacted 🎉 to #2 in lobby"))
+        .unwrap();
+
+    pty.send_line("/unreact 1 👍").unwrap(); // #6
+    pty.exp_string(&bytewise("* typist took back 👍 on #1 in lobby"))
+        .unwrap();
+    pty.send_line("/react 1 🔥").unwrap(); // #7
+    pty.exp_string(&bytewise("* typist reacted 🔥 to #1 in lobby"))
+        .unwrap();
+    pty.send_line("/delete 2").unwrap(); // #8
+    let d = talker.wait_type("delete").await;
+    assert_eq!(d["target"], 2);
+    pty.exp_string("* typist deleted #2 in lobby").unwrap();
+    talker.say_all(["said after".to_owned()]).await; // #9
+    pty.exp_string("#9 [lobby] talker: said after").unwrap();
+
+    // History shows each message as it stands now.
+    pty.send_line("/history").unwrap();
+    pty.exp_string(&bytewise(
+        "#1 [lobby] talker: said before [🔥 1; yours: 🔥]",
+    ))
+    .unwrap();
+    pty.exp_string("#2 [lobby] typist (re #1): (deleted)")
+        .unwrap();
+    let history = talker.history().await;
+    let first = &history["messages"][0];
+    assert_eq!(first["reactions"], json!({"🔥": 1}), "{history}");
+    pty.send_line("/help").unwrap();
+    pty.exp_string("/reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, /react SEQ EMOJI")
+        .unwrap();
+    pty.send_line("/quit").unwrap();
+    pty.exp_eof().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_deletes_and_reactions_are_sent_again_with_their_cids_after_a_lost_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let got = Got::default();
+    // The first connection is lost before any of the three is acked; the second acks each.
+    let script = |n: usize, v: &Value| match v["type"].as_str().unwrap() {
+        "delete" if n == 0 => vec![Act::Close(1001, "going away")],
+        "edit" | "react" | "delete" if n == 0 => vec![],
+        "edit" | "react" | "delete" => vec![Act::Send(
+            json!({"type": "ack", "cid": v["cid"], "room": v["room"], "seq": 9}),
+        )],
+        _ => usual(v),
+    };
+    let server = tokio::spawn(scripted_server(listener, got.clone(), script));
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--nick", "retrier"])
+        .env("NO_COLOR", "1");
+    let seen = got.clone();
+    let mut pty = tokio::task::spawn_blocking(move || {
+        let mut pty = rexpect::session::spawn_command(cmd, Some(10_000)).unwrap();
+        pty.exp_string("joined lobby").unwrap();
+        // One at a time: the line editor drops what is typed ahead of its prompt.
+        for (line, kind) in [
+            ("/edit 1 new text", "edit"),
+            ("/react 1 👍", "react"),
+            ("/delete 1", "delete"),
+        ] {
+            pty.send_line(line).unwrap();
+            wait_got(&seen, kind, |got| !of_type(got, kind).is_empty());
+        }
+        pty.exp_string("* reconnected").unwrap();
+        pty
+    })
+    .await
+    .unwrap();
+    wait_got(&got, "the three sent again and acked", |got| {
+        got.iter()
+            .filter(|(n, v)| *n == 1 && v["type"] == "delete")
+            .count()
+            == 1
+    });
+    let got = got.lock().unwrap().clone();
+    for kind in ["edit", "react", "delete"] {
+        let sent = of_type(&got, kind);
+        assert_eq!(
+            sent.len(),
+            2,
+            "{kind} sent once on each connection: {got:?}"
+        );
+        assert_eq!((sent[0].0, sent[1].0), (0, 1));
+        assert_eq!(
+            sent[0].1, sent[1].1,
+            "{kind} sent again as it was, with its cid"
+        );
+        assert!(!sent[0].1["cid"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(of_type(&got, "edit")[0].1["text"], "new text");
+    assert_eq!(of_type(&got, "react")[0].1["on"], true);
+    let cids: std::collections::BTreeSet<&str> = ["edit", "react", "delete"]
+        .iter()
+        .map(|kind| of_type(&got, kind)[0].1["cid"].as_str().unwrap())
+        .collect();
+    assert_eq!(cids.len(), 3, "a cid each");
+    tokio::task::spawn_blocking(move || {
+        pty.send_line("/quit").unwrap();
+        pty.exp_eof().unwrap();
+    })
+    .await
+    .unwrap();
+    server.abort();
 }

@@ -204,7 +204,7 @@ async fn the_next_holder_of_a_keyless_nick_reads_nothing_sent_to_the_last_one() 
     send_line(&mut p, "/join @alice+bob").await;
     line_starting(&mut p, "* you joined @alice+bob").await;
     send_line(&mut p, "/history 50").await;
-    let answer = line_among(&mut p, &["* no history", "[@alice+bob]", "!"]).await;
+    let answer = line_among(&mut p, &["* no history", "#", "!"]).await;
     assert_eq!(answer, "* no history in @alice+bob");
 }
 

@@ -13,8 +13,11 @@ const state = {
   lastHeard: 0,
   attempt: 0,
   current: 'lobby',
-  rooms: new Map(), // room -> { lastSeq, epoch, oldest, first, seen:Set, unread, members:Set, el:<ol> }
-  pending: new Map(), // cid -> { room, text, to, el }
+  rooms: new Map(), // room -> { lastSeq, epoch, oldest, first, seen:Set, unread, members:Set, el:<ol>, msgs:Map }
+  // cid -> { kind: say|dm|edit|delete|react, room, text, to, reply_to, seq, emoji, on }
+  pending: new Map(),
+  compose: null, // { mode: 'reply'|'edit', room, seq }: what the composer's next submit does
+  jumpTo: null, // { room, seq }: a quoted message being looked for in older history
   nextCid: 1,
   loadingHistory: false,
   roomsPaging: false, // the next `rooms` reply continues the list shown
@@ -53,7 +56,7 @@ function roomLabel(room) { return isDm(room) ? `@${dmPeer(room)}` : `#${room}`; 
 function room(name) {
   let r = state.rooms.get(name);
   if (!r) {
-    r = { lastSeq: null, epoch: null, oldest: null, seen: new Set(), unread: 0, members: new Set(), el: el('ol') };
+    r = { lastSeq: null, epoch: null, oldest: null, seen: new Set(), unread: 0, members: new Set(), el: el('ol'), msgs: new Map() };
     state.rooms.set(name, r);
     renderRooms();
   }
@@ -101,6 +104,7 @@ function renderMembers() {
 }
 
 function show(name) {
+  if (state.compose && state.compose.room !== name) endCompose();
   state.current = name;
   const r = room(name);
   r.unread = 0;
@@ -114,15 +118,151 @@ function show(name) {
   $('say').focus();
 }
 
-/// The element of one chat message.
+/// The reactions any client may add from the picker (any other reaction shows as a chip too).
+const PICKER = ['👍', '❤️', '😂', '🎉'];
+
+function isMine(m) { return !!state.nick && m.from.toLowerCase() === state.nick.toLowerCase(); }
+
+/// A message as this page knows it: what `history` says of one (docs/protocol.md), kept up to
+/// date by the `edit`, `delete` and `react` events that follow.
+function model(m) {
+  return {
+    room: m.room,
+    seq: m.seq,
+    from: m.from,
+    text: m.text,
+    time: m.time,
+    reply_to: m.reply_to ?? null,
+    edited: m.edited ?? null,
+    deleted: !!m.deleted,
+    reactions: new Map(Object.entries(m.reactions || {})),
+    mine: new Set(m.mine || []),
+    // The last seq of the room this state includes: events up to it are in it already.
+    asOf: m.seq,
+  };
+}
+
+/// Keeps a stored message's state (once: the first one known is kept).
+function remember(name, m) {
+  const r = room(name);
+  let known = r.msgs.get(m.seq);
+  if (!known) {
+    known = model({ ...m, room: name });
+    r.msgs.set(m.seq, known);
+  }
+  return known;
+}
+
+function byCodePoint(a, b) {
+  const [x, y] = [Array.from(a), Array.from(b)];
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    const d = x[i].codePointAt(0) - y[i].codePointAt(0);
+    if (d) return d;
+  }
+  return x.length - y.length;
+}
+
+function snippet(text) { return text.length > 80 ? `${text.slice(0, 79)}…` : text; }
+
+/// The quote above a reply: who said what (a button that scrolls to it).
+function quoteOf(name, seq) {
+  const q = el('button', 'quote');
+  q.type = 'button';
+  q.dataset.jump = String(seq);
+  const orig = state.rooms.get(name)?.msgs.get(seq);
+  if (orig) {
+    q.append(el('span', 'quote-from', orig.from), el('span', 'quote-text', orig.deleted ? 'message deleted' : snippet(orig.text)));
+  } else {
+    q.append(el('span', 'quote-text', `#${seq}`));
+  }
+  q.title = `Show #${seq}`;
+  q.setAttribute('aria-label', `In reply to #${seq}${orig ? ` by ${orig.from}` : ''}: show it`);
+  return q;
+}
+
+function actionButton(action, text, label) {
+  const b = el('button', action, text);
+  b.type = 'button';
+  b.dataset.action = action;
+  b.setAttribute('aria-label', label);
+  b.title = label;
+  return b;
+}
+
+/// The element of one chat message: `m` is a message as stored (a `model`), or a pending one
+/// (no seq yet).
 function messageItem(m, pending) {
   const li = el('li', pending ? 'pending' : '');
+  const name = m.room || state.current;
+  if (m.reply_to) li.append(quoteOf(name, m.reply_to));
   const time = m.time ? new Date(m.time).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : 'sending…';
   li.append(el('span', 'meta', m.seq ? `#${m.seq} ${time}` : time));
   li.append(el('span', 'from', m.from + ':'));
-  li.append(el('span', 'text', m.text));
-  if (m.seq) li.dataset.seq = String(m.seq);
+  if (m.deleted) {
+    li.classList.add('deleted');
+    li.append(el('span', 'text tombstone', 'message deleted'));
+  } else {
+    li.append(el('span', 'text', m.text));
+    if (m.edited) {
+      const mark = el('span', 'edited', '(edited)');
+      mark.title = `edited ${new Date(m.edited).toLocaleString()}`;
+      li.append(mark);
+    }
+  }
+  if (!m.seq) return li;
+  li.dataset.seq = String(m.seq);
+  li.tabIndex = -1; // a quote's jump focuses it
+  if (m.deleted) return li;
+  const actions = el('span', 'actions');
+  const picker = el('span', 'picker');
+  picker.hidden = true;
+  for (const emoji of PICKER) {
+    const b = actionButton('react', emoji, `React ${emoji}`);
+    b.dataset.emoji = emoji;
+    picker.append(b);
+  }
+  const add = actionButton('pick', '☺+', `React to #${m.seq}`);
+  add.setAttribute('aria-expanded', 'false');
+  actions.append(picker, add, actionButton('reply', 'Reply', `Reply to #${m.seq}`));
+  if (isMine(m)) {
+    actions.append(actionButton('edit', 'Edit', `Edit #${m.seq}`));
+    actions.append(actionButton('delete', 'Delete', `Delete #${m.seq}`));
+  }
+  li.prepend(actions); // floats right, on the first line
+  if (m.reactions.size === 0) return li;
+  const reactions = el('div', 'reactions');
+  // In the order `history` gives them (by code point), so every page and every reload agrees.
+  for (const [emoji, count] of [...m.reactions].sort(([a], [b]) => byCodePoint(a, b))) {
+    const mine = m.mine.has(emoji);
+    const chip = el('button', 'chip', `${emoji} ${count}`);
+    chip.type = 'button';
+    chip.dataset.action = 'toggle';
+    chip.dataset.emoji = emoji;
+    chip.setAttribute('aria-pressed', String(mine));
+    chip.title = mine ? `${emoji}: ${count}, yours among them (click to take it back)` : `${emoji}: ${count} (click to add yours)`;
+    reactions.append(chip);
+  }
+  li.append(reactions);
   return li;
+}
+
+/// Draws a stored message again (after an event), in the room's log and on screen.
+function redraw(name, seq) {
+  const r = state.rooms.get(name);
+  const m = r?.msgs.get(seq);
+  if (!m) return;
+  const fresh = messageItem(m, false);
+  const old = r.el.querySelector(`[data-seq="${seq}"]`);
+  if (old) old.replaceWith(fresh);
+  if (name === state.current) {
+    const shown = $('messages').querySelector(`[data-seq="${seq}"]`);
+    if (shown) shown.replaceWith(fresh.cloneNode(true));
+  }
+}
+
+/// Draws again the replies that quote `seq` (its text changed, or it just came in).
+function redrawReplies(name, seq) {
+  for (const m of room(name).msgs.values()) if (m.reply_to === seq) redraw(name, m.seq);
 }
 
 function systemLine(name, text, cls) {
@@ -143,7 +283,7 @@ function append(name, li) {
 
 /// Replaces a pending line (found by its cid) with its stored form, in the log and on screen.
 function confirmPending(p, m) {
-  const fresh = messageItem(m, false);
+  const fresh = messageItem(remember(p.room, m), false);
   for (const list of [room(p.room).el, $('messages')]) {
     const old = list.querySelector(`[data-cid="${p.cid}"]`);
     if (old) old.replaceWith(list === $('messages') ? fresh.cloneNode(true) : fresh);
@@ -163,18 +303,50 @@ function onMessage(m) {
   // Our own message: it replaces its pending line.
   if (m.from === state.nick) {
     for (const p of state.pending.values()) {
-      if (p.room === m.room && p.text === m.text && !p.seq) {
+      if ((p.kind === 'say' || p.kind === 'dm') && p.room === m.room && p.text === m.text && !p.seq) {
         p.seq = m.seq;
         confirmPending(p, m);
         return;
       }
     }
   }
-  append(m.room, messageItem(m, false));
+  append(m.room, messageItem(remember(m.room, m), false));
   if (m.room !== state.current) {
     r.unread += 1;
     renderRooms();
   }
+}
+
+/// An `edit`, `delete` or `react`: it takes a seq of the room (so a resume goes on after it) and
+/// changes the message `target`, if this page has it (one it loads later comes as it is now).
+function onEvent(ev) {
+  const r = room(ev.room);
+  if (r.seen.has(ev.seq) || (r.lastSeq !== null && ev.seq <= r.lastSeq)) return;
+  r.seen.add(ev.seq);
+  if (r.lastSeq === null || ev.seq > r.lastSeq) r.lastSeq = ev.seq;
+  const m = r.msgs.get(ev.target);
+  if (!m || ev.seq <= m.asOf) return;
+  m.asOf = ev.seq;
+  if (ev.type === 'edit') {
+    m.text = ev.text;
+    m.edited = ev.time;
+  } else if (ev.type === 'delete') {
+    m.deleted = true;
+    m.text = '';
+    m.reactions.clear();
+    m.mine.clear();
+    const c = state.compose;
+    if (c && c.room === ev.room && c.seq === ev.target) endCompose();
+  } else if (ev.type === 'react') {
+    const byMe = isMine(ev);
+    // Our own reaction as the page already has it (from `history`): counted there.
+    if (byMe && m.mine.has(ev.emoji) === ev.on) return;
+    const count = (m.reactions.get(ev.emoji) || 0) + (ev.on ? 1 : -1);
+    if (count > 0) m.reactions.set(ev.emoji, count); else m.reactions.delete(ev.emoji);
+    if (byMe) { if (ev.on) m.mine.add(ev.emoji); else m.mine.delete(ev.emoji); }
+  }
+  redraw(ev.room, ev.target);
+  if (ev.type !== 'react') redrawReplies(ev.room, ev.target);
 }
 
 function onServer(msg) {
@@ -211,6 +383,7 @@ function onServer(msg) {
       break;
     }
     case 'message': onMessage(msg); break;
+    case 'edit': case 'delete': case 'react': onEvent(msg); break;
     case 'refreshed':
       // The new token is in force: what waited goes now (the same cids: stored once).
       if (state.offered !== null) state.token = state.offered;
@@ -224,9 +397,10 @@ function onServer(msg) {
       const p = state.pending.get(msg.cid);
       if (p) {
         state.pending.delete(msg.cid);
-        if (!p.seq) {
+        // An edit, delete or reaction shows when its event comes (to everyone alike).
+        if ((p.kind === 'say' || p.kind === 'dm') && !p.seq) {
           p.seq = msg.seq;
-          confirmPending(p, { seq: msg.seq, from: state.nick, text: p.text, time: Date.now() });
+          confirmPending(p, { seq: msg.seq, from: state.nick, text: p.text, time: Date.now(), reply_to: p.reply_to });
           room(msg.room).seen.add(msg.seq);
         }
       }
@@ -278,7 +452,10 @@ function onServer(msg) {
       state.loadingHistory = false;
       const r = room(msg.room);
       const older = msg.messages.filter((m) => !r.seen.has(m.seq));
-      const items = older.map((m) => { r.seen.add(m.seq); return messageItem(m, false); });
+      // Each message as it stands now, with every event the page has seen so far in it.
+      const asOf = Math.max(r.lastSeq ?? 0, ...msg.messages.map((m) => m.seq));
+      const models = older.map((m) => { r.seen.add(m.seq); const k = remember(msg.room, m); k.asOf = asOf; return k; });
+      const items = models.map((m) => messageItem(m, false));
       if (older.length) r.oldest = Math.min(r.oldest ?? Infinity, older[0].seq);
       r.el.prepend(...items.map((i) => i.cloneNode(true)));
       if (msg.room === state.current) {
@@ -287,6 +464,9 @@ function onServer(msg) {
         list.prepend(...items);
         list.scrollTop += list.scrollHeight - before;
       }
+      // Replies shown before the message they quote: their quote can say what it was now.
+      for (const m of models) redrawReplies(msg.room, m.seq);
+      if (state.jumpTo && state.jumpTo.room === msg.room) jump(msg.room, state.jumpTo.seq);
       break;
     }
     case 'error': {
@@ -300,6 +480,15 @@ function onServer(msg) {
       const p = msg.cid ? state.pending.get(msg.cid) : null;
       if (p && (msg.code === 'rate_limited' || msg.code === 'internal')) {
         setTimeout(() => sendPending(p), 1000); // the same cid: stored once
+      } else if (p && p.kind === 'react' && msg.code === 'unchanged') {
+        // The reaction already was as asked (another tab of ours): the page was behind.
+        state.pending.delete(msg.cid);
+        const m = room(p.room).msgs.get(p.seq);
+        if (m) { if (p.on) m.mine.add(p.emoji); else m.mine.delete(p.emoji); redraw(p.room, p.seq); }
+      } else if (p && !(p.kind === 'say' || p.kind === 'dm')) {
+        state.pending.delete(msg.cid);
+        const what = { edit: 'edit', delete: 'delete', react: 'react to' }[p.kind];
+        systemLine(p.room, `Could not ${what} #${p.seq}: ${msg.message} (${msg.code})`, 'failed');
       } else if (p) {
         state.pending.delete(msg.cid);
         for (const list of [room(p.room).el, $('messages')]) {
@@ -347,19 +536,91 @@ function hideTokenBar() {
 function sendPending(p) {
   p.held = state.expired; // if so, sent after `refreshed`
   if (p.held) return;
-  if (p.to) send({ type: 'dm', to: p.to, text: p.text, cid: p.cid });
-  else send({ type: 'say', room: p.room, text: p.text, cid: p.cid });
+  const { cid, room: name } = p;
+  switch (p.kind) {
+    case 'dm': send({ type: 'dm', to: p.to, text: p.text, cid }); break;
+    case 'edit': send({ type: 'edit', room: name, seq: p.seq, text: p.text, cid }); break;
+    case 'delete': send({ type: 'delete', room: name, seq: p.seq, cid }); break;
+    case 'react': send({ type: 'react', room: name, seq: p.seq, emoji: p.emoji, on: p.on, cid }); break;
+    default: {
+      const say = { type: 'say', room: name, text: p.text, cid };
+      if (p.reply_to) say.reply_to = p.reply_to;
+      send(say);
+    }
+  }
 }
 
-function say(text) {
-  const cid = `${state.key}-${state.nextCid++}`;
+function newCid() { return `${state.key}-${state.nextCid++}`; }
+
+/// Says `text` in the current room (a reply to the message `replyTo` if given).
+function say(text, replyTo) {
+  const cid = newCid();
   const name = state.current;
-  const p = { cid, room: name, text, to: isDm(name) ? dmPeer(name) : null, seq: null };
+  // A reply goes as a `say` with `reply_to`, in a direct-message room too.
+  const kind = isDm(name) && !replyTo ? 'dm' : 'say';
+  const p = { kind, cid, room: name, text, to: isDm(name) ? dmPeer(name) : null, seq: null, reply_to: replyTo || null };
   state.pending.set(cid, p);
-  const li = messageItem({ from: state.nick, text }, true);
+  const li = messageItem({ room: name, from: state.nick, text, reply_to: p.reply_to }, true);
   li.dataset.cid = cid;
   append(name, li);
   sendPending(p);
+}
+
+/// An edit, delete or reaction: sent with a cid, again after a reconnect until acked (stored
+/// once), like what is said.
+function change(p) {
+  const cid = newCid();
+  const full = { ...p, cid };
+  state.pending.set(cid, full);
+  sendPending(full);
+}
+
+function react(name, seq, emoji, on) { change({ kind: 'react', room: name, seq, emoji, on }); }
+
+// ---- composing a reply or an edit ---------------------------------------------------------
+
+/// The composer's next submit replies to, or edits, message `seq`: said above it, with a way
+/// out (Escape, or Cancel).
+function startCompose(mode, name, seq) {
+  const m = room(name).msgs.get(seq);
+  if (!m || m.deleted) return;
+  state.compose = { mode, room: name, seq };
+  const what = $('compose-what');
+  what.replaceChildren();
+  what.append(el('span', 'compose-mode', mode === 'edit' ? `Editing #${seq}` : 'Replying to'));
+  if (mode === 'reply') what.append(quoteOf(name, seq));
+  $('compose-bar').hidden = false;
+  const input = $('say');
+  if (mode === 'edit') input.value = m.text;
+  input.placeholder = mode === 'edit' ? 'Edit your message' : 'Say something';
+  input.focus();
+}
+
+function endCompose() {
+  if (state.compose?.mode === 'edit') $('say').value = '';
+  state.compose = null;
+  $('compose-bar').hidden = true;
+  $('compose-what').replaceChildren();
+  $('say').placeholder = 'Say something';
+}
+
+/// Scrolls to message `seq` of room `name` and flashes it; older history is asked for until
+/// it is there (or there is no more).
+function jump(name, seq) {
+  const li = $('messages').querySelector(`[data-seq="${seq}"]`);
+  const r = room(name);
+  if (li) {
+    state.jumpTo = null;
+    li.scrollIntoView({ block: 'center' });
+    li.classList.add('flash');
+    li.focus({ preventScroll: true });
+    setTimeout(() => li.classList.remove('flash'), 1500);
+    return;
+  }
+  if (r.oldest === null || r.oldest <= (r.first || 1) || seq >= r.oldest) { state.jumpTo = null; return; }
+  state.jumpTo = { room: name, seq };
+  state.loadingHistory = true;
+  send({ type: 'history', room: name, before: r.oldest, limit: 50 });
 }
 
 function joinRoom(name) {
@@ -459,8 +720,81 @@ $('say-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const text = $('say').value;
   if (!text.trim()) return;
+  const c = state.compose;
+  if (c && c.mode === 'edit') {
+    const m = room(c.room).msgs.get(c.seq);
+    if (m && m.text !== text) change({ kind: 'edit', room: c.room, seq: c.seq, text });
+    endCompose();
+    $('say').value = '';
+    return;
+  }
   $('say').value = '';
-  say(text);
+  endCompose();
+  say(text, c ? c.seq : null);
+});
+
+// Escape leaves a reply or an edit; ArrowUp in an empty composer edits your last message.
+$('say').addEventListener('keydown', (e) => {
+  if (e.key === 'Escape' && state.compose) {
+    e.preventDefault();
+    endCompose();
+  } else if (e.key === 'ArrowUp' && !$('say').value && !state.compose) {
+    const mine = [...room(state.current).msgs.values()].filter((m) => isMine(m) && !m.deleted);
+    if (mine.length) {
+      e.preventDefault();
+      startCompose('edit', state.current, mine.reduce((a, b) => (b.seq > a.seq ? b : a)).seq);
+    }
+  }
+});
+$('compose-cancel').addEventListener('click', () => { endCompose(); $('say').focus(); });
+$('compose-what').addEventListener('click', (e) => {
+  const q = e.target.closest('[data-jump]');
+  if (q && state.compose) jump(state.compose.room, Number(q.dataset.jump));
+});
+
+// What is done to a message, from the buttons on it (one listener: what is on screen is a
+// copy of each room's log).
+$('messages').addEventListener('click', (e) => {
+  const b = e.target.closest('button');
+  const li = e.target.closest('li[data-seq]');
+  if (!b || !li) return;
+  const name = state.current;
+  const seq = Number(li.dataset.seq);
+  const m = room(name).msgs.get(seq);
+  if (b.dataset.jump) { jump(name, Number(b.dataset.jump)); return; }
+  if (!m) return;
+  switch (b.dataset.action) {
+    case 'reply': startCompose('reply', name, seq); break;
+    case 'edit': startCompose('edit', name, seq); break;
+    case 'delete':
+      // Twice: the first click asks.
+      if (b.dataset.armed) {
+        change({ kind: 'delete', room: name, seq });
+        b.disabled = true;
+      } else {
+        b.dataset.armed = '1';
+        b.textContent = 'Delete?';
+        b.classList.add('armed');
+        b.setAttribute('aria-label', `Really delete #${seq}? Click again`);
+        setTimeout(() => { if (b.isConnected) { delete b.dataset.armed; b.textContent = 'Delete'; b.classList.remove('armed'); } }, 4000);
+      }
+      break;
+    case 'toggle': react(name, seq, b.dataset.emoji, !m.mine.has(b.dataset.emoji)); break;
+    case 'pick': {
+      const picker = li.querySelector('.picker');
+      picker.hidden = !picker.hidden;
+      b.setAttribute('aria-expanded', String(!picker.hidden));
+      if (!picker.hidden) picker.querySelector('button').focus();
+      break;
+    }
+    case 'react': {
+      const emoji = b.dataset.emoji;
+      li.querySelector('.picker').hidden = true;
+      if (!m.mine.has(emoji)) react(name, seq, emoji, true);
+      break;
+    }
+    default: break;
+  }
 });
 
 $('join-form').addEventListener('submit', (e) => {

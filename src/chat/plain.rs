@@ -27,8 +27,26 @@ const PLAIN_HISTORY: u32 = 20;
 
 /// The help text of plain-text mode.
 const PLAIN_HELP: &str = "* commands: /nick NAME, /join ROOM, /leave [ROOM], \
-/msg NICK TEXT, /who [ROOM], /rooms, /history [N], /token TOKEN (a fresh token), /help; \
-anything else is said in your current room";
+/msg NICK TEXT, /who [ROOM], /rooms, /history [N] (each line starts with its message's #SEQ), \
+/reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, /react SEQ EMOJI, /unreact SEQ EMOJI, \
+/token TOKEN (a fresh token), /help; anything else is said in your current room";
+
+/// The usage line of each command on a message, for a malformed one.
+const USAGE_REPLY: &str = "usage: /reply SEQ TEXT (SEQ: a message's number, #SEQ in /history)";
+const USAGE_EDIT: &str = "usage: /edit SEQ TEXT (SEQ: a message's number, #SEQ in /history)";
+const USAGE_DELETE: &str = "usage: /delete SEQ (SEQ: a message's number, #SEQ in /history)";
+const USAGE_REACT: &str = "usage: /react SEQ EMOJI (SEQ: a message's number, #SEQ in /history)";
+const USAGE_UNREACT: &str = "usage: /unreact SEQ EMOJI (SEQ: a message's number, #SEQ in /history)";
+
+/// A command's `SEQ REST` (with `rest` required or not): the seq (`42` or `#42`) and what
+/// follows it, trimmed; `None` when the seq is missing or not a number, or `rest` is required
+/// and empty.
+fn seq_and_rest(args: &str, rest_required: bool) -> Option<(u64, &str)> {
+    let (seq, rest) = args.split_once(' ').unwrap_or((args, ""));
+    let seq = seq.strip_prefix('#').unwrap_or(seq).parse().ok()?;
+    let rest = rest.trim();
+    (!rest_required || !rest.is_empty()).then_some((seq, rest))
+}
 
 impl<S: Store> Session<S> {
     /// Plain-text mode: a generated nick, and the lobby.
@@ -153,6 +171,52 @@ impl<S: Store> Session<S> {
                 after: None,
                 limit: Some(rest.parse().unwrap_or(PLAIN_HISTORY)),
             },
+            "reply" => {
+                let Some((seq, text)) = seq_and_rest(rest, true) else {
+                    return refused(ErrorCode::BadMessage, USAGE_REPLY);
+                };
+                ClientMsg::Say {
+                    room: current()?,
+                    text: text.to_owned(),
+                    cid: NO_CID,
+                    reply_to: Some(seq),
+                }
+            }
+            "edit" => {
+                let Some((seq, text)) = seq_and_rest(rest, true) else {
+                    return refused(ErrorCode::BadMessage, USAGE_EDIT);
+                };
+                ClientMsg::Edit {
+                    room: current()?,
+                    seq,
+                    text: text.to_owned(),
+                    cid: NO_CID,
+                }
+            }
+            "delete" => {
+                let Some((seq, "")) = seq_and_rest(rest, false) else {
+                    return refused(ErrorCode::BadMessage, USAGE_DELETE);
+                };
+                ClientMsg::Delete {
+                    room: current()?,
+                    seq,
+                    cid: NO_CID,
+                }
+            }
+            "react" | "unreact" => {
+                let on = verb == "react";
+                let Some((seq, emoji)) = seq_and_rest(rest, true) else {
+                    let usage = if on { USAGE_REACT } else { USAGE_UNREACT };
+                    return refused(ErrorCode::BadMessage, usage);
+                };
+                ClientMsg::React {
+                    room: current()?,
+                    seq,
+                    emoji: emoji.to_owned(),
+                    on,
+                    cid: NO_CID,
+                }
+            }
             "help" => {
                 self.hub().send_to(&self.outbox, PLAIN_HELP.into());
                 return Ok(None);
@@ -164,5 +228,20 @@ impl<S: Store> Session<S> {
                 );
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seq_and_rest;
+
+    #[test]
+    fn a_command_on_a_message_reads_its_seq_then_the_rest() {
+        assert_eq!(seq_and_rest("42 hi there", true), Some((42, "hi there")));
+        assert_eq!(seq_and_rest("#42  hi ", true), Some((42, "hi")));
+        assert_eq!(seq_and_rest("7", false), Some((7, "")));
+        for bad in ["", "x hi", "#x hi", "-1 hi", "42"] {
+            assert_eq!(seq_and_rest(bad, true), None, "{bad:?}");
+        }
     }
 }

@@ -55,6 +55,25 @@ fn chat_line(m: &ChatMessage) -> String {
     }
 }
 
+/// A message in a plain-text `/history` page: its seq first, so that a plain-text user can name
+/// it (`/reply 42 …`, `/edit 42 …`), then the message as a live line shows it, with what
+/// happened to it since: `(edited)`, and its reactions with their counts.
+fn history_line(m: &ChatMessage) -> String {
+    let mut line = format!("#{} {}", m.seq, chat_line(m));
+    if m.edited.is_some() && !m.deleted {
+        line.push_str(" (edited)");
+    }
+    if !m.reactions.is_empty() {
+        let reactions: Vec<String> = m
+            .reactions
+            .iter()
+            .map(|(emoji, n)| format!("{emoji} {n}"))
+            .collect();
+        line.push_str(&format!(" [{}]", reactions.join(", ")));
+    }
+    line
+}
+
 /// The plain-text line(s) for a server message.
 fn plain(msg: &ServerMsg) -> String {
     match msg {
@@ -119,7 +138,7 @@ fn plain(msg: &ServerMsg) -> String {
         }
         ServerMsg::History { messages, .. } => messages
             .iter()
-            .map(chat_line)
+            .map(history_line)
             .collect::<Vec<_>>()
             .join("\n"),
         // The seed's server push, so the seed's client sees what it always saw.
@@ -150,6 +169,22 @@ mod tests {
         assert_eq!(
             render(Mode::Plain, &err).as_str(),
             "! not_joined: join it first"
+        );
+        let mut old = ChatMessage::said("lobby", 42, "nana", "hi!", 0);
+        old.edited = Some(1);
+        old.reactions.insert("👍".into(), 2);
+        old.reactions.insert("🎉".into(), 1);
+        let mut reply = ChatMessage::said("lobby", 43, "mochi", "yes", 0);
+        reply.reply_to = Some(42);
+        let history = ServerMsg::History {
+            room: "lobby".into(),
+            epoch: 1,
+            messages: vec![old, reply],
+            total: 2,
+        };
+        assert_eq!(
+            render(Mode::Plain, &history).as_str(),
+            "#42 [lobby] nana: hi! (edited) [🎉 1, 👍 2]\n#43 [lobby] mochi (re #42): yes"
         );
         let tick = render(Mode::Plain, &ServerMsg::Tick { time: 0 });
         assert!(tick.as_str().starts_with("!Server Send! "));

@@ -312,12 +312,10 @@ impl State {
         cid
     }
 
-    /// Queues a message to say (sent now if connected, again after a reconnect until acked).
+    /// Queues a request that stores something — `say`, `dm`, `edit`, `delete`, `react` — with
+    /// its cid: sent now if connected, again after a reconnect until acked (stored once).
     fn queue(&mut self, msg: ClientMsg) -> ClientMsg {
-        let cid = match &msg {
-            ClientMsg::Say { cid, .. } | ClientMsg::Dm { cid, .. } => cid.clone(),
-            _ => String::new(),
-        };
+        let cid = msg.cid().unwrap_or_default().to_owned();
         self.pending.push_back((cid, msg.clone(), false));
         msg
     }
@@ -344,13 +342,50 @@ impl State {
     }
 
     fn say(&mut self, text: String) -> ClientMsg {
+        self.reply(text, None)
+    }
+
+    /// Says `text` in the current room, as a reply to the message `reply_to` if given.
+    fn reply(&mut self, text: String, reply_to: Option<u64>) -> ClientMsg {
         let cid = self.cid();
         self.queue(ClientMsg::Say {
             room: self.current.clone(),
             text,
             cid,
-            reply_to: None,
+            reply_to,
         })
+    }
+
+    /// A command on a message of the current room (`/reply`, `/edit`, `/delete`, `/react`,
+    /// `/unreact`), queued with a cid like `say`; `None` when `args` do not fit its usage.
+    fn on_message_command(&mut self, verb: &str, args: &str) -> Option<ClientMsg> {
+        let (seq, rest) = seq_and_rest(args)?;
+        let room = self.current.clone();
+        let msg = match verb {
+            "reply" if !rest.is_empty() => return Some(self.reply(rest.to_owned(), Some(seq))),
+            "edit" if !rest.is_empty() => ClientMsg::Edit {
+                room,
+                seq,
+                text: rest.to_owned(),
+                cid: self.cid(),
+            },
+            "delete" if rest.is_empty() => ClientMsg::Delete {
+                room,
+                seq,
+                cid: self.cid(),
+            },
+            "react" | "unreact" if !rest.is_empty() && !rest.contains(char::is_whitespace) => {
+                ClientMsg::React {
+                    room,
+                    seq,
+                    emoji: rest.to_owned(),
+                    on: verb == "react",
+                    cid: self.cid(),
+                }
+            }
+            _ => return None,
+        };
+        Some(self.queue(msg))
     }
 
     async fn session(
@@ -766,10 +801,15 @@ impl State {
             }
             _ => {}
         }
+        // What was refused, when it was a command on a message: ` (/edit #42)`.
+        let mut what = String::new();
         if let Some(cid) = cid {
+            if let Some((_, msg, _)) = self.pending.iter().find(|(c, _, _)| *c == cid) {
+                what = refused_command(msg);
+            }
             self.pending.retain(|(c, _, _)| *c != cid);
         }
-        out.notice(&format!("! {}: {message}", code.as_str()));
+        out.notice(&format!("! {}: {message}{what}", code.as_str()));
         None
     }
 
@@ -842,6 +882,14 @@ impl State {
                 after: None,
             },
             "rooms" => ClientMsg::Rooms { after: None },
+            "reply" | "edit" | "delete" | "react" | "unreact" => {
+                if self.on_message_command(verb, &rest).is_none() {
+                    out.notice(&format!("usage: {}", usage(verb)));
+                    return Ok(None);
+                }
+                self.pump(conn).await?;
+                return Ok(None);
+            }
             "history" => ClientMsg::History {
                 room: self.current.clone(),
                 before: None,
@@ -860,7 +908,49 @@ impl State {
 
 /// What `/help` shows.
 pub const HELP: &str = "commands: /join ROOM, /leave [ROOM], /rooms, /msg NICK TEXT, /who [ROOM], \
-/history [N], /nick NAME, /quit; anything else is said in the current room";
+/history [N], /nick NAME, /quit; on a message of the current room (SEQ: its #number, shown \
+before it): /reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, /react SEQ EMOJI, /unreact SEQ \
+EMOJI; anything else is said in the current room";
+
+/// The usage of a command on a message.
+fn usage(verb: &str) -> &'static str {
+    match verb {
+        "reply" => "/reply SEQ TEXT (SEQ: the #number before a message)",
+        "edit" => "/edit SEQ TEXT (SEQ: the #number before a message)",
+        "delete" => "/delete SEQ (SEQ: the #number before a message)",
+        "react" => "/react SEQ EMOJI (SEQ: the #number before a message)",
+        _ => "/unreact SEQ EMOJI (SEQ: the #number before a message)",
+    }
+}
+
+/// A command's `SEQ REST`: the seq (`42` or `#42`) and the rest of the line, trimmed; `None`
+/// when the seq is missing or not a number.
+fn seq_and_rest(args: &str) -> Option<(u64, &str)> {
+    let (seq, rest) = args.split_once(' ').unwrap_or((args, ""));
+    let seq = seq.strip_prefix('#').unwrap_or(seq).parse().ok()?;
+    Some((seq, rest.trim()))
+}
+
+/// ` (/edit #42)`: which command on a message the server refused, for its error line; empty
+/// for anything else.
+fn refused_command(msg: &ClientMsg) -> String {
+    match msg {
+        ClientMsg::Say {
+            reply_to: Some(seq),
+            ..
+        } => format!(" (/reply #{seq})"),
+        ClientMsg::Edit { seq, .. } => format!(" (/edit #{seq})"),
+        ClientMsg::Delete { seq, .. } => format!(" (/delete #{seq})"),
+        ClientMsg::React {
+            seq,
+            emoji,
+            on: true,
+            ..
+        } => format!(" (/react #{seq} {emoji})"),
+        ClientMsg::React { seq, emoji, .. } => format!(" (/unreact #{seq} {emoji})"),
+        _ => String::new(),
+    }
+}
 
 /// " (token valid until …)" when the token has an `exp`.
 fn until(exp: Option<u64>) -> String {

@@ -54,15 +54,18 @@ fn colour_of(nick: &str) -> u8 {
 }
 
 impl Output {
-    /// A chat message.
+    /// A chat message: in a terminal with its seq (`#42`, what `/reply`, `/edit`… name), what it
+    /// answers (`(re #41)`) and what happened to it (`(edited)`, deleted, reactions); for a
+    /// script as `[room] nick: text`, as the server's plain-text mode says it.
     pub fn message(&mut self, m: &ChatMessage) {
         match self {
             Output::Script { json: true } => stdout_line(&ServerMsg::Message(m.clone()).to_json()),
             Output::Script { json: false } => stdout_line(&format!(
-                "[{}] {}: {}",
+                "[{}] {}{}: {}",
                 visible(&m.room),
                 visible(&m.from),
-                visible(&m.text)
+                re(m),
+                body(m)
             )),
             Output::Terminal { printer, style } => {
                 let time = crate::clock::local_hh_mm(m.time);
@@ -73,9 +76,12 @@ impl Output {
                     from.into_owned()
                 };
                 printer(format!(
-                    "{time} [{}] {nick}: {}",
+                    "{time} #{} [{}] {nick}{}: {}{}",
+                    m.seq,
                     visible(&m.room),
-                    visible(&m.text)
+                    re(m),
+                    body(m),
+                    changes(m)
                 ));
             }
         }
@@ -109,7 +115,94 @@ impl Output {
     }
 }
 
+/// ` (re #41)` for a reply.
+fn re(m: &ChatMessage) -> String {
+    m.reply_to
+        .map(|seq| format!(" (re #{seq})"))
+        .unwrap_or_default()
+}
+
+/// The text, [`visible`]; `(deleted)` for a deleted message (its text is erased).
+fn body(m: &ChatMessage) -> String {
+    if m.deleted {
+        "(deleted)".to_owned()
+    } else {
+        visible(&m.text).into_owned()
+    }
+}
+
+/// What happened to a message since it was said, as `history` tells it: ` (edited)`, and its
+/// reactions with their counts (` [🎉 1, 👍 2; yours: 👍]`).
+fn changes(m: &ChatMessage) -> String {
+    let mut line = String::new();
+    if m.edited.is_some() && !m.deleted {
+        line.push_str(" (edited)");
+    }
+    if !m.reactions.is_empty() {
+        let counts: Vec<String> = m
+            .reactions
+            .iter()
+            .map(|(emoji, n)| format!("{} {n}", visible(emoji)))
+            .collect();
+        let mine: Vec<String> = m.mine.iter().map(|e| visible(e).into_owned()).collect();
+        let yours = if mine.is_empty() {
+            String::new()
+        } else {
+            format!("; yours: {}", mine.join(" "))
+        };
+        line.push_str(&format!(" [{}{yours}]", counts.join(", ")));
+    }
+    line
+}
+
 fn stdout_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn terminal() -> (Output, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let out = Output::Terminal {
+            printer: Box::new(move |line| seen.lock().unwrap().push(line)),
+            style: Style { color: false },
+        };
+        (out, lines)
+    }
+
+    #[test]
+    fn a_message_in_a_terminal_shows_its_seq_reply_and_changes() {
+        let (mut out, lines) = terminal();
+        let mut m = ChatMessage::said("lobby", 42, "nana", "hi!", 0);
+        out.message(&m);
+        m.edited = Some(1);
+        m.reply_to = Some(41);
+        m.reactions.insert("👍".into(), 2);
+        m.reactions.insert("🎉".into(), 1);
+        m.mine.push("👍".into());
+        out.message(&m);
+        m.deleted = true;
+        m.text.clear();
+        m.reactions.clear();
+        out.message(&m);
+        let lines: Vec<String> = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.split_once(' ').unwrap().1.to_owned()) // without the local time
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "#42 [lobby] nana: hi!",
+                "#42 [lobby] nana (re #41): hi! (edited) [🎉 1, 👍 2; yours: 👍]",
+                "#42 [lobby] nana (re #41): (deleted)",
+            ]
+        );
+    }
 }

@@ -57,8 +57,9 @@ async function until(what, cond) {
   }
 }
 
-async function openChat(http, nick) {
-  const page = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+/// A page logged in as `nick`; in `context` (another page's: the same key) if given.
+async function openChat(http, nick, context) {
+  const page = context ? await context.newPage() : await browser.newPage({ viewport: { width: 1000, height: 640 } });
   page.on('dialog', (d) => { throw new Error(`a dialog opened: ${d.message()}`); });
   await page.goto(`${http}/`);
   await page.fill('#nick', nick);
@@ -435,4 +436,169 @@ test('real server: a token that ends (4003) is asked for again, and the page rec
   assert.equal(sockets, 2);
   await page.close();
   rmSync(secret.dir, { recursive: true, force: true });
+});
+
+// ---- edits, deletes, reactions and replies ------------------------------------------------------
+
+/// The line of the message whose text is `text`, on `page`.
+const line = (page, text) => page.locator('#messages li[data-seq]', { has: page.locator('.text', { hasText: text }) });
+
+/// Clicks a message's action (the actions show on hover, or on focus from the keyboard).
+async function act(page, text, action) {
+  const li = line(page, text);
+  await li.hover();
+  await li.locator(`button[data-action="${action}"]`).click();
+}
+
+const chips = (page, text) => line(page, text).locator('.reactions .chip')
+  .evaluateAll((cs) => cs.map((c) => `${c.textContent}${c.getAttribute('aria-pressed') === 'true' ? ' (mine)' : ''}`));
+
+test('edits, deletes, reactions and replies: one page does each, the other sees it', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  // A context of her own: a second tab later shares her key (local storage), so her nick.
+  const aliceTabs = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+  const alice = await openChat(http, 'alice', aliceTabs);
+  const bob = await openChat(http, 'bob');
+  const cli = terminalClient(url, 'cli');
+  await say(bob, 'a message from bob');
+  await say(alice, 'first draft');
+  await say(alice, 'to be deleted');
+  for (const p of [alice, bob]) {
+    await until('all three', async () => (await texts(p)).includes('to be deleted')
+      && (await p.$$('#messages li.pending')).length === 0);
+  }
+  // Only your own messages can be edited or deleted.
+  await line(alice, 'a message from bob').hover();
+  assert.equal(await line(alice, 'a message from bob').locator('button[data-action="edit"]').count(), 0);
+  assert.equal(await line(alice, 'a message from bob').locator('button[data-action="delete"]').count(), 0);
+
+  // Edit: the composer holds the text; Enter sends the new one; both pages mark it edited.
+  await act(alice, 'first draft', 'edit');
+  assert.equal(await alice.inputValue('#say'), 'first draft');
+  assert.match(await alice.textContent('#compose-bar'), /Editing #2/);
+  await alice.fill('#say', 'final <b>text</b>');
+  await alice.press('#say', 'Enter');
+  for (const p of [alice, bob]) {
+    await until('the edit', async () => (await texts(p)).includes('final <b>text</b>'));
+    await line(p, 'final <b>text</b>').locator('.edited').waitFor({ timeout: WAIT });
+  }
+  assert.equal(await alice.isVisible('#compose-bar'), false);
+  assert.ok(!(await texts(bob)).includes('first draft'));
+  assert.equal(await bob.$$eval('#messages b', (b) => b.length), 0, 'an edit is text too');
+  await alice.screenshot({ path: path.join(SHOTS, 'edit-alice.png') });
+  await bob.screenshot({ path: path.join(SHOTS, 'edit-bob.png') });
+
+  // Delete: asked once more, then a tombstone on both pages.
+  await act(alice, 'to be deleted', 'delete');
+  assert.equal(await line(alice, 'to be deleted').locator('button.armed').textContent(), 'Delete?');
+  await line(alice, 'to be deleted').locator('button[data-action="delete"]').click();
+  for (const p of [alice, bob]) {
+    await until('the tombstone', async () => (await texts(p)).includes('message deleted')
+      && !(await texts(p)).includes('to be deleted'));
+  }
+  assert.equal(await bob.locator('#messages li.deleted .tombstone').count(), 1);
+  assert.equal(await bob.locator('#messages li.deleted button').count(), 0, 'nothing to do to a tombstone');
+  await bob.screenshot({ path: path.join(SHOTS, 'delete-bob.png') });
+
+  // React: bob picks 👍 on alice's message, alice adds hers by clicking the chip, then bob takes
+  // his back by clicking it again.
+  await act(bob, 'final <b>text</b>', 'pick');
+  await line(bob, 'final <b>text</b>').locator('.picker button[data-emoji="👍"]').click();
+  await until('alice sees bob\'s 👍', async () => JSON.stringify(await chips(alice, 'final <b>text</b>')) === '["👍 1"]');
+  await until('bob sees his own', async () => JSON.stringify(await chips(bob, 'final <b>text</b>')) === '["👍 1 (mine)"]');
+  await line(alice, 'final <b>text</b>').locator('.chip[data-emoji="👍"]').click();
+  await until('two', async () => JSON.stringify(await chips(bob, 'final <b>text</b>')) === '["👍 2 (mine)"]');
+  await until('alice\'s too', async () => JSON.stringify(await chips(alice, 'final <b>text</b>')) === '["👍 2 (mine)"]');
+  await act(alice, 'final <b>text</b>', 'pick');
+  await line(alice, 'final <b>text</b>').locator('.picker button[data-emoji="🎉"]').click();
+  await until('🎉', async () => JSON.stringify(await chips(bob, 'final <b>text</b>')) === '["🎉 1","👍 2 (mine)"]');
+  await until('alice\'s 🎉', async () => JSON.stringify(await chips(alice, 'final <b>text</b>')) === '["🎉 1 (mine)","👍 2 (mine)"]');
+  await alice.screenshot({ path: path.join(SHOTS, 'react-alice.png') });
+  await line(bob, 'final <b>text</b>').locator('.chip[data-emoji="👍"]').click();
+  await until('bob\'s taken back', async () => JSON.stringify(await chips(alice, 'final <b>text</b>')) === '["🎉 1 (mine)","👍 1 (mine)"]');
+  await until('on bob\'s page too', async () => JSON.stringify(await chips(bob, 'final <b>text</b>')) === '["🎉 1","👍 1"]');
+  await bob.screenshot({ path: path.join(SHOTS, 'react-bob.png') });
+
+  // Reply: the original is quoted above the composer, then on the reply, on both pages.
+  await act(bob, 'final <b>text</b>', 'reply');
+  assert.match(await bob.textContent('#compose-bar'), /Replying to\s*alice\s*final <b>text<\/b>/);
+  await bob.screenshot({ path: path.join(SHOTS, 'reply-composing-bob.png') });
+  await bob.fill('#say', 'a reply from bob');
+  await bob.press('#say', 'Enter');
+  for (const p of [alice, bob]) {
+    await until('the reply', async () => (await texts(p)).includes('a reply from bob')
+      && (await p.$$('#messages li.pending')).length === 0);
+    const quote = line(p, 'a reply from bob').locator('.quote');
+    assert.equal(await quote.locator('.quote-from').textContent(), 'alice');
+    assert.equal(await quote.locator('.quote-text').textContent(), 'final <b>text</b>');
+  }
+  assert.equal(await bob.isVisible('#compose-bar'), false);
+  await until('the terminal client sees it as a reply', async () => cli.lines().includes('[lobby] bob (re #2): a reply from bob'));
+  // The quote jumps to the original: scrolled into view (after enough lines to push it out).
+  for (let i = 1; i <= 30; i++) await say(bob, `filler ${i}`);
+  await until('fillers', async () => (await texts(alice)).includes('filler 30'));
+  await alice.$eval('#messages', (l) => { l.scrollTop = l.scrollHeight; });
+  const inView = (page) => line(page, 'final <b>text</b>').evaluate((li) => {
+    const list = document.getElementById('messages').getBoundingClientRect();
+    const r = li.getBoundingClientRect();
+    return r.top >= list.top && r.bottom <= list.bottom;
+  });
+  assert.equal(await inView(alice), false);
+  await line(alice, 'a reply from bob').locator('.quote').click();
+  await until('the original in view', async () => inView(alice));
+  assert.equal(await alice.evaluate(() => document.activeElement.dataset.seq), '2');
+  await alice.screenshot({ path: path.join(SHOTS, 'reply-jump-alice.png') });
+
+  // A page opened now gets all of it from history: edited, deleted, reactions (its own marked),
+  // the reply's quote.
+  const late = await openChat(http, 'alice2');
+  await until('history', async () => (await texts(late)).includes('a reply from bob'));
+  assert.equal(await line(late, 'final <b>text</b>').locator('.edited').count(), 1);
+  assert.ok((await texts(late)).includes('message deleted'));
+  assert.deepEqual(await chips(late, 'final <b>text</b>'), ['🎉 1', '👍 1']);
+  assert.equal(await line(late, 'a reply from bob').locator('.quote-text').textContent(), 'final <b>text</b>');
+  // Alice in a second tab (the same key, so the same user): her own reactions are marked.
+  const again = await openChat(http, 'alice', aliceTabs);
+  await until('alice\'s history', async () => (await texts(again)).includes('a reply from bob'));
+  assert.deepEqual(await chips(again, 'final <b>text</b>'), ['🎉 1 (mine)', '👍 1 (mine)']);
+  await again.screenshot({ path: path.join(SHOTS, 'history-state.png') });
+  for (const p of [bob, late]) await p.close();
+  await aliceTabs.close();
+});
+
+test('edits and replies with the keyboard alone: Escape leaves, ArrowUp edits your last message', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await openChat(http, 'keys');
+  const other = await openChat(http, 'other');
+  await say(page, 'typo hre');
+  await until('stored', async () => (await page.$$('#messages li.pending')).length === 0
+    && (await texts(page)).includes('typo hre'));
+  // ArrowUp in the empty composer: edit the last message; Escape: back to saying.
+  await page.focus('#say');
+  await page.keyboard.press('ArrowUp');
+  assert.equal(await page.inputValue('#say'), 'typo hre');
+  await page.keyboard.press('Escape');
+  assert.equal(await page.isVisible('#compose-bar'), false);
+  assert.equal(await page.inputValue('#say'), '');
+  await page.keyboard.press('ArrowUp');
+  await page.keyboard.press('End');
+  await page.keyboard.press('Backspace');
+  await page.keyboard.press('Backspace');
+  await page.keyboard.type('ere');
+  await page.keyboard.press('Enter');
+  await until('the other page sees the edit', async () => (await texts(other)).includes('typo here'));
+  await line(other, 'typo here').locator('.edited').waitFor({ timeout: WAIT });
+  // Reply from the keyboard: Tab to the message's Reply button (the actions show on focus).
+  const reply = line(page, 'typo here').locator('button[data-action="reply"]');
+  await reply.focus();
+  assert.equal(await reply.evaluate((b) => getComputedStyle(b.parentElement).opacity), '1');
+  await page.keyboard.press('Enter');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'say');
+  await page.keyboard.type('answering myself');
+  await page.keyboard.press('Enter');
+  await until('the reply on the other page', async () => (await texts(other)).includes('answering myself'));
+  assert.equal(await line(other, 'answering myself').locator('.quote-text').textContent(), 'typo here');
+  await other.screenshot({ path: path.join(SHOTS, 'keyboard-edit-reply.png') });
+  await page.close();
+  await other.close();
 });
