@@ -98,6 +98,17 @@ impl<S: Store> Directory<S> {
         }
     }
 
+    /// In a cluster, waits (a second at most) until what this process's hub did so far — a
+    /// nick connected, say — is in Redis, where the other processes look; alone, at once.
+    pub(super) async fn presence_applied(&self) {
+        if let Some(cluster) = &self.cluster {
+            let generation = self.hub.presence_generation();
+            cluster
+                .applied(generation, std::time::Duration::from_secs(1))
+                .await;
+        }
+    }
+
     /// `nick` is typing in `room` (the hub told this process's members): in a cluster, the
     /// other processes holding the room are told too.
     pub(super) fn typing(&self, room: &str, nick: &str) {

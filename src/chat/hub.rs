@@ -216,6 +216,12 @@ impl Hub {
         self.state().rooms.keys().cloned().collect()
     }
 
+    /// The number of the last presence change fed to the cluster (0 alone): once the cluster
+    /// has applied up to it, everything this hub did before is in Redis.
+    pub(crate) fn presence_generation(&self) -> u64 {
+        self.state().feed.as_ref().map_or(0, |f| f.generation)
+    }
+
     /// Asks the cluster's presence task to put this process's share in again.
     pub(crate) fn resync_presence(&self) {
         if let Some(feed) = &mut self.state().feed {

@@ -91,6 +91,7 @@ impl<S: Store> Session<S> {
             }
             nick
         };
+        self.chat.directory.presence_applied().await;
         self.greeted = true;
         self.welcome(conn, &nick).await?;
         match self.join(conn, LOBBY, None, None).await {

@@ -389,6 +389,9 @@ impl<S: Store> Session<S> {
             self.take_nick(nick, key.as_deref()).await?;
         }
         self.known = self.claims.is_some() || key.is_some();
+        // `welcome` says the nick is connected: in a cluster, for the other processes too (a
+        // `dm` sent to it from one of them the moment it is welcomed finds it).
+        self.chat.directory.presence_applied().await;
         self.greeted = true;
         Ok(self.welcome(conn, nick).await?)
     }

@@ -101,6 +101,8 @@ struct Shared<S> {
     store: Arc<S>,
     publish: mpsc::UnboundedSender<ChatMessage>,
     fill: mpsc::UnboundedSender<(String, bool)>,
+    /// The presence generation Redis holds this process's share up to.
+    applied: tokio::sync::watch::Sender<u64>,
     stats: Stats,
 }
 
@@ -127,6 +129,7 @@ impl<S: Store> Cluster<S> {
             store,
             publish,
             fill,
+            applied: tokio::sync::watch::Sender::new(0),
             stats: Stats::default(),
         });
         let weak = Arc::downgrade(&shared);
@@ -141,6 +144,13 @@ impl<S: Store> Cluster<S> {
     /// order, and a gap left behind it is filled from the store.
     pub(crate) fn deliver(&self, room: &str, stored: Option<(u64, &ServerMsg)>) {
         self.shared.deliver(room, stored);
+    }
+
+    /// Waits (at most `limit`) until Redis holds this process's presence up to `generation`:
+    /// a nick connected here is then online for every process (a `dm` to it finds it).
+    pub(crate) async fn applied(&self, generation: u64, limit: Duration) {
+        let mut rx = self.shared.applied.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|&g| g >= generation)).await;
     }
 
     /// Tells the other processes holding `room` that `nick` is typing (best effort: never
@@ -625,13 +635,26 @@ async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::Unbounded
             batch.clear();
             continue;
         };
+        inner.applied.send_if_modified(|g| {
+            let newer = generation > *g;
+            *g = (*g).max(generation);
+            newer
+        });
         let changes: Vec<Change> = batch
             .drain(..)
             .filter(|c| c.generation > generation)
             .collect();
         if !changes.is_empty() {
             match inner.link.apply(&changes).await {
-                Ok(()) => synced = Some(changes.last().map_or(generation, |c| c.generation)),
+                Ok(()) => {
+                    let reached = changes.last().map_or(generation, |c| c.generation);
+                    synced = Some(reached);
+                    inner.applied.send_if_modified(|g| {
+                        let newer = reached > *g;
+                        *g = (*g).max(reached);
+                        newer
+                    });
+                }
                 Err(err) => {
                     debug!(cause = %err, "presence change failed; will put the share in again");
                     synced = None;
