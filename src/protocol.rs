@@ -34,6 +34,7 @@ impl ClientMsg {
             | ClientMsg::Typing { .. }
             | ClientMsg::Read { .. }
             | ClientMsg::Inbox {}
+            | ClientMsg::Search { .. }
             | ClientMsg::History { .. } => None,
         }
     }
@@ -125,6 +126,22 @@ pub enum ClientMsg {
     /// Your rooms (a user with a key or a token): those you joined and did not leave, and
     /// your direct-message rooms, each with where you are and its last message.
     Inbox {},
+    /// Find messages by their words, in one of your rooms or all of them (the rooms you are
+    /// in, and with a key or token your remembered and direct-message rooms), best first.
+    Search {
+        /// The words to find (any text: only its letters and digits count, every word must be
+        /// there).
+        query: String,
+        /// Only in this room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// At most this many (≤ 50; 20 unless told).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// Skip the first this many (paging on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skip: Option<u32>,
+    },
     /// Say you are typing in a joined room: its other members are told (never stored; at most
     /// one a nick every 2 s goes out).
     Typing {
@@ -489,6 +506,14 @@ pub enum ServerMsg {
         #[serde(default)]
         total: usize,
     },
+    /// Answer to `search`: the messages found, best first, each as it stands.
+    Search {
+        /// The messages.
+        results: Vec<ChatMessage>,
+        /// How many the page held: more than `results` when it was cut to fit one frame.
+        #[serde(default)]
+        total: usize,
+    },
     /// A member of a room is typing (show it for about 5 s).
     Typing {
         /// The room.
@@ -649,6 +674,7 @@ impl ServerMsg {
             ServerMsg::Rooms { rooms, .. } => Some(rooms.len()),
             ServerMsg::History { messages, .. } => Some(messages.len()),
             ServerMsg::Inbox { rooms, .. } => Some(rooms.len()),
+            ServerMsg::Search { results, .. } => Some(results.len()),
             ServerMsg::Welcome { .. }
             | ServerMsg::Refreshed { .. }
             | ServerMsg::Joined { .. }
@@ -904,7 +930,7 @@ mod tests {
         for kind in [
             "hello", "join", "leave", "say", "dm", "who", "rooms", "history", "welcome", "joined",
             "left", "ack", "message", "presence", "members", "tick", "error", "edit", "delete",
-            "react", "typing", "read", "inbox",
+            "react", "typing", "read", "inbox", "search",
         ] {
             assert!(
                 doc.contains(&format!("\"type\":\"{kind}\"")),

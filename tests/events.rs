@@ -407,3 +407,56 @@ async fn a_known_user_s_read_position_and_inbox_follow_it_across_its_connections
     guest.send(json!({"type": "inbox"})).await;
     assert_eq!(guest.error().await["code"], "forbidden");
 }
+
+#[tokio::test]
+async fn search_finds_only_what_the_asker_may_read_and_takes_any_text_as_words() {
+    let server = server_on("search", roomy()).await;
+    let url = server.url();
+    let mut a = Client::hello_with_key(&url, "nana", Some("k-nana")).await;
+    let mut b = Client::hello_with_key(&url, "mochi", Some("k-mochi")).await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    b.join("secret").await;
+    let said = [
+        ("lobby", "the quick brown fox", "s1"),
+        ("lobby", "quick, and gone", "s2"),
+        ("secret", "a quick secret", "s3"),
+    ];
+    for (room, text, cid) in said {
+        let say = json!({"type": "say", "room": room, "text": text, "cid": cid});
+        assert_eq!(answer(&mut b, say).await["type"], "ack");
+    }
+    let dm = json!({"type": "dm", "to": "nana", "text": "quick word in private", "cid": "d1"});
+    assert_eq!(answer(&mut b, dm).await["type"], "ack");
+    let delete = json!({"type": "delete", "room": "lobby", "seq": 2, "cid": "x1"});
+    assert_eq!(answer(&mut b, delete).await["type"], "ack");
+    a.send(json!({"type": "search", "query": "QUICK"})).await;
+    let found = next_of(&mut a, "search").await;
+    let mut texts: Vec<&str> = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    texts.sort_unstable();
+    // Its room and its direct messages; not a room it is not in, not a deleted message.
+    assert_eq!(
+        texts,
+        ["quick word in private", "the quick brown fox"],
+        "{found}"
+    );
+    a.send(json!({"type": "search", "query": "fox", "room": "lobby", "limit": 1}))
+        .await;
+    assert_eq!(next_of(&mut a, "search").await["results"][0]["seq"], 1);
+    a.send(json!({"type": "search", "query": "quick", "room": "secret"}))
+        .await;
+    assert_eq!(a.error().await["code"], "not_joined");
+    for odd in ["'''", "*", ""] {
+        a.send(json!({"type": "search", "query": odd})).await;
+        assert_eq!(a.error().await["code"], "bad_message", "{odd:?}");
+    }
+    // Operators are only words: no error, nothing found.
+    a.send(json!({"type": "search", "query": "fox\" OR NOT (quick*"}))
+        .await;
+    assert_eq!(next_of(&mut a, "search").await["results"], json!([]));
+}

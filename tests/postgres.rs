@@ -26,6 +26,7 @@ async fn keeps_the_store_contract() {
         contract::pages_go_both_ways(&s).await;
         contract::events_take_seqs_and_change_their_message(&s).await;
         contract::memberships_remember_read_and_forget(&s).await;
+        contract::search_finds_messages_as_they_stand(&s).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&s).await;
         contract::prune_by_count_keeps_the_newest_of_each_room(&s).await;
         contract::prune_by_age_deletes_the_oldest_only(&s).await;
@@ -35,7 +36,7 @@ async fn keeps_the_store_contract() {
     })
     .await;
     // The schema is there once, at its version; a second store on it migrates nothing.
-    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "4");
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "5");
     drop(store(&pg).await);
     assert_eq!(pg.sql("SELECT count(*) FROM nanachat_schema").trim(), "1");
 }
@@ -149,7 +150,7 @@ async fn a_first_schema_database_is_migrated_and_nick_bindings_are_shared() {
                                      ('@alice+bob', 2, 'alice', 'two', 2, NULL);",
     );
     let stores = [Arc::new(store(&pg).await), Arc::new(store(&pg).await)];
-    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "4");
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "5");
     let state = stores[0].room_state("@alice+bob").await.unwrap();
     assert_eq!((state.epoch, state.first_seq, state.last_seq), (7, 1, 2));
     let binds = stores.iter().enumerate().map(|(i, s)| {

@@ -141,6 +141,12 @@ fn plain(msg: &ServerMsg) -> String {
             .map(history_line)
             .collect::<Vec<_>>()
             .join("\n"),
+        ServerMsg::Search { results, .. } if results.is_empty() => "* nothing found".into(),
+        ServerMsg::Search { results, .. } => results
+            .iter()
+            .map(history_line)
+            .collect::<Vec<_>>()
+            .join("\n"),
         // The seed's server push, so the seed's client sees what it always saw.
         ServerMsg::Tick { .. } => format!("!Server Send! {}", python_now()),
         ServerMsg::Error { code, message, .. } => format!("! {}: {message}", code.as_str()),

@@ -29,7 +29,9 @@ use crate::protocol::{
     SUBPROTOCOL, ServerMsg, parse_client,
 };
 use crate::rate::Bucket;
-use crate::store::{Append, Appended, Membership, Objection, Op, Record, Store, now_ms};
+use crate::store::{
+    Append, Appended, Membership, Objection, Op, Record, Store, now_ms, search_words,
+};
 use crate::{Error, Result};
 
 /// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
@@ -284,6 +286,12 @@ impl<S: Store> Session<S> {
             ClientMsg::Leave { room } => self.leave(&room).await,
             ClientMsg::Read { room, seq } => self.read(room, seq).await,
             ClientMsg::Inbox {} => self.inbox(conn).await,
+            ClientMsg::Search {
+                query,
+                room,
+                limit,
+                skip,
+            } => self.search(conn, &query, room, limit, skip).await,
             ClientMsg::Say {
                 room,
                 text,
@@ -622,6 +630,67 @@ impl<S: Store> Session<S> {
         };
         self.hub().tell_nick(&nick, &read);
         Ok(())
+    }
+
+    /// Answers `search`: messages by their words, in the rooms this user may read only.
+    async fn search(
+        &mut self,
+        conn: &mut Connection,
+        query: &str,
+        room: Option<String>,
+        limit: Option<u32>,
+        skip: Option<u32>,
+    ) -> Result<(), Failure> {
+        let words = search_words(query);
+        if words.is_empty() {
+            refuse(
+                ErrorCode::BadMessage,
+                "search for a word (letters or digits)",
+            )?;
+        }
+        let nick = self.hub().nick(self.id).unwrap_or_default();
+        let me = nick_key(&nick);
+        let rooms = match room {
+            Some(room) => {
+                let mine = dm_pair(&room).is_some_and(|(a, b)| a == me || b == me);
+                if !mine && !self.hub().may_use(self.id, &room) {
+                    refuse(ErrorCode::NotJoined, format!("join {room} to search it"))?;
+                }
+                vec![room]
+            }
+            None => {
+                let mut rooms = self.hub().rooms_of(self.id);
+                if self.known {
+                    let store = &self.chat.store;
+                    let floors = self.hub().floors(self.id);
+                    let inbox = store.inbox(&nick, floors).await.map_err(unavailable)?;
+                    rooms.extend(inbox.into_iter().map(|r| r.room));
+                }
+                rooms.sort();
+                rooms.dedup();
+                rooms
+            }
+        };
+        let limit = limit.map_or(20, |l| l as usize).clamp(1, 50);
+        let skip = skip.unwrap_or(0) as usize;
+        let found = self
+            .chat
+            .store
+            .search(words, rooms, limit, skip)
+            .await
+            .map_err(unavailable)?;
+        // In a direct-message room, what was sent to the nick before its holder took it is not
+        // the holder's to find.
+        let results: Vec<_> = found
+            .into_iter()
+            .filter(|r| r.seq > self.hub().floor(self.id, &r.room))
+            .map(chat_message)
+            .collect();
+        let list = Listing::new(results, Keep::First, |results, total| ServerMsg::Search {
+            results,
+            total,
+        });
+        Ok(self.reply_list(conn, list).await?)
     }
 
     /// Answers `inbox`: a known user's rooms, with where it is in each, cut to fit a frame.

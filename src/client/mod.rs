@@ -680,6 +680,12 @@ impl State {
                     out.message(&m);
                 }
             }
+            ServerMsg::Search { results, total } => {
+                out.notice(&format!("* found {total}"));
+                for m in results {
+                    out.message(&m);
+                }
+            }
             ServerMsg::Refreshed { exp } => {
                 if let Some(token) = self.expiry.take().and_then(|e| e.offered) {
                     self.opts.token = Some(token);

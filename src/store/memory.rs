@@ -302,6 +302,45 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn search(
+        &self,
+        words: Vec<String>,
+        rooms: Vec<String>,
+        limit: usize,
+        skip: usize,
+    ) -> Result<Vec<Record>> {
+        if words.is_empty() || rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = self.rooms();
+        let mut found: Vec<(usize, Record)> = Vec::new();
+        for name in &rooms {
+            let Some(room) = all.get(name) else { continue };
+            for r in room.records.values() {
+                if r.kind != Kind::Message || r.deleted {
+                    continue;
+                }
+                let own: Vec<String> = r
+                    .text
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_lowercase)
+                    .collect();
+                if words.iter().all(|w| own.contains(w)) {
+                    // Fewer other words: a closer match.
+                    found.push((own.len(), r.clone()));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.time_ms.cmp(&a.1.time_ms)));
+        Ok(found
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .map(|(_, r)| r)
+            .collect())
+    }
+
     async fn room_state(&self, room: &str) -> Result<RoomState> {
         let mut rooms = self.rooms();
         Ok(rooms
@@ -405,6 +444,7 @@ mod tests {
         contract::pages_go_both_ways(&MemoryStore::new()).await;
         contract::events_take_seqs_and_change_their_message(&MemoryStore::new()).await;
         contract::memberships_remember_read_and_forget(&MemoryStore::new()).await;
+        contract::search_finds_messages_as_they_stand(&MemoryStore::new()).await;
         contract::a_wipe_changes_the_epoch_and_keeps_seqs_going(&MemoryStore::new()).await;
         contract::prune_by_count_keeps_the_newest_of_each_room(&MemoryStore::new()).await;
         contract::prune_by_age_deletes_the_oldest_only(&MemoryStore::new()).await;

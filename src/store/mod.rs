@@ -288,6 +288,18 @@ pub struct InboxRoom {
     pub last: Option<Record>,
 }
 
+/// The words of a search: runs of letters and digits, lower-cased, at most 8 of at most 64
+/// bytes each — whatever the asker typed, nothing reaches the full-text engine but plain words
+/// (no operator of FTS5 or `tsquery` syntax can be spelt with them).
+pub fn search_words(query: &str) -> Vec<String> {
+    query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty() && w.len() <= 64)
+        .map(str::to_lowercase)
+        .take(8)
+        .collect()
+}
+
 /// One reaction to one message: (seq, reaction, how many nicks gave it, the asker among them).
 pub type ReactionCount = (u64, String, u32, bool);
 
@@ -528,6 +540,17 @@ pub trait Store: Send + Sync + 'static {
         nick: &str,
         floors: Vec<(String, u64)>,
     ) -> impl Future<Output = Result<Vec<InboxRoom>>> + Send;
+
+    /// Messages (not deleted) of `rooms` whose text has every word of `words` (already split
+    /// into words: letters and digits only), best match first, `limit` of them after the
+    /// first `skip`.
+    fn search(
+        &self,
+        words: Vec<String>,
+        rooms: Vec<String>,
+        limit: usize,
+        skip: usize,
+    ) -> impl Future<Output = Result<Vec<Record>>> + Send;
 
     /// The room's epoch and last seq; a room never used gets an epoch now.
     fn room_state(&self, room: &str) -> impl Future<Output = Result<RoomState>> + Send;
@@ -865,6 +888,73 @@ pub mod contract {
         let inbox = store.inbox("yuki", Vec::new()).await.unwrap();
         assert_eq!(inbox.len(), 1, "{inbox:?}");
         assert_eq!(inbox[0].state.unread, 2, "without a floor, both are unread");
+    }
+
+    /// Search finds messages as they stand — by every word, in the rooms asked only, never a
+    /// deleted one, an edit by its new words — and takes any input as plain words.
+    pub async fn search_finds_messages_as_they_stand(store: &impl Store) {
+        let (a, b, c) = ("srch-a", "srch-b", "srch-c");
+        let said = |room: &'static str, text: &'static str| async move {
+            stored(store.append(say(room, "nana", text, None)).await.unwrap()).seq
+        };
+        let a1 = said(a, "the quick brown fox").await;
+        let a2 = said(a, "quick thinking").await;
+        let b1 = said(b, "a lazy dog and a quick fox").await;
+        said(c, "quick secret").await;
+        said(b, "café au lait").await;
+        let find = |query: &str, rooms: &[&str], limit, skip| {
+            let rooms = rooms.iter().map(|r| r.to_string()).collect();
+            store.search(search_words(query), rooms, limit, skip)
+        };
+        let hits = |found: Vec<Record>| {
+            let mut hits: Vec<(String, u64)> = found.into_iter().map(|r| (r.room, r.seq)).collect();
+            hits.sort();
+            hits
+        };
+        let ab = [a, b];
+        assert_eq!(
+            hits(find("Quick FOX", &ab, 10, 0).await.unwrap()),
+            [(a.to_owned(), a1), (b.to_owned(), b1)]
+        );
+        assert_eq!(find("quick", &ab, 10, 0).await.unwrap().len(), 3);
+        assert_eq!(find("quick", &ab, 2, 0).await.unwrap().len(), 2);
+        assert_eq!(find("quick", &ab, 10, 2).await.unwrap().len(), 1);
+        assert!(
+            find("secret", &ab, 10, 0).await.unwrap().is_empty(),
+            "room c was not asked"
+        );
+        assert_eq!(find("café", &ab, 10, 0).await.unwrap().len(), 1);
+        // Operators of either engine's syntax are only words here: no error.
+        for odd in [
+            "\"fox\" OR NOT (",
+            "NEAR(fox* ^quick)",
+            "fox:* & !quick | (",
+            "'''",
+        ] {
+            find(odd, &ab, 10, 0).await.unwrap();
+        }
+        let edit = Append {
+            op: Op::Edit { target: a2 },
+            ..say(a, "nana", "slow thinking", None)
+        };
+        stored(store.append(edit).await.unwrap());
+        assert_eq!(
+            hits(find("quick", &[a], 10, 0).await.unwrap()),
+            [(a.to_owned(), a1)]
+        );
+        assert_eq!(
+            hits(find("slow", &[a], 10, 0).await.unwrap()),
+            [(a.to_owned(), a2)]
+        );
+        let delete = Append {
+            op: Op::Delete { target: a1 },
+            ..say(a, "nana", "", None)
+        };
+        stored(store.append(delete).await.unwrap());
+        assert_eq!(
+            hits(find("fox", &ab, 10, 0).await.unwrap()),
+            [(b.to_owned(), b1)]
+        );
     }
 
     /// The record of an append that must have stored a new message.

@@ -103,6 +103,12 @@ const MIGRATIONS: &[&str] = &[
         read_seq BIGINT NOT NULL,
         PRIMARY KEY (nick, room)
      );",
+    // 5: full-text search over the messages as they stand: a `tsvector` of the text (the
+    // 'simple' configuration: words as written, any language), kept by PostgreSQL itself
+    // (an edit re-indexes, a delete's erased text has no words), under a GIN index.
+    "ALTER TABLE messages ADD COLUMN tsv tsvector
+        GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED;
+     CREATE INDEX messages_tsv ON messages USING GIN (tsv) WHERE kind = 0 AND NOT deleted;",
 ];
 
 /// Messages of $1 after $2 by others than $3 (case-folded), not deleted, up to $4.
@@ -597,6 +603,35 @@ impl Store for PgStore {
             .await
             .map(drop)
             .map_err(pg_err)
+    }
+
+    async fn search(
+        &self,
+        words: Vec<String>,
+        rooms: Vec<String>,
+        limit: usize,
+        skip: usize,
+    ) -> Result<Vec<Record>> {
+        if words.is_empty() || rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = self.reader.get().await?;
+        // Plain words only (see `search_words`): `plainto_tsquery` ANDs them.
+        let query = words.join(" ");
+        let (limit, skip) = (limit.min(MAX_PAGE) as i64, skip as i64);
+        let rows = conn
+            .client
+            .query(
+                &format!(
+                    "SELECT {RECORD} FROM messages, plainto_tsquery('simple', $1) AS q
+                     WHERE tsv @@ q AND kind = 0 AND NOT deleted AND room = ANY($2)
+                     ORDER BY ts_rank(tsv, q) DESC, time_ms DESC LIMIT $3 OFFSET $4"
+                ),
+                &[&query, &rooms, &limit, &skip],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(record_of).collect())
     }
 
     async fn inbox(&self, nick: &str, floors: Vec<(String, u64)>) -> Result<Vec<InboxRoom>> {

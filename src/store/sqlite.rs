@@ -18,9 +18,9 @@ use tracing::debug;
 
 use super::queue::{Done, Job, PruneJob, Queue, StoreStats, answer_batch, take_batch};
 use super::{
-    Append, Appended, Holding, InboxRoom, MAX_PAGE, Membership, Op, PRUNE_ROOMS, Page, Pruned,
-    ReactionCount, Reactions, ReadState, Record, Referred, Retention, RoomState, Store, UNREAD_CAP,
-    judge, kind_code, kind_of, new_epoch,
+    Append, Appended, Holding, InboxRoom, Kind, MAX_PAGE, Membership, Op, PRUNE_ROOMS, Page,
+    Pruned, ReactionCount, Reactions, ReadState, Record, Referred, Retention, RoomState, Store,
+    UNREAD_CAP, judge, kind_code, kind_of, new_epoch,
 };
 use crate::clock::now_ms;
 use crate::error::StoreError;
@@ -88,7 +88,23 @@ const MIGRATIONS: &[&str] = &[
         read_seq INTEGER NOT NULL,
         PRIMARY KEY (nick, room)
      ) STRICT, WITHOUT ROWID;",
+    // 5: full-text search over the messages as they stand (an edit re-indexes, a delete
+    // takes the message out): a contentless FTS5 index (the text is kept once, in
+    // `messages`), its rows named by `search_docs`.
+    "CREATE TABLE search_docs (
+        id   INTEGER PRIMARY KEY,
+        room TEXT NOT NULL,
+        seq  INTEGER NOT NULL,
+        UNIQUE (room, seq)
+     ) STRICT;
+     CREATE VIRTUAL TABLE search_fts USING fts5(text, content = '', contentless_delete = 1);
+     INSERT INTO search_docs (room, seq) SELECT room, seq FROM messages WHERE kind = 0 AND deleted = 0;
+     INSERT INTO search_fts (rowid, text)
+        SELECT d.id, m.text FROM search_docs d JOIN messages m ON m.room = d.room AND m.seq = d.seq;",
 ];
+
+/// The search-index row of message (?1, ?2).
+const SEARCH_ROW: &str = "(SELECT id FROM search_docs WHERE room = ?1 AND seq = ?2)";
 
 /// Messages of ?1 after ?2 by others than ?3 (case-folded), not deleted, up to ?4.
 const UNREAD: &str = "SELECT count(*) FROM (SELECT 1 FROM messages
@@ -411,6 +427,38 @@ impl SqliteStore {
 impl Store for SqliteStore {
     super::queue::store_methods_on_the_queue!();
 
+    async fn search(
+        &self,
+        words: Vec<String>,
+        rooms: Vec<String>,
+        limit: usize,
+        skip: usize,
+    ) -> Result<Vec<Record>> {
+        if words.is_empty() || rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each word quoted: a phrase of one plain word, never an operator.
+        let query: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+        let (query, rooms) = (query.join(" "), serde_json::to_string(&rooms)?);
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {RECORD} FROM messages JOIN (
+                    SELECT d.room AS r, d.seq AS s, bm25(search_fts) AS rank
+                    FROM search_fts JOIN search_docs d ON d.id = search_fts.rowid
+                    WHERE search_fts MATCH ?1 AND d.room IN (SELECT value FROM json_each(?2))
+                    ORDER BY rank LIMIT ?3 OFFSET ?4
+                 ) AS hit ON room = hit.r AND seq = hit.s
+                 ORDER BY hit.rank"
+            ))?
+            .query_map(
+                params![query, rooms, limit.min(MAX_PAGE) as i64, skip as i64],
+                record_of,
+            )?
+            .collect()
+        })
+        .await
+    }
+
     async fn inbox(&self, nick: &str, floors: Vec<(String, u64)>) -> Result<Vec<InboxRoom>> {
         let nick = nick.to_ascii_lowercase();
         self.read(move |conn| {
@@ -621,6 +669,7 @@ fn apply_prune(conn: &Connection, job: &PruneJob) -> rusqlite::Result<Pruned> {
                 .execute(params![room, upto])?;
             conn.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq <= ?2")?
                 .execute(params![room, upto])?;
+            unindex(conn, &room, upto)?;
         }
         deleted += doomed;
         if deleted == job.limit {
@@ -811,7 +860,57 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
         flag,
     ])?;
     apply_effect(conn, append, record.time_ms)?;
+    index(conn, &record)?;
     Ok(Appended::Stored(record))
+}
+
+/// Keeps the search index as the messages stand: a message is indexed, an edit re-indexes
+/// its message, a delete takes it out.
+fn index(conn: &Connection, record: &Record) -> rusqlite::Result<()> {
+    let room = &record.room;
+    match (record.kind, record.target) {
+        (Kind::Message, _) => {
+            conn.prepare_cached("INSERT INTO search_docs (room, seq) VALUES (?1, ?2)")?
+                .execute(params![room, record.seq as i64])?;
+            conn.prepare_cached(
+                "INSERT INTO search_fts (rowid, text) VALUES (last_insert_rowid(), ?1)",
+            )?
+            .execute([&record.text])?;
+        }
+        (Kind::Edit, Some(target)) => {
+            conn.prepare_cached(&format!(
+                "DELETE FROM search_fts WHERE rowid = {SEARCH_ROW}"
+            ))?
+            .execute(params![room, target as i64])?;
+            conn.prepare_cached(&format!(
+                "INSERT INTO search_fts (rowid, text) SELECT {SEARCH_ROW}, ?3
+                 WHERE {SEARCH_ROW} IS NOT NULL"
+            ))?
+            .execute(params![room, target as i64, record.text])?;
+        }
+        (Kind::Delete, Some(target)) => {
+            conn.prepare_cached(&format!(
+                "DELETE FROM search_fts WHERE rowid = {SEARCH_ROW}"
+            ))?
+            .execute(params![room, target as i64])?;
+            conn.prepare_cached("DELETE FROM search_docs WHERE room = ?1 AND seq = ?2")?
+                .execute(params![room, target as i64])?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Takes the messages of `room` up to `upto` out of the search index.
+fn unindex(conn: &Connection, room: &str, upto: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM search_fts WHERE rowid IN
+            (SELECT id FROM search_docs WHERE room = ?1 AND seq <= ?2)",
+    )?
+    .execute(params![room, upto])?;
+    conn.prepare_cached("DELETE FROM search_docs WHERE room = ?1 AND seq <= ?2")?
+        .execute(params![room, upto])?;
+    Ok(())
 }
 
 /// What an event does to its message: a new text, an erasure, a reaction added or taken back.
@@ -905,6 +1004,7 @@ fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
         .execute([room])?;
     conn.prepare_cached("DELETE FROM reactions WHERE room = ?1")?
         .execute([room])?;
+    unindex(conn, room, i64::MAX)?;
     conn.prepare_cached(
         "UPDATE rooms SET epoch = max(?2, epoch + 1) WHERE name = ?1
          RETURNING epoch, last_seq",
@@ -954,6 +1054,8 @@ mod tests {
             &SqliteStore::open(&dir.join("12")).unwrap(),
         )
         .await;
+        contract::search_finds_messages_as_they_stand(&SqliteStore::open(&dir.join("13")).unwrap())
+            .await;
         contract::prune_by_count_keeps_the_newest_of_each_room(
             &SqliteStore::open(&dir.join("7")).unwrap(),
         )
