@@ -35,6 +35,7 @@ impl ClientMsg {
             | ClientMsg::Read { .. }
             | ClientMsg::Inbox {}
             | ClientMsg::Search { .. }
+            | ClientMsg::Thread { .. }
             | ClientMsg::History { .. } => None,
         }
     }
@@ -126,6 +127,19 @@ pub enum ClientMsg {
     /// Your rooms (a user with a key or a token): those you joined and did not leave, and
     /// your direct-message rooms, each with where you are and its last message.
     Inbox {},
+    /// The replies to one message (its thread), oldest first, each as it stands.
+    Thread {
+        /// The room.
+        room: String,
+        /// The message replied to.
+        seq: u64,
+        /// Only the replies after this seq (paging on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        /// At most this many (≤ 200; 50 unless told).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// Find messages by their words, in one of your rooms or all of them (the rooms you are
     /// in, and with a key or token your remembered and direct-message rooms), best first.
     Search {
@@ -506,6 +520,18 @@ pub enum ServerMsg {
         #[serde(default)]
         total: usize,
     },
+    /// Answer to `thread`: the replies to message `seq`, oldest first.
+    Thread {
+        /// The room.
+        room: String,
+        /// The message replied to.
+        seq: u64,
+        /// The replies, each as it stands.
+        messages: Vec<ChatMessage>,
+        /// How many the page held: more than `messages` when it was cut to fit one frame.
+        #[serde(default)]
+        total: usize,
+    },
     /// Answer to `search`: the messages found, best first, each as it stands.
     Search {
         /// The messages.
@@ -675,6 +701,7 @@ impl ServerMsg {
             ServerMsg::History { messages, .. } => Some(messages.len()),
             ServerMsg::Inbox { rooms, .. } => Some(rooms.len()),
             ServerMsg::Search { results, .. } => Some(results.len()),
+            ServerMsg::Thread { messages, .. } => Some(messages.len()),
             ServerMsg::Welcome { .. }
             | ServerMsg::Refreshed { .. }
             | ServerMsg::Joined { .. }
@@ -930,7 +957,7 @@ mod tests {
         for kind in [
             "hello", "join", "leave", "say", "dm", "who", "rooms", "history", "welcome", "joined",
             "left", "ack", "message", "presence", "members", "tick", "error", "edit", "delete",
-            "react", "typing", "read", "inbox", "search",
+            "react", "typing", "read", "inbox", "search", "thread",
         ] {
             assert!(
                 doc.contains(&format!("\"type\":\"{kind}\"")),

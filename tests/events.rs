@@ -123,6 +123,19 @@ async fn replies_edits_reactions_and_deletes_take_seqs_reach_members_and_come_ba
     let page = a.expect("history").await;
     assert_eq!(page["messages"][0]["mine"], Value::Null, "{page}");
 
+    // The thread of message 1: its reply, as it stands.
+    b.send(json!({"type": "thread", "room": "lobby", "seq": 1}))
+        .await;
+    let thread = b.expect("thread").await;
+    assert_eq!(
+        (&thread["seq"], &thread["total"]),
+        (&json!(1), &json!(1)),
+        "{thread}"
+    );
+    assert_eq!(thread["messages"][0]["text"], "hi back");
+    b.send(json!({"type": "thread", "room": "elsewhere", "seq": 1}))
+        .await;
+    assert_eq!(b.error().await["code"], "not_joined");
     let delete = json!({"type": "delete", "room": "lobby", "seq": 1, "cid": "d1"});
     assert_eq!(answer(&mut a, delete).await["seq"], 5);
     assert_eq!(event(&mut b, "delete", 5).await["target"], 1);

@@ -12,7 +12,7 @@ use super::types::chat_message;
 use crate::connection::{Connection, Message};
 use crate::error::StoreError;
 use crate::protocol::{ChatMessage, ErrorCode, ServerMsg};
-use crate::store::{MAX_PAGE, Page, Store};
+use crate::store::{MAX_PAGE, Page, Record, Store};
 use crate::{Error, Result};
 
 impl<S: Store> Session<S> {
@@ -72,6 +72,78 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
+    /// Messages of `room` as they stand now for this asker: above its floor (a direct-message
+    /// room's), with their reactions counted and its own marked.
+    async fn as_they_stand(
+        &self,
+        room: &str,
+        floor: u64,
+        records: Vec<Record>,
+    ) -> Result<Vec<ChatMessage>, Failure> {
+        let mut messages: Vec<ChatMessage> = records
+            .into_iter()
+            .filter(|record| record.seq > floor)
+            .map(chat_message)
+            .collect();
+        let seqs: Vec<u64> = messages
+            .iter()
+            .filter(|m| !m.deleted)
+            .map(|m| m.seq)
+            .collect();
+        if !seqs.is_empty() {
+            let me = self.hub().nick(self.id).unwrap_or_default();
+            let counts = self
+                .chat
+                .store
+                .reactions(room, &seqs, &me)
+                .await
+                .map_err(unavailable)?;
+            for (seq, emoji, count, mine) in counts {
+                if let Ok(i) = messages.binary_search_by_key(&seq, |m| m.seq) {
+                    let m = &mut messages[i];
+                    if mine {
+                        m.mine.push(emoji.clone());
+                    }
+                    m.reactions.insert(emoji, count);
+                }
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Answers `thread`: the replies to one message, oldest first, cut to fit in one frame.
+    pub(super) async fn thread(
+        &self,
+        conn: &mut Connection,
+        room: String,
+        seq: u64,
+        after: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<(), Failure> {
+        if !self.hub().may_use(self.id, &room) {
+            refuse(
+                ErrorCode::NotJoined,
+                format!("join {room} to read its threads"),
+            )?;
+        }
+        let floor = self.hub().floor(self.id, &room);
+        let limit = limit.map_or(50, |l| l as usize).min(MAX_PAGE);
+        let records = self
+            .chat
+            .store
+            .replies(&room, seq, after.unwrap_or(0).max(floor), limit)
+            .await
+            .map_err(unavailable)?;
+        let messages = self.as_they_stand(&room, floor, records).await?;
+        let list = Listing::new(messages, Keep::First, |messages, total| ServerMsg::Thread {
+            room: room.clone(),
+            seq,
+            messages,
+            total,
+        });
+        Ok(self.reply_list(conn, list).await?)
+    }
+
     /// Answers `history`: a page of a room's messages, cut to fit in one frame.
     pub(super) async fn history(
         &self,
@@ -103,36 +175,11 @@ impl<S: Store> Session<S> {
         };
         let store = &self.chat.store;
         let epoch = store.room_state(&room).await.map_err(unavailable)?.epoch;
-        let mut messages: Vec<ChatMessage> = store
+        let records = store
             .messages(&room, page, limit)
             .await
-            .map_err(unavailable)?
-            .into_iter()
-            .filter(|record| record.seq > floor)
-            .map(chat_message)
-            .collect();
-        // Each message as it stands now: its reactions, counted, the asker's own marked.
-        let seqs: Vec<u64> = messages
-            .iter()
-            .filter(|m| !m.deleted)
-            .map(|m| m.seq)
-            .collect();
-        if !seqs.is_empty() {
-            let me = self.hub().nick(self.id).unwrap_or_default();
-            let counts = store
-                .reactions(&room, &seqs, &me)
-                .await
-                .map_err(unavailable)?;
-            for (seq, emoji, count, mine) in counts {
-                if let Ok(i) = messages.binary_search_by_key(&seq, |m| m.seq) {
-                    let m = &mut messages[i];
-                    if mine {
-                        m.mine.push(emoji.clone());
-                    }
-                    m.reactions.insert(emoji, count);
-                }
-            }
-        }
+            .map_err(unavailable)?;
+        let messages = self.as_they_stand(&room, floor, records).await?;
         // A page that would not fit in one frame is cut short, keeping the messages nearest to
         // where the client reads from (the newest going back, the oldest going forward); it
         // pages on from there.

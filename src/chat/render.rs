@@ -141,6 +141,19 @@ fn plain(msg: &ServerMsg) -> String {
             .map(history_line)
             .collect::<Vec<_>>()
             .join("\n"),
+        ServerMsg::Thread {
+            room,
+            seq,
+            messages,
+            ..
+        } if messages.is_empty() => {
+            format!("* no replies to #{seq} in {room}")
+        }
+        ServerMsg::Thread { messages, .. } => messages
+            .iter()
+            .map(history_line)
+            .collect::<Vec<_>>()
+            .join("\n"),
         ServerMsg::Search { results, .. } if results.is_empty() => "* nothing found".into(),
         ServerMsg::Search { results, .. } => results
             .iter()

@@ -286,6 +286,12 @@ impl<S: Store> Session<S> {
             ClientMsg::Leave { room } => self.leave(&room).await,
             ClientMsg::Read { room, seq } => self.read(room, seq).await,
             ClientMsg::Inbox {} => self.inbox(conn).await,
+            ClientMsg::Thread {
+                room,
+                seq,
+                after,
+                limit,
+            } => self.thread(conn, room, seq, after, limit).await,
             ClientMsg::Search {
                 query,
                 room,

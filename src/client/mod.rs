@@ -680,6 +680,11 @@ impl State {
                     out.message(&m);
                 }
             }
+            ServerMsg::Thread { messages, .. } => {
+                for m in messages {
+                    out.message(&m);
+                }
+            }
             ServerMsg::Search { results, total } => {
                 out.notice(&format!("* found {total}"));
                 for m in results {

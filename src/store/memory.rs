@@ -341,6 +341,12 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn replies(&self, room: &str, seq: u64, after: u64, limit: usize) -> Result<Vec<Record>> {
+        Ok(self.page(room, Page::After(after), limit, |r| {
+            r.kind == Kind::Message && r.reply_to == Some(seq)
+        }))
+    }
+
     async fn room_state(&self, room: &str) -> Result<RoomState> {
         let mut rooms = self.rooms();
         Ok(rooms

@@ -515,6 +515,16 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Record>>> + Send;
 
+    /// The replies to message `seq` of `room` (messages with that `reply_to`) after `after`,
+    /// oldest first, each as it stands, at most `limit` (and [`MAX_PAGE`]).
+    fn replies(
+        &self,
+        room: &str,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Record>>> + Send;
+
     /// The reactions to the messages `seqs` of `room`: (seq, reaction, how many nicks gave
     /// it, whether `nick` is one of them), by seq then reaction.
     fn reactions(
@@ -815,6 +825,13 @@ pub mod contract {
         };
         let late = stored(store.append(late).await.unwrap());
         assert_eq!(late.seq, d.seq + 1, "refusals took no seq");
+        // The thread of message 1: its two replies, oldest first, paged on.
+        let thread = store.replies(r, 1, 0, 10).await.unwrap();
+        let seqs: Vec<u64> = thread.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [2, late.seq]);
+        assert_eq!(store.replies(r, 1, 2, 10).await.unwrap().len(), 1);
+        assert_eq!(store.replies(r, 1, 0, 1).await.unwrap().len(), 1);
+        assert!(store.replies(r, 2, 0, 10).await.unwrap().is_empty());
     }
 
     /// A known user's rooms: remembered at join (read up to the end then), read positions

@@ -88,6 +88,7 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN flag SMALLINT, ADD COLUMN edited_ms BIGINT,
         ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT false;
      CREATE INDEX messages_target ON messages (room, target) WHERE target IS NOT NULL;
+     CREATE INDEX messages_reply ON messages (room, reply_to) WHERE reply_to IS NOT NULL;
      CREATE TABLE reactions (
         room  TEXT NOT NULL,
         seq   BIGINT NOT NULL,
@@ -628,6 +629,28 @@ impl Store for PgStore {
                      ORDER BY ts_rank(tsv, q) DESC, time_ms DESC LIMIT $3 OFFSET $4"
                 ),
                 &[&query, &rooms, &limit, &skip],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(record_of).collect())
+    }
+
+    async fn replies(&self, room: &str, seq: u64, after: u64, limit: usize) -> Result<Vec<Record>> {
+        let conn = self.reader.get().await?;
+        let limit = limit.min(MAX_PAGE) as i64;
+        let (seq, after) = (
+            seq.min(i64::MAX as u64) as i64,
+            after.min(i64::MAX as u64) as i64,
+        );
+        let rows = conn
+            .client
+            .query(
+                &format!(
+                    "SELECT {RECORD} FROM messages
+                     WHERE room = $1 AND reply_to = $2 AND kind = 0 AND seq > $3
+                     ORDER BY seq LIMIT $4"
+                ),
+                &[&room, &seq, &after, &limit],
             )
             .await
             .map_err(pg_err)?;

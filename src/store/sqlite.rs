@@ -73,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE messages ADD COLUMN edited_ms INTEGER;
      ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX messages_target ON messages (room, target) WHERE target IS NOT NULL;
+     CREATE INDEX messages_reply ON messages (room, reply_to) WHERE reply_to IS NOT NULL;
      CREATE TABLE reactions (
         room  TEXT NOT NULL,
         seq   INTEGER NOT NULL,
@@ -454,6 +455,25 @@ impl Store for SqliteStore {
                 params![query, rooms, limit.min(MAX_PAGE) as i64, skip as i64],
                 record_of,
             )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn replies(&self, room: &str, seq: u64, after: u64, limit: usize) -> Result<Vec<Record>> {
+        let room = room.to_owned();
+        let limit = limit.min(MAX_PAGE) as i64;
+        let (seq, after) = (
+            seq.min(i64::MAX as u64) as i64,
+            after.min(i64::MAX as u64) as i64,
+        );
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {RECORD} FROM messages
+                 WHERE room = ?1 AND reply_to = ?2 AND kind = 0 AND seq > ?3
+                 ORDER BY seq LIMIT ?4"
+            ))?
+            .query_map(params![room, seq, after, limit], record_of)?
             .collect()
         })
         .await
