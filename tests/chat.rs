@@ -1382,13 +1382,23 @@ async fn send_plain(ws: &mut Peer, text: &str) {
 
 #[tokio::test]
 async fn plain_text_commands_reply_edit_delete_and_react_by_seq() {
-    let server = chat_server(roomy()).await;
+    // Edits and deletes are for users the server knows again: plain-text clients with tokens.
+    let auth = nanachat::auth::Auth::new(b"a secret of more than sixteen bytes").unwrap();
+    let config = ChatConfig {
+        auth: Some(auth.clone()),
+        ..roomy()
+    };
+    let server = chat_server(config).await;
     let url = server.url();
-    let (mut p, welcome) = guest(&url).await;
+    let token = |nick: &str| auth.mint(&nanachat::auth::Claims::for_nick(nick));
+    let (mut p, welcome) = guest(&format!("{url}/?token={}", token("pea"))).await;
     let pn = guest_nick(&welcome);
-    let (mut q, welcome) = guest(&url).await;
+    let (mut q, welcome) = guest(&format!("{url}/?token={}", token("cue"))).await;
     let qn = guest_nick(&welcome);
-    let mut j = Client::hello(&url, "jay").await;
+    let mut j = Client::raw(&url).await;
+    j.send(json!({"type": "hello", "nick": "jay", "token": token("jay")}))
+        .await;
+    j.expect("welcome").await;
     j.join("lobby").await;
 
     // A live line is as it always was; /history shows the seq to refer to.
@@ -1503,6 +1513,27 @@ async fn plain_text_commands_reply_edit_delete_and_react_by_seq() {
         ["", "hi back"],
         "the deleted text is gone"
     );
+}
+
+/// From an attack on the docs: a guest's nick is anyone's once free (and guests' nicks are
+/// numbered), so whoever took it next could edit or delete the last holder's messages.
+#[tokio::test]
+async fn a_guest_may_not_edit_or_delete_even_its_own_line() {
+    let server = chat_server(roomy()).await;
+    let (mut p, _) = guest(&server.url()).await;
+    send_plain(&mut p, "mine").await;
+    line_starting(&mut p, "[lobby]").await;
+    for command in ["/edit 1 changed", "/delete 1"] {
+        send_plain(&mut p, command).await;
+        let refusal = line_starting(&mut p, "!").await;
+        assert!(
+            refusal.starts_with("! forbidden: ") && refusal.contains("key or a token"),
+            "{refusal}"
+        );
+    }
+    // Reactions are anyone's.
+    send_plain(&mut p, "/react 1 👍").await;
+    line_starting(&mut p, "* ").await;
 }
 
 #[tokio::test]

@@ -1192,7 +1192,18 @@ async fn a_process_hears_only_the_rooms_it_holds_and_follows_them_in_and_out_of_
 #[tokio::test(flavor = "multi_thread")]
 async fn events_on_messages_and_typing_reach_members_on_every_process() {
     let (pg, redis) = (Postgres::start(), Redis::start());
-    let (procs, mut talker, mut reader) = talker_and_reader(&pg, &redis).await;
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    // Edits and deletes are for users with a key (or a token).
+    let keyed = |url: String, nick: &'static str| async move {
+        let (c, answer) =
+            Client::hello(&url, json!({"type": "hello", "nick": nick, "key": nick})).await;
+        assert_eq!(answer["type"], "welcome", "{answer}");
+        c
+    };
+    let mut talker = keyed(procs[0].listening_url(), "talker").await;
+    talker.join("lobby", None).await;
+    let mut reader = keyed(procs[1].listening_url(), "reader").await;
+    reader.join("lobby", None).await;
     talker
         .send(json!({"type": "typing", "room": "lobby"}))
         .await;

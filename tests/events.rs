@@ -68,8 +68,8 @@ async fn plain_line(ws: &mut Peer, prefix: &str) -> String {
 async fn replies_edits_reactions_and_deletes_take_seqs_reach_members_and_come_back_in_a_resume() {
     let server = server_on("flow", roomy()).await;
     let url = server.url();
-    let mut a = Client::hello(&url, "nana").await;
-    let mut b = Client::hello(&url, "mochi").await;
+    let mut a = Client::hello_with_key(&url, "nana", Some("k-nana")).await;
+    let mut b = Client::hello_with_key(&url, "mochi", Some("k-mochi")).await;
     a.join("lobby").await;
     b.join("lobby").await;
     // A plain-text client sees every event as a line.
@@ -178,7 +178,7 @@ async fn replies_edits_reactions_and_deletes_take_seqs_reach_members_and_come_ba
 #[tokio::test]
 async fn bad_events_get_clear_errors_and_the_connection_stays() {
     let server = server_on("bad", roomy()).await;
-    let mut a = Client::hello(&server.url(), "nana").await;
+    let mut a = Client::hello_with_key(&server.url(), "nana", Some("k-nana")).await;
     a.join("lobby").await;
     let say = json!({"type": "say", "room": "lobby", "text": "one", "cid": "s1"});
     assert_eq!(answer(&mut a, say).await["seq"], 1);
@@ -472,4 +472,125 @@ async fn search_finds_only_what_the_asker_may_read_and_takes_any_text_as_words()
     a.send(json!({"type": "search", "query": "fox\" OR NOT (quick*"}))
         .await;
     assert_eq!(next_of(&mut a, "search").await["results"], json!([]));
+}
+
+/// From an attack on the docs: a retry of a message edited or deleted since was checked
+/// against the text it has now (none, or the new one): `cid_reused` told a client whose message
+/// was stored that it was not. Now a retry is recognised as what it is.
+#[tokio::test]
+async fn a_retry_of_a_message_edited_or_deleted_since_is_a_duplicate() {
+    let server = server_on("retry", roomy()).await;
+    let mut a = Client::hello_with_key(&server.url(), "nana", Some("k-nana")).await;
+    a.join("lobby").await;
+    for (cid, change) in [("c1", "delete"), ("c2", "edit")] {
+        let say = json!({"type": "say", "room": "lobby", "text": "hello", "cid": cid});
+        let seq = answer(&mut a, say.clone()).await["seq"].clone();
+        let change = match change {
+            "delete" => {
+                json!({"type": "delete", "room": "lobby", "seq": seq, "cid": format!("x{cid}")})
+            }
+            _ => {
+                json!({"type": "edit", "room": "lobby", "seq": seq, "text": "bye", "cid": format!("x{cid}")})
+            }
+        };
+        assert_eq!(answer(&mut a, change).await["type"], "ack");
+        let again = answer(&mut a, say).await;
+        assert_eq!(
+            (&again["seq"], &again["duplicate"]),
+            (&seq, &json!(true)),
+            "{again}"
+        );
+    }
+}
+
+/// From an attack on the docs: a token narrowed to fewer rooms still showed the rooms it no
+/// longer allows through `inbox` and `search`.
+#[tokio::test]
+async fn a_token_narrowed_to_fewer_rooms_reads_none_of_the_others() {
+    let auth = Auth::new(b"a secret of more than sixteen bytes").unwrap();
+    let config = ChatConfig {
+        auth: Some(auth.clone()),
+        ..roomy()
+    };
+    let server = server_on("narrow", config).await;
+    let url = server.url();
+    let connect = |claims: Claims| {
+        let (url, token) = (url.clone(), auth.mint(&claims));
+        async move {
+            let mut c = Client::raw(&url).await;
+            let nick = claims.sub.clone();
+            c.send(json!({"type": "hello", "nick": nick, "token": token}))
+                .await;
+            c.expect("welcome").await;
+            c
+        }
+    };
+    let mut bea = connect(Claims::for_nick("bea")).await;
+    bea.join("vault").await;
+    drop(bea);
+    let mut boss = connect(Claims::for_nick("boss")).await;
+    boss.join("vault").await;
+    let say = json!({"type": "say", "room": "vault", "text": "payroll figures", "cid": "p1"});
+    assert_eq!(answer(&mut boss, say).await["type"], "ack");
+    let narrowed = Claims {
+        rooms: Some(vec!["lobby".into()]),
+        ..Claims::for_nick("bea")
+    };
+    let mut bea = connect(narrowed).await;
+    bea.join("lobby").await;
+    bea.send(json!({"type": "inbox"})).await;
+    let inbox = next_of(&mut bea, "inbox").await;
+    assert!(!inbox.to_string().contains("payroll"), "{inbox}");
+    assert_eq!(inbox["total"], 1, "{inbox}");
+    bea.send(json!({"type": "search", "query": "payroll"}))
+        .await;
+    assert_eq!(next_of(&mut bea, "search").await["results"], json!([]));
+}
+
+/// From an attack on the docs: the presence limit counted connections, so a nick with two
+/// made a room of three look like four, and it sent no `presence` nor `typing`.
+#[tokio::test]
+async fn the_presence_limit_counts_nicks_not_connections() {
+    let config = ChatConfig {
+        presence_limit: 3,
+        ..roomy()
+    };
+    let server = server_on("limit", config).await;
+    let url = server.url();
+    let mut a = Client::hello_with_key(&url, "nana", Some("k")).await;
+    let mut a2 = Client::hello_with_key(&url, "nana", Some("k")).await;
+    let mut b = Client::hello(&url, "mochi").await;
+    let mut c = Client::hello(&url, "cat").await;
+    for client in [&mut a, &mut a2, &mut b] {
+        client.join("lobby").await;
+    }
+    c.join("lobby").await;
+    // Three nicks, four connections: still told.
+    c.send(json!({"type": "typing", "room": "lobby"})).await;
+    assert_eq!(next_of(&mut b, "typing").await["nick"], "cat");
+}
+
+/// From an attack on the docs: invisible and direction-changing characters made reactions
+/// that look like others, or turned plain-text lines around.
+#[tokio::test]
+async fn a_reaction_with_invisible_or_bidi_characters_is_refused_and_emoji_sequences_pass() {
+    let server = server_on("bidi", roomy()).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    let say = json!({"type": "say", "room": "lobby", "text": "x", "cid": "s"});
+    answer(&mut a, say).await;
+    for (i, bad) in ["👍\u{200B}", "\u{202E}ok", "\u{FEFF}", "a\u{2066}b"]
+        .iter()
+        .enumerate()
+    {
+        let react = json!({"type": "react", "room": "lobby", "seq": 1, "emoji": bad, "on": true, "cid": format!("b{i}")});
+        assert_eq!(
+            code(&answer(&mut a, react).await),
+            "bad_reaction",
+            "{bad:?}"
+        );
+    }
+    let family = "👨\u{200D}👩\u{200D}👧";
+    let react = json!({"type": "react", "room": "lobby", "seq": 1, "emoji": family, "on": true, "cid": "ok"});
+    assert_eq!(answer(&mut a, react).await["type"], "ack");
 }

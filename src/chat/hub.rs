@@ -324,10 +324,11 @@ impl Hub {
         };
         let limit = state.presence_limit;
         let now = Instant::now();
+        let crowded = state.nicks_in(room, limit + 1) > limit;
         let Some(r) = state.rooms.get_mut(room) else {
             return false;
         };
-        if !r.members.contains_key(&id) || r.members.len() > limit {
+        if !r.members.contains_key(&id) || crowded {
             return false;
         }
         let key = nick_key(&nick);
@@ -927,7 +928,25 @@ impl State {
             && self
                 .rooms
                 .get(room)
-                .is_some_and(|r| r.members.len() < self.presence_limit)
+                .is_some_and(|_| self.nicks_in(room, self.presence_limit) < self.presence_limit)
+    }
+
+    /// How many nicks (not connections: a nick with three is one) are members of `room`,
+    /// counted up to `upto`.
+    fn nicks_in(&self, room: &str, upto: usize) -> usize {
+        let Some(r) = self.rooms.get(room) else {
+            return 0;
+        };
+        let mut seen = std::collections::HashSet::new();
+        for id in r.members.keys() {
+            if let Some(conn) = self.conns.get(id) {
+                seen.insert(nick_key(&conn.nick));
+                if seen.len() >= upto {
+                    break;
+                }
+            }
+        }
+        seen.len()
     }
 
     /// `typing` to the room's live `nanachat.v1` members other than `nick`'s connections

@@ -313,15 +313,15 @@ impl<S: Store> Session<S> {
                 text,
                 cid,
             } => {
+                self.check_author()?;
                 self.check_text(&text)?;
                 self.change(room, text, self.client_cid(&cid), Op::Edit { target: seq })
             }
-            ClientMsg::Delete { room, seq, cid } => self.change(
-                room,
-                String::new(),
-                self.client_cid(&cid),
-                Op::Delete { target: seq },
-            ),
+            ClientMsg::Delete { room, seq, cid } => {
+                self.check_author()?;
+                let op = Op::Delete { target: seq };
+                self.change(room, String::new(), self.client_cid(&cid), op)
+            }
             ClientMsg::Typing { room } => {
                 if !self.hub().may_use(self.id, &room) {
                     refuse(ErrorCode::NotJoined, format!("join {room} first"))?;
@@ -638,6 +638,13 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
+    /// Whether this user may read `room` now: its token (if any) lets it join the room, or
+    /// the room is one of its direct-message rooms. What a token no longer allows is not read
+    /// through `inbox` or `search` either.
+    fn may_read(&self, room: &str) -> bool {
+        dm_pair(room).is_some() || self.claims.as_ref().is_none_or(|c| c.may_join(room))
+    }
+
     /// Answers `search`: messages by their words, in the rooms this user may read only.
     async fn search(
         &mut self,
@@ -674,6 +681,7 @@ impl<S: Store> Session<S> {
                 }
                 rooms.sort();
                 rooms.dedup();
+                rooms.retain(|room| self.may_read(room));
                 rooms
             }
         };
@@ -717,6 +725,10 @@ impl<S: Store> Session<S> {
             .map_err(unavailable)?;
         let entries: Vec<InboxEntry> = rooms
             .into_iter()
+            // Not what the token no longer allows; not a direct-message room with nothing of
+            // this holder's in it (that someone wrote to the nick before is not its to know).
+            .filter(|r| self.may_read(&r.room))
+            .filter(|r| r.last.is_some() || dm_pair(&r.room).is_none())
             .map(|r| InboxEntry {
                 room: r.room,
                 last_seq: r.last_seq,
@@ -827,6 +839,19 @@ impl<S: Store> Session<S> {
         Ok(self.reply_list(conn, list).await?)
     }
 
+    /// Edits and deletes go by authorship, and a nick without a key is anyone's once free:
+    /// only a user the server knows again (a key or a token) may change messages.
+    fn check_author(&self) -> Result<(), Failure> {
+        if !self.known {
+            refuse(
+                ErrorCode::Forbidden,
+                "edits and deletes are for users with a key or a token (a nick without one is \
+                 anyone's once free)",
+            )?;
+        }
+        Ok(())
+    }
+
     fn check_text(&self, text: &str) -> Result<(), Failure> {
         let max = self.chat.config.max_text_chars;
         if text.chars().count() > max {
@@ -845,7 +870,9 @@ impl<S: Store> Session<S> {
     /// sender sees it come back.
     fn publish(&self, room: String, text: String, cid: Option<String>, op: Op) {
         let from = self.hub().nick(self.id).unwrap_or_default();
-        let moderator = self.claims.as_ref().is_some_and(|c| c.moderates(&room));
+        // Moderators moderate rooms, not somebody's direct messages.
+        let moderator =
+            dm_pair(&room).is_none() && self.claims.as_ref().is_some_and(|c| c.moderates(&room));
         // The room stays held until this append is delivered (or has failed): an idle-room
         // sweep must not drop it and have it reopened from a state without this message.
         self.hub().begin_append(&room);
@@ -930,9 +957,21 @@ fn refused(objection: Objection, room: &str) -> (ErrorCode, String) {
 
 /// A reaction is 1 to [`MAX_EMOJI_BYTES`] bytes with no spaces or control characters.
 fn check_reaction(emoji: &str) -> Result<(), Failure> {
+    // Invisible and direction-changing characters would make a reaction look like another,
+    // or turn the lines around it; the joiner and the emoji variation selector stay (they
+    // make emoji sequences).
+    let invisible = |c: char| {
+        matches!(
+            c,
+            '\u{200B}' | '\u{200C}' | '\u{200E}' | '\u{200F}' | '\u{FEFF}'
+        ) || ('\u{202A}'..='\u{202E}').contains(&c)
+            || ('\u{2060}'..='\u{206F}').contains(&c)
+    };
     let bad = emoji.is_empty()
         || emoji.len() > MAX_EMOJI_BYTES
-        || emoji.chars().any(|c| c.is_whitespace() || c.is_control());
+        || emoji
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || invisible(c));
     if bad {
         refuse(
             ErrorCode::BadReaction,

@@ -113,8 +113,12 @@ impl Record {
     /// Whether `append` asks for what this record is: a retry of it.
     fn answers(&self, append: &Append) -> bool {
         let wanted = Record::of(append, self.seq, self.time_ms);
-        // An edit erased since by a delete of its message is still the same request.
-        let text_ok = wanted.text == self.text || (self.kind == Kind::Edit && self.text.is_empty());
+        // A message edited or deleted since, or an edit erased since by a delete, no longer
+        // holds the text it was sent with (nothing keeps it): its retry is recognised by what
+        // it is, not by its text.
+        let changed = self.edited_ms.is_some() || self.deleted;
+        let erased = self.kind == Kind::Edit && self.text.is_empty();
+        let text_ok = wanted.text == self.text || changed || erased;
         self.kind == wanted.kind
             && self.target == wanted.target
             && self.reply_to == wanted.reply_to

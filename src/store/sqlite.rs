@@ -90,18 +90,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (nick, room)
      ) STRICT, WITHOUT ROWID;",
     // 5: full-text search over the messages as they stand (an edit re-indexes, a delete
-    // takes the message out): a contentless FTS5 index (the text is kept once, in
-    // `messages`), its rows named by `search_docs`.
+    // takes the message out): an FTS5 index whose content is `messages` itself (through the
+    // view `search_src`: the text is kept once), its rows named by `search_docs`, with
+    // 'secure-delete' so that a deleted message's words leave the index's pages at once.
     "CREATE TABLE search_docs (
         id   INTEGER PRIMARY KEY,
         room TEXT NOT NULL,
         seq  INTEGER NOT NULL,
         UNIQUE (room, seq)
      ) STRICT;
-     CREATE VIRTUAL TABLE search_fts USING fts5(text, content = '', contentless_delete = 1);
+     CREATE VIEW search_src AS
+        SELECT d.id AS id, m.text AS text FROM search_docs d
+        JOIN messages m ON m.room = d.room AND m.seq = d.seq;
+     CREATE VIRTUAL TABLE search_fts USING fts5(text, content = 'search_src', content_rowid = 'id');
+     INSERT INTO search_fts (search_fts, rank) VALUES ('secure-delete', 1);
      INSERT INTO search_docs (room, seq) SELECT room, seq FROM messages WHERE kind = 0 AND deleted = 0;
-     INSERT INTO search_fts (rowid, text)
-        SELECT d.id, m.text FROM search_docs d JOIN messages m ON m.room = d.room AND m.seq = d.seq;",
+     INSERT INTO search_fts (search_fts) VALUES ('rebuild');",
 ];
 
 /// The search-index row of message (?1, ?2).
@@ -685,11 +689,11 @@ fn apply_prune(conn: &Connection, job: &PruneJob) -> rusqlite::Result<Pruned> {
         let doomed = job.retention.doomed(job.now_ms, last_seq, &oldest);
         if doomed > 0 {
             let upto = oldest[doomed - 1].0 as i64;
+            unindex(conn, &room, upto)?;
             conn.prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?
                 .execute(params![room, upto])?;
             conn.prepare_cached("DELETE FROM reactions WHERE room = ?1 AND seq <= ?2")?
                 .execute(params![room, upto])?;
-            unindex(conn, &room, upto)?;
         }
         deleted += doomed;
         if deleted == job.limit {
@@ -710,8 +714,29 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
     while let Some(first) = rx.blocking_recv() {
         let jobs = take_batch(first, &mut rx);
         let started = Instant::now();
+        let erased = jobs.iter().any(|job| {
+            matches!(
+                job,
+                Job::Append(
+                    Append {
+                        op: Op::Delete { .. },
+                        ..
+                    },
+                    _
+                )
+            )
+        });
         let outcome = commit_batch(&mut conn, &jobs).map_err(Error::from);
         answer_batch(jobs, outcome, started, stats);
+        if erased {
+            // A deleted text must not linger in the write-ahead log until a checkpoint that a
+            // quiet server may never reach: copied back and the log emptied now (a reader in
+            // the way only postpones it to the next delete).
+            let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            if let Err(err) = checkpoint {
+                debug!(cause = %err, "checkpoint after a delete failed");
+            }
+        }
     }
 }
 
@@ -879,8 +904,9 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
         emoji,
         flag,
     ])?;
-    apply_effect(conn, append, record.time_ms)?;
+    // The index first: taking a message's words out needs the text it still has.
     index(conn, &record)?;
+    apply_effect(conn, append, record.time_ms)?;
     Ok(Appended::Stored(record))
 }
 
@@ -898,10 +924,7 @@ fn index(conn: &Connection, record: &Record) -> rusqlite::Result<()> {
             .execute([&record.text])?;
         }
         (Kind::Edit, Some(target)) => {
-            conn.prepare_cached(&format!(
-                "DELETE FROM search_fts WHERE rowid = {SEARCH_ROW}"
-            ))?
-            .execute(params![room, target as i64])?;
+            unindex_one(conn, room, target)?;
             conn.prepare_cached(&format!(
                 "INSERT INTO search_fts (rowid, text) SELECT {SEARCH_ROW}, ?3
                  WHERE {SEARCH_ROW} IS NOT NULL"
@@ -909,10 +932,7 @@ fn index(conn: &Connection, record: &Record) -> rusqlite::Result<()> {
             .execute(params![room, target as i64, record.text])?;
         }
         (Kind::Delete, Some(target)) => {
-            conn.prepare_cached(&format!(
-                "DELETE FROM search_fts WHERE rowid = {SEARCH_ROW}"
-            ))?
-            .execute(params![room, target as i64])?;
+            unindex_one(conn, room, target)?;
             conn.prepare_cached("DELETE FROM search_docs WHERE room = ?1 AND seq = ?2")?
                 .execute(params![room, target as i64])?;
         }
@@ -921,11 +941,27 @@ fn index(conn: &Connection, record: &Record) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Takes the messages of `room` up to `upto` out of the search index.
+/// Takes message `seq` of `room` out of the search index, by the text it has now (an index
+/// over external content forgets a row by its words).
+fn unindex_one(conn: &Connection, room: &str, seq: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO search_fts (search_fts, rowid, text)
+         SELECT 'delete', d.id, m.text FROM search_docs d
+         JOIN messages m ON m.room = d.room AND m.seq = d.seq
+         WHERE d.room = ?1 AND d.seq = ?2",
+    )?
+    .execute(params![room, seq as i64])?;
+    Ok(())
+}
+
+/// Takes the messages of `room` up to `upto` out of the search index (before they are
+/// deleted: it needs their text).
 fn unindex(conn: &Connection, room: &str, upto: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "DELETE FROM search_fts WHERE rowid IN
-            (SELECT id FROM search_docs WHERE room = ?1 AND seq <= ?2)",
+        "INSERT INTO search_fts (search_fts, rowid, text)
+         SELECT 'delete', d.id, m.text FROM search_docs d
+         JOIN messages m ON m.room = d.room AND m.seq = d.seq
+         WHERE d.room = ?1 AND d.seq <= ?2",
     )?
     .execute(params![room, upto])?;
     conn.prepare_cached("DELETE FROM search_docs WHERE room = ?1 AND seq <= ?2")?
@@ -1020,11 +1056,11 @@ fn apply_bind(conn: &Connection, nick: &str, hash: &str) -> rusqlite::Result<Hol
 
 fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
     ensure_room(conn, room)?;
+    unindex(conn, room, i64::MAX)?;
     conn.prepare_cached("DELETE FROM messages WHERE room = ?1")?
         .execute([room])?;
     conn.prepare_cached("DELETE FROM reactions WHERE room = ?1")?
         .execute([room])?;
-    unindex(conn, room, i64::MAX)?;
     conn.prepare_cached(
         "UPDATE rooms SET epoch = max(?2, epoch + 1) WHERE name = ?1
          RETURNING epoch, last_seq",
@@ -1041,6 +1077,50 @@ fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
 mod tests {
     use super::super::contract;
     use super::*;
+
+    /// From an attack on the docs: a deleted message's words stayed in the search index's
+    /// pages (and in the write-ahead log) until later merges or checkpoints. Now no byte of
+    /// the data dir holds them once the delete is acked.
+    #[tokio::test]
+    async fn a_deleted_text_leaves_no_trace_in_the_files() {
+        let dir = std::env::temp_dir().join(format!("nanachat-erase-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).unwrap();
+        for i in 0..50 {
+            let text = format!("filler message number {i}");
+            store
+                .append(contract::say("r", "nana", &text, None))
+                .await
+                .unwrap();
+        }
+        let secret = "my password is zqxjkvbwyq";
+        let said = store
+            .append(contract::say("r", "nana", secret, None))
+            .await
+            .unwrap();
+        let seq = said.record().unwrap().seq;
+        let delete = Append {
+            op: Op::Delete { target: seq },
+            ..contract::say("r", "nana", "", None)
+        };
+        contract::stored(store.append(delete).await.unwrap());
+        store.flush().await.unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let found = bytes.windows(10).any(|w| w == b"zqxjkvbwyq");
+            if found {
+                let at = bytes.windows(10).position(|w| w == b"zqxjkvbwyq").unwrap();
+                let around = &bytes[at.saturating_sub(120)..(at + 40).min(bytes.len())];
+                panic!(
+                    "{} still holds the deleted text at {at} (page {}): {}",
+                    path.display(),
+                    at / 4096,
+                    String::from_utf8_lossy(around)
+                );
+            }
+        }
+    }
     use std::sync::atomic::Ordering;
 
     fn temp_dir(name: &str) -> PathBuf {
