@@ -641,15 +641,10 @@ impl State {
             // Shown by the browser client; a line each would only be noise here.
             ServerMsg::Typing { .. } | ServerMsg::Read { .. } => {}
             ServerMsg::Inbox { rooms, total } => {
-                let list: Vec<String> = rooms
+                let list = rooms
                     .iter()
-                    .map(|r| format!("{} ({} unread)", r.room, r.unread))
-                    .collect();
-                out.notice(&format!(
-                    "* inbox: {}{}",
-                    list.join(", "),
-                    and_more(total, rooms.len())
-                ));
+                    .map(|r| format!("{} ({} unread)", r.room, r.unread));
+                out.notice(&listed("inbox", list, total, rooms.len()));
             }
             ServerMsg::Presence { room, nick, event } => {
                 let verb = if event == PresenceEvent::Join {
@@ -665,15 +660,8 @@ impl State {
                 and_more(total, nicks.len())
             )),
             ServerMsg::Rooms { rooms, total } => {
-                let list: Vec<String> = rooms
-                    .iter()
-                    .map(|r| format!("{} ({})", r.room, r.members))
-                    .collect();
-                out.notice(&format!(
-                    "* rooms: {}{}",
-                    list.join(", "),
-                    and_more(total, rooms.len())
-                ));
+                let list = rooms.iter().map(|r| format!("{} ({})", r.room, r.members));
+                out.notice(&listed("rooms", list, total, rooms.len()));
             }
             ServerMsg::History { messages, .. } => {
                 for m in messages {
@@ -970,6 +958,12 @@ fn until(exp: Option<u64>) -> String {
 }
 
 /// " and N more" when a list reply holds fewer than its `total` (it was cut to fit one frame).
+/// A list reply as one line: `* LABEL: a, b and N more`.
+fn listed(label: &str, items: impl Iterator<Item = String>, total: usize, shown: usize) -> String {
+    let items: Vec<String> = items.collect();
+    format!("* {label}: {}{}", items.join(", "), and_more(total, shown))
+}
+
 fn and_more(total: usize, shown: usize) -> String {
     match total.saturating_sub(shown) {
         0 => String::new(),
