@@ -1577,3 +1577,31 @@ async fn a_malformed_plain_text_command_on_a_message_gets_its_usage() {
         assert!(help.contains(command), "{help}");
     }
 }
+
+#[tokio::test]
+async fn plain_text_search_and_inbox() {
+    let server = chat_server(roomy()).await;
+    let (mut p, welcome) = guest(&server.url()).await;
+    let pn = guest_nick(&welcome);
+    send_plain(&mut p, "hello searchable world").await;
+    line_starting(&mut p, "[lobby]").await;
+    send_plain(&mut p, "/search WORLD").await;
+    assert_eq!(
+        line_starting(&mut p, "#").await,
+        format!("#1 [lobby] {pn}: hello searchable world")
+    );
+    send_plain(&mut p, "/search nothing-like-it").await;
+    assert_eq!(line_starting(&mut p, "* ").await, "* nothing found");
+    send_plain(&mut p, "/search").await;
+    assert_eq!(
+        line_starting(&mut p, "!").await,
+        "! bad_message: usage: /search WORDS"
+    );
+    // A guest keeps no inbox.
+    send_plain(&mut p, "/inbox").await;
+    assert!(
+        line_starting(&mut p, "!")
+            .await
+            .starts_with("! forbidden: ")
+    );
+}

@@ -594,3 +594,23 @@ async fn a_reaction_with_invisible_or_bidi_characters_is_refused_and_emoji_seque
     let react = json!({"type": "react", "room": "lobby", "seq": 1, "emoji": family, "on": true, "cid": "ok"});
     assert_eq!(answer(&mut a, react).await["type"], "ack");
 }
+
+/// From an attack on the docs: `typing` took from the rate limit, so a client sending one per
+/// keystroke was closed (1008). It is throttled on its own now.
+#[tokio::test]
+async fn typing_does_not_take_from_the_rate_limit() {
+    let config = ChatConfig {
+        rate_per_sec: 1,
+        rate_burst: 3,
+        ..roomy()
+    };
+    // The burst covers hello, join and the say; a hundred typings take none of it.
+    let server = server_on("typing-rate", config).await;
+    let mut a = Client::hello(&server.url(), "nana").await;
+    a.join("lobby").await;
+    for _ in 0..100 {
+        a.send(json!({"type": "typing", "room": "lobby"})).await;
+    }
+    let say = json!({"type": "say", "room": "lobby", "text": "still here", "cid": "s1"});
+    assert_eq!(answer(&mut a, say).await["type"], "ack");
+}

@@ -29,7 +29,8 @@ const PLAIN_HISTORY: u32 = 20;
 const PLAIN_HELP: &str = "* commands: /nick NAME, /join ROOM, /leave [ROOM], \
 /msg NICK TEXT, /who [ROOM], /rooms, /history [N] (each line starts with its message's #SEQ), \
 /reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, /react SEQ EMOJI, /unreact SEQ EMOJI, \
-/token TOKEN (a fresh token), /help; anything else is said in your current room";
+/search WORDS, /inbox, /token TOKEN (a fresh token), /help; anything else is said in your \
+current room";
 
 /// The usage line of each command on a message, for a malformed one.
 const USAGE_REPLY: &str = "usage: /reply SEQ TEXT (SEQ: a message's number, #SEQ in /history)";
@@ -160,6 +161,16 @@ impl<S: Store> Session<S> {
                 after: None,
             },
             "rooms" => ClientMsg::Rooms { after: None },
+            "inbox" => ClientMsg::Inbox {},
+            "search" if rest.trim().is_empty() => {
+                return refused(ErrorCode::BadMessage, "usage: /search WORDS");
+            }
+            "search" => ClientMsg::Search {
+                query: rest.to_owned(),
+                room: None,
+                limit: None,
+                skip: None,
+            },
             "token" if rest.is_empty() => {
                 return refused(ErrorCode::BadMessage, "usage: /token TOKEN (a fresh token)");
             }

@@ -235,7 +235,10 @@ impl<S: Store> Session<S> {
             Err(Failure::Fatal(err)) => return Err(err),
         };
         let cid = request.cid().and_then(|cid| self.client_cid(cid));
-        if !self.bucket.take() {
+        // `typing` is throttled on its own (one a nick every 2 s goes out): a client that
+        // sends one per keystroke is not a client that floods.
+        let counted = !matches!(request, ClientMsg::Typing { .. });
+        if counted && !self.bucket.take() {
             self.strikes += 1;
             if self.strikes >= self.chat.config.rate_strikes {
                 return Err(Error::Policy("rate limit exceeded".into()));

@@ -881,6 +881,17 @@ impl State {
                 after: None,
             },
             "rooms" => ClientMsg::Rooms { after: None },
+            "inbox" => ClientMsg::Inbox {},
+            "search" if rest.trim().is_empty() => {
+                out.notice("usage: /search WORDS");
+                return Ok(None);
+            }
+            "search" => ClientMsg::Search {
+                query: rest.clone(),
+                room: None,
+                limit: None,
+                skip: None,
+            },
             "reply" | "edit" | "delete" | "react" | "unreact" => {
                 if self.on_message_command(verb, &rest).is_none() {
                     out.notice(&format!("usage: {}", usage(verb)));
@@ -907,7 +918,7 @@ impl State {
 
 /// What `/help` shows.
 pub const HELP: &str = "commands: /join ROOM, /leave [ROOM], /rooms, /msg NICK TEXT, /who [ROOM], \
-/history [N], /nick NAME, /quit; on a message of the current room (SEQ: its #number, shown \
+/history [N], /search WORDS, /inbox, /nick NAME, /quit; on a message of the current room (SEQ: its #number, shown \
 before it): /reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, /react SEQ EMOJI, /unreact SEQ \
 EMOJI; anything else is said in the current room";
 
