@@ -732,9 +732,15 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
             // A deleted text must not linger in the write-ahead log until a checkpoint that a
             // quiet server may never reach: copied back and the log emptied now (a reader in
             // the way only postpones it to the next delete).
-            let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            // Waiting at most a moment for readers: appends queue behind this.
+            let checkpoint = conn
+                .busy_timeout(std::time::Duration::from_millis(50))
+                .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
             if let Err(err) = checkpoint {
                 debug!(cause = %err, "checkpoint after a delete failed");
+            }
+            if let Err(err) = conn.busy_timeout(std::time::Duration::from_secs(5)) {
+                debug!(cause = %err, "busy timeout not restored");
             }
         }
     }
