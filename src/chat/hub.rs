@@ -928,7 +928,11 @@ impl State {
             && self
                 .rooms
                 .get(room)
-                .is_some_and(|_| self.nicks_in(room, self.presence_limit) < self.presence_limit)
+                // Fewer connections than the limit: fewer nicks too, without counting them.
+                .is_some_and(|r| {
+                    r.members.len() < self.presence_limit
+                        || self.nicks_in(room, self.presence_limit) < self.presence_limit
+                })
     }
 
     /// How many nicks (not connections: a nick with three is one) are members of `room`,

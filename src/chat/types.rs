@@ -69,7 +69,13 @@ pub(crate) fn chat_message(r: Record) -> ChatMessage {
         on,
         edited: r.edited_ms,
         deleted: r.deleted,
-        ..ChatMessage::said(&r.room, r.seq, &r.from, &r.text, r.time_ms)
+        room: r.room,
+        seq: r.seq,
+        from: r.from,
+        text: r.text,
+        time: r.time_ms,
+        reactions: Default::default(),
+        mine: Vec::new(),
     }
 }
 

@@ -663,12 +663,7 @@ impl State {
                 let list = rooms.iter().map(|r| format!("{} ({})", r.room, r.members));
                 out.notice(&listed("rooms", list, total, rooms.len()));
             }
-            ServerMsg::History { messages, .. } => {
-                for m in messages {
-                    out.message(&m);
-                }
-            }
-            ServerMsg::Thread { messages, .. } => {
+            ServerMsg::History { messages, .. } | ServerMsg::Thread { messages, .. } => {
                 for m in messages {
                     out.message(&m);
                 }
@@ -695,29 +690,30 @@ impl State {
 
     /// A message, shown once: anything at or below the room's last shown seq was shown already.
     fn show(&mut self, m: ChatMessage, out: &mut Output) {
-        let cursor = self.rooms.entry(m.room.clone()).or_insert(Cursor {
-            last_seq: None,
-            epoch: None,
-        });
-        if cursor.last_seq.is_some_and(|last| m.seq <= last) {
-            return;
+        if self.advance(&m) {
+            out.message(&m);
         }
-        cursor.last_seq = Some(m.seq);
-        out.message(&m);
     }
 
     /// An event on a message: it takes a seq of the room like a message (so a resume goes on
     /// after it), and is shown as a line of its own.
     fn show_event(&mut self, kind: Kind, m: ChatMessage, out: &mut Output) {
+        if self.advance(&m) {
+            out.notice(&m.event_line(kind));
+        }
+    }
+
+    /// Moves the room's cursor to `m`'s seq; false when it was there already (shown before).
+    fn advance(&mut self, m: &ChatMessage) -> bool {
         let cursor = self.rooms.entry(m.room.clone()).or_insert(Cursor {
             last_seq: None,
             epoch: None,
         });
         if cursor.last_seq.is_some_and(|last| m.seq <= last) {
-            return;
+            return false;
         }
         cursor.last_seq = Some(m.seq);
-        out.notice(&m.event_line(kind));
+        true
     }
 
     fn on_error(
