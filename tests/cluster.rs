@@ -1272,3 +1272,50 @@ async fn a_dm_sent_the_moment_its_recipient_is_welcomed_on_another_process_reach
         assert_eq!(answer["type"], "ack", "try {i}: {answer}");
     }
 }
+
+/// A read position reaches the reader's connections on every process (two devices of one
+/// user, each on another process), and never moves back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_position_reaches_the_readers_connections_on_every_process() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let keyed = |url: String| async move {
+        let (mut c, answer) = Client::hello(
+            &url,
+            json!({"type": "hello", "nick": "mochi", "key": "k-mochi"}),
+        )
+        .await;
+        assert_eq!(answer["type"], "welcome", "{answer}");
+        c.join("lobby", None).await;
+        c
+    };
+    let mut phone = keyed(procs[0].listening_url()).await;
+    let mut laptop = keyed(procs[1].listening_url()).await;
+    let first = say_in(&mut phone, "lobby", "one").await;
+    let second = say_in(&mut phone, "lobby", "two").await;
+    laptop
+        .send(json!({"type": "read", "room": "lobby", "seq": second}))
+        .await;
+    let told = phone
+        .wait_for("the read position", |v| v["type"] == "read")
+        .await;
+    assert_eq!(
+        told,
+        json!({"type": "read", "room": "lobby", "seq": second})
+    );
+    // Reading an older seq does not move it back: both are told the position kept (each
+    // connection has now been told twice).
+    phone
+        .send(json!({"type": "read", "room": "lobby", "seq": first}))
+        .await;
+    for (name, device) in [("laptop", &mut laptop), ("phone", &mut phone)] {
+        while device.got.iter().filter(|v| v["type"] == "read").count() < 2 {
+            device.wait_for(name, |v| v["type"] == "read").await;
+        }
+        let reads: Vec<&Value> = device.got.iter().filter(|v| v["type"] == "read").collect();
+        assert!(
+            reads.iter().all(|v| v["seq"] == second),
+            "{name}: {reads:?}"
+        );
+    }
+}

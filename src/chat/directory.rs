@@ -117,6 +117,19 @@ impl<S: Store> Directory<S> {
         }
     }
 
+    /// A known user's read position is stored: its connections here are told, and in a
+    /// cluster those on the other processes too.
+    pub(super) fn read(&self, reader: &str, room: &str, seq: u64) {
+        let read = ServerMsg::Read {
+            room: room.to_owned(),
+            seq,
+        };
+        self.hub.tell_nick(reader, &read);
+        if let Some(cluster) = &self.cluster {
+            cluster.read(reader, room, seq);
+        }
+    }
+
     /// Makes sure the hub holds `room`, loading its state from the store the first time.
     pub(super) async fn open_room(&self, room: &str, pair: Option<(String, String)>) -> Result<()> {
         if !self.hub.hold_room(room) {

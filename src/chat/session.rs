@@ -614,7 +614,7 @@ impl<S: Store> Session<S> {
     }
 
     /// Keeps how far a known user has read a room (its own, or one of its direct-message
-    /// rooms) and tells its connections here.
+    /// rooms) and tells its connections, on every process.
     async fn read(&mut self, room: String, seq: u64) -> Result<(), Failure> {
         if !self.known {
             refuse(
@@ -633,11 +633,7 @@ impl<S: Store> Session<S> {
             .membership(&nick, &room, Membership::Read { seq })
             .await
             .map_err(unavailable)?;
-        let read = ServerMsg::Read {
-            room,
-            seq: state.read_seq,
-        };
-        self.hub().tell_nick(&nick, &read);
+        self.chat.directory.read(&nick, &room, state.read_seq);
         Ok(())
     }
 

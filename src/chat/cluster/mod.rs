@@ -165,6 +165,18 @@ impl<S: Store> Cluster<S> {
         });
     }
 
+    /// Tells the other processes that `reader` has read `room` up to `seq`, for the reader's
+    /// connections there (best effort: the position itself is in the store already).
+    pub(crate) fn read(&self, reader: &str, room: &str, seq: u64) {
+        let inner = self.shared.clone();
+        let (reader, room) = (reader.to_owned(), room.to_owned());
+        tokio::spawn(async move {
+            if let Err(err) = inner.link.publish_read(&reader, &room, seq).await {
+                debug!(cause = %err, "read position not passed on");
+            }
+        });
+    }
+
     /// Hands a stored message to the publisher (never waits).
     pub(crate) fn publish(&self, msg: ChatMessage) {
         let _ = self.shared.publish.send(msg);
@@ -574,6 +586,9 @@ fn hear<S: Store>(inner: &Arc<Shared<S>>, msg: &::redis::Msg) {
             inner.hub.tell_presence(&room, &nick, event);
         }
         Some(Heard::Typing(room, nick)) => inner.hub.tell_typing(&room, &nick),
+        Some(Heard::Read(reader, room, seq)) => {
+            inner.hub.tell_nick(&reader, &ServerMsg::Read { room, seq });
+        }
         None => {}
     }
 }

@@ -445,6 +445,21 @@ impl Link {
         self.run(&pipe).await
     }
 
+    /// Publishes that `reader` has read `room` up to `seq`, on the channel every process
+    /// hears (the reader's connections may be on any of them).
+    pub(super) async fn publish_read(&self, reader: &str, room: &str, seq: u64) -> Result<()> {
+        let note = ReadNote {
+            node: self.node.clone(),
+            room: room.to_owned(),
+            reader: reader.to_owned(),
+            seq,
+        };
+        let json = serde_json::to_string(&note)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH").arg(MESSAGES).arg(json).ignore();
+        self.run(&pipe).await
+    }
+
     /// The nicks in a room on every process, sorted.
     pub(super) async fn members(&self, room: &str) -> Result<Vec<String>> {
         let mut pipe = self.settle_pipe();
@@ -702,12 +717,23 @@ struct TypingNote {
     typing: String,
 }
 
-/// What a room's channel carries: a stored message or event, or a typing note.
+/// A known user's read position, on [`MESSAGES`] (never stored here: the store keeps it).
+#[derive(Debug, Serialize, Deserialize)]
+struct ReadNote {
+    node: String,
+    room: String,
+    reader: String,
+    seq: u64,
+}
+
+/// What a message channel carries: a stored message or event, a typing note or a read
+/// position.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum OnRoom {
     Stored(Published),
     Typing(TypingNote),
+    Read(ReadNote),
 }
 
 /// What goes over [`PRESENCE`].
@@ -727,6 +753,8 @@ pub(super) enum Heard {
     Presence(String, String, PresenceEvent),
     /// A member of a room typing: (room, nick).
     Typing(String, String),
+    /// A known user's read position: (reader, room, seq).
+    Read(String, String, u64),
 }
 
 /// What `msg` says, unless it is this process's own message or not one of ours.
@@ -740,6 +768,7 @@ pub(super) fn heard(msg: &redis::Msg, node: &str) -> Option<Heard> {
                     (p.node != node).then_some(Heard::Message(p.msg))
                 }
                 OnRoom::Typing(t) => (t.node != node).then_some(Heard::Typing(t.room, t.typing)),
+                OnRoom::Read(r) => (r.node != node).then_some(Heard::Read(r.reader, r.room, r.seq)),
             }
         }
         PRESENCE => {
