@@ -324,6 +324,38 @@ async fn under_a_terminal_a_half_typed_line_survives_incoming_messages() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Typing is shown in a bar just above the prompt — rewritten in place, never added as a line
+/// — and taken away when the typist's message arrives.
+#[tokio::test]
+async fn under_a_terminal_typing_shows_in_the_bar_until_the_message() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-bar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut talker = Talker::new(&url, "talker").await;
+
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--nick", "reader"])
+        .env("NO_COLOR", "1");
+    let mut pty = rexpect::session::spawn_command(cmd, Some(10_000)).unwrap();
+    pty.exp_string("joined lobby").unwrap();
+    let typing = json!({"type": "typing", "room": "lobby"});
+    talker
+        .ws
+        .send(Message::text(typing.to_string()))
+        .await
+        .unwrap();
+    pty.exp_string("talker is typing in lobby").unwrap();
+    talker.say_all(["done typing".to_owned()]).await;
+    // The bar's row is cleared and given back to the prompt, then the message is a line.
+    pty.exp_string("\x1b[1A\r\x1b[2K\x1b[1A").unwrap();
+    let between = pty.exp_string("talker: done typing").unwrap();
+    assert!(!between.contains("typing in"), "{between:?}");
+    pty.send_line("/quit").unwrap();
+    pty.exp_eof().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_script_piping_many_lines_is_paced_to_the_servers_rate_and_none_is_refused() {
     let dir = std::env::temp_dir().join(format!("nanachat-connect-pace-{}", std::process::id()));

@@ -158,7 +158,19 @@ struct State {
     welcomed: bool,
     /// The server said the token expired, on this connection, and no `refreshed` came yet.
     expiry: Option<Expiry>,
+    /// Who is typing where, until when: shown in the terminal's status bar.
+    typing: Vec<Typist>,
 }
+
+/// A member typing in a room (the server says so at most every 2 s while it types).
+struct Typist {
+    room: String,
+    nick: String,
+    until: Instant,
+}
+
+/// How long a `typing` is shown, unless the nick's message comes first.
+const TYPING_SHOWN: Duration = Duration::from_secs(5);
 
 /// Why a connection ended.
 enum SessionEnd {
@@ -220,6 +232,7 @@ pub async fn run(
         input_done: false,
         welcomed: false,
         expiry: None,
+        typing: Vec::new(),
     };
     let config = ConnectionConfig::default();
     let target = state.opts.target.clone();
@@ -394,10 +407,14 @@ impl State {
         inputs: &mut mpsc::Receiver<Input>,
         out: &mut Output,
     ) -> SessionEnd {
-        match self.session_inner(conn, inputs, out).await {
+        let end = match self.session_inner(conn, inputs, out).await {
             Ok(end) => end,
             Err(err) => SessionEnd::Lost(err.to_string()),
-        }
+        };
+        // Nobody is typing to a connection that is gone.
+        self.typing.clear();
+        out.bar(None);
+        end
     }
 
     async fn session_inner(
@@ -473,6 +490,11 @@ impl State {
                 }
                 () = async { tokio::time::sleep_until(self.recheck().expect("checked")).await }, if self.recheck().is_some() => {
                     self.renew(conn, out).await?;
+                }
+                () = async { tokio::time::sleep_until(self.typing_ends().expect("checked")).await }, if self.typing_ends().is_some() => {
+                    let now = Instant::now();
+                    self.typing.retain(|t| t.until > now);
+                    self.show_typing(out);
                 }
             }
         }
@@ -638,8 +660,20 @@ impl State {
             ServerMsg::Edit(m) => self.show_event(Kind::Edit, m, out),
             ServerMsg::Delete(m) => self.show_event(Kind::Delete, m, out),
             ServerMsg::React(m) => self.show_event(Kind::React, m, out),
-            // Shown by the browser client; a line each would only be noise here.
-            ServerMsg::Typing { .. } | ServerMsg::Read { .. } => {}
+            ServerMsg::Typing { room, nick } => {
+                let until = Instant::now() + TYPING_SHOWN;
+                match self
+                    .typing
+                    .iter_mut()
+                    .find(|t| t.room == room && t.nick == nick)
+                {
+                    Some(t) => t.until = until,
+                    None => self.typing.push(Typist { room, nick, until }),
+                }
+                self.show_typing(out);
+            }
+            // Kept by the server and shown by the browser client; a line would be noise here.
+            ServerMsg::Read { .. } => {}
             ServerMsg::Inbox { rooms, total } => {
                 let list = rooms
                     .iter()
@@ -688,8 +722,41 @@ impl State {
         None
     }
 
+    /// When the first of those typing stops being shown.
+    fn typing_ends(&self) -> Option<Instant> {
+        self.typing.iter().map(|t| t.until).min()
+    }
+
+    /// Shows who is typing, room by room, in the status bar (a terminal's; none in a script):
+    /// `mochi is typing in lobby`, `mochi, nana and 2 more are typing in dev`.
+    fn show_typing(&self, out: &mut Output) {
+        let mut rooms: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for t in &self.typing {
+            rooms.entry(&t.room).or_default().push(&t.nick);
+        }
+        let parts: Vec<String> = rooms
+            .into_iter()
+            .map(|(room, nicks)| {
+                let names = match nicks.as_slice() {
+                    [one] => format!("{one} is"),
+                    [a, b] => format!("{a} and {b} are"),
+                    [a, b, rest @ ..] => format!("{a}, {b} and {} more are", rest.len()),
+                    [] => String::new(), // a room is listed for a typist
+                };
+                format!("{names} typing in {room}")
+            })
+            .collect();
+        out.bar((!parts.is_empty()).then(|| parts.join("; ")).as_deref());
+    }
+
     /// A message, shown once: anything at or below the room's last shown seq was shown already.
     fn show(&mut self, m: ChatMessage, out: &mut Output) {
+        // Their message is what they were typing.
+        let before = self.typing.len();
+        self.typing.retain(|t| t.room != m.room || t.nick != m.from);
+        if self.typing.len() != before {
+            self.show_typing(out);
+        }
         if self.advance(&m) {
             out.message(&m);
         }
@@ -983,8 +1050,7 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    #[test]
-    fn a_truncated_resume_is_told_to_the_user() {
+    fn state() -> State {
         let opts = ClientOptions {
             target: Target::parse("ws://127.0.0.1:1").unwrap(),
             nick: "nana".into(),
@@ -996,7 +1062,7 @@ mod tests {
             token_file: None,
             key_file: None,
         };
-        let mut state = State {
+        State {
             opts,
             key: Some("k".into()),
             run: "r".into(),
@@ -1009,13 +1075,57 @@ mod tests {
             input_done: false,
             welcomed: true,
             expiry: None,
-        };
+            typing: Vec::new(),
+        }
+    }
+
+    /// A terminal output that keeps what it printed.
+    fn terminal() -> (Output, Arc<Mutex<Vec<String>>>) {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let seen = lines.clone();
-        let mut out = Output::Terminal {
+        let out = Output::Terminal {
             printer: Box::new(move |line| seen.lock().unwrap().push(line)),
             style: Style { color: false },
+            bar: None,
         };
+        (out, lines)
+    }
+
+    /// Typing is shown in the bar above the prompt, never as a line; the typist's message
+    /// takes it away, and so does time.
+    #[tokio::test(start_paused = true)]
+    async fn typing_shows_in_the_bar_until_the_message_or_five_seconds() {
+        let mut state = state();
+        let (mut out, lines) = terminal();
+        let typing = |nick: &str| format!(r#"{{"type":"typing","room":"lobby","nick":"{nick}"}}"#);
+        assert!(state.on_server(&typing("mochi"), &mut out).is_none());
+        assert!(state.on_server(&typing("kiki"), &mut out).is_none());
+        let message =
+            r#"{"type":"message","room":"lobby","seq":1,"from":"mochi","text":"hi","time":0}"#;
+        assert!(state.on_server(message, &mut out).is_none());
+        tokio::time::advance(TYPING_SHOWN).await;
+        assert_eq!(state.typing_ends(), Some(Instant::now()));
+        state.typing.retain(|t| t.until > Instant::now());
+        state.show_typing(&mut out);
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(lines[0], "mochi is typing in lobby");
+        assert_eq!(
+            lines[1],
+            "\x1b[1A\r\x1b[2Kmochi and kiki are typing in lobby"
+        );
+        assert_eq!(lines[2], "\x1b[1A\r\x1b[2Kkiki is typing in lobby");
+        assert!(
+            lines[3].ends_with("[lobby] mochi: hi\nkiki is typing in lobby"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[4], "\x1b[1A\r\x1b[2K\x1b[1A");
+    }
+
+    #[test]
+    fn a_truncated_resume_is_told_to_the_user() {
+        let mut state = state();
+        let (mut out, lines) = terminal();
         let joined = r#"{"type":"joined","room":"lobby","epoch":1,"last_seq":41,"first_seq":30,"truncated":true}"#;
         assert!(state.on_server(joined, &mut out).is_none());
         let gapless = r#"{"type":"joined","room":"dev","epoch":1,"last_seq":41,"first_seq":1}"#;

@@ -30,16 +30,28 @@ pub enum Output {
         printer: Box<dyn FnMut(String) + Send>,
         /// Colours.
         style: Style,
+        /// The status bar shown just above the prompt (who is typing), if any: a line that is
+        /// rewritten in place, never added to.
+        bar: Option<String>,
     },
 }
+
+/// Moves the cursor up to the bar's row and clears it.
+const TO_BAR: &str = "\x1b[1A\r\x1b[2K";
+
+/// The longest bar, in characters: twice as many columns at most (wide characters), so it
+/// stays on one row of an 80-column terminal.
+const BAR_CHARS: usize = 38;
 
 impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Output::Script { json } => f.debug_struct("Script").field("json", json).finish(),
-            Output::Terminal { style, .. } => {
-                f.debug_struct("Terminal").field("style", style).finish()
-            }
+            Output::Terminal { style, bar, .. } => f
+                .debug_struct("Terminal")
+                .field("style", style)
+                .field("bar", bar)
+                .finish(),
         }
     }
 }
@@ -67,7 +79,8 @@ impl Output {
                 re(m),
                 body(m)
             )),
-            Output::Terminal { printer, style } => {
+            Output::Terminal { style, .. } => {
+                let style = *style;
                 let time = crate::clock::local_hh_mm(m.time);
                 let from = visible(&m.from);
                 let nick = if style.color {
@@ -75,14 +88,15 @@ impl Output {
                 } else {
                     from.into_owned()
                 };
-                printer(format!(
+                let line = format!(
                     "{time} #{} [{}] {nick}{}: {}{}",
                     m.seq,
                     visible(&m.room),
                     re(m),
                     body(m),
                     changes(m)
-                ));
+                );
+                self.print(line);
             }
         }
     }
@@ -93,10 +107,59 @@ impl Output {
         let text = visible(text);
         match self {
             Output::Script { .. } => eprintln!("{text}"),
-            Output::Terminal { printer, style } if style.color => {
-                printer(format!("\x1b[2m{text}\x1b[0m"))
+            Output::Terminal { style, .. } if style.color => {
+                self.print(format!("\x1b[2m{text}\x1b[0m"))
             }
-            Output::Terminal { printer, .. } => printer(text.into_owned()),
+            Output::Terminal { .. } => self.print(text.into_owned()),
+        }
+    }
+
+    /// Shows `text` in the status bar just above the prompt (`None` takes the bar away): in a
+    /// terminal only — a script's output has no place that changes.
+    pub fn bar(&mut self, text: Option<&str>) {
+        let Output::Terminal {
+            printer,
+            style,
+            bar,
+        } = self
+        else {
+            return;
+        };
+        let text = text.map(|t| {
+            let t = visible(t);
+            let mut short: String = t.chars().take(BAR_CHARS).collect();
+            if short.len() < t.len() {
+                short.pop();
+                short.push('…');
+            }
+            if style.color {
+                format!("\x1b[2m{short}\x1b[0m")
+            } else {
+                short
+            }
+        });
+        if *bar == text {
+            return;
+        }
+        match (bar.is_some(), &text) {
+            (false, Some(new)) => printer(new.clone()),
+            (true, Some(new)) => printer(format!("{TO_BAR}{new}")),
+            // Up to the bar, clear it, and one more up: the editor's own newline puts the
+            // prompt back where the bar was.
+            (true, None) => printer(format!("{TO_BAR}\x1b[1A")),
+            (false, None) => {}
+        }
+        *bar = text;
+    }
+
+    /// Prints a line in a terminal above the prompt — and above the bar, which is written
+    /// again below it.
+    fn print(&mut self, line: String) {
+        if let Output::Terminal { printer, bar, .. } = self {
+            match bar {
+                Some(bar) => printer(format!("{TO_BAR}{line}\n{bar}")),
+                None => printer(line),
+            }
         }
     }
 
@@ -110,7 +173,7 @@ impl Output {
         let text = visible(text);
         match self {
             Output::Script { .. } => stdout_line(&text),
-            Output::Terminal { printer, .. } => printer(text.into_owned()),
+            Output::Terminal { .. } => self.print(text.into_owned()),
         }
     }
 }
@@ -171,8 +234,36 @@ mod tests {
         let out = Output::Terminal {
             printer: Box::new(move |line| seen.lock().unwrap().push(line)),
             style: Style { color: false },
+            bar: None,
         };
         (out, lines)
+    }
+
+    /// The bar is one row above the prompt, rewritten in place: a line printed while it shows
+    /// takes its row and the bar is written again below it; taking it away leaves no row.
+    #[test]
+    fn the_bar_is_rewritten_in_place_and_lines_go_above_it() {
+        let (mut out, lines) = terminal();
+        out.bar(Some("mochi is typing in lobby"));
+        out.bar(Some("mochi is typing in lobby"));
+        out.notice("* nana joined lobby");
+        out.bar(Some(
+            "mochi and nana are typing in lobby and a very long room name",
+        ));
+        out.bar(None);
+        out.bar(None);
+        out.notice("* bye");
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(
+            lines,
+            [
+                "mochi is typing in lobby",
+                "\x1b[1A\r\x1b[2K* nana joined lobby\nmochi is typing in lobby",
+                "\x1b[1A\r\x1b[2Kmochi and nana are typing in lobby an…",
+                "\x1b[1A\r\x1b[2K\x1b[1A",
+                "* bye",
+            ]
+        );
     }
 
     #[test]

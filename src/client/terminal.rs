@@ -68,6 +68,7 @@ fn line_editor(
             let _ = printer.print(line);
         }),
         style: Style { color },
+        bar: None,
     };
     let thread = std::thread::spawn(move || {
         loop {
