@@ -222,6 +222,19 @@ async fn bad_events_get_clear_errors_and_the_connection_stays() {
             json!({"type": "edit", "room": "elsewhere", "seq": 1, "text": "x", "cid": "n6"}),
             "not_joined",
         ),
+        // No text is no message, and an edit to nothing is a delete by another name.
+        (
+            json!({"type": "say", "room": "lobby", "text": "", "cid": "n7"}),
+            "bad_message",
+        ),
+        (
+            json!({"type": "edit", "room": "lobby", "seq": 1, "text": " \t\n", "cid": "n8"}),
+            "bad_message",
+        ),
+        (
+            json!({"type": "dm", "to": "nana", "text": "   ", "cid": "n9"}),
+            "bad_message",
+        ),
     ];
     for (request, want) in cases {
         assert_eq!(
@@ -613,4 +626,30 @@ async fn typing_does_not_take_from_the_rate_limit() {
     }
     let say = json!({"type": "say", "room": "lobby", "text": "still here", "cid": "s1"});
     assert_eq!(answer(&mut a, say).await["type"], "ack");
+}
+
+/// A key binds a nick for good: an empty one (anyone's to guess) or one past 256 bytes is
+/// refused; at 256 bytes it binds.
+#[tokio::test]
+async fn a_key_is_one_to_256_bytes() {
+    let server = server_on("keys", roomy()).await;
+    let long = "k".repeat(257);
+    for (nick, key) in [("empty", ""), ("long", long.as_str())] {
+        let mut c = Client::raw(&server.url()).await;
+        c.send(json!({"type": "hello", "nick": nick, "key": key}))
+            .await;
+        let answer = c.recv().await;
+        assert_eq!(code(&answer), "bad_message", "{nick}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("1 to 256 bytes"),
+            "{answer}"
+        );
+        // Still open: a good hello is welcome.
+        c.send(json!({"type": "hello", "nick": nick, "key": "k".repeat(256)}))
+            .await;
+        assert_eq!(c.recv().await["type"], "welcome");
+    }
 }

@@ -34,6 +34,9 @@ use crate::store::{
 };
 use crate::{Error, Result};
 
+/// The longest `key` a `hello` may bring (a client's own is 32 characters).
+const MAX_KEY_BYTES: usize = 256;
+
 /// The hub key of every authenticated connection: a valid token for a nick makes it that nick's.
 pub(super) const AUTHENTICATED: &str = "\u{0}token";
 
@@ -377,6 +380,15 @@ impl<S: Store> Session<S> {
             refuse(
                 ErrorCode::BadNick,
                 "a nick is 1 to 32 letters, digits, - or _",
+            )?;
+        }
+        if key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_BYTES)
+        {
+            refuse(
+                ErrorCode::BadMessage,
+                format!("a key is 1 to {MAX_KEY_BYTES} bytes"),
             )?;
         }
         if self.chat.config.auth.is_some() {
@@ -852,6 +864,12 @@ impl<S: Store> Session<S> {
     }
 
     fn check_text(&self, text: &str) -> Result<(), Failure> {
+        if text.trim().is_empty() {
+            refuse(
+                ErrorCode::BadMessage,
+                "a message needs some text (to take one back, delete it)",
+            )?;
+        }
         let max = self.chat.config.max_text_chars;
         if text.chars().count() > max {
             refuse(

@@ -883,7 +883,7 @@ impl State {
         out: &mut Output,
     ) -> Result<Option<SessionEnd>> {
         let line = line.trim_end_matches(['\r', '\n']).to_owned();
-        if line.is_empty() {
+        if line.trim().is_empty() {
             return Ok(None);
         }
         let command = if self.opts.commands {
