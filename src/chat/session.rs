@@ -686,9 +686,7 @@ impl<S: Store> Session<S> {
                 let mut rooms = self.hub().rooms_of(self.id);
                 if self.known {
                     let store = &self.chat.store;
-                    let floors = self.hub().floors(self.id);
-                    let inbox = store.inbox(&nick, floors).await.map_err(unavailable)?;
-                    rooms.extend(inbox.into_iter().map(|r| r.room));
+                    rooms.extend(store.rooms_of(&nick).await.map_err(unavailable)?);
                 }
                 rooms.sort();
                 rooms.dedup();

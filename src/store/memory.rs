@@ -192,6 +192,19 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A known user's rooms (case-folded `nick`) and how far it read each: its memberships,
+    /// and its direct-message rooms with messages (read up to 0 if it never said how far).
+    fn read_positions(&self, rooms: &HashMap<String, Room>, nick: &str) -> BTreeMap<String, u64> {
+        let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut mine: BTreeMap<String, u64> = reads.get(nick).cloned().unwrap_or_default();
+        for (name, room) in rooms.iter() {
+            if room.last_seq > 0 && is_dm_of(name, nick) {
+                mine.entry(name.clone()).or_insert(0);
+            }
+        }
+        mine
+    }
+
     fn nicks(&self) -> MutexGuard<'_, HashMap<String, Holding>> {
         self.nicks
             .lock()
@@ -259,16 +272,18 @@ impl Store for MemoryStore {
         Ok(ReadState { read_seq, unread })
     }
 
+    async fn rooms_of(&self, nick: &str) -> Result<Vec<String>> {
+        let nick = nick.to_ascii_lowercase();
+        Ok(self
+            .read_positions(&self.rooms(), &nick)
+            .into_keys()
+            .collect())
+    }
+
     async fn inbox(&self, nick: &str, floors: Vec<(String, u64)>) -> Result<Vec<InboxRoom>> {
         let rooms = self.rooms();
-        let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
         let nick = nick.to_ascii_lowercase();
-        let mut mine: BTreeMap<String, u64> = reads.get(&nick).cloned().unwrap_or_default();
-        for (name, room) in rooms.iter() {
-            if room.last_seq > 0 && is_dm_of(name, &nick) {
-                mine.entry(name.clone()).or_insert(0);
-            }
-        }
+        let mine = self.read_positions(&rooms, &nick);
         let floor = |room: &str| {
             floors
                 .iter()

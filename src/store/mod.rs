@@ -546,6 +546,11 @@ pub trait Store: Send + Sync + 'static {
         change: Membership,
     ) -> impl Future<Output = Result<ReadState>> + Send;
 
+    /// The names of a known user's (`nick`, case-folded) rooms, sorted: those it joined and
+    /// did not leave, and its direct-message rooms with messages — the rooms of
+    /// [`Store::inbox`], without reading where it is in each.
+    fn rooms_of(&self, nick: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// A known user's rooms: those it joined and did not leave, and its direct-message rooms
     /// with messages; each read from its floor at least (`floors`: a room's last seq that is
     /// not the user's to read, see [`Holding::floors`]), sorted by room.
@@ -902,12 +907,18 @@ pub mod contract {
         assert_eq!(inbox[0].last.as_ref().unwrap().text, "new");
         assert_eq!(inbox[1].last.as_ref().unwrap().text, "mine");
         assert_eq!(inbox[1].last_seq, 4);
+        assert_eq!(
+            store.rooms_of("Yuki").await.unwrap(),
+            ["@kumo+yuki", "mem"],
+            "the inbox's rooms"
+        );
         store
             .membership("yuki", "mem", Membership::Forget)
             .await
             .unwrap();
         let inbox = store.inbox("yuki", Vec::new()).await.unwrap();
         assert_eq!(inbox.len(), 1, "{inbox:?}");
+        assert_eq!(store.rooms_of("yuki").await.unwrap(), ["@kumo+yuki"]);
         assert_eq!(inbox[0].state.unread, 2, "without a floor, both are unread");
     }
 

@@ -657,23 +657,19 @@ impl Store for PgStore {
         Ok(rows.iter().map(record_of).collect())
     }
 
+    async fn rooms_of(&self, nick: &str) -> Result<Vec<String>> {
+        let conn = self.reader.get().await?;
+        let nick = nick.to_ascii_lowercase();
+        let rooms = read_positions(&conn, &nick).await.map_err(pg_err)?;
+        Ok(rooms.into_keys().collect())
+    }
+
     async fn inbox(&self, nick: &str, floors: Vec<(String, u64)>) -> Result<Vec<InboxRoom>> {
         let conn = self.reader.get().await?;
         let client = &conn.client;
         let nick = nick.to_ascii_lowercase();
         let inbox = async {
-            let mut rooms: BTreeMap<String, u64> = client
-                .query(
-                    "SELECT room, read_seq FROM memberships WHERE nick = $1",
-                    &[&nick],
-                )
-                .await?
-                .iter()
-                .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
-                .collect();
-            for row in client.query(&conn.dm_rooms, &[&nick]).await? {
-                rooms.entry(row.get(0)).or_insert(0);
-            }
+            let rooms = read_positions(&conn, &nick).await?;
             let floor = |room: &str| {
                 floors
                     .iter()
@@ -824,6 +820,28 @@ impl Store for PgStore {
             }
         }
     }
+}
+
+/// A known user's rooms (case-folded `nick`) and how far it read each: its memberships, and
+/// its direct-message rooms with messages (read up to 0 if it never said how far).
+async fn read_positions(
+    conn: &Conn,
+    nick: &str,
+) -> std::result::Result<BTreeMap<String, u64>, tokio_postgres::Error> {
+    let mut rooms: BTreeMap<String, u64> = conn
+        .client
+        .query(
+            "SELECT room, read_seq FROM memberships WHERE nick = $1",
+            &[&nick],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+        .collect();
+    for row in conn.client.query(&conn.dm_rooms, &[&nick]).await? {
+        rooms.entry(row.get(0)).or_insert(0);
+    }
+    Ok(rooms)
 }
 
 /// The nick's binding and its floors: kept with the binding, or (bound to no key) where its

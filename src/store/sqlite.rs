@@ -140,6 +140,25 @@ fn record_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 
 /// A nick's direct-message rooms with messages, and their last seqs (?1: the nick). Each half
 /// is one of the indexes of migration 2.
+/// A known user's rooms (case-folded `nick`) and how far it read each: its memberships, and
+/// its direct-message rooms with messages (read up to 0 if it never said how far).
+fn read_positions(conn: &Connection, nick: &str) -> rusqlite::Result<BTreeMap<String, u64>> {
+    let mut rooms: BTreeMap<String, u64> = conn
+        .prepare_cached("SELECT room, read_seq FROM memberships WHERE nick = ?1")?
+        .query_map([nick], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let dms: Vec<String> = conn
+        .prepare_cached(DM_ROOMS)?
+        .query_map([nick], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for dm in dms {
+        rooms.entry(dm).or_insert(0);
+    }
+    Ok(rooms)
+}
+
 const DM_ROOMS: &str = "
     SELECT name, last_seq FROM rooms
      WHERE substr(name, 1, 1) = '@' AND substr(name, 2, instr(name, '+') - 2) = ?1
@@ -483,22 +502,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn rooms_of(&self, nick: &str) -> Result<Vec<String>> {
+        let nick = nick.to_ascii_lowercase();
+        self.read(move |conn| Ok(read_positions(conn, &nick)?.into_keys().collect()))
+            .await
+    }
+
     async fn inbox(&self, nick: &str, floors: Vec<(String, u64)>) -> Result<Vec<InboxRoom>> {
         let nick = nick.to_ascii_lowercase();
         self.read(move |conn| {
-            let mut rooms: BTreeMap<String, u64> = conn
-                .prepare_cached("SELECT room, read_seq FROM memberships WHERE nick = ?1")?
-                .query_map([&nick], |row| {
-                    Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let dms: Vec<String> = conn
-                .prepare_cached(DM_ROOMS)?
-                .query_map([&nick], |row| row.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for dm in dms {
-                rooms.entry(dm).or_insert(0);
-            }
+            let rooms = read_positions(conn, &nick)?;
             let floor = |room: &str| {
                 floors
                     .iter()
