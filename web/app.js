@@ -225,7 +225,9 @@ function markRead() {
   const r = state.rooms.get(name);
   if (!r || !state.known || state.expired || !r.joined || r.loading || r.lastSeq === null || !isSeen()) return;
   const seq = r.lastSeq; // events take seqs too: read up to the last one
-  if ((r.readSeq ?? -1) < seq && (r.readSent ?? -1) < seq) {
+  // Sent once seen even when the server has it read already (the first `join` of a room marks
+  // it read, and tells no other connection): the user's other tabs learn it from the answer.
+  if (seq > 0 && (r.readSent ?? -1) < seq) {
     r.readSent = seq;
     send({ type: 'read', room: name, seq });
   }
@@ -507,9 +509,9 @@ function onMessage(m) {
     counted = !mine && (r.readSeq === null || m.seq > r.readSeq);
   }
   if (counted) {
-    // The first one while the room is on screen but not seen (another tab, scrolled up):
-    // the "new" line goes above it.
-    if (m.room === state.current && r.unread === 0 && r.marker === null && state.known && !isSeen()) r.marker = m.seq - 1;
+    // The first one since all was read, while the room is on screen but not seen (another
+    // tab in front, scrolled up): the "new" line moves above it.
+    if (m.room === state.current && r.unread === 0 && state.known && !isSeen()) r.marker = m.seq - 1;
     r.unread += 1;
     renderRooms();
   }
@@ -526,7 +528,7 @@ function onMessage(m) {
   }
   append(m.room, messageItem(remember(m.room, m), false));
   if (m.room === state.current) {
-    if (r.marker !== null && !$('messages').querySelector('.unread-marker')) drawMarker(m.room);
+    if (counted) drawMarker(m.room);
     markRead();
   }
 }

@@ -702,6 +702,21 @@ test('unread counts and read positions from the server: two tabs of one user sta
   await until('a shows it', async () => (await texts(a)).includes('side three'));
   await until('tab b cleared', async () => (await badge(b, 'side')) === '');
   assert.equal(await badge(a, 'side'), '');
+  // Tab a on side but hidden (another tab in front): a message there counts, under a "new"
+  // line; once the tab shows again it is read, and tab b's count goes.
+  const setVisibility = (p, v) => p.evaluate((v) => {
+    Object.defineProperty(document, 'visibilityState', { value: v, configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, v);
+  await setVisibility(a, 'hidden');
+  await say(bob, 'side four');
+  await until('a counts it', async () => (await badge(a, 'side')) === '1');
+  await until('b too', async () => (await badge(b, 'side')) === '1');
+  assert.equal(await a.$eval('#messages .unread-marker', (m) => m.nextElementSibling.querySelector('.text').textContent), 'side four');
+  await a.screenshot({ path: path.join(SHOTS, 'unread-hidden-tab.png') });
+  await setVisibility(a, 'visible');
+  await until('a read it', async () => (await badge(a, 'side')) === '');
+  await until('b cleared once more', async () => (await badge(b, 'side')) === '');
   // A third tab finds it read, too.
   const c = await openChat(http, 'alice', aliceTabs);
   await until('tab c lists side', async () => (await badge(c, 'side')) !== null);
@@ -791,6 +806,7 @@ test('inbox after a reconnect: a direct message sent while the page was offline 
   });
   const page = await openChat(http, 'cara', tabs);
   online = false;
+
   for (const [ws, server] of links) { server.close(); ws.close({ code: 1001, reason: 'offline' }); }
   await page.waitForSelector('#status.offline', { timeout: WAIT });
   // Meanwhile dan writes to cara in their direct-message room (nothing reaches the page).
@@ -805,9 +821,13 @@ test('inbox after a reconnect: a direct message sent while the page was offline 
   await until('the inbox lists it', async () => (await badge(page, '@cara+dan')) === '1');
   assert.equal(await page.textContent('#room-list button[data-room="@cara+dan"]'), '@dan1');
   await page.screenshot({ path: path.join(SHOTS, 'inbox-after-reconnect.png') });
+  // A second tab of cara's lists it too; opening it in the first one clears both.
+  const other = await openChat(http, 'cara', tabs);
+  await until('the second tab lists it', async () => (await badge(other, '@cara+dan')) === '1');
   await page.click('#room-list button[data-room="@cara+dan"]');
   await until('shown', async () => (await texts(page)).includes('psst, while you were away'));
   await until('read', async () => (await badge(page, '@cara+dan')) === '');
+  await until('read in the second tab too', async () => (await badge(other, '@cara+dan')) === '');
   // And answered from there.
   await say(page, 'back now');
   await dan.next('the answer', (m) => m.type === 'message' && m.text === 'back now');
