@@ -13,7 +13,9 @@ const state = {
   lastHeard: 0,
   attempt: 0,
   current: 'lobby',
-  rooms: new Map(), // room -> { lastSeq, epoch, oldest, first, seen:Set, unread, members:Set, el:<ol>, msgs:Map }
+  // room -> { lastSeq, epoch, oldest, first, seen:Set, unread, members:Set, el:<ol>, msgs:Map,
+  //           member, joined, readSeq, readSent, countedTo, marker }: see room()
+  rooms: new Map(),
   // cid -> { kind: say|dm|edit|delete|react, room, text, to, reply_to, seq, emoji, on }
   pending: new Map(),
   compose: null, // { mode: 'reply'|'edit', room, seq }: what the composer's next submit does
@@ -25,7 +27,21 @@ const state = {
   expired: false, // the server said token_expired: what is said waits for `refreshed`
   offered: null, // the token sent in `refresh`, not answered yet
   ended: false, // closed with 4003: a new token is needed before reconnecting
+  maxRooms: 32, // welcome's limits.max_rooms
+  // The server keeps this user's read positions and inbox (a key or a token: the page always
+  // brings a key); false once it says `forbidden` to them, and the page counts on its own.
+  known: true,
+  typing: new Map(), // room -> Map(nick in lower case -> { nick, timer }): who is typing there
+  typingSent: new Map(), // room -> when this page last said it was typing there (ms)
+  // Each `search` sent and not answered yet, oldest first ({ query, room, skip, limit, next }):
+  // answers come in order. Only the last one's answer is shown.
+  searches: [],
+  lastSearch: null, // the one whose results are shown (for "More results")
 };
+
+/// How often this page says it is typing, and how long another's `typing` is shown.
+const TYPING_EVERY_MS = 2000;
+const TYPING_SHOWN_MS = 5000;
 
 function randomKey() {
   const bytes = new Uint8Array(16);
@@ -56,7 +72,15 @@ function roomLabel(room) { return isDm(room) ? `@${dmPeer(room)}` : `#${room}`; 
 function room(name) {
   let r = state.rooms.get(name);
   if (!r) {
-    r = { lastSeq: null, epoch: null, oldest: null, seen: new Set(), unread: 0, members: new Set(), el: el('ol'), msgs: new Map() };
+    r = {
+      lastSeq: null, epoch: null, oldest: null, seen: new Set(), unread: 0, members: new Set(), el: el('ol'), msgs: new Map(),
+      member: false, // this page joined it (or asked to): joined again after every reconnect
+      joined: false, // on the current connection
+      readSeq: null, // where the server says this user has read it up to (known users)
+      readSent: null, // the last seq this page sent in `read`
+      countedTo: 0, // `unread` accounts for every message up to this seq
+      marker: null, // the "new" line goes after this seq (set when the room is shown)
+    };
     state.rooms.set(name, r);
     renderRooms();
   }
@@ -85,9 +109,12 @@ function renderRooms() {
     b.dataset.room = name;
     if (name === state.current) b.setAttribute('aria-current', 'true');
     if (r.unread > 0) {
-      const u = el('span', 'unread', String(r.unread));
-      u.setAttribute('aria-label', `${r.unread} unread`);
+      // The server counts up to 1,000.
+      const n = r.unread >= 1000 ? '1000+' : String(r.unread);
+      const u = el('span', 'unread', n);
+      u.setAttribute('aria-label', `${n} unread`);
       b.append(u);
+      b.setAttribute('aria-label', `${roomLabel(name)}, ${n} unread`);
     }
     b.addEventListener('click', () => show(name));
     li.append(b);
@@ -107,15 +134,185 @@ function show(name) {
   if (state.compose && state.compose.room !== name) endCompose();
   state.current = name;
   const r = room(name);
-  r.unread = 0;
+  enter(name);
+  // A known user's messages are read when seen at the bottom of the list (see markRead); the
+  // "new" line marks where they begin, for as long as the room is shown.
+  if (!state.known) r.unread = 0;
+  r.marker = state.known && r.unread > 0 && r.readSeq !== null ? r.readSeq : null;
   $('room-title').textContent = roomLabel(name);
   const list = $('messages');
   list.replaceChildren(...r.el.children.length ? Array.from(r.el.cloneNode(true).children) : []);
   list.dataset.room = name;
-  list.scrollTop = list.scrollHeight;
+  const marker = drawMarker(name);
+  if (marker) list.scrollTop += marker.getBoundingClientRect().top - list.getBoundingClientRect().top;
+  else list.scrollTop = list.scrollHeight;
   renderRooms();
   renderMembers();
+  renderTyping();
   $('say').focus();
+  markRead();
+}
+
+/// Joins `name` unless this page already did (or asked to): its messages come live, and a
+/// known user's `joined` says how far it has read.
+function enter(name) {
+  const r = room(name);
+  if (r.member) return;
+  r.member = true;
+  sendJoin(name);
+}
+
+/// `join`, resuming after the last seq this page has (sent again after every reconnect).
+function sendJoin(name) {
+  const r = room(name);
+  const join = { type: 'join', room: name };
+  if (r.lastSeq !== null) {
+    join.since = r.lastSeq;
+    if (r.epoch !== null) join.epoch = r.epoch;
+  }
+  send(join);
+}
+
+/// Forgets what this page loaded of a room it never joined (a direct-message room whose
+/// messages only came live): after a reconnect it may have missed some, so opening it loads
+/// it afresh rather than resume across a gap.
+function forgetLog(r) {
+  r.lastSeq = null;
+  r.epoch = null;
+  r.oldest = null;
+  r.seen = new Set();
+  r.msgs = new Map();
+  r.el = el('ol');
+}
+
+// ---- unread counts and read positions (docs/protocol.md, "Read state and inbox") -------------
+
+function isAtBottom() {
+  const list = $('messages');
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+}
+
+/// Whether what comes into the room on screen is seen: the tab visible, the list at its end.
+function isSeen() { return document.visibilityState === 'visible' && isAtBottom(); }
+
+/// The messages of others this page has of `r` after `seq` (not deleted): unread ones.
+function countAfter(r, seq, upTo = Infinity) {
+  let n = 0;
+  for (const m of r.msgs.values()) if (m.seq > seq && m.seq <= upTo && !m.deleted && !isMine(m)) n++;
+  return n;
+}
+
+/// What the server says of a room (`joined`, an `inbox` entry): read up to `readSeq`, `unread`
+/// messages after it, counted up to `lastSeq`.
+function readState(name, readSeq, unread, lastSeq) {
+  const r = room(name);
+  r.readSeq = Math.max(r.readSeq ?? 0, readSeq);
+  if (lastSeq >= r.countedTo) {
+    r.unread = unread;
+    r.countedTo = lastSeq;
+  } else {
+    // Messages that came live after the server counted: add this page's count of them.
+    r.unread = unread + countAfter(r, Math.max(lastSeq, r.readSeq), r.countedTo);
+  }
+  if (name === state.current) { drawMarker(name); markRead(); }
+  renderRooms();
+}
+
+/// Tells the server the room on screen is read up to its last seq, when it is seen: the tab
+/// visible, the list scrolled to the bottom.
+function markRead() {
+  const name = state.current;
+  const r = state.rooms.get(name);
+  if (!r || !state.known || state.expired || !r.joined || r.loading || r.lastSeq === null || !isSeen()) return;
+  const seq = r.lastSeq; // events take seqs too: read up to the last one
+  // Sent once seen even when the server has it read already (the first `join` of a room marks
+  // it read, and tells no other connection): the user's other tabs learn it from the answer.
+  if (seq > 0 && (r.readSent ?? -1) < seq) {
+    r.readSent = seq;
+    send({ type: 'read', room: name, seq });
+  }
+  if (r.unread !== 0) { r.unread = 0; renderRooms(); }
+}
+
+/// `read` from the server: this user read `room` up to `seq`, here or on another connection.
+function onRead(msg) {
+  const r = state.rooms.get(msg.room);
+  if (!r) return; // a room this page does not show: its next `inbox` says so
+  const mine = r.readSent !== null && msg.seq === r.readSent;
+  r.readSeq = Math.max(r.readSeq ?? 0, msg.seq);
+  if (r.readSeq >= r.countedTo) {
+    r.unread = 0;
+  } else if (r.oldest !== null && r.oldest <= r.readSeq + 1) {
+    r.unread = countAfter(r, r.readSeq); // every message after it is here: count them
+  } else {
+    send({ type: 'inbox' }); // some are not loaded: the server counts
+  }
+  // Read on another connection: the "new" line moves there (or goes).
+  if (!mine && msg.room === state.current) {
+    r.marker = r.unread > 0 ? r.readSeq : null;
+    drawMarker(msg.room);
+  }
+  renderRooms();
+}
+
+/// Puts the "new messages" line of the room on screen after seq `r.marker`, before the first
+/// message after it; returns it (null when there is none).
+function drawMarker(name) {
+  const list = $('messages');
+  list.querySelector('.unread-marker')?.remove();
+  const r = state.rooms.get(name);
+  if (name !== state.current || !r || r.marker === null) return null;
+  const first = Array.from(list.querySelectorAll('li[data-seq]')).find((li) => Number(li.dataset.seq) > r.marker);
+  if (!first) return null;
+  const line = el('li', 'unread-marker', 'new');
+  line.setAttribute('role', 'separator');
+  line.setAttribute('aria-label', 'New messages below');
+  first.before(line);
+  return line;
+}
+
+// ---- who is typing ------------------------------------------------------------------------
+
+/// Says (at most once every 2 s a room) that the user is typing in the room on screen.
+function typed() {
+  const name = state.current;
+  const r = state.rooms.get(name);
+  if (!r || !r.joined || state.expired || state.compose?.mode === 'edit' || !$('say').value.trim()) return;
+  const now = Date.now();
+  if (now - (state.typingSent.get(name) ?? -Infinity) < TYPING_EVERY_MS) return;
+  state.typingSent.set(name, now);
+  send({ type: 'typing', room: name });
+}
+
+/// `typing` from the server: `nick` is typing in `room`, shown for 5 s or until its message.
+function onTyping(msg) {
+  if (!msg.nick || msg.nick.toLowerCase() === state.nick.toLowerCase()) return;
+  let who = state.typing.get(msg.room);
+  if (!who) { who = new Map(); state.typing.set(msg.room, who); }
+  const key = msg.nick.toLowerCase();
+  clearTimeout(who.get(key)?.timer);
+  who.set(key, { nick: msg.nick, timer: setTimeout(() => stopTyping(msg.room, msg.nick), TYPING_SHOWN_MS) });
+  if (msg.room === state.current) renderTyping();
+}
+
+function stopTyping(name, nick) {
+  const who = state.typing.get(name);
+  const key = nick.toLowerCase();
+  if (!who || !who.has(key)) return;
+  clearTimeout(who.get(key).timer);
+  who.delete(key);
+  if (name === state.current) renderTyping();
+}
+
+function renderTyping() {
+  const nicks = [...(state.typing.get(state.current)?.values() ?? [])].map((t) => t.nick).sort(byCodePoint);
+  let text = '';
+  if (nicks.length === 1) text = `${nicks[0]} is typing…`;
+  else if (nicks.length === 2) text = `${nicks[0]} and ${nicks[1]} are typing…`;
+  else if (nicks.length === 3) text = `${nicks[0]}, ${nicks[1]} and ${nicks[2]} are typing…`;
+  else if (nicks.length > 3) text = `${nicks[0]}, ${nicks[1]} and ${nicks.length - 2} others are typing…`;
+  const line = $('typing');
+  if (line.textContent !== text) line.textContent = text;
 }
 
 /// The reactions any client may add from the picker (any other reaction shows as a chip too).
@@ -300,20 +497,39 @@ function onMessage(m) {
   r.seen.add(m.seq);
   if (r.lastSeq === null || m.seq > r.lastSeq) r.lastSeq = m.seq;
   if (r.oldest === null || m.seq < r.oldest) r.oldest = m.seq;
+  const mine = isMine(m);
+  if (!mine) stopTyping(m.room, m.from); // their message came: they are not typing any more
+  // Unread: a message of someone else's after where this user has read, not counted yet (a
+  // replay after `joined` is counted in its `unread` already).
+  let counted = false;
+  if (!state.known) {
+    counted = !mine && m.room !== state.current;
+  } else if (m.seq > r.countedTo) {
+    r.countedTo = m.seq;
+    counted = !mine && (r.readSeq === null || m.seq > r.readSeq);
+  }
+  if (counted) {
+    // The first one since all was read, while the room is on screen but not seen (another
+    // tab in front, scrolled up): the "new" line moves above it.
+    if (m.room === state.current && r.unread === 0 && state.known && !isSeen()) r.marker = m.seq - 1;
+    r.unread += 1;
+    renderRooms();
+  }
   // Our own message: it replaces its pending line.
   if (m.from === state.nick) {
     for (const p of state.pending.values()) {
       if ((p.kind === 'say' || p.kind === 'dm') && p.room === m.room && p.text === m.text && !p.seq) {
         p.seq = m.seq;
         confirmPending(p, m);
+        if (m.room === state.current) markRead();
         return;
       }
     }
   }
   append(m.room, messageItem(remember(m.room, m), false));
-  if (m.room !== state.current) {
-    r.unread += 1;
-    renderRooms();
+  if (m.room === state.current) {
+    if (counted) drawMarker(m.room);
+    markRead();
   }
 }
 
@@ -324,9 +540,15 @@ function onEvent(ev) {
   if (r.seen.has(ev.seq) || (r.lastSeq !== null && ev.seq <= r.lastSeq)) return;
   r.seen.add(ev.seq);
   if (r.lastSeq === null || ev.seq > r.lastSeq) r.lastSeq = ev.seq;
+  r.countedTo = Math.max(r.countedTo, ev.seq);
   const m = r.msgs.get(ev.target);
   if (!m || ev.seq <= m.asOf) return;
   m.asOf = ev.seq;
+  if (ev.type === 'delete' && !m.deleted && state.known && !isMine(m) && r.unread > 0
+      && m.seq > (r.readSeq ?? 0) && m.seq <= r.countedTo) {
+    r.unread -= 1; // the server counts messages not deleted
+    renderRooms();
+  }
   if (ev.type === 'edit') {
     m.text = ev.text;
     m.edited = ev.time;
@@ -353,6 +575,7 @@ function onServer(msg) {
   switch (msg.type) {
     case 'welcome':
       state.heartbeatMs = msg.limits.heartbeat_ms || 25000;
+      state.maxRooms = msg.limits.max_rooms || 32;
       $('me').textContent = `as ${msg.nick}`;
       tokenExp(msg.exp);
       state.expired = false;
@@ -361,14 +584,15 @@ function onServer(msg) {
       setStatus('connected');
       state.attempt = 0;
       for (const [name, r] of state.rooms) {
-        if (isDm(name) && r.lastSeq === null) continue;
-        const join = { type: 'join', room: name };
-        if (r.lastSeq !== null) { join.since = r.lastSeq; join.epoch = r.epoch; }
-        send(join);
+        if (r.member) sendJoin(name);
+        else if (r.lastSeq !== null) forgetLog(r);
       }
       for (const p of state.pending.values()) sendPending(p);
       state.roomsPaging = false;
       send({ type: 'rooms' });
+      // The user's rooms and where it is in each, also what came while it was away (direct
+      // messages to it included): after every reconnect.
+      if (state.known) send({ type: 'inbox' });
       break;
     case 'joined': {
       const r = room(msg.room);
@@ -378,10 +602,27 @@ function onServer(msg) {
       if (r.oldest === null) r.oldest = msg.last_seq + 1;
       r.epoch = msg.epoch;
       r.first = msg.first_seq || 1; // older ones were removed by retention: nothing to page to
+      r.member = true;
+      r.joined = true;
       send({ type: 'who', room: msg.room });
-      if (r.el.children.length === 0 && msg.last_seq > 0) send({ type: 'history', room: msg.room, limit: 50 });
+      const loading = r.el.children.length === 0 && msg.last_seq > 0;
+      r.loading = loading; // its first page, asked for now
+      if (loading) send({ type: 'history', room: msg.room, limit: 50 });
+      if (msg.read_seq !== undefined && msg.read_seq !== null) readState(msg.room, msg.read_seq, msg.unread ?? 0, msg.last_seq);
+      else if (msg.room === state.current) markRead();
+      // A search result in this room, shown once it is loaded.
+      if (!loading && state.jumpTo && state.jumpTo.room === msg.room) jump(msg.room, state.jumpTo.seq);
       break;
     }
+    case 'left': {
+      const r = state.rooms.get(msg.room);
+      if (r) { r.joined = false; r.member = false; }
+      break;
+    }
+    case 'read': onRead(msg); break;
+    case 'inbox': onInbox(msg); break;
+    case 'typing': onTyping(msg); break;
+    case 'search': onSearch(msg); break;
     case 'message': onMessage(msg); break;
     case 'edit': case 'delete': case 'react': onEvent(msg); break;
     case 'refreshed':
@@ -392,6 +633,7 @@ function onServer(msg) {
       tokenExp(msg.exp);
       hideTokenBar();
       for (const p of state.pending.values()) if (p.held) sendPending(p);
+      markRead();
       break;
     case 'ack': {
       const p = state.pending.get(msg.cid);
@@ -408,7 +650,7 @@ function onServer(msg) {
     }
     case 'presence': {
       const r = room(msg.room);
-      if (msg.event === 'join') r.members.add(msg.nick); else r.members.delete(msg.nick);
+      if (msg.event === 'join') r.members.add(msg.nick); else { r.members.delete(msg.nick); stopTyping(msg.room, msg.nick); }
       if (msg.room === state.current) renderMembers();
       break;
     }
@@ -451,6 +693,7 @@ function onServer(msg) {
     case 'history': {
       state.loadingHistory = false;
       const r = room(msg.room);
+      r.loading = false;
       const older = msg.messages.filter((m) => !r.seen.has(m.seq));
       // Each message as it stands now, with every event the page has seen so far in it.
       const asOf = Math.max(r.lastSeq ?? 0, ...msg.messages.map((m) => m.seq));
@@ -458,19 +701,36 @@ function onServer(msg) {
       const items = models.map((m) => messageItem(m, false));
       if (older.length) r.oldest = Math.min(r.oldest ?? Infinity, older[0].seq);
       r.el.prepend(...items.map((i) => i.cloneNode(true)));
+      let firstPage = false;
       if (msg.room === state.current) {
         const list = $('messages');
+        firstPage = !list.querySelector('li[data-seq]');
         const before = list.scrollHeight;
         list.prepend(...items);
         list.scrollTop += list.scrollHeight - before;
       }
       // Replies shown before the message they quote: their quote can say what it was now.
       for (const m of models) redrawReplies(msg.room, m.seq);
+      if (msg.room === state.current) {
+        const marker = drawMarker(msg.room);
+        // The first page of a room opened with unread messages: shown from the first of them.
+        if (marker && firstPage && items.length) {
+          const list = $('messages');
+          list.scrollTop += marker.getBoundingClientRect().top - list.getBoundingClientRect().top;
+        }
+        markRead();
+      }
       if (state.jumpTo && state.jumpTo.room === msg.room) jump(msg.room, state.jumpTo.seq);
       break;
     }
     case 'error': {
       if (msg.code === 'token_expired') { tokenExpired(msg); break; }
+      if (!msg.cid && state.searches.length && isSearchError(msg)) { searchFailed(msg); break; }
+      if (msg.code === 'forbidden' && /inbox|read positions/.test(msg.message || '')) {
+        // Not a user the server knows again: the page counts unread messages on its own.
+        state.known = false;
+        break;
+      }
       if (msg.code === 'unauthorized' && !msg.cid && state.offered !== null) {
         // The answer to our `refresh`: that token is no good; the bar stays for another.
         state.offered = null;
@@ -501,7 +761,7 @@ function onServer(msg) {
       }
       break;
     }
-    case 'tick': case 'left': default: break;
+    case 'tick': default: break;
   }
 }
 
@@ -605,10 +865,12 @@ function endCompose() {
 }
 
 /// Scrolls to message `seq` of room `name` and flashes it; older history is asked for until
-/// it is there (or there is no more).
+/// it is there (or there is no more: then `state.jumpTo.onMissing`, if any, is called).
 function jump(name, seq) {
+  if (name !== state.current) return;
   const li = $('messages').querySelector(`[data-seq="${seq}"]`);
   const r = room(name);
+  const to = state.jumpTo && state.jumpTo.room === name && state.jumpTo.seq === seq ? state.jumpTo : { room: name, seq };
   if (li) {
     state.jumpTo = null;
     li.scrollIntoView({ block: 'center' });
@@ -617,17 +879,140 @@ function jump(name, seq) {
     setTimeout(() => li.classList.remove('flash'), 1500);
     return;
   }
-  if (r.oldest === null || r.oldest <= (r.first || 1) || seq >= r.oldest) { state.jumpTo = null; return; }
-  state.jumpTo = { room: name, seq };
+  if (r.oldest === null || r.oldest <= (r.first || 1) || seq >= r.oldest) {
+    state.jumpTo = null;
+    if (to.onMissing) to.onMissing();
+    return;
+  }
+  state.jumpTo = to;
   state.loadingHistory = true;
   send({ type: 'history', room: name, before: r.oldest, limit: 50 });
 }
 
-function joinRoom(name) {
-  room(name);
-  send({ type: 'join', room: name });
-  show(name);
+// ---- the inbox ----------------------------------------------------------------------------
+
+/// `inbox`: the user's rooms with where it is in each — also direct-message rooms whose
+/// messages came while it was away — listed with their unread counts. The rooms it joined
+/// (on another tab, another day) are joined here too; a direct-message room when opened.
+function onInbox(msg) {
+  let joined = [...state.rooms.values()].filter((r) => r.member).length;
+  for (const entry of msg.rooms || []) {
+    const r = room(entry.room);
+    readState(entry.room, entry.read_seq, entry.unread, entry.last_seq);
+    if (!isDm(entry.room) && !r.member && joined < state.maxRooms) {
+      enter(entry.room);
+      joined += 1;
+    }
+  }
+  renderRooms();
 }
+
+// ---- search -------------------------------------------------------------------------------
+
+/// Sends `search` for what the search box holds (in the room on screen if so ticked), or for
+/// the next page of the last one.
+function search(more) {
+  let s;
+  if (more && state.lastSearch) {
+    s = { ...state.lastSearch, skip: state.lastSearch.next };
+  } else {
+    const query = $('search').value.trim();
+    if (!query) return;
+    s = { query, room: $('search-here').checked ? state.current : null, skip: 0, limit: 20, next: 0 };
+  }
+  const panel = $('search-panel');
+  panel.hidden = false;
+  $('search-title').textContent = `Search: “${s.query}”${s.room ? ` in ${roomLabel(s.room)}` : ''}`;
+  $('search-error').textContent = '';
+  if (!more) {
+    $('search-results').replaceChildren();
+    $('search-more').hidden = true;
+  }
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+    $('search-status').textContent = '';
+    $('search-error').textContent = 'Search failed: not connected; search again once the page is back online';
+    return;
+  }
+  state.searches.push(s);
+  $('search-status').textContent = 'Searching…';
+  const ask = { type: 'search', query: s.query, limit: s.limit };
+  if (s.room) ask.room = s.room;
+  if (s.skip) ask.skip = s.skip;
+  send(ask);
+}
+
+/// `search`'s answer: each message found (room, nick, time, text), a button that shows it.
+function onSearch(msg) {
+  const s = state.searches.shift();
+  if (!s || state.searches.length) return; // a newer search was sent since: its answer follows
+  state.lastSearch = s;
+  const list = $('search-results');
+  for (const m of msg.results || []) list.append(resultItem(m));
+  const found = list.children.length;
+  const where = s.room ? ` in ${roomLabel(s.room)}` : '';
+  $('search-status').textContent = found === 0 ? `Nothing found for “${s.query}”${where}.`
+    : `${found} ${found === 1 ? 'message' : 'messages'} found for “${s.query}”${where}, best first.`;
+  const got = (msg.results || []).length;
+  s.next = s.skip + got;
+  $('search-more').hidden = !(got > 0 && (got >= s.limit || got < (msg.total ?? 0)));
+}
+
+function resultItem(m) {
+  const li = el('li');
+  const b = el('button', 'result');
+  b.type = 'button';
+  b.dataset.room = m.room;
+  b.dataset.seq = String(m.seq);
+  const when = new Date(m.time);
+  const time = el('time', 'result-time', when.toLocaleString([], { dateStyle: 'short', timeStyle: 'short' }));
+  time.dateTime = when.toISOString();
+  b.append(el('span', 'result-room', roomLabel(m.room)), el('span', 'result-from', m.from), time, el('span', 'result-text', m.text));
+  if (m.edited) b.append(el('span', 'edited', ' (edited)'));
+  b.title = `Show #${m.seq} in ${roomLabel(m.room)}`;
+  li.append(b);
+  return li;
+}
+
+/// Whether an error with no cid answers the `search` waiting for its answer (requests are
+/// answered in order, and the page has no other one whose errors say these).
+function isSearchError(msg) {
+  return msg.code === 'bad_message' || msg.code === 'rate_limited' || msg.code === 'internal'
+    || /search/.test(msg.message || '');
+}
+
+function searchFailed(msg) {
+  state.searches.shift();
+  if (state.searches.length) return;
+  $('search-status').textContent = '';
+  $('search-error').textContent = `Search failed: ${msg.message} (${msg.code})`;
+}
+
+/// Opens a result: its room, scrolled to the message and flashed, once loaded (older history
+/// is paged in until it is there); if it cannot be, the result says so.
+function openResult(b) {
+  const name = b.dataset.room;
+  const seq = Number(b.dataset.seq);
+  b.parentElement.querySelector('.result-note')?.remove();
+  show(name);
+  state.jumpTo = {
+    room: name,
+    seq,
+    onMissing: () => {
+      if (!b.isConnected || b.parentElement.querySelector('.result-note')) return;
+      b.after(el('span', 'result-note', `#${seq} could not be loaded in ${roomLabel(name)} (removed since?)`));
+    },
+  };
+  const r = room(name);
+  if (r.joined && !r.loading) jump(name, seq);
+  // Otherwise its `joined`, then its first `history` page, jump there.
+}
+
+function closeSearch() {
+  $('search-panel').hidden = true;
+  $('search').focus();
+}
+
+function joinRoom(name) { show(name); }
 
 // ---- connection ---------------------------------------------------------------------------
 
@@ -650,6 +1035,12 @@ function connect() {
   ws.onclose = (e) => {
     if (state.ws !== ws) return;
     state.ws = null;
+    for (const r of state.rooms.values()) { r.joined = false; r.loading = false; r.readSent = null; }
+    if (state.searches.length) {
+      state.searches = [];
+      $('search-status').textContent = '';
+      $('search-error').textContent = 'Search failed: the connection dropped; search again once the page is back online';
+    }
     if (!state.nick) return;
     state.expired = false;
     state.offered = null;
@@ -811,8 +1202,51 @@ $('dm-form').addEventListener('submit', (e) => {
   if (nick && nick !== state.nick) { room(dmRoom(state.nick, nick)); show(dmRoom(state.nick, nick)); }
 });
 
-// Older history when the list is scrolled to its top.
+// Typing in the composer: the room's others are told (at most once every 2 s).
+$('say').addEventListener('input', typed);
+
+// A room is read when seen: scrolled to its end, the tab visible again.
+document.addEventListener('visibilitychange', markRead);
+window.addEventListener('focus', markRead);
+
+$('search-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  search(false);
+});
+$('search-more').addEventListener('click', () => search(true));
+$('search-close').addEventListener('click', closeSearch);
+$('search-results').addEventListener('click', (e) => {
+  const b = e.target.closest('button.result');
+  if (b) openResult(b);
+});
+// Escape in the search box or the results closes them; ArrowDown and ArrowUp go from the box
+// through the results.
+for (const id of ['search', 'search-panel']) {
+  $(id).addEventListener('keydown', (e) => {
+    if ($('search-panel').hidden) return;
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      closeSearch();
+      return;
+    }
+    if (e.key !== 'ArrowDown' && e.key !== 'ArrowUp') return;
+    const results = Array.from($('search-results').querySelectorAll('button.result'));
+    if (!results.length) return;
+    const at = results.indexOf(document.activeElement);
+    if (e.target.id === 'search' && e.key === 'ArrowDown') {
+      e.preventDefault();
+      results[0].focus();
+    } else if (at >= 0) {
+      e.preventDefault();
+      if (e.key === 'ArrowUp' && at === 0) $('search').focus();
+      else results[Math.min(results.length - 1, e.key === 'ArrowDown' ? at + 1 : at - 1)].focus();
+    }
+  });
+}
+
+// Older history when the list is scrolled to its top; read when scrolled to its end.
 $('messages').addEventListener('scroll', () => {
+  markRead();
   const list = $('messages');
   const r = state.rooms.get(state.current);
   if (list.scrollTop > 0 || !r || state.loadingHistory || r.oldest === null || r.oldest <= (r.first || 1)) return;

@@ -161,6 +161,7 @@ test('on a phone-sized screen the composer is there and works with the keyboard 
   await until('shown', async () => (await texts(page)).includes('typed without a mouse'));
   assert.ok(await page.isVisible('#say'));
   assert.equal(await page.textContent('#me'), 'as phone');
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'nothing wider than the screen');
   await page.screenshot({ path: path.join(SHOTS, 'phone.png') });
 });
 
@@ -601,4 +602,235 @@ test('edits and replies with the keyboard alone: Escape leaves, ArrowUp edits yo
   await other.screenshot({ path: path.join(SHOTS, 'keyboard-edit-reply.png') });
   await page.close();
   await other.close();
+});
+
+// ---- typing, read positions, search, inbox --------------------------------------------------------
+
+/// A `nanachat.v1` client of the test's own (Node `ws`), for what no page does: `next(pred)`
+/// waits for a frame it received.
+async function wsClient(url, nick) {
+  const { default: WebSocket } = await import('ws');
+  const ws = new WebSocket(url, 'nanachat.v1');
+  const got = [];
+  ws.on('message', (d) => got.push(JSON.parse(d.toString())));
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  const send = (m) => ws.send(JSON.stringify(m));
+  const next = async (what, pred) => { await until(what, async () => got.some(pred)); return got.find(pred); };
+  send({ type: 'hello', nick, key: `${nick}'s test key` });
+  await next('welcome', (m) => m.type === 'welcome');
+  return { ws, send, next };
+}
+
+const typingLine = (page) => page.textContent('#typing');
+const members = (page) => page.$$eval('#member-list li', (l) => l.map((e) => e.textContent));
+/// The unread count next to a room in the room list ('' for none, null if not listed).
+const badge = (page, room) => page.$$eval(`#room-list button[data-room="${room}"]`,
+  (bs) => (bs.length ? bs[0].querySelector('.unread')?.textContent ?? '' : null));
+
+test('typing: who types shows under the messages (never yourself), and goes when their message comes or 5 s later', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const ann = await openChat(http, 'ann');
+  const bobTabs = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+  const bob = await openChat(http, 'bob', bobTabs);
+  const bob2 = await openChat(http, 'bob', bobTabs); // bob's second tab: the same user
+  const cat = await openChat(http, 'cat');
+  for (const p of [ann, bob, bob2, cat]) {
+    await until('everyone in the lobby', async () => ['ann', 'bob', 'cat'].every((n) => members(p).then((m) => m.includes(n))));
+  }
+  assert.equal(await ann.getAttribute('#typing', 'aria-live'), 'polite');
+  await bob.locator('#say').pressSequentially('hel');
+  await until('ann sees bob typing', async () => (await typingLine(ann)) === 'bob is typing…');
+  await until('cat too', async () => (await typingLine(cat)) === 'bob is typing…');
+  await cat.locator('#say').pressSequentially('me too');
+  await until('two typing', async () => (await typingLine(ann)) === 'bob and cat are typing…');
+  const catTyped = Date.now();
+  await ann.screenshot({ path: path.join(SHOTS, 'typing.png') });
+  // Nobody sees themselves typing, in any of their tabs.
+  assert.equal(await typingLine(bob), 'cat is typing…');
+  assert.equal(await typingLine(bob2), 'cat is typing…');
+  assert.equal(await typingLine(cat), 'bob is typing…');
+  // Bob's message comes: his name goes at once; cat's stays until 5 s after she typed.
+  await bob.locator('#say').pressSequentially('lo');
+  await bob.press('#say', 'Enter');
+  await until('bob\'s message', async () => (await texts(ann)).includes('hello'));
+  assert.equal(await typingLine(ann), 'cat is typing…');
+  await until('cat\'s goes by itself', async () => (await typingLine(ann)) === '');
+  const shown = Date.now() - catTyped;
+  assert.ok(shown > 3500, `cat's typing went after ${shown} ms, not about 5 s`);
+  await until('on bob\'s page too', async () => (await typingLine(bob)) === '');
+  for (const p of [ann, cat]) await p.close();
+  await bobTabs.close();
+});
+
+test('unread counts and read positions from the server: two tabs of one user stay in step', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const aliceTabs = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+  const a = await openChat(http, 'alice', aliceTabs);
+  await a.fill('#join-room', 'side');
+  await a.press('#join-room', 'Enter');
+  await until('alice in side', async () => (await members(a)).includes('alice'));
+  await a.click('#room-list button[data-room="lobby"]');
+  const bob = await openChat(http, 'bob');
+  await bob.fill('#join-room', 'side');
+  await bob.press('#join-room', 'Enter');
+  await until('bob in side', async () => (await members(bob)).includes('alice'));
+  await say(bob, 'side one');
+  await say(bob, 'side two');
+  await until('tab a counts 2', async () => (await badge(a, 'side')) === '2');
+  assert.equal(await a.getAttribute('#room-list button[data-room="side"]', 'aria-label'), '#side, 2 unread');
+
+  // A second tab, opened now, lists side (from the server's inbox: it never joined it itself)
+  // with the server's count.
+  const b = await openChat(http, 'alice', aliceTabs);
+  await until('tab b counts 2', async () => (await badge(b, 'side')) === '2');
+  await b.screenshot({ path: path.join(SHOTS, 'unread-second-tab.png') });
+
+  // Tab b opens side: the "new" line above the first unread message; seen to the end, so read,
+  // and tab a's count goes too.
+  await b.click('#room-list button[data-room="side"]');
+  await until('b shows side', async () => (await texts(b)).includes('side two'));
+  assert.equal(await b.$eval('#messages .unread-marker', (m) => m.nextElementSibling.querySelector('.text').textContent), 'side one');
+  await until('tab a cleared', async () => (await badge(a, 'side')) === '');
+  assert.equal(await badge(b, 'side'), '');
+  await a.screenshot({ path: path.join(SHOTS, 'unread-read-elsewhere.png') });
+
+  // Both tabs away from side: a new message counts in both; reading it in tab a clears tab b.
+  await b.click('#room-list button[data-room="lobby"]');
+  await say(bob, 'side three');
+  for (const p of [a, b]) await until('1 unread', async () => (await badge(p, 'side')) === '1');
+  await a.click('#room-list button[data-room="side"]');
+  await until('a shows it', async () => (await texts(a)).includes('side three'));
+  await until('tab b cleared', async () => (await badge(b, 'side')) === '');
+  assert.equal(await badge(a, 'side'), '');
+  // Tab a on side but hidden (another tab in front): a message there counts, under a "new"
+  // line; once the tab shows again it is read, and tab b's count goes.
+  const setVisibility = (p, v) => p.evaluate((v) => {
+    Object.defineProperty(document, 'visibilityState', { value: v, configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, v);
+  await setVisibility(a, 'hidden');
+  await say(bob, 'side four');
+  await until('a counts it', async () => (await badge(a, 'side')) === '1');
+  await until('b too', async () => (await badge(b, 'side')) === '1');
+  assert.equal(await a.$eval('#messages .unread-marker', (m) => m.nextElementSibling.querySelector('.text').textContent), 'side four');
+  await a.screenshot({ path: path.join(SHOTS, 'unread-hidden-tab.png') });
+  await setVisibility(a, 'visible');
+  await until('a read it', async () => (await badge(a, 'side')) === '');
+  await until('b cleared once more', async () => (await badge(b, 'side')) === '');
+  // A third tab finds it read, too.
+  const c = await openChat(http, 'alice', aliceTabs);
+  await until('tab c lists side', async () => (await badge(c, 'side')) !== null);
+  await until('tab c joined side', async () => (await c.$$('#room-list button[data-room="side"]')).length === 1);
+  assert.equal(await badge(c, 'side'), '');
+  await bob.close();
+  await aliceTabs.close();
+});
+
+test('search: results with room, nick, time and text, never a deleted message; a result opens its message; errors are shown', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const saraTabs = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+  const page = await openChat(http, 'sara', saraTabs);
+  await say(page, 'the quick brown fox <b>jumps</b>');
+  await say(page, 'a fox to delete');
+  await until('stored', async () => (await texts(page)).includes('a fox to delete')
+    && (await page.$$('#messages li.pending')).length === 0);
+  await act(page, 'a fox to delete', 'delete');
+  await line(page, 'a fox to delete').locator('button[data-action="delete"]').click();
+  await until('deleted', async () => !(await texts(page)).includes('a fox to delete'));
+  // A room sara is not in: not searched.
+  const tom = await wsClient(url, 'tom');
+  tom.send({ type: 'join', room: 'den' });
+  tom.send({ type: 'say', room: 'den', text: 'a fox in the den', cid: 'd1' });
+  await tom.next('stored', (m) => m.type === 'ack');
+
+  await page.fill('#search', 'fox');
+  await page.press('#search', 'Enter');
+  const results = () => page.$$eval('#search-results .result', (rs) => rs.map((r) => r.querySelector('.result-text').textContent));
+  await until('results', async () => (await results()).length > 0);
+  assert.deepEqual(await results(), ['the quick brown fox <b>jumps</b>']);
+  const first = page.locator('#search-results .result').first();
+  assert.equal(await first.locator('.result-room').textContent(), '#lobby');
+  assert.equal(await first.locator('.result-from').textContent(), 'sara');
+  assert.ok(await first.locator('time').getAttribute('datetime'));
+  assert.equal(await page.$$eval('#search-results b', (b) => b.length), 0, 'text, not markup');
+  assert.match(await page.textContent('#search-status'), /1 message found for “fox”/);
+  await page.screenshot({ path: path.join(SHOTS, 'search.png') });
+  // A result that is loaded: scrolled to, flashed and focused.
+  await first.click();
+  await until('focused', async () => (await page.evaluate(() => document.activeElement.dataset.seq)) === '1');
+  assert.equal(await page.evaluate(() => document.activeElement.classList.contains('flash')), true);
+
+  // A result not loaded (a tab opened after 60 more messages loads the last 50): older history
+  // is paged in until it is there. From the keyboard alone.
+  const cli = terminalClient(url, 'chatty');
+  for (let i = 1; i <= 60; i++) cli.say(`filler ${i}`);
+  await until('fillers', async () => cli.lines().includes('[lobby] chatty: filler 60'));
+  const late = await openChat(http, 'sara', saraTabs);
+  await until('the latest page', async () => (await texts(late)).includes('filler 60'));
+  assert.ok(!(await texts(late)).includes('the quick brown fox <b>jumps</b>'));
+  await late.focus('#search');
+  await late.keyboard.type('QUICK jumps');
+  await late.keyboard.press('Enter');
+  await late.waitForSelector('#search-results .result', { timeout: WAIT });
+  await late.keyboard.press('ArrowDown'); // from the search box to the first result
+  assert.equal(await late.evaluate(() => document.activeElement.className), 'result');
+  await late.keyboard.press('Enter');
+  await until('paged back to it', async () => (await late.evaluate(() => document.activeElement.dataset.seq)) === '1');
+  assert.ok((await texts(late)).includes('the quick brown fox <b>jumps</b>'));
+  await late.screenshot({ path: path.join(SHOTS, 'search-jump.png') });
+  // Escape closes the results.
+  await late.focus('#search');
+  await late.keyboard.press('Escape');
+  assert.equal(await late.isVisible('#search-panel'), false);
+
+  // The server refuses a search without a word: its error is shown, as an alert.
+  await page.fill('#search', '!!! ???');
+  await page.press('#search', 'Enter');
+  await page.waitForSelector('#search-error:text("bad_message")', { timeout: WAIT });
+  assert.equal(await page.getAttribute('#search-error', 'role'), 'alert');
+  assert.equal(await page.$$eval('#search-results .result', (rs) => rs.length), 0);
+  await page.screenshot({ path: path.join(SHOTS, 'search-error.png') });
+  tom.ws.close();
+  await saraTabs.close();
+});
+
+test('inbox after a reconnect: a direct message sent while the page was offline is listed with 1 unread and opens', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const tabs = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+  // The page's connections go through the test, which can cut them and refuse new ones.
+  let online = true;
+  const links = [];
+  await tabs.routeWebSocket(/.*/, (ws) => {
+    if (!online) { ws.close({ code: 1001, reason: 'offline' }); return; }
+    links.push([ws, ws.connectToServer()]);
+  });
+  const page = await openChat(http, 'cara', tabs);
+  online = false;
+
+  for (const [ws, server] of links) { server.close(); ws.close({ code: 1001, reason: 'offline' }); }
+  await page.waitForSelector('#status.offline', { timeout: WAIT });
+  // Meanwhile dan writes to cara in their direct-message room (nothing reaches the page).
+  const dan = await wsClient(url, 'dan');
+  dan.send({ type: 'join', room: '@cara+dan' });
+  await dan.next('joined', (m) => m.type === 'joined');
+  dan.send({ type: 'say', room: '@cara+dan', text: 'psst, while you were away', cid: 'p1' });
+  await dan.next('stored', (m) => m.type === 'ack');
+  assert.equal(await badge(page, '@cara+dan'), null);
+  online = true;
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  await until('the inbox lists it', async () => (await badge(page, '@cara+dan')) === '1');
+  assert.equal(await page.textContent('#room-list button[data-room="@cara+dan"]'), '@dan1');
+  await page.screenshot({ path: path.join(SHOTS, 'inbox-after-reconnect.png') });
+  // A second tab of cara's lists it too; opening it in the first one clears both.
+  const other = await openChat(http, 'cara', tabs);
+  await until('the second tab lists it', async () => (await badge(other, '@cara+dan')) === '1');
+  await page.click('#room-list button[data-room="@cara+dan"]');
+  await until('shown', async () => (await texts(page)).includes('psst, while you were away'));
+  await until('read', async () => (await badge(page, '@cara+dan')) === '');
+  await until('read in the second tab too', async () => (await badge(other, '@cara+dan')) === '');
+  // And answered from there.
+  await say(page, 'back now');
+  await dan.next('the answer', (m) => m.type === 'message' && m.text === 'back now');
+  dan.ws.close();
+  await tabs.close();
 });
