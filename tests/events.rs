@@ -653,3 +653,43 @@ async fn a_key_is_one_to_256_bytes() {
         assert_eq!(c.recv().await["type"], "welcome");
     }
 }
+
+/// A `dm` reaches a known user who is away: it waits in its inbox, unread, and stays unread
+/// when the user opens the room. A keyless nick away is nobody's: `no_such_nick`.
+#[tokio::test]
+async fn a_dm_to_a_known_user_away_waits_unread_and_a_keyless_nick_away_is_nobody() {
+    let server = server_on("away", roomy()).await;
+    let url = server.url();
+    drop(Client::hello_with_key(&url, "mochi", Some("k-mochi")).await);
+    drop(Client::hello(&url, "ghost").await);
+    let mut nana = Client::hello_with_key(&url, "nana", Some("k-nana")).await;
+    let dm =
+        |to: &str, cid: &str| json!({"type": "dm", "to": to, "text": "are you there?", "cid": cid});
+    let sent = answer(&mut nana, dm("Mochi", "d1")).await;
+    assert_eq!(sent["type"], "ack", "{sent}");
+    // The keyless nick is free once its connection is gone (a moment after the drop).
+    within("the keyless nick to go", async {
+        for n in 0.. {
+            let answer = answer(&mut nana, dm("ghost", &format!("g{n}"))).await;
+            if answer["type"] == "error" {
+                assert_eq!(code(&answer), "no_such_nick");
+                break;
+            }
+        }
+    })
+    .await;
+
+    let mut mochi = Client::hello_with_key(&url, "mochi", Some("k-mochi")).await;
+    mochi.send(json!({"type": "inbox"})).await;
+    let inbox = next_of(&mut mochi, "inbox").await;
+    let rooms = inbox["rooms"].as_array().unwrap();
+    assert_eq!(rooms.len(), 1, "{inbox}");
+    assert_eq!(rooms[0]["room"], "@mochi+nana");
+    assert_eq!(rooms[0]["unread"], 1, "{inbox}");
+    assert_eq!(rooms[0]["last"]["text"], "are you there?");
+    // Opening the room does not count it read: the first join of a direct-message room starts
+    // where the nick became this user's.
+    let joined = mochi.join("@mochi+nana").await;
+    assert_eq!(joined["unread"], 1, "{joined}");
+    assert_eq!(joined["read_seq"], 0, "{joined}");
+}

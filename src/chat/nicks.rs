@@ -195,7 +195,7 @@ impl<S: Store> Session<S> {
     }
 
     /// The hash of the key `nick` is bound to, if any.
-    async fn nick_binding(&self, nick: &str) -> Result<Option<String>, Refusal> {
+    pub(super) async fn nick_binding(&self, nick: &str) -> Result<Option<String>, Refusal> {
         let store = &self.chat.store;
         store
             .nick_binding(&nick_key(nick))

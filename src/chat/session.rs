@@ -568,7 +568,13 @@ impl<S: Store> Session<S> {
         // tells it where it is.
         let read = match self.known && !self.hub().is_member(self.id, room) {
             true => {
-                let last_seq = self.hub().next_seq(room).map_or(0, |next| next - 1);
+                // A room is read from where it stands when first joined; a direct-message room
+                // from where the nick became this user's (what was sent to it while away is
+                // unread).
+                let last_seq = match dm_pair(room) {
+                    Some(_) => self.hub().floor(self.id, room),
+                    None => self.hub().next_seq(room).map_or(0, |next| next - 1),
+                };
                 let nick = self.hub().nick(self.id).unwrap_or_default();
                 let change = Membership::Remember { last_seq };
                 let store = &self.chat.store;
@@ -777,16 +783,10 @@ impl<S: Store> Session<S> {
         if !valid_nick(&to) {
             refuse(ErrorCode::BadNick, format!("'{to}' is not a nick"))?;
         }
-        if !self
-            .chat
-            .directory
-            .nick_online(&to)
-            .await
-            .map_err(unavailable)?
-        {
+        if !self.knows(&to).await? {
             refuse(
                 ErrorCode::NoSuchNick,
-                format!("nobody is connected as {to}"),
+                format!("nobody is connected as {to}, and nobody holds it for good"),
             )?;
         }
         let me = self.hub().nick(self.id).unwrap_or_default();
@@ -799,6 +799,22 @@ impl<S: Store> Session<S> {
             .map_err(unavailable)?;
         self.publish(room, text, cid, Op::Say { reply_to: None });
         Ok(())
+    }
+
+    /// Whether a `dm` to `nick` has somebody to reach: a nick connected now (on any process),
+    /// or a known user's while it is away — on a server without tokens a nick bound to a key
+    /// (only its holder ever takes it again), with tokens one that joined a room before. A
+    /// keyless nick away is nobody's: its next holder would not read what was sent to it.
+    async fn knows(&self, nick: &str) -> Result<bool, Failure> {
+        let directory = &self.chat.directory;
+        if directory.nick_online(nick).await.map_err(unavailable)? {
+            return Ok(true);
+        }
+        let store = &self.chat.store;
+        Ok(match self.chat.config.auth.is_some() {
+            true => !store.rooms_of(nick).await.map_err(unavailable)?.is_empty(),
+            false => self.nick_binding(nick).await?.is_some(),
+        })
     }
 
     /// Answers `who`: the room's nicks, sorted (those after `after`), as many as fit.
