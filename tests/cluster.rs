@@ -1274,9 +1274,10 @@ async fn a_dm_sent_the_moment_its_recipient_is_welcomed_on_another_process_reach
 }
 
 /// A read position reaches the reader's connections on every process (two devices of one
-/// user, each on another process), and never moves back.
+/// user, each on another process), and never moves back; search and the inbox on one process
+/// find what was said on another.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_read_position_reaches_the_readers_connections_on_every_process() {
+async fn read_positions_search_and_inbox_work_across_processes() {
     let (pg, redis) = (Postgres::start(), Redis::start());
     let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
     let keyed = |url: String| async move {
@@ -1318,4 +1319,22 @@ async fn a_read_position_reaches_the_readers_connections_on_every_process() {
             "{name}: {reads:?}"
         );
     }
+    // Search and inbox on one process find what was said on the other (one store).
+    laptop.send(json!({"type": "search", "query": "two"})).await;
+    let found = laptop.wait_for("search", |v| v["type"] == "search").await;
+    assert_eq!(found["results"][0]["seq"], second, "{found}");
+    let mut kumo = Client::connect(&procs[0].listening_url(), "kumo").await;
+    kumo.send(json!({"type": "dm", "to": "mochi", "text": "psst", "cid": "p1"}))
+        .await;
+    assert_eq!(kumo.answer_to("p1").await["type"], "ack");
+    laptop.send(json!({"type": "inbox"})).await;
+    let inbox = laptop.wait_for("inbox", |v| v["type"] == "inbox").await;
+    let dm = inbox["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room"] == "@kumo+mochi")
+        .unwrap_or_else(|| panic!("{inbox}"));
+    assert_eq!(dm["unread"], 1, "{inbox}");
+    assert_eq!(dm["last"]["text"], "psst");
 }
