@@ -33,7 +33,7 @@ impl ClientMsg {
             | ClientMsg::Refresh { .. }
             | ClientMsg::Typing { .. }
             | ClientMsg::Read { .. }
-            | ClientMsg::Inbox {}
+            | ClientMsg::Inbox { .. }
             | ClientMsg::Search { .. }
             | ClientMsg::Thread { .. }
             | ClientMsg::History { .. } => None,
@@ -126,7 +126,11 @@ pub enum ClientMsg {
     },
     /// Your rooms (a user with a key or a token): those you joined and did not leave, and
     /// your direct-message rooms, each with where you are and its last message.
-    Inbox {},
+    Inbox {
+        /// Only the rooms after this one (by name): the last room of the page before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
     /// The replies to one message (its thread), oldest first, each as it stands.
     Thread {
         /// The room.

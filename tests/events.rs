@@ -592,10 +592,33 @@ async fn a_reaction_with_invisible_or_bidi_characters_is_refused_and_emoji_seque
     a.join("lobby").await;
     let say = json!({"type": "say", "room": "lobby", "text": "x", "cid": "s"});
     answer(&mut a, say).await;
-    for (i, bad) in ["👍\u{200B}", "\u{202E}ok", "\u{FEFF}", "a\u{2066}b"]
-        .iter()
-        .enumerate()
-    {
+    // From an attack on the docs: lone joiners and selectors, soft hyphen, the Arabic letter
+    // mark, fillers, blanks, tags without a flag, marks without a base, private use and
+    // noncharacters were taken.
+    let bad = [
+        "👍\u{200B}",
+        "\u{202E}ok",
+        "\u{FEFF}",
+        "a\u{2066}b",
+        "\u{200D}",
+        "\u{FE0F}",
+        "\u{200D}\u{200D}\u{200D}",
+        "👍\u{200D}",
+        "\u{200D}👍",
+        "👍\u{200D}\u{200D}👍",
+        "\u{00AD}",
+        "\u{061C}",
+        "\u{180E}",
+        "\u{3164}",
+        "\u{E0041}\u{E0042}",
+        "\u{0301}",
+        "\u{2800}",
+        "\u{FFF9}",
+        "\u{17B4}",
+        "\u{FFFF}",
+        "\u{E000}",
+    ];
+    for (i, bad) in bad.iter().enumerate() {
         let react = json!({"type": "react", "room": "lobby", "seq": 1, "emoji": bad, "on": true, "cid": format!("b{i}")});
         assert_eq!(
             code(&answer(&mut a, react).await),
@@ -603,9 +626,22 @@ async fn a_reaction_with_invisible_or_bidi_characters_is_refused_and_emoji_seque
             "{bad:?}"
         );
     }
-    let family = "👨\u{200D}👩\u{200D}👧";
-    let react = json!({"type": "react", "room": "lobby", "seq": 1, "emoji": family, "on": true, "cid": "ok"});
-    assert_eq!(answer(&mut a, react).await["type"], "ack");
+    // Emoji sequences pass: a family (joiners), a heart with its selector, a skin tone, a
+    // keycap, England's flag (tags after the black flag), a country's flag, an accented letter.
+    let good = [
+        "👨\u{200D}👩\u{200D}👧",
+        "❤\u{FE0F}",
+        "👍\u{1F3FD}",
+        "1\u{FE0F}\u{20E3}",
+        "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+        "🇯🇵",
+        "e\u{0301}",
+        "+1",
+    ];
+    for (i, good) in good.iter().enumerate() {
+        let react = json!({"type": "react", "room": "lobby", "seq": 1, "emoji": good, "on": true, "cid": format!("g{i}")});
+        assert_eq!(answer(&mut a, react).await["type"], "ack", "{good:?}");
+    }
 }
 
 /// From an attack on the docs: `typing` took from the rate limit, so a client sending one per
@@ -692,4 +728,127 @@ async fn a_dm_to_a_known_user_away_waits_unread_and_a_keyless_nick_away_is_nobod
     let joined = mochi.join("@mochi+nana").await;
     assert_eq!(joined["unread"], 1, "{joined}");
     assert_eq!(joined["read_seq"], 0, "{joined}");
+}
+
+/// From an attack on the docs: whoever bound a nick once used without a key could edit and
+/// delete what the earlier holder said, and react and reply to direct messages sent to the
+/// nick before — which told it they were there. The author of a message is the nick as held
+/// when it was said; what was sent to the nick before is no message of the new holder's.
+#[tokio::test]
+async fn a_new_holder_of_a_nick_changes_nothing_an_earlier_holder_said_or_was_sent() {
+    let server = server_on("takeover", roomy()).await;
+    let url = server.url();
+    let mut alice = Client::hello_with_key(&url, "alice", Some("k-alice")).await;
+    alice.join("lobby").await;
+    let mut guest = Client::hello(&url, "eve").await;
+    guest.join("lobby").await;
+    let said = json!({"type": "say", "room": "lobby", "text": "hi all", "cid": "g1"});
+    let lobby_seq = answer(&mut guest, said).await["seq"].as_u64().unwrap();
+    let dm = json!({"type": "dm", "to": "alice", "text": "a secret", "cid": "g2"});
+    assert_eq!(answer(&mut guest, dm).await["seq"], 1);
+    let to_eve = json!({"type": "dm", "to": "eve", "text": "for eve", "cid": "a1"});
+    assert_eq!(answer(&mut alice, to_eve).await["seq"], 2);
+    drop(guest);
+    // The nick is free a moment after; someone else binds it to a key.
+    let mut eve = within("the nick to be free", async {
+        loop {
+            let mut c = Client::raw(&url).await;
+            c.send(json!({"type": "hello", "nick": "eve", "key": "k-other"}))
+                .await;
+            if c.recv().await["type"] == "welcome" {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    eve.join("lobby").await;
+    eve.join("@alice+eve").await;
+    let tries = [
+        (
+            json!({"type": "edit", "room": "lobby", "seq": lobby_seq, "text": "send money", "cid": "e1"}),
+            "forbidden",
+        ),
+        (
+            json!({"type": "delete", "room": "lobby", "seq": lobby_seq, "cid": "e2"}),
+            "forbidden",
+        ),
+        (
+            json!({"type": "edit", "room": "@alice+eve", "seq": 1, "text": "x", "cid": "e3"}),
+            "no_such_message",
+        ),
+        (
+            json!({"type": "delete", "room": "@alice+eve", "seq": 1, "cid": "e4"}),
+            "no_such_message",
+        ),
+        (
+            json!({"type": "react", "room": "@alice+eve", "seq": 2, "emoji": "👀", "on": true, "cid": "e5"}),
+            "no_such_message",
+        ),
+        (
+            json!({"type": "say", "room": "@alice+eve", "text": "re", "reply_to": 2, "cid": "e6"}),
+            "no_such_message",
+        ),
+    ];
+    for (request, want) in tries {
+        assert_eq!(
+            code(&answer(&mut eve, request.clone()).await),
+            want,
+            "{request}"
+        );
+    }
+    // Its own, said since it bound the nick, it may change.
+    let own = json!({"type": "say", "room": "lobby", "text": "mine", "cid": "e7"});
+    let own = answer(&mut eve, own).await["seq"].as_u64().unwrap();
+    let edit = json!({"type": "edit", "room": "lobby", "seq": own, "text": "mine!", "cid": "e8"});
+    assert_eq!(answer(&mut eve, edit).await["type"], "ack");
+    // Nothing of the earlier holder's changed.
+    alice
+        .send(json!({"type": "history", "room": "lobby"}))
+        .await;
+    let history = next_of(&mut alice, "history").await;
+    let first = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["seq"] == lobby_seq)
+        .unwrap();
+    assert_eq!(first["text"], "hi all", "{history}");
+    assert!(first.get("edited").is_none(), "{history}");
+}
+
+/// From an attack on the docs: an inbox cut to one frame could not be paged, so the rooms
+/// after the cut were out of reach. `after` pages it: every room once.
+#[tokio::test]
+async fn an_inbox_cut_to_one_frame_is_paged_with_after_every_room_once() {
+    let server = server_on("inbox-pages", roomy()).await;
+    let mut a = Client::hello_with_key(&server.url(), "nana", Some("k-nana")).await;
+    let long = "ü".repeat(2000); // 4,000 bytes: some 15 rooms fill a 64 KiB frame
+    let mut want = Vec::new();
+    for i in 0..30 {
+        let room = format!("r{i:02}");
+        a.join(&room).await;
+        let say = json!({"type": "say", "room": room, "text": long, "cid": format!("c{i}")});
+        assert_eq!(answer(&mut a, say).await["type"], "ack");
+        want.push(room);
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let mut ask = json!({"type": "inbox"});
+        if let Some(last) = seen.last() {
+            ask["after"] = json!(last);
+        }
+        a.send(ask).await;
+        let page = next_of(&mut a, "inbox").await;
+        pages += 1;
+        let rooms = page["rooms"].as_array().unwrap();
+        seen.extend(rooms.iter().map(|r| r["room"].as_str().unwrap().to_owned()));
+        if rooms.len() as u64 == page["total"].as_u64().unwrap() {
+            break;
+        }
+        assert!(!rooms.is_empty() && pages < 20, "{page}");
+    }
+    assert!(pages > 1, "the inbox was not cut");
+    assert_eq!(seen, want);
 }

@@ -161,7 +161,7 @@ impl<S: Store> Session<S> {
                 after: None,
             },
             "rooms" => ClientMsg::Rooms { after: None },
-            "inbox" => ClientMsg::Inbox {},
+            "inbox" => ClientMsg::Inbox { after: None },
             "search" if rest.trim().is_empty() => {
                 return refused(ErrorCode::BadMessage, "usage: /search WORDS");
             }

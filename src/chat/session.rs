@@ -291,7 +291,7 @@ impl<S: Store> Session<S> {
             ClientMsg::Join { room, since, epoch } => self.join(conn, &room, since, epoch).await,
             ClientMsg::Leave { room } => self.leave(&room).await,
             ClientMsg::Read { room, seq } => self.read(room, seq).await,
-            ClientMsg::Inbox {} => self.inbox(conn).await,
+            ClientMsg::Inbox { after } => self.inbox(conn, after).await,
             ClientMsg::Thread {
                 room,
                 seq,
@@ -723,7 +723,7 @@ impl<S: Store> Session<S> {
     }
 
     /// Answers `inbox`: a known user's rooms, with where it is in each, cut to fit a frame.
-    async fn inbox(&mut self, conn: &mut Connection) -> Result<(), Failure> {
+    async fn inbox(&mut self, conn: &mut Connection, after: Option<String>) -> Result<(), Failure> {
         if !self.known {
             refuse(
                 ErrorCode::Forbidden,
@@ -744,6 +744,7 @@ impl<S: Store> Session<S> {
             // this holder's in it (that someone wrote to the nick before is not its to know).
             .filter(|r| self.may_read(&r.room))
             .filter(|r| r.last.is_some() || dm_pair(&r.room).is_none())
+            .filter(|r| after.as_ref().is_none_or(|after| r.room > *after))
             .map(|r| InboxEntry {
                 room: r.room,
                 last_seq: r.last_seq,
@@ -772,6 +773,17 @@ impl<S: Store> Session<S> {
             refuse(
                 ErrorCode::NotJoined,
                 format!("join {room} before saying anything there"),
+            )?;
+        }
+        // What was sent to the nick before this user held it is not its to read — nor to
+        // react to, reply to, edit or delete (which would tell it the message is there).
+        if op
+            .refers_to()
+            .is_some_and(|target| target <= self.hub().floor(self.id, &room))
+        {
+            refuse(
+                ErrorCode::NoSuchMessage,
+                format!("no such message in {room} (a seq of a message, not of an event)"),
             )?;
         }
         self.publish(room, text, cid, op);
@@ -986,30 +998,70 @@ fn refused(objection: Objection, room: &str) -> (ErrorCode, String) {
     }
 }
 
-/// A reaction is 1 to [`MAX_EMOJI_BYTES`] bytes with no spaces or control characters.
+/// A reaction is 1 to [`MAX_EMOJI_BYTES`] bytes of characters one can see (see
+/// [`visible_reaction`]).
 fn check_reaction(emoji: &str) -> Result<(), Failure> {
-    // Invisible and direction-changing characters would make a reaction look like another,
-    // or turn the lines around it; the joiner and the emoji variation selector stay (they
-    // make emoji sequences).
-    let invisible = |c: char| {
-        matches!(
-            c,
-            '\u{200B}' | '\u{200C}' | '\u{200E}' | '\u{200F}' | '\u{FEFF}'
-        ) || ('\u{202A}'..='\u{202E}').contains(&c)
-            || ('\u{2060}'..='\u{206F}').contains(&c)
-    };
-    let bad = emoji.is_empty()
-        || emoji.len() > MAX_EMOJI_BYTES
-        || emoji
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || invisible(c));
-    if bad {
+    if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES || !visible_reaction(emoji) {
         refuse(
             ErrorCode::BadReaction,
-            format!("a reaction is 1 to {MAX_EMOJI_BYTES} bytes, without spaces"),
+            format!(
+                "a reaction is 1 to {MAX_EMOJI_BYTES} bytes one can see: no spaces, no \
+                 invisible or direction-changing characters"
+            ),
         )?;
     }
     Ok(())
+}
+
+/// Whether every character of a reaction shows, so that it cannot pass for another or turn
+/// the text around it: no spaces, controls, format or direction marks, fillers, blanks,
+/// private-use or noncharacters. What joins emoji into one is kept where it joins: the
+/// zero-width joiner between two characters, a variation selector or a combining mark after
+/// one, tag characters after the black flag (a subdivision flag, 🏴 and its tags).
+pub(super) fn visible_reaction(emoji: &str) -> bool {
+    const ZWJ: char = '\u{200D}';
+    let never = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c,
+                '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+                | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200C}'
+                | '\u{200E}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+                | '\u{2800}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{10FFFF}' | '\u{FDD0}'..='\u{FDEF}')
+            || (c as u32 & 0xFFFE) == 0xFFFE
+    };
+    // Characters that only mean something after another one.
+    let mark = |c: char| {
+        matches!(c,
+            '\u{FE00}'..='\u{FE0F}' | '\u{0300}'..='\u{036F}' | '\u{1AB0}'..='\u{1AFF}'
+            | '\u{1DC0}'..='\u{1DFF}' | '\u{20D0}'..='\u{20FF}' | '\u{FE20}'..='\u{FE2F}'
+            | '\u{1F3FB}'..='\u{1F3FF}' | '\u{E0100}'..='\u{E01EF}')
+    };
+    let tag = |c: char| ('\u{E0020}'..='\u{E007F}').contains(&c);
+    let chars: Vec<char> = emoji.chars().collect();
+    let mut base = None; // the last character that shows on its own
+    for (i, &c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|p| chars[p]);
+        let fine = if never(c) {
+            false
+        } else if c == ZWJ {
+            // Between two characters, not doubled, not next to nothing.
+            base.is_some() && prev != Some(ZWJ) && i + 1 < chars.len()
+        } else if mark(c) {
+            base.is_some() && prev != Some(ZWJ)
+        } else if tag(c) {
+            base == Some('\u{1F3F4}')
+        } else {
+            base = Some(c);
+            true
+        };
+        if !fine {
+            return false;
+        }
+    }
+    base.is_some()
 }
 
 /// Hands a stored message on to be delivered (a duplicate was, when it was first stored) and

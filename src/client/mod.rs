@@ -944,7 +944,7 @@ impl State {
                 after: None,
             },
             "rooms" => ClientMsg::Rooms { after: None },
-            "inbox" => ClientMsg::Inbox {},
+            "inbox" => ClientMsg::Inbox { after: None },
             "search" if rest.trim().is_empty() => {
                 out.notice("usage: /search WORDS");
                 return Ok(None);

@@ -16,9 +16,9 @@ use crate::clock::now_ms;
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rooms: Mutex<HashMap<String, Room>>,
-    /// Nicks bound to a key (case-folded nick → its holding as it was bound). Locked after
-    /// `rooms` when both are.
-    nicks: Mutex<HashMap<String, Holding>>,
+    /// Nicks bound to a key (case-folded nick → its holding as it was bound, and when).
+    /// Locked after `rooms` when both are.
+    nicks: Mutex<HashMap<String, (Holding, i64)>>,
     /// Known users' rooms: case-folded nick → room → read seq. Locked after `rooms`.
     reads: Mutex<HashMap<String, BTreeMap<String, u64>>>,
 }
@@ -88,10 +88,13 @@ impl MemoryStore {
             }
         }
         if let Some(target) = append.op.refers_to() {
+            let sender = append.from.to_ascii_lowercase();
             let referred = room.records.get(&target).map(|r| Referred {
                 kind: r.kind,
                 from: r.from.clone(),
                 deleted: r.deleted,
+                time: r.time_ms,
+                sender_bound: self.nicks().get(&sender).map(|(_, bound)| *bound),
             });
             let mut seen = Reactions::default();
             if let (Op::React { emoji, .. }, Some(given)) =
@@ -205,7 +208,7 @@ impl MemoryStore {
         mine
     }
 
-    fn nicks(&self) -> MutexGuard<'_, HashMap<String, Holding>> {
+    fn nicks(&self) -> MutexGuard<'_, HashMap<String, (Holding, i64)>> {
         self.nicks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -420,20 +423,23 @@ impl Store for MemoryStore {
     }
 
     async fn nick_binding(&self, nick: &str) -> Result<Option<String>> {
-        Ok(self.nicks().get(nick).and_then(|h| h.key_hash.clone()))
+        Ok(self.nicks().get(nick).and_then(|(h, _)| h.key_hash.clone()))
     }
 
     async fn take_nick(&self, nick: &str, bind: Option<String>) -> Result<Holding> {
         let rooms = self.rooms();
         let mut nicks = self.nicks();
         if let Some(hash) = bind {
-            nicks.entry(nick.to_owned()).or_insert_with(|| Holding {
-                key_hash: Some(hash),
-                floors: floors_now(&rooms, nick),
+            nicks.entry(nick.to_owned()).or_insert_with(|| {
+                let holding = Holding {
+                    key_hash: Some(hash),
+                    floors: floors_now(&rooms, nick),
+                };
+                (holding, now_ms())
             });
         }
         Ok(match nicks.get(nick) {
-            Some(bound) => bound.clone(),
+            Some((bound, _)) => bound.clone(),
             None => Holding {
                 key_hash: None,
                 floors: floors_now(&rooms, nick),

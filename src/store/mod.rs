@@ -216,6 +216,11 @@ pub(crate) struct Referred {
     pub from: String,
     /// Deleted.
     pub deleted: bool,
+    /// When it was stored (ms since the epoch).
+    pub time: i64,
+    /// When the sender of the append had its nick bound to its key, if it is bound (open
+    /// servers): a message by that nick from before was another holder's.
+    pub sender_bound: Option<i64>,
 }
 
 /// A message's reactions, as a reaction append sees them.
@@ -339,7 +344,13 @@ pub(crate) fn judge(
         Op::Say { .. } => Ok(()),
         _ if referred.deleted => Err(Objection::Deleted),
         Op::Edit { .. } | Op::Delete { .. } => {
-            if referred.from.eq_ignore_ascii_case(&append.from) || append.moderator {
+            // Its author: the nick, held by the same user — a nick bound to a key since is
+            // another user's, who is the author of nothing said before.
+            let author = referred.from.eq_ignore_ascii_case(&append.from)
+                && referred
+                    .sender_bound
+                    .is_none_or(|bound| referred.time > bound);
+            if author || append.moderator {
                 Ok(())
             } else {
                 Err(Objection::NotYours)

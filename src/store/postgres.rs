@@ -317,7 +317,11 @@ impl Conn {
                 )
                 .await?,
             referred: client
-                .prepare("SELECT kind, sender, deleted FROM messages WHERE room = $1 AND seq = $2")
+                .prepare(
+                    "SELECT kind, sender, deleted, time_ms,
+                            (SELECT bound_ms FROM nick_keys WHERE nick = $3)
+                     FROM messages WHERE room = $1 AND seq = $2",
+                )
                 .await?,
             reaction_state: client
                 .prepare(
@@ -1122,12 +1126,17 @@ async fn judge_on(
     let target = target as i64;
     let referred = conn
         .client
-        .query_opt(&conn.referred, &[&append.room, &target])
+        .query_opt(
+            &conn.referred,
+            &[&append.room, &target, &append.from.to_ascii_lowercase()],
+        )
         .await?
         .map(|row| Referred {
             kind: kind_of(i64::from(row.get::<_, i16>(0))),
             from: row.get(1),
             deleted: row.get(2),
+            time: row.get(3),
+            sender_bound: row.get(4),
         });
     let mut seen = Reactions::default();
     if let Op::React { emoji, .. } = &append.op {

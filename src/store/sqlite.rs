@@ -848,15 +848,22 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
     if let Some(target) = append.op.refers_to() {
         let referred = conn
             .prepare_cached(
-                "SELECT kind, sender, deleted FROM messages WHERE room = ?1 AND seq = ?2",
+                "SELECT kind, sender, deleted, time_ms,
+                        (SELECT bound_ms FROM nick_keys WHERE nick = ?3)
+                 FROM messages WHERE room = ?1 AND seq = ?2",
             )?
-            .query_row(params![append.room, target as i64], |row| {
-                Ok(Referred {
-                    kind: kind_of(row.get(0)?),
-                    from: row.get(1)?,
-                    deleted: row.get::<_, i64>(2)? != 0,
-                })
-            })
+            .query_row(
+                params![append.room, target as i64, append.from.to_ascii_lowercase()],
+                |row| {
+                    Ok(Referred {
+                        kind: kind_of(row.get(0)?),
+                        from: row.get(1)?,
+                        deleted: row.get::<_, i64>(2)? != 0,
+                        time: row.get(3)?,
+                        sender_bound: row.get(4)?,
+                    })
+                },
+            )
             .optional()?;
         let mut seen = Reactions::default();
         if let Op::React { emoji, .. } = &append.op {
