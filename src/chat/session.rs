@@ -677,10 +677,10 @@ impl<S: Store> Session<S> {
             None => {
                 let mut rooms = self.hub().rooms_of(self.id);
                 if self.known {
-                    let store = &self.chat.store;
-                    let floors = self.hub().floors(self.id);
-                    let inbox = store.inbox(&nick, floors).await.map_err(unavailable)?;
-                    rooms.extend(inbox.into_iter().map(|r| r.room));
+                    // Their names only: the inbox would read each room's last message and
+                    // count its unread ones (on PostgreSQL ~115 ms a search with 100 rooms).
+                    let remembered = self.chat.store.rooms_of(&nick).await;
+                    rooms.extend(remembered.map_err(unavailable)?);
                 }
                 rooms.sort();
                 rooms.dedup();

@@ -555,6 +555,17 @@ pub trait Store: Send + Sync + 'static {
         floors: Vec<(String, u64)>,
     ) -> impl Future<Output = Result<Vec<InboxRoom>>> + Send;
 
+    /// The names of the rooms [`Store::inbox`] lists for `nick`, sorted, and nothing else about
+    /// them: what a search over all of a user's rooms needs (the inbox reads each room's last
+    /// message and counts its unread ones, several queries a room).
+    fn rooms_of(&self, nick: &str) -> impl Future<Output = Result<Vec<String>>> + Send {
+        let nick = nick.to_owned();
+        async move {
+            let inbox = self.inbox(&nick, Vec::new()).await?;
+            Ok(inbox.into_iter().map(|r| r.room).collect())
+        }
+    }
+
     /// Messages (not deleted) of `rooms` whose text has every word of `words` (already split
     /// into words: letters and digits only), best match first, `limit` of them after the
     /// first `skip`.
@@ -902,6 +913,11 @@ pub mod contract {
         assert_eq!(inbox[0].last.as_ref().unwrap().text, "new");
         assert_eq!(inbox[1].last.as_ref().unwrap().text, "mine");
         assert_eq!(inbox[1].last_seq, 4);
+        assert_eq!(
+            store.rooms_of("Yuki").await.unwrap(),
+            ["@kumo+yuki", "mem"],
+            "the inbox's rooms, by name"
+        );
         store
             .membership("yuki", "mem", Membership::Forget)
             .await
@@ -909,6 +925,8 @@ pub mod contract {
         let inbox = store.inbox("yuki", Vec::new()).await.unwrap();
         assert_eq!(inbox.len(), 1, "{inbox:?}");
         assert_eq!(inbox[0].state.unread, 2, "without a floor, both are unread");
+        assert_eq!(store.rooms_of("yuki").await.unwrap(), ["@kumo+yuki"]);
+        assert!(store.rooms_of("nobody").await.unwrap().is_empty());
     }
 
     /// Search finds messages as they stand — by every word, in the rooms asked only, never a

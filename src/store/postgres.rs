@@ -284,6 +284,7 @@ struct Conn {
     wipe_reactions: Statement,
     nick_floors: Statement,
     dm_rooms: Statement,
+    memberships_of: Statement,
     bind: Statement,
     clear_floors: Statement,
     keep_floors: Statement,
@@ -425,6 +426,9 @@ impl Conn {
                 .prepare("SELECT room, floor FROM nick_floors WHERE nick = $1")
                 .await?,
             dm_rooms: client.prepare(DM_ROOMS).await?,
+            memberships_of: client
+                .prepare("SELECT room FROM memberships WHERE nick = $1")
+                .await?,
             bind: client
                 .prepare(
                     "INSERT INTO nick_keys (nick, key_hash, bound_ms) VALUES ($1, $2, $3)
@@ -719,6 +723,27 @@ impl Store for PgStore {
             Ok::<_, tokio_postgres::Error>(out)
         };
         inbox.await.map_err(pg_err)
+    }
+
+    async fn rooms_of(&self, nick: &str) -> Result<Vec<String>> {
+        let conn = self.reader.get().await?;
+        let client = &conn.client;
+        let nick = nick.to_ascii_lowercase();
+        let names = async {
+            let mut rooms: Vec<String> = client
+                .query(&conn.memberships_of, &[&nick])
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            for row in client.query(&conn.dm_rooms, &[&nick]).await? {
+                rooms.push(row.get(0));
+            }
+            rooms.sort();
+            rooms.dedup();
+            Ok::<_, tokio_postgres::Error>(rooms)
+        };
+        names.await.map_err(pg_err)
     }
 
     async fn reactions(&self, room: &str, seqs: &[u64], nick: &str) -> Result<Vec<ReactionCount>> {

@@ -538,6 +538,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn rooms_of(&self, nick: &str) -> Result<Vec<String>> {
+        let nick = nick.to_ascii_lowercase();
+        self.read(move |conn| {
+            let mut rooms: Vec<String> = conn
+                .prepare_cached("SELECT room FROM memberships WHERE nick = ?1")?
+                .query_map([&nick], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let dms = conn
+                .prepare_cached(DM_ROOMS)?
+                .query_map([&nick], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            rooms.extend(dms);
+            rooms.sort();
+            rooms.dedup();
+            Ok(rooms)
+        })
+        .await
+    }
+
     async fn reactions(&self, room: &str, seqs: &[u64], nick: &str) -> Result<Vec<ReactionCount>> {
         let (room, nick) = (room.to_owned(), nick.to_ascii_lowercase());
         let seqs: Vec<i64> = seqs.iter().map(|&s| s as i64).collect();
