@@ -40,7 +40,7 @@ serve() {
   "$nanachat" serve --addr 127.0.0.1:0 --rate 1000000 --burst 1000000 \
     --max-connections-per-ip 0 --connect-rate-per-ip 0 --heartbeat 0 "$@" 2>"$tmp/serve.log" &
   server=$!
-  for _ in $(seq 400); do grep -q 'listening on' "$tmp/serve.log" && break; sleep 0.05; done
+  for _ in $(seq 400); do grep -qs "listening on" "$tmp/serve.log" && break; sleep 0.05; done
   grep -q 'listening on' "$tmp/serve.log" || { cat "$tmp/serve.log" >&2; exit 1; }
   url=ws://127.0.0.1:$(grep -oE 'listening on ws://127\.0\.0\.1:[0-9]+' "$tmp/serve.log" | head -n1 | grep -oE '[0-9]+$')
 }

@@ -241,6 +241,49 @@ impl Track {
     }
 }
 
+/// React: which members' reactions one member got (each sends one): a bit per member, since
+/// [`Track`]'s search through its publishers would cost the load generator O(members) a
+/// delivery.
+#[derive(Debug)]
+struct Seen {
+    members: u64,
+    bits: Vec<u64>,
+    unique: u64,
+    duplicated: u64,
+}
+
+impl Seen {
+    fn new(members: u32) -> Self {
+        Self {
+            members: u64::from(members),
+            bits: vec![0; (members as usize).div_ceil(64)],
+            unique: 0,
+            duplicated: 0,
+        }
+    }
+
+    /// Counts member `g`'s reaction: true the first time (a member the run does not have
+    /// counts as a repeat).
+    fn see(&mut self, g: u64) -> bool {
+        let Some(word) = self
+            .bits
+            .get_mut((g / 64) as usize)
+            .filter(|_| g < self.members)
+        else {
+            self.duplicated += 1;
+            return false;
+        };
+        let bit = 1u64 << (g % 64);
+        if *word & bit != 0 {
+            self.duplicated += 1;
+            return false;
+        }
+        *word |= bit;
+        self.unique += 1;
+        true
+    }
+}
+
 /// A bench payload's fields: (publisher, seq, sent at µs).
 fn parse_payload(text: &str) -> Option<(u64, u64, u64)> {
     let at = text.find(MARKER)?;
@@ -1181,9 +1224,12 @@ fn react_from(text: &str, run: &str) -> Option<u64> {
 async fn member(sh: &Shared, conn: Connection, g: u64) -> (u64, u64) {
     let mut phase = sh.phase.clone();
     let mut conn = Some(conn);
-    let mut track = Track::default();
+    let mut track = Seen::new(sh.spec.receivers);
     let mut samples = Vec::with_capacity(512);
     let (mut due, mut sent, mut answered) = (None::<u64>, false, false);
+    // When to send (once the run starts), then to look at the drain: one timer, reset.
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut timer_armed = false;
     let mut drain: Option<u64> = None;
     let mut drain_end = Instant::now();
     let answer = |answered: &mut bool| {
@@ -1215,19 +1261,10 @@ async fn member(sh: &Shared, conn: Connection, g: u64) -> (u64, u64) {
             }
             continue;
         };
-        let wake = async {
-            match (due, sent, drain) {
-                (Some(at), false, _) => {
-                    tokio::time::sleep(Duration::from_micros(at.saturating_sub(now_us()))).await;
-                }
-                (_, _, Some(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
-                _ => std::future::pending().await,
-            }
-        };
         let event = tokio::select! {
             msg = c.read_msg() => Event::Msg(msg),
             changed = phase.changed() => Event::Phase(changed.is_ok()),
-            () = wake => Event::Deadline,
+            () = timer.as_mut(), if timer_armed => Event::Deadline,
         };
         match event {
             Event::Msg(Err(_) | Ok(None)) => {
@@ -1247,7 +1284,7 @@ async fn member(sh: &Shared, conn: Connection, g: u64) -> (u64, u64) {
                     if drain.is_some() {
                         sh.last_activity_us.store(now_us(), Ordering::Relaxed);
                     }
-                    if track.see(from, 1).is_some() {
+                    if track.see(from) {
                         let now = now_us();
                         sh.last_delivery_us.fetch_max(now, Ordering::Relaxed);
                         let at = react_due(sh, from);
@@ -1271,6 +1308,13 @@ async fn member(sh: &Shared, conn: Connection, g: u64) -> (u64, u64) {
             }
             Event::Msg(Ok(Some(Incoming::Binary(_)))) => {}
             Event::Deadline => {
+                // Next: a look at the drain's end now and then, or nothing.
+                timer_armed = drain.is_some();
+                if timer_armed {
+                    timer
+                        .as_mut()
+                        .reset(Instant::now() + Duration::from_millis(200));
+                }
                 if due.is_some() && !sent {
                     sent = true;
                     bump(&sh.counters.sent);
@@ -1291,11 +1335,23 @@ async fn member(sh: &Shared, conn: Connection, g: u64) -> (u64, u64) {
             Event::Phase(true) => {
                 let now = phase.borrow().clone();
                 match now {
-                    Phase::Run => due = Some(react_due(sh, g)),
+                    Phase::Run => {
+                        let at = react_due(sh, g);
+                        due = Some(at);
+                        let wait = Duration::from_micros(at.saturating_sub(now_us()));
+                        timer.as_mut().reset(Instant::now() + wait);
+                        timer_armed = true;
+                    }
                     Phase::Drain(expect) => {
                         sh.flush(&mut samples);
                         drain = Some(expect[0]);
                         drain_end = Instant::now() + DRAIN_TIMEOUT;
+                        if !timer_armed {
+                            timer
+                                .as_mut()
+                                .reset(Instant::now() + Duration::from_millis(200));
+                            timer_armed = true;
+                        }
                     }
                     _ => {}
                 }
@@ -1507,6 +1563,21 @@ mod tests {
         assert_eq!(
             json_seq(r#"{"type":"message","room":"r","seq":42,"from":"x"}"#),
             Some(42)
+        );
+    }
+
+    #[test]
+    fn reactions_are_counted_once_per_member() {
+        let mut seen = Seen::new(70);
+        assert!(seen.see(0) && seen.see(69) && seen.see(64));
+        assert!(!seen.see(64) && !seen.see(70));
+        assert_eq!((seen.unique, seen.duplicated), (3, 2));
+        let nick = r#"{"type":"react","room":"bench-ab-0","seq":7,"from":"bab-42","text":""}"#;
+        assert_eq!(react_from(nick, "ab"), Some(42));
+        assert_eq!(react_from(&nick.replace("bab-", "bcd-"), "ab"), None);
+        assert_eq!(
+            react_from(r#"{"type":"message","from":"bab-1"}"#, "ab"),
+            None
         );
     }
 
