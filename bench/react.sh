@@ -49,9 +49,11 @@ burst() {
   python3 - "$report" <<'PY' >&2
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"{r['label']} run: {r['deliveries_per_sec']:,.0f} deliveries/s in {r['seconds']:.2f} s, "
+load = open("/proc/loadavg").read().split()[0]
+print(f"{r['label']} run (load average {load}): {r['deliveries_per_sec']:,.0f} deliveries/s in {r['seconds']:.2f} s, "
       f"p50 {r['latency']['p50']} ms, p99 {r['latency']['p99']} ms, acked {r['acked']}, errors {r['errors']}, "
-      f"lost {r['lost']}, commits {r.get('store_commits')} for {r.get('store_jobs')} jobs")
+      f"lost {r['lost']}, commits {r.get('store_commits')} for {r.get('store_jobs')} jobs, "
+      f"{r.get('store_commit_ms') or 0:.0f} ms committing")
 PY
 }
 
@@ -87,15 +89,17 @@ done
 python3 - "$out" "$runs" "${stores[@]}" <<'PY'
 import json, statistics, sys
 out, runs, stores = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-print("| store | deliveries/s (runs) | median | p50 / p99 ms (median) | acked | errors | lost / dup | store commits (jobs) |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+print("| store | deliveries/s (runs) | median | burst s | p50 / p99 ms (median) | acked | errors | lost / dup | store commits (runs) | ms committing (median) |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for store in stores:
     rs = [json.load(open(f"{out}/react-{store}-{n}.json")) for n in range(1, runs + 1)]
     med = lambda f: statistics.median(f(r) for r in rs)
     each = " · ".join(f"{r['deliveries_per_sec']:,.0f}" for r in rs)
     print(f"| {store} | {each} | "
-          f"{med(lambda r: r['deliveries_per_sec']):,.0f} | {med(lambda r: r['latency']['p50']):.1f} / "
+          f"{med(lambda r: r['deliveries_per_sec']):,.0f} | {med(lambda r: r['seconds']):.2f} | "
+          f"{med(lambda r: r['latency']['p50']):.1f} / "
           f"{med(lambda r: r['latency']['p99']):.1f} | {min(r['acked'] for r in rs)} | "
           f"{max(r['errors'] for r in rs)} | {max(r['lost'] for r in rs)} / {max(r['duplicated'] for r in rs)} | "
-          f"{' · '.join(str(r.get('store_commits')) for r in rs)} ({rs[0].get('store_jobs')}) |")
+          f"{' · '.join(str(r.get('store_commits')) for r in rs)} | "
+          f"{med(lambda r: r.get('store_commit_ms') or 0):,.0f} |")
 PY

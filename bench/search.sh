@@ -57,7 +57,8 @@ measure() {
 import json, sys
 r = json.load(open(sys.argv[1]))
 wrong = sum(1 for c in r["checks"] if c["wrong"])
-print(f"{r['label']} run: {r['deliveries_per_sec']:.0f} queries/s, p50 {r['latency']['p50']} ms, "
+load = open("/proc/loadavg").read().split()[0]
+print(f"{r['label']} run (load average {load}): {r['deliveries_per_sec']:.0f} queries/s, p50 {r['latency']['p50']} ms, "
       f"p99 {r['latency']['p99']} ms; {len(r['checks'])} queries checked, {wrong} wrong")
 PY
   done

@@ -77,7 +77,8 @@ pub enum Command {
         #[command(subcommand)]
         side: DemoSide,
     },
-    /// The load generator: fan-out, echo, connection and resume-storm benchmarks.
+    /// The load generator: fan-out, echo, connection, resume-storm, reaction-burst and search
+    /// benchmarks.
     ///
     /// A nanachat server limits each client address (--max-connections-per-ip 1000,
     /// --connect-rate-per-ip 100) and its clients (--rate 20): every bench client comes from

@@ -378,6 +378,10 @@ fn a_reaction_burst_reaches_every_member_and_counts_the_commits() {
     // The reactions were stored: 20 jobs, in at least one commit (from the server's /metrics).
     assert!(n(&report, "store_jobs") >= 20, "{report}");
     assert!((1..=n(&report, "store_jobs")).contains(&n(&report, "store_commits")));
+    assert!(
+        report["store_commit_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -667,9 +667,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The store's commits and jobs so far, from the server's `/metrics` on the port of `url`
-/// (`ws://` only): `None` when it has none (not a nanachat server, or TLS).
-fn store_counters(url: &str) -> Option<(u64, u64)> {
+/// The store's commits, jobs and µs spent committing so far, from the server's `/metrics` on
+/// the port of `url` (`ws://` only): `None` when it has none (not a nanachat server, or TLS).
+fn store_counters(url: &str) -> Option<(u64, u64, u64)> {
     use std::io::Read;
     let uri: http::Uri = url.parse().ok()?;
     if uri.scheme_str() != Some("ws") {
@@ -696,6 +696,7 @@ fn store_counters(url: &str) -> Option<(u64, u64)> {
     Some((
         value("nanachat_store_commits_total")?,
         value("nanachat_store_jobs_total")?,
+        value("nanachat_store_commit_microseconds_total")?,
     ))
 }
 
@@ -851,6 +852,7 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
     if let (Some(before), Some(after)) = (store_before, store_counters(&spec.url)) {
         report.store_commits = Some(after.0.saturating_sub(before.0));
         report.store_jobs = Some(after.1.saturating_sub(before.1));
+        report.store_commit_ms = Some(after.2.saturating_sub(before.2) as f64 / 1000.0);
     }
     let mut latency = histogram();
     let mut timeline = Timeline::default();

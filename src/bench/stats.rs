@@ -130,6 +130,9 @@ pub struct Report {
     pub store_commits: Option<u64>,
     /// Store jobs (appends, …) in those transactions.
     pub store_jobs: Option<u64>,
+    /// Milliseconds the store spent in those transactions (from each one's start to its
+    /// commit): near the run's length, the store's writer was busy all along.
+    pub store_commit_ms: Option<f64>,
     /// Search: latency per kind of query.
     pub kinds: Vec<(String, Percentiles)>,
     /// Search: every query once before the run, and what it found.
@@ -230,8 +233,9 @@ impl Report {
                 &mut out,
                 "store",
                 format!(
-                    "{commits} commits, {jobs} jobs ({:.1} a commit)",
-                    jobs as f64 / commits.max(1) as f64
+                    "{commits} commits, {jobs} jobs ({:.1} a commit), {:.0} ms committing",
+                    jobs as f64 / commits.max(1) as f64,
+                    self.store_commit_ms.unwrap_or(0.0)
                 ),
             );
         }
