@@ -77,7 +77,8 @@ pub enum Command {
         #[command(subcommand)]
         side: DemoSide,
     },
-    /// The load generator: fan-out, echo, connection and resume-storm benchmarks.
+    /// The load generator: fan-out, echo, connection, resume-storm, reaction-burst and search
+    /// benchmarks.
     ///
     /// A nanachat server limits each client address (--max-connections-per-ip 1000,
     /// --connect-rate-per-ip 100) and its clients (--rate 20): every bench client comes from
@@ -235,7 +236,7 @@ pub struct BenchArgs {
     /// fanout: rooms.
     #[arg(long, default_value_t = 1)]
     pub rooms: u32,
-    /// fanout: receivers per room.
+    /// fanout: receivers per room; react: the room's members.
     #[arg(long, default_value_t = 1000)]
     pub receivers: u32,
     /// fanout: publishers per room.
@@ -250,13 +251,14 @@ pub struct BenchArgs {
     /// Payload size, e.g. 100 or 1KiB.
     #[arg(long, default_value = "100", value_parser = parse_bytes)]
     pub size: usize,
-    /// echo, connect, resume: clients.
+    /// echo, connect, resume, search: clients.
     #[arg(long, default_value_t = 1000)]
     pub connections: u32,
     /// Connections opened per second; 0 is as fast as the server takes them.
     #[arg(long, default_value_t = 0.0)]
     pub ramp: f64,
-    /// How long to measure (connect: to hold the connections).
+    /// How long to measure (connect: to hold the connections; react: the time the reactions
+    /// are spread over).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// How long to run before measuring.
@@ -281,6 +283,18 @@ pub struct BenchArgs {
     /// A name for the server under test, in the report.
     #[arg(long, default_value = "nanachat")]
     pub label: String,
+    /// search: the queries, one JSON object a line: `{"query":"WORDS"}`, optionally with
+    /// `"room"` (only there; the clients join it), `"kind"` (latency is reported per kind),
+    /// `"limit"` (20 unless told) and `"expect"` (how many messages hold the words: checked).
+    #[arg(long, value_name = "FILE")]
+    pub queries: Option<std::path::PathBuf>,
+    /// search: the nick the clients say hello as (all of them), e.g. a user the store
+    /// remembers rooms for; else each client is a new user of its own.
+    #[arg(long)]
+    pub nick: Option<String>,
+    /// search: the key that goes with --nick.
+    #[arg(long, requires = "nick")]
+    pub key: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -304,19 +318,31 @@ pub enum BenchScenario {
     Connect,
     /// A crowd that drops and resumes at once.
     Resume,
+    /// A room's members all react to one message (--receivers members, spread over --duration).
+    React,
+    /// Search requests from --queries, timed per kind.
+    Search,
 }
 
 /// `nanachat bench`: runs, prints the table (or JSON), draws the plot; lost or duplicated
 /// messages make it fail.
 #[cfg(feature = "bench")]
 pub fn bench(args: BenchArgs) -> Result<()> {
-    use crate::bench::{BenchSpec, Progress, Scenario};
+    use crate::bench::{BenchSpec, Progress, Scenario, SearchQuery};
+    let queries = match &args.queries {
+        Some(path) => SearchQuery::parse_lines(
+            &std::fs::read_to_string(path).map_err(|err| Error::file("read", path, err))?,
+        )?,
+        None => Vec::new(),
+    };
     let spec = BenchSpec {
         scenario: match args.scenario {
             BenchScenario::Fanout => Scenario::Fanout,
             BenchScenario::Echo => Scenario::Echo,
             BenchScenario::Connect => Scenario::Connect,
             BenchScenario::Resume => Scenario::Resume,
+            BenchScenario::React => Scenario::React,
+            BenchScenario::Search => Scenario::Search,
         },
         url: args.url,
         raw: args.raw,
@@ -337,7 +363,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         sources: args.sources,
         server_pid: args.server_pid,
         label: args.label,
+        queries,
+        nick: args.nick,
+        key: args.key,
     };
+    let scenario = spec.scenario;
+    let members = u64::from(spec.receivers);
     let progress = if args.quiet {
         Progress::Quiet
     } else {
@@ -357,6 +388,20 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         return Err(Error::Bench(format!(
             "{} deliveries lost and {} duplicated",
             report.lost, report.duplicated
+        )));
+    }
+    // A reaction refused, or a wrong search result, fails the run as a loss does.
+    if scenario == Scenario::React && (report.errors > 0 || report.acked < members) {
+        return Err(Error::Bench(format!(
+            "{} of {members} reactions acked, {} errors",
+            report.acked, report.errors
+        )));
+    }
+    if scenario == Scenario::Search && report.errors > 0 {
+        return Err(Error::Bench(format!(
+            "{} errors (first: {})",
+            report.errors,
+            report.first_error.as_deref().unwrap_or("?")
         )));
     }
     Ok(())

@@ -350,3 +350,122 @@ fn receivers_that_stop_reading_cost_the_others_nothing() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_reaction_burst_reaches_every_member_and_counts_the_commits() {
+    let dir = scratch("react");
+    let server = bench_server(&dir);
+    let url = server.listening_url();
+    let (code, report) = bench(&[
+        "react",
+        &url,
+        "--receivers",
+        "20",
+        "--duration",
+        "0.5s",
+        "--warmup",
+        "0.2s",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(n(&report, "connected"), 20, "{report}");
+    // Every member reacted once, and every member got every reaction, its own included.
+    assert_eq!(n(&report, "acked"), 20, "{report}");
+    assert_eq!(n(&report, "deliveries"), 20 * 20, "{report}");
+    assert_eq!(n(&report, "lost"), 0, "{report}");
+    assert_eq!(n(&report, "duplicated"), 0, "{report}");
+    assert_eq!(n(&report, "errors"), 0, "{report}");
+    assert_eq!(report["latency"]["count"], 400, "{report}");
+    // The reactions were stored: 20 jobs, in at least one commit (from the server's /metrics).
+    assert!(n(&report, "store_jobs") >= 20, "{report}");
+    assert!((1..=n(&report, "store_jobs")).contains(&n(&report, "store_commits")));
+    assert!(
+        report["store_commit_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_run_checks_what_each_query_finds() {
+    use common::client::Client;
+    let dir = scratch("search");
+    let server = bench_server(&dir);
+    let url = server.listening_url();
+    // A user who remembers two rooms (a key: its rooms are kept), with a few messages in each.
+    let mut c = Client::hello_with_key(&url, "finder", Some("k")).await;
+    for (room, texts) in [
+        (
+            "lobby",
+            ["the quick brown fox", "a lazy dog", "quick dogs run"],
+        ),
+        ("games", ["quick chess", "slow go", "dog days"]),
+    ] {
+        c.join(room).await;
+        for (i, text) in texts.iter().enumerate() {
+            c.say(room, text, &format!("{room}{i}")).await;
+            c.expect("ack").await;
+        }
+    }
+    drop(c);
+    let queries = dir.join("queries.jsonl");
+    let run = |lines: &'static str| {
+        std::fs::write(&queries, lines).unwrap();
+        let (url, queries) = (url.clone(), queries.clone());
+        tokio::task::spawn_blocking(move || {
+            bench(&[
+                "search",
+                &url,
+                "--connections",
+                "2",
+                "--nick",
+                "finder",
+                "--key",
+                "k",
+                "--queries",
+                queries.to_str().unwrap(),
+                "--duration",
+                "0.5s",
+                "--warmup",
+                "0.1s",
+            ])
+        })
+    };
+    let (code, report) = run(concat!(
+        r#"{"query":"quick","kind":"common","expect":3}"#,
+        "\n",
+        r#"{"query":"quick","room":"lobby","kind":"room","expect":2}"#,
+        "\n",
+        r#"{"query":"dog days","kind":"two","expect":1}"#,
+        "\n",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 3, "{report}");
+    assert!(checks.iter().all(|c| c["wrong"].is_null()), "{report}");
+    assert_eq!(checks[1]["found"], 2, "{report}");
+    assert!(n(&report, "deliveries") > 0, "{report}");
+    let kinds: Vec<&str> = report["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k[0].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["common", "room", "two"], "{report}");
+    // A query that finds other than what the store holds fails the run, and says which.
+    let (code, report) = run(r#"{"query":"quick","room":"games","expect":2}"#)
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report["checks"][0]["wrong"]
+            .as_str()
+            .unwrap()
+            .contains("1 results, 2 expected"),
+        "{report}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

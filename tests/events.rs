@@ -485,6 +485,15 @@ async fn search_finds_only_what_the_asker_may_read_and_takes_any_text_as_words()
     a.send(json!({"type": "search", "query": "fox\" OR NOT (quick*"}))
         .await;
     assert_eq!(next_of(&mut a, "search").await["results"], json!([]));
+    // A room it joined before (remembered) is searched from a connection that is in none.
+    drop(a);
+    let mut a = Client::hello_with_key(&url, "nana", Some("k-nana")).await;
+    a.send(json!({"type": "search", "query": "fox"})).await;
+    let found = next_of(&mut a, "search").await;
+    assert_eq!(
+        found["results"][0]["text"], "the quick brown fox",
+        "{found}"
+    );
 }
 
 /// From an attack on the docs: a retry of a message edited or deleted since was checked

@@ -14,7 +14,12 @@
 //! - `echo`: each client sends and times the echo of what it sent;
 //! - `connect`: open N connections at a ramp rate and hold them (connections/s, server memory);
 //! - `resume`: N clients drop at once, messages are published meanwhile, all reconnect at once
-//!   and resume from their last seq.
+//!   and resume from their last seq;
+//! - `react`: every member of one room reacts once to one message, the reactions spread over
+//!   the run; every member gets every reaction (members² deliveries), timed from when each
+//!   was due;
+//! - `search`: clients send `search` requests from a list of queries, one at a time each, and
+//!   time the replies (per kind of query); the first client checks every query's results first.
 //!
 //! A nanachat server under test needs its per-address limits lifted (`--max-connections-per-ip 0
 //! --connect-rate-per-ip 0`): every client comes from this machine. Without that, the
@@ -36,7 +41,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use stats::{HistData, Timeline, histogram};
-pub use stats::{Percentiles, Report};
+pub use stats::{Percentiles, QueryCheck, Report};
 
 use crate::clock::now_us;
 use crate::{Error, Result};
@@ -53,6 +58,10 @@ pub enum Scenario {
     Connect,
     /// Drop every client at once, publish meanwhile, reconnect and resume.
     Resume,
+    /// Every member of one room reacts once to one message; every member gets every reaction.
+    React,
+    /// Search requests from a list of queries, timed.
+    Search,
 }
 
 impl Scenario {
@@ -62,6 +71,8 @@ impl Scenario {
             Self::Echo => "echo",
             Self::Connect => "connect",
             Self::Resume => "resume",
+            Self::React => "react",
+            Self::Search => "search",
         }
     }
 }
@@ -112,6 +123,54 @@ pub struct BenchSpec {
     pub server_pid: Option<u32>,
     /// A name for the report (the server under test).
     pub label: String,
+    /// Search: the queries, sent in turn.
+    pub queries: Vec<SearchQuery>,
+    /// Search: the nick the clients say hello as (else one of the run's own per client).
+    pub nick: Option<String>,
+    /// Search: the key that goes with `nick`.
+    pub key: Option<String>,
+}
+
+/// One query of a search run (a line of `--queries`, JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SearchQuery {
+    /// The words.
+    pub query: String,
+    /// Only in this room (the client joins it); else in every room the user may read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// A name for the kind of query: latencies are reported per kind.
+    #[serde(default = "SearchQuery::default_kind")]
+    pub kind: String,
+    /// Results asked for (`limit`, ≤ 50).
+    #[serde(default = "SearchQuery::default_limit")]
+    pub limit: u32,
+    /// How many messages hold every word (in `room`, or in all the user's rooms), when known:
+    /// the check then wants `min(expect, limit)` results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<u64>,
+}
+
+impl SearchQuery {
+    fn default_kind() -> String {
+        "query".into()
+    }
+
+    fn default_limit() -> u32 {
+        20
+    }
+
+    /// Reads queries, one JSON object a line (blank lines and `#` comments skipped).
+    pub fn parse_lines(text: &str) -> Result<Vec<Self>> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .map_err(|err| Error::Config(format!("query on line {}: {err}", i + 1)))
+            })
+            .collect()
+    }
 }
 
 impl Default for BenchSpec {
@@ -137,6 +196,9 @@ impl Default for BenchSpec {
             sources: Vec::new(),
             server_pid: None,
             label: "nanachat".into(),
+            queries: Vec::new(),
+            nick: None,
+            key: None,
         }
     }
 }
@@ -151,7 +213,8 @@ impl BenchSpec {
         match self.scenario {
             Scenario::Fanout => u64::from(self.rooms) * u64::from(self.receivers + self.publishers),
             Scenario::Resume => u64::from(self.connections) + 1,
-            Scenario::Echo | Scenario::Connect => u64::from(self.connections),
+            Scenario::React => u64::from(self.receivers),
+            Scenario::Echo | Scenario::Connect | Scenario::Search => u64::from(self.connections),
         }
     }
 
@@ -170,8 +233,24 @@ impl BenchSpec {
                 "--raw has no rooms: a plain broadcast server has one audience (--rooms 1)",
             );
         }
-        if self.raw && self.scenario == Scenario::Resume {
-            return bad("resume needs the nanachat.v1 protocol: drop --raw");
+        if self.raw
+            && matches!(
+                self.scenario,
+                Scenario::Resume | Scenario::React | Scenario::Search
+            )
+        {
+            return bad("resume, react and search need the nanachat.v1 protocol: drop --raw");
+        }
+        if self.scenario == Scenario::React && self.rooms != 1 {
+            return bad("react has one room: drop --rooms");
+        }
+        if self.scenario == Scenario::Search {
+            if self.queries.is_empty() {
+                return bad("search needs queries: --queries FILE");
+            }
+            if let Some(q) = self.queries.iter().find(|q| !(1..=50).contains(&q.limit)) {
+                return bad(&format!("query {:?}: limit must be 1 to 50", q.query));
+            }
         }
         if !(0.0..=50.0).contains(&self.stall) {
             return bad("--stall is a percent of receivers, 0 to 50");
@@ -231,6 +310,18 @@ impl BenchSpec {
             Scenario::Resume => format!(
                 "{} clients drop, {} messages meanwhile, then {} msg/s live while they resume",
                 self.connections, self.missed, self.rate
+            ),
+            Scenario::React => format!(
+                "1 room × {} members, each reacts once to one message, spread over {} s ({} deliveries)",
+                self.receivers,
+                self.seconds,
+                u64::from(self.receivers) * u64::from(self.receivers)
+            ),
+            Scenario::Search => format!(
+                "{} clients, one search at a time each, {} queries in turn, {} s",
+                self.connections,
+                self.queries.len(),
+                self.seconds
             ),
         }
     }
@@ -304,6 +395,12 @@ struct WorkerDone {
     first_error: Option<String>,
     lost: u64,
     duplicated: u64,
+    /// React: when the last reaction arrived (wall clock µs; 0: none).
+    last_delivery_us: u64,
+    /// Search: latency per kind of query.
+    kinds: Vec<(String, HistData)>,
+    /// Search: what the check of every query found.
+    checks: Vec<QueryCheck>,
 }
 
 /// The entry point of a worker process (`nanachat bench-worker`).
@@ -570,6 +667,39 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The store's commits, jobs and µs spent committing so far, from the server's `/metrics` on
+/// the port of `url` (`ws://` only): `None` when it has none (not a nanachat server, or TLS).
+fn store_counters(url: &str) -> Option<(u64, u64, u64)> {
+    use std::io::Read;
+    let uri: http::Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("ws") {
+        return None;
+    }
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .ok()?
+        .next()?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        tcp,
+        "GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).ok()?;
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    Some((
+        value("nanachat_store_commits_total")?,
+        value("nanachat_store_jobs_total")?,
+        value("nanachat_store_commit_microseconds_total")?,
+    ))
+}
+
 /// Loopback sources for a run that needs more ports than one address gives.
 fn auto_sources(spec: &BenchSpec) -> Vec<IpAddr> {
     let Ok(target) = crate::dial::Target::parse(&spec.url) else {
@@ -632,11 +762,17 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
     }
     report.connect_rate = report.connected as f64 / setup_secs.max(1e-9);
     report.connect_latency = Percentiles::of(&connect);
+    // The store's commits from here (everyone connected and joined) to the end of the drain.
+    let store_before = if spec.raw {
+        None
+    } else {
+        store_counters(&spec.url)
+    };
     let from_us = now_us() + (spec.warmup * 1e6) as u64;
     w.tell(&Cmd::Go { from_us })?;
     let rooms = spec.rooms.max(1) as usize;
     match spec.scenario {
-        Scenario::Fanout | Scenario::Echo => {
+        Scenario::Fanout | Scenario::Echo | Scenario::React | Scenario::Search => {
             bar.phase("warmup", Duration::from_secs_f64(spec.warmup));
             w.run_for(Duration::from_secs_f64(spec.warmup), &mut bar)?;
             bar.phase("measuring", Duration::from_secs_f64(spec.seconds));
@@ -713,9 +849,22 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
     )?;
     drop(w);
     bar.clear();
+    if let (Some(before), Some(after)) = (store_before, store_counters(&spec.url)) {
+        report.store_commits = Some(after.0.saturating_sub(before.0));
+        report.store_jobs = Some(after.1.saturating_sub(before.1));
+        report.store_commit_ms = Some(after.2.saturating_sub(before.2) as f64 / 1000.0);
+    }
     let mut latency = histogram();
     let mut timeline = Timeline::default();
+    let mut kinds: std::collections::BTreeMap<String, hdrhistogram::Histogram<u64>> =
+        Default::default();
+    let mut last_delivery_us = 0;
     for d in &done {
+        last_delivery_us = last_delivery_us.max(d.last_delivery_us);
+        for (kind, h) in &d.kinds {
+            h.add_to(kinds.entry(kind.clone()).or_insert_with(histogram));
+        }
+        report.checks.extend(d.checks.iter().cloned());
         d.latency.add_to(&mut latency);
         for (second, h) in &d.timeline {
             timeline.add(*second, h);
@@ -730,7 +879,15 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
             report.first_error.clone_from(&d.first_error);
         }
     }
-    let window = to_us.saturating_sub(from_us) as f64 / 1e6;
+    let mut window = to_us.saturating_sub(from_us) as f64 / 1e6;
+    if spec.scenario == Scenario::React {
+        // A burst: from the first reaction due to the last one received.
+        window = last_delivery_us.saturating_sub(from_us) as f64 / 1e6;
+    }
+    report.kinds = kinds
+        .iter()
+        .map(|(kind, h)| (kind.clone(), Percentiles::of(h)))
+        .collect();
     if spec.scenario != Scenario::Connect {
         report.seconds = window;
         report.deliveries_per_sec = report.deliveries as f64 / window.max(1e-9);
@@ -740,6 +897,7 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
                     (u64::from(spec.receivers) * rooms as u64).saturating_sub(report.stalled);
                 report.deliveries_per_sec / reading.max(1) as f64
             }
+            Scenario::React => report.acked as f64 / window.max(1e-9),
             _ => report.deliveries_per_sec,
         };
         report.latency = Percentiles::of(&latency);

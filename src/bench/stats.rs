@@ -125,6 +125,36 @@ pub struct Report {
     pub server_rss_per_conn_kib: Option<f64>,
     /// Server RSS at the end, MiB (with `--server-pid`).
     pub server_rss_mib: Option<f64>,
+    /// Store transactions the server committed from the end of setup to the end of the run
+    /// (from its `/metrics`; a nanachat server only).
+    pub store_commits: Option<u64>,
+    /// Store jobs (appends, …) in those transactions.
+    pub store_jobs: Option<u64>,
+    /// Milliseconds the store spent in those transactions (from each one's start to its
+    /// commit): near the run's length, the store's writer was busy all along.
+    pub store_commit_ms: Option<f64>,
+    /// Search: latency per kind of query.
+    pub kinds: Vec<(String, Percentiles)>,
+    /// Search: every query once before the run, and what it found.
+    pub checks: Vec<QueryCheck>,
+}
+
+/// What one search query found when it was checked before the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueryCheck {
+    /// The query.
+    pub query: String,
+    /// Its room, if any.
+    pub room: Option<String>,
+    /// Its kind.
+    pub kind: String,
+    /// Results in the reply.
+    pub found: u64,
+    /// Messages known to hold its words, if told.
+    pub expect: Option<u64>,
+    /// What was wrong with the reply, if anything (a result without every word, from another
+    /// room, or not as many as expected).
+    pub wrong: Option<String>,
 }
 
 impl Report {
@@ -182,6 +212,32 @@ impl Report {
                 ),
             );
             row(&mut out, "latency ms", percentile_row(&self.latency));
+        }
+        for (kind, p) in &self.kinds {
+            row(
+                &mut out,
+                &format!("  {kind}"),
+                format!("{} ({} queries)", percentile_row(p), p.count),
+            );
+        }
+        if !self.checks.is_empty() {
+            let wrong = self.checks.iter().filter(|c| c.wrong.is_some()).count();
+            row(
+                &mut out,
+                "checked",
+                format!("{} queries, {wrong} wrong", self.checks.len()),
+            );
+        }
+        if let (Some(commits), Some(jobs)) = (self.store_commits, self.store_jobs) {
+            row(
+                &mut out,
+                "store",
+                format!(
+                    "{commits} commits, {jobs} jobs ({:.1} a commit), {:.0} ms committing",
+                    jobs as f64 / commits.max(1) as f64,
+                    self.store_commit_ms.unwrap_or(0.0)
+                ),
+            );
         }
         if let Some(s) = self.resume_seconds {
             row(&mut out, "resumed in", format!("{s:.2} s"));

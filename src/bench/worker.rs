@@ -12,8 +12,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::stats::{HistData, histogram, record};
-use super::{BenchSpec, Cmd, Ev, Scenario, WorkerDone, WorkerSpec};
+use super::stats::{HistData, QueryCheck, histogram, record};
+use super::{BenchSpec, Cmd, Ev, Scenario, SearchQuery, WorkerDone, WorkerSpec};
 use crate::clock::now_us;
 use crate::config::ConnectionConfig;
 use crate::connection::{Connection, Incoming, Message};
@@ -85,6 +85,10 @@ struct Recorder {
     timeline: std::collections::BTreeMap<u64, Histogram<u64>>,
     connect: Histogram<u64>,
     resume: Histogram<u64>,
+    /// Search: latency per kind of query.
+    kinds: std::collections::BTreeMap<String, Histogram<u64>>,
+    /// Search: the check of every query.
+    checks: Vec<QueryCheck>,
     first_error: Option<String>,
 }
 
@@ -156,6 +160,8 @@ struct Shared {
     counters: Counters,
     /// When a receiver last got something while draining (wall clock µs).
     last_activity_us: AtomicU64,
+    /// React: when the last reaction arrived (wall clock µs).
+    last_delivery_us: AtomicU64,
     /// The measured window, wall clock µs: [from, to).
     from_us: AtomicU64,
     to_us: AtomicU64,
@@ -232,6 +238,49 @@ impl Track {
         *slot = seq + 1;
         self.unique += 1;
         Some(settled)
+    }
+}
+
+/// React: which members' reactions one member got (each sends one): a bit per member, since
+/// [`Track`]'s search through its publishers would cost the load generator O(members) a
+/// delivery.
+#[derive(Debug)]
+struct Seen {
+    members: u64,
+    bits: Vec<u64>,
+    unique: u64,
+    duplicated: u64,
+}
+
+impl Seen {
+    fn new(members: u32) -> Self {
+        Self {
+            members: u64::from(members),
+            bits: vec![0; (members as usize).div_ceil(64)],
+            unique: 0,
+            duplicated: 0,
+        }
+    }
+
+    /// Counts member `g`'s reaction: true the first time (a member the run does not have
+    /// counts as a repeat).
+    fn see(&mut self, g: u64) -> bool {
+        let Some(word) = self
+            .bits
+            .get_mut((g / 64) as usize)
+            .filter(|_| g < self.members)
+        else {
+            self.duplicated += 1;
+            return false;
+        };
+        let bit = 1u64 << (g % 64);
+        if *word & bit != 0 {
+            self.duplicated += 1;
+            return false;
+        }
+        *word |= bit;
+        self.unique += 1;
+        true
     }
 }
 
@@ -332,6 +381,14 @@ enum Role {
     Echo {
         id: u64,
     },
+    /// React: a member of the room, which reacts once and receives every reaction.
+    Member {
+        g: u64,
+    },
+    /// Search: sends queries one at a time.
+    Searcher {
+        g: u64,
+    },
     Idle,
 }
 
@@ -364,6 +421,8 @@ fn role(spec: &BenchSpec, g: u64) -> Role {
         Scenario::Resume if g == 0 => Role::Publisher { id: 0, room: 0 },
         Scenario::Resume => Role::Receiver { room: 0 },
         Scenario::Echo => Role::Echo { id: g },
+        Scenario::React => Role::Member { g },
+        Scenario::Search => Role::Searcher { g },
         Scenario::Connect => Role::Idle,
     }
 }
@@ -404,6 +463,7 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
         counters: Counters::default(),
         from_us: AtomicU64::new(0),
         last_activity_us: AtomicU64::new(0),
+        last_delivery_us: AtomicU64::new(0),
         to_us: AtomicU64::new(u64::MAX),
         acked_per_room: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
         recorder: Mutex::new(Recorder {
@@ -411,6 +471,8 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
             timeline: Default::default(),
             connect: histogram(),
             resume: histogram(),
+            kinds: Default::default(),
+            checks: Vec::new(),
             first_error: None,
         }),
         shutdown: CancellationToken::new(),
@@ -425,7 +487,15 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
         .count() as u64;
     let senders = mine
         .iter()
-        .filter(|g| matches!(role(&spec, **g), Role::Publisher { .. } | Role::Echo { .. }))
+        .filter(|g| {
+            matches!(
+                role(&spec, **g),
+                Role::Publisher { .. }
+                    | Role::Echo { .. }
+                    | Role::Member { .. }
+                    | Role::Searcher { .. }
+            )
+        })
         .count() as u64;
     for (i, &g) in mine.iter().enumerate() {
         if let Some(rate) = ramp {
@@ -530,6 +600,13 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
         first_error: r.first_error.clone(),
         lost,
         duplicated,
+        last_delivery_us: get(&shared.last_delivery_us),
+        kinds: r
+            .kinds
+            .iter()
+            .map(|(k, h)| (k.clone(), HistData::of(h)))
+            .collect(),
+        checks: r.checks.clone(),
     }));
     shared.shutdown.cancel();
     Ok(())
@@ -560,12 +637,13 @@ async fn report_progress(shared: Arc<Shared>) {
     }
 }
 
-/// Opens a connection for client `g`: handshake, and in JSON mode hello (and join).
+/// Opens a connection for client `g`: handshake, and in JSON mode hello (and joins: each
+/// room with its `since`).
 async fn open(
     sh: &Shared,
     g: u64,
     source: Option<IpAddr>,
-    room: Option<(usize, Option<u64>)>,
+    joins: &[(String, Option<u64>)],
 ) -> Result<Connection> {
     let sub = sh.json().then_some(SUBPROTOCOL);
     let mut conn = connect_from(&sh.target, &sh.config, sh.shutdown.clone(), sub, source).await?;
@@ -579,18 +657,21 @@ async fn open(
         }
         return Ok(conn);
     }
-    let nick = format!("b{}-{g}", sh.run);
+    let (nick, key) = match &sh.spec.nick {
+        Some(nick) => (nick.clone(), sh.spec.key.clone()),
+        None => (format!("b{}-{g}", sh.run), Some(sh.run.clone())),
+    };
     let hello = ClientMsg::Hello {
         nick,
-        key: Some(sh.run.clone()),
+        key,
         token: None,
     };
     say(&mut conn, &hello).await?;
     expect(&mut conn, |m| matches!(m, ServerMsg::Welcome { .. })).await?;
-    if let Some((room, since)) = room {
+    for (room, since) in joins {
         let join = ClientMsg::Join {
-            room: room_name(&sh.run, room),
-            since,
+            room: room.clone(),
+            since: *since,
             epoch: None,
         };
         say(&mut conn, &join).await?;
@@ -657,14 +738,35 @@ async fn client(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Option<(u64, u64)> {
     let role = role(&sh.spec, g);
-    let room = match role {
+    let joins = match role {
         Role::Publisher { room, .. } | Role::Receiver { room } | Role::Staller { room } => {
-            Some((room, None))
+            vec![(room_name(&sh.run, room), None)]
         }
-        _ => None,
+        Role::Member { .. } => vec![(room_name(&sh.run, 0), None)],
+        Role::Searcher { .. } => {
+            let mut rooms: Vec<_> = sh
+                .spec
+                .queries
+                .iter()
+                .filter_map(|q| q.room.clone())
+                .collect();
+            rooms.sort();
+            rooms.dedup();
+            rooms.into_iter().map(|r| (r, None)).collect()
+        }
+        _ => Vec::new(),
     };
     let t0 = Instant::now();
-    let conn = match open(&sh, g, source, room).await {
+    let opened = match open(&sh, g, source, &joins).await {
+        // Before the run: the message to react to, the check of every query.
+        Ok(mut conn) => match role {
+            Role::Member { g: 0 } => say_target(&sh, &mut conn).await.map(|()| conn),
+            Role::Searcher { g: 0 } => check_queries(&sh, &mut conn).await.map(|()| conn),
+            _ => Ok(conn),
+        },
+        Err(err) => Err(err),
+    };
+    let conn = match opened {
         Ok(conn) => conn,
         Err(err) => {
             sh.error(format!("connect: {err}"));
@@ -685,6 +787,8 @@ async fn client(
             Ok(None)
         }
         Role::Echo { id } => echo(&sh, conn, id).await.map(Some),
+        Role::Member { g } => Ok(Some(member(&sh, conn, g).await)),
+        Role::Searcher { g } => searcher(&sh, conn, g).await.map(|()| None),
         Role::Idle => idle(&sh, conn).await.map(|()| None),
     };
     match outcome {
@@ -699,7 +803,10 @@ async fn client(
 
 /// A publisher or echo client that failed counts as done, so that nobody waits for it.
 fn sender_gone(sh: &Shared, role: Role) {
-    if matches!(role, Role::Publisher { .. } | Role::Echo { .. }) {
+    if matches!(
+        role,
+        Role::Publisher { .. } | Role::Echo { .. } | Role::Member { .. } | Role::Searcher { .. }
+    ) {
         bump(&sh.counters.published);
         bump(&sh.counters.stopped);
     }
@@ -1028,7 +1135,8 @@ async fn receiver(
                     }
                     Phase::Reconnect(target) => {
                         let t0 = Instant::now();
-                        match open(sh, g, source, Some((room, Some(last_seq)))).await {
+                        let joins = [(room_name(&sh.run, room), Some(last_seq))];
+                        match open(sh, g, source, &joins).await {
                             Ok(c) => conn = Some(c),
                             Err(err) => {
                                 bump(&sh.counters.failed);
@@ -1047,6 +1155,331 @@ async fn receiver(
                         drain = Some(expect[room]);
                         drain_end = Instant::now() + DRAIN_TIMEOUT;
                     }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// React: the message every member reacts to, said by member 0 before the run: the room's
+/// first, so seq 1 (the room is this run's own).
+const TARGET_SEQ: u64 = 1;
+
+/// React: the reactions the members give, in turn (at most 20 different ones a message).
+const EMOJI: [&str; 8] = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🔥", "👀"];
+
+/// React: member 0 says the message the others will react to, and waits for its ack.
+async fn say_target(sh: &Shared, conn: &mut Connection) -> Result<()> {
+    let msg = ClientMsg::Say {
+        room: room_name(&sh.run, 0),
+        text: "react to this".into(),
+        cid: "target".into(),
+        reply_to: None,
+    };
+    say(conn, &msg).await?;
+    let seq = std::sync::atomic::AtomicU64::new(0);
+    expect(conn, |m| match m {
+        ServerMsg::Ack { seq: s, .. } => {
+            seq.store(*s, Ordering::Relaxed);
+            true
+        }
+        _ => false,
+    })
+    .await?;
+    match get(&seq) {
+        TARGET_SEQ => Ok(()),
+        other => Err(Error::Bench(format!(
+            "the message to react to got seq {other}, not {TARGET_SEQ}: the room was not new"
+        ))),
+    }
+}
+
+/// React: when member `g`'s reaction is due (wall clock µs): the members in turn, evenly
+/// over the run's seconds from its start.
+fn react_due(sh: &Shared, g: u64) -> u64 {
+    let spread = (sh.spec.seconds * 1e6) as u64;
+    get(&sh.from_us) + g * spread / u64::from(sh.spec.receivers.max(1))
+}
+
+/// React: the member a `react` event is from (its nick is `b{run}-{g}`), without parsing the
+/// rest of the frame.
+fn react_from(text: &str, run: &str) -> Option<u64> {
+    if !text.starts_with(r#"{"type":"react""#) {
+        return None;
+    }
+    let at = text.find(r#""from":""#)? + 8;
+    let nick = &text[at..];
+    let nick = &nick[..nick.find('"')?];
+    nick.strip_prefix('b')?
+        .strip_prefix(run)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
+/// React: one member. Sends its reaction when due and counts the ack (a refusal is an error);
+/// counts and times every member's reaction as it arrives (from when it was due, so a late
+/// send shows as latency); at the drain, what did not come is lost.
+async fn member(sh: &Shared, conn: Connection, g: u64) -> (u64, u64) {
+    let mut phase = sh.phase.clone();
+    let mut conn = Some(conn);
+    let mut track = Seen::new(sh.spec.receivers);
+    let mut samples = Vec::with_capacity(512);
+    let (mut due, mut sent, mut answered) = (None::<u64>, false, false);
+    // When to send (once the run starts), then to look at the drain: one timer, reset.
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut timer_armed = false;
+    let mut drain: Option<u64> = None;
+    let mut drain_end = Instant::now();
+    let answer = |answered: &mut bool| {
+        if !std::mem::replace(answered, true) {
+            bump(&sh.counters.stopped);
+        }
+    };
+    loop {
+        if let Some(want) = drain
+            && (track.unique >= want
+                || conn.is_none()
+                || Instant::now() >= drain_end
+                || now_us().saturating_sub(get(&sh.last_activity_us))
+                    > DRAIN_QUIET.as_micros() as u64)
+        {
+            sh.flush(&mut samples);
+            if let Some(c) = conn.take() {
+                close(c).await;
+            }
+            return (want.saturating_sub(track.unique), track.duplicated);
+        }
+        let Some(c) = conn.as_mut() else {
+            // Lost the connection: wait for the drain to count what it missed.
+            if phase.changed().await.is_err() {
+                return (0, 0);
+            }
+            if let Phase::Drain(expect) = &*phase.borrow() {
+                drain = Some(expect[0]);
+            }
+            continue;
+        };
+        let event = tokio::select! {
+            msg = c.read_msg() => Event::Msg(msg),
+            changed = phase.changed() => Event::Phase(changed.is_ok()),
+            () = timer.as_mut(), if timer_armed => Event::Deadline,
+        };
+        match event {
+            Event::Msg(Err(_) | Ok(None)) => {
+                let why = match c.peer_close() {
+                    Some(frame) => format!("closed by the server: {} {}", frame.code, frame.reason),
+                    None => "the connection ended".to_owned(),
+                };
+                sh.error(why);
+                answer(&mut answered);
+                if let Some(c) = conn.take() {
+                    c.finish(&Err(Error::Closed)).await;
+                }
+            }
+            Event::Msg(Ok(Some(Incoming::Text(text)))) => {
+                let text = text.as_str();
+                if let Some(from) = react_from(text, &sh.run) {
+                    if drain.is_some() {
+                        sh.last_activity_us.store(now_us(), Ordering::Relaxed);
+                    }
+                    if track.see(from) {
+                        let now = now_us();
+                        sh.last_delivery_us.fetch_max(now, Ordering::Relaxed);
+                        let at = react_due(sh, from);
+                        samples.push((at, now.saturating_sub(at)));
+                        if samples.len() >= 512 {
+                            sh.flush(&mut samples);
+                        }
+                    }
+                } else if text.starts_with(r#"{"type":"ack""#) && sent {
+                    if !answered {
+                        bump(&sh.counters.acked);
+                        sh.acked_per_room[0].fetch_add(1, Ordering::Relaxed);
+                    }
+                    answer(&mut answered);
+                } else if text.starts_with(r#"{"type":"error""#) {
+                    sh.error(format!("refused: {text}"));
+                    if sent {
+                        answer(&mut answered);
+                    }
+                }
+            }
+            Event::Msg(Ok(Some(Incoming::Binary(_)))) => {}
+            Event::Deadline => {
+                // Next: a look at the drain's end now and then, or nothing.
+                timer_armed = drain.is_some();
+                if timer_armed {
+                    timer
+                        .as_mut()
+                        .reset(Instant::now() + Duration::from_millis(200));
+                }
+                if due.is_some() && !sent {
+                    sent = true;
+                    bump(&sh.counters.sent);
+                    let react = ClientMsg::React {
+                        room: room_name(&sh.run, 0),
+                        seq: TARGET_SEQ,
+                        emoji: EMOJI[g as usize % EMOJI.len()].into(),
+                        on: true,
+                        cid: format!("r{g}"),
+                    };
+                    if let Err(err) = say(c, &react).await {
+                        sh.error(format!("send: {err}"));
+                        answer(&mut answered);
+                    }
+                }
+            }
+            Event::Phase(false) => return (0, 0),
+            Event::Phase(true) => {
+                let now = phase.borrow().clone();
+                match now {
+                    Phase::Run => {
+                        let at = react_due(sh, g);
+                        due = Some(at);
+                        let wait = Duration::from_micros(at.saturating_sub(now_us()));
+                        timer.as_mut().reset(Instant::now() + wait);
+                        timer_armed = true;
+                    }
+                    Phase::Drain(expect) => {
+                        sh.flush(&mut samples);
+                        drain = Some(expect[0]);
+                        drain_end = Instant::now() + DRAIN_TIMEOUT;
+                        if !timer_armed {
+                            timer
+                                .as_mut()
+                                .reset(Instant::now() + Duration::from_millis(200));
+                            timer_armed = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Search: what is wrong with a reply to `q`, if anything: a result without every word of the
+/// query or from another room, or not as many results as expected.
+fn judge_results(q: &SearchQuery, results: &[crate::protocol::ChatMessage]) -> Option<String> {
+    let words = crate::store::search_words(&q.query);
+    for r in results {
+        if q.room.as_ref().is_some_and(|room| *room != r.room) {
+            return Some(format!("a result from {} (#{})", r.room, r.seq));
+        }
+        // Every word of the text (`search_words` takes a query's first 8 only).
+        let have: Vec<String> = r
+            .text
+            .split(|c: char| !c.is_alphanumeric())
+            .map(str::to_lowercase)
+            .collect();
+        if let Some(w) = words.iter().find(|w| !have.contains(w)) {
+            return Some(format!("#{} in {} has no {w:?}", r.seq, r.room));
+        }
+    }
+    let want = q.expect.map(|e| e.min(u64::from(q.limit)));
+    match want {
+        Some(want) if want != results.len() as u64 => {
+            Some(format!("{} results, {want} expected", results.len()))
+        }
+        _ => None,
+    }
+}
+
+fn search_request(q: &SearchQuery) -> ClientMsg {
+    ClientMsg::Search {
+        query: q.query.clone(),
+        room: q.room.clone(),
+        limit: Some(q.limit),
+        skip: None,
+    }
+}
+
+/// Search: asks every query once and checks what came back (before the run, by client 0).
+async fn check_queries(sh: &Shared, conn: &mut Connection) -> Result<()> {
+    for q in &sh.spec.queries {
+        say(conn, &search_request(q)).await?;
+        let results = std::sync::Mutex::new(Vec::new());
+        expect(conn, |m| match m {
+            ServerMsg::Search { results: r, .. } => {
+                *results.lock().unwrap_or_else(|p| p.into_inner()) = r.clone();
+                true
+            }
+            _ => false,
+        })
+        .await?;
+        let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+        let wrong = judge_results(q, &results);
+        if let Some(why) = &wrong {
+            sh.error(format!("search {:?}: {why}", q.query));
+        }
+        sh.recorder().checks.push(QueryCheck {
+            query: q.query.clone(),
+            room: q.room.clone(),
+            kind: q.kind.clone(),
+            found: results.len() as u64,
+            expect: q.expect,
+            wrong,
+        });
+    }
+    Ok(())
+}
+
+/// Search: sends the queries in turn (each client from its own place in the list), one at a
+/// time, and times each reply.
+async fn searcher(sh: &Shared, mut conn: Connection, g: u64) -> Result<()> {
+    let queries = &sh.spec.queries;
+    let mut phase = sh.phase.clone();
+    let mut next = (g as usize * 7) % queries.len();
+    let mut in_flight: Option<(usize, u64)> = None;
+    let (mut running, mut stopping) = (false, false);
+    loop {
+        if running && !stopping && in_flight.is_none() {
+            bump(&sh.counters.sent);
+            in_flight = Some((next, now_us()));
+            say(&mut conn, &search_request(&queries[next])).await?;
+            next = (next + 1) % queries.len();
+            continue;
+        }
+        if stopping && in_flight.is_none() {
+            bump(&sh.counters.stopped);
+            return linger(sh, conn, &mut phase).await;
+        }
+        tokio::select! {
+            msg = conn.read_msg() => match msg? {
+                None => return Err(Error::Bench("the server closed the connection".into())),
+                Some(Incoming::Text(text)) => {
+                    let text = text.as_str();
+                    if text.starts_with(r#"{"type":"search""#) {
+                        let Some((i, sent)) = in_flight.take() else { continue };
+                        bump(&sh.counters.acked);
+                        if sh.in_window(sent) {
+                            let took = now_us().saturating_sub(sent);
+                            bump(&sh.counters.deliveries);
+                            let mut r = sh.recorder();
+                            record(&mut r.latency, took);
+                            let second = (sent - get(&sh.from_us)) / 1_000_000;
+                            record(r.timeline.entry(second).or_insert_with(histogram), took);
+                            let kind = r.kinds.entry(queries[i].kind.clone()).or_insert_with(histogram);
+                            record(kind, took);
+                        }
+                    } else if text.starts_with(r#"{"type":"error""#) {
+                        in_flight = None;
+                        sh.error(text.to_owned());
+                    }
+                }
+                Some(Incoming::Binary(_)) => {}
+            },
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let now = phase.borrow().clone();
+                match now {
+                    Phase::Run => running = true,
+                    Phase::Stop => stopping = true,
+                    Phase::Drain(_) => return Ok(()),
                     _ => {}
                 }
             }
@@ -1130,6 +1563,21 @@ mod tests {
         assert_eq!(
             json_seq(r#"{"type":"message","room":"r","seq":42,"from":"x"}"#),
             Some(42)
+        );
+    }
+
+    #[test]
+    fn reactions_are_counted_once_per_member() {
+        let mut seen = Seen::new(70);
+        assert!(seen.see(0) && seen.see(69) && seen.see(64));
+        assert!(!seen.see(64) && !seen.see(70));
+        assert_eq!((seen.unique, seen.duplicated), (3, 2));
+        let nick = r#"{"type":"react","room":"bench-ab-0","seq":7,"from":"bab-42","text":""}"#;
+        assert_eq!(react_from(nick, "ab"), Some(42));
+        assert_eq!(react_from(&nick.replace("bab-", "bcd-"), "ab"), None);
+        assert_eq!(
+            react_from(r#"{"type":"message","from":"bab-1"}"#, "ab"),
+            None
         );
     }
 

@@ -921,7 +921,7 @@ pub mod contract {
         assert_eq!(
             store.rooms_of("Yuki").await.unwrap(),
             ["@kumo+yuki", "mem"],
-            "the inbox's rooms"
+            "the inbox's rooms, by name"
         );
         store
             .membership("yuki", "mem", Membership::Forget)
@@ -931,6 +931,8 @@ pub mod contract {
         assert_eq!(inbox.len(), 1, "{inbox:?}");
         assert_eq!(store.rooms_of("yuki").await.unwrap(), ["@kumo+yuki"]);
         assert_eq!(inbox[0].state.unread, 2, "without a floor, both are unread");
+        assert_eq!(store.rooms_of("yuki").await.unwrap(), ["@kumo+yuki"]);
+        assert!(store.rooms_of("nobody").await.unwrap().is_empty());
     }
 
     /// Search finds messages as they stand — by every word, in the rooms asked only, never a
