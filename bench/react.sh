@@ -19,27 +19,8 @@ out=${OUT:-$root/target/bench-react}
 mkdir -p "$out"
 cargo build --release --quiet --bin nanachat
 nanachat=$root/target/release/nanachat
-tmp=$(mktemp -d)
-pg_bin=; as_pg=(); server=
-cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  if [ -n "$pg_bin" ]; then
-    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/pg" -m immediate -w stop >/dev/null 2>&1 || true
-  fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-# serve ARGS...: one server on a free port; sets url and server.
-serve() {
-  "$nanachat" serve --addr 127.0.0.1:0 --rate 1000000 --burst 1000000 \
-    --max-connections-per-ip 0 --connect-rate-per-ip 0 --heartbeat 0 "$@" 2>"$tmp/serve.log" &
-  server=$!
-  for _ in $(seq 400); do grep -qs "listening on" "$tmp/serve.log" && break; sleep 0.05; done
-  grep -q 'listening on' "$tmp/serve.log" || { cat "$tmp/serve.log" >&2; exit 1; }
-  url=ws://127.0.0.1:$(grep -oE 'listening on ws://127\.0\.0\.1:[0-9]+' "$tmp/serve.log" | head -n1 | grep -oE '[0-9]+$')
-}
-stop() { kill "$server"; wait "$server" 2>/dev/null || true; server=; }
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 # burst STORE N: one run on the server up now.
 burst() {
@@ -61,14 +42,7 @@ stores=()
 if [ "$what" = sqlite ] || [ "$what" = all ]; then stores+=(sqlite); fi
 if [ "$what" = postgres ] || [ "$what" = all ]; then
   stores+=(postgres)
-  scripts/setup-services
-  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-  if [ "$(id -u)" = 0 ]; then chown postgres "$tmp"; as_pg=(runuser -u postgres --); fi
-  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "${as_pg[@]}" "$pg_bin/initdb" -A trust -U nanachat -E UTF8 --no-sync -D "$tmp/pg" >/dev/null
-  "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$tmp/pg" -l "$tmp/pg.log" -w start \
-    -o "-p $pg_port -k $tmp -c listen_addresses=127.0.0.1 -c max_connections=200" >/dev/null
-  pg=postgres://nanachat@127.0.0.1:$pg_port/postgres
+  start_postgres max_connections=200
 fi
 # Runs alternate between the stores, so that drift in the machine's load hits both.
 for n in $(seq "$runs"); do
