@@ -1075,11 +1075,7 @@ async fn receiver(
         match event {
             Event::Msg(Err(_) | Ok(None)) => {
                 // Lost the connection: what it did not get counts as lost at the drain.
-                let why = match conn.as_ref().and_then(|c| c.peer_close()) {
-                    Some(frame) => format!("closed by the server: {} {}", frame.code, frame.reason),
-                    None => "the connection ended".to_owned(),
-                };
-                sh.error(why);
+                sh.error(why_ended(conn.as_ref()));
                 leave_flows(&mut in_flows);
                 if let Some(c) = conn.take() {
                     c.finish(&Err(Error::Closed)).await;
@@ -1268,11 +1264,7 @@ async fn member(sh: &Shared, conn: Connection, g: u64) -> (u64, u64) {
         };
         match event {
             Event::Msg(Err(_) | Ok(None)) => {
-                let why = match c.peer_close() {
-                    Some(frame) => format!("closed by the server: {} {}", frame.code, frame.reason),
-                    None => "the connection ended".to_owned(),
-                };
-                sh.error(why);
+                sh.error(why_ended(Some(c)));
                 answer(&mut answered);
                 if let Some(c) = conn.take() {
                     c.finish(&Err(Error::Closed)).await;
@@ -1545,6 +1537,15 @@ async fn echo(sh: &Shared, mut conn: Connection, id: u64) -> Result<(u64, u64)> 
                 }
             }
         }
+    }
+}
+
+/// Why a load-generator connection ended, for its error line: the server's close frame, if
+/// it sent one.
+fn why_ended(conn: Option<&Connection>) -> String {
+    match conn.and_then(|c| c.peer_close()) {
+        Some(frame) => format!("closed by the server: {} {}", frame.code, frame.reason),
+        None => "the connection ended".to_owned(),
     }
 }
 
