@@ -12,6 +12,7 @@
 //! cluster's `Broker`. `retention.rs` is the task that prunes old history (it uses the store
 //! only); `token.rs` is a connection's token over time (expiry, grace, re-read secrets).
 
+mod api;
 mod cluster;
 mod config;
 mod directory;
@@ -35,6 +36,7 @@ use crate::connection::{Asset, Connection, Handler};
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
 use crate::store::Store;
 
+pub use api::{ApiKeys, OPENAPI};
 pub use cluster::Broker;
 pub use config::ChatConfig;
 pub use render::Mode;
@@ -107,6 +109,10 @@ impl<S: Store> Handler for Chat<S> {
 
     async fn handle(&self, conn: &mut Connection) -> Result<()> {
         session::run(self.inner.clone(), conn).await
+    }
+
+    fn api(&self) -> Option<axum::Router> {
+        api::router(&self.inner)
     }
 
     async fn ready(&self) -> std::result::Result<(), String> {

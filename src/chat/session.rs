@@ -421,8 +421,23 @@ impl<S: Store> Session<S> {
         // `welcome` says the nick is connected: in a cluster, for the other processes too (a
         // `dm` sent to it from one of them the moment it is welcomed finds it).
         self.chat.directory.presence_applied().await;
+        self.refuse_banned(nick).await?;
         self.greeted = true;
         Ok(self.welcome(conn, nick).await?)
+    }
+
+    /// Ends the connection (4004) if `nick` is banned. Asked once the connection is the
+    /// nick's: a ban that comes after this closes it instead, so none slips between.
+    pub(super) async fn refuse_banned(&self, nick: &str) -> Result<()> {
+        match self.chat.directory.banned(nick).await {
+            Ok(None) => Ok(()),
+            Ok(Some((reason, secs))) => Err(Error::Disconnected(format!(
+                "{nick} is banned for {secs} s more: {reason}"
+            ))),
+            Err(err) => Err(Error::Refused(format!(
+                "cannot check bans now ({err}); retry"
+            ))),
+        }
     }
 
     /// Keeps `token` (verified into `claims`) as the connection's, with its clock.
@@ -976,7 +991,7 @@ impl<S: Store> Session<S> {
 }
 
 /// The error for an append the store refused.
-fn refused(objection: Objection, room: &str) -> (ErrorCode, String) {
+pub(super) fn refused(objection: Objection, room: &str) -> (ErrorCode, String) {
     match objection {
         Objection::NoSuchMessage => (
             ErrorCode::NoSuchMessage,
