@@ -11,14 +11,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::client::{Client, roomy};
-use common::{TestServer, within};
+use common::{TestServer, http_json as call, within};
 use futures_util::StreamExt;
 use nanachat::auth::Auth;
 use nanachat::chat::{ApiKeys, Chat, ChatConfig};
 use nanachat::server::ServerConfig;
 use nanachat::store::SqliteStore;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "test-api-key-0123456789";
@@ -47,46 +46,6 @@ async fn server(name: &str, auth: Option<Auth>) -> TestServer {
 
 fn addr(server: &TestServer) -> SocketAddr {
     server.url().trim_start_matches("ws://").parse().unwrap()
-}
-
-/// One HTTP/1.1 request; the status and the body (parsed as JSON: every answer is).
-async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Value) {
-    let mut tcp = within("connect", tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    // A server may answer (413) before the whole body is in.
-    let _ = tcp.write_all(body).await;
-    let mut answer = Vec::new();
-    within("answer", tcp.read_to_end(&mut answer))
-        .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status: u16 = answer[9..12].parse().unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let json: Value = serde_json::from_str(body)
-        .unwrap_or_else(|err| panic!("{method} {path}: not JSON ({err}): {head}\n{body}"));
-    if status != 200 {
-        assert!(
-            json["code"].is_string() && json["message"].is_string(),
-            "an error is {{code, message}}: {json}"
-        );
-    }
-    (status, json)
 }
 
 const AUTH: (&str, &str) = ("Authorization", "Bearer test-api-key-0123456789");
