@@ -1340,7 +1340,7 @@ async fn read_positions_search_and_inbox_work_across_processes() {
 }
 
 /// The HTTP API on a cluster: a message posted to one process reaches a member on the other,
-/// `members` counts every process's, and a disconnect with a ban sent to one process closes
+/// `members` and `rooms` count every process's, and a disconnect with a ban sent to one process closes
 /// the user on the other and keeps it out there.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_http_api_reaches_every_process() {

@@ -641,17 +641,17 @@ async fn rooms<S: Store>(State(api): Shared<S>, RawQuery(raw): RawQuery) -> Answ
         .map_or(100, |l| l as usize)
         .clamp(1, 1000);
     let after = text_of(&params, "after");
+    // By name here (the protocol's `rooms` is busiest first): a page goes on after a name,
+    // whatever the counts do meanwhile.
     let mut rooms: Vec<RoomInfo> = api
         .chat
         .directory
-        .hub()
         .rooms()
+        .await
+        .map_err(unavailable)?
         .into_iter()
         .map(|(room, members)| RoomInfo { room, members })
         .collect();
-    // By name here (the protocol's `rooms` is busiest first): a page goes on after a name,
-    // whatever the counts do meanwhile.
-    rooms.sort_by(|a, b| a.room.cmp(&b.room));
     rooms.retain(|r| after.as_ref().is_none_or(|after| r.room > *after));
     let more = rooms.len() > limit;
     rooms.truncate(limit);

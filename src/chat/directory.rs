@@ -236,6 +236,19 @@ impl<S: Store> Directory<S> {
         Ok(left_ms.map(|(reason, ms)| (reason, ms.div_ceil(1000))))
     }
 
+    /// The public rooms with members, with how many nicks each has, by name: this process's
+    /// alone, every process's in a cluster.
+    pub(super) async fn rooms(&self) -> Result<Vec<(String, usize)>> {
+        match &self.cluster {
+            Some(cluster) => cluster.rooms().await,
+            None => {
+                let mut rooms = self.hub.rooms();
+                rooms.sort();
+                Ok(rooms)
+            }
+        }
+    }
+
     /// The nicks in `room` on every process, sorted (for the HTTP API: no member check).
     pub(super) async fn room_members(&self, room: &str) -> Result<Vec<String>> {
         match &self.cluster {

@@ -183,6 +183,11 @@ impl<S: Store> Cluster<S> {
         self.shared.link.publish_kick(nick, reason, ban).await
     }
 
+    /// The public rooms with members on any process and how many nicks each has, by name.
+    pub(crate) async fn rooms(&self) -> Result<Vec<(String, usize)>> {
+        self.shared.link.rooms().await
+    }
+
     /// Why `nick` is banned and for how many more milliseconds, if it is.
     pub(crate) async fn banned(&self, nick: &str) -> Result<Option<(String, u64)>> {
         self.shared.link.banned(nick).await

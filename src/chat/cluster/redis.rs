@@ -500,6 +500,47 @@ impl Link {
         Ok(reason.map(|reason| (reason, left.max(0) as u64)))
     }
 
+    /// The public rooms with members on any process, each with how many nicks are in it, by
+    /// name. Walks the room hashes with `SCAN` (a room with no member has none), so it is for
+    /// an operator's listing, not a hot path.
+    pub(super) async fn rooms(&self) -> Result<Vec<(String, usize)>> {
+        let (since, time): (Option<i64>, (i64, i64)) = self.run(&self.settle_pipe()).await?;
+        self.settled(since, time)?;
+        let mut names = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{ROOM_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000);
+            let ((next, keys),): ((u64, Vec<String>),) = self.run(&pipe).await?;
+            names.extend(
+                keys.into_iter()
+                    .filter_map(|k| k.strip_prefix(ROOM_PREFIX).map(str::to_owned))
+                    .filter(|room| room != ONLINE && !room.starts_with('@')),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        names.sort();
+        names.dedup();
+        let mut rooms = Vec::with_capacity(names.len());
+        for chunk in names.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                pipe.cmd("HLEN").arg(format!("{ROOM_PREFIX}{room}"));
+            }
+            let counts: Vec<usize> = self.run(&pipe).await?;
+            rooms.extend(chunk.iter().cloned().zip(counts).filter(|(_, n)| *n > 0));
+        }
+        Ok(rooms)
+    }
+
     /// The nicks in a room on every process, sorted.
     pub(super) async fn members(&self, room: &str) -> Result<Vec<String>> {
         let mut pipe = self.settle_pipe();
