@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::history::count_reactions;
 use super::session::Inner;
-use super::types::{chat_message, valid_nick, valid_room};
+use super::types::{chat_message, dm_pair, inbox_entry, valid_nick, valid_room};
 use crate::auth::{Audience, Claims, Moderates};
 use crate::protocol::{ErrorCode, InboxEntry, MAX_CID_BYTES, RoomInfo};
 use crate::store::{Append, Appended, MAX_PAGE, Op, Page, Store};
@@ -680,13 +680,9 @@ async fn inbox<S: Store>(State(api): Shared<S>, UrlPath(nick): UrlPath<String>) 
         .map_err(unavailable)?;
     let entries: Vec<InboxEntry> = rooms
         .into_iter()
-        .map(|r| InboxEntry {
-            room: r.room,
-            last_seq: r.last_seq,
-            read_seq: r.state.read_seq,
-            unread: r.state.unread,
-            last: r.last.map(chat_message),
-        })
+        // As the protocol's inbox: a direct-message room counts once it has a message.
+        .filter(|r| r.last.is_some() || dm_pair(&r.room).is_none())
+        .map(inbox_entry)
         .collect();
     ok(json!({ "nick": nick, "rooms": entries }))
 }

@@ -20,7 +20,7 @@ use super::list::{Keep, Listing};
 use super::render::{Mode, render};
 use super::token::{HeldToken, TokenEvent};
 use super::types::{
-    ConnId, Floors, chat_message, dm_pair, dm_room, nick_key, valid_nick, valid_room,
+    ConnId, Floors, chat_message, dm_pair, dm_room, inbox_entry, nick_key, valid_nick, valid_room,
 };
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
@@ -760,13 +760,7 @@ impl<S: Store> Session<S> {
             .filter(|r| self.may_read(&r.room))
             .filter(|r| r.last.is_some() || dm_pair(&r.room).is_none())
             .filter(|r| after.as_ref().is_none_or(|after| r.room > *after))
-            .map(|r| InboxEntry {
-                room: r.room,
-                last_seq: r.last_seq,
-                read_seq: r.state.read_seq,
-                unread: r.state.unread,
-                last: r.last.map(chat_message),
-            })
+            .map(inbox_entry)
             .collect();
         let list = Listing::new(entries, Keep::First, |rooms, total| ServerMsg::Inbox {
             rooms,
