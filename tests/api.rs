@@ -754,3 +754,43 @@ fn a_bad_key_file_is_one_clear_line_and_exit_2() {
         assert!(!stderr.contains("short"), "a key is never shown: {stderr}");
     }
 }
+
+/// A ban holds for a plain-text connection too: taking the nick with `/nick` ends it (4004).
+#[tokio::test]
+async fn a_banned_nick_cannot_be_taken_by_a_plain_text_rename() {
+    let server = server("plain-ban", None).await;
+    let at = addr(&server);
+    let (status, _) = api(
+        at,
+        "POST",
+        "/api/v1/users/Troll/disconnect",
+        Some(json!({"reason": "spam", "ban_seconds": 60})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut plain = common::peer(&server.url()).await;
+    within("the welcome line", async {
+        while let Some(Ok(m)) = plain.next().await {
+            if m.to_text().unwrap_or_default().contains("joined") {
+                break;
+            }
+        }
+    })
+    .await;
+    futures_util::SinkExt::send(&mut plain, Message::text("/nick troll"))
+        .await
+        .unwrap();
+    let frame = within("the close", async {
+        loop {
+            match plain.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(u16::from(frame.code), 4004);
+    assert!(frame.reason.contains("banned"), "{}", frame.reason);
+    server.stop().await.unwrap();
+}
