@@ -104,7 +104,8 @@ export class Client {
   #cidPrefix = randomId();
   /** room -> { wanted, joined, lastSeq, epoch } */
   #rooms = new Map();
-  /** cid -> { build, resolve, reject, held }: sent, not acked yet (resent after a reconnect) */
+  /** cid -> { build, resolve, reject, sent }: not acked yet; `sent` on this connection (each
+   *  goes again after a reconnect, and after `refreshed` if refused as token_expired) */
   #outbox = new Map();
   /** Requests sent without a cid, oldest first, waiting for their answer. */
   #asks = [];
@@ -274,6 +275,7 @@ export class Client {
     // What was asked and not answered goes again on the next connection.
     this.#waiting = [...this.#asks, ...this.#waiting];
     this.#asks = [];
+    for (const p of this.#outbox.values()) p.sent = false;
     for (const [name, r] of this.#rooms) {
       r.joined = false;
       // A room only heard live (a direct-message room not joined) may miss messages now: its
@@ -389,7 +391,8 @@ export class Client {
     this.#waiting = [];
     for (const a of waiting) this.#sendAsk(a);
     for (const [cid, p] of this.#outbox) {
-      p.held = false;
+      if (p.sent) continue;
+      p.sent = true;
       this.#send(p.build(cid));
     }
   }
@@ -416,7 +419,7 @@ export class Client {
       const p = this.#outbox.get(f.cid);
       if (!p) { this.#emit('error', f); return; }
       if (f.code === 'token_expired') {
-        p.held = true;
+        p.sent = false; // again after `refreshed`
         this.#tokenExpired(f);
       } else if (RETRIED.has(f.code)) {
         this.#later(() => { if (this.#outbox.has(f.cid) && this.#ready) this.#send(p.build(f.cid)); }, RETRY_MS);
@@ -433,7 +436,9 @@ export class Client {
       if (a) this.#waiting.push(a);
       return;
     }
-    const a = this.#asks.shift();
+    // `unauthorized` answers only a `refresh` (once greeted); anything else, the oldest request.
+    const at = f.code === 'unauthorized' ? this.#asks.findIndex((x) => x.frame.type === 'refresh') : 0;
+    const a = at >= 0 ? this.#asks.splice(at, 1)[0] : undefined;
     if (!a) { this.#emit('error', f); return; }
     if (a.frame.type === 'leave' && f.code === 'not_joined') { a.resolve({ type: 'left', room: a.room }); return; }
     if (a.internal && RETRIED.has(f.code)) { this.#later(() => this.#ask(a), RETRY_MS); return; }
@@ -442,8 +447,10 @@ export class Client {
 
   /** The server refused `hello`. */
   #helloRefused(f) {
+    // Refused at the first connect: the application's to fix. Later (a reconnect), a keyless
+    // nick may still be held by the old link, and a token may have been revoked meanwhile.
     const retry = f.code === 'internal' || (f.code === 'nick_taken' && this.#welcomed && this.#o.key === undefined);
-    if (f.code === 'unauthorized' && this.#o.getToken && this.#token) {
+    if (f.code === 'unauthorized' && this.#welcomed && this.#o.getToken) {
       this.#token = null; // ask for another before the next attempt
       this.#ws?.close();
       return;
@@ -452,12 +459,13 @@ export class Client {
     this.#fail(new NanachatError(f.code, f.message, f));
   }
 
-  /** Resolves the oldest request waiting, if `f` is its answer. */
+  /** Resolves the oldest request waiting that `f` answers (the oldest of all, from a server
+   *  that answers every request). */
   #answer(f) {
-    const a = this.#asks[0];
-    if (!a || !a.expect || a.expect !== f.type) return;
-    if (a.room !== undefined && f.room !== undefined && a.room !== f.room) return;
-    this.#asks.shift();
+    const at = this.#asks.findIndex((a) => a.expect === f.type
+      && (a.room === undefined || f.room === undefined || a.room === f.room));
+    if (at < 0) return;
+    const [a] = this.#asks.splice(at, 1);
     a.resolve(f);
   }
 
@@ -509,8 +517,8 @@ export class Client {
   }
 
   #onRefreshed(f) {
-    const a = this.#asks[0];
-    if (a && a.frame.type === 'refresh') this.#token = a.frame.token;
+    const a = this.#asks.find((x) => x.frame.type === 'refresh');
+    if (a) this.#token = a.frame.token;
     this.#expired = false;
     this.#scheduleRefresh(f.exp);
     // Answer first (the refresh is at the head), then send what waited.
@@ -669,8 +677,9 @@ export class Client {
     need(isText(cid) && new TextEncoder().encode(cid).length <= MAX_CID_BYTES, 'a cid is at most 64 bytes');
     need(!this.#outbox.has(cid), `cid ${cid} is waiting for its ack already`);
     return new Promise((resolve, reject) => {
-      this.#outbox.set(cid, { build, resolve, reject, held: false });
-      if (this.#ready) this.#send(build(cid));
+      const p = { build, resolve, reject, sent: false };
+      this.#outbox.set(cid, p);
+      if (this.#ready) { p.sent = true; this.#send(build(cid)); }
     });
   }
 

@@ -245,3 +245,12 @@ test('resume from a seq the application kept: join with since replays what came 
   assert.deepEqual(got.map((f) => f.text), ['c', 'd']);
   assert.equal(bob.room('lobby').lastSeq, acks[3].seq);
 });
+
+test('the server serves this very file as /nanachat.js, for pages to import', async () => {
+  const { url } = await serve();
+  const res = await within(fetch(`${url.replace('ws://', 'http://')}/nanachat.js`), 'GET /nanachat.js');
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type'), /^text\/javascript/);
+  const { readFileSync } = await import('node:fs');
+  assert.equal(await res.text(), readFileSync(new URL('../nanachat.js', import.meta.url), 'utf8'));
+});
