@@ -378,10 +378,11 @@ export class Client {
       if (r.wanted && !joining.has(name)) rejoins.push(this.#joinAsk(name, () => {}, () => {}));
     }
     this.#waiting = [...rejoins, ...this.#waiting];
+    // Sent before the application hears `welcome`: what it asks then comes after its rooms.
+    this.#flush();
     this.#first?.resolve(f);
     this.#first = null;
     this.#emit('welcome', f);
-    this.#flush();
   }
 
   /** Sends what waited: requests, then the outbox (the same cids as before). */
