@@ -77,6 +77,9 @@ export interface ClientOptions {
   /** Reconnection back-off: the first wait and the longest (each doubled, with jitter).
    * Default 500 and 10,000 ms. */
   backoff?: { initialMs: number; maxMs: number };
+  /** How long to wait for `welcome` after opening a connection before trying again.
+   * Default 10,000 ms. */
+  connectTimeoutMs?: number;
   /** A WebSocket constructor: the global one unless given (Node before 22: `ws`). */
   WebSocket?: WebSocketConstructor;
 }

@@ -111,6 +111,11 @@ export class Client {
   #asks = [];
   /** Requests not sent yet (offline, or the token expired), oldest first. */
   #waiting = [];
+  /** The pace of what is sent: { tokens, rate, burst, last }, set at `welcome`. */
+  #bucket = null;
+  /** Frames waiting for the bucket, oldest first. */
+  #paced = [];
+  #pacer = null;
 
   /**
    * @param {object} options see `ClientOptions` in nanachat.d.ts
@@ -120,6 +125,7 @@ export class Client {
     this.#o = {
       backoff: { initialMs: 500, maxMs: 10000 },
       refreshAheadMs: 10000,
+      connectTimeoutMs: 10000,
       ...options,
     };
     this.#WS = options.WebSocket ?? globalThis.WebSocket;
@@ -195,6 +201,7 @@ export class Client {
     this.#timers.clear();
     clearInterval(this.#heartbeat);
     clearTimeout(this.#refreshTimer);
+    this.#unpace();
     const ws = this.#ws;
     this.#ws = null;
     if (ws) { this.#detach(ws); try { ws.close(1000); } catch { /* closing anyway */ } }
@@ -231,6 +238,12 @@ export class Client {
     }
     this.#ws = ws;
     this.#greeted = false;
+    // A server that takes the connection and never answers (stopped, overloaded): try again.
+    this.#later(() => {
+      if (this.#ws !== ws || this.#greeted) return;
+      try { ws.close(); } catch { /* dropped below */ }
+      this.#dropped(1006, 'no welcome in time');
+    }, this.#o.connectTimeoutMs);
     ws.onopen = () => {
       this.#lastHeard = Date.now();
       const hello = { type: 'hello', nick: this.#nick };
@@ -269,6 +282,7 @@ export class Client {
     if (ws) this.#detach(ws);
     clearInterval(this.#heartbeat);
     clearTimeout(this.#refreshTimer);
+    this.#unpace();
     this.#greeted = false;
     this.#expired = false;
     this.#refreshing = false;
@@ -308,8 +322,47 @@ export class Client {
     first?.reject(err);
   }
 
+  /**
+   * Sends a frame, paced by a token bucket set from `welcome`'s limits as the server's own is
+   * (`typing` aside, which it does not count): a burst — the rooms joined again and the outbox
+   * after a reconnect, a script saying many lines — is spread out instead of refused with
+   * `rate_limited` (and closed with 1008 if it went on), and frames go in the order given.
+   */
   #send(frame) {
-    if (this.#ws && this.#ws.readyState === OPEN) this.#ws.send(JSON.stringify(frame));
+    if (!this.#ws || this.#ws.readyState !== OPEN) return;
+    if (frame.type === 'typing' || !this.#bucket) {
+      this.#ws.send(JSON.stringify(frame));
+      return;
+    }
+    this.#paced.push(frame);
+    this.#pump();
+  }
+
+  #pump() {
+    const b = this.#bucket;
+    while (b && this.#paced.length) {
+      const now = Date.now();
+      b.tokens = Math.min(b.burst, b.tokens + (now - b.last) / 1000 * b.rate);
+      b.last = now;
+      if (b.tokens < 1) {
+        if (!this.#pacer) {
+          const ms = Math.ceil((1 - b.tokens) / b.rate * 1000);
+          this.#pacer = setTimeout(() => { this.#pacer = null; this.#pump(); }, ms);
+        }
+        return;
+      }
+      b.tokens -= 1;
+      const frame = this.#paced.shift();
+      if (this.#ws?.readyState === OPEN) this.#ws.send(JSON.stringify(frame));
+    }
+  }
+
+  /** Forgets the frames not sent yet (each goes again from the outbox or the requests). */
+  #unpace() {
+    clearTimeout(this.#pacer);
+    this.#pacer = null;
+    this.#paced = [];
+    this.#bucket = null;
   }
 
   /** Open, greeted and the token in force: requests may go. */
@@ -358,6 +411,10 @@ export class Client {
     if (f.nick) this.#nick = f.nick;
     this.limits = f.limits ?? null;
     this.#heartbeatMs = f.limits?.heartbeat_ms || 25000;
+    const rate = f.limits?.rate_per_sec;
+    const burst = f.limits?.rate_burst;
+    // The server counted `hello` already.
+    this.#bucket = rate > 0 && burst > 0 ? { tokens: burst - 1, rate, burst, last: Date.now() } : null;
     this.#greeted = true;
     this.#welcomed = true;
     this.#attempt = 0;
@@ -423,6 +480,7 @@ export class Client {
         p.sent = false; // again after `refreshed`
         this.#tokenExpired(f);
       } else if (RETRIED.has(f.code)) {
+        if (f.code === 'rate_limited' && this.#bucket) this.#bucket.tokens = 0;
         this.#later(() => { if (this.#outbox.has(f.cid) && this.#ready) this.#send(p.build(f.cid)); }, RETRY_MS);
       } else {
         this.#outbox.delete(f.cid);

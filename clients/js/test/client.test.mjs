@@ -254,3 +254,39 @@ test('the server serves this very file as /nanachat.js, for pages to import', as
   const { readFileSync } = await import('node:fs');
   assert.equal(await res.text(), readFileSync(new URL('../nanachat.js', import.meta.url), 'utf8'));
 });
+
+test('a burst of 100 messages at once: paced to the server\'s limits, none refused, all in order', async () => {
+  const { url } = await serve();
+  const alice = client(url, 'alice');
+  const bob = client(url, 'bob');
+  const got = log(bob);
+  const states = [];
+  alice.on('state', (s) => states.push(s.state));
+  await within(Promise.all([alice.connect(), bob.connect()]), 'welcomes');
+  assert.equal(alice.limits.rate_burst, 40, 'the default limits (the burst must be more than them)');
+  await within(Promise.all([alice.join('lobby'), bob.join('lobby')]), 'joins');
+  const acks = await within(Promise.all(Array.from({ length: 100 }, (_, i) => alice.say('lobby', `b${i}`))), 'every ack', 20000);
+  assert.ok(acks.every((a) => !a.duplicate));
+  await until('bob has them all', () => got.length === 100, 20000);
+  assert.deepEqual(got.map((f) => f.text), Array.from({ length: 100 }, (_, i) => `b${i}`));
+  assert.ok(!states.includes('offline'), 'never closed for going too fast');
+});
+
+test('a server that stops answering (SIGSTOP): 2.5 silent heartbeats drop the link; it comes back and resumes', async () => {
+  const server = await serve(['--heartbeat', '200ms']);
+  const alice = client(server.url, 'alice', { connectTimeoutMs: 1000 });
+  const got = log(alice);
+  await within(alice.connect(), 'welcome');
+  await within(alice.join('lobby'), 'joined');
+  await within(alice.say('lobby', 'before'), 'ack');
+  server.proc.kill('SIGSTOP');
+  try {
+    await until('offline', () => alice.state !== 'open', 5000);
+  } finally {
+    server.proc.kill('SIGCONT');
+  }
+  await until('open again', () => alice.state === 'open');
+  await within(alice.say('lobby', 'after'), 'ack after');
+  await until('both delivered', () => got.length === 2);
+  assert.deepEqual(got.map((f) => f.text), ['before', 'after']);
+});
