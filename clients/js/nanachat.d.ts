@@ -95,30 +95,29 @@ export interface Limits {
   heartbeat_ms: number;
 }
 
-/** A stored message, as delivered live or replayed. */
-export interface MessageFrame {
-  type: 'message';
+/** What every message has. */
+export interface MessageFields {
   room: string;
   seq: number;
   from: string;
   text: string;
   time: number;
+  /** the message it answers */
   reply_to?: number;
+  /** when it was last edited */
   edited?: number;
+  /** a tombstone: its text is erased */
   deleted?: boolean;
 }
 
+/** A stored message, as delivered live or replayed. */
+export interface MessageFrame extends MessageFields { type: 'message' }
+
 /** A message as it stands now (in `history`, `thread`, `search`, `inbox`). */
-export interface StoredMessage {
-  room: string;
-  seq: number;
-  from: string;
-  text: string;
-  time: number;
-  reply_to?: number;
-  edited?: number;
-  deleted?: boolean;
+export interface StoredMessage extends MessageFields {
+  /** emoji -> how many */
   reactions?: Record<string, number>;
+  /** the asker's own reactions among them */
   mine?: string[];
 }
 
