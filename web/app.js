@@ -1048,7 +1048,8 @@ function logout(why) {
   state.nick = '';
   const client = state.client;
   state.client = null;
-  client?.close();
+  client?.close(); // its joins waiting are refused with `closed`: joined again at the next login
+  for (const r of state.rooms.values()) r.joined = false;
   $('app').hidden = true;
   $('login').hidden = false;
   $('login-error').textContent = why;
