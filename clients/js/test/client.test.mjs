@@ -76,6 +76,13 @@ test('say, edit, react, read, search, thread, delete: round trips, seen by the o
   assert.equal(dm.room, dmRoom('alice', 'bob'));
   await until('bob gets the dm', () => seen.some((f) => f.room === dm.room && f.text === 'psst'));
 
+  // Leaving: the room is not joined again, and saying there is refused.
+  const left = await within(alice.leave('lobby'), 'left');
+  assert.equal(left.room, 'lobby');
+  assert.equal(alice.room('lobby').wanted, false);
+  const refused = await within(alice.say('lobby', 'gone').catch((e) => e), 'refusal');
+  assert.equal(refused.code, 'not_joined');
+
   const seqs = seen.filter((f) => f.room === 'lobby').map((f) => f.seq);
   assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b), 'in seq order');
   assert.equal(new Set(seqs).size, seqs.length, 'once each');
