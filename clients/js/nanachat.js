@@ -266,11 +266,12 @@ export class Client {
     ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
   }
 
-  /** A token that is fresh enough to connect with (asked of getToken when the one held expired). */
+  /** A token to connect with: getToken is asked only when there is none or the one held has
+   *  expired (one about to expire still connects; the server's `token_expired` follows). */
   async #freshToken(reason) {
     if (!this.#o.getToken) return;
     const exp = this.#token ? tokenClaims(this.#token)?.exp : undefined;
-    if (this.#token && (exp === undefined || exp * 1000 - Date.now() > 1000)) return;
+    if (this.#token && (exp === undefined || exp * 1000 > Date.now())) return;
     this.#token = await this.#o.getToken({ reason });
     if (!this.#nick) this.#nick = tokenClaims(this.#token)?.sub ?? '';
   }
