@@ -1013,10 +1013,11 @@ function connect() {
   for (const type of FRAMES) client.on(type, onServer);
   client.on('token_expired', () => { state.expired = true; });
   client.on('state', onState);
-  // An error no request waits for.
+  // An error no request waits for; a fatal one (refused at the first connect, put out with
+  // 4004) closed the client: back to the login form with the reason.
   client.on('error', (msg) => {
-    if (msg.fatal) return; // connect() rejects with it
-    systemLine(state.current, `${msg.message} (${msg.code})`, 'failed');
+    if (!msg.fatal) systemLine(state.current, `${msg.message} (${msg.code})`, 'failed');
+    else if (state.client === client) logout(msg.message.replace(/^[a-z_]+: /, ''));
   });
   client.connect().catch((err) => {
     if (state.client === client && err.code !== 'closed') logout(err.frame?.message ?? err.message);

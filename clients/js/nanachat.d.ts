@@ -7,6 +7,7 @@ export const PROTOCOL: 'nanachat.v1';
 
 /** A protocol error code (docs/protocol.md, "Errors"), or one of this library's own:
  * `closed` (the client was closed), `token_ended` (a 4003 close with no `getToken`),
+ * `disconnected` (closed with 4004: put out by the server's API, or banned; not reconnected),
  * `bad_url`. */
 export type ErrorCode =
   | 'bad_json' | 'bad_message' | 'binary_not_allowed' | 'hello_first' | 'already_hello'
@@ -14,7 +15,7 @@ export type ErrorCode =
   | 'text_too_long' | 'no_such_nick' | 'rate_limited' | 'cid_reused' | 'internal'
   | 'unauthorized' | 'forbidden' | 'no_such_message' | 'message_deleted' | 'bad_reaction'
   | 'unchanged' | 'token_expired'
-  | 'closed' | 'token_ended' | 'bad_url';
+  | 'closed' | 'token_ended' | 'disconnected' | 'bad_url';
 
 /** A refusal: the server's `error` frame (or this library's, for arguments it cannot send). */
 export class NanachatError extends Error {

@@ -298,6 +298,11 @@ export class Client {
       if (!r.wanted) this.#rooms.delete(name);
     }
     if (this.#state === 'closed') return;
+    if (code === 4004) {
+      // Put out on purpose (the HTTP API's disconnect, a ban): not to be undone by reconnecting.
+      this.#fail(new NanachatError('disconnected', reason || 'disconnected by the server (4004)'));
+      return;
+    }
     if (code === 4003) {
       // The token ended: a new one is needed before reconnecting.
       if (!this.#o.getToken) {

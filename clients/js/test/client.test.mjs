@@ -2,8 +2,10 @@
 //   NANACHAT_BIN=target/debug/nanachat node --test clients/js/test/
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import path from 'node:path';
 import { Client, NanachatError, dmRoom, tokenClaims } from '../nanachat.js';
-import { WebSocket, serve, kill9, within, until, next, mint, secretFile, tempDir } from './helpers.mjs';
+import { ROOT, WebSocket, serve, kill9, within, until, next, mint, secretFile, tempDir } from './helpers.mjs';
 
 const clients = [];
 function client(url, nick, options = {}) {
@@ -296,4 +298,35 @@ test('a server that stops answering (SIGSTOP): 2.5 silent heartbeats drop the li
   await within(alice.say('lobby', 'after'), 'ack after');
   await until('both delivered', () => got.length === 2);
   assert.deepEqual(got.map((f) => f.text), ['before', 'after']);
+});
+
+test('closed with 4004 (put out by the server, or banned): no reconnect, the application is told', async () => {
+  // A scripted server: nanachat closes with 4004 when its HTTP API disconnects a user.
+  const { WebSocketServer } = createRequire(path.join(ROOT, 'tests/peers/node/package.json'))('ws');
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await within(new Promise((r) => wss.once('listening', r)), 'listening');
+  let connections = 0;
+  wss.on('connection', (ws) => {
+    connections += 1;
+    ws.on('message', (data) => {
+      if (JSON.parse(data.toString()).type !== 'hello') return;
+      ws.send(JSON.stringify({ type: 'welcome', nick: 'nana', limits: { heartbeat_ms: 25000 } }));
+      setTimeout(() => ws.close(4004, 'nana is banned for 60 s more'), 50);
+    });
+  });
+  try {
+    const nana = client(`ws://127.0.0.1:${wss.address().port}/`, 'nana');
+    const fatal = next(nana, 'error', (e) => e.fatal, 'the fatal error');
+    await within(nana.connect(), 'welcome');
+    const pending = nana.say('lobby', 'never sent').catch((e) => e);
+    const err = await fatal;
+    assert.equal(err.code, 'disconnected');
+    assert.match(err.message, /banned/);
+    assert.equal(nana.state, 'closed');
+    assert.equal((await within(pending, 'the say refused')).code, 'closed');
+    await new Promise((r) => setTimeout(r, 300)); // longer than the first back-off: no retry came
+    assert.equal(connections, 1);
+  } finally {
+    wss.close();
+  }
 });
