@@ -199,8 +199,10 @@ fn verify_token(
     Ok(claims)
 }
 
-/// The browser client (`web/`), embedded: `GET /` is the chat page.
-static ASSETS: [Asset; 4] = [
+/// The browser client (`web/`) and the JavaScript client library it runs on
+/// (`clients/js/nanachat.js`, also for any page of the application's own), embedded: `GET /`
+/// is the chat page.
+static ASSETS: [Asset; 5] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
@@ -210,6 +212,11 @@ static ASSETS: [Asset; 4] = [
         path: "/app.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../web/app.js"),
+    },
+    Asset {
+        path: "/nanachat.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../clients/js/nanachat.js"),
     },
     Asset {
         path: "/style.css",
