@@ -330,3 +330,30 @@ test('closed with 4004 (put out by the server, or banned): no reconnect, the app
     wss.close();
   }
 });
+
+test('a real disconnect with a ban (POST /api/v1/users/{nick}/disconnect): told once, no reconnect', async () => {
+  const apiKey = 'js-test-api-key-0123456789';
+  const keys = path.join(tempDir(), 'api-keys');
+  (await import('node:fs')).writeFileSync(keys, `${apiKey}\n`, { mode: 0o600 });
+  const { url, addr } = await serve(['--api-key-file', keys]);
+  const nana = client(url, 'nana');
+  const fatal = next(nana, 'error', (e) => e.fatal, 'the fatal error');
+  await within(nana.connect(), 'welcome');
+  await within(nana.join('lobby'), 'joined');
+  const answer = await within(fetch(`http://${addr}/api/v1/users/nana/disconnect`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ reason: 'spam', ban_seconds: 60 }),
+  }), 'the API answer');
+  assert.equal(answer.status, 200);
+  assert.equal((await answer.json()).closed_here, 1);
+  const err = await fatal;
+  assert.equal(err.code, 'disconnected');
+  assert.match(err.message, /spam/);
+  assert.equal(nana.state, 'closed');
+  // Still banned: a new client is refused at connect, with the ban's reason.
+  const again = client(url, 'nana');
+  const refused = await within(again.connect().then(() => null, (e) => e), 'the refusal');
+  assert.ok(refused, 'connected while banned');
+  assert.match(String(refused.message), /banned/);
+});
