@@ -525,8 +525,10 @@ pub trait Handler: Send + Sync + 'static {
         async {}
     }
 
-    /// Routes of an HTTP API, served under `/api/v1` on the same port; none by default.
-    fn api(&self) -> Option<axum::Router> {
+    /// Routes of an HTTP API, served under `/api/v1` on the same port; none by default. A
+    /// request's body must come within `body_timeout` of its head.
+    fn api(&self, body_timeout: std::time::Duration) -> Option<axum::Router> {
+        let _ = body_timeout;
         None
     }
 

@@ -148,7 +148,7 @@ async fn every_documented_route_answers_as_documented() {
             seen += 1;
         }
     }
-    assert_eq!(seen, 10, "every route of the server is documented");
+    assert_eq!(seen, 11, "every route of the server is documented");
     server.stop().await.unwrap();
 }
 
@@ -468,6 +468,17 @@ type Case = (
     &'static str,
 );
 
+/// The method, what is wrong, the path, the headers, the body; the status and code it must get.
+type MethodCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    &'static [u8],
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn bad_input_gets_a_json_error_and_the_server_keeps_serving() {
     let server = server("bad", None).await;
@@ -653,11 +664,107 @@ async fn bad_input_gets_a_json_error_and_the_server_keeps_serving() {
             "{what}: {answer}"
         );
     }
-    let (status, body) = call(at, "PUT", "/api/v1/rooms", &[AUTH], b"").await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (405, Some("method_not_allowed"))
-    );
+    // From an attack on the docs: arguments where the route takes none were ignored (a ban
+    // in the query was no ban; an edit's cid in the query made a retry a second edit).
+    let more: [MethodCase; 9] = [
+        (
+            "POST",
+            "a query where the route takes none",
+            "/api/v1/rooms/lobby/messages?from=alice",
+            vec![AUTH, JSON],
+            br#"{"text":"a","cid":"c"}"#,
+            400,
+            "bad_message",
+        ),
+        (
+            "PATCH",
+            "an edit's cid in the query",
+            "/api/v1/rooms/lobby/messages/1?cid=e1",
+            vec![AUTH, JSON],
+            br#"{"text":"a"}"#,
+            400,
+            "bad_message",
+        ),
+        (
+            "POST",
+            "a ban in the query",
+            "/api/v1/users/nana/disconnect?ban_seconds=60",
+            vec![AUTH, JSON],
+            br#"{"reason":"x"}"#,
+            400,
+            "bad_message",
+        ),
+        (
+            "DELETE",
+            "a body on a DELETE",
+            "/api/v1/rooms/lobby/messages/1",
+            vec![AUTH, JSON],
+            br#"{"cid":"d1"}"#,
+            400,
+            "bad_message",
+        ),
+        (
+            "GET",
+            "a body on a GET",
+            "/api/v1/rooms",
+            vec![AUTH, JSON],
+            b"{}",
+            400,
+            "bad_message",
+        ),
+        (
+            "POST",
+            "a ban of 0 seconds",
+            "/api/v1/users/nana/disconnect",
+            vec![AUTH, JSON],
+            br#"{"reason":"x","ban_seconds":0}"#,
+            400,
+            "bad_message",
+        ),
+        (
+            "GET",
+            "a path that is not UTF-8",
+            "/api/v1/rooms/%C3/messages",
+            vec![AUTH],
+            b"",
+            400,
+            "bad_message",
+        ),
+        (
+            "GET",
+            "two Authorization headers",
+            "/api/v1/rooms",
+            vec![AUTH, AUTH],
+            b"",
+            401,
+            "unauthorized",
+        ),
+        (
+            "PUT",
+            "a method the route does not take",
+            "/api/v1/rooms",
+            vec![AUTH],
+            b"",
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, what, path, headers, body, status, code) in more {
+        let (got, answer) = call(at, method, path, &headers, body).await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {answer}"
+        );
+    }
+    // The scheme in any case, and a tab after it.
+    for auth in [
+        "bearer test-api-key-0123456789",
+        "BEARER\ttest-api-key-0123456789",
+    ] {
+        let (got, answer) = call(at, "GET", "/api/v1/rooms", &[("Authorization", auth)], b"").await;
+        assert_eq!(got, 200, "{auth}: {answer}");
+    }
     // Nothing of that was stored; the server serves on.
     let (_, page) = api(at, "GET", "/api/v1/rooms/lobby/messages", None).await;
     assert_eq!(page["messages"], json!([]));
@@ -792,5 +899,159 @@ async fn a_banned_nick_cannot_be_taken_by_a_plain_text_rename() {
     .await;
     assert_eq!(u16::from(frame.code), 4004);
     assert!(frame.reason.contains("banned"), "{}", frame.reason);
+    server.stop().await.unwrap();
+}
+
+/// From an attack on the docs: a client without a key that sent a head with a large
+/// `Content-Length` and then stalled held its connection (and a handshake slot) for good;
+/// 1,024 of them locked everyone out. The key is checked before the body is read, and a
+/// body that does not come in time is 408.
+#[tokio::test]
+async fn a_stalled_body_is_refused_at_once_without_a_key_and_in_time_with_one() {
+    let dir = std::env::temp_dir().join(format!("nanachat-api-stall-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let keys = ApiKeys::from_file(&key_file("stall", &format!("{KEY}\n"))).unwrap();
+    let config = ChatConfig {
+        api_keys: Some(Arc::new(keys)),
+        ..roomy()
+    };
+    let server = ServerConfig {
+        handshake_timeout: std::time::Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
+    let max = server.connection.max_message_bytes;
+    let store = SqliteStore::open(&dir).unwrap();
+    let server = TestServer::start(server, Chat::new(store, config, max)).await;
+    let at = addr(&server);
+    let stalled = |auth: Option<&'static str>| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST /api/v1/rooms/lobby/messages HTTP/1.1\r\nHost: x\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 4096];
+        let n = within("an answer to a stalled body", tcp.read(&mut answer))
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    let started = std::time::Instant::now();
+    let answer = stalled(None).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(900),
+        "answered at once"
+    );
+    let answer = stalled(Some("Bearer test-api-key-0123456789")).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+    server.stop().await.unwrap();
+}
+
+/// From an attack on the docs: clients that asked for a large page and never read it held the
+/// answer and a handshake slot for as long as they liked (1,100 of them: 503 for everyone,
+/// 1.7 GB). An answer nobody reads is cut off after the write timeout.
+#[tokio::test]
+async fn an_answer_nobody_reads_is_cut_off_after_the_write_timeout() {
+    let dir = std::env::temp_dir().join(format!("nanachat-api-noread-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let keys = ApiKeys::from_file(&key_file("noread", &format!("{KEY}\n"))).unwrap();
+    let config = ChatConfig {
+        api_keys: Some(Arc::new(keys)),
+        max_text_chars: 16_000,
+        ..roomy()
+    };
+    let mut server = ServerConfig::default();
+    server.connection.write_timeout = std::time::Duration::from_secs(1);
+    server.connection.max_message_bytes = 1 << 20;
+    server.connection.max_frame_bytes = 1 << 20;
+    server.connection.outbox_bytes = 4 << 20;
+    server.connection.validate().unwrap();
+    let max = server.connection.max_message_bytes;
+    let store = SqliteStore::open(&dir).unwrap();
+    let server = TestServer::start(server, Chat::new(store, config, max)).await;
+    let at = addr(&server);
+    // 200 messages of 64 KB: a page of about 13 MB, more than both sockets' buffers hold.
+    let text = "😀".repeat(16_000);
+    for i in 0..200 {
+        let body = json!({"text": text, "cid": format!("c{i}")});
+        assert_eq!(
+            api(at, "POST", "/api/v1/rooms/big/messages", Some(body))
+                .await
+                .0,
+            200
+        );
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(at).await.unwrap();
+    let head = format!(
+        "GET /api/v1/rooms/big/messages?limit=200 HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {KEY}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // Not reading, for three times the write timeout.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut got = Vec::new();
+    let read = within("the cut", tcp.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got[..got.len().min(400)]).into_owned();
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(
+        read.is_err() || got.len() < length,
+        "the whole answer ({} bytes) waited for a client that did not read",
+        got.len()
+    );
+    // The others are served.
+    assert_eq!(api(at, "GET", "/api/v1/rooms", None).await.0, 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_ban_is_lifted_and_a_new_ban_replaces_the_old() {
+    let server = server("unban", None).await;
+    let at = addr(&server);
+    let ban = |seconds: u64| {
+        api(
+            at,
+            "POST",
+            "/api/v1/users/troll/disconnect",
+            Some(json!({"reason": "spam", "ban_seconds": seconds})),
+        )
+    };
+    let hello = || async {
+        let mut c = Client::raw(&server.url()).await;
+        c.send(json!({"type": "hello", "nick": "troll", "key": "troll-key-0123456789"}))
+            .await;
+        match within("an answer", c.ws.next()).await {
+            Some(Ok(Message::Text(t))) => t.as_str().contains("\"welcome\""),
+            _ => false,
+        }
+    };
+    assert_eq!(ban(3600).await.0, 200);
+    assert!(!hello().await, "banned");
+    let (status, lifted) = api(at, "DELETE", "/api/v1/users/troll/ban", None).await;
+    assert_eq!((status, lifted["was_banned"].as_bool()), (200, Some(true)));
+    assert!(hello().await, "the ban is lifted");
+    let (_, again) = api(at, "DELETE", "/api/v1/users/troll/ban", None).await;
+    assert_eq!(again["was_banned"], false);
+    // A later ban replaces the one in force, shorter or longer.
+    assert_eq!(ban(3600).await.0, 200);
+    assert_eq!(ban(1).await.0, 200);
+    within("the short ban ends", async {
+        while !hello().await {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     server.stop().await.unwrap();
 }

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path as UrlPath, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -187,7 +188,8 @@ struct Api<S> {
 type Shared<S> = State<Arc<Api<S>>>;
 
 /// The API's routes (to be nested under `/api/v1`), or `None` when the server has no API keys.
-pub(super) fn router<S: Store>(chat: &Arc<Inner<S>>) -> Option<Router> {
+/// A request's body must be in within `body_timeout` of its head.
+pub(super) fn router<S: Store>(chat: &Arc<Inner<S>>, body_timeout: Duration) -> Option<Router> {
     let keys = chat.config.api_keys.clone()?;
     let api = Arc::new(Api {
         chat: chat.clone(),
@@ -207,15 +209,17 @@ pub(super) fn router<S: Store>(chat: &Arc<Inner<S>>) -> Option<Router> {
         .route("/rooms/{room}/members", get(members::<S>))
         .route("/users/{nick}/inbox", get(inbox::<S>))
         .route("/users/{nick}/disconnect", post(disconnect::<S>))
+        .route("/users/{nick}/ban", delete(unban::<S>))
         .route("/tokens", post(mint::<S>))
+        // The key first (the layer added last runs first): a stranger's body is never read.
+        .route_layer(middleware::from_fn(move |req, next| {
+            read_body(limit, body_timeout, req, next)
+        }))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorized::<S>))
         // The document describes the API; it holds no secret.
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
-        .layer(middleware::from_fn(move |req, next| {
-            within_limit(limit, req, next)
-        }))
         .with_state(api);
     Some(routes)
 }
@@ -244,9 +248,11 @@ async fn wrong_method() -> Refusal {
     )
 }
 
-/// Reads the whole body, refusing one over `limit` bytes (the protocol's frame limit) with
-/// 413 before it is all in memory.
-async fn within_limit(limit: usize, req: Request, next: Next) -> Response {
+/// Reads the whole body before the route's handler runs: one over `limit` bytes (the
+/// protocol's frame limit) is refused with 413 before it is all in memory, one that takes
+/// longer than `deadline` to come with 408, and a body on a `GET` or `DELETE` (which take
+/// none: their arguments are in the path and query) with 400.
+async fn read_body(limit: usize, deadline: Duration, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -264,23 +270,49 @@ async fn within_limit(limit: usize, req: Request, next: Next) -> Response {
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large();
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+    let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the body did not come within {deadline:?} of the request head"),
+            )
+            .into_response();
         }
-        Err(_) => too_large(),
+    };
+    let bodiless =
+        parts.method == axum::http::Method::GET || parts.method == axum::http::Method::DELETE;
+    if bodiless && !bytes.is_empty() {
+        return bad(
+            ErrorCode::BadMessage,
+            "this route takes no body: its arguments go in the path and the query",
+        )
+        .into_response();
     }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// Lets a request on only with `Authorization: Bearer KEY` naming one of the keys.
 async fn authorized<S: Store>(State(api): Shared<S>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
+    let mut headers = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (first, second) = (headers.next(), headers.next());
+    if second.is_some() {
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized.as_str(),
+            "send one Authorization header",
+        )
+        .into_response();
+    }
+    // The scheme in any case (RFC 9110 §11.1), then spaces or tabs.
+    let presented = first
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once([' ', '\t']))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     match presented {
         None => refusal(
             StatusCode::UNAUTHORIZED,
@@ -368,7 +400,10 @@ fn params<'a>(
         let Some(&name) = known.iter().find(|k| **k == name) else {
             return Err(bad(
                 ErrorCode::BadMessage,
-                format!("unknown query parameter {name:?}: this route takes {known:?}"),
+                match known {
+                    [] => format!("unknown query parameter {name:?}: this route takes none"),
+                    _ => format!("unknown query parameter {name:?}: this route takes {known:?}"),
+                },
             ));
         };
         if out.iter().any(|(n, _)| *n == name) {
@@ -377,6 +412,23 @@ fn params<'a>(
         out.push((name, value));
     }
     Ok(out)
+}
+
+/// A path's parameters, or the JSON refusal for one that is not UTF-8 once decoded.
+fn path_of<T>(
+    path: std::result::Result<UrlPath<T>, PathRejection>,
+) -> std::result::Result<T, Refusal> {
+    path.map(|UrlPath(p)| p).map_err(|err| {
+        bad(
+            ErrorCode::BadMessage,
+            format!("the path is not one this route takes: {}", err.body_text()),
+        )
+    })
+}
+
+/// Refuses any query on a route that takes none (an argument sent there would be ignored).
+fn no_query(raw: Option<String>) -> std::result::Result<(), Refusal> {
+    params(raw, &[]).map(|_| ())
 }
 
 fn number(params: &[(&str, String)], name: &str) -> std::result::Result<Option<u64>, Refusal> {
@@ -520,10 +572,13 @@ struct NewMessage {
 
 async fn post_message<S: Store>(
     State(api): Shared<S>,
-    UrlPath(room): UrlPath<String>,
+    path: std::result::Result<UrlPath<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Answer {
+    let room = path_of(path)?;
+    no_query(raw)?;
     check_room(&room)?;
     let new: NewMessage = body(&headers, &bytes)?;
     let from = sender(new.from)?;
@@ -552,10 +607,13 @@ struct Edit {
 
 async fn edit_message<S: Store>(
     State(api): Shared<S>,
-    UrlPath((room, seq)): UrlPath<(String, String)>,
+    path: std::result::Result<UrlPath<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Answer {
+    let (room, seq) = path_of(path)?;
+    no_query(raw)?;
     check_room(&room)?;
     let target = seq_of(&seq)?;
     let edit: Edit = body(&headers, &bytes)?;
@@ -575,9 +633,10 @@ async fn edit_message<S: Store>(
 
 async fn delete_message<S: Store>(
     State(api): Shared<S>,
-    UrlPath((room, seq)): UrlPath<(String, String)>,
+    path: std::result::Result<UrlPath<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Answer {
+    let (room, seq) = path_of(path)?;
     check_room(&room)?;
     let target = seq_of(&seq)?;
     let params = params(raw, &["from", "cid"])?;
@@ -606,9 +665,10 @@ fn seq_of(seq: &str) -> std::result::Result<u64, Refusal> {
 
 async fn messages<S: Store>(
     State(api): Shared<S>,
-    UrlPath(room): UrlPath<String>,
+    path: std::result::Result<UrlPath<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Answer {
+    let room = path_of(path)?;
     check_room(&room)?;
     let params = params(raw, &["before", "after", "limit"])?;
     let page = match (number(&params, "before")?, number(&params, "after")?) {
@@ -659,7 +719,13 @@ async fn rooms<S: Store>(State(api): Shared<S>, RawQuery(raw): RawQuery) -> Answ
     ok(json!({ "rooms": rooms, "next": next }))
 }
 
-async fn members<S: Store>(State(api): Shared<S>, UrlPath(room): UrlPath<String>) -> Answer {
+async fn members<S: Store>(
+    State(api): Shared<S>,
+    path: std::result::Result<UrlPath<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let room = path_of(path)?;
+    no_query(raw)?;
     check_room(&room)?;
     let nicks = api
         .chat
@@ -670,7 +736,13 @@ async fn members<S: Store>(State(api): Shared<S>, UrlPath(room): UrlPath<String>
     ok(json!({ "room": room, "members": nicks }))
 }
 
-async fn inbox<S: Store>(State(api): Shared<S>, UrlPath(nick): UrlPath<String>) -> Answer {
+async fn inbox<S: Store>(
+    State(api): Shared<S>,
+    path: std::result::Result<UrlPath<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let nick = path_of(path)?;
+    no_query(raw)?;
     check_nick(&nick)?;
     let rooms = api
         .chat
@@ -696,10 +768,13 @@ struct Disconnect {
 
 async fn disconnect<S: Store>(
     State(api): Shared<S>,
-    UrlPath(nick): UrlPath<String>,
+    path: std::result::Result<UrlPath<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Answer {
+    let nick = path_of(path)?;
+    no_query(raw)?;
     check_nick(&nick)?;
     let ask: Disconnect = body(&headers, &bytes)?;
     // A close frame's reason has room for 123 bytes; the rest would be cut mid-character.
@@ -707,11 +782,13 @@ async fn disconnect<S: Store>(
         return Err(bad(ErrorCode::BadMessage, "a reason is 1 to 100 bytes"));
     }
     let ban = match ask.ban_seconds {
-        Some(0) | None => None,
-        Some(s) if s > MAX_BAN_SECONDS => {
+        None => None,
+        Some(s) if !(1..=MAX_BAN_SECONDS).contains(&s) => {
             return Err(bad(
                 ErrorCode::BadMessage,
-                format!("a ban lasts at most {MAX_BAN_SECONDS} seconds"),
+                format!(
+                    "a ban lasts 1 to {MAX_BAN_SECONDS} seconds (to lift one: DELETE /api/v1/users/NICK/ban)"
+                ),
             ));
         }
         Some(s) => Some(Duration::from_secs(s)),
@@ -728,6 +805,20 @@ async fn disconnect<S: Store>(
     )
 }
 
+/// Lifts a ban (whether or not there was one).
+async fn unban<S: Store>(
+    State(api): Shared<S>,
+    path: std::result::Result<UrlPath<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let nick = path_of(path)?;
+    no_query(raw)?;
+    check_nick(&nick)?;
+    let lifted = api.chat.directory.unban(&nick).await.map_err(unavailable)?;
+    tracing::info!(nick = %crate::shown::Shown(&nick), lifted, "api: ban lifted");
+    ok(json!({ "nick": nick, "was_banned": lifted }))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
@@ -738,7 +829,13 @@ struct NewToken {
     moderates: Option<Moderates>,
 }
 
-async fn mint<S: Store>(State(api): Shared<S>, headers: HeaderMap, bytes: Bytes) -> Answer {
+async fn mint<S: Store>(
+    State(api): Shared<S>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    no_query(raw)?;
     let Some(auth) = &api.chat.config.auth else {
         return Err(refusal(
             StatusCode::CONFLICT,

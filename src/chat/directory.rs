@@ -220,6 +220,19 @@ impl<S: Store> Directory<S> {
         Ok(self.hub.close_nick(nick, reason))
     }
 
+    /// Lifts `nick`'s ban (on every process); whether there was one.
+    pub(super) async fn unban(&self, nick: &str) -> Result<bool> {
+        match &self.cluster {
+            Some(cluster) => cluster.unban(nick).await,
+            None => {
+                let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(bans
+                    .remove(&nick_key(nick))
+                    .is_some_and(|(_, until)| until > crate::clock::now_ms()))
+            }
+        }
+    }
+
     /// Why `nick` may not connect now and for how many more seconds (rounded up), if it is
     /// banned.
     pub(super) async fn banned(&self, nick: &str) -> Result<Option<(String, u64)>> {

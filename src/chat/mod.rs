@@ -111,8 +111,8 @@ impl<S: Store> Handler for Chat<S> {
         session::run(self.inner.clone(), conn).await
     }
 
-    fn api(&self) -> Option<axum::Router> {
-        api::router(&self.inner)
+    fn api(&self, body_timeout: std::time::Duration) -> Option<axum::Router> {
+        api::router(&self.inner, body_timeout)
     }
 
     async fn ready(&self) -> std::result::Result<(), String> {

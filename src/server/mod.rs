@@ -9,6 +9,7 @@
 
 mod listen;
 mod per_ip;
+mod timed;
 mod upgrade;
 
 use std::future::Future;
@@ -41,6 +42,7 @@ use crate::transport::{BoxedTransport, ReadAhead};
 use crate::{Error, Result};
 pub use listen::{Listen, serve};
 use per_ip::PerIp;
+use timed::TimedWrites;
 use upgrade::{NotUpgrade, UpgradeRequest, text_response};
 
 /// The largest HTTP request head (request line and headers) read; a larger one gets 431. A
@@ -339,7 +341,7 @@ pub async fn run<H: Handler>(
         .route("/readyz", get(readyz::<H>))
         .fallback(upgrade_or_page::<H>)
         .with_state(shared.clone());
-    let app = match shared.handler.api() {
+    let app = match shared.handler.api(shared.config.handshake_timeout) {
         Some(api) => app.nest_service("/api/v1", api),
         None => app,
     };
@@ -411,9 +413,16 @@ async fn accept_loop<H: Handler>(listener: &TcpListener, app: &Router, shared: &
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // An answer the client does not read is cut off after the write timeout; a WebSocket
+        // keeps its own (the deadline is lifted when a request asks for an upgrade).
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let tcp = TimedWrites::new(tcp, shared.config.connection.write_timeout, armed.clone());
         let app = app.clone();
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                if req.headers().contains_key(axum::http::header::UPGRADE) {
+                    armed.store(false, Ordering::Relaxed);
+                }
                 let mut req = req.map(Body::new);
                 req.extensions_mut().insert(ConnectInfo(peer));
                 let app = app.clone();
@@ -714,9 +723,10 @@ async fn upgrade_or_page<H: Handler>(
         };
         // Take the TCP stream back out of hyper's wrapper: one box less per connection. Bytes
         // the client sent right behind its handshake come along.
-        let transport: BoxedTransport = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        let transport: BoxedTransport = match upgraded.downcast::<TokioIo<TimedWrites<TcpStream>>>()
+        {
             Ok(parts) => Box::new(ReadAhead::new(
-                parts.io.into_inner(),
+                parts.io.into_inner().into_inner(),
                 parts.read_buf.to_vec(),
             )),
             Err(upgraded) => Box::new(ReadAhead::new(TokioIo::new(upgraded), Vec::new())),

@@ -188,6 +188,11 @@ impl<S: Store> Cluster<S> {
         self.shared.link.rooms().await
     }
 
+    /// Lifts `nick`'s ban; whether there was one.
+    pub(crate) async fn unban(&self, nick: &str) -> Result<bool> {
+        self.shared.link.unban(nick).await
+    }
+
     /// Why `nick` is banned and for how many more milliseconds, if it is.
     pub(crate) async fn banned(&self, nick: &str) -> Result<Option<(String, u64)>> {
         self.shared.link.banned(nick).await

@@ -491,6 +491,15 @@ impl Link {
         self.run(&pipe).await
     }
 
+    /// Lifts `nick`'s ban; whether there was one.
+    pub(super) async fn unban(&self, nick: &str) -> Result<bool> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(format!("{BAN_PREFIX}{}", nick_key(nick)));
+        let (gone,): (u64,) = self.run(&pipe).await?;
+        Ok(gone > 0)
+    }
+
     /// The reason `nick` is banned, and for how many more milliseconds; `None` if it is not.
     pub(super) async fn banned(&self, nick: &str) -> Result<Option<(String, u64)>> {
         let key = format!("{BAN_PREFIX}{}", nick_key(nick));
