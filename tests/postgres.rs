@@ -36,7 +36,7 @@ async fn keeps_the_store_contract() {
     })
     .await;
     // The schema is there once, at its version; a second store on it migrates nothing.
-    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "5");
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "6");
     drop(store(&pg).await);
     assert_eq!(pg.sql("SELECT count(*) FROM nanachat_schema").trim(), "1");
 }
@@ -150,7 +150,7 @@ async fn a_first_schema_database_is_migrated_and_nick_bindings_are_shared() {
                                      ('@alice+bob', 2, 'alice', 'two', 2, NULL);",
     );
     let stores = [Arc::new(store(&pg).await), Arc::new(store(&pg).await)];
-    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "5");
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "6");
     let state = stores[0].room_state("@alice+bob").await.unwrap();
     assert_eq!((state.epoch, state.first_seq, state.last_seq), (7, 1, 2));
     let binds = stores.iter().enumerate().map(|(i, s)| {

@@ -34,9 +34,9 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use postgres::PgStore;
+pub use postgres::{PgOutbox, PgStore};
 pub use queue::StoreStats;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOutbox, SqliteStore};
 
 use crate::Result;
 pub use crate::protocol::Kind;

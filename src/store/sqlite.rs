@@ -106,6 +106,22 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO search_fts (search_fts, rank) VALUES ('secure-delete', 1);
      INSERT INTO search_docs (room, seq) SELECT room, seq FROM messages WHERE kind = 0 AND deleted = 0;
      INSERT INTO search_fts (search_fts) VALUES ('rebuild');",
+    // 6: the webhook outbox: one row per event and endpoint, written in the transaction of
+    // the append it is about, deleted once delivered or given up on (docs/webhooks.md). It
+    // names its record (room, seq) and holds no text: the event is rendered from the record
+    // as it stands when it is sent, so a delete erases the text from pending events too.
+    "CREATE TABLE webhook_outbox (
+        id       INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        room     TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        kind     INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL,
+        due_ms   INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (endpoint, room, seq)
+     ) STRICT;
+     CREATE INDEX webhook_outbox_order ON webhook_outbox (endpoint, id);",
 ];
 
 /// The search-index row of message (?1, ?2).
@@ -739,8 +755,12 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
                 )
             )
         });
-        let outcome = commit_batch(&mut conn, &jobs).map_err(Error::from);
+        let outcome = commit_batch(&mut conn, &jobs, stats.endpoints()).map_err(Error::from);
+        let events = outcome.is_ok() && jobs.iter().any(|job| matches!(job, Job::Append(..)));
         answer_batch(jobs, outcome, started, stats);
+        if events && let Some(hooks) = stats.hooks.get() {
+            hooks.wake();
+        }
         if erased {
             // A deleted text must not linger in the write-ahead log until a checkpoint that a
             // quiet server may never reach: copied back and the log emptied now (a reader in
@@ -762,12 +782,16 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
 /// Runs every job in one transaction. Any failure rolls the whole batch back, so a failed
 /// append can never leave a seq taken without its message (a gap): every job is answered with
 /// the error and nothing of the batch is stored (the caller retries with the same cid).
-fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Done>> {
+fn commit_batch(
+    conn: &mut Connection,
+    jobs: &[Job],
+    endpoints: &[String],
+) -> rusqlite::Result<Vec<Done>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut done = Vec::with_capacity(jobs.len());
     for job in jobs {
         done.push(match job {
-            Job::Append(append, _) => Done::Append(Ok(apply_append(&tx, append)?)),
+            Job::Append(append, _) => Done::Append(Ok(apply_append(&tx, append, endpoints)?)),
             Job::Ensure(room, _) => Done::State(Ok(ensure_room(&tx, room)?)),
             Job::Wipe(room, _) => Done::State(Ok(apply_wipe(&tx, room)?)),
             Job::Prune(job, _) => Done::Pruned(Ok(apply_prune(&tx, job)?)),
@@ -833,7 +857,11 @@ fn ensure_room(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
     read_state(conn, room).map(|state| state.unwrap_or(RoomState::empty(0, 0)))
 }
 
-fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended> {
+fn apply_append(
+    conn: &Connection,
+    append: &Append,
+    endpoints: &[String],
+) -> rusqlite::Result<Appended> {
     if let Some(cid) = &append.cid {
         let original = conn
             .prepare_cached(&format!(
@@ -933,6 +961,19 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
     // The index first: taking a message's words out needs the text it still has.
     index(conn, &record)?;
     apply_effect(conn, append, record.time_ms)?;
+    for endpoint in endpoints {
+        conn.prepare_cached(
+            "INSERT INTO webhook_outbox (endpoint, room, seq, kind, first_ms, due_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        )?
+        .execute(params![
+            endpoint,
+            append.room,
+            seq,
+            kind_code(record.kind),
+            record.time_ms
+        ])?;
+    }
     Ok(Appended::Stored(record))
 }
 
@@ -1097,6 +1138,157 @@ fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
             row.get::<_, i64>(1)? as u64,
         ))
     })
+}
+
+/// The webhook outbox of a SQLite store, on a connection of its own (one per delivery task).
+/// Its writes (a round's outcome) are small transactions beside the store's writer: WAL lets
+/// one writer in at a time, and the busy timeout waits for the other.
+#[derive(Debug)]
+pub struct SqliteOutbox {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Turns webhooks on: from now on every append also writes one outbox row per endpoint
+    /// of `hooks`, in its own transaction.
+    pub fn hook(&self, hooks: Arc<crate::webhook::Hooks>) -> Result<()> {
+        self.queue.stats().hook(hooks)
+    }
+
+    /// A connection to the outbox, for one delivery task.
+    pub fn outbox(&self) -> Result<SqliteOutbox> {
+        let conn =
+            Connection::open(&self.path).map_err(|err| Error::file("open", &self.path, err))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(store_err)?;
+        Ok(SqliteOutbox {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+}
+
+impl SqliteOutbox {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(store_err)
+        })
+        .await
+        .map_err(|err| Error::Store(err.into()))?
+    }
+}
+
+/// The columns of a pending event and its record (`LEFT JOIN messages m`), as
+/// [`pending_of`] reads them.
+const PENDING: &str = "o.room, o.seq, o.kind, o.first_ms, o.attempts, o.due_ms, m.room, m.seq,
+     m.sender, m.text, m.time_ms, m.kind, m.target, m.reply_to, m.emoji, m.flag, m.edited_ms,
+     m.deleted";
+
+fn pending_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::webhook::Pending> {
+    let found: Option<String> = row.get(6)?;
+    let record = match found {
+        Some(room) => {
+            let emoji: Option<String> = row.get(14)?;
+            let flag: Option<i64> = row.get(15)?;
+            Some(Record {
+                room,
+                seq: row.get::<_, i64>(7)? as u64,
+                from: row.get(8)?,
+                text: row.get(9)?,
+                time_ms: row.get(10)?,
+                kind: kind_of(row.get(11)?),
+                target: row.get::<_, Option<i64>>(12)?.map(|s| s as u64),
+                reply_to: row.get::<_, Option<i64>>(13)?.map(|s| s as u64),
+                emoji: emoji.map(|e| (e, flag.unwrap_or(0) != 0)),
+                edited_ms: row.get(16)?,
+                deleted: row.get::<_, i64>(17)? != 0,
+            })
+        }
+        None => None,
+    };
+    Ok(crate::webhook::Pending {
+        room: row.get(0)?,
+        seq: row.get::<_, i64>(1)? as u64,
+        kind: kind_of(row.get(2)?),
+        first_ms: row.get(3)?,
+        attempts: row.get::<_, i64>(4)? as u32,
+        due_ms: row.get(5)?,
+        record,
+    })
+}
+
+impl crate::webhook::Outbox for SqliteOutbox {
+    async fn take(
+        &mut self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<crate::webhook::Pending>>> {
+        let endpoint = endpoint.to_owned();
+        // One process has the data dir: the lease is always ours.
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {PENDING} FROM webhook_outbox o
+                 LEFT JOIN messages m ON m.room = o.room AND m.seq = o.seq
+                 WHERE o.endpoint = ?1 ORDER BY o.id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![endpoint, limit as i64], pending_of)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map(Some)
+        })
+        .await
+    }
+
+    async fn settle(&mut self, endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
+        use crate::webhook::Settled;
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let endpoint = endpoint.to_owned();
+        let settled = settled.to_vec();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for s in &settled {
+                match s {
+                    Settled::Done { room, seq } => {
+                        tx.prepare_cached(
+                            "DELETE FROM webhook_outbox WHERE endpoint = ?1 AND room = ?2 AND seq = ?3",
+                        )?
+                        .execute(params![endpoint, room, *seq as i64])?;
+                    }
+                    Settled::Retry {
+                        room,
+                        seq,
+                        attempts,
+                        due_ms,
+                    } => {
+                        tx.prepare_cached(
+                            "UPDATE webhook_outbox SET attempts = ?4, due_ms = ?5
+                             WHERE endpoint = ?1 AND room = ?2 AND seq = ?3",
+                        )?
+                        .execute(params![endpoint, room, *seq as i64, *attempts, due_ms])?;
+                    }
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn backlog(&mut self, endpoint: &str) -> Result<(u64, Option<i64>)> {
+        let endpoint = endpoint.to_owned();
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "SELECT count(*), min(first_ms) FROM webhook_outbox WHERE endpoint = ?1",
+            )?
+            .query_row([endpoint], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
+            })
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
