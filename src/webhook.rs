@@ -257,59 +257,69 @@ impl Hooks {
     pub fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let now = now_ms();
-        let series: [(&str, &str, &str, &dyn Fn(&EndpointStats) -> u64); 6] = [
-            (
-                "nanachat_webhook_delivered_total",
-                "counter",
-                "Webhook events delivered (a 2xx answer).",
-                &|s| s.delivered.load(Ordering::Relaxed),
-            ),
-            (
-                "nanachat_webhook_attempts_failed_total",
-                "counter",
-                "Webhook deliveries that failed and will be tried again (no answer, 5xx, 408, 429).",
-                &|s| s.attempts_failed.load(Ordering::Relaxed),
-            ),
-            (
-                "nanachat_webhook_failed_total",
-                "counter",
-                "Webhook events given up on: refused (4xx other than 408/429) or older than --webhook-max-age.",
-                &|s| s.refused.load(Ordering::Relaxed) + s.expired.load(Ordering::Relaxed),
-            ),
-            (
-                "nanachat_webhook_refused_total",
-                "counter",
-                "Webhook events the endpoint refused with a 4xx other than 408/429 (not retried).",
-                &|s| s.refused.load(Ordering::Relaxed),
-            ),
-            (
-                "nanachat_webhook_pending",
-                "gauge",
-                "Webhook events in the outbox, not yet delivered (as last read by this process).",
-                &|s| s.pending.load(Ordering::Relaxed),
-            ),
-            (
-                "nanachat_webhook_oldest_pending_seconds",
-                "gauge",
-                "Age of the oldest webhook event in the outbox (0: none).",
-                &move |s| {
-                    let oldest = s.oldest_ms.load(Ordering::Relaxed);
-                    if oldest == 0 {
-                        0
-                    } else {
-                        (now - oldest).max(0) as u64 / 1000
-                    }
-                },
-            ),
-        ];
-        for (name, kind, help, get) in series {
+        let values: Vec<[u64; 6]> = self
+            .stats
+            .iter()
+            .map(|s| {
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let oldest = s.oldest_ms.load(Ordering::Relaxed);
+                let age = if oldest == 0 {
+                    0
+                } else {
+                    (now - oldest).max(0) as u64 / 1000
+                };
+                [
+                    get(&s.delivered),
+                    get(&s.attempts_failed),
+                    get(&s.refused) + get(&s.expired),
+                    get(&s.refused),
+                    get(&s.pending),
+                    age,
+                ]
+            })
+            .collect();
+        for (i, (name, kind, help)) in METRICS.iter().enumerate() {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (url, stats) in self.endpoints.iter().zip(&self.stats) {
-                let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", shown(url), get(stats));
+            for (url, v) in self.endpoints.iter().zip(&values) {
+                let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", shown(url), v[i]);
             }
         }
     }
 }
+
+/// The webhook metrics: name, type, help.
+const METRICS: [(&str, &str, &str); 6] = [
+    (
+        "nanachat_webhook_delivered_total",
+        "counter",
+        "Webhook events delivered (a 2xx answer).",
+    ),
+    (
+        "nanachat_webhook_attempts_failed_total",
+        "counter",
+        "Webhook deliveries that failed and will be tried again (no answer, 5xx, 408, 429).",
+    ),
+    (
+        "nanachat_webhook_failed_total",
+        "counter",
+        "Webhook events given up on: refused (4xx other than 408/429) or older than --webhook-max-age.",
+    ),
+    (
+        "nanachat_webhook_refused_total",
+        "counter",
+        "Webhook events the endpoint refused with a 4xx other than 408/429 (not retried).",
+    ),
+    (
+        "nanachat_webhook_pending",
+        "gauge",
+        "Webhook events in the outbox, not yet delivered (as last read by this process).",
+    ),
+    (
+        "nanachat_webhook_oldest_pending_seconds",
+        "gauge",
+        "Age of the oldest webhook event in the outbox (0: none).",
+    ),
+];
 
 /// The event type of a record's kind.
 pub fn event_type(kind: Kind) -> &'static str {

@@ -41,6 +41,23 @@ async fn keeps_the_store_contract() {
     assert_eq!(pg.sql("SELECT count(*) FROM nanachat_schema").trim(), "1");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn keeps_the_outbox_contract() {
+    let pg = Postgres::start();
+    let s = store(&pg).await;
+    s.hook(nanachat::webhook::Hooks::new(vec![
+        "e1".into(),
+        "e2".into(),
+    ]))
+    .unwrap();
+    let mut outbox = s.outbox();
+    common::within(
+        "contract",
+        contract::the_outbox_holds_one_event_per_stored_append_and_endpoint(&s, &mut outbox),
+    )
+    .await;
+}
+
 fn say(from: &str, text: &str, cid: &str) -> Append {
     contract::say("lobby", from, text, Some(cid))
 }

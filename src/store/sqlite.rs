@@ -1403,6 +1403,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keeps_the_outbox_contract() {
+        let dir = temp_dir("outbox");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .hook(crate::webhook::Hooks::new(vec!["e1".into(), "e2".into()]))
+            .unwrap();
+        let mut outbox = store.outbox().unwrap();
+        contract::the_outbox_holds_one_event_per_stored_append_and_endpoint(&store, &mut outbox)
+            .await;
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn history_and_seqs_survive_a_reopen() {
         let dir = temp_dir("reopen");
         let epoch = {
