@@ -35,7 +35,8 @@ use crate::protocol::Kind;
 use crate::store::Record;
 use crate::{Error, Result};
 
-/// How long one delivery may take (connect, send, answer) before it counts as failed.
+/// How long one delivery may take (connect, send, answer) before it counts as failed, by
+/// default (`--webhook-timeout`).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the outbox is read when nothing woke the task (events committed by another
@@ -60,6 +61,8 @@ pub struct WebhookConfig {
     pub secret: Arc<[u8]>,
     /// An event not delivered this long after it happened is dropped (counted as failed).
     pub max_age: Duration,
+    /// How long one delivery may take (connect, send, answer).
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for WebhookConfig {
             )
             .field("secret", &"***")
             .field("max_age", &self.max_age)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -97,6 +101,7 @@ impl WebhookConfig {
             urls,
             secret: secret.as_bytes().into(),
             max_age,
+            timeout: DELIVERY_TIMEOUT,
         })
     }
 }
@@ -574,8 +579,7 @@ async fn round<O: Outbox>(
         }
         let body = render(&event);
         let sig = signature(&config.secret, now / 1000, &body);
-        let answer = match tokio::time::timeout(DELIVERY_TIMEOUT, client.post(&id, body, sig)).await
-        {
+        let answer = match tokio::time::timeout(config.timeout, client.post(&id, body, sig)).await {
             Ok(Ok(status)) => (judge(status), Some(status)),
             Ok(Err(err)) => {
                 tracing::debug!(endpoint = %shown_url, id, cause = %err, "webhooks: delivery failed");

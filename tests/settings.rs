@@ -160,6 +160,7 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
             ..path("hook-secret")
         },
         "webhook_max_age" => text("12h"),
+        "webhook_timeout" => text("3s"),
         "allowed_origin" => sample(
             "https://a.example",
             "[\"https://a.example\"]",

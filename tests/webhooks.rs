@@ -33,6 +33,8 @@ struct Seen {
     status: AtomicU16,
     /// Answer the first this many requests with 500.
     fail_first: AtomicUsize,
+    /// Never answer the first this many requests.
+    hang_first: AtomicUsize,
 }
 
 /// Checks `nanachat-signature: t=…,v1=…` as docs/webhooks.md tells a receiver to.
@@ -79,6 +81,9 @@ async fn hook(
     if !verify(&headers, &body) {
         seen.bad_signatures.fetch_add(1, Ordering::SeqCst);
         return StatusCode::BAD_REQUEST;
+    }
+    if n < seen.hang_first.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     if n < seen.fail_first.load(Ordering::SeqCst) {
         return StatusCode::INTERNAL_SERVER_ERROR;
@@ -366,6 +371,35 @@ async fn a_receiver_that_refuses_is_not_retried_and_is_counted() {
     seen.status.store(0, Ordering::SeqCst);
     until("the third event", &seen, |events| events.len() == 1).await;
     assert_eq!(seen.delivered.lock().unwrap()[0]["seq"], 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_that_never_answers_is_timed_out_and_tried_again() {
+    let dir = scratch("hang");
+    let seen = Arc::new(Seen::default());
+    seen.hang_first.store(1, Ordering::SeqCst);
+    let (addr, _task) = receiver("127.0.0.1:0".parse().unwrap(), seen.clone()).await;
+    let server = serve(
+        &dir,
+        &format!("http://{addr}/hook"),
+        &["--webhook-timeout", "1s"],
+    );
+    let ws = server.listening_url();
+    let host = ws.trim_start_matches("ws://").to_owned();
+    say_all(&ws, "ann", "lobby", &["one", "two"]).await;
+    let started = std::time::Instant::now();
+    until("both events", &seen, |events| events.len() == 2).await;
+    // Timed out after --webhook-timeout (1s), not the default 10s.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, rooms) = by_room(&seen.delivered.lock().unwrap());
+    assert_eq!(rooms["lobby"], [1, 2]);
+    assert!(hook_metric(&host, "nanachat_webhook_attempts_failed_total") >= 1);
+    assert_eq!(hook_metric(&host, "nanachat_webhook_delivered_total"), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -224,6 +224,10 @@ settings! {
         /// nanachat_webhook_failed_total); until then it is retried with back-off.
         #[arg(long, env = "NANACHAT_WEBHOOK_MAX_AGE", value_name = "TIME")]
         webhook_max_age: Time = Time(std::time::Duration::from_secs(24 * 3600)),
+        /// How long one delivery may take (connect, send, answer) before it counts as failed
+        /// and is retried.
+        #[arg(long, env = "NANACHAT_WEBHOOK_TIMEOUT", value_name = "TIME")]
+        webhook_timeout: Time = Time(crate::webhook::DELIVERY_TIMEOUT),
     }
 }
 
@@ -247,7 +251,13 @@ impl WebhookSettings {
                     .into(),
             )),
             (false, Some(file)) => {
-                crate::webhook::WebhookConfig::new(urls, &file, self.webhook_max_age().0).map(Some)
+                let mut config =
+                    crate::webhook::WebhookConfig::new(urls, &file, self.webhook_max_age().0)?;
+                config.timeout = self.webhook_timeout().0;
+                if config.timeout.is_zero() {
+                    return Err(Error::Config("--webhook-timeout must be above 0".into()));
+                }
+                Ok(Some(config))
             }
         }
     }
