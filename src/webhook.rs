@@ -155,42 +155,96 @@ impl Endpoint {
     }
 }
 
-/// An event waiting in the outbox, with the record it is about as it stands now (`None`: it
-/// is gone — pruned by retention, or its room wiped).
+/// Which event an outbox row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// About the stored record under the row's seq: a message, an edit, a delete, a reaction.
+    Record(Kind),
+    /// A known user (its nick in the row) joined the room: its membership began.
+    Joined,
+    /// A known user left the room: its membership ended.
+    Left,
+    /// The room got its first member.
+    Occupied,
+    /// The room's last member left.
+    Vacated,
+}
+
+impl Event {
+    /// How the outbox's `kind` column keeps it.
+    pub fn code(self) -> i16 {
+        match self {
+            Event::Record(kind) => crate::store::kind_code(kind),
+            Event::Joined => 10,
+            Event::Left => 11,
+            Event::Occupied => 12,
+            Event::Vacated => 13,
+        }
+    }
+
+    /// The event a `kind` column holds.
+    pub fn of_code(code: i64) -> Self {
+        match code {
+            10 => Event::Joined,
+            11 => Event::Left,
+            12 => Event::Occupied,
+            13 => Event::Vacated,
+            other => Event::Record(crate::store::kind_of(other)),
+        }
+    }
+
+    /// Its `type` in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Record(Kind::Message) => "message.created",
+            Event::Record(Kind::Edit) => "message.edited",
+            Event::Record(Kind::Delete) => "message.deleted",
+            Event::Record(Kind::React) => "reaction.changed",
+            Event::Joined => "member.joined",
+            Event::Left => "member.left",
+            Event::Occupied => "room.occupied",
+            Event::Vacated => "room.vacated",
+        }
+    }
+}
+
+/// An event waiting in the outbox; a record's event comes with the record as it stands now
+/// (`None`: it is gone — pruned by retention, or its room wiped).
 #[derive(Debug, Clone)]
 pub struct Pending {
+    /// The outbox row (one per event and endpoint).
+    pub id: i64,
     /// The room.
     pub room: String,
-    /// The seq of the record the event is about.
+    /// A record's event: the record's seq; a membership or occupancy event: the room's last
+    /// seq when it happened.
     pub seq: u64,
-    /// Its kind (which event).
-    pub kind: Kind,
+    /// Which event.
+    pub event: Event,
+    /// A membership event: whose (case-folded).
+    pub nick: Option<String>,
     /// When it was committed (ms since the epoch).
     pub first_ms: i64,
     /// Failed attempts so far.
     pub attempts: u32,
     /// Not to be tried before this (ms since the epoch).
     pub due_ms: i64,
-    /// The record.
+    /// A record's event: the record.
     pub record: Option<Record>,
 }
 
-/// What became of a pending event.
+/// What became of a pending event (its outbox row).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
     /// Delivered, or given up on: out of the outbox.
     Done {
-        /// The room.
-        room: String,
-        /// The seq.
-        seq: u64,
+        /// The row.
+        id: i64,
     },
     /// To be tried again at `due_ms`.
     Retry {
-        /// The room.
-        room: String,
-        /// The seq.
-        seq: u64,
+        /// The row.
+        id: i64,
         /// Failed attempts so far.
         attempts: u32,
         /// Not before this (ms since the epoch).
@@ -326,48 +380,50 @@ const METRICS: [(&str, &str, &str); 6] = [
     ),
 ];
 
-/// The event type of a record's kind.
-pub fn event_type(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Message => "message.created",
-        Kind::Edit => "message.edited",
-        Kind::Delete => "message.deleted",
-        Kind::React => "reaction.changed",
+/// The event's id, stable across retries and processes: `room:seq:type` for a record's
+/// event (a room's seqs are never reused), with `:nick:time` after it for a membership event
+/// and `:time` for an occupancy event.
+pub fn event_id(event: &Pending) -> String {
+    let base = format!("{}:{}:{}", event.room, event.seq, event.event.name());
+    match (event.event, &event.nick) {
+        (Event::Record(_), _) => base,
+        (_, Some(nick)) => format!("{base}:{nick}:{}", event.first_ms),
+        (_, None) => format!("{base}:{}", event.first_ms),
     }
-}
-
-/// The event's id: stable across retries and processes (a room's seqs are never reused).
-pub fn event_id(room: &str, seq: u64, kind: Kind) -> String {
-    format!("{room}:{seq}:{}", event_type(kind))
 }
 
 /// The JSON body of a pending event.
 pub fn render(event: &Pending) -> String {
     use serde_json::json;
-    let data = event.record.as_ref().map(|r| match r.kind {
-        Kind::Message => json!({
-            "from": r.from,
-            "text": r.text,
-            "reply_to": r.reply_to,
-            "edited_ms": r.edited_ms,
-            "deleted": r.deleted,
+    let data = match event.event {
+        Event::Record(_) => event.record.as_ref().map(|r| match r.kind {
+            Kind::Message => json!({
+                "from": r.from,
+                "text": r.text,
+                "reply_to": r.reply_to,
+                "edited_ms": r.edited_ms,
+                "deleted": r.deleted,
+            }),
+            Kind::Edit => json!({ "from": r.from, "target": r.target, "text": r.text }),
+            Kind::Delete => json!({ "from": r.from, "target": r.target }),
+            Kind::React => json!({
+                "from": r.from,
+                "target": r.target,
+                "emoji": r.emoji.as_ref().map(|(e, _)| e),
+                "on": r.emoji.as_ref().is_some_and(|(_, on)| *on),
+            }),
         }),
-        Kind::Edit => json!({ "from": r.from, "target": r.target, "text": r.text }),
-        Kind::Delete => json!({ "from": r.from, "target": r.target }),
-        Kind::React => json!({
-            "from": r.from,
-            "target": r.target,
-            "emoji": r.emoji.as_ref().map(|(e, _)| e),
-            "on": r.emoji.as_ref().is_some_and(|(_, on)| *on),
-        }),
-    });
+        Event::Joined | Event::Left => Some(json!({ "nick": event.nick })),
+        Event::Occupied | Event::Vacated => Some(json!({})),
+    };
+    let gone = matches!(event.event, Event::Record(_)) && event.record.is_none();
     json!({
-        "id": event_id(&event.room, event.seq, event.kind),
-        "type": event_type(event.kind),
+        "id": event_id(event),
+        "type": event.event.name(),
         "room": event.room,
         "seq": event.seq,
         "time_ms": event.record.as_ref().map_or(event.first_ms, |r| r.time_ms),
-        "gone": event.record.is_none(),
+        "gone": gone,
         "data": data,
     })
     .to_string()
@@ -562,14 +618,11 @@ async fn round<O: Outbox>(
             continue;
         }
         let now = now_ms();
-        let id = event_id(&event.room, event.seq, event.kind);
+        let id = event_id(&event);
         if now - event.first_ms > config.max_age.as_millis() as i64 {
             stats.expired.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(endpoint = %shown_url, id, attempts = event.attempts, "webhooks: an event older than --webhook-max-age is dropped");
-            settled.push(Settled::Done {
-                room: event.room,
-                seq: event.seq,
-            });
+            settled.push(Settled::Done { id: event.id });
             progressed = true;
             continue;
         }
@@ -594,19 +647,13 @@ async fn round<O: Outbox>(
             (Answer::Delivered, _) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 progressed = true;
-                settled.push(Settled::Done {
-                    room: event.room,
-                    seq: event.seq,
-                });
+                settled.push(Settled::Done { id: event.id });
             }
             (Answer::Refused(status), _) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 progressed = true;
                 tracing::warn!(endpoint = %shown_url, id, status, "webhooks: the endpoint refused an event; not retried");
-                settled.push(Settled::Done {
-                    room: event.room,
-                    seq: event.seq,
-                });
+                settled.push(Settled::Done { id: event.id });
             }
             (Answer::Failed, status) => {
                 stats.attempts_failed.fetch_add(1, Ordering::Relaxed);
@@ -614,8 +661,7 @@ async fn round<O: Outbox>(
                 let delay = retry_delay(attempts);
                 tracing::info!(endpoint = %shown_url, id, ?status, attempts, retry_in = ?delay, "webhooks: delivery failed; will retry");
                 settled.push(Settled::Retry {
-                    room: event.room.clone(),
-                    seq: event.seq,
+                    id: event.id,
                     attempts,
                     due_ms: now + delay.as_millis() as i64,
                 });

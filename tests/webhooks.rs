@@ -151,6 +151,18 @@ async fn until(what: &str, seen: &Seen, done: impl Fn(&[Value]) -> bool) {
     }
 }
 
+/// The events about records (messages, edits, deletes, reactions), in order.
+fn records(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| {
+            let kind = e["type"].as_str().unwrap();
+            kind.starts_with("message.") || kind.starts_with("reaction.")
+        })
+        .cloned()
+        .collect()
+}
+
 /// The ids delivered, each once, and per room the seqs in the order they first arrived.
 fn by_room(events: &[Value]) -> (HashSet<String>, BTreeMap<String, Vec<u64>>) {
     let mut ids = HashSet::new();
@@ -177,8 +189,10 @@ fn hook_metric(server: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in\n{page}"))
 }
 
-async fn say_all(url: &str, nick: &str, room: &str, texts: &[&str]) -> Client {
-    let mut c = Client::hello_with_key(url, nick, Some("k")).await;
+/// `nick` (with a key: a known user, whose joins are membership events; without one a guest,
+/// whose are not) joins `room` and says `texts`, each acked.
+async fn say_all(url: &str, nick: &str, key: bool, room: &str, texts: &[&str]) -> Client {
+    let mut c = Client::hello_with_key(url, nick, key.then_some("k")).await;
     c.join(room).await;
     for (i, text) in texts.iter().enumerate() {
         c.say(room, text, &format!("{room}-{i}")).await;
@@ -199,8 +213,8 @@ async fn a_receiver_down_for_a_while_then_up_gets_every_event_in_order_per_room(
     let server = serve(&dir, &url, &[]);
     let ws = server.listening_url();
     let host = ws.trim_start_matches("ws://").to_owned();
-    let mut a = say_all(&ws, "ann", "alpha", &["a1", "a2", "secret words"]).await;
-    say_all(&ws, "bob", "beta", &["b1", "b2"]).await;
+    let mut a = say_all(&ws, "ann", true, "alpha", &["a1", "a2", "secret words"]).await;
+    say_all(&ws, "bob", true, "beta", &["b1", "b2"]).await;
     // An edit, a reaction and a delete: events too, with seqs of their own.
     a.send(json!({"type": "edit", "room": "alpha", "seq": 1, "text": "a1 (edited)", "cid": "e1"}))
         .await;
@@ -213,23 +227,43 @@ async fn a_receiver_down_for_a_while_then_up_gets_every_event_in_order_per_room(
     a.send(json!({"type": "delete", "room": "alpha", "seq": 3, "cid": "d1"}))
         .await;
     a.expect("ack").await;
-    // Nothing could be delivered: all 8 are pending, and attempts failed.
+    // Nothing could be delivered: all 12 are pending (8 about records, and each room's first
+    // member joined and occupied it), and attempts failed.
     let pending = within("pending", async {
         loop {
             let n = hook_metric(&host, "nanachat_webhook_pending");
-            if n == 8 && hook_metric(&host, "nanachat_webhook_attempts_failed_total") > 0 {
+            if n == 12 && hook_metric(&host, "nanachat_webhook_attempts_failed_total") > 0 {
                 return n;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    assert_eq!(pending, 8);
+    assert_eq!(pending, 12);
     // Up again, on the same port, failing its first two answers with 500.
     seen.fail_first.store(2, Ordering::SeqCst);
     let (_, _task) = receiver(addr, seen.clone()).await;
-    until("all 8 events", &seen, |events| by_room(events).0.len() == 8).await;
-    let events = seen.delivered.lock().unwrap().clone();
+    until("all 12 events", &seen, |events| {
+        by_room(events).0.len() == 12
+    })
+    .await;
+    let all = seen.delivered.lock().unwrap().clone();
+    // Membership first in each room (before its first message), then the records.
+    let first_types: Vec<&str> = all
+        .iter()
+        .filter(|e| e["room"] == "beta")
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        first_types,
+        [
+            "member.joined",
+            "room.occupied",
+            "message.created",
+            "message.created"
+        ]
+    );
+    let events = records(&all);
     let (ids, rooms) = by_room(&events);
     assert_eq!(rooms["alpha"], [1, 2, 3, 4, 5, 6]);
     assert_eq!(rooms["beta"], [1, 2]);
@@ -286,7 +320,7 @@ async fn a_receiver_down_for_a_while_then_up_gets_every_event_in_order_per_room(
         }
     })
     .await;
-    assert_eq!(hook_metric(&host, "nanachat_webhook_delivered_total"), 8);
+    assert_eq!(hook_metric(&host, "nanachat_webhook_delivered_total"), 12);
     assert_eq!(hook_metric(&host, "nanachat_webhook_failed_total"), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -301,7 +335,7 @@ async fn events_committed_before_kill_9_are_delivered_after_the_restart() {
     let url = format!("http://{addr}/hook");
     let mut server = serve(&dir, &url, &[]);
     let ws = server.listening_url();
-    let mut c = say_all(&ws, "ann", "lobby", &["one", "two"]).await;
+    let mut c = say_all(&ws, "ann", false, "lobby", &["one", "two"]).await;
     within("a first attempt", async {
         while seen.requests.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -335,7 +369,7 @@ async fn a_receiver_that_refuses_is_not_retried_and_is_counted() {
     let server = serve(&dir, &format!("http://{addr}/hook"), &[]);
     let ws = server.listening_url();
     let host = ws.trim_start_matches("ws://").to_owned();
-    say_all(&ws, "ann", "lobby", &["one", "two"]).await;
+    say_all(&ws, "ann", false, "lobby", &["one", "two"]).await;
     within("both refused", async {
         while hook_metric(&host, "nanachat_webhook_refused_total") < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -375,6 +409,67 @@ async fn a_receiver_that_refuses_is_not_retried_and_is_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn joins_and_leaves_of_known_users_are_membership_and_occupancy_events() {
+    let dir = scratch("members");
+    let seen = Arc::new(Seen::default());
+    let (addr, _task) = receiver("127.0.0.1:0".parse().unwrap(), seen.clone()).await;
+    let server = serve(&dir, &format!("http://{addr}/hook"), &[]);
+    let ws = server.listening_url();
+    let mut ann = say_all(&ws, "Ann", true, "club", &["hi"]).await;
+    let mut bob = Client::hello_with_key(&ws, "bob", Some("k")).await;
+    bob.join("club").await;
+    // A guest (no key, no token) is no member: no event.
+    let mut guest = Client::hello(&ws, "guest").await;
+    guest.join("club").await;
+    ann.send(json!({"type": "leave", "room": "club"})).await;
+    ann.expect("left").await;
+    bob.send(json!({"type": "leave", "room": "club"})).await;
+    bob.expect("left").await;
+    until("seven events", &seen, |events| events.len() >= 7).await;
+    let events = seen.delivered.lock().unwrap().clone();
+    let got: Vec<(String, u64, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["seq"].as_u64().unwrap(),
+                e["data"]["nick"].clone(),
+            )
+        })
+        .collect();
+    let want = [
+        ("member.joined", 0, json!("ann")),
+        ("room.occupied", 0, Value::Null),
+        ("message.created", 1, Value::Null),
+        ("member.joined", 1, json!("bob")),
+        ("member.left", 1, json!("ann")),
+        ("member.left", 1, json!("bob")),
+        ("room.vacated", 1, Value::Null),
+    ];
+    assert_eq!(got.len(), 7, "{events:?}");
+    for (got, want) in got.iter().zip(want.iter()) {
+        assert_eq!(
+            (got.0.as_str(), got.1, &got.2),
+            (want.0, want.1, &want.2),
+            "{events:?}"
+        );
+    }
+    assert!(
+        events[6]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("club:1:room.vacated:")
+    );
+    assert!(
+        events[0]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("club:0:member.joined:ann:")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_receiver_that_never_answers_is_timed_out_and_tried_again() {
     let dir = scratch("hang");
     let seen = Arc::new(Seen::default());
@@ -387,7 +482,7 @@ async fn a_receiver_that_never_answers_is_timed_out_and_tried_again() {
     );
     let ws = server.listening_url();
     let host = ws.trim_start_matches("ws://").to_owned();
-    say_all(&ws, "ann", "lobby", &["one", "two"]).await;
+    say_all(&ws, "ann", false, "lobby", &["one", "two"]).await;
     let started = std::time::Instant::now();
     until("both events", &seen, |events| events.len() == 2).await;
     // Timed out after --webhook-timeout (1s), not the default 10s.

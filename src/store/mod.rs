@@ -1018,7 +1018,7 @@ pub mod contract {
         store: &impl Store,
         outbox: &mut impl crate::webhook::Outbox,
     ) {
-        use crate::webhook::Settled;
+        use crate::webhook::{Event, Settled};
         let r = "hooked";
         stored(
             store
@@ -1060,18 +1060,18 @@ pub mod contract {
                 .unwrap(),
         );
         let pending = outbox.take("e1", 100).await.unwrap().expect("the lease");
-        let seen: Vec<(&str, u64, Kind)> = pending
+        let seen: Vec<(&str, u64, Event)> = pending
             .iter()
-            .map(|p| (p.room.as_str(), p.seq, p.kind))
+            .map(|p| (p.room.as_str(), p.seq, p.event))
             .collect();
         assert_eq!(
             seen,
             [
-                (r, 1, Kind::Message),
-                ("other", 1, Kind::Message),
-                (r, 2, Kind::Message),
-                (r, 3, Kind::React),
-                (r, 4, Kind::Delete),
+                (r, 1, Event::Record(Kind::Message)),
+                ("other", 1, Event::Record(Kind::Message)),
+                (r, 2, Event::Record(Kind::Message)),
+                (r, 3, Event::Record(Kind::React)),
+                (r, 4, Event::Record(Kind::Delete)),
             ]
         );
         let doomed = pending[2].record.as_ref().expect("the record");
@@ -1087,17 +1087,10 @@ pub mod contract {
             .settle(
                 "e1",
                 &[
-                    Settled::Done {
-                        room: r.into(),
-                        seq: 1,
-                    },
-                    Settled::Done {
-                        room: "other".into(),
-                        seq: 1,
-                    },
+                    Settled::Done { id: pending[0].id },
+                    Settled::Done { id: pending[1].id },
                     Settled::Retry {
-                        room: r.into(),
-                        seq: 2,
+                        id: pending[2].id,
                         attempts: 1,
                         due_ms: 42,
                     },
@@ -1118,6 +1111,51 @@ pub mod contract {
         // The other endpoint has its own five, untouched.
         assert_eq!(outbox.backlog("e2").await.unwrap().0, 5);
         assert_eq!(outbox.backlog("nowhere").await.unwrap(), (0, None));
+        // Memberships: the first join of a room also occupies it, a join again is nothing,
+        // the last leave also vacates it; each under the room's last seq, nick case-folded.
+        let m = "club";
+        let join = Membership::Remember { last_seq: 0 };
+        store.membership("Nana", m, join).await.unwrap();
+        store.membership("nana", m, join).await.unwrap();
+        store.membership("mochi", m, join).await.unwrap();
+        stored(store.append(say(m, "nana", "hello", None)).await.unwrap());
+        store
+            .membership("nana", m, Membership::Forget)
+            .await
+            .unwrap();
+        store
+            .membership("nana", m, Membership::Forget)
+            .await
+            .unwrap();
+        store
+            .membership("mochi", m, Membership::Forget)
+            .await
+            .unwrap();
+        let pending = outbox.take("e2", 100).await.unwrap().expect("the lease");
+        outbox.settle("e2", &[]).await.unwrap();
+        let seen: Vec<(u64, Event, Option<&str>)> = pending
+            .iter()
+            .filter(|p| p.room == m)
+            .map(|p| (p.seq, p.event, p.nick.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, Event::Joined, Some("nana")),
+                (0, Event::Occupied, None),
+                (0, Event::Joined, Some("mochi")),
+                (1, Event::Record(Kind::Message), None),
+                (1, Event::Left, Some("nana")),
+                (1, Event::Left, Some("mochi")),
+                (1, Event::Vacated, None),
+            ]
+        );
+        assert!(
+            pending
+                .iter()
+                .filter(|p| p.room == m && p.seq == 0)
+                .all(|p| p.record.is_none())
+        );
     }
 
     pub async fn seqs_start_at_one_per_room_and_never_skip(store: &impl Store) {

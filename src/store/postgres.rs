@@ -111,19 +111,22 @@ const MIGRATIONS: &[&str] = &[
         GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED;
      CREATE INDEX messages_tsv ON messages USING GIN (tsv) WHERE kind = 0 AND NOT deleted;",
     // 6: the webhook outbox: one row per event and endpoint, written in the transaction of
-    // the append it is about, deleted once delivered or given up on (docs/webhooks.md). It
-    // names its record (room, seq) and holds no text: the event is rendered from the record
-    // as it stands when it is sent, so a delete erases the text from pending events too.
+    // the append (or membership change) it is about, read in `id` order, deleted once
+    // delivered or given up on (docs/webhooks.md). A record's event names its record (room,
+    // seq, kind 0-3) and holds no text: it is rendered from the record as it stands when it is
+    // sent, so a delete erases the text from pending events too. Membership events (kind 10
+    // joined, 11 left) carry the nick; occupancy events (12, 13) nothing more; their seq is
+    // the room's last seq when they happened.
     "CREATE TABLE webhook_outbox (
         id       BIGSERIAL PRIMARY KEY,
         endpoint TEXT NOT NULL,
         room     TEXT NOT NULL,
         seq      BIGINT NOT NULL,
         kind     SMALLINT NOT NULL,
+        nick     TEXT,
         first_ms BIGINT NOT NULL,
         due_ms   BIGINT NOT NULL,
-        attempts INT NOT NULL DEFAULT 0,
-        UNIQUE (endpoint, room, seq)
+        attempts INT NOT NULL DEFAULT 0
      );
      CREATE INDEX webhook_outbox_order ON webhook_outbox (endpoint, id);",
 ];
@@ -584,9 +587,11 @@ fn pending_of(row: &tokio_postgres::Row) -> crate::webhook::Pending {
         }
     });
     crate::webhook::Pending {
+        id: row.get(19),
         room: row.get(0),
         seq: row.get::<_, i64>(1) as u64,
-        kind: kind_of(i64::from(row.get::<_, i16>(2))),
+        event: crate::webhook::Event::of_code(i64::from(row.get::<_, i16>(2))),
+        nick: row.get(20),
         first_ms: row.get(3),
         attempts: row.get::<_, i32>(4) as u32,
         due_ms: row.get(5),
@@ -633,9 +638,9 @@ impl crate::webhook::Outbox for PgOutbox {
                     "SELECT o.room, o.seq, o.kind, o.first_ms, o.attempts, o.due_ms,
                             m.room IS NOT NULL, m.room, m.seq, m.sender, m.text, m.time_ms,
                             m.kind, m.target, m.reply_to, m.emoji, m.flag, m.edited_ms,
-                            m.deleted
+                            m.deleted, o.id, o.nick
                      FROM webhook_outbox o
-                     LEFT JOIN messages m ON m.room = o.room AND m.seq = o.seq
+                     LEFT JOIN messages m ON m.room = o.room AND m.seq = o.seq AND o.kind < 10
                      WHERE o.endpoint = $1 ORDER BY o.id LIMIT $2",
                     &[&endpoint, &(limit as i64)],
                 )
@@ -658,7 +663,7 @@ impl crate::webhook::Outbox for PgOutbox {
         }
     }
 
-    async fn settle(&mut self, endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
+    async fn settle(&mut self, _endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
         use crate::webhook::Settled;
         let Some(conn) = self.round.clone() else {
             return Ok(());
@@ -666,26 +671,20 @@ impl crate::webhook::Outbox for PgOutbox {
         let written = async {
             for s in settled {
                 match s {
-                    Settled::Done { room, seq } => {
+                    Settled::Done { id } => {
                         conn.client
-                            .execute(
-                                "DELETE FROM webhook_outbox
-                                 WHERE endpoint = $1 AND room = $2 AND seq = $3",
-                                &[&endpoint, room, &(*seq as i64)],
-                            )
+                            .execute("DELETE FROM webhook_outbox WHERE id = $1", &[id])
                             .await?;
                     }
                     Settled::Retry {
-                        room,
-                        seq,
+                        id,
                         attempts,
                         due_ms,
                     } => {
                         conn.client
                             .execute(
-                                "UPDATE webhook_outbox SET attempts = $4, due_ms = $5
-                                 WHERE endpoint = $1 AND room = $2 AND seq = $3",
-                                &[&endpoint, room, &(*seq as i64), &(*attempts as i32), due_ms],
+                                "UPDATE webhook_outbox SET attempts = $2, due_ms = $3 WHERE id = $1",
+                                &[id, &(*attempts as i32), due_ms],
                             )
                             .await?;
                     }
@@ -1199,7 +1198,10 @@ async fn write_loop(link: Link, mut rx: mpsc::Receiver<Job>, stats: Arc<StoreSta
             },
             Err(err) => Err(err),
         };
-        let events = outcome.is_ok() && jobs.iter().any(|job| matches!(job, Job::Append(..)));
+        let events = outcome.is_ok()
+            && jobs
+                .iter()
+                .any(|job| matches!(job, Job::Append(..) | Job::Member(..)));
         answer_batch(jobs, outcome, started, &stats);
         if events && let Some(hooks) = stats.hooks.get() {
             hooks.wake();
@@ -1274,20 +1276,81 @@ impl Rows {
     }
 }
 
+/// Writes a membership or occupancy event of `room` for every endpoint, under the room's last
+/// seq now.
+async fn hook_event(
+    client: &Client,
+    endpoints: &[String],
+    room: &str,
+    event: crate::webhook::Event,
+    nick: Option<&str>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO webhook_outbox (endpoint, room, seq, kind, nick, first_ms, due_ms)
+             SELECT e.endpoint, $2, coalesce((SELECT last_seq FROM rooms WHERE name = $2), 0),
+                    $3, $4, $5, $5
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS e(endpoint, i) ORDER BY e.i",
+            &[&endpoints, &room, &event.code(), &nick, &now_ms()],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn members_of(
+    client: &Client,
+    room: &str,
+) -> std::result::Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT count(*) FROM memberships WHERE room = $1", &[&room])
+        .await?
+        .get(0))
+}
+
 async fn apply_membership(
     client: &Client,
     nick: &str,
     room: &str,
     change: Membership,
+    endpoints: &[String],
 ) -> std::result::Result<ReadState, tokio_postgres::Error> {
+    use crate::webhook::Event;
+    // With webhooks on, a membership that begins or ends is an event (and a room's first
+    // member, or its last leaving, another), written here in the change's transaction.
+    let hooked = !endpoints.is_empty();
+    if hooked {
+        // Membership changes of one room, on any process, one after the other: so that one
+        // of two first joins at once sees the other's and only one says `room.occupied`.
+        client
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtext('nanachat-room:' || $1))",
+                &[&room],
+            )
+            .await?;
+    }
+    let was_member = hooked
+        && matches!(change, Membership::Remember { .. })
+        && client
+            .query_opt(
+                "SELECT 1 FROM memberships WHERE nick = $1 AND room = $2",
+                &[&nick, &room],
+            )
+            .await?
+            .is_some();
     let read_seq: i64 = match change {
         Membership::Forget => {
-            client
+            let left = client
                 .execute(
                     "DELETE FROM memberships WHERE nick = $1 AND room = $2",
                     &[&nick, &room],
                 )
                 .await?;
+            if hooked && left > 0 {
+                hook_event(client, endpoints, room, Event::Left, Some(nick)).await?;
+                if members_of(client, room).await? == 0 {
+                    hook_event(client, endpoints, room, Event::Vacated, None).await?;
+                }
+            }
             return Ok(ReadState::default());
         }
         Membership::Remember { last_seq } => client
@@ -1311,6 +1374,12 @@ async fn apply_membership(
             .await?
             .get(0),
     };
+    if hooked && matches!(change, Membership::Remember { .. }) && !was_member {
+        hook_event(client, endpoints, room, Event::Joined, Some(nick)).await?;
+        if members_of(client, room).await? == 1 {
+            hook_event(client, endpoints, room, Event::Occupied, None).await?;
+        }
+    }
     let unread: i64 = client
         .query_one(UNREAD, &[&room, &read_seq, &nick, &(UNREAD_CAP as i64)])
         .await?
@@ -1514,7 +1583,8 @@ async fn commit_batch(
             Job::Member(nick, room, change, _) => {
                 // What this batch appended counts.
                 rows.write(conn).await?;
-                Done::Member(Ok(apply_membership(client, nick, room, *change).await?))
+                let read = apply_membership(client, nick, room, *change, endpoints).await?;
+                Done::Member(Ok(read))
             }
             // This store prunes on a connection of its own, never through the writer.
             Job::Prune(..) => Done::Pruned(Ok(Pruned::default())),

@@ -107,19 +107,22 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO search_docs (room, seq) SELECT room, seq FROM messages WHERE kind = 0 AND deleted = 0;
      INSERT INTO search_fts (search_fts) VALUES ('rebuild');",
     // 6: the webhook outbox: one row per event and endpoint, written in the transaction of
-    // the append it is about, deleted once delivered or given up on (docs/webhooks.md). It
-    // names its record (room, seq) and holds no text: the event is rendered from the record
-    // as it stands when it is sent, so a delete erases the text from pending events too.
+    // the append (or membership change) it is about, read in `id` (commit) order, deleted once
+    // delivered or given up on (docs/webhooks.md). A record's event names its record (room,
+    // seq, kind 0-3) and holds no text: it is rendered from the record as it stands when it is
+    // sent, so a delete erases the text from pending events too. Membership events (kind 10
+    // joined, 11 left) carry the nick; occupancy events (12, 13) nothing more; their seq is
+    // the room's last seq when they happened.
     "CREATE TABLE webhook_outbox (
         id       INTEGER PRIMARY KEY,
         endpoint TEXT NOT NULL,
         room     TEXT NOT NULL,
         seq      INTEGER NOT NULL,
         kind     INTEGER NOT NULL,
+        nick     TEXT,
         first_ms INTEGER NOT NULL,
         due_ms   INTEGER NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        UNIQUE (endpoint, room, seq)
+        attempts INTEGER NOT NULL DEFAULT 0
      ) STRICT;
      CREATE INDEX webhook_outbox_order ON webhook_outbox (endpoint, id);",
 ];
@@ -756,7 +759,10 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
             )
         });
         let outcome = commit_batch(&mut conn, &jobs, stats.endpoints()).map_err(Error::from);
-        let events = outcome.is_ok() && jobs.iter().any(|job| matches!(job, Job::Append(..)));
+        let events = outcome.is_ok()
+            && jobs
+                .iter()
+                .any(|job| matches!(job, Job::Append(..) | Job::Member(..)));
         answer_batch(jobs, outcome, started, stats);
         if events && let Some(hooks) = stats.hooks.get() {
             hooks.wake();
@@ -797,7 +803,7 @@ fn commit_batch(
             Job::Prune(job, _) => Done::Pruned(Ok(apply_prune(&tx, job)?)),
             Job::Bind(nick, hash, _) => Done::Held(Ok(apply_bind(&tx, nick, hash)?)),
             Job::Member(nick, room, change, _) => {
-                Done::Member(Ok(apply_membership(&tx, nick, room, *change)?))
+                Done::Member(Ok(apply_membership(&tx, nick, room, *change, endpoints)?))
             }
             Job::Flush(_) => Done::Flushed(Ok(())),
         });
@@ -811,11 +817,32 @@ fn apply_membership(
     nick: &str,
     room: &str,
     change: Membership,
+    endpoints: &[String],
 ) -> rusqlite::Result<ReadState> {
+    use crate::webhook::Event;
+    // With webhooks on, a membership that begins or ends is an event (and a room's first
+    // member, or its last leaving, another), written here in the change's transaction.
+    let hooked = !endpoints.is_empty();
+    let members = |conn: &Connection| -> rusqlite::Result<i64> {
+        conn.prepare_cached("SELECT count(*) FROM memberships WHERE room = ?1")?
+            .query_row([room], |row| row.get(0))
+    };
+    let was_member = hooked
+        && matches!(change, Membership::Remember { .. })
+        && conn
+            .prepare_cached("SELECT 1 FROM memberships WHERE nick = ?1 AND room = ?2")?
+            .exists(params![nick, room])?;
     let read_seq: i64 = match change {
         Membership::Forget => {
-            conn.prepare_cached("DELETE FROM memberships WHERE nick = ?1 AND room = ?2")?
+            let left = conn
+                .prepare_cached("DELETE FROM memberships WHERE nick = ?1 AND room = ?2")?
                 .execute(params![nick, room])?;
+            if hooked && left > 0 {
+                hook_event(conn, endpoints, room, Event::Left, Some(nick))?;
+                if members(conn)? == 0 {
+                    hook_event(conn, endpoints, room, Event::Vacated, None)?;
+                }
+            }
             return Ok(ReadState::default());
         }
         Membership::Remember { last_seq } => conn
@@ -837,6 +864,12 @@ fn apply_membership(
                 |row| row.get(0),
             )?,
     };
+    if hooked && matches!(change, Membership::Remember { .. }) && !was_member {
+        hook_event(conn, endpoints, room, Event::Joined, Some(nick))?;
+        if members(conn)? == 1 {
+            hook_event(conn, endpoints, room, Event::Occupied, None)?;
+        }
+    }
     let unread: i64 = conn
         .prepare_cached(UNREAD)?
         .query_row(params![room, read_seq, nick, UNREAD_CAP as i64], |row| {
@@ -846,6 +879,27 @@ fn apply_membership(
         read_seq: read_seq as u64,
         unread: unread as u64,
     })
+}
+
+/// Writes a membership or occupancy event of `room` for every endpoint, under the room's last
+/// seq now.
+fn hook_event(
+    conn: &Connection,
+    endpoints: &[String],
+    room: &str,
+    event: crate::webhook::Event,
+    nick: Option<&str>,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    for endpoint in endpoints {
+        conn.prepare_cached(
+            "INSERT INTO webhook_outbox (endpoint, room, seq, kind, nick, first_ms, due_ms)
+             VALUES (?1, ?2, coalesce((SELECT last_seq FROM rooms WHERE name = ?2), 0), ?3, ?4,
+                     ?5, ?5)",
+        )?
+        .execute(params![endpoint, room, event.code(), nick, now])?;
+    }
+    Ok(())
 }
 
 fn ensure_room(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
@@ -1186,7 +1240,7 @@ impl SqliteOutbox {
 /// [`pending_of`] reads them.
 const PENDING: &str = "o.room, o.seq, o.kind, o.first_ms, o.attempts, o.due_ms, m.room, m.seq,
      m.sender, m.text, m.time_ms, m.kind, m.target, m.reply_to, m.emoji, m.flag, m.edited_ms,
-     m.deleted";
+     m.deleted, o.id, o.nick";
 
 fn pending_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::webhook::Pending> {
     let found: Option<String> = row.get(6)?;
@@ -1211,9 +1265,11 @@ fn pending_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::webhook::Pendi
         None => None,
     };
     Ok(crate::webhook::Pending {
+        id: row.get(18)?,
         room: row.get(0)?,
         seq: row.get::<_, i64>(1)? as u64,
-        kind: kind_of(row.get(2)?),
+        event: crate::webhook::Event::of_code(row.get(2)?),
+        nick: row.get(19)?,
         first_ms: row.get(3)?,
         attempts: row.get::<_, i64>(4)? as u32,
         due_ms: row.get(5)?,
@@ -1232,7 +1288,7 @@ impl crate::webhook::Outbox for SqliteOutbox {
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {PENDING} FROM webhook_outbox o
-                 LEFT JOIN messages m ON m.room = o.room AND m.seq = o.seq
+                 LEFT JOIN messages m ON m.room = o.room AND m.seq = o.seq AND o.kind < 10
                  WHERE o.endpoint = ?1 ORDER BY o.id LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![endpoint, limit as i64], pending_of)?;
@@ -1241,34 +1297,29 @@ impl crate::webhook::Outbox for SqliteOutbox {
         .await
     }
 
-    async fn settle(&mut self, endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
+    async fn settle(&mut self, _endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
         use crate::webhook::Settled;
         if settled.is_empty() {
             return Ok(());
         }
-        let endpoint = endpoint.to_owned();
         let settled = settled.to_vec();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for s in &settled {
                 match s {
-                    Settled::Done { room, seq } => {
-                        tx.prepare_cached(
-                            "DELETE FROM webhook_outbox WHERE endpoint = ?1 AND room = ?2 AND seq = ?3",
-                        )?
-                        .execute(params![endpoint, room, *seq as i64])?;
+                    Settled::Done { id } => {
+                        tx.prepare_cached("DELETE FROM webhook_outbox WHERE id = ?1")?
+                            .execute([id])?;
                     }
                     Settled::Retry {
-                        room,
-                        seq,
+                        id,
                         attempts,
                         due_ms,
                     } => {
                         tx.prepare_cached(
-                            "UPDATE webhook_outbox SET attempts = ?4, due_ms = ?5
-                             WHERE endpoint = ?1 AND room = ?2 AND seq = ?3",
+                            "UPDATE webhook_outbox SET attempts = ?2, due_ms = ?3 WHERE id = ?1",
                         )?
-                        .execute(params![endpoint, room, *seq as i64, *attempts, due_ms])?;
+                        .execute(params![id, attempts, due_ms])?;
                     }
                 }
             }
