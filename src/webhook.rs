@@ -3,7 +3,9 @@
 //!
 //! The path of an event: the store's writer, in the transaction that appends a message (or an
 //! edit, a delete, a reaction), also writes one outbox row per endpoint naming it (room, seq,
-//! kind) — so what is committed has its event committed with it, and `kill -9` loses none.
+//! kind) — so what is committed has its event committed with it, and `kill -9` loses none. A
+//! known user's membership beginning or ending (and a room's first member, or last) is written
+//! the same way, in the membership change's transaction.
 //! One [`deliver`] task per endpoint reads the pending rows in the order they were committed,
 //! renders each from the record as it stands *now* (a deleted message's text is gone from
 //! its events too: the outbox keeps no copy of any text), signs it, POSTs it, and settles the

@@ -210,9 +210,9 @@ settings! {
 settings! {
     /// Webhooks: events sent to HTTP endpoints, signed, at least once (docs/webhooks.md).
     pub struct WebhookSettings {
-        /// Send every event (message.created, .edited, .deleted, reaction.changed) to this
-        /// http:// or https:// URL, as signed JSON (repeatable; needs --webhook-secret-file
-        /// and a durable store).
+        /// Send every event (message.created, .edited, .deleted, reaction.changed,
+        /// member.joined, .left, room.occupied, .vacated) to this http:// or https:// URL, as
+        /// signed JSON (repeatable; needs --webhook-secret-file and a durable store).
         #[arg(long, env = "NANACHAT_WEBHOOK_URL", hide_env_values = true, value_delimiter = ',',
               value_name = "URL")]
         webhook_url: Vec<ServiceUrl>,
