@@ -1318,16 +1318,6 @@ async fn apply_membership(
     // With webhooks on, a membership that begins or ends is an event (and a room's first
     // member, or its last leaving, another), written here in the change's transaction.
     let hooked = !endpoints.is_empty();
-    if hooked {
-        // Membership changes of one room, on any process, one after the other: so that one
-        // of two first joins at once sees the other's and only one says `room.occupied`.
-        client
-            .execute(
-                "SELECT pg_advisory_xact_lock(hashtext('nanachat-room:' || $1))",
-                &[&room],
-            )
-            .await?;
-    }
     let was_member = hooked
         && matches!(change, Membership::Remember { .. })
         && client
@@ -1491,6 +1481,31 @@ async fn commit_batch(
             .await?;
         let state = room_state(&row);
         (tx.epoch, tx.last_seq) = (state.epoch, state.last_seq);
+    }
+    // With webhooks on, membership changes of one room, on any process, one after the other
+    // (an advisory lock per room, taken here for the whole batch in name order, after the
+    // rooms' rows: taken job by job, two batches deadlocked): of two first joins at once, one
+    // sees the other's and only one says `room.occupied`.
+    if !endpoints.is_empty() {
+        let mut joined: Vec<&str> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Member(_, room, Membership::Remember { .. } | Membership::Forget, _) => {
+                    Some(room.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        joined.sort_unstable();
+        joined.dedup();
+        for room in joined {
+            client
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('nanachat-room:' || $1))",
+                    &[&room],
+                )
+                .await?;
+        }
     }
     // With the rooms locked, every earlier append of these rooms is committed and visible:
     // look up the cids of this batch among them.
