@@ -284,6 +284,12 @@ impl Auth {
         self.inner.changed.subscribe()
     }
 
+    /// The issuer and audience a token must name here (a token minted for this server
+    /// names them).
+    pub fn expected(&self) -> &Expect {
+        &self.inner.expect
+    }
+
     /// A signed token carrying `claims`, signed with the first secret.
     pub fn mint(&self, claims: &Claims) -> String {
         let b64 = data_encoding::BASE64URL_NOPAD;

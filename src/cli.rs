@@ -295,6 +295,10 @@ pub struct BenchArgs {
     /// search: the key that goes with --nick.
     #[arg(long, requires = "nick")]
     pub key: Option<String>,
+    /// fanout: publish through the server's HTTP API with this key (one request at a time
+    /// per publisher) instead of over the WebSocket.
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -366,6 +370,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         queries,
         nick: args.nick,
         key: args.key,
+        api_key: args.api_key,
     };
     let scenario = spec.scenario;
     let members = u64::from(spec.receivers);

@@ -525,6 +525,11 @@ pub trait Handler: Send + Sync + 'static {
         async {}
     }
 
+    /// Routes of an HTTP API, served under `/api/v1` on the same port; none by default.
+    fn api(&self) -> Option<axum::Router> {
+        None
+    }
+
     /// Serves one connection.
     fn handle(&self, conn: &mut Connection) -> impl Future<Output = Result<()>> + Send;
 }

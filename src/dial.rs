@@ -39,6 +39,11 @@ impl Target {
         &self.host
     }
 
+    /// The port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Parses and checks a URL; the error is one line fit for a user. A `wss://` URL trusts the
     /// platform's root certificates (see [`Target::with_ca_file`] for a private CA).
     pub fn parse(url: &str) -> Result<Self> {

@@ -12,6 +12,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 /// Close code for a peer whose outbox overflowed: it read too slowly. It may reconnect and resume.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
 
+/// Close code for a connection the server's operator ended (`POST /api/v1/users/{nick}/disconnect`);
+/// the reason says why. Reconnecting is refused while a ban lasts.
+pub const CLOSE_DISCONNECTED: u16 = 4004;
+
 /// Close code for a connection whose token ended: it expired and no fresh one came within the
 /// grace, or it no longer verifies (its secret was rotated out). Reconnect with a new token.
 pub const CLOSE_TOKEN_ENDED: u16 = 4003;
@@ -41,6 +45,10 @@ pub enum Error {
     /// The connection's token ended (closed with 4003): the reason says how.
     #[error("{0}")]
     TokenEnded(String),
+    /// The server's operator ended the connection, or its nick is banned (closed with 4004):
+    /// the reason says which.
+    #[error("{0}")]
+    Disconnected(String),
     /// The connection is already closed (or its writer has stopped); nothing more can be sent.
     #[error("connection closed")]
     Closed,
@@ -172,6 +180,7 @@ impl Error {
             Error::Policy(_) => Some(CloseCode::Policy),
             Error::SlowConsumer => Some(CloseCode::Library(CLOSE_SLOW_CONSUMER)),
             Error::TokenEnded(_) => Some(CloseCode::Library(CLOSE_TOKEN_ENDED)),
+            Error::Disconnected(_) => Some(CloseCode::Library(CLOSE_DISCONNECTED)),
             Error::Closed | Error::Io(_) => None,
             Error::Config(_)
             | Error::File { .. }

@@ -1338,3 +1338,106 @@ async fn read_positions_search_and_inbox_work_across_processes() {
     assert_eq!(dm["unread"], 1, "{inbox}");
     assert_eq!(dm["last"]["text"], "psst");
 }
+
+/// The HTTP API on a cluster: a message posted to one process reaches a member on the other,
+/// `members` and `rooms` count every process's, and a disconnect with a ban sent to one process closes
+/// the user on the other and keeps it out there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_api_reaches_every_process() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let keys = std::env::temp_dir().join(format!("nanachat-cluster-api-{}", std::process::id()));
+    common::write_secret(&keys, "cluster-api-key-0123456789\n");
+    let options = ["--api-key-file", keys.to_str().unwrap()];
+    let procs: Vec<Proc> = (0..2)
+        .map(|_| process_with(&pg, &redis, "127.0.0.1:0", &options))
+        .collect();
+    let api_addr: std::net::SocketAddr = procs[0]
+        .listening_url()
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let auth = ("Authorization", "Bearer cluster-api-key-0123456789");
+    let json = ("Content-Type", "application/json");
+    let hello = json!({"type": "hello", "nick": "reader", "key": "reader-key-0123456789"});
+    let (mut reader, answer) = Client::hello(&procs[1].listening_url(), hello.clone()).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    reader.join("lobby", None).await;
+    reader.wait_who(&["reader"]).await;
+    let body = json!({"text": "from the backend", "cid": "b1"}).to_string();
+    let (status, stored) = common::http_json(
+        api_addr,
+        "POST",
+        "/api/v1/rooms/lobby/messages",
+        &[auth, json],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    let seq = stored["seq"].as_u64().unwrap();
+    let got = reader
+        .wait_for("the posted message", is_message("lobby", seq))
+        .await;
+    assert_eq!(
+        (got["from"].as_str(), got["text"].as_str()),
+        (Some("~system"), Some("from the backend"))
+    );
+    let (_, members) =
+        common::http_json(api_addr, "GET", "/api/v1/rooms/lobby/members", &[auth], b"").await;
+    assert_eq!(
+        members["members"],
+        json!(["reader"]),
+        "the other process's member"
+    );
+    let ban = json!({"reason": "spam", "ban_seconds": 60}).to_string();
+    let (status, done) = common::http_json(
+        api_addr,
+        "POST",
+        "/api/v1/users/reader/disconnect",
+        &[auth, json],
+        ban.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, done["closed_here"].as_u64()),
+        (200, Some(0)),
+        "{done}"
+    );
+    let closed = within("the close on the other process", async {
+        loop {
+            match reader.ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        (u16::from(closed.code), closed.reason.as_str()),
+        (4004, "spam")
+    );
+    // Back on either process: refused while the ban lasts.
+    for proc in &procs {
+        let mut again = Client {
+            ws: common::protocol_peer(&proc.listening_url()).await,
+            got: Vec::new(),
+        };
+        again.send(hello.clone()).await;
+        let frame = within("the ban", async {
+            loop {
+                match again.ws.next().await {
+                    Some(Ok(Message::Close(Some(frame)))) => return frame,
+                    Some(Ok(Message::Text(t))) => {
+                        assert!(!t.as_str().contains("\"welcome\""), "welcomed while banned")
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("no close frame: {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(u16::from(frame.code), 4004);
+        assert!(frame.reason.contains("banned"), "{}", frame.reason);
+    }
+}

@@ -108,6 +108,8 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
             "\"***\"",
         ),
         "auth_secret_file" => path("secret"),
+        // A line of 16 characters or more: an API key.
+        "api_key_file" => path("secret"),
         "token_issuer" => Sample {
             with: vec!["--auth-secret-file".into(), files.path("secret")],
             ..text("https://auth.example.org")

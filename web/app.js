@@ -1,40 +1,41 @@
-// nanachat's browser client: speaks nanachat.v1 (docs/protocol.md) over one WebSocket.
+// nanachat's browser client, on the JavaScript client library (clients/js/nanachat.js, served
+// as /nanachat.js): the library keeps the connection — reconnection with back-off, the
+// heartbeat, rooms joined again with `since`, the outbox resent with its cids, token refresh
+// (asked of the user in the token bar) — and this page renders what it delivers.
 // Everything a peer sends is rendered with textContent, never as HTML.
-'use strict';
+import { Client, dmRoom } from '/nanachat.js';
 
 const $ = (id) => document.getElementById(id);
 const state = {
   nick: '',
   token: '',
   key: '',
-  ws: null,
-  connected: false,
-  heartbeatMs: 25000,
-  lastHeard: 0,
-  attempt: 0,
+  client: null, // the library's Client of this login
   current: 'lobby',
   // room -> { lastSeq, epoch, oldest, first, seen:Set, unread, members:Set, el:<ol>, msgs:Map,
   //           member, joined, readSeq, readSent, countedTo, marker }: see room()
   rooms: new Map(),
-  // cid -> { kind: say|dm|edit|delete|react, room, text, to, reply_to, seq, emoji, on }
+  // cid -> { kind: say|dm|edit|delete|react, room, text, to, reply_to, seq, emoji, on }: sent
+  // and not acked yet (the library's outbox sends it again after a reconnect)
   pending: new Map(),
   compose: null, // { mode: 'reply'|'edit', room, seq }: what the composer's next submit does
   jumpTo: null, // { room, seq }: a quoted message being looked for in older history
-  nextCid: 1,
   loadingHistory: false,
   roomsPaging: false, // the next `rooms` reply continues the list shown
-  // Token refresh (docs/protocol.md, "A token's life on an open connection"):
+  // Token refresh (docs/protocol.md, "A token's life on an open connection"): the library asks
+  // getToken, which shows the token bar and resolves when a token is typed there.
   expired: false, // the server said token_expired: what is said waits for `refreshed`
-  offered: null, // the token sent in `refresh`, not answered yet
-  ended: false, // closed with 4003: a new token is needed before reconnecting
+  tokenReason: null, // why the bar asks (getToken's reason), while it does
+  tokenWaiters: [], // getToken's promises, resolved by the bar
+  closeReason: '', // the reason of the last close (shown for a 4003)
   maxRooms: 32, // welcome's limits.max_rooms
   // The server keeps this user's read positions and inbox (a key or a token: the page always
   // brings a key); false once it says `forbidden` to them, and the page counts on its own.
   known: true,
   typing: new Map(), // room -> Map(nick in lower case -> { nick, timer }): who is typing there
   typingSent: new Map(), // room -> when this page last said it was typing there (ms)
-  // Each `search` sent and not answered yet, oldest first ({ query, room, skip, limit, next }):
-  // answers come in order. Only the last one's answer is shown.
+  // Each `search` sent and not answered yet, oldest first ({ query, room, skip, limit, next }).
+  // Only the last one's answer is shown.
   searches: [],
   lastSearch: null, // the one whose results are shown (for "More results")
 };
@@ -57,12 +58,6 @@ function el(tag, cls, text) {
 }
 
 function isDm(room) { return room.startsWith('@'); }
-// A DM room is named by the two nicks in lower case, sorted (nicks are ASCII and unique
-// whatever their case: docs/protocol.md).
-function dmRoom(a, b) {
-  [a, b] = [a.toLowerCase(), b.toLowerCase()];
-  return a <= b ? `@${a}+${b}` : `@${b}+${a}`;
-}
 function dmPeer(room) {
   const [a, b] = room.slice(1).split('+');
   return a === state.nick.toLowerCase() ? b : a;
@@ -87,8 +82,18 @@ function room(name) {
   return r;
 }
 
-function send(msg) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
+/// A request's refusal, shown in the room on screen (a closed client's are not: it is gone).
+function failed(err) {
+  if (!err || err.code === 'closed') return;
+  systemLine(state.current, `${err.frame?.message ?? err.message} (${err.code})`, 'failed');
+}
+
+/// Asks the server for the user's rooms and read positions; a user it cannot know again (no
+/// key or token) is refused, and the page counts unread messages on its own.
+function askInbox() {
+  state.client.inbox().catch((err) => {
+    if (err.code === 'forbidden') state.known = false; else failed(err);
+  });
 }
 
 function setStatus(text, offline) {
@@ -154,23 +159,16 @@ function show(name) {
 }
 
 /// Joins `name` unless this page already did (or asked to): its messages come live, and a
-/// known user's `joined` says how far it has read.
+/// known user's `joined` says how far it has read. The library joins it again after every
+/// reconnect, resuming after the last seq it delivered.
 function enter(name) {
   const r = room(name);
   if (r.member) return;
   r.member = true;
-  sendJoin(name);
-}
-
-/// `join`, resuming after the last seq this page has (sent again after every reconnect).
-function sendJoin(name) {
-  const r = room(name);
-  const join = { type: 'join', room: name };
-  if (r.lastSeq !== null) {
-    join.since = r.lastSeq;
-    if (r.epoch !== null) join.epoch = r.epoch;
-  }
-  send(join);
+  state.client.join(name).catch((err) => {
+    if (err.code !== 'already_joined') r.member = false;
+    failed(err);
+  });
 }
 
 /// Forgets what this page loaded of a room it never joined (a direct-message room whose
@@ -229,7 +227,9 @@ function markRead() {
   // it read, and tells no other connection): the user's other tabs learn it from the answer.
   if (seq > 0 && (r.readSent ?? -1) < seq) {
     r.readSent = seq;
-    send({ type: 'read', room: name, seq });
+    state.client.read(name, seq).catch((err) => {
+      if (err.code === 'forbidden') state.known = false; else failed(err);
+    });
   }
   if (r.unread !== 0) { r.unread = 0; renderRooms(); }
 }
@@ -245,7 +245,7 @@ function onRead(msg) {
   } else if (r.oldest !== null && r.oldest <= r.readSeq + 1) {
     r.unread = countAfter(r, r.readSeq); // every message after it is here: count them
   } else {
-    send({ type: 'inbox' }); // some are not loaded: the server counts
+    askInbox(); // some are not loaded: the server counts
   }
   // Read on another connection: the "new" line moves there (or goes).
   if (!mine && msg.room === state.current) {
@@ -281,7 +281,7 @@ function typed() {
   const now = Date.now();
   if (now - (state.typingSent.get(name) ?? -Infinity) < TYPING_EVERY_MS) return;
   state.typingSent.set(name, now);
-  send({ type: 'typing', room: name });
+  state.client.typing(name);
 }
 
 /// `typing` from the server: `nick` is typing in `room`, shown for 5 s or until its message.
@@ -574,25 +574,20 @@ function onEvent(ev) {
 function onServer(msg) {
   switch (msg.type) {
     case 'welcome':
-      state.heartbeatMs = msg.limits.heartbeat_ms || 25000;
       state.maxRooms = msg.limits.max_rooms || 32;
       $('me').textContent = `as ${msg.nick}`;
       tokenExp(msg.exp);
       state.expired = false;
-      state.offered = null;
       hideTokenBar();
       setStatus('connected');
-      state.attempt = 0;
-      for (const [name, r] of state.rooms) {
-        if (r.member) sendJoin(name);
-        else if (r.lastSeq !== null) forgetLog(r);
-      }
-      for (const p of state.pending.values()) sendPending(p);
+      // The library joins the rooms again (from their last seq) and resends what waits for an
+      // ack; a room only heard live (a direct-message room not joined) may have a gap now.
+      for (const r of state.rooms.values()) if (!r.member && r.lastSeq !== null) forgetLog(r);
       state.roomsPaging = false;
-      send({ type: 'rooms' });
+      state.client.rooms().catch(failed);
       // The user's rooms and where it is in each, also what came while it was away (direct
       // messages to it included): after every reconnect.
-      if (state.known) send({ type: 'inbox' });
+      if (state.known) askInbox();
       break;
     case 'joined': {
       const r = room(msg.room);
@@ -604,10 +599,10 @@ function onServer(msg) {
       r.first = msg.first_seq || 1; // older ones were removed by retention: nothing to page to
       r.member = true;
       r.joined = true;
-      send({ type: 'who', room: msg.room });
+      state.client.who(msg.room).catch(failed);
       const loading = r.el.children.length === 0 && msg.last_seq > 0;
       r.loading = loading; // its first page, asked for now
-      if (loading) send({ type: 'history', room: msg.room, limit: 50 });
+      if (loading) state.client.history(msg.room, { limit: 50 }).catch(failed);
       if (msg.read_seq !== undefined && msg.read_seq !== null) readState(msg.room, msg.read_seq, msg.unread ?? 0, msg.last_seq);
       else if (msg.room === state.current) markRead();
       // A search result in this room, shown once it is loaded.
@@ -622,32 +617,16 @@ function onServer(msg) {
     case 'read': onRead(msg); break;
     case 'inbox': onInbox(msg); break;
     case 'typing': onTyping(msg); break;
-    case 'search': onSearch(msg); break;
     case 'message': onMessage(msg); break;
     case 'edit': case 'delete': case 'react': onEvent(msg); break;
     case 'refreshed':
-      // The new token is in force: what waited goes now (the same cids: stored once).
-      if (state.offered !== null) state.token = state.offered;
-      state.offered = null;
+      // The new token is in force: the library sends what waited (the same cids: stored once).
+      state.token = state.client.token;
       state.expired = false;
       tokenExp(msg.exp);
       hideTokenBar();
-      for (const p of state.pending.values()) if (p.held) sendPending(p);
       markRead();
       break;
-    case 'ack': {
-      const p = state.pending.get(msg.cid);
-      if (p) {
-        state.pending.delete(msg.cid);
-        // An edit, delete or reaction shows when its event comes (to everyone alike).
-        if ((p.kind === 'say' || p.kind === 'dm') && !p.seq) {
-          p.seq = msg.seq;
-          confirmPending(p, { seq: msg.seq, from: state.nick, text: p.text, time: Date.now(), reply_to: p.reply_to });
-          room(msg.room).seen.add(msg.seq);
-        }
-      }
-      break;
-    }
     case 'presence': {
       const r = room(msg.room);
       if (msg.event === 'join') r.members.add(msg.nick); else { r.members.delete(msg.nick); stopTyping(msg.room, msg.nick); }
@@ -683,7 +662,7 @@ function onServer(msg) {
         b.type = 'button';
         b.addEventListener('click', () => {
           state.roomsPaging = true;
-          send({ type: 'rooms', after: last });
+          state.client.rooms({ after: last }).catch(failed);
         });
         li.append(b);
         list.append(li);
@@ -723,44 +702,6 @@ function onServer(msg) {
       if (state.jumpTo && state.jumpTo.room === msg.room) jump(msg.room, state.jumpTo.seq);
       break;
     }
-    case 'error': {
-      if (msg.code === 'token_expired') { tokenExpired(msg); break; }
-      if (!msg.cid && state.searches.length && isSearchError(msg)) { searchFailed(msg); break; }
-      if (msg.code === 'forbidden' && /inbox|read positions/.test(msg.message || '')) {
-        // Not a user the server knows again: the page counts unread messages on its own.
-        state.known = false;
-        break;
-      }
-      if (msg.code === 'unauthorized' && !msg.cid && state.offered !== null) {
-        // The answer to our `refresh`: that token is no good; the bar stays for another.
-        state.offered = null;
-        askForToken(`That token was refused: ${msg.message}. Paste another one.`);
-        break;
-      }
-      const p = msg.cid ? state.pending.get(msg.cid) : null;
-      if (p && (msg.code === 'rate_limited' || msg.code === 'internal')) {
-        setTimeout(() => sendPending(p), 1000); // the same cid: stored once
-      } else if (p && p.kind === 'react' && msg.code === 'unchanged') {
-        // The reaction already was as asked (another tab of ours): the page was behind.
-        state.pending.delete(msg.cid);
-        const m = room(p.room).msgs.get(p.seq);
-        if (m) { if (p.on) m.mine.add(p.emoji); else m.mine.delete(p.emoji); redraw(p.room, p.seq); }
-      } else if (p && !(p.kind === 'say' || p.kind === 'dm')) {
-        state.pending.delete(msg.cid);
-        const what = { edit: 'edit', delete: 'delete', react: 'react to' }[p.kind];
-        systemLine(p.room, `Could not ${what} #${p.seq}: ${msg.message} (${msg.code})`, 'failed');
-      } else if (p) {
-        state.pending.delete(msg.cid);
-        for (const list of [room(p.room).el, $('messages')]) {
-          const line = list.querySelector(`[data-cid="${p.cid}"]`);
-          if (line) { line.className = 'failed'; line.append(el('span', 'why', ` — not sent: ${msg.message}`)); }
-        }
-      } else {
-        systemLine(state.current, `${msg.message} (${msg.code})`, 'failed');
-        if (['nick_taken', 'bad_nick', 'unauthorized'].includes(msg.code)) logout(msg.message);
-      }
-      break;
-    }
     case 'tick': default: break;
   }
 }
@@ -770,15 +711,24 @@ function tokenExp(exp) {
   $('me').title = exp ? `token valid until ${new Date(exp * 1000).toLocaleString()}` : '';
 }
 
-/// The server said the token expired: what it refused (and what is said from now on) waits
-/// for `refreshed`; the bar asks for a new token.
-function tokenExpired(msg) {
-  const p = msg.cid ? state.pending.get(msg.cid) : null;
-  if (p) p.held = true;
-  if (state.expired) return;
-  state.expired = true;
-  const grace = /within (\d+\s*[a-z]*)/.exec(msg.message || '');
-  askForToken(`Your token expired. Paste a fresh one${grace ? ` within ${grace[1]}` : ''} to stay connected.`);
+/// The library's `getToken`: the bar asks the user, and the promise resolves with what is
+/// typed there. `expired` (the server said token_expired: what is said meanwhile waits for
+/// `refreshed`), `refused` (the token sent was not taken), `ended` (closed with 4003: no
+/// reconnect until a new one comes), `connect` (the token held has expired).
+function getToken({ reason, message }) {
+  state.tokenReason = reason;
+  if (reason === 'expired') {
+    const grace = /within (\d+\s*[a-z]*)/.exec(message || '');
+    askForToken(`Your token expired. Paste a fresh one${grace ? ` within ${grace[1]}` : ''} to stay connected.`);
+  } else if (reason === 'refused') {
+    askForToken(`That token was refused: ${message}. Paste another one.`);
+  } else {
+    setStatus('offline — token ended', true);
+    askForToken(reason === 'ended'
+      ? `Your token ended (${state.closeReason || 'closed with 4003'}). Paste a new one to reconnect.`
+      : 'Your token has expired. Paste a new one to reconnect.');
+  }
+  return new Promise((resolve) => state.tokenWaiters.push(resolve));
 }
 
 function askForToken(why) {
@@ -791,30 +741,60 @@ function askForToken(why) {
 function hideTokenBar() {
   $('token-bar').hidden = true;
   $('token-why').textContent = '';
+  state.tokenReason = null;
 }
 
-function sendPending(p) {
-  p.held = state.expired; // if so, sent after `refreshed`
-  if (p.held) return;
-  const { cid, room: name } = p;
-  switch (p.kind) {
-    case 'dm': send({ type: 'dm', to: p.to, text: p.text, cid }); break;
-    case 'edit': send({ type: 'edit', room: name, seq: p.seq, text: p.text, cid }); break;
-    case 'delete': send({ type: 'delete', room: name, seq: p.seq, cid }); break;
-    case 'react': send({ type: 'react', room: name, seq: p.seq, emoji: p.emoji, on: p.on, cid }); break;
-    default: {
-      const say = { type: 'say', room: name, text: p.text, cid };
-      if (p.reply_to) say.reply_to = p.reply_to;
-      send(say);
+/// A request with a cid was acked: stored. An edit, delete or reaction shows when its event
+/// comes (to everyone alike); what was said replaces its pending line.
+function acked(p, ack) {
+  state.pending.delete(p.cid);
+  if ((p.kind === 'say' || p.kind === 'dm') && !p.seq) {
+    p.seq = ack.seq;
+    confirmPending(p, { seq: ack.seq, from: state.nick, text: p.text, time: Date.now(), reply_to: p.reply_to });
+    room(ack.room).seen.add(ack.seq);
+  }
+}
+
+/// A request with a cid was refused for good (the library retries `rate_limited` and
+/// `internal`, and holds what `token_expired` refused until `refreshed`).
+function refused(p, err) {
+  if (err.code === 'closed') return;
+  state.pending.delete(p.cid);
+  const why = err.frame?.message ?? err.message;
+  if (p.kind === 'react' && err.code === 'unchanged') {
+    // The reaction already was as asked (another tab of ours): the page was behind.
+    const m = room(p.room).msgs.get(p.seq);
+    if (m) { if (p.on) m.mine.add(p.emoji); else m.mine.delete(p.emoji); redraw(p.room, p.seq); }
+  } else if (!(p.kind === 'say' || p.kind === 'dm')) {
+    const what = { edit: 'edit', delete: 'delete', react: 'react to' }[p.kind];
+    systemLine(p.room, `Could not ${what} #${p.seq}: ${why} (${err.code})`, 'failed');
+  } else {
+    for (const list of [room(p.room).el, $('messages')]) {
+      const line = list.querySelector(`[data-cid="${p.cid}"]`);
+      if (line) { line.className = 'failed'; line.append(el('span', 'why', ` — not sent: ${why}`)); }
     }
   }
 }
 
-function newCid() { return `${state.key}-${state.nextCid++}`; }
+/// Hands a request with a cid to the library (its outbox: sent again after a reconnect until
+/// acked, stored once), and follows its answer.
+function sendPending(p) {
+  const c = state.client;
+  const { cid, room: name } = p;
+  let sent;
+  switch (p.kind) {
+    case 'dm': sent = c.dm(p.to, p.text, { cid }); break;
+    case 'edit': sent = c.edit(name, p.seq, p.text, { cid }); break;
+    case 'delete': sent = c.delete(name, p.seq, { cid }); break;
+    case 'react': sent = c.react(name, p.seq, p.emoji, p.on, { cid }); break;
+    default: sent = c.say(name, p.text, { cid, replyTo: p.reply_to ?? undefined });
+  }
+  sent.then((ack) => acked(p, ack), (err) => refused(p, err));
+}
 
 /// Says `text` in the current room (a reply to the message `replyTo` if given).
 function say(text, replyTo) {
-  const cid = newCid();
+  const cid = state.client.newCid();
   const name = state.current;
   // A reply goes as a `say` with `reply_to`, in a direct-message room too.
   const kind = isDm(name) && !replyTo ? 'dm' : 'say';
@@ -829,9 +809,8 @@ function say(text, replyTo) {
 /// An edit, delete or reaction: sent with a cid, again after a reconnect until acked (stored
 /// once), like what is said.
 function change(p) {
-  const cid = newCid();
-  const full = { ...p, cid };
-  state.pending.set(cid, full);
+  const full = { ...p, cid: state.client.newCid() };
+  state.pending.set(full.cid, full);
   sendPending(full);
 }
 
@@ -886,7 +865,7 @@ function jump(name, seq) {
   }
   state.jumpTo = to;
   state.loadingHistory = true;
-  send({ type: 'history', room: name, before: r.oldest, limit: 50 });
+  state.client.history(name, { before: r.oldest, limit: 50 }).catch(failed);
 }
 
 // ---- the inbox ----------------------------------------------------------------------------
@@ -928,23 +907,29 @@ function search(more) {
     $('search-results').replaceChildren();
     $('search-more').hidden = true;
   }
-  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+  if (state.client?.state !== 'open') {
     $('search-status').textContent = '';
     $('search-error').textContent = 'Search failed: not connected; search again once the page is back online';
     return;
   }
   state.searches.push(s);
   $('search-status').textContent = 'Searching…';
-  const ask = { type: 'search', query: s.query, limit: s.limit };
-  if (s.room) ask.room = s.room;
-  if (s.skip) ask.skip = s.skip;
-  send(ask);
+  state.client.search(s.query, { room: s.room, limit: s.limit, skip: s.skip || undefined })
+    .then((msg) => onSearch(s, msg), (err) => searchFailed(s, err));
+}
+
+/// Takes `s` off the searches waiting; whether it is the one whose answer is shown (the last
+/// one sent, still waited for: a dropped connection gave up on those before it).
+function lastSearch(s) {
+  const at = state.searches.indexOf(s);
+  if (at < 0) return false;
+  state.searches.splice(at, 1);
+  return state.searches.length === 0;
 }
 
 /// `search`'s answer: each message found (room, nick, time, text), a button that shows it.
-function onSearch(msg) {
-  const s = state.searches.shift();
-  if (!s || state.searches.length) return; // a newer search was sent since: its answer follows
+function onSearch(s, msg) {
+  if (!lastSearch(s)) return; // a newer search was sent since: its answer follows
   state.lastSearch = s;
   const list = $('search-results');
   for (const m of msg.results || []) list.append(resultItem(m));
@@ -973,18 +958,10 @@ function resultItem(m) {
   return li;
 }
 
-/// Whether an error with no cid answers the `search` waiting for its answer (requests are
-/// answered in order, and the page has no other one whose errors say these).
-function isSearchError(msg) {
-  return msg.code === 'bad_message' || msg.code === 'rate_limited' || msg.code === 'internal'
-    || /search/.test(msg.message || '');
-}
-
-function searchFailed(msg) {
-  state.searches.shift();
-  if (state.searches.length) return;
+function searchFailed(s, err) {
+  if (!lastSearch(s) || err.code === 'closed') return;
   $('search-status').textContent = '';
-  $('search-error').textContent = `Search failed: ${msg.message} (${msg.code})`;
+  $('search-error').textContent = `Search failed: ${err.frame?.message ?? err.message} (${err.code})`;
 }
 
 /// Opens a result: its room, scrolled to the message and flashed, once loaded (older history
@@ -1016,59 +993,64 @@ function joinRoom(name) { show(name); }
 
 // ---- connection ---------------------------------------------------------------------------
 
+/// What the library delivers that this page renders (answers come this way too: `joined`,
+/// `history`, `members`, `rooms`, `inbox`; `message`, `edit`, `delete` and `react` once each,
+/// in seq order per room).
+const FRAMES = ['welcome', 'joined', 'left', 'read', 'inbox', 'typing', 'message', 'edit', 'delete',
+  'react', 'refreshed', 'presence', 'members', 'rooms', 'history'];
+
+/// Opens this login's connection: the library's Client, which comes back by itself.
 function connect() {
   const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
-  const ws = new WebSocket(url, 'nanachat.v1');
-  state.ws = ws;
-  ws.onopen = () => {
-    state.lastHeard = Date.now();
-    const hello = { type: 'hello', nick: state.nick, key: state.key };
-    if (state.token) hello.token = state.token;
-    send(hello);
-  };
-  ws.onmessage = (e) => {
-    state.lastHeard = Date.now();
-    let msg;
-    try { msg = JSON.parse(e.data); } catch { return; }
-    onServer(msg);
-  };
-  ws.onclose = (e) => {
-    if (state.ws !== ws) return;
-    state.ws = null;
-    for (const r of state.rooms.values()) { r.joined = false; r.loading = false; r.readSent = null; }
-    if (state.searches.length) {
-      state.searches = [];
-      $('search-status').textContent = '';
-      $('search-error').textContent = 'Search failed: the connection dropped; search again once the page is back online';
-    }
-    if (!state.nick) return;
-    state.expired = false;
-    state.offered = null;
-    if (e.code === 4003) {
-      // The token ended (expired with no refresh in time, or no longer valid): reconnecting
-      // with it is pointless. What was said stays pending and goes with the new one.
-      state.ended = true;
-      setStatus('offline — token ended', true);
-      askForToken(`Your token ended (${e.reason || 'closed with 4003'}). Paste a new one to reconnect.`);
-      return;
-    }
-    const base = Math.min(10000, 500 * 2 ** state.attempt++);
-    const wait = base / 2 + Math.random() * base;
-    setStatus(`offline — reconnecting in ${(wait / 1000).toFixed(1)}s`, true);
-    setTimeout(connect, wait);
-  };
+  const client = new Client({
+    url,
+    nick: state.nick,
+    key: state.key,
+    ...(state.token ? { token: state.token, getToken } : {}),
+    refreshAheadMs: null, // the user is asked when the server says the token expired, not before
+  });
+  state.client = client;
+  for (const type of FRAMES) client.on(type, onServer);
+  client.on('token_expired', () => { state.expired = true; });
+  client.on('state', onState);
+  // An error no request waits for; a fatal one (refused at the first connect, put out with
+  // 4004) closed the client: back to the login form with the reason.
+  client.on('error', (msg) => {
+    if (!msg.fatal) systemLine(state.current, `${msg.message} (${msg.code})`, 'failed');
+    else if (state.client === client) logout(msg.message.replace(/^[a-z_]+: /, ''));
+  });
+  client.connect().catch((err) => {
+    if (state.client === client && err.code !== 'closed') logout(err.frame?.message ?? err.message);
+  });
 }
 
-// The app-level heartbeat: a link that has been silent for 2.5 ticks is dead; reconnect.
-setInterval(() => {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN && Date.now() - state.lastHeard > state.heartbeatMs * 2.5) {
-    state.ws.close();
+/// The connection's ups and downs, as the library tells them.
+function onState(s) {
+  if (s.state !== 'offline') return;
+  for (const r of state.rooms.values()) { r.joined = false; r.loading = false; r.readSent = null; }
+  if (state.searches.length) {
+    state.searches = [];
+    $('search-status').textContent = '';
+    $('search-error').textContent = 'Search failed: the connection dropped; search again once the page is back online';
   }
-}, 1000);
+  state.expired = false;
+  state.closeReason = s.reason || '';
+  if (s.code === 4003) {
+    // The token ended (expired with no refresh in time, or no longer valid): the library asks
+    // getToken (the bar) for a new one before reconnecting. What was said stays pending and
+    // goes with the new one.
+    setStatus('offline — token ended', true);
+  } else {
+    setStatus(`offline — reconnecting in ${(s.delayMs / 1000).toFixed(1)}s`, true);
+  }
+}
 
 function logout(why) {
   state.nick = '';
-  if (state.ws) state.ws.close();
+  const client = state.client;
+  state.client = null;
+  client?.close(); // its joins waiting are refused with `closed`: joined again at the next login
+  for (const r of state.rooms.values()) r.joined = false;
   $('app').hidden = true;
   $('login').hidden = false;
   $('login-error').textContent = why;
@@ -1085,26 +1067,23 @@ $('login-form').addEventListener('submit', (e) => {
   localStorage.setItem('nanachat.key', state.key);
   $('login').hidden = true;
   $('app').hidden = false;
+  connect();
   room('lobby');
   show('lobby');
-  connect();
 });
 
 $('token-bar').addEventListener('submit', (e) => {
   e.preventDefault();
   const token = $('new-token').value.trim();
-  if (!token) return;
-  if (state.ended) {
-    state.ended = false;
+  if (!token || !state.tokenWaiters.length) return;
+  if (state.tokenReason === 'expired' || state.tokenReason === 'refused') {
+    $('token-why').textContent = 'Sending the new token…'; // `refreshed` hides the bar
+  } else {
     state.token = token;
     hideTokenBar();
     setStatus('connecting…');
-    connect();
-  } else {
-    state.offered = token;
-    $('token-why').textContent = 'Sending the new token…';
-    send({ type: 'refresh', token });
   }
+  for (const resolve of state.tokenWaiters.splice(0)) resolve(token);
 });
 
 $('say-form').addEventListener('submit', (e) => {
@@ -1251,7 +1230,7 @@ $('messages').addEventListener('scroll', () => {
   const r = state.rooms.get(state.current);
   if (list.scrollTop > 0 || !r || state.loadingHistory || r.oldest === null || r.oldest <= (r.first || 1)) return;
   state.loadingHistory = true;
-  send({ type: 'history', room: state.current, before: r.oldest, limit: 50 });
+  state.client.history(state.current, { before: r.oldest, limit: 50 }).catch(failed);
 });
 
 $('nick').value = localStorage.getItem('nanachat.nick') || '';

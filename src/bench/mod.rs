@@ -129,6 +129,9 @@ pub struct BenchSpec {
     pub nick: Option<String>,
     /// Search: the key that goes with `nick`.
     pub key: Option<String>,
+    /// Fanout: publish through the HTTP API with this key (`POST /api/v1/rooms/ROOM/messages`,
+    /// one request at a time per publisher, on one kept-alive connection) instead of `say`.
+    pub api_key: Option<String>,
 }
 
 /// One query of a search run (a line of `--queries`, JSON).
@@ -199,6 +202,7 @@ impl Default for BenchSpec {
             queries: Vec::new(),
             nick: None,
             key: None,
+            api_key: None,
         }
     }
 }
@@ -251,6 +255,13 @@ impl BenchSpec {
             if let Some(q) = self.queries.iter().find(|q| !(1..=50).contains(&q.limit)) {
                 return bad(&format!("query {:?}: limit must be 1 to 50", q.query));
             }
+        }
+        if self.api_key.is_some()
+            && (self.scenario != Scenario::Fanout || self.raw || self.rate > 0.0)
+        {
+            return bad(
+                "--api-key publishes a fanout run's messages as fast as the API answers: fanout, no --raw, no --rate",
+            );
         }
         if !(0.0..=50.0).contains(&self.stall) {
             return bad("--stall is a percent of receivers, 0 to 50");

@@ -779,6 +779,11 @@ async fn client(
     bump(&sh.counters.connected);
     drop(permit);
     let outcome = match role {
+        Role::Publisher { id, room } if sh.spec.api_key.is_some() => {
+            // A member only to have joined like the others: its messages go over HTTP.
+            close(conn).await;
+            http_publisher(&sh, id, room).await.map(|()| None)
+        }
         Role::Publisher { id, room } => publisher(&sh, conn, id, room).await.map(|()| None),
         Role::Receiver { room } => Ok(Some(receiver(&sh, conn, g, source, room).await)),
         Role::Staller { .. } => {
@@ -955,6 +960,85 @@ async fn publisher(sh: &Shared, mut conn: Connection, id: u64, room: usize) -> R
                     _ => {}
                 }
             }
+        }
+    }
+}
+
+/// A publisher through the HTTP API: one `POST` at a time on one kept-alive connection,
+/// each answered once the message is stored; its answer is the ack.
+async fn http_publisher(sh: &Shared, id: u64, room: usize) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let target = crate::dial::Target::parse(&sh.spec.url)?;
+    let tcp = tokio::net::TcpStream::connect((target.host(), target.port())).await?;
+    tcp.set_nodelay(true)?;
+    let mut http = BufReader::new(tcp);
+    let key = sh.spec.api_key.as_deref().unwrap_or_default();
+    let path = format!("/api/v1/rooms/{}/messages", room_name(&sh.run, room));
+    let mut phase = sh.phase.clone();
+    let (mut seq, mut live) = (0u64, false);
+    let flow = sh.flows.get(&id);
+    loop {
+        match phase.borrow_and_update().clone() {
+            Phase::Run => live = true,
+            Phase::Stop => {
+                bump(&sh.counters.stopped);
+                return Ok(());
+            }
+            Phase::Drain(_) => return Ok(()),
+            _ => {}
+        }
+        let undelivered = flow.map_or(0, |f| seq - f.advance(seq));
+        if !live || undelivered >= u64::from(sh.spec.window) {
+            tokio::select! {
+                changed = phase.changed() => if changed.is_err() { return Ok(()) },
+                () = async { match flow { Some(f) => f.wake.notified().await, None => std::future::pending().await } } => {}
+            }
+            continue;
+        }
+        seq += 1;
+        let body = serde_json::json!({
+            "from": "~bench",
+            "text": payload(id, seq, now_us(), sh.spec.size),
+            "cid": format!("{id}-{seq}"),
+        })
+        .to_string();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            target.host(),
+            body.len()
+        );
+        bump(&sh.counters.sent);
+        http.get_mut().write_all(request.as_bytes()).await?;
+        let (mut status, mut length, mut line) = (0u16, 0usize, String::new());
+        loop {
+            line.clear();
+            if http.read_line(&mut line).await? == 0 {
+                return Err(Error::Bench("the server closed the HTTP connection".into()));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
+                status = rest.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
+            } else if let Some((name, value)) = l.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut answer = vec![0; length];
+        http.read_exact(&mut answer).await?;
+        let answer = String::from_utf8_lossy(&answer);
+        if status == 200 {
+            bump(&sh.counters.acked);
+            sh.acked_per_room[room].fetch_add(1, Ordering::Relaxed);
+            if let Some(s) = json_seq(&answer) {
+                sh.counters.last_seq.fetch_max(s, Ordering::Relaxed);
+            }
+        } else {
+            sh.error(format!("HTTP {status}: {answer}"));
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct ChatConfig {
     pub retention: Retention,
     /// How often retention prunes (a minute; tests make it short).
     pub prune_interval: Duration,
+    /// With keys, the HTTP API under `/api/v1/` is on (`--api-key-file`); without, off.
+    pub api_keys: Option<std::sync::Arc<super::ApiKeys>>,
 }
 
 impl Default for ChatConfig {
@@ -62,6 +64,7 @@ impl Default for ChatConfig {
             broker: None,
             retention: Retention::default(),
             prune_interval: Duration::from_secs(60),
+            api_keys: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::cluster::{Broker, Cluster};
 use super::hub::Hub;
-use super::types::ConnId;
+use super::types::{ConnId, nick_key};
 use crate::Result;
 use crate::protocol::{ChatMessage, ErrorCode, ServerMsg};
 use crate::store::Store;
@@ -23,6 +23,9 @@ pub(super) struct Directory<S> {
     store: Arc<S>,
     /// This process's part of a cluster of several.
     cluster: Option<Cluster<S>>,
+    /// Alone: the nicks banned (case-folded), each with its reason and when it ends (ms
+    /// since the epoch). In a cluster, Redis keeps them.
+    bans: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
 
 impl<S: Store> Directory<S> {
@@ -42,6 +45,7 @@ impl<S: Store> Directory<S> {
             hub,
             store,
             cluster,
+            bans: Default::default(),
         }
     }
 
@@ -190,6 +194,66 @@ impl<S: Store> Directory<S> {
         match &self.cluster {
             Some(cluster) => format!("{}-{id}", cluster.guest_prefix()),
             None => format!("guest-{id}"),
+        }
+    }
+
+    /// Closes every connection of `nick` (here and on every process) with 4004 and `reason`;
+    /// with `ban`, refuses the nick for that long. How many connections this process closed.
+    pub(super) async fn kick(
+        &self,
+        nick: &str,
+        reason: &str,
+        ban: Option<std::time::Duration>,
+    ) -> Result<usize> {
+        match &self.cluster {
+            // The ban is in Redis before any connection is closed: none comes back in between.
+            Some(cluster) => cluster.kick(nick, reason, ban).await?,
+            None => {
+                if let Some(ban) = ban {
+                    let until = crate::clock::now_ms().saturating_add(ban.as_millis() as i64);
+                    let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+                    bans.retain(|_, (_, end)| *end > crate::clock::now_ms());
+                    bans.insert(nick_key(nick), (reason.to_owned(), until));
+                }
+            }
+        }
+        Ok(self.hub.close_nick(nick, reason))
+    }
+
+    /// Why `nick` may not connect now and for how many more seconds (rounded up), if it is
+    /// banned.
+    pub(super) async fn banned(&self, nick: &str) -> Result<Option<(String, u64)>> {
+        let left_ms = match &self.cluster {
+            Some(cluster) => cluster.banned(nick).await?,
+            None => {
+                let bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+                bans.get(&nick_key(nick)).and_then(|(reason, until)| {
+                    let left = until - crate::clock::now_ms();
+                    (left > 0).then(|| (reason.clone(), left as u64))
+                })
+            }
+        };
+        Ok(left_ms.map(|(reason, ms)| (reason, ms.div_ceil(1000))))
+    }
+
+    /// The public rooms with members, with how many nicks each has, by name: this process's
+    /// alone, every process's in a cluster.
+    pub(super) async fn rooms(&self) -> Result<Vec<(String, usize)>> {
+        match &self.cluster {
+            Some(cluster) => cluster.rooms().await,
+            None => {
+                let mut rooms = self.hub.rooms();
+                rooms.sort();
+                Ok(rooms)
+            }
+        }
+    }
+
+    /// The nicks in `room` on every process, sorted (for the HTTP API: no member check).
+    pub(super) async fn room_members(&self, room: &str) -> Result<Vec<String>> {
+        match &self.cluster {
+            Some(cluster) if !room.starts_with('@') => cluster.members(room).await,
+            _ => Ok(self.hub.room_members(room)),
         }
     }
 

@@ -85,29 +85,10 @@ impl<S: Store> Session<S> {
             .filter(|record| record.seq > floor)
             .map(chat_message)
             .collect();
-        let seqs: Vec<u64> = messages
-            .iter()
-            .filter(|m| !m.deleted)
-            .map(|m| m.seq)
-            .collect();
-        if !seqs.is_empty() {
-            let me = self.hub().nick(self.id).unwrap_or_default();
-            let counts = self
-                .chat
-                .store
-                .reactions(room, &seqs, &me)
-                .await
-                .map_err(unavailable)?;
-            for (seq, emoji, count, mine) in counts {
-                if let Ok(i) = messages.binary_search_by_key(&seq, |m| m.seq) {
-                    let m = &mut messages[i];
-                    if mine {
-                        m.mine.push(emoji.clone());
-                    }
-                    m.reactions.insert(emoji, count);
-                }
-            }
-        }
+        let me = self.hub().nick(self.id).unwrap_or_default();
+        count_reactions(&*self.chat.store, room, &me, &mut messages)
+            .await
+            .map_err(unavailable)?;
         Ok(messages)
     }
 
@@ -195,4 +176,32 @@ impl<S: Store> Session<S> {
         });
         Ok(self.reply_list(conn, list).await?)
     }
+}
+
+/// Puts each message's reactions on it, counted, with `nick`'s own marked (none for an empty
+/// nick). `messages` are of `room`, in seq order.
+pub(super) async fn count_reactions<S: Store>(
+    store: &S,
+    room: &str,
+    nick: &str,
+    messages: &mut [ChatMessage],
+) -> Result<()> {
+    let seqs: Vec<u64> = messages
+        .iter()
+        .filter(|m| !m.deleted)
+        .map(|m| m.seq)
+        .collect();
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    for (seq, emoji, count, mine) in store.reactions(room, &seqs, nick).await? {
+        if let Ok(i) = messages.binary_search_by_key(&seq, |m| m.seq) {
+            let m = &mut messages[i];
+            if mine {
+                m.mine.push(emoji.clone());
+            }
+            m.reactions.insert(emoji, count);
+        }
+    }
+    Ok(())
 }

@@ -308,6 +308,31 @@ impl Hub {
         }
     }
 
+    /// Closes every connection of `nick` here with 4004 and `reason`; how many there were.
+    pub(crate) fn close_nick(&self, nick: &str, reason: &str) -> usize {
+        let state = self.state();
+        let Some(n) = state.nicks.get(&nick_key(nick)) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for id in n.conns.iter() {
+            if let Some(conn) = state.conns.get(id) {
+                let frame = CloseFrame {
+                    code: CloseCode::Library(crate::error::CLOSE_DISCONNECTED),
+                    reason: reason.to_owned().into(),
+                };
+                conn.outbox.request_close(frame, false);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// The nicks in `room` here, sorted, once each (none if the room is not held).
+    pub(crate) fn room_members(&self, room: &str) -> Vec<String> {
+        self.state().nicks_of(room)
+    }
+
     /// Tells a room's members of a join or leave (decided by the cluster).
     pub(crate) fn tell_presence(&self, room: &str, nick: &str, event: PresenceEvent) {
         self.state().presence(room, nick, event);
@@ -683,12 +708,7 @@ impl Hub {
         if !state.conns.get(&id).is_some_and(|c| c.rooms.contains(room)) {
             return Err(ErrorCode::NotJoined);
         }
-        let nicks: BTreeSet<&str> = state.rooms[room]
-            .members
-            .keys()
-            .filter_map(|m| state.conns.get(m).map(|c| c.nick.as_str()))
-            .collect();
-        Ok(nicks.into_iter().map(str::to_owned).collect())
+        Ok(state.nicks_of(room))
     }
 
     /// The public rooms with members: (room, nicks in it), busiest first.
@@ -809,6 +829,19 @@ impl Hub {
 }
 
 impl State {
+    /// The nicks in `room`, sorted, once each (none if the room is not held).
+    fn nicks_of(&self, room: &str) -> Vec<String> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let nicks: BTreeSet<&str> = r
+            .members
+            .keys()
+            .filter_map(|m| self.conns.get(m).map(|c| c.nick.as_str()))
+            .collect();
+        nicks.into_iter().map(str::to_owned).collect()
+    }
+
     /// Drops the rooms idle for the room TTL (no member, nothing pending, no append in
     /// flight), at most every half TTL: rooms being opened and joined pay for the clean-up.
     fn sweep_if_due(&mut self, now: Instant) {

@@ -12,6 +12,7 @@
 //! cluster's `Broker`. `retention.rs` is the task that prunes old history (it uses the store
 //! only); `token.rs` is a connection's token over time (expiry, grace, re-read secrets).
 
+mod api;
 mod cluster;
 mod config;
 mod directory;
@@ -35,6 +36,7 @@ use crate::connection::{Asset, Connection, Handler};
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
 use crate::store::Store;
 
+pub use api::{ApiKeys, OPENAPI};
 pub use cluster::Broker;
 pub use config::ChatConfig;
 pub use render::Mode;
@@ -107,6 +109,10 @@ impl<S: Store> Handler for Chat<S> {
 
     async fn handle(&self, conn: &mut Connection) -> Result<()> {
         session::run(self.inner.clone(), conn).await
+    }
+
+    fn api(&self) -> Option<axum::Router> {
+        api::router(&self.inner)
     }
 
     async fn ready(&self) -> std::result::Result<(), String> {
@@ -193,8 +199,10 @@ fn verify_token(
     Ok(claims)
 }
 
-/// The browser client (`web/`), embedded: `GET /` is the chat page.
-static ASSETS: [Asset; 4] = [
+/// The browser client (`web/`) and the JavaScript client library it runs on
+/// (`clients/js/nanachat.js`, also for any page of the application's own), embedded: `GET /`
+/// is the chat page.
+static ASSETS: [Asset; 5] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
@@ -204,6 +212,11 @@ static ASSETS: [Asset; 4] = [
         path: "/app.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../web/app.js"),
+    },
+    Asset {
+        path: "/nanachat.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../clients/js/nanachat.js"),
     },
     Asset {
         path: "/style.css",

@@ -174,6 +174,8 @@ impl<S: Store> Session<S> {
                 Err(Refusal(_, why)) => return Err(Failure::Fatal(Error::Policy(why))),
             }
         }
+        // Held now: a banned nick ends the connection, as at hello.
+        self.refuse_banned(nick).await.map_err(Failure::Fatal)?;
         self.hub()
             .send_to(&self.outbox, format!("* you are now {nick}").into());
         Ok(())

@@ -93,6 +93,7 @@ impl<S: Store> Session<S> {
             nick
         };
         self.chat.directory.presence_applied().await;
+        self.refuse_banned(&nick).await?;
         self.greeted = true;
         self.welcome(conn, &nick).await?;
         match self.join(conn, LOBBY, None, None).await {

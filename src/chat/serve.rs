@@ -125,32 +125,33 @@ fn start_webhooks<O: Outbox>(
     }
 }
 
-/// Re-reads the secret file on every SIGHUP; open connections then check their tokens again
+/// Re-reads a file of secrets (`what`, for the log: `["auth", "secrets"]`, `["api", "keys"]`)
+/// on every SIGHUP with `reload`, which says how many it holds; open connections then check their tokens again
 /// (`chat/token.rs`). A file that cannot be used is logged and the secrets in force stay.
-fn reload_on_hangup(auth: crate::auth::Auth) -> Result<()> {
+fn reload_on_hangup(
+    [area, what]: [&'static str; 2],
+    file: String,
+    reload: impl Fn() -> Result<usize> + Send + 'static,
+) -> Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hangups = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                let file = auth
-                    .file()
-                    .map(|f| f.display().to_string())
-                    .unwrap_or_default();
-                match auth.reload() {
-                    Ok(n) => tracing::info!(%file, secrets = n, "auth: secrets re-read (SIGHUP)"),
+                match reload() {
+                    Ok(n) => tracing::info!(%file, count = n, "{area}: {what} re-read (SIGHUP)"),
                     Err(err) => tracing::warn!(
                         %file,
                         cause = %err,
-                        "auth: cannot re-read the secrets (SIGHUP); the old ones stay in force"
+                        "{area}: cannot re-read the {what} (SIGHUP); the old ones stay in force"
                     ),
                 }
             }
         });
     }
     #[cfg(not(unix))]
-    let _ = auth;
+    let _ = (area, what, file, reload);
     Ok(())
 }
 
@@ -190,13 +191,19 @@ async fn on<S: Store>(
         }
         if let Some(auth) = &chat.auth {
             tracing::info!("auth: a valid token is required (HS256, sub = nick)");
-            if auth.file().is_some() {
-                reload_on_hangup(auth.clone())?;
+            if let Some(file) = auth.file() {
+                let (file, auth) = (file.display().to_string(), auth.clone());
+                reload_on_hangup(["auth", "secrets"], file, move || auth.reload())?;
             }
         } else {
             tracing::warn!(
                 "no --auth-secret: the server is open, anyone may connect under any free nick"
             );
+        }
+        if let Some(keys) = &chat.api_keys {
+            let (file, keys) = (keys.file().display().to_string(), keys.clone());
+            tracing::info!(%file, "api: the HTTP API is on under /api/v1/");
+            reload_on_hangup(["api", "keys"], file, move || keys.reload())?;
         }
         Ok(Chat::new(store, chat, max_message_bytes))
     };

@@ -20,7 +20,7 @@ use super::list::{Keep, Listing};
 use super::render::{Mode, render};
 use super::token::{HeldToken, TokenEvent};
 use super::types::{
-    ConnId, Floors, chat_message, dm_pair, dm_room, nick_key, valid_nick, valid_room,
+    ConnId, Floors, chat_message, dm_pair, dm_room, inbox_entry, nick_key, valid_nick, valid_room,
 };
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
@@ -421,8 +421,23 @@ impl<S: Store> Session<S> {
         // `welcome` says the nick is connected: in a cluster, for the other processes too (a
         // `dm` sent to it from one of them the moment it is welcomed finds it).
         self.chat.directory.presence_applied().await;
+        self.refuse_banned(nick).await?;
         self.greeted = true;
         Ok(self.welcome(conn, nick).await?)
+    }
+
+    /// Ends the connection (4004) if `nick` is banned. Asked once the connection is the
+    /// nick's: a ban that comes after this closes it instead, so none slips between.
+    pub(super) async fn refuse_banned(&self, nick: &str) -> Result<()> {
+        match self.chat.directory.banned(nick).await {
+            Ok(None) => Ok(()),
+            Ok(Some((reason, secs))) => Err(Error::Disconnected(format!(
+                "{nick} is banned for {secs} s more: {reason}"
+            ))),
+            Err(err) => Err(Error::Refused(format!(
+                "cannot check bans now ({err}); retry"
+            ))),
+        }
     }
 
     /// Keeps `token` (verified into `claims`) as the connection's, with its clock.
@@ -745,13 +760,7 @@ impl<S: Store> Session<S> {
             .filter(|r| self.may_read(&r.room))
             .filter(|r| r.last.is_some() || dm_pair(&r.room).is_none())
             .filter(|r| after.as_ref().is_none_or(|after| r.room > *after))
-            .map(|r| InboxEntry {
-                room: r.room,
-                last_seq: r.last_seq,
-                read_seq: r.state.read_seq,
-                unread: r.state.unread,
-                last: r.last.map(chat_message),
-            })
+            .map(inbox_entry)
             .collect();
         let list = Listing::new(entries, Keep::First, |rooms, total| ServerMsg::Inbox {
             rooms,
@@ -976,7 +985,7 @@ impl<S: Store> Session<S> {
 }
 
 /// The error for an append the store refused.
-fn refused(objection: Objection, room: &str) -> (ErrorCode, String) {
+pub(super) fn refused(objection: Objection, room: &str) -> (ErrorCode, String) {
     match objection {
         Objection::NoSuchMessage => (
             ErrorCode::NoSuchMessage,

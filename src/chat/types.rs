@@ -55,6 +55,17 @@ impl Floors {
     }
 }
 
+/// A room of a user's inbox as the protocol (and the HTTP API) shows it.
+pub(crate) fn inbox_entry(r: crate::store::InboxRoom) -> crate::protocol::InboxEntry {
+    crate::protocol::InboxEntry {
+        room: r.room,
+        last_seq: r.last_seq,
+        read_seq: r.state.read_seq,
+        unread: r.state.unread,
+        last: r.last.map(chat_message),
+    }
+}
+
 /// A stored record as the message clients receive.
 pub(crate) fn chat_message(r: Record) -> ChatMessage {
     let (emoji, on) = match r.emoji {

@@ -339,6 +339,10 @@ pub async fn run<H: Handler>(
         .route("/readyz", get(readyz::<H>))
         .fallback(upgrade_or_page::<H>)
         .with_state(shared.clone());
+    let app = match shared.handler.api() {
+        Some(api) => app.nest_service("/api/v1", api),
+        None => app,
+    };
 
     let scheme = if shared.config.tls.is_some() {
         "wss"

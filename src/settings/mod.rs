@@ -137,6 +137,11 @@ settings! {
               require_equals = true, default_missing_value = "true",
               value_parser = BoolishValueParser::new())]
         reuse_port: bool = false,
+        /// Turns the HTTP API on (/api/v1/, docs/api.md): a file of API keys, one per line
+        /// (16 characters or more); requests bring one as `Authorization: Bearer KEY`.
+        /// Re-read on SIGHUP.
+        #[arg(long, env = "NANACHAT_API_KEY_FILE", value_name = "FILE")]
+        api_key_file: PathBuf,
     }
 }
 
@@ -664,6 +669,10 @@ impl ServeArgs {
         let server = self.server.config(self.connection.config()?)?;
         let mut chat = self.chat.config()?;
         chat.auth = self.secret.auth()?;
+        chat.api_keys = match serve.api_key_file() {
+            Some(file) => Some(std::sync::Arc::new(crate::chat::ApiKeys::from_file(&file)?)),
+            None => None,
+        };
         let webhooks = self.webhook.config()?;
         if webhooks.is_some() && matches!(history, History::Memory) {
             return Err(Error::Config(

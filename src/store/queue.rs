@@ -85,6 +85,11 @@ impl Queue {
         &self.stats
     }
 
+    /// A handle that does not keep the writer running.
+    pub(crate) fn downgrade(&self) -> mpsc::WeakSender<Job> {
+        self.jobs.downgrade()
+    }
+
     /// Queues a job and waits for its answer.
     pub(crate) async fn submit<T>(
         &self,
@@ -267,7 +272,8 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     /// Jobs (appends, room creations, wipes, prunes, nick bindings) committed in them.
     pub jobs: AtomicU64,
-    /// Total time spent committing, in microseconds.
+    /// Total time spent committing, in microseconds (on SQLite, with the search index's
+    /// passes).
     pub commit_micros: AtomicU64,
     /// Batches that failed (rolled back, every job answered with the error).
     pub failures: AtomicU64,
@@ -298,7 +304,7 @@ impl StoreStats {
                 (
                     "nanachat_store_commit_microseconds_total",
                     "counter",
-                    "Time spent committing; divided by commits, the mean commit latency.",
+                    "Time spent committing (on SQLite with the search index's passes); over jobs, a write's cost.",
                     get(&self.commit_micros),
                 ),
                 (

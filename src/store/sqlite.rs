@@ -9,8 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
@@ -192,6 +193,7 @@ const DM_ROOMS: &str = "
 pub struct SqliteStore {
     queue: Queue,
     reader: Arc<Mutex<Connection>>,
+    indexing: Arc<Indexing>,
     path: PathBuf,
     /// Held while the store lives: the data dir is this process's.
     _lock: DirLock,
@@ -387,15 +389,21 @@ impl SqliteStore {
         };
         let (queue, rx) = Queue::new();
         let writer_stats = queue.stats().clone();
+        let indexing = Arc::new(Indexing {
+            pending: AtomicBool::new(true),
+        });
+        let writer_indexing = indexing.clone();
         let spawned = std::thread::Builder::new()
             .name("nanachat-store".into())
-            .spawn(move || write_loop(writer, rx, &writer_stats));
+            .spawn(move || write_loop(writer, rx, &writer_stats, &writer_indexing));
         if let Err(err) = spawned {
             return Err((err.into(), lock));
         }
+        index_while_idle(&queue, &indexing);
         Ok(Self {
             queue,
             reader: Arc::new(Mutex::new(reader)),
+            indexing,
             path: path.to_owned(),
             _lock: lock,
         })
@@ -483,6 +491,10 @@ impl Store for SqliteStore {
         // Each word quoted: a phrase of one plain word, never an operator.
         let query: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
         let (query, rooms) = (query.join(" "), serde_json::to_string(&rooms)?);
+        if self.indexing.pending.load(Ordering::SeqCst) {
+            // Every message acked before this search is found by it.
+            self.queue.flush().await?;
+        }
         self.read(move |conn| {
             conn.prepare_cached(&format!(
                 "SELECT {RECORD} FROM messages JOIN (
@@ -741,31 +753,74 @@ fn apply_prune(conn: &Connection, job: &PruneJob) -> rusqlite::Result<Pruned> {
     })
 }
 
+/// How long a stored message may wait to be indexed for search while the writer is busy:
+/// messages are indexed in passes, many to one FTS5 insert round, not each in its append's
+/// transaction (which doubled the cost of an append). A search, and any change that takes
+/// words out of the index, indexes what is pending first, so nothing acked is ever missed.
+const INDEX_EVERY: Duration = Duration::from_millis(200);
+
+/// What the writer and the rest of the store share about the search index.
+#[derive(Debug, Default)]
+struct Indexing {
+    /// Messages are stored that the index does not have yet (true at start: a crash may
+    /// have left some).
+    pending: AtomicBool,
+}
+
 /// The writer thread: drains waiting jobs into one transaction, commits, then answers them.
-fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreStats) {
+/// Every [`INDEX_EVERY`] at most, and before answering a flush, it indexes the messages
+/// stored since its last pass (in a transaction of its own, so that an index that failed can
+/// never undo a stored message).
+fn write_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    stats: &StoreStats,
+    indexing: &Indexing,
+) {
+    let mut last_pass = Instant::now();
     while let Some(first) = rx.blocking_recv() {
-        let jobs = take_batch(first, &mut rx);
+        let (flushes, jobs): (Vec<Job>, Vec<Job>) = take_batch(first, &mut rx)
+            .into_iter()
+            .partition(|job| matches!(job, Job::Flush(_)));
         let started = Instant::now();
-        let erased = jobs.iter().any(|job| {
-            matches!(
-                job,
-                Job::Append(
-                    Append {
-                        op: Op::Delete { .. },
-                        ..
-                    },
-                    _
-                )
-            )
-        });
-        let outcome = commit_batch(&mut conn, &jobs, stats.endpoints()).map_err(Error::from);
-        let events = outcome.is_ok()
-            && jobs
-                .iter()
-                .any(|job| matches!(job, Job::Append(..) | Job::Member(..)));
-        answer_batch(jobs, outcome, started, stats);
-        if events && let Some(hooks) = stats.hooks.get() {
-            hooks.wake();
+        let (mut erased, mut stored) = (false, false);
+        for job in &jobs {
+            if let Job::Append(append, _) = job {
+                erased |= matches!(append.op, Op::Delete { .. });
+                stored |= matches!(append.op, Op::Say { .. });
+            }
+        }
+        if !jobs.is_empty() {
+            let outcome = commit_batch(&mut conn, &jobs, stats.endpoints()).map_err(Error::from);
+            if stored && outcome.is_ok() {
+                // Before the acks: whoever learns of the message finds it pending.
+                indexing.pending.store(true, Ordering::SeqCst);
+            }
+            let events = outcome.is_ok()
+                && jobs
+                    .iter()
+                    .any(|job| matches!(job, Job::Append(..) | Job::Member(..)));
+            answer_batch(jobs, outcome, started, stats);
+            if events && let Some(hooks) = stats.hooks.get() {
+                hooks.wake();
+            }
+        }
+        let due = last_pass.elapsed() >= INDEX_EVERY;
+        if !flushes.is_empty() || (due && indexing.pending.load(Ordering::SeqCst)) {
+            last_pass = Instant::now();
+            let pass = index_pass(&mut conn, indexing, stats).map_err(|err| {
+                tracing::warn!(cause = %err, "indexing for search failed");
+                Arc::new(Error::from(err))
+            });
+            for flush in flushes {
+                if let Job::Flush(tx) = flush {
+                    let answer = match &pass {
+                        Ok(_) => Ok(()),
+                        Err(err) => Err(Error::Store(StoreError::Batch(err.clone()))),
+                    };
+                    let _ = tx.send(answer);
+                }
+            }
         }
         if erased {
             // A deleted text must not linger in the write-ahead log until a checkpoint that a
@@ -783,6 +838,56 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: &StoreSt
             }
         }
     }
+    // The store is closing: what is pending is indexed now rather than at the next start.
+    if indexing.pending.load(Ordering::SeqCst) {
+        let _ = index_pass(&mut conn, indexing, stats);
+    }
+}
+
+/// While the store lives, asks the writer every [`INDEX_EVERY`] for an indexing pass if
+/// messages are pending and no write has come to trigger one (a quiet server indexes its
+/// last messages too). Needs a Tokio runtime; without one, searches still index first.
+fn index_while_idle(queue: &Queue, indexing: &Arc<Indexing>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    // Weak: the ticker does not keep the writer alive.
+    let (jobs, indexing) = (queue.downgrade(), Arc::downgrade(indexing));
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(INDEX_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (Some(jobs), Some(indexing)) = (jobs.upgrade(), indexing.upgrade()) else {
+                return;
+            };
+            if indexing.pending.load(Ordering::SeqCst) {
+                // Answered to no one: the pass is what is wanted.
+                let (tx, _) = tokio::sync::oneshot::channel();
+                let _ = jobs.try_send(Job::Flush(tx));
+            }
+        }
+    });
+}
+
+/// One indexing pass in its own transaction; clears `pending` once it is committed. Its time
+/// counts as commit time (the write cost of a message includes its indexing).
+fn index_pass(
+    conn: &mut Connection,
+    indexing: &Indexing,
+    stats: &StoreStats,
+) -> rusqlite::Result<usize> {
+    let began = Instant::now();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let indexed = index_pending(&tx)?;
+    tx.commit()?;
+    indexing.pending.store(false, Ordering::SeqCst);
+    let took = began.elapsed();
+    stats
+        .commit_micros
+        .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    debug!(indexed, ?took, "search index pass");
+    Ok(indexed)
 }
 
 /// Runs every job in one transaction. Any failure rolls the whole batch back, so a failed
@@ -805,6 +910,7 @@ fn commit_batch(
             Job::Member(nick, room, change, _) => {
                 Done::Member(Ok(apply_membership(&tx, nick, room, *change, endpoints)?))
             }
+            // Taken out of the batch by the writer, answered after its index pass.
             Job::Flush(_) => Done::Flushed(Ok(())),
         });
     }
@@ -1031,18 +1137,15 @@ fn apply_append(
     Ok(Appended::Stored(record))
 }
 
-/// Keeps the search index as the messages stand: a message is indexed, an edit re-indexes
-/// its message, a delete takes it out.
+/// Keeps the search index as the messages stand: a message is named for indexing (by the
+/// writer's next pass, [`index_pending`]), an edit re-indexes its message, a delete takes it
+/// out.
 fn index(conn: &Connection, record: &Record) -> rusqlite::Result<()> {
     let room = &record.room;
     match (record.kind, record.target) {
         (Kind::Message, _) => {
             conn.prepare_cached("INSERT INTO search_docs (room, seq) VALUES (?1, ?2)")?
                 .execute(params![room, record.seq as i64])?;
-            conn.prepare_cached(
-                "INSERT INTO search_fts (rowid, text) VALUES (last_insert_rowid(), ?1)",
-            )?
-            .execute([&record.text])?;
         }
         (Kind::Edit, Some(target)) => {
             unindex_one(conn, room, target)?;
@@ -1062,9 +1165,24 @@ fn index(conn: &Connection, record: &Record) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Indexes every message stored since the last pass: the documents above the highest the
+/// index holds. Every document at or below it is indexed, because whatever takes one out of
+/// the index ([`unindex_one`], [`unindex`]) indexes what is pending first, and new documents
+/// take ids above every one left.
+fn index_pending(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO search_fts (rowid, text)
+         SELECT d.id, m.text FROM search_docs d
+         JOIN messages m ON m.room = d.room AND m.seq = d.seq
+         WHERE d.id > (SELECT coalesce(max(id), 0) FROM search_fts_docsize) ORDER BY d.id",
+    )?
+    .execute([])
+}
+
 /// Takes message `seq` of `room` out of the search index, by the text it has now (an index
 /// over external content forgets a row by its words).
 fn unindex_one(conn: &Connection, room: &str, seq: u64) -> rusqlite::Result<()> {
+    index_pending(conn)?;
     conn.prepare_cached(
         "INSERT INTO search_fts (search_fts, rowid, text)
          SELECT 'delete', d.id, m.text FROM search_docs d
@@ -1078,6 +1196,7 @@ fn unindex_one(conn: &Connection, room: &str, seq: u64) -> rusqlite::Result<()> 
 /// Takes the messages of `room` up to `upto` out of the search index (before they are
 /// deleted: it needs their text).
 fn unindex(conn: &Connection, room: &str, upto: i64) -> rusqlite::Result<()> {
+    index_pending(conn)?;
     conn.prepare_cached(
         "INSERT INTO search_fts (search_fts, rowid, text)
          SELECT 'delete', d.id, m.text FROM search_docs d
@@ -1344,7 +1463,7 @@ impl crate::webhook::Outbox for SqliteOutbox {
 
 #[cfg(test)]
 mod tests {
-    use super::super::contract;
+    use super::super::{contract, search_words};
     use super::*;
 
     /// From an attack on the docs: a deleted message's words stayed in the search index's
@@ -1582,6 +1701,158 @@ mod tests {
         );
         drop(pending);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The search index as a reader sees it: (documents named for it, documents it holds),
+    /// and whether FTS5's own check of the index against the messages passes.
+    fn index_state(dir: &Path) -> (i64, i64, bool) {
+        let conn = Connection::open(dir.join("nanachat.sqlite3")).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        let count = |table: &str| {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        let checked = conn
+            .execute(
+                "INSERT INTO search_fts (search_fts, rank) VALUES ('integrity-check', 1)",
+                [],
+            )
+            .is_ok();
+        (count("search_docs"), count("search_fts_docsize"), checked)
+    }
+
+    /// Polls `index_state` until every named document is indexed (at most 10 s).
+    async fn indexed_in_full(dir: &Path) {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let (named, held, checked) = index_state(dir);
+                if named == held && checked {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "never indexed: {:?}", index_state(dir));
+    }
+
+    /// Messages are indexed in passes, not in their appends' transactions: a message is
+    /// found by a search the moment it is acked, a quiet store indexes what is pending by
+    /// itself, and one that stopped with messages pending (a crash) indexes them after a
+    /// restart.
+    #[tokio::test]
+    async fn the_search_index_catches_up_after_acks_while_idle_and_after_a_crash() {
+        let dir = temp_dir("index-passes");
+        let store = SqliteStore::open(&dir).unwrap();
+        for i in 0..300 {
+            let text = format!("word{i} common");
+            let said = store.append(contract::say("ix", "nana", &text, None));
+            let seq = contract::stored(said.await.unwrap()).seq;
+            if i % 50 == 0 {
+                // At once, not after a pass: the search indexes what is pending first.
+                let found = store
+                    .search(search_words(&format!("word{i}")), vec!["ix".into()], 10, 0)
+                    .await
+                    .unwrap();
+                assert_eq!(found.len(), 1, "word{i} not found right after its ack");
+                assert_eq!(found[0].seq, seq);
+            }
+        }
+        store
+            .append(contract::say("ix", "nana", "lastword", None))
+            .await
+            .unwrap();
+        // No search and no write from here: the store indexes by itself.
+        indexed_in_full(&dir).await;
+        drop(store);
+        // As a crash leaves it: stored messages the index does not hold yet.
+        {
+            let conn = Connection::open(dir.join("nanachat.sqlite3")).unwrap();
+            let taken = conn
+                .execute(
+                    "INSERT INTO search_fts (search_fts, rowid, text)
+                     SELECT 'delete', d.id, m.text FROM search_docs d
+                     JOIN messages m ON m.room = d.room AND m.seq = d.seq
+                     WHERE d.id > (SELECT max(id) - 10 FROM search_docs)",
+                    [],
+                )
+                .unwrap();
+            assert_eq!(taken, 10);
+        }
+        let (named, held, _) = index_state(&dir);
+        assert_eq!(named - held, 10, "the crash's leftovers are in place");
+        let store = SqliteStore::open(&dir).unwrap();
+        indexed_in_full(&dir).await;
+        let found = store
+            .search(search_words("lastword"), vec!["ix".into()], 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+    }
+
+    /// Edits, deletes, wipes and retention reach messages that may still wait for their
+    /// pass; whatever the timing, the index says what the messages say (FTS5's own check),
+    /// and a search finds the words as they stand.
+    #[tokio::test]
+    async fn changes_to_messages_not_yet_indexed_keep_the_index_true() {
+        let dir = temp_dir("index-pending");
+        let store = SqliteStore::open(&dir).unwrap();
+        let find =
+            |word: &str, room: &str| store.search(search_words(word), vec![room.to_owned()], 50, 0);
+        for round in 0..5 {
+            let mut seqs = Vec::new();
+            for i in 0..20 {
+                let text = format!("alpha{round} item{i}");
+                let said = store.append(contract::say("p", "nana", &text, None));
+                seqs.push(contract::stored(said.await.unwrap()).seq);
+            }
+            let edit = Append {
+                op: Op::Edit { target: seqs[19] },
+                ..contract::say("p", "nana", &format!("beta{round}"), None)
+            };
+            contract::stored(store.append(edit).await.unwrap());
+            let delete = Append {
+                op: Op::Delete { target: seqs[18] },
+                ..contract::say("p", "nana", "", None)
+            };
+            contract::stored(store.append(delete).await.unwrap());
+            let alpha = find(&format!("alpha{round}"), "p").await.unwrap();
+            let mut found: Vec<u64> = alpha.iter().map(|r| r.seq).collect();
+            found.sort();
+            assert_eq!(found, seqs[..18], "neither the edited nor the deleted one");
+            let beta = find(&format!("beta{round}"), "p").await.unwrap();
+            assert_eq!(beta.len(), 1, "the edit's words");
+            assert_eq!(beta[0].seq, seqs[19]);
+            store
+                .append(contract::say("w", "nana", &format!("gamma{round}"), None))
+                .await
+                .unwrap();
+            store.wipe("w").await.unwrap();
+            for i in 0..5 {
+                let text = format!("delta{round} {i}");
+                store
+                    .append(contract::say("q", "nana", &text, None))
+                    .await
+                    .unwrap();
+            }
+            let keep2 = Retention {
+                max_age: None,
+                max_messages: Some(2),
+            };
+            contract::prune_through(&store, keep2, now_ms(), 100).await;
+            assert!(
+                find(&format!("gamma{round}"), "w")
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(find(&format!("delta{round}"), "q").await.unwrap().len(), 2);
+            let (named, held, checked) = index_state(&dir);
+            assert!(checked, "FTS5 integrity check failed in round {round}");
+            assert!(held <= named, "{held} indexed of {named}");
+        }
+        indexed_in_full(&dir).await;
     }
 
     #[tokio::test]

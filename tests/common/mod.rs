@@ -350,6 +350,47 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     answer
 }
 
+/// One HTTP/1.1 request to the HTTP API; the status and the body (parsed as JSON: every
+/// answer is; an error is `{code, message}`).
+#[allow(dead_code)]
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // A server may answer (413) before the whole body is in.
+    let _ = tcp.write_all(body).await;
+    let mut answer = Vec::new();
+    within("answer", tcp.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status: u16 = answer[9..12].parse().unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|err| panic!("{method} {path}: not JSON ({err}): {head}\n{body}"));
+    if status != 200 {
+        assert!(
+            json["code"].is_string() && json["message"].is_string(),
+            "an error is {{code, message}}: {json}"
+        );
+    }
+    (status, json)
+}
+
 /// The value of an unlabelled Prometheus sample in a `/metrics` answer.
 pub fn metric(answer: &str, name: &str) -> u64 {
     answer

@@ -177,6 +177,22 @@ impl<S: Store> Cluster<S> {
         });
     }
 
+    /// Closes `nick`'s connections on the other processes, and with `ban` keeps it from
+    /// connecting to any of them for that long.
+    pub(crate) async fn kick(&self, nick: &str, reason: &str, ban: Option<Duration>) -> Result<()> {
+        self.shared.link.publish_kick(nick, reason, ban).await
+    }
+
+    /// The public rooms with members on any process and how many nicks each has, by name.
+    pub(crate) async fn rooms(&self) -> Result<Vec<(String, usize)>> {
+        self.shared.link.rooms().await
+    }
+
+    /// Why `nick` is banned and for how many more milliseconds, if it is.
+    pub(crate) async fn banned(&self, nick: &str) -> Result<Option<(String, u64)>> {
+        self.shared.link.banned(nick).await
+    }
+
     /// Hands a stored message to the publisher (never waits).
     pub(crate) fn publish(&self, msg: ChatMessage) {
         let _ = self.shared.publish.send(msg);
@@ -588,6 +604,9 @@ fn hear<S: Store>(inner: &Arc<Shared<S>>, msg: &::redis::Msg) {
         Some(Heard::Typing(room, nick)) => inner.hub.tell_typing(&room, &nick),
         Some(Heard::Read(reader, room, seq)) => {
             inner.hub.tell_nick(&reader, &ServerMsg::Read { room, seq });
+        }
+        Some(Heard::Kick(nick, reason)) => {
+            inner.hub.close_nick(&nick, &reason);
         }
         None => {}
     }

@@ -180,6 +180,9 @@ pub struct Broker {
 /// Key of the set of live processes.
 const NODES: &str = "nanachat:nodes";
 
+/// A banned nick's key (case-folded), holding the ban's reason and expiring with it.
+const BAN_PREFIX: &str = "nanachat:ban:";
+
 /// Why a process found itself missing from the live set at a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Revived {
@@ -460,6 +463,84 @@ impl Link {
         self.run(&pipe).await
     }
 
+    /// Publishes that every connection of `nick` is to be closed with `reason`, on the
+    /// channel every process hears; with `ban`, first keeps the ban (its reason) in Redis for
+    /// that long, where every process looks when the nick connects.
+    pub(super) async fn publish_kick(
+        &self,
+        nick: &str,
+        reason: &str,
+        ban: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let note = KickNote {
+            node: self.node.clone(),
+            kick: nick.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let json = serde_json::to_string(&note)?;
+        let mut pipe = redis::pipe();
+        if let Some(ban) = ban {
+            pipe.cmd("SET")
+                .arg(format!("{BAN_PREFIX}{}", nick_key(nick)))
+                .arg(reason)
+                .arg("PX")
+                .arg(ban.as_millis().max(1) as u64)
+                .ignore();
+        }
+        pipe.cmd("PUBLISH").arg(MESSAGES).arg(json).ignore();
+        self.run(&pipe).await
+    }
+
+    /// The reason `nick` is banned, and for how many more milliseconds; `None` if it is not.
+    pub(super) async fn banned(&self, nick: &str) -> Result<Option<(String, u64)>> {
+        let key = format!("{BAN_PREFIX}{}", nick_key(nick));
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let (reason, left): (Option<String>, i64) = self.run(&pipe).await?;
+        Ok(reason.map(|reason| (reason, left.max(0) as u64)))
+    }
+
+    /// The public rooms with members on any process, each with how many nicks are in it, by
+    /// name. Walks the room hashes with `SCAN` (a room with no member has none), so it is for
+    /// an operator's listing, not a hot path.
+    pub(super) async fn rooms(&self) -> Result<Vec<(String, usize)>> {
+        let (since, time): (Option<i64>, (i64, i64)) = self.run(&self.settle_pipe()).await?;
+        self.settled(since, time)?;
+        let mut names = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{ROOM_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000);
+            let ((next, keys),): ((u64, Vec<String>),) = self.run(&pipe).await?;
+            names.extend(
+                keys.into_iter()
+                    .filter_map(|k| k.strip_prefix(ROOM_PREFIX).map(str::to_owned))
+                    .filter(|room| room != ONLINE && !room.starts_with('@')),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        names.sort();
+        names.dedup();
+        let mut rooms = Vec::with_capacity(names.len());
+        for chunk in names.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                pipe.cmd("HLEN").arg(format!("{ROOM_PREFIX}{room}"));
+            }
+            let counts: Vec<usize> = self.run(&pipe).await?;
+            rooms.extend(chunk.iter().cloned().zip(counts).filter(|(_, n)| *n > 0));
+        }
+        Ok(rooms)
+    }
+
     /// The nicks in a room on every process, sorted.
     pub(super) async fn members(&self, room: &str) -> Result<Vec<String>> {
         let mut pipe = self.settle_pipe();
@@ -726,14 +807,23 @@ struct ReadNote {
     seq: u64,
 }
 
-/// What a message channel carries: a stored message or event, a typing note or a read
-/// position.
+/// Every connection of a nick to be closed (the HTTP API's disconnect), on [`MESSAGES`].
+#[derive(Debug, Serialize, Deserialize)]
+struct KickNote {
+    node: String,
+    kick: String,
+    reason: String,
+}
+
+/// What a message channel carries: a stored message or event, a typing note, a read
+/// position or a disconnect.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum OnRoom {
     Stored(Published),
     Typing(TypingNote),
     Read(ReadNote),
+    Kick(KickNote),
 }
 
 /// What goes over [`PRESENCE`].
@@ -755,6 +845,8 @@ pub(super) enum Heard {
     Typing(String, String),
     /// A known user's read position: (reader, room, seq).
     Read(String, String, u64),
+    /// Every connection of a nick to be closed: (nick, reason).
+    Kick(String, String),
 }
 
 /// What `msg` says, unless it is this process's own message or not one of ours.
@@ -769,6 +861,7 @@ pub(super) fn heard(msg: &redis::Msg, node: &str) -> Option<Heard> {
                 }
                 OnRoom::Typing(t) => (t.node != node).then_some(Heard::Typing(t.room, t.typing)),
                 OnRoom::Read(r) => (r.node != node).then_some(Heard::Read(r.reader, r.room, r.seq)),
+                OnRoom::Kick(k) => (k.node != node).then_some(Heard::Kick(k.kick, k.reason)),
             }
         }
         PRESENCE => {

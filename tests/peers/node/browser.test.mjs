@@ -91,6 +91,26 @@ test('two pages chat with each other', async () => {
   await bob.screenshot({ path: path.join(SHOTS, 'two-pages-bob.png') });
 });
 
+test('a reload: what the page says then is stored, its cids are new (they never carried the key and a count that starts again)', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await openChat(http, 'reloader');
+  await say(page, 'before the reload');
+  await until('acked', async () => (await page.$$('#messages li.pending')).length === 0
+    && (await texts(page)).includes('before the reload'));
+  await page.reload();
+  await page.press('#nick', 'Enter'); // the nick and its key are remembered
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  await say(page, 'after the reload');
+  await until('acked', async () => (await page.$$('#messages li.pending')).length === 0
+    && (await texts(page)).includes('after the reload'));
+  assert.equal((await page.$$('#messages li.failed')).length, 0, 'not refused as a reused cid');
+  await until('both in the history', async () => {
+    const t = await texts(page);
+    return t.includes('before the reload') && t.filter((x) => x === 'after the reload').length === 1;
+  });
+  await page.close();
+});
+
 test('a page and a terminal client see each other', async () => {
   const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
   const page = await openChat(http, 'web');
@@ -216,6 +236,8 @@ test('a server that wants tokens: the page sends the one typed, and shows a refu
   await say(page, 'signed in from a browser');
   await until('the message stored', async () => (await page.$$('#messages li.pending')).length === 0
     && (await texts(page)).includes('signed in from a browser'));
+  // Stored, not refused: the lobby was joined again on the second login.
+  assert.equal((await page.$$('#messages li.failed')).length, 0);
   await page.screenshot({ path: path.join(SHOTS, 'token.png') });
   await page.close();
   rmSync(dir, { recursive: true, force: true });
