@@ -469,6 +469,60 @@ async fn joins_and_leaves_of_known_users_are_membership_and_occupancy_events() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What the HTTP API stores is an append like any other: a posted message and a moderator's
+/// edit through the API are webhook events, once each even when the request is retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_posted_and_edited_through_the_http_api_are_events() {
+    let dir = scratch("api");
+    common::write_secret(&dir.join("api-keys"), "hook-test-api-key-0123456789\n");
+    let keys = dir.join("api-keys");
+    let seen = Arc::new(Seen::default());
+    let (addr, _task) = receiver("127.0.0.1:0".parse().unwrap(), seen.clone()).await;
+    let server = serve(
+        &dir,
+        &format!("http://{addr}/hook"),
+        &["--api-key-file", keys.to_str().unwrap()],
+    );
+    let at: SocketAddr = server
+        .listening_url()
+        .trim_start_matches("ws://")
+        .parse()
+        .unwrap();
+    let headers = [
+        ("Authorization", "Bearer hook-test-api-key-0123456789"),
+        ("Content-Type", "application/json"),
+    ];
+    let post = json!({"text": "from the backend", "cid": "b1"}).to_string();
+    for _ in 0..2 {
+        let (status, body) = common::http_json(
+            at,
+            "POST",
+            "/api/v1/rooms/lobby/messages",
+            &headers,
+            post.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let edit = json!({"text": "edited by the backend", "from": "~mod", "cid": "e1"}).to_string();
+    let (status, body) = common::http_json(
+        at,
+        "PATCH",
+        "/api/v1/rooms/lobby/messages/1",
+        &headers,
+        edit.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    until("two events", &seen, |events| events.len() >= 2).await;
+    let events = seen.delivered.lock().unwrap().clone();
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["lobby:1:message.created", "lobby:2:message.edited"]);
+    assert_eq!(events[1]["data"]["from"], "~mod");
+    assert_eq!(events[1]["data"]["text"], "edited by the backend");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_receiver_that_never_answers_is_timed_out_and_tried_again() {
     let dir = scratch("hang");
