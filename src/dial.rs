@@ -105,14 +105,14 @@ impl Target {
 }
 
 /// The platform's trusted roots (what the system's TLS trusts); a missing store is just empty.
-fn platform_roots() -> rustls::RootCertStore {
+pub(crate) fn platform_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(found.certs);
     roots
 }
 
-fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+pub(crate) fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

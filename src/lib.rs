@@ -30,6 +30,7 @@
 //! - [`config`]: limits and timers with their defaults, validated once.
 //! - [`settings`]: what a user sets, declared once: flags, `NANACHAT_*` variables and config
 //!   file keys in one struct per group, merged flag > variable > file > default.
+//! - [`webhook`]: signed webhooks delivered at least once from the store's outbox.
 //! - [`cli`]: the `nanachat` command line, each command's arguments.
 //! - [`error`]: the error type and its mapping to close codes.
 
@@ -57,6 +58,7 @@ pub mod settings;
 pub mod shown;
 pub mod store;
 pub mod transport;
+pub mod webhook;
 
 pub use connection::{Connection, Handler};
 pub use error::{Error, Result};

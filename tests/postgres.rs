@@ -36,9 +36,74 @@ async fn keeps_the_store_contract() {
     })
     .await;
     // The schema is there once, at its version; a second store on it migrates nothing.
-    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "5");
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "6");
     drop(store(&pg).await);
     assert_eq!(pg.sql("SELECT count(*) FROM nanachat_schema").trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keeps_the_outbox_contract() {
+    let pg = Postgres::start();
+    let s = store(&pg).await;
+    s.hook(nanachat::webhook::Hooks::new(vec![
+        "e1".into(),
+        "e2".into(),
+    ]))
+    .unwrap();
+    let mut outbox = s.outbox();
+    common::within(
+        "contract",
+        contract::the_outbox_holds_one_event_per_stored_append_and_endpoint(&s, &mut outbox),
+    )
+    .await;
+}
+
+/// Two processes' first joins of a room at the same moment: exactly one `room.occupied`, and
+/// after both leave exactly one `room.vacated` (membership changes of a room are serialised by
+/// an advisory lock; without it each transaction counts only its own member).
+#[tokio::test(flavor = "multi_thread")]
+async fn first_joins_on_two_processes_at_once_occupy_a_room_once() {
+    use nanachat::store::Membership;
+    use nanachat::webhook::{Event, Outbox};
+    let pg = Postgres::start();
+    let stores = [Arc::new(store(&pg).await), Arc::new(store(&pg).await)];
+    for s in &stores {
+        s.hook(nanachat::webhook::Hooks::new(vec!["e1".into()]))
+            .unwrap();
+    }
+    let rooms: Vec<String> = (0..30).map(|i| format!("r{i}")).collect();
+    for change in [Membership::Remember { last_seq: 0 }, Membership::Forget] {
+        let mut tasks = Vec::new();
+        for (i, s) in stores.iter().enumerate() {
+            for room in rooms.clone() {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    s.membership(&format!("n{i}"), &room, change).await.unwrap();
+                }));
+            }
+        }
+        for task in tasks {
+            common::within("memberships", task).await.unwrap();
+        }
+    }
+    let mut outbox = stores[0].outbox();
+    let pending = common::within("the outbox", outbox.take("e1", 1000))
+        .await
+        .unwrap()
+        .unwrap();
+    outbox.settle("e1", &[]).await.unwrap();
+    for room in &rooms {
+        let count = |event| {
+            pending
+                .iter()
+                .filter(|p| &p.room == room && p.event == event)
+                .count()
+        };
+        assert_eq!(count(Event::Joined), 2, "{room}");
+        assert_eq!(count(Event::Occupied), 1, "{room}");
+        assert_eq!(count(Event::Left), 2, "{room}");
+        assert_eq!(count(Event::Vacated), 1, "{room}");
+    }
 }
 
 fn say(from: &str, text: &str, cid: &str) -> Append {
@@ -150,7 +215,7 @@ async fn a_first_schema_database_is_migrated_and_nick_bindings_are_shared() {
                                      ('@alice+bob', 2, 'alice', 'two', 2, NULL);",
     );
     let stores = [Arc::new(store(&pg).await), Arc::new(store(&pg).await)];
-    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "5");
+    assert_eq!(pg.sql("SELECT version FROM nanachat_schema").trim(), "6");
     let state = stores[0].room_state("@alice+bob").await.unwrap();
     assert_eq!((state.epoch, state.first_seq, state.last_seq), (7, 1, 2));
     let binds = stores.iter().enumerate().map(|(i, s)| {

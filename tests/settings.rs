@@ -28,6 +28,7 @@ impl Files {
         std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
         common::write_secret(&dir.join("secret"), "0123456789abcdef0123\n");
         std::fs::write(dir.join("token"), "tok\n").unwrap();
+        common::write_secret(&dir.join("hook-secret"), "whsec-0123456789abcdef\n");
         Self { dir }
     }
 
@@ -148,6 +149,20 @@ fn serve_sample(key: &str, files: &Files) -> Option<Sample> {
         "read_buffer_bytes" => text("1KiB"),
         "outbox_bytes" => text("2MiB"),
         "write_timeout" => text("7s"),
+        "webhook_url" => Sample {
+            with: vec!["--webhook-secret-file".into(), files.path("hook-secret")],
+            ..sample(
+                "http://hooks.example/in?token=abc",
+                "[\"http://hooks.example/in?token=abc\"]",
+                "[\"http://hooks.example/in?token=***\"]",
+            )
+        },
+        "webhook_secret_file" => Sample {
+            with: vec!["--webhook-url".into(), "http://hooks.example/in".into()],
+            ..path("hook-secret")
+        },
+        "webhook_max_age" => text("12h"),
+        "webhook_timeout" => text("3s"),
         "allowed_origin" => sample(
             "https://a.example",
             "[\"https://a.example\"]",

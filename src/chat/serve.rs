@@ -11,6 +11,7 @@ use super::{Broker, Chat, ChatConfig};
 use crate::Result;
 use crate::server::{self, Listen, ServerConfig};
 use crate::store::{MemoryStore, PgStore, SqliteStore, Store};
+use crate::webhook::{Hooks, Outbox, WebhookConfig};
 
 /// Where history is kept.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct ServePlan {
     pub chat: ChatConfig,
     /// Where history is kept.
     pub history: History,
+    /// The webhooks to send, if any (a durable history only).
+    pub webhooks: Option<WebhookConfig>,
 }
 
 /// Runs the chat server `plan` describes until `shutdown` is cancelled.
@@ -53,8 +56,13 @@ pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
         server,
         chat,
         history,
+        webhooks,
     } = plan;
+    let hooks_stop = shutdown.clone();
     match history {
+        History::Memory if webhooks.is_some() => Err(crate::Error::Config(
+            "--webhook-url needs a durable outbox: --memory keeps none".into(),
+        )),
         History::Memory => {
             on(&listen, server, chat, None, shutdown, async || {
                 Ok(MemoryStore::new())
@@ -65,6 +73,14 @@ pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
             on(&listen, server, chat, None, shutdown, async move || {
                 let store = SqliteStore::open(&dir)?;
                 tracing::info!(path = %store.path().display(), "history store");
+                if let Some(config) = webhooks {
+                    let hooks = Hooks::new(config.urls.clone());
+                    store.hook(hooks.clone())?;
+                    let outboxes = (0..config.urls.len())
+                        .map(|_| store.outbox())
+                        .collect::<Result<Vec<_>>>()?;
+                    start_webhooks(outboxes, hooks, config, hooks_stop);
+                }
                 Ok(store)
             })
             .await
@@ -77,10 +93,35 @@ pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
         } => {
             let broker = broker.map(|url| (url, broker_ca));
             on(&listen, server, chat, broker, shutdown, async move || {
-                PgStore::open_with(&url, store_ca.as_deref()).await
+                let store = PgStore::open_with(&url, store_ca.as_deref()).await?;
+                if let Some(config) = webhooks {
+                    let hooks = Hooks::new(config.urls.clone());
+                    store.hook(hooks.clone())?;
+                    let outboxes = (0..config.urls.len()).map(|_| store.outbox()).collect();
+                    start_webhooks(outboxes, hooks, config, hooks_stop);
+                }
+                Ok(store)
             })
             .await
         }
+    }
+}
+
+/// Starts one delivery task per endpoint, each on its own outbox connection.
+fn start_webhooks<O: Outbox>(
+    outboxes: Vec<O>,
+    hooks: std::sync::Arc<Hooks>,
+    config: WebhookConfig,
+    shutdown: CancellationToken,
+) {
+    for (index, outbox) in outboxes.into_iter().enumerate() {
+        tokio::spawn(crate::webhook::deliver(
+            outbox,
+            hooks.clone(),
+            index,
+            config.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 

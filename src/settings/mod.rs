@@ -213,6 +213,62 @@ settings! {
 }
 
 settings! {
+    /// Webhooks: events sent to HTTP endpoints, signed, at least once (docs/webhooks.md).
+    pub struct WebhookSettings {
+        /// Send every event (message.created, .edited, .deleted, reaction.changed,
+        /// member.joined, .left, room.occupied, .vacated) to this http:// or https:// URL, as
+        /// signed JSON (repeatable; needs --webhook-secret-file and a durable store).
+        #[arg(long, env = "NANACHAT_WEBHOOK_URL", hide_env_values = true, value_delimiter = ',',
+              value_name = "URL")]
+        webhook_url: Vec<ServiceUrl>,
+        /// A file whose first line (at least 16 characters) signs the webhooks
+        /// (`nanachat-signature: t=…,v1=HMAC-SHA256`).
+        #[arg(long, env = "NANACHAT_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+        webhook_secret_file: PathBuf,
+        /// An event not delivered this long after it happened is dropped (counted in
+        /// nanachat_webhook_failed_total); until then it is retried with back-off.
+        #[arg(long, env = "NANACHAT_WEBHOOK_MAX_AGE", value_name = "TIME")]
+        webhook_max_age: Time = Time(std::time::Duration::from_secs(24 * 3600)),
+        /// How long one delivery may take (connect, send, answer) before it counts as failed
+        /// and is retried.
+        #[arg(long, env = "NANACHAT_WEBHOOK_TIMEOUT", value_name = "TIME")]
+        webhook_timeout: Time = Time(crate::webhook::DELIVERY_TIMEOUT),
+    }
+}
+
+impl WebhookSettings {
+    /// The webhooks these settings ask for, checked (the secret file is read here); `None`
+    /// without a URL.
+    pub fn config(&self) -> Result<Option<crate::webhook::WebhookConfig>> {
+        let urls: Vec<String> = self
+            .webhook_url()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| u.0)
+            .collect();
+        match (urls.is_empty(), self.webhook_secret_file()) {
+            (true, None) => Ok(None),
+            (true, Some(_)) => Err(Error::Config(
+                "--webhook-secret-file needs a --webhook-url".into(),
+            )),
+            (false, None) => Err(Error::Config(
+                "--webhook-url needs --webhook-secret-file (the secret that signs the events)"
+                    .into(),
+            )),
+            (false, Some(file)) => {
+                let mut config =
+                    crate::webhook::WebhookConfig::new(urls, &file, self.webhook_max_age().0)?;
+                config.timeout = self.webhook_timeout().0;
+                if config.timeout.is_zero() {
+                    return Err(Error::Config("--webhook-timeout must be above 0".into()));
+                }
+                Ok(Some(config))
+            }
+        }
+    }
+}
+
+settings! {
     /// Limits of a listening server, on top of each connection's.
     pub struct ServerSettings {
         /// Most WebSocket connections at once (503 beyond).
@@ -483,6 +539,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub connection: ConnectionSettings,
+    /// Webhooks.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub webhook: WebhookSettings,
     /// A TOML file with any of these options (keys spelt with `_`); flags and variables win
     /// over it.
     #[arg(long, env = "NANACHAT_CONFIG", value_name = "FILE")]
@@ -504,6 +564,7 @@ impl ServeArgs {
             ChatSettings::KEYS,
             ServerSettings::KEYS,
             ConnectionSettings::KEYS,
+            WebhookSettings::KEYS,
         ]
         .concat()
     }
@@ -532,6 +593,7 @@ impl ServeArgs {
             chat: self.chat.or(lower.chat),
             server: self.server.or(lower.server),
             connection: self.connection.or(lower.connection),
+            webhook: self.webhook.or(lower.webhook),
             config: self.config,
             check_config: self.check_config,
         }
@@ -611,11 +673,19 @@ impl ServeArgs {
             Some(file) => Some(std::sync::Arc::new(crate::chat::ApiKeys::from_file(&file)?)),
             None => None,
         };
+        let webhooks = self.webhook.config()?;
+        if webhooks.is_some() && matches!(history, History::Memory) {
+            return Err(Error::Config(
+                "--webhook-url needs a durable outbox: --memory keeps none (use --data-dir or --store)"
+                    .into(),
+            ));
+        }
         Ok(ServePlan {
             listen,
             server,
             chat,
             history,
+            webhooks,
         })
     }
 
@@ -629,6 +699,7 @@ impl ServeArgs {
             self.chat.effective(),
             self.server.effective(),
             self.connection.effective(),
+            self.webhook.effective(),
         ]
         .concat();
         to_file_text(&all)

@@ -201,6 +201,13 @@ impl Setting for ServiceUrl {
     }
 }
 
+impl Setting for Vec<ServiceUrl> {
+    fn to_toml(&self) -> String {
+        let items: Vec<String> = self.iter().map(Setting::to_toml).collect();
+        format!("[{}]", items.join(", "))
+    }
+}
+
 /// How log lines on stderr are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

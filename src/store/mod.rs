@@ -34,9 +34,9 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use postgres::PgStore;
+pub use postgres::{PgOutbox, PgStore};
 pub use queue::StoreStats;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOutbox, SqliteStore};
 
 use crate::Result;
 pub use crate::protocol::Kind;
@@ -1008,6 +1008,154 @@ pub mod contract {
             Appended::Stored(record) => record,
             other => panic!("expected a new record, got {other:?}"),
         }
+    }
+
+    /// The webhook outbox (a store with `hook` called for endpoints "e1" and "e2" before it is
+    /// given here): every stored append writes one event per endpoint in commit order; a retry
+    /// of a cid and a refused append write none; events are read with their record as it
+    /// stands now (a deleted message's text gone); settling deletes or re-schedules.
+    pub async fn the_outbox_holds_one_event_per_stored_append_and_endpoint(
+        store: &impl Store,
+        outbox: &mut impl crate::webhook::Outbox,
+    ) {
+        use crate::webhook::{Event, Settled};
+        let r = "hooked";
+        stored(
+            store
+                .append(say(r, "nana", "first", Some("h1")))
+                .await
+                .unwrap(),
+        );
+        // A retry: no second event.
+        store
+            .append(say(r, "nana", "first", Some("h1")))
+            .await
+            .unwrap();
+        stored(
+            store
+                .append(say("other", "nana", "elsewhere", None))
+                .await
+                .unwrap(),
+        );
+        stored(store.append(say(r, "nana", "doomed", None)).await.unwrap());
+        let react = event(
+            r,
+            "mochi",
+            Op::React {
+                target: 1,
+                emoji: "👍".into(),
+                on: true,
+            },
+            "",
+            None,
+        );
+        stored(store.append(react).await.unwrap());
+        // Refused (no such message): no event.
+        let nowhere = event(r, "nana", Op::Delete { target: 99 }, "", None);
+        refused(store.append(nowhere).await.unwrap());
+        stored(
+            store
+                .append(event(r, "nana", Op::Delete { target: 2 }, "", None))
+                .await
+                .unwrap(),
+        );
+        let pending = outbox.take("e1", 100).await.unwrap().expect("the lease");
+        let seen: Vec<(&str, u64, Event)> = pending
+            .iter()
+            .map(|p| (p.room.as_str(), p.seq, p.event))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (r, 1, Event::Record(Kind::Message)),
+                ("other", 1, Event::Record(Kind::Message)),
+                (r, 2, Event::Record(Kind::Message)),
+                (r, 3, Event::Record(Kind::React)),
+                (r, 4, Event::Record(Kind::Delete)),
+            ]
+        );
+        let doomed = pending[2].record.as_ref().expect("the record");
+        assert!(doomed.deleted && doomed.text.is_empty(), "{doomed:?}");
+        assert_eq!(pending[0].record.as_ref().unwrap().text, "first");
+        assert_eq!(pending[0].attempts, 0);
+        assert_eq!(
+            pending[3].record.as_ref().unwrap().emoji,
+            Some(("👍".into(), true))
+        );
+        // Settled: two delivered, one to try again later.
+        outbox
+            .settle(
+                "e1",
+                &[
+                    Settled::Done { id: pending[0].id },
+                    Settled::Done { id: pending[1].id },
+                    Settled::Retry {
+                        id: pending[2].id,
+                        attempts: 1,
+                        due_ms: 42,
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+        let pending = outbox.take("e1", 100).await.unwrap().expect("the lease");
+        outbox.settle("e1", &[]).await.unwrap();
+        assert_eq!(pending.len(), 3);
+        assert_eq!(
+            (pending[0].seq, pending[0].attempts, pending[0].due_ms),
+            (2, 1, 42)
+        );
+        let (count, oldest) = outbox.backlog("e1").await.unwrap();
+        assert_eq!(count, 3);
+        assert!(oldest.is_some());
+        // The other endpoint has its own five, untouched.
+        assert_eq!(outbox.backlog("e2").await.unwrap().0, 5);
+        assert_eq!(outbox.backlog("nowhere").await.unwrap(), (0, None));
+        // Memberships: the first join of a room also occupies it, a join again is nothing,
+        // the last leave also vacates it; each under the room's last seq, nick case-folded.
+        let m = "club";
+        let join = Membership::Remember { last_seq: 0 };
+        store.membership("Nana", m, join).await.unwrap();
+        store.membership("nana", m, join).await.unwrap();
+        store.membership("mochi", m, join).await.unwrap();
+        stored(store.append(say(m, "nana", "hello", None)).await.unwrap());
+        store
+            .membership("nana", m, Membership::Forget)
+            .await
+            .unwrap();
+        store
+            .membership("nana", m, Membership::Forget)
+            .await
+            .unwrap();
+        store
+            .membership("mochi", m, Membership::Forget)
+            .await
+            .unwrap();
+        let pending = outbox.take("e2", 100).await.unwrap().expect("the lease");
+        outbox.settle("e2", &[]).await.unwrap();
+        let seen: Vec<(u64, Event, Option<&str>)> = pending
+            .iter()
+            .filter(|p| p.room == m)
+            .map(|p| (p.seq, p.event, p.nick.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, Event::Joined, Some("nana")),
+                (0, Event::Occupied, None),
+                (0, Event::Joined, Some("mochi")),
+                (1, Event::Record(Kind::Message), None),
+                (1, Event::Left, Some("nana")),
+                (1, Event::Left, Some("mochi")),
+                (1, Event::Vacated, None),
+            ]
+        );
+        assert!(
+            pending
+                .iter()
+                .filter(|p| p.room == m && p.seq == 0)
+                .all(|p| p.record.is_none())
+        );
     }
 
     pub async fn seqs_start_at_one_per_room_and_never_skip(store: &impl Store) {

@@ -110,6 +110,25 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE messages ADD COLUMN tsv tsvector
         GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED;
      CREATE INDEX messages_tsv ON messages USING GIN (tsv) WHERE kind = 0 AND NOT deleted;",
+    // 6: the webhook outbox: one row per event and endpoint, written in the transaction of
+    // the append (or membership change) it is about, read in `id` order, deleted once
+    // delivered or given up on (docs/webhooks.md). A record's event names its record (room,
+    // seq, kind 0-3) and holds no text: it is rendered from the record as it stands when it is
+    // sent, so a delete erases the text from pending events too. Membership events (kind 10
+    // joined, 11 left) carry the nick; occupancy events (12, 13) nothing more; their seq is
+    // the room's last seq when they happened.
+    "CREATE TABLE webhook_outbox (
+        id       BIGSERIAL PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        room     TEXT NOT NULL,
+        seq      BIGINT NOT NULL,
+        kind     SMALLINT NOT NULL,
+        nick     TEXT,
+        first_ms BIGINT NOT NULL,
+        due_ms   BIGINT NOT NULL,
+        attempts INT NOT NULL DEFAULT 0
+     );
+     CREATE INDEX webhook_outbox_order ON webhook_outbox (endpoint, id);",
 ];
 
 /// Messages of $1 after $2 by others than $3 (case-folded), not deleted, up to $4.
@@ -512,6 +531,189 @@ impl Link {
     /// Forgets a connection that failed mid-transaction, so the next use makes a new one.
     async fn reset(&self) {
         self.conn.reset().await;
+    }
+}
+
+/// The webhook outbox of a PostgreSQL store, on a connection of its own (one per delivery
+/// task). A round runs in one transaction under a transaction-level advisory lock on its
+/// endpoint: in a cluster one process at a time delivers an endpoint's events, and what a
+/// round settled is committed before another round reads the outbox.
+#[derive(Debug)]
+pub struct PgOutbox {
+    link: Link,
+    /// The connection of the round under way (its transaction open).
+    round: Option<Arc<Conn>>,
+}
+
+impl PgStore {
+    /// Turns webhooks on: from now on every append also writes one outbox row per endpoint
+    /// of `hooks`, in its own transaction.
+    pub fn hook(&self, hooks: Arc<crate::webhook::Hooks>) -> Result<()> {
+        self.queue.stats().hook(hooks)
+    }
+
+    /// A connection to the outbox, for one delivery task (made on first use).
+    pub fn outbox(&self) -> PgOutbox {
+        PgOutbox {
+            link: Link::new(
+                self.reader.config.clone(),
+                self.reader.tls.clone(),
+                &self.shown,
+            ),
+            round: None,
+        }
+    }
+}
+
+/// A pending event and its record, from a row of `o.room, o.seq, o.kind, o.first_ms,
+/// o.attempts, o.due_ms, m.found` then the [`RECORD`] columns of `m`.
+fn pending_of(row: &tokio_postgres::Row) -> crate::webhook::Pending {
+    let found: bool = row.get(6);
+    let record = found.then(|| {
+        let emoji: Option<String> = row.get(15);
+        let flag: Option<i16> = row.get(16);
+        Record {
+            room: row.get(7),
+            seq: row.get::<_, i64>(8) as u64,
+            from: row.get(9),
+            text: row.get(10),
+            time_ms: row.get(11),
+            kind: kind_of(i64::from(row.get::<_, i16>(12))),
+            target: row.get::<_, Option<i64>>(13).map(|s| s as u64),
+            reply_to: row.get::<_, Option<i64>>(14).map(|s| s as u64),
+            emoji: emoji.map(|e| (e, flag.unwrap_or(0) != 0)),
+            edited_ms: row.get(17),
+            deleted: row.get(18),
+        }
+    });
+    crate::webhook::Pending {
+        id: row.get(19),
+        room: row.get(0),
+        seq: row.get::<_, i64>(1) as u64,
+        event: crate::webhook::Event::of_code(i64::from(row.get::<_, i16>(2))),
+        nick: row.get(20),
+        first_ms: row.get(3),
+        attempts: row.get::<_, i32>(4) as u32,
+        due_ms: row.get(5),
+        record,
+    }
+}
+
+impl PgOutbox {
+    async fn end(&mut self, commit: bool) -> Result<()> {
+        if let Some(conn) = self.round.take() {
+            let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+            if let Err(err) = conn.client.batch_execute(sql).await {
+                self.link.reset().await;
+                return Err(pg_err(err));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::webhook::Outbox for PgOutbox {
+    async fn take(
+        &mut self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<crate::webhook::Pending>>> {
+        self.end(false).await?;
+        let conn = self.link.get().await?;
+        let key = crate::webhook::lock_key(endpoint);
+        let taken = async {
+            conn.client.batch_execute("BEGIN").await?;
+            let locked: bool = conn
+                .client
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
+                .await?
+                .get(0);
+            if !locked {
+                conn.client.batch_execute("ROLLBACK").await?;
+                return Ok(None);
+            }
+            let rows = conn
+                .client
+                .query(
+                    "SELECT o.room, o.seq, o.kind, o.first_ms, o.attempts, o.due_ms,
+                            m.room IS NOT NULL, m.room, m.seq, m.sender, m.text, m.time_ms,
+                            m.kind, m.target, m.reply_to, m.emoji, m.flag, m.edited_ms,
+                            m.deleted, o.id, o.nick
+                     FROM webhook_outbox o
+                     LEFT JOIN messages m ON m.room = o.room AND m.seq = o.seq AND o.kind < 10
+                     WHERE o.endpoint = $1 ORDER BY o.id LIMIT $2",
+                    &[&endpoint, &(limit as i64)],
+                )
+                .await?;
+            Ok(Some(rows.iter().map(pending_of).collect()))
+        }
+        .await;
+        match taken {
+            Ok(Some(pending)) => {
+                self.round = Some(conn);
+                Ok(Some(pending))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => {
+                if conn.client.batch_execute("ROLLBACK").await.is_err() {
+                    self.link.reset().await;
+                }
+                Err(pg_err(err))
+            }
+        }
+    }
+
+    async fn settle(&mut self, _endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
+        use crate::webhook::Settled;
+        let Some(conn) = self.round.clone() else {
+            return Ok(());
+        };
+        let written = async {
+            for s in settled {
+                match s {
+                    Settled::Done { id } => {
+                        conn.client
+                            .execute("DELETE FROM webhook_outbox WHERE id = $1", &[id])
+                            .await?;
+                    }
+                    Settled::Retry {
+                        id,
+                        attempts,
+                        due_ms,
+                    } => {
+                        conn.client
+                            .execute(
+                                "UPDATE webhook_outbox SET attempts = $2, due_ms = $3 WHERE id = $1",
+                                &[id, &(*attempts as i32), due_ms],
+                            )
+                            .await?;
+                    }
+                }
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }
+        .await;
+        match written {
+            Ok(()) => self.end(true).await,
+            Err(err) => {
+                self.end(false).await?;
+                Err(pg_err(err))
+            }
+        }
+    }
+
+    async fn backlog(&mut self, endpoint: &str) -> Result<(u64, Option<i64>)> {
+        self.end(false).await?;
+        let conn = self.link.get().await?;
+        let row = conn
+            .client
+            .query_one(
+                "SELECT count(*), min(first_ms) FROM webhook_outbox WHERE endpoint = $1",
+                &[&endpoint],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok((row.get::<_, i64>(0) as u64, row.get(1)))
     }
 }
 
@@ -984,7 +1186,7 @@ async fn write_loop(link: Link, mut rx: mpsc::Receiver<Job>, stats: Arc<StoreSta
         let jobs = take_batch(first, &mut rx);
         let started = Instant::now();
         let outcome = match link.get().await {
-            Ok(conn) => match commit_batch(&conn, &jobs).await {
+            Ok(conn) => match commit_batch(&conn, &jobs, stats.endpoints()).await {
                 Ok(done) => Ok(done),
                 Err(err) => {
                     // Roll back what the failed batch did; a broken connection is made anew.
@@ -996,7 +1198,14 @@ async fn write_loop(link: Link, mut rx: mpsc::Receiver<Job>, stats: Arc<StoreSta
             },
             Err(err) => Err(err),
         };
+        let events = outcome.is_ok()
+            && jobs
+                .iter()
+                .any(|job| matches!(job, Job::Append(..) | Job::Member(..)));
         answer_batch(jobs, outcome, started, &stats);
+        if events && let Some(hooks) = stats.hooks.get() {
+            hooks.wake();
+        }
     }
 }
 
@@ -1067,20 +1276,71 @@ impl Rows {
     }
 }
 
+/// Writes a membership or occupancy event of `room` for every endpoint, under the room's last
+/// seq now.
+async fn hook_event(
+    client: &Client,
+    endpoints: &[String],
+    room: &str,
+    event: crate::webhook::Event,
+    nick: Option<&str>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO webhook_outbox (endpoint, room, seq, kind, nick, first_ms, due_ms)
+             SELECT e.endpoint, $2, coalesce((SELECT last_seq FROM rooms WHERE name = $2), 0),
+                    $3, $4, $5, $5
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS e(endpoint, i) ORDER BY e.i",
+            &[&endpoints, &room, &event.code(), &nick, &now_ms()],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn members_of(
+    client: &Client,
+    room: &str,
+) -> std::result::Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT count(*) FROM memberships WHERE room = $1", &[&room])
+        .await?
+        .get(0))
+}
+
 async fn apply_membership(
     client: &Client,
     nick: &str,
     room: &str,
     change: Membership,
+    endpoints: &[String],
 ) -> std::result::Result<ReadState, tokio_postgres::Error> {
+    use crate::webhook::Event;
+    // With webhooks on, a membership that begins or ends is an event (and a room's first
+    // member, or its last leaving, another), written here in the change's transaction.
+    let hooked = !endpoints.is_empty();
+    let was_member = hooked
+        && matches!(change, Membership::Remember { .. })
+        && client
+            .query_opt(
+                "SELECT 1 FROM memberships WHERE nick = $1 AND room = $2",
+                &[&nick, &room],
+            )
+            .await?
+            .is_some();
     let read_seq: i64 = match change {
         Membership::Forget => {
-            client
+            let left = client
                 .execute(
                     "DELETE FROM memberships WHERE nick = $1 AND room = $2",
                     &[&nick, &room],
                 )
                 .await?;
+            if hooked && left > 0 {
+                hook_event(client, endpoints, room, Event::Left, Some(nick)).await?;
+                if members_of(client, room).await? == 0 {
+                    hook_event(client, endpoints, room, Event::Vacated, None).await?;
+                }
+            }
             return Ok(ReadState::default());
         }
         Membership::Remember { last_seq } => client
@@ -1104,6 +1364,12 @@ async fn apply_membership(
             .await?
             .get(0),
     };
+    if hooked && matches!(change, Membership::Remember { .. }) && !was_member {
+        hook_event(client, endpoints, room, Event::Joined, Some(nick)).await?;
+        if members_of(client, room).await? == 1 {
+            hook_event(client, endpoints, room, Event::Occupied, None).await?;
+        }
+    }
     let unread: i64 = client
         .query_one(UNREAD, &[&room, &read_seq, &nick, &(UNREAD_CAP as i64)])
         .await?
@@ -1193,6 +1459,7 @@ async fn apply_effect(
 async fn commit_batch(
     conn: &Conn,
     jobs: &[Job],
+    endpoints: &[String],
 ) -> std::result::Result<Vec<Done>, tokio_postgres::Error> {
     let client = &conn.client;
     client.batch_execute("BEGIN").await?;
@@ -1214,6 +1481,31 @@ async fn commit_batch(
             .await?;
         let state = room_state(&row);
         (tx.epoch, tx.last_seq) = (state.epoch, state.last_seq);
+    }
+    // With webhooks on, membership changes of one room, on any process, one after the other
+    // (an advisory lock per room, taken here for the whole batch in name order, after the
+    // rooms' rows: taken job by job, two batches deadlocked): of two first joins at once, one
+    // sees the other's and only one says `room.occupied`.
+    if !endpoints.is_empty() {
+        let mut joined: Vec<&str> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Member(_, room, Membership::Remember { .. } | Membership::Forget, _) => {
+                    Some(room.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        joined.sort_unstable();
+        joined.dedup();
+        for room in joined {
+            client
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('nanachat-room:' || $1))",
+                    &[&room],
+                )
+                .await?;
+        }
     }
     // With the rooms locked, every earlier append of these rooms is committed and visible:
     // look up the cids of this batch among them.
@@ -1240,6 +1532,8 @@ async fn commit_batch(
         }
     }
     let mut rows = Rows::default();
+    // The webhook events of the batch (room, seq, kind, time), in seq order per room.
+    let mut events: (Vec<String>, Vec<i64>, Vec<i16>, Vec<i64>) = Default::default();
     let mut done = Vec::with_capacity(jobs.len());
     for job in jobs {
         done.push(match job {
@@ -1263,6 +1557,12 @@ async fn commit_batch(
                         tx.last_seq += 1;
                         let record = Record::of(a, tx.last_seq, now_ms());
                         rows.push(&record, a.cid.clone());
+                        if !endpoints.is_empty() {
+                            events.0.push(record.room.clone());
+                            events.1.push(record.seq as i64);
+                            events.2.push(kind_code(record.kind));
+                            events.3.push(record.time_ms);
+                        }
                         if let Some(key) = key {
                             tx.cids.insert(key, record.clone());
                         }
@@ -1298,7 +1598,8 @@ async fn commit_batch(
             Job::Member(nick, room, change, _) => {
                 // What this batch appended counts.
                 rows.write(conn).await?;
-                Done::Member(Ok(apply_membership(client, nick, room, *change).await?))
+                let read = apply_membership(client, nick, room, *change, endpoints).await?;
+                Done::Member(Ok(read))
             }
             // This store prunes on a connection of its own, never through the writer.
             Job::Prune(..) => Done::Pruned(Ok(Pruned::default())),
@@ -1306,6 +1607,19 @@ async fn commit_batch(
         });
     }
     rows.write(conn).await?;
+    if !events.0.is_empty() {
+        client
+            .execute(
+                "INSERT INTO webhook_outbox (endpoint, room, seq, kind, first_ms, due_ms)
+                 SELECT e.endpoint, r.room, r.seq, r.kind, r.t, r.t
+                 FROM UNNEST($1::text[]) WITH ORDINALITY AS e(endpoint, i)
+                 CROSS JOIN UNNEST($2::text[], $3::int8[], $4::int2[], $5::int8[])
+                      WITH ORDINALITY AS r(room, seq, kind, t, j)
+                 ORDER BY e.i, r.j",
+                &[&endpoints, &events.0, &events.1, &events.2, &events.3],
+            )
+            .await?;
+    }
     for (name, tx) in &rooms {
         client
             .execute(&conn.set_last, &[name, &(tx.last_seq as i64)])

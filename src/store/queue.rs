@@ -277,6 +277,9 @@ pub struct StoreStats {
     pub commit_micros: AtomicU64,
     /// Batches that failed (rolled back, every job answered with the error).
     pub failures: AtomicU64,
+    /// The webhooks, once they are on: the endpoints every append writes an outbox row for
+    /// (in its own transaction), and their delivery counters.
+    pub(crate) hooks: std::sync::OnceLock<Arc<crate::webhook::Hooks>>,
 }
 
 impl StoreStats {
@@ -312,5 +315,20 @@ impl StoreStats {
                 ),
             ],
         );
+        if let Some(hooks) = self.hooks.get() {
+            hooks.write_metrics(out);
+        }
+    }
+
+    /// The endpoints an append writes webhook events for (none while webhooks are off).
+    pub(crate) fn endpoints(&self) -> &[String] {
+        self.hooks.get().map_or(&[], |h| h.endpoints.as_slice())
+    }
+
+    /// Turns webhooks on (once): every append from now on writes an event per endpoint.
+    pub(crate) fn hook(&self, hooks: Arc<crate::webhook::Hooks>) -> Result<()> {
+        self.hooks
+            .set(hooks)
+            .map_err(|_| Error::Config("webhooks are on already".into()))
     }
 }

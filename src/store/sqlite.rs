@@ -107,6 +107,25 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO search_fts (search_fts, rank) VALUES ('secure-delete', 1);
      INSERT INTO search_docs (room, seq) SELECT room, seq FROM messages WHERE kind = 0 AND deleted = 0;
      INSERT INTO search_fts (search_fts) VALUES ('rebuild');",
+    // 6: the webhook outbox: one row per event and endpoint, written in the transaction of
+    // the append (or membership change) it is about, read in `id` (commit) order, deleted once
+    // delivered or given up on (docs/webhooks.md). A record's event names its record (room,
+    // seq, kind 0-3) and holds no text: it is rendered from the record as it stands when it is
+    // sent, so a delete erases the text from pending events too. Membership events (kind 10
+    // joined, 11 left) carry the nick; occupancy events (12, 13) nothing more; their seq is
+    // the room's last seq when they happened.
+    "CREATE TABLE webhook_outbox (
+        id       INTEGER PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        room     TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        kind     INTEGER NOT NULL,
+        nick     TEXT,
+        first_ms INTEGER NOT NULL,
+        due_ms   INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+     ) STRICT;
+     CREATE INDEX webhook_outbox_order ON webhook_outbox (endpoint, id);",
 ];
 
 /// The search-index row of message (?1, ?2).
@@ -772,12 +791,19 @@ fn write_loop(
             }
         }
         if !jobs.is_empty() {
-            let outcome = commit_batch(&mut conn, &jobs).map_err(Error::from);
+            let outcome = commit_batch(&mut conn, &jobs, stats.endpoints()).map_err(Error::from);
             if stored && outcome.is_ok() {
                 // Before the acks: whoever learns of the message finds it pending.
                 indexing.pending.store(true, Ordering::SeqCst);
             }
+            let events = outcome.is_ok()
+                && jobs
+                    .iter()
+                    .any(|job| matches!(job, Job::Append(..) | Job::Member(..)));
             answer_batch(jobs, outcome, started, stats);
+            if events && let Some(hooks) = stats.hooks.get() {
+                hooks.wake();
+            }
         }
         let due = last_pass.elapsed() >= INDEX_EVERY;
         if !flushes.is_empty() || (due && indexing.pending.load(Ordering::SeqCst)) {
@@ -867,18 +893,22 @@ fn index_pass(
 /// Runs every job in one transaction. Any failure rolls the whole batch back, so a failed
 /// append can never leave a seq taken without its message (a gap): every job is answered with
 /// the error and nothing of the batch is stored (the caller retries with the same cid).
-fn commit_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Done>> {
+fn commit_batch(
+    conn: &mut Connection,
+    jobs: &[Job],
+    endpoints: &[String],
+) -> rusqlite::Result<Vec<Done>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut done = Vec::with_capacity(jobs.len());
     for job in jobs {
         done.push(match job {
-            Job::Append(append, _) => Done::Append(Ok(apply_append(&tx, append)?)),
+            Job::Append(append, _) => Done::Append(Ok(apply_append(&tx, append, endpoints)?)),
             Job::Ensure(room, _) => Done::State(Ok(ensure_room(&tx, room)?)),
             Job::Wipe(room, _) => Done::State(Ok(apply_wipe(&tx, room)?)),
             Job::Prune(job, _) => Done::Pruned(Ok(apply_prune(&tx, job)?)),
             Job::Bind(nick, hash, _) => Done::Held(Ok(apply_bind(&tx, nick, hash)?)),
             Job::Member(nick, room, change, _) => {
-                Done::Member(Ok(apply_membership(&tx, nick, room, *change)?))
+                Done::Member(Ok(apply_membership(&tx, nick, room, *change, endpoints)?))
             }
             // Taken out of the batch by the writer, answered after its index pass.
             Job::Flush(_) => Done::Flushed(Ok(())),
@@ -893,11 +923,32 @@ fn apply_membership(
     nick: &str,
     room: &str,
     change: Membership,
+    endpoints: &[String],
 ) -> rusqlite::Result<ReadState> {
+    use crate::webhook::Event;
+    // With webhooks on, a membership that begins or ends is an event (and a room's first
+    // member, or its last leaving, another), written here in the change's transaction.
+    let hooked = !endpoints.is_empty();
+    let members = |conn: &Connection| -> rusqlite::Result<i64> {
+        conn.prepare_cached("SELECT count(*) FROM memberships WHERE room = ?1")?
+            .query_row([room], |row| row.get(0))
+    };
+    let was_member = hooked
+        && matches!(change, Membership::Remember { .. })
+        && conn
+            .prepare_cached("SELECT 1 FROM memberships WHERE nick = ?1 AND room = ?2")?
+            .exists(params![nick, room])?;
     let read_seq: i64 = match change {
         Membership::Forget => {
-            conn.prepare_cached("DELETE FROM memberships WHERE nick = ?1 AND room = ?2")?
+            let left = conn
+                .prepare_cached("DELETE FROM memberships WHERE nick = ?1 AND room = ?2")?
                 .execute(params![nick, room])?;
+            if hooked && left > 0 {
+                hook_event(conn, endpoints, room, Event::Left, Some(nick))?;
+                if members(conn)? == 0 {
+                    hook_event(conn, endpoints, room, Event::Vacated, None)?;
+                }
+            }
             return Ok(ReadState::default());
         }
         Membership::Remember { last_seq } => conn
@@ -919,6 +970,12 @@ fn apply_membership(
                 |row| row.get(0),
             )?,
     };
+    if hooked && matches!(change, Membership::Remember { .. }) && !was_member {
+        hook_event(conn, endpoints, room, Event::Joined, Some(nick))?;
+        if members(conn)? == 1 {
+            hook_event(conn, endpoints, room, Event::Occupied, None)?;
+        }
+    }
     let unread: i64 = conn
         .prepare_cached(UNREAD)?
         .query_row(params![room, read_seq, nick, UNREAD_CAP as i64], |row| {
@@ -930,6 +987,27 @@ fn apply_membership(
     })
 }
 
+/// Writes a membership or occupancy event of `room` for every endpoint, under the room's last
+/// seq now.
+fn hook_event(
+    conn: &Connection,
+    endpoints: &[String],
+    room: &str,
+    event: crate::webhook::Event,
+    nick: Option<&str>,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    for endpoint in endpoints {
+        conn.prepare_cached(
+            "INSERT INTO webhook_outbox (endpoint, room, seq, kind, nick, first_ms, due_ms)
+             VALUES (?1, ?2, coalesce((SELECT last_seq FROM rooms WHERE name = ?2), 0), ?3, ?4,
+                     ?5, ?5)",
+        )?
+        .execute(params![endpoint, room, event.code(), nick, now])?;
+    }
+    Ok(())
+}
+
 fn ensure_room(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
     conn.prepare_cached(
         "INSERT INTO rooms (name, epoch, last_seq) VALUES (?1, ?2, 0)
@@ -939,7 +1017,11 @@ fn ensure_room(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
     read_state(conn, room).map(|state| state.unwrap_or(RoomState::empty(0, 0)))
 }
 
-fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended> {
+fn apply_append(
+    conn: &Connection,
+    append: &Append,
+    endpoints: &[String],
+) -> rusqlite::Result<Appended> {
     if let Some(cid) = &append.cid {
         let original = conn
             .prepare_cached(&format!(
@@ -1039,6 +1121,19 @@ fn apply_append(conn: &Connection, append: &Append) -> rusqlite::Result<Appended
     // The index first: taking a message's words out needs the text it still has.
     index(conn, &record)?;
     apply_effect(conn, append, record.time_ms)?;
+    for endpoint in endpoints {
+        conn.prepare_cached(
+            "INSERT INTO webhook_outbox (endpoint, room, seq, kind, first_ms, due_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        )?
+        .execute(params![
+            endpoint,
+            append.room,
+            seq,
+            kind_code(record.kind),
+            record.time_ms
+        ])?;
+    }
     Ok(Appended::Stored(record))
 }
 
@@ -1218,6 +1313,154 @@ fn apply_wipe(conn: &Connection, room: &str) -> rusqlite::Result<RoomState> {
     })
 }
 
+/// The webhook outbox of a SQLite store, on a connection of its own (one per delivery task).
+/// Its writes (a round's outcome) are small transactions beside the store's writer: WAL lets
+/// one writer in at a time, and the busy timeout waits for the other.
+#[derive(Debug)]
+pub struct SqliteOutbox {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Turns webhooks on: from now on every append also writes one outbox row per endpoint
+    /// of `hooks`, in its own transaction.
+    pub fn hook(&self, hooks: Arc<crate::webhook::Hooks>) -> Result<()> {
+        self.queue.stats().hook(hooks)
+    }
+
+    /// A connection to the outbox, for one delivery task.
+    pub fn outbox(&self) -> Result<SqliteOutbox> {
+        let conn =
+            Connection::open(&self.path).map_err(|err| Error::file("open", &self.path, err))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(store_err)?;
+        Ok(SqliteOutbox {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+}
+
+impl SqliteOutbox {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(store_err)
+        })
+        .await
+        .map_err(|err| Error::Store(err.into()))?
+    }
+}
+
+/// The columns of a pending event and its record (`LEFT JOIN messages m`), as
+/// [`pending_of`] reads them.
+const PENDING: &str = "o.room, o.seq, o.kind, o.first_ms, o.attempts, o.due_ms, m.room, m.seq,
+     m.sender, m.text, m.time_ms, m.kind, m.target, m.reply_to, m.emoji, m.flag, m.edited_ms,
+     m.deleted, o.id, o.nick";
+
+fn pending_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::webhook::Pending> {
+    let found: Option<String> = row.get(6)?;
+    let record = match found {
+        Some(room) => {
+            let emoji: Option<String> = row.get(14)?;
+            let flag: Option<i64> = row.get(15)?;
+            Some(Record {
+                room,
+                seq: row.get::<_, i64>(7)? as u64,
+                from: row.get(8)?,
+                text: row.get(9)?,
+                time_ms: row.get(10)?,
+                kind: kind_of(row.get(11)?),
+                target: row.get::<_, Option<i64>>(12)?.map(|s| s as u64),
+                reply_to: row.get::<_, Option<i64>>(13)?.map(|s| s as u64),
+                emoji: emoji.map(|e| (e, flag.unwrap_or(0) != 0)),
+                edited_ms: row.get(16)?,
+                deleted: row.get::<_, i64>(17)? != 0,
+            })
+        }
+        None => None,
+    };
+    Ok(crate::webhook::Pending {
+        id: row.get(18)?,
+        room: row.get(0)?,
+        seq: row.get::<_, i64>(1)? as u64,
+        event: crate::webhook::Event::of_code(row.get(2)?),
+        nick: row.get(19)?,
+        first_ms: row.get(3)?,
+        attempts: row.get::<_, i64>(4)? as u32,
+        due_ms: row.get(5)?,
+        record,
+    })
+}
+
+impl crate::webhook::Outbox for SqliteOutbox {
+    async fn take(
+        &mut self,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<crate::webhook::Pending>>> {
+        let endpoint = endpoint.to_owned();
+        // One process has the data dir: the lease is always ours.
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {PENDING} FROM webhook_outbox o
+                 LEFT JOIN messages m ON m.room = o.room AND m.seq = o.seq AND o.kind < 10
+                 WHERE o.endpoint = ?1 ORDER BY o.id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![endpoint, limit as i64], pending_of)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map(Some)
+        })
+        .await
+    }
+
+    async fn settle(&mut self, _endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
+        use crate::webhook::Settled;
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let settled = settled.to_vec();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for s in &settled {
+                match s {
+                    Settled::Done { id } => {
+                        tx.prepare_cached("DELETE FROM webhook_outbox WHERE id = ?1")?
+                            .execute([id])?;
+                    }
+                    Settled::Retry {
+                        id,
+                        attempts,
+                        due_ms,
+                    } => {
+                        tx.prepare_cached(
+                            "UPDATE webhook_outbox SET attempts = ?2, due_ms = ?3 WHERE id = ?1",
+                        )?
+                        .execute(params![id, attempts, due_ms])?;
+                    }
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn backlog(&mut self, endpoint: &str) -> Result<(u64, Option<i64>)> {
+        let endpoint = endpoint.to_owned();
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "SELECT count(*), min(first_ms) FROM webhook_outbox WHERE endpoint = ?1",
+            )?
+            .query_row([endpoint], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
+            })
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{contract, search_words};
@@ -1327,6 +1570,20 @@ mod tests {
         assert!(jobs >= 400, "{jobs} jobs");
         assert!(commits < jobs, "{commits} commits for {jobs} jobs");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn keeps_the_outbox_contract() {
+        let dir = temp_dir("outbox");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .hook(crate::webhook::Hooks::new(vec!["e1".into(), "e2".into()]))
+            .unwrap();
+        let mut outbox = store.outbox().unwrap();
+        contract::the_outbox_holds_one_event_per_stored_append_and_endpoint(&store, &mut outbox)
+            .await;
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
