@@ -25,6 +25,7 @@
 //!   at that moment (the holder of the key reads them from there on).
 
 mod memory;
+pub mod outbox;
 mod pg_tls;
 mod postgres;
 mod queue;
@@ -1016,9 +1017,9 @@ pub mod contract {
     /// stands now (a deleted message's text gone); settling deletes or re-schedules.
     pub async fn the_outbox_holds_one_event_per_stored_append_and_endpoint(
         store: &impl Store,
-        outbox: &mut impl crate::webhook::Outbox,
+        outbox: &mut impl crate::store::outbox::Outbox,
     ) {
-        use crate::webhook::{Event, Settled};
+        use crate::store::outbox::{Event, Settled};
         let r = "hooked";
         stored(
             store

@@ -548,7 +548,7 @@ pub struct PgOutbox {
 impl PgStore {
     /// Turns webhooks on: from now on every append also writes one outbox row per endpoint
     /// of `hooks`, in its own transaction.
-    pub fn hook(&self, hooks: Arc<crate::webhook::Hooks>) -> Result<()> {
+    pub fn hook(&self, hooks: Arc<super::outbox::Hooks>) -> Result<()> {
         self.queue.stats().hook(hooks)
     }
 
@@ -567,7 +567,7 @@ impl PgStore {
 
 /// A pending event and its record, from a row of `o.room, o.seq, o.kind, o.first_ms,
 /// o.attempts, o.due_ms, m.found` then the [`RECORD`] columns of `m`.
-fn pending_of(row: &tokio_postgres::Row) -> crate::webhook::Pending {
+fn pending_of(row: &tokio_postgres::Row) -> super::outbox::Pending {
     let found: bool = row.get(6);
     let record = found.then(|| {
         let emoji: Option<String> = row.get(15);
@@ -586,11 +586,11 @@ fn pending_of(row: &tokio_postgres::Row) -> crate::webhook::Pending {
             deleted: row.get(18),
         }
     });
-    crate::webhook::Pending {
+    super::outbox::Pending {
         id: row.get(19),
         room: row.get(0),
         seq: row.get::<_, i64>(1) as u64,
-        event: crate::webhook::Event::of_code(i64::from(row.get::<_, i16>(2))),
+        event: super::outbox::Event::of_code(i64::from(row.get::<_, i16>(2))),
         nick: row.get(20),
         first_ms: row.get(3),
         attempts: row.get::<_, i32>(4) as u32,
@@ -612,15 +612,15 @@ impl PgOutbox {
     }
 }
 
-impl crate::webhook::Outbox for PgOutbox {
+impl super::outbox::Outbox for PgOutbox {
     async fn take(
         &mut self,
         endpoint: &str,
         limit: usize,
-    ) -> Result<Option<Vec<crate::webhook::Pending>>> {
+    ) -> Result<Option<Vec<super::outbox::Pending>>> {
         self.end(false).await?;
         let conn = self.link.get().await?;
-        let key = crate::webhook::lock_key(endpoint);
+        let key = super::outbox::lock_key(endpoint);
         let taken = async {
             conn.client.batch_execute("BEGIN").await?;
             let locked: bool = conn
@@ -663,8 +663,8 @@ impl crate::webhook::Outbox for PgOutbox {
         }
     }
 
-    async fn settle(&mut self, _endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
-        use crate::webhook::Settled;
+    async fn settle(&mut self, _endpoint: &str, settled: &[super::outbox::Settled]) -> Result<()> {
+        use super::outbox::Settled;
         let Some(conn) = self.round.clone() else {
             return Ok(());
         };
@@ -1282,7 +1282,7 @@ async fn hook_event(
     client: &Client,
     endpoints: &[String],
     room: &str,
-    event: crate::webhook::Event,
+    event: super::outbox::Event,
     nick: Option<&str>,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     client
@@ -1314,7 +1314,7 @@ async fn apply_membership(
     change: Membership,
     endpoints: &[String],
 ) -> std::result::Result<ReadState, tokio_postgres::Error> {
-    use crate::webhook::Event;
+    use super::outbox::Event;
     // With webhooks on, a membership that begins or ends is an event (and a room's first
     // member, or its last leaving, another), written here in the change's transaction.
     let hooked = !endpoints.is_empty();

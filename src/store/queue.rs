@@ -279,7 +279,7 @@ pub struct StoreStats {
     pub failures: AtomicU64,
     /// The webhooks, once they are on: the endpoints every append writes an outbox row for
     /// (in its own transaction), and their delivery counters.
-    pub(crate) hooks: std::sync::OnceLock<Arc<crate::webhook::Hooks>>,
+    pub(crate) hooks: std::sync::OnceLock<Arc<super::outbox::Hooks>>,
 }
 
 impl StoreStats {
@@ -326,7 +326,7 @@ impl StoreStats {
     }
 
     /// Turns webhooks on (once): every append from now on writes an event per endpoint.
-    pub(crate) fn hook(&self, hooks: Arc<crate::webhook::Hooks>) -> Result<()> {
+    pub(crate) fn hook(&self, hooks: Arc<super::outbox::Hooks>) -> Result<()> {
         self.hooks
             .set(hooks)
             .map_err(|_| Error::Config("webhooks are on already".into()))

@@ -925,7 +925,7 @@ fn apply_membership(
     change: Membership,
     endpoints: &[String],
 ) -> rusqlite::Result<ReadState> {
-    use crate::webhook::Event;
+    use super::outbox::Event;
     // With webhooks on, a membership that begins or ends is an event (and a room's first
     // member, or its last leaving, another), written here in the change's transaction.
     let hooked = !endpoints.is_empty();
@@ -993,7 +993,7 @@ fn hook_event(
     conn: &Connection,
     endpoints: &[String],
     room: &str,
-    event: crate::webhook::Event,
+    event: super::outbox::Event,
     nick: Option<&str>,
 ) -> rusqlite::Result<()> {
     let now = now_ms();
@@ -1324,7 +1324,7 @@ pub struct SqliteOutbox {
 impl SqliteStore {
     /// Turns webhooks on: from now on every append also writes one outbox row per endpoint
     /// of `hooks`, in its own transaction.
-    pub fn hook(&self, hooks: Arc<crate::webhook::Hooks>) -> Result<()> {
+    pub fn hook(&self, hooks: Arc<super::outbox::Hooks>) -> Result<()> {
         self.queue.stats().hook(hooks)
     }
 
@@ -1361,7 +1361,7 @@ const PENDING: &str = "o.room, o.seq, o.kind, o.first_ms, o.attempts, o.due_ms, 
      m.sender, m.text, m.time_ms, m.kind, m.target, m.reply_to, m.emoji, m.flag, m.edited_ms,
      m.deleted, o.id, o.nick";
 
-fn pending_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::webhook::Pending> {
+fn pending_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<super::outbox::Pending> {
     let found: Option<String> = row.get(6)?;
     let record = match found {
         Some(room) => {
@@ -1383,11 +1383,11 @@ fn pending_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::webhook::Pendi
         }
         None => None,
     };
-    Ok(crate::webhook::Pending {
+    Ok(super::outbox::Pending {
         id: row.get(18)?,
         room: row.get(0)?,
         seq: row.get::<_, i64>(1)? as u64,
-        event: crate::webhook::Event::of_code(row.get(2)?),
+        event: super::outbox::Event::of_code(row.get(2)?),
         nick: row.get(19)?,
         first_ms: row.get(3)?,
         attempts: row.get::<_, i64>(4)? as u32,
@@ -1396,12 +1396,12 @@ fn pending_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::webhook::Pendi
     })
 }
 
-impl crate::webhook::Outbox for SqliteOutbox {
+impl super::outbox::Outbox for SqliteOutbox {
     async fn take(
         &mut self,
         endpoint: &str,
         limit: usize,
-    ) -> Result<Option<Vec<crate::webhook::Pending>>> {
+    ) -> Result<Option<Vec<super::outbox::Pending>>> {
         let endpoint = endpoint.to_owned();
         // One process has the data dir: the lease is always ours.
         self.run(move |conn| {
@@ -1416,8 +1416,8 @@ impl crate::webhook::Outbox for SqliteOutbox {
         .await
     }
 
-    async fn settle(&mut self, _endpoint: &str, settled: &[crate::webhook::Settled]) -> Result<()> {
-        use crate::webhook::Settled;
+    async fn settle(&mut self, _endpoint: &str, settled: &[super::outbox::Settled]) -> Result<()> {
+        use super::outbox::Settled;
         if settled.is_empty() {
             return Ok(());
         }
@@ -1577,7 +1577,7 @@ mod tests {
         let dir = temp_dir("outbox");
         let store = SqliteStore::open(&dir).unwrap();
         store
-            .hook(crate::webhook::Hooks::new(vec!["e1".into(), "e2".into()]))
+            .hook(crate::store::outbox::Hooks::new(vec!["e1".into(), "e2".into()]))
             .unwrap();
         let mut outbox = store.outbox().unwrap();
         contract::the_outbox_holds_one_event_per_stored_append_and_endpoint(&store, &mut outbox)
