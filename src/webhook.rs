@@ -50,6 +50,10 @@ pub const ROUND: usize = 256;
 /// The first retry waits this long; each one after twice as long, up to [`MAX_RETRY_DELAY`].
 pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// The most of an answer's body read; a longer one is cut off with its connection (the status
+/// is what counts).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// The longest wait between two attempts at one event.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
@@ -305,9 +309,29 @@ impl Client {
             .await
             .map_err(|err| Error::Config(format!("HTTP: {err}")))?;
         let status = response.status().as_u16();
-        // Read the answer through, so that the connection can carry the next request.
-        let _ = response.into_body().collect().await;
-        self.sender = Some(sender);
+        // Read the answer through, so that the connection can carry the next request; but no
+        // more than MAX_ANSWER_BYTES of it, each piece dropped as read: a receiver that
+        // answers with an endless body loses the connection, not the server its memory.
+        let mut body = response.into_body();
+        let (mut read, mut whole) = (0usize, true);
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    read += frame.data_ref().map_or(0, |d| d.len());
+                    if read > MAX_ANSWER_BYTES {
+                        whole = false;
+                        break;
+                    }
+                }
+                Err(_) => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+        if whole {
+            self.sender = Some(sender);
+        }
         Ok(status)
     }
 }

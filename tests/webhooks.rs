@@ -676,3 +676,78 @@ async fn two_processes_on_one_postgresql_deliver_each_event_once() {
     assert_eq!(pg.sql("SELECT count(*) FROM webhook_outbox").trim(), "0");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// From an attack on the docs: a receiver that answered 200 with a body of a gigabyte made
+/// the server hold all of it (1.1 GB of RSS for three events). The server reads at most
+/// 64 KiB of an answer and drops the connection after that.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_answer_is_cut_off_and_the_events_still_count() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let dir = scratch("endless");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Per connection: the requests it carried, and the bytes of answer body the server took.
+    let conns: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
+    let record = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let i = {
+                    let mut c = record.lock().unwrap();
+                    c.push((0, 0));
+                    c.len() - 1
+                };
+                let mut tcp = BufReader::new(tcp);
+                // One request: its head, then its body.
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if tcp.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                tcp.read_exact(&mut body).await.unwrap();
+                record.lock().unwrap()[i].0 += 1;
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n";
+                if tcp.get_mut().write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                while tcp.get_mut().write_all(&chunk).await.is_ok() {
+                    record.lock().unwrap()[i].1 += chunk.len();
+                }
+            });
+        }
+    });
+    let server = serve(&dir, &format!("http://{addr}/hook"), &[]);
+    let ws = server.listening_url();
+    let host = ws.trim_start_matches("ws://").to_owned();
+    say_all(&ws, "ann", false, "lobby", &["one", "two"]).await;
+    within("both events delivered", async {
+        while hook_metric(&host, "nanachat_webhook_delivered_total") < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let conns = conns.lock().unwrap().clone();
+    assert!(
+        conns.len() >= 2,
+        "each cut-off connection is not reused: {conns:?}"
+    );
+    for (requests, taken) in &conns {
+        assert!(*requests <= 1, "{conns:?}");
+        assert!(
+            *taken < 16 << 20,
+            "the server read {taken} bytes of one answer"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1577,7 +1577,10 @@ mod tests {
         let dir = temp_dir("outbox");
         let store = SqliteStore::open(&dir).unwrap();
         store
-            .hook(crate::store::outbox::Hooks::new(vec!["e1".into(), "e2".into()]))
+            .hook(crate::store::outbox::Hooks::new(vec![
+                "e1".into(),
+                "e2".into(),
+            ]))
             .unwrap();
         let mut outbox = store.outbox().unwrap();
         contract::the_outbox_holds_one_event_per_stored_append_and_endpoint(&store, &mut outbox)
