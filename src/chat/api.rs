@@ -25,11 +25,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::history::count_reactions;
-use super::session::Inner;
+use super::session::{Inner, Settled, settle, text_refusal};
 use super::types::{chat_message, dm_pair, inbox_entry, valid_nick, valid_room};
 use crate::auth::{Audience, Claims, Moderates};
 use crate::protocol::{ErrorCode, InboxEntry, MAX_CID_BYTES, RoomInfo};
-use crate::store::{Append, Appended, MAX_PAGE, Op, Page, Store};
+use crate::store::{Append, MAX_PAGE, Op, Page, Store};
 use crate::{Error, Result};
 
 /// The OpenAPI 3.1 document of this API, served at `/api/v1/openapi.json`.
@@ -501,17 +501,10 @@ fn check_cid(cid: Option<&str>) -> std::result::Result<(), Refusal> {
 
 impl<S: Store> Api<S> {
     fn check_text(&self, text: &str) -> std::result::Result<(), Refusal> {
-        if text.trim().is_empty() {
-            return Err(bad(ErrorCode::BadMessage, "a message needs some text"));
+        match text_refusal(text, self.chat.config.max_text_chars) {
+            Some((code, message)) => Err(bad(code, message)),
+            None => Ok(()),
         }
-        let max = self.chat.config.max_text_chars;
-        if text.chars().count() > max {
-            return Err(bad(
-                ErrorCode::TextTooLong,
-                format!("a message has at most {max} characters"),
-            ));
-        }
-        Ok(())
     }
 
     /// Stores an append (a message or a moderator's change) and delivers it as the protocol
@@ -525,36 +518,14 @@ impl<S: Store> Api<S> {
             .map_err(unavailable)?;
         // Held until delivered, as a session's append (an idle sweep must not drop it).
         directory.hub().begin_append(&room);
+        let cid = append.cid.clone();
         let outcome = self.chat.store.append(append).await;
-        let answer = match outcome {
-            Ok(Appended::Stored(record)) => {
-                let seq = record.seq;
-                directory.publish(&room, chat_message(record), false);
-                ok(json!({ "room": room, "seq": seq, "duplicate": false }))
+        let answer = match settle(&self.chat, &room, cid.as_deref(), outcome) {
+            Settled::Stored { seq, duplicate } => {
+                ok(json!({ "room": room, "seq": seq, "duplicate": duplicate }))
             }
-            Ok(Appended::Duplicate(record)) => {
-                let seq = record.seq;
-                directory.publish(&room, chat_message(record), true);
-                ok(json!({ "room": room, "seq": seq, "duplicate": true }))
-            }
-            Ok(Appended::Refused(objection)) => {
-                directory.deliver(&room, None);
-                let (code, message) = super::session::refused(objection, &room);
-                Err(bad(code, message))
-            }
-            Ok(Appended::CidReused) => {
-                directory.deliver(&room, None);
-                Err(bad(
-                    ErrorCode::CidReused,
-                    format!(
-                        "that cid was used for another message in {room}: a new message needs a new cid"
-                    ),
-                ))
-            }
-            Err(err) => {
-                directory.deliver(&room, None);
-                Err(unavailable(err))
-            }
+            Settled::Refused(code, message) => Err(bad(code, message)),
+            Settled::Failed(err) => Err(unavailable(err)),
         };
         directory.hub().end_append(&room);
         answer

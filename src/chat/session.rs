@@ -29,9 +29,7 @@ use crate::protocol::{
     SUBPROTOCOL, ServerMsg, parse_client,
 };
 use crate::rate::Bucket;
-use crate::store::{
-    Append, Appended, Membership, Objection, Op, Record, Store, now_ms, search_words,
-};
+use crate::store::{Append, Appended, Membership, Objection, Op, Store, now_ms, search_words};
 use crate::{Error, Result};
 
 /// The longest `key` a `hello` may bring (a client's own is 32 characters).
@@ -899,20 +897,10 @@ impl<S: Store> Session<S> {
     }
 
     fn check_text(&self, text: &str) -> Result<(), Failure> {
-        if text.trim().is_empty() {
-            refuse(
-                ErrorCode::BadMessage,
-                "a message needs some text (to take one back, delete it)",
-            )?;
+        match text_refusal(text, self.chat.config.max_text_chars) {
+            Some((code, message)) => Ok(refuse(code, message)?),
+            None => Ok(()),
         }
-        let max = self.chat.config.max_text_chars;
-        if text.chars().count() > max {
-            refuse(
-                ErrorCode::TextTooLong,
-                format!("a message has at most {max} characters"),
-            )?;
-        }
-        Ok(())
     }
 
     /// Stores and delivers a message. The append is queued now (so this connection's messages
@@ -939,32 +927,22 @@ impl<S: Store> Session<S> {
         let (chat, outbox, mode) = (self.chat.clone(), self.outbox.clone(), self.mode);
         tokio::spawn(async move {
             let held = room.clone();
-            let answer = match pending.await {
-                Ok(Appended::Stored(record)) => acked(&chat, room, cid, record, false),
-                Ok(Appended::Duplicate(record)) => acked(&chat, room, cid, record, true),
-                Ok(Appended::Refused(objection)) => {
-                    let (code, message) = refused(objection, &room);
+            let answer = match settle(&chat, &room, cid.as_deref(), pending.await) {
+                // A message without a cid gets no ack: a plain-text client sees its own line
+                // come back.
+                Settled::Stored { seq, duplicate } => cid.map(|cid| ServerMsg::Ack {
+                    cid,
+                    room,
+                    seq,
+                    duplicate,
+                }),
+                Settled::Refused(code, message) => {
                     crate::metrics::bump(&chat.errors[code as usize]);
-                    chat.directory.deliver(&room, None);
                     Some(ServerMsg::Error { code, message, cid })
                 }
-                Ok(Appended::CidReused) => {
-                    crate::metrics::bump(&chat.errors[ErrorCode::CidReused as usize]);
-                    chat.directory.deliver(&room, None);
-                    let shown = cid.as_deref().unwrap_or_default();
-                    Some(ServerMsg::Error {
-                        code: ErrorCode::CidReused,
-                        message: format!(
-                            "cid {shown} was used for another message in {room}: \
-                             a new message needs a new cid"
-                        ),
-                        cid,
-                    })
-                }
-                Err(err) => {
+                Settled::Failed(err) => {
                     warn!(cause = %err, room = %crate::shown::Shown(&room), "append failed");
                     crate::metrics::bump(&chat.errors[ErrorCode::Internal as usize]);
-                    chat.directory.deliver(&room, None);
                     let message = match cid {
                         Some(_) => "not stored; retry with the same cid",
                         None => "not stored; say it again",
@@ -1073,23 +1051,68 @@ pub(super) fn visible_reaction(emoji: &str) -> bool {
     base.is_some()
 }
 
-/// Hands a stored message on to be delivered (a duplicate was, when it was first stored) and
-/// makes its ack; a message without a cid gets none (a plain-text client sees its own line
-/// come back).
-fn acked<S: Store>(
-    chat: &Inner<S>,
-    room: String,
-    cid: Option<String>,
-    record: Record,
-    duplicate: bool,
-) -> Option<ServerMsg> {
-    let seq = record.seq;
-    chat.directory
-        .publish(&room, chat_message(record), duplicate);
-    Some(ServerMsg::Ack {
-        cid: cid?,
-        room,
-        seq,
-        duplicate,
+/// Why a message's text is refused (empty, or over `max` characters), if it is: the one rule
+/// for a session's and the HTTP API's.
+pub(super) fn text_refusal(text: &str, max: usize) -> Option<(ErrorCode, String)> {
+    if text.trim().is_empty() {
+        return Some((
+            ErrorCode::BadMessage,
+            "a message needs some text (to take one back, delete it)".into(),
+        ));
+    }
+    (text.chars().count() > max).then(|| {
+        (
+            ErrorCode::TextTooLong,
+            format!("a message has at most {max} characters"),
+        )
     })
+}
+
+/// What became of an append, once it is settled.
+pub(super) enum Settled {
+    /// Stored (or stored before: a retried cid), and handed on to be delivered.
+    Stored { seq: u64, duplicate: bool },
+    /// Refused by the store's rules, nothing stored: the code and the sentence to answer with.
+    Refused(ErrorCode, String),
+    /// The store failed; nothing stored.
+    Failed(Error),
+}
+
+/// Ends an append, whatever became of it, the one way for every door (a session, the HTTP
+/// API): a stored record goes on to the room (a duplicate went when it was first stored);
+/// anything else lets the room's seq order go on without it.
+pub(super) fn settle<S: Store>(
+    chat: &Inner<S>,
+    room: &str,
+    cid: Option<&str>,
+    outcome: Result<Appended>,
+) -> Settled {
+    let directory = &chat.directory;
+    let (record, duplicate) = match outcome {
+        Ok(Appended::Stored(record)) => (record, false),
+        Ok(Appended::Duplicate(record)) => (record, true),
+        Ok(Appended::Refused(objection)) => {
+            directory.deliver(room, None);
+            let (code, message) = refused(objection, room);
+            return Settled::Refused(code, message);
+        }
+        Ok(Appended::CidReused) => {
+            directory.deliver(room, None);
+            let shown = cid.unwrap_or_default();
+            return Settled::Refused(
+                ErrorCode::CidReused,
+                format!(
+                    "cid {shown} was used for another message in {room}: a new message needs \
+                     a new cid"
+                ),
+            );
+        }
+        Err(err) => {
+            directory.deliver(room, None);
+            return Settled::Failed(err);
+        }
+    };
+    let seq = record.seq;
+    directory.publish(room, chat_message(record), duplicate);
+    Settled::Stored { seq, duplicate }
 }
