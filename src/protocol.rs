@@ -31,6 +31,7 @@ impl ClientMsg {
             | ClientMsg::Who { .. }
             | ClientMsg::Rooms { .. }
             | ClientMsg::Refresh { .. }
+            | ClientMsg::Nick { .. }
             | ClientMsg::Typing { .. }
             | ClientMsg::Read { .. }
             | ClientMsg::Inbox { .. }
@@ -205,6 +206,13 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<RoomInfo>,
     },
+    /// Another nick for this user, in place: every connection of its nick (on this process)
+    /// takes it, keeping its rooms — not the old nick's direct-message rooms. Answered with
+    /// `renamed` to each of them, or an `error` that leaves the old nick in force.
+    Nick {
+        /// The nick to take.
+        nick: String,
+    },
     /// A fresh token for the same nick, to go on past the current one's `exp` (or before it):
     /// answered with `refreshed`, or an `error` (`unauthorized`) that leaves the old one in
     /// force.
@@ -374,6 +382,8 @@ pub enum PresenceEvent {
     Join,
     /// The nick's last connection left the room.
     Leave,
+    /// The nick took another (`from` says which it had): the same member.
+    Renamed,
 }
 
 /// Why a request was refused. Sent in `error` frames; the connection stays open unless a close
@@ -551,14 +561,24 @@ pub enum ServerMsg {
         /// Who.
         nick: String,
     },
-    /// Someone joined or left a room.
+    /// Someone joined or left a room, or took another nick.
     Presence {
         /// The room.
         room: String,
-        /// The nick.
+        /// The nick (the new one, for `renamed`).
         nick: String,
-        /// Joined or left.
+        /// Joined, left or renamed.
         event: PresenceEvent,
+        /// For `renamed`: the nick it had.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+    },
+    /// Answer to `nick`, to every connection of the user: it is `to` now.
+    Renamed {
+        /// The nick it had.
+        from: String,
+        /// The nick it has.
+        to: String,
     },
     /// Answer to `who`.
     Members {
@@ -718,6 +738,7 @@ impl ServerMsg {
             | ServerMsg::Typing { .. }
             | ServerMsg::Read { .. }
             | ServerMsg::Presence { .. }
+            | ServerMsg::Renamed { .. }
             | ServerMsg::Tick { .. }
             | ServerMsg::Error { .. } => None,
         }

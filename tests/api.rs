@@ -887,18 +887,35 @@ async fn a_banned_nick_cannot_be_taken_by_a_plain_text_rename() {
     futures_util::SinkExt::send(&mut plain, Message::text("/nick troll"))
         .await
         .unwrap();
-    let frame = within("the close", async {
+    // Refused before the nick is taken: the guest keeps its own nick and its connection.
+    let refusal = within("the refusal", async {
         loop {
             match plain.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return frame,
+                Some(Ok(Message::Text(t))) if t.starts_with('!') => return t.to_string(),
                 Some(Ok(_)) => {}
-                other => panic!("no close frame: {other:?}"),
+                other => panic!("no refusal: {other:?}"),
             }
         }
     })
     .await;
-    assert_eq!(u16::from(frame.code), 4004);
-    assert!(frame.reason.contains("banned"), "{}", frame.reason);
+    assert!(
+        refusal.contains("forbidden") && refusal.contains("banned"),
+        "{refusal}"
+    );
+    futures_util::SinkExt::send(&mut plain, Message::text("still here"))
+        .await
+        .unwrap();
+    let echo = within("its own line", async {
+        loop {
+            match plain.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("still here") => return t.to_string(),
+                Some(Ok(_)) => {}
+                other => panic!("no echo: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(echo.contains("guest-"), "said as its old nick: {echo}");
     server.stop().await.unwrap();
 }
 

@@ -139,6 +139,12 @@ async fn only_valid_tokens_get_in_each_as_its_nick() {
     assert_eq!(next_json(&mut ws).await["type"], "joined");
     send(&mut ws, json!({"type": "join", "room": "ops"})).await;
     assert_eq!(next_json(&mut ws).await["code"], "forbidden");
+    // A token's nick is its sub: `nick` cannot change it, and the session goes on.
+    send(&mut ws, json!({"type": "nick", "nick": "mallory"})).await;
+    let err = next_json(&mut ws).await;
+    assert_eq!(err["code"], "unauthorized", "{err}");
+    send(&mut ws, json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(next_json(&mut ws).await["code"], "already_joined");
 
     // With the token in the URL: a second connection of alice, no key needed.
     let mut again = open(&s.url, Some(&alice)).await.unwrap();

@@ -586,6 +586,55 @@ async fn a_nick_is_taken_on_every_process_of_an_open_server() {
     assert_ne!(guests[0], guests[1]);
 }
 
+/// Issue 19: a rename (`nick`) in a cluster: the new nick is claimed on every process, the
+/// old one is let go (its key still holds it), and the room on the other process sees the old
+/// nick leave and the new one join.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rename_is_seen_and_held_on_every_process() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let keyed = |nick: &str| json!({"type": "hello", "nick": nick, "key": "mochi's key"});
+    let (mut mochi, answer) = Client::hello(&urls[0], keyed("mochi")).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    let mut nana = Client::connect(&urls[1], "nana").await;
+    mochi.join("lobby", None).await;
+    nana.join("lobby", None).await;
+    within("mochi in the lobby, seen from the other process", async {
+        while !nana.who().await["nicks"]
+            .as_array()
+            .is_some_and(|n| n.contains(&json!("mochi")))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    mochi.send(json!({"type": "nick", "nick": "mochi2"})).await;
+    mochi
+        .wait_for("renamed", |v| v["type"] == "renamed" && v["to"] == "mochi2")
+        .await;
+    nana.wait_for("mochi2 joins", presence("mochi2", "join"))
+        .await;
+    within("only mochi2 in the lobby", async {
+        while nana.who().await["nicks"] != json!(["mochi2", "nana"]) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // The new nick is held on the other process too; the old one is free to its key only.
+    let (_, answer) = Client::hello(&urls[1], json!({"type": "hello", "nick": "mochi2"})).await;
+    assert_eq!(answer["code"], "nick_taken", "{answer}");
+    let (_, answer) = Client::hello(&urls[1], json!({"type": "hello", "nick": "mochi"})).await;
+    assert_eq!(answer["code"], "nick_taken", "{answer}");
+    let (_, answer) = Client::hello(&urls[1], keyed("mochi")).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
+    // A DM from the other process finds the new nick.
+    nana.send(json!({"type": "dm", "to": "mochi2", "text": "found you", "cid": "n1"}))
+        .await;
+    mochi.wait_for("the dm", |v| v["text"] == "found you").await;
+}
+
 /// Issue 15: nicks are unique whatever their case on every process (the claims in Redis are
 /// by the case-folded nick), and a `dm` in any case reaches its nick on another process.
 #[tokio::test(flavor = "multi_thread")]

@@ -155,6 +155,15 @@ struct Backlog {
     bytes: usize,
 }
 
+/// What a rename did.
+#[derive(Debug)]
+pub(crate) struct Renamed {
+    /// The nick the user had.
+    pub(crate) old: String,
+    /// Its connections here, all renamed.
+    pub(crate) conns: Vec<ConnId>,
+}
+
 /// What a join did.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Joined {
@@ -467,60 +476,81 @@ impl Hub {
             .map_or(0, |conn| conn.floors.of(room))
     }
 
-    /// Gives a connection another (free) nick, keeping its rooms but the direct-message rooms
-    /// of its old nick: the others see the old nick leave and the new one join. Its own nick
-    /// in another case is free to it (when no other connection shares it), and stays the same
-    /// nick online; another nick's direct messages reach it once [`listen`](Self::listen)
-    /// says where its reading of them starts.
-    pub(crate) fn rename(&self, id: ConnId, nick: &str) -> Result<(), ErrorCode> {
+    /// Gives a user — every connection of its nick here — another (free) nick in place,
+    /// keeping their rooms but the direct-message rooms of the old nick (each connection is
+    /// told `left` for those). The members of its rooms are told `renamed` (in a cluster,
+    /// where presence goes through Redis, they see the old nick leave and the new one join).
+    /// Its own nick in another case is free to it, and stays the same nick online; another
+    /// nick's direct messages reach the connections once [`listen`](Self::listen) says where
+    /// their reading of them starts. Returns the old nick and the connections renamed.
+    pub(crate) fn rename(&self, id: ConnId, nick: &str) -> Result<Renamed, ErrorCode> {
         let mut state = self.state();
-        if let Some(held) = state.nicks.get(&nick_key(nick))
-            && held.conns.0 != [id]
-        {
-            return Err(ErrorCode::NickTaken);
-        }
         let Some(conn) = state.conns.get(&id) else {
             return Err(ErrorCode::HelloFirst);
         };
-        let (old, mut rooms) = (conn.nick.clone(), conn.rooms.clone());
-        for room in &rooms {
-            state.leave_room(id, room);
-        }
-        state.release_nick(id, &old);
+        let old = conn.nick.clone();
+        let (old_key, new_key) = (nick_key(&old), nick_key(nick));
         // The nicks online are counted by identity: a change of case changes nothing there.
-        let another = nick_key(&old) != nick_key(nick);
-        if another {
-            state.feed(ONLINE, &old, -1, None);
-            state.feed(ONLINE, nick, 1, None);
-            // The old nick's direct-message rooms are its next holder's, not this connection's.
-            let pairs: Vec<String> = rooms
-                .iter()
-                .filter(|room| state.rooms.get(*room).is_some_and(|r| r.pair.is_some()))
-                .cloned()
-                .collect();
-            for room in &pairs {
-                rooms.remove(room);
+        let another = old_key != new_key;
+        if another && state.nicks.contains_key(&new_key) {
+            return Err(ErrorCode::NickTaken);
+        }
+        let held = state.nicks.remove(&old_key);
+        let key = held.as_ref().and_then(|n| n.key.clone());
+        let conns = held.map_or_else(|| vec![id], |n| n.conns.0);
+        let mut told = BTreeSet::new();
+        for conn in &conns {
+            let rooms = state.conns.get(conn).map(|c| c.rooms.clone());
+            for room in rooms.iter().flat_map(|r| r.iter()) {
+                if room.starts_with('@') {
+                    // The old nick's direct-message rooms are its next holder's, not theirs.
+                    if another {
+                        state.leave_room(*conn, room);
+                    }
+                } else if state.feed(room, &old, -1, None) {
+                    state.feed(room, nick, 1, None);
+                } else if state.tells_presence(room) {
+                    told.insert(room.clone());
+                }
+            }
+            if another {
+                state.feed(ONLINE, &old, -1, key.as_deref());
+                state.feed(ONLINE, nick, 1, key.as_deref());
+            }
+            if let Some(c) = state.conns.get_mut(conn) {
+                c.nick = nick.to_owned();
+                if another {
+                    c.floors = Floors::default();
+                    c.listening = false;
+                }
             }
         }
         state.nicks.insert(
-            nick_key(nick),
+            new_key,
             Nick {
                 shown: nick.to_owned(),
-                key: None,
-                conns: SmallSet(vec![id]),
+                key,
+                conns: SmallSet(conns.clone()),
             },
         );
-        if let Some(conn) = state.conns.get_mut(&id) {
-            conn.nick = nick.to_owned();
-            if another {
-                conn.floors = Floors::default();
-                conn.listening = false;
-            }
+        for room in told {
+            let msg = ServerMsg::Presence {
+                room: room.clone(),
+                nick: nick.to_owned(),
+                event: PresenceEvent::Renamed,
+                from: Some(old.clone()),
+            };
+            state.broadcast(&room, &Delivery::new(&msg), None);
         }
-        for room in &rooms {
-            state.join_room(id, room, false);
+        Ok(Renamed { old, conns })
+    }
+
+    /// Sends `msg` to each of `conns` (rendered for its mode), as the hub sends everything.
+    pub(crate) fn send_each(&self, conns: &[ConnId], msg: &ServerMsg) {
+        let state = self.state();
+        for id in conns {
+            state.send_one(*id, msg);
         }
-        Ok(())
     }
 
     /// Forgets a connection: it leaves every room, and its nick is freed with its last one.
@@ -536,6 +566,17 @@ impl Hub {
         state.release_nick(id, &nick);
         state.feed(ONLINE, &nick, -1, None);
         state.conns.remove(&id);
+    }
+
+    /// The nick of a connection, and the key it said `hello` with.
+    pub(crate) fn nick_and_key(&self, id: ConnId) -> Option<(String, Option<String>)> {
+        let state = self.state();
+        let nick = state.conns.get(&id)?.nick.clone();
+        let key = state
+            .nicks
+            .get(&nick_key(&nick))
+            .and_then(|n| n.key.clone());
+        Some((nick, key))
     }
 
     /// The nick of a connection.
@@ -1017,6 +1058,7 @@ impl State {
             room: room.to_owned(),
             nick: nick.to_owned(),
             event,
+            from: None,
         };
         self.broadcast(room, &Delivery::new(&msg), None);
     }

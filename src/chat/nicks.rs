@@ -18,11 +18,11 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use tracing::warn;
 
-use super::session::{Failure, Refusal, Session, refuse};
+use super::session::{Failure, Refusal, Session, refuse, unavailable};
 use super::types::{Floors, nick_key, valid_nick};
 use crate::Error;
-use crate::protocol::ErrorCode;
-use crate::store::Store;
+use crate::protocol::{ErrorCode, ServerMsg};
+use crate::store::{Membership, Store};
 
 /// How a key is kept: `hmac-sha256:<salt>:<tag>`, the tag HMAC-SHA-256 of the key under a
 /// random salt of [`SALT_BYTES`] (hex).
@@ -134,14 +134,17 @@ impl<S: Store> Session<S> {
         }
     }
 
-    /// `/nick NAME`: another nick for this plain-text connection, keeping its rooms but its
-    /// old nick's direct-message rooms. A nick bound to a key is not to be had (plain-text
-    /// clients have none).
+    /// `nick` (plain text: `/nick NAME`): another nick for this user, in place. Every
+    /// connection of its nick here takes it, keeping its rooms but its old nick's
+    /// direct-message rooms; each is told `renamed`. The new nick must be free, and not bound
+    /// to a key other than the user's: a user with a key binds it to the key, as at `hello`
+    /// (the old nick stays bound too: taking it back with `nick` reaches its direct
+    /// messages). A refusal leaves the old nick in force.
     pub(super) async fn rename(&mut self, nick: &str) -> Result<(), Failure> {
         if self.claims.is_some() {
             refuse(
                 ErrorCode::Unauthorized,
-                "your nick is your token's: it cannot change",
+                "your nick is your token's: it cannot change (connect with a token for another nick)",
             )?;
         }
         if !valid_nick(nick) {
@@ -150,34 +153,96 @@ impl<S: Store> Session<S> {
                 "a nick is 1 to 32 letters, digits, - or _",
             )?;
         }
+        let Some((me, key)) = self.hub().nick_and_key(self.id) else {
+            return Err(Refusal(ErrorCode::HelloFirst, "say hello first".into()).into());
+        };
+        if me == nick {
+            let same = ServerMsg::Renamed {
+                from: me.clone(),
+                to: me,
+            };
+            self.hub().send_each(&[self.id], &same);
+            return Ok(());
+        }
         // Its own nick in another case is its already (the hub checks nobody shares it).
-        let own = self
-            .hub()
-            .nick(self.id)
-            .is_some_and(|me| nick_key(&me) == nick_key(nick));
+        let own = nick_key(&me) == nick_key(nick);
+        let mut bound = None;
         if !own {
-            if self.nick_binding(nick).await?.is_some() {
+            bound = self.nick_binding(nick).await?;
+            if let Some(hash) = &bound
+                && !key.as_deref().is_some_and(|key| key_matches(key, hash))
+            {
                 return Err(bound_to_a_key(nick).into());
             }
-            if !self.claim(nick, None).await? {
+            if !self.claim(nick, key.as_deref()).await? {
                 refuse(ErrorCode::NickTaken, format!("{nick} is taken"))?;
             }
+            // Asked before the nick is taken, so that a refusal leaves the old one in force.
+            if let Ok(Some((reason, secs))) = self.chat.directory.banned(nick).await {
+                refuse(
+                    ErrorCode::Forbidden,
+                    format!("{nick} is banned for {secs} s more: {reason}"),
+                )?;
+            }
         }
-        self.hub()
+        let renamed = self
+            .hub()
             .rename(self.id, nick)
             .or_else(|code| refuse(code, format!("{nick} is taken")))?;
         if !own {
-            // The connection has let go of its old nick: if the new one turns out not to be
-            // its own after all (bound meanwhile), it ends.
-            match self.hold(nick, None, true).await {
-                Ok(floors) => self.hub().listen(self.id, floors),
+            // The user has let go of its old nick: if the new one turns out not to be its own
+            // after all (bound meanwhile), this connection ends (the others keep the nick
+            // until they next say hello).
+            match self.hold(nick, key.as_deref(), bound.is_none()).await {
+                Ok(floors) => {
+                    for conn in &renamed.conns {
+                        self.hub().listen(*conn, floors.clone());
+                    }
+                }
                 Err(Refusal(_, why)) => return Err(Failure::Fatal(Error::Policy(why))),
             }
+            if self
+                .current
+                .as_deref()
+                .is_some_and(|room| room.starts_with('@'))
+            {
+                self.current = None;
+            }
+            if self.known {
+                self.carry_read_state(&renamed.old, nick).await?;
+            }
         }
-        // Held now: a banned nick ends the connection, as at hello.
+        // Held now: a nick banned meanwhile ends the connection, as at hello.
         self.refuse_banned(nick).await.map_err(Failure::Fatal)?;
-        self.hub()
-            .send_to(&self.outbox, format!("* you are now {nick}").into());
+        let msg = ServerMsg::Renamed {
+            from: renamed.old,
+            to: nick.to_owned(),
+        };
+        self.hub().send_each(&renamed.conns, &msg);
+        Ok(())
+    }
+
+    /// A known user's rooms and how far it read them go with it to its new nick (they stay
+    /// the old nick's too: it is still bound to the user's key).
+    async fn carry_read_state(&self, old: &str, nick: &str) -> Result<(), Failure> {
+        let store = &self.chat.store;
+        for room in self.hub().rooms_of(self.id) {
+            if room.starts_with('@') {
+                continue;
+            }
+            let last_seq = self.hub().next_seq(&room).map_or(0, |next| next - 1);
+            let was = store
+                .membership(old, &room, Membership::Remember { last_seq })
+                .await
+                .map_err(unavailable)?;
+            let change = Membership::Remember {
+                last_seq: was.read_seq,
+            };
+            store
+                .membership(nick, &room, change)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 

@@ -111,10 +111,22 @@ fn plain(msg: &ServerMsg) -> String {
                 _ => format!("* inbox: {} and {more} more", list.join(", ")),
             }
         }
-        ServerMsg::Presence { room, nick, event } => match event {
+        ServerMsg::Presence {
+            room,
+            nick,
+            event,
+            from,
+        } => match event {
             PresenceEvent::Join => format!("* {nick} joined {room}"),
             PresenceEvent::Leave => format!("* {nick} left {room}"),
+            PresenceEvent::Renamed => {
+                format!(
+                    "* {} is now {nick} ({room})",
+                    from.as_deref().unwrap_or("?")
+                )
+            }
         },
+        ServerMsg::Renamed { to, .. } => format!("* you are now {to}"),
         ServerMsg::Members { room, nicks, total } if *total > nicks.len() => format!(
             "* in {room}: {} and {} more",
             nicks.join(", "),

@@ -361,6 +361,7 @@ impl<S: Store> Session<S> {
             } => self.history(conn, room, before, after, limit).await,
             ClientMsg::Rooms { after } => self.rooms(conn, after).await,
             ClientMsg::Refresh { token } => self.refresh(conn, token).await,
+            ClientMsg::Nick { nick } => self.rename(&nick).await,
         }
     }
 

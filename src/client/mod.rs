@@ -160,6 +160,8 @@ struct State {
     expiry: Option<Expiry>,
     /// Who is typing where, until when: shown in the terminal's status bar.
     typing: Vec<Typist>,
+    /// The nick we asked the server for with `nick`, until it answers.
+    renaming: Option<String>,
 }
 
 /// A member typing in a room (the server says so at most every 2 s while it types).
@@ -178,8 +180,6 @@ enum SessionEnd {
     Lost(String),
     /// Done, or refused for good.
     Exit(Exit),
-    /// Reconnect at once (e.g. a new nick).
-    Again,
 }
 
 /// Runs the chat client until input ends (and everything is acknowledged, and what the server
@@ -233,6 +233,7 @@ pub async fn run(
         welcomed: false,
         expiry: None,
         typing: Vec::new(),
+        renaming: None,
     };
     let config = ConnectionConfig::default();
     let target = state.opts.target.clone();
@@ -293,7 +294,6 @@ async fn redial(
         };
         match end {
             SessionEnd::Exit(exit) => return Ok(exit),
-            SessionEnd::Again => continue,
             SessionEnd::Lost(why) if reconnect => {
                 let wait = backoff.failed_jittered();
                 out.status(&format!(
@@ -680,14 +680,18 @@ impl State {
                     .map(|r| format!("{} ({} unread)", r.room, r.unread));
                 out.notice(&listed("inbox", list, total, rooms.len()));
             }
-            ServerMsg::Presence { room, nick, event } => {
-                let verb = if event == PresenceEvent::Join {
-                    "joined"
-                } else {
-                    "left"
-                };
-                out.notice(&format!("* {nick} {verb} {room}"));
-            }
+            ServerMsg::Presence {
+                room,
+                nick,
+                event,
+                from,
+            } => out.notice(&match event {
+                PresenceEvent::Join => format!("* {nick} joined {room}"),
+                PresenceEvent::Leave => format!("* {nick} left {room}"),
+                PresenceEvent::Renamed => {
+                    format!("* {} is now {nick}", from.unwrap_or_default())
+                }
+            }),
             ServerMsg::Members { room, nicks, total } => out.notice(&format!(
                 "* in {room}: {}{}",
                 nicks.join(", "),
@@ -707,6 +711,18 @@ impl State {
                 for m in results {
                     out.message(&m);
                 }
+            }
+            ServerMsg::Renamed { from, to } => {
+                self.renaming = None;
+                if !from.eq_ignore_ascii_case(&to) {
+                    // The old nick's direct-message rooms are not ours under the new one.
+                    self.rooms.retain(|room, _| !room.starts_with('@'));
+                    if self.current.starts_with('@') {
+                        self.current = self.rooms.keys().next().cloned().unwrap_or_default();
+                    }
+                }
+                self.opts.nick = to.clone();
+                out.status(&format!("* you are now {to}"));
             }
             ServerMsg::Refreshed { exp } => {
                 if let Some(token) = self.expiry.take().and_then(|e| e.offered) {
@@ -791,6 +807,25 @@ impl State {
         out: &mut Output,
     ) -> Option<SessionEnd> {
         let message = &output::visible(message);
+        // The answer to our `nick`: refused, we keep the nick we have.
+        if let Some(wanted) = self.renaming.take_if(|_| {
+            cid.is_none()
+                && matches!(
+                    code,
+                    ErrorCode::NickTaken
+                        | ErrorCode::BadNick
+                        | ErrorCode::Unauthorized
+                        | ErrorCode::Forbidden
+                        | ErrorCode::Internal
+                )
+        }) {
+            let wanted = output::visible(&wanted);
+            out.notice(&format!(
+                "! not {wanted}: {message}; you are still {}",
+                self.opts.nick
+            ));
+            return None;
+        }
         match code {
             ErrorCode::NickTaken | ErrorCode::BadNick => {
                 return Some(SessionEnd::Exit(Exit::Refused(format!(
@@ -901,8 +936,8 @@ impl State {
         let msg = match verb {
             "quit" | "q" => return Ok(Some(SessionEnd::Exit(Exit::Done))),
             "nick" if !rest.is_empty() => {
-                self.opts.nick = rest;
-                return Ok(Some(SessionEnd::Again));
+                self.renaming = Some(rest.clone());
+                ClientMsg::Nick { nick: rest }
             }
             "join" if !rest.is_empty() => {
                 self.current = rest.clone();
@@ -1076,6 +1111,7 @@ mod tests {
             welcomed: true,
             expiry: None,
             typing: Vec::new(),
+            renaming: None,
         }
     }
 

@@ -1,0 +1,326 @@
+//! `nick`: a user takes another nick in place (issue 19, item 2). Every connection of its
+//! nick takes it, keeping its rooms; the rooms' members see one `renamed`, not a leave and a
+//! join; a refusal leaves the old nick and the session; the old nick's direct-message rooms
+//! stay the old nick's, reachable again by taking it back.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::client::{Client, roomy};
+use common::{TestServer, nanachat};
+use nanachat::chat::Chat;
+use nanachat::server::ServerConfig;
+use nanachat::store::SqliteStore;
+use serde_json::{Value, json};
+
+/// A chat server on port 0 with its history in a fresh SQLite file.
+async fn chat(name: &str) -> TestServer {
+    let dir = std::env::temp_dir().join(format!("nanachat-rename-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = SqliteStore::open(&dir).unwrap();
+    let config = ServerConfig::default();
+    let max = config.connection.max_message_bytes;
+    TestServer::start(config, Chat::new(store, roomy(), max)).await
+}
+
+/// Asks for `nick`; returns the answer: `renamed` or `error`.
+async fn rename(c: &mut Client, nick: &str) -> Value {
+    rename_seeing(c, nick).await.pop().unwrap()
+}
+
+/// Asks for `nick`; returns what came up to the answer (`renamed` or `error`), the answer last.
+async fn rename_seeing(c: &mut Client, nick: &str) -> Vec<Value> {
+    c.send(json!({"type": "nick", "nick": nick})).await;
+    let mut seen = Vec::new();
+    loop {
+        let v = c.recv().await;
+        let done = v["type"] == "renamed" || v["type"] == "error";
+        seen.push(v);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// The nicks `who` lists in `room`.
+async fn who(c: &mut Client, room: &str) -> Value {
+    c.send(json!({"type": "who", "room": room})).await;
+    c.expect("members").await["nicks"].clone()
+}
+
+#[tokio::test]
+async fn a_nick_request_renames_every_connection_of_the_user_in_place() {
+    let s = chat("inplace").await;
+    let url = s.url();
+    let mut phone = Client::hello_with_key(&url, "mochi", Some("mochi's key")).await;
+    let mut laptop = Client::hello_with_key(&url, "mochi", Some("mochi's key")).await;
+    let mut nana = Client::hello(&url, "nana").await;
+    phone.join("lobby").await;
+    laptop.join("lobby").await;
+    nana.join("lobby").await;
+    phone.expect("presence").await;
+    laptop.expect("presence").await;
+
+    let answer = rename(&mut phone, "mochi2").await;
+    assert_eq!(
+        answer,
+        json!({"type": "renamed", "from": "mochi", "to": "mochi2"})
+    );
+    // The other connection of the user is renamed with it.
+    assert_eq!(
+        laptop.expect("renamed").await,
+        json!({"type": "renamed", "from": "mochi", "to": "mochi2"})
+    );
+    // The room sees one rename: not a leave, not a join.
+    let seen = loop {
+        let v = nana.recv().await;
+        if v["type"] == "presence" && v["nick"] != "nana" {
+            break v;
+        }
+    };
+    assert_eq!(
+        seen,
+        json!({"type": "presence", "room": "lobby", "nick": "mochi2", "event": "renamed", "from": "mochi"})
+    );
+    assert_eq!(who(&mut nana, "lobby").await, json!(["mochi2", "nana"]));
+    // Still a member: what either connection says is mochi2's, and both still hear the room.
+    phone.say("lobby", "hi as mochi2", "c1").await;
+    phone.expect("ack").await;
+    let m = nana.expect("message").await;
+    assert_eq!(
+        (m["from"].clone(), m["text"].clone()),
+        (json!("mochi2"), json!("hi as mochi2"))
+    );
+    nana.say("lobby", "welcome", "n1").await;
+    assert_eq!(laptop.expect("message").await["from"], "mochi2");
+    assert_eq!(laptop.expect("message").await["from"], "nana");
+    // Direct messages to the new nick reach both connections.
+    nana.send(json!({"type": "dm", "to": "mochi2", "text": "psst", "cid": "n2"}))
+        .await;
+    for c in [&mut phone, &mut laptop] {
+        let m = loop {
+            let v = c.expect("message").await;
+            if v["room"] == "@mochi2+nana" {
+                break v;
+            }
+        };
+        assert_eq!(m["text"], "psst");
+    }
+    // The new nick is bound to the user's key, as at hello: nobody else takes it.
+    let mut other = Client::raw(&url).await;
+    other.send(json!({"type": "hello", "nick": "mochi2"})).await;
+    assert_eq!(other.error().await["code"], "nick_taken");
+    // A case change is the same nick, shown anew.
+    let answer = rename(&mut laptop, "Mochi2").await;
+    assert_eq!(answer["to"], "Mochi2");
+    assert_eq!(phone.expect("renamed").await["to"], "Mochi2");
+    assert_eq!(who(&mut nana, "lobby").await, json!(["Mochi2", "nana"]));
+}
+
+#[tokio::test]
+async fn a_refused_nick_keeps_the_old_one_and_the_session() {
+    let s = chat("refused").await;
+    let url = s.url();
+    let mut mochi = Client::hello_with_key(&url, "mochi", Some("mochi's key")).await;
+    let mut nana = Client::hello(&url, "nana").await;
+    // A nick bound to someone else's key, its holder away.
+    drop(Client::hello_with_key(&url, "yuki", Some("yuki's key")).await);
+    mochi.join("lobby").await;
+    nana.join("lobby").await;
+
+    for (wanted, code) in [
+        ("nana", "nick_taken"),
+        ("NANA", "nick_taken"),
+        ("yuki", "nick_taken"),
+        ("not a nick!", "bad_nick"),
+        ("", "bad_nick"),
+        (&"x".repeat(33), "bad_nick"),
+    ] {
+        let answer = rename(&mut mochi, wanted).await;
+        assert_eq!(answer["code"], code, "{wanted}: {answer}");
+    }
+    // Still mochi, still in the room, still talking.
+    mochi.say("lobby", "still me", "c1").await;
+    mochi.expect("ack").await;
+    let m = nana.expect("message").await;
+    assert_eq!(
+        (m["from"].clone(), m["text"].clone()),
+        (json!("mochi"), json!("still me"))
+    );
+    assert_eq!(who(&mut nana, "lobby").await, json!(["mochi", "nana"]));
+    // Its own nick, spelt the same: nothing changes.
+    assert_eq!(
+        rename(&mut mochi, "mochi").await,
+        json!({"type": "renamed", "from": "mochi", "to": "mochi"})
+    );
+    // The names tried are not held by the attempt: yuki's holder still gets in.
+    Client::hello_with_key(&url, "yuki", Some("yuki's key")).await;
+}
+
+#[tokio::test]
+async fn the_old_nicks_direct_messages_stay_its_own_and_come_back_with_it() {
+    let s = chat("dms").await;
+    let url = s.url();
+    let mut mochi = Client::hello_with_key(&url, "mochi", Some("mochi's key")).await;
+    let mut nana = Client::hello(&url, "nana").await;
+    nana.send(json!({"type": "dm", "to": "mochi", "text": "for mochi", "cid": "n1"}))
+        .await;
+    nana.expect("ack").await;
+    assert_eq!(mochi.expect("message").await["text"], "for mochi");
+    mochi.join("@mochi+nana").await;
+
+    let seen = rename_seeing(&mut mochi, "kuro").await;
+    assert_eq!(seen.last().unwrap()["type"], "renamed", "{seen:?}");
+    // The connection is out of the old nick's DM room, told so, and may not join it.
+    assert!(
+        seen.contains(&json!({"type": "left", "room": "@mochi+nana"})),
+        "{seen:?}"
+    );
+    mochi
+        .send(json!({"type": "join", "room": "@mochi+nana"}))
+        .await;
+    assert_eq!(mochi.error().await["code"], "bad_room");
+    // A DM to the old nick is not delivered to the renamed user.
+    nana.send(json!({"type": "dm", "to": "mochi", "text": "while away", "cid": "n2"}))
+        .await;
+    nana.expect("ack").await;
+    // Taking the old nick back (it stays bound to the key) reaches all of them again.
+    assert_eq!(rename(&mut mochi, "mochi").await["to"], "mochi");
+    let joined = mochi.join("@mochi+nana").await;
+    assert_eq!(joined["last_seq"], 2, "{joined}");
+    mochi
+        .send(json!({"type": "history", "room": "@mochi+nana", "before": 3}))
+        .await;
+    let page = mochi.expect("history").await;
+    let texts: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["for mochi", "while away"]);
+    // The nick it had meanwhile was bound to its key when taken: it stays the key's.
+    let mut other = Client::raw(&url).await;
+    other.send(json!({"type": "hello", "nick": "kuro"})).await;
+    assert_eq!(other.error().await["code"], "nick_taken");
+}
+
+#[tokio::test]
+async fn a_renamed_user_keeps_its_inbox_under_the_new_nick() {
+    let s = chat("inbox").await;
+    let url = s.url();
+    let mut mochi = Client::hello_with_key(&url, "mochi", Some("mochi's key")).await;
+    let mut nana = Client::hello(&url, "nana").await;
+    mochi.join("lobby").await;
+    nana.join("lobby").await;
+    for i in 0..3 {
+        nana.say("lobby", &format!("m{i}"), &format!("n{i}")).await;
+        nana.expect("ack").await;
+    }
+    mochi
+        .send(json!({"type": "read", "room": "lobby", "seq": 1}))
+        .await;
+    mochi.expect("read").await;
+    assert_eq!(rename(&mut mochi, "kuro").await["type"], "renamed");
+    mochi.send(json!({"type": "inbox"})).await;
+    let inbox = mochi.expect("inbox").await;
+    let lobby = inbox["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room"] == "lobby")
+        .cloned()
+        .unwrap_or_else(|| panic!("lobby is in kuro's inbox: {inbox}"));
+    assert_eq!(
+        (lobby["read_seq"].clone(), lobby["unread"].clone()),
+        (json!(1), json!(2))
+    );
+}
+
+/// What `nana` hears next of type `kind` from or about `nick`.
+async fn heard(nana: &mut Client, kind: &str, field: &str, nick: &str) -> Value {
+    loop {
+        let v = nana.recv().await;
+        if v["type"] == kind && v[field] == nick {
+            return v;
+        }
+    }
+}
+
+/// `nanachat connect` under a terminal: `/nick` to a taken nick says so and keeps the nick
+/// and the session; `/nick` to a free one renames in place (the room sees `renamed`, not a
+/// leave and a join); a reconnect after it does not try the old nick's direct-message room.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_terminal_client_renames_in_place_and_a_refusal_keeps_the_session() {
+    let dir = std::env::temp_dir().join(format!("nanachat-rename-pty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = common::serve_child(&dir, "127.0.0.1:0", 1000);
+    let url = server.listening_url();
+    let addr = url.trim_start_matches("ws://").to_owned();
+    let mut nana = Client::hello(&url, "nana").await;
+    nana.join("lobby").await;
+
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--nick", "mochi"])
+        .env("NO_COLOR", "1");
+    let mut pty = rexpect::session::spawn_command(cmd, Some(10_000)).unwrap();
+    pty.exp_string("connected as mochi").unwrap();
+    heard(&mut nana, "presence", "nick", "mochi").await;
+    // A direct message: the client now knows the room @mochi+nana.
+    nana.send(json!({"type": "dm", "to": "mochi", "text": "psst", "cid": "n1"}))
+        .await;
+    pty.exp_string("psst").unwrap();
+
+    pty.send_line("/nick nana").unwrap();
+    pty.exp_string("nana is taken").unwrap();
+    pty.exp_string("you are still mochi").unwrap();
+    pty.send_line("after the refusal").unwrap();
+    let m = heard(&mut nana, "message", "from", "mochi").await;
+    assert_eq!(m["text"], "after the refusal");
+
+    pty.send_line("/nick mochi2").unwrap();
+    pty.exp_string("you are now mochi2").unwrap();
+    let seen = loop {
+        let v = nana.recv().await;
+        if v["type"] == "presence" {
+            break v;
+        }
+    };
+    assert_eq!(
+        seen,
+        json!({"type": "presence", "room": "lobby", "nick": "mochi2", "event": "renamed", "from": "mochi"})
+    );
+    pty.send_line("as mochi2").unwrap();
+    assert_eq!(
+        heard(&mut nana, "message", "from", "mochi2").await["text"],
+        "as mochi2"
+    );
+
+    // The server restarts: the client comes back as mochi2, and does not try @mochi+nana.
+    server.kill();
+    let server = common::serve_child(&dir, &addr, 1000);
+    server.listening_url();
+    let mut nana = Client::hello(&url, "nana").await;
+    nana.join("lobby").await;
+    common::within("mochi2 back in the lobby", async {
+        while !who(&mut nana, "lobby")
+            .await
+            .as_array()
+            .unwrap()
+            .contains(&json!("mochi2"))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    pty.send_line("back again").unwrap();
+    assert_eq!(
+        heard(&mut nana, "message", "from", "mochi2").await["text"],
+        "back again"
+    );
+    let before = pty.exp_string("mochi2: back again").unwrap();
+    assert!(!before.contains("bad_room"), "{before}");
+    pty.send_line("/quit").unwrap();
+    pty.exp_eof().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
