@@ -42,6 +42,7 @@ const state = {
   publicTotal: 0, // how many rooms the server has with members
   publicLast: null, // the last entry of the last `rooms` page
   roomsAsked: 0, // when `rooms` was last asked (ms)
+  roomsLater: null, // the timer of the next `rooms`, when one was wanted sooner
   roomsPaged: false, // the user paged the list past its first page: it is not refreshed
   retryAt: 0, // offline: when the library connects again (ms), for the countdown
   countdown: null, // its interval
@@ -270,7 +271,12 @@ function renderPublic() {
 function refreshRooms() {
   const c = state.client;
   if (!c || c.state !== 'open' || state.roomsPaged || state.roomsPaging || document.visibilityState !== 'visible') return;
-  if (Date.now() - state.roomsAsked < ROOMS_EVERY_MS) return;
+  const wait = state.roomsAsked + ROOMS_EVERY_MS - Date.now();
+  if (wait > 0) {
+    // Asked not long ago: once more when that is allowed (one timer, however many ask).
+    state.roomsLater ??= setTimeout(() => { state.roomsLater = null; refreshRooms(); }, wait);
+    return;
+  }
   state.roomsAsked = Date.now();
   c.rooms().catch(failed);
 }
@@ -817,6 +823,8 @@ function onServer(msg) {
       r.loading = loading; // its first page, asked for now
       if (loading) state.client.history(msg.room, { limit: 50 }).catch(failed);
       if (msg.room === state.current) decorate();
+      // A room the list does not have yet (new, or empty until now): listed at the next ask.
+      if (!isDm(msg.room) && !state.publicRooms.has(msg.room)) refreshRooms();
       if (msg.read_seq !== undefined && msg.read_seq !== null) readState(msg.room, msg.read_seq, msg.unread ?? 0, msg.last_seq);
       else if (msg.room === state.current) markRead();
       // A search result in this room, shown once it is loaded.
