@@ -170,6 +170,7 @@ function askInbox() {
 
 function setStatus(text, offline) {
   const s = $('status');
+  delete s.dataset.countdown;
   // The countdown sets it often: the same words are not said again to a screen reader.
   if (s.textContent !== text) s.textContent = text;
   s.classList.toggle('offline', !!offline);
@@ -666,26 +667,37 @@ function confirmPending(p, m) {
 /// has no messages yet.
 function decorate() {
   const list = $('messages');
-  for (const d of list.querySelectorAll(':scope > li.day')) d.remove();
-  let prev = null;
+  // The separators: each day's first message has one right before it (before the "new" line
+  // when that is there). One already in place stays: the list is a live region, and a
+  // separator taken out and put back would be read out again.
+  const stale = new Set(list.querySelectorAll(':scope > li.day'));
   let day = null;
-  for (const li of Array.from(list.children)) {
+  for (const li of list.querySelectorAll(':scope > li.msg')) {
+    const when = new Date(Number(li.dataset.time));
+    const key = when.toDateString();
+    if (key === day) continue;
+    day = key;
+    const label = dayLabel(when);
+    const marker = li.previousElementSibling;
+    const at = marker?.classList.contains('unread-marker') ? marker : li;
+    const before = at.previousElementSibling;
+    if (before?.classList.contains('day') && before.dataset.day === key && before.textContent === label) {
+      stale.delete(before);
+      continue;
+    }
+    const sep = el('li', 'day');
+    sep.dataset.day = key;
+    sep.setAttribute('role', 'separator');
+    sep.setAttribute('aria-label', label);
+    sep.append(el('span', '', label));
+    at.before(sep);
+  }
+  for (const d of stale) d.remove();
+  // The groups: anything between two messages (a day, the "new" line, a notice) ends one.
+  let prev = null;
+  for (const li of list.children) {
     if (!li.classList.contains('msg')) { prev = null; continue; }
     const time = Number(li.dataset.time);
-    const when = new Date(time);
-    const key = when.toDateString();
-    if (key !== day) {
-      day = key;
-      prev = null;
-      const label = dayLabel(when);
-      const sep = el('li', 'day');
-      sep.setAttribute('role', 'separator');
-      sep.setAttribute('aria-label', label);
-      sep.append(el('span', '', label));
-      // Above the "new" line when that is right before the message.
-      const marker = li.previousElementSibling;
-      (marker?.classList.contains('unread-marker') ? marker : li).before(sep);
-    }
     const grouped = prev !== null && !li.querySelector(':scope > .body > .quote')
       && prev.dataset.from.toLowerCase() === li.dataset.from.toLowerCase()
       && time - Number(prev.dataset.time) < GROUP_MS && !prev.classList.contains('failed');
@@ -1316,7 +1328,19 @@ function onState(s) {
 /// The reconnect countdown's words, now.
 function tick() {
   const left = Math.ceil((state.retryAt - Date.now()) / 1000);
-  setStatus(left > 0 ? `offline — reconnecting in ${left}…` : 'offline — reconnecting…', true);
+  const s = $('status');
+  // The seconds are shown, not read out each one (the status is a live region): a screen
+  // reader hears "offline — reconnecting" once.
+  if (s.dataset.countdown === undefined) {
+    const secs = el('span', 'countdown');
+    secs.setAttribute('aria-hidden', 'true');
+    s.replaceChildren('offline — reconnecting', secs);
+    s.classList.add('offline');
+    s.dataset.countdown = '';
+  }
+  const secs = s.querySelector('.countdown');
+  const text = left > 0 ? ` in ${left}…` : '…';
+  if (secs.textContent !== text) secs.textContent = text;
 }
 
 function stopCountdown() {
