@@ -1242,6 +1242,8 @@ function openDrawer(which) {
   const app = $('app');
   app.dataset.drawer = which;
   $(`${which}-toggle`).setAttribute('aria-expanded', 'true');
+  // What is under the scrim is out of reach (of Tab too) while the drawer is open.
+  for (const e of drawerCovers(which)) e.inert = true;
   const panel = $(`${which}-panel`);
   panel.querySelector('button, input, [tabindex]')?.focus();
 }
@@ -1251,7 +1253,13 @@ function closeDrawer(refocus) {
   if (!which) return;
   delete $('app').dataset.drawer;
   $(`${which}-toggle`).setAttribute('aria-expanded', 'false');
+  for (const e of drawerCovers(which)) e.inert = false;
   if (refocus) $(`${which}-toggle`).focus();
+}
+
+/// What the drawer `which` covers: the messages and the other drawer.
+function drawerCovers(which) {
+  return [document.querySelector('.chat'), $(which === 'rooms' ? 'members-panel' : 'rooms-panel')];
 }
 
 /// Opens a message's link (#room/seq): its room, scrolled to it once loaded.
@@ -1383,6 +1391,8 @@ for (const which of ['rooms', 'members']) {
   });
 }
 $('scrim').addEventListener('click', () => closeDrawer(true));
+// Wider than a phone: no drawers (the lists are beside the messages).
+window.matchMedia('(max-width: 700px)').addEventListener('change', (e) => { if (!e.matches) closeDrawer(false); });
 document.addEventListener('keydown', (e) => {
   if (e.key === 'Escape' && $('app').dataset.drawer) { e.preventDefault(); closeDrawer(true); }
 });

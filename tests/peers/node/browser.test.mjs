@@ -943,6 +943,21 @@ test('messages: no seqs, one sender\'s run grouped, a day separator, an empty ro
     const cls = await bob.getAttribute(`#messages li.msg[data-from="${nick}"] .from >> nth=0`, 'class');
     assert.ok(cls.split(' ').includes(`nick-c${terminalColour(nick)}`), `${nick}: ${cls}`);
   }
+  // The list is a live region: a separator in place stays as it is when messages come (not
+  // taken out and put back, to be read out again).
+  await bob.$eval('#messages li.day', (d) => { d.dataset.probe = 'kept'; });
+  await say(alice, 'one more');
+  await until('one more', async () => (await texts(bob)).includes('one more'));
+  assert.equal(await bob.$eval('#messages li.day', (d) => d.dataset.probe), 'kept');
+  assert.equal(await bob.locator('#messages li.day').count(), 1);
+  // A message's link opens it: its room, scrolled to it, focused.
+  const href = await bob.getAttribute('#messages li.msg a.permalink >> nth=1', 'href');
+  const carol = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  await carol.goto(`${http}/${href}`);
+  await carol.fill('#nick', 'carol');
+  await carol.press('#nick', 'Enter');
+  await until('the linked message focused', async () => carol.evaluate((seq) => document.activeElement?.dataset?.seq === seq, href.split('/')[1]));
+  await carol.close();
   const colours = await bob.$$eval('#messages li.msg:not(.cont) .from', (l) => l.map((e) => getComputedStyle(e).color));
   assert.notEqual(colours[0], colours[1]);
   assert.notEqual(colours[0], 'rgb(26, 26, 26)');
@@ -1018,10 +1033,12 @@ test('a phone: rooms and members in drawers, opened and closed with the keyboard
   await until('both members', async () => ['otto', 'pia'].every((n) => members(page).then((m) => m.includes(n))));
   await until('the drawer in view', async () => inView('#member-list li:has-text("otto")'));
   assert.equal(await page.getAttribute('#members-toggle', 'aria-expanded'), 'true');
+  assert.ok(await page.$eval('#say', (e) => !!e.closest('[inert]')), 'the messages are out of reach under the drawer');
   await page.screenshot({ path: path.join(SHOTS, 'phone-members.png') });
   await page.keyboard.press('Escape');
   await page.waitForSelector('#member-list', { state: 'hidden', timeout: WAIT });
   assert.equal(await page.evaluate(() => document.activeElement.id), 'members-toggle');
+  assert.ok(await page.$eval('#say', (e) => !e.closest('[inert]')));
   // Rooms: the drawer's inputs are whole; a room joined from it closes it and is shown.
   await page.focus('#rooms-toggle');
   await page.keyboard.press('Enter');
