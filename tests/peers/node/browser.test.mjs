@@ -907,7 +907,7 @@ test('messages: no seqs, one sender\'s run grouped, a day separator, an empty ro
   const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
   const alice = await openChat(http, 'alice');
   // An empty room says so.
-  await until('the empty state', async () => /No messages yet in #lobby/.test(await alice.textContent('#empty')));
+  await until('the empty state', async () => /No messages yet in #lobby/.test(await alice.$eval('#empty', (e) => e.textContent).catch(() => '')));
   assert.ok(await alice.isVisible('#empty'));
   const bob = await openChat(http, 'bob');
   await say(alice, 'first');
@@ -924,11 +924,19 @@ test('messages: no seqs, one sender\'s run grouped, a day separator, an empty ro
   assert.equal(await bob.locator('#messages li.msg a.permalink').count(), 4);
   assert.match(await bob.getAttribute('#messages li.msg a.permalink >> nth=0', 'href'), /^#lobby\/\d+$/);
   // Grouped: alice's name once for her three, then bob's.
-  const rows = await bob.$$eval('#messages > li', (l) => l.map((li) => (li.classList.contains('day') ? `day:${li.textContent}`
-    : `${li.dataset.from}${li.classList.contains('cont') ? '+' : ''}`)));
-  assert.deepEqual(rows, ['day:Today', 'alice', 'alice+', 'alice+', 'bob']);
-  assert.equal(await bob.locator('#messages li.msg.cont .avatar').first().isVisible(), false);
-  assert.equal(await bob.locator('#messages li.msg:not(.cont) .avatar').count(), 2);
+  // Grouped: alice's name and avatar once for her three, then bob's — as they came, and on a
+  // page that loads them from history.
+  const rows = (page) => page.$$eval('#messages > li', (l) => l.map((li) => (li.classList.contains('day') ? `day:${li.textContent}`
+    : li.classList.contains('msg') ? `${li.dataset.from}${li.classList.contains('cont') ? '+' : ''}` : `${li.className}:${li.textContent}`)));
+  const live = (await rows(bob)).filter((r) => !r.startsWith('unread-marker')); // a "new" line ends a group
+  assert.deepEqual(live.map((r) => r.replace('+', '')), ['day:Today', 'alice', 'alice', 'alice', 'bob']);
+  assert.ok(live.includes('alice+'), `grouped as they came: ${live}`);
+  const late = await openChat(http, 'late');
+  await until('history', async () => (await texts(late)).includes('bob answers'));
+  assert.deepEqual(await rows(late), ['day:Today', 'alice', 'alice+', 'alice+', 'bob']);
+  assert.equal(await late.locator('#messages li.msg.cont .avatar').first().isVisible(), false);
+  assert.equal(await late.locator('#messages li.msg:not(.cont) .avatar').count(), 2);
+  await late.close();
   // Links: http(s) only, opening in a new tab with no opener or referrer; the rest stays text.
   const links = await bob.$$eval('#messages a.link', (l) => l.map((a) => ({ href: a.getAttribute('href'), text: a.textContent, target: a.target, rel: a.rel })));
   assert.deepEqual(links, [{ href: 'https://example.com/wiki/A_(b)?x=1&y=2', text: 'https://example.com/wiki/A_(b)?x=1&y=2', target: '_blank', rel: 'noopener noreferrer' }]);
