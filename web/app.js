@@ -38,7 +38,18 @@ const state = {
   // Only the last one's answer is shown.
   searches: [],
   lastSearch: null, // the one whose results are shown (for "More results")
+  publicRooms: new Map(), // room -> members, from `rooms` ("Also here"), busiest first
+  publicTotal: 0, // how many rooms the server has with members
+  publicLast: null, // the last entry of the last `rooms` page
+  roomsAsked: 0, // when `rooms` was last asked (ms)
+  roomsLater: null, // the timer of the next `rooms`, when one was wanted sooner
+  roomsPaged: false, // the user paged the list past its first page: it is not refreshed
+  retryAt: 0, // offline: when the library connects again (ms), for the countdown
+  countdown: null, // its interval
 };
+
+/// How often the rooms list (and the counts of rooms this page is not in) is asked again.
+const ROOMS_EVERY_MS = 15000;
 
 /// How often this page says it is typing, and how long another's `typing` is shown.
 const TYPING_EVERY_MS = 2000;
@@ -56,6 +67,67 @@ function el(tag, cls, text) {
   if (text !== undefined) e.textContent = text;
   return e;
 }
+
+/// The terminal client's nick colours (src/client/output.rs, NICK_COLOURS: ANSI 31 to 36) and
+/// its hash, so a nick has the same colour in both; style.css maps each to a readable colour
+/// (the classes nick-c31 … nick-c36).
+const NICK_COLOURS = [31, 32, 33, 34, 35, 36];
+const utf8 = new TextEncoder();
+function colourOf(nick) {
+  let h = 5381;
+  for (const b of utf8.encode(nick)) h = (Math.imul(h, 33) ^ b) >>> 0;
+  return NICK_COLOURS[h % NICK_COLOURS.length];
+}
+function nickClass(nick) { return `nick-c${colourOf(nick)}`; }
+
+/// http(s) addresses in a message: shown as links. Nothing else is (no other scheme, no markup):
+/// the rest stays text.
+const URL_RE = /\bhttps?:\/\/[^\s<>"]+/gi;
+
+/// Fills `span` with `text`, its http(s) addresses as links that open in a new tab.
+function linkify(span, text) {
+  let at = 0;
+  for (const match of text.matchAll(URL_RE)) {
+    let url = match[0];
+    // Punctuation after an address ends the sentence, not the address (a closing bracket
+    // belongs to it when it opened one).
+    for (;;) {
+      const last = url.at(-1);
+      if ('.,;:!?\'*'.includes(last)) url = url.slice(0, -1);
+      else if (last === ')' && url.split('(').length < url.split(')').length) url = url.slice(0, -1);
+      else if (last === ']' && url.split('[').length < url.split(']').length) url = url.slice(0, -1);
+      else break;
+    }
+    let href = null;
+    try {
+      const u = new URL(url);
+      if (u.protocol === 'http:' || u.protocol === 'https:') href = u.href;
+    } catch { /* not an address after all: text */ }
+    if (!href) continue;
+    if (match.index > at) span.append(text.slice(at, match.index));
+    const a = el('a', 'link', url);
+    a.href = href;
+    a.target = '_blank';
+    a.rel = 'noopener noreferrer';
+    span.append(a);
+    at = match.index + url.length;
+  }
+  if (at < text.length) span.append(text.slice(at));
+  return span;
+}
+
+/// A day separator's words: Today, Yesterday, or the date.
+function dayLabel(d) {
+  const today = new Date();
+  const yesterday = new Date();
+  yesterday.setDate(today.getDate() - 1);
+  if (d.toDateString() === today.toDateString()) return 'Today';
+  if (d.toDateString() === yesterday.toDateString()) return 'Yesterday';
+  return d.toLocaleDateString([], { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+}
+
+/// Messages of one sender this close together are shown as one group (name and avatar once).
+const GROUP_MS = 5 * 60 * 1000;
 
 function isDm(room) { return room.startsWith('@'); }
 function dmPeer(room) {
@@ -98,7 +170,9 @@ function askInbox() {
 
 function setStatus(text, offline) {
   const s = $('status');
-  s.textContent = text;
+  delete s.dataset.countdown;
+  // The countdown sets it often: the same words are not said again to a screen reader.
+  if (s.textContent !== text) s.textContent = text;
   s.classList.toggle('offline', !!offline);
 }
 
@@ -121,18 +195,91 @@ function renderRooms() {
       b.append(u);
       b.setAttribute('aria-label', `${roomLabel(name)}, ${n} unread`);
     }
-    b.addEventListener('click', () => show(name));
+    b.addEventListener('click', () => { closeDrawer(); show(name); });
     li.append(b);
     list.append(li);
   }
 }
 
+/// The members of the room on screen, each in their colour; a direct-message room's two are
+/// always listed (the user and the other one). Also how many are in each room listed.
 function renderMembers() {
   const list = $('member-list');
   list.replaceChildren();
-  const r = state.rooms.get(state.current);
-  if (!r) return;
-  for (const nick of [...r.members].sort()) list.append(el('li', '', nick));
+  const name = state.current;
+  const r = state.rooms.get(name);
+  renderPublic();
+  if (!r) { $('member-count').textContent = ''; return; }
+  const nicks = new Map([...r.members].map((n) => [n.toLowerCase(), n]));
+  if (isDm(name)) {
+    for (const n of [state.nick, dmPeerNick(name)]) if (!nicks.has(n.toLowerCase())) nicks.set(n.toLowerCase(), n);
+  }
+  const sorted = [...nicks.values()].sort((a, b) => byCodePoint(a.toLowerCase(), b.toLowerCase()));
+  for (const nick of sorted) {
+    const li = el('li', `member ${nickClass(nick)}`, nick);
+    if (nick.toLowerCase() === state.nick.toLowerCase()) li.title = 'you';
+    list.append(li);
+  }
+  $('member-count').textContent = String(sorted.length);
+  $('members-title').setAttribute('aria-label', `Members of ${roomLabel(name)}: ${sorted.length}`);
+}
+
+/// The other one of a direct-message room, as they write their nick when this page has seen
+/// them (the room's name has it in lower case).
+function dmPeerNick(name) {
+  const peer = dmPeer(name);
+  for (const m of state.rooms.get(name)?.msgs.values() ?? []) if (m.from.toLowerCase() === peer) return m.from;
+  return peer;
+}
+
+/// The rooms with members ("Also here"), busiest first as the server listed them; the count of a
+/// room this page is in is kept live from its `presence` events, the others' from `rooms`
+/// asked again every ROOMS_EVERY_MS while the page is seen.
+function renderPublic() {
+  const list = $('public-rooms');
+  list.replaceChildren();
+  for (const [name, count] of state.publicRooms) {
+    const r = state.rooms.get(name);
+    const n = r && r.joined && r.members.size > 0 ? r.members.size : count;
+    const li = el('li', 'room');
+    const b = el('button', '', `#${name} (${n})`);
+    b.type = 'button';
+    b.dataset.room = name;
+    b.setAttribute('aria-label', `#${name}, ${n} ${n === 1 ? 'member' : 'members'}`);
+    b.addEventListener('click', () => joinRoom(name));
+    li.append(b);
+    list.append(li);
+  }
+  const more = state.publicTotal - state.publicRooms.size;
+  if (more > 0 && state.publicRooms.size > 0) {
+    const last = state.publicLast;
+    const li = el('li', 'more');
+    const b = el('button', '', `… and ${more} more`);
+    b.type = 'button';
+    b.addEventListener('click', () => {
+      state.roomsPaging = true;
+      state.roomsPaged = true;
+      state.client.rooms({ after: last }).catch(failed);
+    });
+    li.append(b);
+    list.append(li);
+  }
+}
+
+/// Asks for the rooms list again — at most once every ROOMS_EVERY_MS, only while the page is
+/// seen and connected, and not once the user paged past its first page (that would drop the
+/// rest).
+function refreshRooms() {
+  const c = state.client;
+  if (!c || c.state !== 'open' || state.roomsPaged || state.roomsPaging || document.visibilityState !== 'visible') return;
+  const wait = state.roomsAsked + ROOMS_EVERY_MS - Date.now();
+  if (wait > 0) {
+    // Asked not long ago: once more when that is allowed (one timer, however many ask).
+    state.roomsLater ??= setTimeout(() => { state.roomsLater = null; refreshRooms(); }, wait);
+    return;
+  }
+  state.roomsAsked = Date.now();
+  c.rooms().catch(failed);
 }
 
 function show(name) {
@@ -148,6 +295,7 @@ function show(name) {
   const list = $('messages');
   list.replaceChildren(...r.el.children.length ? Array.from(r.el.cloneNode(true).children) : []);
   list.dataset.room = name;
+  decorate();
   const marker = drawMarker(name);
   if (marker) list.scrollTop += marker.getBoundingClientRect().top - list.getBoundingClientRect().top;
   else list.scrollTop = list.scrollHeight;
@@ -259,15 +407,20 @@ function onRead(msg) {
 /// message after it; returns it (null when there is none).
 function drawMarker(name) {
   const list = $('messages');
-  list.querySelector('.unread-marker')?.remove();
+  const had = list.querySelector('.unread-marker');
+  had?.remove();
   const r = state.rooms.get(name);
-  if (name !== state.current || !r || r.marker === null) return null;
+  if (name !== state.current || !r || r.marker === null) {
+    if (had) decorate();
+    return null;
+  }
   const first = Array.from(list.querySelectorAll('li[data-seq]')).find((li) => Number(li.dataset.seq) > r.marker);
   if (!first) return null;
   const line = el('li', 'unread-marker', 'new');
   line.setAttribute('role', 'separator');
   line.setAttribute('aria-label', 'New messages below');
   first.before(line);
+  decorate();
   return line;
 }
 
@@ -370,9 +523,9 @@ function quoteOf(name, seq) {
   if (orig) {
     q.append(el('span', 'quote-from', orig.from), el('span', 'quote-text', orig.deleted ? 'message deleted' : snippet(orig.text)));
   } else {
-    q.append(el('span', 'quote-text', `#${seq}`));
+    q.append(el('span', 'quote-text', 'an earlier message'));
   }
-  q.title = `Show #${seq}`;
+  q.title = 'Show the message';
   q.setAttribute('aria-label', `In reply to #${seq}${orig ? ` by ${orig.from}` : ''}: show it`);
   return q;
 }
@@ -387,25 +540,44 @@ function actionButton(action, text, label) {
 }
 
 /// The element of one chat message: `m` is a message as stored (a `model`), or a pending one
-/// (no seq yet).
+/// (no seq yet). An avatar and a head (who, when: a link to the message), then what was said;
+/// `decorate` groups a sender's messages that follow each other (the head shown once).
 function messageItem(m, pending) {
-  const li = el('li', pending ? 'pending' : '');
+  const li = el('li', pending ? 'msg pending' : 'msg');
   const name = m.room || state.current;
-  if (m.reply_to) li.append(quoteOf(name, m.reply_to));
-  const time = m.time ? new Date(m.time).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : 'sending…';
-  li.append(el('span', 'meta', m.seq ? `#${m.seq} ${time}` : time));
-  li.append(el('span', 'from', m.from + ':'));
+  li.dataset.from = m.from;
+  li.dataset.time = String(m.time || Date.now());
+  const colour = nickClass(m.from);
+  const avatar = el('span', `avatar ${colour}`, Array.from(m.from)[0]?.toUpperCase() ?? '?');
+  avatar.setAttribute('aria-hidden', 'true');
+  const head = el('span', 'head');
+  head.append(el('span', `from ${colour}`, m.from));
+  const when = m.time ? new Date(m.time) : null;
+  const time = when ? when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : 'sending…';
+  if (m.seq) {
+    // No seq on screen: the time is a link to the message (#room/seq), for its address.
+    const link = el('a', 'meta permalink', time);
+    link.href = `#${encodeURIComponent(name)}/${m.seq}`;
+    link.title = `${when ? when.toLocaleString() : ''} · link to this message`;
+    link.setAttribute('aria-label', `${time}, link to this message`);
+    head.append(link);
+  } else {
+    head.append(el('span', 'meta', time));
+  }
+  const body = el('div', 'body');
+  if (m.reply_to) body.append(quoteOf(name, m.reply_to));
   if (m.deleted) {
     li.classList.add('deleted');
-    li.append(el('span', 'text tombstone', 'message deleted'));
+    body.append(el('span', 'text tombstone', 'message deleted'));
   } else {
-    li.append(el('span', 'text', m.text));
+    body.append(linkify(el('span', 'text'), m.text));
     if (m.edited) {
       const mark = el('span', 'edited', '(edited)');
       mark.title = `edited ${new Date(m.edited).toLocaleString()}`;
-      li.append(mark);
+      body.append(mark);
     }
   }
+  li.append(avatar, head, body);
   if (!m.seq) return li;
   li.dataset.seq = String(m.seq);
   li.tabIndex = -1; // a quote's jump focuses it
@@ -439,7 +611,7 @@ function messageItem(m, pending) {
     chip.title = mine ? `${emoji}: ${count}, yours among them (click to take it back)` : `${emoji}: ${count} (click to add yours)`;
     reactions.append(chip);
   }
-  li.append(reactions);
+  body.append(reactions);
   return li;
 }
 
@@ -453,7 +625,7 @@ function redraw(name, seq) {
   if (old) old.replaceWith(fresh);
   if (name === state.current) {
     const shown = $('messages').querySelector(`[data-seq="${seq}"]`);
-    if (shown) shown.replaceWith(fresh.cloneNode(true));
+    if (shown) { shown.replaceWith(fresh.cloneNode(true)); decorate(); }
   }
 }
 
@@ -474,6 +646,7 @@ function append(name, li) {
     const list = $('messages');
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     list.append(li.cloneNode(true));
+    decorate();
     if (atBottom) list.scrollTop = list.scrollHeight;
   }
 }
@@ -485,6 +658,62 @@ function confirmPending(p, m) {
     const old = list.querySelector(`[data-cid="${p.cid}"]`);
     if (old) old.replaceWith(list === $('messages') ? fresh.cloneNode(true) : fresh);
   }
+  if (p.room === state.current) decorate();
+}
+
+/// Groups the messages on screen and puts in what goes between them: a day's separator before
+/// its first message; a message right after another of the same sender (within 5 minutes, the
+/// same day, not a reply, nothing between them) shows no name or avatar. Says so when the room
+/// has no messages yet.
+function decorate() {
+  const list = $('messages');
+  // The separators: each day's first message has one right before it (before the "new" line
+  // when that is there). One already in place stays: the list is a live region, and a
+  // separator taken out and put back would be read out again.
+  const stale = new Set(list.querySelectorAll(':scope > li.day'));
+  let day = null;
+  for (const li of list.querySelectorAll(':scope > li.msg')) {
+    const when = new Date(Number(li.dataset.time));
+    const key = when.toDateString();
+    if (key === day) continue;
+    day = key;
+    const label = dayLabel(when);
+    const marker = li.previousElementSibling;
+    const at = marker?.classList.contains('unread-marker') ? marker : li;
+    const before = at.previousElementSibling;
+    if (before?.classList.contains('day') && before.dataset.day === key && before.textContent === label) {
+      stale.delete(before);
+      continue;
+    }
+    const sep = el('li', 'day');
+    sep.dataset.day = key;
+    sep.setAttribute('role', 'separator');
+    sep.setAttribute('aria-label', label);
+    sep.append(el('span', '', label));
+    at.before(sep);
+  }
+  for (const d of stale) d.remove();
+  // The groups: anything between two messages (a day, the "new" line, a notice) ends one.
+  let prev = null;
+  for (const li of list.children) {
+    if (!li.classList.contains('msg')) { prev = null; continue; }
+    const time = Number(li.dataset.time);
+    const grouped = prev !== null && !li.querySelector(':scope > .body > .quote')
+      && prev.dataset.from.toLowerCase() === li.dataset.from.toLowerCase()
+      && time - Number(prev.dataset.time) < GROUP_MS && !prev.classList.contains('failed');
+    li.classList.toggle('cont', grouped);
+    prev = li;
+  }
+  const name = state.current;
+  const r = state.rooms.get(name);
+  const empty = $('empty');
+  const none = !list.querySelector(':scope > li.msg') && !!r && !r.loading && (r.joined || isDm(name));
+  if (none) {
+    empty.textContent = isDm(name)
+      ? `No messages yet with ${roomLabel(name)}. Say hello: only the two of you see this conversation.`
+      : `No messages yet in ${roomLabel(name)}. Say something to start the conversation.`;
+  }
+  empty.hidden = !none;
 }
 
 // ---- protocol -----------------------------------------------------------------------------
@@ -584,6 +813,8 @@ function onServer(msg) {
       // ack; a room only heard live (a direct-message room not joined) may have a gap now.
       for (const r of state.rooms.values()) if (!r.member && r.lastSeq !== null) forgetLog(r);
       state.roomsPaging = false;
+      state.roomsPaged = false;
+      state.roomsAsked = Date.now();
       state.client.rooms().catch(failed);
       // The user's rooms and where it is in each, also what came while it was away (direct
       // messages to it included): after every reconnect.
@@ -603,6 +834,9 @@ function onServer(msg) {
       const loading = r.el.children.length === 0 && msg.last_seq > 0;
       r.loading = loading; // its first page, asked for now
       if (loading) state.client.history(msg.room, { limit: 50 }).catch(failed);
+      if (msg.room === state.current) decorate();
+      // A room the list does not have yet (new, or empty until now): listed at the next ask.
+      if (!isDm(msg.room) && !state.publicRooms.has(msg.room)) refreshRooms();
       if (msg.read_seq !== undefined && msg.read_seq !== null) readState(msg.room, msg.read_seq, msg.unread ?? 0, msg.last_seq);
       else if (msg.room === state.current) markRead();
       // A search result in this room, shown once it is loaded.
@@ -629,44 +863,47 @@ function onServer(msg) {
       break;
     case 'presence': {
       const r = room(msg.room);
-      if (msg.event === 'join') r.members.add(msg.nick); else { r.members.delete(msg.nick); stopTyping(msg.room, msg.nick); }
-      if (msg.room === state.current) renderMembers();
+      if (msg.event === 'join') {
+        r.members.add(msg.nick);
+      } else if (msg.event === 'renamed') {
+        // One member took another nick: the old one goes, the new one comes.
+        if (msg.from) { r.members.delete(msg.from); stopTyping(msg.room, msg.from); }
+        r.members.add(msg.nick);
+      } else {
+        r.members.delete(msg.nick);
+        stopTyping(msg.room, msg.nick);
+      }
+      if (msg.room === state.current) renderMembers(); else renderPublic();
+      // A room not listed yet (new, or only now with members): the list is asked again.
+      if (!state.publicRooms.has(msg.room) && !isDm(msg.room)) refreshRooms();
+      break;
+    }
+    case 'renamed': {
+      // The user's nick changed (on this connection or another of theirs).
+      if (!msg.to) break;
+      state.nick = msg.to;
+      localStorage.setItem('nanachat.nick', msg.to);
+      $('me').textContent = `as ${msg.to}`;
+      renderMembers();
       break;
     }
     case 'members': {
       const r = room(msg.room);
       r.members = new Set(msg.nicks);
-      if (msg.room === state.current) renderMembers();
+      if (msg.room === state.current) renderMembers(); else renderPublic();
       break;
     }
     case 'rooms': {
       // A list too long for one frame comes cut: the first rooms and the `total` of the list.
       // The button at its end asks for the rooms after the last one shown.
-      const list = $('public-rooms');
-      if (state.roomsPaging) list.querySelector('li.more')?.remove();
-      else list.replaceChildren();
+      // A page's `total` counts the rooms from its first one on.
+      if (!state.roomsPaging) { state.publicRooms = new Map(); state.roomsPaged = false; }
       state.roomsPaging = false;
-      for (const info of msg.rooms) {
-        const li = el('li', 'room');
-        const b = el('button', '', `#${info.room} (${info.members})`);
-        b.type = 'button';
-        b.addEventListener('click', () => joinRoom(info.room));
-        li.append(b);
-        list.append(li);
-      }
-      const more = (msg.total ?? msg.rooms.length) - msg.rooms.length;
-      if (more > 0 && msg.rooms.length > 0) {
-        const last = msg.rooms[msg.rooms.length - 1];
-        const li = el('li', 'more');
-        const b = el('button', '', `… and ${more} more`);
-        b.type = 'button';
-        b.addEventListener('click', () => {
-          state.roomsPaging = true;
-          state.client.rooms({ after: last }).catch(failed);
-        });
-        li.append(b);
-        list.append(li);
-      }
+      const before = state.publicRooms.size;
+      for (const info of msg.rooms) state.publicRooms.set(info.room, info.members);
+      if (msg.rooms.length) state.publicLast = msg.rooms.at(-1); // the next page's `after`, as it came
+      state.publicTotal = Math.max(before + (msg.total ?? msg.rooms.length), state.publicRooms.size);
+      renderPublic();
       break;
     }
     case 'history': {
@@ -686,6 +923,7 @@ function onServer(msg) {
         firstPage = !list.querySelector('li[data-seq]');
         const before = list.scrollHeight;
         list.prepend(...items);
+        decorate();
         list.scrollTop += list.scrollHeight - before;
       }
       // Replies shown before the message they quote: their quote can say what it was now.
@@ -771,7 +1009,11 @@ function refused(p, err) {
   } else {
     for (const list of [room(p.room).el, $('messages')]) {
       const line = list.querySelector(`[data-cid="${p.cid}"]`);
-      if (line) { line.className = 'failed'; line.append(el('span', 'why', ` — not sent: ${why}`)); }
+      if (line) {
+        line.classList.remove('pending');
+        line.classList.add('failed');
+        (line.querySelector('.body') ?? line).append(el('span', 'why', ` — not sent: ${why}`));
+      }
     }
   }
 }
@@ -989,7 +1231,49 @@ function closeSearch() {
   $('search').focus();
 }
 
-function joinRoom(name) { show(name); }
+function joinRoom(name) { closeDrawer(); show(name); }
+
+// ---- the phone layout: rooms and members in drawers ---------------------------------------
+
+/// Opens the drawer `which` ('rooms' or 'members'; on a narrow screen only), its first control
+/// focused; Escape, a tap outside it or a choice in it closes it.
+function openDrawer(which) {
+  closeDrawer(false);
+  const app = $('app');
+  app.dataset.drawer = which;
+  $(`${which}-toggle`).setAttribute('aria-expanded', 'true');
+  // What is under the scrim is out of reach (of Tab too) while the drawer is open.
+  for (const e of drawerCovers(which)) e.inert = true;
+  const panel = $(`${which}-panel`);
+  panel.querySelector('button, input, [tabindex]')?.focus();
+}
+
+function closeDrawer(refocus) {
+  const which = $('app').dataset.drawer;
+  if (!which) return;
+  delete $('app').dataset.drawer;
+  $(`${which}-toggle`).setAttribute('aria-expanded', 'false');
+  for (const e of drawerCovers(which)) e.inert = false;
+  if (refocus) $(`${which}-toggle`).focus();
+}
+
+/// What the drawer `which` covers: the messages and the other drawer.
+function drawerCovers(which) {
+  return [document.querySelector('.chat'), $(which === 'rooms' ? 'members-panel' : 'rooms-panel')];
+}
+
+/// Opens a message's link (#room/seq): its room, scrolled to it once loaded.
+function openPermalink() {
+  const m = /^#([^/]+)\/(\d+)$/.exec(location.hash);
+  if (!m || !state.client) return;
+  let name;
+  try { name = decodeURIComponent(m[1]); } catch { return; }
+  const seq = Number(m[2]);
+  if (name !== state.current) show(name);
+  state.jumpTo = { room: name, seq };
+  const r = room(name);
+  if (r.joined && !r.loading) jump(name, seq);
+}
 
 // ---- connection ---------------------------------------------------------------------------
 
@@ -997,7 +1281,7 @@ function joinRoom(name) { show(name); }
 /// `history`, `members`, `rooms`, `inbox`; `message`, `edit`, `delete` and `react` once each,
 /// in seq order per room).
 const FRAMES = ['welcome', 'joined', 'left', 'read', 'inbox', 'typing', 'message', 'edit', 'delete',
-  'react', 'refreshed', 'presence', 'members', 'rooms', 'history'];
+  'react', 'refreshed', 'presence', 'members', 'rooms', 'history', 'renamed'];
 
 /// Opens this login's connection: the library's Client, which comes back by itself.
 function connect() {
@@ -1026,6 +1310,7 @@ function connect() {
 
 /// The connection's ups and downs, as the library tells them.
 function onState(s) {
+  stopCountdown();
   if (s.state !== 'offline') return;
   for (const r of state.rooms.values()) { r.joined = false; r.loading = false; r.readSent = null; }
   if (state.searches.length) {
@@ -1041,11 +1326,38 @@ function onState(s) {
     // goes with the new one.
     setStatus('offline — token ended', true);
   } else {
-    setStatus(`offline — reconnecting in ${(s.delayMs / 1000).toFixed(1)}s`, true);
+    // Counted down a second at a time: "reconnecting in 3…", "2…", "1…".
+    state.retryAt = Date.now() + s.delayMs;
+    tick();
+    state.countdown = setInterval(tick, 250);
   }
 }
 
+/// The reconnect countdown's words, now.
+function tick() {
+  const left = Math.ceil((state.retryAt - Date.now()) / 1000);
+  const s = $('status');
+  // The seconds are shown, not read out each one (the status is a live region): a screen
+  // reader hears "offline — reconnecting" once.
+  if (s.dataset.countdown === undefined) {
+    const secs = el('span', 'countdown');
+    secs.setAttribute('aria-hidden', 'true');
+    s.replaceChildren('offline — reconnecting', secs);
+    s.classList.add('offline');
+    s.dataset.countdown = '';
+  }
+  const secs = s.querySelector('.countdown');
+  const text = left > 0 ? ` in ${left}…` : '…';
+  if (secs.textContent !== text) secs.textContent = text;
+}
+
+function stopCountdown() {
+  clearInterval(state.countdown);
+  state.countdown = null;
+}
+
 function logout(why) {
+  stopCountdown();
   state.nick = '';
   const client = state.client;
   state.client = null;
@@ -1070,7 +1382,25 @@ $('login-form').addEventListener('submit', (e) => {
   connect();
   room('lobby');
   show('lobby');
+  openPermalink();
 });
+
+for (const which of ['rooms', 'members']) {
+  $(`${which}-toggle`).addEventListener('click', () => {
+    if ($('app').dataset.drawer === which) closeDrawer(true); else openDrawer(which);
+  });
+}
+$('scrim').addEventListener('click', () => closeDrawer(true));
+// Wider than a phone: no drawers (the lists are beside the messages).
+window.matchMedia('(max-width: 700px)').addEventListener('change', (e) => { if (!e.matches) closeDrawer(false); });
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape' && $('app').dataset.drawer) { e.preventDefault(); closeDrawer(true); }
+});
+window.addEventListener('hashchange', openPermalink);
+// The rooms list, again now and then while the page is seen (the counts of rooms this page is
+// in follow their presence events meanwhile).
+setInterval(refreshRooms, ROOMS_EVERY_MS);
+document.addEventListener('visibilitychange', refreshRooms);
 
 $('token-bar').addEventListener('submit', (e) => {
   e.preventDefault();
@@ -1178,7 +1508,7 @@ $('dm-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const nick = $('dm-nick').value.trim();
   $('dm-nick').value = '';
-  if (nick && nick !== state.nick) { room(dmRoom(state.nick, nick)); show(dmRoom(state.nick, nick)); }
+  if (nick && nick !== state.nick) { closeDrawer(); room(dmRoom(state.nick, nick)); show(dmRoom(state.nick, nick)); }
 });
 
 // Typing in the composer: the room's others are told (at most once every 2 s).

@@ -152,7 +152,10 @@ export interface AckFrame { type: 'ack'; cid: string; room: string; seq: number;
 export interface ErrorFrame { type: 'error'; code: ErrorCode | string; message: string; cid?: string; fatal?: boolean }
 export interface TypingFrame { type: 'typing'; room: string; nick: string }
 export interface ReadFrame { type: 'read'; room: string; seq: number }
-export interface PresenceFrame { type: 'presence'; room: string; nick: string; event: 'join' | 'leave' }
+/** `renamed`: `nick` is the member's new nick, `from` the old one. */
+export interface PresenceFrame { type: 'presence'; room: string; nick: string; event: 'join' | 'leave' | 'renamed'; from?: string }
+/** The user's nick changed (on this connection or another of theirs): `nick` says the new one from then on. */
+export interface RenamedFrame { type: 'renamed'; from: string; to: string }
 export interface RefreshedFrame { type: 'refreshed'; exp?: number }
 export interface TickFrame { type: 'tick'; time: number }
 export interface InboxEntry { room: string; last_seq: number; read_seq: number; unread: number; last?: StoredMessage }
@@ -190,6 +193,7 @@ export interface EventMap {
   typing: TypingFrame;
   read: ReadFrame;
   presence: PresenceFrame;
+  renamed: RenamedFrame;
   refreshed: RefreshedFrame;
   token_expired: ErrorFrame;
   tick: TickFrame;

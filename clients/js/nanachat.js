@@ -392,6 +392,11 @@ export class Client {
         if (r && this.#asks.some((a) => a.frame.type === 'refresh')) r.wanted = false;
         break;
       }
+      case 'renamed':
+        // The user's nick changed (here or on another of its connections): the next `hello`
+        // (a reconnect) says the new one.
+        if (typeof f.to === 'string' && f.to) this.#nick = f.to;
+        break;
       case 'ack': this.#onAck(f); return;
       case 'refreshed': this.#onRefreshed(f); break;
       case 'error': this.#onError(f); return;

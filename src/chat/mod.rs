@@ -201,8 +201,9 @@ fn verify_token(
 
 /// The browser client (`web/`) and the JavaScript client library it runs on
 /// (`clients/js/nanachat.js`, also for any page of the application's own), embedded: `GET /`
-/// is the chat page.
-static ASSETS: [Asset; 5] = [
+/// is the chat page. Its icon is one SVG, at `/favicon.svg` (linked from the page) and at
+/// `/favicon.ico`, where browsers and tools look unasked.
+static ASSETS: [Asset; 7] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
@@ -224,11 +225,24 @@ static ASSETS: [Asset; 5] = [
         body: include_str!("../../web/style.css"),
     },
     Asset {
+        path: "/favicon.svg",
+        content_type: "image/svg+xml",
+        body: FAVICON,
+    },
+    Asset {
+        path: "/favicon.ico",
+        content_type: "image/svg+xml",
+        body: FAVICON,
+    },
+    Asset {
         path: "/about.txt",
         content_type: "text/plain; charset=utf-8",
         body: ABOUT,
     },
 ];
+
+/// The browser client's icon: a speech bubble.
+const FAVICON: &str = include_str!("../../web/favicon.svg");
 
 /// How to connect without a browser.
 const ABOUT: &str = "nanachat chat server\n\n\

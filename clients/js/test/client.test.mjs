@@ -357,3 +357,41 @@ test('a real disconnect with a ban (POST /api/v1/users/{nick}/disconnect): told 
   assert.ok(refused, 'connected while banned');
   assert.match(String(refused.message), /banned/);
 });
+
+test('a rename: `renamed` gives the client its new nick (the next hello says it); an unknown event is passed on as it came', async () => {
+  // A scripted server: the rename (`renamed` to the user's own connections) comes from the
+  // server, then an event this library does not know, then a dropped link.
+  const { WebSocketServer } = createRequire(path.join(ROOT, 'tests/peers/node/package.json'))('ws');
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await within(new Promise((r) => wss.once('listening', r)), 'listening');
+  const hellos = [];
+  wss.on('connection', (ws) => {
+    ws.on('message', (data) => {
+      const f = JSON.parse(data.toString());
+      if (f.type !== 'hello') return;
+      hellos.push(f.nick);
+      ws.send(JSON.stringify({ type: 'welcome', nick: f.nick, limits: { heartbeat_ms: 25000 } }));
+      if (hellos.length > 1) return;
+      ws.send(JSON.stringify({ type: 'renamed', from: 'mochi', to: 'mochi2' }));
+      ws.send(JSON.stringify({ type: 'presence', room: 'lobby', nick: 'mochi2', event: 'renamed', from: 'mochi' }));
+      ws.send(JSON.stringify({ type: 'from_the_future', room: 'lobby', n: 1 }));
+      setTimeout(() => ws.terminate(), 100);
+    });
+  });
+  try {
+    const mochi = client(`ws://127.0.0.1:${wss.address().port}/`, 'mochi');
+    const renamed = next(mochi, 'renamed');
+    const presence = next(mochi, 'presence');
+    const unknown = next(mochi, 'from_the_future');
+    await within(mochi.connect(), 'welcome');
+    assert.deepEqual(await renamed, { type: 'renamed', from: 'mochi', to: 'mochi2' });
+    assert.equal(mochi.nick, 'mochi2');
+    assert.equal((await presence).from, 'mochi');
+    assert.deepEqual(await unknown, { type: 'from_the_future', room: 'lobby', n: 1 });
+    await until('the second hello', () => hellos.length === 2);
+    assert.deepEqual(hellos, ['mochi', 'mochi2']);
+    await until('open again', () => mochi.state === 'open');
+  } finally {
+    wss.close();
+  }
+});

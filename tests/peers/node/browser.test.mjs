@@ -856,3 +856,277 @@ test('inbox after a reconnect: a direct message sent while the page was offline 
   dan.ws.close();
   await tabs.close();
 });
+
+// ---- a room as Slack and Element show one (issue 19, item 8) -----------------------------------
+
+/// The terminal client's nick colour (src/client/output.rs: NICK_COLOURS, colour_of), written
+/// again here: the page must pick the same one.
+function terminalColour(nick) {
+  let h = 5381;
+  for (const b of Buffer.from(nick, 'utf8')) h = (Math.imul(h, 33) ^ b) >>> 0;
+  return [31, 32, 33, 34, 35, 36][h % 6];
+}
+
+const publicRooms = (page) => page.$$eval('#public-rooms li.room', (l) => l.map((e) => e.textContent));
+/// Each `rooms` request the page sends, counted.
+function countRoomsAsked(page) {
+  const asked = { n: 0 };
+  page.on('websocket', (ws) => ws.on('framesent', (f) => {
+    try { if (JSON.parse(f.payload).type === 'rooms') asked.n += 1; } catch { /* not JSON */ }
+  }));
+  return asked;
+}
+
+test('room counts stay live from presence (no polling), and a direct-message room lists both of its members', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  const asked = countRoomsAsked(page);
+  await page.goto(`${http}/`);
+  await page.fill('#nick', 'alice');
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  await until('#lobby (1)', async () => (await publicRooms(page)).includes('#lobby (1)'));
+  const bob = await openChat(http, 'bob');
+  await until('#lobby (2) once bob is in', async () => (await publicRooms(page)).includes('#lobby (2)'));
+  const carol = await openChat(http, 'carol');
+  await until('#lobby (3)', async () => (await publicRooms(page)).includes('#lobby (3)'));
+  await carol.close();
+  await until('#lobby (2) once carol left', async () => (await publicRooms(page)).includes('#lobby (2)'));
+  assert.ok(asked.n <= 2, `the rooms list was asked ${asked.n} times: the counts come from presence`);
+  // A direct-message room: both of its members listed, each in their colour.
+  await page.fill('#dm-nick', 'bob');
+  await page.press('#dm-nick', 'Enter');
+  await until('the DM room shown', async () => (await page.textContent('#room-title')) === '@bob');
+  await until('both members', async () => (await members(page)).join(',') === 'alice,bob');
+  assert.equal(await page.getAttribute('#member-list li:has-text("bob")', 'class'), `member nick-c${terminalColour('bob')}`);
+  await bob.close();
+  await page.close();
+});
+
+test('messages: no seqs, one sender\'s run grouped, a day separator, an empty room says so, links, nick colours as in the terminal', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const alice = await openChat(http, 'alice');
+  // An empty room says so.
+  await until('the empty state', async () => /No messages yet in #lobby/.test(await alice.$eval('#empty', (e) => e.textContent).catch(() => '')));
+  assert.ok(await alice.isVisible('#empty'));
+  const bob = await openChat(http, 'bob');
+  await say(alice, 'first');
+  await say(alice, 'see https://example.com/wiki/A_(b)?x=1&y=2. and <b>javascript:alert(1)</b> or JAVASCRIPT://x or ftp://files.test');
+  await say(alice, 'third');
+  await until('alice\'s three', async () => (await texts(bob)).includes('third'));
+  await say(bob, 'bob answers');
+  await until('bob\'s', async () => (await texts(bob)).includes('bob answers')
+    && (await bob.$$('#messages li.pending')).length === 0);
+  assert.ok(!(await bob.isVisible('#empty')), 'no empty state once there are messages');
+  // No seq on screen (#1, #2…); each message's time is a link to it.
+  const shown = await bob.innerText('#messages');
+  assert.doesNotMatch(shown, /#\d+/);
+  assert.equal(await bob.locator('#messages li.msg a.permalink').count(), 4);
+  assert.match(await bob.getAttribute('#messages li.msg a.permalink >> nth=0', 'href'), /^#lobby\/\d+$/);
+  // Grouped: alice's name once for her three, then bob's.
+  // Grouped: alice's name and avatar once for her three, then bob's — as they came, and on a
+  // page that loads them from history.
+  const rows = (page) => page.$$eval('#messages > li', (l) => l.map((li) => (li.classList.contains('day') ? `day:${li.textContent}`
+    : li.classList.contains('msg') ? `${li.dataset.from}${li.classList.contains('cont') ? '+' : ''}` : `${li.className}:${li.textContent}`)));
+  const live = (await rows(bob)).filter((r) => !r.startsWith('unread-marker')); // a "new" line ends a group
+  assert.deepEqual(live.map((r) => r.replace('+', '')), ['day:Today', 'alice', 'alice', 'alice', 'bob']);
+  assert.ok(live.includes('alice+'), `grouped as they came: ${live}`);
+  const late = await openChat(http, 'late');
+  await until('history', async () => (await texts(late)).includes('bob answers'));
+  assert.deepEqual(await rows(late), ['day:Today', 'alice', 'alice+', 'alice+', 'bob']);
+  assert.equal(await late.locator('#messages li.msg.cont .avatar').first().isVisible(), false);
+  assert.equal(await late.locator('#messages li.msg:not(.cont) .avatar').count(), 2);
+  await late.close();
+  // Links: http(s) only, opening in a new tab with no opener or referrer; the rest stays text.
+  const links = await bob.$$eval('#messages a.link', (l) => l.map((a) => ({ href: a.getAttribute('href'), text: a.textContent, target: a.target, rel: a.rel })));
+  assert.deepEqual(links, [{ href: 'https://example.com/wiki/A_(b)?x=1&y=2', text: 'https://example.com/wiki/A_(b)?x=1&y=2', target: '_blank', rel: 'noopener noreferrer' }]);
+  assert.equal(await bob.$$eval('#messages a', (l) => l.filter((a) => !/^(https?:|#)/.test(a.getAttribute('href'))).length), 0);
+  assert.equal(await bob.$$eval('#messages b', (l) => l.length), 0);
+  assert.ok((await texts(bob)).includes('see https://example.com/wiki/A_(b)?x=1&y=2. and <b>javascript:alert(1)</b> or JAVASCRIPT://x or ftp://files.test'));
+  // Nick colours: the terminal's, by the same hash (alice 36 cyan, bob 31 red).
+  assert.equal(terminalColour('alice'), 36);
+  assert.equal(terminalColour('bob'), 31);
+  assert.equal(terminalColour('émile'), 33);
+  for (const nick of ['alice', 'bob']) {
+    const cls = await bob.getAttribute(`#messages li.msg[data-from="${nick}"] .from >> nth=0`, 'class');
+    assert.ok(cls.split(' ').includes(`nick-c${terminalColour(nick)}`), `${nick}: ${cls}`);
+  }
+  // The list is a live region: a separator in place stays as it is when messages come (not
+  // taken out and put back, to be read out again).
+  await bob.$eval('#messages li.day', (d) => { d.dataset.probe = 'kept'; });
+  await say(alice, 'one more');
+  await until('one more', async () => (await texts(bob)).includes('one more'));
+  assert.equal(await bob.$eval('#messages li.day', (d) => d.dataset.probe), 'kept');
+  assert.equal(await bob.locator('#messages li.day').count(), 1);
+  // A message's link opens it: its room, scrolled to it, focused.
+  const href = await bob.getAttribute('#messages li.msg a.permalink >> nth=1', 'href');
+  const carol = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  await carol.goto(`${http}/${href}`);
+  await carol.fill('#nick', 'carol');
+  await carol.press('#nick', 'Enter');
+  await until('the linked message focused', async () => carol.evaluate((seq) => document.activeElement?.dataset?.seq === seq, href.split('/')[1]));
+  await carol.close();
+  const colours = await bob.$$eval('#messages li.msg:not(.cont) .from', (l) => l.map((e) => getComputedStyle(e).color));
+  assert.notEqual(colours[0], colours[1]);
+  assert.notEqual(colours[0], 'rgb(26, 26, 26)');
+  await bob.screenshot({ path: path.join(SHOTS, 'grouped-links-colours.png') });
+  await alice.close();
+  await bob.close();
+});
+
+test('day separators: a day\'s messages under its date, today\'s under "Today"', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const cli = terminalClient(url, 'early');
+  cli.say('three days ago');
+  cli.say('later that day');
+  await until('stored', async () => cli.lines().includes('[lobby] early: later that day'));
+  // The page's `history` answers are made three days older on their way (its connection goes
+  // through the test): the server cannot be asked to store a message in the past.
+  const page = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  const old = new Date();
+  old.setDate(old.getDate() - 3);
+  old.setHours(12, 0, 0, 0);
+  await page.routeWebSocket(/.*/, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((data) => {
+      const msg = JSON.parse(data);
+      if (msg.type === 'history') {
+        msg.messages.forEach((m, i) => { m.time = old.getTime() + i * 60000; });
+        ws.send(JSON.stringify(msg));
+      } else {
+        ws.send(data);
+      }
+    });
+  });
+  await page.goto(`${http}/`);
+  await page.fill('#nick', 'dora');
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  await until('history', async () => (await texts(page)).includes('later that day'));
+  await say(page, 'and today');
+  await until('today\'s', async () => (await texts(page)).includes('and today'));
+  const label = old.toLocaleDateString('en-US', { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+  const rows = await page.$$eval('#messages > li', (l) => l.map((li) => (li.classList.contains('day') ? `day:${li.textContent}`
+    : `${li.dataset.from}${li.classList.contains('cont') ? '+' : ''}`)));
+  assert.deepEqual(rows, [`day:${label}`, 'early', 'early+', 'day:Today', 'dora']);
+  assert.equal(await page.getAttribute('#messages li.day >> nth=1', 'role'), 'separator');
+  await page.close();
+});
+
+test('a phone: rooms and members in drawers, opened and closed with the keyboard alone', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const other = await openChat(http, 'otto');
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  await page.goto(`${http}/`);
+  await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'nick');
+  await page.keyboard.type('pia');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  const inView = (sel) => page.$eval(sel, (e) => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.left >= 0 && r.top >= 0 && r.right <= window.innerWidth && r.bottom <= window.innerHeight;
+  });
+  // The messages take the screen: neither list is in the way, the composer is whole.
+  assert.ok(!(await page.isVisible('#member-list')), 'the members are in a drawer');
+  assert.ok(!(await page.isVisible('#join-room')), 'the rooms are in a drawer');
+  assert.ok(await inView('#say'));
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'nothing wider than the screen');
+  await page.screenshot({ path: path.join(SHOTS, 'phone-chat.png') });
+  // Members: the toggle opens the drawer, both nicks in it, Escape closes it and gives the
+  // focus back to the toggle.
+  await page.focus('#members-toggle');
+  assert.equal(await page.getAttribute('#members-toggle', 'aria-expanded'), 'false');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#member-list', { state: 'visible', timeout: WAIT });
+  await until('both members', async () => ['otto', 'pia'].every((n) => members(page).then((m) => m.includes(n))));
+  await until('the drawer in view', async () => inView('#member-list li:has-text("otto")'));
+  assert.equal(await page.getAttribute('#members-toggle', 'aria-expanded'), 'true');
+  assert.ok(await page.$eval('#say', (e) => !!e.closest('[inert]')), 'the messages are out of reach under the drawer');
+  await page.screenshot({ path: path.join(SHOTS, 'phone-members.png') });
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#member-list', { state: 'hidden', timeout: WAIT });
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'members-toggle');
+  assert.ok(await page.$eval('#say', (e) => !e.closest('[inert]')));
+  // Rooms: the drawer's inputs are whole; a room joined from it closes it and is shown.
+  await page.focus('#rooms-toggle');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#join-room', { state: 'visible', timeout: WAIT });
+  await until('the rooms drawer in view', async () => (await inView('#join-room')) && (await inView('#dm-nick')));
+  await page.screenshot({ path: path.join(SHOTS, 'phone-rooms.png') });
+  await page.focus('#join-room');
+  await page.keyboard.type('pocket');
+  await page.keyboard.press('Enter');
+  await until('#pocket shown', async () => (await page.textContent('#room-title')) === '#pocket');
+  await page.waitForSelector('#join-room', { state: 'hidden', timeout: WAIT });
+  await page.keyboard.type('from my phone');
+  await page.keyboard.press('Enter');
+  await until('said', async () => (await texts(page)).includes('from my phone'));
+  await other.close();
+  await page.close();
+});
+
+test('the reconnect countdown ticks: "reconnecting in 2…", then "1…"', async () => {
+  const server = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await openChat(server.http, 'waiter');
+  await page.evaluate(() => {
+    window.statuses = [];
+    const s = document.getElementById('status');
+    new MutationObserver(() => window.statuses.push(s.textContent)).observe(s, { childList: true, characterData: true, subtree: true });
+  });
+  server.proc.kill('SIGKILL');
+  await page.waitForSelector('#status.offline', { timeout: WAIT });
+  // Each wait is longer than the one before: one of 2 s or more comes within a few seconds,
+  // and is counted down a second at a time.
+  await until('a countdown that ticks', async () => {
+    const seen = await page.evaluate(() => window.statuses);
+    return seen.some((t, i) => {
+      const m = /reconnecting in (\d+)…$/.exec(t);
+      return m && Number(m[1]) >= 2 && seen.slice(i + 1).find((u) => u !== t) === `offline — reconnecting in ${Number(m[1]) - 1}…`;
+    });
+  });
+  await page.close();
+});
+
+test('a favicon at /favicon.ico, linked from the page', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await browser.newPage();
+  const missing = [];
+  page.on('response', (r) => { if (r.status() >= 400) missing.push(r.url()); });
+  await page.goto(`${http}/`);
+  const ico = await page.request.get(`${http}/favicon.ico`);
+  assert.equal(ico.status(), 200);
+  assert.equal(ico.headers()['content-type'], 'image/svg+xml');
+  assert.match(await ico.text(), /^<svg /);
+  const href = await page.getAttribute('link[rel="icon"]', 'href');
+  const linked = await page.request.get(new URL(href, `${http}/`).href);
+  assert.equal(linked.status(), 200);
+  assert.match(linked.headers()['content-type'], /^image\//);
+  assert.deepEqual(missing, []);
+  await page.close();
+});
+
+test('a rename: the member list takes the new nick out of `presence` renamed, the page its own from `renamed`', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  // The server's side of a rename is played by the test, over a real server's connection.
+  let toPage = null;
+  await page.routeWebSocket(/.*/, (ws) => {
+    ws.connectToServer();
+    toPage = (frame) => ws.send(JSON.stringify(frame));
+  });
+  await page.goto(`${http}/`);
+  await page.fill('#nick', 'rita');
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  const bob = await openChat(http, 'bob');
+  await until('bob in', async () => (await members(page)).includes('bob'));
+  toPage({ type: 'presence', room: 'lobby', nick: 'bobby', event: 'renamed', from: 'bob' });
+  await until('bob is bobby', async () => (await members(page)).join(',') === 'bobby,rita');
+  toPage({ type: 'renamed', from: 'rita', to: 'rita2' });
+  await until('rita is rita2', async () => (await page.textContent('#me')) === 'as rita2');
+  toPage({ type: 'some_future_event', room: 'lobby' });
+  await say(page, 'still here');
+  await until('acked', async () => (await texts(page)).includes('still here') && (await page.$$('#messages li.pending')).length === 0);
+  await bob.close();
+  await page.close();
+});
