@@ -247,6 +247,24 @@ async fn heard(nana: &mut Client, kind: &str, field: &str, nick: &str) -> Value 
     }
 }
 
+/// Connects as `nick` once it is free (its last connection may still be closing).
+async fn take(url: &str, nick: &str, key: Option<&str>) -> Client {
+    common::within(&format!("{nick} is free"), async {
+        loop {
+            let mut c = Client::raw(url).await;
+            c.send(json!({"type": "hello", "nick": nick, "key": key}))
+                .await;
+            let answer = c.recv().await;
+            if answer["type"] == "welcome" {
+                return c;
+            }
+            assert_eq!(answer["code"], "nick_taken", "{answer}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// `nanachat connect` under a terminal: `/nick` to a taken nick says so and keeps the nick
 /// and the session; `/nick` to a free one renames in place (the room sees `renamed`, not a
 /// leave and a join); a reconnect after it does not try the old nick's direct-message room.
@@ -323,4 +341,126 @@ async fn the_terminal_client_renames_in_place_and_a_refusal_keeps_the_session() 
     pty.send_line("/quit").unwrap();
     pty.exp_eof().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// From an attack on the docs: only the rooms the renaming connection was in went with it, as
+/// copies — the rooms another connection (or none) held stayed behind, and renaming back found
+/// old read positions and rooms left meanwhile. A rename *moves* the user's rooms, all of them
+/// but its direct-message rooms, and read positions never go back.
+#[tokio::test]
+async fn a_rename_moves_every_room_of_the_user_and_renaming_back_loses_no_reading() {
+    let s = chat("moves").await;
+    let url = s.url();
+    let key = Some("mochi's key");
+    let mut nana = Client::hello(&url, "nana").await;
+    let mut a = Client::hello_with_key(&url, "mochi", key).await;
+    let mut b = Client::hello_with_key(&url, "mochi", key).await;
+    let mut c = Client::hello_with_key(&url, "mochi", key).await;
+    // `other` is only b's; `past` was joined by a connection that has gone; `gone` is a's.
+    b.join("other").await;
+    c.join("past").await;
+    a.join("gone").await;
+    for room in ["other", "past", "gone"] {
+        nana.join(room).await;
+        for i in 0..3 {
+            nana.say(room, &format!("{room}{i}"), &format!("{room}-{i}"))
+                .await;
+            nana.expect("ack").await;
+        }
+    }
+    c.send(json!({"type": "read", "room": "past", "seq": 2}))
+        .await;
+    c.expect("read").await;
+    drop(c);
+    b.send(json!({"type": "read", "room": "other", "seq": 1}))
+        .await;
+    b.expect("read").await;
+
+    assert_eq!(rename(&mut a, "mochi2").await["type"], "renamed");
+    let inbox = |rooms: &Value| -> Vec<(String, u64)> {
+        let mut list: Vec<(String, u64)> = rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["room"].as_str().unwrap().to_owned(),
+                    r["read_seq"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        list.sort();
+        list
+    };
+    a.send(json!({"type": "inbox"})).await;
+    assert_eq!(
+        inbox(&a.expect("inbox").await),
+        [
+            ("gone".to_owned(), 0),
+            ("other".to_owned(), 1),
+            ("past".to_owned(), 2)
+        ]
+    );
+    // Read further, and leave one, under the new nick; then take the old one back.
+    b.send(json!({"type": "read", "room": "other", "seq": 3}))
+        .await;
+    b.expect("read").await;
+    a.send(json!({"type": "leave", "room": "gone"})).await;
+    a.expect("left").await;
+    assert_eq!(rename(&mut a, "mochi").await["type"], "renamed");
+    a.send(json!({"type": "inbox"})).await;
+    assert_eq!(
+        inbox(&a.expect("inbox").await),
+        [("other".to_owned(), 3), ("past".to_owned(), 2)]
+    );
+}
+
+/// From an attack on the docs: another connection of the user, replaying the old nick's
+/// direct-message room when the rename took it out of the room, went on sending the replay
+/// after `left`. It stops at the rename.
+#[tokio::test]
+async fn a_replay_of_the_old_nicks_dm_room_stops_at_the_rename() {
+    const DMS: usize = 1500;
+    let s = chat("replay").await;
+    let url = s.url();
+    let key = Some("mochi's key");
+    let mut nana = Client::hello(&url, "nana").await;
+    // mochi is bound to its key, and away while its direct messages pile up.
+    drop(Client::hello_with_key(&url, "mochi", key).await);
+    let text = "x".repeat(3900);
+    for i in 0..DMS {
+        nana.send(json!({"type": "dm", "to": "mochi", "text": text, "cid": format!("n{i}")}))
+            .await;
+    }
+    for _ in 0..DMS {
+        nana.expect("ack").await;
+    }
+    let mut a = take(&url, "mochi", key).await;
+    let mut b = Client::hello_with_key(&url, "mochi", key).await;
+    // b asks for the whole room and, behind it, a marker; it reads no further than
+    // `joined`, so its replay stalls on a full socket.
+    b.send(json!({"type": "join", "room": "@mochi+nana", "since": 0}))
+        .await;
+    b.expect("joined").await;
+    b.send(json!({"type": "rooms"})).await;
+    assert_eq!(rename(&mut a, "mochi2").await["type"], "renamed");
+    let mut seen = Vec::new();
+    let (mut renamed, mut marker) = (false, false);
+    while !(renamed && marker) {
+        let v = b.recv().await;
+        renamed |= v["type"] == "renamed";
+        marker |= v["type"] == "rooms";
+        seen.push(v);
+    }
+    let left = seen
+        .iter()
+        .position(|v| v["type"] == "left")
+        .unwrap_or_else(|| panic!("b was told left"));
+    let dms = |vs: &[Value]| {
+        vs.iter()
+            .filter(|v| v["type"] == "message" && v["room"] == "@mochi+nana")
+            .count()
+    };
+    assert_eq!(dms(&seen[left..]), 0, "messages of the room after left");
+    assert!(dms(&seen) < DMS, "the replay was cut short: {}", dms(&seen));
 }

@@ -50,6 +50,11 @@ impl<S: Store> Session<S> {
                 if record.seq > last {
                     break 'pages;
                 }
+                // Out of the room meanwhile (a rename on another connection of the user took
+                // it out of the old nick's direct-message rooms): nothing more of it is sent.
+                if !self.hub().is_member(self.id, room) {
+                    return Ok(());
+                }
                 if record.seq != after + 1 {
                     return Err(pruned_meanwhile(after));
                 }

@@ -222,24 +222,27 @@ impl<S: Store> Session<S> {
         Ok(())
     }
 
-    /// A known user's rooms and how far it read them go with it to its new nick (they stay
-    /// the old nick's too: it is still bound to the user's key).
+    /// A known user's rooms and how far it read them move with it to its new nick: every room
+    /// the old nick remembered (joined on any connection, or away), but its direct-message
+    /// rooms, which stay the old nick's. Read positions never move back: a room the new nick
+    /// remembered already keeps the further of the two. Remembered under the new nick before
+    /// it is forgotten under the old, so that a failure between leaves it under both.
     async fn carry_read_state(&self, old: &str, nick: &str) -> Result<(), Failure> {
         let store = &self.chat.store;
-        for room in self.hub().rooms_of(self.id) {
-            if room.starts_with('@') {
-                continue;
+        let rooms = store.inbox(old, Vec::new()).await.map_err(unavailable)?;
+        for room in rooms.into_iter().filter(|r| !r.room.starts_with('@')) {
+            let read_seq = room.state.read_seq;
+            for change in [
+                Membership::Remember { last_seq: read_seq },
+                Membership::Read { seq: read_seq },
+            ] {
+                store
+                    .membership(nick, &room.room, change)
+                    .await
+                    .map_err(unavailable)?;
             }
-            let last_seq = self.hub().next_seq(&room).map_or(0, |next| next - 1);
-            let was = store
-                .membership(old, &room, Membership::Remember { last_seq })
-                .await
-                .map_err(unavailable)?;
-            let change = Membership::Remember {
-                last_seq: was.read_seq,
-            };
             store
-                .membership(nick, &room, change)
+                .membership(old, &room.room, Membership::Forget)
                 .await
                 .map_err(unavailable)?;
         }
