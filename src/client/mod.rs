@@ -812,6 +812,15 @@ impl State {
                 }
                 return None;
             }
+            // No token at all: the server's words are for programs; say what to do.
+            ErrorCode::Unauthorized if self.opts.token.is_none() => {
+                return Some(SessionEnd::Exit(Exit::Refused(format!(
+                    "this server needs a token: ask its operator for one, or, if you run it, mint \
+                     one with `nanachat token --sub {} --auth-secret-file FILE` (FILE: its \
+                     secret); then connect with --token TOKEN or --token-file FILE",
+                    self.opts.nick
+                ))));
+            }
             ErrorCode::Unauthorized => {
                 let hint = match &self.opts.token_file {
                     Some(path) => format!(
