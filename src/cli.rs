@@ -329,7 +329,8 @@ pub enum BenchScenario {
 }
 
 /// `nanachat bench`: runs, prints the table (or JSON), draws the plot; lost or duplicated
-/// messages make it fail.
+/// messages make it fail, and so does a run that measured nothing: a client that could not
+/// connect, nothing delivered, the clients rate-limited.
 #[cfg(feature = "bench")]
 pub fn bench(args: BenchArgs) -> Result<()> {
     use crate::bench::{BenchSpec, Progress, Scenario, SearchQuery};
