@@ -147,7 +147,7 @@ fn said(mut client: Proc) -> (Option<i32>, String) {
 }
 
 #[test]
-fn a_token_server_says_how_to_get_a_token_and_a_token_alone_names_the_nick() {
+fn a_token_server_says_how_to_get_a_token_which_one_it_refused_and_a_token_alone_names_the_nick() {
     let dir = std::env::temp_dir().join(format!("nanachat-cli-token-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
@@ -178,6 +178,26 @@ fn a_token_server_says_how_to_get_a_token_and_a_token_alone_names_the_nick() {
             .any(|(_, l)| l.contains("alice: hello from alice")),
         "{out:?}"
     );
+
+    // A token the server does not take: which one, why, and where a good one comes from.
+    let other = dir.join("other-secret");
+    common::write_secret(&other, "another secret, not the server's\n");
+    let forged = run(&[
+        "token",
+        "--sub",
+        "alice",
+        "--auth-secret-file",
+        other.to_str().unwrap(),
+    ]);
+    let forged = String::from_utf8(forged.stdout).unwrap();
+    let (code, stderr) = said(connect(&[&url, "--token", forged.trim()], &["hi"]));
+    assert_eq!(code, Some(3), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("nanachat:")).unwrap();
+    assert!(
+        line.contains("the server refused the token given with --token"),
+        "{stderr}"
+    );
+    assert!(line.contains("ask its operator"), "{stderr}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

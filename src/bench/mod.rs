@@ -779,6 +779,7 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
     }
     if report.connected == 0 {
         // Nothing to measure: say so now rather than wait out the run.
+        bar.clear();
         return Err(Error::Bench(format!(
             "no client could connect to {} ({} failed; first: {}) — is the server running \
              there?",

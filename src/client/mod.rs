@@ -822,16 +822,15 @@ impl State {
                 ))));
             }
             ErrorCode::Unauthorized => {
-                let hint = match &self.opts.token_file {
-                    Some(path) => format!(
-                        "the token in {}; `nanachat token --sub {}` mints one",
-                        path.display(),
-                        self.opts.nick
-                    ),
-                    None => "--token".into(),
+                let given = match &self.opts.token_file {
+                    Some(path) => format!("the token in {}", path.display()),
+                    None => "the token given with --token".into(),
                 };
                 return Some(SessionEnd::Exit(Exit::Refused(format!(
-                    "{message} ({hint})"
+                    "the server refused {given}: {message}; ask its operator for a valid one, \
+                     or mint one with `nanachat token --sub {} --auth-secret-file FILE` (FILE: \
+                     its secret)",
+                    self.opts.nick
                 ))));
             }
             // Refused until a fresh token comes: held, and sent again after `refreshed`.
