@@ -142,10 +142,16 @@ fn tls_failed(target: &Target, err: &std::io::Error) -> Error {
     if !plain {
         return Error::Handshake(format!("TLS with {} failed: {err}", target.uri));
     }
-    let uri = target.uri.to_string();
-    let plain_url = uri.strip_prefix("wss://").unwrap_or(&uri);
+    let uri = &target.uri;
+    // The same place: a port left to wss://'s default (443) is written out, as ws:// has 80.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let port = match given_port(uri) {
+        Some(_) => String::new(),
+        None => format!(":{}", target.port),
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
     Error::Config(format!(
-        "the server at {uri} does not speak TLS here; try ws://{plain_url}"
+        "the server at {uri} does not speak TLS here; try ws://{authority}{port}{path}"
     ))
 }
 
@@ -300,5 +306,29 @@ mod tests {
             let err = Target::parse(bad).expect_err(bad).to_string();
             assert!(err.starts_with("bad URL"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_plain_answer_to_tls_names_the_ws_url_of_the_same_place() {
+        let plain = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+            )
+        };
+        for (url, try_url) in [
+            ("wss://example.org/chat", "ws://example.org:443/chat"),
+            ("wss://example.org:8765", "ws://example.org:8765/"),
+            ("wss://[::1]:9000/a?b=c", "ws://[::1]:9000/a?b=c"),
+        ] {
+            let err = tls_failed(&Target::parse(url).expect(url), &plain());
+            assert_eq!(err.exit_code(), 2, "{url}");
+            let said = err.to_string();
+            assert!(said.contains("does not speak TLS here"), "{said}");
+            assert!(said.ends_with(&format!("try {try_url}")), "{said}");
+        }
+        let other = std::io::Error::other("certificate expired");
+        let err = tls_failed(&Target::parse("wss://example.org").expect("valid"), &other);
+        assert_eq!(err.exit_code(), 1);
     }
 }
