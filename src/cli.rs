@@ -329,7 +329,8 @@ pub enum BenchScenario {
 }
 
 /// `nanachat bench`: runs, prints the table (or JSON), draws the plot; lost or duplicated
-/// messages make it fail.
+/// messages make it fail, and so does a run that measured nothing: a client that could not
+/// connect, nothing delivered, the clients rate-limited.
 #[cfg(feature = "bench")]
 pub fn bench(args: BenchArgs) -> Result<()> {
     use crate::bench::{BenchSpec, Progress, Scenario, SearchQuery};
@@ -395,6 +396,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             report.lost, report.duplicated
         )));
     }
+    measured_something(scenario, &report)?;
     // A reaction refused, or a wrong search result, fails the run as a loss does.
     if scenario == Scenario::React && (report.errors > 0 || report.acked < members) {
         return Err(Error::Bench(format!(
@@ -407,6 +409,58 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "{} errors (first: {})",
             report.errors,
             report.first_error.as_deref().unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
+
+/// A run whose clients could not all connect, that delivered nothing, or that the server
+/// rate-limited measured the wrong thing (or nothing): it fails, saying why and what to change.
+#[cfg(feature = "bench")]
+fn measured_something(
+    scenario: crate::bench::Scenario,
+    report: &crate::bench::Report,
+) -> Result<()> {
+    use crate::bench::Scenario;
+    let first = report.first_error.as_deref().unwrap_or("?");
+    let rate_limited = report.errors > 0 && first.contains("rate_limited");
+    let hint = if rate_limited {
+        " — the server rate-limited the clients: start it with `nanachat serve --rate 1000000 \
+         --burst 1000000` (and `--max-connections-per-ip 0 --connect-rate-per-ip 0`)"
+    } else {
+        ""
+    };
+    if report.connect_failed > 0 {
+        return Err(Error::Bench(format!(
+            "{} of {} clients could not connect (first error: {first}){hint}",
+            report.connect_failed,
+            report.connect_failed + report.connected
+        )));
+    }
+    let nothing = match scenario {
+        Scenario::Connect => None,
+        Scenario::Search => report
+            .kinds
+            .iter()
+            .all(|(_, p)| p.count == 0)
+            .then_some("no search was answered"),
+        Scenario::Fanout | Scenario::Echo | Scenario::Resume | Scenario::React => {
+            (report.deliveries == 0).then_some("nothing was delivered")
+        }
+    };
+    if let Some(nothing) = nothing {
+        let errors = match report.errors {
+            0 => String::new(),
+            n => format!(" ({n} errors, first: {first})"),
+        };
+        return Err(Error::Bench(format!(
+            "{nothing}: the run measured nothing{errors}{hint}"
+        )));
+    }
+    if rate_limited {
+        return Err(Error::Bench(format!(
+            "{} errors (first: {first}): the figures measure the server's rate limit{hint}",
+            report.errors
         )));
     }
     Ok(())

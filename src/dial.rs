@@ -66,7 +66,14 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let port = match given_port(&uri) {
+            None if secure => 443,
+            None => 80,
+            Some(text) => match text.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => return Err(port_out_of_range(url, text)),
+            },
+        };
         let tls = secure.then(|| tls_config(platform_roots()));
         Ok(Self {
             uri,
@@ -102,6 +109,57 @@ impl Target {
     pub fn uri(&self) -> &Uri {
         &self.uri
     }
+}
+
+/// The port written in `uri`'s authority, as written (`http` drops one that is no `u16`).
+fn given_port(uri: &Uri) -> Option<&str> {
+    let authority = uri.authority()?.as_str();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    let after_host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => host_port,
+    };
+    after_host
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .filter(|port| !port.is_empty())
+}
+
+/// The TLS handshake with `target` failed: a server that answered in plain text is a wrong
+/// URL (exit 2, with the `ws://` one to try), anything else a failed handshake.
+fn tls_failed(target: &Target, err: &std::io::Error) -> Error {
+    let plain = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|inner| {
+            matches!(
+                inner,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        });
+    if !plain {
+        return Error::Handshake(format!("TLS with {} failed: {err}", target.uri));
+    }
+    let uri = &target.uri;
+    // The same place: a port left to wss://'s default (443) is written out, as ws:// has 80.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let port = match given_port(uri) {
+        Some(_) => String::new(),
+        None => format!(":{}", target.port),
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Error::Config(format!(
+        "the server at {uri} does not speak TLS here; try ws://{authority}{port}{path}"
+    ))
+}
+
+/// A URL whose port is not one TCP has.
+fn port_out_of_range(url: &str, port: &str) -> Error {
+    Error::Config(format!(
+        "bad URL '{url}': port {port} is out of range (1–65535)"
+    ))
 }
 
 /// The platform's trusted roots (what the system's TLS trusts); a missing store is just empty.
@@ -190,9 +248,7 @@ pub async fn connect_from(
                 let stream = TlsConnector::from(tls.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|err| {
-                        Error::Handshake(format!("TLS with {} failed: {err}", target.uri))
-                    })?;
+                    .map_err(|err| tls_failed(target, &err))?;
                 Box::new(ReadAhead::new(stream, Vec::new()))
             }
         };
@@ -236,9 +292,43 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("::1", 80));
         let t = Target::parse("wss://example.org/chat").expect("valid");
         assert_eq!((t.port, t.tls.is_some()), (443, true));
+        let t = Target::parse("ws://[::1]:9000/chat").expect("valid");
+        assert_eq!(t.port, 9000);
+        for bad in [
+            "ws://127.0.0.1:99999",
+            "ws://[::1]:65536/chat",
+            "wss://host:0",
+        ] {
+            let err = Target::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("out of range (1–65535)"), "{bad}: {err}");
+        }
         for bad in ["localhost:8765", "http://x", "ws://", "wss://", "not a url"] {
             let err = Target::parse(bad).expect_err(bad).to_string();
             assert!(err.starts_with("bad URL"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_plain_answer_to_tls_names_the_ws_url_of_the_same_place() {
+        let plain = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+            )
+        };
+        for (url, try_url) in [
+            ("wss://example.org/chat", "ws://example.org:443/chat"),
+            ("wss://example.org:8765", "ws://example.org:8765/"),
+            ("wss://[::1]:9000/a?b=c", "ws://[::1]:9000/a?b=c"),
+        ] {
+            let err = tls_failed(&Target::parse(url).expect(url), &plain());
+            assert_eq!(err.exit_code(), 2, "{url}");
+            let said = err.to_string();
+            assert!(said.contains("does not speak TLS here"), "{said}");
+            assert!(said.ends_with(&format!("try {try_url}")), "{said}");
+        }
+        let other = std::io::Error::other("certificate expired");
+        let err = tls_failed(&Target::parse("wss://example.org").expect("valid"), &other);
+        assert_eq!(err.exit_code(), 1);
     }
 }

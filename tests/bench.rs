@@ -469,3 +469,100 @@ async fn a_search_run_checks_what_each_query_finds() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `nanachat bench ARGS -q` (the table, not JSON) to the end; returns its exit status,
+/// the table and stderr.
+fn bench_table(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = nanachat();
+    cmd.arg("bench").args(args).arg("-q");
+    let mut proc = Proc::spawn("nanachat bench", cmd);
+    let status = proc.wait_exit();
+    let table = proc
+        .stdout_lines()
+        .iter()
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    (status, table, proc.stderr_text())
+}
+
+#[test]
+fn a_rate_limited_run_fails_with_a_hint() {
+    let dir = scratch("rate-limited");
+    // The server's own per-connection limit, as `nanachat serve` starts by default.
+    let server = common::serve_child_with(&dir, "127.0.0.1:0", 20, &common::NO_PER_IP_LIMITS);
+    let url = server.listening_url();
+    let (status, table, stderr) = bench_table(&[
+        "fanout",
+        &url,
+        "--receivers",
+        "20",
+        "--workers",
+        "1",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+    ]);
+    assert!(!status.success(), "{table}{stderr}");
+    assert!(stderr.contains("rate_limited"), "{stderr}");
+    assert!(
+        stderr.contains("--rate") && stderr.contains("--burst"),
+        "no hint: {stderr}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn no_server_fails_at_once_instead_of_waiting_out_the_run() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    // Run for a minute: a bench that waits it out is not done within the test's WAIT.
+    let (status, _, stderr) =
+        bench_table(&["fanout", &url, "--receivers", "20", "--duration", "60s"]);
+    assert!(started.elapsed() < common::WAIT, "{stderr}");
+    assert!(!status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("nanachat:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("no client could connect"), "{stderr}");
+    assert!(errors[0].contains("is the server running"), "{stderr}");
+}
+
+#[test]
+fn a_run_with_nothing_to_measure_shows_n_a_and_fails() {
+    // An echo server sends each message back to its sender alone: the clients connect, the
+    // receivers get nothing.
+    let mut cmd = nanachat();
+    cmd.args(["echo", "--addr", "127.0.0.1:0"]);
+    let server = Proc::spawn("nanachat echo", cmd);
+    let url = server.listening_url();
+    let (status, table, stderr) = bench_table(&[
+        "fanout",
+        &url,
+        "--raw",
+        "--receivers",
+        "3",
+        "--workers",
+        "1",
+        "--duration",
+        "0.5s",
+        "--warmup",
+        "0s",
+    ]);
+    assert!(!status.success(), "{table}{stderr}");
+    let latency = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("latency ms"))
+        .unwrap_or_else(|| panic!("{table}{stderr}"));
+    assert!(latency.contains("n/a"), "{table}");
+    assert!(!latency.contains("0.00"), "{table}");
+    drop(server);
+}

@@ -119,3 +119,151 @@ fn sigterm_stops_the_server_gracefully() {
         client.stderr_text()
     );
 }
+
+/// `nanachat serve` on a free port with history in memory, and `options`.
+fn memory_server(options: &[&str]) -> Proc {
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--memory"])
+        .args(options);
+    Proc::spawn("nanachat serve", cmd)
+}
+
+/// `nanachat connect ARGS` in scripting mode saying `lines`; returns it once it exited.
+fn connect(args: &[&str], lines: &[&str]) -> Proc {
+    let mut cmd = nanachat();
+    cmd.arg("connect").args(args).env("USER", "someone-else");
+    let mut client = Proc::spawn_with_stdin("nanachat connect", cmd, true);
+    for line in lines {
+        client.write_line(line);
+    }
+    client.close_stdin();
+    client
+}
+
+/// What a user is told, and the exit code, when a first connect goes wrong.
+fn said(mut client: Proc) -> (Option<i32>, String) {
+    let code = client.wait_exit().code();
+    (code, client.stderr_text())
+}
+
+#[test]
+fn a_token_server_says_how_to_get_a_token_which_one_it_refused_and_a_token_alone_names_the_nick() {
+    let dir = std::env::temp_dir().join(format!("nanachat-cli-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    common::write_secret(&secret, "a secret of at least sixteen bytes\n");
+    let secret = secret.to_str().unwrap();
+    let server = memory_server(&["--auth-secret-file", secret]);
+    let url = server.listening_url();
+
+    // No token: a sentence that says what to do, not the protocol's words.
+    let (code, stderr) = said(connect(&[&url, "--nick", "alice"], &["hi"]));
+    assert_eq!(code, Some(3), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("nanachat:")).unwrap();
+    assert!(line.contains("this server needs a token"), "{stderr}");
+    assert!(line.contains("ask its operator"), "{stderr}");
+    assert!(line.contains("nanachat token --sub alice"), "{stderr}");
+    assert!(line.contains("--token"), "{stderr}");
+    assert!(!line.contains("hello"), "protocol words: {stderr}");
+
+    // A token and no --nick: the token's nick, whatever $USER says.
+    let token = run(&["token", "--sub", "alice", "--auth-secret-file", secret]);
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout).unwrap();
+    let mut client = connect(&[&url, "--token", token.trim()], &["hello from alice"]);
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+    let out = client.stdout_lines();
+    assert!(
+        out.iter()
+            .any(|(_, l)| l.contains("alice: hello from alice")),
+        "{out:?}"
+    );
+
+    // A token the server does not take: which one, why, and where a good one comes from.
+    let other = dir.join("other-secret");
+    common::write_secret(&other, "another secret, not the server's\n");
+    let forged = run(&[
+        "token",
+        "--sub",
+        "alice",
+        "--auth-secret-file",
+        other.to_str().unwrap(),
+    ]);
+    let forged = String::from_utf8(forged.stdout).unwrap();
+    let (code, stderr) = said(connect(&[&url, "--token", forged.trim()], &["hi"]));
+    assert_eq!(code, Some(3), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("nanachat:")).unwrap();
+    assert!(
+        line.contains("the server refused the token given with --token"),
+        "{stderr}"
+    );
+    assert!(line.contains("ask its operator"), "{stderr}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wss_to_a_plain_server_says_it_does_not_speak_tls_and_which_url_to_try() {
+    let server = memory_server(&[]);
+    let url = server.listening_url();
+    let wss = url.replacen("ws://", "wss://", 1);
+    let (code, stderr) = said(connect(&[&wss, "--nick", "nana"], &["hi"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("nanachat:")).unwrap();
+    assert!(line.contains("does not speak TLS here"), "{stderr}");
+    assert!(line.contains(&format!("try {url}")), "{stderr}");
+    assert!(!line.contains("InvalidContentType"), "{stderr}");
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_said_to_be_a_file() {
+    let file = std::env::temp_dir().join(format!("nanachat-cli-file-{}", std::process::id()));
+    std::fs::write(&file, "not a directory\n").unwrap();
+    let shown = file.to_str().unwrap();
+    for dir in [shown.to_owned(), format!("{shown}/history")] {
+        let out = run(&["serve", "--addr", "127.0.0.1:0", "--data-dir", &dir]);
+        assert_eq!(out.status.code(), Some(2), "{dir}");
+        one_error_line(&out, "is a file, not a directory");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("File exists"));
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn a_port_out_of_range_is_said_to_be_out_of_range() {
+    for args in [
+        &["serve", "--memory", "--addr", "127.0.0.1:99999"][..],
+        &["echo", "--addr", "[::1]:65536"],
+        &["demo", "client", "ws://127.0.0.1:99999", "--tick", "0"],
+        &["connect", "ws://127.0.0.1:99999", "--nick", "nana"],
+        &["connect", "wss://localhost:70000/chat", "--nick", "nana"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        one_error_line(&out, "out of range (1–65535");
+    }
+}
+
+#[test]
+fn serve_logs_where_the_browser_client_is() {
+    let server = memory_server(&[]);
+    let ws = server.listening_url();
+    let line = server.wait_stderr("browser client at http://");
+    let start = line.find("http://").unwrap();
+    let page = line[start..].split_whitespace().next().unwrap();
+    assert_eq!(
+        page.trim_end_matches('/'),
+        ws.replacen("ws://", "http://", 1).trim_end_matches('/'),
+        "{line}"
+    );
+    // It is where the page is.
+    let addr = page.trim_start_matches("http://").trim_end_matches('/');
+    let answer = common::http_get_blocking(addr, "/");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("<html")
+            || answer.contains("<!doctype html")
+            || answer.contains("<!DOCTYPE html"),
+        "{answer}"
+    );
+}

@@ -372,6 +372,8 @@ enum Ev {
         connected: u64,
         failed: u64,
         connect: HistData,
+        /// The first error while connecting (why a client could not), if any.
+        first_error: Option<String>,
     },
     Progress {
         deliveries: u64,
@@ -752,7 +754,8 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
                 connected,
                 failed,
                 connect,
-            } => Some((connected, failed, connect)),
+                first_error,
+            } => Some((connected, failed, connect, first_error)),
             _ => None,
         },
         &mut bar,
@@ -766,10 +769,24 @@ pub fn run(mut spec: BenchSpec, progress: Progress) -> Result<Report> {
         ..Report::default()
     };
     let mut connect = histogram();
-    for (connected, failed, hist) in &ready {
+    for (connected, failed, hist, first_error) in &ready {
         report.connected += connected;
         report.connect_failed += failed;
         hist.add_to(&mut connect);
+        if report.first_error.is_none() {
+            report.first_error.clone_from(first_error);
+        }
+    }
+    if report.connected == 0 {
+        // Nothing to measure: say so now rather than wait out the run.
+        bar.clear();
+        return Err(Error::Bench(format!(
+            "no client could connect to {} ({} failed; first: {}) — is the server running \
+             there?",
+            spec.url,
+            report.connect_failed,
+            report.first_error.as_deref().unwrap_or("?")
+        )));
     }
     report.connect_rate = report.connected as f64 / setup_secs.max(1e-9);
     report.connect_latency = Percentiles::of(&connect);

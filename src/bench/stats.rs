@@ -402,6 +402,10 @@ impl Report {
 }
 
 fn percentile_row(p: &Percentiles) -> String {
+    // No sample, no statistic: 0.00 would read as a measurement.
+    if p.count == 0 {
+        return "n/a (no samples)".into();
+    }
     format!(
         "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
         short(p.p50),

@@ -518,6 +518,7 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
         connected: get(&c.connected),
         failed: get(&c.failed),
         connect,
+        first_error: shared.recorder().first_error.clone(),
     });
     let progress = tokio::spawn(report_progress(shared.clone()));
     let mut drained = false;
@@ -571,10 +572,11 @@ async fn work(ws: WorkerSpec, mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd
         }
     }
     if !drained {
-        // The parent is gone (its end of our stdin closed): so are we.
+        // The parent is gone (its end of our stdin closed; it said why, if anything went
+        // wrong): so are we, quietly.
         progress.abort();
         shared.shutdown.cancel();
-        return Err(Error::Closed);
+        return Ok(());
     }
     let (mut lost, mut duplicated) = (0, 0);
     for task in tasks {

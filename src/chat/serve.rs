@@ -71,6 +71,7 @@ pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
         }
         History::File(dir) => {
             on(&listen, server, chat, None, shutdown, async move || {
+                data_dir_not_a_file(&dir)?;
                 let store = SqliteStore::open(&dir)?;
                 tracing::info!(path = %store.path().display(), "history store");
                 if let Some(config) = webhooks {
@@ -105,6 +106,29 @@ pub async fn serve(plan: ServePlan, shutdown: CancellationToken) -> Result<()> {
             .await
         }
     }
+}
+
+/// `--data-dir` names a directory, or a path to make one at: a file there (or in its way) is
+/// said as such, not as the OS's `File exists`.
+fn data_dir_not_a_file(dir: &std::path::Path) -> Result<()> {
+    let Some(existing) = dir.ancestors().find(|a| a.exists()) else {
+        return Ok(());
+    };
+    if existing.is_dir() {
+        return Ok(());
+    }
+    Err(crate::Error::Config(if existing == dir {
+        format!(
+            "--data-dir {} is a file, not a directory: give a directory (made if missing)",
+            dir.display()
+        )
+    } else {
+        format!(
+            "--data-dir {}: {} is a file, not a directory",
+            dir.display(),
+            existing.display()
+        )
+    }))
 }
 
 /// Starts one delivery task per endpoint, each on its own outbox connection.

@@ -847,17 +847,25 @@ impl State {
                 }
                 return None;
             }
+            // No token at all: the server's words are for programs; say what to do.
+            ErrorCode::Unauthorized if self.opts.token.is_none() => {
+                return Some(SessionEnd::Exit(Exit::Refused(format!(
+                    "this server needs a token: ask its operator for one, or, if you run it, mint \
+                     one with `nanachat token --sub {} --auth-secret-file FILE` (FILE: its \
+                     secret); then connect with --token TOKEN or --token-file FILE",
+                    self.opts.nick
+                ))));
+            }
             ErrorCode::Unauthorized => {
-                let hint = match &self.opts.token_file {
-                    Some(path) => format!(
-                        "the token in {}; `nanachat token --sub {}` mints one",
-                        path.display(),
-                        self.opts.nick
-                    ),
-                    None => "--token".into(),
+                let given = match &self.opts.token_file {
+                    Some(path) => format!("the token in {}", path.display()),
+                    None => "the token given with --token".into(),
                 };
                 return Some(SessionEnd::Exit(Exit::Refused(format!(
-                    "{message} ({hint})"
+                    "the server refused {given}: {message}; ask its operator for a valid one, \
+                     or mint one with `nanachat token --sub {} --auth-secret-file FILE` (FILE: \
+                     its secret)",
+                    self.opts.nick
                 ))));
             }
             // Refused until a fresh token comes: held, and sent again after `refreshed`.

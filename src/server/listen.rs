@@ -40,7 +40,16 @@ impl Listen {
         if host.is_empty() {
             return Err(bad());
         }
-        let port: u16 = port.parse().map_err(|_| bad())?;
+        let port: u16 = match port.parse() {
+            Ok(port) => port,
+            // Digits, but no TCP port: say which rule it breaks (0 picks a free one).
+            Err(_) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(Error::Config(format!(
+                    "bad address '{addr}': port {port} is out of range (1–65535, or 0 for a free one)"
+                )));
+            }
+            Err(_) => return Err(bad()),
+        };
         Ok((host, port))
     }
 

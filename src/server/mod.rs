@@ -352,6 +352,23 @@ pub async fn run<H: Handler>(
         "ws"
     };
     info!(%addr, "listening on {scheme}://{addr}");
+    if shared.handler.assets().iter().any(|a| a.path == "/") {
+        let page = if shared.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        // A wildcard address is no place a browser can go: name this machine's loopback.
+        let mut shown = addr;
+        if shown.ip().is_unspecified() {
+            shown.set_ip(if shown.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        info!("browser client at {page}://{shown}/");
+    }
     info!("origins: {}", shared.config.origin_policy());
     let stop = token.clone();
     tokio::spawn(async move {
