@@ -888,16 +888,7 @@ async fn a_banned_nick_cannot_be_taken_by_a_plain_text_rename() {
         .await
         .unwrap();
     // Refused before the nick is taken: the guest keeps its own nick and its connection.
-    let refusal = within("the refusal", async {
-        loop {
-            match plain.next().await {
-                Some(Ok(Message::Text(t))) if t.starts_with('!') => return t.to_string(),
-                Some(Ok(_)) => {}
-                other => panic!("no refusal: {other:?}"),
-            }
-        }
-    })
-    .await;
+    let refusal = next_line_where(&mut plain, "the refusal", |t| t.starts_with('!')).await;
     assert!(
         refusal.contains("forbidden") && refusal.contains("banned"),
         "{refusal}"
@@ -905,18 +896,28 @@ async fn a_banned_nick_cannot_be_taken_by_a_plain_text_rename() {
     futures_util::SinkExt::send(&mut plain, Message::text("still here"))
         .await
         .unwrap();
-    let echo = within("its own line", async {
+    let echo = next_line_where(&mut plain, "its own line", |t| t.contains("still here")).await;
+    assert!(echo.contains("guest-"), "said as its old nick: {echo}");
+    drop(plain);
+    server.stop().await.unwrap();
+}
+
+/// The next text frame of a plain-text connection that `wanted` picks.
+async fn next_line_where(
+    plain: &mut common::Peer,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    within(what, async {
         loop {
             match plain.next().await {
-                Some(Ok(Message::Text(t))) if t.contains("still here") => return t.to_string(),
+                Some(Ok(Message::Text(t))) if wanted(t.as_str()) => return t.to_string(),
                 Some(Ok(_)) => {}
-                other => panic!("no echo: {other:?}"),
+                other => panic!("no {what}: {other:?}"),
             }
         }
     })
-    .await;
-    assert!(echo.contains("guest-"), "said as its old nick: {echo}");
-    server.stop().await.unwrap();
+    .await
 }
 
 /// From an attack on the docs: a client without a key that sent a head with a large
