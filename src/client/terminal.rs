@@ -3,7 +3,10 @@
 //! when a script drives it. Either way lines reach the client as [`Input`]s on one channel.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::output::Prompt;
 use super::{ClientOptions, Exit, Input, Output, Style, run, run_raw};
 use crate::{Error, Result};
 
@@ -26,7 +29,8 @@ pub fn connect(mut opts: ClientOptions, speech: Speech) -> Result<Exit> {
         .enable_all()
         .build()?;
     let (mut out, editor) = if interactive {
-        let (out, editor) = line_editor(tx)?;
+        let first = opts.rooms.first().map(String::as_str);
+        let (out, editor) = line_editor(tx, first.unwrap_or("lobby"))?;
         (out, Some(editor))
     } else {
         runtime.spawn(read_stdin(tx));
@@ -53,34 +57,63 @@ pub fn connect(mut opts: ClientOptions, speech: Speech) -> Result<Exit> {
 }
 
 /// A line editor on its own thread: lines go to `tx`; what the client prints appears above the
-/// line being typed, which stays intact.
+/// line being typed, which stays intact. The prompt names the current room (see [`Prompt`]).
+///
+/// Ctrl-C drops the line being typed and says how to quit; a second Ctrl-C in a row quits, as
+/// does Ctrl-D on an empty line. A resize redraws the line being typed (rustyline does, on
+/// SIGWINCH).
 fn line_editor(
     tx: tokio::sync::mpsc::Sender<Input>,
+    room: &str,
 ) -> Result<(Output, std::thread::JoinHandle<()>)> {
     use rustyline::ExternalPrinter;
+    use rustyline::error::ReadlineError;
     let terminal = |err| Error::file("open the terminal", std::path::Path::new("/dev/tty"), err);
     let mut editor = rustyline::DefaultEditor::new().map_err(terminal)?;
     let mut printer = editor.create_external_printer().map_err(terminal)?;
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::io::stdout().is_terminal();
-    let output = Output::Terminal {
-        printer: Box::new(move |line| {
+    let (prompt, reader) = Prompt::new();
+    // Between two lines (the client handles the one just typed) the editor does not hold the
+    // terminal: a line printed then is written as it is, and must end its row itself, or the
+    // next prompt would be drawn over it.
+    let reading = Arc::new(AtomicBool::new(false));
+    let editing = reading.clone();
+    let mut output = Output::Terminal {
+        printer: Box::new(move |mut line| {
+            if !editing.load(Ordering::SeqCst) {
+                line.push('\n');
+            }
             let _ = printer.print(line);
         }),
         style: Style { color },
         bar: None,
+        prompt: Some(prompt),
     };
+    output.set_room(Some(room));
     let thread = std::thread::spawn(move || {
+        let mut interrupted = false;
         loop {
-            match editor.readline("> ") {
+            reading.store(true, Ordering::SeqCst);
+            let read = editor.readline(&reader.text());
+            reading.store(false, Ordering::SeqCst);
+            match read {
                 Ok(line) => {
+                    interrupted = false;
                     let _ = editor.add_history_entry(line.as_str());
                     let quit = line.trim() == "/quit" || line.trim() == "/q";
+                    reader.forget();
                     if tx.blocking_send(Input::Line(line)).is_err() || quit {
                         break;
                     }
+                    reader.wait_handled();
                 }
-                Err(rustyline::error::ReadlineError::Interrupted) => {
+                Err(ReadlineError::Interrupted) if !interrupted => {
+                    // The editor is not reading: nothing else writes to the terminal now.
+                    interrupted = true;
+                    println!("\n{}", visible_notice(color, CTRL_C));
+                }
+                Err(ReadlineError::Interrupted) => {
                     let _ = tx.blocking_send(Input::Line("/quit".into()));
                     break;
                 }
@@ -92,6 +125,18 @@ fn line_editor(
         }
     });
     Ok((output, thread))
+}
+
+/// What a first Ctrl-C says (the line being typed is dropped).
+const CTRL_C: &str = "* Ctrl-C again or Ctrl-D to quit";
+
+/// A notice as [`Output::notice`] shows it in a terminal: dimmed when in colour.
+fn visible_notice(color: bool, text: &str) -> String {
+    if color {
+        format!("\x1b[2m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
 }
 
 /// Scripting mode: every stdin line is input; the end of stdin is [`Input::Eof`].
