@@ -27,8 +27,14 @@ fn serve(dir: &Path, addr: &str) -> Proc {
 
 /// `nanachat connect URL --nick NICK` in a pseudo-terminal, without colours.
 fn terminal(url: &str, nick: &str) -> PtySession {
+    terminal_with(url, nick, &[])
+}
+
+/// [`terminal`] with more options.
+fn terminal_with(url: &str, nick: &str, extra: &[&str]) -> PtySession {
     let mut cmd = nanachat();
     cmd.args(["connect", url, "--nick", nick])
+        .args(extra)
         .env("NO_COLOR", "1");
     rexpect::session::spawn_command(cmd, Some(10_000)).unwrap()
 }
@@ -169,13 +175,10 @@ async fn under_a_terminal_a_lost_connection_is_one_status_line_and_waiting_lines
     let url = server.listening_url();
     let addr = url.trim_start_matches("ws://").to_owned();
 
-    let mut pty = terminal(&url, "nana");
+    let mut pty = terminal_with(&url, "nana", &["--join", "lobby", "--join", "dev"]);
+    // Rooms are joined in the order of their names.
+    pty.exp_string("* joined dev").unwrap();
     pty.exp_string("* joined lobby").unwrap();
-    pty.exp_string("[lobby] > ").unwrap();
-    pty.send_line("/join dev").unwrap();
-    pty.exp_string("[dev] > ").unwrap();
-    pty.send_line("/switch lobby").unwrap();
-    pty.exp_string("[lobby] > ").unwrap();
 
     server.kill();
     pty.exp_string("* disconnected (").unwrap();
@@ -241,7 +244,7 @@ async fn under_a_terminal_ctrl_c_clears_the_line_and_a_second_one_quits() {
     let mut mochi = talker(&url, "mochi").await;
 
     let mut pty = terminal(&url, "nana");
-    pty.exp_string("[lobby] > ").unwrap();
+    pty.exp_string("* joined lobby").unwrap();
     pty.send("half typed").unwrap();
     pty.flush().unwrap();
     pty.exp_string("half typed").unwrap();
@@ -257,7 +260,7 @@ async fn under_a_terminal_ctrl_c_clears_the_line_and_a_second_one_quits() {
     assert_eq!(exit_code(pty), 0);
 
     let mut pty = terminal(&url, "nana");
-    pty.exp_string("[lobby] > ").unwrap();
+    pty.exp_string("* joined lobby").unwrap();
     pty.send_control('d').unwrap();
     assert_eq!(exit_code(pty), 0);
     let _ = std::fs::remove_dir_all(&dir);
