@@ -164,8 +164,9 @@ async fn under_a_terminal_rooms_are_switched_left_and_named_as_a_person_expects(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Issue 19 item 4: a lost connection is one line, then a status bar rewritten in place with
-/// each attempt; a line typed meanwhile is marked as sending; the client is back within a few
+/// Issue 19 item 4: a line the server is slow to acknowledge is marked as sending; a lost
+/// connection is one line, then a status bar rewritten in place with each attempt; a line typed
+/// meanwhile is marked as sending; the client is back within a few
 /// seconds of the server, in one line (no `* joined` burst), and the line is then shown as
 /// stored. `/reconnect` reconnects at once.
 #[tokio::test]
@@ -179,6 +180,20 @@ async fn under_a_terminal_a_lost_connection_is_one_status_line_and_waiting_lines
     // Rooms are joined in the order of their names.
     pty.exp_string("* joined dev").unwrap();
     pty.exp_string("* joined lobby").unwrap();
+
+    // A server that does not answer (stopped): a line not acknowledged within a second is
+    // marked; once acknowledged it is shown as stored.
+    server.signal("STOP");
+    pty.send_line("said to a stopped server").unwrap();
+    pty.exp_string(&bytewise(
+        "… [lobby] nana: said to a stopped server (sending)",
+    ))
+    .unwrap();
+    server.signal("CONT");
+    let stored = pty
+        .exp_regex(r"#\d+ \[lobby\] nana: said to a stopped server")
+        .unwrap();
+    assert!(!stored.0.contains("joined"), "{stored:?}");
 
     server.kill();
     pty.exp_string("* disconnected (").unwrap();

@@ -157,8 +157,11 @@ struct State {
     welcomed_as: Option<String>,
     /// Said and not yet acknowledged, in order: `true` once sent on this connection.
     pending: VecDeque<(String, ClientMsg, bool)>,
-    /// The cids of those already shown marked as sending (offline, or lost before their ack).
+    /// The cids of those already shown marked as sending (offline, lost or slow).
     marked: BTreeSet<String>,
+    /// When each of those sent on this connection was first sent: one unacknowledged after
+    /// [`SENDING_AFTER`] is shown marked as sending.
+    sent_at: BTreeMap<String, Instant>,
     /// Paces what we say to the rate the server announced.
     bucket: Bucket,
     /// When the bucket will have a token for what waits unsent.
@@ -179,6 +182,9 @@ struct Typist {
     nick: String,
     until: Instant,
 }
+
+/// How long a line sent may wait for its ack before it is shown marked as sending.
+const SENDING_AFTER: Duration = Duration::from_secs(1);
 
 /// How many of a room's last lines are shown when it is joined (in a terminal).
 const RECENT: u32 = 10;
@@ -245,6 +251,7 @@ pub async fn run(
         welcomed_as: None,
         pending: VecDeque::new(),
         marked: BTreeSet::new(),
+        sent_at: BTreeMap::new(),
         bucket: Bucket::new(1, 1),
         wake: None,
         next_cid: 1,
@@ -424,6 +431,8 @@ impl State {
                 return Ok(());
             }
             self.pending[i].2 = true;
+            let cid = self.pending[i].0.clone();
+            self.sent_at.entry(cid).or_insert_with(Instant::now);
             let msg = self.pending[i].1.clone();
             self.send(conn, &msg).await?;
         }
@@ -516,6 +525,40 @@ impl State {
         end
     }
 
+    /// When the first line sent and not yet acknowledged nor marked becomes slow.
+    fn slow_from(&self) -> Option<Instant> {
+        if !self.opts.commands {
+            return None;
+        }
+        self.sent_at
+            .iter()
+            .filter(|(cid, _)| !self.marked.contains(*cid))
+            .map(|(_, at)| *at + SENDING_AFTER)
+            .min()
+    }
+
+    /// Marks as sending each line sent [`SENDING_AFTER`] ago or more and not acknowledged.
+    fn mark_slow(&mut self, out: &mut Output) {
+        let now = Instant::now();
+        let slow: Vec<ClientMsg> = self
+            .pending
+            .iter()
+            .filter(|(cid, _, _)| {
+                self.sent_at
+                    .get(cid)
+                    .is_some_and(|at| *at + SENDING_AFTER <= now)
+            })
+            .map(|(_, msg, _)| msg.clone())
+            .collect();
+        for msg in &slow {
+            self.mark_sending(msg, out);
+        }
+        // Not a line (an edit, a reaction…): nothing to show, nothing to wait for.
+        let marked = &self.marked;
+        self.sent_at
+            .retain(|cid, at| *at + SENDING_AFTER > now && !marked.contains(cid));
+    }
+
     /// Shows a line said and not acknowledged yet as sending (once).
     fn mark_sending(&mut self, msg: &ClientMsg, out: &mut Output) {
         let (cid, room, text) = match msg {
@@ -571,6 +614,7 @@ impl State {
     ) -> Result<SessionEnd> {
         self.expiry = None;
         self.outgoing.clear();
+        self.sent_at.clear();
         if let Some(path) = &self.opts.token_file {
             match read_token(path) {
                 Ok(token) => self.opts.token = Some(token),
@@ -641,6 +685,9 @@ impl State {
                 }
                 () = async { tokio::time::sleep_until(self.recheck().expect("checked")).await }, if self.recheck().is_some() => {
                     self.renew(conn, out).await?;
+                }
+                () = async { tokio::time::sleep_until(self.slow_from().expect("checked")).await }, if self.slow_from().is_some() => {
+                    self.mark_slow(out);
                 }
                 () = async { tokio::time::sleep_until(self.typing_ends().expect("checked")).await }, if self.typing_ends().is_some() => {
                     let now = Instant::now();
@@ -835,6 +882,7 @@ impl State {
             ServerMsg::Ack { cid, .. } => {
                 self.pending.retain(|(c, _, _)| *c != cid);
                 self.marked.remove(&cid);
+                self.sent_at.remove(&cid);
             }
             ServerMsg::Message(m) => self.show(m, out),
             ServerMsg::Edit(m) => self.show_event(Kind::Edit, m, out),
@@ -1577,6 +1625,7 @@ mod tests {
             welcomed_as: None,
             pending: VecDeque::new(),
             marked: BTreeSet::new(),
+            sent_at: BTreeMap::new(),
             bucket: Bucket::new(1, 1),
             wake: None,
             next_cid: 1,
