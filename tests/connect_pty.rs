@@ -145,8 +145,16 @@ async fn under_a_terminal_rooms_are_switched_left_and_named_as_a_person_expects(
     pty.send_line("/switch").unwrap();
     pty.exp_string("* your rooms: 1 dev, 2 lobby, 3 @mochi (now: @mochi)")
         .unwrap();
-    pty.send_line("/switch 1").unwrap();
-    pty.exp_string("[dev] > ").unwrap();
+    pty.send_line("/switch 2").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    // Ctrl-P is the previous room (as irssi's windows), and the line being typed stays.
+    pty.send("half").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("half").unwrap();
+    pty.send_control('p').unwrap();
+    pty.exp_string("[dev] > half").unwrap();
+    pty.send_line(", then whole").unwrap();
+    pty.exp_string("[dev] nana: half, then whole").unwrap();
     // Leaving the current room moves to another: the next line is said there, not refused.
     pty.send_line("/leave").unwrap();
     pty.exp_string("* left dev").unwrap();

@@ -1342,7 +1342,7 @@ impl State {
     }
 
     /// `/switch`: lists the user's rooms, numbered; `/switch ROOM` (or its number, or `@nick`)
-    /// makes it the current one.
+    /// makes it the current one; `/switch >` and `/switch <` the next and the previous.
     fn switch(&mut self, name: &str, out: &mut Output) {
         let mine = self.my_rooms();
         if name.is_empty() {
@@ -1359,6 +1359,24 @@ impl State {
                 "* your rooms: {} (now: {now}); /switch ROOM or /switch N",
                 list.join(", ")
             ));
+            return;
+        }
+        // `>` and `<` (Ctrl-N, Ctrl-P): the next and the previous, round.
+        let at = self
+            .current
+            .as_ref()
+            .and_then(|c| mine.iter().position(|r| r == c));
+        let len = mine.len();
+        let step = match name {
+            ">" => Some(at.map_or(0, |i| (i + 1) % len.max(1))),
+            "<" => Some(at.map_or(0, |i| (i + len.max(1) - 1) % len.max(1))),
+            _ => None,
+        };
+        if let Some(i) = step {
+            match mine.get(i) {
+                Some(room) => self.enter(Some(room.clone()), out),
+                None => out.notice("! you are in no room: /join ROOM"),
+            }
             return;
         }
         let room = match name.parse::<usize>() {
@@ -1531,7 +1549,8 @@ const COMMANDS: [&str; 19] = [
 ];
 
 /// What `/help` shows.
-pub const HELP: &str = "commands: /join ROOM, /switch [ROOM|N|@NICK], /leave [ROOM], /rooms, \
+pub const HELP: &str = "commands: /join ROOM, /switch [ROOM|N|@NICK] (Ctrl-N, Ctrl-P: next, \
+previous), /leave [ROOM], /rooms, \
 /msg NICK TEXT, /who [ROOM], /history [N], /search WORDS, /inbox, /nick NAME, /reconnect, /quit \
 (Ctrl-C twice, or Ctrl-D); on a message of the current room (SEQ: its #number, shown \
 before it): /reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, /react SEQ EMOJI, /unreact SEQ \

@@ -3,8 +3,8 @@
 //! when a script drives it. Either way lines reach the client as [`Input`]s on one channel.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::output::Prompt;
 use super::{ClientOptions, Exit, Input, Output, Style, run, run_raw};
@@ -60,8 +60,10 @@ pub fn connect(mut opts: ClientOptions, speech: Speech) -> Result<Exit> {
 /// line being typed, which stays intact. The prompt names the current room (see [`Prompt`]).
 ///
 /// Ctrl-C drops the line being typed and says how to quit; a second Ctrl-C in a row quits, as
-/// does Ctrl-D on an empty line. A resize redraws the line being typed (rustyline does, on
-/// SIGWINCH).
+/// does Ctrl-D on an empty line. Ctrl-N and Ctrl-P switch to the user's next and previous room
+/// (`/switch >`, `/switch <`, as irssi's windows), keeping the line being typed (history is on
+/// the arrows; Alt-digits are rustyline's repeat counts, not free to bind). A resize redraws the line being typed
+/// (rustyline does, on SIGWINCH).
 fn line_editor(
     tx: tokio::sync::mpsc::Sender<Input>,
     room: &str,
@@ -70,6 +72,13 @@ fn line_editor(
     use rustyline::error::ReadlineError;
     let terminal = |err| Error::file("open the terminal", std::path::Path::new("/dev/tty"), err);
     let mut editor = rustyline::DefaultEditor::new().map_err(terminal)?;
+    let hotkey = Hotkey::default();
+    for key in ['N', 'P'] {
+        editor.bind_sequence(
+            rustyline::KeyEvent::ctrl(key),
+            rustyline::EventHandler::Conditional(Box::new(hotkey.clone())),
+        );
+    }
     let mut printer = editor.create_external_printer().map_err(terminal)?;
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::io::stdout().is_terminal();
@@ -93,9 +102,12 @@ fn line_editor(
     output.set_room(Some(room));
     let thread = std::thread::spawn(move || {
         let mut interrupted = false;
+        // The line being typed when a hotkey was pressed, and where the cursor was in it.
+        let mut kept = (String::new(), 0);
         loop {
             reading.store(true, Ordering::SeqCst);
-            let read = editor.readline(&reader.text());
+            let (line, pos) = std::mem::take(&mut kept);
+            let read = editor.readline_with_initial(&reader.text(), line.split_at(pos));
             reading.store(false, Ordering::SeqCst);
             match read {
                 Ok(line) => {
@@ -104,6 +116,18 @@ fn line_editor(
                     let quit = line.trim() == "/quit" || line.trim() == "/q";
                     reader.forget();
                     if tx.blocking_send(Input::Line(line)).is_err() || quit {
+                        break;
+                    }
+                    reader.wait_handled();
+                }
+                // A hotkey ended the line to run its command; the line comes back after.
+                Err(ReadlineError::Interrupted) if hotkey.pressed().is_some() => {
+                    let Some((command, line, pos)) = hotkey.take() else {
+                        continue;
+                    };
+                    kept = (line, pos);
+                    reader.forget();
+                    if tx.blocking_send(Input::Line(command)).is_err() {
                         break;
                     }
                     reader.wait_handled();
@@ -125,6 +149,47 @@ fn line_editor(
         }
     });
     Ok((output, thread))
+}
+
+/// Ctrl-N, Ctrl-P: ends the line being edited (as an interrupt) after keeping it, and the
+/// command it stands for (`/switch >`, `/switch <`), for the editor's thread to run before it
+/// edits the line again.
+#[derive(Clone, Default)]
+struct Hotkey {
+    pressed: Arc<Mutex<Option<(String, String, usize)>>>,
+}
+
+impl Hotkey {
+    fn pressed(&self) -> Option<String> {
+        self.lock().as_ref().map(|(command, _, _)| command.clone())
+    }
+
+    /// The command, the line being typed and the cursor's place in it.
+    fn take(&self) -> Option<(String, String, usize)> {
+        self.lock().take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, String, usize)>> {
+        self.pressed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl rustyline::ConditionalEventHandler for Hotkey {
+    fn handle(
+        &self,
+        evt: &rustyline::Event,
+        _: rustyline::RepeatCount,
+        _: bool,
+        ctx: &rustyline::EventContext<'_>,
+    ) -> Option<rustyline::Cmd> {
+        let way = match evt.get(0)? {
+            rustyline::KeyEvent(rustyline::KeyCode::Char('N'), _) => ">",
+            rustyline::KeyEvent(rustyline::KeyCode::Char('P'), _) => "<",
+            _ => return None,
+        };
+        *self.lock() = Some((format!("/switch {way}"), ctx.line().to_owned(), ctx.pos()));
+        Some(rustyline::Cmd::Interrupt)
+    }
 }
 
 /// What a first Ctrl-C says (the line being typed is dropped).
