@@ -877,6 +877,9 @@ impl State {
             ServerMsg::Left { room } => {
                 if self.rooms.remove(&room).is_some() {
                     out.status(&format!("* left {}", self.shown(&room)));
+                    if self.current.as_ref() == Some(&room) {
+                        self.move_on(&room, out);
+                    }
                 }
             }
             ServerMsg::Ack { cid, .. } => {
@@ -1432,17 +1435,22 @@ impl State {
         }
         out.notice(&format!("* left {}", self.shown(&room)));
         if self.current.as_ref() == Some(&room) {
-            let next = self
-                .my_rooms()
-                .into_iter()
-                .find(|r| *r != room && !r.starts_with('@'));
-            match &next {
-                Some(next) => out.notice(&format!("* now in {}", self.shown(next))),
-                None => out.notice("* you are in no room now: /join ROOM to talk"),
-            }
-            self.enter(next, out);
+            self.move_on(&room, out);
         }
         Ok(())
+    }
+
+    /// The current room was left: another of the user's rooms becomes current, or none; said.
+    fn move_on(&mut self, left: &str, out: &mut Output) {
+        let next = self
+            .my_rooms()
+            .into_iter()
+            .find(|r| r != left && !r.starts_with('@'));
+        match &next {
+            Some(next) => out.notice(&format!("* now in {}", self.shown(next))),
+            None => out.notice("* you are in no room now: /join ROOM to talk"),
+        }
+        self.enter(next, out);
     }
 
     /// The user's rooms in `/switch`'s order: rooms by name, then direct-message rooms.
@@ -1697,6 +1705,72 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(lines[4], "\x1b[1A\r\x1b[2K\x1b[1A");
+    }
+
+    /// DMs are `@nick`; `/switch >` goes round the user's rooms (rooms by name, then DMs); a
+    /// current room the server says is left gives way to another; offline, a line waits marked.
+    #[tokio::test]
+    async fn rooms_go_round_dms_are_named_by_the_other_nick_and_a_left_room_gives_way() {
+        let mut state = state();
+        for room in ["lobby", "dev"] {
+            let cursor = Cursor {
+                last_seq: Some(0),
+                epoch: Some(1),
+            };
+            state.rooms.insert(room.into(), cursor);
+        }
+        let (mut out, lines) = terminal();
+        let dm = r#"{"type":"message","room":"@mochi+nana","seq":1,"from":"mochi","text":"psst","time":0}"#;
+        assert!(state.on_server(dm, &mut out).is_none());
+        let mut went = Vec::new();
+        for _ in 0..3 {
+            state
+                .on_line(None, "/switch >".into(), &mut out)
+                .await
+                .unwrap();
+            went.push(state.current.clone().unwrap());
+        }
+        assert_eq!(went, ["@mochi+nana", "dev", "lobby"]);
+        state
+            .on_line(None, "/switch @MOCHI".into(), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(state.current.as_deref(), Some("@mochi+nana"));
+        state.on_line(None, "back".into(), &mut out).await.unwrap();
+        assert!(
+            matches!(&state.pending[0].1, ClientMsg::Dm { to, .. } if to == "mochi"),
+            "{:?}",
+            state.pending
+        );
+        state
+            .on_line(None, "/switch dev".into(), &mut out)
+            .await
+            .unwrap();
+        assert!(
+            state
+                .on_server(r#"{"type":"left","room":"dev"}"#, &mut out)
+                .is_none()
+        );
+        assert_eq!(state.current.as_deref(), Some("lobby"));
+        state
+            .on_line(None, "/bogus".into(), &mut out)
+            .await
+            .unwrap();
+        let lines = lines.lock().unwrap().clone();
+        let lines: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_once(' ').map_or(l.as_str(), |(_, rest)| rest))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "#1 [@mochi] mochi: psst",
+                "[@mochi] nana: back (sending)",
+                "left dev",
+                "now in lobby",
+                "unknown command /bogus (/help lists the commands; //TEXT says /TEXT)",
+            ]
+        );
     }
 
     #[test]
