@@ -62,8 +62,10 @@ pub fn connect(mut opts: ClientOptions, speech: Speech) -> Result<Exit> {
 /// Ctrl-C drops the line being typed and says how to quit; a second Ctrl-C in a row quits, as
 /// does Ctrl-D on an empty line. Ctrl-N and Ctrl-P switch to the user's next and previous room
 /// (`/switch >`, `/switch <`, as irssi's windows), keeping the line being typed (history is on
-/// the arrows; Alt-digits are rustyline's repeat counts, not free to bind). A resize redraws the line being typed
-/// (rustyline does, on SIGWINCH).
+/// the arrows; Alt-digits are rustyline's repeat counts, not free to bind). On a resize
+/// (SIGWINCH) rustyline redraws the line if it wraps at the new width, from the row its old
+/// layout says; a terminal that reflows its rows itself can leave a copy above (rustyline's
+/// handler replaces any other while it reads, so the client cannot redraw for it).
 fn line_editor(
     tx: tokio::sync::mpsc::Sender<Input>,
     room: &str,
@@ -120,26 +122,23 @@ fn line_editor(
                     }
                     reader.wait_handled();
                 }
-                // A hotkey ended the line to run its command; the line comes back after.
-                Err(ReadlineError::Interrupted) if hotkey.pressed().is_some() => {
-                    let Some((command, line, pos)) = hotkey.take() else {
-                        continue;
-                    };
-                    kept = (line, pos);
-                    reader.forget();
-                    if tx.blocking_send(Input::Line(command)).is_err() {
+                Err(ReadlineError::Interrupted) => {
+                    // A hotkey ended the line to run its command; the line comes back after.
+                    if let Some((command, line, pos)) = hotkey.take() {
+                        kept = (line, pos);
+                        reader.forget();
+                        if tx.blocking_send(Input::Line(command)).is_err() {
+                            break;
+                        }
+                        reader.wait_handled();
+                    } else if !interrupted {
+                        // The editor is not reading: nothing else writes to the terminal now.
+                        interrupted = true;
+                        println!("\n{}", visible_notice(color, CTRL_C));
+                    } else {
+                        let _ = tx.blocking_send(Input::Line("/quit".into()));
                         break;
                     }
-                    reader.wait_handled();
-                }
-                Err(ReadlineError::Interrupted) if !interrupted => {
-                    // The editor is not reading: nothing else writes to the terminal now.
-                    interrupted = true;
-                    println!("\n{}", visible_notice(color, CTRL_C));
-                }
-                Err(ReadlineError::Interrupted) => {
-                    let _ = tx.blocking_send(Input::Line("/quit".into()));
-                    break;
                 }
                 Err(_) => {
                     let _ = tx.blocking_send(Input::Eof);
@@ -160,10 +159,6 @@ struct Hotkey {
 }
 
 impl Hotkey {
-    fn pressed(&self) -> Option<String> {
-        self.lock().as_ref().map(|(command, _, _)| command.clone())
-    }
-
     /// The command, the line being typed and the cursor's place in it.
     fn take(&self) -> Option<(String, String, usize)> {
         self.lock().take()
