@@ -18,7 +18,7 @@ mod output;
 mod raw;
 mod terminal;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -145,9 +145,23 @@ struct State {
     /// This run's id, the start of every cid (never the key: cids are stored as they come).
     run: String,
     rooms: BTreeMap<String, Cursor>,
-    current: String,
+    /// Where lines are said (a room, or a direct-message room `@a+b`); none after leaving the
+    /// last room.
+    current: Option<String>,
+    /// A room the user asked to `/join`, until the server answers: then it becomes current.
+    joining: Option<String>,
+    /// Requests to send once the server message being handled is: `who` and `history` after a
+    /// room is joined for the first time (its members and last lines, as IRC's NAMES).
+    outgoing: Vec<ClientMsg>,
+    /// The nick the server last welcomed us as: a reconnect under the same nick is quiet.
+    welcomed_as: Option<String>,
     /// Said and not yet acknowledged, in order: `true` once sent on this connection.
     pending: VecDeque<(String, ClientMsg, bool)>,
+    /// The cids of those already shown marked as sending (offline, lost or slow).
+    marked: BTreeSet<String>,
+    /// When each of those sent on this connection was first sent: one unacknowledged after
+    /// [`SENDING_AFTER`] is shown marked as sending.
+    sent_at: BTreeMap<String, Instant>,
     /// Paces what we say to the rate the server announced.
     bucket: Bucket,
     /// When the bucket will have a token for what waits unsent.
@@ -171,6 +185,12 @@ struct Typist {
     until: Instant,
 }
 
+/// How long a line sent may wait for its ack before it is shown marked as sending.
+const SENDING_AFTER: Duration = Duration::from_secs(1);
+
+/// How many of a room's last lines are shown when it is joined (in a terminal).
+const RECENT: u32 = 10;
+
 /// How long a `typing` is shown, unless the nick's message comes first.
 const TYPING_SHOWN: Duration = Duration::from_secs(5);
 
@@ -180,6 +200,8 @@ enum SessionEnd {
     Lost(String),
     /// Done, or refused for good.
     Exit(Exit),
+    /// Reconnect at once (`/reconnect`).
+    Again,
 }
 
 /// Runs the chat client until input ends (and everything is acknowledged, and what the server
@@ -201,11 +223,12 @@ pub async fn run(
             None
         }
     };
-    let current = opts
-        .rooms
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "lobby".into());
+    let current = Some(
+        opts.rooms
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "lobby".into()),
+    );
     let rooms = opts
         .rooms
         .iter()
@@ -225,7 +248,12 @@ pub async fn run(
         run,
         rooms,
         current,
+        joining: None,
+        outgoing: Vec::new(),
+        welcomed_as: None,
         pending: VecDeque::new(),
+        marked: BTreeSet::new(),
+        sent_at: BTreeMap::new(),
         bucket: Bucket::new(1, 1),
         wake: None,
         next_cid: 1,
@@ -235,6 +263,7 @@ pub async fn run(
         typing: Vec::new(),
         renaming: None,
     };
+    state.enter(state.current.clone(), out);
     let config = ConnectionConfig::default();
     let target = state.opts.target.clone();
     let reconnect = state.opts.reconnect;
@@ -247,9 +276,11 @@ pub async fn run(
         )
         .await
     };
-    let session =
-        async |conn: &mut Connection, out: &mut Output| state.session(conn, &mut inputs, out).await;
-    redial(dial, reconnect, out, session)
+    let mut chat = Chat {
+        state: &mut state,
+        inputs: &mut inputs,
+    };
+    redial(dial, reconnect, out, &mut chat)
         .await
         .map_err(|err| match err {
             // Only the first connection's failure is an error: say what is likely wrong.
@@ -261,27 +292,42 @@ pub async fn run(
         })
 }
 
+/// A conversation over a connection that may be lost, and what is done while it is: the chat
+/// client's ([`Chat`]) or `--raw`'s.
+trait Session {
+    /// Talks over `conn` until it ends.
+    async fn run(&mut self, conn: &mut Connection, out: &mut Output) -> SessionEnd;
+
+    /// Offline until `until`, the next attempt (`attempt`, from 1): shows it in the status bar;
+    /// `Some` ends the client (the user quit), and an earlier return tries at once.
+    async fn offline(&mut self, until: Instant, attempt: u32, out: &mut Output) -> Option<Exit>;
+}
+
 /// The client's one reconnect loop (the chat client's and `--raw`'s): dials, runs `session` on
 /// the connection, and when the session is lost waits ([`RECONNECT`], jittered) and dials again
 /// — unless `reconnect` is off. Failing to connect the first time is an error; later it is one
-/// more loss to wait out.
+/// more loss to wait out. A loss is told in one line; the attempts that follow, in the status
+/// bar (a terminal's), and the way back in one line (`* reconnected`).
 async fn redial(
     dial: impl AsyncFn() -> Result<Connection>,
     reconnect: bool,
     out: &mut Output,
-    mut session: impl AsyncFnMut(&mut Connection, &mut Output) -> SessionEnd,
+    session: &mut impl Session,
 ) -> Result<Exit> {
     let mut backoff = RECONNECT;
     let mut connected_once = false;
+    let mut attempt = 0;
     loop {
         let end = match dial().await {
             Ok(mut conn) => {
                 if connected_once {
+                    out.bar(None);
                     out.notice("* reconnected");
                 }
                 connected_once = true;
+                attempt = 0;
                 backoff.succeeded();
-                let end = session(&mut conn, out).await;
+                let end = session.run(&mut conn, out).await;
                 let outcome = match &end {
                     SessionEnd::Lost(_) => Err(Error::Closed),
                     _ => Ok(()),
@@ -294,13 +340,20 @@ async fn redial(
         };
         match end {
             SessionEnd::Exit(exit) => return Ok(exit),
+            SessionEnd::Again => continue,
             SessionEnd::Lost(why) if reconnect => {
                 let wait = backoff.failed_jittered();
-                out.status(&format!(
-                    "* disconnected ({why}); reconnecting in {:.1}s",
-                    wait.as_secs_f64()
-                ));
-                tokio::time::sleep(wait).await;
+                attempt += 1;
+                if attempt == 1 {
+                    out.status(&format!(
+                        "* disconnected ({why}); reconnecting in {:.1}s",
+                        wait.as_secs_f64()
+                    ));
+                }
+                if let Some(exit) = session.offline(Instant::now() + wait, attempt, out).await {
+                    out.bar(None);
+                    return Ok(exit);
+                }
             }
             SessionEnd::Lost(why) => {
                 return Err(Error::Handshake(format!("connection lost: {why}")));
@@ -309,9 +362,35 @@ async fn redial(
     }
 }
 
-/// The wait before a reconnect: exponential back-off from 100 ms to 10 s, with ±50 % jitter
-/// ([`Backoff::failed_jittered`]) so that clients dropped together do not come back together.
-const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+/// What the status bar says while offline: the next attempt, and (`hint`) how to hurry it.
+fn offline_bar(until: Instant, attempt: u32, hint: &str) -> String {
+    let wait = until.saturating_duration_since(Instant::now());
+    format!(
+        "offline · try {attempt} in {:.1}s{hint}",
+        wait.as_secs_f64()
+    )
+}
+
+/// The wait before a reconnect: exponential back-off from 100 ms to 2 s, with ±50 % jitter
+/// ([`Backoff::failed_jittered`]) so that clients dropped together do not come back together:
+/// at most 3 s, so a server that is back is found within seconds.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+
+/// The chat client: its memory and its input, as a [`Session`].
+struct Chat<'a> {
+    state: &'a mut State,
+    inputs: &'a mut mpsc::Receiver<Input>,
+}
+
+impl Session for Chat<'_> {
+    async fn run(&mut self, conn: &mut Connection, out: &mut Output) -> SessionEnd {
+        self.state.session(conn, self.inputs, out).await
+    }
+
+    async fn offline(&mut self, until: Instant, attempt: u32, out: &mut Output) -> Option<Exit> {
+        self.state.offline(until, attempt, self.inputs, out).await
+    }
+}
 
 impl State {
     async fn send(&self, conn: &mut Connection, msg: &ClientMsg) -> Result<()> {
@@ -334,8 +413,15 @@ impl State {
     }
 
     /// Sends what waits unsent, as fast as the bucket allows; sets `wake` for the rest.
-    async fn pump(&mut self, conn: &mut Connection) -> Result<()> {
+    /// Offline (`conn` is `None`), everything waits for the next connection.
+    async fn pump(&mut self, conn: Option<&mut Connection>) -> Result<()> {
         self.wake = None;
+        let Some(conn) = conn else {
+            return Ok(());
+        };
+        for msg in std::mem::take(&mut self.outgoing) {
+            self.send(conn, &msg).await?;
+        }
         if !self.welcomed || self.expiry.is_some() {
             return Ok(()); // held until `welcome`, or until `refreshed`
         }
@@ -348,34 +434,52 @@ impl State {
                 return Ok(());
             }
             self.pending[i].2 = true;
+            let cid = self.pending[i].0.clone();
+            self.sent_at.entry(cid).or_insert_with(Instant::now);
             let msg = self.pending[i].1.clone();
             self.send(conn, &msg).await?;
         }
         Ok(())
     }
 
-    fn say(&mut self, text: String) -> ClientMsg {
-        self.reply(text, None)
+    /// Says `text` in the current room (`None`: the user is in no room, and is told so).
+    fn say(&mut self, text: String, out: &mut Output) -> Option<ClientMsg> {
+        let room = self.here(out)?;
+        Some(self.reply(room, text, None))
     }
 
-    /// Says `text` in the current room, as a reply to the message `reply_to` if given.
-    fn reply(&mut self, text: String, reply_to: Option<u64>) -> ClientMsg {
+    /// Says `text` in `room` (a direct message to the other nick in a DM room), as a reply to
+    /// the message `reply_to` if given.
+    fn reply(&mut self, room: String, text: String, reply_to: Option<u64>) -> ClientMsg {
         let cid = self.cid();
-        self.queue(ClientMsg::Say {
-            room: self.current.clone(),
-            text,
-            cid,
-            reply_to,
-        })
+        let msg = match self.peer(&room) {
+            Some(to) if reply_to.is_none() => ClientMsg::Dm { to, text, cid },
+            _ => ClientMsg::Say {
+                room,
+                text,
+                cid,
+                reply_to,
+            },
+        };
+        self.queue(msg)
+    }
+
+    /// The current room, or `None` after telling the user there is none.
+    fn here(&self, out: &mut Output) -> Option<String> {
+        if self.current.is_none() {
+            out.notice("! you are in no room: /join ROOM, or /switch to one of yours");
+        }
+        self.current.clone()
     }
 
     /// A command on a message of the current room (`/reply`, `/edit`, `/delete`, `/react`,
     /// `/unreact`), queued with a cid like `say`; `None` when `args` do not fit its usage.
-    fn on_message_command(&mut self, verb: &str, args: &str) -> Option<ClientMsg> {
+    fn on_message_command(&mut self, verb: &str, args: &str, room: String) -> Option<ClientMsg> {
         let (seq, rest) = seq_and_rest(args)?;
-        let room = self.current.clone();
         let msg = match verb {
-            "reply" if !rest.is_empty() => return Some(self.reply(rest.to_owned(), Some(seq))),
+            "reply" if !rest.is_empty() => {
+                return Some(self.reply(room, rest.to_owned(), Some(seq)));
+            }
             "edit" if !rest.is_empty() => ClientMsg::Edit {
                 room,
                 seq,
@@ -414,7 +518,95 @@ impl State {
         // Nobody is typing to a connection that is gone.
         self.typing.clear();
         out.bar(None);
+        if let SessionEnd::Lost(_) = end {
+            // Said, maybe stored, not acknowledged: sent again once reconnected.
+            let unacked: Vec<ClientMsg> = self.pending.iter().map(|(_, m, _)| m.clone()).collect();
+            for msg in &unacked {
+                self.mark_sending(msg, out);
+            }
+        }
         end
+    }
+
+    /// When the first line sent and not yet acknowledged nor marked becomes slow.
+    fn slow_from(&self) -> Option<Instant> {
+        if !self.opts.commands {
+            return None;
+        }
+        self.sent_at
+            .iter()
+            .filter(|(cid, _)| !self.marked.contains(*cid))
+            .map(|(_, at)| *at + SENDING_AFTER)
+            .min()
+    }
+
+    /// Marks as sending each line sent [`SENDING_AFTER`] ago or more and not acknowledged.
+    fn mark_slow(&mut self, out: &mut Output) {
+        let now = Instant::now();
+        let slow: Vec<ClientMsg> = self
+            .pending
+            .iter()
+            .filter(|(cid, _, _)| {
+                self.sent_at
+                    .get(cid)
+                    .is_some_and(|at| *at + SENDING_AFTER <= now)
+            })
+            .map(|(_, msg, _)| msg.clone())
+            .collect();
+        for msg in &slow {
+            self.mark_sending(msg, out);
+        }
+        // Not a line (an edit, a reaction…): nothing to show, nothing to wait for.
+        let marked = &self.marked;
+        self.sent_at
+            .retain(|cid, at| *at + SENDING_AFTER > now && !marked.contains(cid));
+    }
+
+    /// Shows a line said and not acknowledged yet as sending (once).
+    fn mark_sending(&mut self, msg: &ClientMsg, out: &mut Output) {
+        let (cid, room, text) = match msg {
+            ClientMsg::Say {
+                cid, room, text, ..
+            } => (cid, self.shown(room), text),
+            ClientMsg::Dm { cid, to, text } => (cid, format!("@{to}"), text),
+            _ => return,
+        };
+        if self.opts.commands && self.marked.insert(cid.clone()) {
+            out.sending(&room, &self.opts.nick, text);
+        }
+    }
+
+    /// Offline until `until`, the next attempt: what the user types is handled (lines wait,
+    /// marked as sending; `/reconnect` tries at once; `/quit` quits).
+    async fn offline(
+        &mut self,
+        until: Instant,
+        attempt: u32,
+        inputs: &mut mpsc::Receiver<Input>,
+        out: &mut Output,
+    ) -> Option<Exit> {
+        self.welcomed = false;
+        out.bar(Some(&offline_bar(until, attempt, " · /reconnect")));
+        loop {
+            if self.input_done && self.pending.is_empty() {
+                return Some(Exit::Done);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return None,
+                input = inputs.recv(), if !self.input_done => match input {
+                    Some(Input::Line(line)) => {
+                        let end = self.on_line(None, line, out).await;
+                        out.handled();
+                        match end {
+                            Ok(Some(SessionEnd::Exit(exit))) => return Some(exit),
+                            Ok(Some(_)) => return None,
+                            _ => {}
+                        }
+                    }
+                    Some(Input::Eof) | None => self.input_done = true,
+                },
+            }
+        }
     }
 
     async fn session_inner(
@@ -424,6 +616,8 @@ impl State {
         out: &mut Output,
     ) -> Result<SessionEnd> {
         self.expiry = None;
+        self.outgoing.clear();
+        self.sent_at.clear();
         if let Some(path) = &self.opts.token_file {
             match read_token(path) {
                 Ok(token) => self.opts.token = Some(token),
@@ -467,7 +661,7 @@ impl State {
                         if let Some(end) = self.on_server(text.as_str(), out) {
                             return Ok(end);
                         }
-                        self.pump(conn).await?;
+                        self.pump(Some(conn)).await?;
                     }
                     Ok(Some(Incoming::Binary(_))) => {}
                     Ok(None) => return Ok(self.closed_by_server(conn, out)),
@@ -475,21 +669,28 @@ impl State {
                 },
                 input = inputs.recv(), if !self.input_done => match input {
                     Some(Input::Line(line)) => {
-                        if let Some(end) = self.on_line(conn, line, out).await? {
+                        let end = self.on_line(Some(conn), line, out).await?;
+                        if self.joining.is_none() {
+                            out.handled();
+                        }
+                        if let Some(end) = end {
                             return Ok(end);
                         }
                     }
                     Some(Input::Eof) | None => self.input_done = true,
                 },
                 _ = async { ticker.as_mut().expect("checked").tick().await }, if ticker.is_some() => {
-                    self.say(format!("!Client Send! {}", python_now()));
-                    self.pump(conn).await?;
+                    self.say(format!("!Client Send! {}", python_now()), out);
+                    self.pump(Some(conn)).await?;
                 }
                 () = async { tokio::time::sleep_until(self.wake.expect("checked")).await }, if self.wake.is_some() => {
-                    self.pump(conn).await?;
+                    self.pump(Some(conn)).await?;
                 }
                 () = async { tokio::time::sleep_until(self.recheck().expect("checked")).await }, if self.recheck().is_some() => {
                     self.renew(conn, out).await?;
+                }
+                () = async { tokio::time::sleep_until(self.slow_from().expect("checked")).await }, if self.slow_from().is_some() => {
+                    self.mark_slow(out);
                 }
                 () = async { tokio::time::sleep_until(self.typing_ends().expect("checked")).await }, if self.typing_ends().is_some() => {
                     let now = Instant::now();
@@ -617,12 +818,24 @@ impl State {
             out.notice(&format!("* unreadable message from the server: {text}"));
             return None;
         };
+        // Our own joins and leaves are told by `* joined`/`* left` (and a reconnect's, not at
+        // all): the room's presence event for our nick would say them twice.
+        if let ServerMsg::Presence { nick, event, .. } = &msg
+            && matches!(event, PresenceEvent::Join | PresenceEvent::Leave)
+            && nick.eq_ignore_ascii_case(&self.opts.nick)
+        {
+            return None;
+        }
         match msg {
             ServerMsg::Welcome { nick, limits, exp } => {
                 self.welcomed = true;
                 // Half the burst: room left for joins and commands.
                 self.bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst / 2);
-                out.status(&format!("* connected as {nick}{}", until(exp)));
+                // A reconnect as the same nick is quiet: `* reconnected` said it.
+                if self.welcomed_as.as_ref() != Some(&nick) {
+                    out.status(&format!("* connected as {nick}{}", until(exp)));
+                }
+                self.welcomed_as = Some(nick);
             }
             ServerMsg::Joined {
                 room,
@@ -645,17 +858,38 @@ impl State {
                          or sent to the nick before it was yours)"
                     ));
                 }
-                if reset || cursor.last_seq.is_none() {
+                // A room joined before is joined again quietly on a reconnect.
+                let first = cursor.last_seq.is_none();
+                if reset || first {
                     cursor.last_seq = Some(last_seq);
                 }
                 cursor.epoch = Some(epoch);
-                out.status(&format!("* joined {room}"));
+                if first {
+                    out.status(&format!("* joined {}", self.shown(&room)));
+                    if self.opts.commands {
+                        self.introduce(&room, last_seq);
+                    }
+                }
+                if self.joining.as_ref() == Some(&room) {
+                    self.joining = None;
+                    self.enter(Some(room), out);
+                    out.handled();
+                }
             }
+            // Unless the user's `/leave` said it already.
             ServerMsg::Left { room } => {
-                self.rooms.remove(&room);
-                out.status(&format!("* left {room}"));
+                if self.rooms.remove(&room).is_some() {
+                    out.status(&format!("* left {}", self.shown(&room)));
+                    if self.current.as_ref() == Some(&room) {
+                        self.move_on(&room, out);
+                    }
+                }
             }
-            ServerMsg::Ack { cid, .. } => self.pending.retain(|(c, _, _)| *c != cid),
+            ServerMsg::Ack { cid, .. } => {
+                self.pending.retain(|(c, _, _)| *c != cid);
+                self.marked.remove(&cid);
+                self.sent_at.remove(&cid);
+            }
             ServerMsg::Message(m) => self.show(m, out),
             ServerMsg::Edit(m) => self.show_event(Kind::Edit, m, out),
             ServerMsg::Delete(m) => self.show_event(Kind::Delete, m, out),
@@ -677,7 +911,7 @@ impl State {
             ServerMsg::Inbox { rooms, total } => {
                 let list = rooms
                     .iter()
-                    .map(|r| format!("{} ({} unread)", r.room, r.unread));
+                    .map(|r| format!("{} ({} unread)", self.shown(&r.room), r.unread));
                 out.notice(&listed("inbox", list, total, rooms.len()));
             }
             ServerMsg::Presence {
@@ -693,7 +927,8 @@ impl State {
                 }
             }),
             ServerMsg::Members { room, nicks, total } => out.notice(&format!(
-                "* in {room}: {}{}",
+                "* in {}: {}{}",
+                self.shown(&room),
                 nicks.join(", "),
                 and_more(total, nicks.len())
             )),
@@ -703,13 +938,13 @@ impl State {
             }
             ServerMsg::History { messages, .. } | ServerMsg::Thread { messages, .. } => {
                 for m in messages {
-                    out.message(&m);
+                    out.message(&self.as_shown(m));
                 }
             }
             ServerMsg::Search { results, total } => {
                 out.notice(&format!("* found {total}"));
                 for m in results {
-                    out.message(&m);
+                    out.message(&self.as_shown(m));
                 }
             }
             ServerMsg::Renamed { from, to } => {
@@ -717,8 +952,9 @@ impl State {
                 if !from.eq_ignore_ascii_case(&to) {
                     // The old nick's direct-message rooms are not ours under the new one.
                     self.rooms.retain(|room, _| !room.starts_with('@'));
-                    if self.current.starts_with('@') {
-                        self.current = self.rooms.keys().next().cloned().unwrap_or_default();
+                    if self.current.as_ref().is_some_and(|r| r.starts_with('@')) {
+                        let next = self.rooms.keys().next().cloned();
+                        self.enter(next, out);
                     }
                 }
                 self.opts.nick = to.clone();
@@ -736,6 +972,31 @@ impl State {
             }
         }
         None
+    }
+
+    /// `m` with its room as the user sees it ([`State::shown`]).
+    fn as_shown(&self, mut m: ChatMessage) -> ChatMessage {
+        m.room = self.shown(&m.room);
+        m
+    }
+
+    /// A room joined for the first time, in a terminal: asks for its members and its last
+    /// lines (as IRC's NAMES and a chat's recent history), sent after the `joined`.
+    fn introduce(&mut self, room: &str, last_seq: u64) {
+        if !room.starts_with('@') {
+            self.outgoing.push(ClientMsg::Who {
+                room: room.to_owned(),
+                after: None,
+            });
+        }
+        if last_seq > 0 {
+            self.outgoing.push(ClientMsg::History {
+                room: room.to_owned(),
+                before: None,
+                after: None,
+                limit: Some(RECENT),
+            });
+        }
     }
 
     /// When the first of those typing stops being shown.
@@ -759,7 +1020,7 @@ impl State {
                     [a, b, rest @ ..] => format!("{a}, {b} and {} more are", rest.len()),
                     [] => String::new(), // a room is listed for a typist
                 };
-                format!("{names} typing in {room}")
+                format!("{names} typing in {}", self.shown(room))
             })
             .collect();
         out.bar((!parts.is_empty()).then(|| parts.join("; ")).as_deref());
@@ -774,7 +1035,7 @@ impl State {
             self.show_typing(out);
         }
         if self.advance(&m) {
-            out.message(&m);
+            out.message(&self.as_shown(m));
         }
     }
 
@@ -782,7 +1043,7 @@ impl State {
     /// after it), and is shown as a line of its own.
     fn show_event(&mut self, kind: Kind, m: ChatMessage, out: &mut Output) {
         if self.advance(&m) {
-            out.notice(&m.event_line(kind));
+            out.notice(&self.as_shown(m).event_line(kind));
         }
     }
 
@@ -824,6 +1085,35 @@ impl State {
                 "! not {wanted}: {message}; you are still {}",
                 self.opts.nick
             ));
+            return None;
+        }
+        let join_refused = matches!(
+            code,
+            ErrorCode::BadRoom
+                | ErrorCode::Forbidden
+                | ErrorCode::TooManyRooms
+                | ErrorCode::BadMessage
+                | ErrorCode::AlreadyJoined
+        );
+        if cid.is_none()
+            && join_refused
+            && let Some(room) = self.joining.take()
+        {
+            // The `/join` the prompt waits for: refused, the user stays where they were.
+            if code == ErrorCode::AlreadyJoined {
+                self.enter(Some(room), out);
+            } else {
+                self.rooms.remove(&room);
+                let here = match &self.current {
+                    Some(here) => format!("; still in {}", self.shown(here)),
+                    None => String::new(),
+                };
+                out.notice(&format!(
+                    "! {}: {message} (/join {room}){here}",
+                    code.as_str()
+                ));
+            }
+            out.handled();
             return None;
         }
         match code {
@@ -918,10 +1208,11 @@ impl State {
         None
     }
 
-    /// One input line: a message, or (interactive) a command.
+    /// One input line: a message, or (interactive) a command. Offline (`conn` is `None`), what
+    /// is said waits for the next connection, marked as sending.
     async fn on_line(
         &mut self,
-        conn: &mut Connection,
+        conn: Option<&mut Connection>,
         line: String,
         out: &mut Output,
     ) -> Result<Option<SessionEnd>> {
@@ -934,9 +1225,17 @@ impl State {
         } else {
             None
         };
+        // `//TEXT` says `/TEXT`.
+        let command = command.filter(|c| !c.starts_with('/'));
+        let line = if command.is_none() && self.opts.commands && line.starts_with("//") {
+            line[1..].to_owned()
+        } else {
+            line.clone()
+        };
         let Some(command) = command else {
-            self.say(line);
-            self.pump(conn).await?;
+            if let Some(msg) = self.say(line, out) {
+                self.said(conn, &msg, out).await?;
+            }
             return Ok(None);
         };
         let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
@@ -947,45 +1246,39 @@ impl State {
                 self.renaming = Some(rest.clone());
                 ClientMsg::Nick { nick: rest }
             }
-            "join" if !rest.is_empty() => {
-                self.current = rest.clone();
-                self.rooms.entry(rest.clone()).or_insert(Cursor {
-                    last_seq: None,
-                    epoch: None,
-                });
-                ClientMsg::Join {
-                    room: rest,
-                    since: None,
-                    epoch: None,
-                }
+            "reconnect" => {
+                out.notice("* reconnecting now");
+                return Ok(Some(SessionEnd::Again));
             }
-            "leave" => ClientMsg::Leave {
-                room: if rest.is_empty() {
-                    self.current.clone()
-                } else {
-                    rest
-                },
-            },
+            "join" if !rest.is_empty() && !rest.contains(' ') => {
+                return self.join(conn, rest, out).await.map(|()| None);
+            }
+            "switch" => {
+                self.switch(&rest, out);
+                return Ok(None);
+            }
+            "leave" => return self.leave(conn, &rest, out).await.map(|()| None),
             "msg" => {
                 let Some((to, text)) = rest.split_once(' ') else {
                     out.notice("usage: /msg NICK TEXT");
                     return Ok(None);
                 };
+                let to = to.strip_prefix('@').unwrap_or(to);
                 let cid = self.cid();
-                self.queue(ClientMsg::Dm {
+                let msg = self.queue(ClientMsg::Dm {
                     to: to.to_owned(),
-                    text: text.to_owned(),
+                    text: text.trim().to_owned(),
                     cid,
-                })
+                });
+                self.said(conn, &msg, out).await?;
+                return Ok(None);
             }
-            "who" => ClientMsg::Who {
-                room: if rest.is_empty() {
-                    self.current.clone()
-                } else {
-                    rest
-                },
-                after: None,
-            },
+            "who" => {
+                let Some(room) = self.named_or_here(&rest, out) else {
+                    return Ok(None);
+                };
+                ClientMsg::Who { room, after: None }
+            }
             "rooms" => ClientMsg::Rooms { after: None },
             "inbox" => ClientMsg::Inbox { after: None },
             "search" if rest.trim().is_empty() => {
@@ -999,32 +1292,322 @@ impl State {
                 skip: None,
             },
             "reply" | "edit" | "delete" | "react" | "unreact" => {
-                if self.on_message_command(verb, &rest).is_none() {
-                    out.notice(&format!("usage: {}", usage(verb)));
+                let Some(room) = self.here(out) else {
                     return Ok(None);
+                };
+                match self.on_message_command(verb, &rest, room) {
+                    Some(msg) => self.said(conn, &msg, out).await?,
+                    None => out.notice(&format!("usage: {}", usage(verb))),
                 }
-                self.pump(conn).await?;
                 return Ok(None);
             }
-            "history" => ClientMsg::History {
-                room: self.current.clone(),
-                before: None,
-                after: None,
-                limit: Some(rest.parse().unwrap_or(20)),
-            },
-            _ => {
+            "history" => {
+                let Some(room) = self.here(out) else {
+                    return Ok(None);
+                };
+                ClientMsg::History {
+                    room,
+                    before: None,
+                    after: None,
+                    limit: Some(rest.parse().unwrap_or(20)),
+                }
+            }
+            "help" => {
                 out.notice(HELP);
                 return Ok(None);
             }
+            _ if COMMANDS.contains(&verb) => {
+                out.notice(&format!("! /{verb} needs more; {HELP}"));
+                return Ok(None);
+            }
+            _ => {
+                out.notice(&format!(
+                    "! unknown command /{verb} (/help lists the commands; //TEXT says /TEXT)"
+                ));
+                return Ok(None);
+            }
         };
-        self.send(conn, &msg).await?;
+        match conn {
+            Some(conn) => self.send(conn, &msg).await?,
+            None => out.notice(&format!(
+                "! offline: /{verb} needs the server; try again once reconnected"
+            )),
+        }
         Ok(None)
+    }
+
+    /// What the user said was queued: sent now if connected; offline, marked as sending.
+    async fn said(
+        &mut self,
+        conn: Option<&mut Connection>,
+        msg: &ClientMsg,
+        out: &mut Output,
+    ) -> Result<()> {
+        if conn.is_none() {
+            self.mark_sending(msg, out);
+        }
+        self.pump(conn).await
+    }
+
+    /// `/join ROOM`: a room already joined becomes the current one; a new one is joined, and
+    /// becomes current when the server says `joined` (the prompt waits for it; offline, at
+    /// once). `@nick` is the direct-message room with nick.
+    async fn join(
+        &mut self,
+        conn: Option<&mut Connection>,
+        name: String,
+        out: &mut Output,
+    ) -> Result<()> {
+        let Some(room) = self.room_named(&name, out) else {
+            return Ok(());
+        };
+        if self.rooms.contains_key(&room) || room.starts_with('@') {
+            out.notice(&format!("* now in {}", self.shown(&room)));
+            self.enter(Some(room), out);
+            return Ok(());
+        }
+        self.rooms.insert(
+            room.clone(),
+            Cursor {
+                last_seq: None,
+                epoch: None,
+            },
+        );
+        match conn {
+            Some(conn) => {
+                self.joining = Some(room.clone());
+                let join = ClientMsg::Join {
+                    room,
+                    since: None,
+                    epoch: None,
+                };
+                self.send(conn, &join).await?;
+            }
+            None => {
+                out.notice(&format!("* {room} is joined once reconnected"));
+                self.enter(Some(room), out);
+            }
+        }
+        Ok(())
+    }
+
+    /// `/switch`: lists the user's rooms, numbered; `/switch ROOM` (or its number, or `@nick`)
+    /// makes it the current one; `/switch >` and `/switch <` the next and the previous.
+    fn switch(&mut self, name: &str, out: &mut Output) {
+        let mine = self.my_rooms();
+        if name.is_empty() {
+            let list: Vec<String> = mine
+                .iter()
+                .enumerate()
+                .map(|(i, room)| format!("{} {}", i + 1, self.shown(room)))
+                .collect();
+            let now = match &self.current {
+                Some(room) => self.shown(room),
+                None => "none".to_owned(),
+            };
+            out.notice(&format!(
+                "* your rooms: {} (now: {now}); /switch ROOM or /switch N",
+                list.join(", ")
+            ));
+            return;
+        }
+        // `>` and `<` (Ctrl-N, Ctrl-P): the next and the previous, round.
+        let at = self
+            .current
+            .as_ref()
+            .and_then(|c| mine.iter().position(|r| r == c));
+        let len = mine.len();
+        let step = match name {
+            ">" => Some(at.map_or(0, |i| (i + 1) % len.max(1))),
+            "<" => Some(at.map_or(0, |i| (i + len.max(1) - 1) % len.max(1))),
+            _ => None,
+        };
+        if let Some(i) = step {
+            match mine.get(i) {
+                Some(room) => self.enter(Some(room.clone()), out),
+                None => out.notice("! you are in no room: /join ROOM"),
+            }
+            return;
+        }
+        let room = match name.parse::<usize>() {
+            Ok(n) if (1..=mine.len()).contains(&n) => mine[n - 1].clone(),
+            Ok(_) => {
+                out.notice(&format!(
+                    "! no room number {name}: you are in {} (/switch lists them)",
+                    mine.len()
+                ));
+                return;
+            }
+            Err(_) => match self.room_named(name, out) {
+                Some(room) => room,
+                None => return,
+            },
+        };
+        if !room.starts_with('@') && !self.rooms.contains_key(&room) {
+            out.notice(&format!("! you are not in {room}: /join {room}"));
+            return;
+        }
+        self.enter(Some(room), out);
+    }
+
+    /// `/leave [ROOM]`: leaves it (the current room without ROOM); leaving the current room
+    /// makes another of the user's rooms current, or none (said).
+    async fn leave(
+        &mut self,
+        conn: Option<&mut Connection>,
+        name: &str,
+        out: &mut Output,
+    ) -> Result<()> {
+        let room = if name.is_empty() {
+            self.here(out)
+        } else {
+            self.room_named(name, out)
+        };
+        let Some(room) = room else {
+            return Ok(());
+        };
+        let dm = room.starts_with('@');
+        if !dm && !self.rooms.contains_key(&room) {
+            out.notice(&format!("! you are not in {room}"));
+            return Ok(());
+        }
+        self.rooms.remove(&room);
+        // Offline, the room is simply not joined again; a direct-message room is only closed
+        // here (its messages still come, as every DM does).
+        if let Some(conn) = conn
+            && !dm
+        {
+            self.send(conn, &ClientMsg::Leave { room: room.clone() })
+                .await?;
+        }
+        out.notice(&format!("* left {}", self.shown(&room)));
+        if self.current.as_ref() == Some(&room) {
+            self.move_on(&room, out);
+        }
+        Ok(())
+    }
+
+    /// The current room was left: another of the user's rooms becomes current, or none; said.
+    fn move_on(&mut self, left: &str, out: &mut Output) {
+        let next = self
+            .my_rooms()
+            .into_iter()
+            .find(|r| r != left && !r.starts_with('@'));
+        match &next {
+            Some(next) => out.notice(&format!("* now in {}", self.shown(next))),
+            None => out.notice("* you are in no room now: /join ROOM to talk"),
+        }
+        self.enter(next, out);
+    }
+
+    /// The user's rooms in `/switch`'s order: rooms by name, then direct-message rooms.
+    fn my_rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        if let Some(current) = &self.current
+            && !rooms.contains(current)
+        {
+            rooms.push(current.clone());
+        }
+        rooms.sort_by_key(|r| (r.starts_with('@'), r.clone()));
+        rooms
+    }
+
+    /// The room the user names: `@nick` is the direct-message room with nick (`None`, told,
+    /// for a name that is no nick).
+    fn room_named(&self, name: &str, out: &mut Output) -> Option<String> {
+        let Some(nick) = name.strip_prefix('@') else {
+            return Some(name.to_owned());
+        };
+        if let Some(room) = self.rooms.keys().find(|r| self.shown(r) == name) {
+            return Some(room.clone()); // an older name of the pair's room, as the server gave it
+        }
+        if !crate::chat::valid_nick(nick) {
+            out.notice(&format!(
+                "! {name}: @ and a nick names a direct-message room"
+            ));
+            return None;
+        }
+        Some(dm_room(&self.opts.nick, nick))
+    }
+
+    /// `name` if given, else the current room (`None`, told, when there is none).
+    fn named_or_here(&self, name: &str, out: &mut Output) -> Option<String> {
+        if name.is_empty() {
+            self.here(out)
+        } else {
+            self.room_named(name, out)
+        }
+    }
+
+    /// Makes `room` the current one, and says so in the prompt.
+    fn enter(&mut self, room: Option<String>, out: &mut Output) {
+        let shown = room.as_deref().map(|r| self.shown(r));
+        self.current = room;
+        out.set_room(shown.as_deref());
+    }
+
+    /// A room as the user sees it: a direct-message room `@mochi+nana` is `@mochi` (the other
+    /// nick) in a terminal; a script sees the server's names.
+    fn shown(&self, room: &str) -> String {
+        if !self.opts.commands {
+            return room.to_owned();
+        }
+        match self.peer(room) {
+            Some(peer) => format!("@{peer}"),
+            None => room.to_owned(),
+        }
+    }
+
+    /// The other nick of a direct-message room of ours (ourselves in a note to self).
+    fn peer(&self, room: &str) -> Option<String> {
+        let (a, b) = room.strip_prefix('@')?.split_once('+')?;
+        let me = self.opts.nick.to_ascii_lowercase();
+        if a == me {
+            Some(b.to_owned())
+        } else if b == me {
+            Some(a.to_owned())
+        } else {
+            None
+        }
     }
 }
 
+/// The direct-message room of two nicks, as docs/protocol.md names it: `@a+b`, both in lower
+/// case, in order.
+fn dm_room(a: &str, b: &str) -> String {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("@{x}+{y}")
+}
+
+/// The commands, for telling a known one used wrongly from an unknown one.
+const COMMANDS: [&str; 19] = [
+    "join",
+    "leave",
+    "switch",
+    "rooms",
+    "msg",
+    "who",
+    "history",
+    "search",
+    "inbox",
+    "nick",
+    "reconnect",
+    "quit",
+    "q",
+    "help",
+    "reply",
+    "edit",
+    "delete",
+    "react",
+    "unreact",
+];
+
 /// What `/help` shows.
-pub const HELP: &str = "commands: /join ROOM, /leave [ROOM], /rooms, /msg NICK TEXT, /who [ROOM], \
-/history [N], /search WORDS, /inbox, /nick NAME, /quit; on a message of the current room (SEQ: its #number, shown \
+pub const HELP: &str = "commands: /join ROOM, /switch [ROOM|N|@NICK] (Ctrl-N, Ctrl-P: next, \
+previous), /leave [ROOM], /rooms, \
+/msg NICK TEXT, /who [ROOM], /history [N], /search WORDS, /inbox, /nick NAME, /reconnect, /quit \
+(Ctrl-C twice, or Ctrl-D); on a message of the current room (SEQ: its #number, shown \
 before it): /reply SEQ TEXT, /edit SEQ TEXT, /delete SEQ, /react SEQ EMOJI, /unreact SEQ \
 EMOJI; anything else is said in the current room";
 
@@ -1110,8 +1693,13 @@ mod tests {
             key: Some("k".into()),
             run: "r".into(),
             rooms: BTreeMap::new(),
-            current: "lobby".into(),
+            current: Some("lobby".into()),
+            joining: None,
+            outgoing: Vec::new(),
+            welcomed_as: None,
             pending: VecDeque::new(),
+            marked: BTreeSet::new(),
+            sent_at: BTreeMap::new(),
             bucket: Bucket::new(1, 1),
             wake: None,
             next_cid: 1,
@@ -1131,6 +1719,7 @@ mod tests {
             printer: Box::new(move |line| seen.lock().unwrap().push(line)),
             style: Style { color: false },
             bar: None,
+            prompt: None,
         };
         (out, lines)
     }
@@ -1164,6 +1753,72 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(lines[4], "\x1b[1A\r\x1b[2K\x1b[1A");
+    }
+
+    /// DMs are `@nick`; `/switch >` goes round the user's rooms (rooms by name, then DMs); a
+    /// current room the server says is left gives way to another; offline, a line waits marked.
+    #[tokio::test]
+    async fn rooms_go_round_dms_are_named_by_the_other_nick_and_a_left_room_gives_way() {
+        let mut state = state();
+        for room in ["lobby", "dev"] {
+            let cursor = Cursor {
+                last_seq: Some(0),
+                epoch: Some(1),
+            };
+            state.rooms.insert(room.into(), cursor);
+        }
+        let (mut out, lines) = terminal();
+        let dm = r#"{"type":"message","room":"@mochi+nana","seq":1,"from":"mochi","text":"psst","time":0}"#;
+        assert!(state.on_server(dm, &mut out).is_none());
+        let mut went = Vec::new();
+        for _ in 0..3 {
+            state
+                .on_line(None, "/switch >".into(), &mut out)
+                .await
+                .unwrap();
+            went.push(state.current.clone().unwrap());
+        }
+        assert_eq!(went, ["@mochi+nana", "dev", "lobby"]);
+        state
+            .on_line(None, "/switch @MOCHI".into(), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(state.current.as_deref(), Some("@mochi+nana"));
+        state.on_line(None, "back".into(), &mut out).await.unwrap();
+        assert!(
+            matches!(&state.pending[0].1, ClientMsg::Dm { to, .. } if to == "mochi"),
+            "{:?}",
+            state.pending
+        );
+        state
+            .on_line(None, "/switch dev".into(), &mut out)
+            .await
+            .unwrap();
+        assert!(
+            state
+                .on_server(r#"{"type":"left","room":"dev"}"#, &mut out)
+                .is_none()
+        );
+        assert_eq!(state.current.as_deref(), Some("lobby"));
+        state
+            .on_line(None, "/bogus".into(), &mut out)
+            .await
+            .unwrap();
+        let lines = lines.lock().unwrap().clone();
+        let lines: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_once(' ').map_or(l.as_str(), |(_, rest)| rest))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "#1 [@mochi] mochi: psst",
+                "[@mochi] nana: back (sending)",
+                "left dev",
+                "now in lobby",
+                "unknown command /bogus (/help lists the commands; //TEXT says /TEXT)",
+            ]
+        );
     }
 
     #[test]
@@ -1220,7 +1875,7 @@ mod tests {
         let mut backoff = RECONNECT;
         for attempt in 0..20 {
             let wait = backoff.failed_jittered().as_millis() as u64;
-            let base = (100u64 << attempt.min(7)).min(10_000);
+            let base = (100u64 << attempt.min(7)).min(2_000);
             assert!(
                 (base / 2..=base / 2 + base).contains(&wait),
                 "{attempt}: {wait}"

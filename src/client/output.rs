@@ -5,6 +5,9 @@
 //! `--raw` frames) goes through [`visible`] first: a message cannot drive the reader's terminal.
 
 use std::io::Write;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::protocol::{ChatMessage, ServerMsg};
 pub use crate::shown::escaped as visible;
@@ -30,10 +33,69 @@ pub enum Output {
         printer: Box<dyn FnMut(String) + Send>,
         /// Colours.
         style: Style,
-        /// The status bar shown just above the prompt (who is typing), if any: a line that is
-        /// rewritten in place, never added to.
+        /// The status bar shown just above the prompt (who is typing, the connection while
+        /// it is lost), if any: a line that is rewritten in place, never added to.
         bar: Option<String>,
+        /// The prompt the line editor shows (it names the current room), if there is an editor.
+        prompt: Option<Prompt>,
     },
+}
+
+/// The line editor's prompt, shared between the client, which changes the current room, and
+/// the editor's thread, which shows it before each line: `[lobby] > `.
+///
+/// The editor waits (briefly) after each line for the client to have handled it, so that the
+/// prompt of the next line already says where a `/switch`, `/join` or `/leave` took the user.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    text: Arc<Mutex<String>>,
+    handled: SyncSender<()>,
+}
+
+/// The editor's end of a [`Prompt`].
+#[derive(Debug)]
+pub struct PromptReader {
+    text: Arc<Mutex<String>>,
+    handled: Receiver<()>,
+}
+
+/// How long the editor waits for the client to handle a line before it shows the next prompt
+/// anyway (the client is busy, e.g. waiting for the server to answer a `/join`).
+const HANDLED_WAIT: Duration = Duration::from_secs(2);
+
+impl Prompt {
+    /// A prompt that names no room yet, and the editor's end of it.
+    pub fn new() -> (Prompt, PromptReader) {
+        let text = Arc::new(Mutex::new("> ".to_owned()));
+        let (handled, rx) = sync_channel(16);
+        (
+            Prompt {
+                text: text.clone(),
+                handled,
+            },
+            PromptReader { text, handled: rx },
+        )
+    }
+}
+
+impl PromptReader {
+    /// The prompt to show now.
+    pub fn text(&self) -> String {
+        self.text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Forgets that earlier lines were handled: called before a line is handed over.
+    pub fn forget(&self) {
+        while self.handled.try_recv().is_ok() {}
+    }
+
+    /// Waits (at most a moment) until the client has handled the line just handed over.
+    pub fn wait_handled(&self) {
+        let _ = self.handled.recv_timeout(HANDLED_WAIT);
+    }
 }
 
 /// Moves the cursor up to the bar's row and clears it.
@@ -47,10 +109,13 @@ impl std::fmt::Debug for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Output::Script { json } => f.debug_struct("Script").field("json", json).finish(),
-            Output::Terminal { style, bar, .. } => f
+            Output::Terminal {
+                style, bar, prompt, ..
+            } => f
                 .debug_struct("Terminal")
                 .field("style", style)
                 .field("bar", bar)
+                .field("prompt", prompt)
                 .finish(),
         }
     }
@@ -121,6 +186,7 @@ impl Output {
             printer,
             style,
             bar,
+            ..
         } = self
         else {
             return;
@@ -166,6 +232,55 @@ impl Output {
     /// The connection's state: connected, joined, disconnected, reconnecting.
     pub fn status(&mut self, text: &str) {
         self.notice(text);
+    }
+
+    /// Whether this output is a terminal's (a person reads it as it comes).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Output::Terminal { .. })
+    }
+
+    /// Names the current room in the prompt (`[lobby] > `; `> ` for none): `room` as the user
+    /// sees it (`@mochi` for a direct-message room).
+    pub fn set_room(&mut self, room: Option<&str>) {
+        if let Output::Terminal {
+            prompt: Some(prompt),
+            ..
+        } = self
+        {
+            let text = match room {
+                Some(room) => format!("[{}] > ", visible(room)),
+                None => "> ".to_owned(),
+            };
+            *prompt.text.lock().unwrap_or_else(PoisonError::into_inner) = text;
+        }
+    }
+
+    /// Tells the line editor that the line it handed over is handled: it may show its prompt.
+    pub fn handled(&mut self) {
+        if let Output::Terminal {
+            prompt: Some(prompt),
+            ..
+        } = self
+        {
+            let _ = prompt.handled.try_send(());
+        }
+    }
+
+    /// A line the user said that the server has not acknowledged yet (offline, or slow), in a
+    /// terminal: marked `…` and `(sending)`; it is shown again, with its seq, once stored.
+    /// Nothing for a script, whose output holds what was stored only.
+    pub fn sending(&mut self, room: &str, from: &str, text: &str) {
+        if let Output::Terminal { style, .. } = self {
+            let colour = colour_of(from);
+            let from = visible(from);
+            let nick = if style.color {
+                format!("\x1b[1;{colour}m{from}\x1b[0m")
+            } else {
+                from.into_owned()
+            };
+            let line = format!("… [{}] {nick}: {} (sending)", visible(room), visible(text));
+            self.print(line);
+        }
     }
 
     /// A raw line (raw mode): as it came, [`visible`].
@@ -235,6 +350,7 @@ mod tests {
             printer: Box::new(move |line| seen.lock().unwrap().push(line)),
             style: Style { color: false },
             bar: None,
+            prompt: None,
         };
         (out, lines)
     }

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::{MissedTickBehavior, interval};
+use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
-use super::{Exit, Input, Output, SessionEnd, redial};
+use super::{Exit, Input, Output, Session, SessionEnd, offline_bar, redial};
 use crate::Result;
 use crate::clock::python_now;
 use crate::config::ConnectionConfig;
@@ -20,17 +20,34 @@ pub async fn run_raw(
     target: &Target,
     send_every: Option<Duration>,
     reconnect: bool,
-    mut inputs: mpsc::Receiver<Input>,
+    inputs: mpsc::Receiver<Input>,
     out: &mut Output,
 ) -> Result<Exit> {
     let config = ConnectionConfig::default();
     let dial = async || connect(target, &config, CancellationToken::new()).await;
-    let session = async |conn: &mut Connection, out: &mut Output| {
-        let mut ticker = send_every.map(|every| {
+    let mut raw = Raw {
+        send_every,
+        reconnect,
+        inputs,
+    };
+    redial(dial, reconnect, out, &mut raw).await
+}
+
+/// `--raw`'s [`Session`]: lines out, frames in; nothing to resume, and offline, lines wait.
+struct Raw {
+    send_every: Option<Duration>,
+    reconnect: bool,
+    inputs: mpsc::Receiver<Input>,
+}
+
+impl Session for Raw {
+    async fn run(&mut self, conn: &mut Connection, out: &mut Output) -> SessionEnd {
+        let mut ticker = self.send_every.map(|every| {
             let mut t = interval(every);
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
             t
         });
+        let inputs = &mut self.inputs;
         let ended: Result<bool> = async {
             loop {
                 tokio::select! {
@@ -62,12 +79,17 @@ pub async fn run_raw(
         match ended {
             // The end of input, or (with nothing to resume) any end when not reconnecting.
             Ok(true) => SessionEnd::Exit(Exit::Done),
-            _ if !reconnect => SessionEnd::Exit(Exit::Done),
+            _ if !self.reconnect => SessionEnd::Exit(Exit::Done),
             Ok(false) => SessionEnd::Lost("closed by the server".into()),
             Err(err) => SessionEnd::Lost(err.to_string()),
         }
-    };
-    redial(dial, reconnect, out, session).await
+    }
+
+    async fn offline(&mut self, until: Instant, attempt: u32, out: &mut Output) -> Option<Exit> {
+        out.bar(Some(&offline_bar(until, attempt, "")));
+        tokio::time::sleep_until(until).await;
+        None
+    }
 }
 
 fn show(incoming: &Incoming, out: &mut Output) {

@@ -1,0 +1,291 @@
+//! `nanachat connect` in a pseudo-terminal, as a person uses it, against a real `nanachat serve`
+//! on port 0: rooms (`/join`, `/switch`, `/leave`, the prompt, names and recent lines on join,
+//! DMs shown as `@nick`), a lost connection (one status line, quiet rejoins, lines marked
+//! while they wait), and Ctrl-C.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::client::Client;
+use common::{Proc, nanachat};
+use rexpect::session::PtySession;
+use serde_json::{Value, json};
+
+/// A scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nanachat-pty-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn serve(dir: &Path, addr: &str) -> Proc {
+    common::serve_child(dir, addr, 1000)
+}
+
+/// `nanachat connect URL --nick NICK` in a pseudo-terminal, without colours.
+fn terminal(url: &str, nick: &str) -> PtySession {
+    terminal_with(url, nick, &[])
+}
+
+/// [`terminal`] with more options.
+fn terminal_with(url: &str, nick: &str, extra: &[&str]) -> PtySession {
+    let mut cmd = nanachat();
+    cmd.args(["connect", url, "--nick", nick])
+        .args(extra)
+        .env("NO_COLOR", "1");
+    rexpect::session::spawn_command(cmd, Some(10_000)).unwrap()
+}
+
+/// A protocol client in `lobby`, played by the test.
+async fn talker(url: &str, nick: &str) -> Client {
+    let mut c = Client::hello(url, nick).await;
+    c.join("lobby").await;
+    c
+}
+
+/// Reads until a message with this text; returns it.
+async fn message(c: &mut Client, text: &str) -> Value {
+    loop {
+        let v = c.expect("message").await;
+        if v["text"] == text {
+            return v;
+        }
+    }
+}
+
+/// Says each text in lobby and waits for its ack.
+async fn say_all(c: &mut Client, texts: &[&str]) {
+    for (i, text) in texts.iter().enumerate() {
+        let cid = format!("{text}-{i}");
+        c.say("lobby", text, &cid).await;
+        loop {
+            let v = c.expect("ack").await;
+            if v["cid"] == cid.as_str() {
+                break;
+            }
+        }
+    }
+}
+
+/// What rexpect reads for `text`: it takes each byte for a character, so a line with a
+/// character outside ASCII is looked for byte by byte.
+fn bytewise(text: &str) -> String {
+    text.bytes().map(char::from).collect()
+}
+
+/// The exit code of the client once its terminal closed.
+fn exit_code(mut pty: PtySession) -> i32 {
+    pty.exp_eof().unwrap();
+    match pty.process().wait().unwrap() {
+        rexpect::process::WaitStatus::Exited(_, code) => code,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 19 item 3: the current room is in the prompt; `/join` of a room already joined
+/// switches to it without an error; `/switch` moves between joined rooms (and to `@nick`, a
+/// DM); a first join shows the members and the last lines; `/leave` of the current room moves
+/// to another; an unknown command is called unknown; DMs are `@nick`, never `@a+b`.
+#[tokio::test]
+async fn under_a_terminal_rooms_are_switched_left_and_named_as_a_person_expects() {
+    let dir = scratch("rooms");
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut mochi = talker(&url, "mochi").await;
+    say_all(&mut mochi, &["old one", "old two", "old three"]).await;
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    // Who is there and what was said last, as IRC's NAMES and a chat's recent history.
+    pty.exp_string("* in lobby: mochi, nana").unwrap();
+    pty.exp_string("[lobby] mochi: old one").unwrap();
+    pty.exp_string("[lobby] mochi: old three").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+
+    // Already there: no error, just there.
+    pty.send_line("/join lobby").unwrap();
+    let said = pty.exp_string("* now in lobby").unwrap();
+    assert!(!said.contains("already_joined"), "{said:?}");
+    pty.exp_string("[lobby] > ").unwrap();
+
+    pty.send_line("/join dev").unwrap();
+    pty.exp_string("* joined dev").unwrap();
+    pty.exp_string("* in dev: nana").unwrap();
+    pty.exp_string("[dev] > ").unwrap();
+
+    pty.send_line("/switch lobby").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("said in lobby").unwrap();
+    assert_eq!(message(&mut mochi, "said in lobby").await["room"], "lobby");
+
+    pty.send_line("/bogus").unwrap();
+    pty.exp_string("unknown command /bogus").unwrap();
+
+    // A DM is shown with the other's nick, and /switch @nick talks to them.
+    let dm = json!({"type": "dm", "to": "nana", "text": "psst", "cid": "dm-1"});
+    mochi.send(dm).await;
+    let shown = pty.exp_string("mochi: psst").unwrap();
+    assert!(shown.ends_with("[@mochi] "), "{shown:?}");
+    assert!(!shown.contains("@mochi+nana"), "{shown:?}");
+    pty.send_line("/switch @mochi").unwrap();
+    pty.exp_string("[@mochi] > ").unwrap();
+    pty.send_line("back at you").unwrap();
+    let back = message(&mut mochi, "back at you").await;
+    assert_eq!(
+        (&back["room"], &back["from"]),
+        (&json!("@mochi+nana"), &json!("nana"))
+    );
+    let echo = pty.exp_string("nana: back at you").unwrap();
+    assert!(echo.ends_with("[@mochi] "), "{echo:?}");
+
+    // By number, in /switch's list: 1 dev, 2 lobby, 3 @mochi.
+    pty.send_line("/switch").unwrap();
+    pty.exp_string("* your rooms: 1 dev, 2 lobby, 3 @mochi (now: @mochi)")
+        .unwrap();
+    pty.send_line("/switch 2").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    // Ctrl-P is the previous room (as irssi's windows), and the line being typed stays.
+    pty.send("half").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("half").unwrap();
+    pty.send_control('p').unwrap();
+    pty.exp_string("[dev] > half").unwrap();
+    pty.send_line(", then whole").unwrap();
+    pty.exp_string("[dev] nana: half, then whole").unwrap();
+    // Leaving the current room moves to another: the next line is said there, not refused.
+    pty.send_line("/leave").unwrap();
+    pty.exp_string("* left dev").unwrap();
+    pty.exp_string("* now in lobby").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("still talking").unwrap();
+    assert_eq!(message(&mut mochi, "still talking").await["room"], "lobby");
+    pty.send_line("/leave").unwrap();
+    pty.exp_string("* you are in no room now").unwrap();
+    pty.send_line("into the void").unwrap();
+    let said = pty.exp_string("you are in no room: /join ROOM").unwrap();
+    assert!(!said.contains("not_joined"), "{said:?}");
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 item 4: a line the server is slow to acknowledge is marked as sending; a lost
+/// connection is one line, then a status bar rewritten in place with each attempt; a line typed
+/// meanwhile is marked as sending; the client is back within a few
+/// seconds of the server, in one line (no `* joined` burst), and the line is then shown as
+/// stored. `/reconnect` reconnects at once.
+#[tokio::test]
+async fn under_a_terminal_a_lost_connection_is_one_status_line_and_waiting_lines_are_marked() {
+    let dir = scratch("reconnect");
+    let mut server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let addr = url.trim_start_matches("ws://").to_owned();
+
+    let mut pty = terminal_with(&url, "nana", &["--join", "lobby", "--join", "dev"]);
+    // Rooms are joined in the order of their names.
+    pty.exp_string("* joined dev").unwrap();
+    pty.exp_string("* joined lobby").unwrap();
+
+    // A server that does not answer (stopped): a line not acknowledged within a second is
+    // marked; once acknowledged it is shown as stored.
+    server.signal("STOP");
+    pty.send_line("said to a stopped server").unwrap();
+    pty.exp_string(&bytewise(
+        "… [lobby] nana: said to a stopped server (sending)",
+    ))
+    .unwrap();
+    server.signal("CONT");
+    let stored = pty
+        .exp_regex(r"#\d+ \[lobby\] nana: said to a stopped server")
+        .unwrap();
+    assert!(!stored.0.contains("joined"), "{stored:?}");
+
+    server.kill();
+    pty.exp_string("* disconnected (").unwrap();
+    pty.exp_string(&bytewise("offline · try 1 in")).unwrap();
+    pty.send_line("typed while down").unwrap();
+    pty.exp_string(&bytewise("… [lobby] nana: typed while down (sending)"))
+        .unwrap();
+    // Each attempt rewrites the bar's row (up one row, clear it): no new line per attempt.
+    // By the 7th the back-off is at its cap: the next attempt comes within 3 s.
+    let between = pty.exp_string(&bytewise("offline · try 7 in")).unwrap();
+    assert!(!between.contains("disconnected"), "{between:?}");
+    assert!(between.contains("\x1b[1A\r\x1b[2K"), "{between:?}");
+
+    let server = serve(&dir, &addr);
+    server.listening_url();
+    let back = Instant::now();
+    pty.exp_string("* reconnected").unwrap();
+    assert!(
+        back.elapsed() < Duration::from_millis(4500),
+        "back {:?} after the server",
+        back.elapsed()
+    );
+    // Shown as stored (with its seq), and nothing but that: no `* joined` burst.
+    let quiet = pty.exp_string("[lobby] nana: typed while down").unwrap();
+    assert!(!quiet.contains("joined"), "{quiet:?}");
+    assert!(!quiet.contains("connected as"), "{quiet:?}");
+    let mut mochi = talker(&url, "mochi").await;
+    say_all(&mut mochi, &["welcome back"]).await;
+    let quiet = pty.exp_string("mochi: welcome back").unwrap();
+    assert!(!quiet.contains("joined dev"), "{quiet:?}");
+
+    pty.send_line("/reconnect").unwrap();
+    pty.exp_string("* reconnecting now").unwrap();
+    pty.exp_string("* reconnected").unwrap();
+    pty.send_line("after reconnect").unwrap();
+    assert_eq!(
+        message(&mut mochi, "after reconnect").await["room"],
+        "lobby"
+    );
+    // The line typed offline was stored once.
+    mochi
+        .send(json!({"type": "history", "room": "lobby", "limit": 200}))
+        .await;
+    let history = mochi.expect("history").await;
+    let copies = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["text"] == "typed while down")
+        .count();
+    assert_eq!(copies, 1, "{history}");
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 item 5: Ctrl-C drops the line being typed and says how to quit; the client goes
+/// on. A second Ctrl-C in a row quits with 0, and so does Ctrl-D on an empty line.
+#[tokio::test]
+async fn under_a_terminal_ctrl_c_clears_the_line_and_a_second_one_quits() {
+    let dir = scratch("ctrl-c");
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut mochi = talker(&url, "mochi").await;
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    pty.send("half typed").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("half typed").unwrap();
+    pty.send_control('c').unwrap();
+    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("a whole line").unwrap();
+    let m = mochi.expect("message").await;
+    assert_eq!(m["text"], "a whole line", "the half-typed line was dropped");
+    pty.send_control('c').unwrap();
+    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+    pty.send_control('c').unwrap();
+    assert_eq!(exit_code(pty), 0);
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    pty.send_control('d').unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
