@@ -61,7 +61,8 @@ fn an_unusable_data_dir_is_one_clear_line() {
     let dir = scratch("unusable");
     let file = dir.join("a-file");
     std::fs::write(&file, "not a directory").unwrap();
-    assert!(refused_start(&file).contains("cannot create data dir"));
+    let err = refused_start(&file);
+    assert!(err.contains("is a file, not a directory"), "{err}");
     assert!(
         refused_start(std::path::Path::new("/proc/nanachat-data")).contains("/proc/nanachat-data")
     );
