@@ -713,13 +713,18 @@ async fn told_token_expired_the_client_refreshes_from_its_file_and_sends_the_ref
         .iter()
         .map(|(_, v)| v["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["hello", "join", "say", "refresh", "say"], "{got:?}");
+    // (`inbox`: the client asks for the direct messages it has not seen, at every connect.)
+    assert_eq!(
+        types,
+        ["hello", "join", "inbox", "say", "refresh", "say"],
+        "{got:?}"
+    );
     // The nick is the token's, read from the file at start.
     assert_eq!(got[0].1["nick"], "tokie");
     assert_eq!(got[0].1["token"], TOKIE);
-    assert_eq!(got[3].1["token"], "fresh-token");
-    assert_eq!(got[4].1["cid"], got[2].1["cid"], "sent again with its cid");
-    assert_eq!(got[4].1["text"], "said as the token expires");
+    assert_eq!(got[4].1["token"], "fresh-token");
+    assert_eq!(got[5].1["cid"], got[3].1["cid"], "sent again with its cid");
+    assert_eq!(got[5].1["text"], "said as the token expires");
     assert!(got.iter().all(|(n, _)| *n == 0), "one connection: {got:?}");
     assert_eq!(
         texts(&client.stdout_lines()),
@@ -1198,4 +1203,63 @@ async fn edits_deletes_and_reactions_are_sent_again_with_their_cids_after_a_lost
     .await
     .unwrap();
     server.abort();
+}
+
+/// From an attack on the docs: a direct message from someone new, sent while the client was
+/// away — closed, or stalled while the server restarted — was never shown (its room was new to
+/// the client, which only rejoined the rooms it knew). The client asks its inbox at every
+/// connect and joins the direct-message rooms with messages it has not seen.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_direct_message_sent_while_away_is_shown_on_the_next_connect() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-away-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let addr = url.trim_start_matches("ws://").to_owned();
+    let dm = async |url: &str, text: &str, cid: &str| {
+        let mut ws = common::protocol_peer(url).await;
+        for msg in [
+            json!({"type": "hello", "nick": "mochi", "key": "mochi's key"}),
+            json!({"type": "dm", "to": "nana", "text": text, "cid": cid}),
+        ] {
+            ws.send(Message::text(msg.to_string())).await.unwrap();
+        }
+        loop {
+            match within("the dm's ack", ws.next()).await {
+                Some(Ok(Message::Text(t))) if t.contains("\"ack\"") => break,
+                Some(Ok(Message::Text(t))) => assert!(!t.contains("\"error\""), "{t}"),
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // nana has a key (the test's key file): the server keeps what is sent to her.
+    let mut nana = client(&url, "nana", &[]);
+    nana.wait_stderr("joined lobby");
+    nana.close_stdin();
+    assert!(nana.wait_exit().success(), "{}", nana.stderr_text());
+    dm(&url, "sent while you were out", "m1").await;
+    let nana = client(&url, "nana", &[]);
+    nana.wait_stdout("the dm sent while away", |l| {
+        l.iter()
+            .any(|(_, t)| t.ends_with("mochi: sent while you were out"))
+    });
+    // Stalled while the server restarts, and written to by the time it is back.
+    nana.signal("STOP");
+    server.kill();
+    let server = serve(&dir, &addr);
+    server.listening_url();
+    dm(&url, "sent while you were stalled", "m2").await;
+    nana.signal("CONT");
+    nana.wait_stdout("the dm sent while stalled", |l| {
+        l.iter()
+            .any(|(_, t)| t.ends_with("mochi: sent while you were stalled"))
+    });
+    let shown = texts(&nana.stdout_lines());
+    assert_eq!(
+        shown.iter().filter(|t| t.contains("sent while")).count(),
+        2,
+        "each once: {shown:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -338,6 +338,14 @@ async fn the_terminal_client_renames_in_place_and_a_refusal_keeps_the_session() 
     );
     let before = pty.exp_string("mochi2: back again").unwrap();
     assert!(!before.contains("bad_room"), "{before}");
+    // A DM to the old nick meanwhile is shown on taking it back (from an attack on the docs:
+    // the client had forgotten the room, and nothing brought it back).
+    nana.send(json!({"type": "dm", "to": "mochi", "text": "while renamed", "cid": "n2"}))
+        .await;
+    nana.expect("ack").await;
+    pty.send_line("/nick mochi").unwrap();
+    pty.exp_string("you are now mochi").unwrap();
+    pty.exp_string("while renamed").unwrap();
     pty.send_line("/quit").unwrap();
     pty.exp_eof().unwrap();
     let _ = std::fs::remove_dir_all(&dir);

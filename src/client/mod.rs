@@ -176,6 +176,12 @@ struct State {
     typing: Vec<Typist>,
     /// The nick we asked the server for with `nick`, until it answers.
     renaming: Option<String>,
+    /// An `inbox` we asked for on our own, to catch up on direct messages (see
+    /// [`State::catch_up`]): its answer is not shown.
+    catching_up: bool,
+    /// Rooms shown up to a seq that the server does not know we read yet, and when to tell it.
+    read_due: BTreeMap<String, u64>,
+    read_at: Option<Instant>,
 }
 
 /// A member typing in a room (the server says so at most every 2 s while it types).
@@ -190,6 +196,9 @@ const SENDING_AFTER: Duration = Duration::from_secs(1);
 
 /// How many of a room's last lines are shown when it is joined (in a terminal).
 const RECENT: u32 = 10;
+
+/// How often, at most, the rooms read are told to the server.
+const READ_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a `typing` is shown, unless the nick's message comes first.
 const TYPING_SHOWN: Duration = Duration::from_secs(5);
@@ -262,6 +271,9 @@ pub async fn run(
         expiry: None,
         typing: Vec::new(),
         renaming: None,
+        catching_up: false,
+        read_due: BTreeMap::new(),
+        read_at: None,
     };
     state.enter(state.current.clone(), out);
     let config = ConnectionConfig::default();
@@ -641,6 +653,9 @@ impl State {
             };
             self.send(conn, &join).await?;
         }
+        self.read_due.clear();
+        self.read_at = None;
+        self.catch_up();
         for entry in &mut self.pending {
             entry.2 = false; // a new connection: everything unacked goes again
         }
@@ -684,6 +699,13 @@ impl State {
                     self.pump(Some(conn)).await?;
                 }
                 () = async { tokio::time::sleep_until(self.wake.expect("checked")).await }, if self.wake.is_some() => {
+                    self.pump(Some(conn)).await?;
+                }
+                () = async { tokio::time::sleep_until(self.read_at.expect("checked")).await }, if self.read_at.is_some() => {
+                    self.read_at = None;
+                    for (room, seq) in std::mem::take(&mut self.read_due) {
+                        self.outgoing.push(ClientMsg::Read { room, seq });
+                    }
                     self.pump(Some(conn)).await?;
                 }
                 () = async { tokio::time::sleep_until(self.recheck().expect("checked")).await }, if self.recheck().is_some() => {
@@ -908,6 +930,31 @@ impl State {
             }
             // Kept by the server and shown by the browser client; a line would be noise here.
             ServerMsg::Read { .. } => {}
+            ServerMsg::Inbox { rooms, .. } if self.catching_up => {
+                self.catching_up = false;
+                for r in rooms {
+                    if r.room.starts_with('@') && r.unread > 0 && !self.rooms.contains_key(&r.room)
+                    {
+                        out.notice(&format!(
+                            "* {} unread from {}",
+                            r.unread,
+                            self.shown(&r.room)
+                        ));
+                        self.rooms.insert(
+                            r.room.clone(),
+                            Cursor {
+                                last_seq: Some(r.read_seq),
+                                epoch: None,
+                            },
+                        );
+                        self.outgoing.push(ClientMsg::Join {
+                            room: r.room,
+                            since: Some(r.read_seq),
+                            epoch: None,
+                        });
+                    }
+                }
+            }
             ServerMsg::Inbox { rooms, total } => {
                 let list = rooms
                     .iter()
@@ -959,6 +1006,9 @@ impl State {
                 }
                 self.opts.nick = to.clone();
                 out.status(&format!("* you are now {to}"));
+                if !from.eq_ignore_ascii_case(&to) {
+                    self.catch_up();
+                }
             }
             ServerMsg::Refreshed { exp } => {
                 if let Some(token) = self.expiry.take().and_then(|e| e.offered) {
@@ -1057,7 +1107,29 @@ impl State {
             return false;
         }
         cursor.last_seq = Some(m.seq);
+        // Shown is read: the server keeps it for a known user (its inbox, its other devices),
+        // told at most every READ_EVERY.
+        if self.known() {
+            self.read_due.insert(m.room.clone(), m.seq);
+            self.read_at
+                .get_or_insert_with(|| Instant::now() + READ_EVERY);
+        }
         true
+    }
+
+    /// Whether the server keeps our rooms and reading: we have a key or a token.
+    fn known(&self) -> bool {
+        self.key.is_some() || self.opts.token.is_some()
+    }
+
+    /// Asks for our inbox, to join the direct-message rooms with messages we have not seen
+    /// and do not follow yet (someone new wrote while we were away, or to a nick we took
+    /// back): a message is never left unseen because its room was new to us.
+    fn catch_up(&mut self) {
+        if self.known() {
+            self.catching_up = true;
+            self.outgoing.push(ClientMsg::Inbox { after: None });
+        }
     }
 
     fn on_error(
@@ -1708,6 +1780,12 @@ mod tests {
             expiry: None,
             typing: Vec::new(),
             renaming: None,
+            catching_up: false,
+            read_due: BTreeMap::new(),
+            read_at: None,
+            catching_up: false,
+            read_due: BTreeMap::new(),
+            read_at: None,
         }
     }
 
