@@ -1783,9 +1783,6 @@ mod tests {
             catching_up: false,
             read_due: BTreeMap::new(),
             read_at: None,
-            catching_up: false,
-            read_due: BTreeMap::new(),
-            read_at: None,
         }
     }
 
