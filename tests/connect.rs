@@ -974,6 +974,37 @@ fn real_server_a_token_file_renewed_during_the_grace_keeps_the_client_in() {
     );
 }
 
+/// From an attack on the docs: when the grace ended (4003) and the file held a new token, the
+/// client reconnected into no room — the server had told it `left` for each room as it cleaned
+/// up the connection — and the line waiting was refused `not_joined`. A connection the server
+/// ends is told nothing of its rooms: the client rejoins them and sends the line.
+#[test]
+fn real_server_a_token_that_ended_with_a_new_one_in_the_file_rejoins_and_sends_the_line() {
+    let server = AuthServer::start("real-ended-renewed", "1s");
+    let file = server.dir.join("token");
+    std::fs::write(&file, server.mint("ren", "2s")).unwrap();
+    let mut cmd = nanachat();
+    cmd.args(["connect", &server.url, "--token-file"])
+        .arg(&file);
+    let mut client = Proc::spawn_with_stdin("ren", cmd, true);
+    client.wait_stderr("* joined lobby");
+    client.wait_stderr("token expired; put a fresh one in");
+    client.write_line("said as it ended");
+    // In the file now, but read only after the grace (1 s) has ended the connection.
+    std::fs::write(&file, server.mint("ren", "1h")).unwrap();
+    client.wait_stderr("4003");
+    client.wait_stdout("the line, stored", |l| {
+        l.iter().any(|(_, t)| t == "[lobby] ren: said as it ended")
+    });
+    client.close_stdin();
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+    let stderr = client.stderr_text();
+    assert!(
+        !stderr.contains("not_joined") && !stderr.contains("left lobby"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn real_server_a_token_that_ends_without_a_new_one_ends_the_client_with_exit_3() {
     let server = AuthServer::start("real-ended", "1s");

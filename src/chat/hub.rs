@@ -505,7 +505,7 @@ impl Hub {
                 if room.starts_with('@') {
                     // The old nick's direct-message rooms are its next holder's, not theirs.
                     if another {
-                        state.leave_room(*conn, room);
+                        state.leave_room(*conn, room, true);
                     }
                 } else if state.feed(room, &old, -1, None) {
                     state.feed(room, nick, 1, None);
@@ -561,7 +561,7 @@ impl Hub {
         };
         let (nick, rooms) = (conn.nick.clone(), conn.rooms.clone());
         for room in &rooms {
-            state.leave_room(id, room);
+            state.leave_room(id, room, false);
         }
         state.release_nick(id, &nick);
         state.feed(ONLINE, &nick, -1, None);
@@ -739,7 +739,7 @@ impl Hub {
         if !state.conns.get(&id).is_some_and(|c| c.rooms.contains(room)) {
             return Err(ErrorCode::NotJoined);
         }
-        state.leave_room(id, room);
+        state.leave_room(id, room, true);
         Ok(())
     }
 
@@ -936,7 +936,10 @@ impl State {
         }
     }
 
-    fn leave_room(&mut self, id: ConnId, room: &str) {
+    /// Takes connection `id` out of `room`, telling it `left` if it stays connected (a
+    /// connection going away is told nothing: a client that reconnects must not take the
+    /// server's cleanup for its user leaving the room).
+    fn leave_room(&mut self, id: ConnId, room: &str, tell: bool) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -945,10 +948,12 @@ impl State {
         if let Some(r) = self.rooms.get_mut(room) {
             r.members.remove(&id);
         }
-        let left = ServerMsg::Left {
-            room: room.to_owned(),
-        };
-        self.send_one(id, &left);
+        if tell {
+            let left = ServerMsg::Left {
+                room: room.to_owned(),
+            };
+            self.send_one(id, &left);
+        }
         if self.feed(room, &nick, -1, None) {
             return;
         }
