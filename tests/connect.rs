@@ -1294,3 +1294,28 @@ async fn a_direct_message_sent_while_away_is_shown_on_the_next_connect() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// From an attack on the docs: Ctrl-D on an empty line while offline with a line unsent did
+/// nothing — the client waited for the server to take the line, and read no key any more
+/// (Ctrl-C, /quit, Ctrl-D all ignored) until the server came back. It quits at once, saying
+/// what was not sent.
+#[test]
+fn under_a_terminal_ctrl_d_while_offline_quits_at_once_saying_what_was_not_sent() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-eof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--nick", "leaver"])
+        .env("NO_COLOR", "1");
+    let mut pty = rexpect::session::spawn_command(cmd, Some(10_000)).unwrap();
+    pty.exp_string("joined lobby").unwrap();
+    server.kill();
+    pty.exp_string("disconnected").unwrap();
+    pty.send_line("never sent").unwrap();
+    pty.exp_string("(sending)").unwrap();
+    pty.send_control('d').unwrap();
+    pty.exp_string("1 line(s) not sent").unwrap();
+    pty.exp_eof().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

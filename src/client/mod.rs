@@ -615,7 +615,20 @@ impl State {
                             _ => {}
                         }
                     }
-                    Some(Input::Eof) | None => self.input_done = true,
+                    Some(Input::Eof) | None => {
+                        self.input_done = true;
+                        // A person who quits (Ctrl-D) while offline means it: waiting for the
+                        // server to take the lines still unsent would leave them stuck in a
+                        // client that no longer reads the keyboard. A script waits (its input
+                        // ends before its lines are acked as a rule).
+                        if self.opts.commands && !self.pending.is_empty() {
+                            out.notice(&format!(
+                                "* quitting offline: {} line(s) not sent",
+                                self.pending.len()
+                            ));
+                            return Some(Exit::Done);
+                        }
+                    }
                 },
             }
         }
