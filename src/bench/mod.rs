@@ -275,7 +275,7 @@ impl BenchSpec {
             || self.rate < 0.0
             || self.ramp < 0.0
         {
-            return bad("--seconds must be above 0; --warmup, --rate and --ramp not below 0");
+            return bad("--duration must be above 0; --warmup, --rate and --ramp not below 0");
         }
         if self.size > 60_000 {
             return bad("--size must be at most 60000 bytes");

@@ -176,6 +176,8 @@ struct State {
     typing: Vec<Typist>,
     /// The nick we asked the server for with `nick`, until it answers.
     renaming: Option<String>,
+    /// The last rename of another nick shown (`from`, `to`): each of our shared rooms tells it.
+    last_rename: Option<(String, String)>,
     /// An `inbox` we asked for on our own, to catch up on direct messages (see
     /// [`State::catch_up`]): its answer is not shown.
     catching_up: bool,
@@ -271,6 +273,7 @@ pub async fn run(
         expiry: None,
         typing: Vec::new(),
         renaming: None,
+        last_rename: None,
         catching_up: false,
         read_due: BTreeMap::new(),
         read_at: None,
@@ -860,6 +863,24 @@ impl State {
             && nick.eq_ignore_ascii_case(&self.opts.nick)
         {
             return None;
+        }
+        // A rename is said once: ours by `* you are now`, another's once for all the rooms we
+        // share with it (each room tells it).
+        if let ServerMsg::Presence {
+            nick,
+            event: PresenceEvent::Renamed,
+            from,
+            ..
+        } = &msg
+        {
+            let from = from.clone().unwrap_or_default();
+            let ours = from.eq_ignore_ascii_case(&self.opts.nick)
+                || nick.eq_ignore_ascii_case(&self.opts.nick);
+            let pair = (from, nick.clone());
+            if ours || self.last_rename.as_ref() == Some(&pair) {
+                return None;
+            }
+            self.last_rename = Some(pair);
         }
         match msg {
             ServerMsg::Welcome { nick, limits, exp } => {
@@ -1793,6 +1814,7 @@ mod tests {
             expiry: None,
             typing: Vec::new(),
             renaming: None,
+            last_rename: None,
             catching_up: false,
             read_due: BTreeMap::new(),
             read_at: None,
@@ -1841,6 +1863,59 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(lines[4], "\x1b[1A\r\x1b[2K\x1b[1A");
+    }
+
+    /// A rename is said once: another's once for all the rooms we share with it, ours not by
+    /// the rooms at all (`* you are now` says it); a refused `/nick` keeps ours.
+    #[tokio::test]
+    async fn a_rename_is_said_once() {
+        let mut state = state();
+        let (mut out, lines) = terminal();
+        let renamed = |room: &str, from: &str, to: &str| {
+            format!(
+                r#"{{"type":"presence","room":"{room}","nick":"{to}","event":"renamed","from":"{from}"}}"#
+            )
+        };
+        for room in ["lobby", "dev"] {
+            assert!(
+                state
+                    .on_server(&renamed(room, "mochi", "mochi2"), &mut out)
+                    .is_none()
+            );
+            assert!(
+                state
+                    .on_server(&renamed(room, "nana", "nana2"), &mut out)
+                    .is_none()
+            );
+        }
+        assert!(
+            state
+                .on_server(r#"{"type":"renamed","from":"nana","to":"nana2"}"#, &mut out)
+                .is_none()
+        );
+        state
+            .on_line(None, "/nick mochi".into(), &mut out)
+            .await
+            .unwrap();
+        let refusal = r#"{"type":"error","code":"nick_taken","message":"mochi is taken"}"#;
+        assert!(
+            state.on_server(refusal, &mut out).is_none(),
+            "the session goes on"
+        );
+        let lines = lines.lock().unwrap().clone();
+        let said: Vec<&String> = lines.iter().filter(|l| l.contains(" is now ")).collect();
+        assert_eq!(said, ["* mochi is now mochi2"], "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("you are now nana2")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("mochi is taken; you are still nana2")),
+            "{lines:?}"
+        );
+        assert_eq!(state.opts.nick, "nana2");
     }
 
     /// DMs are `@nick`; `/switch >` goes round the user's rooms (rooms by name, then DMs); a
