@@ -390,6 +390,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         std::fs::write(path, report.svg())
             .map_err(|err| Error::file("write the plot to", path, err))?;
     }
+    // Not one echo: not a server that echoes (a chat server answers its frames otherwise), not
+    // a server that broke a promise.
+    if scenario == Scenario::Echo && report.acked == 0 && report.connected > 0 {
+        return Err(Error::Bench(
+            "no frame came back: `bench echo` measures a server that sends each frame back as \
+             it came, such as `nanachat echo` (with --raw, as it speaks no subprotocol); a chat \
+             server is measured with `bench fanout`"
+                .into(),
+        ));
+    }
     if report.lost > 0 || report.duplicated > 0 {
         return Err(Error::Bench(format!(
             "{} deliveries lost and {} duplicated",

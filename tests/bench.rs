@@ -566,3 +566,23 @@ fn a_run_with_nothing_to_measure_shows_n_a_and_fails() {
     assert!(!latency.contains("0.00"), "{table}");
     drop(server);
 }
+
+/// From an attack on the docs: `bench echo` against a chat server (which answers its frames
+/// with errors, echoing none) waited out a 30 s drain and then blamed the server for losing
+/// every message. It stops at the first frame that is not an echo and says what it measures.
+#[test]
+fn bench_echo_against_a_server_that_does_not_echo_says_so_at_once() {
+    let dir = scratch("echo-not-echo");
+    let server =
+        common::serve_child_with(&dir, "127.0.0.1:0", 1_000_000, &common::NO_PER_IP_LIMITS);
+    let url = server.listening_url();
+    let started = std::time::Instant::now();
+    let (status, table, stderr) =
+        bench_table(&["echo", &url, "--connections", "5", "--duration", "0.5s"]);
+    assert!(started.elapsed() < common::WAIT, "{stderr}");
+    assert!(!status.success(), "{table}{stderr}");
+    assert!(stderr.contains("no frame came back"), "{stderr}");
+    assert!(!stderr.contains("LOST"), "{stderr}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

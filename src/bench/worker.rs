@@ -1595,9 +1595,15 @@ async fn echo(sh: &Shared, mut conn: Connection, id: u64) -> Result<(u64, u64)> 
             msg = conn.read_msg() => match msg? {
                 None => return Err(Error::Bench("the server closed the connection".into())),
                 Some(Incoming::Text(text)) => {
-                    if let Some((p, s, t)) = parse_payload(text.as_str())
-                        && p == id
-                    {
+                    let Some((p, s, t)) = parse_payload(text.as_str()) else {
+                        // Not an echo server: it answers with frames of its own.
+                        let head: String = text.as_str().chars().take(80).collect();
+                        return Err(Error::Bench(format!(
+                            "the server answered with a frame that is not ours: {}",
+                            crate::shown::escaped(&head)
+                        )));
+                    };
+                    if p == id {
                         in_flight = in_flight.saturating_sub(1);
                         bump(&sh.counters.acked);
                         if track.see(p, s).is_some() && sh.in_window(t) {
