@@ -8,7 +8,8 @@
 //! does: `\n`, `\r`, `\t`, `\x1b`, `\u{202e}`. Everything else is written as it is.
 //!
 //! The terminal client shows what the server sent through [`escaped`], the same rule with
-//! one difference: a tab, which only moves the cursor right, is kept there.
+//! two differences: a tab, which only moves the cursor right, is kept there, and so is a
+//! zero-width joiner, which only joins (an emoji family is one picture with it).
 
 use std::borrow::Cow;
 use std::fmt::{self, Display, Write};
@@ -36,8 +37,10 @@ impl Write for Escaping<'_, '_> {
 /// Without it a message could retitle the window (`ESC ] 0 ; … BEL`), erase or rewrite lines
 /// already shown (`ESC [ 2K`, `CR`), or forge a line from someone else (`\n[lobby] admin: …`).
 pub fn escaped(text: &str) -> Cow<'_, str> {
+    // A zero-width joiner only joins: an emoji family (👩‍👩‍👧) is one picture with it, and
+    // three escapes without.
     fn hidden(c: char) -> bool {
-        c != '\t' && needs_escape(c)
+        c != '\t' && c != '\u{200d}' && needs_escape(c)
     }
     if !text.contains(hidden) {
         return Cow::Borrowed(text);
@@ -82,6 +85,13 @@ fn escape(out: &mut impl Write, c: char) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::{Shown, escaped};
+
+    #[test]
+    fn an_emoji_family_stays_one_picture_in_the_terminal() {
+        let family = "👩\u{200d}👩\u{200d}👧";
+        assert_eq!(escaped(family), family);
+        assert_eq!(escaped("a\u{200b}b\u{202e}c"), "a\\u{200b}b\\u{202e}c");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {
