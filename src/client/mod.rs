@@ -1345,8 +1345,10 @@ impl State {
             return Ok(None);
         };
         let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
+        // Commands in any case, as IRC's: `/QUIT` is `/quit`.
+        let verb = &verb.to_ascii_lowercase();
         let rest = rest.trim().to_owned();
-        let msg = match verb {
+        let msg = match verb.as_str() {
             "quit" | "q" => return Ok(Some(SessionEnd::Exit(Exit::Done))),
             "nick" if !rest.is_empty() => {
                 self.renaming = Some(rest.clone());
@@ -1422,7 +1424,11 @@ impl State {
                 out.notice(HELP);
                 return Ok(None);
             }
-            _ if COMMANDS.contains(&verb) => {
+            "join" if rest.contains(' ') => {
+                out.notice("! a room name has no spaces: /join ROOM");
+                return Ok(None);
+            }
+            _ if COMMANDS.contains(&verb.as_str()) => {
                 out.notice(&format!("! /{verb} needs more; {HELP}"));
                 return Ok(None);
             }
@@ -1863,6 +1869,21 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(lines[4], "\x1b[1A\r\x1b[2K\x1b[1A");
+    }
+
+    /// Commands are taken in any case; a room name with a space is said to be one.
+    #[tokio::test]
+    async fn commands_in_any_case_and_a_room_with_a_space_said_so() {
+        let mut state = state();
+        let (mut out, lines) = terminal();
+        let end = state.on_line(None, "/QUIT".into(), &mut out).await.unwrap();
+        assert!(matches!(end, Some(SessionEnd::Exit(Exit::Done))));
+        state
+            .on_line(None, "/join bad room".into(), &mut out)
+            .await
+            .unwrap();
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines, ["! a room name has no spaces: /join ROOM"]);
     }
 
     /// A rename is said once: another's once for all the rooms we share with it, ours not by
