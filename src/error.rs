@@ -93,9 +93,26 @@ pub enum Error {
     /// The history store (or the broker) failed: disk full, a lost link, an overloaded writer.
     #[error("store error: {0}")]
     Store(#[from] StoreError),
-    /// An I/O error from the socket or the listener.
-    #[error(transparent)]
+    /// An I/O error from the socket or the listener, said without the OS's number
+    /// ("connection refused", not "Connection refused (os error 111)").
+    #[error("{}", io_said(.0))]
     Io(#[from] std::io::Error),
+}
+
+/// An I/O error as a person reads it: the system's words, lower case, without "(os error N)".
+pub(crate) fn io_said(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => &text[..at],
+        _ => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) if chars.clone().next().is_some_and(char::is_lowercase) => {
+            first.to_lowercase().chain(chars).collect()
+        }
+        _ => text.to_owned(),
+    }
 }
 
 /// Why the history store or the broker failed; the cause stays attached as its source.
