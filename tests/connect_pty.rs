@@ -289,3 +289,132 @@ async fn under_a_terminal_ctrl_c_clears_the_line_and_a_second_one_quits() {
     assert_eq!(exit_code(pty), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19 item 5, as an attacker tried it: a Ctrl-C on a line being typed only clears it,
+/// even right after another Ctrl-C; only a Ctrl-C on an empty line right after one quits.
+#[tokio::test]
+async fn under_a_terminal_ctrl_c_on_a_typed_line_never_quits() {
+    let dir = scratch("ctrl-c-draft");
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut mochi = talker(&url, "mochi").await;
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send("abc").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("abc").unwrap();
+    pty.send_control('c').unwrap();
+    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send("important draft").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("important draft").unwrap();
+    pty.send_control('c').unwrap();
+    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("still here").unwrap();
+    let m = mochi.expect("message").await;
+    assert_eq!(m["text"], "still here", "the cleared lines were not sent");
+    // Now an empty line: Ctrl-C, Ctrl-C quits.
+    pty.send_control('c').unwrap();
+    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+    pty.send_control('c').unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 item 5: 60 lines pasted at once (one write, no bracketed paste) are all delivered
+/// promptly, in order, once: the editor does not wait for the client between lines of text.
+#[tokio::test]
+async fn under_a_terminal_a_pasted_burst_is_delivered_at_once_in_order() {
+    let dir = scratch("paste");
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut mochi = talker(&url, "mochi").await;
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    let paste: String = (1..=60).map(|n| format!("burst {n}\r")).collect();
+    pty.send(&paste).unwrap();
+    pty.flush().unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 60 {
+        let m = tokio::time::timeout(Duration::from_secs(15), mochi.expect("message"))
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 60 after {:?}", got.len(), start.elapsed()));
+        got.push(m["text"].as_str().unwrap().to_owned());
+    }
+    let want: Vec<String> = (1..=60).map(|n| format!("burst {n}")).collect();
+    assert_eq!(got, want);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "60 lines took {:?}",
+        start.elapsed()
+    );
+    // Once: nothing more comes after them.
+    pty.send_line("the end").unwrap();
+    assert_eq!(mochi.expect("message").await["text"], "the end");
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 item 4: while offline, a line typed does not leave a copy of the status bar in
+/// the scrollback: the entered line is written over the bar's row and the bar again below it,
+/// so the bar's next rewrite (one row up from the prompt) finds it.
+#[tokio::test]
+async fn under_a_terminal_a_line_typed_offline_leaves_no_frozen_bar() {
+    let dir = scratch("offline-bar");
+    let mut server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    server.kill();
+    pty.exp_string(&bytewise("offline · try 1 in")).unwrap();
+    pty.send_line("typed while down").unwrap();
+    // Up two rows from below the entered line (to the bar's), the line there, the bar below.
+    pty.exp_string(&bytewise(
+        "\x1b[2A\r\x1b[2K[lobby] > typed while down\r\n\x1b[2Koffline · try",
+    ))
+    .unwrap();
+    pty.exp_string(&bytewise("… [lobby] nana: typed while down (sending)"))
+        .unwrap();
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 item 5 (what a failed start shows): when the client cannot connect, the reason
+/// comes at once with its exit code, without waiting for an Enter.
+#[tokio::test]
+async fn under_a_terminal_a_refused_start_says_why_and_exits_without_enter() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut pty = terminal(&url, "nana");
+    let said = pty
+        .exp_string("is `nanachat serve` running there?")
+        .unwrap();
+    assert!(!said.contains("press Enter"), "{said:?}");
+    assert_ne!(exit_code(pty), 0);
+
+    // A taken nick: refused by the server.
+    let dir = scratch("refused-start");
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let _mochi = talker(&url, "mochi").await;
+    let mut pty = terminal(&url, "mochi");
+    let said = pty.exp_string("choose another nick").unwrap();
+    assert!(!said.contains("press Enter"), "{said:?}");
+    assert_ne!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
