@@ -325,7 +325,7 @@ async fn under_a_terminal_ctrl_c_on_a_typed_line_never_quits() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Issue 19 item 5: 60 lines pasted at once (one write, no bracketed paste) are all delivered
+/// Issue 19 (an attack on items 3-5): 60 lines pasted at once (one write, no bracketed paste) are all delivered
 /// promptly, in order, once: the editor does not wait for the client between lines of text.
 #[tokio::test]
 async fn under_a_terminal_a_pasted_burst_is_delivered_at_once_in_order() {
@@ -389,7 +389,7 @@ async fn under_a_terminal_a_line_typed_offline_leaves_no_frozen_bar() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Issue 19 item 5 (what a failed start shows): when the client cannot connect, the reason
+/// Issue 19 (an attack on items 1 and 7: what a failed start shows): when the client cannot connect, the reason
 /// comes at once with its exit code, without waiting for an Enter.
 #[tokio::test]
 async fn under_a_terminal_a_refused_start_says_why_and_exits_without_enter() {

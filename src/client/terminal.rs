@@ -115,9 +115,9 @@ fn restore_terminal(saved: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if restored {
-        let mut err = std::io::stderr();
-        let _ = write!(err, "\x1b[?2004l\r\x1b[2K").and_then(|()| err.flush());
+    let mut out = std::io::stdout();
+    if restored && out.is_terminal() {
+        let _ = write!(out, "\x1b[?2004l\r\x1b[2K").and_then(|()| out.flush());
     }
     restored
 }
@@ -125,8 +125,10 @@ fn restore_terminal(saved: &str) -> bool {
 /// A line editor on its own thread: lines go to `tx`; what the client prints appears above the
 /// line being typed, which stays intact. The prompt names the current room (see [`Prompt`]).
 ///
-/// Ctrl-C drops the line being typed and says how to quit; a second Ctrl-C in a row quits, as
-/// does Ctrl-D on an empty line. Ctrl-N and Ctrl-P switch to the user's next and previous room
+/// Ctrl-C drops the line being typed and says how to quit; a Ctrl-C on an empty line right
+/// after another quits (one on a typed line never does), as does Ctrl-D on an empty line.
+/// Lines typed ahead or pasted go to the client at once; only a command that may change the
+/// room waits (briefly) for the client, so that the next prompt names the room. Ctrl-N and Ctrl-P switch to the user's next and previous room
 /// (`/switch >`, `/switch <`, as irssi's windows), keeping the line being typed (history is on
 /// the arrows; Alt-digits are rustyline's repeat counts, not free to bind). On a resize
 /// (SIGWINCH) rustyline redraws the line if it wraps at the new width, from the row its old
