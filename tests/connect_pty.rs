@@ -416,5 +416,26 @@ async fn under_a_terminal_a_refused_start_says_why_and_exits_without_enter() {
     let said = pty.exp_string("choose another nick").unwrap();
     assert!(!said.contains("press Enter"), "{said:?}");
     assert_ne!(exit_code(pty), 0);
+
+    // wss:// to a server without TLS.
+    let plain = url.replace("ws://", "wss://");
+    let mut pty = terminal(&plain, "nana");
+    let said = pty.exp_string("does not speak TLS here").unwrap();
+    assert!(!said.contains("press Enter"), "{said:?}");
+    assert_ne!(exit_code(pty), 0);
+
+    // No token for a server that wants one.
+    let secret = dir.join("secret");
+    common::write_secret(&secret, "a-secret-of-at-least-32-bytes-for-the-test\n");
+    let auth = common::serve_child_with(
+        &dir.join("auth"),
+        "127.0.0.1:0",
+        1000,
+        &["--auth-secret-file", secret.to_str().unwrap()],
+    );
+    let mut pty = terminal(&auth.listening_url(), "nana");
+    let said = pty.exp_string("this server needs a token").unwrap();
+    assert!(!said.contains("press Enter"), "{said:?}");
+    assert_ne!(exit_code(pty), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
