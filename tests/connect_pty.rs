@@ -364,9 +364,9 @@ async fn under_a_terminal_a_pasted_burst_is_delivered_at_once_in_order() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Issue 19 item 4: while offline, a line typed does not leave a copy of the status bar in
-/// the scrollback: the entered line is written over the bar's row and the bar again below it,
-/// so the bar's next rewrite (one row up from the prompt) finds it.
+/// Issue 19 item 4: while offline, a line typed (or cleared by Ctrl-C) does not leave a copy of
+/// the status bar in the scrollback: the line is written over the bar's row and the bar again
+/// below it, so the bar's next rewrite (one row up from the prompt) finds it.
 #[tokio::test]
 async fn under_a_terminal_a_line_typed_offline_leaves_no_frozen_bar() {
     let dir = scratch("offline-bar");
@@ -378,13 +378,34 @@ async fn under_a_terminal_a_line_typed_offline_leaves_no_frozen_bar() {
     server.kill();
     pty.exp_string(&bytewise("offline · try 1 in")).unwrap();
     pty.send_line("typed while down").unwrap();
-    // Up two rows from below the entered line (to the bar's), the line there, the bar below.
+    // Up two rows from below the entered line (to the bar's), cleared down, the line there,
+    // the bar below.
     pty.exp_string(&bytewise(
-        "\x1b[2A\r\x1b[2K[lobby] > typed while down\r\n\x1b[2Koffline · try",
+        "\x1b[2A\r\x1b[J[lobby] > typed while down\r\noffline · try",
     ))
     .unwrap();
     pty.exp_string(&bytewise("… [lobby] nana: typed while down (sending)"))
         .unwrap();
+    // A line that wraps (the terminal is 80 columns): up as many rows as it took, and one.
+    let long = "x".repeat(100);
+    pty.send_line(&long).unwrap();
+    pty.exp_string(&bytewise(&format!(
+        "\x1b[3A\r\x1b[J[lobby] > {long}\r\noffline · try"
+    )))
+    .unwrap();
+    // A draft cleared by Ctrl-C stays in sight, marked, with the notice under it, above the bar.
+    pty.send("a draft").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("a draft").unwrap();
+    pty.send_control('c').unwrap();
+    pty.exp_string(&bytewise(
+        "\x1b[2A\r\x1b[J[lobby] > a draft^C\r\noffline · try",
+    ))
+    .unwrap();
+    pty.exp_string(&bytewise(
+        "\x1b[1A\r\x1b[2K* Ctrl-C again or Ctrl-D to quit\r\noffline · try",
+    ))
+    .unwrap();
     pty.send_line("/quit").unwrap();
     assert_eq!(exit_code(pty), 0);
     let _ = std::fs::remove_dir_all(&dir);

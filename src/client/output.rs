@@ -105,20 +105,29 @@ impl PromptReader {
         let _ = self.handled.recv_timeout(HANDLED_WAIT);
     }
 
-    /// The user just entered `echo` (the prompt and the line) while the status bar shows: the
-    /// terminal's Enter moved the prompt a row down, below the row the bar is rewritten in.
-    /// Writes, with `print`, the entered line over the bar's row and the bar below it, where
-    /// the next prompt's row-up finds it: the bar stays one row, never left in the scrollback.
-    pub fn entered(&self, echo: &str, print: impl FnOnce(String)) {
+    /// The user just ended the line `echo` (the prompt and the line, on `rows` rows of the
+    /// terminal: Enter, or Ctrl-C) while the status bar shows: the terminal moved on to a new
+    /// row, below the rows the bar is rewritten from. Writes, with `print`, the line over the
+    /// bar's row and the bar below it, where the next prompt's row-up finds it: the bar stays
+    /// one row, never left in the scrollback.
+    pub fn entered(&self, echo: &str, rows: usize, print: impl FnOnce(String)) {
         let bar = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(bar) = bar.as_ref() {
-            print(format!("{ENTERED}{}\n\x1b[2K{bar}", visible(echo)));
+            let up = rows + 1;
+            print(format!("\x1b[{up}A\r\x1b[J{}\n{bar}", visible(echo)));
+        }
+    }
+
+    /// `text` (from the editor, between two lines) printed as [`Output`] prints a line: above
+    /// the bar if it shows.
+    pub fn above(&self, text: &str, print: impl FnOnce(String)) {
+        let bar = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
+        match bar.as_ref() {
+            Some(bar) => print(format!("{TO_BAR}{text}\n{bar}")),
+            None => print(text.to_owned()),
         }
     }
 }
-
-/// From the row below the entered line, up to the bar's row (two up), cleared.
-const ENTERED: &str = "\x1b[2A\r\x1b[2K";
 
 /// Moves the cursor up to the bar's row and clears it.
 const TO_BAR: &str = "\x1b[1A\r\x1b[2K";

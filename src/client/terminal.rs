@@ -193,7 +193,8 @@ fn line_editor(tx: tokio::sync::mpsc::Sender<Input>, room: &str) -> Result<(Outp
             match read {
                 Ok(line) => {
                     interrupted = false;
-                    reader.entered(&format!("{prompt}{line}"), |echo| {
+                    let echo = format!("{prompt}{line}");
+                    reader.entered(&echo, rows(&mut editor, &echo), |echo| {
                         let _ = echoes.send(Some(echo));
                     });
                     let _ = editor.add_history_entry(line.as_str());
@@ -221,14 +222,24 @@ fn line_editor(tx: tokio::sync::mpsc::Sender<Input>, room: &str) -> Result<(Outp
                     }
                     // Ctrl-C on an empty line, right after a Ctrl-C: quit. One on a line being
                     // typed only clears it, however many came before.
-                    Some(Pressed::CtrlC { empty: true }) | None if interrupted => {
+                    Some(Pressed::CtrlC { empty: true, .. }) | None if interrupted => {
                         let _ = tx.blocking_send(Input::Line("/quit".into()));
                         break;
                     }
-                    _ => {
-                        // The editor is not reading: the notice goes under the line cleared.
+                    pressed => {
+                        // The line cleared stays in sight (as a shell shows it), the notice
+                        // under it, and the bar, if it shows, below them.
                         interrupted = true;
-                        println!("\n{}", visible_notice(color, CTRL_C));
+                        let line = match pressed {
+                            Some(Pressed::CtrlC { line, .. }) => line,
+                            _ => String::new(),
+                        };
+                        let echo = format!("{prompt}{line}^C");
+                        let send = |text| {
+                            let _ = echoes.send(Some(text));
+                        };
+                        reader.entered(&echo, rows(&mut editor, &echo), send);
+                        reader.above(&visible_notice(color, CTRL_C), send);
                     }
                 },
                 Err(_) => {
@@ -247,6 +258,16 @@ fn line_editor(tx: tokio::sync::mpsc::Sender<Input>, room: &str) -> Result<(Outp
             saved,
         },
     ))
+}
+
+/// How many rows of the terminal `echo` (a prompt and its line) took; one if the width is not
+/// known. Characters are counted as one column each (a wide one makes this short).
+fn rows(editor: &mut rustyline::DefaultEditor, echo: &str) -> usize {
+    let cols = editor.dimensions().map_or(0, |(cols, _)| usize::from(cols));
+    if cols == 0 {
+        return 1;
+    }
+    echo.chars().count().div_ceil(cols).max(1)
 }
 
 /// Whether a line typed is a command that may change the current room (and so the prompt).
@@ -271,6 +292,8 @@ enum Pressed {
     CtrlC {
         /// Nothing was typed.
         empty: bool,
+        /// What was typed (dropped).
+        line: String,
     },
 }
 
@@ -297,8 +320,9 @@ impl rustyline::ConditionalEventHandler for Hotkey {
             rustyline::KeyEvent(rustyline::KeyCode::Char('N'), _) => ">",
             rustyline::KeyEvent(rustyline::KeyCode::Char('P'), _) => "<",
             rustyline::KeyEvent(rustyline::KeyCode::Char('C'), _) => {
-                let empty = ctx.line().is_empty();
-                *self.lock() = Some(Pressed::CtrlC { empty });
+                let line = ctx.line().to_owned();
+                let empty = line.is_empty();
+                *self.lock() = Some(Pressed::CtrlC { empty, line });
                 return Some(rustyline::Cmd::Interrupt);
             }
             _ => return None,
