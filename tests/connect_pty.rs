@@ -289,3 +289,175 @@ async fn under_a_terminal_ctrl_c_clears_the_line_and_a_second_one_quits() {
     assert_eq!(exit_code(pty), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19 item 5, as an attacker tried it: a Ctrl-C on a line being typed only clears it,
+/// even right after another Ctrl-C; only a Ctrl-C on an empty line right after one quits.
+#[tokio::test]
+async fn under_a_terminal_ctrl_c_on_a_typed_line_never_quits() {
+    let dir = scratch("ctrl-c-draft");
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut mochi = talker(&url, "mochi").await;
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send("abc").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("abc").unwrap();
+    pty.send_control('c').unwrap();
+    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send("important draft").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("important draft").unwrap();
+    pty.send_control('c').unwrap();
+    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("still here").unwrap();
+    let m = mochi.expect("message").await;
+    assert_eq!(m["text"], "still here", "the cleared lines were not sent");
+    // Now an empty line: Ctrl-C, Ctrl-C quits.
+    pty.send_control('c').unwrap();
+    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+    pty.send_control('c').unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 (an attack on items 3-5): 100 lines pasted at once (one write, no bracketed paste;
+/// more than the editor hands the client ahead) are all delivered
+/// promptly, in order, once: the editor does not wait for the client between lines of text.
+#[tokio::test]
+async fn under_a_terminal_a_pasted_burst_is_delivered_at_once_in_order() {
+    let dir = scratch("paste");
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut mochi = talker(&url, "mochi").await;
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    let paste: String = (1..=100).map(|n| format!("burst {n}\r")).collect();
+    pty.send(&paste).unwrap();
+    pty.flush().unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let m = tokio::time::timeout(Duration::from_secs(15), mochi.expect("message"))
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 100 after {:?}", got.len(), start.elapsed()));
+        got.push(m["text"].as_str().unwrap().to_owned());
+    }
+    let want: Vec<String> = (1..=100).map(|n| format!("burst {n}")).collect();
+    assert_eq!(got, want);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "100 lines took {:?}",
+        start.elapsed()
+    );
+    // Once: nothing more comes after them.
+    pty.send_line("the end").unwrap();
+    assert_eq!(mochi.expect("message").await["text"], "the end");
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 item 4: while offline, a line typed (or cleared by Ctrl-C) does not leave a copy of
+/// the status bar in the scrollback: the line is written over the bar's row and the bar again
+/// below it, so the bar's next rewrite (one row up from the prompt) finds it.
+#[tokio::test]
+async fn under_a_terminal_a_line_typed_offline_leaves_no_frozen_bar() {
+    let dir = scratch("offline-bar");
+    let mut server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* joined lobby").unwrap();
+    server.kill();
+    pty.exp_string(&bytewise("offline · try 1 in")).unwrap();
+    pty.send_line("typed while down").unwrap();
+    // Up two rows from below the entered line (to the bar's), cleared down, the line there,
+    // the bar below.
+    pty.exp_string(&bytewise(
+        "\x1b[2A\r\x1b[J[lobby] > typed while down\r\noffline · try",
+    ))
+    .unwrap();
+    pty.exp_string(&bytewise("… [lobby] nana: typed while down (sending)"))
+        .unwrap();
+    // A line that wraps (the terminal is 80 columns): up as many rows as it took, and one.
+    let long = "x".repeat(100);
+    pty.send_line(&long).unwrap();
+    pty.exp_string(&bytewise(&format!(
+        "\x1b[3A\r\x1b[J[lobby] > {long}\r\noffline · try"
+    )))
+    .unwrap();
+    // A draft cleared by Ctrl-C stays in sight, marked, with the notice under it, above the bar.
+    pty.send("a draft").unwrap();
+    pty.flush().unwrap();
+    pty.exp_string("a draft").unwrap();
+    pty.send_control('c').unwrap();
+    pty.exp_string(&bytewise(
+        "\x1b[2A\r\x1b[J[lobby] > a draft^C\r\noffline · try",
+    ))
+    .unwrap();
+    pty.exp_string(&bytewise(
+        "\x1b[1A\r\x1b[2K* Ctrl-C again or Ctrl-D to quit\r\noffline · try",
+    ))
+    .unwrap();
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 (an attack on items 1 and 7: what a failed start shows): when the client cannot connect, the reason
+/// comes at once with its exit code, without waiting for an Enter.
+#[tokio::test]
+async fn under_a_terminal_a_refused_start_says_why_and_exits_without_enter() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let mut pty = terminal(&url, "nana");
+    let said = pty
+        .exp_string("is `nanachat serve` running there?")
+        .unwrap();
+    assert!(!said.contains("press Enter"), "{said:?}");
+    assert_ne!(exit_code(pty), 0);
+
+    // A taken nick: refused by the server.
+    let dir = scratch("refused-start");
+    let server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let _mochi = talker(&url, "mochi").await;
+    let mut pty = terminal(&url, "mochi");
+    let said = pty.exp_string("choose another nick").unwrap();
+    assert!(!said.contains("press Enter"), "{said:?}");
+    assert_ne!(exit_code(pty), 0);
+
+    // wss:// to a server without TLS.
+    let plain = url.replace("ws://", "wss://");
+    let mut pty = terminal(&plain, "nana");
+    let said = pty.exp_string("does not speak TLS here").unwrap();
+    assert!(!said.contains("press Enter"), "{said:?}");
+    assert_ne!(exit_code(pty), 0);
+
+    // No token for a server that wants one.
+    let secret = dir.join("secret");
+    common::write_secret(&secret, "a-secret-of-at-least-32-bytes-for-the-test\n");
+    let auth = common::serve_child_with(
+        &dir.join("auth"),
+        "127.0.0.1:0",
+        1000,
+        &["--auth-secret-file", secret.to_str().unwrap()],
+    );
+    let mut pty = terminal(&auth.listening_url(), "nana");
+    let said = pty.exp_string("this server needs a token").unwrap();
+    assert!(!said.contains("press Enter"), "{said:?}");
+    assert_ne!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -50,6 +50,7 @@ pub enum Output {
 pub struct Prompt {
     text: Arc<Mutex<String>>,
     handled: SyncSender<()>,
+    bar: Arc<Mutex<Option<String>>>,
 }
 
 /// The editor's end of a [`Prompt`].
@@ -57,6 +58,7 @@ pub struct Prompt {
 pub struct PromptReader {
     text: Arc<Mutex<String>>,
     handled: Receiver<()>,
+    bar: Arc<Mutex<Option<String>>>,
 }
 
 /// How long the editor waits for the client to handle a line before it shows the next prompt
@@ -68,12 +70,18 @@ impl Prompt {
     pub fn new() -> (Prompt, PromptReader) {
         let text = Arc::new(Mutex::new("> ".to_owned()));
         let (handled, rx) = sync_channel(16);
+        let bar = Arc::new(Mutex::new(None));
         (
             Prompt {
                 text: text.clone(),
                 handled,
+                bar: bar.clone(),
             },
-            PromptReader { text, handled: rx },
+            PromptReader {
+                text,
+                handled: rx,
+                bar,
+            },
         )
     }
 }
@@ -95,6 +103,29 @@ impl PromptReader {
     /// Waits (at most a moment) until the client has handled the line just handed over.
     pub fn wait_handled(&self) {
         let _ = self.handled.recv_timeout(HANDLED_WAIT);
+    }
+
+    /// The user just ended the line `echo` (the prompt and the line, on `rows` rows of the
+    /// terminal: Enter, or Ctrl-C) while the status bar shows: the terminal moved on to a new
+    /// row, below the rows the bar is rewritten from. Writes, with `print`, the line over the
+    /// bar's row and the bar below it, where the next prompt's row-up finds it: the bar stays
+    /// one row, never left in the scrollback.
+    pub fn entered(&self, echo: &str, rows: usize, print: impl FnOnce(String)) {
+        let bar = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bar) = bar.as_ref() {
+            let up = rows + 1;
+            print(format!("\x1b[{up}A\r\x1b[J{}\n{bar}", visible(echo)));
+        }
+    }
+
+    /// `text` (from the editor, between two lines) printed as [`Output`] prints a line: above
+    /// the bar if it shows.
+    pub fn above(&self, text: &str, print: impl FnOnce(String)) {
+        let bar = self.bar.lock().unwrap_or_else(PoisonError::into_inner);
+        match bar.as_ref() {
+            Some(bar) => print(format!("{TO_BAR}{text}\n{bar}")),
+            None => print(text.to_owned()),
+        }
     }
 }
 
@@ -186,7 +217,7 @@ impl Output {
             printer,
             style,
             bar,
-            ..
+            prompt,
         } = self
         else {
             return;
@@ -207,6 +238,15 @@ impl Output {
         if *bar == text {
             return;
         }
+        // The editor's thread reads the bar when a line is entered (see
+        // [`PromptReader::entered`]): it is changed and written under the same lock.
+        let shared = prompt.as_ref().map(|p| p.bar.clone());
+        let mut shared = shared
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(shared) = shared.as_mut() {
+            **shared = text.clone();
+        }
         match (bar.is_some(), &text) {
             (false, Some(new)) => printer(new.clone()),
             (true, Some(new)) => printer(format!("{TO_BAR}{new}")),
@@ -221,7 +261,17 @@ impl Output {
     /// Prints a line in a terminal above the prompt — and above the bar, which is written
     /// again below it.
     fn print(&mut self, line: String) {
-        if let Output::Terminal { printer, bar, .. } = self {
+        if let Output::Terminal {
+            printer,
+            bar,
+            prompt,
+            ..
+        } = self
+        {
+            let shared = prompt.as_ref().map(|p| p.bar.clone());
+            let _held = shared
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner));
             match bar {
                 Some(bar) => printer(format!("{TO_BAR}{line}\n{bar}")),
                 None => printer(line),

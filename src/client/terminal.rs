@@ -47,35 +47,101 @@ pub fn connect(mut opts: ClientOptions, speech: Speech) -> Result<Exit> {
     // reader waits in a read that may never return, and dropping the runtime would wait for it.
     runtime.shutdown_background();
     if let Some(editor) = editor {
-        if !editor.is_finished() {
-            // The line editor owns the terminal; it must give it back before we exit.
+        if !editor.thread.is_finished() {
+            // The line editor owns the terminal and waits in a read of it: give the terminal
+            // back as it was and leave it there (the process ends), so that why we stop (and
+            // its exit code) comes at once, without an Enter.
+            drop(out);
+            let _ = editor.stop.send(None);
+            let _ = editor.printing.join();
+            if editor.saved.as_deref().is_some_and(restore_terminal) {
+                return result;
+            }
+            // No `stty`: the editor must give the terminal back itself, after a line.
+            let mut out = Output::Terminal {
+                printer: Box::new(|line| eprintln!("{line}")),
+                style: Style { color: false },
+                bar: None,
+                prompt: None,
+            };
+            match &result {
+                Err(err) => out.notice(&format!("nanachat: {err}")),
+                Ok(Exit::Refused(why)) => out.notice(&format!("nanachat: {why}")),
+                Ok(Exit::Done) => {}
+            }
             out.notice("* press Enter to exit");
+            let _ = editor.thread.join();
+            return result;
         }
-        let _ = editor.join();
+        let _ = editor.thread.join();
+        drop(out);
+        let _ = editor.stop.send(None);
+        let _ = editor.printing.join();
     }
     result
+}
+
+/// The line editor's threads, and the terminal's settings from before it.
+struct Editor {
+    /// Reads lines.
+    thread: std::thread::JoinHandle<()>,
+    /// Prints what the client shows, in order.
+    printing: std::thread::JoinHandle<()>,
+    /// Ends `printing` once what is queued before it is printed.
+    stop: std::sync::mpsc::Sender<Option<String>>,
+    /// `stty -g`: the terminal's settings before the editor took it, if `stty` could say.
+    saved: Option<String>,
+}
+
+/// The terminal's settings, as `stty -g` gives them.
+fn terminal_settings() -> Option<String> {
+    let out = std::process::Command::new("stty")
+        .arg("-g")
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let saved = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !saved.trim().is_empty()).then(|| saved.trim().to_owned())
+}
+
+/// Puts the terminal back as `saved` says (and bracketed paste off), on a fresh row: whether
+/// it could.
+fn restore_terminal(saved: &str) -> bool {
+    use std::io::Write;
+    let restored = std::process::Command::new("stty")
+        .arg(saved)
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut out = std::io::stdout();
+    if restored && out.is_terminal() {
+        let _ = write!(out, "\x1b[?2004l\r\x1b[2K").and_then(|()| out.flush());
+    }
+    restored
 }
 
 /// A line editor on its own thread: lines go to `tx`; what the client prints appears above the
 /// line being typed, which stays intact. The prompt names the current room (see [`Prompt`]).
 ///
-/// Ctrl-C drops the line being typed and says how to quit; a second Ctrl-C in a row quits, as
-/// does Ctrl-D on an empty line. Ctrl-N and Ctrl-P switch to the user's next and previous room
+/// Ctrl-C drops the line being typed and says how to quit; a Ctrl-C on an empty line right
+/// after another quits (one on a typed line never does), as does Ctrl-D on an empty line.
+/// Lines typed ahead or pasted go to the client at once; only a command that may change the
+/// room waits (briefly) for the client, so that the next prompt names the room. Ctrl-N and Ctrl-P switch to the user's next and previous room
 /// (`/switch >`, `/switch <`, as irssi's windows), keeping the line being typed (history is on
 /// the arrows; Alt-digits are rustyline's repeat counts, not free to bind). On a resize
 /// (SIGWINCH) rustyline redraws the line if it wraps at the new width, from the row its old
 /// layout says; a terminal that reflows its rows itself can leave a copy above (rustyline's
 /// handler replaces any other while it reads, so the client cannot redraw for it).
-fn line_editor(
-    tx: tokio::sync::mpsc::Sender<Input>,
-    room: &str,
-) -> Result<(Output, std::thread::JoinHandle<()>)> {
+fn line_editor(tx: tokio::sync::mpsc::Sender<Input>, room: &str) -> Result<(Output, Editor)> {
     use rustyline::ExternalPrinter;
     use rustyline::error::ReadlineError;
     let terminal = |err| Error::file("open the terminal", std::path::Path::new("/dev/tty"), err);
+    let saved = terminal_settings();
     let mut editor = rustyline::DefaultEditor::new().map_err(terminal)?;
     let hotkey = Hotkey::default();
-    for key in ['N', 'P'] {
+    for key in ['N', 'P', 'C'] {
         editor.bind_sequence(
             rustyline::KeyEvent::ctrl(key),
             rustyline::EventHandler::Conditional(Box::new(hotkey.clone())),
@@ -90,12 +156,24 @@ fn line_editor(
     // next prompt would be drawn over it.
     let reading = Arc::new(AtomicBool::new(false));
     let editing = reading.clone();
-    let mut output = Output::Terminal {
-        printer: Box::new(move |mut line| {
+    // The client never waits for the terminal: rustyline's printer blocks while the editor
+    // reads what was typed ahead or pasted (it prefers keys), and a client blocked there would
+    // stall every line after it. Lines queue here, for a thread that prints them in order.
+    // `None` ends the thread.
+    let (lines, queue) = std::sync::mpsc::channel::<Option<String>>();
+    let stop = lines.clone();
+    let printing = std::thread::spawn(move || {
+        for mut line in queue.into_iter().map_while(|line| line) {
             if !editing.load(Ordering::SeqCst) {
                 line.push('\n');
             }
             let _ = printer.print(line);
+        }
+    });
+    let echoes = lines.clone();
+    let mut output = Output::Terminal {
+        printer: Box::new(move |line| {
+            let _ = lines.send(Some(line));
         }),
         style: Style { color },
         bar: None,
@@ -109,37 +187,61 @@ fn line_editor(
         loop {
             reading.store(true, Ordering::SeqCst);
             let (line, pos) = std::mem::take(&mut kept);
-            let read = editor.readline_with_initial(&reader.text(), line.split_at(pos));
+            let prompt = reader.text();
+            let read = editor.readline_with_initial(&prompt, line.split_at(pos));
             reading.store(false, Ordering::SeqCst);
             match read {
                 Ok(line) => {
                     interrupted = false;
+                    let echo = format!("{prompt}{line}");
+                    reader.entered(&echo, rows(&mut editor, &echo), |echo| {
+                        let _ = echoes.send(Some(echo));
+                    });
                     let _ = editor.add_history_entry(line.as_str());
                     let quit = line.trim() == "/quit" || line.trim() == "/q";
+                    let moves = changes_room(&line);
                     reader.forget();
                     if tx.blocking_send(Input::Line(line)).is_err() || quit {
                         break;
                     }
-                    reader.wait_handled();
+                    // Only a line that may take the user elsewhere waits (briefly) for the next
+                    // prompt to name where: text typed ahead or pasted goes on at once.
+                    if moves {
+                        reader.wait_handled();
+                    }
                 }
-                Err(ReadlineError::Interrupted) => {
+                Err(ReadlineError::Interrupted) => match hotkey.take() {
                     // A hotkey ended the line to run its command; the line comes back after.
-                    if let Some((command, line, pos)) = hotkey.take() {
+                    Some(Pressed::Switch(command, line, pos)) => {
                         kept = (line, pos);
                         reader.forget();
                         if tx.blocking_send(Input::Line(command)).is_err() {
                             break;
                         }
                         reader.wait_handled();
-                    } else if !interrupted {
-                        // The editor is not reading: nothing else writes to the terminal now.
-                        interrupted = true;
-                        println!("\n{}", visible_notice(color, CTRL_C));
-                    } else {
+                    }
+                    // Ctrl-C on an empty line, right after a Ctrl-C: quit. One on a line being
+                    // typed only clears it, however many came before.
+                    Some(Pressed::CtrlC { empty: true, .. }) | None if interrupted => {
                         let _ = tx.blocking_send(Input::Line("/quit".into()));
                         break;
                     }
-                }
+                    pressed => {
+                        // The line cleared stays in sight (as a shell shows it), the notice
+                        // under it, and the bar, if it shows, below them.
+                        interrupted = true;
+                        let line = match pressed {
+                            Some(Pressed::CtrlC { line, .. }) => line,
+                            _ => String::new(),
+                        };
+                        let echo = format!("{prompt}{line}^C");
+                        let send = |text| {
+                            let _ = echoes.send(Some(text));
+                        };
+                        reader.entered(&echo, rows(&mut editor, &echo), send);
+                        reader.above(&visible_notice(color, CTRL_C), send);
+                    }
+                },
                 Err(_) => {
                     let _ = tx.blocking_send(Input::Eof);
                     break;
@@ -147,7 +249,31 @@ fn line_editor(
             }
         }
     });
-    Ok((output, thread))
+    Ok((
+        output,
+        Editor {
+            thread,
+            printing,
+            stop,
+            saved,
+        },
+    ))
+}
+
+/// How many rows of the terminal `echo` (a prompt and its line) took; one if the width is not
+/// known. Characters are counted as one column each (a wide one makes this short).
+fn rows(editor: &mut rustyline::DefaultEditor, echo: &str) -> usize {
+    let cols = editor.dimensions().map_or(0, |(cols, _)| usize::from(cols));
+    if cols == 0 {
+        return 1;
+    }
+    echo.chars().count().div_ceil(cols).max(1)
+}
+
+/// Whether a line typed is a command that may change the current room (and so the prompt).
+fn changes_room(line: &str) -> bool {
+    let verb = line.trim_start().split(' ').next().unwrap_or_default();
+    matches!(verb, "/join" | "/switch" | "/leave" | "/nick" | "/msg")
 }
 
 /// Ctrl-N, Ctrl-P: ends the line being edited (as an interrupt) after keeping it, and the
@@ -155,16 +281,29 @@ fn line_editor(
 /// edits the line again.
 #[derive(Clone, Default)]
 struct Hotkey {
-    pressed: Arc<Mutex<Option<(String, String, usize)>>>,
+    pressed: Arc<Mutex<Option<Pressed>>>,
+}
+
+/// A key that ended the line being edited.
+enum Pressed {
+    /// Ctrl-N, Ctrl-P: the command, the line being typed and the cursor's place in it.
+    Switch(String, String, usize),
+    /// Ctrl-C, on an empty line or not.
+    CtrlC {
+        /// Nothing was typed.
+        empty: bool,
+        /// What was typed (dropped).
+        line: String,
+    },
 }
 
 impl Hotkey {
-    /// The command, the line being typed and the cursor's place in it.
-    fn take(&self) -> Option<(String, String, usize)> {
+    /// The key that ended the line, if it was one of ours.
+    fn take(&self) -> Option<Pressed> {
         self.lock().take()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, String, usize)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Pressed>> {
         self.pressed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -180,9 +319,16 @@ impl rustyline::ConditionalEventHandler for Hotkey {
         let way = match evt.get(0)? {
             rustyline::KeyEvent(rustyline::KeyCode::Char('N'), _) => ">",
             rustyline::KeyEvent(rustyline::KeyCode::Char('P'), _) => "<",
+            rustyline::KeyEvent(rustyline::KeyCode::Char('C'), _) => {
+                let line = ctx.line().to_owned();
+                let empty = line.is_empty();
+                *self.lock() = Some(Pressed::CtrlC { empty, line });
+                return Some(rustyline::Cmd::Interrupt);
+            }
             _ => return None,
         };
-        *self.lock() = Some((format!("/switch {way}"), ctx.line().to_owned(), ctx.pos()));
+        let command = format!("/switch {way}");
+        *self.lock() = Some(Pressed::Switch(command, ctx.line().to_owned(), ctx.pos()));
         Some(rustyline::Cmd::Interrupt)
     }
 }
