@@ -498,7 +498,7 @@ test('edits, deletes, reactions and replies: one page does each, the other sees 
   // Edit: the composer holds the text; Enter sends the new one; both pages mark it edited.
   await act(alice, 'first draft', 'edit');
   assert.equal(await alice.inputValue('#say'), 'first draft');
-  assert.match(await alice.textContent('#compose-bar'), /Editing #2/);
+  assert.match(await alice.textContent('#compose-bar'), /Editing your message at/);
   await alice.fill('#say', 'final <b>text</b>');
   await alice.press('#say', 'Enter');
   for (const p of [alice, bob]) {
@@ -1129,4 +1129,96 @@ test('a rename: the member list takes the new nick out of `presence` renamed, th
   await until('acked', async () => (await texts(page)).includes('still here') && (await page.$$('#messages li.pending')).length === 0);
   await bob.close();
   await page.close();
+});
+
+// ---- issue 19: what an attacker found -------------------------------------------------------
+
+/// A page of `nick` at `viewport` (a phone when narrow), connected.
+async function openAt(http, nick, viewport) {
+  const phone = viewport.width < 700;
+  const page = await browser.newPage({ viewport, ...(phone ? { isMobile: true, hasTouch: true } : {}) });
+  page.on('dialog', (d) => { throw new Error(`a dialog opened: ${d.message()}`); });
+  await page.goto(`${http}/`);
+  await page.fill('#nick', nick);
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  return page;
+}
+
+const pageWidth = (page) => page.evaluate(() => ({ scroll: document.scrollingElement.scrollWidth, inner: window.innerWidth }));
+
+test('long names (a 64-character room, 32-character nicks) never widen the page, on a desktop or a phone: cut with "…", whole in a tooltip', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const ROOM = 'W'.repeat(64);
+  const nicks = ['A', 'B', 'C'].map((c) => c.repeat(32));
+  const others = [];
+  for (const [i, nick] of nicks.entries()) {
+    const o = await wsClient(url, nick);
+    o.send({ type: 'join', room: ROOM });
+    await o.next('joined', (m) => m.type === 'joined');
+    o.send({ type: 'say', room: ROOM, text: `message ${i} ${'W'.repeat(20)}`, cid: `l${i}` });
+    await o.next('acked', (m) => m.type === 'ack');
+    others.push(o);
+  }
+  for (const viewport of [{ width: 1280, height: 800 }, { width: 390, height: 844 }]) {
+    const phone = viewport.width < 700;
+    const page = await openAt(http, (phone ? 'P' : 'D').repeat(32), viewport);
+    if (phone) { await page.click('#rooms-toggle'); await page.waitForSelector('#join-room', { state: 'visible', timeout: WAIT }); }
+    await page.fill('#join-room', ROOM);
+    await page.press('#join-room', 'Enter');
+    await until('the room shown', async () => (await page.textContent('#room-title')) === `#${ROOM}`);
+    await until('its messages', async () => (await texts(page)).includes(`message 2 ${'W'.repeat(20)}`));
+    await say(page, 'mine');
+    await until('acked', async () => (await page.$$('#messages li.pending')).length === 0 && (await texts(page)).includes('mine'));
+    // `typing` goes at most once every 2 s a nick: said again until it shows.
+    await until('three typing', async () => {
+      for (const o of others) o.send({ type: 'typing', room: ROOM });
+      return /, .* and .* are typing/.test(await typingLine(page));
+    });
+    const w = await pageWidth(page);
+    await page.screenshot({ path: path.join(SHOTS, `long-names-${viewport.width}.png`) });
+    assert.ok(w.scroll <= w.inner, `${viewport.width} wide: the page is ${w.scroll} px wide`);
+    // Each long name is whole in its tooltip.
+    assert.equal(await page.getAttribute('#room-title', 'title'), `#${ROOM}`);
+    assert.equal(await page.getAttribute(`#room-list button[data-room="${ROOM}"]`, 'title'), `#${ROOM}`);
+    assert.equal(await page.getAttribute(`#messages li.msg[data-from="${nicks[0]}"] .from`, 'title'), nicks[0]);
+    assert.match(await page.getAttribute('#typing', 'title'), /are typing/);
+    // The time next to a 32-character nick stays on one line.
+    const meta = await page.$eval(`#messages li.msg[data-from="${nicks[0]}"] .meta`, (e) => e.getClientRects().length);
+    assert.equal(meta, 1, 'the time on one line');
+    const metaHeight = await page.$eval(`#messages li.msg[data-from="${nicks[0]}"] .meta`, (e) => e.getBoundingClientRect().height);
+    assert.ok(metaHeight < 30, `the time is ${metaHeight} px tall`);
+    // The members (a drawer on a phone) are on the screen.
+    if (phone) {
+      await page.click('#members-toggle');
+      await page.waitForSelector('#member-list', { state: 'visible', timeout: WAIT });
+    }
+    await until('the members on screen', async () => page.$eval('#members-panel', (e) => {
+      const r = e.getBoundingClientRect();
+      return r.left >= 0 && r.right <= window.innerWidth + 0.5 && r.width > 0;
+    }));
+    assert.equal(await page.getAttribute(`#member-list li:has-text("${nicks[1]}")`, 'title'), nicks[1]);
+    const after = await pageWidth(page);
+    assert.ok(after.scroll <= after.inner, `${viewport.width} wide, members shown: the page is ${after.scroll} px wide`);
+    await page.close();
+  }
+  for (const o of others) o.ws.close();
+});
+
+test('a message keeps its line breaks; room names are shown as they are (not upper-cased)', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const o = await wsClient(url, 'breaker');
+  o.send({ type: 'join', room: 'Renroom' });
+  await o.next('joined', (m) => m.type === 'joined');
+  o.send({ type: 'say', room: 'Renroom', text: 'a\nb\nc', cid: 'n1' });
+  await o.next('acked', (m) => m.type === 'ack');
+  const page = await openChat(http, 'reader');
+  await page.fill('#join-room', 'Renroom');
+  await page.press('#join-room', 'Enter');
+  await until('the message', async () => (await texts(page)).includes('a\nb\nc'));
+  // As rendered (innerText follows the CSS): three lines, the name as it was written.
+  assert.equal(await page.$eval('#messages li .text', (e) => e.innerText), 'a\nb\nc');
+  assert.equal(await page.$eval('#room-title', (e) => e.innerText), '#Renroom');
+  await page.close();
+  o.ws.close();
 });
