@@ -1280,8 +1280,10 @@ function openDrawer(which) {
   $(`${which}-toggle`).setAttribute('aria-expanded', 'true');
   // What is under the scrim is out of reach (of Tab too) while the drawer is open.
   for (const e of drawerCovers(which)) e.inert = true;
+  // The focus goes in: to its first control, or to the drawer itself (the members have none).
   const panel = $(`${which}-panel`);
-  panel.querySelector('button, input, [tabindex]')?.focus();
+  panel.tabIndex = -1;
+  (panel.querySelector('button, input, [tabindex]') ?? panel).focus();
 }
 
 function closeDrawer(refocus) {
