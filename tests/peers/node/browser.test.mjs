@@ -1355,7 +1355,7 @@ test('message links: a room the page is not in is offered, not joined; a bad nam
 test('"Message someone" with your own nick opens your note-to-self room', async () => {
   const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
   const page = await openChat(http, 'solo');
-  await page.fill('#dm-nick', 'Solo');
+  await page.fill('#dm-nick', 'solo'); // exactly as logged in
   await page.press('#dm-nick', 'Enter');
   await until('the note-to-self room shown', async () => (await page.textContent('#room-title')) === '@solo');
   await say(page, 'remember the milk');
