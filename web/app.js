@@ -93,7 +93,7 @@ function linkify(span, text) {
     // belongs to it when it opened one).
     for (;;) {
       const last = url.at(-1);
-      if ('.,;:!?\'*'.includes(last)) url = url.slice(0, -1);
+      if ('.,;:!?\'*…。、，！？」』）】》'.includes(last)) url = url.slice(0, -1);
       else if (last === ')' && url.split('(').length < url.split(')').length) url = url.slice(0, -1);
       else if (last === ']' && url.split('[').length < url.split(']').length) url = url.slice(0, -1);
       else break;
@@ -183,8 +183,10 @@ function renderRooms() {
   list.replaceChildren();
   for (const [name, r] of state.rooms) {
     const li = el('li');
-    const b = el('button', '', roomLabel(name));
+    const b = el('button');
+    b.append(el('span', 'clip', roomLabel(name)));
     b.type = 'button';
+    b.title = roomLabel(name);
     b.dataset.room = name;
     if (name === state.current) b.setAttribute('aria-current', 'true');
     if (r.unread > 0) {
@@ -217,7 +219,7 @@ function renderMembers() {
   const sorted = [...nicks.values()].sort((a, b) => byCodePoint(a.toLowerCase(), b.toLowerCase()));
   for (const nick of sorted) {
     const li = el('li', `member ${nickClass(nick)}`, nick);
-    if (nick.toLowerCase() === state.nick.toLowerCase()) li.title = 'you';
+    li.title = nick.toLowerCase() === state.nick.toLowerCase() ? `${nick} (you)` : nick;
     list.append(li);
   }
   $('member-count').textContent = String(sorted.length);
@@ -242,8 +244,10 @@ function renderPublic() {
     const r = state.rooms.get(name);
     const n = r && r.joined && r.members.size > 0 ? r.members.size : count;
     const li = el('li', 'room');
-    const b = el('button', '', `#${name} (${n})`);
+    const b = el('button');
+    b.append(el('span', 'clip', `#${name} (${n})`));
     b.type = 'button';
+    b.title = `#${name}`;
     b.dataset.room = name;
     b.setAttribute('aria-label', `#${name}, ${n} ${n === 1 ? 'member' : 'members'}`);
     b.addEventListener('click', () => joinRoom(name));
@@ -292,6 +296,7 @@ function show(name) {
   if (!state.known) r.unread = 0;
   r.marker = state.known && r.unread > 0 && r.readSeq !== null ? r.readSeq : null;
   $('room-title').textContent = roomLabel(name);
+  $('room-title').title = roomLabel(name);
   const list = $('messages');
   list.replaceChildren(...r.el.children.length ? Array.from(r.el.cloneNode(true).children) : []);
   list.dataset.room = name;
@@ -465,7 +470,7 @@ function renderTyping() {
   else if (nicks.length === 3) text = `${nicks[0]}, ${nicks[1]} and ${nicks[2]} are typing…`;
   else if (nicks.length > 3) text = `${nicks[0]}, ${nicks[1]} and ${nicks.length - 2} others are typing…`;
   const line = $('typing');
-  if (line.textContent !== text) line.textContent = text;
+  if (line.textContent !== text) { line.textContent = text; line.title = text; }
 }
 
 /// The reactions any client may add from the picker (any other reaction shows as a chip too).
@@ -512,6 +517,12 @@ function byCodePoint(a, b) {
   return x.length - y.length;
 }
 
+/// A message as labels name it (never by its seq): "alice's message at 01:16".
+function whose(m) {
+  const time = new Date(m.time).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  return `${isMine(m) ? 'your' : `${m.from}'s`} message at ${time}`;
+}
+
 function snippet(text) { return text.length > 80 ? `${text.slice(0, 79)}…` : text; }
 
 /// The quote above a reply: who said what (a button that scrolls to it).
@@ -526,7 +537,8 @@ function quoteOf(name, seq) {
     q.append(el('span', 'quote-text', 'an earlier message'));
   }
   q.title = 'Show the message';
-  q.setAttribute('aria-label', `In reply to #${seq}${orig ? ` by ${orig.from}` : ''}: show it`);
+  const said = orig && !orig.deleted ? `: “${snippet(orig.text).slice(0, 40)}”` : '';
+  q.setAttribute('aria-label', orig ? `In reply to ${orig.from}${said} (show it)` : 'In reply to an earlier message (show it)');
   return q;
 }
 
@@ -551,7 +563,9 @@ function messageItem(m, pending) {
   const avatar = el('span', `avatar ${colour}`, Array.from(m.from)[0]?.toUpperCase() ?? '?');
   avatar.setAttribute('aria-hidden', 'true');
   const head = el('span', 'head');
-  head.append(el('span', `from ${colour}`, m.from));
+  const from = el('span', `from clip ${colour}`, m.from);
+  from.title = m.from;
+  head.append(from);
   const when = m.time ? new Date(m.time) : null;
   const time = when ? when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : 'sending…';
   if (m.seq) {
@@ -590,14 +604,17 @@ function messageItem(m, pending) {
     b.dataset.emoji = emoji;
     picker.append(b);
   }
-  const add = actionButton('pick', '☺+', `React to #${m.seq}`);
+  const which = whose(m);
+  const add = actionButton('pick', '☺+', `React to ${which}`);
   add.setAttribute('aria-expanded', 'false');
-  actions.append(picker, add, actionButton('reply', 'Reply', `Reply to #${m.seq}`));
+  actions.append(picker, add, actionButton('reply', 'Reply', `Reply to ${which}`));
   if (isMine(m)) {
-    actions.append(actionButton('edit', 'Edit', `Edit #${m.seq}`));
-    actions.append(actionButton('delete', 'Delete', `Delete #${m.seq}`));
+    actions.append(actionButton('edit', 'Edit', `Edit ${which}`));
+    actions.append(actionButton('delete', 'Delete', `Delete ${which}`));
   }
-  li.prepend(actions); // floats right, on the first line
+  // Over the end of the first line (style.css), but after the text in the page: the list is a
+  // live region, and a new message is read as who said what, its buttons last.
+  li.append(actions);
   if (m.reactions.size === 0) return li;
   const reactions = el('div', 'reactions');
   // In the order `history` gives them (by code point), so every page and every reload agrees.
@@ -638,25 +655,41 @@ function systemLine(name, text, cls) {
   append(name, el('li', cls || 'system', text));
 }
 
-/// Appends to a room's log, and to the screen if the room is shown.
+/// Appends to a room's log, and to the screen if the room is shown: a stored message before the
+/// lines still waiting for their ack (those stay at the bottom until they have a seq).
 function append(name, li) {
   const r = room(name);
-  r.el.append(li);
+  place(r.el, li);
   if (name === state.current) {
     const list = $('messages');
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    list.append(li.cloneNode(true));
+    place(list, li.cloneNode(true));
     decorate();
     if (atBottom) list.scrollTop = list.scrollHeight;
   }
 }
 
-/// Replaces a pending line (found by its cid) with its stored form, in the log and on screen.
+/// Puts `li` in `list`: a stored message in seq order (before the first one with a higher seq,
+/// else before the first line waiting for its ack), anything else at the end.
+function place(list, li) {
+  const seq = Number(li.dataset.seq);
+  let at = null;
+  if (seq) {
+    at = Array.from(list.querySelectorAll(':scope > li[data-seq]')).find((x) => Number(x.dataset.seq) > seq)
+      ?? list.querySelector(':scope > li.pending[data-cid]');
+  }
+  if (at) at.before(li); else list.append(li);
+}
+
+/// Replaces a pending line (found by its cid) with its stored form, in the log and on screen:
+/// in seq order among the room's messages (what others said while it waited came before it).
 function confirmPending(p, m) {
   const fresh = messageItem(remember(p.room, m), false);
   for (const list of [room(p.room).el, $('messages')]) {
     const old = list.querySelector(`[data-cid="${p.cid}"]`);
-    if (old) old.replaceWith(list === $('messages') ? fresh.cloneNode(true) : fresh);
+    if (!old) continue;
+    old.remove();
+    place(list, list === $('messages') ? fresh.cloneNode(true) : fresh);
   }
   if (p.room === state.current) decorate();
 }
@@ -805,7 +838,7 @@ function onServer(msg) {
     case 'welcome':
       state.maxRooms = msg.limits.max_rooms || 32;
       $('me').textContent = `as ${msg.nick}`;
-      tokenExp(msg.exp);
+      tokenExp(msg.exp, msg.nick);
       state.expired = false;
       hideTokenBar();
       setStatus('connected');
@@ -884,6 +917,7 @@ function onServer(msg) {
       state.nick = msg.to;
       localStorage.setItem('nanachat.nick', msg.to);
       $('me').textContent = `as ${msg.to}`;
+      tokenExp(state.tokenExp, msg.to);
       renderMembers();
       break;
     }
@@ -944,9 +978,10 @@ function onServer(msg) {
   }
 }
 
-/// The token's expiry, shown only as the tooltip of the nick.
-function tokenExp(exp) {
-  $('me').title = exp ? `token valid until ${new Date(exp * 1000).toLocaleString()}` : '';
+/// The nick in full and the token's expiry, shown as the tooltip of the nick.
+function tokenExp(exp, nick = state.nick) {
+  state.tokenExp = exp;
+  $('me').title = exp ? `${nick}: token valid until ${new Date(exp * 1000).toLocaleString()}` : nick;
 }
 
 /// The library's `getToken`: the bar asks the user, and the promise resolves with what is
@@ -1005,7 +1040,8 @@ function refused(p, err) {
     if (m) { if (p.on) m.mine.add(p.emoji); else m.mine.delete(p.emoji); redraw(p.room, p.seq); }
   } else if (!(p.kind === 'say' || p.kind === 'dm')) {
     const what = { edit: 'edit', delete: 'delete', react: 'react to' }[p.kind];
-    systemLine(p.room, `Could not ${what} #${p.seq}: ${why} (${err.code})`, 'failed');
+    const m = room(p.room).msgs.get(p.seq);
+    systemLine(p.room, `Could not ${what} ${m ? whose(m) : 'that message'}: ${why} (${err.code})`, 'failed');
   } else {
     for (const list of [room(p.room).el, $('messages')]) {
       const line = list.querySelector(`[data-cid="${p.cid}"]`);
@@ -1068,7 +1104,7 @@ function startCompose(mode, name, seq) {
   state.compose = { mode, room: name, seq };
   const what = $('compose-what');
   what.replaceChildren();
-  what.append(el('span', 'compose-mode', mode === 'edit' ? `Editing #${seq}` : 'Replying to'));
+  what.append(el('span', 'compose-mode', mode === 'edit' ? `Editing ${whose(m)}` : 'Replying to'));
   if (mode === 'reply') what.append(quoteOf(name, seq));
   $('compose-bar').hidden = false;
   const input = $('say');
@@ -1195,7 +1231,7 @@ function resultItem(m) {
   time.dateTime = when.toISOString();
   b.append(el('span', 'result-room', roomLabel(m.room)), el('span', 'result-from', m.from), time, el('span', 'result-text', m.text));
   if (m.edited) b.append(el('span', 'edited', ' (edited)'));
-  b.title = `Show #${m.seq} in ${roomLabel(m.room)}`;
+  b.title = `Show ${m.from}'s message in ${roomLabel(m.room)}`;
   li.append(b);
   return li;
 }
@@ -1218,7 +1254,7 @@ function openResult(b) {
     seq,
     onMissing: () => {
       if (!b.isConnected || b.parentElement.querySelector('.result-note')) return;
-      b.after(el('span', 'result-note', `#${seq} could not be loaded in ${roomLabel(name)} (removed since?)`));
+      b.after(el('span', 'result-note', `This message could not be loaded in ${roomLabel(name)} (removed since?)`));
     },
   };
   const r = room(name);
@@ -1244,8 +1280,10 @@ function openDrawer(which) {
   $(`${which}-toggle`).setAttribute('aria-expanded', 'true');
   // What is under the scrim is out of reach (of Tab too) while the drawer is open.
   for (const e of drawerCovers(which)) e.inert = true;
+  // The focus goes in: to its first control, or to the drawer itself (the members have none).
   const panel = $(`${which}-panel`);
-  panel.querySelector('button, input, [tabindex]')?.focus();
+  panel.tabIndex = -1;
+  (panel.querySelector('button, input, [tabindex]') ?? panel).focus();
 }
 
 function closeDrawer(refocus) {
@@ -1257,22 +1295,53 @@ function closeDrawer(refocus) {
   if (refocus) $(`${which}-toggle`).focus();
 }
 
-/// What the drawer `which` covers: the messages and the other drawer.
+/// What the drawer `which` covers: the top bar, the messages and the other drawer.
 function drawerCovers(which) {
-  return [document.querySelector('.chat'), $(which === 'rooms' ? 'members-panel' : 'rooms-panel')];
+  return [document.querySelector('.top'), document.querySelector('.chat'), $(which === 'rooms' ? 'members-panel' : 'rooms-panel')];
 }
 
-/// Opens a message's link (#room/seq): its room, scrolled to it once loaded.
+/// A room's name as the server takes it, or a direct-message room of this user's.
+const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const DM_RE = /^@([a-z0-9_-]{1,32})\+([a-z0-9_-]{1,32})$/;
+function linkable(name) {
+  if (ROOM_RE.test(name)) return true;
+  const dm = DM_RE.exec(name);
+  const me = state.nick.toLowerCase();
+  return !!dm && (dm[1] === me || dm[2] === me);
+}
+
+/// Opens a message's link (#room/seq): its room, scrolled to it once loaded. A link never joins
+/// a room on its own: one the page is not in asks first ("Join #room"); a name the server would
+/// refuse, or another pair's direct-message room, is not followed.
 function openPermalink() {
   const m = /^#([^/]+)\/(\d+)$/.exec(location.hash);
   if (!m || !state.client) return;
   let name;
   try { name = decodeURIComponent(m[1]); } catch { return; }
+  if (!linkable(name)) return;
   const seq = Number(m[2]);
+  if (!state.rooms.get(name)?.member && !isDm(name)) { offerJoin(name, seq); return; }
   if (name !== state.current) show(name);
   state.jumpTo = { room: name, seq };
   const r = room(name);
   if (r.joined && !r.loading) jump(name, seq);
+}
+
+/// A link to a room the page is not in: a notice in the room on screen, with a button that
+/// joins it and shows the message.
+function offerJoin(name, seq) {
+  const li = el('li', 'system join-offer', `That link is to a message in #${name}, which you have not joined. `);
+  const b = el('button', 'join-link', `Join #${name}`);
+  b.type = 'button';
+  b.addEventListener('click', () => {
+    li.remove();
+    show(name);
+    state.jumpTo = { room: name, seq };
+  });
+  li.append(b);
+  const list = $('messages');
+  list.append(li);
+  list.scrollTop = list.scrollHeight;
 }
 
 // ---- connection ---------------------------------------------------------------------------
@@ -1311,6 +1380,9 @@ function connect() {
 /// The connection's ups and downs, as the library tells them.
 function onState(s) {
   stopCountdown();
+  // A reconnect under way (it may take a while against a hung server): said so, not a
+  // countdown stuck at "1…".
+  if (s.state === 'connecting' && $('status').classList.contains('offline')) setStatus('offline — connecting…', true);
   if (s.state !== 'offline') return;
   for (const r of state.rooms.values()) { r.joined = false; r.loading = false; r.readSent = null; }
   if (state.searches.length) {
@@ -1419,7 +1491,8 @@ $('token-bar').addEventListener('submit', (e) => {
 $('say-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const text = $('say').value;
-  if (!text.trim()) return;
+  // Nothing to see (spaces, zero-width characters only): nothing to send.
+  if (!text.replace(/[\s\u200b-\u200d\u2060\ufeff]/g, '')) return;
   const c = state.compose;
   if (c && c.mode === 'edit') {
     const m = room(c.room).msgs.get(c.seq);
@@ -1475,7 +1548,7 @@ $('messages').addEventListener('click', (e) => {
         b.dataset.armed = '1';
         b.textContent = 'Delete?';
         b.classList.add('armed');
-        b.setAttribute('aria-label', `Really delete #${seq}? Click again`);
+        b.setAttribute('aria-label', `Really delete ${whose(m)}? Click again`);
         setTimeout(() => { if (b.isConnected) { delete b.dataset.armed; b.textContent = 'Delete'; b.classList.remove('armed'); } }, 4000);
       }
       break;
@@ -1508,7 +1581,8 @@ $('dm-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const nick = $('dm-nick').value.trim();
   $('dm-nick').value = '';
-  if (nick && nick !== state.nick) { closeDrawer(); room(dmRoom(state.nick, nick)); show(dmRoom(state.nick, nick)); }
+  // Your own nick opens your note-to-self room (docs/protocol.md: a `dm` to yourself).
+  if (nick) { closeDrawer(); room(dmRoom(state.nick, nick)); show(dmRoom(state.nick, nick)); }
 });
 
 // Typing in the composer: the room's others are told (at most once every 2 s).

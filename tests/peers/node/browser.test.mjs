@@ -498,7 +498,7 @@ test('edits, deletes, reactions and replies: one page does each, the other sees 
   // Edit: the composer holds the text; Enter sends the new one; both pages mark it edited.
   await act(alice, 'first draft', 'edit');
   assert.equal(await alice.inputValue('#say'), 'first draft');
-  assert.match(await alice.textContent('#compose-bar'), /Editing #2/);
+  assert.match(await alice.textContent('#compose-bar'), /Editing your message at/);
   await alice.fill('#say', 'final <b>text</b>');
   await alice.press('#say', 'Enter');
   for (const p of [alice, bob]) {
@@ -1128,5 +1128,250 @@ test('a rename: the member list takes the new nick out of `presence` renamed, th
   await say(page, 'still here');
   await until('acked', async () => (await texts(page)).includes('still here') && (await page.$$('#messages li.pending')).length === 0);
   await bob.close();
+  await page.close();
+});
+
+// ---- issue 19: what an attacker found -------------------------------------------------------
+
+/// A page of `nick` at `viewport` (a phone when narrow), connected.
+async function openAt(http, nick, viewport) {
+  const phone = viewport.width < 700;
+  const page = await browser.newPage({ viewport, ...(phone ? { isMobile: true, hasTouch: true } : {}) });
+  page.on('dialog', (d) => { throw new Error(`a dialog opened: ${d.message()}`); });
+  await page.goto(`${http}/`);
+  await page.fill('#nick', nick);
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  return page;
+}
+
+const pageWidth = (page) => page.evaluate(() => ({ scroll: document.scrollingElement.scrollWidth, inner: window.innerWidth }));
+
+test('long names (a 64-character room, 32-character nicks) never widen the page, on a desktop or a phone: cut with "…", whole in a tooltip', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const ROOM = 'W'.repeat(64);
+  const nicks = ['A', 'B', 'C'].map((c) => c.repeat(32));
+  const others = [];
+  for (const [i, nick] of nicks.entries()) {
+    const o = await wsClient(url, nick);
+    o.send({ type: 'join', room: ROOM });
+    await o.next('joined', (m) => m.type === 'joined');
+    o.send({ type: 'say', room: ROOM, text: `message ${i} ${'W'.repeat(20)}`, cid: `l${i}` });
+    await o.next('acked', (m) => m.type === 'ack');
+    others.push(o);
+  }
+  for (const viewport of [{ width: 1280, height: 800 }, { width: 390, height: 844 }]) {
+    const phone = viewport.width < 700;
+    const page = await openAt(http, (phone ? 'P' : 'D').repeat(32), viewport);
+    if (phone) { await page.click('#rooms-toggle'); await page.waitForSelector('#join-room', { state: 'visible', timeout: WAIT }); }
+    await page.fill('#join-room', ROOM);
+    await page.press('#join-room', 'Enter');
+    await until('the room shown', async () => (await page.textContent('#room-title')) === `#${ROOM}`);
+    await until('its messages', async () => (await texts(page)).includes(`message 2 ${'W'.repeat(20)}`));
+    await say(page, 'mine');
+    await until('acked', async () => (await page.$$('#messages li.pending')).length === 0 && (await texts(page)).includes('mine'));
+    // `typing` goes at most once every 2 s a nick: said again until it shows.
+    await until('three typing', async () => {
+      for (const o of others) o.send({ type: 'typing', room: ROOM });
+      return /, .* and .* are typing/.test(await typingLine(page));
+    });
+    const w = await pageWidth(page);
+    await page.screenshot({ path: path.join(SHOTS, `long-names-${viewport.width}.png`) });
+    assert.ok(w.scroll <= w.inner, `${viewport.width} wide: the page is ${w.scroll} px wide`);
+    // Each long name is whole in its tooltip.
+    assert.equal(await page.getAttribute('#room-title', 'title'), `#${ROOM}`);
+    assert.equal(await page.getAttribute(`#room-list button[data-room="${ROOM}"]`, 'title'), `#${ROOM}`);
+    assert.equal(await page.getAttribute(`#messages li.msg[data-from="${nicks[0]}"] .from`, 'title'), nicks[0]);
+    assert.match(await page.getAttribute('#typing', 'title'), /are typing/);
+    // The time next to a 32-character nick stays on one line.
+    const meta = await page.$eval(`#messages li.msg[data-from="${nicks[0]}"] .meta`, (e) => e.getClientRects().length);
+    assert.equal(meta, 1, 'the time on one line');
+    const metaHeight = await page.$eval(`#messages li.msg[data-from="${nicks[0]}"] .meta`, (e) => e.getBoundingClientRect().height);
+    assert.ok(metaHeight < 30, `the time is ${metaHeight} px tall`);
+    // The members (a drawer on a phone) are on the screen.
+    if (phone) {
+      await page.click('#members-toggle');
+      await page.waitForSelector('#member-list', { state: 'visible', timeout: WAIT });
+    }
+    await until('the members on screen', async () => page.$eval('#members-panel', (e) => {
+      const r = e.getBoundingClientRect();
+      return r.left >= 0 && r.right <= window.innerWidth + 0.5 && r.width > 0;
+    }));
+    assert.equal(await page.getAttribute(`#member-list li:has-text("${nicks[1]}")`, 'title'), nicks[1]);
+    const after = await pageWidth(page);
+    assert.ok(after.scroll <= after.inner, `${viewport.width} wide, members shown: the page is ${after.scroll} px wide`);
+    await page.close();
+  }
+  for (const o of others) o.ws.close();
+});
+
+test('a message keeps its line breaks; room names are shown as they are (not upper-cased)', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const o = await wsClient(url, 'breaker');
+  o.send({ type: 'join', room: 'Renroom' });
+  await o.next('joined', (m) => m.type === 'joined');
+  o.send({ type: 'say', room: 'Renroom', text: 'a\nb\nc', cid: 'n1' });
+  await o.next('acked', (m) => m.type === 'ack');
+  const page = await openChat(http, 'reader');
+  await page.fill('#join-room', 'Renroom');
+  await page.press('#join-room', 'Enter');
+  await until('the message', async () => (await texts(page)).includes('a\nb\nc'));
+  // As rendered (innerText follows the CSS): three lines, the name as it was written.
+  assert.equal(await page.$eval('#messages li .text', (e) => e.innerText), 'a\nb\nc');
+  assert.equal(await page.$eval('#room-title', (e) => e.innerText), '#Renroom');
+  await page.close();
+  o.ws.close();
+});
+
+test('after a reconnect, lines typed offline take their place by seq once acked (after what others said meanwhile)', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'nanachat-browser-'));
+  let server = await serve(['--data-dir', dir, '--addr', '127.0.0.1:0']);
+  const addr = server.url.replace('ws://', '');
+  const page = await openChat(server.http, 'offliner');
+  await say(page, 'b1');
+  await until('b1 acked', async () => (await page.$$('#messages li.pending')).length === 0 && (await texts(page)).includes('b1'));
+  server.proc.kill('SIGKILL');
+  await page.waitForSelector('#status.offline', { timeout: WAIT });
+  await say(page, 'b4');
+  await say(page, 'b5');
+  // Back once the page waits 2 s or more: others speak before it comes back.
+  let status = '';
+  await until('a long wait', async () => Number(/reconnecting in ([\d.]+)/.exec(status = await page.textContent('#status'))?.[1] ?? 0) >= 2)
+    .catch((e) => { throw new Error(`${e.message} (the status said ${status})`); });
+  server = await serve(['--data-dir', dir, '--addr', addr]);
+  const other = await wsClient(server.url, 'other');
+  other.send({ type: 'join', room: 'lobby' });
+  await other.next('joined', (m) => m.type === 'joined');
+  for (let i = 11; i <= 20; i++) other.send({ type: 'say', room: 'lobby', text: `m${i}`, cid: `m${i}` });
+  await other.next('m20 acked', (m) => m.type === 'ack' && m.cid === 'm20');
+  await until('everything acked', async () => {
+    const t = await texts(page);
+    return t.includes('m20') && t.includes('b5') && (await page.$$('#messages li.pending')).length === 0;
+  });
+  const seqs = await page.$$eval('#messages li[data-seq]', (l) => l.map((e) => Number(e.dataset.seq)));
+  assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b), `in seq order: ${JSON.stringify(await texts(page))}`);
+  assert.deepEqual((await texts(page)).slice(-3), ['m20', 'b4', 'b5']);
+  await page.close();
+  other.ws.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('a reconnect that hangs (a server that accepts and says nothing) reads "connecting…", not a countdown stuck at "1…"', async () => {
+  const server = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await openChat(server.http, 'patient');
+  const port = Number(new URL(server.http).port);
+  server.proc.kill('SIGKILL');
+  await page.waitForSelector('#status.offline', { timeout: WAIT });
+  // The same port now takes connections and answers nothing (a hung server).
+  const { createServer } = await import('node:net');
+  const sockets = [];
+  const mute = createServer((s) => sockets.push(s));
+  await new Promise((resolve, reject) => { mute.once('error', reject); mute.listen(port, '127.0.0.1', resolve); });
+  mute.unref();
+  try {
+    await until('an attempt under way', async () => sockets.length > 0);
+    await until('"connecting…" said', async () => /connecting…/.test(await page.textContent('#status')));
+    assert.ok(await page.$eval('#status', (e) => e.classList.contains('offline')));
+  } finally {
+    for (const s of sockets) s.destroy();
+    mute.close();
+    await page.close();
+  }
+});
+
+test('labels name a message by its sender and time, never its seq; a new message reads as who said what, its buttons after it', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const alice = await openChat(http, 'alice');
+  const bob = await openChat(http, 'bob');
+  await say(bob, 'the original remark');
+  await until('bob\'s', async () => (await texts(alice)).includes('the original remark'));
+  await act(alice, 'the original remark', 'reply');
+  await say(alice, 'a reply to it');
+  await until('the reply acked', async () => (await texts(alice)).includes('a reply to it')
+    && (await alice.$$('#messages li.pending')).length === 0);
+  const labels = await alice.$$eval('#messages [aria-label], #messages [title]',
+    (l) => l.flatMap((e) => [e.getAttribute('aria-label'), e.getAttribute('title')]).filter(Boolean));
+  const withSeq = labels.filter((t) => /#\d+/.test(t));
+  assert.deepEqual(withSeq, [], 'no seq in a label');
+  assert.ok(labels.some((t) => /^Reply to bob's message at \d\d:\d\d/.test(t)), JSON.stringify(labels));
+  assert.ok(labels.some((t) => /^In reply to bob: “the original remark”/.test(t)), JSON.stringify(labels));
+  // Read in order: the sender and the text come before the buttons.
+  const order = await alice.$eval('#messages li.msg:last-child', (li) => {
+    const all = Array.from(li.querySelectorAll('.from, .text, .actions'));
+    return all.map((e) => e.className.split(' ')[0]);
+  });
+  assert.deepEqual(order, ['from', 'text', 'actions']);
+  // A search result's tooltip: no seq either.
+  await alice.fill('#search', 'original');
+  await alice.press('#search', 'Enter');
+  await alice.waitForSelector('#search-results button.result', { timeout: WAIT });
+  assert.doesNotMatch(await alice.getAttribute('#search-results button.result', 'title'), /#\d+/);
+  await alice.close();
+  await bob.close();
+});
+
+test('a phone drawer takes the focus, and Tab stays in it (not the search box or buttons behind it)', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await openAt(http, 'thumb', { width: 390, height: 844 });
+  for (const which of ['rooms', 'members']) {
+    await page.focus(`#${which}-toggle`);
+    await page.keyboard.press('Enter');
+    await until(`the ${which} drawer has the focus`, async () => page.evaluate((w) => !!document.activeElement?.closest(`#${w}-panel`), which));
+    for (let i = 0; i < 4; i++) {
+      await page.keyboard.press('Tab');
+      const where = await page.evaluate((w) => (document.activeElement?.closest(`#${w}-panel`) ? 'in' : document.activeElement?.id || document.activeElement?.tagName), which);
+      assert.ok(where === 'in' || where === 'BODY', `Tab ${i + 1} went to ${where}, behind the ${which} drawer`);
+    }
+    await page.keyboard.press('Escape');
+    await until('the focus back on the toggle', async () => page.evaluate((w) => document.activeElement?.id === `${w}-toggle`, which));
+  }
+  await page.close();
+});
+
+test('message links: a room the page is not in is offered, not joined; a bad name or another pair\'s DM is not followed', async () => {
+  const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const o = await wsClient(url, 'owner');
+  o.send({ type: 'join', room: 'elsewhere' });
+  await o.next('joined', (m) => m.type === 'joined');
+  o.send({ type: 'say', room: 'elsewhere', text: 'linked message', cid: 'e1' });
+  const ack = await o.next('acked', (m) => m.type === 'ack');
+  const page = await openChat(http, 'visitor');
+  const rooms = () => page.$$eval('#room-list button', (l) => l.map((b) => b.dataset.room));
+  // Not a room name the server takes: nothing happens.
+  await page.evaluate(() => { location.hash = `#${encodeURIComponent('Hacked! Call +1 555')}/1`; });
+  await page.evaluate(() => { location.hash = '#@alice+bob/1'; });
+  await page.evaluate((seq) => { location.hash = `#elsewhere/${seq}`; }, ack.seq);
+  await page.waitForSelector('#messages button.join-link', { timeout: WAIT });
+  assert.deepEqual(await rooms(), ['lobby'], 'nothing joined by a link');
+  assert.equal(await page.textContent('#room-title'), '#lobby');
+  await page.click('#messages button.join-link');
+  await until('#elsewhere shown with the message', async () => (await page.textContent('#room-title')) === '#elsewhere'
+    && (await texts(page)).includes('linked message'));
+  assert.deepEqual((await rooms()).sort(), ['elsewhere', 'lobby']);
+  await page.close();
+  o.ws.close();
+});
+
+test('"Message someone" with your own nick opens your note-to-self room', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await openChat(http, 'solo');
+  await page.fill('#dm-nick', 'solo'); // exactly as logged in
+  await page.press('#dm-nick', 'Enter');
+  await until('the note-to-self room shown', async () => (await page.textContent('#room-title')) === '@solo');
+  await say(page, 'remember the milk');
+  await until('acked', async () => (await page.$$('#messages li.pending')).length === 0
+    && (await texts(page)).includes('remember the milk'));
+  assert.equal((await page.$$('#messages li.failed')).length, 0);
+  await page.close();
+});
+
+test('a link ends before closing punctuation (…, 」, 。); a message of only invisible characters is not sent', async () => {
+  const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+  const page = await openChat(http, 'linker');
+  await say(page, '\u200b\u200b');
+  await say(page, '「https://example.com/a」 and https://example.com/b… and https://example.com/c。');
+  await until('said', async () => (await page.$$('#messages li.pending')).length === 0 && (await texts(page)).length === 1);
+  const hrefs = await page.$$eval('#messages a.link', (l) => l.map((a) => a.getAttribute('href')));
+  assert.deepEqual(hrefs, ['https://example.com/a', 'https://example.com/b', 'https://example.com/c']);
   await page.close();
 });
