@@ -46,6 +46,31 @@ async fn talker(url: &str, nick: &str) -> Client {
     c
 }
 
+/// A server on port 0, `mochi` talking in its lobby, and `nana` in a terminal, at her prompt.
+struct Scene {
+    server: Proc,
+    url: String,
+    mochi: Client,
+    pty: PtySession,
+}
+
+impl Scene {
+    async fn start(dir: &Path) -> Self {
+        let server = serve(dir, "127.0.0.1:0");
+        let url = server.listening_url();
+        let mochi = talker(&url, "mochi").await;
+        let mut pty = terminal(&url, "nana");
+        pty.exp_string("* joined lobby").unwrap();
+        pty.exp_string("[lobby] > ").unwrap();
+        Scene {
+            server,
+            url,
+            mochi,
+            pty,
+        }
+    }
+}
+
 /// Reads until a message with this text; returns it.
 async fn message(c: &mut Client, text: &str) -> Value {
     loop {
@@ -264,25 +289,21 @@ async fn under_a_terminal_a_lost_connection_is_one_status_line_and_waiting_lines
 #[tokio::test]
 async fn under_a_terminal_ctrl_c_on_a_typed_line_never_quits() {
     let dir = scratch("ctrl-c-draft");
-    let server = serve(&dir, "127.0.0.1:0");
-    let url = server.listening_url();
-    let mut mochi = talker(&url, "mochi").await;
-
-    let mut pty = terminal(&url, "nana");
-    pty.exp_string("* joined lobby").unwrap();
-    pty.exp_string("[lobby] > ").unwrap();
-    pty.send("abc").unwrap();
-    pty.flush().unwrap();
-    pty.exp_string("abc").unwrap();
-    pty.send_control('c').unwrap();
-    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
-    pty.exp_string("[lobby] > ").unwrap();
-    pty.send("important draft").unwrap();
-    pty.flush().unwrap();
-    pty.exp_string("important draft").unwrap();
-    pty.send_control('c').unwrap();
-    pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
-    pty.exp_string("[lobby] > ").unwrap();
+    let Scene {
+        server: _server,
+        url,
+        mut mochi,
+        mut pty,
+    } = Scene::start(&dir).await;
+    // A draft, Ctrl-C; another draft, Ctrl-C: cleared each time, never quitting.
+    for draft in ["abc", "important draft"] {
+        pty.send(draft).unwrap();
+        pty.flush().unwrap();
+        pty.exp_string(draft).unwrap();
+        pty.send_control('c').unwrap();
+        pty.exp_string("* Ctrl-C again or Ctrl-D to quit").unwrap();
+        pty.exp_string("[lobby] > ").unwrap();
+    }
     pty.send_line("still here").unwrap();
     let m = mochi.expect("message").await;
     assert_eq!(m["text"], "still here", "the cleared lines were not sent");
@@ -304,13 +325,12 @@ async fn under_a_terminal_ctrl_c_on_a_typed_line_never_quits() {
 #[tokio::test]
 async fn under_a_terminal_a_pasted_burst_is_delivered_at_once_in_order() {
     let dir = scratch("paste");
-    let server = serve(&dir, "127.0.0.1:0");
-    let url = server.listening_url();
-    let mut mochi = talker(&url, "mochi").await;
-
-    let mut pty = terminal(&url, "nana");
-    pty.exp_string("* joined lobby").unwrap();
-    pty.exp_string("[lobby] > ").unwrap();
+    let Scene {
+        server: _server,
+        url: _,
+        mut mochi,
+        mut pty,
+    } = Scene::start(&dir).await;
     let paste: String = (1..=100).map(|n| format!("burst {n}\r")).collect();
     pty.send(&paste).unwrap();
     pty.flush().unwrap();
