@@ -941,6 +941,21 @@ impl AuthServer {
     }
 }
 
+impl AuthServer {
+    /// `connect --token-file` as `ren`, with a token of 2 s in the file: returned once the
+    /// server has said it expired (the file still holds that token).
+    fn expiring_client(&self) -> (std::path::PathBuf, Proc) {
+        let file = self.dir.join("token");
+        std::fs::write(&file, self.mint("ren", "2s")).unwrap();
+        let mut cmd = nanachat();
+        cmd.args(["connect", &self.url, "--token-file"]).arg(&file);
+        let client = Proc::spawn_with_stdin("ren", cmd, true);
+        client.wait_stderr("* joined lobby");
+        client.wait_stderr("token expired; put a fresh one in");
+        (file, client)
+    }
+}
+
 impl Drop for AuthServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -950,15 +965,7 @@ impl Drop for AuthServer {
 #[test]
 fn real_server_a_token_file_renewed_during_the_grace_keeps_the_client_in() {
     let server = AuthServer::start("real-refresh", "30s");
-    let file = server.dir.join("token");
-    std::fs::write(&file, server.mint("ren", "2s")).unwrap();
-    let mut cmd = nanachat();
-    cmd.args(["connect", &server.url, "--token-file"])
-        .arg(&file);
-    let mut client = Proc::spawn_with_stdin("ren", cmd, true);
-    client.wait_stderr("* joined lobby");
-    // At exp the server says token_expired; the file still holds that token.
-    client.wait_stderr("token expired; put a fresh one in");
+    let (file, mut client) = server.expiring_client();
     client.write_line("said during the grace");
     std::fs::write(&file, server.mint("ren", "1h")).unwrap();
     client.wait_stderr("* token refreshed");
@@ -981,14 +988,7 @@ fn real_server_a_token_file_renewed_during_the_grace_keeps_the_client_in() {
 #[test]
 fn real_server_a_token_that_ended_with_a_new_one_in_the_file_rejoins_and_sends_the_line() {
     let server = AuthServer::start("real-ended-renewed", "1s");
-    let file = server.dir.join("token");
-    std::fs::write(&file, server.mint("ren", "2s")).unwrap();
-    let mut cmd = nanachat();
-    cmd.args(["connect", &server.url, "--token-file"])
-        .arg(&file);
-    let mut client = Proc::spawn_with_stdin("ren", cmd, true);
-    client.wait_stderr("* joined lobby");
-    client.wait_stderr("token expired; put a fresh one in");
+    let (file, mut client) = server.expiring_client();
     client.write_line("said as it ended");
     // In the file now, but read only after the grace (1 s) has ended the connection.
     std::fs::write(&file, server.mint("ren", "1h")).unwrap();
