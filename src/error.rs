@@ -101,11 +101,21 @@ pub enum Error {
 
 /// An I/O error as a person reads it: the system's words, lower case, without "(os error N)".
 pub(crate) fn io_said(err: &std::io::Error) -> String {
-    let text = err.to_string();
-    let text = match text.rfind(" (os error ") {
-        Some(at) if text.ends_with(')') => &text[..at],
-        _ => &text,
-    };
+    const MARK: &str = " (os error ";
+    let mut text = err.to_string();
+    let mut from = 0;
+    // Every " (os error N)" goes, wherever it stands (an error may quote another, then add a
+    // hint of its own after it).
+    while let Some(at) = text[from..].find(MARK).map(|at| from + at) {
+        let digits = &text[at + MARK.len()..];
+        let n = digits.bytes().take_while(u8::is_ascii_digit).count();
+        if n > 0 && digits.as_bytes().get(n) == Some(&b')') {
+            text.replace_range(at..at + MARK.len() + n + 1, "");
+        } else {
+            from = at + MARK.len();
+        }
+    }
+    let text = text.as_str();
     let mut chars = text.chars();
     match chars.next() {
         Some(first) if chars.clone().next().is_some_and(char::is_lowercase) => {
@@ -288,6 +298,25 @@ impl From<tungstenite::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_is_said_without_the_os_number() {
+        let refused = std::io::Error::from_raw_os_error(111);
+        assert_eq!(Error::Io(refused).to_string(), "connection refused");
+        let custom = std::io::Error::other("TLS here (os error x) or not");
+        assert_eq!(
+            Error::Io(custom).to_string(),
+            "TLS here (os error x) or not"
+        );
+        let wrapped = std::io::Error::other(format!(
+            "cannot listen on 127.0.0.1:1: {} (use --reuse-port)",
+            std::io::Error::from_raw_os_error(98)
+        ));
+        assert_eq!(
+            Error::Io(wrapped).to_string(),
+            "cannot listen on 127.0.0.1:1: Address already in use (use --reuse-port)"
+        );
+    }
 
     #[test]
     fn exit_codes_are_documented_ones() {
