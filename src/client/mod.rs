@@ -718,10 +718,7 @@ impl State {
                     self.pump(Some(conn)).await?;
                 }
                 () = async { tokio::time::sleep_until(self.read_at.expect("checked")).await }, if self.read_at.is_some() => {
-                    self.read_at = None;
-                    for (room, seq) in std::mem::take(&mut self.read_due) {
-                        self.outgoing.push(ClientMsg::Read { room, seq });
-                    }
+                    self.queue_reads();
                     self.pump(Some(conn)).await?;
                 }
                 () = async { tokio::time::sleep_until(self.recheck().expect("checked")).await }, if self.recheck().is_some() => {
@@ -1149,6 +1146,17 @@ impl State {
                 .get_or_insert_with(|| Instant::now() + READ_EVERY);
         }
         true
+    }
+
+    /// Queues a `read` for each room shown further than the server knows — only rooms we
+    /// still follow: one left meanwhile would be refused (`not_joined`), a line of noise.
+    fn queue_reads(&mut self) {
+        self.read_at = None;
+        for (room, seq) in std::mem::take(&mut self.read_due) {
+            if self.rooms.contains_key(&room) {
+                self.outgoing.push(ClientMsg::Read { room, seq });
+            }
+        }
     }
 
     /// Whether the server keeps our rooms and reading: we have a key or a token.
@@ -1869,6 +1877,41 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(lines[4], "\x1b[1A\r\x1b[2K\x1b[1A");
+    }
+
+    /// What is shown is told read, but not for a room left since (the server would refuse it:
+    /// a `! not_joined` line out of nowhere).
+    #[tokio::test]
+    async fn reads_are_told_for_the_rooms_still_followed() {
+        let mut state = state();
+        for room in ["lobby", "dev"] {
+            let cursor = Cursor {
+                last_seq: Some(0),
+                epoch: Some(1),
+            };
+            state.rooms.insert(room.into(), cursor);
+        }
+        let (mut out, _lines) = terminal();
+        for room in ["lobby", "dev"] {
+            let m = format!(
+                r#"{{"type":"message","room":"{room}","seq":3,"from":"mochi","text":"hi","time":0}}"#
+            );
+            assert!(state.on_server(&m, &mut out).is_none());
+        }
+        assert!(state.read_at.is_some(), "a read is due");
+        state
+            .on_line(None, "/leave dev".into(), &mut out)
+            .await
+            .unwrap();
+        state.queue_reads();
+        assert_eq!(
+            state.outgoing,
+            [ClientMsg::Read {
+                room: "lobby".into(),
+                seq: 3
+            }]
+        );
+        assert!(state.read_at.is_none() && state.read_due.is_empty());
     }
 
     /// Commands are taken in any case; a room name with a space is said to be one.
