@@ -110,6 +110,282 @@ fn exit_code(mut pty: PtySession) -> i32 {
     }
 }
 
+/// A terminal's screen that rewraps its rows when its width changes, as VTE, kitty, iTerm2,
+/// tmux and Windows Terminal do: what a person sees of the client's output. It knows what the
+/// line editor writes (text, CR, LF, cursor moves, erase in line and below) and ignores other
+/// escape sequences.
+struct Screen {
+    rows: Vec<Row>,
+    row: usize,
+    col: usize,
+    cols: usize,
+}
+
+/// One row of a [`Screen`].
+#[derive(Default)]
+struct Row {
+    text: Vec<char>,
+    /// The row's text goes on in the next row (it was wrapped, not ended by a newline).
+    wraps: bool,
+}
+
+impl Screen {
+    fn new(cols: usize) -> Self {
+        Screen {
+            rows: vec![Row::default()],
+            row: 0,
+            col: 0,
+            cols,
+        }
+    }
+
+    fn feed(&mut self, bytes: &str) {
+        let mut chars = bytes.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\r' => self.col = 0,
+                '\n' => self.down(1),
+                '\x07' => {}
+                '\x1b' => {
+                    if chars.next_if_eq(&'[').is_none() {
+                        chars.next();
+                        continue;
+                    }
+                    let mut params = String::new();
+                    let mut last = ' ';
+                    for c in chars.by_ref() {
+                        if ('\x40'..='\x7e').contains(&c) {
+                            last = c;
+                            break;
+                        }
+                        params.push(c);
+                    }
+                    let n = params.parse::<usize>().unwrap_or(0);
+                    self.csi(last, &params, n);
+                }
+                c => self.put(c),
+            }
+        }
+    }
+
+    fn csi(&mut self, command: char, params: &str, n: usize) {
+        let n1 = n.max(1);
+        match command {
+            'A' => {
+                self.col = self.col.min(self.cols - 1);
+                self.row = self.row.saturating_sub(n1);
+            }
+            'B' => {
+                self.col = self.col.min(self.cols - 1);
+                self.down(n1);
+            }
+            'C' => self.col = (self.col + n1).min(self.cols - 1),
+            'D' => self.col = self.col.min(self.cols - 1).saturating_sub(n1),
+            'K' if params == "2" => self.rows[self.row] = Row::default(),
+            'K' => {
+                let row = &mut self.rows[self.row];
+                row.text.truncate(self.col);
+                row.wraps = false;
+            }
+            'J' => {
+                let row = &mut self.rows[self.row];
+                row.text.truncate(self.col);
+                row.wraps = false;
+                self.rows.truncate(self.row + 1);
+            }
+            _ => {}
+        }
+    }
+
+    fn down(&mut self, n: usize) {
+        self.row += n;
+        while self.rows.len() <= self.row {
+            self.rows.push(Row::default());
+        }
+    }
+
+    fn put(&mut self, c: char) {
+        if self.col >= self.cols {
+            self.rows[self.row].wraps = true;
+            self.down(1);
+            self.col = 0;
+        }
+        let text = &mut self.rows[self.row].text;
+        while text.len() < self.col {
+            text.push(' ');
+        }
+        if self.col < text.len() {
+            text[self.col] = c;
+        } else {
+            text.push(c);
+        }
+        self.col += 1;
+    }
+
+    /// The terminal's new width: rows are rewrapped and the cursor goes where its character went.
+    fn resize(&mut self, cols: usize) {
+        let mut lines: Vec<Vec<char>> = Vec::new();
+        let mut cursor = (0, 0);
+        let mut open = false;
+        for (i, row) in self.rows.iter().enumerate() {
+            if !open {
+                lines.push(Vec::new());
+            }
+            let index = lines.len() - 1;
+            let line = &mut lines[index];
+            if i == self.row {
+                cursor = (index, line.len() + self.col);
+            }
+            line.extend(&row.text);
+            if row.wraps {
+                line.resize(
+                    line.len().max((line.len()).div_ceil(self.cols) * self.cols),
+                    ' ',
+                );
+            }
+            open = row.wraps;
+        }
+        self.cols = cols;
+        self.rows.clear();
+        for (i, line) in lines.iter().enumerate() {
+            let chunks: Vec<&[char]> = line.chunks(cols).collect();
+            let first = self.rows.len();
+            if chunks.is_empty() {
+                self.rows.push(Row::default());
+            }
+            for (k, chunk) in chunks.iter().enumerate() {
+                self.rows.push(Row {
+                    text: chunk.to_vec(),
+                    wraps: k + 1 < chunks.len(),
+                });
+            }
+            if i == cursor.0 {
+                let (row, col) = (cursor.1 / cols, cursor.1 % cols);
+                // The cursor just after a full row stays at its end (a pending wrap).
+                let (row, col) = match (row, col) {
+                    (r, 0) if r > 0 && r == chunks.len() => (r - 1, cols),
+                    rc => rc,
+                };
+                self.row = first + row;
+                self.col = col;
+                self.down(0);
+            }
+        }
+    }
+
+    /// Every line on the screen (rows joined where they wrap), without trailing blanks.
+    fn lines(&self) -> Vec<String> {
+        let mut lines = vec![String::new()];
+        for row in &self.rows {
+            lines.last_mut().unwrap().extend(&row.text);
+            if !row.wraps {
+                lines.push(String::new());
+            }
+        }
+        lines
+            .iter()
+            .map(|l| l.trim_end().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+/// Gives the pseudo-terminal a new size, as a terminal window does when it is resized (the
+/// kernel sends the client SIGWINCH).
+fn resize(pty: &PtySession, cols: usize) {
+    use std::os::fd::AsRawFd;
+    let master = pty.process().get_file_handle().unwrap();
+    let info =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", master.as_raw_fd())).unwrap();
+    let index = info
+        .lines()
+        .find_map(|l| l.strip_prefix("tty-index:"))
+        .expect("a pseudo-terminal's index in fdinfo")
+        .trim()
+        .to_owned();
+    let status = std::process::Command::new("stty")
+        .args([
+            "-F",
+            &format!("/dev/pts/{index}"),
+            "cols",
+            &cols.to_string(),
+            "rows",
+            "24",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The end of a redraw of the line being typed (rustyline's synchronized update).
+const REDRAWN: &str = "\x1b[?2026l";
+
+/// Issue 19 item 5: a resize redraws the line being typed cleanly, on a terminal that rewraps
+/// its rows (as most do): narrowing leaves no copy of the prompt and the line above it, and
+/// widening erases none of the output above it. The line typed is then sent whole.
+#[tokio::test]
+async fn under_a_terminal_a_resize_redraws_the_line_being_typed_once() {
+    let dir = scratch("resize");
+    let Scene {
+        server: _server,
+        mut mochi,
+        mut pty,
+        ..
+    } = Scene::start(&dir).await;
+    resize(&pty, 80);
+    let mut seen = String::new();
+    mochi.say("lobby", "hello from mochi", "m1").await;
+    seen += &pty.exp_string("hello from mochi").unwrap();
+    seen += "hello from mochi";
+    let typed: String = ('a'..='z').cycle().take(60).collect();
+    pty.send(&typed).unwrap();
+    pty.flush().unwrap();
+    seen += &pty.exp_string(&typed).unwrap();
+    seen += &typed;
+    let mut screen = Screen::new(80);
+    screen.feed(&seen);
+    let shown = |screen: &Screen| screen.lines().join("\n");
+    let prompt_and_line = format!("[lobby] > {typed}");
+    assert!(
+        screen.lines().contains(&prompt_and_line),
+        "{}",
+        shown(&screen)
+    );
+    // 70 columns of prompt and line: two rows at 40, one again at 80; then with the cursor at
+    // the start of the line, not at its end.
+    for (cols, then) in [
+        (40, ""),
+        (80, ""),
+        (30, ""),
+        (100, "\x01"),
+        (40, ""),
+        (80, ""),
+    ] {
+        resize(&pty, cols);
+        screen.resize(cols);
+        let redraw = pty.exp_string(REDRAWN).unwrap();
+        screen.feed(&redraw);
+        let lines = screen.lines();
+        let shown = lines.join("\n");
+        let prompts: usize = lines.iter().map(|l| l.matches("[lobby] > ").count()).sum();
+        assert_eq!(prompts, 1, "at {cols} columns:\n{shown}");
+        assert_eq!(lines.last(), Some(&prompt_and_line), "at {cols}:\n{shown}");
+        let above = &lines[lines.len() - 2];
+        assert!(above.ends_with("hello from mochi"), "at {cols}:\n{shown}");
+        if !then.is_empty() {
+            // Ctrl-A: the cursor goes back 60 columns, to just after the prompt.
+            pty.send(then).unwrap();
+            pty.flush().unwrap();
+            let moved = "\x1b[60D";
+            let before = pty.exp_string(moved).unwrap();
+            screen.feed(&(before + moved));
+        }
+    }
+    pty.send("\r").unwrap();
+    pty.flush().unwrap();
+    assert_eq!(message(&mut mochi, &typed).await["from"], "nana");
+}
+
 /// Issue 19 item 3: the current room is in the prompt; `/join` of a room already joined
 /// switches to it without an error; `/switch` moves between joined rooms (and to `@nick`, a
 /// DM); a first join shows the members and the last lines; `/leave` of the current room moves

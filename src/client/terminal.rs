@@ -131,9 +131,8 @@ fn restore_terminal(saved: &str) -> bool {
 /// room waits (briefly) for the client, so that the next prompt names the room. Ctrl-N and Ctrl-P switch to the user's next and previous room
 /// (`/switch >`, `/switch <`, as irssi's windows), keeping the line being typed (history is on
 /// the arrows; Alt-digits are rustyline's repeat counts, not free to bind). On a resize
-/// (SIGWINCH) rustyline redraws the line if it wraps at the new width, from the row its old
-/// layout says; a terminal that reflows its rows itself can leave a copy above (rustyline's
-/// handler replaces any other while it reads, so the client cannot redraw for it).
+/// (SIGWINCH) rustyline redraws the line from the rows where the terminal has rewrapped it at
+/// the new width (the project's copy of rustyline: see `vendor/rustyline/NANACHAT.md`).
 fn line_editor(tx: tokio::sync::mpsc::Sender<Input>, room: &str) -> Result<(Output, Editor)> {
     use rustyline::ExternalPrinter;
     use rustyline::error::ReadlineError;
