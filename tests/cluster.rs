@@ -587,8 +587,9 @@ async fn a_nick_is_taken_on_every_process_of_an_open_server() {
 }
 
 /// Issue 19: a rename (`nick`) in a cluster: the new nick is claimed on every process, the
-/// old one is let go (its key still holds it), and the room on the other process sees the old
-/// nick leave and the new one join.
+/// old one is let go (its key still holds it), the user's connection on the other process
+/// takes the new nick too (told `renamed`, speaking and reached by DMs as it), and the room on
+/// the other process sees the old nick leave and the new one join.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rename_is_seen_and_held_on_every_process() {
     let (pg, redis) = (Postgres::start(), Redis::start());
@@ -597,8 +598,12 @@ async fn a_rename_is_seen_and_held_on_every_process() {
     let keyed = |nick: &str| json!({"type": "hello", "nick": nick, "key": "mochi's key"});
     let (mut mochi, answer) = Client::hello(&urls[0], keyed("mochi")).await;
     assert_eq!(answer["type"], "welcome", "{answer}");
+    // The same user on the other process (her phone), in the lobby too.
+    let (mut phone, answer) = Client::hello(&urls[1], keyed("mochi")).await;
+    assert_eq!(answer["type"], "welcome", "{answer}");
     let mut nana = Client::connect(&urls[1], "nana").await;
     mochi.join("lobby", None).await;
+    phone.join("lobby", None).await;
     nana.join("lobby", None).await;
     within("mochi in the lobby, seen from the other process", async {
         while !nana.who().await["nicks"]
@@ -616,12 +621,22 @@ async fn a_rename_is_seen_and_held_on_every_process() {
         .await;
     nana.wait_for("mochi2 joins", presence("mochi2", "join"))
         .await;
+    phone
+        .wait_for("renamed on the other process", |v| {
+            v["type"] == "renamed" && v["from"] == "mochi" && v["to"] == "mochi2"
+        })
+        .await;
     within("only mochi2 in the lobby", async {
         while nana.who().await["nicks"] != json!(["mochi2", "nana"]) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
+    phone.say("from the phone", "p1").await;
+    let m = nana
+        .wait_for("the phone's line", |v| v["text"] == "from the phone")
+        .await;
+    assert_eq!(m["from"], "mochi2", "{m}");
     // The new nick is held on the other process too; the old one is free to its key only.
     let (_, answer) = Client::hello(&urls[1], json!({"type": "hello", "nick": "mochi2"})).await;
     assert_eq!(answer["code"], "nick_taken", "{answer}");
@@ -633,6 +648,9 @@ async fn a_rename_is_seen_and_held_on_every_process() {
     nana.send(json!({"type": "dm", "to": "mochi2", "text": "found you", "cid": "n1"}))
         .await;
     mochi.wait_for("the dm", |v| v["text"] == "found you").await;
+    phone
+        .wait_for("the dm on the phone", |v| v["text"] == "found you")
+        .await;
 }
 
 /// Issue 15: nicks are unique whatever their case on every process (the claims in Redis are

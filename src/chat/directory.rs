@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::cluster::{Broker, Cluster};
 use super::hub::Hub;
-use super::types::{ConnId, nick_key};
+use super::types::{ConnId, Floors, nick_key};
 use crate::Result;
 use crate::protocol::{ChatMessage, ErrorCode, ServerMsg};
 use crate::store::Store;
@@ -218,6 +218,22 @@ impl<S: Store> Directory<S> {
             }
         }
         Ok(self.hub.close_nick(nick, reason))
+    }
+
+    /// Tells the other processes that a user renamed itself from `from` to `to` at `at` (ms
+    /// since the epoch): its connections there take `to` too, reading its direct messages
+    /// above `floors`. Nothing to do on a lone process.
+    pub(super) async fn renamed(
+        &self,
+        from: &str,
+        to: &str,
+        at: i64,
+        floors: &Floors,
+    ) -> Result<()> {
+        match &self.cluster {
+            Some(cluster) => cluster.rename(from, to, at, floors).await,
+            None => Ok(()),
+        }
     }
 
     /// Lifts `nick`'s ban (on every process); whether there was one.

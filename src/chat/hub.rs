@@ -84,6 +84,9 @@ struct Conn {
     /// Its nick's direct messages reach it (false while its session makes sure the nick is
     /// its own: see [`Hub::listen`]).
     listening: bool,
+    /// When it took its nick (ms since the epoch): a rename on another process takes only
+    /// the connections that had it by then (see [`Hub::renamed_elsewhere`]).
+    since_ms: i64,
 }
 
 /// The hub's counters, for metrics.
@@ -453,6 +456,7 @@ impl Hub {
                 rooms: SmallSet::default(),
                 listening: floors.is_some(),
                 floors: floors.unwrap_or_default(),
+                since_ms: crate::clock::now_ms(),
             },
         );
         state.feed(ONLINE, nick, 1, key);
@@ -489,60 +493,61 @@ impl Hub {
             return Err(ErrorCode::HelloFirst);
         };
         let old = conn.nick.clone();
-        let (old_key, new_key) = (nick_key(&old), nick_key(nick));
         // The nicks online are counted by identity: a change of case changes nothing there.
-        let another = old_key != new_key;
-        if another && state.nicks.contains_key(&new_key) {
+        if nick_key(&old) != nick_key(nick) && state.nicks.contains_key(&nick_key(nick)) {
             return Err(ErrorCode::NickTaken);
         }
-        let held = state.nicks.remove(&old_key);
-        let key = held.as_ref().and_then(|n| n.key.clone());
-        let conns = held.map_or_else(|| vec![id], |n| n.conns.0);
-        let mut told = BTreeSet::new();
-        for conn in &conns {
-            let rooms = state.conns.get(conn).map(|c| c.rooms.clone());
-            for room in rooms.iter().flat_map(|r| r.iter()) {
-                if room.starts_with('@') {
-                    // The old nick's direct-message rooms are its next holder's, not theirs.
-                    if another {
-                        state.leave_room(*conn, room, true);
-                    }
-                } else if state.feed(room, &old, -1, None) {
-                    state.feed(room, nick, 1, None);
-                } else if state.tells_presence(room) {
-                    told.insert(room.clone());
-                }
-            }
-            if another {
-                state.feed(ONLINE, &old, -1, key.as_deref());
-                state.feed(ONLINE, nick, 1, key.as_deref());
-            }
-            if let Some(c) = state.conns.get_mut(conn) {
-                c.nick = nick.to_owned();
-                if another {
-                    c.floors = Floors::default();
-                    c.listening = false;
-                }
-            }
-        }
-        state.nicks.insert(
-            new_key,
-            Nick {
-                shown: nick.to_owned(),
-                key,
-                conns: SmallSet(conns.clone()),
-            },
-        );
-        for room in told {
-            let msg = ServerMsg::Presence {
-                room: room.clone(),
-                nick: nick.to_owned(),
-                event: PresenceEvent::Renamed,
-                from: Some(old.clone()),
-            };
-            state.broadcast(&room, &Delivery::new(&msg), None);
-        }
+        let conns = state
+            .nicks
+            .get(&nick_key(&old))
+            .map_or_else(|| vec![id], |n| n.conns.0.clone());
+        state.rename(&old, nick, &conns);
         Ok(Renamed { old, conns })
+    }
+
+    /// Another process renamed a user from `old` to `nick` at `at` (ms since the epoch): its
+    /// connections here that took `old` before then take `nick` the same way (see
+    /// [`rename`](Self::rename)), and are told `renamed`. A connection that took `old` after
+    /// (the user taking it back) keeps it. Their reading of `nick`'s direct-message rooms
+    /// starts at `floors` (as the renaming process found them). Returns how many were
+    /// renamed; none if another user holds `nick` here.
+    pub(crate) fn renamed_elsewhere(
+        &self,
+        old: &str,
+        nick: &str,
+        at: i64,
+        floors: Floors,
+    ) -> usize {
+        let mut state = self.state();
+        let Some(held) = state.nicks.get(&nick_key(old)) else {
+            return 0;
+        };
+        let another = nick_key(old) != nick_key(nick);
+        if another
+            && let Some(other) = state.nicks.get(&nick_key(nick))
+            && other.key != held.key
+        {
+            return 0;
+        }
+        let conns: Vec<ConnId> = held
+            .conns
+            .iter()
+            .copied()
+            .filter(|id| !another || state.conns.get(id).is_some_and(|c| c.since_ms <= at))
+            .collect();
+        state.rename(old, nick, &conns);
+        let msg = ServerMsg::Renamed {
+            from: old.to_owned(),
+            to: nick.to_owned(),
+        };
+        for id in &conns {
+            if another && let Some(conn) = state.conns.get_mut(id) {
+                conn.floors = floors.clone();
+                conn.listening = true;
+            }
+            state.send_one(*id, &msg);
+        }
+        conns.len()
     }
 
     /// Sends `msg` to each of `conns` (rendered for its mode), as the hub sends everything.
@@ -978,6 +983,68 @@ impl State {
             });
         }
         true
+    }
+
+    /// `conns`, connections of `old`, take `nick`: they keep their rooms but the direct-message
+    /// rooms of `old` (each is told `left` for those), and the members of their rooms are told
+    /// `renamed` (in a cluster, where presence goes through Redis, they see `old` leave and
+    /// `nick` join). Another nick's direct messages reach them once [`Hub::listen`] says where
+    /// their reading of them starts. The caller has checked that `nick` is free to them.
+    fn rename(&mut self, old: &str, nick: &str, conns: &[ConnId]) {
+        let (old_key, new_key) = (nick_key(old), nick_key(nick));
+        let another = old_key != new_key;
+        let key = self.nicks.get(&old_key).and_then(|n| n.key.clone());
+        if let Some(held) = self.nicks.get_mut(&old_key) {
+            held.conns.0.retain(|c| !conns.contains(c));
+            if held.conns.is_empty() {
+                self.nicks.remove(&old_key);
+            }
+        }
+        let mut told = BTreeSet::new();
+        for conn in conns {
+            let rooms = self.conns.get(conn).map(|c| c.rooms.clone());
+            for room in rooms.iter().flat_map(|r| r.iter()) {
+                if room.starts_with('@') {
+                    // The old nick's direct-message rooms are its next holder's, not theirs.
+                    if another {
+                        self.leave_room(*conn, room, true);
+                    }
+                } else if self.feed(room, old, -1, None) {
+                    self.feed(room, nick, 1, None);
+                } else if self.tells_presence(room) {
+                    told.insert(room.clone());
+                }
+            }
+            if another {
+                self.feed(ONLINE, old, -1, key.as_deref());
+                self.feed(ONLINE, nick, 1, key.as_deref());
+            }
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.nick = nick.to_owned();
+                if another {
+                    c.floors = Floors::default();
+                    c.listening = false;
+                }
+            }
+        }
+        let held = self.nicks.entry(new_key).or_insert_with(|| Nick {
+            shown: nick.to_owned(),
+            key,
+            conns: SmallSet::default(),
+        });
+        held.shown = nick.to_owned();
+        for conn in conns {
+            held.conns.insert(*conn);
+        }
+        for room in told {
+            let msg = ServerMsg::Presence {
+                room: room.clone(),
+                nick: nick.to_owned(),
+                event: PresenceEvent::Renamed,
+                from: Some(old.to_owned()),
+            };
+            self.broadcast(&room, &Delivery::new(&msg), None);
+        }
     }
 
     fn release_nick(&mut self, id: ConnId, nick: &str) {

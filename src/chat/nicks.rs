@@ -185,19 +185,22 @@ impl<S: Store> Session<S> {
                 )?;
             }
         }
+        let at = crate::clock::now_ms();
         let renamed = self
             .hub()
             .rename(self.id, nick)
             .or_else(|code| refuse(code, format!("{nick} is taken")))?;
+        let mut floors = Floors::default();
         if !own {
             // The user has let go of its old nick: if the new one turns out not to be its own
             // after all (bound meanwhile), this connection ends (the others keep the nick
             // until they next say hello).
             match self.hold(nick, key.as_deref(), bound.is_none()).await {
-                Ok(floors) => {
+                Ok(held) => {
                     for conn in &renamed.conns {
-                        self.hub().listen(*conn, floors.clone());
+                        self.hub().listen(*conn, held.clone());
                     }
+                    floors = held;
                 }
                 Err(Refusal(_, why)) => return Err(Failure::Fatal(Error::Policy(why))),
             }
@@ -211,6 +214,16 @@ impl<S: Store> Session<S> {
             if self.known {
                 self.carry_read_state(&renamed.old, nick).await?;
             }
+        }
+        // The user's connections on the other processes follow (best effort: one that missed
+        // it keeps the old nick, still the user's, until it next says hello).
+        if let Err(err) = self
+            .chat
+            .directory
+            .renamed(&renamed.old, nick, at, &floors)
+            .await
+        {
+            warn!(cause = %err, "a rename not passed on to the other processes");
         }
         // Held now: a nick banned meanwhile ends the connection, as at hello.
         self.refuse_banned(nick).await.map_err(Failure::Fatal)?;

@@ -51,7 +51,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::hub::Hub;
-use super::types::{Change, chat_message, dm_pair};
+use super::types::{Change, Floors, chat_message, dm_pair};
 use crate::Result;
 use crate::protocol::{ChatMessage, ServerMsg};
 use crate::store::{MAX_PAGE, Page, Store};
@@ -181,6 +181,21 @@ impl<S: Store> Cluster<S> {
     /// connecting to any of them for that long.
     pub(crate) async fn kick(&self, nick: &str, reason: &str, ban: Option<Duration>) -> Result<()> {
         self.shared.link.publish_kick(nick, reason, ban).await
+    }
+
+    /// Tells the other processes that a user renamed itself from `from` to `to` at `at` (ms
+    /// since the epoch): its connections there take `to` (see [`Hub::renamed_elsewhere`]).
+    pub(crate) async fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        at: i64,
+        floors: &Floors,
+    ) -> Result<()> {
+        self.shared
+            .link
+            .publish_rename(from, to, at, floors.to_vec())
+            .await
     }
 
     /// The public rooms with members on any process and how many nicks each has, by name.
@@ -612,6 +627,17 @@ fn hear<S: Store>(inner: &Arc<Shared<S>>, msg: &::redis::Msg) {
         }
         Some(Heard::Kick(nick, reason)) => {
             inner.hub.close_nick(&nick, &reason);
+        }
+        Some(Heard::Rename {
+            from,
+            to,
+            at,
+            floors,
+        }) => {
+            let n = inner
+                .hub
+                .renamed_elsewhere(&from, &to, at, Floors::new(floors));
+            debug!(renamed = n, "a rename on another process");
         }
         None => {}
     }

@@ -491,6 +491,28 @@ impl Link {
         self.run(&pipe).await
     }
 
+    /// Publishes that a user renamed itself from `from` to `to` at `at` (ms since the epoch),
+    /// with the floors of `to`'s direct-message rooms, on the channel every process hears.
+    pub(super) async fn publish_rename(
+        &self,
+        from: &str,
+        to: &str,
+        at: i64,
+        floors: Vec<(String, u64)>,
+    ) -> Result<()> {
+        let note = RenameNote {
+            node: self.node.clone(),
+            rename: from.to_owned(),
+            to: to.to_owned(),
+            at,
+            floors,
+        };
+        let json = serde_json::to_string(&note)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH").arg(MESSAGES).arg(json).ignore();
+        self.run(&pipe).await
+    }
+
     /// Lifts `nick`'s ban; whether there was one.
     pub(super) async fn unban(&self, nick: &str) -> Result<bool> {
         let mut pipe = redis::pipe();
@@ -824,8 +846,23 @@ struct KickNote {
     reason: String,
 }
 
+/// A user's connections to take another nick (a `nick` request on one process), on
+/// [`MESSAGES`].
+#[derive(Debug, Serialize, Deserialize)]
+struct RenameNote {
+    node: String,
+    /// The nick it had.
+    rename: String,
+    /// The nick it took.
+    to: String,
+    /// When (ms since the epoch): connections that took `rename` later keep it.
+    at: i64,
+    /// Where the new nick's reading of its direct-message rooms starts.
+    floors: Vec<(String, u64)>,
+}
+
 /// What a message channel carries: a stored message or event, a typing note, a read
-/// position or a disconnect.
+/// position, a disconnect or a rename.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum OnRoom {
@@ -833,6 +870,7 @@ enum OnRoom {
     Typing(TypingNote),
     Read(ReadNote),
     Kick(KickNote),
+    Rename(RenameNote),
 }
 
 /// What goes over [`PRESENCE`].
@@ -856,6 +894,17 @@ pub(super) enum Heard {
     Read(String, String, u64),
     /// Every connection of a nick to be closed: (nick, reason).
     Kick(String, String),
+    /// A user took another nick.
+    Rename {
+        /// The nick it had.
+        from: String,
+        /// The nick it took.
+        to: String,
+        /// When (ms since the epoch).
+        at: i64,
+        /// Where the new nick's reading of its direct-message rooms starts.
+        floors: Vec<(String, u64)>,
+    },
 }
 
 /// What `msg` says, unless it is this process's own message or not one of ours.
@@ -871,6 +920,12 @@ pub(super) fn heard(msg: &redis::Msg, node: &str) -> Option<Heard> {
                 OnRoom::Typing(t) => (t.node != node).then_some(Heard::Typing(t.room, t.typing)),
                 OnRoom::Read(r) => (r.node != node).then_some(Heard::Read(r.reader, r.room, r.seq)),
                 OnRoom::Kick(k) => (k.node != node).then_some(Heard::Kick(k.kick, k.reason)),
+                OnRoom::Rename(r) => (r.node != node).then_some(Heard::Rename {
+                    from: r.rename,
+                    to: r.to,
+                    at: r.at,
+                    floors: r.floors,
+                }),
             }
         }
         PRESENCE => {
