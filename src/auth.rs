@@ -195,25 +195,11 @@ fn parse_secrets(text: &[u8]) -> Result<Vec<hmac::Key>> {
         .collect())
 }
 
-/// Reads a secret file, refusing one that group or others may read or write, as ssh does
-/// with keys: the secret signs every token, so whoever reads it may be anyone.
-fn read_secret_file(path: &Path) -> Result<Vec<u8>> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|err| Error::file("read the auth secret from", path, err))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(Error::Config(format!(
-                "auth secret file {} is open to other users (mode {mode:04o}): `chmod 600 {}`",
-                path.display(),
-                path.display()
-            )));
-        }
-    }
-    std::fs::read(path).map_err(|err| Error::file("read the auth secret from", path, err))
-}
+/// The auth secrets' file: refused if others may read it.
+const SECRET_FILE: crate::config::SecretFile = crate::config::SecretFile {
+    holds: "auth secret",
+    reading: "read the auth secret from",
+};
 
 impl Auth {
     /// Tokens signed with `secret`: one secret per line (the first signs, all verify);
@@ -225,7 +211,7 @@ impl Auth {
     /// The secrets in `path` (see [`Auth::new`]), re-read by [`Auth::reload`]. A file that
     /// group or others may read is refused.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let keys = parse_secrets(&read_secret_file(path)?)
+        let keys = parse_secrets(&SECRET_FILE.read(path)?)
             .map_err(|err| Error::Config(format!("{}: {err}", path.display())))?;
         Self::build(keys, Some(path.to_owned()), Expect::default())
     }
@@ -267,7 +253,7 @@ impl Auth {
         let Some(path) = &self.inner.file else {
             return Ok(self.keys().len());
         };
-        let keys = parse_secrets(&read_secret_file(path)?)
+        let keys = parse_secrets(&SECRET_FILE.read(path)?)
             .map_err(|err| Error::Config(format!("{}: {err}", path.display())))?;
         let n = keys.len();
         *self

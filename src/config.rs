@@ -328,3 +328,46 @@ mod redact_tests {
         assert_eq!(redact_url("hunter2"), "***");
     }
 }
+
+/// A file of secrets: the auth secrets, the webhook secret, the API keys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SecretFile {
+    /// What it holds, as errors name it ("auth secret").
+    pub(crate) holds: &'static str,
+    /// What reading it is, for [`Error::file`] ("read the auth secret from").
+    pub(crate) reading: &'static str,
+}
+
+impl SecretFile {
+    /// Reads `path`, refusing a file that group or others may read or write, as ssh does with
+    /// keys: whoever can read a secret can sign tokens, forge webhooks or use the API.
+    pub(crate) fn read(self, path: &std::path::Path) -> Result<Vec<u8>> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta =
+                std::fs::metadata(path).map_err(|err| Error::file(self.reading, path, err))?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::Config(format!(
+                    "{} file {} is open to other users (mode {mode:04o}): `chmod 600 {}`",
+                    self.holds,
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+        std::fs::read(path).map_err(|err| Error::file(self.reading, path, err))
+    }
+
+    /// [`read`](Self::read), as text.
+    pub(crate) fn read_text(self, path: &std::path::Path) -> Result<String> {
+        String::from_utf8(self.read(path)?).map_err(|_| {
+            Error::Config(format!(
+                "{} file {} is not UTF-8 text",
+                self.holds,
+                path.display()
+            ))
+        })
+    }
+}

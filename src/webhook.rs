@@ -90,8 +90,11 @@ impl WebhookConfig {
         for url in &urls {
             Endpoint::parse(url)?;
         }
-        let text = std::fs::read_to_string(secret_file)
-            .map_err(|err| Error::file("read the webhook secret from", secret_file, err))?;
+        let text = crate::config::SecretFile {
+            holds: "webhook secret",
+            reading: "read the webhook secret from",
+        }
+        .read_text(secret_file)?;
         let secret = text.lines().next().unwrap_or("").trim();
         if secret.len() < 16 {
             return Err(Error::Config(format!(

@@ -347,7 +347,8 @@ fn an_open_server_says_so() {
 }
 
 /// Like ssh with keys: a secret file others may read is refused, one line, exit 2, for `serve`
-/// and `token` alike. Fails on the code before issue 15 (the server started).
+/// and `token` alike, and so are a webhook secret and an API key file. Fails on the code
+/// before issue 15 (the server started), and for the last two before issue 19.
 #[test]
 fn a_secret_file_open_to_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
@@ -384,6 +385,44 @@ fn a_secret_file_open_to_others_is_refused() {
         .arg(&secret);
     let mut token = Proc::spawn("token with a 0644 secret", cmd);
     assert_eq!(token.wait_exit().code(), Some(2), "{}", token.stderr_text());
+
+    // The same file, 16 characters or more on its first line, as a webhook secret and as API
+    // keys: each refused alike, and the server starts once it is 0600.
+    let data = dir.join("data");
+    let hook = [
+        "--webhook-url",
+        "http://127.0.0.1:9/hook",
+        "--webhook-secret-file",
+    ];
+    for (what, flags) in [
+        ("webhook secret", &hook[..]),
+        ("API key", &["--api-key-file"]),
+    ] {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let serve = |name| {
+            let mut cmd = nanachat();
+            cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+                .arg(&data)
+                .args(flags)
+                .arg(&secret);
+            Proc::spawn(name, cmd)
+        };
+        let mut server = serve("serve with a 0644 file");
+        assert_eq!(
+            server.wait_exit().code(),
+            Some(2),
+            "{what}: {}",
+            server.stderr_text()
+        );
+        let stderr = server.stderr_text();
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+        assert!(
+            stderr.contains(what) && stderr.contains("0644") && stderr.contains("chmod 600"),
+            "{what}: {stderr}"
+        );
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        serve("serve with a 0600 file").listening_url();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

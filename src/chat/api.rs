@@ -68,8 +68,11 @@ impl ApiKeys {
 
     /// Reads the file again; on an error the keys in force stay. How many keys it holds.
     pub fn reload(&self) -> Result<usize> {
-        let text = std::fs::read_to_string(&self.file)
-            .map_err(|err| Error::file("read", &self.file, err))?;
+        let text = crate::config::SecretFile {
+            holds: "API key",
+            reading: "read",
+        }
+        .read_text(&self.file)?;
         let mut digests = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let key = line.trim();
