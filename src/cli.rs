@@ -115,6 +115,44 @@ impl Command {
     }
 }
 
+/// `NANACHAT_*` variables in `vars` that no command reads but that look like one it does
+/// (`NANACHAT_ALLOWED_ORIGINS` for `NANACHAT_ALLOWED_ORIGIN`): one line each, naming the one
+/// meant. A setting in a misspelt variable is otherwise silently not in force. Variables far
+/// from every setting (other tools') are left alone.
+pub fn stray_variables(vars: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut known = Vec::new();
+    let mut commands = vec![Cli::command()];
+    while let Some(command) = commands.pop() {
+        known.extend(
+            command
+                .get_arguments()
+                .filter_map(|arg| arg.get_env()?.to_str().map(str::to_owned)),
+        );
+        commands.extend(command.get_subcommands().cloned());
+    }
+    let mut lines = Vec::new();
+    for var in vars {
+        if !var.starts_with("NANACHAT_") || known.contains(&var) {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .map(|k| (strsim::levenshtein(k, &var), k))
+            .min();
+        // Close: two edits at most, and at most one in four letters of the name.
+        let letters = var.len() - "NANACHAT_".len();
+        if let Some((distance, meant)) = closest
+            && distance <= 2
+            && distance * 4 <= letters
+        {
+            lines.push(format!(
+                "{var} is not a setting, so it is ignored: did you mean {meant}?"
+            ));
+        }
+    }
+    lines
+}
+
 /// The two sides of the seed's pair.
 #[derive(Debug, Subcommand)]
 pub enum DemoSide {
@@ -479,4 +517,31 @@ fn measured_something(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_variable_is_named_with_the_one_meant_and_others_are_left_alone() {
+        let vars = [
+            "NANACHAT_ALLOWED_ORIGINS",
+            "NANACHAT_MAX_TEXT_CHAR",
+            "NANACHAT_RATE",
+            "NANACHAT_BIN",
+            "NANACHAT_TOOLS",
+            "NANACHAT_PYTHON10",
+            "NANACHAT_NODE",
+            "PATH",
+        ];
+        let lines = stray_variables(vars.map(str::to_owned));
+        assert_eq!(
+            lines,
+            [
+                "NANACHAT_ALLOWED_ORIGINS is not a setting, so it is ignored: did you mean NANACHAT_ALLOWED_ORIGIN?",
+                "NANACHAT_MAX_TEXT_CHAR is not a setting, so it is ignored: did you mean NANACHAT_MAX_TEXT_CHARS?",
+            ]
+        );
+    }
 }

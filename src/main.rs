@@ -50,6 +50,10 @@ fn init_logging(format: LogFormat) {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(args) => {
+            let vars = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+            for line in nanachat::cli::stray_variables(vars) {
+                tracing::warn!("{line}");
+            }
             let plan = args.plan()?;
             if args.check_config {
                 print!("{}", args.effective());

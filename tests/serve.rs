@@ -356,3 +356,19 @@ fn the_log_says_at_start_which_origins_may_connect() {
         assert!(line.contains(policy), "{options:?}: {line}");
     }
 }
+
+/// A setting in a misspelt variable is not silently out of force: `serve` says which variable
+/// was meant (an attacker of issue 18's docs set `NANACHAT_ALLOWED_ORIGINS` and saw nothing).
+#[test]
+fn a_misspelt_variable_is_named_at_start() {
+    let mut cmd = nanachat();
+    cmd.args(["serve", "--memory", "--addr", "127.0.0.1:0"])
+        .env("NANACHAT_ALLOWED_ORIGINS", "https://chat.example.org");
+    let server = Proc::spawn("serve with a misspelt variable", cmd);
+    let line = server.wait_stderr("NANACHAT_ALLOWED_ORIGINS");
+    assert!(
+        line.contains("did you mean NANACHAT_ALLOWED_ORIGIN?"),
+        "{line}"
+    );
+    server.listening_url();
+}
