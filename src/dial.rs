@@ -155,6 +155,64 @@ fn tls_failed(target: &Target, err: &std::io::Error) -> Error {
     ))
 }
 
+/// The server answered the handshake with an HTTP refusal (`status`, and `body`: a nanachat
+/// server's says why in one line): one sentence that names what was refused. What the user
+/// gave — a token, an origin — is theirs to change (exit 2); a limit or a busy server is a
+/// failure of the moment (exit 1).
+fn http_refusal(target: &Target, status: http::StatusCode, body: &[u8]) -> Error {
+    let uri = target.uri();
+    let why = String::from_utf8_lossy(body);
+    let why: String = why
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .trim_matches('"')
+        .chars()
+        .take(200)
+        .collect();
+    let why = crate::shown::escaped(&why).into_owned();
+    let because = |fallback: &str| {
+        if why.is_empty() {
+            fallback.to_owned()
+        } else {
+            why.clone()
+        }
+    };
+    match status.as_u16() {
+        401 => Error::Config(format!(
+            "the server at {uri} refused the token in the URL ({}): get a valid one \
+             (`nanachat token --sub NICK`, or ask its operator) and connect again",
+            because("no reason given")
+        )),
+        403 => Error::Config(format!(
+            "the server at {uri} refused this client ({}): a proxy or the server's \
+             --allowed-origin stands in the way; ask its operator",
+            because("forbidden")
+        )),
+        429 => Error::Handshake(format!(
+            "the server at {uri} refused the connection: too many from this address ({}); \
+             close some, or wait a moment and connect again",
+            because("a per-address limit")
+        )),
+        503 => Error::Handshake(format!(
+            "the server at {uri} cannot take a connection now ({}); try again in a moment",
+            because("busy or shutting down")
+        )),
+        _ => {
+            let reason = if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            };
+            Error::Handshake(format!(
+                "the server at {uri} answered HTTP {status}{reason}, not a WebSocket: is the URL \
+                 right?"
+            ))
+        }
+    }
+}
+
 /// A URL whose port is not one TCP has.
 fn port_out_of_range(url: &str, port: &str) -> Error {
     Error::Config(format!(
@@ -264,7 +322,15 @@ pub async fn connect_from(
             CloseGate::client(transport),
             Some(config.websocket_config()),
         )
-        .await?;
+        .await
+        .map_err(|err| match err {
+            tokio_tungstenite::tungstenite::Error::Http(response) => http_refusal(
+                target,
+                response.status(),
+                response.body().as_deref().unwrap_or_default(),
+            ),
+            other => Error::from(other),
+        })?;
         if let Some(p) = subprotocol {
             let agreed = response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL);
             if agreed.and_then(|v| v.to_str().ok()) != Some(p) {
