@@ -1781,7 +1781,16 @@ fn refusal(code: ErrorCode, message: &str) -> String {
              report it)"
         }
         ErrorCode::CidReused => "that line was taken for another one already sent; say it again",
-        ErrorCode::TokenExpired => "your token expired",
+        // The server's words name a request; the grace they tell is the user's to know.
+        ErrorCode::TokenExpired => {
+            return match message.rsplit_once(" within ") {
+                Some((_, grace)) if !grace.is_empty() && !grace.contains(' ') => format!(
+                    "your token expired: the server ends the connection unless a fresh one \
+                     comes within {grace}"
+                ),
+                _ => "your token expired".to_owned(),
+            };
+        }
         _ if !jargon => return message.into_owned(),
         ErrorCode::BadMessage => {
             "the server could not take that request (a bug in nanachat connect: please report it)"
