@@ -405,7 +405,7 @@ pub struct BenchArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// The options given on the command line (clap's ids): one the scenario does not use is
-    /// refused ([`ignored_option`]).
+    /// refused (see `SCENARIO_OPTIONS`).
     #[arg(skip)]
     pub given: Vec<String>,
 }
@@ -660,4 +660,35 @@ fn measured_something(
         )));
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "bench"))]
+mod tests {
+    use super::*;
+
+    /// One table says which scenario uses which option: an option given that the scenario
+    /// does not use is named, with what it uses instead; one it uses passes.
+    #[test]
+    fn an_option_a_scenario_ignores_is_named_from_the_table() {
+        let given = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+        let said = ignored_option(BenchScenario::Echo, &given(&["receivers", "url"])).unwrap();
+        assert!(said.contains("does not use --receivers"), "{said}");
+        assert!(said.contains("--connections"), "{said}");
+        assert_eq!(
+            ignored_option(
+                BenchScenario::Echo,
+                &given(&["connections", "window", "duration"])
+            ),
+            None
+        );
+        assert_eq!(
+            ignored_option(
+                BenchScenario::Fanout,
+                &given(&["receivers", "rooms", "stall"])
+            ),
+            None
+        );
+        let said = ignored_option(BenchScenario::Search, &given(&["api_key"])).unwrap();
+        assert!(said.contains("--api-key"), "{said}");
+    }
 }

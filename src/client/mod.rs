@@ -2171,6 +2171,35 @@ mod tests {
         );
     }
 
+    /// A refusal is a sentence: the server's when it is one, the client's for the protocol's
+    /// words; a DM room of ours in it is `@mochi`.
+    #[test]
+    fn refusals_are_sentences_and_dm_rooms_are_named_by_the_other_nick() {
+        let state = state();
+        assert_eq!(
+            refusal(ErrorCode::NoSuchNick, "nobody is connected as bob"),
+            "nobody is connected as bob"
+        );
+        assert_eq!(refusal(ErrorCode::Unchanged, ""), "nothing to change");
+        let hello = refusal(
+            ErrorCode::HelloFirst,
+            r#"say hello first: {"type":"hello"}"#,
+        );
+        assert!(!hello.contains('{') && hello.contains("bug"), "{hello}");
+        let expired = refusal(
+            ErrorCode::TokenExpired,
+            r#"your token expired: send {"type":"refresh","token":…} with a fresh one within 30s"#,
+        );
+        assert!(
+            expired.ends_with("within 30s") && !expired.contains('{'),
+            "{expired}"
+        );
+        assert_eq!(
+            state.unmask("join @mochi+nana before saying anything there (@a+b, @, a@b+)"),
+            "join @mochi before saying anything there (@a+b, @, a@b+)"
+        );
+    }
+
     #[test]
     fn a_truncated_resume_is_told_to_the_user() {
         let mut state = state();
