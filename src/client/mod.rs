@@ -1664,6 +1664,10 @@ impl State {
             out.notice(&format!("! you are not in {room}"));
             return Ok(());
         }
+        if dm && !self.has(&room) {
+            self.no_conversation(&room, out);
+            return Ok(());
+        }
         self.rooms.remove(&room);
         // Offline, the room is simply not joined again; a direct-message room is only closed
         // here (its messages still come, as every DM does).
