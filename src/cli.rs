@@ -119,7 +119,13 @@ pub fn usage_error(err: &clap::Error, args: &[String]) -> Option<Error> {
             let mut what = String::new();
             for part in parts {
                 if !what.is_empty() {
-                    what.push_str(if part.starts_with('[') { " " } else { "; " });
+                    // A list goes on after its colon; a hint after a semicolon.
+                    let glue = if part.starts_with('[') || what.ends_with(':') {
+                        " "
+                    } else {
+                        "; "
+                    };
+                    what.push_str(glue);
                 }
                 what.push_str(part);
             }

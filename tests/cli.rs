@@ -297,6 +297,11 @@ fn every_usage_error_is_one_line_naming_the_help_to_read() {
         ),
         (&["token", "--sub"][..], "--sub", "nanachat token --help"),
         (&["bench", "nope"][..], "fanout", "nanachat bench --help"),
+        (
+            &["token"][..],
+            "not provided: --sub",
+            "nanachat token --help",
+        ),
         (&["demo"][..], "server, client", "nanachat demo --help"),
         (&[][..], "serve, connect", "nanachat --help"),
     ] {
