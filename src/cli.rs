@@ -33,11 +33,26 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Parses the process's arguments (and `NANACHAT_*` variables); on a usage error prints it
-    /// and exits with 2. `--help` shows each setting's default.
-    pub fn parse_args() -> Self {
-        let matches = show_defaults(Self::command()).get_matches();
-        Self::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    /// Parses the process's arguments (and `NANACHAT_*` variables). `--help` shows each
+    /// setting's default. A usage error is clap's, as it came: [`usage_error`] makes it one line
+    /// (`--help` and `--version` are errors of clap's too, to be printed as they are).
+    pub fn parse_args() -> std::result::Result<Self, clap::Error> {
+        let matches = show_defaults(Self::command()).try_get_matches()?;
+        #[allow(unused_mut)]
+        let mut cli = Self::from_arg_matches(&matches)?;
+        #[cfg(feature = "bench")]
+        if let (Command::Bench(args), Some(("bench", bench))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            args.given = bench
+                .ids()
+                .filter(|id| {
+                    bench.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .map(|id| id.as_str().to_owned())
+                .collect();
+        }
+        Ok(cli)
     }
 
     /// The command with the config file it names (if any) read under its command line, and
@@ -58,6 +73,69 @@ impl Cli {
         };
         Ok((command, format.unwrap_or(LogFormat::Text)))
     }
+}
+
+/// A usage error from clap as one line fit for stderr: what is wrong (with clap's hint, if it
+/// has one) and which `--help` to read (`nanachat bench --help`), without clap's usage block;
+/// `None` for `--help` and `--version`, which print as clap has them and exit 0. `args`: the
+/// command line (without the program), to name the command the error is about.
+pub fn usage_error(err: &clap::Error, args: &[String]) -> Option<Error> {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        return None;
+    }
+    // The command the error is about: the subcommands named on the line, in turn.
+    let mut here = Cli::command();
+    let mut path = vec!["nanachat".to_owned()];
+    for arg in args {
+        let Some(sub) = here.find_subcommand(arg).cloned() else {
+            continue;
+        };
+        path.push(sub.get_name().to_owned());
+        here = sub;
+    }
+    let command = path.join(" ");
+    let what = match err.kind() {
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            let subs: Vec<&str> = here
+                .get_subcommands()
+                .filter(|c| !c.is_hide_set())
+                .map(|c| c.get_name())
+                .collect();
+            format!("{command} needs one of: {}", subs.join(", "))
+        }
+        _ => {
+            // clap's text up to its usage block: the error, then its hints, on one line.
+            let rendered = err.render().to_string();
+            let parts = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .map(|l| l.strip_prefix("error: ").unwrap_or(l));
+            let mut what = String::new();
+            for part in parts {
+                if !what.is_empty() {
+                    // A list goes on after its colon; a hint after a semicolon.
+                    let glue = if part.starts_with('[') || what.ends_with(':') {
+                        " "
+                    } else {
+                        "; "
+                    };
+                    what.push_str(glue);
+                }
+                what.push_str(part);
+            }
+            if what.is_empty() {
+                what.push_str("bad usage");
+            }
+            what
+        }
+    };
+    Some(Error::Config(format!("{what} (see {command} --help)")))
 }
 
 /// The commands.
@@ -191,15 +269,36 @@ pub enum DemoSide {
     },
 }
 
+/// How long a token stays valid: a time, or `never` (asked for by name: a 0 is refused, as it
+/// reads like "expired at once").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(pub Option<Duration>);
+
+/// `--ttl`: a time above 0 (`24h`), or `never`.
+fn parse_ttl(text: &str) -> std::result::Result<Ttl, String> {
+    if text.trim().eq_ignore_ascii_case("never") {
+        return Ok(Ttl(None));
+    }
+    let ttl = parse_duration(text)?;
+    if ttl.is_zero() {
+        return Err(
+            "a token valid for 0 s would be no use; for one that never expires, say \
+             --ttl never"
+                .into(),
+        );
+    }
+    Ok(Ttl(Some(ttl)))
+}
+
 /// `nanachat token`.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     /// The nick the token is for.
     #[arg(long)]
     pub sub: String,
-    /// How long it stays valid; 0 never expires.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub ttl: Duration,
+    /// How long it stays valid (e.g. 1h, 30d); `never` for a token that never expires.
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    pub ttl: Ttl,
     /// A room it may join (repeatable); without any, every room.
     #[arg(long = "room")]
     pub rooms: Vec<String>,
@@ -242,7 +341,10 @@ impl TokenArgs {
         // The issuer and audience the server checks are the ones the token carries.
         let expect = self.secret.expect();
         let claims = crate::auth::Claims {
-            exp: (!self.ttl.is_zero()).then(|| crate::auth::now_secs() + self.ttl.as_secs().max(1)),
+            exp: self
+                .ttl
+                .0
+                .map(|ttl| crate::auth::now_secs() + ttl.as_secs().max(1)),
             rooms: (!self.rooms.is_empty()).then_some(self.rooms),
             iss: expect.issuer,
             aud: expect.audience.map(crate::auth::Audience::One),
@@ -346,11 +448,66 @@ pub struct BenchArgs {
     /// No progress display.
     #[arg(long, short)]
     pub quiet: bool,
+    /// The options given on the command line (clap's ids): one the scenario does not use is
+    /// refused (see `SCENARIO_OPTIONS`).
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// The options that only some scenarios use, by clap id and flag, and the scenarios that use
+/// each; the others apply to every scenario.
+#[cfg(feature = "bench")]
+const SCENARIO_OPTIONS: &[(&str, &str, &[BenchScenario])] = {
+    use BenchScenario::*;
+    &[
+        ("rooms", "--rooms", &[Fanout]),
+        ("receivers", "--receivers", &[Fanout, React]),
+        ("publishers", "--publishers", &[Fanout]),
+        ("rate", "--rate", &[Fanout, Resume]),
+        ("window", "--window", &[Fanout, Echo, Resume]),
+        ("size", "--size", &[Fanout, Echo, Resume]),
+        (
+            "connections",
+            "--connections",
+            &[Echo, Connect, Resume, Search],
+        ),
+        ("missed", "--missed", &[Resume]),
+        ("stall", "--stall", &[Fanout]),
+        ("server_pid", "--server-pid", &[Connect]),
+        ("queries", "--queries", &[Search]),
+        ("nick", "--nick", &[Search]),
+        ("key", "--key", &[Search]),
+        ("api_key", "--api-key", &[Fanout]),
+    ]
+};
+
+/// An option given that `scenario` does not use, as the line that refuses it (and says what
+/// the scenario uses instead); `None` when every option given is used.
+#[cfg(feature = "bench")]
+fn ignored_option(scenario: BenchScenario, given: &[String]) -> Option<String> {
+    let (_, flag, _) = SCENARIO_OPTIONS
+        .iter()
+        .find(|(id, _, used_by)| given.iter().any(|g| g == id) && !used_by.contains(&scenario))?;
+    let name = scenario.name();
+    let uses: Vec<&str> = SCENARIO_OPTIONS
+        .iter()
+        .filter(|(_, _, used_by)| used_by.contains(&scenario))
+        .map(|(_, flag, _)| *flag)
+        .collect();
+    let uses = match uses.as_slice() {
+        [] => "none of the scenario options".to_owned(),
+        some => some.join(", "),
+    };
+    Some(format!(
+        "bench {name} does not use {flag}: {}; of the scenario options it uses {uses} (see \
+         nanachat bench --help)",
+        scenario.clients()
+    ))
 }
 
 /// What `nanachat bench` runs.
 #[cfg(feature = "bench")]
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchScenario {
     /// Rooms of receivers and publishers.
     Fanout,
@@ -366,12 +523,42 @@ pub enum BenchScenario {
     Search,
 }
 
+#[cfg(feature = "bench")]
+impl BenchScenario {
+    /// Its name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            BenchScenario::Fanout => "fanout",
+            BenchScenario::Echo => "echo",
+            BenchScenario::Connect => "connect",
+            BenchScenario::Resume => "resume",
+            BenchScenario::React => "react",
+            BenchScenario::Search => "search",
+        }
+    }
+
+    /// Its clients, in words: which options make them.
+    fn clients(self) -> &'static str {
+        match self {
+            BenchScenario::Fanout => "its clients are --rooms of --receivers and --publishers",
+            BenchScenario::Echo => "its clients are --connections echo clients",
+            BenchScenario::Connect => "it holds --connections idle connections",
+            BenchScenario::Resume => "its clients are --connections receivers and one publisher",
+            BenchScenario::React => "its clients are --receivers members of one room",
+            BenchScenario::Search => "its clients are --connections searchers",
+        }
+    }
+}
+
 /// `nanachat bench`: runs, prints the table (or JSON), draws the plot; lost or duplicated
 /// messages make it fail, and so does a run that measured nothing: a client that could not
 /// connect, nothing delivered, the clients rate-limited.
 #[cfg(feature = "bench")]
 pub fn bench(args: BenchArgs) -> Result<()> {
     use crate::bench::{BenchSpec, Progress, Scenario, SearchQuery};
+    if let Some(refusal) = ignored_option(args.scenario, &args.given) {
+        return Err(Error::Config(refusal));
+    }
     let queries = match &args.queries {
         Some(path) => SearchQuery::parse_lines(
             &std::fs::read_to_string(path).map_err(|err| Error::file("read", path, err))?,
@@ -543,5 +730,32 @@ mod tests {
                 "NANACHAT_MAX_TEXT_CHAR is not a setting, so it is ignored: did you mean NANACHAT_MAX_TEXT_CHARS?",
             ]
         );
+    }
+
+    /// One table says which scenario uses which option: an option given that the scenario
+    /// does not use is named, with what it uses instead; one it uses passes.
+    #[cfg(feature = "bench")]
+    #[test]
+    fn an_option_a_scenario_ignores_is_named_from_the_table() {
+        let given = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+        let said = ignored_option(BenchScenario::Echo, &given(&["receivers", "url"])).unwrap();
+        assert!(said.contains("does not use --receivers"), "{said}");
+        assert!(said.contains("--connections"), "{said}");
+        assert_eq!(
+            ignored_option(
+                BenchScenario::Echo,
+                &given(&["connections", "window", "duration"])
+            ),
+            None
+        );
+        assert_eq!(
+            ignored_option(
+                BenchScenario::Fanout,
+                &given(&["receivers", "rooms", "stall"])
+            ),
+            None
+        );
+        let said = ignored_option(BenchScenario::Search, &given(&["api_key"])).unwrap();
+        assert!(said.contains("--api-key"), "{said}");
     }
 }

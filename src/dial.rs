@@ -3,12 +3,15 @@
 //! the result in the same [`Connection`] the server uses.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -155,6 +158,143 @@ fn tls_failed(target: &Target, err: &std::io::Error) -> Error {
     ))
 }
 
+/// Most bytes a [`Tap`] keeps: enough for a refusal's head and its one-line body.
+const TAP_BYTES: usize = 4096;
+
+/// A transport that keeps a copy of the first bytes read ([`TAP_BYTES`]): what an HTTP
+/// refusal of the handshake said (above TLS: the plain text).
+struct Tap<T> {
+    inner: T,
+    seen: Arc<Mutex<Vec<u8>>>,
+    full: bool,
+}
+
+impl<T> Tap<T> {
+    fn new(inner: T, seen: &Arc<Mutex<Vec<u8>>>) -> Self {
+        Self {
+            inner,
+            seen: seen.clone(),
+            full: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.full {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            let fresh = &buf.filled()[before..];
+            let room = TAP_BYTES.saturating_sub(seen.len());
+            seen.extend_from_slice(&fresh[..fresh.len().min(room)]);
+            let full = seen.len() >= TAP_BYTES;
+            drop(seen);
+            self.full = full;
+        }
+        read
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The server answered the handshake with an HTTP refusal (`status`, and `body`: a nanachat
+/// server's says why in one line): one sentence that names what was refused. What the user
+/// gave — a token, an origin — is theirs to change (exit 2); a limit or a busy server is a
+/// failure of the moment (exit 1).
+fn http_refusal(target: &Target, status: http::StatusCode, body: &[u8]) -> Error {
+    // The URL without its query: a token there is not for the screen.
+    let uri = target.uri();
+    let uri = format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("ws"),
+        uri.authority().map_or("", |a| a.as_str()),
+        uri.path()
+    );
+    let why = String::from_utf8_lossy(body);
+    let why: String = why
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .trim_matches('"')
+        .chars()
+        .take(200)
+        .collect();
+    let why = crate::shown::escaped(&why).into_owned();
+    let because = |fallback: &str| {
+        if why.is_empty() {
+            fallback.to_owned()
+        } else {
+            why.clone()
+        }
+    };
+    match status.as_u16() {
+        401 => Error::Config(format!(
+            "the server at {uri} refused the token in the URL ({}): get a valid one \
+             (`nanachat token --sub NICK`, or ask its operator) and connect again",
+            because("no reason given")
+        )),
+        403 => Error::Config(format!(
+            "the server at {uri} refused this client ({}): a proxy or the server's \
+             --allowed-origin stands in the way; ask its operator",
+            because("forbidden")
+        )),
+        429 => Error::Handshake(format!(
+            "the server at {uri} refused the connection: {}; close some of this machine's \
+             connections to it, or wait a moment and connect again",
+            because("too many connections from this address")
+        )),
+        503 => Error::Handshake(format!(
+            "the server at {uri} cannot take a connection now ({}); try again in a moment",
+            because("busy or shutting down")
+        )),
+        _ => {
+            let reason = if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            };
+            Error::Handshake(format!(
+                "the server at {uri} answered HTTP {status}{reason}, not a WebSocket: is the URL \
+                 right?"
+            ))
+        }
+    }
+}
+
 /// A URL whose port is not one TCP has.
 fn port_out_of_range(url: &str, port: &str) -> Error {
     Error::Config(format!(
@@ -239,8 +379,9 @@ pub async fn connect_from(
         };
         let _ = tcp.set_nodelay(true);
         let peer = tcp.peer_addr().ok();
+        let answer = Arc::new(Mutex::new(Vec::new()));
         let transport: BoxedTransport = match &target.tls {
-            None => Box::new(ReadAhead::new(tcp, Vec::new())),
+            None => Box::new(ReadAhead::new(Tap::new(tcp, &answer), Vec::new())),
             Some(tls) => {
                 let name = ServerName::try_from(target.host.clone()).map_err(|_| {
                     Error::Config(format!("'{}' is not a valid TLS server name", target.host))
@@ -249,7 +390,7 @@ pub async fn connect_from(
                     .connect(name, tcp)
                     .await
                     .map_err(|err| tls_failed(target, &err))?;
-                Box::new(ReadAhead::new(stream, Vec::new()))
+                Box::new(ReadAhead::new(Tap::new(stream, &answer), Vec::new()))
             }
         };
         let mut request = target.uri.clone().into_client_request()?;
@@ -264,7 +405,20 @@ pub async fn connect_from(
             CloseGate::client(transport),
             Some(config.websocket_config()),
         )
-        .await?;
+        .await
+        .map_err(|err| match err {
+            tokio_tungstenite::tungstenite::Error::Http(response) => {
+                // The body the server sent with its head, as far as it was read (the gate
+                // hands the handshake the head alone).
+                let seen = answer.lock().unwrap_or_else(PoisonError::into_inner);
+                let body = seen
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(&[][..], |end| &seen[end + 4..]);
+                http_refusal(target, response.status(), body)
+            }
+            other => Error::from(other),
+        })?;
         if let Some(p) = subprotocol {
             let agreed = response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL);
             if agreed.and_then(|v| v.to_str().ok()) != Some(p) {

@@ -18,7 +18,16 @@ use nanachat::settings::LogFormat;
 use nanachat::{Error, Result};
 
 fn main() -> ExitCode {
-    let (command, log_format) = match Cli::parse_args().resolve() {
+    // Every usage error of clap's is one line and exit 2, here; --help and --version print
+    // as clap has them.
+    let cli = match Cli::parse_args() {
+        Ok(cli) => cli,
+        Err(err) => match nanachat::cli::usage_error(&err, &args()) {
+            Some(usage) => return fail(&usage),
+            None => err.exit(),
+        },
+    };
+    let (command, log_format) = match cli.resolve() {
         Ok(resolved) => resolved,
         Err(err) => return fail(&err),
     };
@@ -27,6 +36,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
+}
+
+/// The command line, without the program, as text (for naming the command in a usage error).
+fn args() -> Vec<String> {
+    std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// One line on stderr, and the exit code the error stands for.

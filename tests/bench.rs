@@ -586,3 +586,93 @@ fn bench_echo_against_a_server_that_does_not_echo_says_so_at_once() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19 (from the terminal attack): `--receivers` was silently ignored by `bench echo`
+/// (its clients are `--connections`). An option the scenario does not use is refused at once,
+/// exit 2, in one line that says what the scenario uses — one rule for every such option.
+#[test]
+fn an_option_the_scenario_does_not_use_is_refused_saying_what_it_uses() {
+    for (args, flag, uses) in [
+        (
+            &["echo", "--receivers", "5"][..],
+            "--receivers",
+            "--connections",
+        ),
+        (&["connect", "--rate", "10"][..], "--rate", "--connections"),
+        (
+            &["fanout", "--connections", "5"][..],
+            "--connections",
+            "--receivers",
+        ),
+        (&["search", "--missed", "5"][..], "--missed", "--queries"),
+        (&["react", "--window", "5"][..], "--window", "--receivers"),
+    ] {
+        let mut cmd = nanachat();
+        // No server: the refusal comes before any connection.
+        cmd.arg("bench")
+            .arg(args[0])
+            .arg("ws://127.0.0.1:1")
+            .args(&args[1..]);
+        let mut proc = Proc::spawn("nanachat bench", cmd);
+        assert_eq!(proc.wait_exit().code(), Some(2), "{args:?}");
+        let err = proc.stderr_text();
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("does not use {flag}")), "{err}");
+        assert!(err.contains(uses), "{err}");
+    }
+}
+
+/// Issue 19 (from the terminal attack): the table said "N acked, X /s", N counted over the
+/// whole run and X a rate over the measured window. Every figure on a line comes from one
+/// span, and the line says which.
+#[test]
+fn each_line_of_the_table_counts_over_the_span_it_names() {
+    let mut cmd = nanachat();
+    cmd.args(["echo", "--addr", "127.0.0.1:0"])
+        .args(common::NO_PER_IP_LIMITS);
+    let echo = Proc::spawn("nanachat echo", cmd);
+    let url = echo.listening_url();
+    let (status, table, stderr) = bench_table(&[
+        "echo",
+        &url,
+        "--raw",
+        "--connections",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.5s",
+    ]);
+    assert!(status.success(), "{table}{stderr}");
+    let line = |key: &str| -> String {
+        table
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("{key}: {table}"))
+            .trim_start()
+            .trim_start_matches(key)
+            .trim()
+            .to_owned()
+    };
+    // `1,234 in 1.0 s (1,234 /s), measured`: the count over the seconds is the rate.
+    for key in ["messages", "deliveries"] {
+        let said = line(key);
+        let (count, rest) = said.split_once(" in ").unwrap_or_else(|| panic!("{said}"));
+        let (secs, rest) = rest.split_once(" s (").unwrap_or_else(|| panic!("{said}"));
+        let (rate, rest) = rest.split_once(" /s)").unwrap_or_else(|| panic!("{said}"));
+        assert_eq!(rest, ", measured", "{said}");
+        let num = |t: &str| t.replace(',', "").parse::<f64>().unwrap();
+        let (count, secs, rate) = (num(count), num(secs), num(rate));
+        assert!(count > 0.0, "{said}");
+        assert!(
+            (count / secs - rate).abs() <= rate * 0.1 + 1.0,
+            "{said}: {count} in {secs} s is not {rate} /s"
+        );
+    }
+    let acked = line("acked");
+    assert!(
+        acked.ends_with("in the whole run (warm-up and drain too)"),
+        "{acked}"
+    );
+    drop(echo);
+}

@@ -267,3 +267,219 @@ fn serve_logs_where_the_browser_client_is() {
         "{answer}"
     );
 }
+
+/// Issue 19 (from the terminal attack): clap's errors spanned several lines (the error, a
+/// usage block, "For more information…"). Every usage error is one line on stderr that says
+/// what is wrong and which `--help` to read, with exit code 2; `--help` and `--version` still
+/// print and exit 0.
+#[test]
+fn every_usage_error_is_one_line_naming_the_help_to_read() {
+    for (args, expect, help) in [
+        (
+            &["demo", "client", "--every", "soon"][..],
+            "soon",
+            "nanachat demo client --help",
+        ),
+        (
+            &["serve", "--bogus"][..],
+            "--bogus",
+            "nanachat serve --help",
+        ),
+        (
+            &["connect", "--nickk", "x"][..],
+            "--nick",
+            "nanachat connect --help",
+        ),
+        (
+            &["serve", "--log-format", "xml"][..],
+            "text, json",
+            "nanachat serve --help",
+        ),
+        (&["token", "--sub"][..], "--sub", "nanachat token --help"),
+        (&["bench", "nope"][..], "fanout", "nanachat bench --help"),
+        (
+            &["token"][..],
+            "not provided: --sub",
+            "nanachat token --help",
+        ),
+        (&["demo"][..], "server, client", "nanachat demo --help"),
+        (&[][..], "serve, connect", "nanachat --help"),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("nanachat: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(
+            stderr.trim_end().ends_with(&format!("(see {help})")),
+            "{args:?}: {stderr}"
+        );
+    }
+    for args in [&["--help"][..], &["--version"], &["token", "--help"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// Issue 19 (from the terminal attack): `token --ttl 0s` made a token that never expires. A
+/// 0 is refused, saying how to ask for that on purpose: `--ttl never`, a token without `exp`.
+#[test]
+fn a_token_ttl_of_0_is_refused_and_never_is_asked_for_by_name() {
+    let dir = std::env::temp_dir().join(format!("nanachat-cli-ttl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    common::write_secret(&secret, "a secret of at least sixteen bytes\n");
+    let secret = secret.to_str().unwrap();
+    for zero in ["0s", "0", "0ms"] {
+        let out = run(&[
+            "token",
+            "--sub",
+            "alice",
+            "--ttl",
+            zero,
+            "--auth-secret-file",
+            secret,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{zero}");
+        assert!(out.stdout.is_empty(), "{zero}: no token");
+        one_error_line(&out, "--ttl never");
+    }
+    let claims = |out: &Output| -> serde_json::Value {
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let token = String::from_utf8(out.stdout.clone()).unwrap();
+        let payload = token.trim().split('.').nth(1).unwrap().to_owned();
+        let bytes = data_encoding::BASE64URL_NOPAD
+            .decode(payload.as_bytes())
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let never = claims(&run(&[
+        "token",
+        "--sub",
+        "alice",
+        "--ttl",
+        "never",
+        "--auth-secret-file",
+        secret,
+    ]));
+    assert!(never.get("exp").is_none(), "{never}");
+    let hour = claims(&run(&[
+        "token",
+        "--sub",
+        "alice",
+        "--ttl",
+        "1h",
+        "--auth-secret-file",
+        secret,
+    ]));
+    assert!(hour["exp"].as_u64().is_some(), "{hour}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A one-shot HTTP server that answers every request with `status` and `body`.
+fn answers_http(status: &'static str, body: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            // One write: the head and the body in one segment, as a server sends a short answer.
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    format!("ws://{addr}")
+}
+
+/// Issue 19 (session 7): a server that refused the handshake at the HTTP level (a token in the
+/// URL it does not take: 401) ended `connect` with exit 1 and "handshake failed: server
+/// answered HTTP 401". A refused credential is the user's input: exit 2 and a sentence that
+/// says what was refused and why; 403, 429 and 503 each get a sentence of their own.
+#[test]
+fn a_handshake_refused_over_http_is_a_sentence_with_the_exit_code_of_its_cause() {
+    let dir = std::env::temp_dir().join(format!("nanachat-cli-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    common::write_secret(&secret, "a secret of at least sixteen bytes\n");
+    let server = memory_server(&[
+        "--auth-secret-file",
+        secret.to_str().unwrap(),
+        "--max-connections-per-ip",
+        "1",
+    ]);
+    let url = server.listening_url();
+    let check = |url: &str, code: i32, says: &[&str]| {
+        let (got, stderr) = said(connect(&[url, "--nick", "alice"], &["hi"]));
+        assert_eq!(got, Some(code), "{url}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("nanachat:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        for part in says {
+            assert!(errors[0].contains(part), "{part}: {stderr}");
+        }
+        assert!(!errors[0].contains("HTTP 4"), "jargon: {stderr}");
+        assert!(!errors[0].contains("HTTP 5"), "jargon: {stderr}");
+    };
+    // 401: the server's reason, and where a good token comes from.
+    check(
+        &format!("{}/?token=not.a.token", url.trim_end_matches('/')),
+        2,
+        &[
+            "refused the token in the URL",
+            "malformed token",
+            "nanachat token",
+        ],
+    );
+    let (_, stderr) = said(connect(
+        &[&format!("{}/?token=not.a.token", url.trim_end_matches('/'))],
+        &[],
+    ));
+    assert!(
+        !stderr.contains("not.a.token"),
+        "the token on the screen: {stderr}"
+    );
+    // 429: one connection per address, and it is taken.
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("ws://").trim_end_matches('/');
+    let mut held = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        held,
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: nanachat.v1\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = [0u8; 12];
+    held.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101", "the first connection is taken");
+    check(&url, 1, &["refused the connection", "too many connections"]);
+    drop(held);
+    // 403 and 503 (a proxy's origin rule; a server at its limit): stand-ins that answer so.
+    let forbidden = answers_http(
+        "403 Forbidden",
+        "origin not allowed: \"x\" (see --allowed-origin)\n",
+    );
+    check(
+        &forbidden,
+        2,
+        &["refused this client", "origin not allowed"],
+    );
+    let busy = answers_http(
+        "503 Service Unavailable",
+        "server full: max connections reached\n",
+    );
+    check(&busy, 1, &["cannot take a connection now", "server full"]);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1113,10 +1113,12 @@ async fn under_a_terminal_messages_show_their_seq_and_reply_edit_react_delete_wo
         .unwrap();
     // Refusals are shown as errors, saying which command they refuse.
     pty.send_line("/react 1 👍").unwrap();
-    pty.exp_string("! unchanged: ").unwrap();
+    pty.exp_string("! nothing to change: that reaction is already so")
+        .unwrap();
     pty.exp_string(&bytewise("(/react #1 👍)")).unwrap();
     pty.send_line("/delete 1").unwrap();
-    pty.exp_string("! forbidden: ").unwrap();
+    pty.exp_string("! only its author or a moderator may change a message")
+        .unwrap();
     pty.exp_string("(/delete #1)").unwrap();
     pty.send_line("/edit one two").unwrap();
     pty.exp_string("usage: /edit SEQ TEXT").unwrap();
@@ -1317,5 +1319,82 @@ fn under_a_terminal_ctrl_d_while_offline_quits_at_once_saying_what_was_not_sent(
     pty.send_control('d').unwrap();
     pty.exp_string("1 line(s) not sent").unwrap();
     pty.exp_eof().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 (session 7, left undone): after connecting, the client caught up on direct
+/// messages from the first page of its `inbox` only — an inbox longer than one frame left the
+/// later DM rooms to `/inbox`. It pages through it: with a frame that holds a few rooms, every
+/// DM sent while away is shown, each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inbox_longer_than_one_frame_is_caught_up_page_by_page() {
+    let dir = std::env::temp_dir().join(format!("nanachat-connect-inbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // 1 KiB frames: an inbox page holds about six rooms.
+    let server =
+        common::serve_child_with(&dir, "127.0.0.1:0", 1000, &["--max-message-bytes", "1KiB"]);
+    let url = server.listening_url();
+    // nana has a key (the test's key file): the server keeps what is sent to her.
+    let mut nana = client(&url, "nana", &[]);
+    nana.wait_stderr("joined lobby");
+    nana.close_stdin();
+    assert!(nana.wait_exit().success(), "{}", nana.stderr_text());
+    let senders: Vec<String> = (1..=15).map(|i| format!("writer{i:02}")).collect();
+    for nick in &senders {
+        let mut ws = common::protocol_peer(&url).await;
+        for msg in [
+            json!({"type": "hello", "nick": nick, "key": format!("{nick}'s key")}),
+            json!({"type": "dm", "to": "nana", "text": format!("from {nick}"), "cid": "m1"}),
+        ] {
+            ws.send(Message::text(msg.to_string())).await.unwrap();
+        }
+        loop {
+            match within("the dm's ack", ws.next()).await {
+                Some(Ok(Message::Text(t))) if t.contains("\"ack\"") => break,
+                Some(Ok(Message::Text(t))) => assert!(!t.contains("\"error\""), "{t}"),
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // The inbox does not fit one frame (else this test shows nothing).
+    let mut probe = common::protocol_peer(&url).await;
+    let key = std::fs::read_to_string(common::test_key_file()).unwrap();
+    for msg in [
+        json!({"type": "hello", "nick": "nana", "key": key.trim()}),
+        json!({"type": "inbox"}),
+    ] {
+        probe.send(Message::text(msg.to_string())).await.unwrap();
+    }
+    loop {
+        match within("the inbox", probe.next()).await {
+            Some(Ok(Message::Text(t))) if t.contains("\"inbox\"") => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                let shown = v["rooms"].as_array().unwrap().len() as u64;
+                assert!(shown < v["total"].as_u64().unwrap(), "one page: {v}");
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(probe);
+
+    let nana = client(&url, "nana", &[]);
+    nana.wait_stdout("every DM sent while away", |l| {
+        senders.iter().all(|nick| {
+            l.iter()
+                .any(|(_, t)| t.ends_with(&format!("{nick}: from {nick}")))
+        })
+    });
+    let shown = texts(&nana.stdout_lines());
+    for nick in &senders {
+        let n = shown
+            .iter()
+            .filter(|t| t.ends_with(&format!("{nick}: from {nick}")))
+            .count();
+        assert_eq!(n, 1, "{nick} once: {shown:?}");
+    }
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

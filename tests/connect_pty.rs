@@ -730,3 +730,83 @@ async fn under_a_terminal_a_refused_start_says_why_and_exits_without_enter() {
     assert_ne!(exit_code(pty), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19 (from the terminal attack): `/switch @nobody` went to a room that does not exist,
+/// and `/who` there named the internal `@a+b` room. `/switch @nick` goes only to a
+/// conversation the client has (else one line says how to start one, and the room stays);
+/// `/who` in a DM lists the two nicks; a refusal about a DM names it `@mochi`, never `@a+b`.
+#[tokio::test]
+async fn under_a_terminal_switch_to_a_nick_without_a_conversation_stays_and_a_dm_is_never_a_plus_b()
+{
+    let dir = scratch("switch-nobody");
+    let Scene {
+        server: _server,
+        url: _,
+        mut mochi,
+        mut pty,
+    } = Scene::start(&dir).await;
+    pty.send_line("/switch @nobody").unwrap();
+    let said = pty
+        .exp_string("! no conversation with @nobody (/msg nobody TEXT starts one)")
+        .unwrap();
+    assert!(!said.contains("+nobody"), "{said:?}");
+    pty.exp_string("[lobby] > ").unwrap();
+    // The room stays: a line goes to lobby.
+    pty.send_line("still in lobby").unwrap();
+    assert_eq!(message(&mut mochi, "still in lobby").await["room"], "lobby");
+    pty.send_line("/who @nobody").unwrap();
+    pty.exp_string("! no conversation with @nobody").unwrap();
+
+    // A conversation we have: /who lists the pair, named as the user knows it.
+    let dm = json!({"type": "dm", "to": "nana", "text": "psst", "cid": "dm-1"});
+    mochi.send(dm).await;
+    pty.exp_string("mochi: psst").unwrap();
+    pty.send_line("/switch @mochi").unwrap();
+    pty.exp_string("[@mochi] > ").unwrap();
+    pty.send_line("/who").unwrap();
+    let who = pty.exp_string("* in @mochi: mochi, nana").unwrap();
+    assert!(!who.contains("@mochi+nana"), "{who:?}");
+    // A refusal about the DM room (no message #99 there) names it @mochi.
+    pty.send_line("/edit 99 better").unwrap();
+    let refused = pty.exp_string("(/edit #99)").unwrap();
+    assert!(refused.contains("@mochi"), "{refused:?}");
+    assert!(!refused.contains("@mochi+nana"), "{refused:?}");
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 (from the terminal attack): refusals began with the protocol's code
+/// (`! no_such_nick: …`). They are the sentence alone, for a person who never read the
+/// protocol; and where the server's words are for programs, the client's.
+#[tokio::test]
+async fn under_a_terminal_refusals_are_sentences_without_protocol_codes() {
+    let dir = scratch("refusals");
+    let Scene {
+        server: _server,
+        url: _,
+        mochi: _mochi,
+        mut pty,
+    } = Scene::start(&dir).await;
+    pty.send_line("/msg nobody are you there?").unwrap();
+    let refused = pty
+        .exp_regex(r"! [^\r\n]*nobody is connected as nobody[^\r\n]*")
+        .unwrap()
+        .1;
+    assert!(
+        refused.starts_with("! nobody is connected as nobody"),
+        "{refused:?}"
+    );
+    // A room name the server refuses, and a room not joined.
+    pty.send_line("/join bad!room").unwrap();
+    let refused = pty.exp_regex(r"! [^\r\n]*\(/join bad!room\)").unwrap().1;
+    assert!(refused.starts_with("! a room is 1 to 64"), "{refused:?}");
+    pty.send_line("/who elsewhere").unwrap();
+    let refused = pty.exp_regex(r"! [^\r\n]*elsewhere[^\r\n]*").unwrap().1;
+    for code in ["no_such_nick", "bad_room", "not_joined", "forbidden"] {
+        assert!(!refused.contains(code), "{refused:?}");
+    }
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -498,7 +498,10 @@ fn per_ip_limits_take_0_and_refuse_what_is_not_a_count() {
             let out = check("serve", &[format!("{flag}={bad}")], None, None);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{flag}={bad}: {stderr}");
-            let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+            let errors: Vec<_> = stderr
+                .lines()
+                .filter(|l| l.starts_with("nanachat:"))
+                .collect();
             assert!(
                 errors.len() == 1 && errors[0].contains(bad) && errors[0].contains(flag),
                 "{flag}={bad}: {stderr}"

@@ -192,12 +192,15 @@ impl Report {
             );
         }
         if self.seconds > 0.0 {
+            // Each line's figures come from one span, named on the line: the measured window,
+            // or the whole run.
             row(
                 &mut out,
                 "messages",
                 format!(
-                    "{} acked, {} /s",
-                    self.acked,
+                    "{} in {:.1} s ({} /s), measured",
+                    thousands(self.messages_per_sec * self.seconds),
+                    self.seconds,
                     thousands(self.messages_per_sec)
                 ),
             );
@@ -205,10 +208,18 @@ impl Report {
                 &mut out,
                 "deliveries",
                 format!(
-                    "{} in {:.1} s, {} /s",
-                    self.deliveries,
+                    "{} in {:.1} s ({} /s), measured",
+                    thousands(self.deliveries as f64),
                     self.seconds,
                     thousands(self.deliveries_per_sec)
+                ),
+            );
+            row(
+                &mut out,
+                "acked",
+                format!(
+                    "{} in the whole run (warm-up and drain too)",
+                    thousands(self.acked as f64)
                 ),
             );
             row(&mut out, "latency ms", percentile_row(&self.latency));

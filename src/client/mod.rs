@@ -351,6 +351,9 @@ async fn redial(
                 end
             }
             Err(err) if !connected_once => return Err(err),
+            // Refused for something the user gave (a token in the URL that expired since):
+            // trying again changes nothing.
+            Err(err @ Error::Config(_)) => return Err(err),
             Err(err) => SessionEnd::Lost(err.to_string()),
         };
         match end {
@@ -898,16 +901,17 @@ impl State {
                 truncated,
                 ..
             } => {
+                let shown = self.shown(&room);
                 let cursor = self.rooms.entry(room.clone()).or_insert(Cursor {
                     last_seq: None,
                     epoch: None,
                 });
                 if reset {
-                    out.notice(&format!("* the history of {room} was reset on the server"));
+                    out.notice(&format!("* the history of {shown} was reset on the server"));
                 }
                 if truncated {
                     out.notice(&format!(
-                        "* some older messages in {room} are not shown (removed by retention, \
+                        "* some older messages in {shown} are not shown (removed by retention, \
                          or sent to the nick before it was yours)"
                     ));
                 }
@@ -961,8 +965,17 @@ impl State {
             }
             // Kept by the server and shown by the browser client; a line would be noise here.
             ServerMsg::Read { .. } => {}
-            ServerMsg::Inbox { rooms, .. } if self.catching_up => {
+            ServerMsg::Inbox { rooms, total } if self.catching_up => {
+                // A page cut to fit one frame: ask for the next one, from its last room.
                 self.catching_up = false;
+                if rooms.len() < total
+                    && let Some(last) = rooms.last()
+                {
+                    self.catching_up = true;
+                    self.outgoing.push(ClientMsg::Inbox {
+                        after: Some(last.room.clone()),
+                    });
+                }
                 for r in rooms {
                     if r.room.starts_with('@') && r.unread > 0 && !self.rooms.contains_key(&r.room)
                     {
@@ -998,8 +1011,8 @@ impl State {
                 event,
                 from,
             } => out.notice(&match event {
-                PresenceEvent::Join => format!("* {nick} joined {room}"),
-                PresenceEvent::Leave => format!("* {nick} left {room}"),
+                PresenceEvent::Join => format!("* {nick} joined {}", self.shown(&room)),
+                PresenceEvent::Leave => format!("* {nick} left {}", self.shown(&room)),
                 PresenceEvent::Renamed => {
                     format!("* {} is now {nick}", from.unwrap_or_default())
                 }
@@ -1011,7 +1024,9 @@ impl State {
                 and_more(total, nicks.len())
             )),
             ServerMsg::Rooms { rooms, total } => {
-                let list = rooms.iter().map(|r| format!("{} ({})", r.room, r.members));
+                let list = rooms
+                    .iter()
+                    .map(|r| format!("{} ({})", self.shown(&r.room), r.members));
                 out.notice(&listed("rooms", list, total, rooms.len()));
             }
             ServerMsg::History { messages, .. } | ServerMsg::Thread { messages, .. } => {
@@ -1181,7 +1196,8 @@ impl State {
         cid: Option<String>,
         out: &mut Output,
     ) -> Option<SessionEnd> {
-        let message = &output::visible(message);
+        // What the user reads: a sentence, never the protocol's code or a `@a+b` room.
+        let message = &self.unmask(&refusal(code, message));
         // The answer to our `nick`: refused, we keep the nick we have.
         if let Some(wanted) = self.renaming.take_if(|_| {
             cid.is_none()
@@ -1222,10 +1238,7 @@ impl State {
                     Some(here) => format!("; still in {}", self.shown(here)),
                     None => String::new(),
                 };
-                out.notice(&format!(
-                    "! {}: {message} (/join {room}){here}",
-                    code.as_str()
-                ));
+                out.notice(&format!("! {message} (/join {}){here}", self.shown(&room)));
             }
             out.handled();
             return None;
@@ -1287,14 +1300,14 @@ impl State {
                     });
                     if self.opts.token_file.is_none() {
                         out.notice(&format!(
-                            "! token_expired: {message} — a --token cannot be renewed: once \
+                            "! {message} — a --token cannot be renewed: once \
                              the server closes the connection, get a new one (`nanachat token \
                              --sub {}`), or give --token-file FILE and keep FILE fresh",
                             self.opts.nick
                         ));
                     }
                 } else if cid.is_none() && self.opts.commands {
-                    out.notice(&format!("! token_expired: {message}"));
+                    out.notice(&format!("! {message}"));
                 }
                 return None;
             }
@@ -1318,7 +1331,7 @@ impl State {
             }
             self.pending.retain(|(c, _, _)| *c != cid);
         }
-        out.notice(&format!("! {}: {message}{what}", code.as_str()));
+        out.notice(&format!("! {message}{what}"));
         None
     }
 
@@ -1393,6 +1406,18 @@ impl State {
                 let Some(room) = self.named_or_here(&rest, out) else {
                     return Ok(None);
                 };
+                // A direct-message room is the two of us: no need to ask.
+                if let Some(peer) = self.peer(&room) {
+                    if self.has(&room) {
+                        let mut pair = vec![peer, self.opts.nick.clone()];
+                        pair.sort_by_key(|n| n.to_ascii_lowercase());
+                        pair.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+                        out.notice(&format!("* in {}: {}", self.shown(&room), pair.join(", ")));
+                    } else {
+                        self.no_conversation(&room, out);
+                    }
+                    return Ok(None);
+                }
                 ClientMsg::Who { room, after: None }
             }
             "rooms" => ClientMsg::Rooms { after: None },
@@ -1567,7 +1592,55 @@ impl State {
             out.notice(&format!("! you are not in {room}: /join {room}"));
             return;
         }
+        // Only to a conversation we have: `@nobody` is no room to be in.
+        if room.starts_with('@') && !self.has(&room) {
+            self.no_conversation(&room, out);
+            return;
+        }
         self.enter(Some(room), out);
+    }
+
+    /// Whether `room` is one of the user's: followed, or the current one.
+    fn has(&self, room: &str) -> bool {
+        self.rooms.contains_key(room) || self.current.as_deref() == Some(room)
+    }
+
+    /// Tells the user there is no direct-message room `room` to switch to, and how to start one.
+    fn no_conversation(&self, room: &str, out: &mut Output) {
+        let shown = self.shown(room);
+        let nick = shown.trim_start_matches('@');
+        out.notice(&format!(
+            "! no conversation with @{nick} (/msg {nick} TEXT starts one)"
+        ));
+    }
+
+    /// `text` (from the server) with each direct-message room of ours, `@a+b`, named as the
+    /// user sees it (`@mochi`).
+    fn unmask(&self, text: &str) -> String {
+        let nick_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        let mut said = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find('@') {
+            said.push_str(&rest[..at]);
+            let tail = &rest[at + 1..];
+            let first = tail.find(|c| !nick_char(c)).unwrap_or(tail.len());
+            let second = tail[first..]
+                .strip_prefix('+')
+                .map(|after| after.find(|c| !nick_char(c)).unwrap_or(after.len()));
+            match second {
+                Some(len) if first > 0 && len > 0 => {
+                    let end = at + 1 + first + 1 + len;
+                    said.push_str(&self.shown(&rest[at..end]));
+                    rest = &rest[end..];
+                }
+                _ => {
+                    said.push('@');
+                    rest = tail;
+                }
+            }
+        }
+        said.push_str(rest);
+        said
     }
 
     /// `/leave [ROOM]`: leaves it (the current room without ROOM); leaving the current room
@@ -1589,6 +1662,10 @@ impl State {
         let dm = room.starts_with('@');
         if !dm && !self.rooms.contains_key(&room) {
             out.notice(&format!("! you are not in {room}"));
+            return Ok(());
+        }
+        if dm && !self.has(&room) {
+            self.no_conversation(&room, out);
             return Ok(());
         }
         self.rooms.remove(&room);
@@ -1690,6 +1767,56 @@ impl State {
             None
         }
     }
+}
+
+/// A refusal as the user reads it: the server's `message` when it is a sentence for people,
+/// else the client's words for its code — never the code itself. The one mapping from
+/// [`ErrorCode`] to wording (the server's words are [`visible`](output::visible)).
+fn refusal(code: ErrorCode, message: &str) -> String {
+    let message = output::visible(message.trim());
+    // Words for programs: the protocol's JSON, or a request this client should not have sent.
+    let jargon = message.is_empty() || message.contains("{\"") || message.contains('`');
+    let ours = match code {
+        ErrorCode::BadJson
+        | ErrorCode::BinaryNotAllowed
+        | ErrorCode::HelloFirst
+        | ErrorCode::AlreadyHello => {
+            "the server could not take what this client sent (a bug in nanachat connect: please \
+             report it)"
+        }
+        ErrorCode::CidReused => "that line was taken for another one already sent; say it again",
+        // The server's words name a request; the grace they tell is the user's to know.
+        ErrorCode::TokenExpired => {
+            return match message.rsplit_once(" within ") {
+                Some((_, grace)) if !grace.is_empty() && !grace.contains(' ') => format!(
+                    "your token expired: the server ends the connection unless a fresh one \
+                     comes within {grace}"
+                ),
+                _ => "your token expired".to_owned(),
+            };
+        }
+        _ if !jargon => return message.into_owned(),
+        ErrorCode::BadMessage => {
+            "the server could not take that request (a bug in nanachat connect: please report it)"
+        }
+        ErrorCode::BadNick => "that is not a nick: 1 to 32 letters, digits, - or _",
+        ErrorCode::NickTaken => "that nick is taken",
+        ErrorCode::BadRoom => "that is not a room name: 1 to 64 letters, digits, -, _ or .",
+        ErrorCode::AlreadyJoined => "you are in that room already",
+        ErrorCode::NotJoined => "you are not in that room: /join it first",
+        ErrorCode::TooManyRooms => "you are in as many rooms as the server allows: /leave one",
+        ErrorCode::TextTooLong => "that line is longer than the server allows",
+        ErrorCode::NoSuchNick => "nobody has that nick",
+        ErrorCode::RateLimited => "slow down: you are sending faster than the server allows",
+        ErrorCode::Internal => "the server failed to store that: try again later",
+        ErrorCode::Unauthorized => "the server wants a valid token for that",
+        ErrorCode::Forbidden => "you are not allowed to do that",
+        ErrorCode::NoSuchMessage => "there is no such message",
+        ErrorCode::MessageDeleted => "that message was deleted",
+        ErrorCode::BadReaction => "that is not a reaction the server takes",
+        ErrorCode::Unchanged => "nothing to change",
+    };
+    ours.to_owned()
 }
 
 /// The direct-message room of two nicks, as docs/protocol.md names it: `@a+b`, both in lower
@@ -2045,6 +2172,35 @@ mod tests {
                 "now in lobby",
                 "unknown command /bogus (/help lists the commands; //TEXT says /TEXT)",
             ]
+        );
+    }
+
+    /// A refusal is a sentence: the server's when it is one, the client's for the protocol's
+    /// words; a DM room of ours in it is `@mochi`.
+    #[test]
+    fn refusals_are_sentences_and_dm_rooms_are_named_by_the_other_nick() {
+        let state = state();
+        assert_eq!(
+            refusal(ErrorCode::NoSuchNick, "nobody is connected as bob"),
+            "nobody is connected as bob"
+        );
+        assert_eq!(refusal(ErrorCode::Unchanged, ""), "nothing to change");
+        let hello = refusal(
+            ErrorCode::HelloFirst,
+            r#"say hello first: {"type":"hello"}"#,
+        );
+        assert!(!hello.contains('{') && hello.contains("bug"), "{hello}");
+        let expired = refusal(
+            ErrorCode::TokenExpired,
+            r#"your token expired: send {"type":"refresh","token":…} with a fresh one within 30s"#,
+        );
+        assert!(
+            expired.ends_with("within 30s") && !expired.contains('{'),
+            "{expired}"
+        );
+        assert_eq!(
+            state.unmask("join @mochi+nana before saying anything there (@a+b, @, a@b+)"),
+            "join @mochi before saying anything there (@a+b, @, a@b+)"
         );
     }
 
