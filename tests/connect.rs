@@ -1035,6 +1035,25 @@ fn real_server_a_token_that_ends_without_a_new_one_ends_the_client_with_exit_3()
     }
 }
 
+/// `nick` (with a key of its own, so that it stays its) sends nana a direct message, acked.
+async fn dm_from(url: &str, nick: &str, text: &str, cid: &str) {
+    let mut ws = common::protocol_peer(url).await;
+    for msg in [
+        json!({"type": "hello", "nick": nick, "key": format!("{nick}'s key")}),
+        json!({"type": "dm", "to": "nana", "text": text, "cid": cid}),
+    ] {
+        ws.send(Message::text(msg.to_string())).await.unwrap();
+    }
+    loop {
+        match within("the dm's ack", ws.next()).await {
+            Some(Ok(Message::Text(t))) if t.contains("\"ack\"") => break,
+            Some(Ok(Message::Text(t))) => assert!(!t.contains("\"error\""), "{t}"),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 /// Issue 15 item 5: an open server binds a nick to the first key used with it, for good. So the
 /// client keeps its key in a file (made at first use, readable by its owner only) and every
 /// run is the same user; a client with another key is refused the nick.
@@ -1249,23 +1268,7 @@ async fn a_direct_message_sent_while_away_is_shown_on_the_next_connect() {
     let mut server = serve(&dir, "127.0.0.1:0");
     let url = server.listening_url();
     let addr = url.trim_start_matches("ws://").to_owned();
-    let dm = async |url: &str, text: &str, cid: &str| {
-        let mut ws = common::protocol_peer(url).await;
-        for msg in [
-            json!({"type": "hello", "nick": "mochi", "key": "mochi's key"}),
-            json!({"type": "dm", "to": "nana", "text": text, "cid": cid}),
-        ] {
-            ws.send(Message::text(msg.to_string())).await.unwrap();
-        }
-        loop {
-            match within("the dm's ack", ws.next()).await {
-                Some(Ok(Message::Text(t))) if t.contains("\"ack\"") => break,
-                Some(Ok(Message::Text(t))) => assert!(!t.contains("\"error\""), "{t}"),
-                Some(Ok(_)) => {}
-                other => panic!("{other:?}"),
-            }
-        }
-    };
+    let dm = async |url: &str, text: &str, cid: &str| dm_from(url, "mochi", text, cid).await;
     // nana has a key (the test's key file): the server keeps what is sent to her.
     let mut nana = client(&url, "nana", &[]);
     nana.wait_stderr("joined lobby");
@@ -1341,21 +1344,7 @@ async fn an_inbox_longer_than_one_frame_is_caught_up_page_by_page() {
     assert!(nana.wait_exit().success(), "{}", nana.stderr_text());
     let senders: Vec<String> = (1..=15).map(|i| format!("writer{i:02}")).collect();
     for nick in &senders {
-        let mut ws = common::protocol_peer(&url).await;
-        for msg in [
-            json!({"type": "hello", "nick": nick, "key": format!("{nick}'s key")}),
-            json!({"type": "dm", "to": "nana", "text": format!("from {nick}"), "cid": "m1"}),
-        ] {
-            ws.send(Message::text(msg.to_string())).await.unwrap();
-        }
-        loop {
-            match within("the dm's ack", ws.next()).await {
-                Some(Ok(Message::Text(t))) if t.contains("\"ack\"") => break,
-                Some(Ok(Message::Text(t))) => assert!(!t.contains("\"error\""), "{t}"),
-                Some(Ok(_)) => {}
-                other => panic!("{other:?}"),
-            }
-        }
+        dm_from(&url, nick, &format!("from {nick}"), "m1").await;
     }
     // The inbox does not fit one frame (else this test shows nothing).
     let mut probe = common::protocol_peer(&url).await;
