@@ -30,6 +30,7 @@ impl ClientMsg {
             | ClientMsg::Leave { .. }
             | ClientMsg::Who { .. }
             | ClientMsg::Rooms { .. }
+            | ClientMsg::Watch { .. }
             | ClientMsg::Refresh { .. }
             | ClientMsg::Nick { .. }
             | ClientMsg::Typing { .. }
@@ -206,6 +207,19 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<RoomInfo>,
     },
+    /// Follow the room counts (`rooms`) and whether some nicks are online (`nicks`, at most
+    /// [`MAX_WATCH_NICKS`]): answered at once with a `live` frame telling whether each nick is
+    /// online, then sent a `live` frame with what changed, at most one every
+    /// [`LIVE_EVERY_MS`]. Replaces what the connection followed before; `{"type":"watch"}`
+    /// stops.
+    Watch {
+        /// Follow the member count of every public room.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rooms: bool,
+        /// The nicks whose being online to follow.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nicks: Vec<String>,
+    },
     /// Another nick for this user, in place: every connection of its nick (on this process)
     /// takes it, keeping its rooms — not the old nick's direct-message rooms. Answered with
     /// `renamed` to each of them, or an `error` that leaves the old nick in force.
@@ -372,6 +386,59 @@ pub struct RoomInfo {
     pub room: String,
     /// How many nicks are in it.
     pub members: usize,
+}
+
+/// The most nicks one `watch` may follow.
+pub const MAX_WATCH_NICKS: usize = 100;
+
+/// A watching connection is sent at most one `live` frame in this long (milliseconds).
+pub const LIVE_EVERY_MS: u64 = 1000;
+
+/// Answer to `watch`, and then what changed for a watching connection (at most one every
+/// [`LIVE_EVERY_MS`]): the frame `{"type":"live",…}`. Only a connection that sent `watch` gets
+/// one, so it is not a [`ServerMsg`] (whose every variant each client handles).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "live")]
+pub struct Live {
+    /// The public rooms whose member count changed, by name, each with its count now (0: empty
+    /// now); only the first ones when they would not fit in one frame. Empty in the answer to
+    /// `watch` (ask `rooms` for the list).
+    pub rooms: Vec<RoomInfo>,
+    /// How many rooms changed: more than `rooms` when the frame was cut (then ask `rooms`
+    /// again for the whole list).
+    #[serde(default)]
+    pub total: usize,
+    /// Nicks followed that are online now (in an update: that came online).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub online: Vec<String>,
+    /// Nicks followed that are not online now (in an update: that went offline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline: Vec<String>,
+}
+
+impl Live {
+    /// The JSON text of this frame, with as many of its rooms as fit in `limit` bytes (at least
+    /// none); `total` is kept.
+    pub fn fit(mut self, limit: usize) -> String {
+        let whole = serde_json::to_string(&self).unwrap_or_default();
+        if whole.len() <= limit {
+            return whole;
+        }
+        let rooms = std::mem::take(&mut self.rooms);
+        // `lo` rooms fit, `hi` do not.
+        let (mut lo, mut hi) = (0, rooms.len());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            self.rooms = rooms[..mid].to_vec();
+            if serde_json::to_string(&self).map_or(usize::MAX, |t| t.len()) <= limit {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        self.rooms = rooms[..lo].to_vec();
+        serde_json::to_string(&self).unwrap_or_default()
+    }
 }
 
 /// Presence events.
@@ -977,12 +1044,49 @@ mod tests {
     }
 
     #[test]
+    fn a_live_frame_is_cut_to_fit_and_keeps_its_total() {
+        let live = Live {
+            rooms: vec![RoomInfo {
+                room: "lobby".into(),
+                members: 3,
+            }],
+            total: 1,
+            online: vec![],
+            offline: vec!["mochi".into()],
+        };
+        let text = live.clone().fit(1 << 16);
+        assert_eq!(
+            text,
+            r#"{"type":"live","rooms":[{"room":"lobby","members":3}],"total":1,"offline":["mochi"]}"#
+        );
+        assert_eq!(serde_json::from_str::<Live>(&text).ok(), Some(live));
+        let many = Live {
+            rooms: (0..1000)
+                .map(|i| RoomInfo {
+                    room: format!("room-{i}"),
+                    members: i,
+                })
+                .collect(),
+            total: 1000,
+            online: vec![],
+            offline: vec![],
+        };
+        let text = many.fit(4096);
+        assert!(text.len() <= 4096);
+        let cut: Live = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(cut.total, 1000);
+        assert!(cut.rooms.len() > 10 && cut.rooms.len() < 1000);
+        let doc = include_str!("../docs/protocol.md");
+        assert!(doc.contains(r#"{"type":"live","rooms":[],"total":0,"online":["mochi"]}"#));
+    }
+
+    #[test]
     fn the_protocol_document_shows_every_message_type() {
         let doc = include_str!("../docs/protocol.md");
         for kind in [
             "hello", "join", "leave", "say", "dm", "who", "rooms", "history", "welcome", "joined",
             "left", "ack", "message", "presence", "members", "tick", "error", "edit", "delete",
-            "react", "typing", "read", "inbox", "search", "thread",
+            "react", "typing", "read", "inbox", "search", "thread", "watch", "live",
         ] {
             assert!(
                 doc.contains(&format!("\"type\":\"{kind}\"")),

@@ -1508,3 +1508,62 @@ async fn the_http_api_reaches_every_process() {
         assert!(frame.reason.contains("banned"), "{}", frame.reason);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watched_nick_is_told_online_and_offline_whichever_process_it_uses() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let procs: Vec<Proc> = (0..2).map(|_| process(&pg, &redis)).collect();
+    let urls: Vec<String> = procs.iter().map(Proc::listening_url).collect();
+    let mut nana = Client::connect(&urls[0], "nana").await;
+    // Presence from the other process reaches this one (it has subscribed).
+    nana.join("lobby", None).await;
+    let mut other = Client::connect(&urls[1], "other").await;
+    other.join("lobby", None).await;
+    nana.wait_for("other joins", presence("other", "join"))
+        .await;
+    nana.send(json!({"type": "watch", "nicks": ["Mochi"]}))
+        .await;
+    let answer = nana.wait_for("the answer", |v| v["type"] == "live").await;
+    assert_eq!(answer["offline"], json!(["Mochi"]), "{answer}");
+    let live =
+        |event: &'static str| move |v: &Value| v["type"] == "live" && v[event] == json!(["Mochi"]);
+
+    // On the other process: told, within a round or two.
+    let start = std::time::Instant::now();
+    let mochi_on = |url: &str| {
+        let hello = json!({"type": "hello", "nick": "mochi", "key": "mochi's key"});
+        let url = url.to_owned();
+        async move {
+            let (c, answer) = Client::hello(&url, hello).await;
+            assert_eq!(answer["type"], "welcome", "{answer}");
+            c
+        }
+    };
+    let mochi = mochi_on(&urls[1]).await;
+    nana.wait_for("mochi online", live("online")).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    // A second connection on this process, then the one over there goes: still online; the
+    // last one goes: offline.
+    let here = mochi_on(&urls[0]).await;
+    drop(mochi);
+    drop(here);
+    let start = std::time::Instant::now();
+    let told = nana
+        .wait_for("mochi offline", |v| {
+            v["type"] == "live" && v["offline"] == json!(["Mochi"])
+        })
+        .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(told.get("online").is_none(), "{told}");
+    // Back over there: online again.
+    let _again = mochi_on(&urls[1]).await;
+    nana.wait_for("mochi online again", live("online")).await;
+}

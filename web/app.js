@@ -41,15 +41,13 @@ const state = {
   publicRooms: new Map(), // room -> members, from `rooms` ("Also here"), busiest first
   publicTotal: 0, // how many rooms the server has with members
   publicLast: null, // the last entry of the last `rooms` page
-  roomsAsked: 0, // when `rooms` was last asked (ms)
-  roomsLater: null, // the timer of the next `rooms`, when one was wanted sooner
+  online: new Map(), // nick (lower case) -> whether it is online, for the direct-message rooms' others (`watch`)
+  watched: null, // the nicks `watch` follows now, joined with ',' (null: not watching yet)
   roomsPaged: false, // the user paged the list past its first page: it is not refreshed
   retryAt: 0, // offline: when the library connects again (ms), for the countdown
   countdown: null, // its interval
 };
 
-/// How often the rooms list (and the counts of rooms this page is not in) is asked again.
-const ROOMS_EVERY_MS = 15000;
 
 /// How often this page says it is typing, and how long another's `typing` is shown.
 const TYPING_EVERY_MS = 2000;
@@ -150,8 +148,60 @@ function room(name) {
     };
     state.rooms.set(name, r);
     renderRooms();
+    if (isDm(name)) watch();
   }
   return r;
+}
+
+/// Follows the room counts and whether the other one of each direct-message room is online
+/// (`watch`; the library follows them again after a reconnect): asked again only when the
+/// direct-message rooms change.
+function watch() {
+  const c = state.client;
+  if (!c || c.state !== 'open') return;
+  const nicks = [...new Set([...state.rooms.keys()].filter(isDm).map(dmPeer))]
+    .filter((n) => n !== state.nick.toLowerCase()).sort().slice(0, 100);
+  const key = nicks.join(',');
+  if (state.watched === key) return;
+  state.watched = key;
+  c.watch({ rooms: true, nicks }).catch(failed);
+}
+
+/// `live`: room counts now (0: empty now), and who of those followed came online or went.
+function onLive(msg) {
+  for (const n of msg.online ?? []) state.online.set(n.toLowerCase(), true);
+  for (const n of msg.offline ?? []) state.online.set(n.toLowerCase(), false);
+  if (msg.rooms.length) {
+    for (const { room: name, members } of msg.rooms) {
+      const had = state.publicRooms.has(name);
+      if (members > 0) state.publicRooms.set(name, members); else state.publicRooms.delete(name);
+      if (had && members === 0) state.publicTotal = Math.max(0, state.publicTotal - 1);
+      if (!had && members > 0) state.publicTotal += 1;
+    }
+    // Busiest first, as the server lists them.
+    state.publicRooms = new Map([...state.publicRooms].sort((a, b) => b[1] - a[1] || byCodePoint(a[0], b[0])));
+    state.publicTotal = Math.max(state.publicTotal, state.publicRooms.size);
+  }
+  // More changed than one frame holds: the whole list again.
+  if (msg.total > msg.rooms.length && !state.roomsPaging) state.client.rooms().catch(failed);
+  renderPublic();
+  renderPeer();
+}
+
+/// The dot beside a direct-message room's title: whether the other one is online, said in words
+/// to a screen reader (and read out when it changes).
+function renderPeer() {
+  const box = $('peer-presence');
+  const name = state.current;
+  if (!name || !isDm(name)) { box.hidden = true; return; }
+  const peer = dmPeer(name);
+  const known = state.online.has(peer);
+  const on = state.online.get(peer) === true;
+  box.hidden = !known;
+  box.dataset.online = String(on);
+  box.title = on ? 'online' : 'offline';
+  const text = `${dmPeerNick(name)} is ${on ? 'online' : 'offline'}`;
+  if ($('peer-presence-text').textContent !== text) $('peer-presence-text').textContent = text;
 }
 
 /// A request's refusal, shown in the room on screen (a closed client's are not: it is gone).
@@ -234,9 +284,9 @@ function dmPeerNick(name) {
   return peer;
 }
 
-/// The rooms with members ("Also here"), busiest first as the server listed them; the count of a
-/// room this page is in is kept live from its `presence` events, the others' from `rooms`
-/// asked again every ROOMS_EVERY_MS while the page is seen.
+/// The rooms with members ("Also here"), busiest first as the server listed them; the counts are
+/// kept live from `live` frames (`watch`), a room this page is in also from its `presence`
+/// events.
 function renderPublic() {
   const list = $('public-rooms');
   list.replaceChildren();
@@ -270,22 +320,6 @@ function renderPublic() {
   }
 }
 
-/// Asks for the rooms list again — at most once every ROOMS_EVERY_MS, only while the page is
-/// seen and connected, and not once the user paged past its first page (that would drop the
-/// rest).
-function refreshRooms() {
-  const c = state.client;
-  if (!c || c.state !== 'open' || state.roomsPaged || state.roomsPaging || document.visibilityState !== 'visible') return;
-  const wait = state.roomsAsked + ROOMS_EVERY_MS - Date.now();
-  if (wait > 0) {
-    // Asked not long ago: once more when that is allowed (one timer, however many ask).
-    state.roomsLater ??= setTimeout(() => { state.roomsLater = null; refreshRooms(); }, wait);
-    return;
-  }
-  state.roomsAsked = Date.now();
-  c.rooms().catch(failed);
-}
-
 function show(name) {
   if (state.compose && state.compose.room !== name) endCompose();
   state.current = name;
@@ -297,6 +331,7 @@ function show(name) {
   r.marker = state.known && r.unread > 0 && r.readSeq !== null ? r.readSeq : null;
   $('room-title').textContent = roomLabel(name);
   $('room-title').title = roomLabel(name);
+  renderPeer();
   const list = $('messages');
   list.replaceChildren(...r.el.children.length ? Array.from(r.el.cloneNode(true).children) : []);
   list.dataset.room = name;
@@ -847,7 +882,9 @@ function onServer(msg) {
       for (const r of state.rooms.values()) if (!r.member && r.lastSeq !== null) forgetLog(r);
       state.roomsPaging = false;
       state.roomsPaged = false;
-      state.roomsAsked = Date.now();
+      // Watched before the list is asked: no change falls between the two. After a reconnect
+      // the library watches again by itself.
+      watch();
       state.client.rooms().catch(failed);
       // The user's rooms and where it is in each, also what came while it was away (direct
       // messages to it included): after every reconnect.
@@ -868,8 +905,6 @@ function onServer(msg) {
       r.loading = loading; // its first page, asked for now
       if (loading) state.client.history(msg.room, { limit: 50 }).catch(failed);
       if (msg.room === state.current) decorate();
-      // A room the list does not have yet (new, or empty until now): listed at the next ask.
-      if (!isDm(msg.room) && !state.publicRooms.has(msg.room)) refreshRooms();
       if (msg.read_seq !== undefined && msg.read_seq !== null) readState(msg.room, msg.read_seq, msg.unread ?? 0, msg.last_seq);
       else if (msg.room === state.current) markRead();
       // A search result in this room, shown once it is loaded.
@@ -907,8 +942,6 @@ function onServer(msg) {
         stopTyping(msg.room, msg.nick);
       }
       if (msg.room === state.current) renderMembers(); else renderPublic();
-      // A room not listed yet (new, or only now with members): the list is asked again.
-      if (!state.publicRooms.has(msg.room) && !isDm(msg.room)) refreshRooms();
       break;
     }
     case 'renamed': {
@@ -927,6 +960,7 @@ function onServer(msg) {
       if (msg.room === state.current) renderMembers(); else renderPublic();
       break;
     }
+    case 'live': onLive(msg); break;
     case 'rooms': {
       // A list too long for one frame comes cut: the first rooms and the `total` of the list.
       // The button at its end asks for the rooms after the last one shown.
@@ -1347,10 +1381,10 @@ function offerJoin(name, seq) {
 // ---- connection ---------------------------------------------------------------------------
 
 /// What the library delivers that this page renders (answers come this way too: `joined`,
-/// `history`, `members`, `rooms`, `inbox`; `message`, `edit`, `delete` and `react` once each,
+/// `history`, `members`, `rooms`, `inbox`; `live` for `watch`; `message`, `edit`, `delete` and `react` once each,
 /// in seq order per room).
 const FRAMES = ['welcome', 'joined', 'left', 'read', 'inbox', 'typing', 'message', 'edit', 'delete',
-  'react', 'refreshed', 'presence', 'members', 'rooms', 'history', 'renamed'];
+  'react', 'refreshed', 'presence', 'members', 'rooms', 'live', 'history', 'renamed'];
 
 /// Opens this login's connection: the library's Client, which comes back by itself.
 function connect() {
@@ -1363,6 +1397,7 @@ function connect() {
     refreshAheadMs: null, // the user is asked when the server says the token expired, not before
   });
   state.client = client;
+  state.watched = null;
   for (const type of FRAMES) client.on(type, onServer);
   client.on('token_expired', () => { state.expired = true; });
   client.on('state', onState);
@@ -1469,10 +1504,6 @@ document.addEventListener('keydown', (e) => {
   if (e.key === 'Escape' && $('app').dataset.drawer) { e.preventDefault(); closeDrawer(true); }
 });
 window.addEventListener('hashchange', openPermalink);
-// The rooms list, again now and then while the page is seen (the counts of rooms this page is
-// in follow their presence events meanwhile).
-setInterval(refreshRooms, ROOMS_EVERY_MS);
-document.addEventListener('visibilitychange', refreshRooms);
 
 $('token-bar').addEventListener('submit', (e) => {
   e.preventDefault();

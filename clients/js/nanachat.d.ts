@@ -165,6 +165,12 @@ export interface SearchFrame { type: 'search'; results: StoredMessage[]; total: 
 export interface MembersFrame { type: 'members'; room: string; nicks: string[]; total: number }
 export interface RoomInfo { room: string; members: number }
 export interface RoomsFrame { type: 'rooms'; rooms: RoomInfo[]; total: number }
+/**
+ * The answer to `watch` (`rooms` empty; `online`/`offline`: every nick followed), then what
+ * changed, at most one a second: rooms with their count now (0: empty now), and the nicks that
+ * came online or went offline. `total` above `rooms.length`: more changed than fit (ask `rooms`).
+ */
+export interface LiveFrame { type: 'live'; rooms: RoomInfo[]; total: number; online?: string[]; offline?: string[] }
 export interface HistoryFrame { type: 'history'; room: string; epoch: number; messages: StoredMessage[]; total: number }
 /** A change of the connection's state (this library's, not the server's). */
 export interface StateEvent {
@@ -202,6 +208,7 @@ export interface EventMap {
   search: SearchFrame;
   members: MembersFrame;
   rooms: RoomsFrame;
+  live: LiveFrame;
   history: HistoryFrame;
   state: StateEvent;
 }
@@ -265,6 +272,11 @@ export class Client {
   inbox(options?: { after?: string }): Promise<InboxFrame>;
   who(room: string, options?: { after?: string }): Promise<MembersFrame>;
   rooms(options?: { after?: RoomInfo }): Promise<RoomsFrame>;
+  /**
+   * Follows every room's member count and whether `nicks` (at most 100) are online, again after
+   * each reconnect; `live` events carry what changed. `watch()` stops.
+   */
+  watch(options?: { rooms?: boolean; nicks?: string[] }): Promise<LiveFrame>;
   refresh(token: string): Promise<RefreshedFrame>;
   /** A fresh cid of this client's. */
   newCid(): string;

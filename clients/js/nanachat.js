@@ -16,6 +16,8 @@
 // - tokens: `getToken()` is asked for a fresh one before the token expires (`refresh`), when
 //   the server says `token_expired`, after a 4003 close and before reconnecting with a token
 //   that has expired;
+// - watching: what `watch` follows (room counts, nicks online) is followed again after a
+//   reconnect; `live` events carry what changed;
 // - requests: each returns a promise of the server's answer; an `error` rejects it with a
 //   `NanachatError` whose `code` is the protocol's.
 //
@@ -29,6 +31,8 @@ export const PROTOCOL = 'nanachat.v1';
 
 const OPEN = 1;
 const MAX_CID_BYTES = 64;
+/** The most nicks one `watch` follows. */
+const MAX_WATCH_NICKS = 100;
 /** Errors after which a request with a cid is sent again, with the same cid. */
 const RETRIED = new Set(['rate_limited', 'internal']);
 const RETRY_MS = 1000;
@@ -109,6 +113,8 @@ export class Client {
   #outbox = new Map();
   /** Requests sent without a cid, oldest first, waiting for their answer. */
   #asks = [];
+  /** What `watch` follows: its frame, sent again after every reconnect (null: nothing). */
+  #watching = null;
   /** Requests not sent yet (offline, or the token expired), oldest first. */
   #waiting = [];
   /** The pace of what is sent: { tokens, rate, burst, last }, set at `welcome`. */
@@ -445,6 +451,10 @@ export class Client {
     for (const [name, r] of this.#rooms) {
       if (r.wanted && !joining.has(name)) rejoins.push(this.#joinAsk(name, () => {}, () => {}));
     }
+    // What was watched, again: its answer (a `live` event) tells who is online now.
+    if (this.#watching && !this.#waiting.some((a) => a.frame?.type === 'watch')) {
+      rejoins.push({ frame: this.#watching, expect: 'live', internal: true, resolve: () => {}, reject: () => {} });
+    }
     this.#waiting = [...rejoins, ...this.#waiting];
     // Sent before the application hears `welcome`: what it asks then comes after its rooms.
     this.#flush();
@@ -735,6 +745,22 @@ export class Client {
     const frame = { type: 'rooms' };
     if (options.after !== undefined) frame.after = options.after;
     return this.#ask({ frame, expect: 'rooms' });
+  }
+
+  /**
+   * Follows the member count of every room (`rooms: true`) and whether `nicks` are online:
+   * resolves with the answer, a `live` frame with `online` and `offline`; then `live` events
+   * come with what changed (at most one a second), also after a reconnect (the library sends
+   * `watch` again). `watch()` with nothing stops.
+   */
+  watch(options = {}) {
+    const nicks = options.nicks ?? [];
+    need(Array.isArray(nicks) && nicks.length <= MAX_WATCH_NICKS && nicks.every(isText), `watch follows at most ${MAX_WATCH_NICKS} nicks`);
+    const frame = { type: 'watch' };
+    if (options.rooms === true) frame.rooms = true;
+    if (nicks.length) frame.nicks = [...nicks];
+    this.#watching = frame.rooms || frame.nicks ? frame : null;
+    return this.#ask({ frame, expect: 'live' });
   }
 
   // ---- requests with a cid (the outbox) ------------------------------------------------------

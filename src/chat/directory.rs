@@ -177,6 +177,15 @@ impl<S: Store> Directory<S> {
         }
     }
 
+    /// A connection here follows nicks (`watch`): in a cluster, nicks coming online and going
+    /// offline on the other processes are told to this one from now on. Alone, nothing to do.
+    pub(super) async fn watching_nicks(&self) -> Result<()> {
+        match &self.cluster {
+            Some(cluster) => cluster.watching().await,
+            None => Ok(()),
+        }
+    }
+
     /// Whether anybody is connected as `nick`, here or (in a cluster) on another process.
     pub(super) async fn nick_online(&self, nick: &str) -> Result<bool> {
         if self.hub.nick_online(nick) {

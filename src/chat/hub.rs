@@ -23,7 +23,7 @@
 //! the room (`appending`), and in a cluster a reopened room is filled from the store after a
 //! grace, as any newly opened one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -62,6 +62,56 @@ struct State {
     /// With several processes: the name of every room taken in or dropped, so that the
     /// cluster listens to the rooms held and no others.
     held_feed: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// The connections that sent `watch`, and what changed for them since the last `live`.
+    watch: Watch,
+}
+
+/// Who follows room counts and nicks online (`watch`), and what changed since the last
+/// `live` frames. With nobody watching, joins and leaves only check two counts here.
+#[derive(Debug, Default)]
+struct Watch {
+    /// By connection: whether it follows the rooms, and the nicks it follows (each as it
+    /// asked, and case-folded).
+    conns: HashMap<ConnId, Watcher>,
+    /// How many of `conns` follow the rooms.
+    rooms_followed: usize,
+    /// The nicks followed (case-folded), each with how many connections follow it.
+    nicks: HashMap<String, usize>,
+    /// Public rooms joined or left since the last `live`.
+    changed_rooms: HashSet<String>,
+    /// Nicks followed (case-folded) that came online or went offline here since then.
+    changed_nicks: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Watcher {
+    rooms: bool,
+    nicks: Vec<(String, String)>,
+    /// Its answer to `watch` is queued: `live` frames may follow it. Until then, what changed
+    /// for it is kept for the round after.
+    answered: bool,
+}
+
+/// What changed for the connections that watch, taken for one round of `live` frames.
+#[derive(Debug, Default)]
+pub(crate) struct LiveRound {
+    /// Public rooms whose count may have changed, by name, with their count now.
+    pub(crate) rooms: Vec<crate::protocol::RoomInfo>,
+    /// Nicks followed whose being online may have changed (case-folded), with whether a
+    /// connection of theirs is here now.
+    pub(crate) nicks: Vec<(String, bool)>,
+    /// Each watching connection with something to be told.
+    pub(crate) to: Vec<LiveTarget>,
+}
+
+/// A watching connection with something to be told in a `live` round.
+#[derive(Debug)]
+pub(crate) struct LiveTarget {
+    pub(crate) outbox: Outbox,
+    /// It follows the rooms.
+    pub(crate) rooms: bool,
+    /// The nicks it follows that changed: (as it asked, case-folded).
+    pub(crate) nicks: Vec<(String, String)>,
 }
 
 /// Where a clustered hub sends its members' joins and leaves (see `cluster.rs`).
@@ -289,6 +339,129 @@ impl Hub {
         send_or_close(outbox, text, &self.stats);
     }
 
+    /// Connection `id` follows the room counts (`rooms`) and `nicks` from now on, instead of
+    /// what it followed before; nothing at all stops it.
+    pub(crate) fn watch(&self, id: ConnId, rooms: bool, nicks: &[String]) {
+        let mut state = self.state();
+        if !state.conns.contains_key(&id) {
+            return;
+        }
+        state.unwatch(id);
+        if !rooms && nicks.is_empty() {
+            return;
+        }
+        let w = &mut state.watch;
+        let mut followed: Vec<(String, String)> = Vec::with_capacity(nicks.len());
+        for nick in nicks {
+            let key = nick_key(nick);
+            if followed.iter().all(|(_, k)| *k != key) {
+                *w.nicks.entry(key.clone()).or_insert(0) += 1;
+                followed.push((nick.clone(), key));
+            }
+        }
+        w.rooms_followed += usize::from(rooms);
+        w.conns.insert(
+            id,
+            Watcher {
+                rooms,
+                nicks: followed,
+                answered: false,
+            },
+        );
+    }
+
+    /// Queues the answer to connection `id`'s `watch` (as anything sent without waiting); the
+    /// `live` frames of what changed since it was asked come after it.
+    pub(crate) fn answer_watch(&self, id: ConnId, text: crate::connection::Utf8Bytes) {
+        let mut state = self.state();
+        let Some(conn) = state.conns.get(&id) else {
+            return;
+        };
+        send_or_close(&conn.outbox, text, &self.stats);
+        if let Some(w) = state.watch.conns.get_mut(&id) {
+            w.answered = true;
+        }
+    }
+
+    /// Whether any connection here follows nicks.
+    pub(crate) fn watches_nicks(&self) -> bool {
+        !self.state().watch.nicks.is_empty()
+    }
+
+    /// `nick` came online or went offline on another process: in the next `live` round if
+    /// anybody here follows it.
+    pub(crate) fn nick_changed_elsewhere(&self, nick: &str) {
+        self.state().watch_nick(&nick_key(nick));
+    }
+
+    /// Every nick followed is in the next `live` round, as if it had changed (what was told of
+    /// them may have been missed: Redis was out of reach).
+    pub(crate) fn recheck_watched_nicks(&self) {
+        let mut state = self.state();
+        let keys: Vec<String> = state.watch.nicks.keys().cloned().collect();
+        state.watch.changed_nicks.extend(keys);
+    }
+
+    /// Takes what changed for the watching connections since the last call (a `live` round),
+    /// or `None` when nothing did or nobody watches.
+    pub(crate) fn take_live(&self) -> Option<LiveRound> {
+        let mut state = self.state();
+        let rooms = std::mem::take(&mut state.watch.changed_rooms);
+        let nicks = std::mem::take(&mut state.watch.changed_nicks);
+        if state.watch.conns.is_empty() || (rooms.is_empty() && nicks.is_empty()) {
+            return None;
+        }
+        let mut round = LiveRound::default();
+        if state.watch.rooms_followed > 0 {
+            let mut rooms: Vec<String> = rooms.into_iter().collect();
+            rooms.sort();
+            round.rooms = rooms
+                .into_iter()
+                .map(|room| {
+                    let members = state.nicks_in(&room, usize::MAX);
+                    crate::protocol::RoomInfo { room, members }
+                })
+                .collect();
+        }
+        round.nicks = nicks
+            .into_iter()
+            .map(|key| {
+                let online = state.nicks.contains_key(&key);
+                (key, online)
+            })
+            .collect();
+        let (mut later_rooms, mut later_nicks) = (false, Vec::new());
+        for (id, w) in &state.watch.conns {
+            let Some(conn) = state.conns.get(id) else {
+                continue;
+            };
+            let rooms = w.rooms && !round.rooms.is_empty();
+            let nicks: Vec<(String, String)> = w
+                .nicks
+                .iter()
+                .filter(|(_, key)| round.nicks.iter().any(|(k, _)| k == key))
+                .cloned()
+                .collect();
+            if !w.answered {
+                // Its answer is on its way: told in the next round, after it.
+                later_rooms |= rooms;
+                later_nicks.extend(nicks.into_iter().map(|(_, key)| key));
+            } else if rooms || !nicks.is_empty() {
+                round.to.push(LiveTarget {
+                    outbox: conn.outbox.clone(),
+                    rooms: w.rooms,
+                    nicks,
+                });
+            }
+        }
+        if later_rooms {
+            let rooms = round.rooms.iter().map(|r| r.room.clone());
+            state.watch.changed_rooms.extend(rooms);
+        }
+        state.watch.changed_nicks.extend(later_nicks);
+        Some(round)
+    }
+
     /// Whether connection `id` is a member of `room`.
     pub(crate) fn is_member(&self, id: ConnId, room: &str) -> bool {
         self.state()
@@ -437,6 +610,10 @@ impl Hub {
         {
             return Err(ErrorCode::NickTaken);
         }
+        // Its first connection here: it comes online (told if followed).
+        if !state.watch.nicks.is_empty() && !state.nicks.contains_key(&nick_key(nick)) {
+            state.watch_nick(&nick_key(nick));
+        }
         state
             .nicks
             .entry(nick_key(nick))
@@ -570,6 +747,7 @@ impl Hub {
         }
         state.release_nick(id, &nick);
         state.feed(ONLINE, &nick, -1, None);
+        state.unwatch(id);
         state.conns.remove(&id);
     }
 
@@ -925,6 +1103,7 @@ impl State {
         };
         conn.rooms.insert(room.to_owned());
         let nick = conn.nick.clone();
+        self.watch_room(room);
         if self.feed(room, &nick, 1, None) {
             if let Some(r) = self.rooms.get_mut(room) {
                 r.members.insert(id, replay.then(Box::default));
@@ -953,6 +1132,7 @@ impl State {
         if let Some(r) = self.rooms.get_mut(room) {
             r.members.remove(&id);
         }
+        self.watch_room(room);
         if tell {
             let left = ServerMsg::Left {
                 room: room.to_owned(),
@@ -964,6 +1144,42 @@ impl State {
         }
         if self.tells_presence(room) && !self.nick_in_room(&nick, room) {
             self.presence(room, &nick, PresenceEvent::Leave);
+        }
+    }
+
+    /// A member joined or left `room`: if anybody follows the room counts, the room is in
+    /// the next `live` round.
+    fn watch_room(&mut self, room: &str) {
+        if self.watch.rooms_followed > 0 && !room.starts_with('@') {
+            self.watch.changed_rooms.insert(room.to_owned());
+        }
+    }
+
+    /// The nick `key` (case-folded) came online or went offline here: if anybody follows it,
+    /// it is in the next `live` round.
+    fn watch_nick(&mut self, key: &str) {
+        if !self.watch.nicks.is_empty() && self.watch.nicks.contains_key(key) {
+            self.watch.changed_nicks.insert(key.to_owned());
+        }
+    }
+
+    /// Connection `id` follows nothing any more.
+    fn unwatch(&mut self, id: ConnId) {
+        let Some(w) = self.watch.conns.remove(&id) else {
+            return;
+        };
+        self.watch.rooms_followed -= usize::from(w.rooms);
+        for (_, key) in w.nicks {
+            if let Some(n) = self.watch.nicks.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.watch.nicks.remove(&key);
+                    self.watch.changed_nicks.remove(&key);
+                }
+            }
+        }
+        if self.watch.rooms_followed == 0 {
+            self.watch.changed_rooms.clear();
         }
     }
 
@@ -1027,6 +1243,10 @@ impl State {
                 }
             }
         }
+        if another {
+            self.watch_nick(&old_key);
+            self.watch_nick(&new_key);
+        }
         let held = self.nicks.entry(new_key).or_insert_with(|| Nick {
             shown: nick.to_owned(),
             key,
@@ -1053,6 +1273,7 @@ impl State {
             n.conns.remove(&id);
             if n.conns.is_empty() {
                 self.nicks.remove(&nick);
+                self.watch_nick(&nick);
             }
         }
     }

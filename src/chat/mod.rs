@@ -76,6 +76,7 @@ impl<S: Store> Chat<S> {
             config,
             max_message_bytes,
             next_id: AtomicU64::new(1),
+            live_started: std::sync::atomic::AtomicBool::new(false),
             errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
         });
         Self { inner, pruner }

@@ -25,8 +25,8 @@ use super::types::{
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
-    ClientMsg, ErrorCode, InboxEntry, Limits, MAX_EMOJI_BYTES, MAX_REACTIONS, RoomInfo,
-    SUBPROTOCOL, ServerMsg, parse_client,
+    ClientMsg, ErrorCode, InboxEntry, LIVE_EVERY_MS, Limits, Live, MAX_EMOJI_BYTES, MAX_REACTIONS,
+    MAX_WATCH_NICKS, RoomInfo, SUBPROTOCOL, ServerMsg, parse_client,
 };
 use crate::rate::Bucket;
 use crate::store::{Append, Appended, Membership, Objection, Op, Store, now_ms, search_words};
@@ -50,6 +50,8 @@ pub(super) struct Inner<S> {
     pub(super) max_message_bytes: usize,
     /// The id of the next connection.
     pub(super) next_id: AtomicU64,
+    /// The task that sends `live` frames runs (started by the first `watch`).
+    pub(super) live_started: std::sync::atomic::AtomicBool,
     /// Error frames sent, by [`ErrorCode`] (indexed by its discriminant).
     pub(super) errors: [AtomicU64; ErrorCode::ALL.len()],
 }
@@ -101,6 +103,78 @@ pub(super) struct Session<S> {
     /// A user the server knows again (a token, or a nick with a key): its rooms and how far
     /// it has read them are kept.
     pub(super) known: bool,
+}
+
+/// Sends the watching connections what changed, at most once every [`LIVE_EVERY_MS`], until
+/// the chat server is dropped. A round costs nothing when nothing changed or nobody watches.
+///
+/// Room counts are this process's, as `rooms` tells them. Whether a nick is online is looked
+/// at when it may have changed — its first connection here came or its last one went, or (in
+/// a cluster) another process published that it came online or went offline anywhere — and
+/// then asked of the whole cluster, once this process's own changes are in Redis.
+async fn live_loop<S: Store>(chat: std::sync::Weak<Inner<S>>) {
+    let every = std::time::Duration::from_millis(LIVE_EVERY_MS);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(chat) = chat.upgrade() else { return };
+        let directory = &chat.directory;
+        let Some(round) = directory.hub().take_live() else {
+            continue;
+        };
+        let mut online = std::collections::HashMap::new();
+        if round.nicks.iter().any(|(_, here)| !here) {
+            // Gone from here; maybe not from the cluster. What this process did is in
+            // Redis first.
+            directory.presence_applied().await;
+        }
+        for (key, here) in &round.nicks {
+            let on = match *here {
+                true => Some(true),
+                false => directory.nick_online(key).await.ok(),
+            };
+            if on.is_none() {
+                // Not known now (Redis out of reach, or settling): told in a later round.
+                directory.hub().nick_changed_elsewhere(key);
+            }
+            online.insert(key.clone(), on);
+        }
+        let limit = chat.max_message_bytes;
+        let live = |rooms: bool| Live {
+            rooms: if rooms {
+                round.rooms.clone()
+            } else {
+                Vec::new()
+            },
+            total: if rooms { round.rooms.len() } else { 0 },
+            online: Vec::new(),
+            offline: Vec::new(),
+        };
+        // Most watchers are told the same rooms and no nick: rendered once for them all.
+        let mut rooms_only: Option<crate::connection::Utf8Bytes> = None;
+        for target in &round.to {
+            let text = if target.nicks.is_empty() {
+                rooms_only
+                    .get_or_insert_with(|| live(true).fit(limit).into())
+                    .clone()
+            } else {
+                let mut frame = live(target.rooms);
+                for (asked, key) in &target.nicks {
+                    match online.get(key).copied().flatten() {
+                        Some(true) => frame.online.push(asked.clone()),
+                        Some(false) => frame.offline.push(asked.clone()),
+                        None => {}
+                    }
+                }
+                if frame.rooms.is_empty() && frame.online.is_empty() && frame.offline.is_empty() {
+                    continue;
+                }
+                frame.fit(limit).into()
+            };
+            directory.hub().send_to(&target.outbox, text);
+        }
+    }
 }
 
 /// A refusal to send back: an error frame, the connection stays.
@@ -360,6 +434,7 @@ impl<S: Store> Session<S> {
                 limit,
             } => self.history(conn, room, before, after, limit).await,
             ClientMsg::Rooms { after } => self.rooms(conn, after).await,
+            ClientMsg::Watch { rooms, nicks } => self.watch(rooms, nicks).await,
             ClientMsg::Refresh { token } => self.refresh(conn, token).await,
             ClientMsg::Nick { nick } => self.rename(&nick).await,
         }
@@ -882,6 +957,44 @@ impl<S: Store> Session<S> {
             total,
         });
         Ok(self.reply_list(conn, list).await?)
+    }
+
+    /// Answers `watch`: from now on the connection follows the room counts (`rooms`) and
+    /// whether `nicks` are online, told in `live` frames (see [`live_loop`]); the answer says
+    /// whether each nick is online now (on any process of a cluster).
+    async fn watch(&self, rooms: bool, nicks: Vec<String>) -> Result<(), Failure> {
+        if nicks.len() > MAX_WATCH_NICKS {
+            refuse(
+                ErrorCode::BadMessage,
+                format!("watch follows at most {MAX_WATCH_NICKS} nicks"),
+            )?;
+        }
+        // Followed before the state is read: a change after this is told in the next round.
+        self.hub().watch(self.id, rooms, &nicks);
+        if !self.chat.live_started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(live_loop(Arc::downgrade(&self.chat)));
+        }
+        let mut live = Live {
+            rooms: Vec::new(),
+            total: 0,
+            online: Vec::new(),
+            offline: Vec::new(),
+        };
+        let directory = &self.chat.directory;
+        if !nicks.is_empty() {
+            directory.watching_nicks().await.map_err(unavailable)?;
+        }
+        for nick in nicks {
+            if directory.nick_online(&nick).await.map_err(unavailable)? {
+                live.online.push(nick);
+            } else {
+                live.offline.push(nick);
+            }
+        }
+        // Through the hub: no `live` frame of this watch goes before it.
+        let text = live.fit(self.chat.max_message_bytes);
+        self.hub().answer_watch(self.id, text.into());
+        Ok(())
     }
 
     /// Edits and deletes go by authorship, and a nick without a key is anyone's once free:

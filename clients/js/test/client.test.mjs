@@ -395,3 +395,49 @@ test('a rename: `renamed` gives the client its new nick (the next hello says it)
     wss.close();
   }
 });
+
+test('watch: room counts and a nick online come as live events, without asking again, and again after a reconnect', async () => {
+  const dir = tempDir();
+  let server = await serve(['--data-dir', dir]);
+  const nana = client(server.url, 'nana');
+  await within(nana.connect(), 'welcome');
+  const answer = await within(nana.watch({ rooms: true, nicks: ['mochi'] }), 'the answer to watch');
+  assert.deepEqual(answer, { type: 'live', rooms: [], total: 0, offline: ['mochi'] });
+  const counts = new Map();
+  const online = new Map();
+  nana.on('live', (l) => {
+    for (const r of l.rooms) counts.set(r.room, r.members);
+    for (const n of l.online ?? []) online.set(n, true);
+    for (const n of l.offline ?? []) online.set(n, false);
+  });
+
+  const mochi = client(server.url, 'mochi');
+  await within(mochi.connect(), 'mochi connects');
+  await within(mochi.join('lobby'), 'mochi joins');
+  await until('lobby has 1 and mochi is online', () => counts.get('lobby') === 1 && online.get('mochi') === true);
+  mochi.close();
+  await until('lobby is empty and mochi offline', () => counts.get('lobby') === 0 && online.get('mochi') === false);
+
+  // The server restarts: the library watches again on the new connection.
+  await kill9(server.proc);
+  server = await serve(['--data-dir', dir, '--addr', server.addr]);
+  await until('nana is back', () => nana.state === 'open');
+  const again = client(server.url, 'mochi');
+  await within(again.connect(), 'mochi again');
+  await within(again.join('games'), 'mochi joins games');
+  await until('games has 1 and mochi is online', () => counts.get('games') === 1 && online.get('mochi') === true);
+
+  // `watch()` stops: no more live events (another watcher is told, nana is not).
+  const kuro = client(server.url, 'kuro');
+  await within(kuro.connect(), 'kuro connects');
+  await within(kuro.watch({ rooms: true }), 'kuro watches');
+  await within(nana.watch(), 'unwatch');
+  let after = 0;
+  nana.on('live', () => { after += 1; });
+  const told = next(kuro, 'live', (l) => l.rooms.some((r) => r.room === 'games' && r.members === 0));
+  await within(again.leave('games'), 'mochi leaves');
+  await told;
+  // That round is over: anything for nana would be ahead of this answer.
+  await within(nana.rooms(), 'rooms');
+  assert.equal(after, 0);
+});

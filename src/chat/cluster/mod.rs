@@ -51,7 +51,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::hub::Hub;
-use super::types::{Change, Floors, chat_message, dm_pair};
+use super::types::{Change, Floors, ONLINE, chat_message, dm_pair};
 use crate::Result;
 use crate::protocol::{ChatMessage, ServerMsg};
 use crate::store::{MAX_PAGE, Page, Store};
@@ -196,6 +196,12 @@ impl<S: Store> Cluster<S> {
             .link
             .publish_rename(from, to, at, floors.to_vec())
             .await
+    }
+
+    /// A connection here follows nicks (`watch`): their coming online and going offline on
+    /// every process is published from now on (kept so at each heartbeat while it does).
+    pub(crate) async fn watching(&self) -> Result<()> {
+        self.shared.link.watching().await
     }
 
     /// The public rooms with members on any process and how many nicks each has, by name.
@@ -481,6 +487,9 @@ async fn subscribe_loop<S: Store>(
             if !first {
                 info!(broker = %broker.shown(), rooms = listening.len(), "Redis is back: filling the rooms with members from the store");
                 inner.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
+                // Nicks may have come or gone unheard meanwhile: those followed are looked at
+                // again.
+                inner.hub.recheck_watched_nicks();
             }
             inner.hub.resync_presence();
         }
@@ -618,6 +627,10 @@ fn hear<S: Store>(inner: &Arc<Shared<S>>, msg: &::redis::Msg) {
             }
             inner.deliver(&room, Some((seq, &ServerMsg::chat(chat))));
         }
+        Some(Heard::Presence(room, nick, _)) if room == ONLINE => {
+            // A nick came online or went offline somewhere: told to who follows it here.
+            inner.hub.nick_changed_elsewhere(&nick);
+        }
         Some(Heard::Presence(room, nick, event)) => {
             inner.hub.tell_presence(&room, &nick, event);
         }
@@ -725,6 +738,11 @@ async fn presence_loop<S: Store>(inner: Weak<Shared<S>>, mut rx: mpsc::Unbounded
                     synced = None;
                 }
             }
+        }
+        if inner.hub.watches_nicks()
+            && let Err(err) = inner.link.watching().await
+        {
+            debug!(cause = %err, "cannot say that nicks are followed here");
         }
         match inner.link.beat(&inner.stats.expired_nodes).await {
             Ok(None) => {}

@@ -46,6 +46,10 @@ pub(super) fn room_channel(room: &str) -> Option<String> {
 }
 /// The channel of presence events.
 pub(crate) const PRESENCE: &str = "nanachat:presence";
+/// Set (for [`ALIVE_TTL`], refreshed every [`HEARTBEAT`]) while a connection on some process
+/// follows nicks with `watch`: only then does a nick coming online or going offline anywhere
+/// publish an event (room `*`) on [`PRESENCE`].
+const WATCHING: &str = "nanachat:watching";
 /// How long a process counts as alive after its last heartbeat.
 pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(10);
 /// How often a process says it is alive and looks for dead ones.
@@ -58,9 +62,12 @@ pub(super) const TIMEOUT: Duration = Duration::from_secs(3);
 /// a count that reaches 0 is removed. If the change takes the nick's count from 0 to 1 (1 to 0)
 /// and `tell` is set, publishes the join (leave) in the same step — while the room, counted
 /// without the nick, has fewer nicks than the presence limit. For the room of nicks online,
-/// also holds the nick's claim: set (to its key, for good) while it is online, deleted when not.
+/// also holds the nick's claim: set (to its key, for good) while it is online, deleted when not;
+/// and, if `watching` names a key that exists (someone follows nicks), publishes the nick's
+/// coming online (going offline) everywhere as a join (leave) of the room of nicks online.
 /// KEYS: room hash, node hash. ARGV: nick, delta, "room\nnick", claim ("" for other rooms),
-/// key, room, tell ("1" or "0"), presence limit, presence channel.
+/// key, room, tell ("1" or "0"), presence limit, presence channel, watching ("" for other
+/// rooms, or not to tell).
 const CHANGE: &str = r"
 local d = tonumber(ARGV[2])
 local have = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
@@ -72,6 +79,12 @@ if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 if ARGV[4] ~= '' then
   if n <= 0 then redis.call('DEL', ARGV[4])
   elseif d > 0 then redis.call('SET', ARGV[4], ARGV[5]) end
+end
+if ARGV[10] ~= '' and ((d == 1 and n == 1) or (d == -1 and n <= 0))
+    and redis.call('EXISTS', ARGV[10]) == 1 then
+  local online = 'leave'
+  if d == 1 then online = 'join' end
+  redis.call('PUBLISH', ARGV[9], cjson.encode({room = ARGV[6], nick = ARGV[1], event = online}))
 end
 local event = nil
 if d == 1 and n == 1 then event = 'join' elseif d == -1 and n == 0 then event = 'leave' end
@@ -87,9 +100,10 @@ return n
 
 /// Takes a process's whole share out of the rooms and deletes it, publishing the leave of
 /// every nick that is then in a room no more (while the room is under the presence limit); a
-/// nick no longer online anywhere loses its claim. Returns how many nicks left rooms.
+/// nick no longer online anywhere loses its claim (and, while someone follows nicks, its going
+/// offline is published). Returns how many nicks left rooms.
 /// KEYS: node hash. ARGV: the room hash prefix, the room of nicks online, the claim prefix,
-/// presence limit, presence channel.
+/// presence limit, presence channel ("" not to tell), the key set while nicks are followed.
 const WITHDRAW: &str = r"
 local share = redis.call('HGETALL', KEYS[1])
 local gone = 0
@@ -103,6 +117,9 @@ for i = 1, #share, 2 do
     redis.call('HDEL', key, nick)
     if room == ARGV[2] then
       redis.call('DEL', ARGV[3] .. nick)
+      if ARGV[5] ~= '' and redis.call('EXISTS', ARGV[6]) == 1 then
+        redis.call('PUBLISH', ARGV[5], cjson.encode({room = room, nick = nick, event = 'leave'}))
+      end
     else
       gone = gone + 1
       if ARGV[5] ~= '' and redis.call('HLEN', key) < tonumber(ARGV[4]) then
@@ -683,7 +700,8 @@ impl Link {
             .arg(ONLINE)
             .arg(CLAIM_PREFIX)
             .arg(self.presence_limit)
-            .arg(if tell { PRESENCE } else { "" });
+            .arg(if tell { PRESENCE } else { "" })
+            .arg(WATCHING);
         cmd
     }
 
@@ -702,6 +720,19 @@ impl Link {
         }
         pipe.clear();
         self.run::<()>(&whole).await
+    }
+
+    /// Says that a connection here follows nicks (`watch`): for the next [`ALIVE_TTL`], nicks
+    /// coming online and going offline on any process are published.
+    pub(super) async fn watching(&self) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(WATCHING)
+            .arg(1)
+            .arg("PX")
+            .arg(ALIVE_TTL.as_millis() as u64)
+            .ignore();
+        self.run(&pipe).await
     }
 
     /// Applies joins and leaves; each publishes its event if it changed who is in a room.
@@ -734,6 +765,7 @@ impl Link {
                 .arg(if tell && !online { "1" } else { "0" })
                 .arg(self.presence_limit)
                 .arg(PRESENCE)
+                .arg(if tell && online { WATCHING } else { "" })
                 .ignore();
         }
         pipe

@@ -903,6 +903,91 @@ test('room counts stay live from presence (no polling), and a direct-message roo
   await page.close();
 });
 
+/// A page logged in as `nick` on a desktop or, with `phone`, a phone-sized screen.
+async function openOn(http, nick, phone) {
+  const page = phone
+    ? await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true })
+    : await browser.newPage({ viewport: { width: 1000, height: 640 } });
+  await page.goto(`${http}/`);
+  await page.fill('#nick', nick);
+  await page.press('#nick', 'Enter');
+  await page.waitForSelector('#status:text("connected")', { timeout: WAIT });
+  return page;
+}
+
+/// Waits for `cond` for at most `ms` (shorter than the 15 s the rooms list was polled every).
+async function soon(what, cond, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+for (const phone of [false, true]) {
+  const on = phone ? 'a phone' : 'a desktop';
+  test(`on ${on}, the count of a room the page is not in follows joins and leaves within seconds (watch, no polling)`, async () => {
+    const { url, http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+    const page = await openOn(http, 'alice', phone);
+    const asked = countRoomsAsked(page);
+    await until('#lobby (1)', async () => (await publicRooms(page)).includes('#lobby (1)'));
+    const x = await wsClient(url, 'xavier');
+    x.send({ type: 'join', room: 'elsewhere' });
+    await soon('#elsewhere (1)', async () => (await publicRooms(page)).includes('#elsewhere (1)'));
+    const y = await wsClient(url, 'yuki');
+    y.send({ type: 'join', room: 'elsewhere' });
+    await soon('#elsewhere (2)', async () => (await publicRooms(page)).includes('#elsewhere (2)'));
+    // Busiest first.
+    assert.equal((await publicRooms(page))[0], '#elsewhere (2)');
+    y.ws.close();
+    await soon('#elsewhere (1) once yuki is gone', async () => (await publicRooms(page)).includes('#elsewhere (1)'));
+    x.send({ type: 'leave', room: 'elsewhere' });
+    await soon('#elsewhere gone once empty', async () => !(await publicRooms(page)).some((r) => r.startsWith('#elsewhere')));
+    assert.equal(asked.n, 0, 'the rooms list was not asked again');
+    await page.screenshot({ path: path.join(SHOTS, `live-counts-${phone ? 'phone' : 'desktop'}.png`) });
+    x.ws.close();
+    await page.close();
+  });
+
+  test(`on ${on}, a direct-message room shows whether the other one is online, live, as a dot and in words`, async () => {
+    const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
+    const bobContext = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+    let bob = await openChat(http, 'bob', bobContext);
+    const page = await openOn(http, 'alice', phone);
+    if (phone) {
+      // The rooms drawer holds "Message someone".
+      await page.click('#rooms-toggle');
+      await until('the rooms drawer', () => page.isVisible('#dm-nick'));
+    }
+    await page.fill('#dm-nick', 'bob');
+    await page.press('#dm-nick', 'Enter');
+    await until('the DM room shown', async () => (await page.textContent('#room-title')) === '@bob');
+    const peer = async () => ({
+      shown: await page.isVisible('#peer-presence .dot'),
+      online: await page.getAttribute('#peer-presence', 'data-online'),
+      words: await page.textContent('#peer-presence-text'),
+    });
+    await soon('bob online', async () => (await peer()).online === 'true');
+    assert.deepEqual(await peer(), { shown: true, online: 'true', words: 'bob is online' });
+    assert.equal(await page.getAttribute('#peer-presence', 'role'), 'status');
+    await page.screenshot({ path: path.join(SHOTS, `dm-online-${phone ? 'phone' : 'desktop'}.png`) });
+    await bob.close();
+    await soon('bob offline', async () => (await peer()).online === 'false');
+    assert.deepEqual(await peer(), { shown: true, online: 'false', words: 'bob is offline' });
+    await page.screenshot({ path: path.join(SHOTS, `dm-offline-${phone ? 'phone' : 'desktop'}.png`) });
+    bob = await openChat(http, 'bob', bobContext); // the same key: the nick is bob's
+    await soon('bob online again', async () => (await peer()).online === 'true');
+    // A public room has no dot.
+    if (!phone) {
+      await page.click('#room-list button[data-room="lobby"]');
+      await until('#lobby shown', async () => (await page.textContent('#room-title')) === '#lobby');
+      assert.ok(!(await page.isVisible('#peer-presence')), 'no dot in a public room');
+    }
+    await bobContext.close();
+    await page.close();
+  });
+}
+
 test('messages: no seqs, one sender\'s run grouped, a day separator, an empty room says so, links, nick colours as in the terminal', async () => {
   const { http } = await serve(['--memory', '--addr', '127.0.0.1:0']);
   const alice = await openChat(http, 'alice');

@@ -2,7 +2,7 @@
 // library compile against nanachat.d.ts, and wrong ones do not (each `@ts-expect-error` must
 // meet an error, or tsc fails).
 import { Client, NanachatError, PROTOCOL, dmRoom, tokenClaims } from '../../nanachat.js';
-import type { AckFrame, JoinedFrame, MessageFrame, SearchFrame, StateEvent } from '../../nanachat.js';
+import type { AckFrame, JoinedFrame, LiveFrame, MessageFrame, SearchFrame, StateEvent } from '../../nanachat.js';
 
 export async function example(): Promise<void> {
   const chat = new Client({
@@ -30,6 +30,10 @@ export async function example(): Promise<void> {
   const inbox = await chat.inbox();
   const unread: number = inbox.rooms[0].unread;
   await chat.dm('mochi', 'psst');
+  const live: LiveFrame = await chat.watch({ rooms: true, nicks: ['mochi'] });
+  const isOn: boolean = live.online?.includes('mochi') ?? false;
+  chat.on('live', (l) => { const count: number | undefined = l.rooms[0]?.members; void count; });
+  await chat.watch();
   const room: string = dmRoom('nana', 'mochi');
   const sub: string | undefined = tokenClaims('a.b.c')?.sub;
   const protocol: 'nanachat.v1' = PROTOCOL;
@@ -38,8 +42,10 @@ export async function example(): Promise<void> {
   } catch (err) {
     if (err instanceof NanachatError) console.log(err.code, err.cid);
   }
-  void [stop, max, found, first, unread, room, sub, protocol];
+  void [stop, max, found, first, unread, room, sub, protocol, isOn];
 
+  // @ts-expect-error: nicks are a list
+  await chat.watch({ nicks: 'mochi' });
   // @ts-expect-error: a seq is a number
   await chat.edit('lobby', '42', 'no');
   // @ts-expect-error: no such event
