@@ -184,6 +184,20 @@ struct State {
     /// Rooms shown up to a seq that the server does not know we read yet, and when to tell it.
     read_due: BTreeMap<String, u64>,
     read_at: Option<Instant>,
+    /// How many rooms the server lets a connection be in (its `welcome` says), DM rooms
+    /// included.
+    max_rooms: Option<usize>,
+    /// The direct-message rooms the server knows for us (its `inbox` lists them), with how far
+    /// we read each: `/switch @nick` opens one even if it is not followed this session.
+    dms: BTreeMap<String, u64>,
+    /// The rooms the server said we joined on this connection (a direct-message room closed
+    /// here with `/leave` stays joined there).
+    joined: BTreeSet<String>,
+    /// Conversations with unread messages the catch-up did not open (no room left for them).
+    more_unread: usize,
+    /// The line being handled was typed under a prompt naming another room than the current
+    /// one (the room changed while it was typed): what that prompt said.
+    typed_elsewhere: Option<String>,
 }
 
 /// A member typing in a room (the server says so at most every 2 s while it types).
@@ -198,6 +212,9 @@ const SENDING_AFTER: Duration = Duration::from_secs(1);
 
 /// How many of a room's last lines are shown when it is joined (in a terminal).
 const RECENT: u32 = 10;
+
+/// How many of the server's rooms the catch-up of direct messages leaves free, for a `/join`.
+const ROOMS_SPARE: usize = 1;
 
 /// How often, at most, the rooms read are told to the server.
 const READ_EVERY: Duration = Duration::from_secs(5);
@@ -277,6 +294,11 @@ pub async fn run(
         catching_up: false,
         read_due: BTreeMap::new(),
         read_at: None,
+        max_rooms: None,
+        dms: BTreeMap::new(),
+        joined: BTreeSet::new(),
+        more_unread: 0,
+        typed_elsewhere: None,
     };
     state.enter(state.current.clone(), out);
     let config = ConnectionConfig::default();
@@ -482,8 +504,20 @@ impl State {
         self.queue(msg)
     }
 
-    /// The current room, or `None` after telling the user there is none.
+    /// The current room, or `None` after telling the user there is none — or that the line
+    /// was typed under a prompt that named another room (the room changed meanwhile: a rename,
+    /// a room the server left): it is not said, rather than said where the user did not look.
     fn here(&self, out: &mut Output) -> Option<String> {
+        if let Some(seen) = &self.typed_elsewhere {
+            let now = match &self.current {
+                Some(room) => format!("you are in {} now", self.shown(room)),
+                None => "you are in no room now".to_owned(),
+            };
+            out.notice(&format!(
+                "! not sent: the prompt said {seen}, but {now} (Up brings the line back)"
+            ));
+            return None;
+        }
         if self.current.is_none() {
             out.notice("! you are in no room: /join ROOM, or /switch to one of yours");
         }
@@ -674,6 +708,8 @@ impl State {
         }
         self.read_due.clear();
         self.read_at = None;
+        self.joined.clear();
+        self.more_unread = 0;
         self.catch_up();
         for entry in &mut self.pending {
             entry.2 = false; // a new connection: everything unacked goes again
@@ -704,7 +740,8 @@ impl State {
                 input = inputs.recv(), if !self.input_done => match input {
                     Some(Input::Line(line)) => {
                         let end = self.on_line(Some(conn), line, out).await?;
-                        if self.joining.is_none() {
+                        // A `/join` or a `/nick` is handled once the server answers it.
+                        if self.joining.is_none() && self.renaming.is_none() {
                             out.handled();
                         }
                         if let Some(end) = end {
@@ -887,6 +924,7 @@ impl State {
                 self.welcomed = true;
                 // Half the burst: room left for joins and commands.
                 self.bucket = Bucket::new(limits.rate_per_sec, limits.rate_burst / 2);
+                self.max_rooms = Some(limits.max_rooms);
                 // A reconnect as the same nick is quiet: `* reconnected` said it.
                 if self.welcomed_as.as_ref() != Some(&nick) {
                     out.status(&format!("* connected as {nick}{}", until(exp)));
@@ -915,6 +953,7 @@ impl State {
                          or sent to the nick before it was yours)"
                     ));
                 }
+                self.joined.insert(room.clone());
                 // A room joined before is joined again quietly on a reconnect.
                 let first = cursor.last_seq.is_none();
                 if reset || first {
@@ -935,6 +974,7 @@ impl State {
             }
             // Unless the user's `/leave` said it already.
             ServerMsg::Left { room } => {
+                self.joined.remove(&room);
                 if self.rooms.remove(&room).is_some() {
                     out.status(&format!("* left {}", self.shown(&room)));
                     if self.current.as_ref() == Some(&room) {
@@ -977,29 +1017,38 @@ impl State {
                     });
                 }
                 for r in rooms {
-                    if r.room.starts_with('@') && r.unread > 0 && !self.rooms.contains_key(&r.room)
-                    {
-                        out.notice(&format!(
-                            "* {} unread from {}",
-                            r.unread,
-                            self.shown(&r.room)
-                        ));
-                        self.rooms.insert(
-                            r.room.clone(),
-                            Cursor {
-                                last_seq: Some(r.read_seq),
-                                epoch: None,
-                            },
-                        );
-                        self.outgoing.push(ClientMsg::Join {
-                            room: r.room,
-                            since: Some(r.read_seq),
-                            epoch: None,
-                        });
+                    if !r.room.starts_with('@') {
+                        continue;
                     }
+                    self.dms.insert(r.room.clone(), r.read_seq);
+                    if r.unread == 0 || self.rooms.contains_key(&r.room) {
+                        continue;
+                    }
+                    // Beyond the server's rooms the join would be refused: said in one line.
+                    if !self.room_for_one_more() {
+                        self.more_unread += 1;
+                        continue;
+                    }
+                    out.notice(&format!(
+                        "* {} unread from {}",
+                        r.unread,
+                        self.shown(&r.room)
+                    ));
+                    self.open(r.room, r.read_seq);
+                }
+                if !self.catching_up && self.more_unread > 0 {
+                    let more = std::mem::take(&mut self.more_unread);
+                    let s = if more == 1 { "" } else { "s" };
+                    out.notice(&format!(
+                        "* {more} more conversation{s} with unread messages: /inbox lists them, \
+                         /switch @NICK opens one"
+                    ));
                 }
             }
             ServerMsg::Inbox { rooms, total } => {
+                for r in rooms.iter().filter(|r| r.room.starts_with('@')) {
+                    self.dms.insert(r.room.clone(), r.read_seq);
+                }
                 let list = rooms
                     .iter()
                     .map(|r| format!("{} ({} unread)", self.shown(&r.room), r.unread));
@@ -1041,19 +1090,23 @@ impl State {
                 }
             }
             ServerMsg::Renamed { from, to } => {
-                self.renaming = None;
+                let asked = self.renaming.take().is_some();
                 if !from.eq_ignore_ascii_case(&to) {
                     // The old nick's direct-message rooms are not ours under the new one.
                     self.rooms.retain(|room, _| !room.starts_with('@'));
-                    if self.current.as_ref().is_some_and(|r| r.starts_with('@')) {
-                        let next = self.rooms.keys().next().cloned();
-                        self.enter(next, out);
+                    self.dms.clear();
+                    if let Some(here) = self.current.clone().filter(|r| r.starts_with('@')) {
+                        self.move_on(&here, out);
                     }
                 }
                 self.opts.nick = to.clone();
                 out.status(&format!("* you are now {to}"));
                 if !from.eq_ignore_ascii_case(&to) {
                     self.catch_up();
+                }
+                // The prompt after `/nick` waited for this: it names where lines go now.
+                if asked {
+                    out.handled();
                 }
             }
             ServerMsg::Refreshed { exp } => {
@@ -1215,6 +1268,7 @@ impl State {
                 "! not {wanted}: {message}; you are still {}",
                 self.opts.nick
             ));
+            out.handled();
             return None;
         }
         let join_refused = matches!(
@@ -1336,8 +1390,23 @@ impl State {
     }
 
     /// One input line: a message, or (interactive) a command. Offline (`conn` is `None`), what
-    /// is said waits for the next connection, marked as sending.
+    /// is said waits for the next connection, marked as sending. A line typed under a prompt
+    /// that named another room than the current one says nothing in either (see
+    /// [`State::here`]).
     async fn on_line(
+        &mut self,
+        conn: Option<&mut Connection>,
+        line: String,
+        out: &mut Output,
+    ) -> Result<Option<SessionEnd>> {
+        self.typed_elsewhere = out.typed_elsewhere();
+        let end = self.on_line_here(conn, line, out).await;
+        self.typed_elsewhere = None;
+        end
+    }
+
+    /// [`State::on_line`], once it is known where the line was typed.
+    async fn on_line_here(
         &mut self,
         conn: Option<&mut Connection>,
         line: String,
@@ -1372,8 +1441,17 @@ impl State {
         let msg = match verb.as_str() {
             "quit" | "q" => return Ok(Some(SessionEnd::Exit(Exit::Done))),
             "nick" if !rest.is_empty() => {
+                let Some(conn) = conn else {
+                    out.notice("! offline: /nick needs the server; try again once reconnected");
+                    return Ok(None);
+                };
+                // What was shown under the old nick is told read first: the old nick, taken
+                // back, does not show it again.
+                self.queue_reads();
+                self.pump(Some(conn)).await?;
                 self.renaming = Some(rest.clone());
-                ClientMsg::Nick { nick: rest }
+                self.send(conn, &ClientMsg::Nick { nick: rest }).await?;
+                return Ok(None);
             }
             "reconnect" => {
                 out.notice("* reconnecting now");
@@ -1384,6 +1462,10 @@ impl State {
             }
             "switch" => {
                 self.switch(&rest, out);
+                // A conversation opened by the switch is joined now.
+                if conn.is_some() {
+                    self.pump(conn).await?;
+                }
                 return Ok(None);
             }
             "leave" => return self.leave(conn, &rest, out).await.map(|()| None),
@@ -1592,12 +1674,43 @@ impl State {
             out.notice(&format!("! you are not in {room}: /join {room}"));
             return;
         }
-        // Only to a conversation we have: `@nobody` is no room to be in.
+        // Only to a conversation we have, or the server has for us (`/inbox` lists it):
+        // `@nobody` is no room to be in.
         if room.starts_with('@') && !self.has(&room) {
-            self.no_conversation(&room, out);
-            return;
+            let Some(&read) = self.dms.get(&room) else {
+                self.no_conversation(&room, out);
+                return;
+            };
+            self.open(room.clone(), read);
         }
         self.enter(Some(room), out);
+    }
+
+    /// Opens a direct-message room the server knows for us: joined from where we read it, so
+    /// what we have not seen is shown.
+    fn open(&mut self, room: String, read_seq: u64) {
+        self.rooms.insert(
+            room.clone(),
+            Cursor {
+                last_seq: Some(read_seq),
+                epoch: None,
+            },
+        );
+        // Closed here only: the server still has us in it, and sends what comes.
+        if self.joined.contains(&room) {
+            return;
+        }
+        self.outgoing.push(ClientMsg::Join {
+            room,
+            since: Some(read_seq),
+            epoch: None,
+        });
+    }
+
+    /// Whether the server lets us be in one more room, with one left over for a `/join`.
+    fn room_for_one_more(&self) -> bool {
+        self.max_rooms
+            .is_none_or(|max| self.rooms.len() + 1 + ROOMS_SPARE <= max)
     }
 
     /// Whether `room` is one of the user's: followed, or the current one.
@@ -1668,7 +1781,12 @@ impl State {
             self.no_conversation(&room, out);
             return Ok(());
         }
-        self.rooms.remove(&room);
+        // A conversation closed here stays one the server knows: `/switch @nick` opens it again.
+        if let Some(cursor) = self.rooms.remove(&room)
+            && dm
+        {
+            self.dms.insert(room.clone(), cursor.last_seq.unwrap_or(0));
+        }
         // Offline, the room is simply not joined again; a direct-message room is only closed
         // here (its messages still come, as every DM does).
         if let Some(conn) = conn
@@ -1743,12 +1861,10 @@ impl State {
         out.set_room(shown.as_deref());
     }
 
-    /// A room as the user sees it: a direct-message room `@mochi+nana` is `@mochi` (the other
-    /// nick) in a terminal; a script sees the server's names.
+    /// A room as the user sees it, in a terminal and in a script alike: a direct-message room
+    /// `@mochi+nana` is `@mochi` (the other nick); `--json` prints the protocol's objects as
+    /// they come.
     fn shown(&self, room: &str) -> String {
-        if !self.opts.commands {
-            return room.to_owned();
-        }
         match self.peer(room) {
             Some(peer) => format!("@{peer}"),
             None => room.to_owned(),
@@ -1959,6 +2075,11 @@ mod tests {
             catching_up: false,
             read_due: BTreeMap::new(),
             read_at: None,
+            max_rooms: None,
+            dms: BTreeMap::new(),
+            joined: BTreeSet::new(),
+            more_unread: 0,
+            typed_elsewhere: None,
         }
     }
 

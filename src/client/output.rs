@@ -4,6 +4,7 @@
 //! Everything printed for a human from what the server sent (nicks, rooms, texts, notices,
 //! `--raw` frames) goes through [`visible`] first: a message cannot drive the reader's terminal.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -46,11 +47,15 @@ pub enum Output {
 ///
 /// The editor waits (briefly) after each line for the client to have handled it, so that the
 /// prompt of the next line already says where a `/switch`, `/join` or `/leave` took the user.
+/// The room can also change while a line is being typed (a rename from another device, a room
+/// the server left): each line handed over carries the prompt it was typed under (see
+/// [`Output::typed_elsewhere`]), so that a line is never said in a room its prompt did not name.
 #[derive(Debug, Clone)]
 pub struct Prompt {
     text: Arc<Mutex<String>>,
     handled: SyncSender<()>,
     bar: Arc<Mutex<Option<String>>>,
+    typed: Typed,
 }
 
 /// The editor's end of a [`Prompt`].
@@ -59,7 +64,20 @@ pub struct PromptReader {
     text: Arc<Mutex<String>>,
     handled: Receiver<()>,
     bar: Arc<Mutex<Option<String>>>,
+    typed: Typed,
 }
+
+/// The prompt the editor shows, and, in order, the prompts of the lines handed over and not yet
+/// handled by the client.
+#[derive(Debug, Clone, Default)]
+struct Typed {
+    shown: Arc<Mutex<String>>,
+    lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// At most this many prompts of lines handed over are kept (more than the input channel holds):
+/// a client that never asks (`--raw`) keeps no more.
+const TYPED_KEPT: usize = 256;
 
 /// How long the editor waits for the client to handle a line before it shows the next prompt
 /// anyway (the client is busy, e.g. waiting for the server to answer a `/join`).
@@ -71,33 +89,46 @@ impl Prompt {
         let text = Arc::new(Mutex::new("> ".to_owned()));
         let (handled, rx) = sync_channel(16);
         let bar = Arc::new(Mutex::new(None));
+        let typed = Typed::default();
         (
             Prompt {
                 text: text.clone(),
                 handled,
                 bar: bar.clone(),
+                typed: typed.clone(),
             },
             PromptReader {
                 text,
                 handled: rx,
                 bar,
+                typed,
             },
         )
     }
 }
 
 impl PromptReader {
-    /// The prompt to show now.
+    /// The prompt to show now: the editor shows it until the next call.
     pub fn text(&self) -> String {
-        self.text
+        let text = self
+            .text
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        *lock(&self.typed.shown) = text.clone();
+        text
     }
 
-    /// Forgets that earlier lines were handled: called before a line is handed over.
+    /// Forgets that earlier lines were handled: called before a line is handed over (once
+    /// for each), which is typed under the prompt shown last.
     pub fn forget(&self) {
         while self.handled.try_recv().is_ok() {}
+        let shown = lock(&self.typed.shown).clone();
+        let mut lines = lock(&self.typed.lines);
+        if lines.len() == TYPED_KEPT {
+            lines.pop_front();
+        }
+        lines.push_back(shown);
     }
 
     /// Waits (at most a moment) until the client has handled the line just handed over.
@@ -150,6 +181,11 @@ impl std::fmt::Debug for Output {
                 .finish(),
         }
     }
+}
+
+/// `mutex` locked, even if a thread panicked holding it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 const NICK_COLOURS: [u8; 6] = [31, 32, 33, 34, 35, 36];
@@ -303,6 +339,29 @@ impl Output {
             };
             *prompt.text.lock().unwrap_or_else(PoisonError::into_inner) = text;
         }
+    }
+
+    /// Called once for each line the editor hands over, in order: the room its prompt named
+    /// (`@mochi`, or `no room`) when that is not the room of the prompt now — the room changed
+    /// while the line was typed; `None` when it is (or without an editor).
+    pub fn typed_elsewhere(&mut self) -> Option<String> {
+        let Output::Terminal {
+            prompt: Some(prompt),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let typed = lock(&prompt.typed.lines).pop_front()?;
+        let now = lock(&prompt.text).clone();
+        if typed == now {
+            return None;
+        }
+        let room = typed
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix("] > "))
+            .unwrap_or("no room");
+        Some(room.to_owned())
     }
 
     /// Tells the line editor that the line it handed over is handled: it may show its prompt.
