@@ -1387,3 +1387,51 @@ async fn an_inbox_longer_than_one_frame_is_caught_up_page_by_page() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19 (from an attack on the docs): the DM catch-up joined every conversation with unread
+/// messages, and beyond the server's `--max-rooms` each got `! cannot join @nana+w5` (its raw
+/// room name) and was never shown. It opens as many as fit, leaving one room free, and says the
+/// rest in one line; a script names DM rooms `@w1` as a terminal does, never `@a+b`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dm_catch_up_stops_at_the_servers_rooms_and_says_the_rest_in_one_line() {
+    let dir =
+        std::env::temp_dir().join(format!("nanachat-connect-maxrooms-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = common::serve_child_with(&dir, "127.0.0.1:0", 1000, &["--max-rooms", "4"]);
+    let url = server.listening_url();
+    // nana has a key (the test's key file): the server keeps what is sent to her.
+    let mut nana = client(&url, "nana", &[]);
+    nana.wait_stderr("joined lobby");
+    nana.close_stdin();
+    assert!(nana.wait_exit().success(), "{}", nana.stderr_text());
+    let senders: Vec<String> = (1..=6).map(|i| format!("w{i}")).collect();
+    for nick in &senders {
+        dm_from(&url, nick, &format!("from {nick}"), "m1").await;
+    }
+
+    // lobby, and 4 rooms at most: 2 conversations opened, one room left free, 4 said.
+    let mut nana = client(&url, "nana", &[]);
+    nana.wait_stderr("* 4 more conversations with unread messages: /inbox lists them");
+    nana.wait_stdout("the two conversations opened", |l| l.len() >= 2);
+    nana.close_stdin();
+    assert!(nana.wait_exit().success(), "{}", nana.stderr_text());
+    let stderr = nana.stderr_text();
+    let stdout = texts(&nana.stdout_lines());
+    assert!(!stderr.contains('!'), "no refusal: {stderr}");
+    assert!(
+        !stderr.contains('+') && !stdout.iter().any(|l| l.contains('+')),
+        "{stderr}{stdout:?}"
+    );
+    assert_eq!(stderr.matches(" unread from @w").count(), 2, "{stderr}");
+    assert_eq!(stdout.len(), 2, "{stdout:?}");
+    for line in &stdout {
+        let nick = line[2..].split(']').next().unwrap();
+        assert_eq!(
+            line,
+            &format!("[@{nick}] {nick}: from {nick}"),
+            "{stdout:?}"
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -810,3 +810,162 @@ async fn under_a_terminal_refusals_are_sentences_without_protocol_codes() {
     assert_eq!(exit_code(pty), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The key of the terminal clients of this test process (their key file).
+fn test_key() -> String {
+    std::fs::read_to_string(common::test_key_file())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// `mochi` writes to nana and nana, at her prompt, switches to the conversation.
+async fn in_a_dm_with_mochi(mochi: &mut Client, pty: &mut PtySession) {
+    let dm = json!({"type": "dm", "to": "nana", "text": "psst", "cid": "dm-1"});
+    mochi.send(dm).await;
+    pty.exp_string("mochi: psst").unwrap();
+    pty.send_line("/switch @mochi").unwrap();
+    pty.exp_string("[@mochi] > ").unwrap();
+}
+
+/// Issue 19 (from an attack on the docs): after `/nick` in a DM the prompt still named the DM
+/// (`[@mochi] > `) while the next line went to lobby. The prompt after `/nick` names the room
+/// the line goes to.
+#[tokio::test]
+async fn under_a_terminal_the_prompt_after_a_rename_in_a_dm_names_where_lines_go() {
+    let dir = scratch("rename-prompt");
+    let Scene {
+        server: _server,
+        mut mochi,
+        mut pty,
+        ..
+    } = Scene::start(&dir).await;
+    in_a_dm_with_mochi(&mut mochi, &mut pty).await;
+    pty.send_line("/nick nana2").unwrap();
+    pty.exp_string("* you are now nana2").unwrap();
+    let prompt = pty.exp_string("[lobby] > ").unwrap();
+    assert!(!prompt.contains("[@mochi] > "), "{prompt:?}");
+    pty.send_line("where does this go").unwrap();
+    let said = message(&mut mochi, "where does this go").await;
+    assert_eq!(
+        (&said["room"], &said["from"]),
+        (&json!("lobby"), &json!("nana2"))
+    );
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 (from an attack on the docs): renamed from another device while in a DM, the
+/// client moved to lobby but the prompt still said `[@mochi] > `, and the private line typed
+/// there went to lobby. A line typed under a prompt that named another room is not sent.
+#[tokio::test]
+async fn under_a_terminal_a_line_typed_in_a_dm_is_never_said_in_lobby_after_a_remote_rename() {
+    let dir = scratch("rename-remote");
+    let Scene {
+        server: _server,
+        url,
+        mut mochi,
+        mut pty,
+    } = Scene::start(&dir).await;
+    in_a_dm_with_mochi(&mut mochi, &mut pty).await;
+    // nana's other device (same nick, same key) renames her: every connection of hers.
+    let mut other = Client::hello_with_key(&url, "nana", Some(&test_key())).await;
+    other.send(json!({"type": "nick", "nick": "nana3"})).await;
+    other.expect("renamed").await;
+    pty.exp_string("* you are now nana3").unwrap();
+    pty.send_line("private words for mochi only").unwrap();
+    pty.exp_string("! not sent: the prompt said @mochi, but you are in lobby now")
+        .unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("said in lobby").unwrap();
+    // The first line of nana3's that mochi gets is the one typed under `[lobby] > `.
+    loop {
+        let m = mochi.expect("message").await;
+        if m["from"] == "nana3" {
+            assert_eq!(
+                (&m["room"], &m["text"]),
+                (&json!("lobby"), &json!("said in lobby"))
+            );
+            break;
+        }
+    }
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 (from an attack on the docs): taking the old nick back within seconds of a rename
+/// showed its DMs again (read positions went at most every 5 s, and the rename dropped them).
+/// What was shown is told read before the `nick` goes out.
+#[tokio::test]
+async fn under_a_terminal_taking_a_nick_back_at_once_shows_its_dms_once() {
+    let dir = scratch("rename-back");
+    let Scene {
+        server: _server,
+        mut mochi,
+        mut pty,
+        ..
+    } = Scene::start(&dir).await;
+    for (text, cid) in [("one", "dm-1"), ("two", "dm-2")] {
+        let dm = json!({"type": "dm", "to": "nana", "text": text, "cid": cid});
+        mochi.send(dm).await;
+        pty.exp_string(&format!("mochi: {text}")).unwrap();
+    }
+    pty.send_line("/nick nana4").unwrap();
+    pty.exp_string("* you are now nana4").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("/nick nana").unwrap();
+    pty.exp_string("* you are now nana").unwrap();
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("/inbox").unwrap();
+    let before = pty.exp_string("@mochi (0 unread)").unwrap();
+    assert!(!before.contains("unread from"), "{before:?}");
+    pty.send_line("/quit").unwrap();
+    let rest = pty.exp_eof().unwrap();
+    assert!(!rest.contains("mochi: one"), "{rest:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 19 (from an attack on the docs): beyond the server's `--max-rooms` the DM catch-up
+/// printed `! cannot join …` for each conversation it could not open, and `/switch @nick`
+/// refused a conversation `/inbox` lists (after `/leave @nick` too). The catch-up says the rest
+/// in one line, and `/switch @nick` opens any conversation the server has for the user.
+#[tokio::test]
+async fn under_a_terminal_switch_opens_a_conversation_the_catch_up_left_or_the_user_closed() {
+    let dir = scratch("switch-inbox");
+    let server = common::serve_child_with(&dir, "127.0.0.1:0", 1000, &["--max-rooms", "3"]);
+    let url = server.listening_url();
+    // nana has a key (the test's key file): the server keeps what is sent to her.
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("[lobby] > ").unwrap();
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    for nick in ["w1", "w2", "w3"] {
+        let key = format!("{nick}'s key");
+        let mut w = Client::hello_with_key(&url, nick, Some(&key)).await;
+        let text = format!("from {nick}");
+        w.send(json!({"type": "dm", "to": "nana", "text": text, "cid": "m1"}))
+            .await;
+        w.expect("ack").await;
+    }
+    // lobby and one conversation: the server's 3 rooms, one left free.
+    let mut pty = terminal(&url, "nana");
+    pty.exp_string("* 1 unread from @w1").unwrap();
+    let said = pty
+        .exp_string("* 2 more conversations with unread messages: /inbox lists them")
+        .unwrap();
+    assert!(!said.contains('!') && !said.contains('+'), "{said:?}");
+    pty.exp_string("w1: from w1").unwrap();
+    pty.send_line("/switch @w3").unwrap();
+    pty.exp_string("w3: from w3").unwrap();
+    pty.exp_string("[@w3] > ").unwrap();
+    pty.send_line("/leave @w1").unwrap();
+    pty.exp_string("* left @w1").unwrap();
+    pty.send_line("/switch @w1").unwrap();
+    let switched = pty.exp_string("[@w1] > ").unwrap();
+    assert!(!switched.contains("no conversation"), "{switched:?}");
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
