@@ -521,4 +521,32 @@ mod tests {
             ]
         );
     }
+
+    /// Each line handed over carries the prompt it was typed under: one typed before the room
+    /// changed names the room its prompt said, one typed after names none.
+    #[test]
+    fn a_line_typed_under_another_rooms_prompt_is_told() {
+        let (prompt, reader) = Prompt::new();
+        let mut out = Output::Terminal {
+            printer: Box::new(|_| {}),
+            style: Style { color: false },
+            bar: None,
+            prompt: Some(prompt),
+        };
+        out.set_room(Some("@mochi"));
+        assert_eq!(reader.text(), "[@mochi] > ");
+        // Typed in the DM; the room changes (a rename elsewhere) before the client reads it.
+        reader.forget();
+        out.set_room(Some("lobby"));
+        assert_eq!(reader.text(), "[lobby] > ");
+        reader.forget();
+        assert_eq!(out.typed_elsewhere().as_deref(), Some("@mochi"));
+        assert_eq!(out.typed_elsewhere(), None);
+        assert_eq!(out.typed_elsewhere(), None, "no line left");
+        out.set_room(None);
+        assert_eq!(reader.text(), "> ");
+        reader.forget();
+        out.set_room(Some("lobby"));
+        assert_eq!(out.typed_elsewhere().as_deref(), Some("no room"));
+    }
 }
