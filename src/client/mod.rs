@@ -1913,6 +1913,12 @@ fn refusal(code: ErrorCode, message: &str) -> String {
                 _ => "your token expired".to_owned(),
             };
         }
+        // The server's words name the room, not why: say it.
+        ErrorCode::TooManyRooms if !jargon => {
+            return format!(
+                "{message}: you are in as many rooms as the server allows (/leave one)"
+            );
+        }
         _ if !jargon => return message.into_owned(),
         ErrorCode::BadMessage => {
             "the server could not take that request (a bug in nanachat connect: please report it)"
@@ -2306,6 +2312,10 @@ mod tests {
             "nobody is connected as bob"
         );
         assert_eq!(refusal(ErrorCode::Unchanged, ""), "nothing to change");
+        assert_eq!(
+            refusal(ErrorCode::TooManyRooms, "cannot join dev"),
+            "cannot join dev: you are in as many rooms as the server allows (/leave one)"
+        );
         let hello = refusal(
             ErrorCode::HelloFirst,
             r#"say hello first: {"type":"hello"}"#,
