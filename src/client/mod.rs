@@ -1263,6 +1263,7 @@ impl State {
                         | ErrorCode::Unauthorized
                         | ErrorCode::Forbidden
                         | ErrorCode::Internal
+                        | ErrorCode::RateLimited
                 )
         }) {
             let wanted = output::visible(&wanted);
