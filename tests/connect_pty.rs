@@ -438,6 +438,45 @@ async fn under_a_terminal_a_line_typed_across_the_edge_is_redrawn_once_on_a_resi
     assert_eq!(said["from"], "nana");
 }
 
+/// What rexpect read (a byte for each character) as the text the terminal was sent.
+fn utf8(read: &str) -> String {
+    String::from_utf8(read.chars().map(|c| c as u8).collect()).unwrap()
+}
+
+/// Issue 19 (from an attack on the docs): on a terminal narrower than the status bar's text,
+/// the bar stays one row, cut to fit: a bar that wrapped left a copy of its first row at each
+/// retry while offline.
+#[tokio::test]
+async fn under_a_narrow_terminal_the_status_bar_stays_one_row() {
+    let dir = scratch("narrow-bar");
+    let mut server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut pty = terminal(&url, "nana");
+    let mut screen = Screen::new(80);
+    screen.feed(&utf8(
+        &(pty.exp_string("[lobby] > ").unwrap() + "[lobby] > "),
+    ));
+    resize(&pty, 30);
+    screen.resize(30);
+    screen.feed(&utf8(&pty.exp_string(REDRAWN).unwrap()));
+    // The width is read as a line starts: an empty one.
+    pty.send("\r").unwrap();
+    pty.flush().unwrap();
+    screen.feed(&utf8(
+        &(pty.exp_string("[lobby] > ").unwrap() + "[lobby] > "),
+    ));
+    server.kill();
+    let third = bytewise("try 3 in");
+    screen.feed(&utf8(&(pty.exp_string(&third).unwrap() + &third)));
+    let lines = screen.lines();
+    let bars: Vec<&String> = lines.iter().filter(|l| l.contains("offline")).collect();
+    assert_eq!(bars.len(), 1, "{lines:#?}");
+    assert!(bars[0].chars().count() < 30, "{lines:#?}");
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Issue 19 item 3: the current room is in the prompt; `/join` of a room already joined
 /// switches to it without an error; `/switch` moves between joined rooms (and to `@nick`, a
 /// DM); a first join shows the members and the last lines; `/leave` of the current room moves

@@ -5,6 +5,7 @@
 //! `--raw` frames) goes through [`visible`] first: a message cannot drive the reader's terminal.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub struct Prompt {
     text: Arc<Mutex<String>>,
     handled: SyncSender<()>,
     bar: Arc<Mutex<Option<String>>>,
+    columns: Arc<AtomicUsize>,
 }
 
 /// The editor's end of a [`Prompt`].
@@ -59,6 +61,8 @@ pub struct PromptReader {
     text: Arc<Mutex<String>>,
     handled: Receiver<()>,
     bar: Arc<Mutex<Option<String>>>,
+    /// The terminal's width when the editor last started a line (0: not known).
+    columns: Arc<AtomicUsize>,
 }
 
 /// How long the editor waits for the client to handle a line before it shows the next prompt
@@ -71,22 +75,30 @@ impl Prompt {
         let text = Arc::new(Mutex::new("> ".to_owned()));
         let (handled, rx) = sync_channel(16);
         let bar = Arc::new(Mutex::new(None));
+        let columns = Arc::new(AtomicUsize::new(0));
         (
             Prompt {
                 text: text.clone(),
                 handled,
                 bar: bar.clone(),
+                columns: columns.clone(),
             },
             PromptReader {
                 text,
                 handled: rx,
                 bar,
+                columns,
             },
         )
     }
 }
 
 impl PromptReader {
+    /// The terminal is `columns` wide (0: not known): the status bar fits in one row of it.
+    pub fn set_columns(&self, columns: usize) {
+        self.columns.store(columns, Ordering::Relaxed);
+    }
+
     /// The prompt to show now.
     pub fn text(&self) -> String {
         self.text
@@ -222,9 +234,18 @@ impl Output {
         else {
             return;
         };
+        // One row, whatever the width: a bar that wrapped would leave its first row behind
+        // each time it is rewritten.
+        let columns = prompt
+            .as_ref()
+            .map_or(0, |p| p.columns.load(Ordering::Relaxed));
+        let most = match columns {
+            0 => BAR_CHARS,
+            n => BAR_CHARS.min(n - 1).max(1),
+        };
         let text = text.map(|t| {
             let t = visible(t);
-            let mut short: String = t.chars().take(BAR_CHARS).collect();
+            let mut short: String = t.chars().take(most).collect();
             if short.len() < t.len() {
                 short.pop();
                 short.push('…');
