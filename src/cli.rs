@@ -215,13 +215,14 @@ pub fn stray_variables(vars: impl IntoIterator<Item = String>) -> Vec<String> {
         }
         let closest = known
             .iter()
-            .map(|k| (strsim::levenshtein(k, &var), k))
+            .map(|k| (strsim::osa_distance(k, &var), k))
             .min();
-        // Close: two edits at most, and at most one in four letters of the name.
+        // Close: two edits at most (two letters swapped are one), and at most one in three
+        // letters of the name.
         let letters = var.len() - "NANACHAT_".len();
         if let Some((distance, meant)) = closest
             && distance <= 2
-            && distance * 4 <= letters
+            && distance * 3 <= letters
         {
             lines.push(format!(
                 "{var} is not a setting, so it is ignored: did you mean {meant}?"
@@ -715,6 +716,9 @@ mod tests {
         let vars = [
             "NANACHAT_ALLOWED_ORIGINS",
             "NANACHAT_MAX_TEXT_CHAR",
+            "NANACHAT_BORKER",
+            "NANACHAT_RAT",
+            "NANACHAT_NICKK",
             "NANACHAT_RATE",
             "NANACHAT_BIN",
             "NANACHAT_TOOLS",
@@ -728,6 +732,9 @@ mod tests {
             [
                 "NANACHAT_ALLOWED_ORIGINS is not a setting, so it is ignored: did you mean NANACHAT_ALLOWED_ORIGIN?",
                 "NANACHAT_MAX_TEXT_CHAR is not a setting, so it is ignored: did you mean NANACHAT_MAX_TEXT_CHARS?",
+                "NANACHAT_BORKER is not a setting, so it is ignored: did you mean NANACHAT_BROKER?",
+                "NANACHAT_RAT is not a setting, so it is ignored: did you mean NANACHAT_RATE?",
+                "NANACHAT_NICKK is not a setting, so it is ignored: did you mean NANACHAT_NICK?",
             ]
         );
     }

@@ -262,9 +262,16 @@ fn http_refusal(target: &Target, status: http::StatusCode, body: &[u8]) -> Error
         }
     };
     match status.as_u16() {
+        401 if target.uri().query().is_some_and(|q| q.contains("token=")) => {
+            Error::Config(format!(
+                "the server at {uri} refused the token in the URL ({}): get a valid one \
+                 (`nanachat token --sub NICK`, or ask its operator) and connect again",
+                because("no reason given")
+            ))
+        }
         401 => Error::Config(format!(
-            "the server at {uri} refused the token in the URL ({}): get a valid one \
-             (`nanachat token --sub NICK`, or ask its operator) and connect again",
+            "the server at {uri} wants a token before the connection ({}): get one \
+             (`nanachat token --sub NICK`, or ask its operator) and give it with --token",
             because("no reason given")
         )),
         403 => Error::Config(format!(

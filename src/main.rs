@@ -64,13 +64,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Names each `NANACHAT_*` variable that looks like a misspelt setting (see
+/// [`nanachat::cli::stray_variables`]): in the log of a server, in a line of its own for a
+/// client (whose screen is not a log).
+fn warn_stray_variables(logged: bool) {
+    let vars = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for line in nanachat::cli::stray_variables(vars) {
+        if logged {
+            tracing::warn!("{line}");
+        } else {
+            eprintln!("nanachat: {line}");
+        }
+    }
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(args) => {
-            let vars = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
-            for line in nanachat::cli::stray_variables(vars) {
-                tracing::warn!("{line}");
-            }
+            warn_stray_variables(true);
             let plan = args.plan()?;
             if args.check_config {
                 print!("{}", args.effective());
@@ -79,6 +90,7 @@ fn run(command: Command) -> Result<()> {
             on_threads(|shutdown| nanachat::chat::serve(plan, shutdown))
         }
         Command::Connect(args) => {
+            warn_stray_variables(false);
             let (opts, speech) = args.plan()?;
             if args.check_config {
                 print!("{}", args.effective());

@@ -69,6 +69,13 @@ fn bad_option_values_are_usage_errors() {
     let out = run(&["echo", "--max-message-bytes", "lots"]);
     assert_eq!(out.status.code(), Some(2));
     one_error_line(&out, "lots");
+    // A count that must be above 0 names its flag (issue 19: "max text chars and max rooms
+    // must be above 0" named neither).
+    for flag in ["--max-text-chars", "--max-rooms", "--rate", "--burst"] {
+        let out = run(&["serve", "--memory", "--addr", "127.0.0.1:0", flag, "0"]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        one_error_line(&out, &format!("{flag} must be above 0"));
+    }
 }
 
 #[test]
@@ -480,6 +487,13 @@ fn a_handshake_refused_over_http_is_a_sentence_with_the_exit_code_of_its_cause()
         "server full: max connections reached\n",
     );
     check(&busy, 1, &["cannot take a connection now", "server full"]);
+    // A 401 to a URL without a token (a proxy that wants one) does not speak of one.
+    let wants = answers_http("401 Unauthorized", "a token is needed\n");
+    check(
+        &wants,
+        2,
+        &["wants a token", "a token is needed", "--token"],
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -386,6 +386,97 @@ async fn under_a_terminal_a_resize_redraws_the_line_being_typed_once() {
     assert_eq!(message(&mut mochi, &typed).await["from"], "nana");
 }
 
+/// Issue 19 item 5 (from an attack on the docs): a line typed across the right edge stays one
+/// line for the terminal — the editor's wrap at the edge is the terminal's own, never a hard
+/// line break — so a resize after it redraws it once too (a copy of its first row stayed).
+#[tokio::test]
+async fn under_a_terminal_a_line_typed_across_the_edge_is_redrawn_once_on_a_resize() {
+    let dir = scratch("resize-typed");
+    let Scene {
+        server: _server,
+        mut mochi,
+        mut pty,
+        ..
+    } = Scene::start(&dir).await;
+    let mut screen = Screen::new(80);
+    mochi.say("lobby", "hello from mochi", "m1").await;
+    let mut seen = pty.exp_string("hello from mochi").unwrap();
+    seen += "hello from mochi";
+    screen.feed(&seen);
+    resize(&pty, 40);
+    screen.resize(40);
+    screen.feed(&pty.exp_string(REDRAWN).unwrap());
+    // 10 columns of prompt and 30 of text fill the row to its edge (the editor redraws the
+    // line there); 10 more go on below it.
+    let (edge, more): (String, String) = (
+        ('a'..='z').cycle().take(30).collect(),
+        ('0'..='9').collect(),
+    );
+    pty.send(&edge).unwrap();
+    pty.flush().unwrap();
+    screen.feed(&pty.exp_string(REDRAWN).unwrap());
+    pty.send(&more).unwrap();
+    pty.flush().unwrap();
+    let echoed = pty.exp_string(&more).unwrap();
+    screen.feed(&(echoed + &more));
+    let prompt_and_line = format!("[lobby] > {edge}{more}");
+    for cols in [80, 40, 25, 120] {
+        resize(&pty, cols);
+        screen.resize(cols);
+        screen.feed(&pty.exp_string(REDRAWN).unwrap());
+        let lines = screen.lines();
+        let shown = lines.join("\n");
+        let prompts: usize = lines.iter().map(|l| l.matches("[lobby] > ").count()).sum();
+        assert_eq!(prompts, 1, "at {cols} columns:\n{shown}");
+        assert_eq!(lines.last(), Some(&prompt_and_line), "at {cols}:\n{shown}");
+        let above = &lines[lines.len() - 2];
+        assert!(above.ends_with("hello from mochi"), "at {cols}:\n{shown}");
+    }
+    pty.send("\r").unwrap();
+    pty.flush().unwrap();
+    let said = message(&mut mochi, &format!("{edge}{more}")).await;
+    assert_eq!(said["from"], "nana");
+}
+
+/// What rexpect read (a byte for each character) as the text the terminal was sent.
+fn utf8(read: &str) -> String {
+    String::from_utf8(read.chars().map(|c| c as u8).collect()).unwrap()
+}
+
+/// Issue 19 (from an attack on the docs): on a terminal narrower than the status bar's text,
+/// the bar stays one row, cut to fit: a bar that wrapped left a copy of its first row at each
+/// retry while offline.
+#[tokio::test]
+async fn under_a_narrow_terminal_the_status_bar_stays_one_row() {
+    let dir = scratch("narrow-bar");
+    let mut server = serve(&dir, "127.0.0.1:0");
+    let url = server.listening_url();
+    let mut pty = terminal(&url, "nana");
+    let mut screen = Screen::new(80);
+    screen.feed(&utf8(
+        &(pty.exp_string("[lobby] > ").unwrap() + "[lobby] > "),
+    ));
+    resize(&pty, 30);
+    screen.resize(30);
+    screen.feed(&utf8(&pty.exp_string(REDRAWN).unwrap()));
+    // The width is read as a line starts: an empty one.
+    pty.send("\r").unwrap();
+    pty.flush().unwrap();
+    screen.feed(&utf8(
+        &(pty.exp_string("[lobby] > ").unwrap() + "[lobby] > "),
+    ));
+    server.kill();
+    let third = bytewise("try 3 in");
+    screen.feed(&utf8(&(pty.exp_string(&third).unwrap() + &third)));
+    let lines = screen.lines();
+    let bars: Vec<&String> = lines.iter().filter(|l| l.contains("offline")).collect();
+    assert_eq!(bars.len(), 1, "{lines:#?}");
+    assert!(bars[0].chars().count() < 30, "{lines:#?}");
+    pty.send_line("/quit").unwrap();
+    assert_eq!(exit_code(pty), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Issue 19 item 3: the current room is in the prompt; `/join` of a room already joined
 /// switches to it without an error; `/switch` moves between joined rooms (and to `@nick`, a
 /// DM); a first join shows the members and the last lines; `/leave` of the current room moves

@@ -357,8 +357,9 @@ fn the_log_says_at_start_which_origins_may_connect() {
     }
 }
 
-/// A setting in a misspelt variable is not silently out of force: `serve` says which variable
-/// was meant (an attacker of issue 18's docs set `NANACHAT_ALLOWED_ORIGINS` and saw nothing).
+/// A setting in a misspelt variable is not silently out of force: `serve` and `connect` say
+/// which variable was meant (an attacker of issue 18's docs set `NANACHAT_ALLOWED_ORIGINS` and
+/// saw nothing; one of issue 19's, `NANACHAT_BORKER` and `NANACHAT_NICKK`).
 #[test]
 fn a_misspelt_variable_is_named_at_start() {
     let mut cmd = nanachat();
@@ -370,5 +371,16 @@ fn a_misspelt_variable_is_named_at_start() {
         line.contains("did you mean NANACHAT_ALLOWED_ORIGIN?"),
         "{line}"
     );
-    server.listening_url();
+    let url = server.listening_url();
+    let mut cmd = nanachat();
+    cmd.args(["connect", &url, "--nick", "nana"])
+        .env("NANACHAT_NICKK", "mochi")
+        .stdin(std::process::Stdio::null());
+    let mut client = Proc::spawn("connect with a misspelt variable", cmd);
+    assert!(client.wait_exit().success(), "{}", client.stderr_text());
+    let stderr = client.stderr_text();
+    assert!(
+        stderr.contains("nanachat: NANACHAT_NICKK is not a setting, so it is ignored: did you mean NANACHAT_NICK?"),
+        "{stderr}"
+    );
 }

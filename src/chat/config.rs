@@ -72,13 +72,14 @@ impl Default for ChatConfig {
 impl ChatConfig {
     /// Checks the values once, at start.
     pub fn validate(&self) -> Result<()> {
-        if self.max_text_chars == 0 || self.max_rooms == 0 {
-            return Err(Error::Config(
-                "max text chars and max rooms must be above 0".into(),
-            ));
-        }
-        if self.rate_per_sec == 0 || self.rate_burst == 0 {
-            return Err(Error::Config("the rate and burst must be above 0".into()));
+        let counts = [
+            ("--max-text-chars", self.max_text_chars as u64),
+            ("--max-rooms", self.max_rooms as u64),
+            ("--rate", u64::from(self.rate_per_sec)),
+            ("--burst", u64::from(self.rate_burst)),
+        ];
+        if let Some((flag, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(Error::Config(format!("{flag} must be above 0")));
         }
         if self.room_ttl < Duration::from_secs(1) {
             return Err(Error::Config(

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -56,6 +57,7 @@ pub struct Prompt {
     handled: SyncSender<()>,
     bar: Arc<Mutex<Option<String>>>,
     typed: Typed,
+    columns: Arc<AtomicUsize>,
 }
 
 /// The editor's end of a [`Prompt`].
@@ -65,6 +67,8 @@ pub struct PromptReader {
     handled: Receiver<()>,
     bar: Arc<Mutex<Option<String>>>,
     typed: Typed,
+    /// The terminal's width when the editor last started a line (0: not known).
+    columns: Arc<AtomicUsize>,
 }
 
 /// The prompt the editor shows, and, in order, the prompts of the lines handed over and not yet
@@ -90,24 +94,32 @@ impl Prompt {
         let (handled, rx) = sync_channel(16);
         let bar = Arc::new(Mutex::new(None));
         let typed = Typed::default();
+        let columns = Arc::new(AtomicUsize::new(0));
         (
             Prompt {
                 text: text.clone(),
                 handled,
                 bar: bar.clone(),
                 typed: typed.clone(),
+                columns: columns.clone(),
             },
             PromptReader {
                 text,
                 handled: rx,
                 bar,
                 typed,
+                columns,
             },
         )
     }
 }
 
 impl PromptReader {
+    /// The terminal is `columns` wide (0: not known): the status bar fits in one row of it.
+    pub fn set_columns(&self, columns: usize) {
+        self.columns.store(columns, Ordering::Relaxed);
+    }
+
     /// The prompt to show now: the editor shows it until the next call.
     pub fn text(&self) -> String {
         let text = self
@@ -258,9 +270,18 @@ impl Output {
         else {
             return;
         };
+        // One row, whatever the width: a bar that wrapped would leave its first row behind
+        // each time it is rewritten.
+        let columns = prompt
+            .as_ref()
+            .map_or(0, |p| p.columns.load(Ordering::Relaxed));
+        let most = match columns {
+            0 => BAR_CHARS,
+            n => BAR_CHARS.min(n - 1).max(1),
+        };
         let text = text.map(|t| {
             let t = visible(t);
-            let mut short: String = t.chars().take(BAR_CHARS).collect();
+            let mut short: String = t.chars().take(most).collect();
             if short.len() < t.len() {
                 short.pop();
                 short.push('…');

@@ -187,6 +187,8 @@ fn line_editor(tx: tokio::sync::mpsc::Sender<Input>, room: &str) -> Result<(Outp
             reading.store(true, Ordering::SeqCst);
             let (line, pos) = std::mem::take(&mut kept);
             let prompt = reader.text();
+            let columns = editor.dimensions().map_or(0, |(cols, _)| usize::from(cols));
+            reader.set_columns(columns);
             let read = editor.readline_with_initial(&prompt, line.split_at(pos));
             reading.store(false, Ordering::SeqCst);
             match read {

@@ -117,12 +117,27 @@ impl<'out, 'prompt, H: Helper, P: Prompt + ?Sized> State<'out, 'prompt, H, P> {
                             self.prompt_size = self
                                 .out
                                 .calculate_position(self.prompt.raw(), Position::default());
-                            self.layout = self.out.compute_layout(
+                            let mut reflowed = self.out.compute_layout(
                                 self.prompt_size,
                                 self.layout.default_prompt,
                                 &self.line,
                                 None,
                             );
+                            // A line that fills its last row to the edge ends on that row once
+                            // rewrapped (its cursor, at its end, waits at the edge), not at the
+                            // start of the row below, where the layout of a drawn line puts it.
+                            if reflowed.end.col == 0
+                                && reflowed.end.row > 0
+                                && !self.line.ends_with('\n')
+                            {
+                                let at_end = reflowed.cursor == reflowed.end;
+                                reflowed.end.row -= 1;
+                                reflowed.end.col = new_cols;
+                                if at_end {
+                                    reflowed.cursor = reflowed.end;
+                                }
+                            }
+                            self.layout = reflowed;
                             self.refresh_line()?;
                         }
                         continue;

@@ -1081,7 +1081,10 @@ impl Renderer for PosixRenderer {
             && end_pos.row > 0
             && !hint.map_or_else(|| line.ends_with('\n'), |h| h.ends_with('\n'))
         {
-            self.buffer.push('\n');
+            // nanachat: a space wraps the row the way text does (a newline would end it: a
+            // terminal that rewraps its rows on a resize never joins it to the next again);
+            // the cursor comes back over it and it is erased.
+            self.buffer.push_str(" \r\x1b[K");
         }
         // position the cursor
         let new_cursor_row_movement = end_pos.row - cursor.row;
