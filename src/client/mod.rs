@@ -174,6 +174,8 @@ struct State {
     expiry: Option<Expiry>,
     /// Who is typing where, until when: shown in the terminal's status bar.
     typing: Vec<Typist>,
+    /// The nicks we had before a rename, this run (at most [`FORMER_KEPT`]).
+    former: Vec<String>,
     /// The nick we asked the server for with `nick`, until it answers.
     renaming: Option<String>,
     /// The last rename of another nick shown (`from`, `to`): each of our shared rooms tells it.
@@ -212,6 +214,9 @@ const SENDING_AFTER: Duration = Duration::from_secs(1);
 
 /// How many of a room's last lines are shown when it is joined (in a terminal).
 const RECENT: u32 = 10;
+
+/// How many of our former nicks are kept, to name their direct-message rooms `@mochi`.
+const FORMER_KEPT: usize = 8;
 
 /// How many of the server's rooms the catch-up of direct messages leaves free, for a `/join`.
 const ROOMS_SPARE: usize = 1;
@@ -290,6 +295,7 @@ pub async fn run(
         expiry: None,
         typing: Vec::new(),
         renaming: None,
+        former: Vec::new(),
         last_rename: None,
         catching_up: false,
         read_due: BTreeMap::new(),
@@ -1101,6 +1107,12 @@ impl State {
                         self.move_on(&here, out);
                     }
                 }
+                if !from.eq_ignore_ascii_case(&to) {
+                    if self.former.len() == FORMER_KEPT {
+                        self.former.remove(0);
+                    }
+                    self.former.push(from.clone());
+                }
                 self.opts.nick = to.clone();
                 out.status(&format!("* you are now {to}"));
                 if !from.eq_ignore_ascii_case(&to) {
@@ -1867,8 +1879,19 @@ impl State {
     /// A room as the user sees it, in a terminal and in a script alike: a direct-message room
     /// `@mochi+nana` is `@mochi` (the other nick); `--json` prints the protocol's objects as
     /// they come.
+    /// A room of a nick we had before a rename (its `left` may come after the rename) is named
+    /// the same way.
     fn shown(&self, room: &str) -> String {
-        match self.peer(room) {
+        let former = || {
+            let (a, b) = room.strip_prefix('@')?.split_once('+')?;
+            self.former.iter().rev().find_map(|nick| {
+                let nick = nick.to_ascii_lowercase();
+                (a == nick)
+                    .then(|| b.to_owned())
+                    .or_else(|| (b == nick).then(|| a.to_owned()))
+            })
+        };
+        match self.peer(room).or_else(former) {
             Some(peer) => format!("@{peer}"),
             None => room.to_owned(),
         }
@@ -2080,6 +2103,7 @@ mod tests {
             expiry: None,
             typing: Vec::new(),
             renaming: None,
+            former: Vec::new(),
             last_rename: None,
             catching_up: false,
             read_due: BTreeMap::new(),
@@ -2235,6 +2259,26 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(state.opts.nick, "nana2");
+    }
+
+    /// A direct-message room is `@mochi` in a script too, also one of the nick we had before a
+    /// rename (its `left` may come after the rename).
+    #[test]
+    fn a_dm_room_is_the_other_nick_in_a_script_and_after_a_rename() {
+        let mut state = state();
+        state.opts.commands = false;
+        let (mut out, _lines) = terminal();
+        assert_eq!(state.shown("@mochi+nana"), "@mochi");
+        let renamed = r#"{"type":"renamed","from":"nana","to":"nana2"}"#;
+        assert!(state.on_server(renamed, &mut out).is_none());
+        assert_eq!(state.shown("@mochi+nana"), "@mochi");
+        assert_eq!(state.shown("@mochi+nana2"), "@mochi");
+        assert_eq!(
+            state.shown("@a+b"),
+            "@a+b",
+            "not ours: as the server names it"
+        );
+        assert_eq!(state.shown("lobby"), "lobby");
     }
 
     /// DMs are `@nick`; `/switch >` goes round the user's rooms (rooms by name, then DMs); a
