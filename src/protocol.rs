@@ -391,6 +391,10 @@ pub struct RoomInfo {
 /// The most nicks one `watch` may follow.
 pub const MAX_WATCH_NICKS: usize = 100;
 
+/// The bytes of a `live` frame without its rooms and nicks: `{"type":"live","rooms":[],
+/// "total":N,"online":[],"offline":[]}` with room to spare; each nick adds its length and 3.
+pub const LIVE_FRAME_BYTES: usize = 96;
+
 /// A watching connection is sent at most one `live` frame in this long (milliseconds).
 pub const LIVE_EVERY_MS: u64 = 1000;
 

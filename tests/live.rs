@@ -192,6 +192,60 @@ async fn too_many_nicks_are_refused_with_a_sentence() {
     );
 }
 
+/// From an attack on the docs: `watch` took any string as a nick (empty, spaces, 650 bytes),
+/// told each spelling of one nick apart (and only one of them when it came online), and its
+/// frames outgrew `max_message_bytes`. A nick must be one, each is followed once as first
+/// spelt, and the nicks must fit one frame, as every reply does.
+#[tokio::test]
+async fn watched_nicks_are_nicks_once_each_and_fit_one_frame() {
+    let open = server(ConnectionConfig::default(), roomy()).await;
+    let mut c = Client::hello(&open.url(), "nana").await;
+    for bad in ["", "a b", "+x", "@a+b", "é", &"n".repeat(33)] {
+        c.send(json!({"type": "watch", "nicks": ["mochi", bad]}))
+            .await;
+        let err = c.error().await;
+        assert_eq!(err["code"], "bad_nick", "{bad:?}: {err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("nicks[1]"),
+            "{err}"
+        );
+    }
+    let (mut w, answer) = watcher(
+        &open.url(),
+        "w",
+        false,
+        &["mochi", "MOCHI", "Mochi", "mochi"],
+    )
+    .await;
+    assert_eq!(answer["offline"], json!(["mochi"]), "{answer}");
+    let _mochi = Client::hello(&open.url(), "MoChI").await;
+    let live = w.expect("live").await;
+    assert_eq!(live["online"], json!(["mochi"]), "{live}");
+
+    // 57 nicks of 32 letters: the request fits a frame of 2 KiB, but the frames that would
+    // tell them, beside the rooms, need more: refused, saying why.
+    let small = ConnectionConfig {
+        max_message_bytes: 2048,
+        ..ConnectionConfig::default()
+    };
+    let tight = server(small, roomy()).await;
+    let mut c = Client::hello(&tight.url(), "nana").await;
+    let nicks: Vec<String> = (0..57).map(|i| format!("{i:0>32}")).collect();
+    c.send(json!({"type": "watch", "nicks": nicks})).await;
+    let err = c.error().await;
+    assert_eq!(err["code"], "bad_message", "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("would not fit"),
+        "{err}"
+    );
+    // As many as fit are followed, and the answer fits.
+    let nicks: Vec<String> = (0..40).map(|i| format!("{i:0>32}")).collect();
+    c.send(json!({"type": "watch", "nicks": nicks})).await;
+    let answer = c.expect("live").await;
+    assert_eq!(answer["offline"].as_array().unwrap().len(), 40);
+    assert!(answer.to_string().len() <= 2048);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_stops_reading_is_closed_at_its_outbox_limit() {
     // Frames of up to 128 KiB, an outbox of 256 KiB: a watcher that reads nothing falls behind

@@ -755,7 +755,9 @@ export class Client {
    */
   watch(options = {}) {
     const nicks = options.nicks ?? [];
-    need(Array.isArray(nicks) && nicks.length <= MAX_WATCH_NICKS && nicks.every(isText), `watch follows at most ${MAX_WATCH_NICKS} nicks`);
+    need(Array.isArray(nicks) && nicks.every(isText), 'watch: nicks is an array of nicks');
+    need(nicks.length <= MAX_WATCH_NICKS, `watch follows at most ${MAX_WATCH_NICKS} nicks`);
+    need(options.rooms === undefined || typeof options.rooms === 'boolean', 'watch: rooms is true or false');
     const frame = { type: 'watch' };
     if (options.rooms === true) frame.rooms = true;
     if (nicks.length) frame.nicks = [...nicks];

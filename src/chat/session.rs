@@ -25,8 +25,9 @@ use super::types::{
 use crate::auth::Claims;
 use crate::connection::{Connection, Incoming, Message, Outbox};
 use crate::protocol::{
-    ClientMsg, ErrorCode, InboxEntry, LIVE_EVERY_MS, Limits, Live, MAX_EMOJI_BYTES, MAX_REACTIONS,
-    MAX_WATCH_NICKS, RoomInfo, SUBPROTOCOL, ServerMsg, parse_client,
+    ClientMsg, ErrorCode, InboxEntry, LIVE_EVERY_MS, LIVE_FRAME_BYTES, Limits, Live,
+    MAX_EMOJI_BYTES, MAX_REACTIONS, MAX_WATCH_NICKS, RoomInfo, SUBPROTOCOL, ServerMsg,
+    parse_client,
 };
 use crate::rate::Bucket;
 use crate::store::{Append, Appended, Membership, Objection, Op, Store, now_ms, search_words};
@@ -969,6 +970,34 @@ impl<S: Store> Session<S> {
                 format!("watch follows at most {MAX_WATCH_NICKS} nicks"),
             )?;
         }
+        // Each nick once, whatever its case, as the watcher first spelt it: it is told under
+        // that spelling.
+        let mut followed: Vec<String> = Vec::with_capacity(nicks.len());
+        for (i, nick) in nicks.into_iter().enumerate() {
+            if !valid_nick(&nick) {
+                refuse(
+                    ErrorCode::BadNick,
+                    format!("nicks[{i}] is not a nick (a nick is 1 to 32 letters, digits, - or _)"),
+                )?;
+            }
+            if followed.iter().all(|f| nick_key(f) != nick_key(&nick)) {
+                followed.push(nick);
+            }
+        }
+        // A frame tells each followed nick at most once, beside the rooms (which are cut to
+        // fit): all of them must fit one frame, the rule of every reply.
+        let bytes = LIVE_FRAME_BYTES + followed.iter().map(|n| n.len() + 3).sum::<usize>();
+        if bytes > self.chat.max_message_bytes {
+            refuse(
+                ErrorCode::BadMessage,
+                format!(
+                    "these {} nicks would not fit one frame of this server's max_message_bytes                      ({}): follow fewer",
+                    followed.len(),
+                    self.chat.max_message_bytes
+                ),
+            )?;
+        }
+        let nicks = followed;
         // Followed before the state is read: a change after this is told in the next round.
         self.hub().watch(self.id, rooms, &nicks);
         if !self.chat.live_started.swap(true, Ordering::Relaxed) {

@@ -401,6 +401,9 @@ test('watch: room counts and a nick online come as live events, without asking a
   let server = await serve(['--data-dir', dir]);
   const nana = client(server.url, 'nana');
   await within(nana.connect(), 'welcome');
+  // Options of the wrong shape are refused here, each saying what is wrong.
+  assert.throws(() => nana.watch({ nicks: 'mochi' }), (e) => e.code === 'bad_message' && /array of nicks/.test(e.message));
+  assert.throws(() => nana.watch({ rooms: 'yes' }), (e) => e.code === 'bad_message' && /true or false/.test(e.message));
   const answer = await within(nana.watch({ rooms: true, nicks: ['mochi'] }), 'the answer to watch');
   assert.deepEqual(answer, { type: 'live', rooms: [], total: 0, offline: ['mochi'] });
   const counts = new Map();
