@@ -1207,6 +1207,10 @@ impl State {
     /// `nick` join). Another nick's direct messages reach them once [`Hub::listen`] says where
     /// their reading of them starts. The caller has checked that `nick` is free to them.
     fn rename(&mut self, old: &str, nick: &str, conns: &[ConnId]) {
+        // Nobody to rename: the new nick is not taken here by an entry with no connection.
+        if conns.is_empty() {
+            return;
+        }
         let (old_key, new_key) = (nick_key(old), nick_key(nick));
         let another = old_key != new_key;
         let key = self.nicks.get(&old_key).and_then(|n| n.key.clone());
@@ -1482,6 +1486,28 @@ mod tests {
 
     fn state(last_seq: u64) -> RoomState {
         RoomState::empty(1, last_seq)
+    }
+
+    /// A rename on another process that finds no connection of the old nick from before it
+    /// here (the user took the old nick back since) leaves the new nick free here: nobody
+    /// holds it, and the old nick's connection keeps it.
+    #[test]
+    fn a_rename_elsewhere_that_renames_nobody_here_holds_no_nick() {
+        let hub = Hub::new(100, Duration::ZERO);
+        let outbox = Outbox::new(1 << 20);
+        hub.connect(1, "mochi", Some("k"), outbox, Mode::Json, None)
+            .unwrap();
+        let before = crate::clock::now_ms() - 60_000;
+        assert_eq!(
+            hub.renamed_elsewhere("mochi", "mochi2", before, Floors::default()),
+            0
+        );
+        assert!(
+            !hub.nick_online("mochi2"),
+            "no connection holds mochi2 here"
+        );
+        assert!(hub.nick_online("mochi"));
+        assert_eq!(hub.nick(1).as_deref(), Some("mochi"));
     }
 
     #[test]
